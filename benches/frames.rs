@@ -1,0 +1,3 @@
+fn main() {
+    println!("frames benchmark: not written yet");
+}

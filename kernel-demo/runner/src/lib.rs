@@ -1,0 +1,1 @@
+//! Host-side launcher for kmem kernels.

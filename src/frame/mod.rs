@@ -1,0 +1,1 @@
+//! Physical frame allocation: a bitmap allocator with a summary level.

@@ -1,0 +1,1 @@
+//! The kernel heap: size-class slabs, a large-object heap, `GlobalAlloc`.

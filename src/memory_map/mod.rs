@@ -1,0 +1,1 @@
+//! Boot memory maps: region kinds, the sanitizer, bootloader adapters.

@@ -1,0 +1,1 @@
+//! The 4-level page-table mapper: single pages, ranges, address spaces.

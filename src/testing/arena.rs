@@ -1,0 +1,1 @@
+//! An arena-backed heap page source for host tests and benchmarks.

@@ -1,0 +1,7 @@
+//! Host-only helpers shared by tests, benches and fuzzing (feature `testing`).
+//!
+//! Written once here, never copied into each test.
+
+pub mod arena;
+pub mod mmu;
+pub mod phys_mem;

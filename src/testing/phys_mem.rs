@@ -1,0 +1,1 @@
+//! Emulated physical memory backed by a host buffer.
