@@ -1,1 +1,57 @@
-fn main() {}
+//! `cargo run` at the workspace root: builds the kernels, boots the demo
+//! in QEMU with its serial output on stdout, and exits 0 only when the
+//! kernel reported success.
+//!
+//! Environment: `KMEM_MEM` guest RAM (default `128M`; e.g. `32M`, `4G`,
+//! `16G`), `KMEM_APPEND` kernel command line, `KMEM_KERNEL` another kernel
+//! binary (e.g. `test-basic`), `KMEM_VM_TIMEOUT` seconds before a hung
+//! kernel is killed (default 60), `KMEM_QEMU` the QEMU binary.
+
+use kmem_runner::{boot, build_kernels, timeout_from_env, Boot, Exit};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    let dir = match build_kernels() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("kmem-runner: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let kernel = dir.join(env("KMEM_KERNEL", "kernel-demo"));
+    let cfg = Boot {
+        mem: env("KMEM_MEM", "128M"),
+        append: env("KMEM_APPEND", ""),
+        timeout: timeout_from_env(),
+        echo: true,
+    };
+    eprintln!(
+        "kmem-runner: booting {} with -m {}",
+        kernel.display(),
+        cfg.mem
+    );
+    match boot(&kernel, &cfg) {
+        Ok(run) if run.succeeded() => {
+            eprintln!(
+                "kmem-runner: kernel exited with success in {:.2?}",
+                run.elapsed
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(run) => {
+            let why = match run.exit {
+                Exit::Status(0) => "the machine reset (triple fault)".to_string(),
+                Exit::Status(c) => format!("QEMU exited with status {c}"),
+                Exit::TimedOut(t) => format!("timed out after {} s", t.as_secs()),
+                Exit::Signal => "QEMU was killed by a signal".to_string(),
+            };
+            eprintln!("kmem-runner: kernel failed: {why}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("kmem-runner: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! PVH direct boot: the 32-bit entry stub, the switch to long mode, and the
+//! `hvm_start_info` that QEMU hands over (memory map, command line).
+//!
+//! QEMU's `-kernel` loads an ELF carrying a Xen PVH note and jumps to the
+//! note's entry in 32-bit protected mode, paging off, `ebx` = physical
+//! address of the start info. The stub identity-maps the first 64 GiB with
+//! 2 MiB pages (enough for every RAM size the demo runs with), enables long
+//! mode and calls [`rust_entry`] on the boot stack.
+
+use core::fmt;
+
+/// Size of the boot stack (the stack every kernel runs its `main` on).
+pub const BOOT_STACK_SIZE: usize = 512 * 1024;
+/// Bytes of physical memory the boot stub identity-maps.
+pub const IDENTITY_MAPPED: u64 = 64 << 30;
+
+const START_INFO_MAGIC: u32 = 0x336e_c578;
+/// Capacity of the copied memory map.
+pub const MAX_REGIONS: usize = 128;
+
+core::arch::global_asm!(
+    r#"
+    .section .note.Xen, "a", @note
+    .balign 4
+    .long 4
+    .long 8
+    .long 18            /* XEN_ELFNOTE_PHYS32_ENTRY */
+    .asciz "Xen"
+    .balign 4
+    .quad _pvh_start
+    .balign 4
+
+    .section .text.boot, "ax"
+    .code32
+    .global _pvh_start
+_pvh_start:
+    cli
+    cld
+    mov %ebx, %esi                  /* keep the start info address */
+    mov $boot_stack_top, %esp
+
+    /* PML4[0] -> PDPT */
+    mov $boot_pdpt, %eax
+    or $3, %eax
+    mov %eax, boot_pml4
+
+    /* PDPT[i] -> PD i, i in 0..64 */
+    mov $boot_pds, %eax
+    or $3, %eax
+    mov $boot_pdpt, %edi
+    mov $64, %ecx
+1:  mov %eax, (%edi)
+    movl $0, 4(%edi)
+    add $4096, %eax
+    add $8, %edi
+    loop 1b
+
+    /* PD entries: 32768 x 2 MiB, present | writable | huge */
+    mov $boot_pds, %edi
+    xor %eax, %eax
+    xor %edx, %edx
+    mov $32768, %ecx
+2:  mov %eax, %ebx
+    or $0x83, %ebx
+    mov %ebx, (%edi)
+    mov %edx, 4(%edi)
+    add $0x200000, %eax
+    adc $0, %edx
+    add $8, %edi
+    loop 2b
+
+    mov $boot_pml4, %eax
+    mov %eax, %cr3
+    mov %cr4, %eax
+    or $0x20, %eax                  /* PAE */
+    mov %eax, %cr4
+    mov $0xC0000080, %ecx           /* EFER */
+    rdmsr
+    or $0x100, %eax                 /* LME */
+    wrmsr
+    mov %cr0, %eax
+    or $0x80000001, %eax            /* PG | PE */
+    mov %eax, %cr0
+
+    lgdt boot_gdt_ptr
+    mov $long_mode_entry, %eax
+    push $0x08
+    push %eax
+    lret
+
+    .code64
+long_mode_entry:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    xor %ax, %ax
+    mov %ax, %fs
+    mov %ax, %gs
+    mov $boot_stack_top, %rsp
+    xor %rbp, %rbp
+    mov %esi, %edi                  /* zero-extends into rdi */
+    call {entry}
+3:  hlt
+    jmp 3b
+
+    .section .rodata.boot, "a"
+    .balign 8
+boot_gdt:
+    .quad 0
+    .quad 0x00AF9A000000FFFF        /* 64-bit code */
+    .quad 0x00CF92000000FFFF        /* data */
+boot_gdt_ptr:
+    .word boot_gdt_ptr - boot_gdt - 1
+    .long boot_gdt
+
+    .section .bss.boot, "aw", @nobits
+    .balign 4096
+boot_pml4:
+    .skip 4096
+boot_pdpt:
+    .skip 4096
+boot_pds:
+    .skip 4096 * 64
+    .global boot_stack_bottom
+boot_stack_bottom:
+    .skip {stack_size}
+boot_stack_top:
+    "#,
+    entry = sym rust_entry,
+    stack_size = const BOOT_STACK_SIZE,
+    options(att_syntax)
+);
+
+extern "C" {
+    static __ehdr_start: u8;
+    static _end: u8;
+    static boot_stack_bottom: u8;
+}
+
+/// The kernel's entry in Rust, called by the stub on the boot stack.
+extern "C" fn rust_entry(start_info: u64) -> ! {
+    crate::console::init();
+    crate::interrupts::init();
+    crate::cpu::init();
+    let info = match BootInfo::parse(start_info) {
+        Ok(info) => info,
+        Err(e) => crate::fatal(format_args!("bad PVH start info: {e}")),
+    };
+    BOOT_INFO.call_once(|| info);
+    extern "Rust" {
+        fn __kernel_demo_main() -> !;
+    }
+    // SAFETY: every kernel binary defines `__kernel_demo_main` through the
+    // `entry_point!` or `test_kernel!` macro, which checks its signature.
+    unsafe { __kernel_demo_main() }
+}
+
+static BOOT_INFO: spin::Once<BootInfo> = spin::Once::new();
+
+/// What the kernel learned at boot. Available once the entry point runs.
+pub fn info() -> &'static BootInfo {
+    BOOT_INFO
+        .get()
+        .expect("boot info is set before the entry point runs")
+}
+
+/// E820-style region type of a PVH memory-map entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionType {
+    /// Usable RAM (type 1).
+    Ram,
+    /// Reserved (type 2).
+    Reserved,
+    /// ACPI reclaimable (type 3).
+    AcpiReclaimable,
+    /// ACPI NVS (type 4).
+    AcpiNvs,
+    /// Bad memory (type 5).
+    Bad,
+    /// Any other type number.
+    Other(u32),
+}
+
+impl RegionType {
+    /// Decodes an E820 type number.
+    pub fn from_e820(kind: u32) -> Self {
+        match kind {
+            1 => Self::Ram,
+            2 => Self::Reserved,
+            3 => Self::AcpiReclaimable,
+            4 => Self::AcpiNvs,
+            5 => Self::Bad,
+            n => Self::Other(n),
+        }
+    }
+}
+
+impl fmt::Display for RegionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ram => f.pad("usable"),
+            Self::Reserved => f.pad("reserved"),
+            Self::AcpiReclaimable => f.pad("ACPI reclaimable"),
+            Self::AcpiNvs => f.pad("ACPI NVS"),
+            Self::Bad => f.pad("bad"),
+            Self::Other(n) => f.pad(&alloc_free_fmt::<16>(format_args!("type {n}"))),
+        }
+    }
+}
+
+/// Formats into a fixed buffer so `pad` can align it without a heap.
+fn alloc_free_fmt<const N: usize>(args: fmt::Arguments<'_>) -> FixedStr<N> {
+    let mut s = FixedStr::<N>::new();
+    let _ = fmt::write(&mut s, args);
+    s
+}
+
+/// A small string on the stack.
+pub struct FixedStr<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> FixedStr<N> {
+    /// An empty string.
+    pub const fn new() -> Self {
+        Self {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+}
+
+impl<const N: usize> Default for FixedStr<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> core::ops::Deref for FixedStr<N> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        // Only whole `str`s are ever appended, so the prefix is UTF-8.
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl<const N: usize> fmt::Write for FixedStr<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = N - self.len;
+        if s.len() > room {
+            return Err(fmt::Error);
+        }
+        self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
+        self.len += s.len();
+        Ok(())
+    }
+}
+
+/// One entry of the PVH memory map.
+#[derive(Debug, Clone, Copy)]
+pub struct Region {
+    /// Physical start address.
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Raw E820 type number.
+    pub kind: u32,
+}
+
+impl Region {
+    /// The decoded type.
+    pub fn region_type(&self) -> RegionType {
+        RegionType::from_e820(self.kind)
+    }
+}
+
+/// The parsed PVH start info.
+pub struct BootInfo {
+    regions: [Region; MAX_REGIONS],
+    region_count: usize,
+    cmdline: &'static str,
+    /// Physical address of the `hvm_start_info` structure.
+    pub start_info_addr: u64,
+}
+
+#[repr(C)]
+struct HvmStartInfo {
+    magic: u32,
+    version: u32,
+    flags: u32,
+    nr_modules: u32,
+    modlist_paddr: u64,
+    cmdline_paddr: u64,
+    rsdp_paddr: u64,
+    memmap_paddr: u64,
+    memmap_entries: u32,
+    reserved: u32,
+}
+
+#[repr(C)]
+struct HvmMemmapEntry {
+    addr: u64,
+    size: u64,
+    kind: u32,
+    reserved: u32,
+}
+
+/// Why the start info could not be used.
+#[derive(Debug)]
+pub enum StartInfoError {
+    /// The magic number is wrong: not booted through PVH.
+    BadMagic(u32),
+    /// Version 0 carries no memory map.
+    NoMemoryMap(u32),
+}
+
+impl fmt::Display for StartInfoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadMagic(m) => write!(f, "magic {m:#x}, expected {START_INFO_MAGIC:#x}"),
+            Self::NoMemoryMap(v) => write!(f, "start info version {v} has no memory map"),
+        }
+    }
+}
+
+impl BootInfo {
+    fn parse(addr: u64) -> Result<Self, StartInfoError> {
+        // SAFETY: QEMU passes the physical address of a valid
+        // `hvm_start_info` in ebx; the first 64 GiB are identity-mapped.
+        let si = unsafe { &*(addr as *const HvmStartInfo) };
+        if si.magic != START_INFO_MAGIC {
+            return Err(StartInfoError::BadMagic(si.magic));
+        }
+        if si.version < 1 {
+            return Err(StartInfoError::NoMemoryMap(si.version));
+        }
+        let mut info = BootInfo {
+            regions: [Region {
+                start: 0,
+                len: 0,
+                kind: 0,
+            }; MAX_REGIONS],
+            region_count: 0,
+            cmdline: cmdline_at(si.cmdline_paddr),
+            start_info_addr: addr,
+        };
+        let count = (si.memmap_entries as usize).min(MAX_REGIONS);
+        for i in 0..count {
+            // SAFETY: the map holds `memmap_entries` entries at
+            // `memmap_paddr`, identity-mapped; `i` is below that count.
+            let e = unsafe { &*(si.memmap_paddr as *const HvmMemmapEntry).add(i) };
+            info.regions[i] = Region {
+                start: e.addr,
+                len: e.size,
+                kind: e.kind,
+            };
+        }
+        info.region_count = count;
+        Ok(info)
+    }
+
+    /// The memory map, as QEMU gave it (not sanitized).
+    pub fn regions(&self) -> &[Region] {
+        &self.regions[..self.region_count]
+    }
+
+    /// The kernel command line (`-append`), empty when none.
+    pub fn cmdline(&self) -> &'static str {
+        self.cmdline
+    }
+
+    /// Value of `key=value` on the command line.
+    pub fn cmdline_arg(&self, key: &str) -> Option<&'static str> {
+        self.cmdline.split_ascii_whitespace().find_map(|w| {
+            let (k, v) = w.split_once('=')?;
+            (k == key).then_some(v)
+        })
+    }
+
+    /// Physical range `[start, end)` of the loaded kernel image (incl. bss).
+    pub fn kernel_image(&self) -> (u64, u64) {
+        // Linker-defined symbols: only their addresses are taken.
+        (&raw const __ehdr_start as u64, &raw const _end as u64)
+    }
+
+    /// The lowest address of the boot stack: a kernel can unmap the page
+    /// below it as a guard.
+    pub fn boot_stack_bottom(&self) -> u64 {
+        // A linker-defined symbol: only its address is taken.
+        &raw const boot_stack_bottom as u64
+    }
+
+    /// Total bytes of usable RAM in the map.
+    pub fn usable_bytes(&self) -> u64 {
+        self.regions()
+            .iter()
+            .filter(|r| r.region_type() == RegionType::Ram)
+            .map(|r| r.len)
+            .sum()
+    }
+
+    /// Prints the memory map as an aligned table.
+    pub fn print_memory_map(&self) {
+        crate::println!("{:>18}  {:>18}  {:>10}  {}", "start", "end", "size", "kind");
+        for r in self.regions() {
+            crate::println!(
+                "{:#018x}  {:#018x}  {:>10}  {}",
+                r.start,
+                r.start.saturating_add(r.len),
+                Size(r.len),
+                r.region_type()
+            );
+        }
+    }
+}
+
+/// Reads the NUL-terminated command line at `paddr` (identity-mapped).
+fn cmdline_at(paddr: u64) -> &'static str {
+    if paddr == 0 {
+        return "";
+    }
+    let p = paddr as *const u8;
+    let mut len = 0;
+    // SAFETY: QEMU places a NUL-terminated string at `cmdline_paddr`,
+    // identity-mapped; we read up to its terminator, at most 4 KiB.
+    while len < 4096 && unsafe { *p.add(len) } != 0 {
+        len += 1;
+    }
+    // SAFETY: `len` bytes starting at `p` were just read as valid memory
+    // that the kernel never writes.
+    let bytes = unsafe { core::slice::from_raw_parts(p, len) };
+    core::str::from_utf8(bytes).unwrap_or("")
+}
+
+/// A byte count printed with a binary unit (`4 KiB`, `127 MiB`).
+pub struct Size(pub u64);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut unit = 0;
+        while unit < UNITS.len() - 1 && self.0 >= 1u64 << (10 * (unit + 1)) {
+            unit += 1;
+        }
+        let scale = 1u64 << (10 * unit);
+        let (whole, tenths) = (self.0 / scale, (self.0 % scale) * 10 / scale);
+        let text = if tenths == 0 {
+            alloc_free_fmt::<24>(format_args!("{whole} {}", UNITS[unit]))
+        } else {
+            alloc_free_fmt::<24>(format_args!("{whole}.{tenths} {}", UNITS[unit]))
+        };
+        f.pad(&text)
+    }
+}

@@ -1,0 +1,275 @@
+//! The in-VM test framework.
+//!
+//! A test kernel is one [`test_kernel!`](crate::test_kernel) invocation
+//! listing its tests. Each test runs inside [`recover::protect`], so a
+//! panic or a fault fails that test and the run goes on with the next one.
+//! Every test prints one line, `test <name> ... ok` or `... FAILED` plus
+//! the reason, and the run ends with `N passed, N failed` and an exit
+//! status the host runner checks. A test can expect a fault: it passes only
+//! if exactly that fault happens.
+//!
+//! `-append "filter=<substring>"` runs only the tests whose name contains it.
+
+use crate::interrupts::{vector, Fault};
+use crate::recover::{self, Outcome};
+use crate::{print, println};
+pub use x86_64::structures::idt::PageFaultErrorCode;
+
+/// One in-VM test.
+pub struct Test {
+    /// `module::name`, as printed.
+    pub name: &'static str,
+    /// The test body.
+    pub run: fn(),
+    /// What must happen for the test to pass.
+    pub expect: Expect,
+}
+
+/// What a test must do to pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Return normally.
+    Return,
+    /// Raise a page fault matching the pattern.
+    PageFault {
+        /// The faulting address (CR2), when it matters.
+        addr: Option<u64>,
+        /// Error-code bits that must be set.
+        set: PageFaultErrorCode,
+        /// Error-code bits that must be clear.
+        clear: PageFaultErrorCode,
+    },
+    /// Raise a double fault (e.g. a stack overflow into a guard page).
+    DoubleFault,
+}
+
+impl Expect {
+    /// Any page fault.
+    pub const fn page_fault() -> Self {
+        Self::PageFault {
+            addr: None,
+            set: PageFaultErrorCode::empty(),
+            clear: PageFaultErrorCode::empty(),
+        }
+    }
+
+    /// A double fault.
+    pub const fn double_fault() -> Self {
+        Self::DoubleFault
+    }
+
+    /// Narrows a page-fault expectation to one faulting address.
+    pub const fn at(self, addr: u64) -> Self {
+        match self {
+            Self::PageFault { set, clear, .. } => Self::PageFault {
+                addr: Some(addr),
+                set,
+                clear,
+            },
+            other => other,
+        }
+    }
+
+    /// Requires these error-code bits to be set.
+    pub const fn with(self, bits: PageFaultErrorCode) -> Self {
+        match self {
+            Self::PageFault { addr, set, clear } => Self::PageFault {
+                addr,
+                set: PageFaultErrorCode::from_bits_retain(set.bits() | bits.bits()),
+                clear,
+            },
+            other => other,
+        }
+    }
+
+    /// Requires these error-code bits to be clear.
+    pub const fn without(self, bits: PageFaultErrorCode) -> Self {
+        match self {
+            Self::PageFault { addr, set, clear } => Self::PageFault {
+                addr,
+                set,
+                clear: PageFaultErrorCode::from_bits_retain(clear.bits() | bits.bits()),
+            },
+            other => other,
+        }
+    }
+
+    /// Whether `fault` is the expected one.
+    pub fn matches(&self, fault: &Fault) -> bool {
+        match *self {
+            Self::Return => false,
+            Self::DoubleFault => fault.vector == vector::DOUBLE_FAULT,
+            Self::PageFault { addr, set, clear } => {
+                let bits = fault.page_fault_bits();
+                fault.vector == vector::PAGE_FAULT
+                    && addr.is_none_or(|a| a == fault.addr)
+                    && bits.contains(set)
+                    && !bits.intersects(clear)
+            }
+        }
+    }
+}
+
+impl core::fmt::Display for Expect {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Return => f.write_str("a normal return"),
+            Self::DoubleFault => f.write_str("a double fault"),
+            Self::PageFault { addr, set, clear } => {
+                f.write_str("a page fault")?;
+                if let Some(a) = addr {
+                    write!(f, " at {a:#x}")?;
+                }
+                if !set.is_empty() {
+                    f.write_str(" with [")?;
+                    crate::interrupts::write_page_fault_bits(f, *set)?;
+                    f.write_str("]")?;
+                }
+                if !clear.is_empty() {
+                    write!(f, " without bits {:#x}", clear.bits())?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Why a test failed, or the note to print after `ok`.
+fn judge(expect: Expect, outcome: Outcome) -> Result<Option<Fault>, Failure> {
+    match (outcome, expect) {
+        (Outcome::Returned, Expect::Return) => Ok(None),
+        (Outcome::Returned, e) => Err(Failure::Returned(e)),
+        (Outcome::Faulted(fault), e) if e.matches(&fault) => Ok(Some(fault)),
+        (Outcome::Faulted(fault), e) => Err(Failure::Fault(fault, e)),
+        (Outcome::Panicked, _) => Err(Failure::Panic),
+    }
+}
+
+enum Failure {
+    Returned(Expect),
+    Fault(Fault, Expect),
+    Panic,
+}
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Returned(e) => write!(f, "expected {e}, but the test returned"),
+            Self::Fault(fault, Expect::Return) => write!(f, "unexpected {fault}"),
+            Self::Fault(fault, e) => write!(f, "unexpected {fault}; expected {e}"),
+            Self::Panic => write!(f, "{}", &*recover::panic_message()),
+        }
+    }
+}
+
+/// Runs the tests the command-line filter selects, prints the report and
+/// exits QEMU: success only when every test passed.
+pub fn run(tests: &[Test]) -> ! {
+    let filter = crate::boot::info().cmdline_arg("filter");
+    let selected = || {
+        tests
+            .iter()
+            .filter(|t| filter.is_none_or(|f| t.name.contains(f)))
+    };
+    println!("running {} tests", selected().count());
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for test in selected() {
+        print!("test {} ... ", test.name);
+        match judge(test.expect, recover::protect(test.run)) {
+            Ok(None) => {
+                println!("ok");
+                passed += 1;
+            }
+            Ok(Some(fault)) => {
+                println!("ok (expected {fault})");
+                passed += 1;
+            }
+            Err(why) => {
+                println!("FAILED");
+                let _ = core::fmt::write(&mut Indented, format_args!("    {why}"));
+                println!();
+                failed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    let code = if failed == 0 {
+        crate::qemu::ExitCode::Success
+    } else {
+        crate::qemu::ExitCode::Failure
+    };
+    crate::qemu::exit(code)
+}
+
+/// Declares a test kernel: its tests, one function each, and its entry
+/// point. A test expecting a fault carries `#[should_fault(<Expect>)]`
+/// after its doc comment.
+///
+/// ```ignore
+/// #![no_std]
+/// #![no_main]
+/// use kernel_demo::testing::{Expect, PageFaultErrorCode};
+///
+/// kernel_demo::test_kernel! {
+///     /// Arithmetic works.
+///     fn adds() { assert_eq!(1 + 1, 2); }
+///
+///     /// Writing to an unmapped page faults with the write bit.
+///     #[should_fault(Expect::page_fault().at(0xdead_b000).with(PageFaultErrorCode::CAUSED_BY_WRITE))]
+///     fn write_unmapped() { unsafe { (0xdead_b000 as *mut u8).write_volatile(1) } }
+/// }
+/// ```
+#[macro_export]
+macro_rules! test_kernel {
+    ($(
+        $(#[doc = $doc:literal])*
+        $(#[should_fault($expect:expr)])?
+        fn $name:ident() $body:block
+    )*) => {
+        $(
+            $(#[doc = $doc])*
+            fn $name() $body
+        )*
+
+        static __KERNEL_TESTS: &[$crate::testing::Test] = &[$(
+            $crate::testing::Test {
+                name: concat!(module_path!(), "::", stringify!($name)),
+                run: $name,
+                expect: $crate::__expectation!($($expect)?),
+            },
+        )*];
+
+        $crate::entry_point!(__run_kernel_tests);
+
+        fn __run_kernel_tests() -> ! {
+            $crate::testing::run(__KERNEL_TESTS)
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __expectation {
+    () => {
+        $crate::testing::Expect::Return
+    };
+    ($e:expr) => {
+        $e
+    };
+}
+
+/// Serial output with every line after the first indented, so a
+/// multi-line failure reason stays attached to its test.
+struct Indented;
+
+impl core::fmt::Write for Indented {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for (i, part) in s.split('\n').enumerate() {
+            if i > 0 {
+                print!("\n    ");
+            }
+            print!("{part}");
+        }
+        Ok(())
+    }
+}
