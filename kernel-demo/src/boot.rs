@@ -17,6 +17,8 @@ pub const IDENTITY_MAPPED: u64 = 64 << 30;
 const START_INFO_MAGIC: u32 = 0x336e_c578;
 /// Capacity of the copied memory map.
 pub const MAX_REGIONS: usize = 128;
+/// Capacity of the copied command line; longer ones are cut.
+pub const CMDLINE_CAPACITY: usize = 512;
 
 core::arch::global_asm!(
     r#"
@@ -280,9 +282,10 @@ impl Region {
 pub struct BootInfo {
     regions: [Region; MAX_REGIONS],
     region_count: usize,
-    cmdline: &'static str,
+    cmdline: FixedStr<CMDLINE_CAPACITY>,
     /// Physical address of the `hvm_start_info` structure.
     pub start_info_addr: u64,
+    boot_data: [(u64, u64); 3],
 }
 
 #[repr(C)]
@@ -345,6 +348,14 @@ impl BootInfo {
             region_count: 0,
             cmdline: cmdline_at(si.cmdline_paddr),
             start_info_addr: addr,
+            boot_data: [
+                (addr, core::mem::size_of::<HvmStartInfo>() as u64),
+                (
+                    si.memmap_paddr,
+                    u64::from(si.memmap_entries) * core::mem::size_of::<HvmMemmapEntry>() as u64,
+                ),
+                (si.cmdline_paddr, CMDLINE_CAPACITY as u64),
+            ],
         };
         let count = (si.memmap_entries as usize).min(MAX_REGIONS);
         for i in 0..count {
@@ -361,18 +372,24 @@ impl BootInfo {
         Ok(info)
     }
 
+    /// Physical ranges `(start, len)` of the boot data (start info, memory
+    /// map, command line): the PVH map does not reserve them.
+    pub fn boot_data(&self) -> [(u64, u64); 3] {
+        self.boot_data
+    }
+
     /// The memory map, as QEMU gave it (not sanitized).
     pub fn regions(&self) -> &[Region] {
         &self.regions[..self.region_count]
     }
 
     /// The kernel command line (`-append`), empty when none.
-    pub fn cmdline(&self) -> &'static str {
-        self.cmdline
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
     }
 
     /// Value of `key=value` on the command line.
-    pub fn cmdline_arg(&self, key: &str) -> Option<&'static str> {
+    pub fn cmdline_arg(&self, key: &str) -> Option<&str> {
         self.cmdline.split_ascii_whitespace().find_map(|w| {
             let (k, v) = w.split_once('=')?;
             (k == key).then_some(v)
@@ -416,22 +433,26 @@ impl BootInfo {
     }
 }
 
-/// Reads the NUL-terminated command line at `paddr` (identity-mapped).
-fn cmdline_at(paddr: u64) -> &'static str {
+/// Copies the NUL-terminated command line at `paddr` (identity-mapped at
+/// boot): the kernel drops the identity map later, so nothing may point
+/// into boot data.
+fn cmdline_at(paddr: u64) -> FixedStr<CMDLINE_CAPACITY> {
+    let mut out = FixedStr::new();
     if paddr == 0 {
-        return "";
+        return out;
     }
     let p = paddr as *const u8;
     let mut len = 0;
     // SAFETY: QEMU places a NUL-terminated string at `cmdline_paddr`,
-    // identity-mapped; we read up to its terminator, at most 4 KiB.
-    while len < 4096 && unsafe { *p.add(len) } != 0 {
+    // identity-mapped; we read up to its terminator, at most the capacity.
+    while len < CMDLINE_CAPACITY && unsafe { *p.add(len) } != 0 {
         len += 1;
     }
     // SAFETY: `len` bytes starting at `p` were just read as valid memory
     // that the kernel never writes.
     let bytes = unsafe { core::slice::from_raw_parts(p, len) };
-    core::str::from_utf8(bytes).unwrap_or("")
+    let _ = fmt::Write::write_str(&mut out, core::str::from_utf8(bytes).unwrap_or(""));
+    out
 }
 
 /// A byte count printed with a binary unit (`4 KiB`, `127 MiB`).

@@ -8,6 +8,7 @@
 pub mod boot;
 pub mod console;
 pub mod cpu;
+pub mod image;
 pub mod interrupts;
 pub mod qemu;
 pub mod recover;

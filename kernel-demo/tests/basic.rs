@@ -61,6 +61,37 @@ kernel_demo::test_kernel! {
         assert_eq!(sum, 3 * 63 * 64 / 2);
     }
 
+    /// The image has one executable segment, no segment both writable and
+    /// executable, and the segments cover the image without overlapping.
+    fn image_segments_are_w_xor_x() {
+        let mut segs: [Option<kernel_demo::image::Segment>; 8] = [None; 8];
+        for (slot, s) in segs.iter_mut().zip(kernel_demo::image::segments()) {
+            *slot = Some(s);
+        }
+        let segs = segs.iter().flatten();
+        assert_eq!(segs.clone().filter(|s| s.executable).count(), 1);
+        assert!(segs.clone().all(|s| !(s.writable && s.executable)));
+        let (start, end) = boot::info().kernel_image();
+        assert!(segs.clone().any(|s| s.start == start));
+        assert!(segs.clone().any(|s| s.end >= end));
+        for a in segs.clone() {
+            for b in segs.clone().filter(|b| b.start > a.start) {
+                assert!(a.end <= b.start, "{a:?} overlaps {b:?}");
+            }
+        }
+    }
+
+    /// The command line reaches the kernel (the runner passes a filter only
+    /// when asked, so an empty one is fine) and parses as key=value words.
+    fn cmdline_is_copied() {
+        let info = boot::info();
+        if let Some(f) = info.cmdline_arg("filter") {
+            assert!(info.cmdline().contains(f));
+        }
+        let (_, cmdline_len) = info.boot_data()[2];
+        assert!(info.cmdline().len() as u64 <= cmdline_len);
+    }
+
     /// The time-stamp counter moves forward.
     fn tsc_advances() {
         let a = cpu::rdtsc();
