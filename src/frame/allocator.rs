@@ -1,0 +1,273 @@
+//! The bitmap frame allocator: construction, single frames, frees, reservations.
+
+use x86_64::structures::paging::{frame::PhysFrameRange, PhysFrame};
+use x86_64::PhysAddr;
+
+use super::bitmap::Bitmap;
+use super::layout::{usable_frames, Layout, StoragePlan};
+use super::ranges::{Kind, RangeTable};
+use super::FrameError;
+use crate::memory_map::{MemoryMap, FRAME_SIZE};
+
+/// A physical frame allocator over one bit per 4 KiB frame.
+///
+/// Its storage (bitmap, summaries, hole and reservation table) is a `u64`
+/// slice borrowed for `'m`: either carved out of the map's own usable memory
+/// by [`init_carved`](Self::init_carved) (no heap needed: the kernel case), or
+/// given by the caller to [`new`](Self::new) (a static array, or a host
+/// buffer in tests). Single-frame allocation is O(log64 n) and returns the
+/// lowest free frame; frees and reservations are checked and typed.
+///
+/// ```
+/// use kmem::frame::BitmapFrameAllocator;
+/// use kmem::memory_map::{MemoryMap, Region, RegionKind};
+///
+/// let map: MemoryMap = MemoryMap::from_regions([Region::new(0x10_0000, 0x40_0000, RegionKind::Usable)])?;
+/// let mut storage = vec![0u64; BitmapFrameAllocator::storage_words(&map)];
+/// let mut frames = BitmapFrameAllocator::new(&map, &mut storage)?;
+/// let frame = frames.allocate()?;
+/// assert_eq!(frame.start_address().as_u64(), 0x10_0000);
+/// frames.free(frame)?;
+/// assert!(frames.free(frame).is_err()); // a double free is refused
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct BitmapFrameAllocator<'m> {
+    pub(crate) storage: &'m mut [u64],
+    pub(crate) bitmap: Bitmap,
+    pub(crate) table: RangeTable,
+    /// Frame number of bit 0 (a multiple of 64).
+    pub(crate) base: u64,
+    /// Usable frames in the map.
+    pub(crate) usable: u64,
+    pub(crate) free: u64,
+    pub(crate) reserved: u64,
+}
+
+impl<'m> BitmapFrameAllocator<'m> {
+    /// An allocator with no memory: every allocation fails. A placeholder
+    /// for statics, e.g. inside a [`LockedFrameAllocator`](super::LockedFrameAllocator).
+    pub const fn empty() -> Self {
+        Self {
+            storage: &mut [],
+            bitmap: Bitmap::new(0),
+            table: RangeTable::new(0, 0),
+            base: 0,
+            usable: 0,
+            free: 0,
+            reserved: 0,
+        }
+    }
+
+    /// Storage words [`new`](Self::new) needs for `map`.
+    pub fn storage_words<const N: usize>(map: &MemoryMap<N>) -> usize {
+        Layout::of(map).words()
+    }
+
+    /// Where [`init_carved`](Self::init_carved) will put its storage for `map`.
+    pub fn plan<const N: usize>(map: &MemoryMap<N>) -> Result<StoragePlan, FrameError> {
+        let layout = Layout::of(map);
+        let bytes = layout.words() as u64 * 8;
+        layout
+            .plan(map)
+            .ok_or(FrameError::NoRoomForMetadata { bytes })
+    }
+
+    /// Builds an allocator over the usable memory of `map`, keeping its
+    /// metadata in `storage` (at least [`storage_words`](Self::storage_words)
+    /// words; its old contents are overwritten).
+    ///
+    /// If `storage` lies in usable memory of `map`, reserve it in the map
+    /// first, or use [`init_carved`](Self::init_carved).
+    pub fn new<const N: usize>(
+        map: &MemoryMap<N>,
+        storage: &'m mut [u64],
+    ) -> Result<Self, FrameError> {
+        Self::build(map, storage, None)
+    }
+
+    /// Builds an allocator whose storage is carved out of `map`'s usable
+    /// memory (see [`plan`](Self::plan)) and marked reserved. Writes only the
+    /// storage, never the frames it manages.
+    ///
+    /// # Safety
+    /// Physical memory must be mapped at `phys_base`: for the planned storage
+    /// range `p`, `phys_base + p` must be valid for reads and writes, aligned
+    /// to 8, and not accessed by anything else for `'m`. In a kernel,
+    /// `phys_base` is the direct-map offset (0 under identity mapping); on the
+    /// host it may be `buffer.wrapping_sub(plan.phys)`.
+    pub unsafe fn init_carved<const N: usize>(
+        map: &MemoryMap<N>,
+        phys_base: *mut u8,
+    ) -> Result<Self, FrameError> {
+        let plan = Self::plan(map)?;
+        let ptr = phys_base.wrapping_add(plan.phys as usize).cast::<u64>();
+        // SAFETY: the caller guarantees that the planned storage range is
+        // mapped at `phys_base`, valid, aligned and exclusively ours for 'm.
+        let storage = unsafe { core::slice::from_raw_parts_mut(ptr, plan.words) };
+        Self::build(map, storage, Some(plan))
+    }
+
+    fn build<const N: usize>(
+        map: &MemoryMap<N>,
+        storage: &'m mut [u64],
+        carved: Option<StoragePlan>,
+    ) -> Result<Self, FrameError> {
+        let Layout {
+            base,
+            bitmap,
+            table,
+            usable,
+        } = Layout::of(map);
+        let needed = bitmap.words() + table.words();
+        if storage.len() < needed {
+            return Err(FrameError::StorageTooSmall {
+                needed,
+                given: storage.len(),
+            });
+        }
+        let index = move |(a, b): (u64, u64)| ((a - base) as usize, (b - base) as usize);
+        bitmap.init(storage, usable_frames(map).map(index));
+        let mut this = Self {
+            storage,
+            bitmap,
+            table,
+            base,
+            usable,
+            free: usable,
+            reserved: 0,
+        };
+        for (a, b) in Layout::of(map).holes(map) {
+            this.table
+                .insert(this.storage, a, b, Kind::Hole)
+                .map_err(too_full)?;
+        }
+        if let Some(plan) = carved {
+            let a = (plan.phys / FRAME_SIZE - base) as usize;
+            this.take_reserved(a, a + plan.frames() as usize)?;
+        }
+        Ok(this)
+    }
+
+    /// Allocates the lowest free frame.
+    pub fn allocate(&mut self) -> Result<PhysFrame, FrameError> {
+        let i = self
+            .bitmap
+            .next_free(self.storage, 0)
+            .ok_or(FrameError::OutOfFrames {
+                frames: 1,
+                align: FRAME_SIZE,
+                below: None,
+            })?;
+        self.bitmap.set(self.storage, i, false);
+        self.free -= 1;
+        Ok(self.frame(i))
+    }
+
+    /// Frees one allocated frame. See [`free_range`](Self::free_range).
+    pub fn free(&mut self, frame: PhysFrame) -> Result<(), FrameError> {
+        self.free_range(PhysFrame::range(frame, frame + 1))
+    }
+
+    /// Frees allocated frames. Fails, changing nothing, if any frame is
+    /// outside the map, reserved, or already free.
+    pub fn free_range(&mut self, range: PhysFrameRange) -> Result<(), FrameError> {
+        let (a, b) = self.indices(range)?;
+        self.check_not_in_table(a, b)?;
+        if let Some(i) = self.bitmap.first_with(self.storage, a, b, true) {
+            return Err(FrameError::AlreadyFree {
+                frame: self.addr(i),
+            });
+        }
+        self.bitmap.set_range(self.storage, a, b, true);
+        self.free += (b - a) as u64;
+        Ok(())
+    }
+
+    /// Takes free frames out of service after init (e.g. memory found to be
+    /// in use later). Fails, changing nothing, if any frame is outside the
+    /// map, reserved, allocated, or the reservation table is full.
+    pub fn reserve(&mut self, range: PhysFrameRange) -> Result<(), FrameError> {
+        let (a, b) = self.indices(range)?;
+        self.check_not_in_table(a, b)?;
+        self.take_reserved(a, b)
+    }
+
+    /// Whether `frame` is free.
+    pub fn is_free(&self, frame: PhysFrame) -> bool {
+        let f = frame.start_address().as_u64() / FRAME_SIZE;
+        f >= self.base && ((f - self.base) as usize) < self.bitmap.len() && {
+            self.bitmap.is_free(self.storage, (f - self.base) as usize)
+        }
+    }
+
+    /// Free frames, in O(1).
+    pub fn free_frames(&self) -> u64 {
+        self.free
+    }
+
+    /// Marks free `[a, b)` reserved.
+    fn take_reserved(&mut self, a: usize, b: usize) -> Result<(), FrameError> {
+        if let Some(i) = self.bitmap.first_with(self.storage, a, b, false) {
+            return Err(FrameError::InUse {
+                frame: self.addr(i),
+            });
+        }
+        self.table
+            .insert(self.storage, a, b, Kind::Reserved)
+            .map_err(too_full)?;
+        self.bitmap.set_range(self.storage, a, b, false);
+        self.free -= (b - a) as u64;
+        self.reserved += (b - a) as u64;
+        Ok(())
+    }
+
+    /// Fails if `[a, b)` overlaps a hole or a reservation.
+    fn check_not_in_table(&self, a: usize, b: usize) -> Result<(), FrameError> {
+        match self.table.first_overlap(self.storage, a, b) {
+            None => Ok(()),
+            Some(e) => {
+                let frame = self.addr(e.start.max(a));
+                Err(match e.kind {
+                    Kind::Hole => FrameError::OutsideMap { frame },
+                    Kind::Reserved => FrameError::Reserved { frame },
+                })
+            }
+        }
+    }
+
+    /// Bitmap indices of a frame range, which must lie inside the span.
+    fn indices(&self, range: PhysFrameRange) -> Result<(usize, usize), FrameError> {
+        let a = range.start.start_address().as_u64() / FRAME_SIZE;
+        let b = range.end.start_address().as_u64() / FRAME_SIZE;
+        if a >= b {
+            return Err(FrameError::ZeroFrames);
+        }
+        let end = self.base + self.bitmap.len() as u64;
+        if a < self.base || a >= end {
+            return Err(FrameError::OutsideMap {
+                frame: a * FRAME_SIZE,
+            });
+        }
+        if b > end {
+            return Err(FrameError::OutsideMap {
+                frame: end * FRAME_SIZE,
+            });
+        }
+        Ok(((a - self.base) as usize, (b - self.base) as usize))
+    }
+
+    /// Physical address of bitmap index `i`.
+    pub(crate) fn addr(&self, i: usize) -> u64 {
+        (self.base + i as u64) * FRAME_SIZE
+    }
+
+    /// The frame at bitmap index `i`.
+    pub(crate) fn frame(&self, i: usize) -> PhysFrame {
+        PhysFrame::containing_address(PhysAddr::new(self.addr(i)))
+    }
+}
+
+fn too_full(capacity: usize) -> FrameError {
+    FrameError::ReservationTableFull { capacity }
+}

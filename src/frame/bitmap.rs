@@ -1,0 +1,244 @@
+//! The frame bitmap: one bit per frame (1 = free) with two summaries.
+//!
+//! `frames` is a [`Tree`] over the frame bits: finding any free frame is
+//! O(log64 n). `full` is a tree with one bit per frame word, set iff all 64
+//! frames of that word are free: it lets contiguous searches for runs of 64
+//! frames or more skip whole fragmented areas. Both live in one storage
+//! slice; together they cost 1 + 2/64 + ... ≈ 1.032 bits per frame.
+
+use super::tree::{words_for, Tree};
+
+/// Layout of the frame bitmap inside a storage slice (starting at word 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Bitmap {
+    frames: Tree,
+    full: Tree,
+}
+
+impl Bitmap {
+    /// The layout for `frames` frames.
+    pub(crate) const fn new(frames: usize) -> Self {
+        let t = Tree::new(0, frames);
+        Self {
+            frames: t,
+            full: Tree::new(t.words(), words_for(frames)),
+        }
+    }
+
+    /// Storage words of both trees.
+    pub(crate) const fn words(&self) -> usize {
+        self.frames.words() + self.full.words()
+    }
+
+    /// Number of frames covered.
+    pub(crate) const fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether frame `i` is free.
+    pub(crate) fn is_free(&self, s: &[u64], i: usize) -> bool {
+        self.frames.get(s, i)
+    }
+
+    /// The first free frame at or after `pos`.
+    pub(crate) fn next_free(&self, s: &[u64], pos: usize) -> Option<usize> {
+        self.frames.next_set(s, pos)
+    }
+
+    /// The first entirely free frame word at or after word `pos`.
+    pub(crate) fn next_full_word(&self, s: &[u64], pos: usize) -> Option<usize> {
+        self.full.next_set(s, pos)
+    }
+
+    /// The first word in `[a, b)` that is not entirely free.
+    pub(crate) fn first_partial_word(&self, s: &[u64], a: usize, b: usize) -> Option<usize> {
+        first_with(s, self.full.word0(0), a, b, false)
+    }
+
+    /// The first frame in `[a, b)` whose state is `free`.
+    pub(crate) fn first_with(&self, s: &[u64], a: usize, b: usize, free: bool) -> Option<usize> {
+        first_with(s, self.frames.word0(0), a, b, free)
+    }
+
+    /// Marks frame `i` as free (`true`) or not.
+    pub(crate) fn set(&self, s: &mut [u64], i: usize, free: bool) {
+        self.set_range(s, i, i + 1, free);
+    }
+
+    /// Marks frames `[a, b)` as free (`true`) or not, word by word.
+    pub(crate) fn set_range(&self, s: &mut [u64], a: usize, b: usize, free: bool) {
+        let mut i = a;
+        while i < b {
+            let w = i / 64;
+            let hi = b.min(w * 64 + 64);
+            let mask = bits(i % 64, hi - w * 64);
+            let old = s[self.frames.word0(w)];
+            self.write(s, w, if free { old | mask } else { old & !mask });
+            i = hi;
+        }
+    }
+
+    /// Writes frame word `w`, keeping both summaries in step.
+    fn write(&self, s: &mut [u64], w: usize, value: u64) {
+        let was_full = s[self.frames.word0(w)] == !0;
+        self.frames.write_word(s, w, value);
+        match (was_full, value == !0) {
+            (false, true) => self.full.set_at(s, 0, w),
+            (true, false) => self.full.clear_at(s, 0, w),
+            _ => {}
+        }
+    }
+
+    /// Initializes storage: the frames of `free` ranges (sorted, disjoint)
+    /// free, everything else not; then both summaries in bulk. Touches only
+    /// the `words()` storage words.
+    pub(crate) fn init(&self, s: &mut [u64], free: impl Iterator<Item = (usize, usize)>) {
+        s[..self.words()].fill(0);
+        let base = self.frames.word0(0);
+        for (a, b) in free {
+            let (wa, wb) = (a.div_ceil(64), b / 64);
+            if wa >= wb {
+                for i in a..b {
+                    s[base + i / 64] |= 1 << (i % 64);
+                }
+                continue;
+            }
+            s[base + wa..base + wb].fill(!0);
+            if a % 64 != 0 {
+                s[base + a / 64] |= bits(a % 64, 64);
+            }
+            if b % 64 != 0 {
+                s[base + wb] |= bits(0, b % 64);
+            }
+        }
+        self.frames.rebuild(s);
+        let full = self.full.word0(0);
+        for w in 0..words_for(self.len()) {
+            if s[base + w] == !0 {
+                s[full + w / 64] |= 1 << (w % 64);
+            }
+        }
+        self.full.rebuild(s);
+    }
+
+    /// Free frames in total (a popcount; for the invariant checker).
+    pub(crate) fn count_free(&self, s: &[u64]) -> u64 {
+        let base = self.frames.word0(0);
+        s[base..base + words_for(self.len())]
+            .iter()
+            .map(|w| u64::from(w.count_ones()))
+            .sum()
+    }
+
+    /// Frame word `w` (1 = free).
+    pub(crate) fn word(&self, s: &[u64], w: usize) -> u64 {
+        s[self.frames.word0(w)]
+    }
+
+    /// The longest run of free frames, one pass over the frame words.
+    pub(crate) fn largest_free_run(&self, s: &[u64]) -> u64 {
+        let (mut best, mut cur) = (0u64, 0u64);
+        for w in 0..words_for(self.len()) {
+            let word = self.word(s, w);
+            if word == !0 {
+                cur += 64;
+                continue;
+            }
+            best = best.max(cur + u64::from(word.trailing_ones()));
+            best = best.max(longest_ones(word));
+            cur = u64::from(word.leading_ones());
+        }
+        best.max(cur)
+    }
+
+    /// Both trees agree with their summaries and `full` with the frames.
+    pub(crate) fn check(&self, s: &[u64]) -> Result<(), &'static str> {
+        self.frames.check(s)?;
+        self.full.check(s)?;
+        for w in 0..words_for(self.len()) {
+            if (self.word(s, w) == !0) != self.full.get(s, w) {
+                return Err("full-word summary disagrees with the frame word");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Mask of bits `[lo, hi)` of a word, `hi <= 64`.
+fn bits(lo: usize, hi: usize) -> u64 {
+    let upper = if hi == 64 { !0 } else { (1u64 << hi) - 1 };
+    upper & (!0u64 << lo)
+}
+
+/// The longest run of ones inside one word.
+fn longest_ones(mut x: u64) -> u64 {
+    let mut best = 0;
+    while x != 0 {
+        x >>= x.trailing_zeros();
+        let ones = x.trailing_ones();
+        best = best.max(u64::from(ones));
+        x = x.checked_shr(ones).unwrap_or(0);
+    }
+    best
+}
+
+/// The first bit in `[a, b)` of the level-0 bits at word `base` equal to `want`.
+fn first_with(s: &[u64], base: usize, a: usize, b: usize, want: bool) -> Option<usize> {
+    let mut i = a;
+    while i < b {
+        let w = i / 64;
+        let hi = b.min(w * 64 + 64);
+        let word = if want { s[base + w] } else { !s[base + w] };
+        let hit = word & bits(i % 64, hi - w * 64);
+        if hit != 0 {
+            return Some(w * 64 + hit.trailing_zeros() as usize);
+        }
+        i = hi;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_edges() {
+        let b = Bitmap::new(130);
+        let mut s = vec![0; b.words()];
+        b.init(&mut s, [(63, 66), (129, 130)].into_iter());
+        b.check(&s).unwrap();
+        assert_eq!(b.next_free(&s, 0), Some(63));
+        assert_eq!(b.next_free(&s, 64), Some(64));
+        assert_eq!(b.next_free(&s, 66), Some(129));
+        assert_eq!(b.count_free(&s), 4);
+        assert_eq!(b.largest_free_run(&s), 3);
+        b.set(&mut s, 64, false);
+        assert_eq!(b.first_with(&s, 63, 66, false), Some(64));
+        b.check(&s).unwrap();
+    }
+
+    #[test]
+    fn full_words_track_frames() {
+        let b = Bitmap::new(64 * 70);
+        let mut s = vec![0; b.words()];
+        b.init(&mut s, [(0, 64 * 70)].into_iter());
+        assert_eq!(b.next_full_word(&s, 0), Some(0));
+        b.set(&mut s, 5, false);
+        assert_eq!(b.next_full_word(&s, 0), Some(1));
+        assert_eq!(b.first_partial_word(&s, 0, 70), Some(0));
+        b.set_range(&mut s, 64, 64 * 69, false);
+        assert_eq!(b.next_full_word(&s, 0), Some(69));
+        b.check(&s).unwrap();
+        b.set_range(&mut s, 0, 64 * 70, true);
+        assert_eq!(b.largest_free_run(&s), 64 * 70);
+        b.check(&s).unwrap();
+    }
+
+    #[test]
+    fn longest_ones_in_word() {
+        assert_eq!(longest_ones(0), 0);
+        assert_eq!(longest_ones(!0), 64);
+        assert_eq!(longest_ones(0b1110_0110), 3);
+    }
+}

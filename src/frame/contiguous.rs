@@ -1,0 +1,104 @@
+//! Contiguous, aligned runs of frames with an optional address limit.
+
+use x86_64::structures::paging::{frame::PhysFrameRange, PhysFrame};
+
+use super::{BitmapFrameAllocator, FrameError};
+use crate::memory_map::FRAME_SIZE;
+
+impl BitmapFrameAllocator<'_> {
+    /// Allocates `frames` contiguous frames whose first address is a
+    /// multiple of `align` bytes (a power of two >= 4 KiB, e.g. 4 KiB, 2 MiB,
+    /// 1 GiB) and whose end is at most `below`, if given (e.g. 16 MiB for ISA
+    /// DMA, 4 GiB for 32-bit devices). Returns the lowest such run.
+    ///
+    /// Runs of 64 frames or more aligned to 256 KiB or more are searched a
+    /// word of 64 frames at a time, through the summary of entirely free
+    /// words, so fragmented areas are skipped without visiting their frames.
+    pub fn allocate_contiguous(
+        &mut self,
+        frames: u64,
+        align: u64,
+        below: Option<u64>,
+    ) -> Result<PhysFrameRange, FrameError> {
+        if frames == 0 {
+            return Err(FrameError::ZeroFrames);
+        }
+        if !align.is_power_of_two() || align < FRAME_SIZE {
+            return Err(FrameError::BadAlignment { align });
+        }
+        let oom = FrameError::OutOfFrames {
+            frames,
+            align,
+            below,
+        };
+        let limit = below.map_or(u64::MAX, |b| b / FRAME_SIZE);
+        let hi = limit
+            .saturating_sub(self.base)
+            .min(self.bitmap.len() as u64);
+        if frames > hi {
+            return Err(oom);
+        }
+        let (count, hi) = (frames as usize, hi as usize);
+        let align_frames = (align / FRAME_SIZE) as usize;
+        let found = if count >= 64 && align_frames >= 64 {
+            self.find_by_words(count, align_frames, hi)
+        } else {
+            self.find_by_frames(count, align_frames, hi)
+        };
+        let start = found.ok_or(oom)?;
+        self.bitmap
+            .set_range(self.storage, start, start + count, false);
+        self.free -= frames;
+        Ok(PhysFrame::range(
+            self.frame(start),
+            self.frame(start) + frames,
+        ))
+    }
+
+    /// Rounds bitmap index `i` up so its frame number is a multiple of `align`.
+    fn align_up(&self, i: usize, align: usize) -> usize {
+        let base = self.base as usize;
+        (base + i).next_multiple_of(align) - base
+    }
+
+    /// Candidate by candidate: the next free frame, aligned up, then the
+    /// first allocated frame inside the candidate run restarts the search.
+    fn find_by_frames(&self, count: usize, align: usize, hi: usize) -> Option<usize> {
+        let mut pos = 0;
+        loop {
+            let cand = self.align_up(self.bitmap.next_free(self.storage, pos)?, align);
+            let end = cand.checked_add(count).filter(|&e| e <= hi)?;
+            match self.bitmap.first_with(self.storage, cand, end, false) {
+                None => return Some(cand),
+                Some(used) => pos = used + 1,
+            }
+        }
+    }
+
+    /// Like [`find_by_frames`](Self::find_by_frames) over whole free words;
+    /// `base` is a multiple of 64, so aligned candidates start on a word.
+    fn find_by_words(&self, count: usize, align: usize, hi: usize) -> Option<usize> {
+        let (words, tail) = (count / 64, count % 64);
+        let mut wpos = 0;
+        loop {
+            let w = self.bitmap.next_full_word(self.storage, wpos)?;
+            let cand = self.align_up(w * 64, align);
+            let end = cand.checked_add(count).filter(|&e| e <= hi)?;
+            let cw = cand / 64;
+            if let Some(partial) = self.bitmap.first_partial_word(self.storage, cw, cw + words) {
+                wpos = partial + 1;
+                continue;
+            }
+            if tail > 0
+                && self
+                    .bitmap
+                    .first_with(self.storage, end - tail, end, false)
+                    .is_some()
+            {
+                wpos = cw + words + 1;
+                continue;
+            }
+            return Some(cand);
+        }
+    }
+}
