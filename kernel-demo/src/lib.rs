@@ -10,6 +10,7 @@ pub mod console;
 pub mod cpu;
 pub mod image;
 pub mod interrupts;
+pub mod memory;
 pub mod qemu;
 pub mod recover;
 pub mod testing;

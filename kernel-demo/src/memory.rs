@@ -1,0 +1,74 @@
+//! From the PVH memory map to a kmem frame allocator.
+//!
+//! The PVH map does not reserve the kernel image, the boot data (start
+//! info, the map itself, the command line) or the low 1 MiB (BIOS data,
+//! real-mode IVT, option ROMs): they are reserved here before the
+//! allocator sees the map.
+
+use crate::boot::BootInfo;
+use kmem::frame::{BitmapFrameAllocator, FrameError};
+use kmem::memory_map::e820;
+use kmem::memory_map::{MapError, MemoryMap, Region};
+
+/// The low memory every kernel keeps out of the allocator.
+pub const LOW_RESERVED: u64 = 1 << 20;
+
+/// The sanitized memory map with the kernel's own reservations.
+pub fn memory_map(info: &BootInfo) -> Result<MemoryMap, MapError> {
+    let regions = info
+        .regions()
+        .iter()
+        .map(|r| Region::new(r.start, r.len, e820::kind(r.kind)));
+    let mut map = MemoryMap::from_regions(regions)?;
+    for (start, len) in reserved_ranges(info) {
+        map.reserve(start, len)?;
+    }
+    Ok(map)
+}
+
+/// Physical ranges `(start, len)` that must never be handed out.
+pub fn reserved_ranges(info: &BootInfo) -> impl Iterator<Item = (u64, u64)> {
+    let (image_start, image_end) = info.kernel_image();
+    [(0, LOW_RESERVED), (image_start, image_end - image_start)]
+        .into_iter()
+        .chain(
+            info.boot_data()
+                .into_iter()
+                .filter(|&(start, len)| start != 0 && len != 0),
+        )
+}
+
+/// Why the frame allocator could not be built.
+#[derive(Debug)]
+pub enum SetupError {
+    /// The memory map was refused.
+    Map(MapError),
+    /// The allocator was refused.
+    Frames(FrameError),
+}
+
+impl core::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Map(e) => write!(f, "memory map: {e}"),
+            Self::Frames(e) => write!(f, "frame allocator: {e}"),
+        }
+    }
+}
+
+/// Builds the frame allocator, carving its storage out of usable RAM and
+/// reaching it through the boot identity map.
+///
+/// # Safety
+/// Call once: the carved storage becomes the allocator's for `'static`;
+/// physical memory must be identity-mapped (as the boot stub leaves it).
+pub unsafe fn frame_allocator(
+    info: &BootInfo,
+) -> Result<BitmapFrameAllocator<'static>, SetupError> {
+    let map = memory_map(info).map_err(SetupError::Map)?;
+    // SAFETY: the boot stub identity-maps the first 64 GiB (phys_base 0);
+    // the storage is carved from usable RAM that nothing else uses, since
+    // the caller calls this once and reservations cover all boot data.
+    unsafe { BitmapFrameAllocator::init_carved(&map, core::ptr::with_exposed_provenance_mut(0)) }
+        .map_err(SetupError::Frames)
+}
