@@ -4,8 +4,9 @@
 //! QEMU's `-kernel` loads an ELF carrying a Xen PVH note and jumps to the
 //! note's entry in 32-bit protected mode, paging off, `ebx` = physical
 //! address of the start info. The stub identity-maps the first 64 GiB with
-//! 2 MiB pages (enough for every RAM size the demo runs with), enables long
-//! mode and calls [`rust_entry`] on the boot stack.
+//! 2 MiB pages (enough for every RAM size the demo runs with), maps the
+//! first GiB again at the kernel's higher-half base (`kernel.ld`), enables
+//! long mode and calls [`rust_entry`] on the boot stack, in the higher half.
 
 use core::fmt;
 
@@ -39,14 +40,17 @@ _pvh_start:
     cli
     cld
     mov %ebx, %esi                  /* keep the start info address */
-    mov $boot_stack_top, %esp
+    mov $boot_stack32_top, %esp
 
-    /* PML4[0] -> PDPT */
+    /* PML4[0] -> identity PDPT; PML4[511] -> higher-half PDPT */
     mov $boot_pdpt, %eax
     or $3, %eax
     mov %eax, boot_pml4
+    mov $boot_pdpt_high, %eax
+    or $3, %eax
+    mov %eax, boot_pml4 + 511 * 8
 
-    /* PDPT[i] -> PD i, i in 0..64 */
+    /* identity PDPT[i] -> PD i, i in 0..64 */
     mov $boot_pds, %eax
     or $3, %eax
     mov $boot_pdpt, %edi
@@ -56,6 +60,11 @@ _pvh_start:
     add $4096, %eax
     add $8, %edi
     loop 1b
+
+    /* higher-half PDPT[510] (0xffffffff80000000) -> PD 0: the first GiB */
+    mov $boot_pds, %eax
+    or $3, %eax
+    mov %eax, boot_pdpt_high + 510 * 8
 
     /* PD entries: 32768 x 2 MiB, present | writable | huge */
     mov $boot_pds, %edi
@@ -99,10 +108,11 @@ long_mode_entry:
     xor %ax, %ax
     mov %ax, %fs
     mov %ax, %gs
-    mov $boot_stack_top, %rsp
+    movabs $boot_stack_top, %rsp    /* from here on: the higher half */
     xor %rbp, %rbp
     mov %esi, %edi                  /* zero-extends into rdi */
-    call {entry}
+    movabs ${entry}, %rax
+    call *%rax
 3:  hlt
     jmp 3b
 
@@ -122,8 +132,15 @@ boot_pml4:
     .skip 4096
 boot_pdpt:
     .skip 4096
+boot_pdpt_high:
+    .skip 4096
 boot_pds:
     .skip 4096 * 64
+    .skip 256
+boot_stack32_top:
+
+    .section .bss.stack, "aw", @nobits
+    .balign 4096
     .global boot_stack_bottom
 boot_stack_bottom:
     .skip {stack_size}
@@ -135,8 +152,8 @@ boot_stack_top:
 );
 
 extern "C" {
-    static __ehdr_start: u8;
-    static _end: u8;
+    static __kernel_phys_start: u8;
+    static __kernel_phys_end: u8;
     static boot_stack_bottom: u8;
 }
 
@@ -398,8 +415,11 @@ impl BootInfo {
 
     /// Physical range `[start, end)` of the loaded kernel image (incl. bss).
     pub fn kernel_image(&self) -> (u64, u64) {
-        // Linker-defined symbols: only their addresses are taken.
-        (&raw const __ehdr_start as u64, &raw const _end as u64)
+        // Linker-script symbols: only their addresses are taken.
+        (
+            &raw const __kernel_phys_start as u64,
+            &raw const __kernel_phys_end as u64,
+        )
     }
 
     /// The lowest address of the boot stack: a kernel can unmap the page

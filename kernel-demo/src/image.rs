@@ -1,22 +1,27 @@
-//! The kernel image's own layout, read from its ELF program headers (the
-//! first loadable segment starts with the ELF header, at `__ehdr_start`),
-//! so the kernel can map itself W^X: text read+execute, rodata read-only,
-//! data and bss read-write, all else non-executable.
+//! The kernel image's own layout, from the symbols of `kernel.ld`, so the
+//! kernel can map itself W^X: text read+execute, rodata read-only, data and
+//! bss read-write, the last two non-executable.
 
-const PT_LOAD: u32 = 1;
-const PF_X: u32 = 1;
-const PF_W: u32 = 2;
+/// Virtual base of the kernel image: virtual = physical + this.
+pub const KERNEL_OFFSET: u64 = 0xFFFF_FFFF_8000_0000;
 
 extern "C" {
-    static __ehdr_start: u8;
+    static __text_start: u8;
+    static __text_end: u8;
+    static __rodata_start: u8;
+    static __rodata_end: u8;
+    static __data_start: u8;
+    static __data_end: u8;
 }
 
-/// One loadable segment, page-rounded.
+/// One page-aligned section of the running kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
-    /// First byte (page-aligned down). Virtual = physical in this kernel.
+    /// What it holds.
+    pub name: &'static str,
+    /// First virtual address (page-aligned).
     pub start: u64,
-    /// One past the last byte (page-aligned up).
+    /// One past the last byte (page-aligned).
     pub end: u64,
     /// Writable data or bss.
     pub writable: bool,
@@ -24,30 +29,53 @@ pub struct Segment {
     pub executable: bool,
 }
 
-fn read<T: Copy>(offset: usize) -> T {
-    let base = &raw const __ehdr_start;
-    // SAFETY: the ELF header and program headers lie inside the first
-    // loadable segment, mapped and never written; callers read fields at
-    // offsets taken from the ELF64 layout. Unaligned reads are used.
-    unsafe { base.add(offset).cast::<T>().read_unaligned() }
+impl Segment {
+    /// Its physical start address.
+    pub fn phys_start(&self) -> u64 {
+        self.start - KERNEL_OFFSET
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether `addr` lies inside.
+    pub fn contains_addr(&self, addr: u64) -> bool {
+        (self.start..self.end).contains(&addr)
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
 }
 
-/// The loadable segments of the running kernel.
-pub fn segments() -> impl Iterator<Item = Segment> {
-    let phoff: u64 = read(32);
-    let phentsize: u16 = read(54);
-    let phnum: u16 = read(56);
-    (0..usize::from(phnum)).filter_map(move |i| {
-        let ph = phoff as usize + i * usize::from(phentsize);
-        let kind: u32 = read(ph);
-        let flags: u32 = read(ph + 4);
-        let vaddr: u64 = read(ph + 16);
-        let memsz: u64 = read(ph + 40);
-        (kind == PT_LOAD && memsz > 0).then(|| Segment {
-            start: vaddr & !0xfff,
-            end: (vaddr + memsz + 0xfff) & !0xfff,
-            writable: flags & PF_W != 0,
-            executable: flags & PF_X != 0,
-        })
-    })
+/// The text, rodata and data (with bss) sections of the running kernel.
+pub fn segments() -> [Segment; 3] {
+    // Linker-script symbols: only their addresses are taken.
+    let addr = |p: *const u8| p as u64;
+    [
+        Segment {
+            name: "text",
+            start: addr(&raw const __text_start),
+            end: addr(&raw const __text_end),
+            writable: false,
+            executable: true,
+        },
+        Segment {
+            name: "rodata",
+            start: addr(&raw const __rodata_start),
+            end: addr(&raw const __rodata_end),
+            writable: false,
+            executable: false,
+        },
+        Segment {
+            name: "data+bss",
+            start: addr(&raw const __data_start),
+            end: addr(&raw const __data_end),
+            writable: true,
+            executable: false,
+        },
+    ]
 }
