@@ -1,0 +1,145 @@
+//! Address spaces: a new PML4 sharing the kernel half, switching to it, destroying it.
+
+use x86_64::structures::paging::{FrameDeallocator, PhysFrame, Size4KiB};
+
+use super::entry::{is_leaf, span, ADDR_MASK, ENTRIES, PRESENT};
+use super::mapper::frame_of;
+use super::{FrameSource, Mapper, Mmu, PagingError, PhysMem};
+
+/// The first PML4 index of the kernel half (0xffff_8000_0000_0000 and up).
+pub const KERNEL_HALF: usize = 256;
+
+/// A user address space: its own lower half, the kernel half shared with the mapper it was
+/// created from (same PDPT frames, so kernel mappings made under an existing PML4 entry are
+/// seen by all; a kernel PML4 entry created later is not propagated).
+#[derive(Debug)]
+pub struct AddressSpace<P: PhysMem> {
+    mapper: Mapper<P>,
+}
+
+/// What [`AddressSpace::destroy`] gave back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DestroyStats {
+    /// Table frames freed, the PML4 included.
+    pub tables: usize,
+    /// 4 KiB frames of user mappings freed (huge pages count 512 or 262144).
+    pub mapped_frames: usize,
+}
+
+impl<P: PhysMem + Clone> AddressSpace<P> {
+    /// A new address space whose kernel half (entries 256..512) is that of `kernel`.
+    pub fn new<A: FrameSource + ?Sized>(
+        kernel: &Mapper<P>,
+        alloc: &mut A,
+    ) -> Result<Self, PagingError> {
+        let mut mapper = Mapper::new_empty(kernel.phys_mem().clone(), alloc)?;
+        let (src, dst) = (kernel.root(), mapper.root());
+        for i in KERNEL_HALF..ENTRIES {
+            mapper.write(dst, i, kernel.read(src, i));
+        }
+        Ok(Self { mapper })
+    }
+}
+
+impl<P: PhysMem> AddressSpace<P> {
+    /// Takes a mapper as an address space (e.g. one built by hand).
+    pub fn from_mapper(mapper: Mapper<P>) -> Self {
+        Self { mapper }
+    }
+
+    /// The mapper, to map and unmap in this address space.
+    pub fn mapper(&mut self) -> &mut Mapper<P> {
+        &mut self.mapper
+    }
+
+    /// Read-only access to the mapper (translation).
+    pub fn mapper_ref(&self) -> &Mapper<P> {
+        &self.mapper
+    }
+
+    /// Its top-level table.
+    pub fn pml4(&self) -> PhysFrame {
+        self.mapper.pml4()
+    }
+
+    /// Whether this is the active address space.
+    pub fn is_active<M: Mmu + ?Sized>(&self, mmu: &M) -> bool {
+        mmu.cr3() == self.pml4()
+    }
+
+    /// Makes this the active address space.
+    ///
+    /// # Safety
+    ///
+    /// The kernel half must map the executing code, stack and all data in use (it does when
+    /// created from the active mapper), and the address space must outlive its activity.
+    pub unsafe fn switch<M: Mmu + ?Sized>(&self, mmu: &mut M) {
+        // SAFETY: forwarded to the caller.
+        unsafe { mmu.set_cr3(self.pml4()) };
+    }
+
+    /// Frees every user-half table (and, with `free_mapped`, every frame mapped there, huge
+    /// pages as their 4 KiB frames) and the PML4. The kernel half is untouched. Refused while
+    /// active.
+    pub fn destroy<M, A>(
+        self,
+        mmu: &M,
+        alloc: &mut A,
+        free_mapped: bool,
+    ) -> Result<DestroyStats, (Self, PagingError)>
+    where
+        M: Mmu + ?Sized,
+        A: FrameDeallocator<Size4KiB> + ?Sized,
+    {
+        if self.is_active(mmu) {
+            let pml4 = self.pml4().start_address();
+            return Err((self, PagingError::AddressSpaceActive { pml4 }));
+        }
+        let mut stats = DestroyStats::default();
+        let root = self.mapper.root();
+        for i in 0..KERNEL_HALF {
+            let e = self.mapper.read(root, i);
+            if e & PRESENT != 0 {
+                self.free_tree(e & ADDR_MASK, 3, alloc, free_mapped, &mut stats);
+            }
+        }
+        free(alloc, root);
+        stats.tables += 1;
+        Ok(stats)
+    }
+
+    fn free_tree<A>(
+        &self,
+        table: u64,
+        level: u8,
+        alloc: &mut A,
+        free_mapped: bool,
+        stats: &mut DestroyStats,
+    ) where
+        A: FrameDeallocator<Size4KiB> + ?Sized,
+    {
+        for i in 0..ENTRIES {
+            let e = self.mapper.read(table, i);
+            if e & PRESENT == 0 {
+                continue;
+            }
+            if !is_leaf(e, level) {
+                self.free_tree(e & ADDR_MASK, level - 1, alloc, free_mapped, stats);
+            } else if free_mapped {
+                let base = e & ADDR_MASK & !(span(level) - 1);
+                for k in 0..span(level) / 4096 {
+                    free(alloc, base + k * 4096);
+                }
+                stats.mapped_frames += (span(level) / 4096) as usize;
+            }
+        }
+        free(alloc, table);
+        stats.tables += 1;
+    }
+}
+
+fn free<A: FrameDeallocator<Size4KiB> + ?Sized>(alloc: &mut A, frame: u64) {
+    // SAFETY: the address space is being destroyed (consumed, not active): nothing refers
+    // to its user-half tables or, when asked, to the frames mapped there.
+    unsafe { alloc.deallocate_frame(frame_of(frame)) };
+}

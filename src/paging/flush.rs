@@ -1,0 +1,71 @@
+//! The must-use TLB flush token a TLB-changing operation returns.
+
+use x86_64::VirtAddr;
+
+use super::Mmu;
+
+/// Above this many pages a range operation asks for one full flush instead of `invlpg`s.
+pub const FLUSH_THRESHOLD: usize = 32;
+
+/// The TLB work an operation left to do: flush it (through an [`Mmu`]) or ignore it explicitly
+/// (e.g. when the tables are not active).
+#[must_use = "the TLB may still hold the old translation: call `flush` or `ignore`"]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flush {
+    pages: [u64; FLUSH_THRESHOLD],
+    len: usize,
+    all: bool,
+}
+
+impl Flush {
+    /// Nothing to flush (e.g. a new mapping over non-present entries, which the TLB never caches).
+    pub const fn none() -> Self {
+        Self {
+            pages: [0; FLUSH_THRESHOLD],
+            len: 0,
+            all: false,
+        }
+    }
+
+    /// Records that the translation of `addr` changed.
+    #[inline]
+    pub(crate) fn add(&mut self, addr: u64) {
+        if self.all {
+            return;
+        }
+        if self.len == FLUSH_THRESHOLD {
+            self.all = true;
+            return;
+        }
+        self.pages[self.len] = addr;
+        self.len += 1;
+    }
+
+    /// Whether this token will flush the whole TLB.
+    pub const fn is_full(&self) -> bool {
+        self.all
+    }
+
+    /// The pages that will be invalidated one by one (empty for a full flush).
+    pub fn pages(&self) -> impl Iterator<Item = VirtAddr> + '_ {
+        let n = if self.all { 0 } else { self.len };
+        self.pages[..n].iter().map(|&a| VirtAddr::new_truncate(a))
+    }
+
+    /// Whether there is nothing to flush.
+    pub const fn is_empty(&self) -> bool {
+        !self.all && self.len == 0
+    }
+
+    /// Performs the flush: single `invlpg`s, or one full flush above the threshold.
+    pub fn flush<M: Mmu + ?Sized>(self, mmu: &mut M) {
+        if self.all {
+            mmu.flush_all();
+        } else {
+            self.pages().for_each(|a| mmu.invlpg(a));
+        }
+    }
+
+    /// Drops the token on purpose (the tables are not active, or a later full flush covers it).
+    pub fn ignore(self) {}
+}

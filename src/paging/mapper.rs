@@ -1,0 +1,272 @@
+//! The mapper: owns a page-table hierarchy and performs single-page operations on it.
+
+use x86_64::structures::paging::{
+    FrameAllocator, FrameDeallocator, Page, PageSize, PhysFrame, Size4KiB,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+use super::entry::{
+    canonical, index, is_leaf, leaf_bits, span, ADDR_MASK, ENTRIES, HALF, LINEAR_MASK, PRESENT,
+    USER,
+};
+use super::{Flush, LeafSize, MapFlags, Mmu, PagingError, PhysMem};
+
+/// A frame source for the mapper: allocates table frames and takes freed ones back.
+/// Any `x86_64` frame allocator that can also deallocate qualifies.
+pub trait FrameSource: FrameAllocator<Size4KiB> + FrameDeallocator<Size4KiB> {}
+impl<T: FrameAllocator<Size4KiB> + FrameDeallocator<Size4KiB>> FrameSource for T {}
+
+/// A 4-level page-table hierarchy and the means to reach its tables.
+///
+/// Invariant: every table reachable from the PML4 belongs to this hierarchy alone (the kernel
+/// half may be shared with other address spaces) and is reachable through `phys`.
+#[derive(Debug)]
+pub struct Mapper<P: PhysMem> {
+    pml4: u64,
+    phys: P,
+}
+
+impl<P: PhysMem> Mapper<P> {
+    /// The mapper of an existing hierarchy rooted at `pml4`.
+    ///
+    /// # Safety
+    ///
+    /// `pml4` and every table reachable from it must be valid page tables reachable through
+    /// `phys`, not modified by anything else while the mapper lives, and no table may be
+    /// reachable from two parents within the hierarchy. Changing mappings the caller is using
+    /// (its code, stack, the direct map) is the caller's responsibility.
+    pub const unsafe fn new(pml4: PhysFrame, phys: P) -> Self {
+        Self {
+            pml4: pml4.start_address().as_u64(),
+            phys,
+        }
+    }
+
+    /// The mapper of the active hierarchy (CR3).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Mapper::new`], for the frame CR3 holds.
+    pub unsafe fn from_current<M: Mmu + ?Sized>(mmu: &M, phys: P) -> Self {
+        // SAFETY: forwarded to the caller.
+        unsafe { Self::new(mmu.cr3(), phys) }
+    }
+
+    /// A mapper over a fresh, empty PML4 taken from `alloc`.
+    ///
+    /// ```
+    /// use kmem::paging::{Mapper, MapFlags, LeafSize};
+    /// use kmem::testing::phys_mem::EmulatedMemory;
+    /// use x86_64::{PhysAddr, VirtAddr};
+    ///
+    /// let mem = EmulatedMemory::new(64);
+    /// let mut frames = mem.frame_allocator();
+    /// let mut mapper = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    /// let virt = VirtAddr::new(0xffff_8000_0000_0000);
+    /// // 4 MiB, both addresses 2 MiB-aligned: two 2 MiB pages.
+    /// mapper
+    ///     .map_range(virt, PhysAddr::new(0x20_0000), 0x40_0000, MapFlags::READ_WRITE, &mut frames)
+    ///     .unwrap()
+    ///     .ignore();
+    /// let t = mapper.translate(virt + 0x1234u64).unwrap();
+    /// assert_eq!(t.phys, PhysAddr::new(0x20_1234));
+    /// assert_eq!(t.size, LeafSize::Size2MiB);
+    /// assert!(t.access.writable && !t.access.executable);
+    /// ```
+    pub fn new_empty<A: FrameAllocator<Size4KiB> + ?Sized>(
+        phys: P,
+        alloc: &mut A,
+    ) -> Result<Self, PagingError> {
+        let frame = alloc.allocate_frame().ok_or(PagingError::OutOfFrames {
+            needed: 1,
+            obtained: 0,
+        })?;
+        let mut m = Self {
+            pml4: frame.start_address().as_u64(),
+            phys,
+        };
+        m.zero_table(m.pml4);
+        Ok(m)
+    }
+
+    /// The frame of the top-level table (the CR3 value).
+    pub fn pml4(&self) -> PhysFrame {
+        frame_of(self.pml4)
+    }
+
+    /// The physical-memory access this mapper uses.
+    pub fn phys_mem(&self) -> &P {
+        &self.phys
+    }
+
+    /// Gives up the hierarchy, returning its root and memory access.
+    pub fn into_parts(self) -> (PhysFrame, P) {
+        (self.pml4(), self.phys)
+    }
+
+    #[inline(always)]
+    pub(crate) fn root(&self) -> u64 {
+        self.pml4
+    }
+
+    #[inline(always)]
+    pub(crate) fn ptr(&self, table: u64) -> *mut u64 {
+        self.phys.table_ptr(frame_of(table)).as_ptr().cast()
+    }
+
+    /// Entry `i` of the table at `table`.
+    #[inline(always)]
+    pub(crate) fn read(&self, table: u64, i: usize) -> u64 {
+        debug_assert!(i < ENTRIES);
+        // SAFETY: `table` is a table of this hierarchy (or a frame we own), valid through
+        // `PhysMem`; `i < 512` keeps the access inside the 4096-byte table.
+        unsafe { self.ptr(table).add(i).read() }
+    }
+
+    /// Sets entry `i` of the table at `table`.
+    #[inline(always)]
+    pub(crate) fn write(&mut self, table: u64, i: usize, value: u64) {
+        debug_assert!(i < ENTRIES);
+        // SAFETY: as in `read`; `&mut self` makes the mapper the only writer.
+        unsafe { self.ptr(table).add(i).write(value) }
+    }
+
+    pub(crate) fn zero_table(&mut self, table: u64) {
+        // SAFETY: `table` is a whole 4096-byte frame we own, valid through `PhysMem`.
+        unsafe { self.ptr(table).write_bytes(0, ENTRIES) }
+    }
+
+    pub(crate) fn is_empty_table(&self, table: u64) -> bool {
+        (0..ENTRIES).all(|i| self.read(table, i) & PRESENT == 0)
+    }
+
+    /// Maps one page of size `S` exactly. A new mapping needs no TLB flush, so the token is empty.
+    pub fn map<S: PageSize, A: FrameSource + ?Sized>(
+        &mut self,
+        page: Page<S>,
+        frame: PhysFrame<S>,
+        flags: MapFlags,
+        alloc: &mut A,
+    ) -> Result<Flush, PagingError> {
+        let (va, pa) = (
+            page.start_address().as_u64(),
+            frame.start_address().as_u64(),
+        );
+        self.map_range_inner(va, pa, S::SIZE, flags, LeafSize::of::<S>(), true, alloc)
+    }
+
+    /// Unmaps one page of size `S`, returning its frame; tables left empty go back to `alloc`.
+    pub fn unmap<S: PageSize, A: FrameDeallocator<Size4KiB> + ?Sized>(
+        &mut self,
+        page: Page<S>,
+        alloc: &mut A,
+    ) -> Result<(PhysFrame<S>, Flush), PagingError> {
+        let va = page.start_address().as_u64();
+        let level = LeafSize::of::<S>().level();
+        let (path, leaf) = self.leaf_path(va, level)?;
+        self.write(path[level as usize], index(va & LINEAR_MASK, level), 0);
+        self.reclaim_path(va & LINEAR_MASK, level, &path, alloc);
+        let mut flush = Flush::none();
+        flush.add(va);
+        Ok((
+            PhysFrame::containing_address(PhysAddr::new(leaf & ADDR_MASK)),
+            flush,
+        ))
+    }
+
+    /// Changes the flags of one page of size `S`.
+    pub fn protect<S: PageSize>(
+        &mut self,
+        page: Page<S>,
+        flags: MapFlags,
+    ) -> Result<Flush, PagingError> {
+        let va = page.start_address().as_u64();
+        let bits = flags.checked_bits(page.start_address())?;
+        let level = LeafSize::of::<S>().level();
+        let (path, leaf) = self.leaf_path(va, level)?;
+        let lin = va & LINEAR_MASK;
+        for l in level + 1..=4 {
+            if bits & USER != 0 {
+                let i = index(lin, l);
+                let e = self.read(path[l as usize], i);
+                self.write(path[l as usize], i, e | USER);
+            }
+        }
+        self.write(
+            path[level as usize],
+            index(lin, level),
+            (leaf & ADDR_MASK) | leaf_bits(bits, level),
+        );
+        let mut flush = Flush::none();
+        flush.add(va);
+        Ok(flush)
+    }
+
+    /// Walks to the leaf of size `level` at `va`: the tables on the way (indexed by level)
+    /// and the leaf entry.
+    fn leaf_path(&self, va: u64, level: u8) -> Result<([u64; 5], u64), PagingError> {
+        if canonical(va) != va {
+            return Err(PagingError::NonCanonical { addr: va });
+        }
+        let lin = va & LINEAR_MASK;
+        let addr = VirtAddr::new_truncate(va);
+        let mut path = [0u64; 5];
+        path[4] = self.pml4;
+        let mut l = 4;
+        loop {
+            let e = self.read(path[l as usize], index(lin, l));
+            if e & PRESENT == 0 {
+                return Err(PagingError::NotMapped { addr });
+            }
+            let leaf = is_leaf(e, l);
+            if l == level {
+                return match leaf {
+                    true => Ok((path, e)),
+                    false => Err(PagingError::TableInTheWay {
+                        addr,
+                        size: LeafSize::from_level(level),
+                    }),
+                };
+            }
+            if leaf {
+                return Err(PagingError::HugePageInTheWay {
+                    addr: VirtAddr::new_truncate(canonical(lin & !(span(l) - 1))),
+                    frame: PhysAddr::new(e & ADDR_MASK),
+                    size: LeafSize::from_level(l),
+                });
+            }
+            path[l as usize - 1] = e & ADDR_MASK;
+            l -= 1;
+        }
+    }
+
+    /// Frees the tables on `path` that the removal at `level` left empty, bottom up.
+    fn reclaim_path<A: FrameDeallocator<Size4KiB> + ?Sized>(
+        &mut self,
+        lin: u64,
+        level: u8,
+        path: &[u64; 5],
+        alloc: &mut A,
+    ) {
+        for l in level..4 {
+            if !self.may_free(lin, l) || !self.is_empty_table(path[l as usize]) {
+                return;
+            }
+            self.write(path[l as usize + 1], index(lin, l + 1), 0);
+            // SAFETY: the table is empty and its only parent entry was just cleared.
+            unsafe { alloc.deallocate_frame(frame_of(path[l as usize])) };
+        }
+    }
+
+    /// Whether the table at `level` covering `lin` may be freed when empty: kernel-half PDPTs
+    /// are shared with other address spaces and stay.
+    #[inline]
+    pub(crate) fn may_free(&self, lin: u64, level: u8) -> bool {
+        !(level == 3 && lin >= HALF)
+    }
+}
+
+#[inline(always)]
+pub(crate) fn frame_of(addr: u64) -> PhysFrame {
+    PhysFrame::containing_address(PhysAddr::new_truncate(addr))
+}

@@ -1,0 +1,60 @@
+//! Access to page tables by physical address, through a translation the caller supplies.
+
+use core::ptr::NonNull;
+
+use x86_64::structures::paging::{PageTable, PhysFrame};
+use x86_64::VirtAddr;
+
+/// Turns the physical frame of a page table into a pointer the mapper can read and write.
+///
+/// # Safety
+///
+/// An implementation promises, for every frame the mapper is handed (the top-level table,
+/// every table reachable from it, every frame its frame source returns):
+/// - the pointer is non-null, 4096-aligned and valid for reads and writes of 4096 bytes;
+/// - distinct frames give non-overlapping memory, and the same frame always the same memory;
+/// - nothing else reads or writes that memory through a Rust reference while the mapper
+///   uses it (the mapper accesses it only through raw pointers).
+pub unsafe trait PhysMem {
+    /// The table stored in `frame`.
+    fn table_ptr(&self, frame: PhysFrame) -> NonNull<PageTable>;
+}
+
+/// All physical memory mapped at `offset` (a direct map): frame `p` lives at `offset + p`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetPhysMem {
+    offset: u64,
+}
+
+impl OffsetPhysMem {
+    /// A direct map at `offset`.
+    ///
+    /// # Safety
+    ///
+    /// Every physical frame the mapper may touch must be mapped read-write at `offset + phys`
+    /// for as long as the value (or any mapper using it) lives, and the `PhysMem` aliasing
+    /// rules above must hold. Use `VirtAddr::zero()` for an identity map.
+    pub const unsafe fn new(offset: VirtAddr) -> Self {
+        Self {
+            offset: offset.as_u64(),
+        }
+    }
+
+    /// The offset of the direct map.
+    pub const fn offset(&self) -> VirtAddr {
+        VirtAddr::new_truncate(self.offset)
+    }
+}
+
+// SAFETY: `new`'s contract makes every frame valid at `offset + phys`; a 4096-aligned frame
+// plus a 4096-aligned offset stays aligned, and distinct frames map to distinct memory.
+unsafe impl PhysMem for OffsetPhysMem {
+    #[inline(always)]
+    fn table_ptr(&self, frame: PhysFrame) -> NonNull<PageTable> {
+        let addr = self.offset.wrapping_add(frame.start_address().as_u64());
+        let ptr = core::ptr::with_exposed_provenance_mut::<PageTable>(addr as usize);
+        // A direct map never places a table at address zero; fall back to a dangling (never
+        // dereferenced in a valid setup) pointer rather than panicking.
+        NonNull::new(ptr).unwrap_or(NonNull::dangling())
+    }
+}

@@ -1,0 +1,88 @@
+//! Translation: walks the four levels, combining permissions the way the MMU does.
+
+use x86_64::structures::paging::PageTableFlags;
+use x86_64::{PhysAddr, VirtAddr};
+
+use super::entry::{
+    canonical, index, is_leaf, span, ADDR_MASK, LINEAR_MASK, NX, PRESENT, USER, WRITABLE,
+};
+use super::{LeafSize, Mapper, PagingError, PhysMem};
+
+/// What the CPU would allow through a translation: W and U are ANDed over all four levels,
+/// NX is ORed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// Writes allowed (at CPL 3, or with CR0.WP set).
+    pub writable: bool,
+    /// Reachable from ring 3.
+    pub user: bool,
+    /// Instruction fetches allowed (with EFER.NXE set).
+    pub executable: bool,
+}
+
+/// The mapping that covers an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    /// Start of the page (of `size`) containing the address.
+    pub page: VirtAddr,
+    /// Start of the mapped frame.
+    pub frame: PhysAddr,
+    /// The physical address of the queried address.
+    pub phys: PhysAddr,
+    /// Size of the page.
+    pub size: LeafSize,
+    /// The raw flags of the leaf entry (HUGE_PAGE included for huge pages).
+    pub flags: PageTableFlags,
+    /// Effective permissions over all levels.
+    pub access: Access,
+}
+
+impl<P: PhysMem> Mapper<P> {
+    /// The mapping of `addr`: `NotMapped` when nothing maps it, `NonCanonical` for a forged address.
+    #[inline]
+    pub fn translate(&self, addr: VirtAddr) -> Result<Translation, PagingError> {
+        let va = addr.as_u64();
+        if canonical(va) != va {
+            return Err(PagingError::NonCanonical { addr: va });
+        }
+        let lin = va & LINEAR_MASK;
+        let mut table = self.root();
+        let (mut and, mut nx) = (WRITABLE | USER, 0);
+        let mut level = 4;
+        loop {
+            let e = self.read(table, index(lin, level));
+            if e & PRESENT == 0 {
+                return Err(PagingError::NotMapped { addr });
+            }
+            and &= e;
+            nx |= e & NX;
+            if is_leaf(e, level) {
+                return Ok(leaf_translation(va, e, level, and, nx));
+            }
+            table = e & ADDR_MASK;
+            level -= 1;
+        }
+    }
+
+    /// The physical address `addr` maps to, if any.
+    pub fn translate_addr(&self, addr: VirtAddr) -> Option<PhysAddr> {
+        self.translate(addr).ok().map(|t| t.phys)
+    }
+}
+
+fn leaf_translation(va: u64, e: u64, level: u8, and: u64, nx: u64) -> Translation {
+    let size = span(level);
+    let frame = (e & ADDR_MASK) & !(size - 1);
+    Translation {
+        page: VirtAddr::new_truncate(canonical(va & !(size - 1))),
+        frame: PhysAddr::new_truncate(frame),
+        phys: PhysAddr::new_truncate(frame + (va & (size - 1))),
+        size: LeafSize::from_level(level),
+        flags: PageTableFlags::from_bits_retain(e & !ADDR_MASK),
+        access: Access {
+            writable: and & WRITABLE != 0,
+            user: and & USER != 0,
+            executable: nx == 0,
+        },
+    }
+}
