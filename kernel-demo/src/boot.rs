@@ -4,14 +4,26 @@
 //! QEMU's `-kernel` loads an ELF carrying a Xen PVH note and jumps to the
 //! note's entry in 32-bit protected mode, paging off, `ebx` = physical
 //! address of the start info. The stub identity-maps the first 64 GiB with
-//! 2 MiB pages (enough for every RAM size the demo runs with), maps the
-//! first GiB again at the kernel's higher-half base (`kernel.ld`), enables
-//! long mode and calls [`rust_entry`] on the boot stack, in the higher half.
+//! 2 MiB pages (enough for every RAM size the demo runs with) and again at
+//! [`DIRECT_MAP`], maps the first GiB at the kernel's higher-half base
+//! (`kernel.ld`), enables long mode and calls [`rust_entry`] on the boot
+//! stack, in the higher half. Rust code reaches physical memory through the
+//! direct map only, so nothing changes when the kernel replaces these boot
+//! tables with its own and drops the identity map.
 
 use core::fmt;
 
 /// Size of the boot stack (the stack every kernel runs its `main` on).
 pub const BOOT_STACK_SIZE: usize = 512 * 1024;
+/// Where all physical memory is mapped: physical `p` is at `DIRECT_MAP + p`.
+/// The boot tables map 64 GiB there; the kernel's own tables map all RAM.
+pub const DIRECT_MAP: u64 = 0xFFFF_8000_0000_0000;
+
+/// The virtual address of physical `phys` in the direct map.
+pub fn phys_to_virt(phys: u64) -> *mut u8 {
+    core::ptr::with_exposed_provenance_mut(DIRECT_MAP.wrapping_add(phys) as usize)
+}
+
 /// Bytes of physical memory the boot stub identity-maps.
 pub const IDENTITY_MAPPED: u64 = 64 << 30;
 
@@ -42,10 +54,12 @@ _pvh_start:
     mov %ebx, %esi                  /* keep the start info address */
     mov $boot_stack32_top, %esp
 
-    /* PML4[0] -> identity PDPT; PML4[511] -> higher-half PDPT */
+    /* PML4[0] -> identity PDPT, PML4[256] -> the same PDPT (the direct
+       map at 0xffff800000000000), PML4[511] -> higher-half PDPT */
     mov $boot_pdpt, %eax
     or $3, %eax
     mov %eax, boot_pml4
+    mov %eax, boot_pml4 + 256 * 8
     mov $boot_pdpt_high, %eax
     or $3, %eax
     mov %eax, boot_pml4 + 511 * 8
@@ -348,8 +362,8 @@ impl fmt::Display for StartInfoError {
 impl BootInfo {
     fn parse(addr: u64) -> Result<Self, StartInfoError> {
         // SAFETY: QEMU passes the physical address of a valid
-        // `hvm_start_info` in ebx; the first 64 GiB are identity-mapped.
-        let si = unsafe { &*(addr as *const HvmStartInfo) };
+        // `hvm_start_info` in ebx; the first 64 GiB are in the direct map.
+        let si = unsafe { &*phys_to_virt(addr).cast::<HvmStartInfo>() };
         if si.magic != START_INFO_MAGIC {
             return Err(StartInfoError::BadMagic(si.magic));
         }
@@ -377,8 +391,8 @@ impl BootInfo {
         let count = (si.memmap_entries as usize).min(MAX_REGIONS);
         for i in 0..count {
             // SAFETY: the map holds `memmap_entries` entries at
-            // `memmap_paddr`, identity-mapped; `i` is below that count.
-            let e = unsafe { &*(si.memmap_paddr as *const HvmMemmapEntry).add(i) };
+            // `memmap_paddr`, in the direct map; `i` is below that count.
+            let e = unsafe { &*phys_to_virt(si.memmap_paddr).cast::<HvmMemmapEntry>().add(i) };
             info.regions[i] = Region {
                 start: e.addr,
                 len: e.size,
@@ -461,10 +475,10 @@ fn cmdline_at(paddr: u64) -> FixedStr<CMDLINE_CAPACITY> {
     if paddr == 0 {
         return out;
     }
-    let p = paddr as *const u8;
+    let p = phys_to_virt(paddr).cast_const();
     let mut len = 0;
     // SAFETY: QEMU places a NUL-terminated string at `cmdline_paddr`,
-    // identity-mapped; we read up to its terminator, at most the capacity.
+    // in the direct map; we read up to its terminator, at most the capacity.
     while len < CMDLINE_CAPACITY && unsafe { *p.add(len) } != 0 {
         len += 1;
     }

@@ -57,18 +57,19 @@ impl core::fmt::Display for SetupError {
 }
 
 /// Builds the frame allocator, carving its storage out of usable RAM and
-/// reaching it through the boot identity map.
+/// reaching it through the direct map.
 ///
 /// # Safety
 /// Call once: the carved storage becomes the allocator's for `'static`;
-/// physical memory must be identity-mapped (as the boot stub leaves it).
+/// RAM must stay mapped at [`DIRECT_MAP`](crate::boot::DIRECT_MAP).
 pub unsafe fn frame_allocator(
     info: &BootInfo,
 ) -> Result<BitmapFrameAllocator<'static>, SetupError> {
     let map = memory_map(info).map_err(SetupError::Map)?;
-    // SAFETY: the boot stub identity-maps the first 64 GiB (phys_base 0);
-    // the storage is carved from usable RAM that nothing else uses, since
-    // the caller calls this once and reservations cover all boot data.
-    unsafe { BitmapFrameAllocator::init_carved(&map, core::ptr::with_exposed_provenance_mut(0)) }
+    // SAFETY: RAM is mapped at DIRECT_MAP for good (boot tables, then the
+    // kernel's own); the storage is carved from usable RAM that nothing
+    // else uses: the caller calls this once and reservations cover all
+    // boot data.
+    unsafe { BitmapFrameAllocator::init_carved(&map, crate::boot::phys_to_virt(0)) }
         .map_err(SetupError::Frames)
 }

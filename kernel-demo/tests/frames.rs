@@ -69,8 +69,8 @@ kernel_demo::test_kernel! {
             while let Ok(frame) = frames.allocate() {
                 let addr = frame.start_address().as_u64();
                 assert!(!is_reserved(addr), "reserved frame {addr:#x} handed out");
-                let words = addr as *mut u64;
-                // SAFETY: the frame is ours (just allocated), identity-mapped.
+                let words = boot::phys_to_virt(addr).cast::<u64>();
+                // SAFETY: the frame is ours (just allocated), in the direct map.
                 unsafe {
                     words.write_volatile(head);
                     for i in 1..512 {
@@ -83,7 +83,7 @@ kernel_demo::test_kernel! {
             assert_eq!(count, before.free, "allocated count vs free count");
             assert_eq!(frames.stats().free, 0);
             while head != 0 {
-                let words = head as *const u64;
+                let words = boot::phys_to_virt(head).cast::<u64>().cast_const();
                 // SAFETY: every frame on the list is still allocated to us.
                 let next = unsafe { words.read_volatile() };
                 for i in 1..512 {
