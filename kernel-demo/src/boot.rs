@@ -392,7 +392,11 @@ impl BootInfo {
         for i in 0..count {
             // SAFETY: the map holds `memmap_entries` entries at
             // `memmap_paddr`, in the direct map; `i` is below that count.
-            let e = unsafe { &*phys_to_virt(si.memmap_paddr).cast::<HvmMemmapEntry>().add(i) };
+            let e = unsafe {
+                &*phys_to_virt(si.memmap_paddr)
+                    .cast::<HvmMemmapEntry>()
+                    .add(i)
+            };
             info.regions[i] = Region {
                 start: e.addr,
                 len: e.size,

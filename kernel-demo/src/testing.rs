@@ -13,6 +13,16 @@
 use crate::interrupts::{vector, Fault};
 use crate::recover::{self, Outcome};
 use crate::{print, println};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// Counts started tests: state abandoned by a failed test (a lock held
+/// when it faulted) can be told from state in use.
+static TESTS_STARTED: AtomicUsize = AtomicUsize::new(0);
+
+/// Which test is running: 0 before the first, then 1, 2, ...
+pub fn current_test() -> usize {
+    TESTS_STARTED.load(Ordering::SeqCst)
+}
 pub use x86_64::structures::idt::PageFaultErrorCode;
 
 /// One in-VM test.
@@ -175,6 +185,7 @@ pub fn run(tests: &[Test]) -> ! {
     let (mut passed, mut failed) = (0usize, 0usize);
     for test in selected() {
         print!("test {} ... ", test.name);
+        TESTS_STARTED.fetch_add(1, Ordering::SeqCst);
         match judge(test.expect, recover::protect(test.run)) {
             Ok(None) => {
                 println!("ok");
