@@ -7,7 +7,7 @@
 
 use crate::boot::{BootInfo, DIRECT_MAP};
 use core::sync::atomic::{AtomicUsize, Ordering};
-use kmem::frame::{BitmapFrameAllocator, FrameError};
+use kmem::frame::{BitmapFrameAllocator, FrameError, LockedFrameAllocator};
 use kmem::memory_map::e820;
 use kmem::memory_map::{MapError, MemoryMap, Region};
 use kmem::paging::{Mapper, OffsetPhysMem, X86Mmu};
@@ -65,9 +65,7 @@ impl core::fmt::Display for SetupError {
 /// # Safety
 /// Call once: the carved storage becomes the allocator's for `'static`;
 /// RAM must stay mapped at [`DIRECT_MAP`](crate::boot::DIRECT_MAP).
-pub unsafe fn frame_allocator(
-    info: &BootInfo,
-) -> Result<BitmapFrameAllocator<'static>, SetupError> {
+unsafe fn frame_allocator(info: &BootInfo) -> Result<BitmapFrameAllocator<'static>, SetupError> {
     let map = memory_map(info).map_err(SetupError::Map)?;
     // SAFETY: RAM is mapped at DIRECT_MAP for good (boot tables, then the
     // kernel's own); the storage is carved from usable RAM that nothing
@@ -77,54 +75,87 @@ pub unsafe fn frame_allocator(
         .map_err(SetupError::Frames)
 }
 
-/// The frame allocator and the mapper of the active page tables, as the
-/// test kernels share them.
-pub struct Memory {
-    /// Frames, from the PVH map.
-    pub frames: BitmapFrameAllocator<'static>,
-    /// The active hierarchy, reached through the direct map.
-    pub mapper: Mapper<OffsetPhysMem>,
+/// The kernel's frame allocator: empty until [`init`].
+pub static FRAMES: LockedFrameAllocator<'static> =
+    LockedFrameAllocator::new(BitmapFrameAllocator::empty());
+
+/// The mapper of the kernel's active page tables: the boot tables after
+/// [`init`], the kernel's own after the demo switches to them.
+static MAPPER: spin::Mutex<Option<Mapper<OffsetPhysMem>>> = spin::Mutex::new(None);
+/// The test (see [`crate::testing::current_test`]) that last took MAPPER.
+static HOLDER: AtomicUsize = AtomicUsize::new(0);
+static INIT: spin::Once<Result<(), SetupError>> = spin::Once::new();
+
+/// Builds the frame allocator from the PVH map and a mapper over the boot
+/// page tables; later calls return the first call's result.
+pub fn init() -> Result<(), &'static SetupError> {
+    INIT.call_once(|| {
+        // SAFETY: `call_once` runs this once; RAM stays in the direct map.
+        let frames = unsafe { frame_allocator(crate::boot::info()) }?;
+        FRAMES.replace(frames);
+        // SAFETY: CR3 holds the boot tables, which nothing else edits once
+        // this mapper exists; every table frame is RAM in the direct map.
+        let mapper = unsafe { Mapper::from_current(&X86Mmu, direct_map()) };
+        *MAPPER.lock() = Some(mapper);
+        Ok(())
+    })
+    .as_ref()
+    .map(|_| ())
+}
+
+/// Physical memory as the mapper reaches it: the direct map.
+pub fn direct_map() -> OffsetPhysMem {
+    // SAFETY: all RAM is mapped read-write at DIRECT_MAP for good, by the
+    // boot tables and then by the kernel's own; page tables are reached
+    // only through the mapper.
+    unsafe { OffsetPhysMem::new(VirtAddr::new(DIRECT_MAP)) }
+}
+
+/// What [`with_memory`] lends: the frames, the active mapper, the MMU.
+pub struct Memory<'a> {
+    /// The kernel's frames (each call locks them briefly).
+    pub frames: &'static LockedFrameAllocator<'static>,
+    /// The mapper of the active page tables.
+    pub mapper: &'a mut Mapper<OffsetPhysMem>,
     /// The privileged operations.
     pub mmu: X86Mmu,
 }
 
-static MEMORY: spin::Mutex<Option<Memory>> = spin::Mutex::new(None);
-/// The test (see [`crate::testing::current_test`]) that last took MEMORY.
-static HOLDER: AtomicUsize = AtomicUsize::new(0);
+impl Memory<'_> {
+    /// Free frames now.
+    pub fn free_frames(&self) -> u64 {
+        self.frames.with(|f| f.stats().free)
+    }
+}
 
-/// Runs `f` with the kernel's memory, building it on first use over the
-/// boot page tables.
+/// Runs `f` with the kernel's memory, [`init`]ializing it on first use.
 ///
-/// A test that faults or panics inside `f` never releases the lock: the
-/// next test takes it over (its state may be half-changed, but that test
-/// already failed). A nested call is refused with a panic.
-pub fn with_memory<R>(f: impl FnOnce(&mut Memory) -> R) -> R {
+/// A test that faults or panics inside `f` never releases the mapper lock:
+/// the next test takes it over (its state may be half-changed, but that
+/// test already failed). A nested call is refused with a panic.
+pub fn with_memory<R>(f: impl FnOnce(&mut Memory<'_>) -> R) -> R {
+    init().unwrap_or_else(|e| panic!("{e}"));
     let test = crate::testing::current_test();
-    let mut guard = match MEMORY.try_lock() {
+    let mut guard = match MAPPER.try_lock() {
         Some(guard) => guard,
         None if HOLDER.load(Ordering::SeqCst) != test => {
             // SAFETY: single CPU, no interrupts: the holder was a test that
             // was abandoned by a fault or panic and never runs again.
-            unsafe { MEMORY.force_unlock() };
-            MEMORY.lock()
+            unsafe { MAPPER.force_unlock() };
+            MAPPER.lock()
         }
         None => panic!("with_memory called inside with_memory"),
     };
     HOLDER.store(test, Ordering::SeqCst);
-    let memory = guard.get_or_insert_with(|| {
-        // SAFETY: the Option is filled once, here; RAM stays in the direct
-        // map for good.
-        let frames =
-            unsafe { frame_allocator(crate::boot::info()) }.unwrap_or_else(|e| panic!("{e}"));
-        // SAFETY: CR3 holds the boot tables, which nothing else edits once
-        // this mapper exists; every table frame is RAM in the direct map.
-        let mapper =
-            unsafe { Mapper::from_current(&X86Mmu, OffsetPhysMem::new(VirtAddr::new(DIRECT_MAP))) };
-        Memory {
-            frames,
-            mapper,
-            mmu: X86Mmu,
-        }
-    });
-    f(memory)
+    let mapper = guard.as_mut().expect("init installs the mapper");
+    f(&mut Memory {
+        frames: &FRAMES,
+        mapper,
+        mmu: X86Mmu,
+    })
+}
+
+/// Replaces the active mapper (after a switch to new page tables).
+pub fn set_mapper(mapper: Mapper<OffsetPhysMem>) -> Option<Mapper<OffsetPhysMem>> {
+    MAPPER.lock().replace(mapper)
 }

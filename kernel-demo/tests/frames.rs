@@ -6,27 +6,21 @@
 #![no_main]
 
 use kernel_demo::boot;
-use kernel_demo::memory::{frame_allocator, reserved_ranges};
+use kernel_demo::memory::{init, reserved_ranges, FRAMES};
 use kmem::frame::{BitmapFrameAllocator, FrameError};
-use spin::Mutex;
 use x86_64::structures::paging::PhysFrame;
 use x86_64::PhysAddr;
 
-/// Built once, shared by the tests in order.
-static FRAMES: Mutex<Option<BitmapFrameAllocator<'static>>> = Mutex::new(None);
-
+/// Runs `f` on the kernel's frame allocator, then checks its invariants.
 fn with_frames<R>(f: impl FnOnce(&mut BitmapFrameAllocator<'static>) -> R) -> R {
-    let mut guard = FRAMES.lock();
-    let frames = guard.get_or_insert_with(|| {
-        // SAFETY: called once (the Option is filled here); the boot stub
-        // identity-maps all RAM.
-        unsafe { frame_allocator(boot::info()) }.unwrap_or_else(|e| panic!("{e}"))
-    });
-    let result = f(frames);
-    frames
-        .check_invariants()
-        .unwrap_or_else(|e| panic!("invariant broken: {e}"));
-    result
+    init().unwrap_or_else(|e| panic!("{e}"));
+    FRAMES.with(|frames| {
+        let result = f(frames);
+        frames
+            .check_invariants()
+            .unwrap_or_else(|e| panic!("invariant broken: {e}"));
+        result
+    })
 }
 
 fn frame_at(addr: u64) -> PhysFrame {

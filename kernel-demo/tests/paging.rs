@@ -46,14 +46,14 @@ fn free_frames() -> u64 {
             .1
             .flush(&mut m.mmu);
         assert!(m.mapper.translate(probe.start_address()).is_err());
-        m.frames.stats().free
+        m.free_frames()
     })
 }
 
 /// Maps one fresh frame at `addr` with `flags`; returns the frame.
 fn map_fresh(addr: u64, flags: MapFlags) -> PhysFrame {
     with_memory(|m| {
-        let frame = m.frames.allocate().expect("a frame");
+        let frame = m.frames.with(|f| f.allocate()).expect("a frame");
         m.mapper
             .map(page(addr), frame, flags, &mut m.frames)
             .expect("map")
@@ -95,15 +95,15 @@ kernel_demo::test_kernel! {
                 flush.flush(&mut m.mmu);
                 assert_eq!(f, frame);
             }
-            m.frames.free(frame).expect("free");
-            assert_eq!(m.frames.stats().free, free_before, "table frames not returned");
+            m.frames.with(|f| f.free(frame)).expect("free");
+            assert_eq!(m.free_frames(), free_before, "table frames not returned");
         });
     }
 
     /// W+X is refused with a typed error and nothing is mapped.
     fn write_execute_refused() {
         with_memory(|m| {
-            let free = m.frames.stats().free;
+            let free = m.free_frames();
             let frame = PhysFrame::containing_address(PhysAddr::new(0x100_0000));
             let err = m
                 .mapper
@@ -111,7 +111,7 @@ kernel_demo::test_kernel! {
                 .expect_err("W+X must be refused");
             assert!(matches!(err, PagingError::WriteExecute { .. }), "{err:?}");
             assert!(m.mapper.translate(VirtAddr::new(AREA + 0x1_0000_0000)).is_err());
-            assert_eq!(m.frames.stats().free, free);
+            assert_eq!(m.free_frames(), free);
         });
     }
 
@@ -155,7 +155,7 @@ kernel_demo::test_kernel! {
         with_memory(|m| {
             let (frame, flush) = m.mapper.unmap(page(UNMAPPED), &mut m.frames).expect("unmap");
             flush.flush(&mut m.mmu);
-            m.frames.free(frame).expect("free");
+            m.frames.with(|f| f.free(frame)).expect("free");
         });
         read(UNMAPPED);
     }
@@ -165,9 +165,9 @@ kernel_demo::test_kernel! {
     fn huge_pages_split_and_reclaim() {
         let free = free_frames();
         with_memory(|m| {
-            let run = m.frames.allocate_contiguous(1024, 2 << 20, None).expect("4 MiB run");
+            let run = m.frames.with(|f| f.allocate_contiguous(1024, 2 << 20, None)).expect("4 MiB run");
             let phys = run.start.start_address();
-            let free_after_run = m.frames.stats().free;
+            let free_after_run = m.free_frames();
             let virt = VirtAddr::new(HUGE);
             m.mapper.map_range(virt, phys, 4 << 20, MapFlags::READ_WRITE, &mut m.frames).expect("map").flush(&mut m.mmu);
             let t = m.mapper.translate(virt + 0x1000u64).expect("mapped");
@@ -182,9 +182,9 @@ kernel_demo::test_kernel! {
             assert_eq!((t.size, t.phys), (LeafSize::Size4KiB, phys + 0x1000u64));
             assert_eq!(read(HUGE + 0x20_0010), 0xfeed);
             m.mapper.unmap_range(virt, 4 << 20, &mut m.frames).expect("unmap").flush(&mut m.mmu);
-            assert_eq!(m.frames.stats().free, free_after_run, "table frames not returned");
-            m.frames.free_range(run).expect("free run");
-            assert_eq!(m.frames.stats().free, free);
+            assert_eq!(m.free_frames(), free_after_run, "table frames not returned");
+            m.frames.with(|f| f.free_range(run)).expect("free run");
+            assert_eq!(m.free_frames(), free);
         });
     }
 
@@ -208,7 +208,7 @@ kernel_demo::test_kernel! {
             assert_eq!(a, b);
             let (_, flush) = m.mapper.unmap(giant, &mut m.frames).expect("unmap");
             flush.flush(&mut m.mmu);
-            assert_eq!(m.frames.stats().free, free);
+            assert_eq!(m.free_frames(), free);
         });
     }
 
@@ -222,11 +222,11 @@ kernel_demo::test_kernel! {
                 .map_range_with(virt, PhysAddr::new(0x100_0000), 4 << 20, MapFlags::READ, LeafSize::Size4KiB, &mut m.frames)
                 .expect("map")
                 .flush(&mut m.mmu);
-            let tables = free - m.frames.stats().free;
+            let tables = free - m.free_frames();
             assert!(tables >= 3, "4 MiB of 4 KiB pages needs a PD and two PTs at least, took {tables}");
             assert_eq!(m.mapper.translate(virt + 0x3f_f000u64).expect("last page").phys, PhysAddr::new(0x13f_f000));
             m.mapper.unmap_range(virt, 4 << 20, &mut m.frames).expect("unmap").flush(&mut m.mmu);
-            assert_eq!(m.frames.stats().free, free, "{tables} table frames taken, not all returned");
+            assert_eq!(m.free_frames(), free, "{tables} table frames taken, not all returned");
         });
     }
 
@@ -235,10 +235,10 @@ kernel_demo::test_kernel! {
     /// destroying the space returns every frame.
     fn address_space_switch_and_back() {
         with_memory(|m| {
-            let free = m.frames.stats().free;
+            let free = m.free_frames();
             let boot_pml4 = m.mmu.cr3();
             let mut space = AddressSpace::new(&m.mapper, &mut m.frames).expect("new space");
-            let frame = m.frames.allocate().expect("frame");
+            let frame = m.frames.with(|f| f.allocate()).expect("frame");
             space.mapper().map(page(USER), frame, MapFlags::READ_WRITE, &mut m.frames).expect("map").ignore();
             // SAFETY: the new space shares the kernel half (code, stack,
             // statics, direct map); it lives until after we switch back.
@@ -256,7 +256,7 @@ kernel_demo::test_kernel! {
             let stats = space.destroy(&m.mmu, &mut m.frames, true).map_err(|(_, e)| e).expect("destroy");
             assert_eq!(stats.mapped_frames, 1);
             assert!(stats.tables >= 4, "{stats:?}");
-            assert_eq!(m.frames.stats().free, free, "frames of the address space not returned");
+            assert_eq!(m.free_frames(), free, "frames of the address space not returned");
         });
     }
 }
