@@ -1,0 +1,108 @@
+//! The locked heap: `GlobalAlloc` for `#[global_allocator]`.
+
+use super::{AllocError, Heap, HeapInitError, HeapStats, PageSource};
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::{null_mut, NonNull};
+use spin::{Mutex, MutexGuard};
+
+/// A [`Heap`] behind a spin lock, usable as `#[global_allocator]`: starts
+/// empty (every allocation fails with null) until [`LockedHeap::init`].
+///
+/// ```
+/// use core::alloc::{GlobalAlloc, Layout};
+/// use kmem::heap::LockedHeap;
+/// use kmem::testing::arena::ArenaPageSource;
+///
+/// static HEAP: LockedHeap<ArenaPageSource> = LockedHeap::empty();
+///
+/// let arena = ArenaPageSource::new(4 << 20);
+/// let (start, len) = arena.range();
+/// // SAFETY: the arena's range belongs to this heap alone.
+/// unsafe { HEAP.init(arena, start, len) }.unwrap();
+/// let layout = Layout::from_size_align(24, 4096).unwrap();
+/// // SAFETY: the layout is non-zero; the pointer goes back with it.
+/// unsafe {
+///     let p = HEAP.alloc(layout);
+///     assert_eq!(p as usize % 4096, 0);
+///     HEAP.dealloc(p, layout);
+/// }
+/// assert_eq!(HEAP.stats().unwrap().live_allocs, 0);
+/// ```
+pub struct LockedHeap<P: PageSource> {
+    inner: Mutex<Option<Heap<P>>>,
+}
+
+impl<P: PageSource> LockedHeap<P> {
+    /// A heap with no memory yet, for a `static`.
+    pub const fn empty() -> Self {
+        Self {
+            inner: Mutex::new(None),
+        }
+    }
+
+    /// Sets the heap up over `[start, start + len)` fed by `source`
+    /// (replacing any previous heap, which must have nothing live).
+    ///
+    /// # Safety
+    /// As [`Heap::new`].
+    pub unsafe fn init(&self, source: P, start: usize, len: usize) -> Result<(), HeapInitError> {
+        // SAFETY: forwarded from the caller.
+        let heap = unsafe { Heap::new(source, start, len) }?;
+        *self.inner.lock() = Some(heap);
+        Ok(())
+    }
+
+    /// Locks the heap for direct use (stats, trim, leak report, checks).
+    pub fn lock(&self) -> MutexGuard<'_, Option<Heap<P>>> {
+        self.inner.lock()
+    }
+
+    /// The accounting snapshot, if initialised.
+    pub fn stats(&self) -> Option<HeapStats> {
+        self.inner.lock().as_ref().map(Heap::stats)
+    }
+}
+
+// SAFETY: every operation runs under the lock on a heap that upholds the
+// `GlobalAlloc` contract (fresh, aligned, non-overlapping blocks; null on failure).
+unsafe impl<P: PageSource> GlobalAlloc for LockedHeap<P> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match self.inner.lock().as_mut() {
+            Some(h) => h.allocate(layout).map_or(null_mut(), NonNull::as_ptr),
+            None => null_mut(),
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if let (Some(h), Some(p)) = (self.inner.lock().as_mut(), NonNull::new(ptr)) {
+            // SAFETY: the caller passes a live block of this heap with its layout.
+            unsafe { h.deallocate(p, layout) }
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded.
+        let p = unsafe { self.alloc(layout) };
+        if !p.is_null() {
+            // SAFETY: the block is ours and `layout.size()` bytes long.
+            unsafe { p.write_bytes(0, layout.size()) };
+        }
+        p
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let mut guard = self.inner.lock();
+        let (Some(h), Some(p)) = (guard.as_mut(), NonNull::new(ptr)) else {
+            return null_mut();
+        };
+        // SAFETY: the caller passes a live block of this heap with its layout.
+        match unsafe { h.reallocate(p, layout, new_size) } {
+            Ok(p) => p.as_ptr(),
+            Err(AllocError::OutOfMemory { .. } | AllocError::BadLayout { .. }) => null_mut(),
+        }
+    }
+}

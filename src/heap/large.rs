@@ -1,0 +1,487 @@
+//! The large-object heap: a two-level segregated-fit (TLSF) allocator with
+//! boundary tags over one contiguous, growable span `[start, brk)`.
+//!
+//! Block layout (every block starts at an address ≡ 8 mod 16, sizes are
+//! multiples of 16, so payloads are 16-aligned):
+//! ```text
+//! used: [size|flags: 8][payload ..................]
+//! free: [size|flags: 8][next: 8][prev: 8] ... [size: 8]   (footer)
+//! ```
+//! `PREV_FREE` in a header says the block before is free, so its footer is
+//! valid and the two can merge. An 8-byte used sentinel of size 0 sits at
+//! `brk - 8`. Lists are searched by "good fit": the head of the exact bin is
+//! tried, then the first non-empty bin whose every block fits (O(1) bitmaps).
+
+use core::ptr::{null_mut, NonNull};
+
+const FREE: usize = 1;
+const PREV_FREE: usize = 2;
+const FLAGS: usize = 15;
+/// Header bytes in front of every payload.
+pub const OVERHEAD: usize = 8;
+/// Smallest block: header, two links, footer.
+pub const MIN_BLOCK: usize = 32;
+const SL_LOG2: u32 = 5;
+const SL: usize = 1 << SL_LOG2;
+const FL: usize = 44;
+/// Blocks below this size are binned exactly (16-byte bins, first level 0).
+const LINEAR: usize = SL << 4;
+
+/// One free-list link pair, stored in the free block after its header.
+#[repr(C)]
+struct Links {
+    next: *mut u8,
+    prev: *mut u8,
+}
+
+/// The TLSF state. Holds no memory of its own: blocks live in `[start, brk)`.
+pub struct Large {
+    start: usize,
+    brk: usize,
+    fl_bitmap: u64,
+    sl_bitmap: [u32; FL],
+    heads: [[*mut u8; SL]; FL],
+    used_bytes: usize,
+    free_blocks: usize,
+}
+
+// SAFETY: the raw pointers refer into memory the owning heap has exclusive
+// access to; `Large` is moved, not shared.
+unsafe impl Send for Large {}
+
+/// Block size needed for `size` payload bytes with alignment ≤ 16.
+#[inline(always)]
+pub fn block_size(size: usize) -> Option<usize> {
+    let bs = size.checked_add(OVERHEAD + 15)? & !15;
+    Some(bs.max(MIN_BLOCK))
+}
+
+#[inline(always)]
+fn mapping(size: usize) -> (usize, usize) {
+    if size < LINEAR {
+        (0, size >> 4)
+    } else {
+        let l = usize::BITS - 1 - size.leading_zeros();
+        (
+            (l - (SL_LOG2 + 4) + 1) as usize,
+            (size >> (l - SL_LOG2)) - SL,
+        )
+    }
+}
+
+// Raw block accessors. All take a block address inside a live heap span.
+#[inline(always)]
+unsafe fn hdr(b: *mut u8) -> usize {
+    // SAFETY: caller passes a block address; headers are 8-aligned.
+    unsafe { b.cast::<usize>().read() }
+}
+#[inline(always)]
+unsafe fn set_hdr(b: *mut u8, v: usize) {
+    // SAFETY: as `hdr`.
+    unsafe { b.cast::<usize>().write(v) }
+}
+#[inline(always)]
+unsafe fn links(b: *mut u8) -> *mut Links {
+    // SAFETY: free blocks are ≥ MIN_BLOCK, links follow the header.
+    unsafe { b.add(OVERHEAD).cast() }
+}
+#[inline(always)]
+unsafe fn set_footer(b: *mut u8, size: usize) {
+    // SAFETY: the footer is the last word of a free block of `size` bytes.
+    unsafe { b.add(size - 8).cast::<usize>().write(size) }
+}
+
+impl Large {
+    /// An empty heap; [`Large::init`] gives it memory.
+    pub const fn new() -> Self {
+        Self {
+            start: 0,
+            brk: 0,
+            fl_bitmap: 0,
+            sl_bitmap: [0; FL],
+            heads: [[null_mut(); SL]; FL],
+            used_bytes: 0,
+            free_blocks: 0,
+        }
+    }
+
+    /// Takes `[start, brk)` (page-aligned, ≥ 64 bytes, writable) as the heap.
+    ///
+    /// # Safety
+    /// The span must be writable memory used by nothing else.
+    pub unsafe fn init(&mut self, start: usize, brk: usize) {
+        *self = Self::new();
+        self.start = start;
+        self.brk = start + 16;
+        // SAFETY: the sentinel lies inside the span.
+        unsafe { set_hdr((start + 8) as *mut u8, 0) };
+        // SAFETY: forwarded from the caller.
+        unsafe { self.extend(brk) };
+    }
+
+    /// End of the heap span.
+    pub fn brk(&self) -> usize {
+        self.brk
+    }
+
+    /// Bytes in used blocks, headers included.
+    pub fn used_bytes(&self) -> usize {
+        self.used_bytes
+    }
+
+    /// Grows the span to `new_brk` (page-aligned, above the current end).
+    ///
+    /// # Safety
+    /// `[brk, new_brk)` must be writable memory used by nothing else.
+    pub unsafe fn extend(&mut self, new_brk: usize) {
+        let b = (self.brk - 8) as *mut u8;
+        // SAFETY: `b` is the old sentinel; the new memory follows it.
+        unsafe {
+            let prev_free = hdr(b) & PREV_FREE;
+            let size = new_brk - self.brk;
+            set_hdr(b, size | prev_free);
+            set_hdr((new_brk - 8) as *mut u8, 0);
+            self.brk = new_brk;
+            self.used_bytes += size;
+            self.release(NonNull::new_unchecked(b.add(OVERHEAD)));
+        }
+    }
+
+    /// If the last block is free and larger than `trigger`, shrinks the span
+    /// so about `keep` free bytes stay; returns the page-aligned range cut.
+    pub fn trim(&mut self, trigger: usize, keep: usize, page: usize) -> Option<(usize, usize)> {
+        let sentinel = (self.brk - 8) as *mut u8;
+        // SAFETY: the sentinel and, if PREV_FREE, the last block's footer are in the span.
+        unsafe {
+            if hdr(sentinel) & PREV_FREE == 0 {
+                return None;
+            }
+            let size = sentinel.sub(8).cast::<usize>().read();
+            if size < trigger {
+                return None;
+            }
+            let b = sentinel.sub(size);
+            let new_brk = (b as usize + 16 + keep.max(MIN_BLOCK)).next_multiple_of(page);
+            if new_brk >= self.brk {
+                return None;
+            }
+            self.unlink(b, size);
+            let new_size = new_brk - 8 - b as usize;
+            set_hdr(b, new_size | FREE | (hdr(b) & PREV_FREE));
+            set_footer(b, new_size);
+            self.link(b, new_size);
+            set_hdr((new_brk - 8) as *mut u8, PREV_FREE);
+            let cut = (new_brk, self.brk);
+            self.brk = new_brk;
+            Some(cut)
+        }
+    }
+
+    /// Allocates `size` bytes aligned to `align` (a power of two).
+    #[inline]
+    pub fn allocate(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        let bs = block_size(size)?;
+        if align <= 16 {
+            let b = self.take(bs)?;
+            // SAFETY: `b` is a free block of at least `bs` bytes, now unlinked.
+            return Some(unsafe { self.carve(b, bs) });
+        }
+        let b = self.take(bs.checked_add(align + 16)?)?;
+        // SAFETY: the block was sized so an aligned payload plus a free front gap fit.
+        unsafe {
+            let pay = b as usize + OVERHEAD;
+            let mut gap = pay.next_multiple_of(align) - pay;
+            if gap != 0 && gap < MIN_BLOCK {
+                gap += align;
+            }
+            let b = if gap == 0 {
+                b
+            } else {
+                let h = hdr(b);
+                let rest = b.add(gap);
+                set_hdr(rest, ((h & !FLAGS) - gap) | PREV_FREE);
+                set_hdr(b, gap | FREE | (h & PREV_FREE));
+                set_footer(b, gap);
+                self.link(b, gap);
+                rest
+            };
+            Some(self.carve(b, bs))
+        }
+    }
+
+    /// Marks the unlinked free block `b` used with size `bs`, freeing the tail.
+    #[inline(always)]
+    unsafe fn carve(&mut self, b: *mut u8, bs: usize) -> NonNull<u8> {
+        // SAFETY: `b` is a free, unlinked block of at least `bs` bytes.
+        unsafe {
+            let h = hdr(b);
+            let size = h & !FLAGS;
+            let rest = size - bs;
+            if rest >= MIN_BLOCK {
+                let t = b.add(bs);
+                set_hdr(t, rest | FREE);
+                set_footer(t, rest);
+                self.link(t, rest);
+                let n = t.add(rest);
+                set_hdr(n, hdr(n) | PREV_FREE);
+                set_hdr(b, bs | (h & PREV_FREE));
+                self.used_bytes += bs;
+            } else {
+                set_hdr(b, size | (h & PREV_FREE));
+                let n = b.add(size);
+                set_hdr(n, hdr(n) & !PREV_FREE);
+                self.used_bytes += size;
+            }
+            NonNull::new_unchecked(b.add(OVERHEAD))
+        }
+    }
+
+    /// Finds and unlinks a free block of at least `bs` bytes.
+    #[inline(always)]
+    fn take(&mut self, bs: usize) -> Option<*mut u8> {
+        let (f, s) = mapping(bs);
+        let head = self.heads[f][s];
+        // SAFETY: list heads are free blocks in the span.
+        if !head.is_null() && unsafe { hdr(head) } & !FLAGS >= bs {
+            // SAFETY: as above.
+            unsafe { self.unlink(head, hdr(head) & !FLAGS) };
+            return Some(head);
+        }
+        let (f, s) = if bs < LINEAR {
+            (f, s + 1)
+        } else {
+            let l = usize::BITS - 1 - bs.leading_zeros();
+            mapping(bs.checked_add((1 << (l - SL_LOG2)) - 1)?)
+        };
+        let (f, s) = self.find_nonempty(f, s)?;
+        let b = self.heads[f][s];
+        // SAFETY: a non-empty bin's head is a free block in the span.
+        unsafe { self.unlink(b, hdr(b) & !FLAGS) };
+        Some(b)
+    }
+
+    #[inline(always)]
+    fn find_nonempty(&self, f: usize, s: usize) -> Option<(usize, usize)> {
+        if f < FL && s < SL {
+            let sl = self.sl_bitmap[f] & (u32::MAX << s);
+            if sl != 0 {
+                return Some((f, sl.trailing_zeros() as usize));
+            }
+        }
+        let fl = self.fl_bitmap & u64::MAX.checked_shl(f as u32 + 1).unwrap_or(0);
+        if fl == 0 {
+            return None;
+        }
+        let f = fl.trailing_zeros() as usize;
+        Some((f, self.sl_bitmap[f].trailing_zeros() as usize))
+    }
+
+    #[inline(always)]
+    unsafe fn link(&mut self, b: *mut u8, size: usize) {
+        let (f, s) = mapping(size);
+        let head = self.heads[f][s];
+        // SAFETY: `b` is a free block; `head` (if any) too.
+        unsafe {
+            links(b).write(Links {
+                next: head,
+                prev: null_mut(),
+            });
+            if !head.is_null() {
+                (*links(head)).prev = b;
+            }
+        }
+        self.heads[f][s] = b;
+        self.sl_bitmap[f] |= 1 << s;
+        self.fl_bitmap |= 1 << f;
+        self.free_blocks += 1;
+    }
+
+    #[inline(always)]
+    unsafe fn unlink(&mut self, b: *mut u8, size: usize) {
+        // SAFETY: `b` is a linked free block; its neighbours in the list too.
+        unsafe {
+            let Links { next, prev } = links(b).read();
+            if !next.is_null() {
+                (*links(next)).prev = prev;
+            }
+            if prev.is_null() {
+                let (f, s) = mapping(size);
+                self.heads[f][s] = next;
+                if next.is_null() {
+                    self.sl_bitmap[f] &= !(1 << s);
+                    if self.sl_bitmap[f] == 0 {
+                        self.fl_bitmap &= !(1 << f);
+                    }
+                }
+            } else {
+                (*links(prev)).next = next;
+            }
+        }
+        self.free_blocks -= 1;
+    }
+
+    /// Frees the block whose payload is `ptr`, merging with free neighbours.
+    ///
+    /// # Safety
+    /// `ptr` must come from [`Large::allocate`] on this heap and be live.
+    #[inline]
+    pub unsafe fn release(&mut self, ptr: NonNull<u8>) {
+        // SAFETY: `ptr` is a live payload, so its header and neighbours are valid.
+        unsafe {
+            let mut b = ptr.as_ptr().sub(OVERHEAD);
+            let h = hdr(b);
+            let mut size = h & !FLAGS;
+            self.used_bytes -= size;
+            let n = b.add(size);
+            let nh = hdr(n);
+            if nh & FREE != 0 {
+                let ns = nh & !FLAGS;
+                self.unlink(n, ns);
+                size += ns;
+            } else {
+                set_hdr(n, nh | PREV_FREE);
+            }
+            let mut pf = h & PREV_FREE;
+            if pf != 0 {
+                let ps = b.sub(8).cast::<usize>().read();
+                b = b.sub(ps);
+                self.unlink(b, ps);
+                size += ps;
+                pf = hdr(b) & PREV_FREE;
+            }
+            set_hdr(b, size | FREE | pf);
+            set_footer(b, size);
+            self.link(b, size);
+        }
+    }
+
+    /// Bytes usable in the live block at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` must be a live payload of this heap.
+    pub unsafe fn usable(&self, ptr: NonNull<u8>) -> usize {
+        // SAFETY: forwarded from the caller.
+        unsafe { (hdr(ptr.as_ptr().sub(OVERHEAD)) & !FLAGS) - OVERHEAD }
+    }
+
+    /// Resizes the live block at `ptr` in place to hold `new_size` bytes.
+    /// Returns `false` (nothing changed) if the next block cannot give enough.
+    ///
+    /// # Safety
+    /// `ptr` must be a live payload of this heap.
+    #[inline]
+    pub unsafe fn resize_in_place(&mut self, ptr: NonNull<u8>, new_size: usize) -> bool {
+        let Some(bs) = block_size(new_size) else {
+            return false;
+        };
+        // SAFETY: `ptr` is live, so its header and its successor's are valid.
+        unsafe {
+            let b = ptr.as_ptr().sub(OVERHEAD);
+            let h = hdr(b);
+            let size = h & !FLAGS;
+            let n = b.add(size);
+            let nh = hdr(n);
+            let total = if nh & FREE != 0 {
+                size + (nh & !FLAGS)
+            } else {
+                size
+            };
+            if bs > total {
+                return false;
+            }
+            if bs + MIN_BLOCK > size && bs <= size {
+                return true; // fits, nothing worth splitting off
+            }
+            if nh & FREE != 0 {
+                self.unlink(n, nh & !FLAGS);
+            }
+            self.used_bytes -= size;
+            set_hdr(b, total | FREE | (h & PREV_FREE));
+            self.carve(b, bs);
+            true
+        }
+    }
+
+    /// Walks every block and list, checking the structure. Returns
+    /// `(used_blocks, free_blocks)` or a description of the first fault.
+    pub fn check(&self) -> Result<(usize, usize), &'static str> {
+        let (mut used, mut free, mut used_bytes) = (0, 0, 0);
+        let mut b = (self.start + 8) as *mut u8;
+        let mut prev_free = false;
+        loop {
+            // SAFETY: the walk follows sizes inside [start, brk) (checked).
+            let h = unsafe { hdr(b) };
+            if (h & PREV_FREE != 0) != prev_free {
+                return Err("PREV_FREE flag disagrees with the previous block");
+            }
+            let size = h & !FLAGS;
+            if b as usize == self.brk - 8 {
+                if size != 0 || h & FREE != 0 {
+                    return Err("bad end sentinel");
+                }
+                break;
+            }
+            if size < MIN_BLOCK || size % 16 != 0 || b as usize + size > self.brk - 8 {
+                return Err("block size out of bounds");
+            }
+            if h & FREE != 0 {
+                if prev_free {
+                    return Err("two adjacent free blocks");
+                }
+                // SAFETY: footer of a free block inside the span.
+                if unsafe { b.add(size - 8).cast::<usize>().read() } != size {
+                    return Err("free block footer mismatch");
+                }
+                let (f, s) = mapping(size);
+                if !self.list_contains(f, s, b) {
+                    return Err("free block missing from its bin");
+                }
+                free += 1;
+            } else {
+                used += 1;
+                used_bytes += size;
+            }
+            prev_free = h & FREE != 0;
+            // SAFETY: bounded by the check above.
+            b = unsafe { b.add(size) };
+        }
+        if free != self.free_blocks {
+            return Err("free block count differs from the lists");
+        }
+        if used_bytes != self.used_bytes {
+            return Err("used byte count differs from the blocks");
+        }
+        for f in 0..FL {
+            for s in 0..SL {
+                let bit = self.sl_bitmap[f] & (1 << s) != 0;
+                if bit == self.heads[f][s].is_null() {
+                    return Err("bin bitmap disagrees with its list");
+                }
+            }
+            if (self.fl_bitmap & (1 << f) != 0) != (self.sl_bitmap[f] != 0) {
+                return Err("first-level bitmap disagrees");
+            }
+        }
+        Ok((used, free))
+    }
+
+    fn list_contains(&self, f: usize, s: usize, b: *mut u8) -> bool {
+        let mut p = self.heads[f][s];
+        let mut n = 0;
+        while !p.is_null() && n <= self.free_blocks {
+            if p == b {
+                return true;
+            }
+            // SAFETY: list members are free blocks in the span.
+            p = unsafe { (*links(p)).next };
+            n += 1;
+        }
+        false
+    }
+}
+
+impl Default for Large {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,79 @@
+//! Per-class magazines: a small stack of free objects in front of the slabs.
+//!
+//! Allocation pops, free pushes; the slabs are touched only once per
+//! half-magazine (refill or flush), which is what makes small objects cheap.
+
+use core::ptr::null_mut;
+
+/// Objects a magazine holds when full.
+pub const MAG_CAP: usize = 64;
+
+/// A fixed stack of free object pointers of one class.
+pub struct Magazine {
+    len: usize,
+    slots: [*mut u8; MAG_CAP],
+}
+
+impl Magazine {
+    /// An empty magazine.
+    pub const fn new() -> Self {
+        Self {
+            len: 0,
+            slots: [null_mut(); MAG_CAP],
+        }
+    }
+
+    /// Objects held.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no object is held.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether no more objects fit.
+    #[inline(always)]
+    pub fn is_full(&self) -> bool {
+        self.len == MAG_CAP
+    }
+
+    /// Takes the most recently freed object.
+    #[inline(always)]
+    pub fn pop(&mut self) -> Option<*mut u8> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        Some(self.slots[self.len])
+    }
+
+    /// Adds an object; the caller checks [`Magazine::is_full`] first.
+    #[inline(always)]
+    pub fn push(&mut self, obj: *mut u8) {
+        self.slots[self.len] = obj;
+        self.len += 1;
+    }
+
+    /// Removes the `n` oldest objects, handing each to `f`.
+    pub fn drain_oldest(&mut self, n: usize, mut f: impl FnMut(*mut u8)) {
+        let n = n.min(self.len);
+        self.slots[..n].iter().for_each(|&p| f(p));
+        self.slots.copy_within(n..self.len, 0);
+        self.len -= n;
+    }
+
+    /// The objects held, oldest first.
+    pub fn objects(&self) -> &[*mut u8] {
+        &self.slots[..self.len]
+    }
+}
+
+impl Default for Magazine {
+    fn default() -> Self {
+        Self::new()
+    }
+}

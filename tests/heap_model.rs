@@ -1,0 +1,361 @@
+//! Heap tests on the host arena: unit cases and a shadow-model property test
+//! with the invariant checker run after every operation.
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+use kmem::heap::{AllocError, Heap, PAGE_SIZE};
+use kmem::testing::arena::ArenaPageSource;
+use proptest::prelude::*;
+
+type ArenaHeap = Heap<ArenaPageSource>;
+
+fn heap(bytes: usize) -> ArenaHeap {
+    let arena = ArenaPageSource::new(bytes);
+    let (start, len) = arena.range();
+    // SAFETY: the arena's range belongs to this heap alone.
+    unsafe { Heap::new(arena, start, len) }.unwrap()
+}
+
+/// A live allocation of the shadow model: every byte holds `fill`.
+struct Live {
+    ptr: NonNull<u8>,
+    layout: Layout,
+    fill: u8,
+}
+
+/// The shadow model: what the heap must have handed out.
+struct Model {
+    heap: ArenaHeap,
+    live: Vec<Live>,
+    next_fill: u8,
+}
+
+impl Model {
+    fn new(bytes: usize) -> Self {
+        Self {
+            heap: heap(bytes),
+            live: Vec::new(),
+            next_fill: 1,
+        }
+    }
+
+    fn fill(&mut self) -> u8 {
+        self.next_fill = self.next_fill.wrapping_add(1).max(1);
+        self.next_fill
+    }
+
+    fn alloc(&mut self, size: usize, align: usize) -> bool {
+        let layout = Layout::from_size_align(size, align).unwrap();
+        match self.heap.allocate(layout) {
+            Ok(ptr) => {
+                assert_eq!(ptr.as_ptr() as usize % align, 0, "{layout:?} misaligned");
+                let fill = self.fill();
+                // SAFETY: the block is ours and `size` bytes long.
+                unsafe { ptr.as_ptr().write_bytes(fill, size) };
+                self.live.push(Live { ptr, layout, fill });
+                true
+            }
+            Err(e) => {
+                assert_eq!(e, AllocError::OutOfMemory { size, align });
+                false
+            }
+        }
+    }
+
+    fn free(&mut self, i: usize) {
+        let a = self.live.swap_remove(i);
+        Self::check_fill(&a, a.layout.size());
+        // SAFETY: live, allocated with this layout.
+        unsafe { self.heap.deallocate(a.ptr, a.layout) };
+    }
+
+    fn realloc(&mut self, i: usize, new_size: usize) {
+        let a = &self.live[i];
+        let (ptr, layout, fill) = (a.ptr, a.layout, a.fill);
+        let before = self.heap.stats();
+        // SAFETY: live, allocated with this layout.
+        match unsafe { self.heap.reallocate(ptr, layout, new_size) } {
+            Ok(p) => {
+                let new = Layout::from_size_align(new_size, layout.align()).unwrap();
+                let kept = layout.size().min(new_size);
+                let moved = Live {
+                    ptr: p,
+                    layout: new,
+                    fill,
+                };
+                Self::check_fill(&moved, kept);
+                assert_eq!(p.as_ptr() as usize % layout.align(), 0);
+                // SAFETY: the block is ours and `new_size` bytes long.
+                unsafe { p.as_ptr().write_bytes(fill, new_size) };
+                self.live[i] = moved;
+            }
+            Err(_) => {
+                // The old block must be untouched.
+                Self::check_fill(&self.live[i], layout.size());
+                assert_eq!(self.heap.stats().live_bytes, before.live_bytes);
+            }
+        }
+    }
+
+    fn check_fill(a: &Live, n: usize) {
+        // SAFETY: the block is live and at least `n` bytes long.
+        let bytes = unsafe { core::slice::from_raw_parts(a.ptr.as_ptr(), n) };
+        if let Some(off) = bytes.iter().position(|&b| b != a.fill) {
+            panic!("fill of {:?} at {:p} broken at {off}", a.layout, a.ptr);
+        }
+    }
+
+    fn check(&self) {
+        self.heap.check_invariants().unwrap();
+        let stats = self.heap.stats();
+        assert_eq!(stats.live_allocs, self.live.len());
+        assert_eq!(
+            stats.live_bytes,
+            self.live.iter().map(|a| a.layout.size()).sum::<usize>()
+        );
+        assert_eq!(stats.pages_held, self.heap.source().mapped_pages());
+        assert_eq!(
+            stats.pages_held,
+            stats.slab_pages + stats.large_pages + stats.cached_pages
+        );
+        let mut spans: Vec<(usize, usize)> = self
+            .live
+            .iter()
+            .map(|a| (a.ptr.as_ptr() as usize, a.layout.size().max(1)))
+            .collect();
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            assert!(w[0].0 + w[0].1 <= w[1].0, "overlap {w:x?}");
+        }
+        for &(addr, len) in &spans {
+            assert!(
+                self.heap.source().is_mapped(addr) && self.heap.source().is_mapped(addr + len - 1)
+            );
+        }
+        for a in &self.live {
+            Self::check_fill(a, a.layout.size());
+        }
+    }
+
+    /// Frees everything, then checks the heap is whole again.
+    fn drain_and_check_whole(&mut self) {
+        while !self.live.is_empty() {
+            self.free(self.live.len() - 1);
+        }
+        self.heap.trim();
+        self.heap.check_invariants().unwrap();
+        assert_eq!(self.heap.stats().live_bytes, 0);
+        let (lo, top) = self.heap.bounds();
+        let whole = Layout::from_size_align(top - lo - 2 * PAGE_SIZE, 8).unwrap();
+        let p = self
+            .heap
+            .allocate(whole)
+            .expect("whole-heap allocation after drain");
+        // SAFETY: just allocated.
+        unsafe { self.heap.deallocate(p, whole) };
+        self.heap.check_invariants().unwrap();
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Alloc { size: usize, align_shift: u32 },
+    Free { pick: usize },
+    Realloc { pick: usize, size: usize },
+}
+
+fn size_strategy() -> impl Strategy<Value = usize> {
+    prop_oneof![4 => 0usize..=1100, 2 => 1000usize..20_000, 1 => 20_000usize..200_000]
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (size_strategy(), prop_oneof![6 => 0u32..=4, 1 => 5u32..=13])
+            .prop_map(|(size, align_shift)| Op::Alloc { size, align_shift }),
+        3 => any::<usize>().prop_map(|pick| Op::Free { pick }),
+        2 => (any::<usize>(), size_strategy()).prop_map(|(pick, size)| Op::Realloc { pick, size }),
+    ]
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn shadow_model(ops in proptest::collection::vec(op_strategy(), 1..300)) {
+        let mut m = Model::new(4 << 20);
+        for op in ops {
+            match op {
+                Op::Alloc { size, align_shift } => { m.alloc(size, 1 << align_shift); }
+                Op::Free { pick } if !m.live.is_empty() => m.free(pick % m.live.len()),
+                Op::Realloc { pick, size } if !m.live.is_empty() => m.realloc(pick % m.live.len(), size),
+                _ => {}
+            }
+            m.check();
+        }
+        m.drain_and_check_whole();
+    }
+}
+
+#[test]
+fn every_alignment_and_zero_size() {
+    let mut m = Model::new(8 << 20);
+    for shift in 0..=14 {
+        for size in [0, 1, 7, 8, 24, 100, 1024, 1025, 4096, 5000] {
+            assert!(m.alloc(size, 1 << shift));
+            m.check();
+        }
+    }
+    m.drain_and_check_whole();
+}
+
+#[test]
+fn realloc_stays_in_place_when_it_can() {
+    let mut h = heap(4 << 20);
+    let small = Layout::from_size_align(20, 8).unwrap();
+    let p = h.allocate(small).unwrap();
+    // SAFETY: live with `small`.
+    let q = unsafe { h.reallocate(p, small, 24) }.unwrap();
+    assert_eq!(p, q, "same class stays in place");
+    let big = Layout::from_size_align(5000, 8).unwrap();
+    let a = h.allocate(big).unwrap();
+    // SAFETY: live with `big`; grows into the free space after it.
+    let b = unsafe { h.reallocate(a, big, 9000) }.unwrap();
+    assert_eq!(a, b, "large grows in place into the free block after it");
+    let bigger = Layout::from_size_align(9000, 8).unwrap();
+    // SAFETY: live with `bigger`.
+    let c = unsafe { h.reallocate(b, bigger, 3000) }.unwrap();
+    assert_eq!(b, c, "large shrinks in place");
+    h.check_invariants().unwrap();
+}
+
+#[test]
+fn grows_past_initial_size_then_gives_pages_back() {
+    let mut m = Model::new(64 << 20);
+    let initial = m.heap.stats().pages_held;
+    for i in 0..3000 {
+        assert!(m.alloc(16 + (i * 37) % 9000, 8));
+    }
+    m.check();
+    let grown = m.heap.stats().pages_held;
+    assert!(
+        grown > initial + 1000,
+        "grew from {initial} to {grown} pages"
+    );
+    while !m.live.is_empty() {
+        m.free(0);
+    }
+    m.check();
+    let after_free = m.heap.stats().pages_held;
+    // Hysteresis keeps at most: one slab per class (24 × 4 pages), 16 cached
+    // spans (64 pages) and a large-heap free top under the 512 KiB trigger.
+    assert!(
+        after_free <= 24 * 4 + 16 * 4 + 128 + 1,
+        "kept {after_free} pages"
+    );
+    assert!(
+        after_free * 4 < grown,
+        "most pages went back: {after_free} of {grown}"
+    );
+    m.heap.trim();
+    m.check();
+    assert!(
+        m.heap.stats().pages_held <= 2,
+        "trim gives all back: {:?}",
+        m.heap.stats()
+    );
+}
+
+#[test]
+fn boundary_alloc_free_does_not_thrash() {
+    let mut h = heap(16 << 20);
+    let layout = Layout::from_size_align(300_000, 8).unwrap();
+    let keep = h.allocate(layout).unwrap();
+    let calls = h.source().calls();
+    for _ in 0..1000 {
+        let p = h.allocate(layout).unwrap();
+        // SAFETY: just allocated with `layout`.
+        unsafe { h.deallocate(p, layout) };
+        let q = h.allocate(Layout::new::<[u64; 4]>()).unwrap();
+        // SAFETY: just allocated.
+        unsafe { h.deallocate(q, Layout::new::<[u64; 4]>()) };
+    }
+    let (maps, unmaps) = h.source().calls();
+    assert!(
+        maps - calls.0 <= 2 && unmaps - calls.1 <= 2,
+        "{calls:?} -> {maps} {unmaps}"
+    );
+    // SAFETY: live with `layout`.
+    unsafe { h.deallocate(keep, layout) };
+    h.check_invariants().unwrap();
+}
+
+#[test]
+fn out_of_frames_is_an_error_and_changes_nothing() {
+    let arena = {
+        let mut a = ArenaPageSource::new(16 << 20);
+        a.set_frame_limit(64);
+        a
+    };
+    let (start, len) = arena.range();
+    // SAFETY: the arena's range belongs to this heap alone.
+    let mut h = unsafe { Heap::new(arena, start, len) }.unwrap();
+    let mut live = Vec::new();
+    let layout = Layout::from_size_align(10_000, 16).unwrap();
+    while let Ok(p) = h.allocate(layout) {
+        live.push(p);
+    }
+    let before = h.stats();
+    let big = Layout::from_size_align(1 << 20, 8).unwrap();
+    assert_eq!(
+        h.allocate(big),
+        Err(AllocError::OutOfMemory {
+            size: 1 << 20,
+            align: 8
+        })
+    );
+    h.check_invariants().unwrap();
+    let after = h.stats();
+    assert_eq!(
+        (after.live_bytes, after.live_allocs),
+        (before.live_bytes, before.live_allocs)
+    );
+    assert_eq!(after.failures, before.failures + 1);
+    for p in live {
+        // SAFETY: live with `layout`.
+        unsafe { h.deallocate(p, layout) };
+    }
+    h.check_invariants().unwrap();
+    assert!(h.allocate(big).is_err(), "64 frames can never hold 1 MiB");
+    assert!(h
+        .allocate(Layout::from_size_align(100_000, 8).unwrap())
+        .is_ok());
+}
+
+#[test]
+fn reuse_serves_more_than_the_heap_holds() {
+    let mut h = heap(1 << 20);
+    let layout = Layout::from_size_align(700, 8).unwrap();
+    for _ in 0..100_000 {
+        let p = h.allocate(layout).unwrap();
+        // SAFETY: just allocated.
+        unsafe { h.deallocate(p, layout) };
+    }
+    assert_eq!(h.stats().total_allocs, 100_000);
+    h.check_invariants().unwrap();
+}
+
+#[test]
+fn too_small_range_is_refused() {
+    let arena = ArenaPageSource::new(4 * PAGE_SIZE);
+    let (start, len) = arena.range();
+    // SAFETY: the arena's range belongs to this heap alone.
+    let r = unsafe { Heap::new(arena, start, len) };
+    assert!(matches!(r, Err(kmem::heap::HeapInitError::TooSmall { .. })));
+}
