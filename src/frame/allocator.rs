@@ -4,6 +4,7 @@ use x86_64::structures::paging::{frame::PhysFrameRange, PhysFrame};
 use x86_64::PhysAddr;
 
 use super::bitmap::Bitmap;
+use super::hints::RunHints;
 use super::layout::{usable_frames, Layout, StoragePlan};
 use super::ranges::{Kind, RangeTable};
 use super::FrameError;
@@ -42,6 +43,7 @@ pub struct BitmapFrameAllocator<'m> {
     pub(crate) usable: u64,
     pub(crate) free: u64,
     pub(crate) reserved: u64,
+    pub(crate) hints: RunHints,
 }
 
 impl<'m> BitmapFrameAllocator<'m> {
@@ -56,6 +58,7 @@ impl<'m> BitmapFrameAllocator<'m> {
             usable: 0,
             free: 0,
             reserved: 0,
+            hints: RunHints::new(),
         }
     }
 
@@ -136,6 +139,7 @@ impl<'m> BitmapFrameAllocator<'m> {
             usable,
             free: usable,
             reserved: 0,
+            hints: RunHints::new(),
         };
         for (a, b) in Layout::of(map).holes(map) {
             this.table
@@ -187,6 +191,7 @@ impl<'m> BitmapFrameAllocator<'m> {
         }
         self.bitmap.set_range(self.storage, a, b, true);
         self.free += (b - a) as u64;
+        self.hints.freed(a);
         Ok(())
     }
 
