@@ -4,6 +4,7 @@ use x86_64::structures::paging::{frame::PhysFrameRange, PhysFrame};
 use x86_64::PhysAddr;
 
 use super::bitmap::Bitmap;
+use super::hints::RunHints;
 use super::layout::{usable_frames, Layout, StoragePlan};
 use super::ranges::{Kind, RangeTable};
 use super::FrameError;
@@ -42,6 +43,7 @@ pub struct BitmapFrameAllocator<'m> {
     pub(crate) usable: u64,
     pub(crate) free: u64,
     pub(crate) reserved: u64,
+    pub(crate) hints: RunHints,
 }
 
 impl<'m> BitmapFrameAllocator<'m> {
@@ -56,6 +58,7 @@ impl<'m> BitmapFrameAllocator<'m> {
             usable: 0,
             free: 0,
             reserved: 0,
+            hints: RunHints::new(),
         }
     }
 
@@ -136,6 +139,7 @@ impl<'m> BitmapFrameAllocator<'m> {
             usable,
             free: usable,
             reserved: 0,
+            hints: RunHints::new(),
         };
         for (a, b) in Layout::of(map).holes(map) {
             this.table
@@ -166,13 +170,19 @@ impl<'m> BitmapFrameAllocator<'m> {
 
     /// Frees one allocated frame. See [`free_range`](Self::free_range).
     pub fn free(&mut self, frame: PhysFrame) -> Result<(), FrameError> {
-        self.free_range(PhysFrame::range(frame, frame + 1))
+        let f = frame_number(frame);
+        self.free_frames_at(f, f + 1)
     }
 
     /// Frees allocated frames. Fails, changing nothing, if any frame is
     /// outside the map, reserved, or already free.
     pub fn free_range(&mut self, range: PhysFrameRange) -> Result<(), FrameError> {
-        let (a, b) = self.indices(range)?;
+        self.free_frames_at(frame_number(range.start), frame_number(range.end))
+    }
+
+    /// Frees frame numbers `[a, b)`.
+    pub(crate) fn free_frames_at(&mut self, a: u64, b: u64) -> Result<(), FrameError> {
+        let (a, b) = self.indices(a, b)?;
         self.check_not_in_table(a, b)?;
         if let Some(i) = self.bitmap.first_with(self.storage, a, b, true) {
             return Err(FrameError::AlreadyFree {
@@ -181,6 +191,7 @@ impl<'m> BitmapFrameAllocator<'m> {
         }
         self.bitmap.set_range(self.storage, a, b, true);
         self.free += (b - a) as u64;
+        self.hints.freed(a);
         Ok(())
     }
 
@@ -188,14 +199,14 @@ impl<'m> BitmapFrameAllocator<'m> {
     /// in use later). Fails, changing nothing, if any frame is outside the
     /// map, reserved, allocated, or the reservation table is full.
     pub fn reserve(&mut self, range: PhysFrameRange) -> Result<(), FrameError> {
-        let (a, b) = self.indices(range)?;
+        let (a, b) = self.indices(frame_number(range.start), frame_number(range.end))?;
         self.check_not_in_table(a, b)?;
         self.take_reserved(a, b)
     }
 
     /// Whether `frame` is free.
     pub fn is_free(&self, frame: PhysFrame) -> bool {
-        let f = frame.start_address().as_u64() / FRAME_SIZE;
+        let f = frame_number(frame);
         f >= self.base && ((f - self.base) as usize) < self.bitmap.len() && {
             self.bitmap.is_free(self.storage, (f - self.base) as usize)
         }
@@ -236,10 +247,8 @@ impl<'m> BitmapFrameAllocator<'m> {
         }
     }
 
-    /// Bitmap indices of a frame range, which must lie inside the span.
-    fn indices(&self, range: PhysFrameRange) -> Result<(usize, usize), FrameError> {
-        let a = range.start.start_address().as_u64() / FRAME_SIZE;
-        let b = range.end.start_address().as_u64() / FRAME_SIZE;
+    /// Bitmap indices of frame numbers `[a, b)`, which must lie in the span.
+    fn indices(&self, a: u64, b: u64) -> Result<(usize, usize), FrameError> {
         if a >= b {
             return Err(FrameError::ZeroFrames);
         }
@@ -266,6 +275,11 @@ impl<'m> BitmapFrameAllocator<'m> {
     pub(crate) fn frame(&self, i: usize) -> PhysFrame {
         PhysFrame::containing_address(PhysAddr::new(self.addr(i)))
     }
+}
+
+/// The frame number of `frame`.
+fn frame_number(frame: PhysFrame) -> u64 {
+    frame.start_address().as_u64() / FRAME_SIZE
 }
 
 fn too_full(capacity: usize) -> FrameError {

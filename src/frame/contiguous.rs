@@ -13,7 +13,8 @@ impl BitmapFrameAllocator<'_> {
     ///
     /// Runs of 64 frames or more aligned to 256 KiB or more are searched a
     /// word of 64 frames at a time, through the summary of entirely free
-    /// words, so fragmented areas are skipped without visiting their frames.
+    /// words, so fragmented areas are skipped without visiting their frames;
+    /// per-alignment hints skip the prefix earlier searches proved full.
     pub fn allocate_contiguous(
         &mut self,
         frames: u64,
@@ -40,12 +41,15 @@ impl BitmapFrameAllocator<'_> {
         }
         let (count, hi) = (frames as usize, hi as usize);
         let align_frames = (align / FRAME_SIZE) as usize;
+        let shift = align_frames.trailing_zeros();
+        let from = self.hints.start(shift, count);
         let found = if count >= 64 && align_frames >= 64 {
-            self.find_by_words(count, align_frames, hi)
+            self.find_by_words(from.div_ceil(64), count, align_frames, hi)
         } else {
-            self.find_by_frames(count, align_frames, hi)
+            self.find_by_frames(from, count, align_frames, hi)
         };
         let start = found.ok_or(oom)?;
+        self.hints.found(shift, count, start);
         self.bitmap
             .set_range(self.storage, start, start + count, false);
         self.free -= frames;
@@ -63,8 +67,13 @@ impl BitmapFrameAllocator<'_> {
 
     /// Candidate by candidate: the next free frame, aligned up, then the
     /// first allocated frame inside the candidate run restarts the search.
-    fn find_by_frames(&self, count: usize, align: usize, hi: usize) -> Option<usize> {
-        let mut pos = 0;
+    fn find_by_frames(
+        &self,
+        mut pos: usize,
+        count: usize,
+        align: usize,
+        hi: usize,
+    ) -> Option<usize> {
         loop {
             let cand = self.align_up(self.bitmap.next_free(self.storage, pos)?, align);
             let end = cand.checked_add(count).filter(|&e| e <= hi)?;
@@ -77,9 +86,14 @@ impl BitmapFrameAllocator<'_> {
 
     /// Like [`find_by_frames`](Self::find_by_frames) over whole free words;
     /// `base` is a multiple of 64, so aligned candidates start on a word.
-    fn find_by_words(&self, count: usize, align: usize, hi: usize) -> Option<usize> {
+    fn find_by_words(
+        &self,
+        mut wpos: usize,
+        count: usize,
+        align: usize,
+        hi: usize,
+    ) -> Option<usize> {
         let (words, tail) = (count / 64, count % 64);
-        let mut wpos = 0;
         loop {
             let w = self.bitmap.next_full_word(self.storage, wpos)?;
             let cand = self.align_up(w * 64, align);

@@ -22,7 +22,7 @@ impl<S: PageSize> FrameDeallocator<S> for BitmapFrameAllocator<'_> {
     /// invalid free (double, reserved, outside the map) is ignored and
     /// changes nothing; use [`BitmapFrameAllocator::free_range`] to see it.
     unsafe fn deallocate_frame(&mut self, frame: PhysFrame<S>) {
-        let start = PhysFrame::containing_address(frame.start_address());
-        let _ = self.free_range(PhysFrame::range(start, start + S::SIZE / FRAME_SIZE));
+        let first = frame.start_address().as_u64() / FRAME_SIZE;
+        let _ = self.free_frames_at(first, first + S::SIZE / FRAME_SIZE);
     }
 }

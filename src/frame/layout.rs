@@ -2,7 +2,7 @@
 
 use super::bitmap::Bitmap;
 use super::ranges::RangeTable;
-use crate::memory_map::{MemoryMap, FRAME_SIZE};
+use crate::memory_map::{MemoryMap, FRAME_SIZE, PHYS_LIMIT};
 
 /// Separate reservation ranges [`reserve`](super::BitmapFrameAllocator::reserve)
 /// can record after init (adjacent reservations merge into one).
@@ -39,12 +39,23 @@ pub(crate) struct Layout {
     pub(crate) usable: u64,
 }
 
+/// Frames at or past this number are never managed: the frame just below
+/// the 52-bit limit is left out so that every run's end address (and the
+/// `x86_64` crate's `PhysFrame` arithmetic on it) stays below 2^52.
+const FRAME_LIMIT: u64 = PHYS_LIMIT / FRAME_SIZE - 1;
+
 /// Usable memory as frame-number ranges `[a, b)`, sorted.
 pub(crate) fn usable_frames<const N: usize>(
     map: &MemoryMap<N>,
 ) -> impl Iterator<Item = (u64, u64)> + '_ {
     map.usable()
-        .map(|r| (r.start / FRAME_SIZE, r.end() / FRAME_SIZE))
+        .map(|r| {
+            (
+                r.start / FRAME_SIZE,
+                (r.end() / FRAME_SIZE).min(FRAME_LIMIT),
+            )
+        })
+        .filter(|(a, b)| a < b)
 }
 
 impl Layout {

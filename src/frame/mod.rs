@@ -16,6 +16,7 @@ mod allocator;
 mod bitmap;
 mod contiguous;
 mod error;
+mod hints;
 mod interop;
 mod invariants;
 mod layout;

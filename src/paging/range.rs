@@ -218,6 +218,7 @@ impl<P: PhysMem> Mapper<P> {
         flags: MapFlags,
         alloc: &mut A,
     ) -> Result<Flush, PagingError> {
+        check_range(virt.as_u64(), len)?;
         let leaf = flags.checked_bits(virt)?;
         self.edit_range(virt.as_u64(), len, Edit::Protect { leaf }, alloc)
     }
