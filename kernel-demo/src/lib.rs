@@ -5,9 +5,12 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+extern crate alloc;
+
 pub mod boot;
 pub mod console;
 pub mod cpu;
+pub mod heap;
 pub mod image;
 pub mod interrupts;
 pub mod memory;

@@ -19,6 +19,7 @@ mod flags;
 mod flush;
 #[cfg(any(test, feature = "testing"))]
 mod invariants;
+mod leaves;
 mod mapper;
 mod mmu;
 mod phys_mem;
@@ -33,6 +34,7 @@ pub use flags::MapFlags;
 pub use flush::{Flush, FLUSH_THRESHOLD};
 #[cfg(any(test, feature = "testing"))]
 pub use invariants::{InvariantViolation, TableReport};
+pub use leaves::{Census, Leaf};
 pub use mapper::{FrameSource, Mapper};
 pub use mmu::{Mmu, X86Mmu};
 pub use phys_mem::{OffsetPhysMem, PhysMem};
