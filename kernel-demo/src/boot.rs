@@ -14,7 +14,7 @@
 use core::fmt;
 
 /// Size of the boot stack (the stack every kernel runs its `main` on).
-pub const BOOT_STACK_SIZE: usize = 512 * 1024;
+pub const BOOT_STACK_SIZE: usize = 2 * 1024 * 1024;
 /// Where all physical memory is mapped: physical `p` is at `DIRECT_MAP + p`.
 /// The boot tables map 64 GiB there; the kernel's own tables map all RAM.
 pub const DIRECT_MAP: u64 = 0xFFFF_8000_0000_0000;
@@ -155,6 +155,9 @@ boot_stack32_top:
 
     .section .bss.stack, "aw", @nobits
     .balign 4096
+    .global boot_stack_guard
+boot_stack_guard:                   /* unmapped by the kernel's own tables */
+    .skip 4096
     .global boot_stack_bottom
 boot_stack_bottom:
     .skip {stack_size}
@@ -440,8 +443,8 @@ impl BootInfo {
         )
     }
 
-    /// The lowest address of the boot stack: a kernel can unmap the page
-    /// below it as a guard.
+    /// The lowest address of the boot stack: the page below it is padding
+    /// a kernel unmaps as a guard.
     pub fn boot_stack_bottom(&self) -> u64 {
         // A linker-defined symbol: only its address is taken.
         &raw const boot_stack_bottom as u64

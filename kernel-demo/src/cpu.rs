@@ -1,6 +1,6 @@
 //! CPU feature setup done once at boot.
 
-use x86_64::registers::control::{Cr0, Cr0Flags};
+use x86_64::registers::control::{Cr0, Cr0Flags, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::{Efer, EferFlags};
 
 /// Whether the CPU supports the no-execute bit.
@@ -16,11 +16,15 @@ pub fn has_1gib_pages() -> bool {
 }
 
 /// Turns on what memory protection relies on: CR0.WP (ring 0 honours
-/// read-only pages) and EFER.NXE (the NX bit is honoured) when supported.
+/// read-only pages), EFER.NXE (the NX bit is honoured) when supported, and
+/// CR4.PGE (global kernel mappings survive address-space switches).
 pub fn init() {
     // SAFETY: setting WP only makes the kernel's own writes to read-only
     // pages fault, which is what the protection tests expect.
     unsafe { Cr0::update(|f| f.insert(Cr0Flags::WRITE_PROTECT)) };
+    // SAFETY: global pages only keep kernel TLB entries across CR3 writes;
+    // every full flush goes through a PGE toggle.
+    unsafe { Cr4::update(|f| f.insert(Cr4Flags::PAGE_GLOBAL)) };
     if has_nx() {
         // SAFETY: NXE is supported (checked); no page has NX set yet, so
         // nothing that runs now becomes non-executable.

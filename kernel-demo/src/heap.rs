@@ -27,7 +27,9 @@ impl PageMapper for KernelPageMapper {
     fn map(&mut self, page: Page<Size4KiB>, frame: PhysFrame<Size4KiB>) -> Result<(), PagingError> {
         with_memory(|m| {
             let flags = MapFlags::READ_WRITE.global();
-            m.mapper.map(page, frame, flags, &mut m.frames).map(|flush| flush.flush(&mut m.mmu))
+            m.mapper
+                .map(page, frame, flags, &mut m.frames)
+                .map(|flush| flush.flush(&mut m.mmu))
         })
     }
 
@@ -41,7 +43,8 @@ impl PageMapper for KernelPageMapper {
 }
 
 /// The kernel's page source.
-pub type KernelPageSource = MappedPageSource<&'static LockedFrameAllocator<'static>, KernelPageMapper>;
+pub type KernelPageSource =
+    MappedPageSource<&'static LockedFrameAllocator<'static>, KernelPageMapper>;
 
 /// The kernel heap: null for every request until [`init`].
 #[global_allocator]

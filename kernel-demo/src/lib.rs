@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod heap;
 pub mod image;
 pub mod interrupts;
+pub mod kernel_space;
 pub mod memory;
 pub mod qemu;
 pub mod recover;

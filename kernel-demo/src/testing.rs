@@ -214,7 +214,10 @@ pub fn run(tests: &[Test]) -> ! {
 
 /// Declares a test kernel: its tests, one function each, and its entry
 /// point. A test expecting a fault carries `#[should_fault(<Expect>)]`
-/// after its doc comment.
+/// after its doc comment. A first line `setup = path;` names a function
+/// `fn(extern "C" fn() -> !) -> !` that prepares the machine (e.g.
+/// [`kernel_space::enter`](crate::kernel_space::enter)) and then calls the
+/// function it is given, which runs the tests.
 ///
 /// ```ignore
 /// #![no_std]
@@ -232,6 +235,34 @@ pub fn run(tests: &[Test]) -> ! {
 /// ```
 #[macro_export]
 macro_rules! test_kernel {
+    (setup = $setup:path; $($tests:tt)*) => {
+        $crate::__test_kernel_body!($($tests)*);
+
+        $crate::entry_point!(__setup_kernel);
+
+        fn __setup_kernel() -> ! {
+            let setup: fn(extern "C" fn() -> !) -> ! = $setup;
+            setup(__run_tests_after_setup)
+        }
+
+        extern "C" fn __run_tests_after_setup() -> ! {
+            $crate::testing::run(__KERNEL_TESTS)
+        }
+    };
+    ($($tests:tt)*) => {
+        $crate::__test_kernel_body!($($tests)*);
+
+        $crate::entry_point!(__run_kernel_tests);
+
+        fn __run_kernel_tests() -> ! {
+            $crate::testing::run(__KERNEL_TESTS)
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __test_kernel_body {
     ($(
         $(#[doc = $doc:literal])*
         $(#[should_fault($expect:expr)])?
@@ -249,12 +280,6 @@ macro_rules! test_kernel {
                 expect: $crate::__expectation!($($expect)?),
             },
         )*];
-
-        $crate::entry_point!(__run_kernel_tests);
-
-        fn __run_kernel_tests() -> ! {
-            $crate::testing::run(__KERNEL_TESTS)
-        }
     };
 }
 

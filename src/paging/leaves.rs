@@ -31,7 +31,11 @@ impl Census {
     /// Bytes mapped by all leaves.
     pub fn mapped_bytes(&self) -> u64 {
         let sizes = [LeafSize::Size4KiB, LeafSize::Size2MiB, LeafSize::Size1GiB];
-        sizes.iter().zip(self.leaves).map(|(s, n)| s.bytes() * n as u64).sum()
+        sizes
+            .iter()
+            .zip(self.leaves)
+            .map(|(s, n)| s.bytes() * n as u64)
+            .sum()
     }
 }
 
@@ -56,7 +60,10 @@ impl<P: PhysMem> Mapper<P> {
     /// assert_eq!((wx, census.leaves, census.tables), (0, [2, 0, 0], 4));
     /// ```
     pub fn for_each_leaf(&self, mut f: impl FnMut(&Leaf)) -> Census {
-        let mut census = Census { tables: 1, leaves: [0; 3] };
+        let mut census = Census {
+            tables: 1,
+            leaves: [0; 3],
+        };
         self.visit(self.root(), 4, 0, WRITABLE | USER, 0, &mut f, &mut census);
         census
     }

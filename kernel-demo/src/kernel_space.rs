@@ -1,0 +1,169 @@
+//! The kernel's own address space, built by kmem to replace the boot tables:
+//! a direct map of all RAM (huge pages where alignment allows), the kernel
+//! image W^X, a kernel stack with an unmapped guard page below it; no
+//! identity map.
+
+use crate::boot::{BootInfo, RegionType, DIRECT_MAP};
+use crate::image;
+use crate::memory::{direct_map, with_memory};
+use kmem::paging::{Census, LeafSize, MapFlags, Mapper, Mmu, OffsetPhysMem, PagingError};
+use x86_64::structures::paging::{Page, Size4KiB};
+use x86_64::{PhysAddr, VirtAddr};
+
+/// Start of the kernel stack region (PML4 slot 448): its first page is the
+/// guard, never mapped.
+pub const STACK_GUARD: u64 = 0xFFFF_E000_0000_0000;
+/// Pages of the kernel stack.
+pub const STACK_PAGES: u64 = 32;
+/// The initial stack pointer.
+pub const STACK_TOP: u64 = STACK_GUARD + 4096 * (1 + STACK_PAGES);
+
+/// What building the address space took.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildReport {
+    /// Bytes of RAM in the direct map.
+    pub direct_bytes: u64,
+    /// TSC cycles spent mapping the direct map.
+    pub direct_cycles: u64,
+    /// Frames used for page tables and the stack.
+    pub frames_used: u64,
+    /// Tables and leaves of the new hierarchy.
+    pub census: Census,
+}
+
+/// The flags of a kernel-image section: W^X.
+fn section_flags(seg: &image::Segment) -> MapFlags {
+    match (seg.writable, seg.executable) {
+        (_, true) => MapFlags::READ_EXEC.global(),
+        (true, false) => MapFlags::READ_WRITE.global(),
+        (false, false) => MapFlags::READ.global(),
+    }
+}
+
+/// RAM ranges to direct-map: usable and ACPI memory, page-rounded.
+fn ram_ranges(info: &BootInfo) -> impl Iterator<Item = (u64, u64)> + '_ {
+    info.regions()
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.region_type(),
+                RegionType::Ram | RegionType::AcpiReclaimable | RegionType::AcpiNvs
+            )
+        })
+        .map(|r| (r.start & !0xfff, (r.start + r.len + 0xfff) & !0xfff))
+        .filter(|(s, e)| e > s)
+}
+
+/// Builds the kernel's address space (not active yet).
+pub fn build(info: &BootInfo) -> Result<(Mapper<OffsetPhysMem>, BuildReport), PagingError> {
+    with_memory(|m| {
+        let free_before = m.free_frames();
+        let mut k = Mapper::new_empty(direct_map(), &mut m.frames)?;
+        let t0 = crate::cpu::rdtsc();
+        let mut direct_bytes = 0;
+        for (start, end) in ram_ranges(info) {
+            let virt = VirtAddr::new(DIRECT_MAP + start);
+            k.map_range(
+                virt,
+                PhysAddr::new(start),
+                end - start,
+                MapFlags::READ_WRITE.global(),
+                &mut m.frames,
+            )?
+            .ignore(); // not active: nothing cached to flush
+            direct_bytes += end - start;
+        }
+        let direct_cycles = crate::cpu::rdtsc() - t0;
+        for seg in image::segments() {
+            let (virt, phys) = (VirtAddr::new(seg.start), PhysAddr::new(seg.phys_start()));
+            k.map_range_with(
+                virt,
+                phys,
+                seg.len(),
+                section_flags(&seg),
+                LeafSize::Size4KiB,
+                &mut m.frames,
+            )?
+            .ignore();
+        }
+        // The page below the boot stack is padding: unmapped, it turns a
+        // boot-stack overflow into a fault instead of silent corruption.
+        let guard = VirtAddr::new(info.boot_stack_bottom() - 4096);
+        k.unmap_range(guard, 4096, &mut m.frames)?.ignore();
+        for i in 0..STACK_PAGES {
+            let frame = m
+                .frames
+                .with(|f| f.allocate())
+                .map_err(|_| PagingError::OutOfFrames {
+                    needed: 1,
+                    obtained: 0,
+                })?;
+            let page =
+                Page::<Size4KiB>::containing_address(VirtAddr::new(STACK_GUARD + 4096 * (i + 1)));
+            k.map(page, frame, MapFlags::READ_WRITE.global(), &mut m.frames)?
+                .ignore();
+        }
+        let census = k.for_each_leaf(|_| {});
+        let frames_used = free_before - m.free_frames();
+        Ok((
+            k,
+            BuildReport {
+                direct_bytes,
+                direct_cycles,
+                frames_used,
+                census,
+            },
+        ))
+    })
+}
+
+/// Makes `kernel` the active address space and the kernel's mapper; the
+/// boot tables (and their identity map) are no longer used.
+///
+/// # Safety
+/// `kernel` must come from [`build`] for this kernel: it maps the running
+/// code, the boot stack and statics (image sections), and the direct map.
+pub unsafe fn activate(kernel: Mapper<OffsetPhysMem>) {
+    with_memory(|m| {
+        // SAFETY: per the caller, the new tables map everything in use.
+        unsafe { m.mmu.set_cr3(kernel.pml4()) };
+        // Global pages from the boot tables must go too.
+        m.mmu.flush_all();
+        *m.mapper = kernel;
+    });
+}
+
+/// Continues on the kernel stack (with its guard page) in `next`.
+///
+/// # Safety
+/// The stack from [`build`] must be mapped (the kernel space is active) and
+/// not in use.
+pub unsafe fn run_on_kernel_stack(next: extern "C" fn() -> !) -> ! {
+    // SAFETY: STACK_TOP is the 16-byte aligned top of a mapped, unused stack;
+    // `next` never returns, so abandoning the boot stack is fine.
+    unsafe {
+        core::arch::asm!(
+            "mov rsp, {top}",
+            "xor ebp, ebp",
+            "call {next}",
+            "ud2",
+            top = in(reg) STACK_TOP,
+            next = in(reg) next,
+            options(noreturn)
+        )
+    }
+}
+
+/// The whole boot flow in one call, for test kernels: frames, the kernel's
+/// address space, the switch, the heap, then `next` on the kernel stack.
+pub fn enter(next: extern "C" fn() -> !) -> ! {
+    let info = crate::boot::info();
+    crate::memory::init().unwrap_or_else(|e| crate::fatal(format_args!("{e}")));
+    let (kernel, _) =
+        build(info).unwrap_or_else(|e| crate::fatal(format_args!("kernel space: {e:?}")));
+    // SAFETY: `kernel` was just built by `build` for this kernel.
+    unsafe { activate(kernel) };
+    crate::heap::init().unwrap_or_else(|e| crate::fatal(format_args!("heap: {e:?}")));
+    // SAFETY: the kernel space is active and its stack unused.
+    unsafe { run_on_kernel_stack(next) }
+}
