@@ -37,3 +37,40 @@ pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC has no side effects and is available on x86_64.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
+
+/// TSC ticks per millisecond, measured once against the PIT (channel 2,
+/// a 10 ms one-shot); `None` when the PIT does not answer.
+pub fn tsc_per_ms() -> Option<u64> {
+    static MEASURED: spin::Once<Option<u64>> = spin::Once::new();
+    *MEASURED.call_once(measure_tsc)
+}
+
+fn measure_tsc() -> Option<u64> {
+    use x86_64::instructions::port::Port;
+    const TICKS_10MS: u16 = 11_932; // 1.193182 MHz x 10 ms
+    let mut gate = Port::<u8>::new(0x61);
+    let mut command = Port::<u8>::new(0x43);
+    let mut channel2 = Port::<u8>::new(0x42);
+    // SAFETY: ports 0x61/0x42/0x43 program PIT channel 2 (the speaker
+    // timer); the speaker output stays off, nothing else uses it.
+    let cycles = unsafe {
+        let g = gate.read();
+        gate.write((g & !0x02) | 0x01);
+        command.write(0b1011_0000); // channel 2, lo/hi byte, mode 0
+        channel2.write(TICKS_10MS as u8);
+        channel2.write((TICKS_10MS >> 8) as u8);
+        let g = gate.read();
+        gate.write(g & !0x01);
+        gate.write(g | 0x01); // rising gate edge starts the count
+        let start = rdtsc();
+        let mut spins = 0u64;
+        while gate.read() & 0x20 == 0 {
+            spins += 1;
+            if spins > 100_000_000 {
+                return None;
+            }
+        }
+        rdtsc() - start
+    };
+    Some(cycles / 10).filter(|&c| c > 0)
+}
