@@ -39,7 +39,7 @@ pub fn rdtsc() -> u64 {
 }
 
 /// TSC ticks per millisecond, measured once against the PIT (channel 2,
-/// a 10 ms one-shot); `None` when the PIT does not answer.
+/// a 5 ms one-shot); `None` when the PIT does not answer.
 pub fn tsc_per_ms() -> Option<u64> {
     static MEASURED: spin::Once<Option<u64>> = spin::Once::new();
     *MEASURED.call_once(measure_tsc)
@@ -47,7 +47,7 @@ pub fn tsc_per_ms() -> Option<u64> {
 
 fn measure_tsc() -> Option<u64> {
     use x86_64::instructions::port::Port;
-    const TICKS_10MS: u16 = 11_932; // 1.193182 MHz x 10 ms
+    const TICKS_5MS: u16 = 5_966; // 1.193182 MHz x 5 ms
     let mut gate = Port::<u8>::new(0x61);
     let mut command = Port::<u8>::new(0x43);
     let mut channel2 = Port::<u8>::new(0x42);
@@ -57,8 +57,8 @@ fn measure_tsc() -> Option<u64> {
         let g = gate.read();
         gate.write((g & !0x02) | 0x01);
         command.write(0b1011_0000); // channel 2, lo/hi byte, mode 0
-        channel2.write(TICKS_10MS as u8);
-        channel2.write((TICKS_10MS >> 8) as u8);
+        channel2.write(TICKS_5MS as u8);
+        channel2.write((TICKS_5MS >> 8) as u8);
         let g = gate.read();
         gate.write(g & !0x01);
         gate.write(g | 0x01); // rising gate edge starts the count
@@ -72,5 +72,5 @@ fn measure_tsc() -> Option<u64> {
         }
         rdtsc() - start
     };
-    Some(cycles / 10).filter(|&c| c > 0)
+    Some(cycles / 5).filter(|&c| c > 0)
 }

@@ -35,8 +35,13 @@ static T_HEAP: AtomicU64 = AtomicU64::new(0);
 static REPORT: spin::Once<BuildReport> = spin::Once::new();
 
 fn step(title: &str) {
+    let t0 = T_ENTRY.load(Ordering::Relaxed);
+    let ms = cpu::tsc_per_ms().map(|per_ms| (cpu::rdtsc() - t0) * 10 / per_ms);
     println!();
-    println!("== {title}");
+    match ms {
+        Some(t) => println!("== {title}  [t = {}.{} ms]", t / 10, t % 10),
+        None => println!("== {title}"),
+    }
 }
 
 fn main() -> ! {
@@ -184,8 +189,8 @@ fn demo_growth() {
     kheap::trim();
     let frames0 = with_memory(|m| m.free_frames());
     let pages0 = HEAP.stats().map_or(0, |s| s.pages_held);
-    // A quarter of the free memory, at most 16 MiB: fits every RAM size.
-    let bytes = ((frames0 * 4096 / 4) as usize).min(16 << 20);
+    // A quarter of the free memory, at most 4 MiB: fits every RAM size.
+    let bytes = ((frames0 * 4096 / 4) as usize).min(4 << 20);
     let big = alloc::vec![0x5au8; bytes];
     let frames1 = with_memory(|m| m.free_frames());
     let pages1 = HEAP.stats().map_or(0, |s| s.pages_held);
