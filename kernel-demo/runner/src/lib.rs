@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// QEMU's status when the kernel wrote [`SUCCESS_CODE`] to the exit port.
+/// QEMU's status when the kernel wrote its success code (0x10) to the exit port.
 pub const SUCCESS_STATUS: i32 = 33;
 /// QEMU's status when the kernel reported failure.
 pub const FAILURE_STATUS: i32 = 35;
