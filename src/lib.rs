@@ -11,6 +11,61 @@
 //!                                                           ▼
 //!                            heap (PageSource → slabs / large) ──► GlobalAlloc
 //! ```
+//!
+//! - [`memory_map`] sanitizes any bootloader's map (sorts, merges, resolves
+//!   overlaps, trims to whole frames) and takes the kernel's reservations.
+//! - [`frame`] is a bitmap allocator with summary levels whose metadata is
+//!   carved out of the map itself: no heap needed. Frees are checked.
+//! - [`paging`] maps, unmaps, protects and translates 4 KiB / 2 MiB / 1 GiB
+//!   pages and whole ranges, transactionally; every TLB-changing call
+//!   returns a `#[must_use]` [`paging::Flush`]. Tables are reached through
+//!   a [`paging::PhysMem`] and privileged instructions go through a
+//!   [`paging::Mmu`], so everything but those two runs on the host.
+//! - [`heap`] is a `GlobalAlloc` with size-class slabs and a large-object
+//!   heap, fed pages by a [`heap::PageSource`] (in a kernel: frames mapped
+//!   by the mapper).
+//!
+//! Errors are typed and carry the data that was wrong; after a failed
+//! operation every structure is exactly as before.
+//!
+//! # Example
+//!
+//! The three layers on the host, over emulated physical memory and an arena
+//! (feature `testing`); a kernel uses the same calls with a direct map.
+//!
+//! ```
+//! use kmem::frame::BitmapFrameAllocator;
+//! use kmem::heap::Heap;
+//! use kmem::memory_map::{MemoryMap, Region, RegionKind};
+//! use kmem::paging::{MapFlags, Mapper};
+//! use kmem::testing::{arena::ArenaPageSource, phys_mem::EmulatedMemory};
+//! use x86_64::{PhysAddr, VirtAddr};
+//!
+//! // Frames: a map of 1 MiB of "RAM", with its first page reserved.
+//! let ram = EmulatedMemory::new(256);
+//! let (start, end) = (ram.start().as_u64(), ram.end().as_u64());
+//! let mut map: MemoryMap = MemoryMap::from_regions([Region::new(start, end - start, RegionKind::Usable)])?;
+//! map.reserve(start, 4096)?;
+//! let mut storage = vec![0u64; BitmapFrameAllocator::storage_words(&map)];
+//! let mut frames = BitmapFrameAllocator::new(&map, &mut storage)?;
+//!
+//! // Paging: an empty hierarchy; 4 MiB mapped with two 2 MiB pages, NX by default.
+//! let mut mapper = Mapper::new_empty(ram.phys_mem(), &mut frames)?;
+//! let virt = VirtAddr::new(0xffff_8000_0000_0000);
+//! mapper.map_range(virt, PhysAddr::new(0x20_0000), 4 << 20, MapFlags::READ_WRITE, &mut frames)?.ignore();
+//! assert!(!mapper.translate(virt)?.access.executable);
+//!
+//! // Heap: pages from an arena (in a kernel: `MappedPageSource` over frames + mapper).
+//! let arena = ArenaPageSource::new(1 << 20);
+//! let (base, len) = arena.range();
+//! // SAFETY: the arena's range belongs to this heap alone.
+//! let mut heap = unsafe { Heap::new(arena, base, len) }.expect("heap");
+//! let p = heap.allocate(core::alloc::Layout::new::<[u64; 4]>()).expect("memory");
+//! // SAFETY: `p` is live and was allocated with this layout.
+//! unsafe { heap.deallocate(p, core::alloc::Layout::new::<[u64; 4]>()) };
+//! assert_eq!(heap.stats().live_allocs, 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
