@@ -44,6 +44,8 @@ pub struct BitmapFrameAllocator<'m> {
     pub(crate) free: u64,
     pub(crate) reserved: u64,
     pub(crate) hints: RunHints,
+    /// No frame below this bitmap index is free.
+    pub(crate) first_free: usize,
 }
 
 impl<'m> BitmapFrameAllocator<'m> {
@@ -59,6 +61,7 @@ impl<'m> BitmapFrameAllocator<'m> {
             free: 0,
             reserved: 0,
             hints: RunHints::new(),
+            first_free: 0,
         }
     }
 
@@ -140,6 +143,7 @@ impl<'m> BitmapFrameAllocator<'m> {
             free: usable,
             reserved: 0,
             hints: RunHints::new(),
+            first_free: 0,
         };
         for (a, b) in Layout::of(map).holes(map) {
             this.table
@@ -165,6 +169,7 @@ impl<'m> BitmapFrameAllocator<'m> {
             })?;
         self.bitmap.set(self.storage, i, false);
         self.free -= 1;
+        self.first_free = i + 1;
         Ok(self.frame(i))
     }
 
@@ -189,9 +194,14 @@ impl<'m> BitmapFrameAllocator<'m> {
                 frame: self.addr(i),
             });
         }
-        self.bitmap.set_range(self.storage, a, b, true);
+        if b == a + 1 {
+            self.bitmap.set(self.storage, a, true);
+        } else {
+            self.bitmap.set_range(self.storage, a, b, true);
+        }
         self.free += (b - a) as u64;
         self.hints.freed(a);
+        self.first_free = self.first_free.min(a);
         Ok(())
     }
 

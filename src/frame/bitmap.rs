@@ -61,12 +61,47 @@ impl Bitmap {
     }
 
     /// Marks frame `i` as free (`true`) or not.
+    /// The single-frame fast path of [`set_range`](Self::set_range).
     pub(crate) fn set(&self, s: &mut [u64], i: usize, free: bool) {
-        self.set_range(s, i, i + 1, free);
+        let (w, bit) = (i / 64, 1u64 << (i % 64));
+        let slot = self.frames.word0(w);
+        let old = s[slot];
+        let new = if free { old | bit } else { old & !bit };
+        s[slot] = new;
+        if free {
+            if old == 0 {
+                self.frames.set_at(s, 1, w);
+            }
+            if new == !0 && old != !0 {
+                self.full.set_at(s, 0, w);
+            }
+        } else {
+            if new == 0 && old != 0 {
+                self.frames.clear_at(s, 1, w);
+            }
+            if old == !0 && new != !0 {
+                self.full.clear_at(s, 0, w);
+            }
+        }
     }
 
-    /// Marks frames `[a, b)` as free (`true`) or not, word by word.
+    /// Marks frames `[a, b)` as free (`true`) or not: partial edge words
+    /// one by one, whole words in bulk with range updates of the summaries.
     pub(crate) fn set_range(&self, s: &mut [u64], a: usize, b: usize, free: bool) {
+        let (wa, wb) = (a.div_ceil(64), b / 64);
+        if wa >= wb {
+            return self.set_partial(s, a, b, free);
+        }
+        self.set_partial(s, a, wa * 64, free);
+        let base = self.frames.word0(0);
+        s[base + wa..base + wb].fill(if free { !0 } else { 0 });
+        self.frames.update_range(s, 1, wa, wb, free);
+        self.full.update_range(s, 0, wa, wb, free);
+        self.set_partial(s, wb * 64, b, free);
+    }
+
+    /// [`set_range`](Self::set_range) word by word, for ranges within a few words.
+    fn set_partial(&self, s: &mut [u64], a: usize, b: usize, free: bool) {
         let mut i = a;
         while i < b {
             let w = i / 64;
@@ -76,6 +111,11 @@ impl Bitmap {
             self.write(s, w, if free { old | mask } else { old & !mask });
             i = hi;
         }
+    }
+
+    /// Level-0 word `j` of the full-word summary (0 past the end).
+    pub(crate) fn full_bits(&self, s: &[u64], j: usize) -> u64 {
+        self.full.word(s, j)
     }
 
     /// Writes frame word `w`, keeping both summaries in step.
@@ -164,11 +204,7 @@ impl Bitmap {
     }
 }
 
-/// Mask of bits `[lo, hi)` of a word, `hi <= 64`.
-fn bits(lo: usize, hi: usize) -> u64 {
-    let upper = if hi == 64 { !0 } else { (1u64 << hi) - 1 };
-    upper & (!0u64 << lo)
-}
+use super::tree::mask as bits;
 
 /// The longest run of ones inside one word.
 fn longest_ones(mut x: u64) -> u64 {

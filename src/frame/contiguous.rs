@@ -42,9 +42,14 @@ impl BitmapFrameAllocator<'_> {
         let (count, hi) = (frames as usize, hi as usize);
         let align_frames = (align / FRAME_SIZE) as usize;
         let shift = align_frames.trailing_zeros();
-        let from = self.hints.start(shift, count);
+        let from = self.hints.start(shift, count).max(self.first_free);
         let found = if count >= 64 && align_frames >= 64 {
-            self.find_by_words(from.div_ceil(64), count, align_frames, hi)
+            let wpos = from.div_ceil(64);
+            if count <= 64 * 64 && align_frames <= 64 * 64 {
+                self.find_by_windows(wpos, count, align_frames, hi)
+            } else {
+                self.find_by_words(wpos, count, align_frames, hi)
+            }
         } else {
             self.find_by_frames(from, count, align_frames, hi)
         };
@@ -114,5 +119,75 @@ impl BitmapFrameAllocator<'_> {
             }
             return Some(cand);
         }
+    }
+
+    /// Runs of up to 64 words aligned to at most 64 words, found 64 words
+    /// at a time: one summary word of "entirely free" bits answers, with a
+    /// few shifts and ands, which aligned windows of `count / 64` free words
+    /// start inside it (e.g. eight 2 MiB candidates per summary word).
+    fn find_by_windows(
+        &self,
+        mut wpos: usize,
+        count: usize,
+        align: usize,
+        hi: usize,
+    ) -> Option<usize> {
+        let (words, tail) = (count / 64, count % 64);
+        let aw = align / 64;
+        let rep = if aw == 64 {
+            1
+        } else {
+            u64::MAX / ((1u64 << aw) - 1)
+        };
+        let starts = rep << ((aw - (self.base as usize / 64) % aw) % aw);
+        loop {
+            let w = self.bitmap.next_full_word(self.storage, wpos)?;
+            let j = w / 64;
+            let x = u128::from(self.bitmap.full_bits(self.storage, j))
+                | u128::from(self.bitmap.full_bits(self.storage, j + 1)) << 64;
+            let mut cands = window_and(x, words) as u64 & starts & (!0u64 << (w % 64));
+            while cands != 0 {
+                let cand = (j * 64 + cands.trailing_zeros() as usize) * 64;
+                let end = cand.checked_add(count).filter(|&e| e <= hi)?;
+                if tail == 0
+                    || self
+                        .bitmap
+                        .first_with(self.storage, end - tail, end, false)
+                        .is_none()
+                {
+                    return Some(cand);
+                }
+                cands &= cands - 1;
+            }
+            wpos = (j + 1) * 64;
+        }
+    }
+}
+
+/// Bit `p` of the result is set iff bits `p .. p + k` of `x` are all set (`1 <= k <= 64`).
+fn window_and(x: u128, k: usize) -> u128 {
+    let (mut y, mut covered) = (x, 1);
+    while covered * 2 <= k {
+        y &= y >> covered;
+        covered *= 2;
+    }
+    if covered < k {
+        y &= y >> (k - covered);
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window_and;
+
+    #[test]
+    fn window_and_finds_exact_runs() {
+        let x: u128 = 0b0111_1110 | 1 << 70;
+        assert_eq!(window_and(x, 1), x);
+        assert_eq!(window_and(x, 6), 1 << 1);
+        assert_eq!(window_and(x, 3), 0b1111 << 1);
+        assert_eq!(window_and(x, 7), 0);
+        assert_eq!(window_and(u128::MAX, 64) as u64, u64::MAX);
     }
 }

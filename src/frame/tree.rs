@@ -89,6 +89,38 @@ impl Tree {
         }
     }
 
+    /// Sets (`set`) or clears bits `[a, b)` of `level` a word at a time,
+    /// propagating only the words whose emptiness changed.
+    pub(crate) fn update_range(&self, s: &mut [u64], level: usize, a: usize, b: usize, set: bool) {
+        if level >= self.depth {
+            return;
+        }
+        let mut i = a;
+        while i < b {
+            let w = i / 64;
+            let hi = b.min(w * 64 + 64);
+            let mask = mask(i % 64, hi - w * 64);
+            let slot = &mut s[self.offset[level] + w];
+            let old = *slot;
+            *slot = if set { old | mask } else { old & !mask };
+            match (old != 0, *slot != 0) {
+                (false, true) => self.set_at(s, level + 1, w),
+                (true, false) => self.clear_at(s, level + 1, w),
+                _ => {}
+            }
+            i = hi;
+        }
+    }
+
+    /// The raw level-0 word `w`, or 0 past the end.
+    pub(crate) fn word(&self, s: &[u64], w: usize) -> u64 {
+        if w < words_for(self.bits[0]) {
+            s[self.offset[0] + w]
+        } else {
+            0
+        }
+    }
+
     /// Writes level-0 word `w` and fixes the summary above it.
     pub(crate) fn write_word(&self, s: &mut [u64], w: usize, value: u64) {
         let slot = &mut s[self.offset[0] + w];
@@ -167,6 +199,12 @@ impl Tree {
         }
         Ok(())
     }
+}
+
+/// Mask of bits `[lo, hi)` of a word, `lo < hi <= 64`.
+pub(crate) const fn mask(lo: usize, hi: usize) -> u64 {
+    let upper = if hi == 64 { !0 } else { (1u64 << hi) - 1 };
+    upper & (!0u64 << lo)
 }
 
 #[cfg(test)]
