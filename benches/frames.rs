@@ -45,6 +45,15 @@ fn quick() -> bool {
     std::env::var_os("KMEM_BENCH_QUICK").is_some()
 }
 
+/// Trials per workload (`KMEM_BENCH_TRIALS` overrides, for profiling).
+fn trials(quick: usize, full: usize) -> usize {
+    let default = if self::quick() { quick } else { full };
+    std::env::var("KMEM_BENCH_TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(default)
+}
+
 /// `KMEM_BENCH_ONLY=b` runs one workload (for profiling).
 fn wanted(w: &str) -> bool {
     std::env::var("KMEM_BENCH_ONLY").map_or(true, |o| o == w)
@@ -157,7 +166,7 @@ fn main() {
             let frames = map.usable_bytes() / F;
             let mut storage = kmem_storage(&map);
             let (mut tk, mut tb) = (Vec::new(), Vec::new());
-            for _ in 0..if q { 2 } else { 3 } {
+            for _ in 0..trials(2, 3) {
                 let mut a = BitmapFrameAllocator::new(&map, &mut storage).unwrap();
                 let t = Instant::now();
                 while let Ok(f) = a.allocate() {
@@ -222,7 +231,7 @@ fn main() {
                 buddy.dealloc(bheld.swap_remove(i), 1);
             }
             let (mut tk, mut tb) = (Vec::new(), Vec::new());
-            for trial in 0..if q { 3 } else { 7 } {
+            for trial in 0..trials(3, 7) as u64 {
                 let seed = 99 + trial;
                 let mut rng = Rng(seed);
                 let t = Instant::now();
@@ -291,7 +300,7 @@ fn main() {
             let whole_blocks = free_ranges.iter().filter(|(a, b)| b - a == 512).count() as u64;
             let runs = whole_blocks / 2;
             let (mut tk, mut tb) = (Vec::new(), Vec::new());
-            for _ in 0..if q { 3 } else { 9 } {
+            for _ in 0..trials(3, 9) {
                 let t = Instant::now();
                 let got: Vec<_> = (0..runs)
                     .map(|_| k.allocate_contiguous(512, 2 * MIB, None).unwrap())
@@ -327,15 +336,15 @@ fn main() {
     }
 
     // (d) init for 1 TiB of RAM, storage carved (a host buffer stands in).
-    let (init_ms, bits_per_frame, frames_1t);
-    {
+    let (mut init_ms, mut bits_per_frame, mut frames_1t) = (0.0, 0.0, 0);
+    if wanted("d") {
         let map = pc_map(GIB << 10);
         let plan = BitmapFrameAllocator::plan(&map).unwrap();
         let mut buf = vec![0u64; plan.words];
         let mut times = Vec::new();
         let mut bits = 0.0;
         let mut total = 0;
-        for _ in 0..if q { 3 } else { 7 } {
+        for _ in 0..trials(3, 7) {
             let base = buf
                 .as_mut_ptr()
                 .cast::<u8>()
@@ -344,9 +353,8 @@ fn main() {
             // SAFETY: `buf` backs exactly the planned storage and outlives `a`.
             let a = unsafe { BitmapFrameAllocator::init_carved(&map, base) }.unwrap();
             times.push(t.elapsed());
-            let s = a.stats();
-            total = s.total;
-            bits = a.metadata_bytes() as f64 * 8.0 / s.total as f64;
+            total = a.free_frames() + plan.frames();
+            bits = a.metadata_bytes() as f64 * 8.0 / total as f64;
         }
         let t = median(times);
         rows.push(Row {

@@ -77,7 +77,7 @@ fn map_and_base() -> impl Strategy<Value = (Vec<Region>, u64)> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => Just(Op::Alloc),
-        2 => (prop_oneof![1u64..20, 60u64..300], 0u32..10, prop::option::weighted(0.3, 0u64..4000))
+        2 => (prop_oneof![1u64..20, 60u64..300, 500u64..1100], 0u32..10, prop::option::weighted(0.3, 0u64..4000))
             .prop_map(|(count, align_shift, below)| Op::Run { count, align_shift, below }),
         4 => any::<usize>().prop_map(Op::FreeUsed),
         1 => (0u64..4600, 1u64..80).prop_map(|(start, len)| Op::FreeRange { start, len }),

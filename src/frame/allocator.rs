@@ -37,7 +37,7 @@ pub struct BitmapFrameAllocator<'m> {
     pub(crate) storage: &'m mut [u64],
     pub(crate) bitmap: Bitmap,
     pub(crate) table: RangeTable,
-    /// Frame number of bit 0 (a multiple of 64).
+    /// Frame number of bit 0 (a multiple of 512).
     pub(crate) base: u64,
     /// Usable frames in the map.
     pub(crate) usable: u64,
@@ -186,6 +186,7 @@ impl<'m> BitmapFrameAllocator<'m> {
     }
 
     /// Frees frame numbers `[a, b)`.
+    #[inline]
     pub(crate) fn free_frames_at(&mut self, a: u64, b: u64) -> Result<(), FrameError> {
         let (a, b) = self.indices(a, b)?;
         self.check_not_in_table(a, b)?;
@@ -244,6 +245,7 @@ impl<'m> BitmapFrameAllocator<'m> {
     }
 
     /// Fails if `[a, b)` overlaps a hole or a reservation.
+    #[inline]
     fn check_not_in_table(&self, a: usize, b: usize) -> Result<(), FrameError> {
         match self.table.first_overlap(self.storage, a, b) {
             None => Ok(()),
@@ -258,6 +260,7 @@ impl<'m> BitmapFrameAllocator<'m> {
     }
 
     /// Bitmap indices of frame numbers `[a, b)`, which must lie in the span.
+    #[inline]
     fn indices(&self, a: u64, b: u64) -> Result<(usize, usize), FrameError> {
         if a >= b {
             return Err(FrameError::ZeroFrames);
@@ -277,11 +280,13 @@ impl<'m> BitmapFrameAllocator<'m> {
     }
 
     /// Physical address of bitmap index `i`.
+    #[inline]
     pub(crate) fn addr(&self, i: usize) -> u64 {
         (self.base + i as u64) * FRAME_SIZE
     }
 
     /// The frame at bitmap index `i`.
+    #[inline]
     pub(crate) fn frame(&self, i: usize) -> PhysFrame {
         PhysFrame::containing_address(PhysAddr::new(self.addr(i)))
     }

@@ -2,6 +2,7 @@
 
 use x86_64::structures::paging::{frame::PhysFrameRange, PhysFrame};
 
+use super::bitmap::Unit;
 use super::{BitmapFrameAllocator, FrameError};
 use crate::memory_map::FRAME_SIZE;
 
@@ -43,13 +44,16 @@ impl BitmapFrameAllocator<'_> {
         let align_frames = (align / FRAME_SIZE) as usize;
         let shift = align_frames.trailing_zeros();
         let from = self.hints.start(shift, count).max(self.first_free);
-        let found = if count >= 64 && align_frames >= 64 {
-            let wpos = from.div_ceil(64);
-            if count <= 64 * 64 && align_frames <= 64 * 64 {
-                self.find_by_windows(wpos, count, align_frames, hi)
-            } else {
-                self.find_by_words(wpos, count, align_frames, hi)
-            }
+        let windows = |unit: Unit| {
+            let u = unit.frames();
+            (u..=64 * u).contains(&count) && (u..=64 * u).contains(&align_frames)
+        };
+        let found = if windows(Unit::Block) {
+            self.find_by_windows(Unit::Block, from, count, align_frames, hi)
+        } else if windows(Unit::Word) {
+            self.find_by_windows(Unit::Word, from, count, align_frames, hi)
+        } else if count >= 64 && align_frames >= 64 {
+            self.find_by_words(from.div_ceil(64), count, align_frames, hi)
         } else {
             self.find_by_frames(from, count, align_frames, hi)
         };
@@ -65,13 +69,15 @@ impl BitmapFrameAllocator<'_> {
     }
 
     /// Rounds bitmap index `i` up so its frame number is a multiple of `align`.
+    #[inline]
     fn align_up(&self, i: usize, align: usize) -> usize {
         let base = self.base as usize;
-        (base + i).next_multiple_of(align) - base
+        ((base + i + align - 1) & !(align - 1)) - base
     }
 
     /// Candidate by candidate: the next free frame, aligned up, then the
     /// first allocated frame inside the candidate run restarts the search.
+    #[inline]
     fn find_by_frames(
         &self,
         mut pos: usize,
@@ -121,33 +127,39 @@ impl BitmapFrameAllocator<'_> {
         }
     }
 
-    /// Runs of up to 64 words aligned to at most 64 words, found 64 words
-    /// at a time: one summary word of "entirely free" bits answers, with a
-    /// few shifts and ands, which aligned windows of `count / 64` free words
-    /// start inside it (e.g. eight 2 MiB candidates per summary word).
+    /// Runs of 1 to 64 units aligned to 1 to 64 units (a unit is a word
+    /// of 64 frames or a 2 MiB block), found 64 units at a time: one word
+    /// of the unit summary answers, with a few shifts and ands, which
+    /// aligned windows of `count / unit` free units start inside it.
+    #[inline]
     fn find_by_windows(
         &self,
-        mut wpos: usize,
+        unit: Unit,
+        from: usize,
         count: usize,
         align: usize,
         hi: usize,
     ) -> Option<usize> {
-        let (words, tail) = (count / 64, count % 64);
-        let aw = align / 64;
-        let rep = if aw == 64 {
-            1
-        } else {
-            u64::MAX / ((1u64 << aw) - 1)
-        };
-        let starts = rep << ((aw - (self.base as usize / 64) % aw) % aw);
+        let us = unit.frames();
+        let (units, tail) = (count / us, count % us);
+        let aw = align / us;
+        // Bits at every `aw`-th position (aw is a power of two: no division).
+        let mut rep = 1u64;
+        let mut step = aw;
+        while step < 64 {
+            rep |= rep << step;
+            step *= 2;
+        }
+        let starts = rep << (aw.wrapping_sub(self.base as usize / us) & (aw - 1));
+        let mut upos = from.div_ceil(us);
         loop {
-            let w = self.bitmap.next_full_word(self.storage, wpos)?;
-            let j = w / 64;
-            let x = u128::from(self.bitmap.full_bits(self.storage, j))
-                | u128::from(self.bitmap.full_bits(self.storage, j + 1)) << 64;
-            let mut cands = window_and(x, words) as u64 & starts & (!0u64 << (w % 64));
+            let u = self.bitmap.next_unit(self.storage, unit, upos)?;
+            let j = u / 64;
+            let x = u128::from(self.bitmap.unit_bits(self.storage, unit, j))
+                | u128::from(self.bitmap.unit_bits(self.storage, unit, j + 1)) << 64;
+            let mut cands = window_and(x, units) as u64 & starts & (!0u64 << (u % 64));
             while cands != 0 {
-                let cand = (j * 64 + cands.trailing_zeros() as usize) * 64;
+                let cand = (j * 64 + cands.trailing_zeros() as usize) * us;
                 let end = cand.checked_add(count).filter(|&e| e <= hi)?;
                 if tail == 0
                     || self
@@ -159,7 +171,7 @@ impl BitmapFrameAllocator<'_> {
                 }
                 cands &= cands - 1;
             }
-            wpos = (j + 1) * 64;
+            upos = (j + 1) * 64;
         }
     }
 }

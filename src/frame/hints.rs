@@ -36,6 +36,7 @@ impl RunHints {
     }
 
     /// Where a search for `count` frames aligned to `1 << shift` frames may start.
+    #[inline]
     pub(crate) fn start(&self, shift: u32, count: usize) -> usize {
         match self.hints.get(shift as usize) {
             Some(h) if count >= h.count => h.pos,
@@ -44,6 +45,7 @@ impl RunHints {
     }
 
     /// A search for `count` frames aligned to `1 << shift` found its lowest run at `cand`.
+    #[inline]
     pub(crate) fn found(&mut self, shift: u32, count: usize, cand: usize) {
         if let Some(h) = self.hints.get_mut(shift as usize) {
             *h = Hint { pos: cand, count };
@@ -52,6 +54,7 @@ impl RunHints {
     }
 
     /// Frames from index `a` on were freed.
+    #[inline]
     pub(crate) fn freed(&mut self, a: usize) {
         if a >= self.reach {
             return;

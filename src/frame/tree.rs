@@ -18,6 +18,7 @@ pub(crate) struct Tree {
 }
 
 /// Words needed for `bits` bits.
+#[inline]
 pub(crate) const fn words_for(bits: usize) -> usize {
     bits.div_ceil(64)
 }
@@ -42,6 +43,7 @@ impl Tree {
     }
 
     /// Number of bits at level 0.
+    #[inline]
     pub(crate) const fn len(&self) -> usize {
         self.bits[0]
     }
@@ -53,16 +55,19 @@ impl Tree {
     }
 
     /// Word index (into storage) of level-0 word `w`.
+    #[inline]
     pub(crate) const fn word0(&self, w: usize) -> usize {
         self.offset[0] + w
     }
 
     /// Whether level-0 bit `i` is set.
+    #[inline]
     pub(crate) fn get(&self, s: &[u64], i: usize) -> bool {
         s[self.offset[0] + i / 64] & (1 << (i % 64)) != 0
     }
 
     /// Sets bit `i` of `level`, propagating to the summaries.
+    #[inline]
     pub(crate) fn set_at(&self, s: &mut [u64], mut level: usize, mut i: usize) {
         while level < self.depth {
             let w = &mut s[self.offset[level] + i / 64];
@@ -77,6 +82,7 @@ impl Tree {
     }
 
     /// Clears bit `i` of `level`, propagating to the summaries.
+    #[inline]
     pub(crate) fn clear_at(&self, s: &mut [u64], mut level: usize, mut i: usize) {
         while level < self.depth {
             let w = &mut s[self.offset[level] + i / 64];
@@ -89,30 +95,56 @@ impl Tree {
         }
     }
 
-    /// Sets (`set`) or clears bits `[a, b)` of `level` a word at a time,
-    /// propagating only the words whose emptiness changed.
+    /// Sets (`set`) or clears bits `[a, b)` of `level`, propagating only
+    /// the words whose emptiness changed. The one-word case is inline.
+    #[inline]
     pub(crate) fn update_range(&self, s: &mut [u64], level: usize, a: usize, b: usize, set: bool) {
-        if level >= self.depth {
+        if level >= self.depth || a >= b {
             return;
         }
+        let w = a / 64;
+        if w != (b - 1) / 64 {
+            return self.update_words(s, level, a, b, set);
+        }
+        let m = mask(a % 64, (b - 1) % 64 + 1);
+        let slot = &mut s[self.offset[level] + w];
+        let old = *slot;
+        *slot = if set { old | m } else { old & !m };
+        if (old == 0) != (*slot == 0) {
+            self.flip_parent(s, level, w, set);
+        }
+    }
+
+    /// [`update_range`](Self::update_range) across several words.
+    #[inline(never)]
+    fn update_words(&self, s: &mut [u64], level: usize, a: usize, b: usize, set: bool) {
         let mut i = a;
         while i < b {
             let w = i / 64;
             let hi = b.min(w * 64 + 64);
-            let mask = mask(i % 64, hi - w * 64);
+            let m = mask(i % 64, hi - w * 64);
             let slot = &mut s[self.offset[level] + w];
             let old = *slot;
-            *slot = if set { old | mask } else { old & !mask };
-            match (old != 0, *slot != 0) {
-                (false, true) => self.set_at(s, level + 1, w),
-                (true, false) => self.clear_at(s, level + 1, w),
-                _ => {}
+            *slot = if set { old | m } else { old & !m };
+            if (old == 0) != (*slot == 0) {
+                self.flip_parent(s, level, w, set);
             }
             i = hi;
         }
     }
 
+    /// Word `w` of `level` became non-empty (`set`) or empty: tell the parent.
+    #[inline(never)]
+    fn flip_parent(&self, s: &mut [u64], level: usize, w: usize, set: bool) {
+        if set {
+            self.set_at(s, level + 1, w);
+        } else {
+            self.clear_at(s, level + 1, w);
+        }
+    }
+
     /// The raw level-0 word `w`, or 0 past the end.
+    #[inline]
     pub(crate) fn word(&self, s: &[u64], w: usize) -> u64 {
         if w < words_for(self.bits[0]) {
             s[self.offset[0] + w]
@@ -122,6 +154,7 @@ impl Tree {
     }
 
     /// Writes level-0 word `w` and fixes the summary above it.
+    #[inline]
     pub(crate) fn write_word(&self, s: &mut [u64], w: usize, value: u64) {
         let slot = &mut s[self.offset[0] + w];
         let was = *slot;
@@ -136,6 +169,7 @@ impl Tree {
     }
 
     /// The first set level-0 bit at or after `pos`, in O(depth).
+    #[inline]
     pub(crate) fn next_set(&self, s: &[u64], pos: usize) -> Option<usize> {
         let (mut level, mut p) = (0, pos);
         // Climb until some level has a set bit at or after `p`.
@@ -202,6 +236,7 @@ impl Tree {
 }
 
 /// Mask of bits `[lo, hi)` of a word, `lo < hi <= 64`.
+#[inline]
 pub(crate) const fn mask(lo: usize, hi: usize) -> u64 {
     let upper = if hi == 64 { !0 } else { (1u64 << hi) - 1 };
     upper & (!0u64 << lo)
