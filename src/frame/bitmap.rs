@@ -228,31 +228,34 @@ impl Bitmap {
     /// free, everything else not; then both summaries in bulk. Touches only
     /// the `words()` storage words.
     pub(crate) fn init(&self, s: &mut [u64], free: impl Iterator<Item = (usize, usize)>) {
-        s[..self.words()].fill(0);
+        // Summaries start empty; frame words are written exactly once below.
+        s[self.frames.word_at(1, 0)..self.words()].fill(0);
         let base = self.frames.word0(0);
+        let nw = words_for(self.len());
+        let mut done = 0; // frame words [0, done) are initialized
         for (a, b) in free {
-            let (wa, wb) = (a.div_ceil(64), b / 64);
-            if wa >= wb {
-                for i in a..b {
-                    s[base + i / 64] |= 1 << (i % 64);
-                }
+            let (first, wa, wb) = (a / 64, a.div_ceil(64), b / 64);
+            if first >= done {
+                s[base + done..=base + first].fill(0);
+            }
+            if wa > wb {
+                s[base + first] |= bits(a % 64, b % 64);
+                done = first + 1;
                 continue;
             }
-            s[base + wa..base + wb].fill(!0);
             if a % 64 != 0 {
-                s[base + a / 64] |= bits(a % 64, 64);
+                s[base + first] |= bits(a % 64, 64);
             }
+            s[base + wa..base + wb].fill(!0);
+            done = wb;
             if b % 64 != 0 {
-                s[base + wb] |= bits(0, b % 64);
+                s[base + wb] = bits(0, b % 64);
+                done = wb + 1;
             }
         }
-        self.frames.rebuild(s);
-        let full = self.full.word0(0);
-        for w in 0..words_for(self.len()) {
-            if s[base + w] == !0 {
-                s[full + w / 64] |= 1 << (w % 64);
-            }
-        }
+        s[base + done.min(nw)..base + nw].fill(0);
+        self.summarize_words(s);
+        self.frames.rebuild_from(s, 2);
         self.full.rebuild(s);
         let (fb, bb) = (self.full.word0(0), self.blocks.word0(0));
         for blk in 0..self.len().div_ceil(512) {
@@ -261,6 +264,28 @@ impl Bitmap {
             }
         }
         self.blocks.rebuild(s);
+    }
+
+    /// One pass over the frame words writes both per-word summaries: the
+    /// "non-empty" level 1 of `frames` and the "entirely free" level 0 of `full`.
+    fn summarize_words(&self, s: &mut [u64]) {
+        let (base, nw) = (self.frames.word0(0), words_for(self.len()));
+        let (l1, f0) = (self.frames.word_at(1, 0), self.full.word0(0));
+        let has_l1 = l1 != base + self.frames.words();
+        for (j, start) in (0..nw).step_by(64).enumerate() {
+            let (mut any, mut all) = (0u64, 0u64);
+            for (k, &w) in s[base + start..base + nw.min(start + 64)]
+                .iter()
+                .enumerate()
+            {
+                any |= u64::from(w != 0) << k;
+                all |= u64::from(w == !0) << k;
+            }
+            if has_l1 {
+                s[l1 + j] = any;
+            }
+            s[f0 + j] = all;
+        }
     }
 
     /// Free frames in total (a popcount; for the invariant checker).

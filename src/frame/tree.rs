@@ -54,6 +54,17 @@ impl Tree {
         self.offset[top] + words_for(self.bits[top]) - self.offset[0]
     }
 
+    /// Word index (into storage) of word `w` of `level`; past the top
+    /// level, the end of this tree.
+    #[inline]
+    pub(crate) const fn word_at(&self, level: usize, w: usize) -> usize {
+        if level < self.depth {
+            self.offset[level] + w
+        } else {
+            self.offset[0] + self.words()
+        }
+    }
+
     /// Word index (into storage) of level-0 word `w`.
     #[inline]
     pub(crate) const fn word0(&self, w: usize) -> usize {
@@ -198,7 +209,12 @@ impl Tree {
 
     /// Recomputes every summary level from level 0 (bulk initialization).
     pub(crate) fn rebuild(&self, s: &mut [u64]) {
-        for l in 1..self.depth {
+        self.rebuild_from(s, 1);
+    }
+
+    /// Recomputes summary levels `from..` from the level below `from`.
+    pub(crate) fn rebuild_from(&self, s: &mut [u64], from: usize) {
+        for l in from.max(1)..self.depth {
             let (lower, upper) = (self.offset[l - 1], self.offset[l]);
             let n = words_for(self.bits[l - 1]);
             for (j, chunk_start) in (0..n).step_by(64).enumerate() {
