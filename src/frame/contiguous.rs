@@ -143,13 +143,17 @@ impl BitmapFrameAllocator<'_> {
         let us = unit.frames();
         let (units, tail) = (count / us, count % us);
         let aw = align / us;
-        // Bits at every `aw`-th position (aw is a power of two: no division).
-        let mut rep = 1u64;
-        let mut step = aw;
-        while step < 64 {
-            rep |= rep << step;
-            step *= 2;
-        }
+        // Bits at every `aw`-th position (`aw` is a power of two up to 64).
+        const REP: [u64; 7] = [
+            !0,
+            0x5555_5555_5555_5555,
+            0x1111_1111_1111_1111,
+            0x0101_0101_0101_0101,
+            0x0001_0001_0001_0001,
+            0x0000_0001_0000_0001,
+            1,
+        ];
+        let rep = REP[aw.trailing_zeros() as usize];
         let starts = rep << (aw.wrapping_sub(self.base as usize / us) & (aw - 1));
         let mut upos = from.div_ceil(us);
         loop {
