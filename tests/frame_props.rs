@@ -344,7 +344,7 @@ proptest! {
     fn allocator_matches_model(
         (regions, base) in map_and_base(),
         carve in any::<bool>(),
-        ops in prop::collection::vec(op(), 0..120),
+        ops in prop::collection::vec(op(), 0..if cfg!(miri) { 24 } else { 120 }),
     ) {
         run_case(regions, base, carve, ops)?;
     }

@@ -233,7 +233,7 @@ impl Tree {
     pub(crate) fn check(&self, s: &[u64]) -> Result<(), &'static str> {
         for l in 0..self.depth {
             let n = self.bits[l];
-            if n % 64 != 0 && s[self.offset[l] + n / 64] >> (n % 64) != 0 {
+            if !n.is_multiple_of(64) && s[self.offset[l] + n / 64] >> (n % 64) != 0 {
                 return Err("bit set past the end of a level");
             }
             if l == 0 {
