@@ -154,6 +154,7 @@ fn fragmented_free_ranges(frames: u64, broken_per_4: u64, rng: &mut Rng) -> Vec<
 /// allocating everything and freeing the pattern; buddy by inserting the
 /// free ranges (the same coalesced state its deallocations would reach).
 fn bench_runs(broken_per_4: u64) -> (Duration, Duration, u64) {
+    const CYCLES: u64 = 20;
     let map = pc_map(16 * GIB + GIB);
     let mut storage = kmem_storage(&map);
     let mut k = BitmapFrameAllocator::new(&map, &mut storage).unwrap();
@@ -179,24 +180,28 @@ fn bench_runs(broken_per_4: u64) -> (Duration, Duration, u64) {
     let mut got_b = Vec::with_capacity(runs as usize);
     for _ in 0..trials(3, 9) {
         let t = Instant::now();
-        for _ in 0..runs {
-            got_k.push(k.allocate_contiguous(512, 2 * MIB, None).unwrap());
-        }
-        for r in got_k.drain(..) {
-            k.free_range(r).unwrap();
+        for _ in 0..CYCLES {
+            for _ in 0..runs {
+                got_k.push(k.allocate_contiguous(512, 2 * MIB, None).unwrap());
+            }
+            for r in got_k.drain(..) {
+                k.free_range(r).unwrap();
+            }
         }
         tk.push(t.elapsed());
         let t = Instant::now();
-        for _ in 0..runs {
-            got_b.push(buddy.alloc(512).unwrap());
-        }
-        for f in got_b.drain(..) {
-            buddy.dealloc(f, 512);
+        for _ in 0..CYCLES {
+            for _ in 0..runs {
+                got_b.push(buddy.alloc(512).unwrap());
+            }
+            for f in got_b.drain(..) {
+                buddy.dealloc(f, 512);
+            }
         }
         tb.push(t.elapsed());
     }
     k.check_invariants().unwrap();
-    (median(tk), median(tb), runs)
+    (median(tk), median(tb), runs * CYCLES)
 }
 
 /// Single-frame operations, so one loop drives every contender identically.
