@@ -8,8 +8,8 @@ use x86_64::structures::paging::{FrameDeallocator, Size4KiB};
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::entry::{
-    canonical, index, is_leaf, leaf_bits, span, ADDR_MASK, HALF, HUGE, LINEAR_MASK, PRESENT,
-    TABLE_FLAGS, USER,
+    canonical, index, is_leaf, leaf_bits, span, ADDR_MASK, ENTRIES, HALF, HUGE, LINEAR_MASK,
+    PRESENT, TABLE_FLAGS, USER,
 };
 use super::mapper::frame_of;
 use super::reserve::Reserve;
@@ -241,6 +241,9 @@ impl<P: PhysMem> Mapper<P> {
 
     /// Table frames needed to split the huge pages the range covers only partly.
     fn plan_edit(&self, table: u64, level: u8, s: u64, e: u64) -> usize {
+        if level == 1 {
+            return 0; // 4 KiB leaves never split
+        }
         let sp = span(level);
         let (mut a, mut needed) = (s, 0);
         while a < e {
@@ -271,6 +274,9 @@ impl<P: PhysMem> Mapper<P> {
         flush: &mut Flush,
         alloc: &mut A,
     ) -> bool {
+        if level == 1 {
+            return self.edit_leaves(table, s, e, edit, flush);
+        }
         let sp = span(level);
         let mut a = s;
         while a < e {
@@ -306,6 +312,34 @@ impl<P: PhysMem> Mapper<P> {
             Edit::Unmap if level == 4 => false,
             Edit::Unmap if s % sp.saturating_mul(512) == 0 && e - s == sp * 512 => true,
             Edit::Unmap => self.is_empty_table(table),
+        }
+    }
+
+    /// The hot loop of unmap/protect: 4 KiB leaves of one page table. Returns whether the
+    /// table is now empty (unmap only).
+    fn edit_leaves(&mut self, table: u64, s: u64, e: u64, edit: Edit, flush: &mut Flush) -> bool {
+        let p = self.ptr(table);
+        let (i0, n) = (index(s, 1), ((e - s) / PAGE) as usize);
+        for k in 0..n {
+            // SAFETY: `table` is a page table of this hierarchy and `i0 + k < 512` since
+            // [s, e) lies within the 2 MiB it covers.
+            let slot = unsafe { p.add(i0 + k) };
+            // SAFETY: as above.
+            let entry = unsafe { slot.read() };
+            if entry & PRESENT == 0 {
+                continue;
+            }
+            let new = match edit {
+                Edit::Unmap => 0,
+                Edit::Protect { leaf } => (entry & ADDR_MASK) | leaf,
+            };
+            // SAFETY: as above.
+            unsafe { slot.write(new) };
+            flush.add(canonical(s + k as u64 * PAGE));
+        }
+        match edit {
+            Edit::Protect { .. } => false,
+            Edit::Unmap => n == ENTRIES || self.is_empty_table(table),
         }
     }
 
