@@ -12,6 +12,30 @@ pub const KERNEL_HALF: usize = 256;
 /// A user address space: its own lower half, the kernel half shared with the mapper it was
 /// created from (same PDPT frames, so kernel mappings made under an existing PML4 entry are
 /// seen by all; a kernel PML4 entry created later is not propagated).
+///
+/// ```
+/// use kmem::paging::{AddressSpace, MapFlags, Mapper};
+/// use kmem::testing::{mmu::RecordingMmu, phys_mem::EmulatedMemory};
+/// use x86_64::{PhysAddr, VirtAddr};
+///
+/// let mem = EmulatedMemory::new(64);
+/// let mut frames = mem.frame_allocator();
+/// let mut kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+/// let kv = VirtAddr::new(0xffff_8000_0000_0000);
+/// kernel.map_range(kv, PhysAddr::new(0), 0x20_0000, MapFlags::READ_WRITE, &mut frames).unwrap().ignore();
+/// let mut mmu = RecordingMmu::new(kernel.pml4());
+///
+/// let mut user = AddressSpace::new(&kernel, &mut frames).unwrap();
+/// let uv = VirtAddr::new(0x40_0000);
+/// user.mapper().map_range(uv, PhysAddr::new(0x9000), 0x1000, MapFlags::READ.user(), &mut frames).unwrap().ignore();
+/// assert!(user.mapper_ref().translate(kv).is_ok(), "kernel half shared");
+/// // SAFETY: the recording MMU executes nothing.
+/// unsafe { user.switch(&mut mmu) };
+/// // SAFETY: as above.
+/// unsafe { kmem::paging::Mmu::set_cr3(&mut mmu, kernel.pml4()) };
+/// let stats = user.destroy(&mmu, &mut frames, false).unwrap();
+/// assert_eq!(stats.tables, 4); // PML4, PDPT, PD, PT of the user half
+/// ```
 #[derive(Debug)]
 pub struct AddressSpace<P: PhysMem> {
     mapper: Mapper<P>,

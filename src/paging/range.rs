@@ -200,6 +200,28 @@ impl<P: PhysMem> Mapper<P> {
     /// Unmaps every page in `[virt, virt + len)`, skipping holes; huge pages partly covered are
     /// split first (their frames for tables come from `alloc`), tables left empty go back to
     /// `alloc`. Mapped frames are not freed. On error nothing changed.
+    ///
+    /// ```
+    /// use kmem::paging::{LeafSize, MapFlags, Mapper};
+    /// use kmem::testing::{mmu::RecordingMmu, phys_mem::EmulatedMemory};
+    /// use x86_64::{PhysAddr, VirtAddr};
+    ///
+    /// let mem = EmulatedMemory::new(64);
+    /// let mut frames = mem.frame_allocator();
+    /// let mut m = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    /// let mut mmu = RecordingMmu::new(m.pml4());
+    /// let v = VirtAddr::new(0x4000_0000);
+    /// m.map_range(v, PhysAddr::new(0x4000_0000), 0x40_0000, MapFlags::READ, &mut frames).unwrap().ignore();
+    /// assert_eq!(frames.in_use(), 3); // PML4, PDPT, PD: two 2 MiB pages
+    /// // Cut 4 KiB out of the first 2 MiB page: it is split into a page table.
+    /// m.unmap_range(v + 0x1000u64, 0x1000, &mut frames).unwrap().flush(&mut mmu);
+    /// assert_eq!(frames.in_use(), 4);
+    /// assert!(m.translate(v + 0x1000u64).is_err());
+    /// assert_eq!(m.translate(v + 0x2000u64).unwrap().size, LeafSize::Size4KiB);
+    /// // Unmapping the rest gives every table below the PML4 back.
+    /// m.unmap_range(v, 0x40_0000, &mut frames).unwrap().flush(&mut mmu);
+    /// assert_eq!(frames.in_use(), 1);
+    /// ```
     pub fn unmap_range<A: FrameSource + ?Sized>(
         &mut self,
         virt: VirtAddr,
