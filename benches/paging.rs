@@ -121,7 +121,7 @@ fn interleave(
     a: impl Fn() -> Duration,
     b: impl Fn() -> Duration,
 ) {
-    if t % 2 == 0 {
+    if t.is_multiple_of(2) {
         o.push(a());
         p.push(b());
     } else {
@@ -179,7 +179,11 @@ fn direct_map(trials: usize) -> (Row, Row) {
             .ignore();
             (start.elapsed(), a.in_use())
         };
-        let order: [u8; 3] = if t % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+        let order: [u8; 3] = if t.is_multiple_of(2) {
+            [0, 1, 2]
+        } else {
+            [2, 1, 0]
+        };
         for which in order {
             match which {
                 0 => {

@@ -112,7 +112,10 @@ impl<P: PhysMem> Mapper<P> {
         while a < e {
             let b = e.min((a & !(sp - 1)) + sp);
             let pa = job.pa0 + (a - job.va0);
-            let whole = level <= job.max_level && a % sp == 0 && b - a == sp && pa % sp == 0;
+            let whole = level <= job.max_level
+                && a.is_multiple_of(sp)
+                && b - a == sp
+                && pa.is_multiple_of(sp);
             let entry = table.map_or(0, |t| self.read(t, index(a, level)));
             if entry & PRESENT == 0 {
                 if !whole {
@@ -163,7 +166,10 @@ impl<P: PhysMem> Mapper<P> {
         while a < e {
             let b = e.min((a & !(sp - 1)) + sp);
             let pa = job.pa0 + (a - job.va0);
-            let whole = level <= job.max_level && a % sp == 0 && b - a == sp && pa % sp == 0;
+            let whole = level <= job.max_level
+                && a.is_multiple_of(sp)
+                && b - a == sp
+                && pa.is_multiple_of(sp);
             let i = index(a, level);
             let entry = self.read(table, i);
             if entry & PRESENT == 0 && whole {
@@ -332,7 +338,7 @@ impl<P: PhysMem> Mapper<P> {
         match edit {
             Edit::Protect { .. } => false,
             Edit::Unmap if level == 4 => false,
-            Edit::Unmap if s % sp.saturating_mul(512) == 0 && e - s == sp * 512 => true,
+            Edit::Unmap if s.is_multiple_of(sp * 512) && e - s == sp * 512 => true,
             Edit::Unmap => self.is_empty_table(table),
         }
     }
@@ -438,7 +444,7 @@ pub(crate) fn check_range(va: u64, len: u64) -> Result<(u64, u64), PagingError> 
     if canonical(va) != va {
         return Err(PagingError::NonCanonical { addr: va });
     }
-    if va % PAGE != 0 {
+    if !va.is_multiple_of(PAGE) {
         return Err(PagingError::Misaligned {
             value: va,
             align: PAGE,
@@ -447,7 +453,7 @@ pub(crate) fn check_range(va: u64, len: u64) -> Result<(u64, u64), PagingError> 
     if len == 0 {
         return Err(PagingError::InvalidLength { len });
     }
-    if len % PAGE != 0 {
+    if !len.is_multiple_of(PAGE) {
         return Err(PagingError::Misaligned {
             value: len,
             align: PAGE,
@@ -467,7 +473,7 @@ fn check_phys(pa: u64, len: u64) -> Result<(), PagingError> {
     if pa >= PHYS_LIMIT {
         return Err(PagingError::InvalidPhysAddr { addr: pa });
     }
-    if pa % PAGE != 0 {
+    if !pa.is_multiple_of(PAGE) {
         return Err(PagingError::Misaligned {
             value: pa,
             align: PAGE,
