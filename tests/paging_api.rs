@@ -502,3 +502,55 @@ fn address_spaces_share_the_kernel_half() {
         "exactly the kernel's tables remain allocated"
     );
 }
+
+#[test]
+fn prefilled_kernel_half_propagates_later_kernel_mappings() {
+    let mem = setup(600);
+    let mut a = mem.frame_allocator();
+    let mut kernel = mapper(&mem, &mut a);
+    let mut failing = a.clone();
+    failing.fail_after(10);
+    let err = kernel.prefill_kernel_half(&mut failing).unwrap_err();
+    assert_eq!(
+        err,
+        PagingError::OutOfFrames {
+            needed: 256,
+            obtained: 10
+        }
+    );
+    assert_eq!(failing.in_use(), 1);
+    assert_eq!(kernel.prefill_kernel_half(&mut a), Ok(256));
+    assert_eq!(kernel.prefill_kernel_half(&mut a), Ok(0));
+    let space = AddressSpace::new(&kernel, &mut a).unwrap();
+    // A kernel mapping made after the address space was created, in a fresh 512 GiB slot.
+    let kv = VirtAddr::new(0xffff_ff80_0000_0000);
+    kernel
+        .map_range(kv, PhysAddr::new(0x7000), K4, MapFlags::READ, &mut a)
+        .unwrap()
+        .ignore();
+    assert_eq!(
+        space.mapper_ref().translate(kv).unwrap().phys,
+        PhysAddr::new(0x7000)
+    );
+    kernel.check_invariants().unwrap();
+    space.mapper_ref().check_invariants().unwrap();
+}
+
+#[test]
+fn forged_misaligned_huge_page_is_refused() {
+    let mem = setup(16);
+    let mut a = mem.frame_allocator();
+    let mut m = mapper(&mem, &mut a);
+    // SAFETY: deliberately misaligned for 2 MiB: the mapper must refuse it.
+    let frame =
+        unsafe { PhysFrame::<Size2MiB>::from_start_address_unchecked(PhysAddr::new(0x1000)) };
+    let page = Page::<Size2MiB>::containing_address(VirtAddr::new(0x20_0000));
+    assert_eq!(
+        m.map(page, frame, MapFlags::READ, &mut a),
+        Err(PagingError::Misaligned {
+            value: 0x1000,
+            align: M2
+        })
+    );
+    assert_eq!(a.in_use(), 1);
+}

@@ -2,8 +2,9 @@
 
 use x86_64::structures::paging::{FrameDeallocator, PhysFrame, Size4KiB};
 
-use super::entry::{is_leaf, span, ADDR_MASK, ENTRIES, PRESENT};
+use super::entry::{is_leaf, span, ADDR_MASK, ENTRIES, PRESENT, TABLE_FLAGS};
 use super::mapper::frame_of;
+use super::reserve::Reserve;
 use super::{FrameSource, Mapper, Mmu, PagingError, PhysMem};
 
 /// The first PML4 index of the kernel half (0xffff_8000_0000_0000 and up).
@@ -62,6 +63,30 @@ impl<P: PhysMem + Clone> AddressSpace<P> {
             mapper.write(dst, i, kernel.read(src, i));
         }
         Ok(Self { mapper })
+    }
+}
+
+impl<P: PhysMem> Mapper<P> {
+    /// Gives every kernel-half PML4 entry (256..512) a PDPT, so kernel mappings made later
+    /// appear in every address space created afterwards from this one. Costs up to 256 frames;
+    /// returns how many were taken. On `OutOfFrames` nothing changed.
+    pub fn prefill_kernel_half<A: FrameSource + ?Sized>(
+        &mut self,
+        alloc: &mut A,
+    ) -> Result<usize, PagingError> {
+        let root = self.root();
+        let missing = (KERNEL_HALF..ENTRIES)
+            .filter(|&i| self.read(root, i) & PRESENT == 0)
+            .count();
+        let mut reserve = Reserve::fill(self, alloc, missing)?;
+        for i in KERNEL_HALF..ENTRIES {
+            if self.read(root, i) & PRESENT == 0 {
+                let table = reserve.take(self);
+                self.write(root, i, table | TABLE_FLAGS);
+            }
+        }
+        reserve.release(self, alloc);
+        Ok(missing)
     }
 }
 

@@ -328,6 +328,7 @@ impl<P: PhysMem> Mapper<P> {
                 }
                 let empty = self.commit_edit(child, level - 1, a, b, edit, res, flush, alloc);
                 if empty && self.may_free(a, level - 1) {
+                    debug_assert!(self.is_empty_table(child));
                     self.write(table, i, 0);
                     // SAFETY: the child table is empty and its only parent entry is now clear.
                     unsafe { alloc.deallocate_frame(frame_of(child)) };
