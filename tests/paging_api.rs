@@ -338,6 +338,9 @@ fn range_ops_flush_once_with_a_threshold() {
 
 #[test]
 fn unmap_range_returns_table_frames() {
+    // 1 GiB natively; 16 MiB under Miri (same code paths, fewer entries).
+    let len = if cfg!(miri) { 8 * M2 } else { G1 };
+    let pts = (len / M2) as usize;
     let mem = setup(1024);
     let mut a = mem.frame_allocator();
     let mut m = mapper(&mem, &mut a);
@@ -345,19 +348,25 @@ fn unmap_range_returns_table_frames() {
     m.map_range_with(
         v,
         PhysAddr::new(0),
-        G1,
+        len,
         MapFlags::READ_WRITE,
         LeafSize::Size4KiB,
         &mut a,
     )
     .unwrap()
     .ignore();
-    assert_eq!(a.in_use(), 1 + 1 + 1 + 512, "PML4 + PDPT + PD + 512 PTs");
-    assert_eq!(m.check_invariants().unwrap().leaves, [512 * 512, 0, 0]);
-    // Half: 256 PTs freed, the PD stays.
-    m.unmap_range(v, G1 / 2, &mut a).unwrap().ignore();
-    assert_eq!(a.in_use(), 1 + 1 + 1 + 256);
-    m.unmap_range(v + G1 / 2, G1 / 2, &mut a).unwrap().ignore();
+    assert_eq!(
+        a.in_use(),
+        1 + 1 + 1 + pts,
+        "PML4 + PDPT + PD + one PT per 2 MiB"
+    );
+    assert_eq!(m.check_invariants().unwrap().leaves, [pts * 512, 0, 0]);
+    // Half: half the PTs freed, the PD stays.
+    m.unmap_range(v, len / 2, &mut a).unwrap().ignore();
+    assert_eq!(a.in_use(), 1 + 1 + 1 + pts / 2);
+    m.unmap_range(v + len / 2, len / 2, &mut a)
+        .unwrap()
+        .ignore();
     assert_eq!(a.in_use(), 1, "everything but the PML4 went back");
     assert_eq!(m.check_invariants().unwrap().tables, vec![m.pml4()]);
     // Single-page unmaps reclaim too.
@@ -492,4 +501,56 @@ fn address_spaces_share_the_kernel_half() {
         a.allocated_frames(),
         "exactly the kernel's tables remain allocated"
     );
+}
+
+#[test]
+fn prefilled_kernel_half_propagates_later_kernel_mappings() {
+    let mem = setup(600);
+    let mut a = mem.frame_allocator();
+    let mut kernel = mapper(&mem, &mut a);
+    let mut failing = a.clone();
+    failing.fail_after(10);
+    let err = kernel.prefill_kernel_half(&mut failing).unwrap_err();
+    assert_eq!(
+        err,
+        PagingError::OutOfFrames {
+            needed: 256,
+            obtained: 10
+        }
+    );
+    assert_eq!(failing.in_use(), 1);
+    assert_eq!(kernel.prefill_kernel_half(&mut a), Ok(256));
+    assert_eq!(kernel.prefill_kernel_half(&mut a), Ok(0));
+    let space = AddressSpace::new(&kernel, &mut a).unwrap();
+    // A kernel mapping made after the address space was created, in a fresh 512 GiB slot.
+    let kv = VirtAddr::new(0xffff_ff80_0000_0000);
+    kernel
+        .map_range(kv, PhysAddr::new(0x7000), K4, MapFlags::READ, &mut a)
+        .unwrap()
+        .ignore();
+    assert_eq!(
+        space.mapper_ref().translate(kv).unwrap().phys,
+        PhysAddr::new(0x7000)
+    );
+    kernel.check_invariants().unwrap();
+    space.mapper_ref().check_invariants().unwrap();
+}
+
+#[test]
+fn forged_misaligned_huge_page_is_refused() {
+    let mem = setup(16);
+    let mut a = mem.frame_allocator();
+    let mut m = mapper(&mem, &mut a);
+    // SAFETY: deliberately misaligned for 2 MiB: the mapper must refuse it.
+    let frame =
+        unsafe { PhysFrame::<Size2MiB>::from_start_address_unchecked(PhysAddr::new(0x1000)) };
+    let page = Page::<Size2MiB>::containing_address(VirtAddr::new(0x20_0000));
+    assert_eq!(
+        m.map(page, frame, MapFlags::READ, &mut a),
+        Err(PagingError::Misaligned {
+            value: 0x1000,
+            align: M2
+        })
+    );
+    assert_eq!(a.in_use(), 1);
 }

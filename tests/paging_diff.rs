@@ -507,7 +507,7 @@ impl<'m> World<'m> {
                 Some(PagingError::NonCanonical { addr: raw }),
                 "{raw:#x} kind {kind}"
             );
-        } else if raw % K4 != 0 && kind <= 2 {
+        } else if !raw.is_multiple_of(K4) && kind <= 2 {
             assert_eq!(
                 err,
                 Some(PagingError::Misaligned {
@@ -541,7 +541,7 @@ impl<'m> World<'m> {
                     .map(|(_, t)| t.ignore());
                 self.clean_opt();
             }
-            return if canonical && raw % K4 == 0 {
+            return if canonical && raw.is_multiple_of(K4) {
                 sample_pages(raw, len)
             } else {
                 vec![]
@@ -571,7 +571,7 @@ impl<'m> World<'m> {
             let (v, p, rest) = (va + off, pa + off, len - off);
             let size = [G1, M2, K4]
                 .into_iter()
-                .find(|&s| v % s == 0 && p % s == 0 && rest >= s)
+                .find(|&s| v.is_multiple_of(s) && p.is_multiple_of(s) && rest >= s)
                 .unwrap();
             self.opt_map(v, p, size, flags);
             off += size;
@@ -707,7 +707,7 @@ fn sample_pages(va: u64, len: u64) -> Vec<u64> {
         (0..n).collect()
     } else {
         (0..n)
-            .filter(|i| *i < 4 || n - i <= 4 || i % 509 == 0 || (va / K4 + i) % 512 < 2)
+            .filter(|i| *i < 4 || n - i <= 4 || i.is_multiple_of(509) || (va / K4 + i) % 512 < 2)
             .collect()
     };
     v.iter_mut().for_each(|i| *i = va + *i * K4);

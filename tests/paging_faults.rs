@@ -95,7 +95,7 @@ type Op = fn(&mut M, &mut EmulatedFrameAllocator) -> Result<(), PagingError>;
 fn every_k(name: &str, op: Op) -> u64 {
     let probes = probes();
     for k in 0.. {
-        let mem = EmulatedMemory::new(4096);
+        let mem = EmulatedMemory::new(128);
         let mut a = mem.frame_allocator();
         let mut m = Mapper::new_empty(mem.phys_mem(), &mut a).unwrap();
         populate(&mut m, &mut a);
@@ -161,7 +161,7 @@ fn map_range_rolls_back_at_every_k() {
 #[test]
 fn map_range_conflict_changes_nothing() {
     let probes = probes();
-    let mem = EmulatedMemory::new(1024);
+    let mem = EmulatedMemory::new(128);
     let mut a = mem.frame_allocator();
     let mut m = Mapper::new_empty(mem.phys_mem(), &mut a).unwrap();
     populate(&mut m, &mut a);

@@ -37,13 +37,15 @@ pub struct BitmapFrameAllocator<'m> {
     pub(crate) storage: &'m mut [u64],
     pub(crate) bitmap: Bitmap,
     pub(crate) table: RangeTable,
-    /// Frame number of bit 0 (a multiple of 64).
+    /// Frame number of bit 0 (a multiple of 512).
     pub(crate) base: u64,
     /// Usable frames in the map.
     pub(crate) usable: u64,
     pub(crate) free: u64,
     pub(crate) reserved: u64,
     pub(crate) hints: RunHints,
+    /// No frame below this bitmap index is free.
+    pub(crate) first_free: usize,
 }
 
 impl<'m> BitmapFrameAllocator<'m> {
@@ -59,6 +61,7 @@ impl<'m> BitmapFrameAllocator<'m> {
             free: 0,
             reserved: 0,
             hints: RunHints::new(),
+            first_free: 0,
         }
     }
 
@@ -140,6 +143,7 @@ impl<'m> BitmapFrameAllocator<'m> {
             free: usable,
             reserved: 0,
             hints: RunHints::new(),
+            first_free: 0,
         };
         for (a, b) in Layout::of(map).holes(map) {
             this.table
@@ -165,6 +169,7 @@ impl<'m> BitmapFrameAllocator<'m> {
             })?;
         self.bitmap.set(self.storage, i, false);
         self.free -= 1;
+        self.first_free = i + 1;
         Ok(self.frame(i))
     }
 
@@ -181,6 +186,7 @@ impl<'m> BitmapFrameAllocator<'m> {
     }
 
     /// Frees frame numbers `[a, b)`.
+    #[inline]
     pub(crate) fn free_frames_at(&mut self, a: u64, b: u64) -> Result<(), FrameError> {
         let (a, b) = self.indices(a, b)?;
         self.check_not_in_table(a, b)?;
@@ -189,9 +195,14 @@ impl<'m> BitmapFrameAllocator<'m> {
                 frame: self.addr(i),
             });
         }
-        self.bitmap.set_range(self.storage, a, b, true);
+        if b == a + 1 {
+            self.bitmap.set(self.storage, a, true);
+        } else {
+            self.bitmap.set_range(self.storage, a, b, true);
+        }
         self.free += (b - a) as u64;
         self.hints.freed(a);
+        self.first_free = self.first_free.min(a);
         Ok(())
     }
 
@@ -234,6 +245,7 @@ impl<'m> BitmapFrameAllocator<'m> {
     }
 
     /// Fails if `[a, b)` overlaps a hole or a reservation.
+    #[inline]
     fn check_not_in_table(&self, a: usize, b: usize) -> Result<(), FrameError> {
         match self.table.first_overlap(self.storage, a, b) {
             None => Ok(()),
@@ -248,6 +260,7 @@ impl<'m> BitmapFrameAllocator<'m> {
     }
 
     /// Bitmap indices of frame numbers `[a, b)`, which must lie in the span.
+    #[inline]
     fn indices(&self, a: u64, b: u64) -> Result<(usize, usize), FrameError> {
         if a >= b {
             return Err(FrameError::ZeroFrames);
@@ -267,11 +280,13 @@ impl<'m> BitmapFrameAllocator<'m> {
     }
 
     /// Physical address of bitmap index `i`.
+    #[inline]
     pub(crate) fn addr(&self, i: usize) -> u64 {
         (self.base + i as u64) * FRAME_SIZE
     }
 
     /// The frame at bitmap index `i`.
+    #[inline]
     pub(crate) fn frame(&self, i: usize) -> PhysFrame {
         PhysFrame::containing_address(PhysAddr::new(self.addr(i)))
     }

@@ -1,10 +1,12 @@
-//! The frame bitmap: one bit per frame (1 = free) with two summaries.
+//! The frame bitmap: one bit per frame (1 = free) with summaries.
 //!
 //! `frames` is a [`Tree`] over the frame bits: finding any free frame is
-//! O(log64 n). `full` is a tree with one bit per frame word, set iff all 64
-//! frames of that word are free: it lets contiguous searches for runs of 64
-//! frames or more skip whole fragmented areas. Both live in one storage
-//! slice; together they cost 1 + 2/64 + ... ≈ 1.032 bits per frame.
+//! O(log64 n). `full` is a tree with one bit per frame word (64 frames), set
+//! iff the whole word is free, and `blocks` one bit per 2 MiB block (512
+//! frames, a byte of `full`), set iff the whole block is free: contiguous
+//! searches for large runs skip fragmented areas a word or a block at a
+//! time. All live in one storage slice; together they cost
+//! 1 + 2/64 + 1/512 + ... ≈ 1.034 bits per frame.
 
 use super::tree::{words_for, Tree};
 
@@ -13,60 +15,184 @@ use super::tree::{words_for, Tree};
 pub(crate) struct Bitmap {
     frames: Tree,
     full: Tree,
+    blocks: Tree,
+}
+
+/// The granule of a contiguous search: whole words or whole 2 MiB blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unit {
+    /// 64 frames.
+    Word,
+    /// 512 frames.
+    Block,
+}
+
+impl Unit {
+    /// Frames per unit.
+    #[inline]
+    pub(crate) const fn frames(self) -> usize {
+        match self {
+            Unit::Word => 64,
+            Unit::Block => 512,
+        }
+    }
 }
 
 impl Bitmap {
     /// The layout for `frames` frames.
     pub(crate) const fn new(frames: usize) -> Self {
         let t = Tree::new(0, frames);
+        let f = Tree::new(t.words(), words_for(frames));
+        let b = Tree::new(t.words() + f.words(), frames.div_ceil(512));
         Self {
             frames: t,
-            full: Tree::new(t.words(), words_for(frames)),
+            full: f,
+            blocks: b,
         }
     }
 
-    /// Storage words of both trees.
+    /// Storage words of all trees.
     pub(crate) const fn words(&self) -> usize {
-        self.frames.words() + self.full.words()
+        self.frames.words() + self.full.words() + self.blocks.words()
+    }
+
+    /// The first entirely free unit at or after unit `pos`.
+    #[inline]
+    pub(crate) fn next_unit(&self, s: &[u64], unit: Unit, pos: usize) -> Option<usize> {
+        self.unit_tree(unit).next_set(s, pos)
+    }
+
+    /// Level-0 word `j` of the unit summary: bit per entirely free unit.
+    #[inline]
+    pub(crate) fn unit_bits(&self, s: &[u64], unit: Unit, j: usize) -> u64 {
+        self.unit_tree(unit).word(s, j)
+    }
+
+    #[inline]
+    fn unit_tree(&self, unit: Unit) -> &Tree {
+        match unit {
+            Unit::Word => &self.full,
+            Unit::Block => &self.blocks,
+        }
+    }
+
+    /// Recomputes the block bit of the block holding frame word `w`.
+    #[inline]
+    fn sync_block(&self, s: &mut [u64], w: usize) {
+        let blk = w / 8;
+        let byte = (self.full.word(s, blk / 8) >> (blk % 8 * 8)) & 0xff;
+        if byte == 0xff {
+            self.blocks.set_at(s, 0, blk);
+        } else {
+            self.blocks.clear_at(s, 0, blk);
+        }
     }
 
     /// Number of frames covered.
+    #[inline]
     pub(crate) const fn len(&self) -> usize {
         self.frames.len()
     }
 
     /// Whether frame `i` is free.
+    #[inline]
     pub(crate) fn is_free(&self, s: &[u64], i: usize) -> bool {
         self.frames.get(s, i)
     }
 
     /// The first free frame at or after `pos`.
+    #[inline]
     pub(crate) fn next_free(&self, s: &[u64], pos: usize) -> Option<usize> {
         self.frames.next_set(s, pos)
     }
 
     /// The first entirely free frame word at or after word `pos`.
+    #[inline]
     pub(crate) fn next_full_word(&self, s: &[u64], pos: usize) -> Option<usize> {
         self.full.next_set(s, pos)
     }
 
     /// The first word in `[a, b)` that is not entirely free.
+    #[inline]
     pub(crate) fn first_partial_word(&self, s: &[u64], a: usize, b: usize) -> Option<usize> {
         first_with(s, self.full.word0(0), a, b, false)
     }
 
     /// The first frame in `[a, b)` whose state is `free`.
+    #[inline]
     pub(crate) fn first_with(&self, s: &[u64], a: usize, b: usize, free: bool) -> Option<usize> {
         first_with(s, self.frames.word0(0), a, b, free)
     }
 
     /// Marks frame `i` as free (`true`) or not.
+    /// The single-frame fast path of [`set_range`](Self::set_range).
+    #[inline]
     pub(crate) fn set(&self, s: &mut [u64], i: usize, free: bool) {
-        self.set_range(s, i, i + 1, free);
+        let (w, bit) = (i / 64, 1u64 << (i % 64));
+        let slot = self.frames.word0(w);
+        let old = s[slot];
+        let new = if free { old | bit } else { old & !bit };
+        s[slot] = new;
+        if free {
+            if old == 0 {
+                self.frames.set_at(s, 1, w);
+            }
+            if new == !0 && old != !0 {
+                self.full.set_at(s, 0, w);
+                self.sync_block(s, w);
+            }
+        } else {
+            if new == 0 && old != 0 {
+                self.frames.clear_at(s, 1, w);
+            }
+            if old == !0 && new != !0 {
+                self.full.clear_at(s, 0, w);
+                self.blocks.clear_at(s, 0, w / 8);
+            }
+        }
     }
 
-    /// Marks frames `[a, b)` as free (`true`) or not, word by word.
+    /// Marks frames `[a, b)` as free (`true`) or not: partial edge words
+    /// one by one, whole words in bulk with range updates of the summaries.
+    #[inline]
     pub(crate) fn set_range(&self, s: &mut [u64], a: usize, b: usize, free: bool) {
+        let (wa, wb) = (a.div_ceil(64), b / 64);
+        if wa >= wb {
+            return self.set_partial(s, a, b, free);
+        }
+        self.set_partial(s, a, wa * 64, free);
+        let base = self.frames.word0(0);
+        let value = if free { !0 } else { 0 };
+        let mut words = s[base + wa..base + wb].chunks_exact_mut(8);
+        // Whole 2 MiB blocks as fixed-size stores, no `memset` call.
+        for block in &mut words {
+            block.copy_from_slice(&[value; 8]);
+        }
+        words.into_remainder().fill(value);
+        self.frames.update_range(s, 1, wa, wb, free);
+        self.full.update_range(s, 0, wa, wb, free);
+        // Blocks wholly inside the words take their state; edge blocks are
+        // recomputed from the full-word bits.
+        let (ba, bb) = (wa.div_ceil(8), wb / 8);
+        if ba < bb {
+            self.blocks.update_range(s, 0, ba, bb, free);
+            if wa % 8 != 0 {
+                self.sync_block(s, wa);
+            }
+            if wb % 8 != 0 {
+                self.sync_block(s, wb);
+            }
+        } else {
+            for blk in wa / 8..wb.div_ceil(8) {
+                self.sync_block(s, blk * 8);
+            }
+        }
+        self.set_partial(s, wb * 64, b, free);
+    }
+
+    /// [`set_range`](Self::set_range) word by word, for ranges within a few words.
+    #[inline]
+    fn set_partial(&self, s: &mut [u64], a: usize, b: usize, free: bool) {
         let mut i = a;
         while i < b {
             let w = i / 64;
@@ -79,12 +205,19 @@ impl Bitmap {
     }
 
     /// Writes frame word `w`, keeping both summaries in step.
+    #[inline]
     fn write(&self, s: &mut [u64], w: usize, value: u64) {
         let was_full = s[self.frames.word0(w)] == !0;
         self.frames.write_word(s, w, value);
         match (was_full, value == !0) {
-            (false, true) => self.full.set_at(s, 0, w),
-            (true, false) => self.full.clear_at(s, 0, w),
+            (false, true) => {
+                self.full.set_at(s, 0, w);
+                self.sync_block(s, w);
+            }
+            (true, false) => {
+                self.full.clear_at(s, 0, w);
+                self.blocks.clear_at(s, 0, w / 8);
+            }
             _ => {}
         }
     }
@@ -93,32 +226,64 @@ impl Bitmap {
     /// free, everything else not; then both summaries in bulk. Touches only
     /// the `words()` storage words.
     pub(crate) fn init(&self, s: &mut [u64], free: impl Iterator<Item = (usize, usize)>) {
-        s[..self.words()].fill(0);
+        // Summaries start empty; frame words are written exactly once below.
+        s[self.frames.word_at(1, 0)..self.words()].fill(0);
         let base = self.frames.word0(0);
+        let nw = words_for(self.len());
+        let mut done = 0; // frame words [0, done) are initialized
         for (a, b) in free {
-            let (wa, wb) = (a.div_ceil(64), b / 64);
-            if wa >= wb {
-                for i in a..b {
-                    s[base + i / 64] |= 1 << (i % 64);
-                }
+            let (first, wa, wb) = (a / 64, a.div_ceil(64), b / 64);
+            if first >= done {
+                s[base + done..=base + first].fill(0);
+            }
+            if wa > wb {
+                s[base + first] |= bits(a % 64, b % 64);
+                done = first + 1;
                 continue;
             }
-            s[base + wa..base + wb].fill(!0);
             if a % 64 != 0 {
-                s[base + a / 64] |= bits(a % 64, 64);
+                s[base + first] |= bits(a % 64, 64);
             }
+            s[base + wa..base + wb].fill(!0);
+            done = wb;
             if b % 64 != 0 {
-                s[base + wb] |= bits(0, b % 64);
+                s[base + wb] = bits(0, b % 64);
+                done = wb + 1;
             }
         }
-        self.frames.rebuild(s);
-        let full = self.full.word0(0);
-        for w in 0..words_for(self.len()) {
-            if s[base + w] == !0 {
-                s[full + w / 64] |= 1 << (w % 64);
-            }
-        }
+        s[base + done.min(nw)..base + nw].fill(0);
+        self.summarize_words(s);
+        self.frames.rebuild_from(s, 2);
         self.full.rebuild(s);
+        let (fb, bb) = (self.full.word0(0), self.blocks.word0(0));
+        for blk in 0..self.len().div_ceil(512) {
+            if (s[fb + blk / 8] >> (blk % 8 * 8)) & 0xff == 0xff {
+                s[bb + blk / 64] |= 1 << (blk % 64);
+            }
+        }
+        self.blocks.rebuild(s);
+    }
+
+    /// One pass over the frame words writes both per-word summaries: the
+    /// "non-empty" level 1 of `frames` and the "entirely free" level 0 of `full`.
+    fn summarize_words(&self, s: &mut [u64]) {
+        let (base, nw) = (self.frames.word0(0), words_for(self.len()));
+        let (l1, f0) = (self.frames.word_at(1, 0), self.full.word0(0));
+        let has_l1 = l1 != base + self.frames.words();
+        for (j, start) in (0..nw).step_by(64).enumerate() {
+            let (mut any, mut all) = (0u64, 0u64);
+            for (k, &w) in s[base + start..base + nw.min(start + 64)]
+                .iter()
+                .enumerate()
+            {
+                any |= u64::from(w != 0) << k;
+                all |= u64::from(w == !0) << k;
+            }
+            if has_l1 {
+                s[l1 + j] = any;
+            }
+            s[f0 + j] = all;
+        }
     }
 
     /// Free frames in total (a popcount; for the invariant checker).
@@ -131,6 +296,7 @@ impl Bitmap {
     }
 
     /// Frame word `w` (1 = free).
+    #[inline]
     pub(crate) fn word(&self, s: &[u64], w: usize) -> u64 {
         s[self.frames.word0(w)]
     }
@@ -155,6 +321,13 @@ impl Bitmap {
     pub(crate) fn check(&self, s: &[u64]) -> Result<(), &'static str> {
         self.frames.check(s)?;
         self.full.check(s)?;
+        self.blocks.check(s)?;
+        for blk in 0..self.len().div_ceil(512) {
+            let byte = (self.full.word(s, blk / 8) >> (blk % 8 * 8)) & 0xff;
+            if (byte == 0xff) != self.blocks.get(s, blk) {
+                return Err("block summary disagrees with the full-word summary");
+            }
+        }
         for w in 0..words_for(self.len()) {
             if (self.word(s, w) == !0) != self.full.get(s, w) {
                 return Err("full-word summary disagrees with the frame word");
@@ -164,11 +337,7 @@ impl Bitmap {
     }
 }
 
-/// Mask of bits `[lo, hi)` of a word, `hi <= 64`.
-fn bits(lo: usize, hi: usize) -> u64 {
-    let upper = if hi == 64 { !0 } else { (1u64 << hi) - 1 };
-    upper & (!0u64 << lo)
-}
+use super::tree::mask as bits;
 
 /// The longest run of ones inside one word.
 fn longest_ones(mut x: u64) -> u64 {

@@ -2,6 +2,7 @@
 
 use x86_64::structures::paging::{frame::PhysFrameRange, PhysFrame};
 
+use super::bitmap::Unit;
 use super::{BitmapFrameAllocator, FrameError};
 use crate::memory_map::FRAME_SIZE;
 
@@ -42,8 +43,16 @@ impl BitmapFrameAllocator<'_> {
         let (count, hi) = (frames as usize, hi as usize);
         let align_frames = (align / FRAME_SIZE) as usize;
         let shift = align_frames.trailing_zeros();
-        let from = self.hints.start(shift, count);
-        let found = if count >= 64 && align_frames >= 64 {
+        let from = self.hints.start(shift, count).max(self.first_free);
+        let windows = |unit: Unit| {
+            let u = unit.frames();
+            (u..=64 * u).contains(&count) && (u..=64 * u).contains(&align_frames)
+        };
+        let found = if windows(Unit::Block) {
+            self.find_by_windows(Unit::Block, from, count, align_frames, hi)
+        } else if windows(Unit::Word) {
+            self.find_by_windows(Unit::Word, from, count, align_frames, hi)
+        } else if count >= 64 && align_frames >= 64 {
             self.find_by_words(from.div_ceil(64), count, align_frames, hi)
         } else {
             self.find_by_frames(from, count, align_frames, hi)
@@ -60,13 +69,15 @@ impl BitmapFrameAllocator<'_> {
     }
 
     /// Rounds bitmap index `i` up so its frame number is a multiple of `align`.
+    #[inline]
     fn align_up(&self, i: usize, align: usize) -> usize {
         let base = self.base as usize;
-        (base + i).next_multiple_of(align) - base
+        ((base + i + align - 1) & !(align - 1)) - base
     }
 
     /// Candidate by candidate: the next free frame, aligned up, then the
     /// first allocated frame inside the candidate run restarts the search.
+    #[inline]
     fn find_by_frames(
         &self,
         mut pos: usize,
@@ -114,5 +125,85 @@ impl BitmapFrameAllocator<'_> {
             }
             return Some(cand);
         }
+    }
+
+    /// Runs of 1 to 64 units aligned to 1 to 64 units (a unit is a word
+    /// of 64 frames or a 2 MiB block), found 64 units at a time: one word
+    /// of the unit summary answers, with a few shifts and ands, which
+    /// aligned windows of `count / unit` free units start inside it.
+    #[inline]
+    fn find_by_windows(
+        &self,
+        unit: Unit,
+        from: usize,
+        count: usize,
+        align: usize,
+        hi: usize,
+    ) -> Option<usize> {
+        let us = unit.frames();
+        let (units, tail) = (count / us, count % us);
+        let aw = align / us;
+        // Bits at every `aw`-th position (`aw` is a power of two up to 64).
+        const REP: [u64; 7] = [
+            !0,
+            0x5555_5555_5555_5555,
+            0x1111_1111_1111_1111,
+            0x0101_0101_0101_0101,
+            0x0001_0001_0001_0001,
+            0x0000_0001_0000_0001,
+            1,
+        ];
+        let rep = REP[aw.trailing_zeros() as usize];
+        let starts = rep << (aw.wrapping_sub(self.base as usize / us) & (aw - 1));
+        let mut upos = from.div_ceil(us);
+        loop {
+            let u = self.bitmap.next_unit(self.storage, unit, upos)?;
+            let j = u / 64;
+            let x = u128::from(self.bitmap.unit_bits(self.storage, unit, j))
+                | u128::from(self.bitmap.unit_bits(self.storage, unit, j + 1)) << 64;
+            let mut cands = window_and(x, units) as u64 & starts & (!0u64 << (u % 64));
+            while cands != 0 {
+                let cand = (j * 64 + cands.trailing_zeros() as usize) * us;
+                let end = cand.checked_add(count).filter(|&e| e <= hi)?;
+                if tail == 0
+                    || self
+                        .bitmap
+                        .first_with(self.storage, end - tail, end, false)
+                        .is_none()
+                {
+                    return Some(cand);
+                }
+                cands &= cands - 1;
+            }
+            upos = (j + 1) * 64;
+        }
+    }
+}
+
+/// Bit `p` of the result is set iff bits `p .. p + k` of `x` are all set (`1 <= k <= 64`).
+fn window_and(x: u128, k: usize) -> u128 {
+    let (mut y, mut covered) = (x, 1);
+    while covered * 2 <= k {
+        y &= y >> covered;
+        covered *= 2;
+    }
+    if covered < k {
+        y &= y >> (k - covered);
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window_and;
+
+    #[test]
+    fn window_and_finds_exact_runs() {
+        let x: u128 = 0b0111_1110 | 1 << 70;
+        assert_eq!(window_and(x, 1), x);
+        assert_eq!(window_and(x, 6), 1 << 1);
+        assert_eq!(window_and(x, 3), 0b1111 << 1);
+        assert_eq!(window_and(x, 7), 0);
+        assert_eq!(window_and(u128::MAX, 64) as u64, u64::MAX);
     }
 }

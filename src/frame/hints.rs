@@ -22,6 +22,8 @@ struct Hint {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RunHints {
     hints: [Hint; CLASSES],
+    /// Classes whose hint claims something (`pos > 0`).
+    active: u32,
     /// No hint is affected by frees at or above this index.
     reach: usize,
 }
@@ -31,11 +33,13 @@ impl RunHints {
     pub(crate) const fn new() -> Self {
         Self {
             hints: [Hint { pos: 0, count: 1 }; CLASSES],
+            active: 0,
             reach: 0,
         }
     }
 
     /// Where a search for `count` frames aligned to `1 << shift` frames may start.
+    #[inline]
     pub(crate) fn start(&self, shift: u32, count: usize) -> usize {
         match self.hints.get(shift as usize) {
             Some(h) if count >= h.count => h.pos,
@@ -44,21 +48,31 @@ impl RunHints {
     }
 
     /// A search for `count` frames aligned to `1 << shift` found its lowest run at `cand`.
+    #[inline]
     pub(crate) fn found(&mut self, shift: u32, count: usize, cand: usize) {
         if let Some(h) = self.hints.get_mut(shift as usize) {
             *h = Hint { pos: cand, count };
+            self.active |= 1 << shift;
             self.reach = self.reach.max(cand + count - 1);
         }
     }
 
     /// Frames from index `a` on were freed.
+    #[inline]
     pub(crate) fn freed(&mut self, a: usize) {
         if a >= self.reach {
             return;
         }
         self.reach = 0;
-        for h in &mut self.hints {
+        let mut active = self.active;
+        while active != 0 {
+            let class = active.trailing_zeros() as usize;
+            active &= active - 1;
+            let h = &mut self.hints[class];
             h.pos = h.pos.min((a + 1).saturating_sub(h.count));
+            if h.pos == 0 {
+                self.active &= !(1 << class);
+            }
             self.reach = self.reach.max(h.pos + h.count - 1);
         }
     }

@@ -28,6 +28,12 @@ impl BitmapFrameAllocator<'_> {
         if self.bitmap.count_free(s) != self.free {
             return Err(InvariantError("free count differs from free bits"));
         }
+        let below = self.first_free.min(self.bitmap.len());
+        if self.bitmap.first_with(s, 0, below, true).is_some() {
+            return Err(InvariantError(
+                "a free frame lies below the first-free hint",
+            ));
+        }
         let (mut holes, mut reserved) = (0u64, 0u64);
         for e in self.table.iter(s) {
             if self.bitmap.first_with(s, e.start, e.end, true).is_some() {

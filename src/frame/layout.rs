@@ -31,7 +31,8 @@ impl StoragePlan {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Layout {
     /// Frame number of bitmap bit 0: the first usable frame rounded down to
-    /// 64, so that frame-number alignment of 64 and up is word alignment.
+    /// 512, so that frame-number alignment of 64 (512) and up is word
+    /// (2 MiB block) alignment in the bitmap.
     pub(crate) base: u64,
     pub(crate) bitmap: Bitmap,
     pub(crate) table: RangeTable,
@@ -63,7 +64,7 @@ impl Layout {
     pub(crate) fn of<const N: usize>(map: &MemoryMap<N>) -> Self {
         let first = usable_frames(map).next().map_or(0, |(a, _)| a);
         let last = usable_frames(map).last().map_or(0, |(_, b)| b);
-        let base = first / 64 * 64;
+        let base = first / 512 * 512;
         let (mut holes, mut usable, mut cursor) = (0, 0, base);
         for (a, b) in usable_frames(map) {
             holes += usize::from(a > cursor);

@@ -47,6 +47,7 @@ impl RangeTable {
     }
 
     /// Entry `i`.
+    #[inline]
     pub(crate) fn get(&self, s: &[u64], i: usize) -> Entry {
         let (start, end) = (s[self.offset + 2 * i], s[self.offset + 2 * i + 1]);
         let kind = if end & KIND_BIT != 0 {
@@ -72,6 +73,7 @@ impl RangeTable {
     }
 
     /// Index of the first entry ending after `a` (binary search).
+    #[inline]
     fn first_ending_after(&self, s: &[u64], a: usize) -> usize {
         let (mut lo, mut hi) = (0, self.len);
         while lo < hi {
@@ -86,6 +88,7 @@ impl RangeTable {
     }
 
     /// The first entry overlapping `[a, b)`.
+    #[inline]
     pub(crate) fn first_overlap(&self, s: &[u64], a: usize, b: usize) -> Option<Entry> {
         let i = self.first_ending_after(s, a);
         (i < self.len)

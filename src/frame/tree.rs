@@ -18,6 +18,7 @@ pub(crate) struct Tree {
 }
 
 /// Words needed for `bits` bits.
+#[inline]
 pub(crate) const fn words_for(bits: usize) -> usize {
     bits.div_ceil(64)
 }
@@ -42,6 +43,7 @@ impl Tree {
     }
 
     /// Number of bits at level 0.
+    #[inline]
     pub(crate) const fn len(&self) -> usize {
         self.bits[0]
     }
@@ -52,17 +54,31 @@ impl Tree {
         self.offset[top] + words_for(self.bits[top]) - self.offset[0]
     }
 
+    /// Word index (into storage) of word `w` of `level`; past the top
+    /// level, the end of this tree.
+    #[inline]
+    pub(crate) const fn word_at(&self, level: usize, w: usize) -> usize {
+        if level < self.depth {
+            self.offset[level] + w
+        } else {
+            self.offset[0] + self.words()
+        }
+    }
+
     /// Word index (into storage) of level-0 word `w`.
+    #[inline]
     pub(crate) const fn word0(&self, w: usize) -> usize {
         self.offset[0] + w
     }
 
     /// Whether level-0 bit `i` is set.
+    #[inline]
     pub(crate) fn get(&self, s: &[u64], i: usize) -> bool {
         s[self.offset[0] + i / 64] & (1 << (i % 64)) != 0
     }
 
     /// Sets bit `i` of `level`, propagating to the summaries.
+    #[inline]
     pub(crate) fn set_at(&self, s: &mut [u64], mut level: usize, mut i: usize) {
         while level < self.depth {
             let w = &mut s[self.offset[level] + i / 64];
@@ -77,6 +93,7 @@ impl Tree {
     }
 
     /// Clears bit `i` of `level`, propagating to the summaries.
+    #[inline]
     pub(crate) fn clear_at(&self, s: &mut [u64], mut level: usize, mut i: usize) {
         while level < self.depth {
             let w = &mut s[self.offset[level] + i / 64];
@@ -89,7 +106,66 @@ impl Tree {
         }
     }
 
+    /// Sets (`set`) or clears bits `[a, b)` of `level`, propagating only
+    /// the words whose emptiness changed. The one-word case is inline.
+    #[inline]
+    pub(crate) fn update_range(&self, s: &mut [u64], level: usize, a: usize, b: usize, set: bool) {
+        if level >= self.depth || a >= b {
+            return;
+        }
+        let w = a / 64;
+        if w != (b - 1) / 64 {
+            return self.update_words(s, level, a, b, set);
+        }
+        let m = mask(a % 64, (b - 1) % 64 + 1);
+        let slot = &mut s[self.offset[level] + w];
+        let old = *slot;
+        *slot = if set { old | m } else { old & !m };
+        if (old == 0) != (*slot == 0) {
+            self.flip_parent(s, level, w, set);
+        }
+    }
+
+    /// [`update_range`](Self::update_range) across several words.
+    #[inline(never)]
+    fn update_words(&self, s: &mut [u64], level: usize, a: usize, b: usize, set: bool) {
+        let mut i = a;
+        while i < b {
+            let w = i / 64;
+            let hi = b.min(w * 64 + 64);
+            let m = mask(i % 64, hi - w * 64);
+            let slot = &mut s[self.offset[level] + w];
+            let old = *slot;
+            *slot = if set { old | m } else { old & !m };
+            if (old == 0) != (*slot == 0) {
+                self.flip_parent(s, level, w, set);
+            }
+            i = hi;
+        }
+    }
+
+    /// Word `w` of `level` became non-empty (`set`) or empty: tell the parent.
+    #[inline(never)]
+    fn flip_parent(&self, s: &mut [u64], level: usize, w: usize, set: bool) {
+        if set {
+            self.set_at(s, level + 1, w);
+        } else {
+            self.clear_at(s, level + 1, w);
+        }
+    }
+
+    /// The raw level-0 word `w`, or 0 past the end.
+    #[inline]
+    pub(crate) fn word(&self, s: &[u64], w: usize) -> u64 {
+        if w < words_for(self.bits[0]) {
+            s[self.offset[0] + w]
+        } else {
+            0
+        }
+    }
+
     /// Writes level-0 word `w` and fixes the summary above it.
+    #[inline]
     pub(crate) fn write_word(&self, s: &mut [u64], w: usize, value: u64) {
         let slot = &mut s[self.offset[0] + w];
         let was = *slot;
@@ -104,6 +180,7 @@ impl Tree {
     }
 
     /// The first set level-0 bit at or after `pos`, in O(depth).
+    #[inline]
     pub(crate) fn next_set(&self, s: &[u64], pos: usize) -> Option<usize> {
         let (mut level, mut p) = (0, pos);
         // Climb until some level has a set bit at or after `p`.
@@ -132,7 +209,12 @@ impl Tree {
 
     /// Recomputes every summary level from level 0 (bulk initialization).
     pub(crate) fn rebuild(&self, s: &mut [u64]) {
-        for l in 1..self.depth {
+        self.rebuild_from(s, 1);
+    }
+
+    /// Recomputes summary levels `from..` from the level below `from`.
+    pub(crate) fn rebuild_from(&self, s: &mut [u64], from: usize) {
+        for l in from.max(1)..self.depth {
             let (lower, upper) = (self.offset[l - 1], self.offset[l]);
             let n = words_for(self.bits[l - 1]);
             for (j, chunk_start) in (0..n).step_by(64).enumerate() {
@@ -151,7 +233,7 @@ impl Tree {
     pub(crate) fn check(&self, s: &[u64]) -> Result<(), &'static str> {
         for l in 0..self.depth {
             let n = self.bits[l];
-            if n % 64 != 0 && s[self.offset[l] + n / 64] >> (n % 64) != 0 {
+            if !n.is_multiple_of(64) && s[self.offset[l] + n / 64] >> (n % 64) != 0 {
                 return Err("bit set past the end of a level");
             }
             if l == 0 {
@@ -167,6 +249,13 @@ impl Tree {
         }
         Ok(())
     }
+}
+
+/// Mask of bits `[lo, hi)` of a word, `lo < hi <= 64`.
+#[inline]
+pub(crate) const fn mask(lo: usize, hi: usize) -> u64 {
+    let upper = if hi == 64 { !0 } else { (1u64 << hi) - 1 };
+    upper & (!0u64 << lo)
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 
 use x86_64::structures::paging::{FrameDeallocator, PhysFrame, Size4KiB};
 
-use super::entry::{is_leaf, span, ADDR_MASK, ENTRIES, PRESENT};
+use super::entry::{is_leaf, span, ADDR_MASK, ENTRIES, PRESENT, TABLE_FLAGS};
 use super::mapper::frame_of;
+use super::reserve::Reserve;
 use super::{FrameSource, Mapper, Mmu, PagingError, PhysMem};
 
 /// The first PML4 index of the kernel half (0xffff_8000_0000_0000 and up).
@@ -12,6 +13,30 @@ pub const KERNEL_HALF: usize = 256;
 /// A user address space: its own lower half, the kernel half shared with the mapper it was
 /// created from (same PDPT frames, so kernel mappings made under an existing PML4 entry are
 /// seen by all; a kernel PML4 entry created later is not propagated).
+///
+/// ```
+/// use kmem::paging::{AddressSpace, MapFlags, Mapper};
+/// use kmem::testing::{mmu::RecordingMmu, phys_mem::EmulatedMemory};
+/// use x86_64::{PhysAddr, VirtAddr};
+///
+/// let mem = EmulatedMemory::new(64);
+/// let mut frames = mem.frame_allocator();
+/// let mut kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+/// let kv = VirtAddr::new(0xffff_8000_0000_0000);
+/// kernel.map_range(kv, PhysAddr::new(0), 0x20_0000, MapFlags::READ_WRITE, &mut frames).unwrap().ignore();
+/// let mut mmu = RecordingMmu::new(kernel.pml4());
+///
+/// let mut user = AddressSpace::new(&kernel, &mut frames).unwrap();
+/// let uv = VirtAddr::new(0x40_0000);
+/// user.mapper().map_range(uv, PhysAddr::new(0x9000), 0x1000, MapFlags::READ.user(), &mut frames).unwrap().ignore();
+/// assert!(user.mapper_ref().translate(kv).is_ok(), "kernel half shared");
+/// // SAFETY: the recording MMU executes nothing.
+/// unsafe { user.switch(&mut mmu) };
+/// // SAFETY: as above.
+/// unsafe { kmem::paging::Mmu::set_cr3(&mut mmu, kernel.pml4()) };
+/// let stats = user.destroy(&mmu, &mut frames, false).unwrap();
+/// assert_eq!(stats.tables, 4); // PML4, PDPT, PD, PT of the user half
+/// ```
 #[derive(Debug)]
 pub struct AddressSpace<P: PhysMem> {
     mapper: Mapper<P>,
@@ -38,6 +63,30 @@ impl<P: PhysMem + Clone> AddressSpace<P> {
             mapper.write(dst, i, kernel.read(src, i));
         }
         Ok(Self { mapper })
+    }
+}
+
+impl<P: PhysMem> Mapper<P> {
+    /// Gives every kernel-half PML4 entry (256..512) a PDPT, so kernel mappings made later
+    /// appear in every address space created afterwards from this one. Costs up to 256 frames;
+    /// returns how many were taken. On `OutOfFrames` nothing changed.
+    pub fn prefill_kernel_half<A: FrameSource + ?Sized>(
+        &mut self,
+        alloc: &mut A,
+    ) -> Result<usize, PagingError> {
+        let root = self.root();
+        let missing = (KERNEL_HALF..ENTRIES)
+            .filter(|&i| self.read(root, i) & PRESENT == 0)
+            .count();
+        let mut reserve = Reserve::fill(self, alloc, missing)?;
+        for i in KERNEL_HALF..ENTRIES {
+            if self.read(root, i) & PRESENT == 0 {
+                let table = reserve.take(self);
+                self.write(root, i, table | TABLE_FLAGS);
+            }
+        }
+        reserve.release(self, alloc);
+        Ok(missing)
     }
 }
 

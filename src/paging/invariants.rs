@@ -76,7 +76,7 @@ impl<P: PhysMem> Mapper<P> {
                 continue;
             }
             if is_leaf(e, level) {
-                if (e & ADDR_MASK) % span(level) != 0 {
+                if !(e & ADDR_MASK).is_multiple_of(span(level)) {
                     let (addr, size) = (va(a), LeafSize::from_level(level));
                     return Err(InvariantViolation::MisalignedLeaf { addr, size });
                 }

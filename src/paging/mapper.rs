@@ -152,6 +152,15 @@ impl<P: PhysMem> Mapper<P> {
             page.start_address().as_u64(),
             frame.start_address().as_u64(),
         );
+        // Forged (`*_unchecked`) pages or frames may be misaligned for `S`.
+        for value in [va, pa] {
+            if !value.is_multiple_of(S::SIZE) {
+                return Err(PagingError::Misaligned {
+                    value,
+                    align: S::SIZE,
+                });
+            }
+        }
         self.map_range_inner(va, pa, S::SIZE, flags, LeafSize::of::<S>(), true, alloc)
     }
 

@@ -8,8 +8,8 @@ use x86_64::structures::paging::{FrameDeallocator, Size4KiB};
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::entry::{
-    canonical, index, is_leaf, leaf_bits, span, ADDR_MASK, HALF, HUGE, LINEAR_MASK, PRESENT,
-    TABLE_FLAGS, USER,
+    canonical, index, is_leaf, leaf_bits, span, ADDR_MASK, ENTRIES, HALF, HUGE, LINEAR_MASK,
+    PRESENT, TABLE_FLAGS, USER,
 };
 use super::mapper::frame_of;
 use super::reserve::Reserve;
@@ -112,7 +112,10 @@ impl<P: PhysMem> Mapper<P> {
         while a < e {
             let b = e.min((a & !(sp - 1)) + sp);
             let pa = job.pa0 + (a - job.va0);
-            let whole = level <= job.max_level && a % sp == 0 && b - a == sp && pa % sp == 0;
+            let whole = level <= job.max_level
+                && a.is_multiple_of(sp)
+                && b - a == sp
+                && pa.is_multiple_of(sp);
             let entry = table.map_or(0, |t| self.read(t, index(a, level)));
             if entry & PRESENT == 0 {
                 if !whole {
@@ -163,7 +166,10 @@ impl<P: PhysMem> Mapper<P> {
         while a < e {
             let b = e.min((a & !(sp - 1)) + sp);
             let pa = job.pa0 + (a - job.va0);
-            let whole = level <= job.max_level && a % sp == 0 && b - a == sp && pa % sp == 0;
+            let whole = level <= job.max_level
+                && a.is_multiple_of(sp)
+                && b - a == sp
+                && pa.is_multiple_of(sp);
             let i = index(a, level);
             let entry = self.read(table, i);
             if entry & PRESENT == 0 && whole {
@@ -200,6 +206,28 @@ impl<P: PhysMem> Mapper<P> {
     /// Unmaps every page in `[virt, virt + len)`, skipping holes; huge pages partly covered are
     /// split first (their frames for tables come from `alloc`), tables left empty go back to
     /// `alloc`. Mapped frames are not freed. On error nothing changed.
+    ///
+    /// ```
+    /// use kmem::paging::{LeafSize, MapFlags, Mapper};
+    /// use kmem::testing::{mmu::RecordingMmu, phys_mem::EmulatedMemory};
+    /// use x86_64::{PhysAddr, VirtAddr};
+    ///
+    /// let mem = EmulatedMemory::new(64);
+    /// let mut frames = mem.frame_allocator();
+    /// let mut m = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    /// let mut mmu = RecordingMmu::new(m.pml4());
+    /// let v = VirtAddr::new(0x4000_0000);
+    /// m.map_range(v, PhysAddr::new(0x4000_0000), 0x40_0000, MapFlags::READ, &mut frames).unwrap().ignore();
+    /// assert_eq!(frames.in_use(), 3); // PML4, PDPT, PD: two 2 MiB pages
+    /// // Cut 4 KiB out of the first 2 MiB page: it is split into a page table.
+    /// m.unmap_range(v + 0x1000u64, 0x1000, &mut frames).unwrap().flush(&mut mmu);
+    /// assert_eq!(frames.in_use(), 4);
+    /// assert!(m.translate(v + 0x1000u64).is_err());
+    /// assert_eq!(m.translate(v + 0x2000u64).unwrap().size, LeafSize::Size4KiB);
+    /// // Unmapping the rest gives every table below the PML4 back.
+    /// m.unmap_range(v, 0x40_0000, &mut frames).unwrap().flush(&mut mmu);
+    /// assert_eq!(frames.in_use(), 1);
+    /// ```
     pub fn unmap_range<A: FrameSource + ?Sized>(
         &mut self,
         virt: VirtAddr,
@@ -241,6 +269,9 @@ impl<P: PhysMem> Mapper<P> {
 
     /// Table frames needed to split the huge pages the range covers only partly.
     fn plan_edit(&self, table: u64, level: u8, s: u64, e: u64) -> usize {
+        if level == 1 {
+            return 0; // 4 KiB leaves never split
+        }
         let sp = span(level);
         let (mut a, mut needed) = (s, 0);
         while a < e {
@@ -271,6 +302,9 @@ impl<P: PhysMem> Mapper<P> {
         flush: &mut Flush,
         alloc: &mut A,
     ) -> bool {
+        if level == 1 {
+            return self.edit_leaves(table, s, e, edit, flush);
+        }
         let sp = span(level);
         let mut a = s;
         while a < e {
@@ -294,6 +328,7 @@ impl<P: PhysMem> Mapper<P> {
                 }
                 let empty = self.commit_edit(child, level - 1, a, b, edit, res, flush, alloc);
                 if empty && self.may_free(a, level - 1) {
+                    debug_assert!(self.is_empty_table(child));
                     self.write(table, i, 0);
                     // SAFETY: the child table is empty and its only parent entry is now clear.
                     unsafe { alloc.deallocate_frame(frame_of(child)) };
@@ -304,8 +339,36 @@ impl<P: PhysMem> Mapper<P> {
         match edit {
             Edit::Protect { .. } => false,
             Edit::Unmap if level == 4 => false,
-            Edit::Unmap if s % sp.saturating_mul(512) == 0 && e - s == sp * 512 => true,
+            Edit::Unmap if s.is_multiple_of(sp * 512) && e - s == sp * 512 => true,
             Edit::Unmap => self.is_empty_table(table),
+        }
+    }
+
+    /// The hot loop of unmap/protect: 4 KiB leaves of one page table. Returns whether the
+    /// table is now empty (unmap only).
+    fn edit_leaves(&mut self, table: u64, s: u64, e: u64, edit: Edit, flush: &mut Flush) -> bool {
+        let p = self.ptr(table);
+        let (i0, n) = (index(s, 1), ((e - s) / PAGE) as usize);
+        for k in 0..n {
+            // SAFETY: `table` is a page table of this hierarchy and `i0 + k < 512` since
+            // [s, e) lies within the 2 MiB it covers.
+            let slot = unsafe { p.add(i0 + k) };
+            // SAFETY: as above.
+            let entry = unsafe { slot.read() };
+            if entry & PRESENT == 0 {
+                continue;
+            }
+            let new = match edit {
+                Edit::Unmap => 0,
+                Edit::Protect { leaf } => (entry & ADDR_MASK) | leaf,
+            };
+            // SAFETY: as above.
+            unsafe { slot.write(new) };
+            flush.add(canonical(s + k as u64 * PAGE));
+        }
+        match edit {
+            Edit::Protect { .. } => false,
+            Edit::Unmap => n == ENTRIES || self.is_empty_table(table),
         }
     }
 
@@ -382,7 +445,7 @@ pub(crate) fn check_range(va: u64, len: u64) -> Result<(u64, u64), PagingError> 
     if canonical(va) != va {
         return Err(PagingError::NonCanonical { addr: va });
     }
-    if va % PAGE != 0 {
+    if !va.is_multiple_of(PAGE) {
         return Err(PagingError::Misaligned {
             value: va,
             align: PAGE,
@@ -391,7 +454,7 @@ pub(crate) fn check_range(va: u64, len: u64) -> Result<(u64, u64), PagingError> 
     if len == 0 {
         return Err(PagingError::InvalidLength { len });
     }
-    if len % PAGE != 0 {
+    if !len.is_multiple_of(PAGE) {
         return Err(PagingError::Misaligned {
             value: len,
             align: PAGE,
@@ -411,7 +474,7 @@ fn check_phys(pa: u64, len: u64) -> Result<(), PagingError> {
     if pa >= PHYS_LIMIT {
         return Err(PagingError::InvalidPhysAddr { addr: pa });
     }
-    if pa % PAGE != 0 {
+    if !pa.is_multiple_of(PAGE) {
         return Err(PagingError::Misaligned {
             value: pa,
             align: PAGE,

@@ -3,9 +3,7 @@
 use x86_64::structures::paging::PageTableFlags;
 use x86_64::{PhysAddr, VirtAddr};
 
-use super::entry::{
-    canonical, index, is_leaf, span, ADDR_MASK, LINEAR_MASK, NX, PRESENT, USER, WRITABLE,
-};
+use super::entry::{canonical, index, span, ADDR_MASK, HUGE, NX, PRESENT, USER, WRITABLE};
 use super::{LeafSize, Mapper, PagingError, PhysMem};
 
 /// What the CPU would allow through a translation: W and U are ANDed over all four levels,
@@ -45,23 +43,32 @@ impl<P: PhysMem> Mapper<P> {
         if canonical(va) != va {
             return Err(PagingError::NonCanonical { addr: va });
         }
-        let lin = va & LINEAR_MASK;
-        let mut table = self.root();
-        let (mut and, mut nx) = (WRITABLE | USER, 0);
-        let mut level = 4;
-        loop {
-            let e = self.read(table, index(lin, level));
-            if e & PRESENT == 0 {
-                return Err(PagingError::NotMapped { addr });
-            }
-            and &= e;
-            nx |= e & NX;
-            if is_leaf(e, level) {
-                return Ok(leaf_translation(va, e, level, and, nx));
-            }
-            table = e & ADDR_MASK;
-            level -= 1;
+        let not_mapped = Err(PagingError::NotMapped { addr });
+        // Unrolled: four dependent loads, no loop-carried level counter.
+        let e4 = self.read(self.root(), index(va, 4));
+        if e4 & PRESENT == 0 {
+            return not_mapped;
         }
+        let e3 = self.read(e4 & ADDR_MASK, index(va, 3));
+        if e3 & PRESENT == 0 {
+            return not_mapped;
+        }
+        if e3 & HUGE != 0 {
+            return Ok(leaf_translation(va, e3, 3, e4 & e3, (e4 | e3) & NX));
+        }
+        let e2 = self.read(e3 & ADDR_MASK, index(va, 2));
+        if e2 & PRESENT == 0 {
+            return not_mapped;
+        }
+        let (and, or) = (e4 & e3 & e2, (e4 | e3 | e2) & NX);
+        if e2 & HUGE != 0 {
+            return Ok(leaf_translation(va, e2, 2, and, or));
+        }
+        let e1 = self.read(e2 & ADDR_MASK, index(va, 1));
+        if e1 & PRESENT == 0 {
+            return not_mapped;
+        }
+        Ok(leaf_translation(va, e1, 1, and & e1, or | (e1 & NX)))
     }
 
     /// The physical address `addr` maps to, if any.

@@ -117,7 +117,7 @@ impl EmulatedMemory {
 
     fn word(&self, addr: PhysAddr) -> *mut u64 {
         assert!(
-            self.contains(addr) && addr.as_u64() % 8 == 0,
+            self.contains(addr) && addr.as_u64().is_multiple_of(8),
             "bad emulated address {addr:?}"
         );
         let off = (addr - self.start()) as usize;
@@ -130,6 +130,7 @@ impl EmulatedMemory {
     ///
     /// `frame` must lie in this memory and no other access to it (a mapper included) may
     /// happen while the reference lives.
+    #[allow(clippy::mut_from_ref)] // exclusivity is the caller's `# Safety` obligation
     pub unsafe fn table_mut(&self, frame: PhysFrame) -> &mut PageTable {
         let ptr = self.phys_mem().table_ptr(frame);
         // SAFETY: in bounds and aligned (checked by `table_ptr`); exclusivity by the caller.
@@ -235,8 +236,9 @@ impl EmulatedFrameAllocator {
     /// `count` contiguous frames whose first is aligned to `align` bytes (from the untouched
     /// part), e.g. the frames behind a huge page.
     pub fn allocate_contiguous(&mut self, count: usize, align: u64) -> Option<PhysAddr> {
+        let align = align.max(FRAME as u64);
         let mut i = self.next;
-        while (self.start + (i * FRAME) as u64) % align != 0 {
+        while !(self.start + (i * FRAME) as u64).is_multiple_of(align) {
             i += 1;
         }
         if i + count > self.frames || self.fail_after.is_some_and(|k| self.successes >= k) {
