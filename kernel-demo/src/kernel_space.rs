@@ -103,6 +103,9 @@ pub fn build(info: &BootInfo) -> Result<(Mapper<OffsetPhysMem>, BuildReport), Pa
             k.map(page, frame, MapFlags::READ_WRITE.global(), &mut m.frames)?
                 .ignore();
         }
+        // Every kernel-half slot gets its PDPT now, so kernel mappings made
+        // later (heap growth, demand pages) show in every address space.
+        k.prefill_kernel_half(&mut m.frames)?;
         let census = k.for_each_leaf(|_| {});
         let frames_used = free_before - m.free_frames();
         Ok((
