@@ -296,9 +296,9 @@ fn carved_storage_is_reserved_and_only_storage_is_written() {
 #[test]
 fn locked_wrapper_and_traits_through_it() {
     let m = usable(4096);
-    let storage = vec![0u64; BitmapFrameAllocator::storage_words(&m)].leak();
+    let mut storage = vec![0u64; BitmapFrameAllocator::storage_words(&m)];
     let locked: LockedFrameAllocator<'_, NoInterruptMask> =
-        LockedFrameAllocator::new(BitmapFrameAllocator::new(&m, storage).unwrap());
+        LockedFrameAllocator::new(BitmapFrameAllocator::new(&m, &mut storage).unwrap());
     let f = locked.with(|a| a.allocate()).unwrap();
     let mut handle = &locked;
     let big: PhysFrame<Size2MiB> = handle.allocate_frame().unwrap();
