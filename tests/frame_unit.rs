@@ -66,6 +66,14 @@ fn word_edges_63_64_65() {
 }
 
 #[test]
+fn debug_summarizes_instead_of_dumping_storage() {
+    with_alloc(&usable(1 << 20), |a| {
+        let text = format!("{a:?}");
+        assert!(text.contains("free: 1048576") && text.len() < 200, "{text}");
+    });
+}
+
+#[test]
 fn one_frame_map() {
     with_alloc(&map(&[(0x5000, F, RegionKind::Usable)]), |a| {
         assert_eq!(
