@@ -66,6 +66,14 @@ fn word_edges_63_64_65() {
 }
 
 #[test]
+fn debug_summarizes_instead_of_dumping_storage() {
+    with_alloc(&usable(1 << 20), |a| {
+        let text = format!("{a:?}");
+        assert!(text.contains("free: 1048576") && text.len() < 200, "{text}");
+    });
+}
+
+#[test]
 fn one_frame_map() {
     with_alloc(&map(&[(0x5000, F, RegionKind::Usable)]), |a| {
         assert_eq!(
@@ -296,9 +304,9 @@ fn carved_storage_is_reserved_and_only_storage_is_written() {
 #[test]
 fn locked_wrapper_and_traits_through_it() {
     let m = usable(4096);
-    let storage = vec![0u64; BitmapFrameAllocator::storage_words(&m)].leak();
+    let mut storage = vec![0u64; BitmapFrameAllocator::storage_words(&m)];
     let locked: LockedFrameAllocator<'_, NoInterruptMask> =
-        LockedFrameAllocator::new(BitmapFrameAllocator::new(&m, storage).unwrap());
+        LockedFrameAllocator::new(BitmapFrameAllocator::new(&m, &mut storage).unwrap());
     let f = locked.with(|a| a.allocate()).unwrap();
     let mut handle = &locked;
     let big: PhysFrame<Size2MiB> = handle.allocate_frame().unwrap();

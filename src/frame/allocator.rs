@@ -32,7 +32,6 @@ use crate::memory_map::{MemoryMap, FRAME_SIZE};
 /// assert!(frames.free(frame).is_err()); // a double free is refused
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
 pub struct BitmapFrameAllocator<'m> {
     pub(crate) storage: &'m mut [u64],
     pub(crate) bitmap: Bitmap,
@@ -46,6 +45,20 @@ pub struct BitmapFrameAllocator<'m> {
     pub(crate) hints: RunHints,
     /// No frame below this bitmap index is free.
     pub(crate) first_free: usize,
+}
+
+/// A summary, not the (possibly 33 MiB) storage.
+impl core::fmt::Debug for BitmapFrameAllocator<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BitmapFrameAllocator")
+            .field("first_frame", &self.base)
+            .field("span_frames", &self.bitmap.len())
+            .field("usable", &self.usable)
+            .field("free", &self.free)
+            .field("reserved", &self.reserved)
+            .field("metadata_words", &self.storage.len())
+            .finish()
+    }
 }
 
 impl<'m> BitmapFrameAllocator<'m> {

@@ -13,9 +13,28 @@ impl BitmapFrameAllocator<'_> {
     /// DMA, 4 GiB for 32-bit devices). Returns the lowest such run.
     ///
     /// Runs of 64 frames or more aligned to 256 KiB or more are searched a
-    /// word of 64 frames at a time, through the summary of entirely free
-    /// words, so fragmented areas are skipped without visiting their frames;
-    /// per-alignment hints skip the prefix earlier searches proved full.
+    /// word of 64 frames (or, from 512 frames at 2 MiB alignment, a 2 MiB
+    /// block) at a time through the summaries of entirely free words and
+    /// blocks, so fragmented areas are skipped without visiting their
+    /// frames; per-alignment hints skip the prefix earlier searches proved
+    /// full. Smaller runs go candidate by candidate from free frame to free
+    /// frame.
+    ///
+    /// ```
+    /// use kmem::frame::BitmapFrameAllocator;
+    /// use kmem::memory_map::{MemoryMap, Region, RegionKind};
+    ///
+    /// let map: MemoryMap = MemoryMap::from_regions([Region::new(0x1000, 0x200_0000, RegionKind::Usable)])?;
+    /// let mut storage = vec![0u64; BitmapFrameAllocator::storage_words(&map)];
+    /// let mut frames = BitmapFrameAllocator::new(&map, &mut storage)?;
+    /// // 16 frames for an ISA DMA buffer below 16 MiB, then a 2 MiB page.
+    /// let dma = frames.allocate_contiguous(16, 0x1000, Some(16 << 20))?;
+    /// let huge = frames.allocate_contiguous(512, 2 << 20, None)?;
+    /// assert_eq!(huge.start.start_address().as_u64(), 2 << 20);
+    /// frames.free_range(dma)?;
+    /// frames.free_range(huge)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn allocate_contiguous(
         &mut self,
         frames: u64,
