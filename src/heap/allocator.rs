@@ -193,8 +193,21 @@ impl<P: PageSource> Heap<P> {
             self.counters.on_resize(layout.size(), new_size);
             #[cfg(feature = "tracking")]
             self.tracker.resize(ptr.as_ptr() as usize, new_size);
-            self.trim_large();
+            if new_size < layout.size() {
+                self.trim_large();
+            }
             return Ok(ptr);
+        }
+        if align <= 16 && class_of(layout).is_none() && class_of(new).is_none() {
+            let keep = layout.size().min(new_size);
+            // SAFETY: `ptr` is a live large block with alignment ≤ 16.
+            if let Some(p) = unsafe { self.large.resize_backward(ptr, new_size, keep) } {
+                self.counters.on_resize(layout.size(), new_size);
+                #[cfg(feature = "tracking")]
+                self.tracker
+                    .moved(ptr.as_ptr() as usize, p.as_ptr() as usize, new_size);
+                return Ok(p);
+            }
         }
         let to = self.allocate(new)?;
         // SAFETY: both blocks are live, distinct, and hold at least the copied bytes.
@@ -393,7 +406,11 @@ impl<P: PageSource> Heap<P> {
             if let Some(p) = self.large.allocate(layout.size(), layout.align()) {
                 return Some(p);
             }
-            self.grow_large(layout)?;
+            if self.grow_large(layout).is_none() {
+                return self
+                    .large
+                    .allocate_exhaustive(layout.size(), layout.align());
+            }
         }
     }
 
@@ -435,8 +452,9 @@ impl<P: PageSource> Heap<P> {
             core::ptr::write_bytes(ptr.as_ptr(), super::tracking::POISON, n)
         };
         // SAFETY: forwarded from the caller.
-        unsafe { self.large.release(ptr) };
-        self.trim_large();
+        if unsafe { self.large.release(ptr) } {
+            self.trim_large();
+        }
     }
 
     #[inline(always)]
