@@ -314,7 +314,7 @@ fn efficiency(
         let mut n = 0u64;
         loop {
             n += 1;
-            if n % 4096 == 0 && start.elapsed() > limit {
+            if n.is_multiple_of(4096) && start.elapsed() > limit {
                 // Freeing would take as long again (linked_list_allocator is
                 // O(n) per free); the allocator is discarded anyway.
                 std::mem::forget(v);

@@ -377,7 +377,7 @@ fn fill_with_small_objects_until_failure() {
             }
         } else {
             let size = 4 + (rng >> 16) as usize % 252;
-            let align = 8 << ((rng >> 40) as u16).trailing_zeros().min(8) / 2;
+            let align = 8 << (((rng >> 40) as u16).trailing_zeros().min(8) / 2);
             if !m.alloc(size, align) {
                 break;
             }

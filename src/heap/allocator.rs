@@ -520,7 +520,10 @@ impl<P: PageSource> Heap<P> {
     /// blocks; pages held = slab + large + cached pages.
     pub fn check_invariants(&self) -> Result<(), &'static str> {
         let (large_used, _) = self.large.check()?;
-        if self.large.brk() > self.floor || self.floor > self.top || self.floor % SLAB_SIZE != 0 {
+        if self.large.brk() > self.floor
+            || self.floor > self.top
+            || !self.floor.is_multiple_of(SLAB_SIZE)
+        {
             return Err("large heap and slab region overlap");
         }
         let mut slabs = 0;
@@ -550,14 +553,15 @@ impl<P: PageSource> Heap<P> {
         if slabs != self.slabs_live || free_spans != self.free_spans.len {
             return Err("span counts differ from the region");
         }
+        // SAFETY: list members lie in the mapped region (checked first).
         self.check_span_list(&self.free_spans, |s| unsafe { slab::is_free_span(s) })?;
         let mut small_live = 0;
         for (c, class) in self.classes.iter().enumerate() {
             if class.partial.len != partial[c] {
                 return Err("partial list length differs from slabs with free objects");
             }
-            // SAFETY: list members are live slab headers.
             self.check_span_list(&class.partial, |s| {
+                // SAFETY: list members lie in the mapped region (checked first).
                 unsafe { slab::check_slab(s, c) }.is_ok()
             })?;
             for &p in class.mag.objects() {

@@ -516,7 +516,7 @@ impl Large {
                 }
                 break;
             }
-            if size < MIN_BLOCK || size % 16 != 0 || b as usize + size > self.brk - 8 {
+            if size < MIN_BLOCK || !size.is_multiple_of(16) || b as usize + size > self.brk - 8 {
                 return Err("block size out of bounds");
             }
             if h & FREE != 0 {

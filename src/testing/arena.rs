@@ -108,7 +108,8 @@ impl ArenaPageSource {
 
     fn span(&self, start: usize, pages: usize) -> Option<core::ops::Range<usize>> {
         let first = self.index(start)?;
-        (start % PAGE_SIZE == 0 && first + pages <= self.pages).then_some(first..first + pages)
+        (start.is_multiple_of(PAGE_SIZE) && first + pages <= self.pages)
+            .then_some(first..first + pages)
     }
 }
 
