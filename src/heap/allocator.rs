@@ -151,11 +151,15 @@ impl<P: PageSource> Heap<P> {
             return;
         }
         self.counters.on_free(layout.size());
-        match class_of(layout) {
+        if self.in_slabs(ptr) {
+            // A slab object always has a layout of its slab's class (realloc
+            // keeps an object in a slab only within its class).
+            let c = class_of(layout).unwrap_or(0);
             // SAFETY: forwarded from the caller; the layout names the class.
-            Some(c) => unsafe { self.free_small(ptr, c) },
-            // SAFETY: as above; large layouts were served by `large`.
-            None => unsafe { self.free_large(ptr) },
+            unsafe { self.free_small(ptr, c) }
+        } else {
+            // SAFETY: as above; everything below the slab floor is large.
+            unsafe { self.free_large(ptr) }
         }
     }
 
@@ -183,11 +187,12 @@ impl<P: PageSource> Heap<P> {
                 align,
             });
         }
-        let in_place = match (class_of(layout), class_of(new)) {
-            (Some(a), Some(b)) => a == b,
-            // SAFETY: `ptr` is a live large block (the layout says so).
-            (None, None) => unsafe { self.large.resize_in_place(ptr, new_size) },
-            _ => false,
+        let in_slabs = self.in_slabs(ptr);
+        let in_place = if in_slabs {
+            class_of(new).is_some_and(|c| class_of(layout) == Some(c))
+        } else {
+            // SAFETY: `ptr` is a live large block (it lies below the slab floor).
+            unsafe { self.large.resize_in_place(ptr, new_size) }
         };
         if in_place {
             self.counters.on_resize(layout.size(), new_size);
@@ -198,7 +203,7 @@ impl<P: PageSource> Heap<P> {
             }
             return Ok(ptr);
         }
-        if align <= 16 && class_of(layout).is_none() && class_of(new).is_none() {
+        if align <= 16 && !in_slabs {
             let keep = layout.size().min(new_size);
             // SAFETY: `ptr` is a live large block with alignment ≤ 16.
             if let Some(p) = unsafe { self.large.resize_backward(ptr, new_size, keep) } {
@@ -216,6 +221,13 @@ impl<P: PageSource> Heap<P> {
             self.deallocate(ptr, layout);
         }
         Ok(to)
+    }
+
+    /// Whether `ptr` lies in the slab region (else it is a large block; a
+    /// large block may have a small layout after shrinking in place).
+    #[inline(always)]
+    fn in_slabs(&self, ptr: NonNull<u8>) -> bool {
+        ptr.as_ptr() as usize >= self.floor
     }
 
     #[inline(always)]
