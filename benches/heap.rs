@@ -1,3 +1,607 @@
+//! Heap benchmark after talc's methodology (SFBdragon/talc `benches/`):
+//! kmem vs talc 5.1.1, rlsf 0.2.3, linked_list_allocator 0.10.6 and
+//! buddy_system_allocator 0.13, same 128 MiB pre-touched arena, same run.
+//!
+//! `cargo bench --bench heap`; `KMEM_BENCH_QUICK=1` for a short iteration run.
+
+use core::ptr::NonNull;
+use kmem::heap::{LockedHeap, PAGE_SIZE};
+use kmem::testing::arena::ArenaPageSource;
+use std::alloc::{GlobalAlloc, Layout};
+use std::mem::MaybeUninit;
+use std::time::{Duration, Instant};
+
+const HEAP_SIZE: usize = 1 << 27;
+/// kmem keeps an unmapped guard page at each end, outside the 128 MiB.
+const GUARDS: usize = 2 * PAGE_SIZE;
+const MAX_SIZES: [usize; 5] = [200, 1000, 3000, 10000, 30000];
+const NAMES: [&str; 5] = ["kmem", "talc", "rlsf", "linked_list", "buddy"];
+
+struct Config {
+    trials: usize,
+    duration: Duration,
+    eff_rounds: usize,
+    small_rounds: usize,
+    latency_samples: usize,
+}
+
+fn config() -> Config {
+    if std::env::var_os("KMEM_BENCH_QUICK").is_some() {
+        Config {
+            trials: 3,
+            duration: Duration::from_millis(40),
+            eff_rounds: 2,
+            small_rounds: 1,
+            latency_samples: 30_000,
+        }
+    } else {
+        Config {
+            trials: 7,
+            duration: Duration::from_millis(200),
+            eff_rounds: 10,
+            small_rounds: 1,
+            latency_samples: 300_000,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- PRNG
+
+/// wyrand: small, fast, good enough for workload generation.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0xa076_1d64_78bd_642f);
+        let t = u128::from(self.0) * u128::from(self.0 ^ 0xe703_7ed1_a0b4_28db);
+        (t >> 64) as u64 ^ t as u64
+    }
+    /// Uniform in `lo..hi`.
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + ((u128::from(self.next()) * (hi - lo) as u128) >> 64) as usize
+    }
+}
+
+/// size cap = U[16, max), size = U[4, cap) (talc's bias to small sizes).
+fn gen_size(rng: &mut Rng, max: usize) -> usize {
+    let cap = rng.range(16, max);
+    rng.range(4, cap)
+}
+
+/// 8 << (trailing_zeros(random u16) / 2): 75 % 8, 19 % 16, 4 % 32, ...
+fn gen_align(rng: &mut Rng) -> usize {
+    8 << ((rng.next() as u16).trailing_zeros() / 2)
+}
+
+// ---------------------------------------------------------------- arena + allocators
+
+struct Buffer(*mut u8);
+
+impl Buffer {
+    fn new() -> Self {
+        let layout = Layout::from_size_align(HEAP_SIZE + GUARDS, PAGE_SIZE).unwrap();
+        // SAFETY: non-zero size.
+        let p = unsafe { std::alloc::alloc(layout) };
+        assert!(!p.is_null());
+        for i in (0..HEAP_SIZE + GUARDS).step_by(1024) {
+            // SAFETY: inside the buffer; touch every page once, like talc's bench.
+            unsafe { p.add(i).write_volatile(0xab) };
+        }
+        Buffer(p)
+    }
+}
+
+struct Locked<T>(spin::Mutex<T>);
+// SAFETY: the inner allocators are only used under the lock.
+unsafe impl<T> Sync for Locked<T> {}
+// SAFETY: as above.
+unsafe impl<T> Send for Locked<T> {}
+
+type Rlsf =
+    rlsf::Tlsf<'static, usize, usize, { usize::BITS as usize - 12 }, { usize::BITS as usize }>;
+
+// SAFETY: forwards to rlsf under the lock.
+unsafe impl GlobalAlloc for Locked<Rlsf> {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        self.0
+            .lock()
+            .allocate(l)
+            .map_or(std::ptr::null_mut(), NonNull::as_ptr)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: the caller passes a live block.
+        unsafe {
+            self.0
+                .lock()
+                .deallocate(NonNull::new_unchecked(p), l.align())
+        }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        // SAFETY: the caller passes a live block.
+        unsafe {
+            let nl = Layout::from_size_align_unchecked(n, l.align());
+            self.0
+                .lock()
+                .reallocate(NonNull::new_unchecked(p), nl)
+                .map_or(std::ptr::null_mut(), NonNull::as_ptr)
+        }
+    }
+}
+
+// SAFETY: forwards to linked_list_allocator under the lock.
+unsafe impl GlobalAlloc for Locked<linked_list_allocator::Heap> {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        self.0
+            .lock()
+            .allocate_first_fit(l)
+            .map_or(std::ptr::null_mut(), NonNull::as_ptr)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: the caller passes a live block.
+        unsafe { self.0.lock().deallocate(NonNull::new_unchecked(p), l) }
+    }
+}
+
+// SAFETY: forwards to buddy_system_allocator under the lock.
+unsafe impl GlobalAlloc for Locked<buddy_system_allocator::Heap<32>> {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        self.0
+            .lock()
+            .alloc(l)
+            .map_or(std::ptr::null_mut(), NonNull::as_ptr)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: the caller passes a live block.
+        unsafe { self.0.lock().dealloc(NonNull::new_unchecked(p), l) }
+    }
+}
+
+/// A fresh allocator `which` over the buffer.
+fn make(which: usize, buf: &Buffer) -> Box<dyn GlobalAlloc + Sync> {
+    let base = buf.0;
+    match which {
+        0 => {
+            let heap = Box::new(LockedHeap::<ArenaPageSource>::empty());
+            // SAFETY: the buffer is page-aligned, HEAP_SIZE + GUARDS long, and used
+            // by this allocator alone until the next `make`.
+            let mut arena = unsafe { ArenaPageSource::over(base, HEAP_SIZE + GUARDS) };
+            arena.set_poison(false);
+            // SAFETY: as above.
+            unsafe { heap.init(arena, base as usize, HEAP_SIZE + GUARDS) }.unwrap();
+            heap
+        }
+        1 => {
+            // SAFETY: as above.
+            let claim = unsafe { talc::source::Claim::new(base, HEAP_SIZE) };
+            Box::new(talc::TalcLock::<spin::Mutex<()>, _>::new(claim))
+        }
+        2 => {
+            let mut tlsf = Rlsf::new();
+            // SAFETY: as above; the block outlives the allocator (the buffer is leaked).
+            let block = unsafe {
+                std::slice::from_raw_parts_mut(base.cast::<MaybeUninit<u8>>(), HEAP_SIZE)
+            };
+            tlsf.insert_free_block(block);
+            Box::new(Locked(spin::Mutex::new(tlsf)))
+        }
+        3 => {
+            let mut h = linked_list_allocator::Heap::empty();
+            // SAFETY: as above.
+            unsafe { h.init(base, HEAP_SIZE) };
+            Box::new(Locked(spin::Mutex::new(h)))
+        }
+        _ => {
+            let mut h = buddy_system_allocator::Heap::<32>::new();
+            // SAFETY: as above.
+            unsafe { h.init(base as usize, HEAP_SIZE) };
+            Box::new(Locked(spin::Mutex::new(h)))
+        }
+    }
+}
+
+struct Block<'a> {
+    ptr: *mut u8,
+    layout: Layout,
+    a: &'a dyn GlobalAlloc,
+}
+
+impl<'a> Block<'a> {
+    fn new(a: &'a dyn GlobalAlloc, size: usize, align: usize) -> Option<Self> {
+        let layout = Layout::from_size_align(size, align).unwrap();
+        // SAFETY: non-zero size.
+        let ptr = unsafe { a.alloc(layout) };
+        (!ptr.is_null()).then(|| Block { ptr, layout, a })
+    }
+    fn realloc(&mut self, n: usize) -> bool {
+        // SAFETY: live block with its layout.
+        let p = unsafe { self.a.realloc(self.ptr, self.layout, n) };
+        if p.is_null() {
+            return false;
+        }
+        self.ptr = p;
+        self.layout = Layout::from_size_align(n, self.layout.align()).unwrap();
+        true
+    }
+}
+
+impl Drop for Block<'_> {
+    fn drop(&mut self) {
+        // SAFETY: live block with its layout.
+        unsafe { self.a.dealloc(self.ptr, self.layout) }
+    }
+}
+
+// ---------------------------------------------------------------- workloads
+
+/// talc's random actions: returns the number of operations done in `dur`.
+fn random_actions(
+    a: &dyn GlobalAlloc,
+    max: usize,
+    realloc: bool,
+    dur: Duration,
+    align: &dyn Fn(&mut Rng) -> usize,
+    rng: &mut Rng,
+) -> usize {
+    let mut v: Vec<Block> = Vec::with_capacity(100_000);
+    let mut score = 0;
+    let start = Instant::now();
+    while start.elapsed() < dur {
+        for _ in 0..100 {
+            let action = rng.range(0, 6 + realloc as usize);
+            if action == 6 {
+                if !v.is_empty() {
+                    let i = rng.range(0, v.len());
+                    let n = rng.range(1, max * 3);
+                    score += v[i].realloc(n) as usize;
+                }
+            } else if action < 3 || v.len() < 300 {
+                let size = gen_size(rng, max);
+                let al = align(rng);
+                if let Some(b) = Block::new(a, size, al) {
+                    v.push(b);
+                    score += 1;
+                }
+            } else {
+                let i = rng.range(0, v.len());
+                v.swap_remove(i);
+                score += 1;
+            }
+        }
+    }
+    score
+}
+
+/// Throughput (ops/s) of every allocator, median over interleaved trials.
+fn throughput(
+    cfg: &Config,
+    buf: &Buffer,
+    max: usize,
+    realloc: bool,
+    align: &dyn Fn(&mut Rng) -> usize,
+) -> [f64; 5] {
+    let mut scores = vec![Vec::new(); NAMES.len()];
+    for t in 0..cfg.trials {
+        for (which, s) in scores.iter_mut().enumerate() {
+            let a = make(which, buf);
+            let mut rng = Rng(0x5eed + t as u64);
+            random_actions(&*a, max, realloc, Duration::from_millis(2), align, &mut rng);
+            let n = random_actions(&*a, max, realloc, cfg.duration, align, &mut rng);
+            s.push(n as f64 / cfg.duration.as_secs_f64());
+        }
+    }
+    scores
+        .iter_mut()
+        .map(|s| median(s))
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap()
+}
+
+/// talc's heap efficiency: 50 % alloc (max `max`), 10 % free, `realloc_pct` %
+/// realloc to U[1, 10·max), until the first failure; live requested ÷ heap.
+fn efficiency(
+    a: &dyn GlobalAlloc,
+    max: usize,
+    realloc: bool,
+    rounds: usize,
+    limit: Duration,
+) -> Option<f64> {
+    let start = Instant::now();
+    let mut rng = Rng(0xe44);
+    let (mut used, mut total) = (0usize, 0usize);
+    for round in 0..rounds {
+        let mut v: Vec<Block> = Vec::with_capacity(100_000);
+        let mut n = 0u64;
+        loop {
+            n += 1;
+            if n.is_multiple_of(4096) && start.elapsed() > limit {
+                // Freeing would take as long again (linked_list_allocator is
+                // O(n) per free); the allocator is discarded anyway.
+                std::mem::forget(v);
+                return None;
+            }
+            let action = if realloc {
+                rng.range(0, 10)
+            } else {
+                rng.range(0, 6)
+            };
+            match action {
+                0..=4 => match Block::new(a, gen_size(&mut rng, max), gen_align(&mut rng)) {
+                    Some(b) => v.push(b),
+                    None => break,
+                },
+                5 => {
+                    if !v.is_empty() {
+                        let i = rng.range(0, v.len());
+                        v.swap_remove(i);
+                    }
+                }
+                _ => {
+                    if !v.is_empty() {
+                        let i = rng.range(0, v.len());
+                        if !v[i].realloc(rng.range(1, max * 10)) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        used += v.iter().map(|b| b.layout.size()).sum::<usize>();
+        total += HEAP_SIZE;
+        if round + 1 == rounds {
+            // The allocator is discarded next; freeing millions of blocks one
+            // by one is O(n²) in linked_list_allocator and buddy.
+            std::mem::forget(v);
+        }
+    }
+    Some(used as f64 / total as f64 * 100.0)
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: rdtsc/lfence have no preconditions on x86_64.
+    unsafe {
+        core::arch::x86_64::_mm_lfence();
+        let t = core::arch::x86_64::_rdtsc();
+        core::arch::x86_64::_mm_lfence();
+        t
+    }
+}
+
+fn ns_per_tick() -> f64 {
+    let (t0, i0) = (rdtsc(), Instant::now());
+    while i0.elapsed() < Duration::from_millis(50) {}
+    i0.elapsed().as_nanos() as f64 / (rdtsc() - t0) as f64
+}
+
+/// Alloc+free pair latency (ns) percentiles 1/25/50/75/99, on a heap warmed
+/// by random actions (max 3000, no realloc) that stay live.
+fn latency(cfg: &Config, buf: &Buffer, which: usize, ns: f64) -> [f64; 5] {
+    let mut samples = Vec::with_capacity(cfg.latency_samples);
+    for round in 0..3 {
+        let a = make(which, buf);
+        let mut rng = Rng(0x1a7 + round);
+        let mut keep: Vec<Block> = Vec::new();
+        for _ in 0..20_000 {
+            if keep.len() < 300 || rng.range(0, 2) == 0 {
+                keep.extend(Block::new(
+                    &*a,
+                    gen_size(&mut rng, 3000),
+                    gen_align(&mut rng),
+                ));
+            } else {
+                let i = rng.range(0, keep.len());
+                keep.swap_remove(i);
+            }
+        }
+        for _ in 0..cfg.latency_samples / 3 {
+            let l = Layout::from_size_align(gen_size(&mut rng, 3000), gen_align(&mut rng)).unwrap();
+            let t0 = rdtsc();
+            // SAFETY: non-zero layout; freed right away with it.
+            unsafe {
+                let p = a.alloc(l);
+                a.dealloc(p, l);
+            }
+            samples.push((rdtsc() - t0) as f64 * ns);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    [1, 25, 50, 75, 99].map(|p| samples[(samples.len() - 1) * p / 100])
+}
+
+/// Diagnostic: kmem's page traffic and layout after a random-actions run.
+fn probe(buf: &Buffer, max: usize) {
+    let heap = LockedHeap::<ArenaPageSource>::empty();
+    // SAFETY: as in `make`.
+    let mut arena = unsafe { ArenaPageSource::over(buf.0, HEAP_SIZE + GUARDS) };
+    arena.set_poison(false);
+    // SAFETY: as in `make`.
+    unsafe { heap.init(arena, buf.0 as usize, HEAP_SIZE + GUARDS) }.unwrap();
+    if max == 0 {
+        let mut rng = Rng(0xe44);
+        let mut v: Vec<Block> = Vec::new();
+        loop {
+            match rng.range(0, 10) {
+                0..=4 => match Block::new(&heap, gen_size(&mut rng, 10_000), gen_align(&mut rng)) {
+                    Some(b) => v.push(b),
+                    None => break,
+                },
+                5 => {
+                    if !v.is_empty() {
+                        let i = rng.range(0, v.len());
+                        v.swap_remove(i);
+                    }
+                }
+                _ => {
+                    if !v.is_empty() {
+                        let i = rng.range(0, v.len());
+                        if !v[i].realloc(rng.range(1, 100_000)) {
+                            println!("realloc failed {}", v[i].layout.size());
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let g = heap.lock();
+        let h = g.as_ref().unwrap();
+        let s = h.stats();
+        let small: usize = v
+            .iter()
+            .filter(|b| kmem::heap::class_of(b.layout).is_some())
+            .map(|b| b.layout.size())
+            .sum();
+        println!(
+            "{s:?}\nsmall live bytes {small}, large live {}",
+            s.live_bytes - small
+        );
+        drop(g);
+        std::mem::forget(v);
+        return;
+    }
+    for realloc in [false, true] {
+        let n = random_actions(
+            &heap,
+            max,
+            realloc,
+            Duration::from_millis(200),
+            &gen_align,
+            &mut Rng(1),
+        );
+        let g = heap.lock();
+        let h = g.as_ref().unwrap();
+        println!(
+            "realloc {realloc}: {n} ops, {:?}, map/unmap {:?}",
+            h.stats(),
+            h.source().calls()
+        );
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn main() {
-    println!("heap benchmark: not written yet");
+    let cfg = config();
+    let buf = Buffer::new();
+    let mut ratios: Vec<String> = Vec::new();
+    if let Some(max) = std::env::var("KMEM_BENCH_PROBE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        let which: usize = std::env::var("KMEM_BENCH_PROBE_ALLOC")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if which == 0 {
+            probe(&buf, max);
+        } else {
+            let a = make(which, &buf);
+            for realloc in [false, true] {
+                let n = random_actions(
+                    &*a,
+                    max,
+                    realloc,
+                    Duration::from_millis(200),
+                    &gen_align,
+                    &mut Rng(1),
+                );
+                println!("{} realloc {realloc}: {n} ops", NAMES[which]);
+            }
+        }
+        return;
+    }
+    let mut effs: Vec<String> = Vec::new();
+    let default_align: &dyn Fn(&mut Rng) -> usize = &gen_align;
+
+    let only = std::env::var("KMEM_BENCH_ONLY").unwrap_or_default();
+    let run = |part: &str| only.is_empty() || only.contains(part);
+    if run("throughput") {
+        println!(
+            "## random actions (Mops/s, median of {} trials × {:?})",
+            cfg.trials, cfg.duration
+        );
+        println!(
+            "{:<28}{}",
+            "workload",
+            NAMES.map(|n| format!("{n:>13}")).concat()
+        );
+        for realloc in [true, false] {
+            for max in MAX_SIZES {
+                let name = format!(
+                    "random_actions_{}_{max}",
+                    if realloc { "realloc" } else { "norealloc" }
+                );
+                let t = throughput(&cfg, &buf, max, realloc, default_align);
+                println!(
+                    "{name:<28}{}",
+                    t.map(|x| format!("{:>13.2}", x / 1e6)).concat()
+                );
+                for p in 1..NAMES.len() {
+                    ratios.push(format!("ratio {name} {} {:.2}", NAMES[p], t[0] / t[p]));
+                }
+            }
+        }
+        let high: &dyn Fn(&mut Rng) -> usize = &|r: &mut Rng| 1 << r.range(3, 13);
+        let t = throughput(&cfg, &buf, 1000, false, high);
+        println!(
+            "{:<28}{}",
+            "high_align_1000",
+            t.map(|x| format!("{:>13.2}", x / 1e6)).concat()
+        );
+        for p in 1..NAMES.len() {
+            ratios.push(format!(
+                "ratio high_align_1000 {} {:.2}",
+                NAMES[p],
+                t[0] / t[p]
+            ));
+        }
+    }
+    if run("efficiency") {
+        println!("\n## efficiency (% of the 128 MiB arena live at the first failure)");
+        println!(
+            "{:<28}{}",
+            "workload",
+            NAMES.map(|n| format!("{n:>13}")).concat()
+        );
+        for (name, max, realloc, rounds) in [
+            ("heap_efficiency", 10_000, true, cfg.eff_rounds),
+            ("small_objects_256", 256, false, cfg.small_rounds),
+        ] {
+            let mut row = String::new();
+            for (which, alloc_name) in NAMES.iter().enumerate() {
+                eprintln!("efficiency {name} {alloc_name} ...");
+                let a = make(which, &buf);
+                let e = efficiency(&*a, max, realloc, rounds, Duration::from_secs(20));
+                row += &e.map_or(format!("{:>13}", "timeout"), |e| format!("{e:>13.2}"));
+                effs.push(format!(
+                    "efficiency {name} {alloc_name} {}",
+                    e.map_or("n/a".into(), |e| format!("{e:.2}"))
+                ));
+            }
+            println!("{name:<28}{row}");
+        }
+    }
+    if run("latency") {
+        println!("\n## alloc+free latency (ns), percentiles 1/25/50/75/99");
+        let ns = ns_per_tick();
+        let lat: Vec<[f64; 5]> = (0..NAMES.len())
+            .map(|w| latency(&cfg, &buf, w, ns))
+            .collect();
+        for (n, l) in NAMES.iter().zip(&lat) {
+            println!("{n:<14}{}", l.map(|x| format!("{x:>9.1}")).concat());
+        }
+        for (i, pct) in [(2, "p50"), (4, "p99")] {
+            for p in 1..NAMES.len() {
+                ratios.push(format!(
+                    "ratio latency_{pct} {} {:.2}",
+                    NAMES[p],
+                    lat[p][i] / lat[0][i]
+                ));
+            }
+        }
+    }
+    println!();
+    effs.iter().chain(&ratios).for_each(|l| println!("{l}"));
 }

@@ -359,3 +359,35 @@ fn too_small_range_is_refused() {
     let r = unsafe { Heap::new(arena, start, len) };
     assert!(matches!(r, Err(kmem::heap::HeapInitError::TooSmall { .. })));
 }
+
+#[test]
+fn fill_with_small_objects_until_failure() {
+    let mut m = Model::new(2 << 20);
+    let mut rng = 12345u64;
+    let mut step = 0;
+    loop {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        step += 1;
+        if rng % 6 == 5 {
+            if !m.live.is_empty() {
+                let i = (rng >> 8) as usize % m.live.len();
+                m.free(i);
+            }
+        } else {
+            let size = 4 + (rng >> 16) as usize % 252;
+            let align = 8 << (((rng >> 40) as u16).trailing_zeros().min(8) / 2);
+            if !m.alloc(size, align) {
+                break;
+            }
+        }
+        if step % 1000 == 0 {
+            m.check();
+        }
+    }
+    m.check();
+    let s = m.heap.stats();
+    assert!(s.live_bytes * 100 / (2 << 20) > 70, "{s:?}");
+    m.drain_and_check_whole();
+}

@@ -151,11 +151,15 @@ impl<P: PageSource> Heap<P> {
             return;
         }
         self.counters.on_free(layout.size());
-        match class_of(layout) {
+        if self.in_slabs(ptr) {
+            // A slab object always has a layout of its slab's class (realloc
+            // keeps an object in a slab only within its class).
+            let c = class_of(layout).unwrap_or(0);
             // SAFETY: forwarded from the caller; the layout names the class.
-            Some(c) => unsafe { self.free_small(ptr, c) },
-            // SAFETY: as above; large layouts were served by `large`.
-            None => unsafe { self.free_large(ptr) },
+            unsafe { self.free_small(ptr, c) }
+        } else {
+            // SAFETY: as above; everything below the slab floor is large.
+            unsafe { self.free_large(ptr) }
         }
     }
 
@@ -183,18 +187,32 @@ impl<P: PageSource> Heap<P> {
                 align,
             });
         }
-        let in_place = match (class_of(layout), class_of(new)) {
-            (Some(a), Some(b)) => a == b,
-            // SAFETY: `ptr` is a live large block (the layout says so).
-            (None, None) => unsafe { self.large.resize_in_place(ptr, new_size) },
-            _ => false,
+        let in_slabs = self.in_slabs(ptr);
+        let in_place = if in_slabs {
+            class_of(new).is_some_and(|c| class_of(layout) == Some(c))
+        } else {
+            // SAFETY: `ptr` is a live large block (it lies below the slab floor).
+            unsafe { self.large.resize_in_place(ptr, new_size) }
         };
         if in_place {
             self.counters.on_resize(layout.size(), new_size);
             #[cfg(feature = "tracking")]
             self.tracker.resize(ptr.as_ptr() as usize, new_size);
-            self.trim_large();
+            if new_size < layout.size() {
+                self.trim_large();
+            }
             return Ok(ptr);
+        }
+        if align <= 16 && !in_slabs {
+            let keep = layout.size().min(new_size);
+            // SAFETY: `ptr` is a live large block with alignment ≤ 16.
+            if let Some(p) = unsafe { self.large.resize_backward(ptr, new_size, keep) } {
+                self.counters.on_resize(layout.size(), new_size);
+                #[cfg(feature = "tracking")]
+                self.tracker
+                    .moved(ptr.as_ptr() as usize, p.as_ptr() as usize, new_size);
+                return Ok(p);
+            }
         }
         let to = self.allocate(new)?;
         // SAFETY: both blocks are live, distinct, and hold at least the copied bytes.
@@ -203,6 +221,13 @@ impl<P: PageSource> Heap<P> {
             self.deallocate(ptr, layout);
         }
         Ok(to)
+    }
+
+    /// Whether `ptr` lies in the slab region (else it is a large block; a
+    /// large block may have a small layout after shrinking in place).
+    #[inline(always)]
+    fn in_slabs(&self, ptr: NonNull<u8>) -> bool {
+        ptr.as_ptr() as usize >= self.floor
     }
 
     #[inline(always)]
@@ -393,7 +418,11 @@ impl<P: PageSource> Heap<P> {
             if let Some(p) = self.large.allocate(layout.size(), layout.align()) {
                 return Some(p);
             }
-            self.grow_large(layout)?;
+            if self.grow_large(layout).is_none() {
+                return self
+                    .large
+                    .allocate_exhaustive(layout.size(), layout.align());
+            }
         }
     }
 
@@ -435,8 +464,9 @@ impl<P: PageSource> Heap<P> {
             core::ptr::write_bytes(ptr.as_ptr(), super::tracking::POISON, n)
         };
         // SAFETY: forwarded from the caller.
-        unsafe { self.large.release(ptr) };
-        self.trim_large();
+        if unsafe { self.large.release(ptr) } {
+            self.trim_large();
+        }
     }
 
     #[inline(always)]
@@ -502,7 +532,10 @@ impl<P: PageSource> Heap<P> {
     /// blocks; pages held = slab + large + cached pages.
     pub fn check_invariants(&self) -> Result<(), &'static str> {
         let (large_used, _) = self.large.check()?;
-        if self.large.brk() > self.floor || self.floor > self.top || self.floor % SLAB_SIZE != 0 {
+        if self.large.brk() > self.floor
+            || self.floor > self.top
+            || !self.floor.is_multiple_of(SLAB_SIZE)
+        {
             return Err("large heap and slab region overlap");
         }
         let mut slabs = 0;
@@ -532,14 +565,15 @@ impl<P: PageSource> Heap<P> {
         if slabs != self.slabs_live || free_spans != self.free_spans.len {
             return Err("span counts differ from the region");
         }
+        // SAFETY: list members lie in the mapped region (checked first).
         self.check_span_list(&self.free_spans, |s| unsafe { slab::is_free_span(s) })?;
         let mut small_live = 0;
         for (c, class) in self.classes.iter().enumerate() {
             if class.partial.len != partial[c] {
                 return Err("partial list length differs from slabs with free objects");
             }
-            // SAFETY: list members are live slab headers.
             self.check_span_list(&class.partial, |s| {
+                // SAFETY: list members lie in the mapped region (checked first).
                 unsafe { slab::check_slab(s, c) }.is_ok()
             })?;
             for &p in class.mag.objects() {

@@ -9,6 +9,26 @@
 //! - [`Heap`] ties them together with accounting ([`HeapStats`]) and an
 //!   invariant checker; [`LockedHeap`] is the `#[global_allocator]`.
 //! - Feature `tracking` records every live allocation (`tracking` module).
+//!
+//! # In a kernel
+//! ```ignore
+//! use kmem::heap::{LockedHeap, MappedPageSource, PageMapper};
+//!
+//! // `Frames`: FrameAllocator<Size4KiB> + FrameDeallocator<Size4KiB>;
+//! // `HeapMapper`: PageMapper (maps writable + NX + supervisor, flushes).
+//! #[global_allocator]
+//! static HEAP: LockedHeap<MappedPageSource<Frames, HeapMapper>> = LockedHeap::empty();
+//!
+//! // SAFETY: [HEAP_START, HEAP_START + HEAP_LEN) is reserved for the heap.
+//! unsafe { HEAP.init(MappedPageSource::new(frames, mapper), HEAP_START, HEAP_LEN) }?;
+//! let stats = HEAP.stats().unwrap();           // live bytes, pages held, ...
+//! HEAP.lock().as_mut().unwrap().trim();        // give every free page back
+//! // feature "tracking": HEAP.lock().as_ref().unwrap().tracker().leaks()
+//! ```
+//! The first and last page of the range are never mapped (guards). Pages
+//! are mapped on demand and unmapped (frames freed) when whole spans become
+//! free, with hysteresis: the large heap keeps up to 512 KiB of free top,
+//! the slab region up to 16 free 16 KiB spans.
 
 mod allocator;
 mod error;

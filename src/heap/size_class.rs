@@ -55,12 +55,14 @@ pub fn class_of(layout: Layout) -> Option<usize> {
 
 #[inline]
 fn aligned_class_of(size: usize, align: usize) -> Option<usize> {
-    let rounded = size.max(1).checked_next_multiple_of(align)?;
+    // `align` is a power of two (a `Layout` invariant): masks, no division.
+    let mask = align - 1;
+    let rounded = size.max(1).checked_add(mask)? & !mask;
     if rounded > MAX_SMALL {
         return None;
     }
     let mut class = CLASS_OF[rounded >> 3] as usize;
-    while CLASS_SIZES[class] % align != 0 {
+    while CLASS_SIZES[class] & mask != 0 {
         class += 1;
         if class == NUM_CLASSES {
             return None;

@@ -242,7 +242,7 @@ pub unsafe fn check_slab(s: *const SlabHeader, class: usize) -> Result<usize, &'
             if off >= SLAB_SIZE
                 || p as usize >= h.bump as usize
                 || off < first
-                || (off - first) % size != 0
+                || !(off - first).is_multiple_of(size)
             {
                 return Err("slab free list points outside the slab's used objects");
             }

@@ -180,6 +180,17 @@ impl Tracker {
         }
     }
 
+    /// Records that the live allocation at `from` moved to `to` with `new_size`.
+    pub fn moved(&mut self, from: usize, to: usize, new_size: usize) {
+        if let Ok(i) = self.find(from) {
+            let align = self.live[i].align;
+            self.live.copy_within(i + 1..self.len, i);
+            self.len -= 1;
+            let layout = Layout::from_size_align(new_size, align).unwrap_or(Layout::new::<u8>());
+            self.on_alloc(to, layout);
+        }
+    }
+
     /// Checks a free (or the old side of a realloc); on `Ok` the record is removed.
     pub fn on_free(&mut self, addr: usize, layout: Layout) -> Result<(), TrackingError> {
         let i = match self.find(addr) {

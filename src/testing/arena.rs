@@ -15,6 +15,7 @@ pub const UNMAPPED_POISON: u8 = 0x6b;
 /// A fixed host arena that hands out its pages as a [`PageSource`].
 pub struct ArenaPageSource {
     base: *mut u8,
+    owned: bool,
     pages: usize,
     mapped: Vec<bool>,
     mapped_count: usize,
@@ -39,8 +40,23 @@ impl ArenaPageSource {
         // SAFETY: the layout has a non-zero size.
         let base = unsafe { alloc_zeroed(layout) };
         assert!(!base.is_null(), "host allocation of the arena failed");
+        Self::with_buffer(base, pages, true)
+    }
+
+    /// An arena over caller-provided memory (not freed on drop), so a
+    /// benchmark can give every allocator the same pre-touched buffer.
+    ///
+    /// # Safety
+    /// `base` must be page-aligned, `bytes` long, writable, and used by
+    /// nothing else while the arena lives.
+    pub unsafe fn over(base: *mut u8, bytes: usize) -> Self {
+        Self::with_buffer(base, bytes / PAGE_SIZE, false)
+    }
+
+    fn with_buffer(base: *mut u8, pages: usize, owned: bool) -> Self {
         Self {
             base,
+            owned,
             pages,
             mapped: std::vec![false; pages],
             mapped_count: 0,
@@ -92,7 +108,8 @@ impl ArenaPageSource {
 
     fn span(&self, start: usize, pages: usize) -> Option<core::ops::Range<usize>> {
         let first = self.index(start)?;
-        (start % PAGE_SIZE == 0 && first + pages <= self.pages).then_some(first..first + pages)
+        (start.is_multiple_of(PAGE_SIZE) && first + pages <= self.pages)
+            .then_some(first..first + pages)
     }
 }
 
@@ -136,6 +153,9 @@ unsafe impl PageSource for ArenaPageSource {
 
 impl Drop for ArenaPageSource {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // SAFETY: `base` came from `alloc_zeroed` with this same layout.
         unsafe { dealloc(self.base, Self::layout(self.pages)) };
     }
