@@ -152,7 +152,10 @@ impl<P: PhysMem> Mapper<P> {
             page.start_address().as_u64(),
             frame.start_address().as_u64(),
         );
-        // Forged (`*_unchecked`) pages or frames may be misaligned for `S`.
+        // Forged (`*_unchecked`) pages or frames may be non-canonical or misaligned for `S`.
+        if canonical(va) != va {
+            return Err(PagingError::NonCanonical { addr: va });
+        }
         for value in [va, pa] {
             if !value.is_multiple_of(S::SIZE) {
                 return Err(PagingError::Misaligned {
