@@ -4,6 +4,12 @@
 //! both halves, non-canonical and misaligned inputs. After every step: success agrees,
 //! a failed step changed nothing, invariants hold, every table frame is accounted for, and
 //! `translate` agrees on the touched pages and a random sample.
+//!
+//! Miri (clean; small case counts, the tests shrink their sizes under `cfg(miri)`):
+//! `MIRIFLAGS="-Zmiri-permissive-provenance -Zmiri-disable-isolation" PROPTEST_CASES=2 \
+//!  cargo +nightly miri test --features testing --test paging_diff --test paging_faults --test paging_api`
+//! (permissive provenance: `OffsetPageTable` turns integers into pointers; isolation off:
+//! proptest's failure persistence.)
 
 use std::collections::BTreeSet;
 

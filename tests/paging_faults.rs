@@ -1,6 +1,12 @@
 //! Fault injection: the frame source fails at the k-th allocation, for every k, during range
 //! operations. A failed operation must leave tables (byte for byte), translations and frame
 //! counts exactly as before; the first k that succeeds is exactly the number of frames needed.
+//!
+//! Miri (clean; small case counts, the tests shrink their sizes under `cfg(miri)`):
+//! `MIRIFLAGS="-Zmiri-permissive-provenance -Zmiri-disable-isolation" PROPTEST_CASES=2 \
+//!  cargo +nightly miri test --features testing --test paging_diff --test paging_faults --test paging_api`
+//! (permissive provenance: `OffsetPageTable` turns integers into pointers; isolation off:
+//! proptest's failure persistence.)
 
 use kmem::paging::{LeafSize, MapFlags, Mapper, PagingError};
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};

@@ -152,9 +152,8 @@ impl<P: PhysMem> Mapper<P> {
             page.start_address().as_u64(),
             frame.start_address().as_u64(),
         );
-        // Forged (`*_unchecked`) pages may be non-canonical (reported first,
-        // as for ranges) and pages or frames misaligned for `S`.
-        if super::entry::canonical(va) != va {
+        // Forged (`*_unchecked`) pages or frames may be non-canonical or misaligned for `S`.
+        if canonical(va) != va {
             return Err(PagingError::NonCanonical { addr: va });
         }
         for value in [va, pa] {

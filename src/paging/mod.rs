@@ -11,6 +11,36 @@
 //!
 //! Frames come from any `x86_64` `FrameAllocator<Size4KiB> + FrameDeallocator<Size4KiB>`
 //! ([`FrameSource`]).
+//!
+//! A kernel's bring-up, sketched (identity-mapped low memory at boot, then a direct map at a
+//! higher-half offset, a W^X kernel image and a CR3 switch):
+//!
+//! ```no_run
+//! use kmem::paging::{FrameSource, MapFlags, Mapper, Mmu, OffsetPhysMem, X86Mmu};
+//! use x86_64::{PhysAddr, VirtAddr};
+//!
+//! const DIRECT_MAP: u64 = 0xffff_8800_0000_0000;
+//! fn bring_up(frames: &mut impl FrameSource, ram_end: u64, text: (u64, u64), data: (u64, u64), kbase: u64) {
+//!     // SAFETY: at boot, physical memory is identity-mapped.
+//!     let identity = unsafe { OffsetPhysMem::new(VirtAddr::zero()) };
+//!     let mut m = Mapper::new_empty(identity, frames).unwrap();
+//!     let rw = MapFlags::READ_WRITE.global();
+//!     // The direct map: 1 GiB / 2 MiB pages wherever alignment allows.
+//!     m.map_range(VirtAddr::new(DIRECT_MAP), PhysAddr::new(0), ram_end, rw, frames).unwrap().ignore();
+//!     // The kernel image: text read-execute, data read-write (never both).
+//!     let (tp, tlen) = text;
+//!     m.map_range(VirtAddr::new(kbase), PhysAddr::new(tp), tlen, MapFlags::READ_EXEC.global(), frames).unwrap().ignore();
+//!     let (dp, dlen) = data;
+//!     m.map_range(VirtAddr::new(kbase + tlen), PhysAddr::new(dp), dlen, rw, frames).unwrap().ignore();
+//!     let mut mmu = X86Mmu;
+//!     // SAFETY: the new tables map the running kernel (code, stack, data) as before.
+//!     unsafe { mmu.set_cr3(m.pml4()) };
+//!     // From now on reach the tables through the direct map.
+//!     let (pml4, _) = m.into_parts();
+//!     // SAFETY: all RAM is mapped read-write at DIRECT_MAP + phys.
+//!     let _m = unsafe { Mapper::new(pml4, OffsetPhysMem::new(VirtAddr::new(DIRECT_MAP))) };
+//! }
+//! ```
 
 mod address_space;
 mod entry;
