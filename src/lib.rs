@@ -59,8 +59,8 @@
 //! let arena = ArenaPageSource::new(1 << 20);
 //! let (base, len) = arena.range();
 //! // SAFETY: the arena's range belongs to this heap alone.
-//! let mut heap = unsafe { Heap::new(arena, base, len) }.expect("heap");
-//! let p = heap.allocate(core::alloc::Layout::new::<[u64; 4]>()).expect("memory");
+//! let mut heap = unsafe { Heap::new(arena, base, len) }?;
+//! let p = heap.allocate(core::alloc::Layout::new::<[u64; 4]>())?;
 //! // SAFETY: `p` is live and was allocated with this layout.
 //! unsafe { heap.deallocate(p, core::alloc::Layout::new::<[u64; 4]>()) };
 //! assert_eq!(heap.stats().live_allocs, 0);

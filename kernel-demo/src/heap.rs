@@ -51,7 +51,8 @@ pub type KernelPageSource =
 pub static HEAP: LockedHeap<KernelPageSource> = LockedHeap::empty();
 
 /// Starts the heap over `[HEAP_START, HEAP_START + HEAP_SIZE)`.
-/// Requires [`crate::memory::init`].
+/// Requires [`crate::memory::init`]. Run it on the boot stack: with
+/// tracking, the heap's state (~240 KiB) is built on the stack first.
 pub fn init() -> Result<(), HeapInitError> {
     let source = MappedPageSource::new(&FRAMES, KernelPageMapper);
     // SAFETY: the heap range (PML4 slot 384) is used by nothing else; the

@@ -43,6 +43,11 @@ impl<P: PageSource> LockedHeap<P> {
     /// Sets the heap up over `[start, start + len)` fed by `source`
     /// (replacing any previous heap, which must have nothing live).
     ///
+    /// The heap's state is built on the caller's stack, then moved into
+    /// place: about 36 KiB, about 240 KiB with feature `tracking` (its
+    /// table of live allocations). Call it on a stack with that much room
+    /// to spare, e.g. the boot stack, not a small kernel-thread stack.
+    ///
     /// # Safety
     /// As [`Heap::new`].
     pub unsafe fn init(&self, source: P, start: usize, len: usize) -> Result<(), HeapInitError> {
