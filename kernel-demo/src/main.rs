@@ -215,7 +215,7 @@ fn demo_growth() {
 
 fn demo_address_space() {
     let user = VirtAddr::new(0x40_0000);
-    let value = Box::new(0x0da7_a5ba_5e5u64);
+    let value = Box::new(0x00da_7a5b_a5e5_u64);
     with_memory(|m| {
         let free0 = m.free_frames();
         let kernel_pml4 = m.mapper.pml4();
