@@ -189,8 +189,9 @@ fn demo_growth() {
     kheap::trim();
     let frames0 = with_memory(|m| m.free_frames());
     let pages0 = HEAP.stats().map_or(0, |s| s.pages_held);
-    // A quarter of the free memory, at most 4 MiB: fits every RAM size.
-    let bytes = ((frames0 * 4096 / 4) as usize).min(4 << 20);
+    // A quarter of the free memory, at most 2 MiB (a large-object request,
+    // mapped page by page): fits every RAM size, and keeps the demo short.
+    let bytes = ((frames0 * 4096 / 4) as usize).min(2 << 20);
     let big = alloc::vec![0x5au8; bytes];
     let frames1 = with_memory(|m| m.free_frames());
     let pages1 = HEAP.stats().map_or(0, |s| s.pages_held);
