@@ -151,19 +151,7 @@ impl Tracker {
     /// Checks that `addr` is live with `layout` (the old side of a realloc).
     pub fn verify(&mut self, addr: usize, layout: Layout) -> Result<(), TrackingError> {
         match self.find(addr) {
-            Ok(i) => {
-                let rec = self.live[i];
-                if rec.size != layout.size().max(1) || rec.align != layout.align() {
-                    let e = TrackingError::WrongLayout {
-                        recorded: rec,
-                        size: layout.size(),
-                        align: layout.align(),
-                    };
-                    self.report(e);
-                    return Err(e);
-                }
-                Ok(())
-            }
+            Ok(i) => self.check_layout(self.live[i], layout),
             Err(_) if self.untracked > 0 => Ok(()),
             Err(_) => {
                 let e = TrackingError::ForeignFree { addr };
@@ -171,6 +159,20 @@ impl Tracker {
                 Err(e)
             }
         }
+    }
+
+    /// Reports a layout that differs from the recorded one.
+    fn check_layout(&mut self, rec: Allocation, layout: Layout) -> Result<(), TrackingError> {
+        if rec.size == layout.size().max(1) && rec.align == layout.align() {
+            return Ok(());
+        }
+        let e = TrackingError::WrongLayout {
+            recorded: rec,
+            size: layout.size(),
+            align: layout.align(),
+        };
+        self.report(e);
+        Err(e)
     }
 
     /// Records an in-place resize of the live allocation at `addr`.
@@ -209,16 +211,7 @@ impl Tracker {
                 return Err(e);
             }
         };
-        let rec = self.live[i];
-        if rec.size != layout.size().max(1) || rec.align != layout.align() {
-            let e = TrackingError::WrongLayout {
-                recorded: rec,
-                size: layout.size(),
-                align: layout.align(),
-            };
-            self.report(e);
-            return Err(e);
-        }
+        self.check_layout(self.live[i], layout)?;
         self.live.copy_within(i + 1..self.len, i);
         self.len -= 1;
         self.freed[self.freed_next % FREED_RING] = addr;
