@@ -498,6 +498,7 @@ impl<'m> World<'m> {
             _ => self
                 .ours
                 .unmap(
+                    // SAFETY: as above: a forged page is what this case tests.
                     unsafe { Page::<Size4KiB>::from_start_address_unchecked(v) },
                     a,
                 )
