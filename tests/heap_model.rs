@@ -399,3 +399,36 @@ fn fill_with_small_objects_until_failure() {
     assert!(s.live_bytes * 100 / (2 << 20) > 70, "{s:?}");
     m.drain_and_check_whole();
 }
+
+/// `LockedHeap::init` builds the heap in place: it works on a thread whose
+/// stack is smaller than the heap's own state (~36 KiB; ~240 KiB with
+/// `tracking`), where building it on the stack first would overflow.
+#[test]
+fn locked_heap_init_fits_a_small_stack() {
+    static HEAP: kmem::heap::LockedHeap<ArenaPageSource> = kmem::heap::LockedHeap::empty();
+    const STACK: usize = 64 << 10;
+    let state = core::mem::size_of::<ArenaHeap>();
+    assert!(
+        state > STACK / 2,
+        "the heap state is {state} bytes: test premise gone"
+    );
+    let handle = std::thread::Builder::new()
+        .stack_size(STACK)
+        .spawn(|| {
+            let heap = &HEAP;
+            let arena = ArenaPageSource::new(1 << 20);
+            let (start, len) = arena.range();
+            // SAFETY: the arena's range belongs to this heap alone.
+            unsafe { heap.init(arena, start, len) }.unwrap();
+            let layout = Layout::from_size_align(64, 8).unwrap();
+            // SAFETY: a valid layout; the block goes back with it.
+            unsafe {
+                let p = core::alloc::GlobalAlloc::alloc(heap, layout);
+                assert!(!p.is_null());
+                core::alloc::GlobalAlloc::dealloc(heap, p, layout);
+            }
+            heap.stats().unwrap().live_allocs
+        })
+        .unwrap();
+    assert_eq!(handle.join().unwrap(), 0);
+}

@@ -51,8 +51,8 @@ pub type KernelPageSource =
 pub static HEAP: LockedHeap<KernelPageSource> = LockedHeap::empty();
 
 /// Starts the heap over `[HEAP_START, HEAP_START + HEAP_SIZE)`.
-/// Requires [`crate::memory::init`]. Run it on the boot stack: with
-/// tracking, the heap's state (~240 KiB) is built on the stack first.
+/// Requires [`crate::memory::init`]. The heap is built in place, so any
+/// stack will do.
 pub fn init() -> Result<(), HeapInitError> {
     let source = MappedPageSource::new(&FRAMES, KernelPageMapper);
     // SAFETY: the heap range (PML4 slot 384) is used by nothing else; the

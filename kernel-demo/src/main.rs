@@ -107,10 +107,6 @@ fn main() -> ! {
     // SAFETY: `kernel` was built by `kernel_space::build` for this kernel.
     unsafe { kernel_space::activate(kernel) };
     T_SPACE.store(cpu::rdtsc(), Ordering::Relaxed);
-    // The heap's state is built on the (large) boot stack: with tracking
-    // it is bigger than the kernel stack.
-    kheap::init().unwrap_or_else(|e| kernel_demo::fatal(format_args!("heap: {e:?}")));
-    T_HEAP.store(cpu::rdtsc(), Ordering::Relaxed);
     // SAFETY: the kernel space is active and its stack unused.
     unsafe { kernel_space::run_on_kernel_stack(after_switch) }
 }
@@ -128,6 +124,10 @@ extern "C" fn after_switch() -> ! {
     }
 
     step("4. the heap (kmem::heap as #[global_allocator])");
+    // Built in place: its ~240 KiB of state (with tracking) never touches
+    // the 128 KiB kernel stack.
+    kheap::init().unwrap_or_else(|e| kernel_demo::fatal(format_args!("heap: {e}")));
+    T_HEAP.store(cpu::rdtsc(), Ordering::Relaxed);
     demo_allocations();
 
     step("5. heap growth and shrink");

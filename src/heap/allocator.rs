@@ -18,7 +18,8 @@ use super::slab::{self, SlabHeader, SpanList, SLAB_SIZE};
 use super::stats::{Counters, HeapStats};
 use super::{AllocError, HeapInitError};
 use core::alloc::Layout;
-use core::ptr::NonNull;
+use core::mem::MaybeUninit;
+use core::ptr::{addr_of_mut, NonNull};
 
 /// Minimum growth of the large heap.
 const GROW_MIN: usize = 64 * 1024;
@@ -66,6 +67,68 @@ impl<P: PageSource> Heap<P> {
     /// The range must be reserved for this heap alone (nothing else maps or
     /// uses it) for the heap's whole life, and `source` must be able to map it.
     pub unsafe fn new(source: P, start: usize, len: usize) -> Result<Self, HeapInitError> {
+        let mut slot = MaybeUninit::uninit();
+        // SAFETY: forwarded from the caller.
+        unsafe { Self::init_in_place(&mut slot, source, start, len) }?;
+        // SAFETY: `init_in_place` returned Ok, so the slot is initialised.
+        Ok(unsafe { slot.assume_init() })
+    }
+
+    /// [`Heap::new`] building the heap directly in `slot`: the heap's state
+    /// (about 36 KiB, about 240 KiB with `tracking`) never passes through
+    /// the stack, so a kernel can set its heap up from a small stack.
+    /// On error `slot` is left uninitialised (and `source` dropped).
+    ///
+    /// # Safety
+    /// As [`Heap::new`].
+    pub unsafe fn init_in_place(
+        slot: &mut MaybeUninit<Self>,
+        source: P,
+        start: usize,
+        len: usize,
+    ) -> Result<&mut Self, HeapInitError> {
+        let (lo, top) = Self::usable_bounds(start, len)?;
+        let p = slot.as_mut_ptr();
+        // SAFETY: `p` points to `slot`, valid and aligned for a `Heap`;
+        // every field is written once, through raw pointers, before the
+        // slot is treated as initialised.
+        unsafe {
+            addr_of_mut!((*p).source).write(source);
+            addr_of_mut!((*p).lo).write(lo);
+            addr_of_mut!((*p).top).write(top);
+            addr_of_mut!((*p).floor).write(top);
+            Large::init_at(addr_of_mut!((*p).large));
+            let classes = addr_of_mut!((*p).classes).cast::<Class>();
+            for i in 0..NUM_CLASSES {
+                classes.add(i).write(Class {
+                    mag: Magazine::new(),
+                    partial: SpanList::new(),
+                });
+            }
+            addr_of_mut!((*p).free_spans).write(SpanList::new());
+            addr_of_mut!((*p).slabs_live).write(0);
+            addr_of_mut!((*p).pages_held).write(0);
+            addr_of_mut!((*p).counters).write(Counters::new());
+            #[cfg(feature = "tracking")]
+            super::tracking::Tracker::init_at(addr_of_mut!((*p).tracker));
+        }
+        // SAFETY: every field was just written.
+        if let Err(e) = unsafe { slot.assume_init_mut() }.source.map(lo, 1) {
+            // SAFETY: initialised above and not used after this.
+            unsafe { slot.assume_init_drop() };
+            return Err(HeapInitError::Map(e));
+        }
+        // SAFETY: as above.
+        let heap = unsafe { slot.assume_init_mut() };
+        heap.pages_held = 1;
+        // SAFETY: the page was just mapped for us.
+        unsafe { heap.large.init(lo, lo + PAGE_SIZE) };
+        Ok(heap)
+    }
+
+    /// The first and last usable addresses of `[start, start + len)` after
+    /// the guard pages, or why the range cannot hold a heap.
+    fn usable_bounds(start: usize, len: usize) -> Result<(usize, usize), HeapInitError> {
         let end = start
             .checked_add(len)
             .ok_or(HeapInitError::Overflow { start, len })?;
@@ -74,30 +137,7 @@ impl<P: PageSource> Heap<P> {
         if top < lo + PAGE_SIZE + SLAB_SIZE {
             return Err(HeapInitError::TooSmall { start, len });
         }
-        let mut heap = Heap {
-            source,
-            lo,
-            top,
-            floor: top,
-            large: Large::new(),
-            classes: [const {
-                Class {
-                    mag: Magazine::new(),
-                    partial: SpanList::new(),
-                }
-            }; NUM_CLASSES],
-            free_spans: SpanList::new(),
-            slabs_live: 0,
-            pages_held: 0,
-            counters: Counters::new(),
-            #[cfg(feature = "tracking")]
-            tracker: super::tracking::Tracker::new(),
-        };
-        heap.source.map(lo, 1).map_err(HeapInitError::Map)?;
-        heap.pages_held = 1;
-        // SAFETY: the page was just mapped for us.
-        unsafe { heap.large.init(lo, lo + PAGE_SIZE) };
-        Ok(heap)
+        Ok((lo, top))
     }
 
     /// Allocates memory for `layout` (any alignment; size 0 gets a unique

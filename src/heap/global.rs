@@ -2,6 +2,7 @@
 
 use super::{AllocError, Heap, HeapInitError, HeapStats, PageSource};
 use core::alloc::{GlobalAlloc, Layout};
+use core::mem::MaybeUninit;
 use core::ptr::{null_mut, NonNull};
 use spin::{Mutex, MutexGuard};
 
@@ -29,36 +30,74 @@ use spin::{Mutex, MutexGuard};
 /// assert_eq!(HEAP.stats().unwrap().live_allocs, 0);
 /// ```
 pub struct LockedHeap<P: PageSource> {
-    inner: Mutex<Option<Heap<P>>>,
+    inner: Mutex<HeapSlot<P>>,
+}
+
+/// The storage of a [`LockedHeap`]: the heap is built in place here, never
+/// on the stack. Read it like an `Option<Heap>`.
+pub struct HeapSlot<P: PageSource> {
+    ready: bool,
+    heap: MaybeUninit<Heap<P>>,
+}
+
+impl<P: PageSource> HeapSlot<P> {
+    /// The heap, once initialised.
+    pub fn as_ref(&self) -> Option<&Heap<P>> {
+        // SAFETY: `ready` is set only after the heap was initialised.
+        self.ready.then(|| unsafe { self.heap.assume_init_ref() })
+    }
+
+    /// The heap, once initialised.
+    pub fn as_mut(&mut self) -> Option<&mut Heap<P>> {
+        // SAFETY: as in `as_ref`.
+        self.ready.then(|| unsafe { self.heap.assume_init_mut() })
+    }
+
+    fn clear(&mut self) {
+        if core::mem::take(&mut self.ready) {
+            // SAFETY: `ready` said the heap was initialised; it is cleared
+            // first, so the heap is dropped once.
+            unsafe { self.heap.assume_init_drop() };
+        }
+    }
+}
+
+impl<P: PageSource> Drop for HeapSlot<P> {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 impl<P: PageSource> LockedHeap<P> {
     /// A heap with no memory yet, for a `static`.
     pub const fn empty() -> Self {
         Self {
-            inner: Mutex::new(None),
+            inner: Mutex::new(HeapSlot {
+                ready: false,
+                heap: MaybeUninit::uninit(),
+            }),
         }
     }
 
     /// Sets the heap up over `[start, start + len)` fed by `source`
     /// (replacing any previous heap, which must have nothing live).
     ///
-    /// The heap's state is built on the caller's stack, then moved into
-    /// place: about 36 KiB, about 240 KiB with feature `tracking` (its
-    /// table of live allocations). Call it on a stack with that much room
-    /// to spare, e.g. the boot stack, not a small kernel-thread stack.
+    /// The heap is built in place (see [`Heap::init_in_place`]): a small
+    /// kernel stack is enough.
     ///
     /// # Safety
     /// As [`Heap::new`].
     pub unsafe fn init(&self, source: P, start: usize, len: usize) -> Result<(), HeapInitError> {
+        let mut slot = self.inner.lock();
+        slot.clear();
         // SAFETY: forwarded from the caller.
-        let heap = unsafe { Heap::new(source, start, len) }?;
-        *self.inner.lock() = Some(heap);
+        unsafe { Heap::init_in_place(&mut slot.heap, source, start, len) }?;
+        slot.ready = true;
         Ok(())
     }
 
     /// Locks the heap for direct use (stats, trim, leak report, checks).
-    pub fn lock(&self) -> MutexGuard<'_, Option<Heap<P>>> {
+    pub fn lock(&self) -> MutexGuard<'_, HeapSlot<P>> {
         self.inner.lock()
     }
 

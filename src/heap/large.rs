@@ -105,6 +105,18 @@ impl Large {
         }
     }
 
+    /// Writes an empty state (as [`Large::new`]) at `slot` without building
+    /// its ~23 KiB on the stack first.
+    ///
+    /// # Safety
+    /// `slot` must be valid for writes of a `Large` and aligned.
+    pub unsafe fn init_at(slot: *mut Self) {
+        // SAFETY: the caller gives a writable, aligned slot; every field is
+        // an integer or a raw pointer, for which all-zero bits are the
+        // empty state (`new` sets exactly zeros and nulls).
+        unsafe { slot.write_bytes(0, 1) }
+    }
+
     /// Takes `[start, brk)` (page-aligned, ≥ 64 bytes, writable) as the heap.
     ///
     /// # Safety

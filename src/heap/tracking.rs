@@ -100,6 +100,26 @@ impl Tracker {
         }
     }
 
+    /// Writes an empty tracker at `slot` without building one on the stack
+    /// (it is about 200 KiB).
+    ///
+    /// # Safety
+    /// `slot` must be valid for writes of a `Tracker` and aligned.
+    pub(crate) unsafe fn init_at(slot: *mut Self) {
+        // SAFETY: the caller gives a writable, aligned slot. Each field is
+        // written once through raw pointers; all-zero is a valid
+        // `Allocation` and `usize`, and `errors` is filled with `None`.
+        unsafe {
+            core::ptr::addr_of_mut!((*slot).live).write_bytes(0, 1);
+            core::ptr::addr_of_mut!((*slot).len).write(0);
+            core::ptr::addr_of_mut!((*slot).freed).write_bytes(0, 1);
+            core::ptr::addr_of_mut!((*slot).freed_next).write(0);
+            core::ptr::addr_of_mut!((*slot).errors).write([None; ERROR_RING]);
+            core::ptr::addr_of_mut!((*slot).error_count).write(0);
+            core::ptr::addr_of_mut!((*slot).untracked).write(0);
+        }
+    }
+
     fn report(&mut self, e: TrackingError) {
         self.errors[self.error_count % ERROR_RING] = Some(e);
         self.error_count += 1;
