@@ -52,8 +52,10 @@ static PANIC_MESSAGE: spin::Mutex<crate::boot::FixedStr<512>> =
 pub fn protect(mut f: impl FnMut()) -> Outcome {
     let mut buf = JmpBuf::default();
     let mut closure: &mut dyn FnMut() = &mut f;
-    let prev = ACTIVE.swap(&mut buf, Ordering::SeqCst);
-    assert!(prev.is_null(), "recover::protect is not reentrant");
+    // A nested call is refused before the outer buffer is replaced, so the
+    // panic unwinds (by longjmp) to the outer call, whose buffer is valid.
+    assert!(!active(), "recover::protect is not reentrant");
+    ACTIVE.store(&mut buf, Ordering::SeqCst);
     // SAFETY: `trampoline` matches the callee contract of
     // `kmem_setjmp_call` and receives a pointer to `closure`, which lives
     // until the call returns (either way). `buf` outlives the call and is
