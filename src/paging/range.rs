@@ -29,6 +29,21 @@ struct MapJob {
     exact: bool,
 }
 
+impl MapJob {
+    /// The entry of a table at `level` that covers `a`: its end (clipped to
+    /// `e`), the physical address `a` maps to, and whether one leaf of this
+    /// level can map the whole entry.
+    #[inline(always)]
+    fn step(&self, a: u64, e: u64, level: u8) -> (u64, u64, bool) {
+        let sp = span(level);
+        let b = e.min((a & !(sp - 1)) + sp);
+        let pa = self.pa0 + (a - self.va0);
+        let whole =
+            level <= self.max_level && a.is_multiple_of(sp) && b - a == sp && pa.is_multiple_of(sp);
+        (b, pa, whole)
+    }
+}
+
 /// What an edit (unmap or protect) does to each fully covered leaf.
 #[derive(Clone, Copy)]
 enum Edit {
@@ -107,22 +122,16 @@ impl<P: PhysMem> Mapper<P> {
         if level == 1 {
             return self.plan_leaves(table, s, e);
         }
-        let sp = span(level);
         let (mut a, mut needed) = (s, 0);
         while a < e {
-            let b = e.min((a & !(sp - 1)) + sp);
-            let pa = job.pa0 + (a - job.va0);
-            let whole = level <= job.max_level
-                && a.is_multiple_of(sp)
-                && b - a == sp
-                && pa.is_multiple_of(sp);
+            let (b, _, whole) = job.step(a, e, level);
             let entry = table.map_or(0, |t| self.read(t, index(a, level)));
             if entry & PRESENT == 0 {
                 if !whole {
                     needed += 1 + self.plan_map(None, level - 1, a, b, job)?;
                 }
             } else if is_leaf(entry, level) {
-                return Err(conflict(a, sp, entry, level, whole));
+                return Err(conflict(a, span(level), entry, level, whole));
             } else if whole && job.exact {
                 return Err(PagingError::TableInTheWay {
                     addr: addr_of(a),
@@ -161,15 +170,9 @@ impl<P: PhysMem> Mapper<P> {
         if level == 1 {
             return self.fill_leaves(table, s, e, (job.pa0 + (s - job.va0)) | job.leaf);
         }
-        let sp = span(level);
         let mut a = s;
         while a < e {
-            let b = e.min((a & !(sp - 1)) + sp);
-            let pa = job.pa0 + (a - job.va0);
-            let whole = level <= job.max_level
-                && a.is_multiple_of(sp)
-                && b - a == sp
-                && pa.is_multiple_of(sp);
+            let (b, pa, whole) = job.step(a, e, level);
             let i = index(a, level);
             let entry = self.read(table, i);
             if entry & PRESENT == 0 && whole {
