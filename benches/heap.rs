@@ -9,6 +9,7 @@ use kmem::heap::{LockedHeap, PAGE_SIZE};
 use kmem::testing::arena::ArenaPageSource;
 use std::alloc::{GlobalAlloc, Layout};
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 const HEAP_SIZE: usize = 1 << 27;
@@ -199,6 +200,11 @@ fn make(which: usize, buf: &Buffer) -> Box<dyn GlobalAlloc + Sync> {
     }
 }
 
+/// Probe-only counters: reallocs that moved, and the bytes they copied
+/// (`usize::MAX` = not counting).
+static PROBE_MOVES: AtomicUsize = AtomicUsize::new(usize::MAX);
+static PROBE_COPIED: AtomicUsize = AtomicUsize::new(0);
+
 struct Block<'a> {
     ptr: *mut u8,
     layout: Layout,
@@ -217,6 +223,10 @@ impl<'a> Block<'a> {
         let p = unsafe { self.a.realloc(self.ptr, self.layout, n) };
         if p.is_null() {
             return false;
+        }
+        if PROBE_MOVES.load(Relaxed) != usize::MAX && p != self.ptr {
+            PROBE_MOVES.fetch_add(1, Relaxed);
+            PROBE_COPIED.fetch_add(self.layout.size().min(n), Relaxed);
         }
         self.ptr = p;
         self.layout = Layout::from_size_align(n, self.layout.align()).unwrap();
@@ -490,15 +500,19 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
     {
-        let which: usize = std::env::var("KMEM_BENCH_PROBE_ALLOC")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if which == 0 {
+        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+        if max == 0 {
             probe(&buf, max);
-        } else {
-            let a = make(which, &buf);
-            for realloc in [false, true] {
+            return;
+        }
+        let which: Vec<usize> = var("KMEM_BENCH_PROBE_ALLOC").map_or(vec![0, 1, 2], |w| vec![w]);
+        let reallocs: Vec<bool> =
+            var("KMEM_BENCH_PROBE_REALLOC").map_or(vec![false, true], |r: usize| vec![r != 0]);
+        for &which in &which {
+            for &realloc in &reallocs {
+                let a = make(which, &buf);
+                PROBE_MOVES.store(0, Relaxed);
+                PROBE_COPIED.store(0, Relaxed);
                 let n = random_actions(
                     &*a,
                     max,
@@ -507,7 +521,13 @@ fn main() {
                     &gen_align,
                     &mut Rng(1),
                 );
-                println!("{} realloc {realloc}: {n} ops", NAMES[which]);
+                let moves = PROBE_MOVES.swap(usize::MAX, Relaxed);
+                let copied = PROBE_COPIED.load(Relaxed);
+                println!(
+                    "{:<6} realloc {realloc:<5}: {n:>8} ops, {moves} moves, {:.1} B copied/op",
+                    NAMES[which],
+                    copied as f64 / n as f64
+                );
             }
         }
         return;
@@ -517,6 +537,8 @@ fn main() {
 
     let only = std::env::var("KMEM_BENCH_ONLY").unwrap_or_default();
     let run = |part: &str| only.is_empty() || only.contains(part);
+    // KMEM_BENCH_ROWS=realloc_3000,norealloc_30000: only these throughput rows.
+    let rows = std::env::var("KMEM_BENCH_ROWS").unwrap_or_default();
     if run("throughput") {
         println!(
             "## random actions (Mops/s, median of {} trials × {:?})",
@@ -533,6 +555,9 @@ fn main() {
                     "random_actions_{}_{max}",
                     if realloc { "realloc" } else { "norealloc" }
                 );
+                if !rows.is_empty() && !rows.split(',').any(|r| name.contains(r)) {
+                    continue;
+                }
                 let t = throughput(&cfg, &buf, max, realloc, default_align);
                 println!(
                     "{name:<28}{}",
@@ -543,19 +568,21 @@ fn main() {
                 }
             }
         }
-        let high: &dyn Fn(&mut Rng) -> usize = &|r: &mut Rng| 1 << r.range(3, 13);
-        let t = throughput(&cfg, &buf, 1000, false, high);
-        println!(
-            "{:<28}{}",
-            "high_align_1000",
-            t.map(|x| format!("{:>13.2}", x / 1e6)).concat()
-        );
-        for p in 1..NAMES.len() {
-            ratios.push(format!(
-                "ratio high_align_1000 {} {:.2}",
-                NAMES[p],
-                t[0] / t[p]
-            ));
+        if rows.is_empty() || rows.contains("high_align") {
+            let high: &dyn Fn(&mut Rng) -> usize = &|r: &mut Rng| 1 << r.range(3, 13);
+            let t = throughput(&cfg, &buf, 1000, false, high);
+            println!(
+                "{:<28}{}",
+                "high_align_1000",
+                t.map(|x| format!("{:>13.2}", x / 1e6)).concat()
+            );
+            for p in 1..NAMES.len() {
+                ratios.push(format!(
+                    "ratio high_align_1000 {} {:.2}",
+                    NAMES[p],
+                    t[0] / t[p]
+                ));
+            }
         }
     }
     if run("efficiency") {

@@ -396,6 +396,7 @@ impl<P: PageSource> Heap<P> {
     #[cold]
     fn reclaim_for_slabs(&mut self) -> bool {
         if self.floor - SLAB_SIZE < self.large.brk() {
+            self.large.flush_quick();
             if let Some(cut) = self.large.trim(0, 0, PAGE_SIZE) {
                 self.unmap_large(cut);
                 return true;
@@ -485,6 +486,9 @@ impl<P: PageSource> Heap<P> {
             }
             let floor = self.floor;
             self.trim_spans(0);
+            if self.floor == floor && self.large.flush_quick() {
+                return Some(()); // the flushed blocks may hold the request
+            }
             if self.floor == floor {
                 self.drain_magazines();
                 self.trim_spans(0);
@@ -526,6 +530,7 @@ impl<P: PageSource> Heap<P> {
     /// magazines drained, empty slabs and cached spans at the floor unmapped,
     /// the large heap's free top cut to one page.
     pub fn trim(&mut self) {
+        self.large.flush_quick();
         self.drain_magazines();
         self.trim_spans(0);
         if let Some(cut) = self.large.trim(0, 0, PAGE_SIZE) {

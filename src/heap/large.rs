@@ -11,11 +11,17 @@
 //! valid and the two can merge. An 8-byte used sentinel of size 0 sits at
 //! `brk - 8`. Lists are searched by "good fit": the head of the exact bin is
 //! tried, then the first non-empty bin whose every block fits (O(1) bitmaps).
+//!
+//! Freed blocks of 1–128 KiB first go to the quick bins ([`super::quick`]):
+//! they stay used blocks flagged `CACHED` until reused or flushed.
 
+use super::quick::{self, Quick};
 use core::ptr::{null_mut, NonNull};
 
 const FREE: usize = 1;
 const PREV_FREE: usize = 2;
+/// A used block parked in the quick bins (never together with `FREE`).
+const CACHED: usize = 4;
 const FLAGS: usize = 15;
 /// Header bytes in front of every payload.
 pub const OVERHEAD: usize = 8;
@@ -26,6 +32,13 @@ const SL: usize = 1 << SL_LOG2;
 const FL: usize = 44;
 /// Blocks below this size are binned exactly (16-byte bins, first level 0).
 const LINEAR: usize = SL << 4;
+/// The quick bins may hold this many bytes...
+const QUICK_BUDGET: usize = 1 << 20;
+/// ...plus this fraction (a right shift) of the used bytes.
+const QUICK_BUDGET_SHIFT: u32 = 2;
+/// A cached block is reused for a request it exceeds by at most this
+/// fraction (a right shift; 1/128 < 0.8 %) or by less than a minimum block.
+const QUICK_SLACK_SHIFT: u32 = 7;
 
 /// One free-list link pair, stored in the free block after its header.
 #[repr(C)]
@@ -43,6 +56,7 @@ pub struct Large {
     heads: [[*mut u8; SL]; FL],
     used_bytes: usize,
     free_blocks: usize,
+    quick: Quick,
 }
 
 // SAFETY: the raw pointers refer into memory the owning heap has exclusive
@@ -102,6 +116,7 @@ impl Large {
             heads: [[null_mut(); SL]; FL],
             used_bytes: 0,
             free_blocks: 0,
+            quick: Quick::new(),
         }
     }
 
@@ -112,8 +127,9 @@ impl Large {
     /// `slot` must be valid for writes of a `Large` and aligned.
     pub unsafe fn init_at(slot: *mut Self) {
         // SAFETY: the caller gives a writable, aligned slot; every field is
-        // an integer or a raw pointer, for which all-zero bits are the
-        // empty state (`new` sets exactly zeros and nulls).
+        // an integer or a raw pointer (or arrays of them), for which
+        // all-zero bits are the empty state (`new` sets exactly zeros and
+        // nulls).
         unsafe { slot.write_bytes(0, 1) }
     }
 
@@ -136,9 +152,14 @@ impl Large {
         self.brk
     }
 
-    /// Bytes in used blocks, headers included.
+    /// Bytes in used blocks, headers included (cached blocks excluded).
     pub fn used_bytes(&self) -> usize {
-        self.used_bytes
+        self.used_bytes - self.quick.bytes()
+    }
+
+    /// Bytes in blocks parked in the quick bins.
+    pub fn cached_bytes(&self) -> usize {
+        self.quick.bytes()
     }
 
     /// Grows the span to `new_brk` (page-aligned, above the current end).
@@ -155,7 +176,7 @@ impl Large {
             set_hdr((new_brk - 8) as *mut u8, 0);
             self.brk = new_brk;
             self.used_bytes += size;
-            self.release(NonNull::new_unchecked(b.add(OVERHEAD)));
+            self.release_now(b);
         }
     }
 
@@ -199,7 +220,47 @@ impl Large {
     /// one bin whose blocks may or may not fit (the slow last resort before
     /// reporting out of memory).
     pub fn allocate_exhaustive(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        self.flush_quick();
         self.allocate_with(size, align, true)
+    }
+
+    /// Merges every cached block into the free lists; whether there was any.
+    pub fn flush_quick(&mut self) -> bool {
+        let (any, mut cursor) = (self.quick.count() > 0, 0);
+        while let Some((offset, _)) = self.quick.pop_any(&mut cursor) {
+            let b = self.block_at(offset);
+            // SAFETY: cached blocks are used blocks in the span, now uncached.
+            unsafe {
+                set_hdr(b, hdr(b) & !CACHED);
+                self.release_now(b);
+            }
+        }
+        any
+    }
+
+    #[inline(always)]
+    fn block_at(&self, offset: usize) -> *mut u8 {
+        (self.start + OVERHEAD + offset) as *mut u8
+    }
+
+    #[inline(always)]
+    fn offset_of(&self, b: *mut u8) -> usize {
+        b as usize - self.start - OVERHEAD
+    }
+
+    /// A cached block for a request of block size `bs`, if one fits closely.
+    #[inline(always)]
+    fn take_quick(&mut self, bs: usize) -> Option<NonNull<u8>> {
+        let (f, s) = mapping(bs);
+        let q = quick::bin(f, s)?;
+        let slack = (bs >> QUICK_SLACK_SHIFT).max(MIN_BLOCK - 16);
+        let (offset, _) = self.quick.take(q, bs, bs + slack)?;
+        let b = self.block_at(offset);
+        // SAFETY: cached blocks are used blocks in the span.
+        unsafe {
+            set_hdr(b, hdr(b) & !CACHED);
+            Some(NonNull::new_unchecked(b.add(OVERHEAD)))
+        }
     }
 
     #[inline(always)]
@@ -210,6 +271,9 @@ impl Large {
                 .or_else(|| if scan { this.take_scan(need) } else { None })
         };
         if align <= 16 {
+            if let Some(p) = self.take_quick(bs) {
+                return Some(p);
+            }
             let b = take(self, bs)?;
             // SAFETY: `b` is a free block of at least `bs` bytes, now unlinked.
             return Some(unsafe { self.carve(b, bs) });
@@ -380,16 +444,57 @@ impl Large {
         self.free_blocks -= 1;
     }
 
-    /// Frees the block whose payload is `ptr`, merging with free neighbours.
+    /// Frees the block whose payload is `ptr`: into the quick bins if it
+    /// fits there, else merged with its free neighbours.
     ///
     /// # Safety
     /// `ptr` must come from [`Large::allocate`] on this heap and be live.
     /// Returns whether the freed block is now the last one (a trim candidate).
     #[inline]
     pub unsafe fn release(&mut self, ptr: NonNull<u8>) -> bool {
-        // SAFETY: `ptr` is a live payload, so its header and neighbours are valid.
+        // SAFETY: `ptr` is a live payload, so its header is valid.
         unsafe {
-            let mut b = ptr.as_ptr().sub(OVERHEAD);
+            let b = ptr.as_ptr().sub(OVERHEAD);
+            let h = hdr(b);
+            let size = h & !FLAGS;
+            let (f, s) = mapping(size);
+            if let Some(q) = quick::bin(f, s) {
+                let budget = QUICK_BUDGET + (self.used_bytes >> QUICK_BUDGET_SHIFT);
+                if self.quick.push(q, self.offset_of(b), size, budget) {
+                    set_hdr(b, h | CACHED);
+                    return false;
+                }
+            }
+            self.release_now(b)
+        }
+    }
+
+    /// Takes the cached block `n` out of the quick bins and frees it for real.
+    ///
+    /// # Safety
+    /// `n` must be a cached block of this heap.
+    unsafe fn uncache(&mut self, n: *mut u8) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            let h = hdr(n);
+            let (f, s) = mapping(h & !FLAGS);
+            let q = quick::bin(f, s).unwrap_or(0);
+            let found = self.quick.remove(q, self.offset_of(n));
+            debug_assert!(found, "cached block missing from its quick bin");
+            set_hdr(n, h & !CACHED);
+            self.release_now(n);
+        }
+    }
+
+    /// Frees the used block `b` now, merging with its free neighbours.
+    ///
+    /// # Safety
+    /// `b` must be a used, uncached block of this heap.
+    #[inline]
+    unsafe fn release_now(&mut self, b: *mut u8) -> bool {
+        let mut b = b;
+        // SAFETY: `b` is a used block, so its header and neighbours are valid.
+        unsafe {
             let h = hdr(b);
             let mut size = h & !FLAGS;
             self.used_bytes -= size;
@@ -442,7 +547,11 @@ impl Large {
             let h = hdr(b);
             let size = h & !FLAGS;
             let n = b.add(size);
-            let nh = hdr(n);
+            let mut nh = hdr(n);
+            if nh & CACHED != 0 && bs > size {
+                self.uncache(n);
+                nh = hdr(n);
+            }
             let total = if nh & FREE != 0 {
                 size + (nh & !FLAGS)
             } else {
@@ -513,6 +622,7 @@ impl Large {
     /// `(used_blocks, free_blocks)` or a description of the first fault.
     pub fn check(&self) -> Result<(usize, usize), &'static str> {
         let (mut used, mut free, mut used_bytes) = (0, 0, 0);
+        let (mut cached, mut cached_bytes) = (0, 0);
         let mut b = (self.start + 8) as *mut u8;
         let mut prev_free = false;
         loop {
@@ -532,8 +642,8 @@ impl Large {
                 return Err("block size out of bounds");
             }
             if h & FREE != 0 {
-                if prev_free {
-                    return Err("two adjacent free blocks");
+                if prev_free || h & CACHED != 0 {
+                    return Err("two adjacent free blocks, or a free block flagged cached");
                 }
                 // SAFETY: footer of a free block inside the span.
                 if unsafe { b.add(size - 8).cast::<usize>().read() } != size {
@@ -544,6 +654,16 @@ impl Large {
                     return Err("free block missing from its bin");
                 }
                 free += 1;
+            } else if h & CACHED != 0 {
+                let (f, s) = mapping(size);
+                let found = quick::bin(f, s)
+                    .is_some_and(|q| self.quick.contains(q, self.offset_of(b), size));
+                if !found {
+                    return Err("cached block missing from its quick bin");
+                }
+                cached += 1;
+                cached_bytes += size;
+                used_bytes += size;
             } else {
                 used += 1;
                 used_bytes += size;
@@ -557,6 +677,9 @@ impl Large {
         }
         if used_bytes != self.used_bytes {
             return Err("used byte count differs from the blocks");
+        }
+        if cached != self.quick.count() || cached_bytes != self.quick.bytes() {
+            return Err("quick bins hold blocks that are not cached blocks");
         }
         for f in 0..FL {
             for s in 0..SL {

@@ -36,6 +36,7 @@ mod global;
 pub mod large;
 mod magazine;
 mod page_source;
+mod quick;
 mod size_class;
 pub mod slab;
 mod stats;
