@@ -204,6 +204,20 @@ fn make(which: usize, buf: &Buffer) -> Box<dyn GlobalAlloc + Sync> {
 /// (`usize::MAX` = not counting).
 static PROBE_MOVES: AtomicUsize = AtomicUsize::new(usize::MAX);
 static PROBE_COPIED: AtomicUsize = AtomicUsize::new(0);
+/// Probe-only: the highest block end seen in the arena's lower half, and
+/// the lowest block start in its upper half (kmem's slabs live there).
+static PROBE_TOP: AtomicUsize = AtomicUsize::new(0);
+static PROBE_FLOOR: AtomicUsize = AtomicUsize::new(usize::MAX);
+static PROBE_BASE: AtomicUsize = AtomicUsize::new(0);
+
+fn probe_extent(p: *mut u8, n: usize) {
+    let off = (p as usize).wrapping_sub(PROBE_BASE.load(Relaxed));
+    if off < HEAP_SIZE / 2 {
+        PROBE_TOP.fetch_max(off + n, Relaxed);
+    } else if off < HEAP_SIZE + GUARDS {
+        PROBE_FLOOR.fetch_min(off, Relaxed);
+    }
+}
 
 struct Block<'a> {
     ptr: *mut u8,
@@ -216,6 +230,7 @@ impl<'a> Block<'a> {
         let layout = Layout::from_size_align(size, align).unwrap();
         // SAFETY: non-zero size.
         let ptr = unsafe { a.alloc(layout) };
+        probe_extent(ptr, size);
         (!ptr.is_null()).then(|| Block { ptr, layout, a })
     }
     fn realloc(&mut self, n: usize) -> bool {
@@ -224,6 +239,7 @@ impl<'a> Block<'a> {
         if p.is_null() {
             return false;
         }
+        probe_extent(p, n);
         if PROBE_MOVES.load(Relaxed) != usize::MAX && p != self.ptr {
             PROBE_MOVES.fetch_add(1, Relaxed);
             PROBE_COPIED.fetch_add(self.layout.size().min(n), Relaxed);
@@ -493,6 +509,14 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
+    let tune = |n: &str, a: &std::sync::atomic::AtomicUsize| {
+        if let Some(v) = std::env::var(n).ok().and_then(|v| v.parse().ok()) {
+            a.store(v, Relaxed);
+        }
+    };
+    tune("TUNE_BUDGET", &kmem::heap::large::TUNE_BUDGET);
+    tune("TUNE_SHIFT", &kmem::heap::large::TUNE_SHIFT);
+    tune("TUNE_PF", &kmem::heap::large::TUNE_PF);
     let cfg = config();
     let buf = Buffer::new();
     let mut ratios: Vec<String> = Vec::new();
@@ -505,6 +529,7 @@ fn main() {
             probe(&buf, max);
             return;
         }
+        PROBE_BASE.store(buf.0 as usize, Relaxed);
         let which: Vec<usize> = var("KMEM_BENCH_PROBE_ALLOC").map_or(vec![0, 1, 2], |w| vec![w]);
         let reallocs: Vec<bool> =
             var("KMEM_BENCH_PROBE_REALLOC").map_or(vec![false, true], |r: usize| vec![r != 0]);
@@ -517,16 +542,20 @@ fn main() {
                     &*a,
                     max,
                     realloc,
-                    Duration::from_millis(200),
+                    Duration::from_millis(var("KMEM_BENCH_PROBE_MS").unwrap_or(200) as u64),
                     &gen_align,
                     &mut Rng(1),
                 );
                 let moves = PROBE_MOVES.swap(usize::MAX, Relaxed);
+                let top = PROBE_TOP.swap(0, Relaxed);
+                let slabs = (HEAP_SIZE + GUARDS).saturating_sub(PROBE_FLOOR.swap(usize::MAX, Relaxed));
                 let copied = PROBE_COPIED.load(Relaxed);
                 println!(
-                    "{:<6} realloc {realloc:<5}: {n:>8} ops, {moves} moves, {:.1} B copied/op",
+                    "{:<6} realloc {realloc:<5}: {n:>8} ops, {moves} moves, {:.1} B copied/op, top {} KiB, upper {} KiB",
                     NAMES[which],
-                    copied as f64 / n as f64
+                    copied as f64 / n as f64,
+                    top >> 10,
+                    slabs >> 10
                 );
             }
         }

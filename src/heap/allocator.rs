@@ -459,6 +459,11 @@ impl<P: PageSource> Heap<P> {
             if let Some(p) = self.large.allocate(layout.size(), layout.align()) {
                 return Some(p);
             }
+            // Cached blocks get to merge before the heap grows: a growing
+            // heap then caches little, and keeps its fit (heap efficiency).
+            if self.large.flush_quick() {
+                continue;
+            }
             if self.grow_large(layout).is_none() {
                 return self
                     .large
@@ -486,9 +491,6 @@ impl<P: PageSource> Heap<P> {
             }
             let floor = self.floor;
             self.trim_spans(0);
-            if self.floor == floor && self.large.flush_quick() {
-                return Some(()); // the flushed blocks may hold the request
-            }
             if self.floor == floor {
                 self.drain_magazines();
                 self.trim_spans(0);

@@ -16,12 +16,24 @@
 //! they stay used blocks flagged `CACHED` until reused or flushed.
 
 use super::quick::{self, Quick};
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+#[doc(hidden)]
+pub static TUNE_BUDGET: AtomicUsize = AtomicUsize::new(QUICK_BUDGET);
+#[doc(hidden)]
+pub static TUNE_SHIFT: AtomicUsize = AtomicUsize::new(QUICK_BUDGET_SHIFT as usize);
+#[doc(hidden)]
+pub static TUNE_PF: AtomicUsize = AtomicUsize::new(0);
 use core::ptr::{null_mut, NonNull};
 
 const FREE: usize = 1;
 const PREV_FREE: usize = 2;
 /// A used block parked in the quick bins (never together with `FREE`).
+/// Only a block between two used, uncached blocks is cached, and a block
+/// freed next to a cached one merges with it, so caching never keeps two
+/// free blocks apart: the heap's fit is the same as without the cache.
 const CACHED: usize = 4;
+/// The block before is cached; its footer (written when cached) is valid.
+const PREV_CACHED: usize = 8;
 const FLAGS: usize = 15;
 /// Header bytes in front of every payload.
 pub const OVERHEAD: usize = 8;
@@ -170,7 +182,7 @@ impl Large {
         let b = (self.brk - 8) as *mut u8;
         // SAFETY: `b` is the old sentinel; the new memory follows it.
         unsafe {
-            let prev_free = hdr(b) & PREV_FREE;
+            let prev_free = hdr(b) & (PREV_FREE | PREV_CACHED);
             let size = new_brk - self.brk;
             set_hdr(b, size | prev_free);
             set_hdr((new_brk - 8) as *mut u8, 0);
@@ -227,12 +239,16 @@ impl Large {
     /// Merges every cached block into the free lists; whether there was any.
     pub fn flush_quick(&mut self) -> bool {
         let (any, mut cursor) = (self.quick.count() > 0, 0);
-        while let Some((offset, _)) = self.quick.pop_any(&mut cursor) {
+        while let Some((offset, size)) = self.quick.pop_any(&mut cursor) {
             let b = self.block_at(offset);
-            // SAFETY: cached blocks are used blocks in the span, now uncached.
+            // SAFETY: `b` was a cached block (now out of the quick bins) of
+            // `size` bytes; cached blocks have used neighbours.
             unsafe {
-                set_hdr(b, hdr(b) & !CACHED);
-                self.release_now(b);
+                self.used_bytes -= size;
+                set_hdr(b, size | FREE);
+                self.link(b, size);
+                let n = b.add(size);
+                set_hdr(n, (hdr(n) & !PREV_CACHED) | PREV_FREE);
             }
         }
         any
@@ -254,11 +270,13 @@ impl Large {
         let (f, s) = mapping(bs);
         let q = quick::bin(f, s)?;
         let slack = (bs >> QUICK_SLACK_SHIFT).max(MIN_BLOCK - 16);
-        let (offset, _) = self.quick.take(q, bs, bs + slack)?;
+        let (offset, size) = self.quick.take(q, bs, bs + slack)?;
         let b = self.block_at(offset);
-        // SAFETY: cached blocks are used blocks in the span.
+        // SAFETY: cached blocks are used blocks in the span, with a successor.
         unsafe {
             set_hdr(b, hdr(b) & !CACHED);
+            let n = b.add(size);
+            set_hdr(n, hdr(n) & !PREV_CACHED);
             Some(NonNull::new_unchecked(b.add(OVERHEAD)))
         }
     }
@@ -445,23 +463,31 @@ impl Large {
     }
 
     /// Frees the block whose payload is `ptr`: into the quick bins if it
-    /// fits there, else merged with its free neighbours.
+    /// fits there and both neighbours are used, else merged with its free
+    /// (or cached) neighbours.
     ///
     /// # Safety
     /// `ptr` must come from [`Large::allocate`] on this heap and be live.
     /// Returns whether the freed block is now the last one (a trim candidate).
     #[inline]
     pub unsafe fn release(&mut self, ptr: NonNull<u8>) -> bool {
-        // SAFETY: `ptr` is a live payload, so its header is valid.
+        // SAFETY: `ptr` is a live payload, so its header and its successor's
+        // are valid.
         unsafe {
             let b = ptr.as_ptr().sub(OVERHEAD);
             let h = hdr(b);
             let size = h & !FLAGS;
             let (f, s) = mapping(size);
             if let Some(q) = quick::bin(f, s) {
-                let budget = QUICK_BUDGET + (self.used_bytes >> QUICK_BUDGET_SHIFT);
-                if self.quick.push(q, self.offset_of(b), size, budget) {
+                let n = b.add(size);
+                let nh = hdr(n);
+                let budget = TUNE_BUDGET.load(Relaxed) + (self.used_bytes >> TUNE_SHIFT.load(Relaxed));
+                if (h & (PREV_FREE | PREV_CACHED)) | (nh & (FREE | CACHED)) == 0
+                    && self.quick.push(q, self.offset_of(b), size, budget)
+                {
                     set_hdr(b, h | CACHED);
+                    set_footer(b, size);
+                    set_hdr(n, nh | PREV_CACHED);
                     return false;
                 }
             }
@@ -469,32 +495,46 @@ impl Large {
         }
     }
 
-    /// Takes the cached block `n` out of the quick bins and frees it for real.
+    /// Takes the cached block `c` out of the quick bins and makes it a free
+    /// block (its neighbours are used, so there is nothing to merge).
     ///
     /// # Safety
-    /// `n` must be a cached block of this heap.
-    unsafe fn uncache(&mut self, n: *mut u8) {
-        // SAFETY: forwarded from the caller.
+    /// `c` must be a cached block of this heap.
+    unsafe fn uncache(&mut self, c: *mut u8) {
+        // SAFETY: forwarded from the caller; a cached block has a successor.
         unsafe {
-            let h = hdr(n);
-            let (f, s) = mapping(h & !FLAGS);
+            let size = hdr(c) & !FLAGS;
+            let (f, s) = mapping(size);
             let q = quick::bin(f, s).unwrap_or(0);
-            let found = self.quick.remove(q, self.offset_of(n));
+            let found = self.quick.remove(q, self.offset_of(c));
             debug_assert!(found, "cached block missing from its quick bin");
-            set_hdr(n, h & !CACHED);
-            self.release_now(n);
+            self.used_bytes -= size;
+            set_hdr(c, size | FREE);
+            self.link(c, size);
+            let n = c.add(size);
+            set_hdr(n, (hdr(n) & !PREV_CACHED) | PREV_FREE);
         }
     }
 
-    /// Frees the used block `b` now, merging with its free neighbours.
+    /// Frees the used block `b` now, merging with its free or cached
+    /// neighbours.
     ///
     /// # Safety
     /// `b` must be a used, uncached block of this heap.
     #[inline]
     unsafe fn release_now(&mut self, b: *mut u8) -> bool {
         let mut b = b;
-        // SAFETY: `b` is a used block, so its header and neighbours are valid.
+        // SAFETY: `b` is a used block, so its header and neighbours are
+        // valid, and a cached predecessor left its footer.
         unsafe {
+            if hdr(b) & PREV_CACHED != 0 {
+                let ps = b.sub(8).cast::<usize>().read();
+                self.uncache(b.sub(ps));
+            }
+            let n = b.add(hdr(b) & !FLAGS);
+            if hdr(n) & CACHED != 0 {
+                self.uncache(n);
+            }
             let h = hdr(b);
             let mut size = h & !FLAGS;
             self.used_bytes -= size;
@@ -548,7 +588,7 @@ impl Large {
             let size = h & !FLAGS;
             let n = b.add(size);
             let mut nh = hdr(n);
-            if nh & CACHED != 0 && bs > size {
+            if nh & CACHED != 0 {
                 self.uncache(n);
                 nh = hdr(n);
             }
@@ -600,6 +640,9 @@ impl Large {
             let size = h & !FLAGS;
             let ps = b.sub(8).cast::<usize>().read();
             let n = b.add(size);
+            if hdr(n) & CACHED != 0 {
+                self.uncache(n);
+            }
             let nh = hdr(n);
             let ns = if nh & FREE != 0 { nh & !FLAGS } else { 0 };
             if ps + size + ns < bs {
@@ -624,12 +667,18 @@ impl Large {
         let (mut used, mut free, mut used_bytes) = (0, 0, 0);
         let (mut cached, mut cached_bytes) = (0, 0);
         let mut b = (self.start + 8) as *mut u8;
-        let mut prev_free = false;
+        let (mut prev_free, mut prev_cached) = (false, false);
         loop {
             // SAFETY: the walk follows sizes inside [start, brk) (checked).
             let h = unsafe { hdr(b) };
             if (h & PREV_FREE != 0) != prev_free {
                 return Err("PREV_FREE flag disagrees with the previous block");
+            }
+            if (h & PREV_CACHED != 0) != prev_cached {
+                return Err("PREV_CACHED flag disagrees with the previous block");
+            }
+            if prev_cached && h & (FREE | CACHED) != 0 {
+                return Err("a cached block next to a free or cached block");
             }
             let size = h & !FLAGS;
             if b as usize == self.brk - 8 {
@@ -655,6 +704,13 @@ impl Large {
                 }
                 free += 1;
             } else if h & CACHED != 0 {
+                if prev_free {
+                    return Err("a cached block next to a free or cached block");
+                }
+                // SAFETY: the footer of a block inside the span.
+                if unsafe { b.add(size - 8).cast::<usize>().read() } != size {
+                    return Err("cached block footer mismatch");
+                }
                 let (f, s) = mapping(size);
                 let found = quick::bin(f, s)
                     .is_some_and(|q| self.quick.contains(q, self.offset_of(b), size));
@@ -669,6 +725,7 @@ impl Large {
                 used_bytes += size;
             }
             prev_free = h & FREE != 0;
+            prev_cached = h & CACHED != 0;
             // SAFETY: bounded by the check above.
             b = unsafe { b.add(size) };
         }

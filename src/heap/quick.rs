@@ -41,6 +41,8 @@ impl Entry {
 
 /// The cached blocks, by bin.
 pub struct Quick {
+    /// Bit `s` of word `f - 1`: bin `(f, s)` is not empty (fast flushes).
+    nonempty: [u64; LEVELS],
     len: [u8; BINS],
     slots: [[Entry; DEPTH]; BINS],
     bytes: usize,
@@ -57,6 +59,7 @@ impl Quick {
     /// No cached blocks.
     pub const fn new() -> Self {
         Self {
+            nonempty: [0; LEVELS],
             len: [0; BINS],
             slots: [[Entry(0); DEPTH]; BINS],
             bytes: 0,
@@ -87,6 +90,7 @@ impl Quick {
         };
         self.slots[b][n] = e;
         self.len[b] += 1;
+        self.nonempty[b / SL] |= 1 << (b % SL);
         self.bytes += size;
         self.count += 1;
         true
@@ -109,7 +113,7 @@ impl Quick {
             .find(|&i| (min..=max).contains(&slots[i].size()))?;
         let e = slots[i];
         slots[i] = slots[n - 1];
-        self.len[b] -= 1;
+        self.pop_len(b);
         self.bytes -= e.size();
         self.count -= 1;
         Some((e.offset(), e.size()))
@@ -124,7 +128,7 @@ impl Quick {
         };
         self.bytes -= slots[i].size();
         slots[i] = slots[n - 1];
-        self.len[b] -= 1;
+        self.pop_len(b);
         self.count -= 1;
         true
     }
@@ -137,13 +141,22 @@ impl Quick {
             .any(|e| e.offset() == offset && e.size() == size)
     }
 
-    /// Takes any cached block, scanning bins from `*cursor` (a flush calls
-    /// this until it returns `None`, with the cursor starting at 0).
+    #[inline(always)]
+    fn pop_len(&mut self, b: usize) {
+        self.len[b] -= 1;
+        if self.len[b] == 0 {
+            self.nonempty[b / SL] &= !(1 << (b % SL));
+        }
+    }
+
+    /// Takes any cached block, scanning first levels from `*cursor` (a
+    /// flush calls this until it returns `None`, the cursor starting at 0).
     pub fn pop_any(&mut self, cursor: &mut usize) -> Option<(usize, usize)> {
-        while *cursor < BINS {
-            let b = *cursor;
-            if self.len[b] > 0 {
-                self.len[b] -= 1;
+        while *cursor < LEVELS {
+            let word = self.nonempty[*cursor];
+            if word != 0 {
+                let b = *cursor * SL + word.trailing_zeros() as usize;
+                self.pop_len(b);
                 let e = self.slots[b][self.len[b] as usize];
                 self.bytes -= e.size();
                 self.count -= 1;
