@@ -34,6 +34,8 @@ const PREV_FREE: usize = 2;
 const CACHED: usize = 4;
 /// The block before is cached; its footer (written when cached) is valid.
 const PREV_CACHED: usize = 8;
+/// What a header says about the block before it.
+const PREV_FLAGS: usize = PREV_FREE | PREV_CACHED;
 const FLAGS: usize = 15;
 /// Header bytes in front of every payload.
 pub const OVERHEAD: usize = 8;
@@ -182,7 +184,7 @@ impl Large {
         let b = (self.brk - 8) as *mut u8;
         // SAFETY: `b` is the old sentinel; the new memory follows it.
         unsafe {
-            let prev_free = hdr(b) & (PREV_FREE | PREV_CACHED);
+            let prev_free = hdr(b) & PREV_FLAGS;
             let size = new_brk - self.brk;
             set_hdr(b, size | prev_free);
             set_hdr((new_brk - 8) as *mut u8, 0);
@@ -344,10 +346,10 @@ impl Large {
                     let n = t.add(rest);
                     set_hdr(n, hdr(n) | PREV_FREE);
                 }
-                set_hdr(b, bs | (h & PREV_FREE));
+                set_hdr(b, bs | (h & PREV_FLAGS));
                 self.used_bytes += bs;
             } else {
-                set_hdr(b, size | (h & PREV_FREE));
+                set_hdr(b, size | (h & PREV_FLAGS));
                 let n = b.add(size);
                 set_hdr(n, hdr(n) & !PREV_FREE);
                 self.used_bytes += size;
@@ -482,7 +484,7 @@ impl Large {
                 let n = b.add(size);
                 let nh = hdr(n);
                 let budget = TUNE_BUDGET.load(Relaxed) + (self.used_bytes >> TUNE_SHIFT.load(Relaxed));
-                if (h & (PREV_FREE | PREV_CACHED)) | (nh & (FREE | CACHED)) == 0
+                if (h & PREV_FLAGS) | (nh & (FREE | CACHED)) == 0
                     && self.quick.push(q, self.offset_of(b), size, budget)
                 {
                     set_hdr(b, h | CACHED);
@@ -608,7 +610,7 @@ impl Large {
                 self.unlink(n, nh & !FLAGS);
             }
             self.used_bytes -= size;
-            set_hdr(b, total | FREE | (h & PREV_FREE));
+            set_hdr(b, total | FREE | (h & PREV_FLAGS));
             self.carve_with(b, bs, !next_free);
             true
         }
