@@ -517,6 +517,7 @@ fn main() {
     tune("TUNE_BUDGET", &kmem::heap::large::TUNE_BUDGET);
     tune("TUNE_SHIFT", &kmem::heap::large::TUNE_SHIFT);
     tune("TUNE_PF", &kmem::heap::large::TUNE_PF);
+    tune("TUNE_FLUSH", &kmem::heap::large::TUNE_FLUSH);
     let cfg = config();
     let buf = Buffer::new();
     let mut ratios: Vec<String> = Vec::new();

@@ -455,19 +455,32 @@ impl<P: PageSource> Heap<P> {
 
     #[inline]
     fn alloc_large(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        match self.large.allocate(layout.size(), layout.align()) {
+            Some(p) => Some(p),
+            None => self.alloc_large_slow(layout),
+        }
+    }
+
+    /// The large heap had no fitting block: merge cached blocks, grow, and
+    /// as a last resort scan exhaustively.
+    #[cold]
+    #[inline(never)]
+    fn alloc_large_slow(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         loop {
-            if let Some(p) = self.large.allocate(layout.size(), layout.align()) {
-                return Some(p);
-            }
             // Cached blocks get to merge before the heap grows: a growing
             // heap then caches little, and keeps its fit (heap efficiency).
-            if self.large.flush_quick() {
-                continue;
+            if kmem_tune_flush() && self.large.flush_quick() {
+                if let Some(p) = self.large.allocate(layout.size(), layout.align()) {
+                    return Some(p);
+                }
             }
             if self.grow_large(layout).is_none() {
                 return self
                     .large
                     .allocate_exhaustive(layout.size(), layout.align());
+            }
+            if let Some(p) = self.large.allocate(layout.size(), layout.align()) {
+                return Some(p);
             }
         }
     }
@@ -669,4 +682,8 @@ impl<P: PageSource> Heap<P> {
         }
         Ok(())
     }
+}
+
+fn kmem_tune_flush() -> bool {
+    super::large::TUNE_FLUSH.load(core::sync::atomic::Ordering::Relaxed) != 0
 }

@@ -23,6 +23,8 @@ pub static TUNE_BUDGET: AtomicUsize = AtomicUsize::new(QUICK_BUDGET);
 pub static TUNE_SHIFT: AtomicUsize = AtomicUsize::new(QUICK_BUDGET_SHIFT as usize);
 #[doc(hidden)]
 pub static TUNE_PF: AtomicUsize = AtomicUsize::new(0);
+#[doc(hidden)]
+pub static TUNE_FLUSH: AtomicUsize = AtomicUsize::new(1);
 use core::ptr::{null_mut, NonNull};
 
 const FREE: usize = 1;
@@ -229,15 +231,62 @@ impl Large {
     /// Allocates `size` bytes aligned to `align` (a power of two), by good fit.
     #[inline]
     pub fn allocate(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
-        self.allocate_with(size, align, false)
+        if align > 16 {
+            return self.allocate_aligned(size, align, false);
+        }
+        let bs = block_size(size)?;
+        if let Some(p) = self.take_quick(bs) {
+            return Some(p);
+        }
+        let b = self.take(bs)?;
+        // SAFETY: `b` is a free block of at least `bs` bytes, now unlinked.
+        Some(unsafe { self.carve(b, bs) })
     }
 
     /// As [`Large::allocate`], but when good fit finds nothing, also scans the
     /// one bin whose blocks may or may not fit (the slow last resort before
-    /// reporting out of memory).
+    /// reporting out of memory), after merging every cached block.
     pub fn allocate_exhaustive(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
         self.flush_quick();
-        self.allocate_with(size, align, true)
+        if align > 16 {
+            return self.allocate_aligned(size, align, true);
+        }
+        let bs = block_size(size)?;
+        let b = self.take(bs).or_else(|| self.take_scan(bs))?;
+        // SAFETY: as in `allocate`.
+        Some(unsafe { self.carve(b, bs) })
+    }
+
+    /// Allocation with alignment above 16: a block with room for a free
+    /// front gap, split so the payload lands aligned. Out of line so the
+    /// common path stays short.
+    #[inline(never)]
+    fn allocate_aligned(&mut self, size: usize, align: usize, scan: bool) -> Option<NonNull<u8>> {
+        let bs = block_size(size)?;
+        let need = bs.checked_add(align + 16)?;
+        let b = self
+            .take(need)
+            .or_else(|| if scan { self.take_scan(need) } else { None })?;
+        // SAFETY: the block was sized so an aligned payload plus a free front gap fit.
+        unsafe {
+            let pay = b as usize + OVERHEAD;
+            let mut gap = ((pay + align - 1) & !(align - 1)) - pay;
+            if gap != 0 && gap < MIN_BLOCK {
+                gap += align;
+            }
+            let b = if gap == 0 {
+                b
+            } else {
+                let h = hdr(b);
+                let rest = b.add(gap);
+                set_hdr(rest, ((h & !FLAGS) - gap) | PREV_FREE);
+                set_hdr(b, gap | FREE | (h & PREV_FREE));
+                set_footer(b, gap);
+                self.link(b, gap);
+                rest
+            };
+            Some(self.carve(b, bs))
+        }
     }
 
     /// Merges every cached block into the free lists; whether there was any.
@@ -282,44 +331,6 @@ impl Large {
             let n = b.add(size);
             set_hdr(n, hdr(n) & !PREV_CACHED);
             Some(NonNull::new_unchecked(b.add(OVERHEAD)))
-        }
-    }
-
-    #[inline(always)]
-    fn allocate_with(&mut self, size: usize, align: usize, scan: bool) -> Option<NonNull<u8>> {
-        let bs = block_size(size)?;
-        let take = |this: &mut Self, need: usize| {
-            this.take(need)
-                .or_else(|| if scan { this.take_scan(need) } else { None })
-        };
-        if align <= 16 {
-            if let Some(p) = self.take_quick(bs) {
-                return Some(p);
-            }
-            let b = take(self, bs)?;
-            // SAFETY: `b` is a free block of at least `bs` bytes, now unlinked.
-            return Some(unsafe { self.carve(b, bs) });
-        }
-        let b = take(self, bs.checked_add(align + 16)?)?;
-        // SAFETY: the block was sized so an aligned payload plus a free front gap fit.
-        unsafe {
-            let pay = b as usize + OVERHEAD;
-            let mut gap = ((pay + align - 1) & !(align - 1)) - pay;
-            if gap != 0 && gap < MIN_BLOCK {
-                gap += align;
-            }
-            let b = if gap == 0 {
-                b
-            } else {
-                let h = hdr(b);
-                let rest = b.add(gap);
-                set_hdr(rest, ((h & !FLAGS) - gap) | PREV_FREE);
-                set_hdr(b, gap | FREE | (h & PREV_FREE));
-                set_footer(b, gap);
-                self.link(b, gap);
-                rest
-            };
-            Some(self.carve(b, bs))
         }
     }
 
