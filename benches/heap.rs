@@ -509,15 +509,6 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    let tune = |n: &str, a: &std::sync::atomic::AtomicUsize| {
-        if let Some(v) = std::env::var(n).ok().and_then(|v| v.parse().ok()) {
-            a.store(v, Relaxed);
-        }
-    };
-    tune("TUNE_BUDGET", &kmem::heap::large::TUNE_BUDGET);
-    tune("TUNE_SHIFT", &kmem::heap::large::TUNE_SHIFT);
-    tune("TUNE_PF", &kmem::heap::large::TUNE_PF);
-    tune("TUNE_FLUSH", &kmem::heap::large::TUNE_FLUSH);
     let cfg = config();
     let buf = Buffer::new();
     let mut ratios: Vec<String> = Vec::new();
@@ -549,7 +540,8 @@ fn main() {
                 );
                 let moves = PROBE_MOVES.swap(usize::MAX, Relaxed);
                 let top = PROBE_TOP.swap(0, Relaxed);
-                let slabs = (HEAP_SIZE + GUARDS).saturating_sub(PROBE_FLOOR.swap(usize::MAX, Relaxed));
+                let slabs =
+                    (HEAP_SIZE + GUARDS).saturating_sub(PROBE_FLOOR.swap(usize::MAX, Relaxed));
                 let copied = PROBE_COPIED.load(Relaxed);
                 println!(
                     "{:<6} realloc {realloc:<5}: {n:>8} ops, {moves} moves, {:.1} B copied/op, top {} KiB, upper {} KiB",

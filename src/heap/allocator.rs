@@ -396,7 +396,6 @@ impl<P: PageSource> Heap<P> {
     #[cold]
     fn reclaim_for_slabs(&mut self) -> bool {
         if self.floor - SLAB_SIZE < self.large.brk() {
-            self.large.flush_quick();
             if let Some(cut) = self.large.trim(0, 0, PAGE_SIZE) {
                 self.unmap_large(cut);
                 return true;
@@ -461,19 +460,13 @@ impl<P: PageSource> Heap<P> {
         }
     }
 
-    /// The large heap had no fitting block: merge cached blocks, grow, and
-    /// as a last resort scan exhaustively.
+    /// The large heap had no fitting block: grow it, and as a last resort
+    /// scan exhaustively. Out of line so the common path stays short (with
+    /// this loop inlined, LLVM hoisted the whole lookup into every call).
     #[cold]
     #[inline(never)]
     fn alloc_large_slow(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         loop {
-            // Cached blocks get to merge before the heap grows: a growing
-            // heap then caches little, and keeps its fit (heap efficiency).
-            if kmem_tune_flush() && self.large.flush_quick() {
-                if let Some(p) = self.large.allocate(layout.size(), layout.align()) {
-                    return Some(p);
-                }
-            }
             if self.grow_large(layout).is_none() {
                 return self
                     .large
@@ -545,7 +538,6 @@ impl<P: PageSource> Heap<P> {
     /// magazines drained, empty slabs and cached spans at the floor unmapped,
     /// the large heap's free top cut to one page.
     pub fn trim(&mut self) {
-        self.large.flush_quick();
         self.drain_magazines();
         self.trim_spans(0);
         if let Some(cut) = self.large.trim(0, 0, PAGE_SIZE) {
@@ -682,8 +674,4 @@ impl<P: PageSource> Heap<P> {
         }
         Ok(())
     }
-}
-
-fn kmem_tune_flush() -> bool {
-    super::large::TUNE_FLUSH.load(core::sync::atomic::Ordering::Relaxed) != 0
 }

@@ -11,33 +11,11 @@
 //! valid and the two can merge. An 8-byte used sentinel of size 0 sits at
 //! `brk - 8`. Lists are searched by "good fit": the head of the exact bin is
 //! tried, then the first non-empty bin whose every block fits (O(1) bitmaps).
-//!
-//! Freed blocks of 1–128 KiB first go to the quick bins ([`super::quick`]):
-//! they stay used blocks flagged `CACHED` until reused or flushed.
 
-use super::quick::{self, Quick};
-use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-#[doc(hidden)]
-pub static TUNE_BUDGET: AtomicUsize = AtomicUsize::new(QUICK_BUDGET);
-#[doc(hidden)]
-pub static TUNE_SHIFT: AtomicUsize = AtomicUsize::new(QUICK_BUDGET_SHIFT as usize);
-#[doc(hidden)]
-pub static TUNE_PF: AtomicUsize = AtomicUsize::new(0);
-#[doc(hidden)]
-pub static TUNE_FLUSH: AtomicUsize = AtomicUsize::new(1);
 use core::ptr::{null_mut, NonNull};
 
 const FREE: usize = 1;
 const PREV_FREE: usize = 2;
-/// A used block parked in the quick bins (never together with `FREE`).
-/// Only a block between two used, uncached blocks is cached, and a block
-/// freed next to a cached one merges with it, so caching never keeps two
-/// free blocks apart: the heap's fit is the same as without the cache.
-const CACHED: usize = 4;
-/// The block before is cached; its footer (written when cached) is valid.
-const PREV_CACHED: usize = 8;
-/// What a header says about the block before it.
-const PREV_FLAGS: usize = PREV_FREE | PREV_CACHED;
 const FLAGS: usize = 15;
 /// Header bytes in front of every payload.
 pub const OVERHEAD: usize = 8;
@@ -48,13 +26,6 @@ const SL: usize = 1 << SL_LOG2;
 const FL: usize = 44;
 /// Blocks below this size are binned exactly (16-byte bins, first level 0).
 const LINEAR: usize = SL << 4;
-/// The quick bins may hold this many bytes...
-const QUICK_BUDGET: usize = 1 << 20;
-/// ...plus this fraction (a right shift) of the used bytes.
-const QUICK_BUDGET_SHIFT: u32 = 2;
-/// A cached block is reused for a request it exceeds by at most this
-/// fraction (a right shift; 1/128 < 0.8 %) or by less than a minimum block.
-const QUICK_SLACK_SHIFT: u32 = 7;
 
 /// One free-list link pair, stored in the free block after its header.
 #[repr(C)]
@@ -72,7 +43,6 @@ pub struct Large {
     heads: [[*mut u8; SL]; FL],
     used_bytes: usize,
     free_blocks: usize,
-    quick: Quick,
 }
 
 // SAFETY: the raw pointers refer into memory the owning heap has exclusive
@@ -132,7 +102,6 @@ impl Large {
             heads: [[null_mut(); SL]; FL],
             used_bytes: 0,
             free_blocks: 0,
-            quick: Quick::new(),
         }
     }
 
@@ -143,9 +112,8 @@ impl Large {
     /// `slot` must be valid for writes of a `Large` and aligned.
     pub unsafe fn init_at(slot: *mut Self) {
         // SAFETY: the caller gives a writable, aligned slot; every field is
-        // an integer or a raw pointer (or arrays of them), for which
-        // all-zero bits are the empty state (`new` sets exactly zeros and
-        // nulls).
+        // an integer or a raw pointer, for which all-zero bits are the
+        // empty state (`new` sets exactly zeros and nulls).
         unsafe { slot.write_bytes(0, 1) }
     }
 
@@ -155,7 +123,7 @@ impl Large {
     /// The span must be writable memory used by nothing else.
     pub unsafe fn init(&mut self, start: usize, brk: usize) {
         // SAFETY: `self` is a valid, aligned `Large`; resetting it in place
-        // keeps its ~40 KiB off the stack (no `Self::new()` temporary).
+        // keeps its ~23 KiB off the stack (no `Self::new()` temporary).
         unsafe { Self::init_at(self) };
         self.start = start;
         self.brk = start + 16;
@@ -170,14 +138,9 @@ impl Large {
         self.brk
     }
 
-    /// Bytes in used blocks, headers included (cached blocks excluded).
+    /// Bytes in used blocks, headers included.
     pub fn used_bytes(&self) -> usize {
-        self.used_bytes - self.quick.bytes()
-    }
-
-    /// Bytes in blocks parked in the quick bins.
-    pub fn cached_bytes(&self) -> usize {
-        self.quick.bytes()
+        self.used_bytes
     }
 
     /// Grows the span to `new_brk` (page-aligned, above the current end).
@@ -188,13 +151,13 @@ impl Large {
         let b = (self.brk - 8) as *mut u8;
         // SAFETY: `b` is the old sentinel; the new memory follows it.
         unsafe {
-            let prev_free = hdr(b) & PREV_FLAGS;
+            let prev_free = hdr(b) & PREV_FREE;
             let size = new_brk - self.brk;
             set_hdr(b, size | prev_free);
             set_hdr((new_brk - 8) as *mut u8, 0);
             self.brk = new_brk;
             self.used_bytes += size;
-            self.release_now(b);
+            self.release(NonNull::new_unchecked(b.add(OVERHEAD)));
         }
     }
 
@@ -235,9 +198,6 @@ impl Large {
             return self.allocate_aligned(size, align, false);
         }
         let bs = block_size(size)?;
-        if let Some(p) = self.take_quick(bs) {
-            return Some(p);
-        }
         let b = self.take(bs)?;
         // SAFETY: `b` is a free block of at least `bs` bytes, now unlinked.
         Some(unsafe { self.carve(b, bs) })
@@ -245,9 +205,8 @@ impl Large {
 
     /// As [`Large::allocate`], but when good fit finds nothing, also scans the
     /// one bin whose blocks may or may not fit (the slow last resort before
-    /// reporting out of memory), after merging every cached block.
+    /// reporting out of memory).
     pub fn allocate_exhaustive(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
-        self.flush_quick();
         if align > 16 {
             return self.allocate_aligned(size, align, true);
         }
@@ -258,8 +217,8 @@ impl Large {
     }
 
     /// Allocation with alignment above 16: a block with room for a free
-    /// front gap, split so the payload lands aligned. Out of line so the
-    /// common path stays short.
+    /// front gap, split so the payload lands aligned. Out of line: inlined,
+    /// LLVM computed this path's bin lookups on every allocation.
     #[inline(never)]
     fn allocate_aligned(&mut self, size: usize, align: usize, scan: bool) -> Option<NonNull<u8>> {
         let bs = block_size(size)?;
@@ -289,51 +248,6 @@ impl Large {
         }
     }
 
-    /// Merges every cached block into the free lists; whether there was any.
-    pub fn flush_quick(&mut self) -> bool {
-        let (any, mut cursor) = (self.quick.count() > 0, 0);
-        while let Some((offset, size)) = self.quick.pop_any(&mut cursor) {
-            let b = self.block_at(offset);
-            // SAFETY: `b` was a cached block (now out of the quick bins) of
-            // `size` bytes; cached blocks have used neighbours.
-            unsafe {
-                self.used_bytes -= size;
-                set_hdr(b, size | FREE);
-                self.link(b, size);
-                let n = b.add(size);
-                set_hdr(n, (hdr(n) & !PREV_CACHED) | PREV_FREE);
-            }
-        }
-        any
-    }
-
-    #[inline(always)]
-    fn block_at(&self, offset: usize) -> *mut u8 {
-        (self.start + OVERHEAD + offset) as *mut u8
-    }
-
-    #[inline(always)]
-    fn offset_of(&self, b: *mut u8) -> usize {
-        b as usize - self.start - OVERHEAD
-    }
-
-    /// A cached block for a request of block size `bs`, if one fits closely.
-    #[inline(always)]
-    fn take_quick(&mut self, bs: usize) -> Option<NonNull<u8>> {
-        let (f, s) = mapping(bs);
-        let q = quick::bin(f, s)?;
-        let slack = (bs >> QUICK_SLACK_SHIFT).max(MIN_BLOCK - 16);
-        let (offset, size) = self.quick.take(q, bs, bs + slack)?;
-        let b = self.block_at(offset);
-        // SAFETY: cached blocks are used blocks in the span, with a successor.
-        unsafe {
-            set_hdr(b, hdr(b) & !CACHED);
-            let n = b.add(size);
-            set_hdr(n, hdr(n) & !PREV_CACHED);
-            Some(NonNull::new_unchecked(b.add(OVERHEAD)))
-        }
-    }
-
     /// Marks the unlinked free block `b` used with size `bs`, freeing the tail.
     #[inline(always)]
     unsafe fn carve(&mut self, b: *mut u8, bs: usize) -> NonNull<u8> {
@@ -359,10 +273,10 @@ impl Large {
                     let n = t.add(rest);
                     set_hdr(n, hdr(n) | PREV_FREE);
                 }
-                set_hdr(b, bs | (h & PREV_FLAGS));
+                set_hdr(b, bs | (h & PREV_FREE));
                 self.used_bytes += bs;
             } else {
-                set_hdr(b, size | (h & PREV_FLAGS));
+                set_hdr(b, size | (h & PREV_FREE));
                 let n = b.add(size);
                 set_hdr(n, hdr(n) & !PREV_FREE);
                 self.used_bytes += size;
@@ -477,79 +391,16 @@ impl Large {
         self.free_blocks -= 1;
     }
 
-    /// Frees the block whose payload is `ptr`: into the quick bins if it
-    /// fits there and both neighbours are used, else merged with its free
-    /// (or cached) neighbours.
+    /// Frees the block whose payload is `ptr`, merging with free neighbours.
     ///
     /// # Safety
     /// `ptr` must come from [`Large::allocate`] on this heap and be live.
     /// Returns whether the freed block is now the last one (a trim candidate).
     #[inline]
     pub unsafe fn release(&mut self, ptr: NonNull<u8>) -> bool {
-        // SAFETY: `ptr` is a live payload, so its header and its successor's
-        // are valid.
+        // SAFETY: `ptr` is a live payload, so its header and neighbours are valid.
         unsafe {
-            let b = ptr.as_ptr().sub(OVERHEAD);
-            let h = hdr(b);
-            let size = h & !FLAGS;
-            let (f, s) = mapping(size);
-            if let Some(q) = quick::bin(f, s) {
-                let n = b.add(size);
-                let nh = hdr(n);
-                let budget = TUNE_BUDGET.load(Relaxed) + (self.used_bytes >> TUNE_SHIFT.load(Relaxed));
-                if (h & PREV_FLAGS) | (nh & (FREE | CACHED)) == 0
-                    && self.quick.push(q, self.offset_of(b), size, budget)
-                {
-                    set_hdr(b, h | CACHED);
-                    set_footer(b, size);
-                    set_hdr(n, nh | PREV_CACHED);
-                    return false;
-                }
-            }
-            self.release_now(b)
-        }
-    }
-
-    /// Takes the cached block `c` out of the quick bins and makes it a free
-    /// block (its neighbours are used, so there is nothing to merge).
-    ///
-    /// # Safety
-    /// `c` must be a cached block of this heap.
-    unsafe fn uncache(&mut self, c: *mut u8) {
-        // SAFETY: forwarded from the caller; a cached block has a successor.
-        unsafe {
-            let size = hdr(c) & !FLAGS;
-            let (f, s) = mapping(size);
-            let q = quick::bin(f, s).unwrap_or(0);
-            let found = self.quick.remove(q, self.offset_of(c));
-            debug_assert!(found, "cached block missing from its quick bin");
-            self.used_bytes -= size;
-            set_hdr(c, size | FREE);
-            self.link(c, size);
-            let n = c.add(size);
-            set_hdr(n, (hdr(n) & !PREV_CACHED) | PREV_FREE);
-        }
-    }
-
-    /// Frees the used block `b` now, merging with its free or cached
-    /// neighbours.
-    ///
-    /// # Safety
-    /// `b` must be a used, uncached block of this heap.
-    #[inline]
-    unsafe fn release_now(&mut self, b: *mut u8) -> bool {
-        let mut b = b;
-        // SAFETY: `b` is a used block, so its header and neighbours are
-        // valid, and a cached predecessor left its footer.
-        unsafe {
-            if hdr(b) & PREV_CACHED != 0 {
-                let ps = b.sub(8).cast::<usize>().read();
-                self.uncache(b.sub(ps));
-            }
-            let n = b.add(hdr(b) & !FLAGS);
-            if hdr(n) & CACHED != 0 {
-                self.uncache(n);
-            }
+            let mut b = ptr.as_ptr().sub(OVERHEAD);
             let h = hdr(b);
             let mut size = h & !FLAGS;
             self.used_bytes -= size;
@@ -602,11 +453,7 @@ impl Large {
             let h = hdr(b);
             let size = h & !FLAGS;
             let n = b.add(size);
-            let mut nh = hdr(n);
-            if nh & CACHED != 0 {
-                self.uncache(n);
-                nh = hdr(n);
-            }
+            let nh = hdr(n);
             let total = if nh & FREE != 0 {
                 size + (nh & !FLAGS)
             } else {
@@ -623,7 +470,7 @@ impl Large {
                 self.unlink(n, nh & !FLAGS);
             }
             self.used_bytes -= size;
-            set_hdr(b, total | FREE | (h & PREV_FLAGS));
+            set_hdr(b, total | FREE | (h & PREV_FREE));
             self.carve_with(b, bs, !next_free);
             true
         }
@@ -655,9 +502,6 @@ impl Large {
             let size = h & !FLAGS;
             let ps = b.sub(8).cast::<usize>().read();
             let n = b.add(size);
-            if hdr(n) & CACHED != 0 {
-                self.uncache(n);
-            }
             let nh = hdr(n);
             let ns = if nh & FREE != 0 { nh & !FLAGS } else { 0 };
             if ps + size + ns < bs {
@@ -680,20 +524,13 @@ impl Large {
     /// `(used_blocks, free_blocks)` or a description of the first fault.
     pub fn check(&self) -> Result<(usize, usize), &'static str> {
         let (mut used, mut free, mut used_bytes) = (0, 0, 0);
-        let (mut cached, mut cached_bytes) = (0, 0);
         let mut b = (self.start + 8) as *mut u8;
-        let (mut prev_free, mut prev_cached) = (false, false);
+        let mut prev_free = false;
         loop {
             // SAFETY: the walk follows sizes inside [start, brk) (checked).
             let h = unsafe { hdr(b) };
             if (h & PREV_FREE != 0) != prev_free {
                 return Err("PREV_FREE flag disagrees with the previous block");
-            }
-            if (h & PREV_CACHED != 0) != prev_cached {
-                return Err("PREV_CACHED flag disagrees with the previous block");
-            }
-            if prev_cached && h & (FREE | CACHED) != 0 {
-                return Err("a cached block next to a free or cached block");
             }
             let size = h & !FLAGS;
             if b as usize == self.brk - 8 {
@@ -706,8 +543,8 @@ impl Large {
                 return Err("block size out of bounds");
             }
             if h & FREE != 0 {
-                if prev_free || h & CACHED != 0 {
-                    return Err("two adjacent free blocks, or a free block flagged cached");
+                if prev_free {
+                    return Err("two adjacent free blocks");
                 }
                 // SAFETY: footer of a free block inside the span.
                 if unsafe { b.add(size - 8).cast::<usize>().read() } != size {
@@ -718,29 +555,11 @@ impl Large {
                     return Err("free block missing from its bin");
                 }
                 free += 1;
-            } else if h & CACHED != 0 {
-                if prev_free {
-                    return Err("a cached block next to a free or cached block");
-                }
-                // SAFETY: the footer of a block inside the span.
-                if unsafe { b.add(size - 8).cast::<usize>().read() } != size {
-                    return Err("cached block footer mismatch");
-                }
-                let (f, s) = mapping(size);
-                let found = quick::bin(f, s)
-                    .is_some_and(|q| self.quick.contains(q, self.offset_of(b), size));
-                if !found {
-                    return Err("cached block missing from its quick bin");
-                }
-                cached += 1;
-                cached_bytes += size;
-                used_bytes += size;
             } else {
                 used += 1;
                 used_bytes += size;
             }
             prev_free = h & FREE != 0;
-            prev_cached = h & CACHED != 0;
             // SAFETY: bounded by the check above.
             b = unsafe { b.add(size) };
         }
@@ -749,9 +568,6 @@ impl Large {
         }
         if used_bytes != self.used_bytes {
             return Err("used byte count differs from the blocks");
-        }
-        if cached != self.quick.count() || cached_bytes != self.quick.bytes() {
-            return Err("quick bins hold blocks that are not cached blocks");
         }
         for f in 0..FL {
             for s in 0..SL {

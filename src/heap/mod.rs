@@ -36,7 +36,6 @@ mod global;
 pub mod large;
 mod magazine;
 mod page_source;
-mod quick;
 mod size_class;
 pub mod slab;
 mod stats;
