@@ -403,6 +403,9 @@ fn ns_per_tick() -> f64 {
 /// by random actions (max 3000, no realloc) that stay live.
 fn latency(cfg: &Config, buf: &Buffer, which: usize, ns: f64) -> [f64; 5] {
     let mut samples = Vec::with_capacity(cfg.latency_samples);
+    // KMEM_BENCH_LATENCY_SPLIT=1: also print percentiles for slab and large sizes.
+    let split_by_size = std::env::var_os("KMEM_BENCH_LATENCY_SPLIT").is_some();
+    let mut by_size: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for round in 0..3 {
         let a = make(which, buf);
         let mut rng = Rng(0x1a7 + round);
@@ -428,9 +431,20 @@ fn latency(cfg: &Config, buf: &Buffer, which: usize, ns: f64) -> [f64; 5] {
                 a.dealloc(p, l);
             }
             samples.push((rdtsc() - t0) as f64 * ns);
+            if split_by_size {
+                let t = *samples.last().unwrap_or(&0.0);
+                by_size[usize::from(l.size() > 1024)].push(t);
+            }
         }
     }
     samples.sort_by(f64::total_cmp);
+    if split_by_size {
+        for (name, v) in ["<=1KiB", ">1KiB"].iter().zip(&mut by_size) {
+            v.sort_by(f64::total_cmp);
+            let pct = |p: usize| v[(v.len() - 1) * p / 100];
+            eprintln!("{} {name}: n {} p50 {:.1} p90 {:.1} p99 {:.1}", NAMES[which], v.len(), pct(50), pct(90), pct(99));
+        }
+    }
     [1, 25, 50, 75, 99].map(|p| samples[(samples.len() - 1) * p / 100])
 }
 

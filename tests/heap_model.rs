@@ -3,11 +3,11 @@
 //!
 //! - `cargo test --test heap_model` (64 cases; `PROPTEST_CASES=600` ran
 //!   426 s clean).
-//! - Miri (passes): `MIRIFLAGS="-Zmiri-disable-isolation
-//!   -Zmiri-permissive-provenance" cargo +nightly miri test --test heap_model
-//!   -- realloc_stays too_small` and `cargo +nightly miri test --features
-//!   tracking --test heap_tracking`. `shadow_model` with `PROPTEST_CASES=1`
-//!   and the 8 MiB cases did not finish within 7 minutes under Miri.
+//! - Miri: `MIRIFLAGS="-Zmiri-disable-isolation -Zmiri-permissive-provenance"
+//!   cargo +nightly miri test --test heap_model -- shadow_model realloc_stays
+//!   too_small` and `cargo +nightly miri test --features tracking --test
+//!   heap_tracking`. Under Miri the shadow model shrinks (1 MiB arena, sizes
+//!   up to 64 KiB, 60 operations, 4 cases; `PROPTEST_CASES` overrides).
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -172,8 +172,14 @@ enum Op {
     Realloc { pick: usize, size: usize },
 }
 
+/// Arena of the shadow model, largest size and longest run (smaller under
+/// Miri, where every byte checked costs thousands of host instructions).
+const MODEL_ARENA: usize = if cfg!(miri) { 1 << 20 } else { 4 << 20 };
+const MODEL_MAX_SIZE: usize = if cfg!(miri) { 64 << 10 } else { 200_000 };
+const MODEL_MAX_OPS: usize = if cfg!(miri) { 60 } else { 300 };
+
 fn size_strategy() -> impl Strategy<Value = usize> {
-    prop_oneof![4 => 0usize..=1100, 2 => 1000usize..20_000, 1 => 20_000usize..200_000]
+    prop_oneof![4 => 0usize..=1100, 2 => 1000usize..20_000, 1 => 20_000usize..MODEL_MAX_SIZE]
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -189,15 +195,15 @@ fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
+        .unwrap_or(if cfg!(miri) { 4 } else { 64 })
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
-    fn shadow_model(ops in proptest::collection::vec(op_strategy(), 1..300)) {
-        let mut m = Model::new(4 << 20);
+    fn shadow_model(ops in proptest::collection::vec(op_strategy(), 1..MODEL_MAX_OPS)) {
+        let mut m = Model::new(MODEL_ARENA);
         for op in ops {
             match op {
                 Op::Alloc { size, align_shift } => { m.alloc(size, 1 << align_shift); }
