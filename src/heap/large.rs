@@ -5,8 +5,9 @@
 //! multiples of 16, so payloads are 16-aligned):
 //! ```text
 //! used: [size|flags: 8][payload ..................]
-//! free: [size|flags: 8][next: 8][prev: 8] ... [size: 8]   (footer)
+//! free: [bin|size|flags: 8][next: 8][prev: 8] ... [size: 8]   (footer)
 //! ```
+//! Sizes stay below 2^48 (the top 16 header bits hold a free block's bin).
 //! `PREV_FREE` in a header says the block before is free, so its footer is
 //! valid and the two can merge. An 8-byte used sentinel of size 0 sits at
 //! `brk - 8`. Lists are searched by "good fit": the head of the exact bin is
@@ -16,7 +17,10 @@ use core::ptr::{null_mut, NonNull};
 
 const FREE: usize = 1;
 const PREV_FREE: usize = 2;
-const FLAGS: usize = 15;
+/// The size bits of a header. A free block's header also names its bin in
+/// the bits above (`BIN_SHIFT`), so unlinking it needs no size-to-bin math.
+const SIZE_MASK: usize = (1 << BIN_SHIFT) - 16;
+const BIN_SHIFT: u32 = 48;
 /// Header bytes in front of every payload.
 pub const OVERHEAD: usize = 8;
 /// Smallest block: header, two links, footer.
@@ -179,11 +183,10 @@ impl Large {
             if new_brk >= self.brk {
                 return None;
             }
-            self.unlink(b, size);
+            self.unlink(b, hdr(b));
             let new_size = new_brk - 8 - b as usize;
-            set_hdr(b, new_size | FREE | (hdr(b) & PREV_FREE));
             set_footer(b, new_size);
-            self.link(b, new_size);
+            self.link(b, new_size, hdr(b) & PREV_FREE);
             set_hdr((new_brk - 8) as *mut u8, PREV_FREE);
             let cut = (new_brk, self.brk);
             self.brk = new_brk;
@@ -238,10 +241,9 @@ impl Large {
             } else {
                 let h = hdr(b);
                 let rest = b.add(gap);
-                set_hdr(rest, ((h & !FLAGS) - gap) | PREV_FREE);
-                set_hdr(b, gap | FREE | (h & PREV_FREE));
+                set_hdr(rest, ((h & SIZE_MASK) - gap) | PREV_FREE);
                 set_footer(b, gap);
-                self.link(b, gap);
+                self.link(b, gap, h & PREV_FREE);
                 rest
             };
             Some(self.carve(b, bs))
@@ -262,13 +264,12 @@ impl Large {
         // SAFETY: `b` is a free, unlinked block of at least `bs` bytes.
         unsafe {
             let h = hdr(b);
-            let size = h & !FLAGS;
+            let size = h & SIZE_MASK;
             let rest = size - bs;
             if rest >= MIN_BLOCK {
                 let t = b.add(bs);
-                set_hdr(t, rest | FREE);
                 set_footer(t, rest);
-                self.link(t, rest);
+                self.link(t, rest, 0);
                 if mark_next {
                     let n = t.add(rest);
                     set_hdr(n, hdr(n) | PREV_FREE);
@@ -294,21 +295,28 @@ impl Large {
         // small; trying its head first costs one read and measurably
         // improves the fit (about half a point of heap efficiency).
         // SAFETY: list heads are free blocks in the span.
-        if !head.is_null() && unsafe { hdr(head) } & !FLAGS >= bs {
+        if !head.is_null() && unsafe { hdr(head) } & SIZE_MASK >= bs {
             // SAFETY: as above.
-            unsafe { self.unlink(head, hdr(head) & !FLAGS) };
+            unsafe { self.unlink(head, hdr(head)) };
             return Some(head);
         }
+        // The first bin whose every block fits: the next one, unless `bs`
+        // starts its own bin (always so in the exact 16-byte bins).
         let (f, s) = if bs < LINEAR {
-            (0, s)
+            (f, s)
         } else {
             let l = usize::BITS - 1 - bs.leading_zeros();
-            mapping(bs.checked_add((1 << (l - SL_LOG2)) - 1)?)
+            let starts_bin = bs & ((1 << (l - SL_LOG2)) - 1) == 0;
+            match (starts_bin, s + 1 == SL) {
+                (true, _) => (f, s),
+                (false, false) => (f, s + 1),
+                (false, true) => (f + 1, 0),
+            }
         };
         let (f, s) = self.find_nonempty(f, s)?;
         let b = self.heads[f][s];
         // SAFETY: a non-empty bin's head is a free block in the span.
-        unsafe { self.unlink(b, hdr(b) & !FLAGS) };
+        unsafe { self.unlink(b, hdr(b)) };
         Some(b)
     }
 
@@ -320,9 +328,9 @@ impl Large {
         while !b.is_null() {
             // SAFETY: list members are free blocks in the span.
             unsafe {
-                let size = hdr(b) & !FLAGS;
-                if size >= bs {
-                    self.unlink(b, size);
+                let h = hdr(b);
+                if h & SIZE_MASK >= bs {
+                    self.unlink(b, h);
                     return Some(b);
                 }
                 b = (*links(b)).next;
@@ -347,12 +355,16 @@ impl Large {
         Some((f, self.sl_bitmap[f].trailing_zeros() as usize))
     }
 
+    /// Makes `b` a free block of `size` bytes (header with its bin and
+    /// `prev_flags`, links) at the head of its bin. The footer is the caller's.
     #[inline(always)]
-    unsafe fn link(&mut self, b: *mut u8, size: usize) {
+    unsafe fn link(&mut self, b: *mut u8, size: usize, prev_flags: usize) {
+        debug_assert!(size <= SIZE_MASK, "block size collides with the bin bits");
         let (f, s) = mapping(size);
         let head = self.heads[f][s];
         // SAFETY: `b` is a free block; `head` (if any) too.
         unsafe {
+            set_hdr(b, (f * SL + s) << BIN_SHIFT | size | FREE | prev_flags);
             links(b).write(Links {
                 next: head,
                 prev: null_mut(),
@@ -367,8 +379,9 @@ impl Large {
         self.free_blocks += 1;
     }
 
+    /// Takes the free block `b`, whose header is `h`, out of its bin.
     #[inline(always)]
-    unsafe fn unlink(&mut self, b: *mut u8, size: usize) {
+    unsafe fn unlink(&mut self, b: *mut u8, h: usize) {
         // SAFETY: `b` is a linked free block; its neighbours in the list too.
         unsafe {
             let Links { next, prev } = links(b).read();
@@ -376,7 +389,8 @@ impl Large {
                 (*links(next)).prev = prev;
             }
             if prev.is_null() {
-                let (f, s) = mapping(size);
+                let bin = h >> BIN_SHIFT;
+                let (f, s) = (bin / SL, bin % SL);
                 self.heads[f][s] = next;
                 if next.is_null() {
                     self.sl_bitmap[f] &= !(1 << s);
@@ -402,14 +416,13 @@ impl Large {
         unsafe {
             let mut b = ptr.as_ptr().sub(OVERHEAD);
             let h = hdr(b);
-            let mut size = h & !FLAGS;
+            let mut size = h & SIZE_MASK;
             self.used_bytes -= size;
             let n = b.add(size);
             let nh = hdr(n);
             if nh & FREE != 0 {
-                let ns = nh & !FLAGS;
-                self.unlink(n, ns);
-                size += ns;
+                self.unlink(n, nh);
+                size += nh & SIZE_MASK;
             } else {
                 set_hdr(n, nh | PREV_FREE);
             }
@@ -417,13 +430,13 @@ impl Large {
             if pf != 0 {
                 let ps = b.sub(8).cast::<usize>().read();
                 b = b.sub(ps);
-                self.unlink(b, ps);
+                let ph = hdr(b);
+                self.unlink(b, ph);
                 size += ps;
-                pf = hdr(b) & PREV_FREE;
+                pf = ph & PREV_FREE;
             }
-            set_hdr(b, size | FREE | pf);
             set_footer(b, size);
-            self.link(b, size);
+            self.link(b, size, pf);
             b as usize + size == self.brk - 8
         }
     }
@@ -434,7 +447,7 @@ impl Large {
     /// `ptr` must be a live payload of this heap.
     pub unsafe fn usable(&self, ptr: NonNull<u8>) -> usize {
         // SAFETY: forwarded from the caller.
-        unsafe { (hdr(ptr.as_ptr().sub(OVERHEAD)) & !FLAGS) - OVERHEAD }
+        unsafe { (hdr(ptr.as_ptr().sub(OVERHEAD)) & SIZE_MASK) - OVERHEAD }
     }
 
     /// Resizes the live block at `ptr` in place to hold `new_size` bytes.
@@ -451,11 +464,11 @@ impl Large {
         unsafe {
             let b = ptr.as_ptr().sub(OVERHEAD);
             let h = hdr(b);
-            let size = h & !FLAGS;
+            let size = h & SIZE_MASK;
             let n = b.add(size);
             let nh = hdr(n);
             let total = if nh & FREE != 0 {
-                size + (nh & !FLAGS)
+                size + (nh & SIZE_MASK)
             } else {
                 size
             };
@@ -467,7 +480,7 @@ impl Large {
             }
             let next_free = nh & FREE != 0;
             if next_free {
-                self.unlink(n, nh & !FLAGS);
+                self.unlink(n, nh);
             }
             self.used_bytes -= size;
             set_hdr(b, total | FREE | (h & PREV_FREE));
@@ -499,19 +512,20 @@ impl Large {
             if h & PREV_FREE == 0 {
                 return None;
             }
-            let size = h & !FLAGS;
+            let size = h & SIZE_MASK;
             let ps = b.sub(8).cast::<usize>().read();
             let n = b.add(size);
             let nh = hdr(n);
-            let ns = if nh & FREE != 0 { nh & !FLAGS } else { 0 };
+            let ns = if nh & FREE != 0 { nh & SIZE_MASK } else { 0 };
             if ps + size + ns < bs {
                 return None;
             }
             let p = b.sub(ps);
-            let pf = hdr(p) & PREV_FREE;
-            self.unlink(p, ps);
+            let ph = hdr(p);
+            let pf = ph & PREV_FREE;
+            self.unlink(p, ph);
             if ns != 0 {
-                self.unlink(n, ns);
+                self.unlink(n, nh);
             }
             self.used_bytes -= size;
             core::ptr::copy(ptr.as_ptr(), p.add(OVERHEAD), keep);
@@ -532,7 +546,7 @@ impl Large {
             if (h & PREV_FREE != 0) != prev_free {
                 return Err("PREV_FREE flag disagrees with the previous block");
             }
-            let size = h & !FLAGS;
+            let size = h & SIZE_MASK;
             if b as usize == self.brk - 8 {
                 if size != 0 || h & FREE != 0 {
                     return Err("bad end sentinel");
@@ -551,11 +565,17 @@ impl Large {
                     return Err("free block footer mismatch");
                 }
                 let (f, s) = mapping(size);
+                if h >> BIN_SHIFT != f * SL + s {
+                    return Err("free block header names the wrong bin");
+                }
                 if !self.list_contains(f, s, b) {
                     return Err("free block missing from its bin");
                 }
                 free += 1;
             } else {
+                if h >> BIN_SHIFT != 0 {
+                    return Err("used block header carries a bin");
+                }
                 used += 1;
                 used_bytes += size;
             }
