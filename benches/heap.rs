@@ -3,6 +3,20 @@
 //! buddy_system_allocator 0.13, same 128 MiB pre-touched arena, same run.
 //!
 //! `cargo bench --bench heap`; `KMEM_BENCH_QUICK=1` for a short iteration run.
+//!
+//! Knobs (environment):
+//! - `KMEM_BENCH_ONLY=throughput|efficiency|latency`: one part only.
+//! - `KMEM_BENCH_ROWS=realloc_3000,norealloc_30000,high_align`: only these
+//!   throughput rows.
+//! - `KMEM_BENCH_LATENCY_SPLIT=1`: latency percentiles also for slab-sized
+//!   (≤ 1 KiB) and large requests, per allocator.
+//! - `KMEM_BENCH_PROBE=<max>`: diagnostics instead of the tables: one
+//!   random-actions run per allocator (`KMEM_BENCH_PROBE_ALLOC=0|1|2`,
+//!   `KMEM_BENCH_PROBE_REALLOC=0|1`, `KMEM_BENCH_PROBE_MS`) printing ops,
+//!   reallocs that moved, bytes copied per op and the address extent used;
+//!   `KMEM_BENCH_PROBE=0` prints kmem's state at the heap-efficiency failure.
+//!   Deterministic instruction counts: run the probe under
+//!   `valgrind --tool=callgrind`.
 
 use core::ptr::NonNull;
 use kmem::heap::{LockedHeap, PAGE_SIZE};
