@@ -456,7 +456,14 @@ fn latency(cfg: &Config, buf: &Buffer, which: usize, ns: f64) -> [f64; 5] {
         for (name, v) in ["<=1KiB", ">1KiB"].iter().zip(&mut by_size) {
             v.sort_by(f64::total_cmp);
             let pct = |p: usize| v[(v.len() - 1) * p / 100];
-            eprintln!("{} {name}: n {} p50 {:.1} p90 {:.1} p99 {:.1}", NAMES[which], v.len(), pct(50), pct(90), pct(99));
+            eprintln!(
+                "{} {name}: n {} p50 {:.1} p90 {:.1} p99 {:.1}",
+                NAMES[which],
+                v.len(),
+                pct(50),
+                pct(90),
+                pct(99)
+            );
         }
     }
     [1, 25, 50, 75, 99].map(|p| samples[(samples.len() - 1) * p / 100])
