@@ -224,6 +224,7 @@ static PROBE_TOP: AtomicUsize = AtomicUsize::new(0);
 static PROBE_FLOOR: AtomicUsize = AtomicUsize::new(usize::MAX);
 static PROBE_BASE: AtomicUsize = AtomicUsize::new(0);
 
+/// Probe-only: records the extent of a block at `p` of `n` bytes.
 fn probe_extent(p: *mut u8, n: usize) {
     let off = (p as usize).wrapping_sub(PROBE_BASE.load(Relaxed));
     if off < HEAP_SIZE / 2 {
@@ -337,8 +338,55 @@ fn throughput(
         .unwrap()
 }
 
-/// talc's heap efficiency: 50 % alloc (max `max`), 10 % free, `realloc_pct` %
-/// realloc to U[1, 10·max), until the first failure; live requested ÷ heap.
+/// One round of talc's heap-efficiency fill: 50 % alloc (max `max`), 10 %
+/// free and, with `realloc`, 40 % realloc to U[1, 10·max), until the first
+/// failure. `None` if `give_up()` says so first (asked every 4096 steps; the
+/// blocks are then leaked: freeing would take as long again in
+/// linked_list_allocator, which is O(n) per free, and the allocator is
+/// discarded anyway).
+fn fill_until_failure<'a>(
+    a: &'a dyn GlobalAlloc,
+    rng: &mut Rng,
+    max: usize,
+    realloc: bool,
+    give_up: &dyn Fn() -> bool,
+) -> Option<Vec<Block<'a>>> {
+    let mut v: Vec<Block> = Vec::with_capacity(100_000);
+    for n in 1u64.. {
+        if n.is_multiple_of(4096) && give_up() {
+            std::mem::forget(v);
+            return None;
+        }
+        let action = if realloc {
+            rng.range(0, 10)
+        } else {
+            rng.range(0, 6)
+        };
+        match action {
+            0..=4 => match Block::new(a, gen_size(rng, max), gen_align(rng)) {
+                Some(b) => v.push(b),
+                None => break,
+            },
+            5 => {
+                if !v.is_empty() {
+                    let i = rng.range(0, v.len());
+                    v.swap_remove(i);
+                }
+            }
+            _ => {
+                if !v.is_empty() {
+                    let i = rng.range(0, v.len());
+                    if !v[i].realloc(rng.range(1, max * 10)) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Some(v)
+}
+
+/// talc's heap efficiency over `rounds` fills: live requested ÷ heap.
 fn efficiency(
     a: &dyn GlobalAlloc,
     max: usize,
@@ -350,42 +398,7 @@ fn efficiency(
     let mut rng = Rng(0xe44);
     let (mut used, mut total) = (0usize, 0usize);
     for round in 0..rounds {
-        let mut v: Vec<Block> = Vec::with_capacity(100_000);
-        let mut n = 0u64;
-        loop {
-            n += 1;
-            if n.is_multiple_of(4096) && start.elapsed() > limit {
-                // Freeing would take as long again (linked_list_allocator is
-                // O(n) per free); the allocator is discarded anyway.
-                std::mem::forget(v);
-                return None;
-            }
-            let action = if realloc {
-                rng.range(0, 10)
-            } else {
-                rng.range(0, 6)
-            };
-            match action {
-                0..=4 => match Block::new(a, gen_size(&mut rng, max), gen_align(&mut rng)) {
-                    Some(b) => v.push(b),
-                    None => break,
-                },
-                5 => {
-                    if !v.is_empty() {
-                        let i = rng.range(0, v.len());
-                        v.swap_remove(i);
-                    }
-                }
-                _ => {
-                    if !v.is_empty() {
-                        let i = rng.range(0, v.len());
-                        if !v[i].realloc(rng.range(1, max * 10)) {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
+        let v = fill_until_failure(a, &mut rng, max, realloc, &|| start.elapsed() > limit)?;
         used += v.iter().map(|b| b.layout.size()).sum::<usize>();
         total += HEAP_SIZE;
         if round + 1 == rounds {
@@ -469,73 +482,30 @@ fn latency(cfg: &Config, buf: &Buffer, which: usize, ns: f64) -> [f64; 5] {
     [1, 25, 50, 75, 99].map(|p| samples[(samples.len() - 1) * p / 100])
 }
 
-/// Diagnostic: kmem's page traffic and layout after a random-actions run.
-fn probe(buf: &Buffer, max: usize) {
+/// Diagnostic: kmem's state at the first failure of one heap-efficiency fill.
+fn probe_efficiency_failure(buf: &Buffer) {
     let heap = LockedHeap::<ArenaPageSource>::empty();
     // SAFETY: as in `make`.
     let mut arena = unsafe { ArenaPageSource::over(buf.0, HEAP_SIZE + GUARDS) };
     arena.set_poison(false);
     // SAFETY: as in `make`.
     unsafe { heap.init(arena, buf.0 as usize, HEAP_SIZE + GUARDS) }.unwrap();
-    if max == 0 {
-        let mut rng = Rng(0xe44);
-        let mut v: Vec<Block> = Vec::new();
-        loop {
-            match rng.range(0, 10) {
-                0..=4 => match Block::new(&heap, gen_size(&mut rng, 10_000), gen_align(&mut rng)) {
-                    Some(b) => v.push(b),
-                    None => break,
-                },
-                5 => {
-                    if !v.is_empty() {
-                        let i = rng.range(0, v.len());
-                        v.swap_remove(i);
-                    }
-                }
-                _ => {
-                    if !v.is_empty() {
-                        let i = rng.range(0, v.len());
-                        if !v[i].realloc(rng.range(1, 100_000)) {
-                            println!("realloc failed {}", v[i].layout.size());
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        let g = heap.lock();
-        let h = g.as_ref().unwrap();
-        let s = h.stats();
-        let small: usize = v
-            .iter()
-            .filter(|b| kmem::heap::class_of(b.layout).is_some())
-            .map(|b| b.layout.size())
-            .sum();
-        println!(
-            "{s:?}\nsmall live bytes {small}, large live {}",
-            s.live_bytes - small
-        );
-        drop(g);
-        std::mem::forget(v);
-        return;
-    }
-    for realloc in [false, true] {
-        let n = random_actions(
-            &heap,
-            max,
-            realloc,
-            Duration::from_millis(200),
-            &gen_align,
-            &mut Rng(1),
-        );
-        let g = heap.lock();
-        let h = g.as_ref().unwrap();
-        println!(
-            "realloc {realloc}: {n} ops, {:?}, map/unmap {:?}",
-            h.stats(),
-            h.source().calls()
-        );
-    }
+    let v = fill_until_failure(&heap, &mut Rng(0xe44), 10_000, true, &|| false)
+        .expect("never gives up");
+    let g = heap.lock();
+    let h = g.as_ref().unwrap();
+    let s = h.stats();
+    let small: usize = v
+        .iter()
+        .filter(|b| kmem::heap::class_of(b.layout).is_some())
+        .map(|b| b.layout.size())
+        .sum();
+    println!(
+        "{s:?}\nsmall live bytes {small}, large live {}",
+        s.live_bytes - small
+    );
+    drop(g);
+    std::mem::forget(v);
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -553,7 +523,7 @@ fn main() {
     {
         let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
         if max == 0 {
-            probe(&buf, max);
+            probe_efficiency_failure(&buf);
             return;
         }
         PROBE_BASE.store(buf.0 as usize, Relaxed);
