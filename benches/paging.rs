@@ -38,6 +38,20 @@ fn ours(mem: &EmulatedMemory, a: &mut EmulatedFrameAllocator) -> Mapper<OffsetPh
     Mapper::new_empty(phys, a).unwrap()
 }
 
+/// Maps `[BASE, BASE + len)` to physical 0.. with 4 KiB pages, read-write.
+fn ours_map_4k(m: &mut Mapper<OffsetPhysMem>, a: &mut EmulatedFrameAllocator, len: u64) {
+    m.map_range_with(
+        VirtAddr::new(BASE),
+        PhysAddr::new(0),
+        len,
+        MapFlags::READ_WRITE,
+        LeafSize::Size4KiB,
+        a,
+    )
+    .unwrap()
+    .ignore();
+}
+
 fn theirs<'a>(mem: &'a EmulatedMemory, a: &mut EmulatedFrameAllocator) -> OffsetPageTable<'a> {
     let root = a.allocate_frame().unwrap();
     // SAFETY: `root` is a fresh frame of `mem`; physical p lives at host address p.
@@ -80,16 +94,7 @@ fn map_1g(trials: usize) -> Row {
             let mut a = mem.frame_allocator();
             let mut m = ours(&mem, &mut a);
             let start = Instant::now();
-            m.map_range_with(
-                VirtAddr::new(BASE),
-                PhysAddr::new(0),
-                G1,
-                MapFlags::READ_WRITE,
-                LeafSize::Size4KiB,
-                &mut a,
-            )
-            .unwrap()
-            .ignore();
+            ours_map_4k(&mut m, &mut a, G1);
             let d = start.elapsed();
             assert_eq!(a.in_use(), 515);
             d
@@ -166,17 +171,7 @@ fn direct_map(trials: usize) -> (Row, Row) {
             let mut a = mem.frame_allocator();
             let mut m = ours(&mem, &mut a);
             let start = Instant::now();
-            let f = MapFlags::READ_WRITE;
-            m.map_range_with(
-                VirtAddr::new(BASE),
-                PhysAddr::new(0),
-                len,
-                f,
-                LeafSize::Size4KiB,
-                &mut a,
-            )
-            .unwrap()
-            .ignore();
+            ours_map_4k(&mut m, &mut a, len);
             (start.elapsed(), a.in_use())
         };
         let order: [u8; 3] = if t.is_multiple_of(2) {
@@ -227,17 +222,7 @@ fn unmap_1g(trials: usize) -> Row {
             let mem = EmulatedMemory::new(520);
             let mut a = mem.frame_allocator();
             let mut m = ours(&mem, &mut a);
-            let f = MapFlags::READ_WRITE;
-            m.map_range_with(
-                VirtAddr::new(BASE),
-                PhysAddr::new(0),
-                G1,
-                f,
-                LeafSize::Size4KiB,
-                &mut a,
-            )
-            .unwrap()
-            .ignore();
+            ours_map_4k(&mut m, &mut a, G1);
             let start = Instant::now();
             m.unmap_range(VirtAddr::new(BASE), G1, &mut a)
                 .unwrap()
@@ -279,17 +264,7 @@ fn translate(trials: usize, name: &'static str, window: u64) -> Row {
     let mem_o = EmulatedMemory::new(520);
     let mut ao = mem_o.frame_allocator();
     let mut m = ours(&mem_o, &mut ao);
-    let f = MapFlags::READ_WRITE;
-    m.map_range_with(
-        VirtAddr::new(BASE),
-        PhysAddr::new(0),
-        G1,
-        f,
-        LeafSize::Size4KiB,
-        &mut ao,
-    )
-    .unwrap()
-    .ignore();
+    ours_map_4k(&mut m, &mut ao, G1);
     let mem_p = EmulatedMemory::new(520);
     let mut ap = mem_p.frame_allocator();
     let mut opt = theirs(&mem_p, &mut ap);
