@@ -224,6 +224,12 @@ static PROBE_TOP: AtomicUsize = AtomicUsize::new(0);
 static PROBE_FLOOR: AtomicUsize = AtomicUsize::new(usize::MAX);
 static PROBE_BASE: AtomicUsize = AtomicUsize::new(0);
 
+/// Whether a probe is counting (a plain load: the timed runs skip the
+/// atomic read-modify-writes below).
+fn probing() -> bool {
+    PROBE_MOVES.load(Relaxed) != usize::MAX
+}
+
 /// Probe-only: records the extent of a block at `p` of `n` bytes.
 fn probe_extent(p: *mut u8, n: usize) {
     let off = (p as usize).wrapping_sub(PROBE_BASE.load(Relaxed));
@@ -245,7 +251,9 @@ impl<'a> Block<'a> {
         let layout = Layout::from_size_align(size, align).unwrap();
         // SAFETY: non-zero size.
         let ptr = unsafe { a.alloc(layout) };
-        probe_extent(ptr, size);
+        if probing() {
+            probe_extent(ptr, size);
+        }
         (!ptr.is_null()).then(|| Block { ptr, layout, a })
     }
     fn realloc(&mut self, n: usize) -> bool {
@@ -254,8 +262,10 @@ impl<'a> Block<'a> {
         if p.is_null() {
             return false;
         }
-        probe_extent(p, n);
-        if PROBE_MOVES.load(Relaxed) != usize::MAX && p != self.ptr {
+        if probing() {
+            probe_extent(p, n);
+        }
+        if probing() && p != self.ptr {
             PROBE_MOVES.fetch_add(1, Relaxed);
             PROBE_COPIED.fetch_add(self.layout.size().min(n), Relaxed);
         }
