@@ -516,12 +516,12 @@ impl<P: PageSource> Heap<P> {
             core::ptr::write_bytes(ptr.as_ptr(), super::tracking::POISON, n)
         };
         // SAFETY: forwarded from the caller.
-        if unsafe { self.large.release(ptr) } {
+        if unsafe { self.large.release(ptr) }.is_some_and(|last| last >= TRIM_TRIGGER) {
             self.trim_large();
         }
     }
 
-    #[inline(always)]
+    #[inline(never)]
     fn trim_large(&mut self) {
         if let Some(cut) = self.large.trim(TRIM_TRIGGER, TRIM_KEEP, PAGE_SIZE) {
             self.unmap_large(cut);

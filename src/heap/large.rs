@@ -416,9 +416,11 @@ impl Large {
     ///
     /// # Safety
     /// `ptr` must come from [`Large::allocate`] on this heap and be live.
-    /// Returns whether the freed block is now the last one (a trim candidate).
+    /// Returns the size of the free block the payload ended in, if that
+    /// block is the last one (a trim candidate): the caller can decide on
+    /// trimming without touching the sentinel's cache line.
     #[inline]
-    pub unsafe fn release(&mut self, ptr: NonNull<u8>) -> bool {
+    pub unsafe fn release(&mut self, ptr: NonNull<u8>) -> Option<usize> {
         // SAFETY: `ptr` is a live payload, so its header and neighbours are valid.
         unsafe {
             let mut b = ptr.as_ptr().sub(OVERHEAD);
@@ -444,7 +446,7 @@ impl Large {
             }
             set_footer(b, size);
             self.link(b, size, pf);
-            b as usize + size == self.brk - 8
+            (b as usize + size == self.brk - 8).then_some(size)
         }
     }
 
