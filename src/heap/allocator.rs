@@ -199,7 +199,7 @@ impl<P: PageSource> Heap<P> {
             unsafe { self.free_small(ptr, c) }
         } else {
             // SAFETY: as above; everything below the slab floor is large.
-            unsafe { self.free_large(ptr) }
+            unsafe { self.free_large(ptr, layout.size()) }
         }
     }
 
@@ -508,7 +508,8 @@ impl<P: PageSource> Heap<P> {
     }
 
     #[inline]
-    unsafe fn free_large(&mut self, ptr: NonNull<u8>) {
+    unsafe fn free_large(&mut self, ptr: NonNull<u8>, size: usize) {
+        Large::prefetch_successor(ptr, size);
         #[cfg(feature = "tracking")]
         // SAFETY: the payload is ours again.
         unsafe {
