@@ -448,3 +448,33 @@ fn locked_heap_init_fits_a_small_stack() {
         .unwrap();
     assert_eq!(handle.join().unwrap(), 0);
 }
+
+#[test]
+fn absurd_sizes_are_out_of_memory_not_a_panic() {
+    let mut h = heap(4 << 20);
+    for align in [8, 64, 4096] {
+        let small = Layout::from_size_align(5000, align).unwrap();
+        let p = h.allocate(small).unwrap();
+        for shift in [30, 40, 47, 48, 50, 53, 60, 62] {
+            let size = (1usize << shift) + 1;
+            let layout = Layout::from_size_align(size, align).unwrap();
+            let before = h.stats();
+            assert_eq!(
+                h.allocate(layout),
+                Err(AllocError::OutOfMemory { size, align }),
+                "{layout:?}"
+            );
+            // SAFETY: `p` is live with `small`; a failed resize keeps it.
+            assert!(unsafe { h.reallocate(p, small, size) }.is_err());
+            let after = h.stats();
+            assert_eq!(after.pages_held, before.pages_held, "{layout:?}");
+            assert_eq!((after.live_bytes, after.live_allocs), (5000, 1));
+            h.check_invariants().unwrap();
+        }
+        // SAFETY: live with `small`.
+        unsafe { h.deallocate(p, small) };
+    }
+    let max = Layout::from_size_align(isize::MAX as usize - 4095, 4096).unwrap();
+    assert!(h.allocate(max).is_err());
+    h.check_invariants().unwrap();
+}

@@ -231,6 +231,7 @@ impl<P: PageSource> Heap<P> {
         let in_place = if in_slabs {
             class_of(new).is_some_and(|c| class_of(layout) == Some(c))
         } else {
+            Large::prefetch_successor(ptr, layout.size());
             // SAFETY: `ptr` is a live large block (it lies below the slab floor).
             unsafe { self.large.resize_in_place(ptr, new_size) }
         };

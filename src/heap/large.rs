@@ -34,7 +34,13 @@ pub const MIN_BLOCK: usize = 32;
 const SPLIT_MIN: usize = 1024;
 const SL_LOG2: u32 = 6;
 const SL: usize = 1 << SL_LOG2;
-const FL: usize = 44;
+/// First-level classes: enough for every block up to `MAX_BLOCK`.
+const FL: usize = 39;
+/// Bins, indexed flat: `first_level * SL + second_level`.
+const BINS: usize = FL * SL;
+/// Largest block: sizes must stay below the bin bits of the header.
+const MAX_BLOCK: usize = SIZE_MASK;
+const _: () = assert!(bin_of(MAX_BLOCK) < BINS && bin_of(MAX_BLOCK) / SL == FL - 1);
 /// Blocks below this size are binned exactly (16-byte bins, first level 0).
 const LINEAR: usize = SL << 4;
 
@@ -51,32 +57,46 @@ pub struct Large {
     brk: usize,
     fl_bitmap: u64,
     sl_bitmap: [u64; FL],
-    heads: [[*mut u8; SL]; FL],
-    used_bytes: usize,
-    free_blocks: usize,
+    heads: [*mut u8; BINS],
 }
 
 // SAFETY: the raw pointers refer into memory the owning heap has exclusive
 // access to; `Large` is moved, not shared.
 unsafe impl Send for Large {}
 
-/// Block size needed for `size` payload bytes with alignment ≤ 16.
+/// Block size needed for `size` payload bytes with alignment ≤ 16, or
+/// `None` if no block can be that large.
 #[inline(always)]
 pub fn block_size(size: usize) -> Option<usize> {
     let bs = size.checked_add(OVERHEAD + 15)? & !15;
-    Some(bs.max(MIN_BLOCK))
+    (bs <= MAX_BLOCK).then_some(bs.max(MIN_BLOCK))
 }
 
+/// The bin holding free blocks of `size` (≤ `MAX_BLOCK`): exact 16-byte
+/// bins below `LINEAR`, then `SL` bins per power of two.
 #[inline(always)]
-fn mapping(size: usize) -> (usize, usize) {
+const fn bin_of(size: usize) -> usize {
     if size < LINEAR {
-        (0, size >> 4)
+        size >> 4
     } else {
         let l = usize::BITS - 1 - size.leading_zeros();
-        (
-            (l - (SL_LOG2 + 4) + 1) as usize,
-            (size >> (l - SL_LOG2)) - SL,
-        )
+        let f = (l - (SL_LOG2 + 4) + 1) as usize;
+        f * SL + ((size >> (l - SL_LOG2)) & (SL - 1))
+    }
+}
+
+/// `(bin_of(bs), first bin whose every block holds bs)`: the same bin if
+/// `bs` is its lower bound, else the next one.
+#[inline(always)]
+fn bins_for(bs: usize) -> (usize, usize) {
+    if bs < LINEAR {
+        (bs >> 4, bs >> 4)
+    } else {
+        let l = usize::BITS - 1 - bs.leading_zeros();
+        let shift = l - SL_LOG2;
+        let f = (l - (SL_LOG2 + 4) + 1) as usize;
+        let bin = f * SL + ((bs >> shift) & (SL - 1));
+        (bin, bin + usize::from(bs & ((1 << shift) - 1) != 0))
     }
 }
 
@@ -128,9 +148,7 @@ impl Large {
             brk: 0,
             fl_bitmap: 0,
             sl_bitmap: [0; FL],
-            heads: [[null_mut(); SL]; FL],
-            used_bytes: 0,
-            free_blocks: 0,
+            heads: [null_mut(); BINS],
         }
     }
 
@@ -167,11 +185,6 @@ impl Large {
         self.brk
     }
 
-    /// Bytes in used blocks, headers included.
-    pub fn used_bytes(&self) -> usize {
-        self.used_bytes
-    }
-
     /// Grows the span to `new_brk` (page-aligned, above the current end).
     ///
     /// # Safety
@@ -185,7 +198,6 @@ impl Large {
             set_hdr(b, size | prev_free);
             set_hdr((new_brk - 8) as *mut u8, 0);
             self.brk = new_brk;
-            self.used_bytes += size;
             self.release(NonNull::new_unchecked(b.add(OVERHEAD)));
         }
     }
@@ -250,7 +262,7 @@ impl Large {
     #[inline(never)]
     fn allocate_aligned(&mut self, size: usize, align: usize, scan: bool) -> Option<NonNull<u8>> {
         let bs = block_size(size)?;
-        let need = bs.checked_add(align + 16)?;
+        let need = bs.checked_add(align + 16).filter(|&n| n <= MAX_BLOCK)?;
         let b = self
             .take(need)
             .or_else(|| if scan { self.take_scan(need) } else { None })?;
@@ -300,22 +312,20 @@ impl Large {
                     set_hdr(n, hdr(n) | PREV_FREE);
                 }
                 set_hdr(b, bs | (h & PREV_FREE));
-                self.used_bytes += bs;
             } else {
                 set_hdr(b, size | (h & PREV_FREE));
                 let n = b.add(size);
                 set_hdr(n, hdr(n) & !PREV_FREE);
-                self.used_bytes += size;
             }
             NonNull::new_unchecked(b.add(OVERHEAD))
         }
     }
 
-    /// Finds and unlinks a free block of at least `bs` bytes.
+    /// Finds and unlinks a free block of at least `bs` (≤ `MAX_BLOCK`) bytes.
     #[inline(always)]
     fn take(&mut self, bs: usize) -> Option<*mut u8> {
-        let (f, s) = mapping(bs);
-        let head = self.heads[f][s];
+        let (bin, fit) = bins_for(bs);
+        let head = self.head(bin);
         // Good fit skips the request's own bin, whose blocks may be too
         // small; trying its head first costs one read and measurably
         // improves the fit (about half a point of heap efficiency).
@@ -325,21 +335,7 @@ impl Large {
             unsafe { self.unlink(head, hdr(head)) };
             return Some(head);
         }
-        // The first bin whose every block fits: the next one, unless `bs`
-        // starts its own bin (always so in the exact 16-byte bins).
-        let (f, s) = if bs < LINEAR {
-            (f, s)
-        } else {
-            let l = usize::BITS - 1 - bs.leading_zeros();
-            let starts_bin = bs & ((1 << (l - SL_LOG2)) - 1) == 0;
-            match (starts_bin, s + 1 == SL) {
-                (true, _) => (f, s),
-                (false, false) => (f, s + 1),
-                (false, true) => (f + 1, 0),
-            }
-        };
-        let (f, s) = self.find_nonempty(f, s)?;
-        let b = self.heads[f][s];
+        let b = self.head(self.find_nonempty(fit)?);
         // SAFETY: a non-empty bin's head is a free block in the span.
         unsafe { self.unlink(b, hdr(b)) };
         Some(b)
@@ -348,8 +344,7 @@ impl Large {
     /// Scans the bin of `bs` itself (where blocks may be too small) for a fit.
     #[cold]
     fn take_scan(&mut self, bs: usize) -> Option<*mut u8> {
-        let (f, s) = mapping(bs);
-        let mut b = *self.heads.get(f)?.get(s)?;
+        let mut b = self.head(bin_of(bs));
         while !b.is_null() {
             // SAFETY: list members are free blocks in the span.
             unsafe {
@@ -364,12 +359,14 @@ impl Large {
         None
     }
 
+    /// The first non-empty bin at or above `bin` (≤ `BINS`).
     #[inline(always)]
-    fn find_nonempty(&self, f: usize, s: usize) -> Option<(usize, usize)> {
-        if f < FL && s < SL {
+    fn find_nonempty(&self, bin: usize) -> Option<usize> {
+        let (f, s) = (bin / SL, bin % SL);
+        if f < FL {
             let sl = self.sl_bitmap[f] & (u64::MAX << s);
             if sl != 0 {
-                return Some((f, sl.trailing_zeros() as usize));
+                return Some(f * SL + sl.trailing_zeros() as usize);
             }
         }
         let fl = self.fl_bitmap & u64::MAX.checked_shl(f as u32 + 1).unwrap_or(0);
@@ -377,19 +374,37 @@ impl Large {
             return None;
         }
         let f = fl.trailing_zeros() as usize;
-        Some((f, self.sl_bitmap[f].trailing_zeros() as usize))
+        Some(f * SL + self.sl_bitmap.get(f)?.trailing_zeros() as usize)
+    }
+
+    /// The head of `bin` (< `BINS`; every caller derives it from a size
+    /// ≤ `MAX_BLOCK`, from a bitmap bit, or from a free block's header).
+    #[inline(always)]
+    fn head(&self, bin: usize) -> *mut u8 {
+        debug_assert!(bin < BINS);
+        // SAFETY: `bin < BINS` as documented: sizes ≤ MAX_BLOCK map below
+        // BINS (const-asserted), bitmap bits are only set for such bins,
+        // and `link` writes only such bins into headers.
+        unsafe { *self.heads.get_unchecked(bin) }
+    }
+
+    #[inline(always)]
+    fn set_head(&mut self, bin: usize, b: *mut u8) {
+        debug_assert!(bin < BINS);
+        // SAFETY: as in `head`.
+        unsafe { *self.heads.get_unchecked_mut(bin) = b }
     }
 
     /// Makes `b` a free block of `size` bytes (header with its bin and
     /// `prev_flags`, links) at the head of its bin. The footer is the caller's.
     #[inline(always)]
     unsafe fn link(&mut self, b: *mut u8, size: usize, prev_flags: usize) {
-        debug_assert!(size <= SIZE_MASK, "block size collides with the bin bits");
-        let (f, s) = mapping(size);
-        let head = self.heads[f][s];
+        debug_assert!(size <= MAX_BLOCK, "block size collides with the bin bits");
+        let bin = bin_of(size);
+        let head = self.head(bin);
         // SAFETY: `b` is a free block; `head` (if any) too.
         unsafe {
-            set_hdr(b, (f * SL + s) << BIN_SHIFT | size | FREE | prev_flags);
+            set_hdr(b, bin << BIN_SHIFT | size | FREE | prev_flags);
             links(b).write(Links {
                 next: head,
                 prev: null_mut(),
@@ -398,10 +413,11 @@ impl Large {
                 (*links(head)).prev = b;
             }
         }
-        self.heads[f][s] = b;
-        self.sl_bitmap[f] |= 1 << s;
+        self.set_head(bin, b);
+        let f = bin / SL;
+        // SAFETY: `bin < BINS`, so `f < FL` (see `head`).
+        unsafe { *self.sl_bitmap.get_unchecked_mut(f) |= 1 << (bin % SL) };
         self.fl_bitmap |= 1 << f;
-        self.free_blocks += 1;
     }
 
     /// Takes the free block `b`, whose header is `h`, out of its bin.
@@ -415,11 +431,13 @@ impl Large {
             }
             if prev.is_null() {
                 let bin = h >> BIN_SHIFT;
-                let (f, s) = (bin / SL, bin % SL);
-                self.heads[f][s] = next;
+                self.set_head(bin, next);
                 if next.is_null() {
-                    self.sl_bitmap[f] &= !(1 << s);
-                    if self.sl_bitmap[f] == 0 {
+                    let f = bin / SL;
+                    // SAFETY: a free block's header names a bin < BINS.
+                    let sl = self.sl_bitmap.get_unchecked_mut(f);
+                    *sl &= !(1 << (bin % SL));
+                    if *sl == 0 {
                         self.fl_bitmap &= !(1 << f);
                     }
                 }
@@ -427,7 +445,6 @@ impl Large {
                 (*links(prev)).next = next;
             }
         }
-        self.free_blocks -= 1;
     }
 
     /// Starts loading the header after a live block of `size` requested
@@ -455,7 +472,6 @@ impl Large {
             let mut b = ptr.as_ptr().sub(OVERHEAD);
             let h = hdr(b);
             let mut size = h & SIZE_MASK;
-            self.used_bytes -= size;
             let n = b.add(size);
             let nh = hdr(n);
             if nh & FREE != 0 {
@@ -520,7 +536,6 @@ impl Large {
             if next_free {
                 self.unlink(n, nh);
             }
-            self.used_bytes -= size;
             set_hdr(b, total | FREE | (h & PREV_FREE));
             self.carve_with(b, bs, !next_free);
             true
@@ -565,7 +580,6 @@ impl Large {
             if ns != 0 {
                 self.unlink(n, nh);
             }
-            self.used_bytes -= size;
             core::ptr::copy(ptr.as_ptr(), p.add(OVERHEAD), keep);
             set_hdr(p, (ps + size + ns) | FREE | pf);
             Some(self.carve_with(p, bs, ns == 0))
@@ -575,7 +589,7 @@ impl Large {
     /// Walks every block and list, checking the structure. Returns
     /// `(used_blocks, free_blocks)` or a description of the first fault.
     pub fn check(&self) -> Result<(usize, usize), &'static str> {
-        let (mut used, mut free, mut used_bytes) = (0, 0, 0);
+        let (mut used, mut free) = (0, 0);
         let mut b = (self.start + 8) as *mut u8;
         let mut prev_free = false;
         loop {
@@ -602,11 +616,11 @@ impl Large {
                 if unsafe { b.add(size - 8).cast::<usize>().read() } != size {
                     return Err("free block footer mismatch");
                 }
-                let (f, s) = mapping(size);
-                if h >> BIN_SHIFT != f * SL + s {
+                let bin = bin_of(size);
+                if h >> BIN_SHIFT != bin {
                     return Err("free block header names the wrong bin");
                 }
-                if !self.list_contains(f, s, b) {
+                if !self.list_contains(bin, b) {
                     return Err("free block missing from its bin");
                 }
                 free += 1;
@@ -615,22 +629,18 @@ impl Large {
                     return Err("used block header carries a bin");
                 }
                 used += 1;
-                used_bytes += size;
             }
             prev_free = h & FREE != 0;
             // SAFETY: bounded by the check above.
             b = unsafe { b.add(size) };
         }
-        if free != self.free_blocks {
+        if self.list_members()? != free {
             return Err("free block count differs from the lists");
-        }
-        if used_bytes != self.used_bytes {
-            return Err("used byte count differs from the blocks");
         }
         for f in 0..FL {
             for s in 0..SL {
                 let bit = self.sl_bitmap[f] & (1 << s) != 0;
-                if bit == self.heads[f][s].is_null() {
+                if bit == self.heads[f * SL + s].is_null() {
                     return Err("bin bitmap disagrees with its list");
                 }
             }
@@ -641,10 +651,41 @@ impl Large {
         Ok((used, free))
     }
 
-    fn list_contains(&self, f: usize, s: usize, b: *mut u8) -> bool {
-        let mut p = self.heads[f][s];
+    /// Most blocks the span can hold: a bound for list walks (a cycle ends).
+    fn max_blocks(&self) -> usize {
+        (self.brk - self.start) / MIN_BLOCK
+    }
+
+    /// Counts the members of every list, checking that each names its bin
+    /// and that back links match.
+    fn list_members(&self) -> Result<usize, &'static str> {
+        let mut total = 0;
+        for (bin, &head) in self.heads.iter().enumerate() {
+            let (mut p, mut prev) = (head, null_mut());
+            while !p.is_null() {
+                // SAFETY: list members are free blocks in the span (each
+                // is also found by the block walk, which runs first).
+                let (h, l) = unsafe { (hdr(p), links(p).read()) };
+                if h & FREE == 0 || h >> BIN_SHIFT != bin {
+                    return Err("list member is not a free block of its bin");
+                }
+                if l.prev != prev {
+                    return Err("list back link is wrong");
+                }
+                total += 1;
+                if total > self.max_blocks() {
+                    return Err("free lists hold a cycle");
+                }
+                (prev, p) = (p, l.next);
+            }
+        }
+        Ok(total)
+    }
+
+    fn list_contains(&self, bin: usize, b: *mut u8) -> bool {
+        let mut p = self.heads[bin];
         let mut n = 0;
-        while !p.is_null() && n <= self.free_blocks {
+        while !p.is_null() && n <= self.max_blocks() {
             if p == b {
                 return true;
             }
