@@ -134,6 +134,9 @@ impl<P: PageSource> Heap<P> {
             .ok_or(HeapInitError::Overflow { start, len })?;
         let lo = start.next_multiple_of(PAGE_SIZE) + PAGE_SIZE;
         let top = (end / PAGE_SIZE * PAGE_SIZE).saturating_sub(PAGE_SIZE) & !(SLAB_SIZE - 1);
+        // The large heap's span must stay under `large::MAX_BLOCK` (256
+        // TiB); a larger range is used only that far.
+        let top = top.min(lo.saturating_add(large::MAX_BLOCK) & !(SLAB_SIZE - 1));
         if top < lo + PAGE_SIZE + SLAB_SIZE {
             return Err(HeapInitError::TooSmall { start, len });
         }

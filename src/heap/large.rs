@@ -29,8 +29,8 @@ pub const MIN_BLOCK: usize = 32;
 /// as slack. Requests below 1 KiB go to the slabs, so a free block this
 /// small could only wait for a neighbour to merge with, and made every
 /// split pay a link now and an unlink later: keeping it as slack raised
-/// throughput at max 10000 from 0.95× to 1.3× talc, for 0.07 points of
-/// heap efficiency (BENCHMARKS.md, heap, session 4).
+/// throughput at max 10000 from 0.95× to 1.3× talc, for under 0.1 point
+/// of heap efficiency (BENCHMARKS.md, heap, session 4).
 const SPLIT_MIN: usize = 1024;
 const SL_LOG2: u32 = 6;
 const SL: usize = 1 << SL_LOG2;
@@ -38,8 +38,8 @@ const SL: usize = 1 << SL_LOG2;
 const FL: usize = 39;
 /// Bins, indexed flat: `first_level * SL + second_level`.
 const BINS: usize = FL * SL;
-/// Largest block: sizes must stay below the bin bits of the header.
-const MAX_BLOCK: usize = SIZE_MASK;
+/// Largest block, and largest span: sizes stay below a header's bin bits.
+pub const MAX_BLOCK: usize = SIZE_MASK;
 const _: () = assert!(bin_of(MAX_BLOCK) < BINS && bin_of(MAX_BLOCK) / SL == FL - 1);
 /// Blocks below this size are binned exactly (16-byte bins, first level 0).
 const LINEAR: usize = SL << 4;
@@ -167,7 +167,9 @@ impl Large {
     /// Takes `[start, brk)` (page-aligned, ≥ 64 bytes, writable) as the heap.
     ///
     /// # Safety
-    /// The span must be writable memory used by nothing else.
+    /// The span must be writable memory used by nothing else, and it must
+    /// stay under 256 TiB (`MAX_BLOCK`) as it grows: a free block's size
+    /// shares its header with the bin index.
     pub unsafe fn init(&mut self, start: usize, brk: usize) {
         // SAFETY: `self` is a valid, aligned `Large`; resetting it in place
         // keeps its ~23 KiB off the stack (no `Self::new()` temporary).
@@ -188,8 +190,10 @@ impl Large {
     /// Grows the span to `new_brk` (page-aligned, above the current end).
     ///
     /// # Safety
-    /// `[brk, new_brk)` must be writable memory used by nothing else.
+    /// `[brk, new_brk)` must be writable memory used by nothing else, and
+    /// the whole span stays under 256 TiB (see [`Large::init`]).
     pub unsafe fn extend(&mut self, new_brk: usize) {
+        debug_assert!(new_brk - self.start <= MAX_BLOCK);
         let b = (self.brk - 8) as *mut u8;
         // SAFETY: `b` is the old sentinel; the new memory follows it.
         unsafe {
