@@ -436,60 +436,85 @@ fn ns_per_tick() -> f64 {
     i0.elapsed().as_nanos() as f64 / (rdtsc() - t0) as f64
 }
 
-/// Alloc+free pair latency (ns) percentiles 1/25/50/75/99, on a heap warmed
-/// by random actions (max 3000, no realloc) that stay live.
-fn latency(cfg: &Config, buf: &Buffer, which: usize, ns: f64) -> [f64; 5] {
-    let mut samples = Vec::with_capacity(cfg.latency_samples);
-    // KMEM_BENCH_LATENCY_SPLIT=1: also print percentiles for slab and large sizes.
+/// Rounds of the latency run. Every round runs each allocator in turn, so
+/// all see the same machine conditions (a noisy phase hits them all, not
+/// one allocator's whole run).
+const LATENCY_ROUNDS: u64 = 6;
+
+/// One round of alloc+free pair latencies (ns) for allocator `which`, on a
+/// heap warmed by random actions (max 3000, no realloc) that stay live.
+/// Returns every sample and, split by size (≤ 1 KiB, larger), the same.
+fn latency_round(buf: &Buffer, which: usize, ns: f64, round: u64, n: usize) -> [Vec<f64>; 3] {
+    let mut out: [Vec<f64>; 3] = Default::default();
+    let a = make(which, buf);
+    let mut rng = Rng(0x1a7 + round);
+    let mut keep: Vec<Block> = Vec::new();
+    for _ in 0..20_000 {
+        if keep.len() < 300 || rng.range(0, 2) == 0 {
+            keep.extend(Block::new(
+                &*a,
+                gen_size(&mut rng, 3000),
+                gen_align(&mut rng),
+            ));
+        } else {
+            let i = rng.range(0, keep.len());
+            keep.swap_remove(i);
+        }
+    }
+    for _ in 0..n {
+        let l = Layout::from_size_align(gen_size(&mut rng, 3000), gen_align(&mut rng)).unwrap();
+        let t0 = rdtsc();
+        // SAFETY: non-zero layout; freed right away with it.
+        unsafe {
+            let p = a.alloc(l);
+            a.dealloc(p, l);
+        }
+        let t = (rdtsc() - t0) as f64 * ns;
+        out[0].push(t);
+        out[1 + usize::from(l.size() > 1024)].push(t);
+    }
+    out
+}
+
+/// Percentiles 1/25/50/75/99 of `v` (sorted in place).
+fn percentiles(v: &mut [f64]) -> [f64; 5] {
+    v.sort_by(f64::total_cmp);
+    [1, 25, 50, 75, 99].map(|p| v[(v.len() - 1) * p / 100])
+}
+
+/// Alloc+free pair latency percentiles of every allocator, rounds
+/// interleaved. `KMEM_BENCH_LATENCY_SPLIT=1` also prints them for slab-sized
+/// (≤ 1 KiB) and large requests.
+fn latency(cfg: &Config, buf: &Buffer, ns: f64) -> Vec<[f64; 5]> {
+    let per_round = cfg.latency_samples / LATENCY_ROUNDS as usize;
+    let mut all: Vec<[Vec<f64>; 3]> = vec![Default::default(); NAMES.len()];
+    for round in 0..LATENCY_ROUNDS {
+        for (which, acc) in all.iter_mut().enumerate() {
+            let r = latency_round(buf, which, ns, round, per_round);
+            for (acc, r) in acc.iter_mut().zip(r) {
+                acc.extend(r);
+            }
+        }
+    }
     let split_by_size = std::env::var_os("KMEM_BENCH_LATENCY_SPLIT").is_some();
-    let mut by_size: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    for round in 0..3 {
-        let a = make(which, buf);
-        let mut rng = Rng(0x1a7 + round);
-        let mut keep: Vec<Block> = Vec::new();
-        for _ in 0..20_000 {
-            if keep.len() < 300 || rng.range(0, 2) == 0 {
-                keep.extend(Block::new(
-                    &*a,
-                    gen_size(&mut rng, 3000),
-                    gen_align(&mut rng),
-                ));
-            } else {
-                let i = rng.range(0, keep.len());
-                keep.swap_remove(i);
-            }
-        }
-        for _ in 0..cfg.latency_samples / 3 {
-            let l = Layout::from_size_align(gen_size(&mut rng, 3000), gen_align(&mut rng)).unwrap();
-            let t0 = rdtsc();
-            // SAFETY: non-zero layout; freed right away with it.
-            unsafe {
-                let p = a.alloc(l);
-                a.dealloc(p, l);
-            }
-            samples.push((rdtsc() - t0) as f64 * ns);
+    all.iter_mut()
+        .enumerate()
+        .map(|(which, [every, small, large])| {
             if split_by_size {
-                let t = *samples.last().unwrap_or(&0.0);
-                by_size[usize::from(l.size() > 1024)].push(t);
+                for (name, v) in [("<=1KiB", small), (">1KiB", large)] {
+                    let p = percentiles(v);
+                    eprintln!(
+                        "{} {name}: n {} p50 {:.1} p99 {:.1}",
+                        NAMES[which],
+                        v.len(),
+                        p[2],
+                        p[4]
+                    );
+                }
             }
-        }
-    }
-    samples.sort_by(f64::total_cmp);
-    if split_by_size {
-        for (name, v) in ["<=1KiB", ">1KiB"].iter().zip(&mut by_size) {
-            v.sort_by(f64::total_cmp);
-            let pct = |p: usize| v[(v.len() - 1) * p / 100];
-            eprintln!(
-                "{} {name}: n {} p50 {:.1} p90 {:.1} p99 {:.1}",
-                NAMES[which],
-                v.len(),
-                pct(50),
-                pct(90),
-                pct(99)
-            );
-        }
-    }
-    [1, 25, 50, 75, 99].map(|p| samples[(samples.len() - 1) * p / 100])
+            percentiles(every)
+        })
+        .collect()
 }
 
 /// Diagnostic: kmem's state at the first failure of one heap-efficiency fill.
@@ -650,9 +675,7 @@ fn main() {
     if run("latency") {
         println!("\n## alloc+free latency (ns), percentiles 1/25/50/75/99");
         let ns = ns_per_tick();
-        let lat: Vec<[f64; 5]> = (0..NAMES.len())
-            .map(|w| latency(&cfg, &buf, w, ns))
-            .collect();
+        let lat = latency(&cfg, &buf, ns);
         for (n, l) in NAMES.iter().zip(&lat) {
             println!("{n:<14}{}", l.map(|x| format!("{x:>9.1}")).concat());
         }
