@@ -5,7 +5,9 @@
 //!   `testing::arena::ArenaPageSource` on the host).
 //! - Small objects (≤ [`MAX_SMALL`]) come from 16 KiB slabs of one size class
 //!   each, with no per-object header, through per-class magazines.
-//! - Larger ones come from a TLSF boundary-tag heap that reallocates in place.
+//! - Larger ones come from a TLSF boundary-tag heap (good fit; tails and
+//!   alignment gaps under 1 KiB stay in their block as slack, since no
+//!   request that reaches it could use them) that reallocates in place.
 //! - [`Heap`] ties them together with accounting ([`HeapStats`]) and an
 //!   invariant checker; [`LockedHeap`] is the `#[global_allocator]`.
 //! - Feature `tracking` records every live allocation (`tracking` module).
