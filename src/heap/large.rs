@@ -133,23 +133,38 @@ unsafe fn set_footer(b: *mut u8, size: usize) {
     unsafe { b.add(size - 8).cast::<usize>().write(size) }
 }
 
-/// The block holding the live payload `ptr`, and the payload's offset
-/// from the block's usual payload start (its in-block alignment gap).
+/// The block holding the live payload `ptr`, its header, and the payload's
+/// offset from the block's usual payload start (its in-block alignment gap).
 ///
 /// # Safety
 /// `ptr` must be a live payload of a heap span.
 #[inline(always)]
-unsafe fn block_of(ptr: NonNull<u8>) -> (*mut u8, usize) {
+unsafe fn block_of(ptr: NonNull<u8>) -> (*mut u8, usize, usize) {
     // SAFETY: a live payload is preceded by its header or an OFFSET word.
     unsafe {
         let w = ptr.as_ptr().sub(OVERHEAD);
         let h = hdr(w);
         if h & OFFSET != 0 {
-            let gap = h & SIZE_MASK;
-            (w.sub(gap), gap)
-        } else {
-            (w, 0)
+            return offset_block(w, h);
         }
+        (w, h, 0)
+    }
+}
+
+/// `block_of` for an aligned payload behind an OFFSET word `h` at `w`. Out
+/// of line so the common case stays a branch: as a select, it put a second
+/// header load on every free's critical path.
+///
+/// # Safety
+/// As `block_of`, with `h` the OFFSET word at `w`.
+#[cold]
+#[inline(never)]
+unsafe fn offset_block(w: *mut u8, h: usize) -> (*mut u8, usize, usize) {
+    let gap = h & SIZE_MASK;
+    // SAFETY: the OFFSET word names the distance back to the block's header.
+    unsafe {
+        let b = w.sub(gap);
+        (b, hdr(b), gap)
     }
 }
 
@@ -514,8 +529,7 @@ impl Large {
     pub unsafe fn release(&mut self, ptr: NonNull<u8>) -> Option<usize> {
         // SAFETY: `ptr` is a live payload, so its header and neighbours are valid.
         unsafe {
-            let (mut b, _) = block_of(ptr);
-            let h = hdr(b);
+            let (mut b, h, _) = block_of(ptr);
             let mut size = h & SIZE_MASK;
             let n = b.add(size);
             let nh = hdr(n);
@@ -547,8 +561,8 @@ impl Large {
     pub unsafe fn usable(&self, ptr: NonNull<u8>) -> usize {
         // SAFETY: forwarded from the caller.
         unsafe {
-            let (b, gap) = block_of(ptr);
-            (hdr(b) & SIZE_MASK) - OVERHEAD - gap
+            let (_, h, gap) = block_of(ptr);
+            (h & SIZE_MASK) - OVERHEAD - gap
         }
     }
 
@@ -561,11 +575,10 @@ impl Large {
     pub unsafe fn resize_in_place(&mut self, ptr: NonNull<u8>, new_size: usize) -> bool {
         // SAFETY: `ptr` is live, so its header and its successor's are valid.
         unsafe {
-            let (b, gap) = block_of(ptr);
+            let (b, h, gap) = block_of(ptr);
             let Some(bs) = block_size(new_size).and_then(|bs| bs.checked_add(gap)) else {
                 return false;
             };
-            let h = hdr(b);
             let size = h & SIZE_MASK;
             let n = b.add(size);
             let nh = hdr(n);
@@ -608,8 +621,7 @@ impl Large {
         // SAFETY: `ptr` is live, so its header, its successor's and (if
         // PREV_FREE) its predecessor's footer are valid.
         unsafe {
-            let (b, gap) = block_of(ptr);
-            let h = hdr(b);
+            let (b, h, gap) = block_of(ptr);
             if h & PREV_FREE == 0 || gap != 0 {
                 return None;
             }
