@@ -297,6 +297,27 @@ fn grows_past_initial_size_then_gives_pages_back() {
 }
 
 #[test]
+fn shrinking_realloc_at_the_top_gives_pages_back() {
+    let mut h = heap(64 << 20);
+    let big = Layout::from_size_align(4 << 20, 8).unwrap();
+    let p = h.allocate(big).unwrap();
+    let grown = h.stats().pages_held;
+    // SAFETY: `p` is live with `big`; a shrink stays in place.
+    let q = unsafe { h.reallocate(p, big, 10_000) }.unwrap();
+    assert_eq!(p, q);
+    let after = h.stats().pages_held;
+    // The 4 MiB tail joined the free top, over the trigger: cut to 128 KiB.
+    assert!(after + 900 < grown, "kept {after} of {grown} pages");
+    h.check_invariants().unwrap();
+    let small = Layout::from_size_align(10_000, 8).unwrap();
+    // SAFETY: `q` is live with `small`; shrinking by less than the trigger
+    // keeps the pages (hysteresis).
+    unsafe { h.reallocate(q, small, 9_000) }.unwrap();
+    assert_eq!(h.stats().pages_held, after);
+    h.check_invariants().unwrap();
+}
+
+#[test]
 fn boundary_alloc_free_does_not_thrash() {
     let mut h = heap(16 << 20);
     let layout = Layout::from_size_align(300_000, 8).unwrap();

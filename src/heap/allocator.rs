@@ -231,18 +231,21 @@ impl<P: PageSource> Heap<P> {
             });
         }
         let in_slabs = self.in_slabs(ptr);
+        // In place: `Some(free bytes the resize left at the heap's top)`.
         let in_place = if in_slabs {
-            class_of(new).is_some_and(|c| class_of(layout) == Some(c))
+            class_of(new)
+                .is_some_and(|c| class_of(layout) == Some(c))
+                .then_some(0)
         } else {
             Large::prefetch_successor(ptr, layout.size());
             // SAFETY: `ptr` is a live large block (it lies below the slab floor).
             unsafe { self.large.resize_in_place(ptr, new_size) }
         };
-        if in_place {
+        if let Some(top_free) = in_place {
             self.counters.on_resize(layout.size(), new_size);
             #[cfg(feature = "tracking")]
             self.tracker.resize(ptr.as_ptr() as usize, new_size);
-            if new_size < layout.size() {
+            if new_size < layout.size() && top_free >= TRIM_TRIGGER {
                 self.trim_large();
             }
             return Ok(ptr);

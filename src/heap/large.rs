@@ -567,18 +567,19 @@ impl Large {
     }
 
     /// Resizes the live block at `ptr` in place to hold `new_size` bytes.
-    /// Returns `false` (nothing changed) if the next block cannot give enough.
+    /// Returns `None` (nothing changed) if the next block cannot give
+    /// enough; else the size of the free block the resize left at the end
+    /// of the heap (0 if none), so the caller can decide on trimming
+    /// without reading the sentinel's line.
     ///
     /// # Safety
     /// `ptr` must be a live payload of this heap.
     #[inline]
-    pub unsafe fn resize_in_place(&mut self, ptr: NonNull<u8>, new_size: usize) -> bool {
+    pub unsafe fn resize_in_place(&mut self, ptr: NonNull<u8>, new_size: usize) -> Option<usize> {
         // SAFETY: `ptr` is live, so its header and its successor's are valid.
         unsafe {
             let (b, h, gap) = block_of(ptr);
-            let Some(bs) = block_size(new_size).and_then(|bs| bs.checked_add(gap)) else {
-                return false;
-            };
+            let bs = block_size(new_size)?.checked_add(gap)?;
             let size = h & SIZE_MASK;
             let n = b.add(size);
             let nh = hdr(n);
@@ -588,10 +589,10 @@ impl Large {
                 size
             };
             if bs > total {
-                return false;
+                return None;
             }
             if bs <= size && size - bs < SPLIT_MIN {
-                return true; // fits, nothing worth splitting off
+                return Some(0); // fits, nothing worth splitting off
             }
             let next_free = nh & FREE != 0;
             if next_free {
@@ -599,7 +600,9 @@ impl Large {
             }
             set_hdr(b, total | FREE | (h & PREV_FREE));
             self.carve_with(b, bs, !next_free);
-            true
+            let rest = total - bs;
+            let at_top = rest >= SPLIT_MIN && b as usize + total == self.brk - 8;
+            Some(if at_top { rest } else { 0 })
         }
     }
 
@@ -815,10 +818,10 @@ mod tests {
         let _guard = l.allocate(100, 8).unwrap();
         // SAFETY: `a` is live.
         unsafe {
-            assert!(l.resize_in_place(a, 7500));
+            assert_eq!(l.resize_in_place(a, 7500), Some(0));
             assert_eq!(l.usable(a), 8016 - OVERHEAD, "500 bytes: kept as slack");
-            assert!(l.resize_in_place(a, 8000), "and grown back into it");
-            assert!(l.resize_in_place(a, 5000));
+            assert_eq!(l.resize_in_place(a, 8000), Some(0), "grown back into it");
+            assert_eq!(l.resize_in_place(a, 5000), Some(0), "tail not at the top");
             assert_eq!(l.usable(a), 5008 - OVERHEAD, "3000 bytes: split off");
         }
         assert_eq!(l.check(), Ok((2, 2)));
@@ -838,12 +841,16 @@ mod tests {
         unsafe {
             assert_eq!(l.usable(a), block_size(2000).unwrap() - OVERHEAD);
             a.as_ptr().write_bytes(0xa5, 2000);
-            assert!(l.resize_in_place(a, 6000), "grows into the free rest");
-            assert_eq!(l.usable(a), block_size(6000).unwrap() - OVERHEAD);
             assert!(
-                l.resize_in_place(a, 1000),
-                "and shrinks, splitting the tail"
+                l.resize_in_place(a, 6000).is_some(),
+                "grows into the free rest"
             );
+            assert_eq!(l.usable(a), block_size(6000).unwrap() - OVERHEAD);
+            let top = l
+                .resize_in_place(a, 1000)
+                .expect("shrinks, splitting the tail");
+            let end = a.as_ptr() as usize - OVERHEAD + block_size(1000).unwrap();
+            assert_eq!(end + top, l.brk() - 8, "the tail joined the free top");
             assert_eq!(*a.as_ptr().add(999), 0xa5, "payload kept");
             assert_eq!(l.check(), Ok((1, 1)));
             l.release(a);
