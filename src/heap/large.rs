@@ -100,15 +100,14 @@ const fn bin_of(size: usize) -> usize {
 /// `bs` is its lower bound, else the next one.
 #[inline(always)]
 fn bins_for(bs: usize) -> (usize, usize) {
-    if bs < LINEAR {
-        (bs >> 4, bs >> 4)
+    let bin = bin_of(bs);
+    // Bits below the bin's resolution: exact bins have none.
+    let below = if bs < LINEAR {
+        0
     } else {
-        let l = usize::BITS - 1 - bs.leading_zeros();
-        let shift = l - SL_LOG2;
-        let f = (l - (SL_LOG2 + 4) + 1) as usize;
-        let bin = f * SL + ((bs >> shift) & (SL - 1));
-        (bin, bin + usize::from(bs & ((1 << shift) - 1) != 0))
-    }
+        bs & ((1 << (usize::BITS - 1 - bs.leading_zeros() - SL_LOG2)) - 1)
+    };
+    (bin, bin + usize::from(below != 0))
 }
 
 // Raw block accessors. All take a block address inside a live heap span.
