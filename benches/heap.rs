@@ -12,8 +12,10 @@
 //!   (≤ 1 KiB) and large requests, per allocator.
 //! - `KMEM_BENCH_PROBE=<max>`: diagnostics instead of the tables: one
 //!   random-actions run per allocator (`KMEM_BENCH_PROBE_ALLOC=0|1|2`,
-//!   `KMEM_BENCH_PROBE_REALLOC=0|1`, `KMEM_BENCH_PROBE_MS`) printing ops,
-//!   reallocs that moved, bytes copied per op and the address extent used;
+//!   `KMEM_BENCH_PROBE_REALLOC=0|1`, `KMEM_BENCH_PROBE_MS`,
+//!   `KMEM_BENCH_PROBE_OPS` to stop after that many operations) printing
+//!   ops, reallocs that moved, bytes copied per op, the address extent used
+//!   and TSC ticks per alloc, free, in-place realloc and moving realloc;
 //!   `KMEM_BENCH_PROBE=0` prints kmem's state at the heap-efficiency failure.
 //!   Deterministic instruction counts: run the probe under
 //!   `valgrind --tool=callgrind`.
@@ -224,6 +226,23 @@ static PROBE_TOP: AtomicUsize = AtomicUsize::new(0);
 static PROBE_FLOOR: AtomicUsize = AtomicUsize::new(usize::MAX);
 static PROBE_BASE: AtomicUsize = AtomicUsize::new(0);
 
+/// Probe-only: stop random actions after this many operations
+/// (`KMEM_BENCH_PROBE_OPS`), so runs under callgrind compare equal work.
+fn probe_ops() -> usize {
+    static OPS: AtomicUsize = AtomicUsize::new(0);
+    match OPS.load(Relaxed) {
+        0 => {
+            let n = std::env::var("KMEM_BENCH_PROBE_OPS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(usize::MAX);
+            OPS.store(n, Relaxed);
+            n
+        }
+        n => n,
+    }
+}
+
 /// Whether a probe is counting (a plain load: the timed runs skip the
 /// atomic read-modify-writes below).
 fn probing() -> bool {
@@ -240,6 +259,25 @@ fn probe_extent(p: *mut u8, n: usize) {
     }
 }
 
+/// Probe-only: TSC ticks and calls for alloc, free, in-place realloc and
+/// moving realloc (pairs of counters, in that order).
+static PROBE_TSC: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
+
+/// Probe-only: the TSC, read only while a probe is counting.
+fn probe_start() -> u64 {
+    if probing() {
+        rdtsc()
+    } else {
+        0
+    }
+}
+
+/// Probe-only: charges the ticks since `t0` to call kind `kind`.
+fn probe_time(kind: usize, t0: u64) {
+    PROBE_TSC[2 * kind].fetch_add((rdtsc() - t0) as usize, Relaxed);
+    PROBE_TSC[2 * kind + 1].fetch_add(1, Relaxed);
+}
+
 struct Block<'a> {
     ptr: *mut u8,
     layout: Layout,
@@ -249,16 +287,22 @@ struct Block<'a> {
 impl<'a> Block<'a> {
     fn new(a: &'a dyn GlobalAlloc, size: usize, align: usize) -> Option<Self> {
         let layout = Layout::from_size_align(size, align).unwrap();
+        let t0 = probe_start();
         // SAFETY: non-zero size.
         let ptr = unsafe { a.alloc(layout) };
         if probing() {
+            probe_time(0, t0);
             probe_extent(ptr, size);
         }
         (!ptr.is_null()).then(|| Block { ptr, layout, a })
     }
     fn realloc(&mut self, n: usize) -> bool {
+        let t0 = probe_start();
         // SAFETY: live block with its layout.
         let p = unsafe { self.a.realloc(self.ptr, self.layout, n) };
+        if probing() {
+            probe_time(if p == self.ptr { 2 } else { 3 }, t0);
+        }
         if p.is_null() {
             return false;
         }
@@ -277,8 +321,12 @@ impl<'a> Block<'a> {
 
 impl Drop for Block<'_> {
     fn drop(&mut self) {
+        let t0 = probe_start();
         // SAFETY: live block with its layout.
         unsafe { self.a.dealloc(self.ptr, self.layout) }
+        if probing() {
+            probe_time(1, t0);
+        }
     }
 }
 
@@ -296,7 +344,8 @@ fn random_actions(
     let mut v: Vec<Block> = Vec::with_capacity(100_000);
     let mut score = 0;
     let start = Instant::now();
-    while start.elapsed() < dur {
+    let cap = probe_ops();
+    while start.elapsed() < dur && score < cap {
         for _ in 0..100 {
             let action = rng.range(0, 6 + realloc as usize);
             if action == 6 {
@@ -583,6 +632,16 @@ fn main() {
                 let slabs =
                     (HEAP_SIZE + GUARDS).saturating_sub(PROBE_FLOOR.swap(usize::MAX, Relaxed));
                 let copied = PROBE_COPIED.load(Relaxed);
+                let t: Vec<usize> = PROBE_TSC.iter().map(|a| a.swap(0, Relaxed)).collect();
+                println!(
+                    "  TSC ticks/call: alloc {:.0} free {:.0} realloc-inplace {:.0} ({}) realloc-move {:.0} ({})",
+                    t[0] as f64 / t[1] as f64,
+                    t[2] as f64 / t[3] as f64,
+                    t[4] as f64 / t[5] as f64,
+                    t[5],
+                    t[6] as f64 / t[7] as f64,
+                    t[7]
+                );
                 println!(
                     "{:<6} realloc {realloc:<5}: {n:>8} ops, {moves} moves, {:.1} B copied/op, top {} KiB, upper {} KiB",
                     NAMES[which],
