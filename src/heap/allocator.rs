@@ -250,9 +250,9 @@ impl<P: PageSource> Heap<P> {
             }
             return Ok(ptr);
         }
-        if align <= 16 && !in_slabs {
+        if align <= large::GRANULE && !in_slabs {
             let keep = layout.size().min(new_size);
-            // SAFETY: `ptr` is a live large block with alignment ≤ 16.
+            // SAFETY: `ptr` is a live large block with alignment ≤ GRANULE.
             if let Some(p) = unsafe { self.large.resize_backward(ptr, new_size, keep) } {
                 self.counters.on_resize(layout.size(), new_size);
                 #[cfg(feature = "tracking")]

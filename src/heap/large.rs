@@ -1,8 +1,8 @@
 //! The large-object heap: a two-level segregated-fit (TLSF) allocator with
 //! boundary tags over one contiguous, growable span `[start, brk)`.
 //!
-//! Block layout (every block starts at an address ≡ 8 mod 16, sizes are
-//! multiples of 16, so payloads are 16-aligned):
+//! Block layout (every block starts at an address ≡ −8 mod `GRANULE`, sizes
+//! are multiples of `GRANULE`, so payloads are `GRANULE`-aligned):
 //! ```text
 //! used: [size|flags: 8][payload ..................]
 //! used, aligned: [size|flags: 8][gap ...][gap|OFFSET: 8][payload .....]
@@ -22,16 +22,25 @@ use core::ptr::{null_mut, NonNull};
 const FREE: usize = 1;
 const PREV_FREE: usize = 2;
 /// Marks the word before an aligned payload as a back-offset to the header
-/// (never set in a header: sizes are multiples of 16).
+/// (never set in a header: sizes are multiples of `GRANULE`).
 const OFFSET: usize = 8;
+/// Block sizes are multiples of this, and every payload is aligned to it:
+/// a cache line, so large objects never share one, and 32- and 64-byte
+/// alignments need no in-block gap. With 16, such requests (a quarter of
+/// the aligned ones in talc's workload) paid the gap's out-of-line lookup
+/// on free and made up a quarter of the slowest 1.5 % of alloc+free pairs
+/// while being 5 % of them. Heap efficiency: 97.12 % with 16, 97.09 %
+/// with 64 (96.95 % with 32: placement shifts either way).
+pub const GRANULE: usize = 64;
+const _: () = assert!(GRANULE.is_power_of_two() && GRANULE > OFFSET && GRANULE >= 16);
 /// The size bits of a header. A free block's header also names its bin in
 /// the bits above (`BIN_SHIFT`), so unlinking it needs no size-to-bin math.
 const SIZE_MASK: usize = (1 << BIN_SHIFT) - 16;
 const BIN_SHIFT: u32 = 48;
 /// Header bytes in front of every payload.
 pub const OVERHEAD: usize = 8;
-/// Smallest block: header, two links, footer.
-pub const MIN_BLOCK: usize = 32;
+/// Smallest block: header, two links, footer (32 bytes), in granules.
+pub const MIN_BLOCK: usize = if GRANULE > 32 { GRANULE } else { 32 };
 /// Smallest tail split off an allocation; a shorter one stays in the block
 /// as slack. Requests below 1 KiB go to the slabs, so a free block this
 /// small could only wait for a neighbour to merge with, and made every
@@ -52,7 +61,8 @@ const BINS: usize = FL * SL;
 /// Largest block, and largest span: sizes stay below a header's bin bits.
 pub const MAX_BLOCK: usize = SIZE_MASK;
 const _: () = assert!(bin_of(MAX_BLOCK) < BINS && bin_of(MAX_BLOCK) / SL == FL - 1);
-/// Blocks below this size are binned exactly (16-byte bins, first level 0).
+/// Blocks below this size are binned exactly (16-byte bins, first level 0;
+/// with 64-byte granules only every fourth is used).
 const LINEAR: usize = SL << 4;
 
 /// One free-list link pair, stored in the free block after its header.
@@ -75,11 +85,11 @@ pub struct Large {
 // access to; `Large` is moved, not shared.
 unsafe impl Send for Large {}
 
-/// Block size needed for `size` payload bytes with alignment ≤ 16, or
+/// Block size needed for `size` payload bytes with alignment ≤ `GRANULE`, or
 /// `None` if no block can be that large.
 #[inline(always)]
 pub fn block_size(size: usize) -> Option<usize> {
-    let bs = size.checked_add(OVERHEAD + 15)? & !15;
+    let bs = size.checked_add(OVERHEAD + GRANULE - 1)? & !(GRANULE - 1);
     (bs <= MAX_BLOCK).then_some(bs.max(MIN_BLOCK))
 }
 
@@ -220,9 +230,11 @@ impl Large {
         // keeps its ~23 KiB off the stack (no `Self::new()` temporary).
         unsafe { Self::init_at(self) };
         self.start = start;
-        self.brk = start + 16;
+        // The first block starts at `start + GRANULE - 8`, where the
+        // sentinel is until `extend` turns it into the first free block.
+        self.brk = start + GRANULE;
         // SAFETY: the sentinel lies inside the span.
-        unsafe { set_hdr((start + 8) as *mut u8, 0) };
+        unsafe { set_hdr((self.brk - 8) as *mut u8, 0) };
         // SAFETY: forwarded from the caller.
         unsafe { self.extend(brk) };
     }
@@ -283,7 +295,7 @@ impl Large {
     /// Allocates `size` bytes aligned to `align` (a power of two), by good fit.
     #[inline]
     pub fn allocate(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
-        if align > 16 {
+        if align > GRANULE {
             return self.allocate_aligned(size, align, false);
         }
         let bs = block_size(size)?;
@@ -296,7 +308,7 @@ impl Large {
     /// one bin whose blocks may or may not fit (the slow last resort before
     /// reporting out of memory).
     pub fn allocate_exhaustive(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
-        if align > 16 {
+        if align > GRANULE {
             return self.allocate_aligned(size, align, true);
         }
         let bs = block_size(size)?;
@@ -305,7 +317,7 @@ impl Large {
         Some(unsafe { self.carve(b, bs) })
     }
 
-    /// Allocation with alignment above 16: a block with room for the gap
+    /// Allocation with alignment above `GRANULE`: a block with room for the gap
     /// in front of an aligned payload. A gap of at least `SPLIT_MIN` becomes
     /// a free block; a shorter one stays in the block behind an `OFFSET`
     /// word (splitting it off cost two list operations per aligned
@@ -315,13 +327,15 @@ impl Large {
     #[inline(never)]
     fn allocate_aligned(&mut self, size: usize, align: usize, scan: bool) -> Option<NonNull<u8>> {
         let bs = block_size(size)?;
-        // Payloads are 16-aligned, so the gap is at most `align - 16`.
-        let need = bs.checked_add(align - 16).filter(|&n| n <= MAX_BLOCK)?;
+        // Payloads are GRANULE-aligned, so the gap is at most `align - GRANULE`.
+        let need = bs
+            .checked_add(align - GRANULE)
+            .filter(|&n| n <= MAX_BLOCK)?;
         let b = self
             .take(need)
             .or_else(|| if scan { self.take_scan(need) } else { None })?;
         // SAFETY: the block holds `gap + bs` bytes; the gap is a multiple
-        // of 16, so an `OFFSET` word at `b + gap` lies past the header.
+        // of GRANULE, so an `OFFSET` word at `b + gap` lies past the header.
         unsafe {
             let pay = b as usize + OVERHEAD;
             let gap = ((pay + align - 1) & !(align - 1)) - pay;
@@ -513,7 +527,7 @@ impl Large {
     /// slack or a stale size just prefetches a useless line.
     #[inline(always)]
     pub fn prefetch_successor(ptr: NonNull<u8>, size: usize) {
-        let bs = size.wrapping_add(OVERHEAD + 15) & !15;
+        let bs = size.wrapping_add(OVERHEAD + GRANULE - 1) & !(GRANULE - 1);
         prefetch(ptr.as_ptr().wrapping_sub(OVERHEAD).wrapping_add(bs));
     }
 
@@ -608,10 +622,10 @@ impl Large {
     /// Grows the live block at `ptr` by merging it with a free block before
     /// it (and after it, if free), moving the first `keep` bytes down.
     /// Returns the new payload, or `None` (nothing changed) if that is not
-    /// enough. Only for alignment ≤ 16.
+    /// enough. Only for alignment ≤ `GRANULE`.
     ///
     /// # Safety
-    /// `ptr` must be a live payload of this heap with alignment ≤ 16 and at
+    /// `ptr` must be a live payload of this heap with alignment ≤ `GRANULE` and at
     /// least `keep` bytes.
     pub unsafe fn resize_backward(
         &mut self,
@@ -652,7 +666,7 @@ impl Large {
     /// `(used_blocks, free_blocks)` or a description of the first fault.
     pub fn check(&self) -> Result<(usize, usize), &'static str> {
         let (mut used, mut free) = (0, 0);
-        let mut b = (self.start + 8) as *mut u8;
+        let mut b = (self.start + GRANULE - 8) as *mut u8;
         let mut prev_free = false;
         loop {
             // SAFETY: the walk follows sizes inside [start, brk) (checked).
@@ -667,7 +681,8 @@ impl Large {
                 }
                 break;
             }
-            if size < MIN_BLOCK || !size.is_multiple_of(16) || b as usize + size > self.brk - 8 {
+            if size < MIN_BLOCK || !size.is_multiple_of(GRANULE) || b as usize + size > self.brk - 8
+            {
                 return Err("block size out of bounds");
             }
             if h & FREE != 0 {
@@ -790,11 +805,12 @@ mod tests {
         // SAFETY: `a` is live.
         unsafe { l.release(a) };
         assert_eq!(l.check(), Ok((1, 2)), "a's hole and the free top");
-        // 8000 → block 8016; 7000 → block 7024: a 992-byte tail.
-        let short = l.allocate(7000, 8).unwrap();
+        let hole = block_size(8000).unwrap();
+        assert!(hole - block_size(7100).unwrap() < SPLIT_MIN);
+        let short = l.allocate(7100, 8).unwrap();
         assert_eq!(short, a, "good fit takes the hole");
         // SAFETY: `short` is live.
-        assert_eq!(unsafe { l.usable(short) }, 8016 - OVERHEAD);
+        assert_eq!(unsafe { l.usable(short) }, hole - OVERHEAD);
         assert_eq!(
             l.check(),
             Ok((2, 1)),
@@ -802,10 +818,11 @@ mod tests {
         );
         // SAFETY: `short` is live.
         unsafe { l.release(short) };
-        // 6900 → block 6912: a 1104-byte tail, split off.
+        assert!(hole - block_size(6900).unwrap() >= SPLIT_MIN);
         let long = l.allocate(6900, 8).unwrap();
         // SAFETY: `long` is live.
-        assert_eq!(unsafe { l.usable(long) }, 6912 - OVERHEAD);
+        let usable = unsafe { l.usable(long) };
+        assert_eq!(usable, block_size(6900).unwrap() - OVERHEAD);
         assert_eq!(l.check(), Ok((2, 2)));
     }
 
@@ -818,12 +835,37 @@ mod tests {
         // SAFETY: `a` is live.
         unsafe {
             assert_eq!(l.resize_in_place(a, 7500), Some(0));
-            assert_eq!(l.usable(a), 8016 - OVERHEAD, "500 bytes: kept as slack");
+            let full = block_size(8000).unwrap() - OVERHEAD;
+            assert_eq!(l.usable(a), full, "500 bytes: kept as slack");
             assert_eq!(l.resize_in_place(a, 8000), Some(0), "grown back into it");
             assert_eq!(l.resize_in_place(a, 5000), Some(0), "tail not at the top");
-            assert_eq!(l.usable(a), 5008 - OVERHEAD, "3000 bytes: split off");
+            let short = block_size(5000).unwrap() - OVERHEAD;
+            assert_eq!(l.usable(a), short, "3000 bytes: split off");
         }
         assert_eq!(l.check(), Ok((2, 2)));
+    }
+
+    #[test]
+    fn alignments_up_to_a_granule_need_no_gap() {
+        let mut span = Span([0; 1 << 16]);
+        let mut l = heap(&mut span);
+        let mut live = [None; 12];
+        for (i, slot) in live.iter_mut().enumerate() {
+            let (size, align) = (1000 + 337 * i, 8 << (i % 4));
+            assert!(align <= GRANULE);
+            let p = l.allocate(size, align).unwrap();
+            assert!((p.as_ptr() as usize).is_multiple_of(GRANULE));
+            // SAFETY: `p` is live.
+            let (_, _, gap) = unsafe { block_of(p) };
+            assert_eq!(gap, 0, "{size} bytes aligned to {align}");
+            *slot = Some(p);
+        }
+        assert_eq!(l.check().map(|(used, _)| used), Ok(live.len()));
+        for p in live.into_iter().flatten() {
+            // SAFETY: `p` is live.
+            unsafe { l.release(p) };
+        }
+        assert_eq!(l.check(), Ok((0, 1)));
     }
 
     #[test]
@@ -831,10 +873,12 @@ mod tests {
         let mut span = Span([0; 1 << 16]);
         let mut l = heap(&mut span);
         let start = span.0.as_ptr() as usize;
-        // The first block's payload sits at start + 24: 16-aligned, not 64.
-        let a = l.allocate(2000, 64).unwrap();
-        let gap = a.as_ptr() as usize - (start + 24);
-        assert!((a.as_ptr() as usize).is_multiple_of(64) && gap > 0 && gap < SPLIT_MIN);
+        // The first block's payload sits at start + GRANULE: not aligned to
+        // twice that (the span is page-aligned).
+        let align = 2 * GRANULE;
+        let a = l.allocate(2000, align).unwrap();
+        let gap = a.as_ptr() as usize - (start + GRANULE);
+        assert!((a.as_ptr() as usize).is_multiple_of(align) && gap > 0 && gap < SPLIT_MIN);
         assert_eq!(l.check(), Ok((1, 1)), "no free block split off in front");
         // SAFETY: `a` is live.
         unsafe {
@@ -855,7 +899,7 @@ mod tests {
             l.release(a);
         }
         assert_eq!(l.check(), Ok((0, 1)), "the gap came back with the block");
-        // A 4 KiB alignment needs a gap of 4 KiB - 16: a free block of its own.
+        // A 4 KiB alignment needs a gap of 4 KiB - GRANULE: a free block of its own.
         let b = l.allocate(100, 4096).unwrap();
         assert!((b.as_ptr() as usize).is_multiple_of(4096));
         assert_eq!(l.check(), Ok((1, 2)));

@@ -41,16 +41,19 @@ const fn build_lookup() -> [u8; MAX_SMALL / 8 + 1] {
 ///
 /// A zero-size request is served as one byte so every pointer is unique.
 #[inline(always)]
+///
+/// Size decides first: a large request then takes the same branches
+/// whatever its alignment (testing alignment first mispredicted on the
+/// 16-aligned quarter of large requests and put them in the slowest 1 %).
 pub fn class_of(layout: Layout) -> Option<usize> {
-    let align = layout.align();
-    if align <= 8 {
-        let size = layout.size();
-        if size <= MAX_SMALL {
-            return Some(CLASS_OF[(size + 7) >> 3] as usize);
-        }
+    let (size, align) = (layout.size(), layout.align());
+    if size > MAX_SMALL {
         return None;
     }
-    aligned_class_of(layout.size(), align)
+    if align <= 8 {
+        return Some(CLASS_OF[(size + 7) >> 3] as usize);
+    }
+    aligned_class_of(size, align)
 }
 
 #[inline]
