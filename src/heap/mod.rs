@@ -8,6 +8,7 @@
 //! - Larger ones come from a TLSF boundary-tag heap (good fit; tails and
 //!   alignment gaps under 1 KiB stay in their block as slack, since no
 //!   request that reaches it could use them) that reallocates in place.
+//!   Its payloads are cache-line (64-byte) aligned.
 //! - [`Heap`] ties them together with accounting ([`HeapStats`]) and an
 //!   invariant checker; [`LockedHeap`] is the `#[global_allocator]`.
 //! - Feature `tracking` records every live allocation (`tracking` module).
