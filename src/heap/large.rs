@@ -219,7 +219,7 @@ impl Large {
         unsafe { slot.write_bytes(0, 1) }
     }
 
-    /// Takes `[start, brk)` (page-aligned, ≥ 64 bytes, writable) as the heap.
+    /// Takes `[start, brk)` (page-aligned, at least a page, writable) as the heap.
     ///
     /// # Safety
     /// The span must be writable memory used by nothing else, and it must
