@@ -40,11 +40,12 @@ const fn build_lookup() -> [u8; MAX_SMALL / 8 + 1] {
 /// The class serving `layout`, or `None` if it belongs to the large heap.
 ///
 /// A zero-size request is served as one byte so every pointer is unique.
-#[inline(always)]
 ///
-/// Size decides first: a large request then takes the same branches
-/// whatever its alignment (testing alignment first mispredicted on the
-/// 16-aligned quarter of large requests and put them in the slowest 1 %).
+/// Size decides first, so a large request takes the same branches whatever
+/// its alignment: testing alignment first sent the large requests aligned
+/// above 8 (a quarter of them in talc's workload) down a branch that often
+/// mispredicted, and they filled the slowest 1 % of alloc+free pairs.
+#[inline(always)]
 pub fn class_of(layout: Layout) -> Option<usize> {
     let (size, align) = (layout.size(), layout.align());
     if size > MAX_SMALL {
