@@ -1,47 +1,59 @@
 //! Boots every in-VM test kernel (`kernel-demo/tests/*.rs`) in QEMU, once
 //! per memory size it asks for, and fails when any test fails, a kernel
-//! hangs, resets or crashes. Run alone with `cargo test --test in_vm`;
-//! `cargo test --test in_vm -- <substring>` runs only the matching tests.
+//! hangs, resets or crashes, or a test asked for prints no result. Takes
+//! libtest's selection flags: `cargo test --test in_vm -- <filter>...
+//! [--skip <name>] [--exact] [--list] [--ignored] [--include-ignored]`.
 
-use kmem_runner::{boot, build_kernels, parse_report, test_kernels, timeout_from_env, Boot};
+use kmem_runner::{
+    build_kernels, list_tests, run_tests, timeout_from_env, workspace_root, Boot, Selection,
+};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let (dir, kernels) = match build_kernels().and_then(|d| Ok((d, test_kernels()?))) {
-        Ok(found) => found,
+    match run() {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("in-VM tests: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    let (mut passed, mut failed) = (0, 0);
+    }
+}
+
+fn run() -> Result<ExitCode, String> {
+    let selection = Selection::from_args(std::env::args().skip(1))?;
+    let kernels = build_kernels()?;
+    let kernels = kernels.test_kernels(&workspace_root().join("kernel-demo").join("tests"))?;
+    let (mut passed, mut failed, mut not_run, mut selected_total) = (0, 0, 0, 0);
     let mut problems = Vec::new();
     for kernel in &kernels {
+        let base = Boot {
+            timeout: timeout_from_env(),
+            ..Boot::default()
+        };
+        let names = list_tests(&kernel.path, &base)?;
+        if selection.list {
+            for name in names.iter().filter(|n| selection.selects(n)) {
+                println!("{name}: test");
+                selected_total += 1;
+            }
+            continue;
+        }
+        let selected: Vec<bool> = names.iter().map(|n| selection.selects(n)).collect();
+        let count = selected.iter().filter(|&&s| s).count();
+        if count == 0 {
+            continue;
+        }
         for mem in &kernel.mems {
             println!("\n== {} (-m {mem}) ==", kernel.binary);
             let cfg = Boot {
                 mem: mem.clone(),
-                append: filter
-                    .as_ref()
-                    .map(|f| format!("filter={f}"))
-                    .unwrap_or_default(),
-                timeout: timeout_from_env(),
-                echo: true,
+                ..base.clone()
             };
-            let run = match boot(&dir.join(&kernel.binary), &cfg) {
-                Ok(run) => run,
-                Err(e) => {
-                    eprintln!("in-VM tests: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let report = parse_report(&run);
-            if filter.is_some() && report.results.is_empty() && run.succeeded() {
-                continue; // the filter selected none of this kernel's tests
-            }
+            selected_total += count;
+            let report = run_tests(&kernel.path, &cfg, &names, &selected)?;
             passed += report.passed();
             failed += report.failed();
+            not_run += report.not_run.len();
             for r in report.results.iter().filter(|r| !r.passed) {
                 problems.push(format!(
                     "{} (-m {mem}): {} FAILED: {}",
@@ -52,17 +64,31 @@ fn main() -> ExitCode {
                 println!("\n{} (-m {mem}): {p}", kernel.binary);
                 problems.push(format!("{} (-m {mem}): {p}", kernel.binary));
             }
+            for name in &report.not_run {
+                problems.push(format!("{} (-m {mem}): {name} NOT RUN", kernel.binary));
+            }
         }
+    }
+    if selection.list {
+        println!("\n{selected_total} tests, 0 benchmarks");
+        return Ok(ExitCode::SUCCESS);
     }
     println!();
     for p in &problems {
         println!("failure: {p}");
     }
-    println!("in-VM: {} kernels", kernels.len());
+    println!(
+        "in-VM: {} kernels, {selected_total} tests selected",
+        kernels.len()
+    );
+    if not_run > 0 {
+        println!("{not_run} tests not run");
+    }
     println!("{passed} passed, {failed} failed");
-    if failed == 0 && passed > 0 {
+    let nothing_ran = passed == 0 && !selection.narrows();
+    Ok(if failed == 0 && not_run == 0 && !nothing_ran {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
+    })
 }

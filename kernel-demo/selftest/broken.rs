@@ -4,7 +4,7 @@
 #![no_std]
 #![no_main]
 
-use kernel_demo::testing::Expect;
+use kernel_demo::testing::{Expect, PageFaultErrorCode};
 
 kernel_demo::test_kernel! {
     /// Passes.
@@ -37,4 +37,20 @@ kernel_demo::test_kernel! {
     fn triple_faults() {
         kernel_demo::interrupts::triple_fault();
     }
+
+    /// Expects a write fault that never comes: the failure must state the
+    /// expectation as written.
+    #[should_fault(Expect::page_fault().with(PageFaultErrorCode::CAUSED_BY_WRITE))]
+    fn missing_write_fault() {}
+
+    /// Prints a passing summary and exits QEMU with the success status in
+    /// the middle of the run.
+    fn fakes_summary() {
+        kernel_demo::println!();
+        kernel_demo::println!("1 passed, 0 failed");
+        kernel_demo::qemu::exit(kernel_demo::qemu::ExitCode::Success);
+    }
+
+    /// Runs after `fakes_summary`, so never.
+    fn after_fake() {}
 }

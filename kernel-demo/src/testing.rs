@@ -8,7 +8,11 @@
 //! status the host runner checks. A test can expect a fault: it passes only
 //! if exactly that fault happens.
 //!
-//! `-append "filter=<substring>"` runs only the tests whose name contains it.
+//! The host runner first boots a test kernel with `list=1` to learn its
+//! tests, then with `only=<hex mask>` to run the ones it selected, and
+//! checks that every one of them, and nothing else, printed a result.
+//! `-append "filter=<substring>"` runs only the tests whose name contains
+//! it (for booting a test kernel by hand).
 
 use crate::interrupts::{vector, Fault};
 use crate::recover::{self, Outcome};
@@ -131,17 +135,40 @@ impl core::fmt::Display for Expect {
                     write!(f, " at {a:#x}")?;
                 }
                 if !set.is_empty() {
-                    f.write_str(" with [")?;
-                    crate::interrupts::write_page_fault_bits(f, *set)?;
-                    f.write_str("]")?;
+                    write!(f, " with ")?;
+                    write_flag_names(f, *set)?;
                 }
                 if !clear.is_empty() {
-                    write!(f, " without bits {:#x}", clear.bits())?;
+                    write!(f, " without ")?;
+                    write_flag_names(f, *clear)?;
                 }
                 Ok(())
             }
         }
     }
+}
+
+/// Writes the error-code bits as the `PageFaultErrorCode` names a test
+/// used (`CAUSED_BY_WRITE | USER_MODE`): an expectation states only what
+/// it asked for, never the complement of the bits it left open.
+fn write_flag_names(
+    f: &mut core::fmt::Formatter<'_>,
+    bits: PageFaultErrorCode,
+) -> core::fmt::Result {
+    for (i, (name, _)) in bits.iter_names().enumerate() {
+        if i > 0 {
+            f.write_str(" | ")?;
+        }
+        f.write_str(name)?;
+    }
+    let unnamed = bits.bits() & !PageFaultErrorCode::all().bits();
+    if unnamed != 0 {
+        if bits.iter_names().next().is_some() {
+            f.write_str(" | ")?;
+        }
+        write!(f, "{unnamed:#x}")?;
+    }
+    Ok(())
 }
 
 /// Why a test failed, or the note to print after `ok`.
@@ -172,14 +199,30 @@ impl core::fmt::Display for Failure {
     }
 }
 
-/// Runs the tests the command-line filter selects, prints the report and
-/// exits QEMU: success only when every test passed.
+/// Runs the tests the command line selects, prints the report and exits
+/// QEMU: success only when every test passed.
+///
+/// Command-line arguments: `list=1` prints every test as `<name>: test`
+/// and a count instead of running them; `only=<hex>` runs test `i` only if
+/// bit `i` of the hex number is set (the host runner's selection);
+/// `filter=<substring>` runs the tests whose name contains it.
 pub fn run(tests: &[Test]) -> ! {
-    let filter = crate::boot::info().cmdline_arg("filter");
+    let info = crate::boot::info();
+    if info.cmdline_arg("list").is_some() {
+        for test in tests {
+            println!("{}: test", test.name);
+        }
+        println!("{} tests", tests.len());
+        crate::qemu::exit(crate::qemu::ExitCode::Success)
+    }
+    let filter = info.cmdline_arg("filter");
+    let only = info.cmdline_arg("only");
     let selected = || {
-        tests
-            .iter()
-            .filter(|t| filter.is_none_or(|f| t.name.contains(f)))
+        tests.iter().enumerate().filter_map(|(i, t)| {
+            let wanted = filter.is_none_or(|f| t.name.contains(f))
+                && only.is_none_or(|mask| mask_has(mask, i));
+            wanted.then_some(t)
+        })
     };
     println!("running {} tests", selected().count());
     let (mut passed, mut failed) = (0usize, 0usize);
@@ -210,6 +253,18 @@ pub fn run(tests: &[Test]) -> ! {
         crate::qemu::ExitCode::Failure
     };
     crate::qemu::exit(code)
+}
+
+/// Whether bit `i` of the hex number `mask` is set (digits beyond the
+/// number, and anything that is not a hex digit, count as clear).
+fn mask_has(mask: &str, i: usize) -> bool {
+    let digits = mask.as_bytes();
+    let Some(pos) = digits.len().checked_sub(1 + i / 4) else {
+        return false;
+    };
+    (digits[pos] as char)
+        .to_digit(16)
+        .is_some_and(|d| d & (1 << (i % 4)) != 0)
 }
 
 /// Declares a test kernel: its tests, one function each, and its entry

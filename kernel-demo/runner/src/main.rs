@@ -12,14 +12,15 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
-    let dir = match build_kernels() {
-        Ok(dir) => dir,
+    let kernel = match build_kernels()
+        .and_then(|k| Ok(k.path(&env("KMEM_KERNEL", "kernel-demo"))?.to_path_buf()))
+    {
+        Ok(kernel) => kernel,
         Err(e) => {
             eprintln!("kmem-runner: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let kernel = dir.join(env("KMEM_KERNEL", "kernel-demo"));
     let cfg = Boot {
         mem: env("KMEM_MEM", "128M"),
         append: env("KMEM_APPEND", ""),

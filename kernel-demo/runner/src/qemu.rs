@@ -1,0 +1,153 @@
+//! Booting one kernel in QEMU (PVH direct boot, serial on stdio,
+//! `isa-debug-exit` for the status) and collecting what it printed.
+
+use crate::SUCCESS_STATUS;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Default time a kernel may run before it is killed as hung.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How to boot one kernel.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    /// Guest RAM, as QEMU's `-m` takes it (`128M`, `4G`).
+    pub mem: String,
+    /// Kernel command line (`-append`).
+    pub append: String,
+    /// Time after which the kernel is killed as hung.
+    pub timeout: Duration,
+    /// Echo the serial output to stdout while it runs.
+    pub echo: bool,
+}
+
+impl Default for Boot {
+    fn default() -> Self {
+        Self {
+            mem: "128M".into(),
+            append: String::new(),
+            timeout: DEFAULT_TIMEOUT,
+            echo: true,
+        }
+    }
+}
+
+/// How a QEMU run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// QEMU exited with this status (33 = success, 35 = failure,
+    /// 0 = reset, i.e. a triple fault under `-no-reboot`).
+    Status(i32),
+    /// Killed by a signal.
+    Signal,
+    /// Killed after the timeout.
+    TimedOut(Duration),
+}
+
+/// The serial output and the end of one run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Everything the kernel printed.
+    pub output: String,
+    /// How it ended.
+    pub exit: Exit,
+    /// Wall time from QEMU's start to its exit.
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// Whether the kernel reported success.
+    pub fn succeeded(&self) -> bool {
+        self.exit == Exit::Status(SUCCESS_STATUS)
+    }
+}
+
+/// The QEMU binary: `$KMEM_QEMU` or `qemu-system-x86_64`.
+pub fn qemu_binary() -> String {
+    std::env::var("KMEM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into())
+}
+
+/// Boots `kernel` in QEMU and collects its serial output.
+pub fn boot(kernel: &Path, cfg: &Boot) -> Result<Run, String> {
+    let qemu = qemu_binary();
+    let mut cmd = Command::new(&qemu);
+    cmd.arg("-kernel").arg(kernel);
+    cmd.args(["-m", &cfg.mem, "-cpu", "max", "-nodefaults", "-no-reboot"]);
+    cmd.args(["-display", "none", "-serial", "stdio"]);
+    cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    if !cfg.append.is_empty() {
+        cmd.args(["-append", &cfg.append]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| {
+        format!("could not start {qemu}: {e} (install QEMU: apt-get install qemu-system-x86)")
+    })?;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = start + cfg.timeout;
+    let mut output = Vec::new();
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => {
+                if cfg.echo {
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(
+                        &chunk
+                            .iter()
+                            .copied()
+                            .filter(|&b| b != b'\r')
+                            .collect::<Vec<_>>(),
+                    );
+                    let _ = out.flush();
+                }
+                output.extend_from_slice(&chunk);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| format!("waiting for QEMU: {e}"))?;
+    let _ = reader.join();
+    let elapsed = start.elapsed();
+    let exit = match (timed_out, status.code()) {
+        (true, _) => Exit::TimedOut(cfg.timeout),
+        (false, Some(code)) => Exit::Status(code),
+        (false, None) => Exit::Signal,
+    };
+    let output = String::from_utf8_lossy(&output).replace('\r', "");
+    Ok(Run {
+        output,
+        exit,
+        elapsed,
+    })
+}
+
+/// The per-kernel timeout: `$KMEM_VM_TIMEOUT` seconds, else 60 s.
+pub fn timeout_from_env() -> Duration {
+    std::env::var("KMEM_VM_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TIMEOUT)
+}
