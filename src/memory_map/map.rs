@@ -48,17 +48,19 @@ impl<const N: usize> MemoryMap<N> {
 
     /// Adds a region. Where it overlaps existing regions, the higher-priority
     /// kind wins (see [`RegionKind`]): a non-usable kind always beats usable.
-    /// On error the map is unchanged.
+    /// A zero-length region is dropped, wherever it starts. On error the map
+    /// is unchanged.
     pub fn add(&mut self, region: Region) -> Result<(), MapError> {
         let Region { start, len, kind } = region;
+        // An empty region covers no address, so where it starts cannot matter.
+        if len == 0 {
+            return Ok(());
+        }
         let end = start
             .checked_add(len)
             .ok_or(MapError::Wraps { start, len })?;
         if end > PHYS_LIMIT {
             return Err(MapError::BeyondPhysLimit { start, len });
-        }
-        if len == 0 {
-            return Ok(());
         }
         *self = self.painted(start, end, kind)?;
         Ok(())
@@ -231,6 +233,21 @@ mod tests {
             r(0, 0x2000, Usable),
         ])
         .unwrap();
+        assert_eq!(m.regions(), &[r(0, 0x2000, Usable)]);
+    }
+
+    #[test]
+    fn zero_length_is_dropped_at_any_address() {
+        let m: MemoryMap<4> = MemoryMap::from_regions([
+            r(0, 0x2000, Usable),
+            r(PHYS_LIMIT, 0, Reserved),
+            r(PHYS_LIMIT + 0x1000, 0, Bad),
+            r(u64::MAX, 0, Usable),
+        ])
+        .unwrap();
+        assert_eq!(m.regions(), &[r(0, 0x2000, Usable)]);
+        let mut m = m;
+        assert_eq!(m.add(r(1 << 60, 0, Reserved)), Ok(()));
         assert_eq!(m.regions(), &[r(0, 0x2000, Usable)]);
     }
 }
