@@ -180,6 +180,58 @@ fn bad_frees_change_nothing() {
 }
 
 #[test]
+fn release_puts_reservations_and_holes_into_service() {
+    let m = map(&[
+        (0, 256 * F, RegionKind::Usable),
+        (100 * F, 10 * F, RegionKind::Reserved),
+    ]);
+    with_alloc(&m, |a| {
+        let f = a.allocate().unwrap();
+        a.reserve(PhysFrame::range(frame(200), frame(210))).unwrap();
+        let before = a.stats();
+        // Refused, changing nothing: free frames, allocated frames, a range
+        // over a hole and free frames, outside the span, empty.
+        let release = |a: &mut BitmapFrameAllocator<'_>, start: u64, end: u64| {
+            // SAFETY: host bookkeeping only: no memory behind the frames.
+            unsafe { a.release(PhysFrame::range(frame(start), frame(end))) }
+        };
+        let refused = [
+            (50, 51, FrameError::NotReserved { frame: 50 * F }),
+            (0, 1, FrameError::NotReserved { frame: 0 }),
+            (108, 112, FrameError::NotReserved { frame: 110 * F }),
+            (98, 102, FrameError::NotReserved { frame: 98 * F }),
+            (300, 301, FrameError::OutsideMap { frame: 300 * F }),
+            (5, 5, FrameError::ZeroFrames),
+        ];
+        assert_eq!(f, frame(0));
+        for (start, end, err) in refused {
+            assert_eq!(release(a, start, end), Err(err));
+            a.check_invariants().unwrap();
+            assert_eq!(a.stats(), before);
+        }
+        // The middle of a reservation (a split), then the middle of a hole.
+        release(a, 203, 205).unwrap();
+        a.check_invariants().unwrap();
+        assert_eq!(a.stats().reserved, before.reserved - 2);
+        assert_eq!(a.stats().free, before.free + 2);
+        release(a, 102, 104).unwrap();
+        a.check_invariants().unwrap();
+        assert_eq!(a.stats().total, before.total + 2);
+        assert_eq!(a.stats().free, before.free + 4);
+        // Released frames are handed out and freed like any other.
+        assert!(a.is_free(frame(102)) && a.is_free(frame(204)));
+        // Twice is refused: they are in service now.
+        assert_eq!(
+            release(a, 102, 103),
+            Err(FrameError::NotReserved { frame: 102 * F })
+        );
+        let got = drain(a);
+        assert!(got.contains(&102) && got.contains(&103) && got.contains(&204));
+        assert!(!got.contains(&101) && !got.contains(&200));
+    });
+}
+
+#[test]
 fn reserve_after_init() {
     with_alloc(&usable(1000), |a| {
         let f = a.allocate().unwrap();

@@ -171,6 +171,7 @@ boot_stack_top:
 extern "C" {
     static __kernel_phys_start: u8;
     static __kernel_phys_end: u8;
+    static __boot_phys_end: u8;
     static boot_stack_bottom: u8;
 }
 
@@ -440,6 +441,17 @@ impl BootInfo {
         (
             &raw const __kernel_phys_start as u64,
             &raw const __kernel_phys_end as u64,
+        )
+    }
+
+    /// Physical range `[start, end)` of the boot segment: the 32-bit entry
+    /// code, its GDT, stack and page tables, used only until the kernel
+    /// runs on its own tables and GDT.
+    pub fn boot_segment(&self) -> (u64, u64) {
+        // Linker-script symbols: only their addresses are taken.
+        (
+            &raw const __kernel_phys_start as u64,
+            &raw const __boot_phys_end as u64,
         )
     }
 

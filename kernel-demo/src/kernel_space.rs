@@ -6,6 +6,7 @@
 use crate::boot::{BootInfo, RegionType, DIRECT_MAP};
 use crate::image;
 use crate::memory::{direct_map, with_memory};
+use kmem::frame::FrameError;
 use kmem::paging::{Census, LeafSize, MapFlags, Mapper, Mmu, OffsetPhysMem, PagingError};
 use x86_64::structures::paging::{Page, Size4KiB};
 use x86_64::{PhysAddr, VirtAddr};
@@ -121,12 +122,14 @@ pub fn build(info: &BootInfo) -> Result<(Mapper<OffsetPhysMem>, BuildReport), Pa
 }
 
 /// Makes `kernel` the active address space and the kernel's mapper; the
-/// boot tables (and their identity map) are no longer used.
+/// boot tables (and their identity map) are no longer used, so the boot
+/// segment goes back to the frame allocator. Returns how many frames that
+/// gave back.
 ///
 /// # Safety
 /// `kernel` must come from [`build`] for this kernel: it maps the running
 /// code, the boot stack and statics (image sections), and the direct map.
-pub unsafe fn activate(kernel: Mapper<OffsetPhysMem>) {
+pub unsafe fn activate(kernel: Mapper<OffsetPhysMem>) -> Result<u64, FrameError> {
     with_memory(|m| {
         // SAFETY: per the caller, the new tables map everything in use.
         unsafe { m.mmu.set_cr3(kernel.pml4()) };
@@ -134,6 +137,10 @@ pub unsafe fn activate(kernel: Mapper<OffsetPhysMem>) {
         m.mmu.flush_all();
         *m.mapper = kernel;
     });
+    // SAFETY: the kernel's tables are active and map the boot segment only
+    // through the direct map; `interrupts::init` loaded the kernel's GDT
+    // before any kernel code ran; the 32-bit stub never runs again.
+    unsafe { crate::memory::release_boot_memory() }
 }
 
 /// Continues on the kernel stack (with its guard page) in `next`.
@@ -165,7 +172,7 @@ pub fn enter(next: extern "C" fn() -> !) -> ! {
     let (kernel, _) =
         build(info).unwrap_or_else(|e| crate::fatal(format_args!("kernel space: {e:?}")));
     // SAFETY: `kernel` was just built by `build` for this kernel.
-    unsafe { activate(kernel) };
+    unsafe { activate(kernel) }.unwrap_or_else(|e| crate::fatal(format_args!("boot memory: {e}")));
     crate::heap::init().unwrap_or_else(|e| crate::fatal(format_args!("heap: {e:?}")));
     // SAFETY: the kernel space is active and its stack unused.
     unsafe { run_on_kernel_stack(next) }

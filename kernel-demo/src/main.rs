@@ -105,7 +105,13 @@ fn main() -> ! {
         STACK_GUARD + 4096
     );
     // SAFETY: `kernel` was built by `kernel_space::build` for this kernel.
-    unsafe { kernel_space::activate(kernel) };
+    let released = unsafe { kernel_space::activate(kernel) }
+        .unwrap_or_else(|e| kernel_demo::fatal(format_args!("boot memory: {e}")));
+    let (boot_start, boot_end) = info.boot_segment();
+    println!(
+        "boot segment {boot_start:#x}..{boot_end:#x} (entry code, boot GDT, boot page tables) given back: {released} frames, {}",
+        Size(released * 4096)
+    );
     T_SPACE.store(cpu::rdtsc(), Ordering::Relaxed);
     // SAFETY: the kernel space is active and its stack unused.
     unsafe { kernel_space::run_on_kernel_stack(after_switch) }
@@ -440,8 +446,9 @@ fn summary() {
     let stats = memory::FRAMES.with(|f| f.stats());
     let heap = HEAP.stats().expect("heap");
     println!(
-        "frames: {} total | {} page tables | {} heap | {} kernel stack | {} other used | {} free | {} reserved",
+        "frames: {} total ({} of them the released boot segment) | {} page tables | {} heap | {} kernel stack | {} other used | {} free | {} reserved",
         stats.total,
+        memory::boot_frames_released(),
         tables,
         heap.pages_held,
         kernel_space::STACK_PAGES,

@@ -6,12 +6,13 @@
 //! allocator sees the map.
 
 use crate::boot::{BootInfo, DIRECT_MAP};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kmem::frame::{BitmapFrameAllocator, FrameError, LockedFrameAllocator};
 use kmem::memory_map::e820;
 use kmem::memory_map::{MapError, MemoryMap, Region};
 use kmem::paging::{Mapper, OffsetPhysMem, X86Mmu};
-use x86_64::VirtAddr;
+use x86_64::structures::paging::PhysFrame;
+use x86_64::{PhysAddr, VirtAddr};
 
 /// The low memory every kernel keeps out of the allocator.
 pub const LOW_RESERVED: u64 = 1 << 20;
@@ -101,6 +102,36 @@ pub fn init() -> Result<(), &'static SetupError> {
     })
     .as_ref()
     .map(|_| ())
+}
+
+/// Frames of the boot segment given back by [`release_boot_memory`].
+static BOOT_FRAMES_RELEASED: AtomicU64 = AtomicU64::new(0);
+
+/// Gives the boot segment (entry code, boot GDT, boot stack and boot page
+/// tables) to the frame allocator, as a kernel frees its init memory, and
+/// returns how many frames that was.
+///
+/// # Safety
+/// Nothing may use the boot segment any more: CR3 holds tables that reach
+/// it only through the direct map, the boot GDT is no longer loaded, and
+/// no code or data in it is referenced.
+pub unsafe fn release_boot_memory() -> Result<u64, FrameError> {
+    let (start, end) = crate::boot::info().boot_segment();
+    let range = PhysFrame::range(
+        PhysFrame::containing_address(PhysAddr::new(start)),
+        PhysFrame::containing_address(PhysAddr::new(end)),
+    );
+    // SAFETY: per the caller, nothing uses these frames any more.
+    FRAMES.with(|f| unsafe { f.release(range) })?;
+    let frames = (end - start) / 4096;
+    BOOT_FRAMES_RELEASED.fetch_add(frames, Ordering::SeqCst);
+    Ok(frames)
+}
+
+/// Frames of the boot segment given back so far (0 before the switch to
+/// the kernel's own page tables).
+pub fn boot_frames_released() -> u64 {
+    BOOT_FRAMES_RELEASED.load(Ordering::SeqCst)
 }
 
 /// Physical memory as the mapper reaches it: the direct map.

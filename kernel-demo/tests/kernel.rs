@@ -51,6 +51,25 @@ kernel_demo::test_kernel! {
         });
     }
 
+    /// The boot segment (boot page tables, entry code, boot GDT) is back in
+    /// the frame allocator: counted as usable, not as a hole or reserved.
+    fn boot_segment_released() {
+        let (start, end) = kernel_demo::boot::info().boot_segment();
+        let frames = (end - start) / 4096;
+        // 64 boot page directories alone take 64 frames.
+        assert!(frames > 64, "boot segment of {frames} frames");
+        assert_eq!(kernel_demo::memory::boot_frames_released(), frames);
+        let map = kernel_demo::memory::memory_map(kernel_demo::boot::info()).unwrap();
+        let usable: u64 = map
+            .regions()
+            .iter()
+            .filter(|r| r.kind == kmem::memory_map::RegionKind::Usable)
+            .map(|r| r.len / 4096)
+            .sum();
+        let total = kernel_demo::memory::FRAMES.with(|f| f.stats().total);
+        assert_eq!(total, usable + frames);
+    }
+
     /// Reading a low physical address as virtual faults: nothing is there.
     #[should_fault(Expect::page_fault().at(0x20_0000).without(Pf::PROTECTION_VIOLATION))]
     fn low_memory_read_faults() {

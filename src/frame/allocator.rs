@@ -228,6 +228,39 @@ impl<'m> BitmapFrameAllocator<'m> {
         self.take_reserved(a, b)
     }
 
+    /// Puts frames that were out of service into service, free: memory
+    /// whose use has ended, such as a kernel's boot-only code and boot page
+    /// tables, or firmware data it has consumed. The range must lie inside
+    /// one reservation, or inside one hole of the memory map within the
+    /// allocator's span. Fails, changing nothing, if it does not, or if a
+    /// reservation would have to be split and the table is full.
+    ///
+    /// # Safety
+    /// Nothing may use the frames any more: they are handed out from now on.
+    pub unsafe fn release(&mut self, range: PhysFrameRange) -> Result<(), FrameError> {
+        let (a, b) = self.indices(frame_number(range.start), frame_number(range.end))?;
+        let Some((i, entry)) = self.table.containing(self.storage, a, b) else {
+            // Free or allocated frames, or a range spanning several entries.
+            let frame = match self.table.first_overlap(self.storage, a, b) {
+                Some(e) if e.start > a => self.addr(a),
+                Some(e) => self.addr(e.end),
+                None => self.addr(a),
+            };
+            return Err(FrameError::NotReserved { frame });
+        };
+        self.table.cut(self.storage, i, a, b).map_err(too_full)?;
+        let n = (b - a) as u64;
+        match entry.kind {
+            Kind::Hole => self.usable += n,
+            Kind::Reserved => self.reserved -= n,
+        }
+        self.bitmap.set_range(self.storage, a, b, true);
+        self.free += n;
+        self.hints.freed(a);
+        self.first_free = self.first_free.min(a);
+        Ok(())
+    }
+
     /// Whether `frame` is free.
     pub fn is_free(&self, frame: PhysFrame) -> bool {
         let f = frame_number(frame);

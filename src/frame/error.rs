@@ -37,6 +37,12 @@ pub enum FrameError {
         /// The first such frame.
         frame: u64,
     },
+    /// Releasing frames that are in service (free or allocated), or a range
+    /// not wholly inside one reservation or map hole.
+    NotReserved {
+        /// The first frame of the range outside that one reservation or hole.
+        frame: u64,
+    },
     /// Reserving a frame that is allocated.
     InUse {
         /// The first such frame.
@@ -81,6 +87,10 @@ impl fmt::Display for FrameError {
             }
             Self::AlreadyFree { frame } => write!(f, "frame {frame:#x} is already free"),
             Self::Reserved { frame } => write!(f, "frame {frame:#x} is reserved"),
+            Self::NotReserved { frame } => write!(
+                f,
+                "frame {frame:#x} is in service or the range spans several reservations"
+            ),
             Self::OutsideMap { frame } => write!(f, "frame {frame:#x} is not usable memory"),
             Self::InUse { frame } => write!(f, "frame {frame:#x} is allocated"),
             Self::ReservationTableFull { capacity } => {

@@ -143,6 +143,39 @@ impl RangeTable {
         Ok(())
     }
 
+    /// Index and value of the entry holding all of `[a, b)`, if one does.
+    pub(crate) fn containing(&self, s: &[u64], a: usize, b: usize) -> Option<(usize, Entry)> {
+        let i = self.first_ending_after(s, a);
+        (i < self.len)
+            .then(|| (i, self.get(s, i)))
+            .filter(|(_, e)| e.start <= a && b <= e.end)
+    }
+
+    /// Takes `[a, b)` out of entry `i`, which must hold it (see
+    /// [`containing`](Self::containing)). Cutting from the middle splits
+    /// the entry: that fails only when the table is full, unchanged.
+    pub(crate) fn cut(&mut self, s: &mut [u64], i: usize, a: usize, b: usize) -> Result<(), usize> {
+        let e = self.get(s, i);
+        match (e.start == a, e.end == b) {
+            (true, true) => self.remove(s, i),
+            (true, false) => self.put(s, i, Entry { start: b, ..e }),
+            (false, true) => self.put(s, i, Entry { end: a, ..e }),
+            (false, false) => {
+                if self.len == self.capacity {
+                    return Err(self.capacity);
+                }
+                s.copy_within(
+                    self.offset + 2 * i..self.offset + 2 * self.len,
+                    self.offset + 2 * i + 2,
+                );
+                self.len += 1;
+                self.put(s, i, Entry { end: a, ..e });
+                self.put(s, i + 1, Entry { start: b, ..e });
+            }
+        }
+        Ok(())
+    }
+
     fn remove(&mut self, s: &mut [u64], i: usize) {
         s.copy_within(
             self.offset + 2 * i + 2..self.offset + 2 * self.len,
