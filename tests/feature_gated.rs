@@ -13,7 +13,15 @@ fn main() -> ExitCode {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .current_dir(root)
-        .args(["test", "-p", "kmem", "--all-features", "--lib", "--test", "heap_tracking"])
+        .args([
+            "test",
+            "-p",
+            "kmem",
+            "--all-features",
+            "--lib",
+            "--test",
+            "heap_tracking",
+        ])
         .arg("--target-dir")
         .arg(std::path::Path::new(root).join("target").join("features"))
         .arg("--")
