@@ -13,6 +13,8 @@
 //! Host "physical memory" is never allocated: kmem touches only its
 //! metadata (a host buffer standing in for the carved frames).
 
+mod common;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -328,6 +330,7 @@ struct Row {
 }
 
 fn main() {
+    common::print_provenance("frames");
     let q = quick();
     let mut rows: Vec<Row> = Vec::new();
     let mut ratios: Vec<(&str, &str, f64)> = Vec::new();

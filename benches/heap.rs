@@ -20,6 +20,8 @@
 //!   Deterministic instruction counts: run the probe under
 //!   `valgrind --tool=callgrind`.
 
+mod common;
+
 use core::ptr::NonNull;
 use kmem::heap::{LockedHeap, PAGE_SIZE};
 use kmem::testing::arena::ArenaPageSource;
@@ -598,6 +600,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
+    common::print_provenance("heap");
     let cfg = config();
     let buf = Buffer::new();
     let mut ratios: Vec<String> = Vec::new();

@@ -7,6 +7,8 @@
 //! (c) unmap 1 GiB of 4 KiB pages: `unmap_range` (reclaims tables) vs per-page `unmap` + `clean_up`;
 //! (d) `translate` throughput over 1 GiB of 4 KiB pages, random addresses.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -323,6 +325,7 @@ fn mops(n: usize, d: Duration) -> f64 {
 }
 
 fn main() {
+    common::print_provenance("paging");
     let trials = if quick() { 3 } else { 11 };
     let direct_trials = if quick() { 1 } else { 5 };
     println!("paging benchmark (emulated physical memory; medians of {trials} interleaved trials, {direct_trials} for (b))");
