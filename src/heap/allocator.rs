@@ -110,7 +110,7 @@ impl<P: PageSource> Heap<P> {
             addr_of_mut!((*p).pages_held).write(0);
             addr_of_mut!((*p).counters).write(Counters::new());
             #[cfg(feature = "tracking")]
-            super::tracking::Tracker::init_at(addr_of_mut!((*p).tracker));
+            super::tracking::Tracker::init_at(addr_of_mut!((*p).tracker), lo, top);
         }
         // SAFETY: every field was just written.
         if let Err(e) = unsafe { slot.assume_init_mut() }.source.map(lo, 1) {
@@ -137,6 +137,9 @@ impl<P: PageSource> Heap<P> {
         // The large heap's span must stay under `large::MAX_BLOCK` (256
         // TiB); a larger range is used only that far.
         let top = top.min(lo.saturating_add(large::MAX_BLOCK) & !(SLAB_SIZE - 1));
+        // The tracker's live bitmap takes the top of the range.
+        #[cfg(feature = "tracking")]
+        let top = super::tracking::Tracker::heap_top(lo, top);
         if top < lo + PAGE_SIZE + SLAB_SIZE {
             return Err(HeapInitError::TooSmall { start, len });
         }
@@ -178,7 +181,8 @@ impl<P: PageSource> Heap<P> {
         };
         self.counters.on_alloc(layout.size());
         #[cfg(feature = "tracking")]
-        self.tracker.on_alloc(p.as_ptr() as usize, layout);
+        self.tracker
+            .on_alloc(p.as_ptr() as usize, layout, &mut self.source);
         Ok(p)
     }
 
@@ -256,8 +260,12 @@ impl<P: PageSource> Heap<P> {
             if let Some(p) = unsafe { self.large.resize_backward(ptr, new_size, keep) } {
                 self.counters.on_resize(layout.size(), new_size);
                 #[cfg(feature = "tracking")]
-                self.tracker
-                    .moved(ptr.as_ptr() as usize, p.as_ptr() as usize, new_size);
+                self.tracker.moved(
+                    ptr.as_ptr() as usize,
+                    p.as_ptr() as usize,
+                    new_size,
+                    &mut self.source,
+                );
                 return Ok(p);
             }
         }

@@ -1,47 +1,102 @@
 //! Debug tracking of every outstanding allocation (feature `tracking`).
 //!
-//! No allocation of its own: a fixed table of [`TRACK_CAPACITY`] live
-//! allocations kept sorted by address (binary search; overlap is checked
-//! against the two neighbours), a ring of recently freed addresses to tell a
-//! double free from a foreign one, and a ring of the last errors. When the
-//! table is full, further allocations go untracked (counted in
-//! [`Tracker::untracked`]) and frees of unknown pointers are then no longer
-//! reported, to avoid false alarms.
+//! Nothing is allocated from the heap being watched. Two records:
+//! - A live bitmap with one bit per [`STEP`] bytes of the heap's range, set
+//!   where a live allocation starts. The heap hands out only multiples of
+//!   `STEP`, so the bitmap answers "is this pointer live?" at any number of
+//!   live allocations, and a double free is refused however full the heap
+//!   is. It takes the top 1/64 of the range given to the heap (the heap
+//!   keeps the rest); its pages are mapped from the heap's page source as
+//!   the heap grows from either end, zeroed, and kept for the heap's life,
+//!   so they are not in the heap's `pages_held`: see
+//!   [`TrackerStats::bitmap_pages`].
+//! - A table of [`TRACK_CAPACITY`] allocations with their layouts, sorted by
+//!   address (binary search; overlap is checked against the two neighbours),
+//!   for layout checks and the leak report. Allocations made while it is
+//!   full are known by address only: a double free of one is caught, a
+//!   wrong layout is not, and the leak report lists it with size and
+//!   alignment 0.
 //!
-//! Freed memory is poisoned with [`POISON`]; a slab object is checked for
-//! intact poison when handed out again, so a write after free is reported.
+//! If the table is full and the page source refuses a page for the bitmap,
+//! an allocation goes unseen: [`TrackingError::Saturated`] is reported, and
+//! while any unseen allocation is live, frees of unknown pointers must be let
+//! through (one of them may be the unseen one). [`Tracker::stats`] counts
+//! what the tracker cannot see.
+//!
+//! A ring of recently freed addresses tells a double free from a foreign
+//! one, and a ring keeps the last errors. Freed memory is poisoned with
+//! [`POISON`]; a slab object is checked for intact poison when handed out
+//! again, so a write after free is reported.
 
+use super::large;
+use super::page_source::{PageSource, PAGE_SIZE};
+use super::size_class::CLASS_SIZES;
+use super::slab::SLAB_SIZE;
 use core::alloc::Layout;
 
-/// Live allocations the table can record.
+/// Live allocations the table records with their layouts.
 pub const TRACK_CAPACITY: usize = 8192;
 /// Errors kept (the most recent ones).
 pub const ERROR_RING: usize = 32;
 const FREED_RING: usize = 256;
 /// Byte written over freed memory.
 pub const POISON: u8 = 0xDD;
+/// Every address the heap hands out is a multiple of this (the smallest
+/// size class; slab objects sit at multiples of their class size, large
+/// payloads at multiples of `large::GRANULE`): one live bit per step.
+pub const STEP: usize = CLASS_SIZES[0];
+/// Heap bytes one bitmap byte covers.
+const BYTE_SPAN: usize = STEP * 8;
+
+const _: () = {
+    let mut i = 0;
+    while i < CLASS_SIZES.len() {
+        assert!(CLASS_SIZES[i].is_multiple_of(STEP));
+        i += 1;
+    }
+    assert!(large::GRANULE.is_multiple_of(STEP) && SLAB_SIZE.is_multiple_of(STEP));
+};
 
 /// One outstanding allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Allocation {
     /// Address handed out.
     pub addr: usize,
-    /// Size requested.
+    /// Size requested; 0 if not recorded (the table was full).
     pub size: usize,
-    /// Alignment requested.
+    /// Alignment requested; 0 if not recorded (the table was full).
     pub align: usize,
 }
 
-/// A misuse of the heap the tracker caught. Bad frees are refused (the heap
-/// is left untouched), so reporting never corrupts it further.
+impl Allocation {
+    /// An allocation known by its address only.
+    const fn address_only(addr: usize) -> Self {
+        Self {
+            addr,
+            size: 0,
+            align: 0,
+        }
+    }
+
+    /// Whether the layout was recorded (recorded sizes and alignments are
+    /// never 0).
+    pub fn layout_recorded(&self) -> bool {
+        self.align != 0
+    }
+}
+
+/// A misuse of the heap the tracker caught, or the point where it stopped
+/// seeing every allocation. Bad frees are refused (the heap is left
+/// untouched), so reporting never corrupts it further.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrackingError {
-    /// `addr` was freed again after a recent free.
+    /// `addr` is not live and was freed recently: it is being freed (or
+    /// reallocated) again.
     DoubleFree {
         /// The pointer passed to `dealloc`.
         addr: usize,
     },
-    /// `addr` was never handed out (or freed long ago).
+    /// `addr` is not live and was never handed out (or was freed long ago).
     ForeignFree {
         /// The pointer passed to `dealloc`.
         addr: usize,
@@ -69,54 +124,232 @@ pub enum TrackingError {
         /// Offset of the first changed byte.
         offset: usize,
     },
+    /// The allocation at `addr` could not be recorded: the table was full
+    /// and the page source refused a page for the live bitmap. Until every
+    /// unseen allocation is freed, frees of pointers the tracker does not
+    /// know are let through, so double and foreign frees go uncaught (see
+    /// [`TrackerStats`]). Reported each time the tracker starts missing
+    /// allocations.
+    Saturated {
+        /// The first allocation missed.
+        addr: usize,
+    },
+}
+
+/// What the tracker sees of the live allocations, and what it cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackerStats {
+    /// Live allocations recorded with their layout.
+    pub recorded: usize,
+    /// Live allocations known by address only (made while the table was
+    /// full): double frees of them are caught, wrong layouts are not.
+    pub address_only: usize,
+    /// Live allocations not seen at all (see [`TrackingError::Saturated`]);
+    /// while non-zero, double and foreign frees go uncaught.
+    pub unseen: usize,
+    /// Frees and reallocations of unknown pointers let through because of
+    /// unseen allocations.
+    pub unchecked: usize,
+    /// Pages the live bitmap holds from the page source (besides the
+    /// heap's own `pages_held`).
+    pub bitmap_pages: usize,
+}
+
+/// One bit per [`STEP`] bytes of the heap's range `[lo, ..)`, set where a
+/// live allocation starts, in pages mapped from the bottom and the top of
+/// the bitmap inwards (the heap grows from both ends of its range).
+struct LiveBitmap {
+    /// First heap address covered (bit 0 of byte 0).
+    lo: usize,
+    /// Address of byte 0.
+    base: usize,
+    /// Pages the bitmap spans.
+    pages: usize,
+    /// Pages `[0, low)` and `[high, pages)` are mapped and hold the bitmap;
+    /// the pages between are unmapped and read as all clear.
+    low: usize,
+    high: usize,
+}
+
+impl LiveBitmap {
+    /// Bitmap bytes, in whole pages, covering `heap` bytes.
+    const fn bytes_for(heap: usize) -> usize {
+        heap.div_ceil(BYTE_SPAN).next_multiple_of(PAGE_SIZE)
+    }
+
+    /// The bitmap for the heap range `[lo, top)`, at `top` (nothing mapped).
+    fn new(lo: usize, top: usize) -> Self {
+        let pages = Self::bytes_for(top.saturating_sub(lo)) / PAGE_SIZE;
+        Self {
+            lo,
+            base: top,
+            pages,
+            low: 0,
+            high: pages,
+        }
+    }
+
+    /// The byte index and bit mask of `addr`, if `addr` can start an
+    /// allocation in the covered range.
+    fn bit(&self, addr: usize) -> Option<(usize, u8)> {
+        let off = addr.checked_sub(self.lo)?;
+        let byte = off / BYTE_SPAN;
+        (off.is_multiple_of(STEP) && byte < self.pages * PAGE_SIZE)
+            .then_some((byte, 1 << (off / STEP % 8)))
+    }
+
+    fn is_mapped(&self, byte: usize) -> bool {
+        let page = byte / PAGE_SIZE;
+        page < self.low || page >= self.high
+    }
+
+    /// Byte `byte` of the bitmap.
+    ///
+    /// # Safety
+    /// `byte` must be mapped ([`LiveBitmap::is_mapped`]).
+    unsafe fn read(&self, byte: usize) -> u8 {
+        // SAFETY: the byte lies in a page this bitmap mapped (caller); the
+        // bitmap's pages lie outside the heap's range, so nothing else
+        // reads or writes them.
+        unsafe { ((self.base + byte) as *const u8).read() }
+    }
+
+    /// Sets byte `byte` of the bitmap to `v`.
+    ///
+    /// # Safety
+    /// As [`LiveBitmap::read`].
+    unsafe fn write(&mut self, byte: usize, v: u8) {
+        // SAFETY: as in `read`.
+        unsafe { ((self.base + byte) as *mut u8).write(v) }
+    }
+
+    /// Whether the bit of `addr` is set.
+    fn get(&self, addr: usize) -> bool {
+        match self.bit(addr) {
+            Some((byte, mask)) if self.is_mapped(byte) => {
+                // SAFETY: the byte is mapped (checked).
+                let v = unsafe { self.read(byte) };
+                v & mask != 0
+            }
+            _ => false,
+        }
+    }
+
+    /// Sets the bit of `addr`, mapping bitmap pages as needed; false if the
+    /// address is not covered or the page source refused the pages.
+    fn set<P: PageSource>(&mut self, addr: usize, source: &mut P) -> bool {
+        let Some((byte, mask)) = self.bit(addr) else {
+            return false;
+        };
+        if !self.is_mapped(byte) && !self.map_through(byte / PAGE_SIZE, source) {
+            return false;
+        }
+        // SAFETY: the byte is mapped (checked or just mapped).
+        unsafe { self.write(byte, self.read(byte) | mask) };
+        true
+    }
+
+    /// Clears the bit of `addr`; returns whether it was set.
+    fn clear(&mut self, addr: usize) -> bool {
+        match self.bit(addr) {
+            Some((byte, mask)) if self.is_mapped(byte) => {
+                // SAFETY: the byte is mapped (checked).
+                let v = unsafe { self.read(byte) };
+                // SAFETY: as above.
+                unsafe { self.write(byte, v & !mask) };
+                v & mask != 0
+            }
+            _ => false,
+        }
+    }
+
+    /// Maps the unmapped pages from the nearer mapped end through `page`:
+    /// the heap's two ends grow contiguously, so the mapped part of the
+    /// bitmap follows them without holes.
+    fn map_through<P: PageSource>(&mut self, page: usize, source: &mut P) -> bool {
+        let (first, n) = if page - self.low <= self.high - 1 - page {
+            (self.low, page + 1 - self.low)
+        } else {
+            (page, self.high - page)
+        };
+        let start = self.base + first * PAGE_SIZE;
+        if source.map(start, n).is_err() {
+            return false;
+        }
+        // SAFETY: the pages were just mapped for the bitmap alone; a fresh
+        // frame may hold anything, and unmapped bitmap pages read as clear.
+        unsafe { core::ptr::write_bytes(start as *mut u8, 0, n * PAGE_SIZE) };
+        if first == self.low {
+            self.low += n;
+        } else {
+            self.high = first;
+        }
+        true
+    }
+
+    fn mapped_pages(&self) -> usize {
+        self.low + (self.pages - self.high)
+    }
+
+    /// Addresses whose bit is set, ascending.
+    fn addrs(&self) -> impl Iterator<Item = usize> + '_ {
+        let bytes = (0..self.low * PAGE_SIZE).chain(self.high * PAGE_SIZE..self.pages * PAGE_SIZE);
+        bytes.flat_map(move |byte| {
+            // SAFETY: the byte lies in the mapped bottom or top of the bitmap.
+            let v = unsafe { self.read(byte) };
+            (0..8)
+                .filter(move |b| v & (1 << b) != 0)
+                .map(move |b| self.lo + byte * BYTE_SPAN + b * STEP)
+        })
+    }
 }
 
 /// The tracking state, embedded in the heap.
 pub struct Tracker {
     live: [Allocation; TRACK_CAPACITY],
     len: usize,
+    bitmap: LiveBitmap,
+    address_only: usize,
+    unseen: usize,
+    unchecked: usize,
     freed: [usize; FREED_RING],
     freed_next: usize,
     errors: [Option<TrackingError>; ERROR_RING],
     error_count: usize,
-    untracked: usize,
 }
 
 impl Tracker {
-    /// An empty tracker.
-    pub const fn new() -> Self {
-        Self {
-            live: [Allocation {
-                addr: 0,
-                size: 0,
-                align: 0,
-            }; TRACK_CAPACITY],
-            len: 0,
-            freed: [0; FREED_RING],
-            freed_next: 0,
-            errors: [None; ERROR_RING],
-            error_count: 0,
-            untracked: 0,
-        }
+    /// The top of the heap's own range when the tracker's bitmap must fit
+    /// in `[lo, top)` above it: `top` lowered by the bitmap's pages (about
+    /// 1/64 of the range), then to a multiple of `SLAB_SIZE`.
+    pub(crate) const fn heap_top(lo: usize, top: usize) -> usize {
+        let bitmap = LiveBitmap::bytes_for(top.saturating_sub(lo));
+        top.saturating_sub(bitmap) & !(SLAB_SIZE - 1)
     }
 
-    /// Writes an empty tracker at `slot` without building one on the stack
-    /// (it is about 200 KiB).
+    /// Writes an empty tracker for the heap range `[lo, top)` at `slot`
+    /// without building one on the stack (it is about 200 KiB). The bitmap
+    /// goes at `top`, which must come from [`Tracker::heap_top`].
     ///
     /// # Safety
-    /// `slot` must be valid for writes of a `Tracker` and aligned.
-    pub(crate) unsafe fn init_at(slot: *mut Self) {
+    /// `slot` must be valid for writes of a `Tracker` and aligned. The
+    /// bitmap's range above `top` must be reserved for the tracker, and
+    /// the page source it later gets must be able to map it.
+    pub(crate) unsafe fn init_at(slot: *mut Self, lo: usize, top: usize) {
         // SAFETY: the caller gives a writable, aligned slot. Each field is
         // written once through raw pointers; all-zero is a valid
         // `Allocation` and `usize`, and `errors` is filled with `None`.
         unsafe {
             core::ptr::addr_of_mut!((*slot).live).write_bytes(0, 1);
             core::ptr::addr_of_mut!((*slot).len).write(0);
+            core::ptr::addr_of_mut!((*slot).bitmap).write(LiveBitmap::new(lo, top));
+            core::ptr::addr_of_mut!((*slot).address_only).write(0);
+            core::ptr::addr_of_mut!((*slot).unseen).write(0);
+            core::ptr::addr_of_mut!((*slot).unchecked).write(0);
             core::ptr::addr_of_mut!((*slot).freed).write_bytes(0, 1);
             core::ptr::addr_of_mut!((*slot).freed_next).write(0);
             core::ptr::addr_of_mut!((*slot).errors).write([None; ERROR_RING]);
             core::ptr::addr_of_mut!((*slot).error_count).write(0);
-            core::ptr::addr_of_mut!((*slot).untracked).write(0);
         }
     }
 
@@ -130,54 +363,82 @@ impl Tracker {
     }
 
     /// Records a new allocation, checking it overlaps nothing live.
-    pub fn on_alloc(&mut self, addr: usize, layout: Layout) {
+    pub(crate) fn on_alloc<P: PageSource>(&mut self, addr: usize, layout: Layout, source: &mut P) {
         let new = Allocation {
             addr,
             size: layout.size().max(1),
             align: layout.align(),
         };
-        let i = match self.find(addr) {
+        self.record(new, source);
+    }
+
+    /// Records `new` (address only if its alignment is 0), in the table
+    /// while it has room, in the bitmap always.
+    fn record<P: PageSource>(&mut self, new: Allocation, source: &mut P) {
+        let Some(i) = self.check_overlap(new) else {
+            return;
+        };
+        let marked = self.bitmap.set(new.addr, source);
+        if new.layout_recorded() && self.len < TRACK_CAPACITY {
+            self.live.copy_within(i..self.len, i + 1);
+            self.live[i] = new;
+            self.len += 1;
+        } else if marked {
+            self.address_only += 1;
+        } else {
+            self.unseen += 1;
+            if self.unseen == 1 {
+                self.report(TrackingError::Saturated { addr: new.addr });
+            }
+        }
+    }
+
+    /// Reports live allocations `new` overlaps; returns where it goes in
+    /// the table, or `None` if a live allocation starts at the same address
+    /// (the new one is then not recorded).
+    fn check_overlap(&mut self, new: Allocation) -> Option<usize> {
+        let i = match self.find(new.addr) {
             Ok(i) => {
                 self.report(TrackingError::Overlap {
                     new,
                     live: self.live[i],
                 });
-                return;
+                return None;
             }
             Err(i) => i,
         };
-        let end = addr + new.size;
-        if i > 0 && self.live[i - 1].addr + self.live[i - 1].size > addr {
+        if self.bitmap.get(new.addr) {
+            self.report(TrackingError::Overlap {
+                new,
+                live: Allocation::address_only(new.addr),
+            });
+            return None;
+        }
+        if i > 0 && self.live[i - 1].addr + self.live[i - 1].size > new.addr {
             self.report(TrackingError::Overlap {
                 new,
                 live: self.live[i - 1],
             });
         }
-        if i < self.len && self.live[i].addr < end {
+        if i < self.len && self.live[i].addr < new.addr + new.size {
             self.report(TrackingError::Overlap {
                 new,
                 live: self.live[i],
             });
         }
-        if self.len == TRACK_CAPACITY {
-            self.untracked += 1;
-            return;
-        }
-        self.live.copy_within(i..self.len, i + 1);
-        self.live[i] = new;
-        self.len += 1;
+        Some(i)
     }
 
     /// Checks that `addr` is live with `layout` (the old side of a realloc).
-    pub fn verify(&mut self, addr: usize, layout: Layout) -> Result<(), TrackingError> {
+    pub(crate) fn verify(&mut self, addr: usize, layout: Layout) -> Result<(), TrackingError> {
         match self.find(addr) {
             Ok(i) => self.check_layout(self.live[i], layout),
-            Err(_) if self.untracked > 0 => Ok(()),
-            Err(_) => {
-                let e = TrackingError::ForeignFree { addr };
-                self.report(e);
-                Err(e)
+            Err(_) if self.bitmap.get(addr) => Ok(()),
+            Err(_) if self.unseen > 0 => {
+                self.unchecked += 1;
+                Ok(())
             }
+            Err(_) => Err(self.unknown(addr)),
         }
     }
 
@@ -195,48 +456,79 @@ impl Tracker {
         Err(e)
     }
 
+    /// Reports a free of `addr`, which is not live.
+    fn unknown(&mut self, addr: usize) -> TrackingError {
+        let e = if self.freed.contains(&addr) {
+            TrackingError::DoubleFree { addr }
+        } else {
+            TrackingError::ForeignFree { addr }
+        };
+        self.report(e);
+        e
+    }
+
     /// Records an in-place resize of the live allocation at `addr`.
-    pub fn resize(&mut self, addr: usize, new_size: usize) {
+    pub(crate) fn resize(&mut self, addr: usize, new_size: usize) {
         if let Ok(i) = self.find(addr) {
             self.live[i].size = new_size.max(1);
         }
     }
 
     /// Records that the live allocation at `from` moved to `to` with `new_size`.
-    pub fn moved(&mut self, from: usize, to: usize, new_size: usize) {
-        if let Ok(i) = self.find(from) {
-            let align = self.live[i].align;
-            self.live.copy_within(i + 1..self.len, i);
-            self.len -= 1;
-            let layout = Layout::from_size_align(new_size, align).unwrap_or(Layout::new::<u8>());
-            self.on_alloc(to, layout);
-        }
+    pub(crate) fn moved<P: PageSource>(
+        &mut self,
+        from: usize,
+        to: usize,
+        new_size: usize,
+        source: &mut P,
+    ) {
+        let new = match self.find(from) {
+            Ok(i) => {
+                let align = self.live[i].align;
+                self.live.copy_within(i + 1..self.len, i);
+                self.len -= 1;
+                self.bitmap.clear(from);
+                Allocation {
+                    addr: to,
+                    size: new_size.max(1),
+                    align,
+                }
+            }
+            Err(_) if self.bitmap.clear(from) => {
+                self.address_only -= 1;
+                Allocation::address_only(to)
+            }
+            // An unseen allocation stays unseen.
+            Err(_) => return,
+        };
+        self.remember_freed(from);
+        self.record(new, source);
     }
 
     /// Checks a free (or the old side of a realloc); on `Ok` the record is removed.
-    pub fn on_free(&mut self, addr: usize, layout: Layout) -> Result<(), TrackingError> {
-        let i = match self.find(addr) {
-            Ok(i) => i,
-            Err(_) if self.untracked > 0 => {
-                self.untracked -= 1;
+    pub(crate) fn on_free(&mut self, addr: usize, layout: Layout) -> Result<(), TrackingError> {
+        match self.find(addr) {
+            Ok(i) => {
+                self.check_layout(self.live[i], layout)?;
+                self.live.copy_within(i + 1..self.len, i);
+                self.len -= 1;
+                self.bitmap.clear(addr);
+            }
+            Err(_) if self.bitmap.clear(addr) => self.address_only -= 1,
+            Err(_) if self.unseen > 0 => {
+                self.unseen -= 1;
+                self.unchecked += 1;
                 return Ok(());
             }
-            Err(_) => {
-                let e = if self.freed.contains(&addr) {
-                    TrackingError::DoubleFree { addr }
-                } else {
-                    TrackingError::ForeignFree { addr }
-                };
-                self.report(e);
-                return Err(e);
-            }
-        };
-        self.check_layout(self.live[i], layout)?;
-        self.live.copy_within(i + 1..self.len, i);
-        self.len -= 1;
+            Err(_) => return Err(self.unknown(addr)),
+        }
+        self.remember_freed(addr);
+        Ok(())
+    }
+
+    fn remember_freed(&mut self, addr: usize) {
         self.freed[self.freed_next % FREED_RING] = addr;
         self.freed_next += 1;
-        Ok(())
     }
 
     /// Checks that `bytes` bytes at `obj` (past the free-list link) still
@@ -244,7 +536,7 @@ impl Tracker {
     ///
     /// # Safety
     /// `obj..obj + bytes` must be readable.
-    pub unsafe fn check_poison(&mut self, obj: *const u8, bytes: usize) {
+    pub(crate) unsafe fn check_poison(&mut self, obj: *const u8, bytes: usize) {
         for off in 8..bytes {
             // SAFETY: inside the object (caller).
             if unsafe { obj.add(off).read() } != POISON {
@@ -257,12 +549,27 @@ impl Tracker {
         }
     }
 
-    /// Outstanding allocations, by address: the leak report.
+    /// The leak report: every live allocation the tracker saw, by address;
+    /// those known by address only have size and alignment 0. Allocations
+    /// it did not see are counted in [`TrackerStats::unseen`].
     pub fn leaks(&self) -> impl Iterator<Item = Allocation> + '_ {
-        self.live[..self.len].iter().copied()
+        let mut table = self.live[..self.len].iter().copied().peekable();
+        let mut marked = self.bitmap.addrs().peekable();
+        core::iter::from_fn(
+            move || match (table.peek().map(|a| a.addr), marked.peek().copied()) {
+                (Some(t), Some(m)) if t == m => {
+                    marked.next();
+                    table.next()
+                }
+                (Some(t), Some(m)) if t < m => table.next(),
+                (Some(_), None) => table.next(),
+                (_, Some(_)) => marked.next().map(Allocation::address_only),
+                (None, None) => None,
+            },
+        )
     }
 
-    /// Outstanding allocations recorded.
+    /// Live allocations recorded with their layout.
     pub fn live_count(&self) -> usize {
         self.len
     }
@@ -278,14 +585,26 @@ impl Tracker {
         (self.error_count - n..self.error_count).filter_map(|i| self.errors[i % ERROR_RING])
     }
 
-    /// Allocations not recorded because the table was full.
+    /// Live allocations whose layout is not recorded because the table was
+    /// full (known by address only, or unseen).
     pub fn untracked(&self) -> usize {
-        self.untracked
+        self.address_only + self.unseen
     }
-}
 
-impl Default for Tracker {
-    fn default() -> Self {
-        Self::new()
+    /// Whether some live allocation went unseen, so that double and foreign
+    /// frees are not caught now.
+    pub fn saturated(&self) -> bool {
+        self.unseen > 0
+    }
+
+    /// What the tracker sees and what it cannot.
+    pub fn stats(&self) -> TrackerStats {
+        TrackerStats {
+            recorded: self.len,
+            address_only: self.address_only,
+            unseen: self.unseen,
+            unchecked: self.unchecked,
+            bitmap_pages: self.bitmap.mapped_pages(),
+        }
     }
 }
