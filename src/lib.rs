@@ -70,6 +70,8 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+#[cfg(feature = "vm")]
+extern crate alloc;
 #[cfg(feature = "testing")]
 extern crate std;
 
@@ -79,3 +81,5 @@ pub mod memory_map;
 pub mod paging;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "vm")]
+pub mod vm;

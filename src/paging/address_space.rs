@@ -96,6 +96,11 @@ impl<P: PhysMem> AddressSpace<P> {
         Self { mapper }
     }
 
+    /// Gives up the address space, returning its mapper (the hierarchy is kept).
+    pub fn into_mapper(self) -> Mapper<P> {
+        self.mapper
+    }
+
     /// The mapper, to map and unmap in this address space.
     pub fn mapper(&mut self) -> &mut Mapper<P> {
         &mut self.mapper

@@ -2,7 +2,9 @@
 
 use x86_64::{PhysAddr, VirtAddr};
 
-use super::entry::{canonical, is_leaf, span, ADDR_MASK, ENTRIES, NX, PRESENT, USER, WRITABLE};
+use super::entry::{
+    canonical, is_leaf, span, ADDR_MASK, ENTRIES, LINEAR_MASK, NX, PRESENT, USER, WRITABLE,
+};
 use super::{Access, LeafSize, Mapper, PhysMem};
 
 /// One mapped page, as the MMU sees it.
@@ -59,12 +61,33 @@ impl<P: PhysMem> Mapper<P> {
     /// let census = m.for_each_leaf(|leaf| wx += usize::from(leaf.access.writable && leaf.access.executable));
     /// assert_eq!((wx, census.leaves, census.tables), (0, [2, 0, 0], 4));
     /// ```
-    pub fn for_each_leaf(&self, mut f: impl FnMut(&Leaf)) -> Census {
+    pub fn for_each_leaf(&self, f: impl FnMut(&Leaf)) -> Census {
+        self.for_each_leaf_in(VirtAddr::zero(), u64::MAX, f)
+    }
+
+    /// [`for_each_leaf`](Self::for_each_leaf) for the leaves that overlap the `len` bytes
+    /// from `start` (to the end of the address space if that is shorter): subtrees outside
+    /// the range are skipped, so a sparse range costs the tables it touches, not its size.
+    pub fn for_each_leaf_in(&self, start: VirtAddr, len: u64, mut f: impl FnMut(&Leaf)) -> Census {
         let mut census = Census {
             tables: 1,
             leaves: [0; 3],
         };
-        self.visit(self.root(), 4, 0, WRITABLE | USER, 0, &mut f, &mut census);
+        let lo = start.as_u64() & LINEAR_MASK;
+        let hi = lo.saturating_add(len).min(LINEAR_MASK + 1);
+        if hi <= lo {
+            return census;
+        }
+        self.visit(
+            self.root(),
+            4,
+            0,
+            (lo, hi),
+            WRITABLE | USER,
+            0,
+            &mut f,
+            &mut census,
+        );
         census
     }
 
@@ -74,12 +97,15 @@ impl<P: PhysMem> Mapper<P> {
         table: u64,
         level: u8,
         base: u64,
+        (lo, hi): (u64, u64),
         and: u64,
         nx: u64,
         f: &mut impl FnMut(&Leaf),
         census: &mut Census,
     ) {
-        for i in 0..ENTRIES {
+        let first = lo.saturating_sub(base) / span(level);
+        let last = (hi - base).div_ceil(span(level)).min(ENTRIES as u64);
+        for i in first as usize..last as usize {
             let e = self.read(table, i);
             if e & PRESENT == 0 {
                 continue;
@@ -101,7 +127,7 @@ impl<P: PhysMem> Mapper<P> {
                 });
             } else {
                 census.tables += 1;
-                self.visit(e & ADDR_MASK, level - 1, lin, and, nx, f, census);
+                self.visit(e & ADDR_MASK, level - 1, lin, (lo, hi), and, nx, f, census);
             }
         }
     }

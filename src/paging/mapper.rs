@@ -192,8 +192,37 @@ impl<P: PhysMem> Mapper<P> {
         page: Page<S>,
         flags: MapFlags,
     ) -> Result<Flush, PagingError> {
+        self.rewrite_leaf(page, None, flags).map(|(_, flush)| flush)
+    }
+
+    /// Points one mapped page of size `S` at another frame with new flags, returning the
+    /// frame it mapped before. Needs no table frame, so it cannot run out of memory: a
+    /// copy-on-write fault swaps in its copy this way after the only fallible step.
+    pub fn remap<S: PageSize>(
+        &mut self,
+        page: Page<S>,
+        frame: PhysFrame<S>,
+        flags: MapFlags,
+    ) -> Result<(PhysFrame<S>, Flush), PagingError> {
+        self.rewrite_leaf(page, Some(frame), flags)
+    }
+
+    fn rewrite_leaf<S: PageSize>(
+        &mut self,
+        page: Page<S>,
+        frame: Option<PhysFrame<S>>,
+        flags: MapFlags,
+    ) -> Result<(PhysFrame<S>, Flush), PagingError> {
         let va = page.start_address().as_u64();
         let bits = flags.checked_bits(page.start_address())?;
+        if let Some(pa) = frame.map(|f| f.start_address().as_u64()) {
+            if !pa.is_multiple_of(S::SIZE) {
+                return Err(PagingError::Misaligned {
+                    value: pa,
+                    align: S::SIZE,
+                });
+            }
+        }
         let level = LeafSize::of::<S>().level();
         let (path, leaf) = self.leaf_path(va, level)?;
         let lin = va & LINEAR_MASK;
@@ -204,14 +233,16 @@ impl<P: PhysMem> Mapper<P> {
                 self.write(path[l as usize], i, e | USER);
             }
         }
+        let old = leaf & ADDR_MASK & !(S::SIZE - 1);
+        let new = frame.map_or(old, |f| f.start_address().as_u64());
         self.write(
             path[level as usize],
             index(lin, level),
-            (leaf & ADDR_MASK) | leaf_bits(bits, level),
+            new | leaf_bits(bits, level),
         );
         let mut flush = Flush::none();
         flush.add(va);
-        Ok(flush)
+        Ok((PhysFrame::containing_address(PhysAddr::new(old)), flush))
     }
 
     /// Walks to the leaf of size `level` at `va`: the tables on the way (indexed by level)

@@ -1,0 +1,83 @@
+//! One area of an address space: a page-aligned range, its protection and
+//! what backs it.
+
+use super::Prot;
+use x86_64::PhysAddr;
+
+/// What backs an area's pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AreaKind {
+    /// Anonymous memory, zero-filled on demand: a first read maps the
+    /// shared zero frame, a first write a private zeroed frame. Private
+    /// frames are shared copy-on-write after a fork.
+    Anonymous,
+    /// Fixed physical memory (MMIO, a framebuffer): the area's first page
+    /// maps `phys`, the next `phys + 4096`, and so on. Mapped when created;
+    /// its frames are never freed by the address space, and a fork shares
+    /// them as they are.
+    Fixed {
+        /// The frame behind the area's first page.
+        phys: PhysAddr,
+    },
+    /// Never mapped: any access is a fault reported as a guard hit.
+    Guard,
+}
+
+/// An area: `[start, end)`, page-aligned and non-empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Area {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// What accesses are allowed.
+    pub prot: Prot,
+    /// What backs it.
+    pub kind: AreaKind,
+}
+
+impl Area {
+    /// Its length in bytes.
+    pub const fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether it is empty (never, for an area of an address space).
+    pub const fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    /// Whether `addr` lies inside.
+    pub const fn contains(&self, addr: u64) -> bool {
+        self.start <= addr && addr < self.end
+    }
+
+    /// The part `[a, b)` of this area (which must lie inside it), with a
+    /// fixed area's physical address moved along.
+    pub(crate) fn slice(&self, a: u64, b: u64) -> Self {
+        debug_assert!(self.start <= a && a < b && b <= self.end);
+        let kind = match self.kind {
+            AreaKind::Fixed { phys } => AreaKind::Fixed {
+                phys: phys + (a - self.start),
+            },
+            k => k,
+        };
+        Self {
+            start: a,
+            end: b,
+            kind,
+            ..*self
+        }
+    }
+
+    /// Whether `next`, starting where this ends, can join this area: same
+    /// protection, same kind, and for fixed memory a continuous physical range.
+    pub(crate) fn joins(&self, next: &Self) -> bool {
+        self.end == next.start
+            && self.prot == next.prot
+            && match (self.kind, next.kind) {
+                (AreaKind::Fixed { phys: p }, AreaKind::Fixed { phys: q }) => p + self.len() == q,
+                (a, b) => a == b,
+            }
+    }
+}

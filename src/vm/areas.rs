@@ -1,0 +1,236 @@
+//! The areas of one address space, sorted, with an index of the gaps
+//! between them: finding the area of an address, checking a range is
+//! free and finding a gap of a given length are all O(log n).
+
+use super::Area;
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+
+/// Disjoint areas inside a managed range `[lo, hi)`, and the gaps between.
+#[derive(Debug, Clone)]
+pub(crate) struct AreaSet {
+    lo: u64,
+    hi: u64,
+    /// By start address.
+    areas: BTreeMap<u64, Area>,
+    /// Every maximal free range as `(len, start)`: the first entry at or
+    /// above `(len, 0)` is the smallest gap that fits.
+    gaps: BTreeSet<(u64, u64)>,
+}
+
+impl AreaSet {
+    /// No areas: one gap covering `[lo, hi)`.
+    pub(crate) fn new(lo: u64, hi: u64) -> Self {
+        let mut gaps = BTreeSet::new();
+        if hi > lo {
+            gaps.insert((hi - lo, lo));
+        }
+        Self {
+            lo,
+            hi,
+            areas: BTreeMap::new(),
+            gaps,
+        }
+    }
+
+    /// The managed range.
+    pub(crate) fn bounds(&self) -> (u64, u64) {
+        (self.lo, self.hi)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.areas.len()
+    }
+
+    /// The area holding `addr`.
+    pub(crate) fn find(&self, addr: u64) -> Option<&Area> {
+        self.areas
+            .range(..=addr)
+            .next_back()
+            .map(|(_, a)| a)
+            .filter(|a| a.contains(addr))
+    }
+
+    /// The areas overlapping `[a, b)`, in order.
+    pub(crate) fn overlapping(&self, a: u64, b: u64) -> impl Iterator<Item = &Area> {
+        let first = self.find(a).map_or(a, |x| x.start);
+        self.areas.range(first..b).map(|(_, x)| x)
+    }
+
+    /// All areas in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Area> {
+        self.areas.values()
+    }
+
+    /// Whether `[a, b)` is inside the range and overlaps no area.
+    pub(crate) fn is_free(&self, a: u64, b: u64) -> bool {
+        self.lo <= a && a < b && b <= self.hi && self.overlapping(a, b).next().is_none()
+    }
+
+    /// The lowest-addressed start of the smallest gap holding `len` bytes.
+    pub(crate) fn find_gap(&self, len: u64) -> Option<u64> {
+        self.gaps.range((len, 0)..).next().map(|&(_, start)| start)
+    }
+
+    /// The free range around a free `addr`: from the end of the area
+    /// before it (or `lo`) to the start of the one after (or `hi`).
+    fn gap_around(&self, addr: u64) -> (u64, u64) {
+        let start = self
+            .areas
+            .range(..addr)
+            .next_back()
+            .map_or(self.lo, |(_, a)| a.end);
+        let end = self.areas.range(addr..).next().map_or(self.hi, |(&s, _)| s);
+        (start, end)
+    }
+
+    /// Inserts `area`, whose range must be free, merging it with touching
+    /// areas it joins.
+    pub(crate) fn insert(&mut self, area: Area) {
+        debug_assert!(self.is_free(area.start, area.end));
+        let (gs, ge) = self.gap_around(area.start);
+        self.gaps.remove(&(ge - gs, gs));
+        if area.start > gs {
+            self.gaps.insert((area.start - gs, gs));
+        }
+        if ge > area.end {
+            self.gaps.insert((ge - area.end, area.end));
+        }
+        self.areas.insert(area.start, area);
+        self.merge_around(area.start);
+    }
+
+    /// Joins the area at `start` with its neighbours where they join.
+    fn merge_around(&mut self, start: u64) {
+        let Some(mut cur) = self.areas.get(&start).copied() else {
+            return;
+        };
+        if let Some((_, prev)) = self.areas.range(..start).next_back() {
+            if prev.joins(&cur) {
+                let prev = *prev;
+                self.areas.remove(&cur.start);
+                cur = Area {
+                    end: cur.end,
+                    ..prev
+                };
+                self.areas.insert(cur.start, cur);
+            }
+        }
+        if let Some(next) = self.areas.get(&cur.end).copied() {
+            if cur.joins(&next) {
+                self.areas.remove(&next.start);
+                cur.end = next.end;
+                self.areas.insert(cur.start, cur);
+            }
+        }
+    }
+
+    /// Removes `[a, b)` from every area it overlaps (splitting the areas
+    /// at its ends) and returns the removed pieces, in order.
+    pub(crate) fn remove(&mut self, a: u64, b: u64) -> Vec<Area> {
+        let hit: Vec<Area> = self.overlapping(a, b).copied().collect();
+        let (Some(first), Some(last)) = (hit.first(), hit.last()) else {
+            return Vec::new();
+        };
+        // The span whose gaps change: from the area before the first hit
+        // to the area after the last one.
+        let l = self
+            .areas
+            .range(..first.start)
+            .next_back()
+            .map_or(self.lo, |(_, x)| x.end);
+        let r = self
+            .areas
+            .range(last.end..)
+            .next()
+            .map_or(self.hi, |(&s, _)| s);
+        for (s, e) in self.gaps_in(l, r) {
+            self.gaps.remove(&(e - s, s));
+        }
+        let mut removed = Vec::with_capacity(hit.len());
+        for area in hit {
+            self.areas.remove(&area.start);
+            if area.start < a {
+                self.areas.insert(area.start, area.slice(area.start, a));
+            }
+            if area.end > b {
+                self.areas.insert(b, area.slice(b, area.end));
+            }
+            removed.push(area.slice(area.start.max(a), area.end.min(b)));
+        }
+        for (s, e) in self.gaps_in(l, r) {
+            self.gaps.insert((e - s, s));
+        }
+        removed
+    }
+
+    /// The free ranges inside `[l, r)`, which must start and end at area
+    /// boundaries (or the managed range's ends).
+    fn gaps_in(&self, l: u64, r: u64) -> Vec<(u64, u64)> {
+        let mut gaps = Vec::new();
+        let mut at = l;
+        for area in self.areas.range(l..r).map(|(_, x)| x) {
+            if area.start > at {
+                gaps.push((at, area.start));
+            }
+            at = area.end;
+        }
+        if r > at {
+            gaps.push((at, r));
+        }
+        gaps
+    }
+
+    /// Replaces `[a, b)`, which must be covered by areas without gaps,
+    /// with `f` applied to each piece, re-merging at the edges.
+    pub(crate) fn update(&mut self, a: u64, b: u64, f: impl Fn(Area) -> Area) {
+        let pieces = self.remove(a, b);
+        for piece in pieces {
+            self.insert(f(piece));
+        }
+    }
+
+    /// Whether `[a, b)` is covered by areas with no hole.
+    pub(crate) fn covered(&self, a: u64, b: u64) -> bool {
+        let mut at = a;
+        for area in self.overlapping(a, b) {
+            if area.start > at {
+                return false;
+            }
+            at = area.end;
+        }
+        at >= b
+    }
+
+    /// The set's invariant: areas sorted, disjoint, non-empty, inside the
+    /// range, no two touching areas that join; the gap index is exactly
+    /// the complement.
+    pub(crate) fn check(&self) -> Result<(), &'static str> {
+        let mut at = self.lo;
+        let mut gaps = BTreeSet::new();
+        let mut prev: Option<&Area> = None;
+        for (&start, area) in &self.areas {
+            if start != area.start || area.start >= area.end || area.start < at {
+                return Err("areas unsorted, empty or overlapping");
+            }
+            if area.end > self.hi {
+                return Err("area outside the managed range");
+            }
+            if prev.is_some_and(|p| p.joins(area)) {
+                return Err("touching areas left unmerged");
+            }
+            if area.start > at {
+                gaps.insert((area.start - at, at));
+            }
+            at = area.end;
+            prev = Some(area);
+        }
+        if self.hi > at {
+            gaps.insert((self.hi - at, at));
+        }
+        if gaps != self.gaps {
+            return Err("gap index differs from the gaps between areas");
+        }
+        Ok(())
+    }
+}

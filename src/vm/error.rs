@@ -1,0 +1,137 @@
+//! Errors of the virtual-memory layer: typed, carrying the address.
+
+use crate::paging::PagingError;
+use core::fmt;
+
+/// Why an area operation (map, unmap, protect, fork, destroy) failed.
+/// After any error the address space is exactly as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmError {
+    /// The address or length is not page-aligned, or the length is zero.
+    Unaligned {
+        /// The address.
+        addr: u64,
+        /// The length.
+        len: u64,
+    },
+    /// The range leaves the address space's managed range.
+    OutOfRange {
+        /// The address.
+        addr: u64,
+        /// The length.
+        len: u64,
+    },
+    /// A fixed mapping over memory that already has an area.
+    Overlap {
+        /// The start of the first area in the way.
+        addr: u64,
+    },
+    /// Part of the range has no area (`mprotect` needs areas throughout).
+    Unmapped {
+        /// The start of the range.
+        addr: u64,
+    },
+    /// No gap of this length is left.
+    NoSpace {
+        /// The length asked for.
+        len: u64,
+    },
+    /// Writable and executable together (W^X).
+    WriteExec {
+        /// The address.
+        addr: u64,
+    },
+    /// Frames ran out (for a page table, a copy or a zeroed page).
+    OutOfMemory,
+    /// The mapper refused; carries its error.
+    Paging(PagingError),
+    /// The address space is the active one (destroying it is refused).
+    Active,
+}
+
+impl fmt::Display for VmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unaligned { addr, len } => {
+                write!(f, "range {addr:#x}+{len:#x} is not page-aligned or empty")
+            }
+            Self::OutOfRange { addr, len } => {
+                write!(f, "range {addr:#x}+{len:#x} leaves the address space")
+            }
+            Self::Overlap { addr } => write!(f, "an area at {addr:#x} is in the way"),
+            Self::Unmapped { addr } => write!(f, "part of the range at {addr:#x} has no area"),
+            Self::NoSpace { len } => write!(f, "no free range of {len:#x} bytes"),
+            Self::WriteExec { addr } => write!(f, "writable and executable at {addr:#x}"),
+            Self::OutOfMemory => f.write_str("out of frames"),
+            Self::Paging(e) => write!(f, "page tables: {e}"),
+            Self::Active => f.write_str("the address space is active"),
+        }
+    }
+}
+
+impl core::error::Error for VmError {}
+
+impl From<PagingError> for VmError {
+    fn from(e: PagingError) -> Self {
+        match e {
+            PagingError::OutOfFrames { .. } => Self::OutOfMemory,
+            e => Self::Paging(e),
+        }
+    }
+}
+
+/// Why a page fault could not be resolved: the kernel should end the
+/// faulting program (or panic, for a kernel fault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultError {
+    /// The faulting address.
+    pub addr: u64,
+    /// Why.
+    pub reason: FaultReason,
+}
+
+/// The reason in a [`FaultError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultReason {
+    /// No area covers the address.
+    NoArea,
+    /// The address is in a guard area.
+    Guard,
+    /// A write to an area without `WRITE`.
+    WriteToReadOnly,
+    /// An instruction fetch from an area without `EXEC`.
+    ExecuteNoExec,
+    /// Any access to an area without access rights (`PROT_NONE`).
+    NoAccess,
+    /// A ring-3 access to a kernel area.
+    UserToKernel,
+    /// A kernel access that the page allows, refused by SMAP/SMEP (a
+    /// kernel read, write or fetch of a user page).
+    KernelToUser,
+    /// The CPU found a reserved bit set in a page-table entry.
+    CorruptTable,
+    /// Resolving it needed a frame and none was left.
+    OutOfMemory,
+    /// The mapper refused (a huge page or table where a page was expected).
+    Paging(PagingError),
+}
+
+impl fmt::Display for FaultError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why = match self.reason {
+            FaultReason::NoArea => "no area",
+            FaultReason::Guard => "guard area",
+            FaultReason::WriteToReadOnly => "write to read-only memory",
+            FaultReason::ExecuteNoExec => "execute of no-execute memory",
+            FaultReason::NoAccess => "access to inaccessible memory",
+            FaultReason::UserToKernel => "user access to kernel memory",
+            FaultReason::KernelToUser => "kernel access to user memory",
+            FaultReason::CorruptTable => "reserved bit set in a page-table entry",
+            FaultReason::OutOfMemory => "out of memory",
+            FaultReason::Paging(e) => return write!(f, "fault at {:#x}: {e}", self.addr),
+        };
+        write!(f, "fault at {:#x}: {why}", self.addr)
+    }
+}
+
+impl core::error::Error for FaultError {}

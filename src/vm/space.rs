@@ -1,0 +1,601 @@
+//! One address space of the virtual-memory layer: its areas over a page
+//! table hierarchy, `mmap`/`munmap`/`mprotect`-style operations, page-fault
+//! resolution, copy-on-write fork and teardown.
+
+use super::areas::AreaSet;
+use super::vm::{copy_frame, fill_zero};
+use super::{
+    Area, AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, Prot, Resolved, Vm, VmError,
+};
+use crate::paging::{
+    AddressSpace, Flush, FrameSource, LeafSize, Mapper, Mmu, PagingError, PhysMem,
+};
+use alloc::vec::Vec;
+use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
+use x86_64::VirtAddr;
+
+const PAGE: u64 = 4096;
+
+/// The range a user address space manages: the lower half without page 0
+/// (so a null pointer never maps).
+pub const USER_RANGE: (u64, u64) = (PAGE, 0x0000_8000_0000_0000);
+
+/// An address space: areas, and the page tables that realize them.
+///
+/// Anonymous pages get frames on the first touch ([`handle_fault`]); a
+/// [`fork`] shares every private frame copy-on-write. Every operation takes
+/// the kernel's [`Vm`] (zero frame, share counts, counters) and a frame
+/// source; TLB work comes back as a [`Flush`] to run on every CPU that may
+/// hold the space.
+///
+/// `vm` allocates its bookkeeping (areas, share counts) on the kernel
+/// heap, so it runs once a global allocator exists; the layers below it do
+/// not allocate.
+///
+/// [`handle_fault`]: Self::handle_fault
+/// [`fork`]: Self::fork
+#[derive(Debug)]
+pub struct VmSpace<P: PhysMem> {
+    mapper: Mapper<P>,
+    areas: AreaSet,
+}
+
+impl<P: PhysMem + Clone> VmSpace<P> {
+    /// A new, empty user address space (managing [`USER_RANGE`]) whose
+    /// kernel half is that of `kernel`.
+    pub fn new_user<A: FrameSource + ?Sized>(
+        kernel: &Mapper<P>,
+        frames: &mut A,
+    ) -> Result<Self, VmError> {
+        let space = AddressSpace::new(kernel, frames)?;
+        Ok(Self::with_mapper(
+            space.into_mapper(),
+            USER_RANGE.0,
+            USER_RANGE.1,
+        ))
+    }
+
+    /// Duplicates this address space: the child gets the same areas; every
+    /// anonymous page is shared read-only by both, and the first write on
+    /// either side copies it (or, once it is no longer shared, just regains
+    /// write access). Fixed areas map the same frames in both. On error
+    /// nothing changed and no frame was taken. The returned flush covers
+    /// this space's pages that lost write access.
+    pub fn fork<A: FrameSource + ?Sized>(
+        &mut self,
+        vm: &mut Vm,
+        frames: &mut A,
+    ) -> Result<(Self, Flush), VmError> {
+        let (lo, hi) = self.areas.bounds();
+        if hi > USER_RANGE.1 {
+            return Err(VmError::OutOfRange {
+                addr: lo,
+                len: hi - lo,
+            });
+        }
+        let space = AddressSpace::new(&self.mapper, frames)?;
+        let mut child = Self {
+            mapper: space.into_mapper(),
+            areas: self.areas.clone(),
+        };
+        // Every page, with the area that owns it.
+        let mut pages: Vec<(Area, VirtAddr, PhysFrame, bool)> = Vec::new();
+        for area in self.areas.iter() {
+            self.mapper
+                .for_each_leaf_in(VirtAddr::new(area.start), area.len(), |leaf| {
+                    let frame = PhysFrame::containing_address(leaf.frame);
+                    pages.push((*area, leaf.page, frame, leaf.access.writable));
+                });
+        }
+        for (i, &(area, page, frame, _)) in pages.iter().enumerate() {
+            let flags = area.prot.map_flags(area.kind != AreaKind::Anonymous);
+            let page = Page::<Size4KiB>::containing_address(page);
+            if let Err(e) = child.mapper.map(page, frame, flags, frames) {
+                // Nothing of the parent changed yet: the child's tables go.
+                child.drop_tables(pages[..i].iter().map(|p| p.1), frames);
+                return Err(e.into());
+            }
+        }
+        // Commit: nothing below can fail.
+        let mut flush = Flush::none();
+        for &(area, page, frame, writable) in &pages {
+            if area.kind != AreaKind::Anonymous || frame == vm.zero_frame() {
+                continue;
+            }
+            vm.share(frame);
+            if writable {
+                let p = Page::<Size4KiB>::containing_address(page);
+                // The page is mapped (it was just visited): this cannot fail.
+                if let Ok(f) = self.mapper.protect(p, area.prot.map_flags(false)) {
+                    f.ignore(); // collected into `flush` below
+                    flush.add(page.as_u64());
+                }
+            }
+        }
+        Ok((child, flush))
+    }
+}
+
+impl<P: PhysMem> VmSpace<P> {
+    /// Manages `[lo, hi)` of the hierarchy of `mapper`, which must map
+    /// nothing there yet. The space owns the hierarchy from now on:
+    /// [`destroy`](Self::destroy) frees its lower half and its PML4.
+    pub fn with_mapper(mapper: Mapper<P>, lo: u64, hi: u64) -> Self {
+        Self {
+            mapper,
+            areas: AreaSet::new(lo, hi),
+        }
+    }
+
+    /// The page tables, to activate the space or audit its mappings.
+    pub fn mapper(&self) -> &Mapper<P> {
+        &self.mapper
+    }
+
+    /// The top-level table (what CR3 holds while the space is active).
+    pub fn pml4(&self) -> PhysFrame {
+        self.mapper.pml4()
+    }
+
+    /// The area holding `addr`.
+    pub fn area_at(&self, addr: u64) -> Option<Area> {
+        self.areas.find(addr).copied()
+    }
+
+    /// Every area, in address order.
+    pub fn areas(&self) -> impl Iterator<Item = &Area> {
+        self.areas.iter()
+    }
+
+    /// How many areas there are.
+    pub fn area_count(&self) -> usize {
+        self.areas.len()
+    }
+
+    /// `[addr, addr + len)` checked: page-aligned, non-empty, inside the
+    /// managed range.
+    fn range(&self, addr: u64, len: u64) -> Result<(u64, u64), VmError> {
+        if len == 0 || addr % PAGE != 0 || len % PAGE != 0 {
+            return Err(VmError::Unaligned { addr, len });
+        }
+        let (lo, hi) = self.areas.bounds();
+        match addr.checked_add(len) {
+            Some(end) if addr >= lo && end <= hi => Ok((addr, end)),
+            _ => Err(VmError::OutOfRange { addr, len }),
+        }
+    }
+
+    /// Maps `len` bytes of anonymous, demand-zero memory: at `hint` when
+    /// that range is free, else in the smallest free gap that fits (lowest
+    /// address among equals). Takes no frame until touched. Returns the
+    /// address.
+    pub fn map_anonymous(
+        &mut self,
+        hint: Option<u64>,
+        len: u64,
+        prot: Prot,
+    ) -> Result<u64, VmError> {
+        let at = hint.unwrap_or(0);
+        if len == 0 || len % PAGE != 0 {
+            return Err(VmError::Unaligned { addr: at, len });
+        }
+        if prot.is_write_exec() {
+            return Err(VmError::WriteExec { addr: at });
+        }
+        let fits =
+            |h: u64| h % PAGE == 0 && h.checked_add(len).is_some_and(|e| self.areas.is_free(h, e));
+        let start = match hint {
+            Some(h) if fits(h) => h,
+            _ => self.areas.find_gap(len).ok_or(VmError::NoSpace { len })?,
+        };
+        self.areas.insert(Area {
+            start,
+            end: start + len,
+            prot,
+            kind: AreaKind::Anonymous,
+        });
+        Ok(start)
+    }
+
+    /// Creates an area at exactly `[addr, addr + len)`, which must be free
+    /// (`MAP_FIXED_NOREPLACE`). A [`Fixed`](AreaKind::Fixed) area is mapped
+    /// now, with 4 KiB pages (so any part of it can be unmapped or
+    /// protected later without a frame for a split); on error nothing changed.
+    pub fn map_fixed<A: FrameSource + ?Sized>(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        kind: AreaKind,
+        frames: &mut A,
+    ) -> Result<Flush, VmError> {
+        let (a, b) = self.range(addr, len)?;
+        if prot.is_write_exec() {
+            return Err(VmError::WriteExec { addr });
+        }
+        if let Some(x) = self.areas.overlapping(a, b).next() {
+            return Err(VmError::Overlap { addr: x.start });
+        }
+        let mut flush = Flush::none();
+        if let AreaKind::Fixed { phys } = kind {
+            if phys.as_u64() % PAGE != 0 {
+                return Err(VmError::Unaligned {
+                    addr: phys.as_u64(),
+                    len,
+                });
+            }
+            if prot.accessible() {
+                flush = self.mapper.map_range_with(
+                    VirtAddr::new(a),
+                    phys,
+                    len,
+                    prot.map_flags(true),
+                    LeafSize::Size4KiB,
+                    frames,
+                )?;
+            }
+        }
+        self.areas.insert(Area {
+            start: a,
+            end: b,
+            prot,
+            kind,
+        });
+        Ok(flush)
+    }
+
+    /// Removes every mapping in `[addr, addr + len)`, splitting areas at
+    /// the ends (`munmap`): anonymous frames go back to `frames` (or lose
+    /// one sharer), page tables left empty too. Holes are skipped.
+    pub fn unmap<A: FrameSource + ?Sized>(
+        &mut self,
+        addr: u64,
+        len: u64,
+        vm: &mut Vm,
+        frames: &mut A,
+    ) -> Result<Flush, VmError> {
+        let (a, b) = self.range(addr, len)?;
+        let flush = self.release(a, b, vm, frames)?;
+        self.areas.remove(a, b);
+        Ok(flush)
+    }
+
+    /// Unmaps the pages of `[a, b)` and releases the anonymous frames among them.
+    fn release<A: FrameSource + ?Sized>(
+        &mut self,
+        a: u64,
+        b: u64,
+        vm: &mut Vm,
+        frames: &mut A,
+    ) -> Result<Flush, VmError> {
+        let mut owned: Vec<PhysFrame> = Vec::new();
+        for area in self.areas.overlapping(a, b) {
+            if area.kind != AreaKind::Anonymous {
+                continue;
+            }
+            let (s, e) = (area.start.max(a), area.end.min(b));
+            self.mapper
+                .for_each_leaf_in(VirtAddr::new(s), e - s, |leaf| {
+                    owned.push(PhysFrame::containing_address(leaf.frame));
+                });
+        }
+        // Pages are 4 KiB (anonymous or fixed, both mapped by the page), so
+        // no split is needed and this cannot fail after a partial change.
+        let flush = self.mapper.unmap_range(VirtAddr::new(a), b - a, frames)?;
+        for frame in owned {
+            if frame != vm.zero_frame() && vm.unshare(frame) {
+                // SAFETY: the last mapping of this private frame was just removed.
+                unsafe { frames.deallocate_frame(frame) };
+            }
+        }
+        Ok(flush)
+    }
+
+    /// Changes the protection of `[addr, addr + len)`, which areas must
+    /// cover without holes, splitting and merging areas (`mprotect`).
+    /// Mapped pages follow at once; a page shared copy-on-write or the
+    /// zero page stays read-only until its next write fault. Without
+    /// access rights (`PROT_NONE`) pages keep their contents but lose the
+    /// user bit: ring 3 faults on them.
+    pub fn protect(&mut self, addr: u64, len: u64, prot: Prot, vm: &Vm) -> Result<Flush, VmError> {
+        let (a, b) = self.range(addr, len)?;
+        if prot.is_write_exec() {
+            return Err(VmError::WriteExec { addr });
+        }
+        if !self.areas.covered(a, b) {
+            return Err(VmError::Unmapped { addr });
+        }
+        let mut pages: Vec<(VirtAddr, PhysFrame, AreaKind)> = Vec::new();
+        for area in self.areas.overlapping(a, b) {
+            let (s, e) = (area.start.max(a), area.end.min(b));
+            let kind = area.kind;
+            self.mapper
+                .for_each_leaf_in(VirtAddr::new(s), e - s, |leaf| {
+                    pages.push((leaf.page, PhysFrame::containing_address(leaf.frame), kind));
+                });
+        }
+        let mut flush = Flush::none();
+        for (page, frame, kind) in pages {
+            let private = kind != AreaKind::Anonymous
+                || (frame != vm.zero_frame() && vm.share_count(frame) == 1);
+            let flags = if prot.accessible() {
+                prot.map_flags(private)
+            } else {
+                crate::paging::MapFlags::READ
+            };
+            let f = self
+                .mapper
+                .protect(Page::<Size4KiB>::containing_address(page), flags)?;
+            f.pages().for_each(|p| flush.add(p.as_u64()));
+        }
+        self.areas.update(a, b, |area| Area { prot, ..area });
+        Ok(flush)
+    }
+
+    /// Resolves a page fault at `addr` with the decoded error code: maps
+    /// the zero page or a zeroed frame, copies on write, or reports why the
+    /// access is not allowed. Any address and any error code give a
+    /// result; on error nothing changed.
+    pub fn handle_fault<A: FrameSource + ?Sized>(
+        &mut self,
+        vm: &mut Vm,
+        addr: VirtAddr,
+        access: FaultAccess,
+        frames: &mut A,
+    ) -> Result<Resolved, FaultError> {
+        vm.stats.faults += 1;
+        let result = self.resolve(vm, addr, access, frames);
+        match &result {
+            Ok(r) => {
+                let s = &mut vm.stats;
+                match r.outcome {
+                    FaultOutcome::ZeroFilled => s.zero_fills += 1,
+                    FaultOutcome::ZeroPageMapped => s.zero_page_maps += 1,
+                    FaultOutcome::CopiedOnWrite => s.cow_copies += 1,
+                    FaultOutcome::ReusedOnWrite => s.cow_reuses += 1,
+                    FaultOutcome::Spurious => s.spurious += 1,
+                    FaultOutcome::FixedMapped => {}
+                }
+            }
+            Err(e) if e.reason != FaultReason::OutOfMemory => vm.stats.protection_faults += 1,
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn resolve<A: FrameSource + ?Sized>(
+        &mut self,
+        vm: &mut Vm,
+        addr: VirtAddr,
+        access: FaultAccess,
+        frames: &mut A,
+    ) -> Result<Resolved, FaultError> {
+        let a = addr.as_u64();
+        let fail = |reason| FaultError { addr: a, reason };
+        if access.reserved_bit {
+            return Err(fail(FaultReason::CorruptTable));
+        }
+        let area = *self.areas.find(a).ok_or(fail(FaultReason::NoArea))?;
+        let prot = area.prot;
+        if area.kind == AreaKind::Guard {
+            return Err(fail(FaultReason::Guard));
+        }
+        if access.user && !prot.contains(Prot::USER) {
+            return Err(fail(FaultReason::UserToKernel));
+        }
+        if !prot.accessible() {
+            return Err(fail(FaultReason::NoAccess));
+        }
+        if access.write && !prot.contains(Prot::WRITE) {
+            return Err(fail(FaultReason::WriteToReadOnly));
+        }
+        if access.exec && !prot.contains(Prot::EXEC) {
+            return Err(fail(FaultReason::ExecuteNoExec));
+        }
+        let page = Page::<Size4KiB>::containing_address(addr);
+        let paging = |e: PagingError| {
+            fail(match e {
+                PagingError::OutOfFrames { .. } => FaultReason::OutOfMemory,
+                e => FaultReason::Paging(e),
+            })
+        };
+        let done = |outcome, flush| Ok(Resolved { outcome, flush });
+        let t = match self.mapper.translate(page.start_address()) {
+            Ok(t) => t,
+            Err(PagingError::NotMapped { .. }) => {
+                return match area.kind {
+                    AreaKind::Fixed { phys } => {
+                        let frame = PhysFrame::containing_address(
+                            phys + (page.start_address().as_u64() - area.start),
+                        );
+                        let flush = self
+                            .mapper
+                            .map(page, frame, prot.map_flags(true), frames)
+                            .map_err(paging)?;
+                        done(FaultOutcome::FixedMapped, flush)
+                    }
+                    _ if access.write => {
+                        let frame = zeroed_frame(&self.mapper, frames)
+                            .ok_or(fail(FaultReason::OutOfMemory))?;
+                        match self.mapper.map(page, frame, prot.map_flags(true), frames) {
+                            Ok(flush) => done(FaultOutcome::ZeroFilled, flush),
+                            Err(e) => {
+                                // SAFETY: the frame was never mapped.
+                                unsafe { frames.deallocate_frame(frame) };
+                                Err(paging(e))
+                            }
+                        }
+                    }
+                    _ => {
+                        let flush = self
+                            .mapper
+                            .map(page, vm.zero_frame(), prot.map_flags(false), frames)
+                            .map_err(paging)?;
+                        done(FaultOutcome::ZeroPageMapped, flush)
+                    }
+                };
+            }
+            Err(e) => return Err(paging(e)),
+        };
+        let allowed = (!access.write || t.access.writable)
+            && (!access.exec || t.access.executable)
+            && (!access.user || t.access.user);
+        if allowed {
+            if access.present && !access.user && t.access.user {
+                // The page allows it, the CPU refused: SMAP or SMEP.
+                return Err(fail(FaultReason::KernelToUser));
+            }
+            let mut flush = Flush::none();
+            flush.add(page.start_address().as_u64());
+            return done(FaultOutcome::Spurious, flush);
+        }
+        if t.size != LeafSize::Size4KiB {
+            return Err(paging(PagingError::HugePageInTheWay {
+                addr: t.page,
+                frame: t.frame,
+                size: t.size,
+            }));
+        }
+        let old = PhysFrame::containing_address(t.frame);
+        if access.write && !t.access.writable && area.kind == AreaKind::Anonymous {
+            let flags = prot.map_flags(true);
+            if old != vm.zero_frame() && vm.share_count(old) == 1 {
+                let flush = self.mapper.protect(page, flags).map_err(paging)?;
+                return done(FaultOutcome::ReusedOnWrite, flush);
+            }
+            let new = if old == vm.zero_frame() {
+                zeroed_frame(&self.mapper, frames)
+            } else {
+                frames
+                    .allocate_frame()
+                    .inspect(|&f| copy_frame(self.mapper.phys_mem(), old, f))
+            }
+            .ok_or(fail(FaultReason::OutOfMemory))?;
+            let (_, flush) = self.mapper.remap(page, new, flags).map_err(paging)?;
+            if old == vm.zero_frame() {
+                return done(FaultOutcome::ZeroFilled, flush);
+            }
+            let last = vm.unshare(old);
+            debug_assert!(!last, "a shared frame had one sharer");
+            return done(FaultOutcome::CopiedOnWrite, flush);
+        }
+        // The page is stricter than its area (fixed memory after a
+        // protect, a user bit missing): bring it in line.
+        let private = area.kind != AreaKind::Anonymous
+            || (old != vm.zero_frame() && vm.share_count(old) == 1);
+        let flush = self
+            .mapper
+            .protect(page, prot.map_flags(private))
+            .map_err(paging)?;
+        done(FaultOutcome::Spurious, flush)
+    }
+
+    /// Unmaps every area, gives back every anonymous frame this space
+    /// holds alone (and one share of each shared one), every page table and
+    /// the PML4. Refused while the space is active.
+    pub fn destroy<M: Mmu + ?Sized, A: FrameSource + ?Sized>(
+        mut self,
+        vm: &mut Vm,
+        frames: &mut A,
+        mmu: &M,
+    ) -> Result<(), (Self, VmError)> {
+        if mmu.cr3() == self.pml4() {
+            return Err((self, VmError::Active));
+        }
+        let areas: Vec<(u64, u64)> = self.areas.iter().map(|a| (a.start, a.end)).collect();
+        for (a, b) in areas {
+            if let Err(e) = self.release(a, b, vm, frames) {
+                return Err((self, e));
+            }
+            self.areas.remove(a, b);
+        }
+        let space = AddressSpace::from_mapper(self.mapper);
+        match space.destroy(mmu, frames, false) {
+            Ok(_) => Ok(()),
+            Err((space, e)) => Err((
+                Self {
+                    mapper: space.into_mapper(),
+                    areas: self.areas,
+                },
+                e.into(),
+            )),
+        }
+    }
+
+    /// Frees the child tables built by a fork that failed: unmaps `pages`
+    /// without freeing their frames (the parent's), then the hierarchy.
+    fn drop_tables<A: FrameSource + ?Sized>(
+        mut self,
+        pages: impl Iterator<Item = VirtAddr>,
+        frames: &mut A,
+    ) {
+        for page in pages {
+            let page = Page::<Size4KiB>::containing_address(page);
+            // Unmapping a page this fork mapped: its tables exist.
+            if let Ok((_, f)) = self.mapper.unmap(page, frames) {
+                f.ignore(); // never active
+            }
+        }
+        let pml4 = self.mapper.pml4();
+        // SAFETY: every user-half table was freed with its last page above;
+        // the PML4 is this space's own and was never active.
+        unsafe { frames.deallocate_frame(pml4) };
+    }
+
+    /// The layer's invariant for this space: the areas are consistent, and
+    /// every mapped page lies in a non-guard area, is 4 KiB if anonymous,
+    /// never writable when shared or the zero page, and never more
+    /// permissive than its area.
+    pub fn check_invariants(&self, vm: &Vm) -> Result<(), &'static str> {
+        self.areas.check()?;
+        let (lo, hi) = self.areas.bounds();
+        let mut err = Ok(());
+        self.mapper
+            .for_each_leaf_in(VirtAddr::new_truncate(lo), hi - lo, |leaf| {
+                let a = leaf.page.as_u64();
+                let Some(area) = self.areas.find(a) else {
+                    err = err.and(Err("a page outside every area"));
+                    return;
+                };
+                if area.kind == AreaKind::Guard {
+                    err = err.and(Err("a page in a guard area"));
+                }
+                if leaf.size != LeafSize::Size4KiB {
+                    err = err.and(Err("a huge page in an area"));
+                }
+                let frame = PhysFrame::containing_address(leaf.frame);
+                let access = leaf.access;
+                if access.writable && !area.prot.contains(Prot::WRITE) {
+                    err = err.and(Err("a writable page in a read-only area"));
+                }
+                if access.executable && !area.prot.contains(Prot::EXEC) {
+                    err = err.and(Err("an executable page in a no-execute area"));
+                }
+                if access.user && !area.prot.contains(Prot::USER) {
+                    err = err.and(Err("a user page in a kernel area"));
+                }
+                if area.kind == AreaKind::Anonymous
+                    && access.writable
+                    && (frame == vm.zero_frame() || vm.share_count(frame) > 1)
+                {
+                    err = err.and(Err("a shared frame or the zero page is writable"));
+                }
+                if let AreaKind::Fixed { phys } = area.kind {
+                    if leaf.frame != phys + (a - area.start) {
+                        err = err.and(Err("a fixed page maps the wrong frame"));
+                    }
+                }
+            });
+        err
+    }
+}
+
+/// A frame from `frames`, zeroed.
+fn zeroed_frame<P: PhysMem, A: FrameSource + ?Sized>(
+    mapper: &Mapper<P>,
+    frames: &mut A,
+) -> Option<PhysFrame> {
+    let frame = frames.allocate_frame()?;
+    fill_zero(mapper.phys_mem(), frame);
+    Some(frame)
+}

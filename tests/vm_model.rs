@@ -1,0 +1,730 @@
+//! `kmem::vm` against a model: random sequences of map / unmap / protect /
+//! fork / exit / read / write / execute over several processes on emulated
+//! physical memory. Each access goes through an emulated CPU: translate,
+//! fault into `handle_fault` when the page does not allow it, retry. After
+//! every step the contents and permissions seen through the page tables
+//! equal the model's, every space's invariants hold, share counts equal
+//! the mappings that really share a frame, and after every process exits
+//! the frame count is exactly the starting one.
+//!
+//! Default: a fast run. Long run: `PROPTEST_CASES=10000 cargo test --release --test vm_model`.
+//! Miri: `MIRIFLAGS="-Zmiri-permissive-provenance -Zmiri-disable-isolation" PROPTEST_CASES=2 \
+//!  cargo +nightly miri test --test vm_model`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kmem::paging::{Mapper, Mmu};
+use kmem::testing::mmu::RecordingMmu;
+use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
+use kmem::vm::{
+    AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, Prot, Vm, VmError, VmSpace,
+};
+use proptest::prelude::*;
+use x86_64::structures::paging::PhysFrame;
+use x86_64::{PhysAddr, VirtAddr};
+
+const PAGE: u64 = 4096;
+/// Processes touch pages in a small window so ops collide.
+const BASE: u64 = 0x40_0000;
+const WINDOW: u64 = 48;
+
+type Space<'a> = VmSpace<EmulatedPhysMem<'a>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write(u8),
+    Exec,
+}
+
+/// One emulated access from ring 3: the CPU's checks, then faults into
+/// `vm` until the page allows the access (at most twice: zero page, then
+/// copy). Returns the byte read or written.
+fn access(
+    space: &mut Space<'_>,
+    vm: &mut Vm,
+    frames: &mut EmulatedFrameAllocator,
+    addr: u64,
+    kind: Kind,
+) -> Result<u8, FaultError> {
+    for _ in 0..3 {
+        let t = space.mapper().translate(VirtAddr::new(addr));
+        if let Ok(t) = &t {
+            let ok = t.access.user
+                && match kind {
+                    Kind::Read => true,
+                    Kind::Write(_) => t.access.writable,
+                    Kind::Exec => t.access.executable,
+                };
+            if ok {
+                let frame = PhysFrame::containing_address(t.frame);
+                let p = space.mapper().phys_mem_ptr(frame);
+                let off = (addr % PAGE) as usize;
+                // SAFETY: the frame is emulated memory, valid for 4096 bytes.
+                return Ok(unsafe {
+                    match kind {
+                        Kind::Write(v) => {
+                            p.add(off).write(v);
+                            v
+                        }
+                        _ => p.add(off).read(),
+                    }
+                });
+            }
+        }
+        let access = FaultAccess {
+            present: t.is_ok(),
+            write: matches!(kind, Kind::Write(_)),
+            exec: kind == Kind::Exec,
+            user: true,
+            reserved_bit: false,
+        };
+        let r = space.handle_fault(vm, VirtAddr::new(addr), access, frames)?;
+        r.flush.ignore(); // emulated: no TLB
+    }
+    panic!("access at {addr:#x} still faults after resolution");
+}
+
+/// Pointer access to an emulated frame, for the emulated CPU.
+trait PhysPtr {
+    fn phys_mem_ptr(&self, frame: PhysFrame) -> *mut u8;
+}
+
+impl PhysPtr for Mapper<EmulatedPhysMem<'_>> {
+    fn phys_mem_ptr(&self, frame: PhysFrame) -> *mut u8 {
+        use kmem::paging::PhysMem;
+        self.phys_mem().table_ptr(frame).as_ptr().cast()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Map {
+        p: usize,
+        hint: u64,
+        pages: u64,
+        prot: u8,
+    },
+    Unmap {
+        p: usize,
+        page: u64,
+        pages: u64,
+    },
+    Protect {
+        p: usize,
+        page: u64,
+        pages: u64,
+        prot: u8,
+    },
+    Fork {
+        p: usize,
+    },
+    Exit {
+        p: usize,
+    },
+    Read {
+        p: usize,
+        page: u64,
+        off: u64,
+    },
+    Write {
+        p: usize,
+        page: u64,
+        off: u64,
+        v: u8,
+    },
+    Exec {
+        p: usize,
+        page: u64,
+    },
+}
+
+fn prot_of(code: u8) -> Prot {
+    Prot::USER
+        | match code % 4 {
+            0 => Prot::READ,
+            1 => Prot::RW,
+            2 => Prot::RX,
+            _ => Prot::empty(),
+        }
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let p = 0usize..4;
+    let page = 0..WINDOW;
+    prop_oneof![
+        3 => (p.clone(), page.clone(), 1u64..8, 0u8..4).prop_map(|(p, hint, pages, prot)| Op::Map { p, hint, pages, prot }),
+        1 => (p.clone(), page.clone(), 1u64..8).prop_map(|(p, page, pages)| Op::Unmap { p, page, pages }),
+        1 => (p.clone(), page.clone(), 1u64..6, 0u8..4).prop_map(|(p, page, pages, prot)| Op::Protect { p, page, pages, prot }),
+        1 => p.clone().prop_map(|p| Op::Fork { p }),
+        1 => p.clone().prop_map(|p| Op::Exit { p }),
+        4 => (p.clone(), page.clone(), 0..PAGE).prop_map(|(p, page, off)| Op::Read { p, page, off }),
+        5 => (p.clone(), page.clone(), 0..PAGE, any::<u8>()).prop_map(|(p, page, off, v)| Op::Write { p, page, off, v }),
+        1 => (p, page).prop_map(|(p, page)| Op::Exec { p, page }),
+    ]
+}
+
+/// What a process should see: the protection of each mapped page and
+/// every byte written (unwritten bytes of a mapped page read 0).
+#[derive(Debug, Clone, Default)]
+struct Model {
+    pages: BTreeMap<u64, Prot>,
+    bytes: HashMap<u64, u8>,
+}
+
+impl Model {
+    fn unmap(&mut self, a: u64, b: u64) {
+        let gone: Vec<u64> = self.pages.range(a..b).map(|(&k, _)| k).collect();
+        for k in gone {
+            self.pages.remove(&k);
+        }
+        self.bytes.retain(|&addr, _| addr < a || addr >= b);
+    }
+}
+
+struct World<'m> {
+    mem: &'m EmulatedMemory,
+    frames: EmulatedFrameAllocator,
+    vm: Vm,
+    kernel: Mapper<EmulatedPhysMem<'m>>,
+    procs: Vec<Option<(Space<'m>, Model)>>,
+    mmu: RecordingMmu,
+}
+
+impl<'m> World<'m> {
+    fn new(mem: &'m EmulatedMemory) -> Self {
+        let mut frames = mem.frame_allocator();
+        let vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
+        let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+        let mmu = RecordingMmu::new(kernel.pml4());
+        let mut w = Self {
+            mem,
+            frames,
+            vm,
+            kernel,
+            procs: vec![None, None, None, None],
+            mmu,
+        };
+        for p in 0..2 {
+            w.spawn(p);
+        }
+        w
+    }
+
+    fn spawn(&mut self, p: usize) {
+        let space = VmSpace::new_user(&self.kernel, &mut self.frames).unwrap();
+        self.procs[p] = Some((space, Model::default()));
+    }
+
+    fn step(&mut self, op: &Op) {
+        let addr = |page: u64| BASE + page * PAGE;
+        match *op {
+            Op::Map {
+                p,
+                hint,
+                pages,
+                prot,
+            } => {
+                let Some((space, model)) = self.procs[p].as_mut() else {
+                    return self.spawn(p);
+                };
+                let prot = prot_of(prot);
+                let at = space
+                    .map_anonymous(Some(addr(hint)), pages * PAGE, prot)
+                    .unwrap();
+                let end = at + pages * PAGE;
+                assert!(
+                    model.pages.range(at..end).next().is_none(),
+                    "mapped over a mapping"
+                );
+                if model
+                    .pages
+                    .range(addr(hint)..addr(hint) + pages * PAGE)
+                    .next()
+                    .is_none()
+                {
+                    assert_eq!(at, addr(hint), "a free hint must be used");
+                }
+                for pg in (at..end).step_by(PAGE as usize) {
+                    model.pages.insert(pg, prot);
+                }
+            }
+            Op::Unmap { p, page, pages } => {
+                let Some((space, model)) = self.procs[p].as_mut() else {
+                    return;
+                };
+                let (a, b) = (addr(page), addr(page + pages));
+                space
+                    .unmap(a, b - a, &mut self.vm, &mut self.frames)
+                    .unwrap()
+                    .ignore();
+                model.unmap(a, b);
+            }
+            Op::Protect {
+                p,
+                page,
+                pages,
+                prot,
+            } => {
+                let Some((space, model)) = self.procs[p].as_mut() else {
+                    return;
+                };
+                let (a, b) = (addr(page), addr(page + pages));
+                let prot = prot_of(prot);
+                let covered = (a..b)
+                    .step_by(PAGE as usize)
+                    .all(|pg| model.pages.contains_key(&pg));
+                match space.protect(a, b - a, prot, &self.vm) {
+                    Ok(f) => {
+                        f.ignore();
+                        assert!(covered);
+                        for pg in (a..b).step_by(PAGE as usize) {
+                            model.pages.insert(pg, prot);
+                        }
+                    }
+                    Err(e) => {
+                        assert_eq!(e, VmError::Unmapped { addr: a });
+                        assert!(!covered);
+                    }
+                }
+            }
+            Op::Fork { p } => {
+                let Some(slot) = self.procs.iter().position(Option::is_none) else {
+                    return;
+                };
+                let Some((space, model)) = self.procs[p].as_mut() else {
+                    return;
+                };
+                let (child, flush) = space.fork(&mut self.vm, &mut self.frames).unwrap();
+                flush.ignore();
+                let model = model.clone();
+                self.procs[slot] = Some((child, model));
+            }
+            Op::Exit { p } => {
+                let Some((space, _)) = self.procs[p].take() else {
+                    return;
+                };
+                space
+                    .destroy(&mut self.vm, &mut self.frames, &self.mmu)
+                    .unwrap();
+            }
+            Op::Read { p, page, off } | Op::Write { p, page, off, .. } => {
+                let Some((space, model)) = self.procs[p].as_mut() else {
+                    return;
+                };
+                let a = addr(page) + off;
+                let kind = match *op {
+                    Op::Write { v, .. } => Kind::Write(v),
+                    _ => Kind::Read,
+                };
+                let r = access(space, &mut self.vm, &mut self.frames, a, kind);
+                let prot = model.pages.get(&addr(page)).copied();
+                match (prot, kind) {
+                    (None, _) => assert_eq!(r.unwrap_err().reason, FaultReason::NoArea),
+                    (Some(pr), _) if !pr.accessible() => {
+                        assert_eq!(r.unwrap_err().reason, FaultReason::NoAccess)
+                    }
+                    (Some(pr), Kind::Write(v)) if pr.contains(Prot::WRITE) => {
+                        assert_eq!(r.unwrap(), v);
+                        model.bytes.insert(a, v);
+                    }
+                    (Some(_), Kind::Write(_)) => {
+                        assert_eq!(r.unwrap_err().reason, FaultReason::WriteToReadOnly)
+                    }
+                    (Some(_), _) => {
+                        assert_eq!(
+                            r.unwrap(),
+                            model.bytes.get(&a).copied().unwrap_or(0),
+                            "byte at {a:#x}"
+                        )
+                    }
+                }
+            }
+            Op::Exec { p, page } => {
+                let Some((space, model)) = self.procs[p].as_mut() else {
+                    return;
+                };
+                let r = access(
+                    space,
+                    &mut self.vm,
+                    &mut self.frames,
+                    addr(page),
+                    Kind::Exec,
+                );
+                let prot = model.pages.get(&addr(page)).copied();
+                let want = prot.is_some_and(|p| p.contains(Prot::EXEC));
+                assert_eq!(r.is_ok(), want, "exec at page {page}: {r:?} with {prot:?}");
+            }
+        }
+    }
+
+    /// Invariants of every space, and share counts against the real
+    /// sharing: each frame mapped by n > 1 pages of live spaces has count n.
+    fn check(&self) {
+        let mut mapped: HashMap<PhysFrame, u32> = HashMap::new();
+        for (space, _) in self.procs.iter().flatten() {
+            space.check_invariants(&self.vm).unwrap();
+            for area in space.areas().filter(|a| a.kind == AreaKind::Anonymous) {
+                space
+                    .mapper()
+                    .for_each_leaf_in(VirtAddr::new(area.start), area.len(), |l| {
+                        *mapped
+                            .entry(PhysFrame::containing_address(l.frame))
+                            .or_default() += 1;
+                    });
+            }
+        }
+        mapped.remove(&self.vm.zero_frame());
+        for (&frame, &n) in &mapped {
+            assert_eq!(self.vm.share_count(frame), n, "share count of {frame:?}");
+        }
+        assert_eq!(
+            self.vm.shared_frames(),
+            mapped.values().filter(|&&n| n > 1).count()
+        );
+    }
+
+    /// Exits everything; the frames in use must be the zero frame and the
+    /// kernel's PML4.
+    fn finish(mut self) {
+        for p in 0..self.procs.len() {
+            self.step(&Op::Exit { p });
+        }
+        assert_eq!(self.vm.shared_frames(), 0);
+        assert_eq!(self.frames.in_use(), 2, "frames leaked");
+        let _ = self.mem;
+    }
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if cfg!(miri) { 2 } else { 64 })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn vm_matches_the_model(ops in proptest::collection::vec(op(), 1..120)) {
+        let mem = EmulatedMemory::new(2048);
+        let mut w = World::new(&mem);
+        for op in &ops {
+            w.step(op);
+            w.check();
+        }
+        w.finish();
+    }
+}
+
+/// The state a failed operation must leave untouched.
+fn snapshot(space: &Space<'_>, vm: &Vm, frames: &EmulatedFrameAllocator) -> String {
+    let mut leaves = Vec::new();
+    space.mapper().for_each_leaf(|l| leaves.push(*l));
+    format!(
+        "{:?}\n{leaves:?}\n{}\n{:?}",
+        space.areas().collect::<Vec<_>>(),
+        frames.in_use(),
+        vm.stats().shared_frames
+    )
+}
+
+#[test]
+fn frame_exhaustion_at_every_step_changes_nothing() {
+    let mem = EmulatedMemory::new(512);
+    for k in 0..40u64 {
+        let mut frames = mem.frame_allocator();
+        let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
+        let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+        let mut parent = VmSpace::new_user(&kernel, &mut frames).unwrap();
+        let heap = parent
+            .map_anonymous(None, 64 * PAGE, Prot::RW | Prot::USER)
+            .unwrap();
+        // Touch pages in three tables' worth of range, some read-only.
+        for i in 0..20 {
+            let kind = if i % 3 == 0 {
+                Kind::Read
+            } else {
+                Kind::Write(i as u8 + 1)
+            };
+            access(&mut parent, &mut vm, &mut frames, heap + i * 3 * PAGE, kind).unwrap();
+        }
+        frames.fail_after(k);
+        // A fork, then writes in both (copies), then reads of new pages.
+        let before = snapshot(&parent, &vm, &frames);
+        let child = match parent.fork(&mut vm, &mut frames) {
+            Ok((child, flush)) => {
+                flush.ignore();
+                Some(child)
+            }
+            Err(e) => {
+                assert_eq!(e, VmError::OutOfMemory);
+                assert_eq!(
+                    snapshot(&parent, &vm, &frames),
+                    before,
+                    "fork failed at {k}"
+                );
+                None
+            }
+        };
+        let mut spaces = vec![parent];
+        spaces.extend(child);
+        for i in 0..24u64 {
+            let s = (i % spaces.len() as u64) as usize;
+            let space = &mut spaces[s];
+            let before = snapshot(space, &vm, &frames);
+            let a = heap + (i * 5 % 64) * PAGE;
+            let access = if i % 4 == 3 {
+                FaultAccess::read(true)
+            } else {
+                FaultAccess::write(true)
+            };
+            match space.handle_fault(&mut vm, VirtAddr::new(a), access, &mut frames) {
+                Ok(r) => r.flush.ignore(),
+                Err(e) => {
+                    assert_eq!(e.reason, FaultReason::OutOfMemory, "{e}");
+                    assert_eq!(snapshot(space, &vm, &frames), before, "fault failed at {k}");
+                }
+            }
+            space.check_invariants(&vm).unwrap();
+        }
+        frames.clear_failure();
+        let mmu = RecordingMmu::new(kernel.pml4());
+        for space in spaces {
+            space.destroy(&mut vm, &mut frames, &mmu).unwrap();
+        }
+        assert_eq!(frames.in_use(), 2, "leak after exhaustion at {k}");
+    }
+}
+
+#[test]
+fn fork_shares_then_copies_and_reuses() {
+    let mem = EmulatedMemory::new(256);
+    let mut frames = mem.frame_allocator();
+    let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
+    let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    let mut parent = VmSpace::new_user(&kernel, &mut frames).unwrap();
+    let a = parent
+        .map_anonymous(None, 4 * PAGE, Prot::RW | Prot::USER)
+        .unwrap();
+    access(&mut parent, &mut vm, &mut frames, a, Kind::Write(7)).unwrap();
+    let used = frames.in_use();
+    let (mut child, flush) = parent.fork(&mut vm, &mut frames).unwrap();
+    assert_eq!(
+        flush.pages().count(),
+        1,
+        "the parent's written page lost write access"
+    );
+    flush.ignore();
+    assert_eq!(vm.stats().shared_frames, 1);
+    // Sharing took only the child's tables (PML4, PDPT, PD, PT).
+    assert_eq!(frames.in_use(), used + 4);
+    let w = child
+        .handle_fault(
+            &mut vm,
+            VirtAddr::new(a),
+            FaultAccess {
+                present: true,
+                ..FaultAccess::write(true)
+            },
+            &mut frames,
+        )
+        .unwrap();
+    assert_eq!(w.outcome, FaultOutcome::CopiedOnWrite);
+    w.flush.ignore();
+    access(&mut child, &mut vm, &mut frames, a, Kind::Write(9)).unwrap();
+    assert_eq!(
+        access(&mut parent, &mut vm, &mut frames, a, Kind::Read).unwrap(),
+        7
+    );
+    // The parent's frame is no longer shared: its write fault reuses it.
+    let r = parent
+        .handle_fault(
+            &mut vm,
+            VirtAddr::new(a),
+            FaultAccess {
+                present: true,
+                ..FaultAccess::write(true)
+            },
+            &mut frames,
+        )
+        .unwrap();
+    assert_eq!(r.outcome, FaultOutcome::ReusedOnWrite);
+    r.flush.ignore();
+    let s = vm.stats();
+    assert_eq!((s.cow_copies, s.cow_reuses, s.shared_frames), (1, 1, 0));
+    let mmu = RecordingMmu::new(kernel.pml4());
+    child.destroy(&mut vm, &mut frames, &mmu).unwrap();
+    parent.destroy(&mut vm, &mut frames, &mmu).unwrap();
+    assert_eq!(frames.in_use(), 2);
+}
+
+#[test]
+fn faults_are_typed_for_every_reason() {
+    let mem = EmulatedMemory::new(256);
+    let mut frames = mem.frame_allocator();
+    let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
+    let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    let mut s = VmSpace::new_user(&kernel, &mut frames).unwrap();
+    let ro = s
+        .map_anonymous(None, PAGE, Prot::READ | Prot::USER)
+        .unwrap();
+    let kern = s.map_anonymous(None, PAGE, Prot::RW).unwrap();
+    let none = s.map_anonymous(None, PAGE, Prot::USER).unwrap();
+    let guard = 0x7000_0000;
+    s.map_fixed(guard, PAGE, Prot::empty(), AreaKind::Guard, &mut frames)
+        .unwrap()
+        .ignore();
+    let mut fault = |vm: &mut Vm, addr: u64, access| {
+        s.handle_fault(vm, VirtAddr::new(addr), access, &mut frames)
+            .map(|r| {
+                r.flush.ignore();
+                r.outcome
+            })
+            .map_err(|e| e.reason)
+    };
+    assert_eq!(
+        fault(&mut vm, 0x10, FaultAccess::read(true)),
+        Err(FaultReason::NoArea)
+    );
+    assert_eq!(
+        fault(&mut vm, guard, FaultAccess::read(false)),
+        Err(FaultReason::Guard)
+    );
+    assert_eq!(
+        fault(&mut vm, ro, FaultAccess::write(true)),
+        Err(FaultReason::WriteToReadOnly)
+    );
+    assert_eq!(
+        fault(&mut vm, ro, FaultAccess::exec(true)),
+        Err(FaultReason::ExecuteNoExec)
+    );
+    assert_eq!(
+        fault(&mut vm, kern, FaultAccess::read(true)),
+        Err(FaultReason::UserToKernel)
+    );
+    assert_eq!(
+        fault(&mut vm, none, FaultAccess::read(true)),
+        Err(FaultReason::NoAccess)
+    );
+    assert_eq!(
+        fault(&mut vm, ro, FaultAccess::from_error_code(8)),
+        Err(FaultReason::CorruptTable)
+    );
+    assert_eq!(
+        fault(&mut vm, ro, FaultAccess::read(true)),
+        Ok(FaultOutcome::ZeroPageMapped)
+    );
+    assert_eq!(
+        fault(&mut vm, ro, FaultAccess::read(true)),
+        Ok(FaultOutcome::Spurious)
+    );
+    // The kernel touching a user page the page allows: SMAP.
+    assert_eq!(
+        fault(
+            &mut vm,
+            ro,
+            FaultAccess {
+                present: true,
+                ..FaultAccess::read(false)
+            }
+        ),
+        Err(FaultReason::KernelToUser)
+    );
+    let st = vm.stats();
+    assert_eq!(st.protection_faults, 8, "{st:?}");
+    assert_eq!((st.zero_page_maps, st.spurious), (1, 1), "{st:?}");
+    // Any address, any error code: a result, never a panic.
+    for code in 0..64 {
+        for addr in [
+            0,
+            ro,
+            u64::MAX & !0xfff,
+            0xffff_8000_0000_0000,
+            0x0000_7fff_ffff_f000,
+        ] {
+            let _ = fault(&mut vm, addr, FaultAccess::from_error_code(code));
+        }
+    }
+}
+
+#[test]
+fn areas_split_merge_and_refuse_bad_ranges() {
+    let mem = EmulatedMemory::new(64);
+    let mut frames = mem.frame_allocator();
+    let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
+    let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    let mut s = VmSpace::new_user(&kernel, &mut frames).unwrap();
+    let rw = Prot::RW | Prot::USER;
+    let a = s.map_anonymous(Some(0x10_0000), 8 * PAGE, rw).unwrap();
+    assert_eq!(a, 0x10_0000);
+    // Adjacent with the same protection: one area.
+    s.map_anonymous(Some(a + 8 * PAGE), 8 * PAGE, rw).unwrap();
+    assert_eq!(s.area_count(), 1);
+    // Protect the middle: three areas; back: one again.
+    s.protect(a + 4 * PAGE, 4 * PAGE, Prot::READ | Prot::USER, &vm)
+        .unwrap()
+        .ignore();
+    assert_eq!(s.area_count(), 3);
+    s.protect(a + 4 * PAGE, 4 * PAGE, rw, &vm).unwrap().ignore();
+    assert_eq!(s.area_count(), 1);
+    // Unmap the middle: two areas, and the hole is found by a gap search.
+    s.unmap(a + 4 * PAGE, 2 * PAGE, &mut vm, &mut frames)
+        .unwrap()
+        .ignore();
+    assert_eq!(s.area_count(), 2);
+    assert_eq!(
+        s.map_anonymous(None, 2 * PAGE, Prot::READ | Prot::USER)
+            .unwrap(),
+        a + 4 * PAGE
+    );
+    // A taken hint falls back to a gap.
+    assert_ne!(s.map_anonymous(Some(a), PAGE, rw).unwrap(), a);
+    assert_eq!(
+        s.map_anonymous(None, 3, rw),
+        Err(VmError::Unaligned { addr: 0, len: 3 })
+    );
+    assert_eq!(
+        s.map_anonymous(None, PAGE, Prot::RW | Prot::EXEC),
+        Err(VmError::WriteExec { addr: 0 })
+    );
+    assert_eq!(
+        s.map_anonymous(None, 1 << 50, rw),
+        Err(VmError::NoSpace { len: 1 << 50 })
+    );
+    assert_eq!(
+        s.map_fixed(a, PAGE, rw, AreaKind::Anonymous, &mut frames)
+            .unwrap_err(),
+        VmError::Overlap { addr: a }
+    );
+    assert!(matches!(
+        s.unmap(0xffff_8000_0000_0000, PAGE, &mut vm, &mut frames),
+        Err(VmError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        s.protect(0x5000_0000, PAGE, rw, &vm),
+        Err(VmError::Unmapped { .. })
+    ));
+    // Fixed physical memory maps at once and is never freed.
+    let mmio = 0x6000_0000;
+    s.map_fixed(
+        mmio,
+        2 * PAGE,
+        rw,
+        AreaKind::Fixed {
+            phys: PhysAddr::new(mem.start().as_u64() + 8 * PAGE),
+        },
+        &mut frames,
+    )
+    .unwrap()
+    .ignore();
+    assert!(s.mapper().translate(VirtAddr::new(mmio + PAGE)).is_ok());
+    s.check_invariants(&vm).unwrap();
+    let mmu = RecordingMmu::new(kernel.pml4());
+    let in_use = frames.in_use();
+    let _ = in_use;
+    s.destroy(&mut vm, &mut frames, &mmu).unwrap();
+    assert_eq!(frames.in_use(), 2);
+    let _ = mmu.cr3();
+}
