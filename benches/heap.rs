@@ -8,8 +8,6 @@
 //! - `KMEM_BENCH_ONLY=throughput|efficiency|latency`: one part only.
 //! - `KMEM_BENCH_ROWS=realloc_3000,norealloc_30000,high_align`: only these
 //!   throughput rows.
-//! - `KMEM_BENCH_LATENCY_SPLIT=1`: latency percentiles also for slab-sized
-//!   (≤ 1 KiB) and large requests, per allocator.
 //! - `KMEM_BENCH_PROBE=<max>`: diagnostics instead of the tables: one
 //!   random-actions run per allocator (`KMEM_BENCH_PROBE_ALLOC=0|1|2`,
 //!   `KMEM_BENCH_PROBE_REALLOC=0|1`, `KMEM_BENCH_PROBE_MS`,
@@ -492,28 +490,69 @@ fn ns_per_tick() -> f64 {
 /// one allocator's whole run).
 const LATENCY_ROUNDS: u64 = 6;
 
-/// One round of alloc+free pair latencies (ns) for allocator `which`, on a
-/// heap warmed by random actions (max 3000, no realloc) that stay live.
-/// Returns every sample and, split by size (≤ 1 KiB, larger), the same.
-fn latency_round(buf: &Buffer, which: usize, ns: f64, round: u64, n: usize) -> [Vec<f64>; 3] {
-    let mut out: [Vec<f64>; 3] = Default::default();
+/// A latency workload: request sizes `gen_size(max)` with random
+/// alignments, timed as alloc+free pairs on a heap holding a live set.
+struct LatencyWorkload {
+    name: &'static str,
+    /// Size cap, as in the throughput rows.
+    max: usize,
+    /// The live set random-walks within `[lo, hi]` objects.
+    live: (usize, usize),
+    /// Upper bounds of the size ranges reported separately.
+    ranges: &'static [usize],
+}
+
+const LATENCY_WORKLOADS: [LatencyWorkload; 2] = [
+    LatencyWorkload {
+        name: "max 3000, live >= 300",
+        max: 3000,
+        live: (300, usize::MAX),
+        ranges: &[1024, usize::MAX],
+    },
+    LatencyWorkload {
+        name: "max 32 KiB, live 50-600",
+        max: 32 << 10,
+        live: (50, 600),
+        ranges: &[256, 1024, 4096, usize::MAX],
+    },
+];
+
+/// One round of alloc+free pair latencies (ns) for allocator `which`.
+/// Between two timed pairs one untimed action (alloc or free) churns the
+/// live set, so every pair meets a different heap. Returns every sample,
+/// then the samples of each size range of `w`.
+fn latency_round(
+    buf: &Buffer,
+    w: &LatencyWorkload,
+    which: usize,
+    ns: f64,
+    round: u64,
+    n: usize,
+) -> Vec<Vec<f64>> {
+    let mut out: Vec<Vec<f64>> = vec![Vec::new(); 1 + w.ranges.len()];
     let a = make(which, buf);
     let mut rng = Rng(0x1a7 + round);
     let mut keep: Vec<Block> = Vec::new();
-    for _ in 0..20_000 {
-        if keep.len() < 300 || rng.range(0, 2) == 0 {
-            keep.extend(Block::new(
-                &*a,
-                gen_size(&mut rng, 3000),
-                gen_align(&mut rng),
-            ));
-        } else {
+    fn churn<'a>(
+        a: &'a dyn GlobalAlloc,
+        w: &LatencyWorkload,
+        rng: &mut Rng,
+        keep: &mut Vec<Block<'a>>,
+    ) {
+        let grow = keep.len() < w.live.0 || (keep.len() < w.live.1 && rng.range(0, 2) == 0);
+        if grow {
+            keep.extend(Block::new(a, gen_size(rng, w.max), gen_align(rng)));
+        } else if !keep.is_empty() {
             let i = rng.range(0, keep.len());
             keep.swap_remove(i);
         }
     }
+    for _ in 0..20_000 {
+        churn(&*a, w, &mut rng, &mut keep);
+    }
     for _ in 0..n {
-        let l = Layout::from_size_align(gen_size(&mut rng, 3000), gen_align(&mut rng)).unwrap();
+        churn(&*a, w, &mut rng, &mut keep);
+        let l = Layout::from_size_align(gen_size(&mut rng, w.max), gen_align(&mut rng)).unwrap();
         let t0 = rdtsc();
         // SAFETY: non-zero layout; freed right away with it.
         unsafe {
@@ -522,7 +561,8 @@ fn latency_round(buf: &Buffer, which: usize, ns: f64, round: u64, n: usize) -> [
         }
         let t = (rdtsc() - t0) as f64 * ns;
         out[0].push(t);
-        out[1 + usize::from(l.size() > 1024)].push(t);
+        let r = w.ranges.iter().position(|&hi| l.size() <= hi).unwrap();
+        out[1 + r].push(t);
     }
     out
 }
@@ -533,39 +573,45 @@ fn percentiles(v: &mut [f64]) -> [f64; 5] {
     [1, 25, 50, 75, 99].map(|p| v[(v.len() - 1) * p / 100])
 }
 
-/// Alloc+free pair latency percentiles of every allocator, rounds
-/// interleaved. `KMEM_BENCH_LATENCY_SPLIT=1` also prints them for slab-sized
-/// (≤ 1 KiB) and large requests.
-fn latency(cfg: &Config, buf: &Buffer, ns: f64) -> Vec<[f64; 5]> {
+/// Alloc+free pair latency percentiles of every allocator for workload
+/// `w`, rounds interleaved; the per-size-range p50/p99 are printed.
+fn latency(cfg: &Config, buf: &Buffer, ns: f64, w: &LatencyWorkload) -> Vec<[f64; 5]> {
     let per_round = cfg.latency_samples / LATENCY_ROUNDS as usize;
-    let mut all: Vec<[Vec<f64>; 3]> = vec![Default::default(); NAMES.len()];
+    let mut all: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); 1 + w.ranges.len()]; NAMES.len()];
     for round in 0..LATENCY_ROUNDS {
         for (which, acc) in all.iter_mut().enumerate() {
-            let r = latency_round(buf, which, ns, round, per_round);
+            let r = latency_round(buf, w, which, ns, round, per_round);
             for (acc, r) in acc.iter_mut().zip(r) {
                 acc.extend(r);
             }
         }
     }
-    let split_by_size = std::env::var_os("KMEM_BENCH_LATENCY_SPLIT").is_some();
-    all.iter_mut()
-        .enumerate()
-        .map(|(which, [every, small, large])| {
-            if split_by_size {
-                for (name, v) in [("<=1KiB", small), (">1KiB", large)] {
-                    let p = percentiles(v);
-                    eprintln!(
-                        "{} {name}: n {} p50 {:.1} p99 {:.1}",
-                        NAMES[which],
-                        v.len(),
-                        p[2],
-                        p[4]
-                    );
-                }
-            }
-            percentiles(every)
-        })
-        .collect()
+    let mut head = format!("{:<14}", "p50 / p99 by size");
+    let mut lo = 0;
+    for &hi in w.ranges {
+        let label = if hi == usize::MAX {
+            format!("> {lo}")
+        } else {
+            format!("{}-{hi}", lo + 1)
+        };
+        head.push_str(&format!("{label:>18}"));
+        lo = hi;
+    }
+    println!("{head}");
+    for (which, v) in all.iter_mut().enumerate() {
+        let mut row = format!("{:<14}", NAMES[which]);
+        for r in v[1..].iter_mut() {
+            let cell = if r.is_empty() {
+                "-".to_string()
+            } else {
+                let p = percentiles(r);
+                format!("{:.0} / {:.0}", p[2], p[4])
+            };
+            row.push_str(&format!("{cell:>18}"));
+        }
+        println!("{row}");
+    }
+    all.iter_mut().map(|v| percentiles(&mut v[0])).collect()
 }
 
 /// Diagnostic: kmem's state at the first failure of one heap-efficiency fill.
@@ -735,19 +781,29 @@ fn main() {
         }
     }
     if run("latency") {
-        println!("\n## alloc+free latency (ns), percentiles 1/25/50/75/99");
         let ns = ns_per_tick();
-        let lat = latency(&cfg, &buf, ns);
-        for (n, l) in NAMES.iter().zip(&lat) {
-            println!("{n:<14}{}", l.map(|x| format!("{x:>9.1}")).concat());
-        }
-        for (i, pct) in [(2, "p50"), (4, "p99")] {
-            for p in 1..NAMES.len() {
-                ratios.push(format!(
-                    "ratio latency_{pct} {} {:.2}",
-                    NAMES[p],
-                    lat[p][i] / lat[0][i]
-                ));
+        for (k, w) in LATENCY_WORKLOADS.iter().enumerate() {
+            println!(
+                "\n## alloc+free latency (ns), {}: percentiles 1/25/50/75/99",
+                w.name
+            );
+            let lat = latency(&cfg, &buf, ns, w);
+            for (n, l) in NAMES.iter().zip(&lat) {
+                println!("{n:<14}{}", l.map(|x| format!("{x:>9.1}")).concat());
+            }
+            let tag = if k == 0 {
+                String::new()
+            } else {
+                format!("_{}", w.max)
+            };
+            for (i, pct) in [(2, "p50"), (4, "p99")] {
+                for p in 1..NAMES.len() {
+                    ratios.push(format!(
+                        "ratio latency{tag}_{pct} {} {:.2}",
+                        NAMES[p],
+                        lat[p][i] / lat[0][i]
+                    ));
+                }
             }
         }
     }

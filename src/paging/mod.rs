@@ -43,6 +43,7 @@
 //! ```
 
 mod address_space;
+mod copy;
 mod entry;
 mod error;
 mod flags;
@@ -59,6 +60,7 @@ mod size;
 mod walk;
 
 pub use address_space::{AddressSpace, DestroyStats, KERNEL_HALF};
+pub(crate) use copy::CopyAs;
 pub use error::PagingError;
 pub use flags::MapFlags;
 pub use flush::{Flush, FLUSH_THRESHOLD};

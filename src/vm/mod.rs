@@ -49,6 +49,7 @@ mod areas;
 mod error;
 mod fault;
 mod prot;
+mod shares;
 mod space;
 mod stats;
 #[allow(clippy::module_inception)]

@@ -8,7 +8,7 @@ use super::{
     Area, AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, Prot, Resolved, Vm, VmError,
 };
 use crate::paging::{
-    AddressSpace, Flush, FrameSource, LeafSize, Mapper, Mmu, PagingError, PhysMem,
+    AddressSpace, CopyAs, Flush, FrameSource, LeafSize, Mapper, Mmu, PagingError, PhysMem,
 };
 use alloc::vec::Vec;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
@@ -78,40 +78,33 @@ impl<P: PhysMem + Clone> VmSpace<P> {
             mapper: space.into_mapper(),
             areas: self.areas.clone(),
         };
-        // Every page, with the area that owns it.
-        let mut pages: Vec<(Area, VirtAddr, PhysFrame, bool)> = Vec::new();
-        for area in self.areas.iter() {
-            self.mapper
-                .for_each_leaf_in(VirtAddr::new(area.start), area.len(), |leaf| {
-                    let frame = PhysFrame::containing_address(leaf.frame);
-                    pages.push((*area, leaf.page, frame, leaf.access.writable));
-                });
-        }
-        for (i, &(area, page, frame, _)) in pages.iter().enumerate() {
-            let flags = area.prot.map_flags(area.kind != AreaKind::Anonymous);
-            let page = Page::<Size4KiB>::containing_address(page);
-            if let Err(e) = child.mapper.map(page, frame, flags, frames) {
-                // Nothing of the parent changed yet: the child's tables go.
-                child.drop_tables(pages[..i].iter().map(|p| p.1), frames);
+        // Leaves come in address order: walk the areas alongside.
+        let mut areas = self.areas.iter().peekable();
+        let zero = vm.zero_frame().start_address();
+        let copied = self.mapper.copy_leaves_into(
+            &mut child.mapper,
+            VirtAddr::new(lo),
+            hi - lo,
+            frames,
+            |va, frame, _writable| {
+                while areas.next_if(|a| a.end <= va).is_some() {}
+                match areas.peek().map(|a| a.kind) {
+                    Some(AreaKind::Anonymous) if frame != zero => {
+                        vm.share(PhysFrame::containing_address(frame));
+                        CopyAs::ReadOnly
+                    }
+                    _ => CopyAs::Same,
+                }
+            },
+        );
+        let flush = match copied {
+            Ok(flush) => flush,
+            Err(e) => {
+                // Nothing was copied: only the child's PML4 exists.
+                child.drop_tables(core::iter::empty(), frames);
                 return Err(e.into());
             }
-        }
-        // Commit: nothing below can fail.
-        let mut flush = Flush::none();
-        for &(area, page, frame, writable) in &pages {
-            if area.kind != AreaKind::Anonymous || frame == vm.zero_frame() {
-                continue;
-            }
-            vm.share(frame);
-            if writable {
-                let p = Page::<Size4KiB>::containing_address(page);
-                // The page is mapped (it was just visited): this cannot fail.
-                if let Ok(f) = self.mapper.protect(p, area.prot.map_flags(false)) {
-                    f.ignore(); // collected into `flush` below
-                    flush.add(page.as_u64());
-                }
-            }
-        }
+        };
         Ok((child, flush))
     }
 }
@@ -155,7 +148,7 @@ impl<P: PhysMem> VmSpace<P> {
     /// `[addr, addr + len)` checked: page-aligned, non-empty, inside the
     /// managed range.
     fn range(&self, addr: u64, len: u64) -> Result<(u64, u64), VmError> {
-        if len == 0 || addr % PAGE != 0 || len % PAGE != 0 {
+        if len == 0 || !addr.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
             return Err(VmError::Unaligned { addr, len });
         }
         let (lo, hi) = self.areas.bounds();
@@ -176,14 +169,15 @@ impl<P: PhysMem> VmSpace<P> {
         prot: Prot,
     ) -> Result<u64, VmError> {
         let at = hint.unwrap_or(0);
-        if len == 0 || len % PAGE != 0 {
+        if len == 0 || !len.is_multiple_of(PAGE) {
             return Err(VmError::Unaligned { addr: at, len });
         }
         if prot.is_write_exec() {
             return Err(VmError::WriteExec { addr: at });
         }
-        let fits =
-            |h: u64| h % PAGE == 0 && h.checked_add(len).is_some_and(|e| self.areas.is_free(h, e));
+        let fits = |h: u64| {
+            h.is_multiple_of(PAGE) && h.checked_add(len).is_some_and(|e| self.areas.is_free(h, e))
+        };
         let start = match hint {
             Some(h) if fits(h) => h,
             _ => self.areas.find_gap(len).ok_or(VmError::NoSpace { len })?,
@@ -218,7 +212,7 @@ impl<P: PhysMem> VmSpace<P> {
         }
         let mut flush = Flush::none();
         if let AreaKind::Fixed { phys } = kind {
-            if phys.as_u64() % PAGE != 0 {
+            if !phys.as_u64().is_multiple_of(PAGE) {
                 return Err(VmError::Unaligned {
                     addr: phys.as_u64(),
                     len,

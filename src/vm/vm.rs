@@ -1,22 +1,23 @@
 //! What all address spaces of a kernel share: the zero frame, the counts
 //! of frames mapped by more than one address space, and the counters.
 
+use super::shares::Shares;
 use super::VmStats;
 use crate::paging::{FrameSource, PhysMem};
-use alloc::collections::BTreeMap;
 use x86_64::structures::paging::PhysFrame;
 
 /// The shared state of the virtual-memory layer. One per kernel (or per
 /// test): every [`VmSpace`](super::VmSpace) operation takes it.
 ///
-/// Frame sharing costs nothing for frames that are not shared: a private
-/// frame has no entry. A frame mapped by `n ≥ 2` pages (after a fork) has
-/// one entry in a `BTreeMap<u64, u32>` on the kernel heap, about 24 bytes
-/// with the tree's node overhead; the entry goes when the count falls to 1.
+/// Frame sharing costs nothing for frames that are not shared. Frames
+/// mapped by `n ≥ 2` pages (after a fork) are counted in 4 KiB chunks of
+/// four-byte counters on the kernel heap, one chunk per 4 MiB of physical
+/// memory holding a shared frame (4 bytes per frame there), freed with
+/// their last shared frame.
 #[derive(Debug)]
 pub struct Vm {
     zero: PhysFrame,
-    shares: BTreeMap<u64, u32>,
+    shares: Shares,
     pub(crate) stats: VmStats,
 }
 
@@ -29,7 +30,7 @@ impl Vm {
         fill_zero(phys, zero);
         Some(Self {
             zero,
-            shares: BTreeMap::new(),
+            shares: Shares::default(),
             stats: VmStats::default(),
         })
     }
@@ -49,10 +50,7 @@ impl Vm {
 
     /// How many mappings share `frame` (1 for a frame not shared).
     pub fn share_count(&self, frame: PhysFrame) -> u32 {
-        self.shares
-            .get(&frame.start_address().as_u64())
-            .copied()
-            .unwrap_or(1)
+        self.shares.count(frame)
     }
 
     /// Frames shared right now.
@@ -62,27 +60,13 @@ impl Vm {
 
     /// Records one more mapping of `frame`.
     pub(crate) fn share(&mut self, frame: PhysFrame) {
-        *self
-            .shares
-            .entry(frame.start_address().as_u64())
-            .or_insert(1) += 1;
+        self.shares.add(frame);
     }
 
     /// Records that one mapping of `frame` is gone. Returns whether that
     /// was the last one (the caller frees the frame).
     pub(crate) fn unshare(&mut self, frame: PhysFrame) -> bool {
-        let key = frame.start_address().as_u64();
-        match self.shares.get_mut(&key) {
-            None => true,
-            Some(n) if *n <= 2 => {
-                self.shares.remove(&key);
-                false
-            }
-            Some(n) => {
-                *n -= 1;
-                false
-            }
-        }
+        self.shares.remove(frame)
     }
 
     /// Gives the zero frame back, once no address space maps it.

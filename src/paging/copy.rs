@@ -1,0 +1,116 @@
+//! Copying the leaves of a range into another hierarchy table by table, as
+//! a copy-on-write fork does: one walk, no per-page lookups.
+
+use super::entry::{
+    canonical, index, is_leaf, span, ADDR_MASK, ENTRIES, LINEAR_MASK, PRESENT, WRITABLE,
+};
+use super::reserve::Reserve;
+use super::{Flush, FrameSource, Mapper, PagingError, PhysMem};
+use x86_64::{PhysAddr, VirtAddr};
+
+/// How one leaf is copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CopyAs {
+    /// The same entry in both hierarchies.
+    Same,
+    /// The entry in both, write access removed from both (copy-on-write).
+    ReadOnly,
+}
+
+impl<P: PhysMem> Mapper<P> {
+    /// Copies every leaf of `[start, start + len)` into `dst` at the same
+    /// address. `f` sees each leaf (its canonical address, frame and
+    /// whether it is writable) and says how to copy it.
+    /// `dst` must map nothing in the range. The tables `dst` needs are
+    /// obtained before anything changes: on `OutOfFrames` neither
+    /// hierarchy changed and `f` was never called. The flush covers the
+    /// entries of this hierarchy that `f` changed.
+    pub(crate) fn copy_leaves_into<A: FrameSource + ?Sized>(
+        &mut self,
+        dst: &mut Mapper<P>,
+        start: VirtAddr,
+        len: u64,
+        alloc: &mut A,
+        mut f: impl FnMut(u64, PhysAddr, bool) -> CopyAs,
+    ) -> Result<Flush, PagingError> {
+        let lo = start.as_u64() & LINEAR_MASK;
+        let hi = lo.saturating_add(len).min(LINEAR_MASK + 1);
+        let mut flush = Flush::none();
+        if hi <= lo {
+            return Ok(flush);
+        }
+        let tables = self.for_each_leaf_in(start, len, |_| {}).tables - 1;
+        let mut reserve = Reserve::fill(dst, alloc, tables)?;
+        let (src_root, dst_root) = (self.root(), dst.root());
+        self.copy_table(
+            dst,
+            src_root,
+            dst_root,
+            4,
+            0,
+            (lo, hi),
+            &mut reserve,
+            &mut f,
+            &mut flush,
+        );
+        reserve.release(dst, alloc);
+        Ok(flush)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_table(
+        &mut self,
+        dst: &mut Mapper<P>,
+        table: u64,
+        dst_table: u64,
+        level: u8,
+        base: u64,
+        (lo, hi): (u64, u64),
+        reserve: &mut Reserve,
+        f: &mut impl FnMut(u64, PhysAddr, bool) -> CopyAs,
+        flush: &mut Flush,
+    ) {
+        let first = lo.saturating_sub(base) / span(level);
+        let last = (hi - base).div_ceil(span(level)).min(ENTRIES as u64);
+        for i in first as usize..last as usize {
+            let e = self.read(table, i);
+            if e & PRESENT == 0 {
+                continue;
+            }
+            let lin = base + i as u64 * span(level);
+            if is_leaf(e, level) {
+                let va = canonical(lin);
+                let frame = PhysAddr::new_truncate(e & ADDR_MASK & !(span(level) - 1));
+                let copy = match f(va, frame, e & WRITABLE != 0) {
+                    CopyAs::Same => e,
+                    CopyAs::ReadOnly => e & !WRITABLE,
+                };
+                if copy != e {
+                    self.write(table, i, copy);
+                    flush.add(va);
+                }
+                dst.write(dst_table, i, copy);
+                continue;
+            }
+            let d = dst.read(dst_table, index(lin, level));
+            let child = if d & PRESENT != 0 {
+                d & ADDR_MASK
+            } else {
+                let t = reserve.take(dst);
+                dst.write(dst_table, i, t | (e & !ADDR_MASK));
+                t
+            };
+            self.copy_table(
+                dst,
+                e & ADDR_MASK,
+                child,
+                level - 1,
+                lin,
+                (lo, hi),
+                reserve,
+                f,
+                flush,
+            );
+        }
+    }
+}
