@@ -1,5 +1,6 @@
-//! Heap tests on the host arena: unit cases and a shadow-model property test
-//! with the invariant checker run after every operation.
+//! Heap tests on the host arena: unit cases and shadow-model property tests
+//! (over the whole range, and with few frames) with the invariant checker
+//! run after every operation.
 //!
 //! - `cargo test --test heap_model` (64 cases; `PROPTEST_CASES=600` ran
 //!   426 s clean).
@@ -18,7 +19,13 @@ use proptest::prelude::*;
 type ArenaHeap = Heap<ArenaPageSource>;
 
 fn heap(bytes: usize) -> ArenaHeap {
-    let arena = ArenaPageSource::new(bytes);
+    heap_with_frames(bytes, usize::MAX)
+}
+
+/// A heap over `bytes` whose page source runs out after `frames` frames.
+fn heap_with_frames(bytes: usize, frames: usize) -> ArenaHeap {
+    let mut arena = ArenaPageSource::new(bytes);
+    arena.set_frame_limit(frames);
     let (start, len) = arena.range();
     // SAFETY: the arena's range belongs to this heap alone.
     unsafe { Heap::new(arena, start, len) }.unwrap()
@@ -36,14 +43,22 @@ struct Model {
     heap: ArenaHeap,
     live: Vec<Live>,
     next_fill: u8,
+    /// The page source's frame limit (`usize::MAX`: only the range limits).
+    frames: usize,
 }
 
 impl Model {
     fn new(bytes: usize) -> Self {
+        Self::with_frames(bytes, usize::MAX)
+    }
+
+    /// A model whose page source runs out after `frames` frames.
+    fn with_frames(bytes: usize, frames: usize) -> Self {
         Self {
-            heap: heap(bytes),
+            heap: heap_with_frames(bytes, frames),
             live: Vec::new(),
             next_fill: 1,
+            frames,
         }
     }
 
@@ -65,6 +80,12 @@ impl Model {
             }
             Err(e) => {
                 assert_eq!(e, AllocError::OutOfMemory { size, align });
+                // No free page the heap held could have served the request:
+                // with every one given back, it fails again.
+                self.heap.trim();
+                if let Ok(p) = self.heap.allocate(layout) {
+                    panic!("{layout:?} failed, then succeeded after trim at {p:p}");
+                }
                 false
             }
         }
@@ -155,7 +176,21 @@ impl Model {
         }
     }
 
-    /// Frees everything, then checks the heap is whole again.
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Alloc { size, align_shift } => {
+                self.alloc(size, 1 << align_shift);
+            }
+            Op::Free { pick } if !self.live.is_empty() => self.free(pick % self.live.len()),
+            Op::Realloc { pick, size } if !self.live.is_empty() => {
+                self.realloc(pick % self.live.len(), size)
+            }
+            _ => {}
+        }
+    }
+
+    /// Frees everything, then checks the heap is whole again: one block
+    /// takes the whole range, or every frame but the large heap's first page.
     fn drain_and_check_whole(&mut self) {
         while !self.live.is_empty() {
             self.free(self.live.len() - 1);
@@ -164,7 +199,9 @@ impl Model {
         self.heap.check_invariants().unwrap();
         assert_eq!(self.heap.stats().live_bytes, 0);
         let (lo, top) = self.heap.bounds();
-        let whole = Layout::from_size_align(top - lo - 2 * PAGE_SIZE, 8).unwrap();
+        let bytes =
+            (top - lo - 2 * PAGE_SIZE).min(self.frames.saturating_sub(1).saturating_mul(PAGE_SIZE));
+        let whole = Layout::from_size_align(bytes, 8).unwrap();
         let p = self
             .heap
             .allocate(whole)
@@ -215,12 +252,22 @@ proptest! {
     fn shadow_model(ops in proptest::collection::vec(op_strategy(), 1..MODEL_MAX_OPS)) {
         let mut m = Model::new(MODEL_ARENA);
         for op in ops {
-            match op {
-                Op::Alloc { size, align_shift } => { m.alloc(size, 1 << align_shift); }
-                Op::Free { pick } if !m.live.is_empty() => m.free(pick % m.live.len()),
-                Op::Realloc { pick, size } if !m.live.is_empty() => m.realloc(pick % m.live.len(), size),
-                _ => {}
-            }
+            m.apply(op);
+            m.check();
+        }
+        m.drain_and_check_whole();
+    }
+
+    /// The frames run out long before the range: slabs and the large heap
+    /// hand pages to each other through the page source.
+    #[test]
+    fn shadow_model_on_few_frames(
+        frames in 2usize..200,
+        ops in proptest::collection::vec(op_strategy(), 1..MODEL_MAX_OPS),
+    ) {
+        let mut m = Model::with_frames(MODEL_ARENA, frames);
+        for op in ops {
+            m.apply(op);
             m.check();
         }
         m.drain_and_check_whole();
@@ -343,14 +390,7 @@ fn boundary_alloc_free_does_not_thrash() {
 
 #[test]
 fn out_of_frames_is_an_error_and_changes_nothing() {
-    let arena = {
-        let mut a = ArenaPageSource::new(16 << 20);
-        a.set_frame_limit(64);
-        a
-    };
-    let (start, len) = arena.range();
-    // SAFETY: the arena's range belongs to this heap alone.
-    let mut h = unsafe { Heap::new(arena, start, len) }.unwrap();
+    let mut h = heap_with_frames(16 << 20, 64);
     let mut live = Vec::new();
     let layout = Layout::from_size_align(10_000, 16).unwrap();
     while let Ok(p) = h.allocate(layout) {

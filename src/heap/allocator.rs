@@ -9,6 +9,11 @@
 //! free top beyond a hysteresis band; slab spans are mapped downward from
 //! `top`, and free spans at the floor are unmapped once more than a few are
 //! cached. Slab pages are never carved out of the large heap.
+//!
+//! The free pages kept for hysteresis must not cause an out-of-memory: when
+//! either side cannot get pages (the page source refuses, or the sides
+//! meet), the heap gives back every free page it can ([`Heap::trim`]) and
+//! tries once more, so the frames the other side kept free come back to it.
 
 use super::large::{self, Large};
 use super::magazine::{Magazine, MAG_CAP};
@@ -147,7 +152,9 @@ impl<P: PageSource> Heap<P> {
     }
 
     /// Allocates memory for `layout` (any alignment; size 0 gets a unique
-    /// one-byte block). Fails only when the page source runs out.
+    /// one-byte block). Fails when neither free blocks, nor the free pages
+    /// the heap gives back, nor new pages can hold the request; the heap is
+    /// then as before, but for the pages given back.
     ///
     /// ```
     /// use core::alloc::Layout;
@@ -386,39 +393,39 @@ impl<P: PageSource> Heap<P> {
         self.classes[c].mag = mag;
     }
 
-    /// A free slab span: cached, or newly mapped below the floor.
+    /// A free slab span (see [`Heap::try_get_span`]), reclaiming if need be.
     fn get_span(&mut self) -> Option<*mut u8> {
-        loop {
-            let s = self.free_spans.head;
-            if !s.is_null() {
-                // SAFETY: `s` is in the free span list.
-                unsafe { self.free_spans.remove(s) };
-                return Some(s.cast());
-            }
-            let below = self.floor - SLAB_SIZE;
-            if below >= self.large.brk() && self.source.map(below, SPAN_PAGES).is_ok() {
-                self.floor = below;
-                self.pages_held += SPAN_PAGES;
-                return Some(below as *mut u8);
-            }
-            if !self.reclaim_for_slabs() {
-                return None;
-            }
-        }
+        self.try_get_span()
+            .or_else(|| self.after_reclaim(Self::try_get_span))
     }
 
-    /// Makes room for a slab span after the easy ways failed.
-    #[cold]
-    fn reclaim_for_slabs(&mut self) -> bool {
-        if self.floor - SLAB_SIZE < self.large.brk() {
-            if let Some(cut) = self.large.trim(0, 0, PAGE_SIZE) {
-                self.unmap_large(cut);
-                return true;
-            }
+    /// A free slab span: cached, or newly mapped below the floor.
+    fn try_get_span(&mut self) -> Option<*mut u8> {
+        let s = self.free_spans.head;
+        if !s.is_null() {
+            // SAFETY: `s` is in the free span list.
+            unsafe { self.free_spans.remove(s) };
+            return Some(s.cast());
         }
-        let spans = self.free_spans.len;
-        self.drain_magazines();
-        self.free_spans.len > spans
+        let below = self.floor - SLAB_SIZE;
+        if below < self.large.brk() || self.source.map(below, SPAN_PAGES).is_err() {
+            return None;
+        }
+        self.floor = below;
+        self.pages_held += SPAN_PAGES;
+        Some(below as *mut u8)
+    }
+
+    /// Gives back every free page the heap holds, then runs `get` (a way of
+    /// getting pages that just failed) once more. Both sides fall back to
+    /// this one path: the frames one side keeps free (the large heap's free
+    /// top; empty slabs and cached spans) are what the other side needs.
+    /// A failed retry leaves the heap as before but for the pages given back.
+    #[cold]
+    #[inline(never)]
+    fn after_reclaim<T>(&mut self, get: impl FnOnce(&mut Self) -> Option<T>) -> Option<T> {
+        self.trim();
+        get(self)
     }
 
     fn release_span(&mut self, s: *mut SlabHeader) {
@@ -475,51 +482,58 @@ impl<P: PageSource> Heap<P> {
         }
     }
 
-    /// The large heap had no fitting block: grow it, and as a last resort
-    /// scan exhaustively. Out of line so the common path stays short (with
-    /// this loop inlined, LLVM hoisted the whole lookup into every call).
+    /// The large heap had no fitting block: grow it, as a last resort scan
+    /// exhaustively, and failing that reclaim and grow. Out of line so the
+    /// common path stays short (with the growth inlined, LLVM hoisted the
+    /// whole lookup into every call).
     #[cold]
     #[inline(never)]
     fn alloc_large_slow(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        loop {
-            if self.grow_large(layout).is_none() {
-                return self
-                    .large
-                    .allocate_exhaustive(layout.size(), layout.align());
-            }
-            if let Some(p) = self.large.allocate(layout.size(), layout.align()) {
+        let (size, align) = (layout.size(), layout.align());
+        let need = large::fit_size(size, align)?;
+        if need > self.top - self.lo {
+            // Not even the whole range would do: nothing to reclaim for.
+            return None;
+        }
+        if self.grow_large(layout, need).is_none() {
+            if let Some(p) = self.large.allocate_exhaustive(size, align) {
                 return Some(p);
             }
+            self.after_reclaim(|heap| heap.grow_large(layout, need))?;
         }
+        // The free block ending the heap now holds `need` bytes; an
+        // exhaustive search finds it even where good fit would not look.
+        self.large.allocate_exhaustive(size, align)
     }
 
-    /// Maps more pages at the top of the large heap for `layout`.
+    /// Maps pages at the top of the large heap so that its last free block
+    /// holds `need` (≤ the range) bytes for `layout`: a growth step if the
+    /// page source allows, else just enough.
     #[cold]
-    fn grow_large(&mut self, layout: Layout) -> Option<()> {
-        let need = large::block_size(layout.size())?.checked_add(layout.align() + 32)?;
+    fn grow_large(&mut self, layout: Layout, need: usize) -> Option<()> {
         let brk = self.large.brk();
-        loop {
-            let room = self.floor - brk;
-            let want = need.max(GROW_MIN).next_multiple_of(PAGE_SIZE);
-            let exact = need.checked_next_multiple_of(PAGE_SIZE)?;
-            for bytes in [want, exact] {
-                if bytes <= room && self.source.map(brk, bytes / PAGE_SIZE).is_ok() {
-                    self.pages_held += bytes / PAGE_SIZE;
-                    // SAFETY: the pages were just mapped, between brk and the slab floor.
-                    unsafe { self.large.extend(brk + bytes) };
-                    return Some(());
-                }
-            }
-            let floor = self.floor;
-            self.trim_spans(0);
-            if self.floor == floor {
-                self.drain_magazines();
-                self.trim_spans(0);
-                if self.floor == floor {
-                    return None;
-                }
+        let room = self.floor - brk;
+        // The step has slack beyond `need` (the whole alignment and 32
+        // bytes) or is `GROW_MIN`: the heap's placement, and the efficiency
+        // measured in BENCHMARKS.md, follow from these steps.
+        let want = large::block_size(layout.size())?
+            .checked_add(layout.align() + 32)?
+            .max(GROW_MIN)
+            .next_multiple_of(PAGE_SIZE);
+        // The new pages merge with the free block at the top, if any.
+        let exact = need
+            .saturating_sub(self.large.free_top())
+            .next_multiple_of(PAGE_SIZE)
+            .max(PAGE_SIZE);
+        for bytes in [want, exact] {
+            if bytes <= room && self.source.map(brk, bytes / PAGE_SIZE).is_ok() {
+                self.pages_held += bytes / PAGE_SIZE;
+                // SAFETY: the pages were just mapped, between brk and the slab floor.
+                unsafe { self.large.extend(brk + bytes) };
+                return Some(());
             }
         }
+        None
     }
 
     #[inline]

@@ -93,6 +93,18 @@ pub fn block_size(size: usize) -> Option<usize> {
     (bs <= MAX_BLOCK).then_some(bs.max(MIN_BLOCK))
 }
 
+/// Size of a free block that holds `size` bytes aligned to `align` wherever
+/// it lies: the block plus the largest alignment gap (payloads are
+/// `GRANULE`-aligned, so the gap is at most `align - GRANULE`), or `None`
+/// if no block can be that large.
+#[inline(always)]
+pub fn fit_size(size: usize, align: usize) -> Option<usize> {
+    let gap = align.saturating_sub(GRANULE);
+    block_size(size)?
+        .checked_add(gap)
+        .filter(|&n| n <= MAX_BLOCK)
+}
+
 /// The bin holding free blocks of `size` (≤ `MAX_BLOCK`): exact 16-byte
 /// bins below `LINEAR`, then `SL` bins per power of two.
 #[inline(always)]
@@ -263,19 +275,30 @@ impl Large {
         }
     }
 
-    /// If the last block is free and larger than `trigger`, shrinks the span
-    /// so about `keep` free bytes stay; returns the page-aligned range cut.
-    pub fn trim(&mut self, trigger: usize, keep: usize, page: usize) -> Option<(usize, usize)> {
+    /// Size of the free block that ends the span, 0 if the last block is
+    /// used. Extending the span merges the new memory into that block.
+    pub fn free_top(&self) -> usize {
         let sentinel = (self.brk - 8) as *mut u8;
         // SAFETY: the sentinel and, if PREV_FREE, the last block's footer are in the span.
         unsafe {
             if hdr(sentinel) & PREV_FREE == 0 {
-                return None;
+                return 0;
             }
-            let size = sentinel.sub(8).cast::<usize>().read();
-            if size < trigger {
-                return None;
-            }
+            sentinel.sub(8).cast::<usize>().read()
+        }
+    }
+
+    /// If the last block is free and larger than `trigger`, shrinks the span
+    /// so about `keep` free bytes stay; returns the page-aligned range cut.
+    pub fn trim(&mut self, trigger: usize, keep: usize, page: usize) -> Option<(usize, usize)> {
+        let size = self.free_top();
+        if size == 0 || size < trigger {
+            return None;
+        }
+        let sentinel = (self.brk - 8) as *mut u8;
+        // SAFETY: the last block is free and `size` long, so it and its
+        // header lie in the span, below the sentinel.
+        unsafe {
             let b = sentinel.sub(size);
             let new_brk = (b as usize + 16 + keep.max(MIN_BLOCK)).next_multiple_of(page);
             if new_brk >= self.brk {
@@ -327,10 +350,7 @@ impl Large {
     #[inline(never)]
     fn allocate_aligned(&mut self, size: usize, align: usize, scan: bool) -> Option<NonNull<u8>> {
         let bs = block_size(size)?;
-        // Payloads are GRANULE-aligned, so the gap is at most `align - GRANULE`.
-        let need = bs
-            .checked_add(align - GRANULE)
-            .filter(|&n| n <= MAX_BLOCK)?;
+        let need = fit_size(size, align)?;
         let b = self
             .take(need)
             .or_else(|| if scan { self.take_scan(need) } else { None })?;

@@ -31,7 +31,8 @@
 //! The first and last page of the range are never mapped (guards). Pages
 //! are mapped on demand and unmapped (frames freed) when whole spans become
 //! free, with hysteresis: the large heap keeps up to 512 KiB of free top,
-//! the slab region up to 16 free 16 KiB spans.
+//! the slab region up to 16 free 16 KiB spans. When the page source runs
+//! dry, those pages are given back before an allocation fails.
 
 mod allocator;
 mod error;
