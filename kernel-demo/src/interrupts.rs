@@ -22,6 +22,8 @@ const IST_STACK_SIZE: usize = 32 * 1024;
 struct Stack([u8; IST_STACK_SIZE]);
 
 static mut DOUBLE_FAULT_STACK: Stack = Stack([0; IST_STACK_SIZE]);
+/// The stack the CPU switches to (TSS RSP0) on a trap from ring 3.
+static mut USER_TRAP_STACK: Stack = Stack([0; IST_STACK_SIZE]);
 
 /// Exception vectors.
 pub mod vector {
@@ -37,11 +39,13 @@ pub mod vector {
     pub const GENERAL_PROTECTION: u8 = 13;
     /// Page fault.
     pub const PAGE_FAULT: u8 = 14;
+    /// System call (`int 0x80`), the one gate ring 3 may use.
+    pub const SYSCALL: u8 = 0x80;
 }
 
 /// Saved state on the stack of an exception, lowest address first.
 #[repr(C)]
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, Default)]
 #[allow(missing_docs)]
 pub struct TrapFrame {
     pub r15: u64,
@@ -167,6 +171,14 @@ extern "C" fn dispatch(frame: &mut TrapFrame) {
             0
         },
     };
+    if frame.cs & 3 == 3 {
+        // From ring 3: the user-mode layer decides (resume or leave).
+        crate::user::trap(frame, fault);
+        return;
+    }
+    if crate::user::fixup(frame) {
+        return;
+    }
     let hook = FAULT_HOOK.try_lock().and_then(|h| *h);
     if let Some(hook) = hook {
         if fault.vector != vector::DOUBLE_FAULT && hook(&fault) {
@@ -250,6 +262,7 @@ stubs! {
     stub12 = 12, error_code; stub13 = 13, error_code; stub14 = 14, error_code; stub15 = 15;
     stub16 = 16; stub17 = 17, error_code; stub18 = 18; stub19 = 19; stub20 = 20;
     stub21 = 21, error_code; stub28 = 28; stub29 = 29, error_code; stub30 = 30, error_code;
+    stub128 = 0x80;
 }
 
 #[repr(C, align(16))]
@@ -275,14 +288,15 @@ impl IdtEntry {
         reserved: 0,
     };
 
-    /// A present, ring-0 interrupt gate (interrupts stay off in handlers).
-    fn gate(handler: extern "C" fn(), selector: SegmentSelector, ist: u8) -> Self {
+    /// A present interrupt gate (interrupts stay off in handlers), usable
+    /// by `int` from ring `dpl` and below.
+    fn gate(handler: extern "C" fn(), selector: SegmentSelector, ist: u8, dpl: u8) -> Self {
         let addr = handler as usize as u64;
         Self {
             offset_low: addr as u16,
             selector: selector.0,
             ist,
-            attributes: 0x8E,
+            attributes: 0x8E | (dpl << 5),
             offset_mid: (addr >> 16) as u16,
             offset_high: (addr >> 32) as u32,
             reserved: 0,
@@ -295,6 +309,20 @@ struct Tables {
     code: SegmentSelector,
     data: SegmentSelector,
     tss: SegmentSelector,
+    user_code: SegmentSelector,
+    user_data: SegmentSelector,
+}
+
+/// The selectors of ring 3: (code, data), RPL 3.
+pub fn user_selectors() -> (SegmentSelector, SegmentSelector) {
+    let t = TABLES.get().expect("interrupts::init ran at boot");
+    (t.user_code, t.user_data)
+}
+
+/// The selectors of ring 0: (code, data).
+pub fn kernel_selectors() -> (SegmentSelector, SegmentSelector) {
+    let t = TABLES.get().expect("interrupts::init ran at boot");
+    (t.code, t.data)
 }
 
 static TSS: spin::Once<TaskStateSegment> = spin::Once::new();
@@ -308,6 +336,8 @@ pub fn init() {
         let stack = &raw const DOUBLE_FAULT_STACK;
         tss.interrupt_stack_table[usize::from(DOUBLE_FAULT_IST - 1)] =
             VirtAddr::from_ptr(stack) + IST_STACK_SIZE as u64;
+        let trap_stack = &raw const USER_TRAP_STACK;
+        tss.privilege_stack_table[0] = VirtAddr::from_ptr(trap_stack) + IST_STACK_SIZE as u64;
         tss
     });
     let tables = TABLES.call_once(|| {
@@ -315,11 +345,15 @@ pub fn init() {
         let code = gdt.append(Descriptor::kernel_code_segment());
         let data = gdt.append(Descriptor::kernel_data_segment());
         let tss = gdt.append(Descriptor::tss_segment(tss));
+        let user_data = gdt.append(Descriptor::user_data_segment());
+        let user_code = gdt.append(Descriptor::user_code_segment());
         Tables {
             gdt,
             code,
             data,
             tss,
+            user_code,
+            user_data,
         }
     });
     tables.gdt.load();
@@ -341,7 +375,8 @@ pub fn init() {
             } else {
                 0
             };
-            idt[usize::from(vec)] = IdtEntry::gate(stub, tables.code, ist);
+            let dpl = if vec == vector::SYSCALL { 3 } else { 0 };
+            idt[usize::from(vec)] = IdtEntry::gate(stub, tables.code, ist, dpl);
         }
         idt
     });

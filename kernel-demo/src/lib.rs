@@ -15,9 +15,12 @@ pub mod image;
 pub mod interrupts;
 pub mod kernel_space;
 pub mod memory;
+pub mod process;
+pub mod programs;
 pub mod qemu;
 pub mod recover;
 pub mod testing;
+pub mod user;
 
 /// Defines the kernel's main function, called after boot with the console,
 /// the IDT and [`boot::info`] ready.

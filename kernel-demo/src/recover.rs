@@ -14,7 +14,7 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 /// Registers a `setjmp` saves (the System V callee-saved set).
 #[repr(C)]
 #[derive(Default)]
-struct JmpBuf {
+pub(crate) struct JmpBuf {
     rbx: u64,
     rbp: u64,
     r12: u64,
@@ -23,7 +23,7 @@ struct JmpBuf {
     r15: u64,
     /// Stack pointer at entry of `kmem_setjmp_call`: points at its
     /// return address.
-    rsp: u64,
+    pub(crate) rsp: u64,
 }
 
 const RETURNED: u64 = 0;
@@ -137,7 +137,7 @@ pub(crate) fn escape_panic(info: &core::panic::PanicInfo<'_>) {
 /// `setjmp` and call: saves the callee-saved registers in `buf`, calls
 /// `f(arg)` and returns 0; returns again with `kmem_longjmp`'s value.
 #[unsafe(naked)]
-unsafe extern "C" fn kmem_setjmp_call(
+pub(crate) unsafe extern "C" fn kmem_setjmp_call(
     f: extern "C" fn(*mut u8),
     arg: *mut u8,
     buf: *mut JmpBuf,
@@ -162,7 +162,7 @@ unsafe extern "C" fn kmem_setjmp_call(
 
 /// `longjmp`: restores `buf` and returns `value` from its `setjmp`.
 #[unsafe(naked)]
-unsafe extern "C" fn kmem_longjmp(buf: *const JmpBuf, value: u64) -> ! {
+pub(crate) unsafe extern "C" fn kmem_longjmp(buf: *const JmpBuf, value: u64) -> ! {
     core::arch::naked_asm!(
         "mov rbx, [rdi]",
         "mov rbp, [rdi + 8]",

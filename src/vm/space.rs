@@ -15,6 +15,8 @@ use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
 
 const PAGE: u64 = 4096;
+/// The first address of the kernel half.
+const KERNEL_HALF_START: u64 = 0xffff_8000_0000_0000;
 
 /// The range a user address space manages: the lower half without page 0
 /// (so a null pointer never maps).
@@ -368,6 +370,10 @@ impl<P: PhysMem> VmSpace<P> {
         let fail = |reason| FaultError { addr: a, reason };
         if access.reserved_bit {
             return Err(fail(FaultReason::CorruptTable));
+        }
+        if access.user && a >= KERNEL_HALF_START {
+            // Ring 3 never owns the upper half, whatever it maps there.
+            return Err(fail(FaultReason::UserToKernel));
         }
         let area = *self.areas.find(a).ok_or(fail(FaultReason::NoArea))?;
         let prot = area.prot;

@@ -1,0 +1,161 @@
+//! `kmem::vm` on real paging: ring-3 processes, each in its own address
+//! space built by kmem::vm with a demand-paged heap and stack; fork with
+//! copy-on-write; processes that touch kernel memory, jump into kernel
+//! text or touch unmapped or guard pages are ended with the reason while
+//! the others go on; SMAP and SMEP; no frame leaks over many cycles.
+// kmem-vm: mem=128M
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec;
+use kernel_demo::heap::HEAP;
+use kernel_demo::memory::{with_memory, FRAMES};
+use kernel_demo::process::{
+    enable_smep_smap, run_all, vm_stats, with_vm, End, Process, HEAP_BASE, STACK_PAGES, STACK_TOP,
+};
+use kernel_demo::programs::Program;
+use kernel_demo::user::{probe_exec, probe_read, probe_read_user, ProbeFault};
+use kmem::paging::{Mmu, X86Mmu};
+use kmem::vm::{FaultAccess, FaultReason};
+use x86_64::VirtAddr;
+
+static KERNEL_SECRET: u64 = 0x5ec2e7;
+
+fn killed(reason: FaultReason) -> impl Fn(&End) -> bool {
+    move |e| matches!(e, End::Killed(f) if f.reason == reason)
+}
+
+/// Frames free plus frames the heap holds: what must come back.
+fn frames_accounted() -> u64 {
+    let heap = HEAP.stats().expect("heap").pages_held as u64;
+    FRAMES.with(|f| f.stats().free) + heap
+}
+
+kernel_demo::test_kernel! {
+    setup = kernel_demo::kernel_space::enter;
+
+    /// Two processes, the same heap address, each sees its own data; heap
+    /// and stack pages come on demand.
+    fn processes_see_their_own_memory() {
+        let before = vm_stats();
+        let a = Process::spawn(1, Program::Tag, 0x1111).unwrap();
+        let b = Process::spawn(2, Program::Tag, 0x2222).unwrap();
+        let done = run_all(vec![a, b]);
+        assert_eq!(done.len(), 2);
+        for (pid, reports, end) in &done {
+            let tag = if *pid == 1 { 0x1111 } else { 0x2222 };
+            assert_eq!(*end, End::Exited(0), "pid {pid}");
+            // heap[0] holds its own tag; then the sum of tag + i, i < 8.
+            assert_eq!(reports, &vec![tag, 8 * tag + 28], "pid {pid}");
+        }
+        let after = vm_stats();
+        // 8 heap pages + 1 (heap[0] shares page 0) and stack pages, each process.
+        assert!(after.zero_fills - before.zero_fills >= 2 * 9, "{after:?}");
+    }
+
+    /// A fork: the child sees the parent's value, then each writes its own
+    /// at the same address without seeing the other's.
+    fn fork_diverges_after_a_write() {
+        let before = vm_stats();
+        let p = Process::spawn(1, Program::Fork, 0x7777).unwrap();
+        let done = run_all(vec![p]);
+        assert_eq!(done.len(), 2, "parent and child");
+        let (_, parent, pend) = &done[0];
+        let (_, child, cend) = &done[1];
+        assert_eq!((*pend, parent.as_slice()), (End::Exited(0), &[0x9a7e][..]));
+        assert_eq!((*cend, child.as_slice()), (End::Exited(1), &[0x7777, 0xc41d][..]));
+        let after = vm_stats();
+        assert!(after.cow_copies + after.cow_reuses > before.cow_copies + before.cow_reuses);
+        assert_eq!(after.shared_frames, 0, "every share ended with the processes");
+    }
+
+    /// Bad processes are ended with the reason; the good one runs to the end.
+    fn bad_processes_end_others_go_on() {
+        let secret = &raw const KERNEL_SECRET as u64;
+        let text = kernel_demo::programs::code as *const () as u64;
+        let guard = STACK_TOP - (STACK_PAGES + 1) * 4096;
+        let procs = vec![
+            Process::spawn(1, Program::Read, secret).unwrap(),
+            Process::spawn(2, Program::Jump, text).unwrap(),
+            Process::spawn(3, Program::Write, 0x5000_0000).unwrap(),
+            Process::spawn(4, Program::Write, guard).unwrap(),
+            Process::spawn(5, Program::Tag, 0x3333).unwrap(),
+            Process::spawn(6, Program::Write, HEAP_BASE + 8).unwrap(),
+        ];
+        let done = run_all(procs);
+        let end = |pid: u64| done.iter().find(|d| d.0 == pid).unwrap().2;
+        assert!(killed(FaultReason::UserToKernel)(&end(1)), "{:?}", end(1));
+        assert!(done[0].1.is_empty(), "the kernel's secret never reached ring 3");
+        assert!(killed(FaultReason::UserToKernel)(&end(2)), "{:?}", end(2));
+        assert!(killed(FaultReason::NoArea)(&end(3)), "{:?}", end(3));
+        assert!(killed(FaultReason::Guard)(&end(4)), "{:?}", end(4));
+        assert_eq!(end(5), End::Exited(0));
+        assert_eq!(done[4].1, vec![0x3333, 8 * 0x3333 + 28]);
+        assert_eq!(end(6), End::Exited(0));
+    }
+
+    /// With SMAP on, a plain kernel read of a user page faults; with
+    /// access allowed (`stac`) it reads the process's data.
+    fn smap_blocks_kernel_reads_of_user_pages() {
+        let (_, smap) = enable_smep_smap();
+        assert!(smap, "QEMU -cpu max has SMAP");
+        let mut p = Process::spawn(1, Program::Tag, 0).unwrap();
+        with_vm(|vm| {
+            p.space
+                .handle_fault(vm, VirtAddr::new(HEAP_BASE), FaultAccess::write(false), &mut &FRAMES)
+                .unwrap()
+                .flush
+                .ignore()
+        });
+        let phys = p.space.mapper().translate(VirtAddr::new(HEAP_BASE)).unwrap().phys;
+        // SAFETY: a private frame of `p`, through the direct map.
+        unsafe { kernel_demo::boot::phys_to_virt(phys.as_u64()).cast::<u64>().write(0xda7a) };
+        let kernel = X86Mmu.cr3();
+        // SAFETY: the space shares the kernel half; switched back below.
+        unsafe { X86Mmu.set_cr3(p.space.pml4()) };
+        let plain = probe_read(HEAP_BASE);
+        let allowed = probe_read_user(HEAP_BASE);
+        // SAFETY: the kernel's own tables.
+        unsafe { X86Mmu.set_cr3(kernel) };
+        assert_eq!(plain, Err(ProbeFault));
+        assert_eq!(allowed, Ok(0xda7a));
+        with_vm(|vm| p.space.destroy(vm, &mut &FRAMES, &X86Mmu)).map_err(|e| e.1).unwrap();
+    }
+
+    /// With SMEP on, kernel execution of a user page faults.
+    fn smep_blocks_kernel_execution_of_user_pages() {
+        let (smep, _) = enable_smep_smap();
+        assert!(smep, "QEMU -cpu max has SMEP");
+        let p = Process::spawn(1, Program::Tag, 0).unwrap();
+        let code = kernel_demo::process::CODE_BASE;
+        assert!(p.peek(code).is_some(), "code is mapped");
+        let kernel = X86Mmu.cr3();
+        // SAFETY: the space shares the kernel half; switched back below.
+        unsafe { X86Mmu.set_cr3(p.space.pml4()) };
+        let r = probe_exec(code);
+        // SAFETY: the kernel's own tables.
+        unsafe { X86Mmu.set_cr3(kernel) };
+        assert_eq!(r, Err(ProbeFault));
+        with_vm(|vm| p.space.destroy(vm, &mut &FRAMES, &X86Mmu)).map_err(|e| e.1).unwrap();
+    }
+
+    /// Two thousand spawn / fork / touch / exit cycles: every frame, page
+    /// table and share comes back.
+    fn fork_touch_exit_cycles_leak_nothing() {
+        // Warm-up: the heap grows to its working size first.
+        for _ in 0..4 {
+            run_all(vec![Process::spawn(1, Program::Fork, 1).unwrap()]);
+        }
+        let before = frames_accounted();
+        for i in 0..2000 {
+            let done = run_all(vec![Process::spawn(1, Program::Fork, i).unwrap()]);
+            assert_eq!(done.len(), 2);
+        }
+        assert_eq!(vm_stats().shared_frames, 0);
+        assert_eq!(frames_accounted(), before, "frames lost over 2000 cycles");
+        // The kernel's own tables still translate the heap.
+        with_memory(|m| assert!(m.mapper.translate(VirtAddr::new(kernel_demo::heap::HEAP_START + 4096)).is_ok()));
+    }
+}
