@@ -173,24 +173,51 @@ impl<P: PageSource> Heap<P> {
     /// unsafe { heap.deallocate(p, layout) };
     /// assert_eq!(heap.stats().live_allocs, 0);
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn allocate(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        self.alloc_ptr(layout).ok_or(AllocError::OutOfMemory {
+            size: layout.size(),
+            align: layout.align(),
+        })
+    }
+
+    /// [`Heap::allocate`] as an `Option` (returned in a register, where the
+    /// `Result` goes through memory). The common case, a small object in
+    /// its class's magazine, is inline; everything else is one call away.
+    #[inline(always)]
+    pub(crate) fn alloc_ptr(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        #[cfg(not(feature = "tracking"))]
+        if let Some(c) = class_of(layout) {
+            if let Some(p) = self.classes[c].mag.pop() {
+                self.counters.on_alloc(layout.size());
+                // SAFETY: magazine entries are non-null objects.
+                return Some(unsafe { NonNull::new_unchecked(p) });
+            }
+        }
+        self.alloc_slow(layout)
+    }
+
+    /// Every allocation the inline path of [`Heap::alloc_ptr`] does not
+    /// finish: refills, large blocks, failures, tracking.
+    #[inline(never)]
+    fn alloc_slow(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let p = match class_of(layout) {
             Some(c) => self.alloc_small(c),
-            None => self.alloc_large(layout),
+            None => {
+                let p = self.alloc_large(layout);
+                self.counters.large_live += p.is_some() as usize;
+                p
+            }
         };
         let Some(p) = p else {
             self.counters.failures += 1;
-            return Err(AllocError::OutOfMemory {
-                size: layout.size(),
-                align: layout.align(),
-            });
+            return None;
         };
         self.counters.on_alloc(layout.size());
         #[cfg(feature = "tracking")]
         self.tracker
             .on_alloc(p.as_ptr() as usize, layout, &mut self.source);
-        Ok(p)
+        Some(p)
     }
 
     /// Frees `ptr`, allocated with `layout`. Under `tracking`, a bad free is
@@ -198,20 +225,42 @@ impl<P: PageSource> Heap<P> {
     ///
     /// # Safety
     /// `ptr` must be live, from this heap, allocated with `layout`.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn deallocate(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        #[cfg(not(feature = "tracking"))]
+        if self.in_slabs(ptr) {
+            // A slab object always has a layout of its slab's class (realloc
+            // keeps an object in a slab only within its class).
+            let mag = &mut self.classes[class_of(layout).unwrap_or(0)].mag;
+            if !mag.is_full() {
+                // SAFETY: not full.
+                unsafe { mag.push(ptr.as_ptr()) };
+                self.counters.on_free(layout.size());
+                return;
+            }
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.dealloc_slow(ptr, layout) }
+    }
+
+    /// Every free the inline path of [`Heap::deallocate`] does not finish:
+    /// flushes, large blocks, tracking.
+    ///
+    /// # Safety
+    /// As [`Heap::deallocate`].
+    #[inline(never)]
+    unsafe fn dealloc_slow(&mut self, ptr: NonNull<u8>, layout: Layout) {
         #[cfg(feature = "tracking")]
         if self.tracker.on_free(ptr.as_ptr() as usize, layout).is_err() {
             return;
         }
         self.counters.on_free(layout.size());
         if self.in_slabs(ptr) {
-            // A slab object always has a layout of its slab's class (realloc
-            // keeps an object in a slab only within its class).
             let c = class_of(layout).unwrap_or(0);
             // SAFETY: forwarded from the caller; the layout names the class.
             unsafe { self.free_small(ptr, c) }
         } else {
+            self.counters.large_live -= 1;
             // SAFETY: as above; everything below the slab floor is large.
             unsafe { self.free_large(ptr, layout.size()) }
         }
@@ -301,7 +350,6 @@ impl<P: PageSource> Heap<P> {
                 self.classes[c].mag.pop()?
             }
         };
-        self.counters.class_live[c] += 1;
         #[cfg(feature = "tracking")]
         // SAFETY: the object is free and `CLASS_SIZES[c]` bytes long.
         unsafe {
@@ -324,12 +372,15 @@ impl<P: PageSource> Heap<P> {
                 s = self.new_slab(c)?;
             }
             let class = &mut self.classes[c];
-            // SAFETY: `s` heads the partial list, so it is a live slab of class `c`.
+            // SAFETY: `s` heads the partial list, so it is a live slab of
+            // class `c`; the `n` objects pushed fill the magazine to half
+            // at most, so it is never full before a push.
             unsafe {
                 let n = (MAG_CAP / 2 - class.mag.len()).min((*s).free_count as usize);
                 for _ in 0..n {
                     class.mag.push(slab::pop(s, size));
                 }
+                self.counters.class_out[c] += n;
                 if (*s).free_count == 0 {
                     class.partial.remove(s);
                 }
@@ -360,7 +411,6 @@ impl<P: PageSource> Heap<P> {
 
     #[inline(always)]
     unsafe fn free_small(&mut self, ptr: NonNull<u8>, c: usize) {
-        self.counters.class_live[c] -= 1;
         #[cfg(feature = "tracking")]
         // SAFETY: the object is ours again.
         unsafe {
@@ -369,13 +419,15 @@ impl<P: PageSource> Heap<P> {
         if self.classes[c].mag.is_full() {
             self.flush(c, MAG_CAP / 2);
         }
-        self.classes[c].mag.push(ptr.as_ptr());
+        // SAFETY: a full magazine was just flushed to half.
+        unsafe { self.classes[c].mag.push(ptr.as_ptr()) };
     }
 
     /// Returns the `n` oldest magazine objects of class `c` to their slabs.
     #[cold]
     fn flush(&mut self, c: usize, n: usize) {
         let mut mag = core::mem::take(&mut self.classes[c].mag);
+        self.counters.class_out[c] -= n.min(mag.len());
         mag.drain_oldest(n, |p| {
             let s = slab::slab_of(p);
             let class = &mut self.classes[c];
@@ -578,13 +630,15 @@ impl<P: PageSource> Heap<P> {
     /// The accounting snapshot.
     pub fn stats(&self) -> HeapStats {
         let large_pages = (self.large.brk() - self.lo) / PAGE_SIZE;
+        let class_live: [usize; NUM_CLASSES] =
+            core::array::from_fn(|c| self.counters.class_out[c] - self.classes[c].mag.len());
         HeapStats {
             live_bytes: self.counters.live_bytes,
-            live_allocs: self.counters.live_allocs,
+            live_allocs: class_live.iter().sum::<usize>() + self.counters.large_live,
             peak_bytes: self.counters.peak_bytes,
             total_allocs: self.counters.total_allocs,
             failures: self.counters.failures,
-            class_live: self.counters.class_live,
+            class_live,
             pages_held: self.pages_held,
             slab_pages: self.slabs_live * SPAN_PAGES,
             large_pages,
@@ -649,7 +703,6 @@ impl<P: PageSource> Heap<P> {
         }
         // SAFETY: list members lie in the mapped region (checked first).
         self.check_span_list(&self.free_spans, |s| unsafe { slab::is_free_span(s) })?;
-        let mut small_live = 0;
         for (c, class) in self.classes.iter().enumerate() {
             if class.partial.len != partial[c] {
                 return Err("partial list length differs from slabs with free objects");
@@ -668,13 +721,12 @@ impl<P: PageSource> Heap<P> {
                     return Err("magazine holds an object outside its class's slabs");
                 }
             }
-            if in_slabs[c] != self.counters.class_live[c] + class.mag.len() {
+            if in_slabs[c] != self.counters.class_out[c] || class.mag.len() > in_slabs[c] {
                 return Err("class live count differs from the slabs");
             }
-            small_live += self.counters.class_live[c];
         }
-        if small_live + large_used != self.counters.live_allocs {
-            return Err("live allocations differ from slabs + large blocks");
+        if large_used != self.counters.large_live {
+            return Err("live allocations differ from the large blocks");
         }
         let region_pages = (self.top - self.floor) / PAGE_SIZE;
         let large_pages = (self.large.brk() - self.lo) / PAGE_SIZE;

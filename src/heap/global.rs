@@ -113,7 +113,7 @@ unsafe impl<P: PageSource> GlobalAlloc for LockedHeap<P> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match self.inner.lock().as_mut() {
-            Some(h) => h.allocate(layout).map_or(null_mut(), NonNull::as_ptr),
+            Some(h) => h.alloc_ptr(layout).map_or(null_mut(), NonNull::as_ptr),
             None => null_mut(),
         }
     }

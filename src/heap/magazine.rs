@@ -48,13 +48,20 @@ impl Magazine {
             return None;
         }
         self.len -= 1;
-        Some(self.slots[self.len])
+        // SAFETY: `len` never exceeds MAG_CAP (`push` is only called on a
+        // magazine that is not full), so `len - 1` indexes a slot.
+        Some(unsafe { *self.slots.get_unchecked(self.len) })
     }
 
-    /// Adds an object; the caller checks [`Magazine::is_full`] first.
+    /// Adds an object.
+    ///
+    /// # Safety
+    /// The magazine must not be full ([`Magazine::is_full`]).
     #[inline(always)]
-    pub fn push(&mut self, obj: *mut u8) {
-        self.slots[self.len] = obj;
+    pub unsafe fn push(&mut self, obj: *mut u8) {
+        debug_assert!(self.len < MAG_CAP);
+        // SAFETY: the caller guarantees `len < MAG_CAP`, a valid slot index.
+        unsafe { *self.slots.get_unchecked_mut(self.len) = obj };
         self.len += 1;
     }
 

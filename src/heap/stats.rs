@@ -2,33 +2,37 @@
 
 use super::size_class::NUM_CLASSES;
 
-/// Live counters the heap updates on every operation.
+/// Live counters. A small object's alloc or free updates only the byte
+/// counts (and the allocation count): live objects per class are the
+/// objects out of the class's slabs (counted per refill and flush) minus
+/// those in its magazine, so the hot path does not count them.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Counters {
     pub live_bytes: usize,
-    pub live_allocs: usize,
     pub peak_bytes: usize,
     pub total_allocs: u64,
     pub failures: u64,
-    pub class_live: [usize; NUM_CLASSES],
+    /// Live blocks of the large heap.
+    pub large_live: usize,
+    /// Objects of each class out of their slabs: live or in a magazine.
+    pub class_out: [usize; NUM_CLASSES],
 }
 
 impl Counters {
     pub const fn new() -> Self {
         Self {
             live_bytes: 0,
-            live_allocs: 0,
             peak_bytes: 0,
             total_allocs: 0,
             failures: 0,
-            class_live: [0; NUM_CLASSES],
+            large_live: 0,
+            class_out: [0; NUM_CLASSES],
         }
     }
 
     #[inline(always)]
     pub fn on_alloc(&mut self, size: usize) {
         self.live_bytes += size;
-        self.live_allocs += 1;
         self.total_allocs += 1;
         if self.live_bytes > self.peak_bytes {
             self.peak_bytes = self.live_bytes;
@@ -38,7 +42,6 @@ impl Counters {
     #[inline(always)]
     pub fn on_free(&mut self, size: usize) {
         self.live_bytes -= size;
-        self.live_allocs -= 1;
     }
 
     #[inline(always)]
