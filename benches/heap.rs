@@ -17,6 +17,12 @@
 //!   `KMEM_BENCH_PROBE=0` prints kmem's state at the heap-efficiency failure.
 //!   Deterministic instruction counts: run the probe under
 //!   `valgrind --tool=callgrind`.
+//! - Latency (`LATENCY_WORKLOADS`): p50/p99 per size range and per
+//!   alignment range are printed for every workload;
+//!   `KMEM_BENCH_CHURN_EVERY=k` churns the live set once every `k` timed
+//!   pairs (0: never after the warm-up, a heap whose caches stay warm;
+//!   default 1); `KMEM_BENCH_CAUSES=1` counts kmem's timed operations that
+//!   mapped or unmapped pages.
 
 mod common;
 
@@ -185,6 +191,7 @@ fn make(which: usize, buf: &Buffer) -> Box<dyn GlobalAlloc + Sync> {
             arena.set_poison(false);
             // SAFETY: as above.
             unsafe { heap.init(arena, base as usize, HEAP_SIZE + GUARDS) }.unwrap();
+            KMEM_LAST.store(&*heap as *const _ as usize, Relaxed);
             heap
         }
         1 => {
@@ -490,8 +497,8 @@ fn ns_per_tick() -> f64 {
 /// one allocator's whole run).
 const LATENCY_ROUNDS: u64 = 6;
 
-/// A latency workload: request sizes `gen_size(max)` with random
-/// alignments, timed as alloc+free pairs on a heap holding a live set.
+/// A latency workload: requests of `gen_size(max)` bytes aligned by
+/// `align`, timed as alloc+free pairs on a heap holding a live set.
 struct LatencyWorkload {
     name: &'static str,
     /// Size cap, as in the throughput rows.
@@ -500,37 +507,100 @@ struct LatencyWorkload {
     live: (usize, usize),
     /// Upper bounds of the size ranges reported separately.
     ranges: &'static [usize],
+    /// The alignment of each request.
+    align: fn(&mut Rng) -> usize,
+    /// What is timed: an alloc+free pair of one request between churn
+    /// steps, or (`sweep`) every single alloc and free while the live set
+    /// sweeps from `live.0` to `live.1` and back, growing and shrinking
+    /// the heap (page mapping and trimming are part of what is timed).
+    sweep: bool,
 }
 
-const LATENCY_WORKLOADS: [LatencyWorkload; 2] = [
+/// 8..=4096, each power of two equally likely (as in `high_align_1000`).
+fn uniform_align(rng: &mut Rng) -> usize {
+    1 << rng.range(3, 13)
+}
+
+const LATENCY_WORKLOADS: [LatencyWorkload; 4] = [
     LatencyWorkload {
         name: "max 3000, live >= 300",
         max: 3000,
         live: (300, usize::MAX),
         ranges: &[1024, usize::MAX],
+        align: gen_align,
+        sweep: false,
     },
     LatencyWorkload {
         name: "max 32 KiB, live 50-600",
         max: 32 << 10,
         live: (50, 600),
         ranges: &[256, 1024, 4096, usize::MAX],
+        align: gen_align,
+        sweep: false,
+    },
+    LatencyWorkload {
+        name: "max 32 KiB, live 50-600, align 8-4096 uniform",
+        max: 32 << 10,
+        live: (50, 600),
+        ranges: &[256, 1024, 4096, usize::MAX],
+        align: uniform_align,
+        sweep: false,
+    },
+    LatencyWorkload {
+        name: "max 32 KiB, single allocs and frees, live sweeping 50-600-50",
+        max: 32 << 10,
+        live: (50, 600),
+        ranges: &[1024, 4096, usize::MAX],
+        align: gen_align,
+        sweep: true,
     },
 ];
 
+/// Upper bounds of the alignment ranges reported separately: kmem's large
+/// blocks need no gap up to 64, keep a gap inside the block up to 1024,
+/// and may split one off above.
+const ALIGN_RANGES: [usize; 3] = [64, 1024, usize::MAX];
+
+/// The kmem heap `make` built last (the latency diagnostics read its page
+/// source).
+static KMEM_LAST: AtomicUsize = AtomicUsize::new(0);
+
+/// kmem's page-source `(map, unmap)` calls so far.
+fn kmem_calls() -> (usize, usize) {
+    // SAFETY: `make` stored a heap that lives while it is measured.
+    let h = unsafe { &*(KMEM_LAST.load(Relaxed) as *const LockedHeap<ArenaPageSource>) };
+    h.lock().as_ref().map_or((0, 0), |h| h.source().calls())
+}
+
+/// Knobs of the latency run, read once.
+struct LatencyKnobs {
+    /// Untimed churn actions between two timed pairs
+    /// (`KMEM_BENCH_CHURN_EVERY=k`: one action every `k` pairs, 0 = none
+    /// after the warm-up; default 1).
+    churn_every: usize,
+    /// Count kmem's pairs that mapped or unmapped pages (`KMEM_BENCH_CAUSES=1`).
+    causes: bool,
+}
+
+/// One round's samples (ns): all pairs, then per size range of `w`, then
+/// per range of `ALIGN_RANGES`.
+type Samples = Vec<Vec<f64>>;
+
 /// One round of alloc+free pair latencies (ns) for allocator `which`.
 /// Between two timed pairs one untimed action (alloc or free) churns the
-/// live set, so every pair meets a different heap. Returns every sample,
-/// then the samples of each size range of `w`.
+/// live set, so every pair meets a different heap. For kmem with
+/// `k.causes`, also the pairs that called the page source.
 fn latency_round(
     buf: &Buffer,
     w: &LatencyWorkload,
+    k: &LatencyKnobs,
     which: usize,
-    ns: f64,
-    round: u64,
-    n: usize,
-) -> Vec<Vec<f64>> {
-    let mut out: Vec<Vec<f64>> = vec![Vec::new(); 1 + w.ranges.len()];
+    (ns, round, n): (f64, u64, usize),
+) -> (Samples, Vec<f64>) {
+    let mut out: Samples = vec![Vec::new(); 2 + w.ranges.len() + ALIGN_RANGES.len()];
+    let mut paged = Vec::new();
     let a = make(which, buf);
+    let causes = k.causes && which == 0;
     let mut rng = Rng(0x1a7 + round);
     let mut keep: Vec<Block> = Vec::new();
     fn churn<'a>(
@@ -541,7 +611,7 @@ fn latency_round(
     ) {
         let grow = keep.len() < w.live.0 || (keep.len() < w.live.1 && rng.range(0, 2) == 0);
         if grow {
-            keep.extend(Block::new(a, gen_size(rng, w.max), gen_align(rng)));
+            keep.extend(Block::new(a, gen_size(rng, w.max), (w.align)(rng)));
         } else if !keep.is_empty() {
             let i = rng.range(0, keep.len());
             keep.swap_remove(i);
@@ -550,9 +620,48 @@ fn latency_round(
     for _ in 0..20_000 {
         churn(&*a, w, &mut rng, &mut keep);
     }
-    for _ in 0..n {
-        churn(&*a, w, &mut rng, &mut keep);
-        let l = Layout::from_size_align(gen_size(&mut rng, w.max), gen_align(&mut rng)).unwrap();
+    if w.sweep {
+        let mut up = true;
+        for _ in 0..n {
+            up = if up {
+                keep.len() < w.live.1
+            } else {
+                keep.len() <= w.live.0
+            };
+            let c0 = if causes { kmem_calls() } else { (0, 0) };
+            let (t, col) = if up {
+                let l = Layout::from_size_align(gen_size(&mut rng, w.max), (w.align)(&mut rng))
+                    .unwrap();
+                let t0 = rdtsc();
+                let b = Block::new(&*a, l.size(), l.align());
+                let t = rdtsc() - t0;
+                keep.extend(b);
+                let r = w.ranges.iter().position(|&hi| l.size() <= hi).unwrap();
+                let r2 = ALIGN_RANGES.iter().position(|&hi| l.align() <= hi).unwrap();
+                out[1 + w.ranges.len() + r2].push(t as f64 * ns);
+                (t, 1 + r)
+            } else {
+                let b = keep.swap_remove(rng.range(0, keep.len()));
+                let t0 = rdtsc();
+                drop(b);
+                (rdtsc() - t0, 1 + w.ranges.len() + ALIGN_RANGES.len())
+            };
+            let t = t as f64 * ns;
+            if causes && kmem_calls() != c0 {
+                paged.push(t);
+            }
+            out[0].push(t);
+            out[col].push(t);
+        }
+        return (out, paged);
+    }
+    for i in 0..n {
+        if k.churn_every != 0 && i % k.churn_every == 0 {
+            churn(&*a, w, &mut rng, &mut keep);
+        }
+        let size = gen_size(&mut rng, w.max);
+        let l = Layout::from_size_align(size, (w.align)(&mut rng)).unwrap();
+        let c0 = if causes { kmem_calls() } else { (0, 0) };
         let t0 = rdtsc();
         // SAFETY: non-zero layout; freed right away with it.
         unsafe {
@@ -560,11 +669,16 @@ fn latency_round(
             a.dealloc(p, l);
         }
         let t = (rdtsc() - t0) as f64 * ns;
+        if causes && kmem_calls() != c0 {
+            paged.push(t);
+        }
         out[0].push(t);
         let r = w.ranges.iter().position(|&hi| l.size() <= hi).unwrap();
         out[1 + r].push(t);
+        let r = ALIGN_RANGES.iter().position(|&hi| l.align() <= hi).unwrap();
+        out[1 + w.ranges.len() + r].push(t);
     }
-    out
+    (out, paged)
 }
 
 /// Percentiles 1/25/50/75/99 of `v` (sorted in place).
@@ -573,43 +687,98 @@ fn percentiles(v: &mut [f64]) -> [f64; 5] {
     [1, 25, 50, 75, 99].map(|p| v[(v.len() - 1) * p / 100])
 }
 
-/// Alloc+free pair latency percentiles of every allocator for workload
-/// `w`, rounds interleaved; the per-size-range p50/p99 are printed.
-fn latency(cfg: &Config, buf: &Buffer, ns: f64, w: &LatencyWorkload) -> Vec<[f64; 5]> {
-    let per_round = cfg.latency_samples / LATENCY_ROUNDS as usize;
-    let mut all: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); 1 + w.ranges.len()]; NAMES.len()];
-    for round in 0..LATENCY_ROUNDS {
-        for (which, acc) in all.iter_mut().enumerate() {
-            let r = latency_round(buf, w, which, ns, round, per_round);
-            for (acc, r) in acc.iter_mut().zip(r) {
-                acc.extend(r);
-            }
-        }
-    }
-    let mut head = format!("{:<14}", "p50 / p99 by size");
-    let mut lo = 0;
-    for &hi in w.ranges {
-        let label = if hi == usize::MAX {
-            format!("> {lo}")
-        } else {
-            format!("{}-{hi}", lo + 1)
-        };
+/// Prints a table of p50 / p99 per range: one column per `(label, i)`,
+/// `i` indexing each allocator's sample lists.
+fn print_ranges(title: &str, all: &mut [Samples], cols: &[(String, usize)]) {
+    let mut head = format!("{title:<14}");
+    for (label, _) in cols {
         head.push_str(&format!("{label:>18}"));
-        lo = hi;
     }
     println!("{head}");
     for (which, v) in all.iter_mut().enumerate() {
         let mut row = format!("{:<14}", NAMES[which]);
-        for r in v[1..].iter_mut() {
-            let cell = if r.is_empty() {
+        for &(_, i) in cols {
+            let cell = if v[i].is_empty() {
                 "-".to_string()
             } else {
-                let p = percentiles(r);
+                let p = percentiles(&mut v[i]);
                 format!("{:.0} / {:.0}", p[2], p[4])
             };
             row.push_str(&format!("{cell:>18}"));
         }
         println!("{row}");
+    }
+}
+
+/// Column labels for the ranges ending at `bounds`, starting at column `first`.
+fn range_cols(bounds: &[usize], first: usize, fmt: fn(usize) -> usize) -> Vec<(String, usize)> {
+    let mut lo = 0;
+    let mut cols = Vec::new();
+    for (i, &hi) in bounds.iter().enumerate() {
+        let label = if hi == usize::MAX {
+            format!("> {lo}")
+        } else {
+            format!("{}-{hi}", fmt(lo))
+        };
+        cols.push((label, first + i));
+        lo = hi;
+    }
+    cols
+}
+
+/// Alloc+free pair latency percentiles of every allocator for workload
+/// `w`, rounds interleaved; p50/p99 per size range and per alignment range
+/// are printed.
+fn latency(cfg: &Config, buf: &Buffer, ns: f64, w: &LatencyWorkload) -> Vec<[f64; 5]> {
+    let knobs = LatencyKnobs {
+        churn_every: std::env::var("KMEM_BENCH_CHURN_EVERY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
+        causes: std::env::var_os("KMEM_BENCH_CAUSES").is_some(),
+    };
+    let per_round = cfg.latency_samples / LATENCY_ROUNDS as usize;
+    let lists = 2 + w.ranges.len() + ALIGN_RANGES.len();
+    let mut all: Vec<Samples> = vec![vec![Vec::new(); lists]; NAMES.len()];
+    let mut paged = Vec::new();
+    for round in 0..LATENCY_ROUNDS {
+        for (which, acc) in all.iter_mut().enumerate() {
+            let (r, p) = latency_round(buf, w, &knobs, which, (ns, round, per_round));
+            for (acc, r) in acc.iter_mut().zip(r) {
+                acc.extend(r);
+            }
+            paged.extend(p);
+        }
+    }
+    let mut by_size = range_cols(w.ranges, 1, |lo| lo + 1);
+    if w.sweep {
+        by_size.push(("free".into(), 1 + w.ranges.len() + ALIGN_RANGES.len()));
+    }
+    print_ranges(
+        if w.sweep {
+            "alloc by size"
+        } else {
+            "p50 / p99 by size"
+        },
+        &mut all,
+        &by_size,
+    );
+    print_ranges(
+        "p50 / p99 by align",
+        &mut all,
+        &range_cols(&ALIGN_RANGES, 1 + w.ranges.len(), |lo| (lo * 2).max(1)),
+    );
+    if knobs.causes {
+        let n = paged.len();
+        let median = if n == 0 {
+            0.0
+        } else {
+            percentiles(&mut paged)[2]
+        };
+        println!(
+            "kmem pairs that mapped or unmapped pages: {n} of {} (median {median:.0} ns)",
+            all[0][0].len()
+        );
     }
     all.iter_mut().map(|v| percentiles(&mut v[0])).collect()
 }
@@ -791,10 +960,11 @@ fn main() {
             for (n, l) in NAMES.iter().zip(&lat) {
                 println!("{n:<14}{}", l.map(|x| format!("{x:>9.1}")).concat());
             }
-            let tag = if k == 0 {
-                String::new()
-            } else {
-                format!("_{}", w.max)
+            let tag = match k {
+                0 => String::new(),
+                1 => format!("_{}", w.max),
+                2 => format!("_{}_align", w.max),
+                _ => format!("_{}_sweep", w.max),
             };
             for (i, pct) in [(2, "p50"), (4, "p99")] {
                 for p in 1..NAMES.len() {
