@@ -17,7 +17,8 @@ use kmem::paging::{Mapper, Mmu};
 use kmem::testing::mmu::RecordingMmu;
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
 use kmem::vm::{
-    AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, Prot, Vm, VmError, VmSpace,
+    AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, MemSwap, Prot, Vm, VmError,
+    VmSpace,
 };
 use proptest::prelude::*;
 use x86_64::structures::paging::PhysFrame;
@@ -57,6 +58,7 @@ fn access(
                     Kind::Exec => t.access.executable,
                 };
             if ok {
+                space.simulate_access(VirtAddr::new(addr), matches!(kind, Kind::Write(_)));
                 let frame = PhysFrame::containing_address(t.frame);
                 let p = space.mapper().phys_mem_ptr(frame);
                 let off = (addr % PAGE) as usize;
@@ -193,8 +195,14 @@ struct World<'m> {
 
 impl<'m> World<'m> {
     fn new(mem: &'m EmulatedMemory) -> Self {
+        Self::with_vm(mem, |_| {})
+    }
+
+    /// A world whose `Vm` is set up by `setup` (a frame limit, a swap device).
+    fn with_vm(mem: &'m EmulatedMemory, setup: impl FnOnce(&mut Vm)) -> Self {
         let mut frames = mem.frame_allocator();
-        let vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
+        let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
+        setup(&mut vm);
         let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
         let mmu = RecordingMmu::new(kernel.pml4());
         let mut w = Self {
@@ -391,6 +399,12 @@ impl<'m> World<'m> {
             self.step(&Op::Exit { p });
         }
         assert_eq!(self.vm.shared_frames(), 0);
+        let st = self.vm.stats();
+        assert_eq!(
+            (st.resident_frames, st.swap_slots_used, st.swap_cached),
+            (0, 0, 0),
+            "{st:?}"
+        );
         assert_eq!(self.frames.in_use(), 2, "frames leaked");
         let _ = self.mem;
     }
@@ -405,6 +419,22 @@ fn cases() -> u32 {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// The same with 12 frames for anonymous memory and a swap device:
+    /// most steps evict or read back pages.
+    #[test]
+    fn vm_with_swap_matches_the_model(ops in proptest::collection::vec(op(), 1..160)) {
+        let mem = EmulatedMemory::new(2048);
+        let mut w = World::with_vm(&mem, |vm| {
+            vm.set_frame_limit(Some(12));
+            assert!(vm.attach_swap(Box::new(MemSwap::new(4096))).is_ok());
+        });
+        for op in &ops {
+            w.step(op);
+            w.check();
+        }
+        w.finish();
+    }
 
     #[test]
     fn vm_matches_the_model(ops in proptest::collection::vec(op(), 1..120)) {
@@ -721,4 +751,177 @@ fn areas_split_merge_and_refuse_bad_ranges() {
     s.destroy(&mut vm, &mut frames, &mmu).unwrap();
     assert_eq!(frames.in_use(), 2);
     let _ = mmu.cr3();
+}
+
+/// A swap device whose failures the test switches from outside.
+struct FlakySwap {
+    inner: MemSwap,
+    fail: std::sync::Arc<std::sync::atomic::AtomicU8>,
+}
+
+const FAIL_WRITES: u8 = 1;
+const FAIL_READS: u8 = 2;
+
+impl kmem::vm::SwapDevice for FlakySwap {
+    fn slots(&self) -> u64 {
+        self.inner.slots()
+    }
+    fn write(&mut self, first: u64, pages: &[&[u8; 4096]]) -> Result<(), kmem::vm::SwapIoError> {
+        let f = self.fail.load(std::sync::atomic::Ordering::SeqCst);
+        self.inner.fail(f & FAIL_WRITES != 0, f & FAIL_READS != 0);
+        self.inner.write(first, pages)
+    }
+    fn read(
+        &mut self,
+        first: u64,
+        pages: &mut [&mut [u8; 4096]],
+    ) -> Result<(), kmem::vm::SwapIoError> {
+        let f = self.fail.load(std::sync::atomic::Ordering::SeqCst);
+        self.inner.fail(f & FAIL_WRITES != 0, f & FAIL_READS != 0);
+        self.inner.read(first, pages)
+    }
+}
+
+/// A word that says which page and pass wrote it.
+fn stamp(page: u64, pass: u64) -> u8 {
+    (page * 31 + pass * 7 + 1) as u8
+}
+
+#[test]
+fn four_times_ram_with_checksums_faults_and_out_of_swap() {
+    use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
+    let mem = EmulatedMemory::new(1024);
+    let fail = std::sync::Arc::new(AtomicU8::new(0));
+    let device = FlakySwap {
+        inner: MemSwap::new(256),
+        fail: fail.clone(),
+    };
+    let mut frames = mem.frame_allocator();
+    let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
+    vm.set_frame_limit(Some(16));
+    assert!(vm.attach_swap(Box::new(device)).is_ok());
+    let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    let mut s = VmSpace::new_user(&kernel, &mut frames).unwrap();
+    let pages = 64u64; // four times the 16 frames
+    let base = s
+        .map_anonymous(None, pages * PAGE, Prot::RW | Prot::USER)
+        .unwrap();
+    let mut expect = vec![0u8; pages as usize];
+    // Sequential write passes, then random read and write passes, then a
+    // hot set: every value is checked on every read.
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for pass in 0..12u64 {
+        for k in 0..pages * 2 {
+            let p = match pass {
+                0..=2 => k % pages,
+                3..=8 => next() % pages,
+                _ => next() % 12,
+            };
+            let a = base + p * PAGE + (p % 500) * 8;
+            if k % 3 == 0 && pass != 1 {
+                let got = access(&mut s, &mut vm, &mut frames, a, Kind::Read).unwrap();
+                assert_eq!(got, expect[p as usize], "page {p} pass {pass}");
+            } else {
+                let v = stamp(p, pass);
+                access(&mut s, &mut vm, &mut frames, a, Kind::Write(v)).unwrap();
+                expect[p as usize] = v;
+            }
+            s.check_invariants(&vm).unwrap();
+        }
+    }
+    let st = vm.stats();
+    assert!(st.resident_frames <= 16, "{st:?}");
+    assert!(st.swap_outs > 100 && st.swap_ins > 100, "{st:?}");
+    assert!(st.readahead > 0 && st.swap_cache_hits > 0, "{st:?}");
+
+    // A failed write-out keeps the pages resident and intact: the fault
+    // that needed the frame fails, typed, and nothing else changes.
+    let resident: Vec<u64> = (0..pages)
+        .filter(|p| s.mapper().translate(VirtAddr::new(base + p * PAGE)).is_ok())
+        .collect();
+    let swapped = (0..pages).find(|p| !resident.contains(p)).unwrap();
+    fail.store(FAIL_WRITES, SeqCst);
+    let before = snapshot(&s, &vm, &frames);
+    let a = base + swapped * PAGE + (swapped % 500) * 8;
+    match access(&mut s, &mut vm, &mut frames, a, Kind::Read) {
+        Err(e) => {
+            assert!(matches!(e.reason, FaultReason::SwapIo(_)), "{e}");
+            assert_eq!(snapshot(&s, &vm, &frames), before);
+        }
+        Ok(v) => assert_eq!(v, expect[swapped as usize]), // a clean or zero page went instead
+    }
+    for &p in &resident {
+        let t = s.mapper().translate(VirtAddr::new(base + p * PAGE));
+        if t.is_ok() {
+            let got = access(
+                &mut s,
+                &mut vm,
+                &mut frames,
+                base + p * PAGE + (p % 500) * 8,
+                Kind::Read,
+            );
+            assert_eq!(got.unwrap(), expect[p as usize]);
+        }
+    }
+    // A failed read is typed and loses nothing.
+    fail.store(FAIL_READS, SeqCst);
+    let still_out = (0..pages)
+        .find(|p| {
+            s.mapper()
+                .translate(VirtAddr::new(base + p * PAGE))
+                .is_err()
+        })
+        .unwrap();
+    let a = base + still_out * PAGE + (still_out % 500) * 8;
+    let e = access(&mut s, &mut vm, &mut frames, a, Kind::Read).unwrap_err();
+    assert!(matches!(e.reason, FaultReason::SwapIo(_)), "{e}");
+    fail.store(0, SeqCst);
+    for p in 0..pages {
+        let a = base + p * PAGE + (p % 500) * 8;
+        assert_eq!(
+            access(&mut s, &mut vm, &mut frames, a, Kind::Read).unwrap(),
+            expect[p as usize],
+            "page {p}"
+        );
+    }
+
+    // Out of swap: more memory than RAM and swap hold is a typed error, and
+    // what was written stays.
+    let big = 400u64;
+    let b2 = s
+        .map_anonymous(None, big * PAGE, Prot::RW | Prot::USER)
+        .unwrap();
+    let mut written = 0;
+    let err = loop {
+        match access(
+            &mut s,
+            &mut vm,
+            &mut frames,
+            b2 + written * PAGE,
+            Kind::Write(stamp(written, 99)),
+        ) {
+            Ok(_) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(written < big, "RAM and swap never ran out");
+    };
+    assert_eq!(err.reason, FaultReason::OutOfSwap, "{err}");
+    for p in (0..written).step_by(7) {
+        let got = access(&mut s, &mut vm, &mut frames, b2 + p * PAGE, Kind::Read);
+        // Reading may need a frame too: a typed error, or the right value.
+        if let Ok(v) = got {
+            assert_eq!(v, stamp(p, 99), "page {p} after out of swap");
+        }
+    }
+    let mmu = RecordingMmu::new(kernel.pml4());
+    s.destroy(&mut vm, &mut frames, &mmu).unwrap();
+    let st = vm.stats();
+    assert_eq!((st.resident_frames, st.swap_slots_used), (0, 0), "{st:?}");
+    assert_eq!(frames.in_use(), 2);
 }

@@ -8,6 +8,21 @@ use super::reserve::Reserve;
 use super::{Flush, FrameSource, Mapper, PagingError, PhysMem};
 use x86_64::{PhysAddr, VirtAddr};
 
+/// A leaf entry as [`Mapper::copy_leaves_into`] shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CopyLeaf {
+    /// A mapping of `frame`.
+    Mapped {
+        /// The frame.
+        frame: PhysAddr,
+        /// Whether it is writable.
+        writable: bool,
+    },
+    /// A non-present 4 KiB entry holding a kernel value (a swap slot):
+    /// copied as it is.
+    Soft(u64),
+}
+
 /// How one leaf is copied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CopyAs {
@@ -19,8 +34,8 @@ pub(crate) enum CopyAs {
 
 impl<P: PhysMem> Mapper<P> {
     /// Copies every leaf of `[start, start + len)` into `dst` at the same
-    /// address. `f` sees each leaf (its canonical address, frame and
-    /// whether it is writable) and says how to copy it.
+    /// address. `f` sees each leaf (its canonical address, and its frame
+    /// and write access, or its soft value) and says how to copy a mapping.
     /// `dst` must map nothing in the range. The tables `dst` needs are
     /// obtained before anything changes: on `OutOfFrames` neither
     /// hierarchy changed and `f` was never called. The flush covers the
@@ -31,7 +46,7 @@ impl<P: PhysMem> Mapper<P> {
         start: VirtAddr,
         len: u64,
         alloc: &mut A,
-        mut f: impl FnMut(u64, PhysAddr, bool) -> CopyAs,
+        mut f: impl FnMut(u64, CopyLeaf) -> CopyAs,
     ) -> Result<Flush, PagingError> {
         let lo = start.as_u64() & LINEAR_MASK;
         let hi = lo.saturating_add(len).min(LINEAR_MASK + 1);
@@ -67,21 +82,29 @@ impl<P: PhysMem> Mapper<P> {
         base: u64,
         (lo, hi): (u64, u64),
         reserve: &mut Reserve,
-        f: &mut impl FnMut(u64, PhysAddr, bool) -> CopyAs,
+        f: &mut impl FnMut(u64, CopyLeaf) -> CopyAs,
         flush: &mut Flush,
     ) {
         let first = lo.saturating_sub(base) / span(level);
         let last = (hi - base).div_ceil(span(level)).min(ENTRIES as u64);
         for i in first as usize..last as usize {
             let e = self.read(table, i);
+            let lin = base + i as u64 * span(level);
             if e & PRESENT == 0 {
+                if e != 0 && level == 1 {
+                    f(canonical(lin), CopyLeaf::Soft(e));
+                    dst.write(dst_table, i, e);
+                }
                 continue;
             }
-            let lin = base + i as u64 * span(level);
             if is_leaf(e, level) {
                 let va = canonical(lin);
                 let frame = PhysAddr::new_truncate(e & ADDR_MASK & !(span(level) - 1));
-                let copy = match f(va, frame, e & WRITABLE != 0) {
+                let leaf = CopyLeaf::Mapped {
+                    frame,
+                    writable: e & WRITABLE != 0,
+                };
+                let copy = match f(va, leaf) {
                     CopyAs::Same => e,
                     CopyAs::ReadOnly => e & !WRITABLE,
                 };

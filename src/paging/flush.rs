@@ -41,6 +41,15 @@ impl Flush {
         self.len += 1;
     }
 
+    /// Adds the work of `other` to this token.
+    pub(crate) fn merge(&mut self, other: Flush) {
+        if other.all {
+            self.all = true;
+        } else {
+            other.pages[..other.len].iter().for_each(|&a| self.add(a));
+        }
+    }
+
     /// Whether this token will flush the whole TLB.
     pub const fn is_full(&self) -> bool {
         self.all

@@ -136,8 +136,10 @@ impl<P: PhysMem> Mapper<P> {
         unsafe { self.ptr(table).write_bytes(0, ENTRIES) }
     }
 
+    /// Whether no entry is in use: neither present nor holding a kernel
+    /// value in a non-present entry (a swap slot).
     pub(crate) fn is_empty_table(&self, table: u64) -> bool {
-        (0..ENTRIES).all(|i| self.read(table, i) & PRESENT == 0)
+        (0..ENTRIES).all(|i| self.read(table, i) == 0)
     }
 
     /// Maps one page of size `S` exactly. A new mapping needs no TLB flush, so the token is empty.

@@ -57,10 +57,12 @@ mod phys_mem;
 mod range;
 mod reserve;
 mod size;
+mod soft;
+pub(crate) use soft::DIRTY_BIT;
 mod walk;
 
 pub use address_space::{AddressSpace, DestroyStats, KERNEL_HALF};
-pub(crate) use copy::CopyAs;
+pub(crate) use copy::{CopyAs, CopyLeaf};
 pub use error::PagingError;
 pub use flags::MapFlags;
 pub use flush::{Flush, FLUSH_THRESHOLD};

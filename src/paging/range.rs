@@ -310,6 +310,8 @@ impl<P: PhysMem> Mapper<P> {
         }
         let sp = span(level);
         let mut a = s;
+        // A child kept because it still holds non-present entries in use.
+        let mut kept = false;
         while a < e {
             let b = e.min((a & !(sp - 1)) + sp);
             let i = index(a, level);
@@ -335,6 +337,8 @@ impl<P: PhysMem> Mapper<P> {
                     self.write(table, i, 0);
                     // SAFETY: the child table is empty and its only parent entry is now clear.
                     unsafe { alloc.deallocate_frame(frame_of(child)) };
+                } else {
+                    kept = true;
                 }
             }
             a = b;
@@ -342,7 +346,7 @@ impl<P: PhysMem> Mapper<P> {
         match edit {
             Edit::Protect { .. } => false,
             Edit::Unmap if level == 4 => false,
-            Edit::Unmap if s.is_multiple_of(sp * 512) && e - s == sp * 512 => true,
+            Edit::Unmap if s.is_multiple_of(sp * 512) && e - s == sp * 512 => !kept,
             Edit::Unmap => self.is_empty_table(table),
         }
     }
@@ -352,6 +356,8 @@ impl<P: PhysMem> Mapper<P> {
     fn edit_leaves(&mut self, table: u64, s: u64, e: u64, edit: Edit, flush: &mut Flush) -> bool {
         let p = self.ptr(table);
         let (i0, n) = (index(s, 1), ((e - s) / PAGE) as usize);
+        // Non-present entries in use (swap slots) stay, and keep the table.
+        let mut kept = false;
         for k in 0..n {
             // SAFETY: `table` is a page table of this hierarchy and `i0 + k < 512` since
             // [s, e) lies within the 2 MiB it covers.
@@ -359,6 +365,7 @@ impl<P: PhysMem> Mapper<P> {
             // SAFETY: as above.
             let entry = unsafe { slot.read() };
             if entry & PRESENT == 0 {
+                kept |= entry != 0;
                 continue;
             }
             let new = match edit {
@@ -371,7 +378,7 @@ impl<P: PhysMem> Mapper<P> {
         }
         match edit {
             Edit::Protect { .. } => false,
-            Edit::Unmap => n == ENTRIES || self.is_empty_table(table),
+            Edit::Unmap => (n == ENTRIES && !kept) || self.is_empty_table(table),
         }
     }
 

@@ -110,8 +110,14 @@ pub enum FaultReason {
     KernelToUser,
     /// The CPU found a reserved bit set in a page-table entry.
     CorruptTable,
-    /// Resolving it needed a frame and none was left.
+    /// Resolving it needed a frame and none was left: no free frame, and
+    /// nothing could be reclaimed (no swap device).
     OutOfMemory,
+    /// Resolving it needed a frame, and reclaiming one needed a swap slot:
+    /// none is left.
+    OutOfSwap,
+    /// Reading the page back from swap failed; the page stays on swap.
+    SwapIo(super::SwapIoError),
     /// The mapper refused (a huge page or table where a page was expected).
     Paging(PagingError),
 }
@@ -128,6 +134,8 @@ impl fmt::Display for FaultError {
             FaultReason::KernelToUser => "kernel access to user memory",
             FaultReason::CorruptTable => "reserved bit set in a page-table entry",
             FaultReason::OutOfMemory => "out of memory",
+            FaultReason::OutOfSwap => "out of memory and out of swap",
+            FaultReason::SwapIo(e) => return write!(f, "fault at {:#x}: {e}", self.addr),
             FaultReason::Paging(e) => return write!(f, "fault at {:#x}: {e}", self.addr),
         };
         write!(f, "fault at {:#x}: {why}", self.addr)

@@ -72,6 +72,8 @@ pub enum FaultOutcome {
     ReusedOnWrite,
     /// A fixed area's frame was mapped.
     FixedMapped,
+    /// The page was read back from swap (a major fault).
+    SwappedIn,
     /// The page already allowed the access (a stale TLB entry): the
     /// flush drops it.
     Spurious,

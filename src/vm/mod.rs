@@ -49,9 +49,11 @@ mod areas;
 mod error;
 mod fault;
 mod prot;
+mod reclaim;
 mod shares;
 mod space;
 mod stats;
+pub mod swap;
 #[allow(clippy::module_inception)]
 mod vm;
 
@@ -61,4 +63,5 @@ pub use fault::{FaultAccess, FaultOutcome, Resolved};
 pub use prot::Prot;
 pub use space::{VmSpace, USER_RANGE};
 pub use stats::VmStats;
+pub use swap::{MemSwap, SwapDevice, SwapIoError};
 pub use vm::Vm;

@@ -1,4 +1,5 @@
-//! How many mappings share a frame, counted only for shared frames.
+//! How many references share a frame or a swap slot, counted only when
+//! more than one does.
 //!
 //! Counts live in 4 KiB chunks of 1024 four-byte counters, one chunk per
 //! 4 MiB of physical memory that holds at least one shared frame, on the
@@ -36,15 +37,19 @@ impl core::fmt::Debug for Shares {
     }
 }
 
-fn split(frame: PhysFrame) -> (u64, usize) {
-    let n = frame.start_address().as_u64() / 4096;
+fn split(n: u64) -> (u64, usize) {
     (n / CHUNK as u64, (n % CHUNK as u64) as usize)
 }
 
+/// The counting key of a frame: its frame number.
+pub(crate) fn frame_key(frame: PhysFrame) -> u64 {
+    frame.start_address().as_u64() / 4096
+}
+
 impl Shares {
-    /// Mappings of `frame` (1 when not shared).
-    pub(crate) fn count(&self, frame: PhysFrame) -> u32 {
-        let (c, i) = split(frame);
+    /// References to `key` (1 when not shared).
+    pub(crate) fn count(&self, key: u64) -> u32 {
+        let (c, i) = split(key);
         self.chunks.get(&c).map_or(1, |ch| ch.counts[i].max(1))
     }
 
@@ -53,9 +58,9 @@ impl Shares {
         self.shared
     }
 
-    /// One more mapping of `frame`.
-    pub(crate) fn add(&mut self, frame: PhysFrame) {
-        let (c, i) = split(frame);
+    /// One more reference to `key`.
+    pub(crate) fn add(&mut self, key: u64) {
+        let (c, i) = split(key);
         let chunk = self.chunks.entry(c).or_insert_with(|| {
             Box::new(Chunk {
                 counts: [0; CHUNK],
@@ -72,9 +77,9 @@ impl Shares {
         }
     }
 
-    /// One mapping of `frame` fewer; whether it was the last one.
-    pub(crate) fn remove(&mut self, frame: PhysFrame) -> bool {
-        let (c, i) = split(frame);
+    /// One reference to `key` fewer; whether it was the last one.
+    pub(crate) fn remove(&mut self, key: u64) -> bool {
+        let (c, i) = split(key);
         let Some(chunk) = self.chunks.get_mut(&c) else {
             return true;
         };

@@ -8,7 +8,7 @@ use super::{
     Area, AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, Prot, Resolved, Vm, VmError,
 };
 use crate::paging::{
-    AddressSpace, CopyAs, Flush, FrameSource, LeafSize, Mapper, Mmu, PagingError, PhysMem,
+    AddressSpace, CopyAs, CopyLeaf, Flush, FrameSource, LeafSize, Mapper, Mmu, PagingError, PhysMem,
 };
 use alloc::vec::Vec;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
@@ -38,8 +38,12 @@ pub const USER_RANGE: (u64, u64) = (PAGE, 0x0000_8000_0000_0000);
 /// [`fork`]: Self::fork
 #[derive(Debug)]
 pub struct VmSpace<P: PhysMem> {
-    mapper: Mapper<P>,
-    areas: AreaSet,
+    pub(super) mapper: Mapper<P>,
+    pub(super) areas: AreaSet,
+    /// Where the reclaim scan goes on (CLOCK hand).
+    pub(super) clock_hand: u64,
+    /// The page of the last swap-in, to spot sequential refaults.
+    pub(super) last_swap_in: u64,
 }
 
 impl<P: PhysMem + Clone> VmSpace<P> {
@@ -79,6 +83,8 @@ impl<P: PhysMem + Clone> VmSpace<P> {
         let mut child = Self {
             mapper: space.into_mapper(),
             areas: self.areas.clone(),
+            clock_hand: 0,
+            last_swap_in: 0,
         };
         // Leaves come in address order: walk the areas alongside.
         let mut areas = self.areas.iter().peekable();
@@ -88,12 +94,18 @@ impl<P: PhysMem + Clone> VmSpace<P> {
             VirtAddr::new(lo),
             hi - lo,
             frames,
-            |va, frame, _writable| {
+            |va, leaf| {
                 while areas.next_if(|a| a.end <= va).is_some() {}
-                match areas.peek().map(|a| a.kind) {
-                    Some(AreaKind::Anonymous) if frame != zero => {
+                match (areas.peek().map(|a| a.kind), leaf) {
+                    (Some(AreaKind::Anonymous), CopyLeaf::Mapped { frame, .. })
+                        if frame != zero =>
+                    {
                         vm.share(PhysFrame::containing_address(frame));
                         CopyAs::ReadOnly
+                    }
+                    (_, CopyLeaf::Soft(entry)) => {
+                        vm.share_swap(entry);
+                        CopyAs::Same
                     }
                     _ => CopyAs::Same,
                 }
@@ -119,12 +131,21 @@ impl<P: PhysMem> VmSpace<P> {
         Self {
             mapper,
             areas: AreaSet::new(lo, hi),
+            clock_hand: lo,
+            last_swap_in: 0,
         }
     }
 
     /// The page tables, to activate the space or audit its mappings.
     pub fn mapper(&self) -> &Mapper<P> {
         &self.mapper
+    }
+
+    /// What the MMU does on an access to the page of `va`: sets its
+    /// Accessed bit, and Dirty for a write. For emulated CPUs in tests.
+    #[cfg(feature = "testing")]
+    pub fn simulate_access(&mut self, va: VirtAddr, write: bool) {
+        self.mapper.simulate_access(va, write);
     }
 
     /// The top-level table (what CR3 holds while the space is active).
@@ -265,6 +286,7 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
     ) -> Result<Flush, VmError> {
         let mut owned: Vec<PhysFrame> = Vec::new();
+        let mut swapped: Vec<(u64, u64)> = Vec::new();
         for area in self.areas.overlapping(a, b) {
             if area.kind != AreaKind::Anonymous {
                 continue;
@@ -274,14 +296,19 @@ impl<P: PhysMem> VmSpace<P> {
                 .for_each_leaf_in(VirtAddr::new(s), e - s, |leaf| {
                     owned.push(PhysFrame::containing_address(leaf.frame));
                 });
+            swapped.push((s, e));
+        }
+        // Swapped-out pages: their entries go, with their slot references.
+        for (s, e) in swapped {
+            self.mapper
+                .take_soft_entries(VirtAddr::new(s), e - s, |_, entry| vm.drop_swap(entry));
         }
         // Pages are 4 KiB (anonymous or fixed, both mapped by the page), so
         // no split is needed and this cannot fail after a partial change.
         let flush = self.mapper.unmap_range(VirtAddr::new(a), b - a, frames)?;
         for frame in owned {
             if frame != vm.zero_frame() && vm.unshare(frame) {
-                // SAFETY: the last mapping of this private frame was just removed.
-                unsafe { frames.deallocate_frame(frame) };
+                vm.release_frame(frame, frames);
             }
         }
         Ok(flush)
@@ -350,7 +377,7 @@ impl<P: PhysMem> VmSpace<P> {
                     FaultOutcome::CopiedOnWrite => s.cow_copies += 1,
                     FaultOutcome::ReusedOnWrite => s.cow_reuses += 1,
                     FaultOutcome::Spurious => s.spurious += 1,
-                    FaultOutcome::FixedMapped => {}
+                    FaultOutcome::FixedMapped | FaultOutcome::SwappedIn => {}
                 }
             }
             Err(e) if e.reason != FaultReason::OutOfMemory => vm.stats.protection_faults += 1,
@@ -414,24 +441,30 @@ impl<P: PhysMem> VmSpace<P> {
                             .map_err(paging)?;
                         done(FaultOutcome::FixedMapped, flush)
                     }
-                    _ if access.write => {
-                        let frame = zeroed_frame(&self.mapper, frames)
-                            .ok_or(fail(FaultReason::OutOfMemory))?;
+                    _ => {
+                        if let Some(entry) = self.mapper.soft_entry(page.start_address()) {
+                            return self.swap_in(vm, page, entry, prot, frames).map_err(fail);
+                        }
+                        if !access.write {
+                            let flush = self
+                                .mapper
+                                .map(page, vm.zero_frame(), prot.map_flags(false), frames)
+                                .map_err(paging)?;
+                            return done(FaultOutcome::ZeroPageMapped, flush);
+                        }
+                        let mut flush = Flush::none();
+                        let frame = self.new_frame(vm, frames, &mut flush).map_err(fail)?;
+                        fill_zero(self.mapper.phys_mem(), frame);
                         match self.mapper.map(page, frame, prot.map_flags(true), frames) {
-                            Ok(flush) => done(FaultOutcome::ZeroFilled, flush),
+                            Ok(f) => {
+                                flush.merge(f);
+                                done(FaultOutcome::ZeroFilled, flush)
+                            }
                             Err(e) => {
-                                // SAFETY: the frame was never mapped.
-                                unsafe { frames.deallocate_frame(frame) };
+                                vm.release_frame(frame, frames);
                                 Err(paging(e))
                             }
                         }
-                    }
-                    _ => {
-                        let flush = self
-                            .mapper
-                            .map(page, vm.zero_frame(), prot.map_flags(false), frames)
-                            .map_err(paging)?;
-                        done(FaultOutcome::ZeroPageMapped, flush)
                     }
                 };
             }
@@ -463,15 +496,22 @@ impl<P: PhysMem> VmSpace<P> {
                 let flush = self.mapper.protect(page, flags).map_err(paging)?;
                 return done(FaultOutcome::ReusedOnWrite, flush);
             }
-            let new = if old == vm.zero_frame() {
-                zeroed_frame(&self.mapper, frames)
+            let mut flush = Flush::none();
+            let new = self.new_frame(vm, frames, &mut flush).map_err(fail)?;
+            if old == vm.zero_frame() {
+                fill_zero(self.mapper.phys_mem(), new);
             } else {
-                frames
-                    .allocate_frame()
-                    .inspect(|&f| copy_frame(self.mapper.phys_mem(), old, f))
+                copy_frame(self.mapper.phys_mem(), old, new);
             }
-            .ok_or(fail(FaultReason::OutOfMemory))?;
-            let (_, flush) = self.mapper.remap(page, new, flags).map_err(paging)?;
+            // The page is mapped (translated above): remap needs no frame.
+            let f = match self.mapper.remap(page, new, flags) {
+                Ok((_, f)) => f,
+                Err(e) => {
+                    vm.release_frame(new, frames);
+                    return Err(paging(e));
+                }
+            };
+            flush.merge(f);
             if old == vm.zero_frame() {
                 return done(FaultOutcome::ZeroFilled, flush);
             }
@@ -516,6 +556,8 @@ impl<P: PhysMem> VmSpace<P> {
                 Self {
                     mapper: space.into_mapper(),
                     areas: self.areas,
+                    clock_hand: self.clock_hand,
+                    last_swap_in: 0,
                 },
                 e.into(),
             )),
@@ -586,16 +628,19 @@ impl<P: PhysMem> VmSpace<P> {
                     }
                 }
             });
+        self.mapper
+            .for_each_soft_entry(VirtAddr::new_truncate(lo), hi - lo, |va, e| {
+                let anonymous = self
+                    .areas
+                    .find(va.as_u64())
+                    .is_some_and(|a| a.kind == AreaKind::Anonymous);
+                if !anonymous {
+                    err = err.and(Err("a swapped-out page outside anonymous memory"));
+                }
+                if !vm.swap_holds(e) {
+                    err = err.and(Err("a swapped-out page names a free slot"));
+                }
+            });
         err
     }
-}
-
-/// A frame from `frames`, zeroed.
-fn zeroed_frame<P: PhysMem, A: FrameSource + ?Sized>(
-    mapper: &Mapper<P>,
-    frames: &mut A,
-) -> Option<PhysFrame> {
-    let frame = frames.allocate_frame()?;
-    fill_zero(mapper.phys_mem(), frame);
-    Some(frame)
 }

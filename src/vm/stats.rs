@@ -19,4 +19,30 @@ pub struct VmStats {
     pub protection_faults: u64,
     /// Frames shared by more than one mapping right now.
     pub shared_frames: u64,
+    /// Faults that read a page back from swap (`pgmajfault`).
+    pub major_faults: u64,
+    /// Pages read from swap (`pswpin`), readahead included.
+    pub swap_ins: u64,
+    /// Pages written to swap (`pswpout`).
+    pub swap_outs: u64,
+    /// Pages the reclaim scan looked at (`pgscan`).
+    pub scanned: u64,
+    /// Pages reclaimed (`pgsteal`): written out, dropped clean, or zero.
+    pub reclaimed: u64,
+    /// Pages read back after being evicted (`refaults`).
+    pub refaults: u64,
+    /// Evicted pages that were all zero: dropped, not written.
+    pub zero_elided: u64,
+    /// Evicted pages still clean on swap: dropped, not written.
+    pub swap_cache_hits: u64,
+    /// Pages read ahead of their fault.
+    pub readahead: u64,
+    /// Frames anonymous memory holds now.
+    pub resident_frames: u64,
+    /// Swap slots in use now.
+    pub swap_slots_used: u64,
+    /// Swap slots of the attached device.
+    pub swap_slots: u64,
+    /// Resident pages whose copy on swap is still valid now.
+    pub swap_cached: u64,
 }

@@ -1,9 +1,11 @@
 //! What all address spaces of a kernel share: the zero frame, the counts
 //! of frames mapped by more than one address space, and the counters.
 
-use super::shares::Shares;
+use super::shares::{frame_key, Shares};
+use super::swap::{slot_of, Swap, SwapDevice, CLUSTER};
 use super::VmStats;
 use crate::paging::{FrameSource, PhysMem};
+use alloc::boxed::Box;
 use x86_64::structures::paging::PhysFrame;
 
 /// The shared state of the virtual-memory layer. One per kernel (or per
@@ -19,6 +21,12 @@ pub struct Vm {
     zero: PhysFrame,
     shares: Shares,
     pub(crate) stats: VmStats,
+    pub(crate) swap: Option<Swap>,
+    /// Most frames anonymous memory may hold (`None`: as many as the
+    /// frame source gives).
+    limit: Option<u64>,
+    /// Frames anonymous memory holds now (a shared frame counts once).
+    resident: u64,
 }
 
 impl Vm {
@@ -32,6 +40,9 @@ impl Vm {
             zero,
             shares: Shares::default(),
             stats: VmStats::default(),
+            swap: None,
+            limit: None,
+            resident: 0,
         })
     }
 
@@ -44,13 +55,116 @@ impl Vm {
     pub fn stats(&self) -> VmStats {
         VmStats {
             shared_frames: self.shares.len() as u64,
+            resident_frames: self.resident,
+            swap_slots_used: self.swap.as_ref().map_or(0, Swap::used),
+            swap_slots: self.swap.as_ref().map_or(0, Swap::capacity),
+            swap_cached: self.swap.as_ref().map_or(0, |s| s.cached() as u64),
             ..self.stats
+        }
+    }
+
+    /// Gives anonymous memory a swap device: under pressure, pages are
+    /// written out to it and read back on their next touch. Refused (the
+    /// device is handed back) while another device has slots in use.
+    pub fn attach_swap(
+        &mut self,
+        device: Box<dyn SwapDevice + Send>,
+    ) -> Result<(), Box<dyn SwapDevice + Send>> {
+        if self.swap.as_ref().is_some_and(|s| s.used() > 0) {
+            return Err(device);
+        }
+        self.swap = Some(Swap::new(device));
+        Ok(())
+    }
+
+    /// Takes the swap device back, once no slot is in use.
+    pub fn detach_swap(&mut self) -> Option<Box<dyn SwapDevice + Send>> {
+        if self.swap.as_ref().is_some_and(|s| s.used() > 0) {
+            return None;
+        }
+        self.swap.take().map(|s| s.device)
+    }
+
+    /// Limits the frames anonymous memory may hold (pageable memory): at
+    /// the limit, a fault that needs a frame first reclaims some of the
+    /// faulting space's pages (written to swap, or dropped when all zero).
+    pub fn set_frame_limit(&mut self, limit: Option<u64>) {
+        self.limit = limit;
+    }
+
+    /// The limit set by [`set_frame_limit`](Self::set_frame_limit).
+    pub fn frame_limit(&self) -> Option<u64> {
+        self.limit
+    }
+
+    /// Whether a new anonymous frame would pass the limit.
+    pub(crate) fn at_limit(&self) -> bool {
+        self.limit.is_some_and(|l| self.resident >= l)
+    }
+
+    /// How many pages one reclaim pass frees: the gap between the low
+    /// watermark (the limit) and the high one, at most one cluster.
+    pub(crate) fn reclaim_batch(&self) -> usize {
+        self.limit
+            .map_or(CLUSTER as u64, |l| (l / 8).clamp(1, CLUSTER as u64)) as usize
+    }
+
+    /// A frame for anonymous memory, counted; `None` at the limit or when
+    /// the source is empty.
+    pub(crate) fn alloc_frame<A: FrameSource + ?Sized>(
+        &mut self,
+        frames: &mut A,
+    ) -> Option<PhysFrame> {
+        if self.at_limit() {
+            return None;
+        }
+        let f = frames.allocate_frame()?;
+        self.resident += 1;
+        Some(f)
+    }
+
+    /// Gives back an anonymous frame whose last mapping went (and its
+    /// swap-cache slot, if it had one).
+    pub(crate) fn release_frame<A: FrameSource + ?Sized>(
+        &mut self,
+        frame: PhysFrame,
+        frames: &mut A,
+    ) {
+        if let Some(swap) = self.swap.as_mut() {
+            if let Some(slot) = swap.uncache(frame_key(frame)) {
+                swap.drop_ref(slot);
+            }
+        }
+        self.resident -= 1;
+        // SAFETY: the caller removed the frame's last mapping.
+        unsafe { frames.deallocate_frame(frame) };
+    }
+
+    /// Records one more page-table entry naming the swap slot of `entry`.
+    pub(crate) fn share_swap(&mut self, entry: u64) {
+        if let (Some(swap), Some(slot)) = (self.swap.as_mut(), slot_of(entry)) {
+            swap.add_ref(slot);
+        }
+    }
+
+    /// Whether `entry` names a slot in use on the attached device.
+    pub(crate) fn swap_holds(&self, entry: u64) -> bool {
+        match (self.swap.as_ref(), slot_of(entry)) {
+            (Some(swap), Some(slot)) => swap.in_use(slot),
+            _ => false,
+        }
+    }
+
+    /// Records that a page-table entry naming the slot of `entry` is gone.
+    pub(crate) fn drop_swap(&mut self, entry: u64) {
+        if let (Some(swap), Some(slot)) = (self.swap.as_mut(), slot_of(entry)) {
+            swap.drop_ref(slot);
         }
     }
 
     /// How many mappings share `frame` (1 for a frame not shared).
     pub fn share_count(&self, frame: PhysFrame) -> u32 {
-        self.shares.count(frame)
+        self.shares.count(frame_key(frame))
     }
 
     /// Frames shared right now.
@@ -60,13 +174,13 @@ impl Vm {
 
     /// Records one more mapping of `frame`.
     pub(crate) fn share(&mut self, frame: PhysFrame) {
-        self.shares.add(frame);
+        self.shares.add(frame_key(frame));
     }
 
     /// Records that one mapping of `frame` is gone. Returns whether that
     /// was the last one (the caller frees the frame).
     pub(crate) fn unshare(&mut self, frame: PhysFrame) -> bool {
-        self.shares.remove(frame)
+        self.shares.remove(frame_key(frame))
     }
 
     /// Gives the zero frame back, once no address space maps it.

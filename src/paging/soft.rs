@@ -1,0 +1,156 @@
+//! Non-present 4 KiB entries that hold a value for the kernel (a swap
+//! slot): the CPU ignores every bit of an entry whose present bit is
+//! clear, and the mapper keeps such an entry (and its table) until the
+//! kernel takes it back. An entry value must be non-zero with bit 0 clear.
+
+use super::entry::{canonical, index, ADDR_MASK, ENTRIES, LINEAR_MASK, PRESENT};
+
+const ACCESSED: u64 = 1 << 5;
+const DIRTY: u64 = 1 << 6;
+/// The Dirty bit of a leaf entry.
+pub(crate) const DIRTY_BIT: u64 = DIRTY;
+use super::{Flush, Mapper, PagingError, PhysMem};
+use x86_64::VirtAddr;
+
+impl<P: PhysMem> Mapper<P> {
+    /// The page table and index of the 4 KiB entry of `va`, when the page
+    /// table exists (no huge page on the way); else the bytes covered by the
+    /// entry that stopped the walk, to skip.
+    fn pte_slot_or_span(&self, va: VirtAddr) -> Result<(u64, usize), u64> {
+        let lin = va.as_u64() & LINEAR_MASK;
+        let mut table = self.root();
+        for level in (2..=4).rev() {
+            let e = self.read(table, index(lin, level));
+            if e & PRESENT == 0 || super::entry::is_leaf(e, level) {
+                return Err(super::entry::span(level));
+            }
+            table = e & ADDR_MASK;
+        }
+        Ok((table, index(lin, 1)))
+    }
+
+    fn pte_slot(&self, va: VirtAddr) -> Option<(u64, usize)> {
+        self.pte_slot_or_span(va).ok()
+    }
+
+    /// The kernel value in the non-present 4 KiB entry of `va`, if any.
+    pub(crate) fn soft_entry(&self, va: VirtAddr) -> Option<u64> {
+        let (t, i) = self.pte_slot(va)?;
+        let e = self.read(t, i);
+        (e != 0 && e & PRESENT == 0).then_some(e)
+    }
+
+    /// Replaces the 4 KiB entry of `va` (present or soft, its page table
+    /// must exist) with the soft value `value`; the flush covers a
+    /// replaced mapping. Needs no frame.
+    pub(crate) fn set_soft_entry(
+        &mut self,
+        va: VirtAddr,
+        value: u64,
+    ) -> Result<Flush, PagingError> {
+        debug_assert!(value != 0 && value & PRESENT == 0);
+        let (t, i) = self
+            .pte_slot(va)
+            .ok_or(PagingError::NotMapped { addr: va })?;
+        let old = self.read(t, i);
+        self.write(t, i, value);
+        let mut flush = Flush::none();
+        if old & PRESENT != 0 {
+            flush.add(va.as_u64());
+        }
+        Ok(flush)
+    }
+
+    /// The raw 4 KiB leaf entry of `va` when it is present.
+    pub(crate) fn leaf_entry(&self, va: VirtAddr) -> Option<u64> {
+        let (t, i) = self.pte_slot(va)?;
+        let e = self.read(t, i);
+        (e & PRESENT != 0).then_some(e)
+    }
+
+    /// Clears the Accessed bit of the 4 KiB leaf of `va`; returns whether
+    /// it was set (the page was referenced since the last clear). The TLB
+    /// entry must be flushed for the next reference to set it again.
+    pub(crate) fn clear_accessed(&mut self, va: VirtAddr) -> bool {
+        let Some((t, i)) = self.pte_slot(va) else {
+            return false;
+        };
+        let e = self.read(t, i);
+        if e & PRESENT != 0 && e & ACCESSED != 0 {
+            self.write(t, i, e & !ACCESSED);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// What the MMU does on an access through the 4 KiB leaf of `va`: sets
+    /// Accessed, and Dirty for a write. For emulated CPUs in tests.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn simulate_access(&mut self, va: VirtAddr, write: bool) {
+        if let Some((t, i)) = self.pte_slot(va) {
+            let e = self.read(t, i);
+            if e & PRESENT != 0 {
+                self.write(t, i, e | ACCESSED | if write { DIRTY } else { 0 });
+            }
+        }
+    }
+
+    /// Calls `f` with every soft entry in `[start, start + len)` (4 KiB
+    /// steps) and clears it. Tables stay: an unmap of the range frees them.
+    pub(crate) fn take_soft_entries(
+        &mut self,
+        start: VirtAddr,
+        len: u64,
+        mut f: impl FnMut(VirtAddr, u64),
+    ) {
+        let this = &*self;
+        this.walk_soft(start, len, |table, i, va, e| {
+            // SAFETY: `&mut self` makes this the only writer of the hierarchy;
+            // `table` is one of its page tables and `i < 512`.
+            unsafe { this.ptr(table).add(i).write(0) };
+            f(va, e);
+        });
+    }
+
+    /// Calls `f` with every soft entry in `[start, start + len)`.
+    pub(crate) fn for_each_soft_entry(
+        &self,
+        start: VirtAddr,
+        len: u64,
+        mut f: impl FnMut(VirtAddr, u64),
+    ) {
+        self.walk_soft(start, len, |_, _, va, e| f(va, e));
+    }
+
+    /// The walk of both: page tables that exist, 4 KiB entries that are
+    /// soft, with their table and index.
+    fn walk_soft(&self, start: VirtAddr, len: u64, mut f: impl FnMut(u64, usize, VirtAddr, u64)) {
+        let lo = start.as_u64() & LINEAR_MASK;
+        let hi = lo.saturating_add(len).min(LINEAR_MASK + 1);
+        let mut va = lo;
+        while va < hi {
+            let (t, i0) = match self.pte_slot_or_span(VirtAddr::new_truncate(canonical(va))) {
+                Ok(slot) => slot,
+                Err(span) => {
+                    // Nothing below this entry: skip all it covers.
+                    va = (va | (span - 1)) + 1;
+                    continue;
+                }
+            };
+            let n = (((hi - va) / 4096) as usize).min(ENTRIES - i0);
+            for k in 0..n {
+                let e = self.read(t, i0 + k);
+                if e != 0 && e & PRESENT == 0 {
+                    f(
+                        t,
+                        i0 + k,
+                        VirtAddr::new_truncate(canonical(va + k as u64 * 4096)),
+                        e,
+                    );
+                }
+            }
+            va += n as u64 * 4096;
+        }
+    }
+}
