@@ -49,6 +49,7 @@ mod areas;
 mod error;
 mod fault;
 mod prot;
+pub mod replace;
 mod reclaim;
 mod shares;
 mod space;

@@ -1,0 +1,172 @@
+//! The seeded synthetic suite: the access patterns the replacement
+//! literature measures policies on, generated (never downloaded) so every
+//! run of the bench, the tests and `traces/` sees the same references.
+//!
+//! Sizes are relative to a frame count `f`; every trace has `200 f`
+//! references (`len` in the individual generators).
+
+use super::PageId;
+use std::vec::Vec;
+
+/// One trace of the suite.
+pub struct Trace {
+    /// The name the bench and `replay` print.
+    pub name: &'static str,
+    /// The page references, in order.
+    pub pages: Vec<PageId>,
+}
+
+/// SplitMix64: a small deterministic generator, enough for workloads.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator started from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Draws ranks `0..n` with probability proportional to `1 / (rank+1)^alpha`
+/// and maps them to pages through a seeded permutation of `base..base+n`.
+pub struct Zipf {
+    cdf: Vec<f64>,
+    pages: Vec<PageId>,
+}
+
+impl Zipf {
+    /// A distribution over `n` pages starting at `base`.
+    pub fn new(n: usize, alpha: f64, base: PageId, rng: &mut Rng) -> Self {
+        let mut cdf = Vec::with_capacity(n);
+        let mut sum = 0.0;
+        for rank in 0..n {
+            sum += 1.0 / ((rank + 1) as f64).powf(alpha);
+            cdf.push(sum);
+        }
+        for c in &mut cdf {
+            *c /= sum;
+        }
+        let mut pages: Vec<PageId> = (0..n as u64).map(|i| base + i).collect();
+        for i in (1..n).rev() {
+            pages.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        Self { cdf, pages }
+    }
+
+    /// One page.
+    pub fn sample(&self, rng: &mut Rng) -> PageId {
+        let u = rng.unit();
+        let rank = self
+            .cdf
+            .partition_point(|&c| c <= u)
+            .min(self.pages.len() - 1);
+        self.pages[rank]
+    }
+}
+
+/// A loop over `pages` pages, repeated to `len` references.
+pub fn looping(pages: usize, len: usize) -> Vec<PageId> {
+    (0..len).map(|i| (i % pages) as PageId).collect()
+}
+
+/// Independent draws from a zipf distribution over `pages` pages.
+pub fn zipf(pages: usize, alpha: f64, len: usize, rng: &mut Rng) -> Vec<PageId> {
+    let z = Zipf::new(pages, alpha, 0, rng);
+    (0..len).map(|_| z.sample(rng)).collect()
+}
+
+/// Zipf draws over `pages` pages, and after every `every` of them a scan
+/// of `scan` pages never touched before or after.
+pub fn zipf_scans(
+    pages: usize,
+    alpha: f64,
+    every: usize,
+    scan: usize,
+    len: usize,
+    rng: &mut Rng,
+) -> Vec<PageId> {
+    let z = Zipf::new(pages, alpha, 0, rng);
+    let mut out = Vec::with_capacity(len);
+    let mut fresh = pages as PageId;
+    while out.len() < len {
+        for _ in 0..every {
+            out.push(z.sample(rng));
+        }
+        for _ in 0..scan {
+            out.push(fresh);
+            fresh += 1;
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// Phases of `phase` references alternating between two disjoint working
+/// sets, each a zipf distribution over `pages` pages.
+pub fn phases(pages: usize, alpha: f64, phase: usize, len: usize, rng: &mut Rng) -> Vec<PageId> {
+    let sets = [
+        Zipf::new(pages, alpha, 0, rng),
+        Zipf::new(pages, alpha, pages as PageId, rng),
+    ];
+    (0..len)
+        .map(|i| sets[(i / phase) % 2].sample(rng))
+        .collect()
+}
+
+/// LIRS2's zigzag: passes over `pages` pages, forward then backward, so a
+/// page's reuse distance alternates between short and long.
+pub fn zigzag(pages: usize, len: usize) -> Vec<PageId> {
+    (0..len)
+        .map(|i| {
+            let (pass, at) = (i / pages, (i % pages) as PageId);
+            if pass % 2 == 0 {
+                at
+            } else {
+                pages as PageId - 1 - at
+            }
+        })
+        .collect()
+}
+
+/// Uniform draws over `pages` pages: no policy can do better than chance.
+pub fn uniform(pages: usize, len: usize, rng: &mut Rng) -> Vec<PageId> {
+    (0..len).map(|_| rng.below(pages as u64)).collect()
+}
+
+/// The suite for `frames` frames, from `seed`.
+pub fn suite(frames: usize, seed: u64) -> Vec<Trace> {
+    let f = frames.max(1);
+    let len = 200 * f;
+    let mut rng = Rng::new(seed);
+    let t = |name, pages| Trace { name, pages };
+    Vec::from([
+        t("loop", looping(f * 6 / 5, len)),
+        t("zipf-0.8", zipf(10 * f, 0.8, len, &mut rng)),
+        t("zipf-1.0", zipf(10 * f, 1.0, len, &mut rng)),
+        t(
+            "zipf-scans",
+            zipf_scans(10 * f, 1.0, 10 * f, 2 * f, len, &mut rng),
+        ),
+        t("phase", phases(3 * f, 0.9, 25 * f, len, &mut rng)),
+        t("zigzag", zigzag(f * 3 / 2, len)),
+        t("uniform", uniform(10 * f, len, &mut rng)),
+    ])
+}
