@@ -110,6 +110,61 @@ impl ClockPro {
         (self.cold, self.cold_target)
     }
 
+    /// Checks the circle against the counters and the hands' invariants:
+    /// every hand on a page of its kind, no test period older than the hot
+    /// hand, no resident cold page older than the cold hand.
+    #[cfg(test)]
+    pub(crate) fn check(&self) {
+        let (mut hot, mut cold, mut ghosts, mut in_test, mut len) = (0, 0, 0, 0, 0);
+        if self.head != NIL {
+            let mut n = self.head;
+            loop {
+                let node = self.ring.node(n);
+                assert_eq!(self.ring.prev(node.next), n, "links of node {n}");
+                assert_eq!(self.find(node.key), Some(n), "index of page {}", node.key);
+                match node.state {
+                    HOT => hot += 1,
+                    COLD => cold += 1,
+                    COLD_TEST => (cold, in_test) = (cold + 1, in_test + 1),
+                    GHOST => (ghosts, in_test) = (ghosts + 1, in_test + 1),
+                    s => panic!("node {n} on the circle in state {s}"),
+                }
+                len += 1;
+                n = node.next;
+                if n == self.head {
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            (hot, cold, ghosts, in_test),
+            (self.hot, self.cold, self.ghosts, self.in_test)
+        );
+        assert!(hot + cold <= self.capacity && ghosts <= self.history_limit);
+        assert!(len <= self.capacity + self.history_limit);
+        assert_eq!(self.hand_hot == NIL, hot == 0);
+        assert_eq!(self.hand_cold == NIL, cold == 0);
+        assert_eq!(self.hand_test == NIL, in_test == 0);
+        if hot > 0 {
+            assert_eq!(self.state(self.hand_hot), HOT);
+            let mut n = self.oldest();
+            while n != self.hand_hot {
+                assert!(
+                    !matches!(self.state(n), COLD_TEST | GHOST),
+                    "test older than the hot hand"
+                );
+                n = self.ring.prev(n);
+            }
+        }
+        if cold > 0 {
+            assert!(matches!(self.state(self.hand_cold), COLD | COLD_TEST));
+        }
+        if in_test > 0 {
+            assert!(matches!(self.state(self.hand_test), COLD_TEST | GHOST));
+        }
+        assert!((self.min_cold..=self.max_cold).contains(&self.cold_target));
+    }
+
     fn find(&self, page: PageId) -> Option<u32> {
         let ring = &self.ring;
         self.index.find(page, |n| ring.key(n))

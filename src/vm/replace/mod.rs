@@ -64,6 +64,8 @@ mod ring;
 pub mod sim;
 #[cfg(feature = "testing")]
 pub mod synth;
+#[cfg(test)]
+mod test;
 pub mod trace;
 
 pub use clock::Clock;

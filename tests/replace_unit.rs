@@ -1,0 +1,112 @@
+//! `kmem::vm::replace` on small cases worked out by hand: OPT on the
+//! textbook reference string, refaults seen and counted, CLOCK-Pro
+//! resisting a loop and a scan, the trace format and its errors.
+
+use kmem::vm::replace::sim;
+use kmem::vm::replace::trace::{self, TraceError};
+use kmem::vm::replace::{Clock, ClockPro, FaultIn, Removed, ReplaceError, ReplacementPolicy};
+
+/// Silberschatz's reference string: OPT takes 9 faults with 3 frames.
+const TEXTBOOK: [u64; 20] = [7, 0, 1, 2, 0, 3, 0, 4, 2, 3, 0, 3, 2, 1, 2, 0, 1, 7, 0, 1];
+
+#[test]
+fn opt_on_the_textbook_string() {
+    assert_eq!(sim::opt_faults(&TEXTBOOK, 3), 9);
+    assert_eq!(sim::opt_faults(&TEXTBOOK, 4), 8);
+    assert_eq!(sim::opt_faults(&[], 3), 0);
+    assert_eq!(sim::opt_faults(&[1, 2, 3], 0), 3);
+}
+
+#[test]
+fn insert_refuses_when_full_or_resident() {
+    let mut p = ClockPro::new(1);
+    assert_eq!(p.insert(5), Ok(FaultIn::Fresh));
+    assert_eq!(p.insert(5), Err(ReplaceError::AlreadyResident { page: 5 }));
+    assert_eq!(
+        p.insert(6),
+        Err(ReplaceError::Full {
+            page: 6,
+            capacity: 1
+        })
+    );
+    assert_eq!(p.resident_len(), 1);
+}
+
+#[test]
+fn clock_pro_sees_and_counts_refaults() {
+    let mut p = ClockPro::new(4);
+    for page in 0..4 {
+        p.insert(page).unwrap();
+    }
+    let victim = p.evict().unwrap();
+    p.insert(100).unwrap();
+    let second = p.evict().unwrap();
+    // A page evicted in its test period is remembered: its return is a refault.
+    assert!(p.history_len() >= 1);
+    let back = if p.history_len() == 2 { victim } else { second };
+    assert_eq!(p.insert(back), Ok(FaultIn::Refault));
+    assert_eq!(p.stats().refaults, 1);
+    assert_eq!(p.stats().evictions, 2);
+    // Forgetting a page in history makes its next insert fresh.
+    let other = if back == victim { second } else { victim };
+    if p.remove(other) == Removed::History {
+        p.evict().unwrap();
+        assert_eq!(p.insert(other), Ok(FaultIn::Fresh));
+    }
+}
+
+#[test]
+fn clock_forgets_evicted_pages() {
+    let mut c = Clock::new(1);
+    c.insert(1).unwrap();
+    assert_eq!(c.evict(), Some(1));
+    assert_eq!(c.evict(), None);
+    assert_eq!(c.insert(1), Ok(FaultIn::Fresh));
+    assert_eq!(c.remove(1), Removed::Resident);
+    assert_eq!(c.remove(1), Removed::NotTracked);
+}
+
+#[test]
+fn clock_pro_holds_part_of_a_loop_larger_than_memory() {
+    let frames = 100;
+    let trace: Vec<u64> = (0..20_000).map(|i| i % 120).collect();
+    let clock = sim::replay(&mut Clock::new(frames), &trace).faults;
+    let pro = sim::replay(&mut ClockPro::new(frames), &trace).faults;
+    let opt = sim::opt_faults(&trace, frames);
+    assert_eq!(clock, 20_000, "CLOCK faults on every reference of a loop");
+    assert!(pro * 10 < clock * 2, "clock-pro {pro} vs clock {clock}");
+    assert!(
+        pro as f64 <= opt as f64 * 1.2,
+        "clock-pro {pro} vs opt {opt}"
+    );
+}
+
+#[test]
+fn clock_pro_keeps_its_hot_pages_through_a_scan() {
+    let frames = 100;
+    let mut trace = Vec::new();
+    for round in 0..50u64 {
+        trace.extend(0..80); // a hot set
+        trace.extend((0..200).map(|i| 1_000 + round * 200 + i)); // one-time scan
+    }
+    let clock = sim::replay(&mut Clock::new(frames), &trace).faults;
+    let pro = sim::replay(&mut ClockPro::new(frames), &trace).faults;
+    assert!(pro < clock * 9 / 10, "clock-pro {pro} vs clock {clock}");
+}
+
+#[test]
+fn trace_format() {
+    let text = "# a comment\n1\n\n  0x10  # hex\n0X1f\n18446744073709551615\n";
+    assert_eq!(trace::parse(text).unwrap(), vec![1, 16, 31, u64::MAX]);
+    let err = trace::parse("1\n2\nthree\n").unwrap_err();
+    assert_eq!(
+        err,
+        TraceError {
+            line: 3,
+            text: "three".into()
+        }
+    );
+    assert!(err.to_string().starts_with("line 3: \"three\""));
+    assert_eq!(trace::parse("18446744073709551616").unwrap_err().line, 1);
+    assert_eq!(trace::parse("-1").unwrap_err().line, 1);
+}
