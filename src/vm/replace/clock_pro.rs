@@ -105,11 +105,6 @@ impl ClockPro {
             + self.index.slots() * core::mem::size_of::<u32>()
     }
 
-    /// Resident cold pages and the adaptive target for them.
-    pub fn cold_split(&self) -> (usize, usize) {
-        (self.cold, self.cold_target)
-    }
-
     /// Checks the circle against the counters and the hands' invariants:
     /// every hand on a page of its kind, no test period older than the hot
     /// hand, no resident cold page older than the cold hand.
