@@ -41,10 +41,11 @@
 //! tracked page (resident, or in history) costs a 24-byte node plus 4 to 8
 //! bytes of hash index. [`Clock`] tracks `frames` pages (about 32 bytes a
 //! frame); [`ClockPro`] tracks at most `frames` resident plus `history`
-//! non-resident pages (history = frames by default: about 64 bytes a
-//! frame, 1.6 % of a 4 KiB page; [`ClockPro::footprint`] gives the bytes). Lookups are O(1) expected; `evict` is
-//! O(1) amortized (each hand step either frees a page or clears a bit that
-//! a reference set), O(resident + history) in the worst single call.
+//! non-resident pages (history = frames by default: about 64 bytes a frame,
+//! 1.6 % of a 4 KiB page; [`ClockPro::footprint`] gives the bytes). Lookups
+//! are O(1) expected; `evict` is O(1) amortized (each hand step either
+//! frees a page or clears a bit that a reference set), O(resident +
+//! history) in the worst single call.
 //!
 //! ```
 //! use kmem::vm::replace::{Clock, FaultIn, ReplacementPolicy};
