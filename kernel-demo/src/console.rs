@@ -36,11 +36,21 @@ fn write_byte(byte: u8) {
     unsafe { Port::<u8>::new(COM1).write(byte) };
 }
 
+/// Bytes written so far: the test framework tells from it whether a test
+/// printed something after its `test <name> ... ` prefix.
+static WRITTEN: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Bytes written to the console so far.
+pub fn bytes_written() -> u64 {
+    WRITTEN.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// The serial port as a `fmt::Write` sink.
 pub struct Serial;
 
 impl fmt::Write for Serial {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        WRITTEN.fetch_add(s.len() as u64, core::sync::atomic::Ordering::Relaxed);
         for b in s.bytes() {
             if b == b'\n' {
                 write_byte(b'\r');

@@ -228,8 +228,15 @@ pub fn run(tests: &[Test]) -> ! {
     let (mut passed, mut failed) = (0usize, 0usize);
     for test in selected() {
         print!("test {} ... ", test.name);
+        let mark = crate::console::bytes_written();
         TESTS_STARTED.fetch_add(1, Ordering::SeqCst);
-        match judge(test.expect, recover::protect(test.run)) {
+        let verdict = judge(test.expect, recover::protect(test.run));
+        if crate::console::bytes_written() != mark {
+            // The test printed: the verdict gets a whole line of its own,
+            // so the runner reads it as it reads any other.
+            print!("\ntest {} ... ", test.name);
+        }
+        match verdict {
             Ok(None) => {
                 println!("ok");
                 passed += 1;
