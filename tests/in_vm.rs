@@ -30,7 +30,11 @@ fn run() -> Result<ExitCode, String> {
             timeout: timeout_from_env(),
             ..Boot::default()
         };
-        let names = list_tests(&kernel.path, &base)?;
+        let listing = Boot {
+            swap_bytes: kernel.swap_bytes,
+            ..base.clone()
+        };
+        let names = list_tests(&kernel.path, &listing)?;
         if selection.list {
             for name in names.iter().filter(|n| selection.selects(n)) {
                 println!("{name}: test");
@@ -47,6 +51,7 @@ fn run() -> Result<ExitCode, String> {
             println!("\n== {} (-m {mem}) ==", kernel.binary);
             let cfg = Boot {
                 mem: mem.clone(),
+                swap_bytes: kernel.swap_bytes,
                 ..base.clone()
             };
             selected_total += count;

@@ -15,12 +15,14 @@ pub mod image;
 pub mod interrupts;
 pub mod kernel_space;
 pub mod memory;
+pub mod overcommit;
 pub mod process;
 pub mod programs;
 pub mod qemu;
 pub mod recover;
 pub mod testing;
 pub mod user;
+pub mod virtio;
 
 /// Defines the kernel's main function, called after boot with the console,
 /// the IDT and [`boot::info`] ready.

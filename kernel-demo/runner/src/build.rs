@@ -130,6 +130,9 @@ impl Kernels {
                 binary: name.clone(),
                 path: artifact.executable.clone(),
                 mems: memory_sizes(&text),
+                swap_bytes: marker_words(&text)
+                    .find_map(|w| w.strip_prefix("swap="))
+                    .and_then(crate::qemu::parse_size),
             });
         }
         Ok(kernels)
@@ -146,13 +149,20 @@ pub struct TestKernel {
     /// Memory sizes to boot it with (one run each), from a
     /// `// kmem-vm: mem=128M mem=4G` line in the file; `128M` by default.
     pub mems: Vec<String>,
+    /// A swap disk to attach (`swap=64M` on that line): q35 + virtio-blk.
+    pub swap_bytes: Option<u64>,
 }
 
-fn memory_sizes(source: &str) -> Vec<String> {
-    let mut mems: Vec<String> = source
+/// The words of the `// kmem-vm:` lines of a test kernel's source.
+fn marker_words(source: &str) -> impl Iterator<Item = &str> {
+    source
         .lines()
         .filter_map(|l| l.trim().strip_prefix("// kmem-vm:"))
         .flat_map(|l| l.split_whitespace())
+}
+
+fn memory_sizes(source: &str) -> Vec<String> {
+    let mut mems: Vec<String> = marker_words(source)
         .filter_map(|w| w.strip_prefix("mem="))
         .map(str::to_string)
         .collect();

@@ -4,10 +4,11 @@
 //!
 //! Environment: `KMEM_MEM` guest RAM (default `128M`; e.g. `32M`, `4G`,
 //! `16G`), `KMEM_APPEND` kernel command line, `KMEM_KERNEL` another kernel
-//! binary (e.g. `test-basic`), `KMEM_VM_TIMEOUT` seconds before a hung
+//! binary (e.g. `test-basic`), `KMEM_SWAP` the swap disk (default `64M`,
+//! `0` for none; a disk puts QEMU on q35), `KMEM_VM_TIMEOUT` seconds before a hung
 //! kernel is killed (default 60), `KMEM_QEMU` the QEMU binary.
 
-use kmem_runner::{boot, build_kernels, timeout_from_env, Boot, Exit};
+use kmem_runner::{boot, build_kernels, parse_size, timeout_from_env, Boot, Exit};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -21,11 +22,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let swap = env("KMEM_SWAP", "64M");
+    let swap_bytes = match swap.as_str() {
+        "0" | "none" => None,
+        s => match parse_size(s) {
+            Some(b) => Some(b),
+            None => {
+                eprintln!("kmem-runner: KMEM_SWAP={s:?} is not a size (64M, 1G, 0 for none)");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let cfg = Boot {
         mem: env("KMEM_MEM", "128M"),
         append: env("KMEM_APPEND", ""),
         timeout: timeout_from_env(),
         echo: true,
+        swap_bytes,
     };
     eprintln!(
         "kmem-runner: booting {} with -m {}",

@@ -22,6 +22,9 @@ pub struct Boot {
     pub timeout: Duration,
     /// Echo the serial output to stdout while it runs.
     pub echo: bool,
+    /// A swap disk of this many bytes: a fresh sparse image in
+    /// `target/`, attached as a virtio-blk PCI device on the q35 machine.
+    pub swap_bytes: Option<u64>,
 }
 
 impl Default for Boot {
@@ -31,6 +34,7 @@ impl Default for Boot {
             append: String::new(),
             timeout: DEFAULT_TIMEOUT,
             echo: true,
+            swap_bytes: None,
         }
     }
 }
@@ -78,6 +82,18 @@ pub fn boot(kernel: &Path, cfg: &Boot) -> Result<Run, String> {
     cmd.args(["-m", &cfg.mem, "-cpu", "max", "-nodefaults", "-no-reboot"]);
     cmd.args(["-display", "none", "-serial", "stdio"]);
     cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    let _image = match cfg.swap_bytes {
+        Some(bytes) => {
+            let image = SwapImage::create(bytes)?;
+            cmd.args(["-machine", "q35", "-device", "virtio-blk-pci,drive=swap0"]);
+            cmd.arg("-drive").arg(format!(
+                "file={},if=none,format=raw,id=swap0,cache=unsafe",
+                image.path.display()
+            ));
+            Some(image)
+        }
+        None => None,
+    };
     if !cfg.append.is_empty() {
         cmd.args(["-append", &cfg.append]);
     }
@@ -150,4 +166,42 @@ pub fn timeout_from_env() -> Duration {
         .and_then(|s| s.parse().ok())
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_TIMEOUT)
+}
+
+/// A sparse swap image for one boot, removed when the boot is over.
+struct SwapImage {
+    path: std::path::PathBuf,
+}
+
+impl SwapImage {
+    fn create(bytes: u64) -> Result<Self, String> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = crate::workspace_root().join("target").join("swap");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("swap-{}-{n}.img", std::process::id()));
+        let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        file.set_len(bytes)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for SwapImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Parses a size as QEMU writes it: `64M`, `1G`, `512K` or bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        'K' | 'k' => (&s[..s.len() - 1], 1 << 10),
+        'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
+        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
 }
