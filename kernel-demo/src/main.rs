@@ -151,7 +151,10 @@ extern "C" fn after_switch() -> ! {
     step("9. user processes (kmem::vm: areas, demand paging, copy-on-write fork)");
     demo_processes();
 
-    step("10. summary");
+    step("10. swap: four times the RAM given to pageable memory (kmem::vm on a virtio disk)");
+    demo_swap();
+
+    step("11. summary");
     summary();
     println!();
     println!("demo done");
@@ -519,6 +522,54 @@ fn demo_processes() {
     );
     let free1 = memory::FRAMES.with(|f| f.stats().free);
     println!("free frames before the processes {free0}, after {free1} (the difference is heap growth and the zero frame)");
+}
+
+fn demo_swap() {
+    use kernel_demo::overcommit;
+    use kernel_demo::virtio::VirtioSwap;
+    let (limit, pages) = (256u64, 1024u64);
+    let before = overcommit::accounted_frames();
+    let device: Box<dyn kmem::vm::SwapDevice + Send> = match VirtioSwap::find() {
+        Some(d) => {
+            println!(
+                "virtio-blk swap disk: {} slots ({})",
+                kmem::vm::SwapDevice::slots(&d),
+                Size(kmem::vm::SwapDevice::slots(&d) * 4096)
+            );
+            Box::new(d)
+        }
+        None => {
+            println!("no virtio-blk disk (KMEM_SWAP=0?): swapping to memory instead");
+            Box::new(kmem::vm::MemSwap::new(4 * pages))
+        }
+    };
+    println!(
+        "pageable memory limited to {limit} frames ({}); the workload touches {pages} pages ({}) in sequential, random and hot-set passes, every page checksummed and verified on each read",
+        Size(limit * 4096),
+        Size(pages * 4096)
+    );
+    let t0 = cpu::rdtsc();
+    let r = overcommit::run(device, limit, pages);
+    let ms = cpu::tsc_per_ms().map_or(0, |t| (cpu::rdtsc() - t0) / t);
+    let s = r.stats;
+    println!("all {pages} pages verified on every read; {ms} ms");
+    println!(
+        "vmstat: pgfault {} pgmajfault {} pswpin {} pswpout {} pgscan {} pgsteal {} refaults {} zero-elided {} swap-cache hits {} readahead {}",
+        s.faults, s.major_faults, s.swap_ins, s.swap_outs, s.scanned, s.reclaimed, s.refaults, s.zero_elided, s.swap_cache_hits, s.readahead
+    );
+    println!(
+        "before teardown: {} frames resident, {} of {} slots in use, {} pages clean in the swap cache",
+        s.resident_frames, s.swap_slots_used, s.swap_slots, s.swap_cached
+    );
+    let after = overcommit::accounted_frames();
+    let slots = kernel_demo::process::vm_stats().swap_slots_used;
+    println!(
+        "after teardown: frames {before} -> {after} ({}), swap slots in use {slots}",
+        if before == after { "all back" } else { "LOST" }
+    );
+    if before != after || slots != 0 {
+        kernel_demo::fatal(format_args!("swap teardown lost frames or slots"));
+    }
 }
 
 fn audit_wx() {
