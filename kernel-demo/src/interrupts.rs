@@ -193,6 +193,17 @@ extern "C" fn dispatch(frame: &mut TrapFrame) {
     crate::qemu::exit(crate::qemu::ExitCode::Failure);
 }
 
+/// The instructions that pop a [`TrapFrame`] from `rsp` and return to it
+/// with `iretq`: the exit of every trap, and the way into ring 3.
+macro_rules! return_from_trap_frame {
+    () => {
+        "pop r15\npop r14\npop r13\npop r12\npop r11\npop r10\npop r9\npop r8\n\
+         pop rbp\npop rdi\npop rsi\npop rdx\npop rcx\npop rbx\npop rax\n\
+         add rsp, 16\niretq"
+    };
+}
+pub(crate) use return_from_trap_frame;
+
 #[unsafe(naked)]
 extern "C" fn common_entry() {
     core::arch::naked_asm!(
@@ -216,23 +227,7 @@ extern "C" fn common_entry() {
         // The CPU aligned rsp to 16 before pushing its 5-word frame; with
         // error code, vector and 15 registers (22 words) rsp is aligned.
         "call {dispatch}",
-        "pop r15",
-        "pop r14",
-        "pop r13",
-        "pop r12",
-        "pop r11",
-        "pop r10",
-        "pop r9",
-        "pop r8",
-        "pop rbp",
-        "pop rdi",
-        "pop rsi",
-        "pop rdx",
-        "pop rcx",
-        "pop rbx",
-        "pop rax",
-        "add rsp, 16",
-        "iretq",
+        return_from_trap_frame!(),
         dispatch = sym dispatch,
     )
 }

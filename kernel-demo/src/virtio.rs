@@ -174,19 +174,26 @@ impl Drop for VirtioSwap {
     }
 }
 
+impl VirtioSwap {
+    /// The error of a request of `pages` slots from `first`, if the request
+    /// does not fit the bounce buffer or the disk.
+    fn check(&self, first: u64, pages: usize) -> Result<SwapIoError, SwapIoError> {
+        let err = SwapIoError { slot: first, pages };
+        if pages > BOUNCE_PAGES || first + pages as u64 > self.slots {
+            Err(err)
+        } else {
+            Ok(err)
+        }
+    }
+}
+
 impl SwapDevice for VirtioSwap {
     fn slots(&self) -> u64 {
         self.slots
     }
 
     fn write(&mut self, first: u64, pages: &[&[u8; 4096]]) -> Result<(), SwapIoError> {
-        let err = SwapIoError {
-            slot: first,
-            pages: pages.len(),
-        };
-        if pages.len() > BOUNCE_PAGES || first + pages.len() as u64 > self.slots {
-            return Err(err);
-        }
+        let err = self.check(first, pages.len())?;
         if let [page] = pages {
             // One page is contiguous already: no bounce copy.
             let block = first as usize * (4096 / SECTOR_SIZE);
@@ -204,13 +211,7 @@ impl SwapDevice for VirtioSwap {
     }
 
     fn read(&mut self, first: u64, pages: &mut [&mut [u8; 4096]]) -> Result<(), SwapIoError> {
-        let err = SwapIoError {
-            slot: first,
-            pages: pages.len(),
-        };
-        if pages.len() > BOUNCE_PAGES || first + pages.len() as u64 > self.slots {
-            return Err(err);
-        }
+        let err = self.check(first, pages.len())?;
         if let [page] = pages {
             let block = first as usize * (4096 / SECTOR_SIZE);
             return self.blk.read_blocks(block, &mut page[..]).map_err(|_| err);

@@ -122,6 +122,17 @@ pub enum FaultReason {
     Paging(PagingError),
 }
 
+impl FaultReason {
+    /// Whether the access itself is refused (the program is at fault), as
+    /// opposed to the kernel failing to serve it (memory, swap, the mapper).
+    pub const fn is_refusal(&self) -> bool {
+        !matches!(
+            self,
+            Self::OutOfMemory | Self::OutOfSwap | Self::SwapIo(_) | Self::Paging(_)
+        )
+    }
+}
+
 impl fmt::Display for FaultError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let why = match self.reason {

@@ -3,7 +3,7 @@
 //! in clusters, and swap-in with readahead.
 
 use super::swap::{slot_of, swap_entry, CLUSTER, PAGE_BYTES};
-use super::{AreaKind, FaultOutcome, FaultReason, Prot, Resolved, Vm, VmSpace};
+use super::{FaultOutcome, FaultReason, Prot, Resolved, Vm, VmSpace};
 use crate::paging::{Flush, FrameSource, PhysMem, DIRTY_BIT};
 use alloc::vec::Vec;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
@@ -131,18 +131,9 @@ impl<P: PhysMem> VmSpace<P> {
             let (chunk, tail) = rest.split_at(n);
             let pages: Vec<&[u8; PAGE_BYTES]> = chunk
                 .iter()
-                .map(|&(_, f)| {
-                    // SAFETY: a frame this space maps alone, readable for 4096
-                    // bytes through `PhysMem`; nothing writes it meanwhile.
-                    unsafe {
-                        &*self
-                            .mapper
-                            .phys_mem()
-                            .table_ptr(f)
-                            .as_ptr()
-                            .cast::<[u8; PAGE_BYTES]>()
-                    }
-                })
+                // SAFETY: frames this space maps alone; nothing writes them
+                // while the space reclaims.
+                .map(|&(_, f)| unsafe { &*page_ptr(self.mapper.phys_mem(), f) })
                 .collect();
             if let Err(e) = swap.device.write(first, &pages) {
                 for s in first..first + n as u64 {
@@ -176,22 +167,12 @@ impl<P: PhysMem> VmSpace<P> {
         let hand = self.clock_hand.clamp(lo, hi);
         let mut out = Vec::new();
         for (a, b) in [(hand, hi), (lo, hand)] {
-            if a >= b {
-                continue;
-            }
-            for area in self.areas.overlapping(a, b) {
-                if area.kind != AreaKind::Anonymous {
-                    continue;
+            self.for_each_anonymous_leaf(a, b, |leaf| {
+                let frame = PhysFrame::containing_address(leaf.frame);
+                if frame != vm.zero_frame() && vm.share_count(frame) == 1 {
+                    out.push((leaf.page, frame));
                 }
-                let (s, e) = (area.start.max(a), area.end.min(b));
-                self.mapper
-                    .for_each_leaf_in(VirtAddr::new(s), e - s, |leaf| {
-                        let frame = PhysFrame::containing_address(leaf.frame);
-                        if frame != vm.zero_frame() && vm.share_count(frame) == 1 {
-                            out.push((leaf.page, frame));
-                        }
-                    });
-            }
+            });
         }
         out
     }
@@ -232,18 +213,8 @@ impl<P: PhysMem> VmSpace<P> {
         }
         let mut bufs: Vec<&mut [u8; PAGE_BYTES]> = run
             .iter()
-            .map(|&(_, f)| {
-                // SAFETY: frames just allocated, writable for 4096 bytes
-                // through `PhysMem`, distinct, used by nothing else yet.
-                unsafe {
-                    &mut *self
-                        .mapper
-                        .phys_mem()
-                        .table_ptr(f)
-                        .as_ptr()
-                        .cast::<[u8; PAGE_BYTES]>()
-                }
-            })
+            // SAFETY: frames just allocated, distinct, used by nothing else yet.
+            .map(|&(_, f)| unsafe { &mut *page_ptr(self.mapper.phys_mem(), f) })
             .collect();
         let swap = vm.swap.as_mut().expect("checked above");
         if let Err(e) = swap.device.read(slot, &mut bufs) {
@@ -282,6 +253,12 @@ impl<P: PhysMem> VmSpace<P> {
             flush,
         })
     }
+}
+
+/// The page in `frame`, through `phys`. Dereferencing it needs the frame
+/// to come from the frame source behind `phys` and nothing else to access it.
+fn page_ptr<P: PhysMem>(phys: &P, frame: PhysFrame) -> *mut [u8; PAGE_BYTES] {
+    phys.table_ptr(frame).as_ptr().cast()
 }
 
 /// Whether `frame` holds only zeros.

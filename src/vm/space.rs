@@ -8,7 +8,8 @@ use super::{
     Area, AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, Prot, Resolved, Vm, VmError,
 };
 use crate::paging::{
-    AddressSpace, CopyAs, CopyLeaf, Flush, FrameSource, LeafSize, Mapper, Mmu, PagingError, PhysMem,
+    AddressSpace, CopyAs, CopyLeaf, Flush, FrameSource, Leaf, LeafSize, Mapper, Mmu, PagingError,
+    PhysMem,
 };
 use alloc::vec::Vec;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
@@ -277,6 +278,20 @@ impl<P: PhysMem> VmSpace<P> {
         Ok(flush)
     }
 
+    /// Calls `f` with every mapped page of anonymous areas within `[a, b)`.
+    pub(super) fn for_each_anonymous_leaf(&self, a: u64, b: u64, mut f: impl FnMut(&Leaf)) {
+        if a >= b {
+            return;
+        }
+        for area in self.areas.overlapping(a, b) {
+            if area.kind == AreaKind::Anonymous {
+                let (s, e) = (area.start.max(a), area.end.min(b));
+                self.mapper
+                    .for_each_leaf_in(VirtAddr::new(s), e - s, &mut f);
+            }
+        }
+    }
+
     /// Unmaps the pages of `[a, b)` and releases the anonymous frames among them.
     fn release<A: FrameSource + ?Sized>(
         &mut self,
@@ -287,16 +302,13 @@ impl<P: PhysMem> VmSpace<P> {
     ) -> Result<Flush, VmError> {
         let mut owned: Vec<PhysFrame> = Vec::new();
         let mut swapped: Vec<(u64, u64)> = Vec::new();
+        self.for_each_anonymous_leaf(a, b, |leaf| {
+            owned.push(PhysFrame::containing_address(leaf.frame));
+        });
         for area in self.areas.overlapping(a, b) {
-            if area.kind != AreaKind::Anonymous {
-                continue;
+            if area.kind == AreaKind::Anonymous {
+                swapped.push((area.start.max(a), area.end.min(b)));
             }
-            let (s, e) = (area.start.max(a), area.end.min(b));
-            self.mapper
-                .for_each_leaf_in(VirtAddr::new(s), e - s, |leaf| {
-                    owned.push(PhysFrame::containing_address(leaf.frame));
-                });
-            swapped.push((s, e));
         }
         // Swapped-out pages: their entries go, with their slot references.
         for (s, e) in swapped {
@@ -380,7 +392,7 @@ impl<P: PhysMem> VmSpace<P> {
                     FaultOutcome::FixedMapped | FaultOutcome::SwappedIn => {}
                 }
             }
-            Err(e) if e.reason != FaultReason::OutOfMemory => vm.stats.protection_faults += 1,
+            Err(e) if e.reason.is_refusal() => vm.stats.protection_faults += 1,
             Err(_) => {}
         }
         result
