@@ -220,7 +220,14 @@ impl<'m> World<'m> {
     }
 
     fn spawn(&mut self, p: usize) {
-        let space = VmSpace::new_user(&self.kernel, &mut self.frames).unwrap();
+        let mut space = VmSpace::new_user(&self.kernel, &mut self.frames).unwrap();
+        if let Some(limit) = self.vm.frame_limit() {
+            // Processes with an even slot reclaim by CLOCK-Pro, the others
+            // by the built-in CLOCK scan.
+            if p % 2 == 0 {
+                space.set_policy(Box::new(kmem::vm::replace::ClockPro::new(limit as usize)));
+            }
+        }
         self.procs[p] = Some((space, Model::default()));
     }
 
@@ -924,4 +931,90 @@ fn four_times_ram_with_checksums_faults_and_out_of_swap() {
     let st = vm.stats();
     assert_eq!((st.resident_frames, st.swap_slots_used), (0, 0), "{st:?}");
     assert_eq!(frames.in_use(), 2);
+}
+
+/// The kernel path (faults, Accessed bits harvested at reclaim, one page a
+/// pass, no readahead) makes the same policy calls as the simulator's
+/// `replay_harvested`: the fault counts are equal, for CLOCK and CLOCK-Pro,
+/// on a loop, a skewed random pattern and a phase change.
+#[test]
+fn kernel_fault_counts_equal_the_simulator() {
+    use kmem::vm::replace::{sim, Clock, ClockPro, ReplacementPolicy};
+    let frames_n = 24u64;
+    let mut rng = 0x5eed_1234_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut traces: Vec<(&str, Vec<u64>)> = Vec::new();
+    traces.push(("loop", (0..1200).map(|i| i % 30).collect()));
+    traces.push((
+        "skewed",
+        (0..1500)
+            .map(|_| {
+                let r = next() % 100;
+                if r < 70 {
+                    next() % 12
+                } else {
+                    12 + next() % 60
+                }
+            })
+            .collect(),
+    ));
+    traces.push((
+        "phase",
+        (0..1500).map(|i| (i / 500) * 40 + next() % 28).collect(),
+    ));
+    let policies: [(&str, fn(usize) -> Box<dyn ReplacementPolicy + Send>); 2] = [
+        ("clock", |n| Box::new(Clock::new(n))),
+        ("clock-pro", |n| Box::new(ClockPro::new(n))),
+    ];
+    for (tname, trace) in &traces {
+        for (pname, make) in policies {
+            let mem = EmulatedMemory::new(1024);
+            let mut frames = mem.frame_allocator();
+            let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
+            vm.set_frame_limit(Some(frames_n));
+            vm.set_reclaim(Some(1), 1);
+            assert!(vm.attach_swap(Box::new(MemSwap::new(512))).is_ok());
+            let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+            let mut s = VmSpace::new_user(&kernel, &mut frames).unwrap();
+            s.set_policy(make(frames_n as usize));
+            let base = s
+                .map_anonymous(Some(0x100_0000), 128 * PAGE, Prot::RW | Prot::USER)
+                .unwrap();
+            let f0 = vm.stats();
+            for &p in trace {
+                // Writes: every page holds a frame of its own once touched.
+                let v = stamp(p, 1);
+                access(
+                    &mut s,
+                    &mut vm,
+                    &mut frames,
+                    base + p * PAGE,
+                    Kind::Write(v),
+                )
+                .unwrap();
+            }
+            let st = vm.stats();
+            let kernel_faults =
+                (st.zero_fills - f0.zero_fills) + (st.major_faults - f0.major_faults);
+            let ids: Vec<u64> = trace.iter().map(|&p| (base >> 12) + p).collect();
+            let expected = sim::replay_harvested(&mut *make(frames_n as usize), &ids).faults;
+            assert_eq!(kernel_faults, expected, "{pname} on {tname}");
+            let distinct = trace
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len() as u64;
+            assert!(
+                expected > distinct + 50,
+                "{pname} on {tname}: the trace must evict"
+            );
+            eprintln!("{pname} {tname}: {expected} faults in kernel and simulator");
+            let mmu = RecordingMmu::new(kernel.pml4());
+            s.destroy(&mut vm, &mut frames, &mmu).unwrap();
+        }
+    }
 }

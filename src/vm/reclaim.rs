@@ -9,9 +9,6 @@ use alloc::vec::Vec;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
 
-/// Pages read back after a sequential refault, the faulting one included.
-const READAHEAD: u64 = 8;
-
 impl<P: PhysMem> VmSpace<P> {
     /// A frame for an anonymous page: under the limit at once, else after
     /// reclaiming some of this space's pages (TLB work goes to `flush`).
@@ -51,33 +48,11 @@ impl<P: PhysMem> VmSpace<P> {
     ) -> Result<(usize, Flush), FaultReason> {
         let want = want.clamp(1, CLUSTER);
         let mut flush = Flush::none();
-        let candidates = self.candidates(vm);
-        // CLOCK: a first round clears Accessed bits and takes the pages
-        // found unreferenced; a second takes the ones it cleared.
-        let mut victims: Vec<(VirtAddr, PhysFrame)> = Vec::new();
-        let mut second: Vec<(VirtAddr, PhysFrame)> = Vec::new();
-        for &(va, frame) in &candidates {
-            if victims.len() == want {
-                break;
-            }
-            vm.stats.scanned += 1;
-            if self.mapper.clear_accessed(va) {
-                flush.add(va.as_u64());
-                second.push((va, frame));
-            } else {
-                victims.push((va, frame));
-            }
-        }
-        for &c in &second {
-            if victims.len() == want {
-                break;
-            }
-            vm.stats.scanned += 1;
-            victims.push(c);
-        }
-        if let Some(&(va, _)) = victims.last() {
-            self.clock_hand = va.as_u64() + 4096;
-        }
+        let victims = if self.policy.is_some() {
+            self.victims_by_policy(vm, want, &mut flush)
+        } else {
+            self.victims_by_clock(vm, want, &mut flush)
+        };
         let mut freed = 0;
         let mut to_write: Vec<(VirtAddr, PhysFrame)> = Vec::new();
         for (va, frame) in victims {
@@ -140,6 +115,10 @@ impl<P: PhysMem> VmSpace<P> {
                     swap.drop_ref(s);
                 }
                 error = Some(e);
+                // They stay resident: the policy knows them again.
+                for &(va, _) in rest {
+                    self.track(Page::containing_address(va));
+                }
                 break;
             }
             for (i, &(va, frame)) in chunk.iter().enumerate() {
@@ -159,6 +138,74 @@ impl<P: PhysMem> VmSpace<P> {
             Some(e) if freed == 0 => Err(FaultReason::SwapIo(e)),
             _ => Ok((freed, flush)),
         }
+    }
+
+    /// CLOCK: a first round from the hand clears Accessed bits and takes
+    /// the pages found unreferenced; a second takes the ones it cleared.
+    fn victims_by_clock(
+        &mut self,
+        vm: &mut Vm,
+        want: usize,
+        flush: &mut Flush,
+    ) -> Vec<(VirtAddr, PhysFrame)> {
+        let candidates = self.candidates(vm);
+        let mut victims: Vec<(VirtAddr, PhysFrame)> = Vec::new();
+        let mut second: Vec<(VirtAddr, PhysFrame)> = Vec::new();
+        for &(va, frame) in &candidates {
+            if victims.len() == want {
+                break;
+            }
+            vm.stats.scanned += 1;
+            if self.mapper.clear_accessed(va) {
+                flush.add(va.as_u64());
+                second.push((va, frame));
+            } else {
+                victims.push((va, frame));
+            }
+        }
+        for &c in &second {
+            if victims.len() == want {
+                break;
+            }
+            vm.stats.scanned += 1;
+            victims.push(c);
+        }
+        if let Some(&(va, _)) = victims.last() {
+            self.clock_hand = va.as_u64() + 4096;
+        }
+        victims
+    }
+
+    /// The policy's choice: every Accessed bit of the space's private pages
+    /// is harvested (in address order) and reported, then the policy
+    /// evicts. A page it names that cannot go (shared by a fork since) is
+    /// left resident and untracked until its next fault.
+    fn victims_by_policy(
+        &mut self,
+        vm: &mut Vm,
+        want: usize,
+        flush: &mut Flush,
+    ) -> Vec<(VirtAddr, PhysFrame)> {
+        let mut resident: Vec<(VirtAddr, PhysFrame)> = self.candidates(vm);
+        resident.sort_unstable_by_key(|&(va, _)| va);
+        let mut policy = self.policy.take().expect("checked by the caller");
+        for &(va, _) in &resident {
+            vm.stats.scanned += 1;
+            if self.mapper.clear_accessed(va) {
+                flush.add(va.as_u64());
+                policy.referenced(va.as_u64() >> 12);
+            }
+        }
+        let mut victims = Vec::new();
+        while victims.len() < want {
+            let Some(id) = policy.evict() else { break };
+            let va = VirtAddr::new(id << 12);
+            if let Ok(i) = resident.binary_search_by_key(&va, |&(v, _)| v) {
+                victims.push(resident[i]);
+            }
+        }
+        self.policy = Some(policy);
+        victims
     }
 
     /// Private resident anonymous pages, from the CLOCK hand on, wrapping.
@@ -199,7 +246,7 @@ impl<P: PhysMem> VmSpace<P> {
         let mut run = alloc::vec![(page, first)];
         let area_end = self.areas.find(va).map_or(va + 4096, |a| a.end);
         if self.last_swap_in + 4096 == va {
-            for k in 1..READAHEAD {
+            for k in 1..vm.readahead() {
                 let next = va + k * 4096;
                 let ahead = VirtAddr::new(next);
                 if next >= area_end || self.mapper.soft_entry(ahead) != Some(swap_entry(slot + k)) {
@@ -233,6 +280,7 @@ impl<P: PhysMem> VmSpace<P> {
                     // The entry's reference to the slot moves to the cache.
                     let swap = vm.swap.as_mut().expect("checked above");
                     swap.cache(f.start_address().as_u64() / 4096, slot + i as u64);
+                    self.track(p);
                     mapped += 1;
                 }
                 Err(e) => {

@@ -3,6 +3,7 @@
 //! resolution, copy-on-write fork and teardown.
 
 use super::areas::AreaSet;
+use super::replace::ReplacementPolicy;
 use super::vm::{copy_frame, fill_zero};
 use super::{
     Area, AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, Prot, Resolved, Vm, VmError,
@@ -11,6 +12,7 @@ use crate::paging::{
     AddressSpace, CopyAs, CopyLeaf, Flush, FrameSource, Leaf, LeafSize, Mapper, Mmu, PagingError,
     PhysMem,
 };
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
@@ -37,7 +39,6 @@ pub const USER_RANGE: (u64, u64) = (PAGE, 0x0000_8000_0000_0000);
 ///
 /// [`handle_fault`]: Self::handle_fault
 /// [`fork`]: Self::fork
-#[derive(Debug)]
 pub struct VmSpace<P: PhysMem> {
     pub(super) mapper: Mapper<P>,
     pub(super) areas: AreaSet,
@@ -45,6 +46,19 @@ pub struct VmSpace<P: PhysMem> {
     pub(super) clock_hand: u64,
     /// The page of the last swap-in, to spot sequential refaults.
     pub(super) last_swap_in: u64,
+    /// Chooses the pages reclaim gives up (page ids: virtual page numbers);
+    /// without one, reclaim runs its own CLOCK over the Accessed bits.
+    pub(super) policy: Option<Box<dyn ReplacementPolicy + Send>>,
+}
+
+impl<P: PhysMem> core::fmt::Debug for VmSpace<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VmSpace")
+            .field("pml4", &self.mapper.pml4())
+            .field("areas", &self.areas.len())
+            .field("policy", &self.policy.as_ref().map(|p| p.name()))
+            .finish()
+    }
 }
 
 impl<P: PhysMem + Clone> VmSpace<P> {
@@ -86,6 +100,7 @@ impl<P: PhysMem + Clone> VmSpace<P> {
             areas: self.areas.clone(),
             clock_hand: 0,
             last_swap_in: 0,
+            policy: None,
         };
         // Leaves come in address order: walk the areas alongside.
         let mut areas = self.areas.iter().peekable();
@@ -134,6 +149,7 @@ impl<P: PhysMem> VmSpace<P> {
             areas: AreaSet::new(lo, hi),
             clock_hand: lo,
             last_swap_in: 0,
+            policy: None,
         }
     }
 
@@ -278,6 +294,29 @@ impl<P: PhysMem> VmSpace<P> {
         Ok(flush)
     }
 
+    /// Has reclaim choose its victims with `policy` (its capacity should be
+    /// the frame limit); pages already resident are not known to it, so set
+    /// it on a new space.
+    pub fn set_policy(&mut self, policy: Box<dyn ReplacementPolicy + Send>) {
+        self.policy = Some(policy);
+    }
+
+    /// The policy, for its counters.
+    pub fn policy(&self) -> Option<&(dyn ReplacementPolicy + Send)> {
+        self.policy.as_deref()
+    }
+
+    /// Tells the policy that the page now holds a frame of its own.
+    pub(super) fn track(&mut self, page: Page<Size4KiB>) {
+        if let Some(policy) = self.policy.as_mut() {
+            let id = page.start_address().as_u64() >> 12;
+            if !policy.is_resident(id) {
+                while policy.resident_len() >= policy.capacity() && policy.evict().is_some() {}
+                let _ = policy.insert(id);
+            }
+        }
+    }
+
     /// Calls `f` with every mapped page of anonymous areas within `[a, b)`.
     pub(super) fn for_each_anonymous_leaf(&self, a: u64, b: u64, mut f: impl FnMut(&Leaf)) {
         if a >= b {
@@ -302,9 +341,16 @@ impl<P: PhysMem> VmSpace<P> {
     ) -> Result<Flush, VmError> {
         let mut owned: Vec<PhysFrame> = Vec::new();
         let mut swapped: Vec<(u64, u64)> = Vec::new();
+        let mut pages: Vec<u64> = Vec::new();
         self.for_each_anonymous_leaf(a, b, |leaf| {
             owned.push(PhysFrame::containing_address(leaf.frame));
+            pages.push(leaf.page.as_u64() >> 12);
         });
+        if let Some(policy) = self.policy.as_mut() {
+            for p in pages {
+                policy.remove(p);
+            }
+        }
         for area in self.areas.overlapping(a, b) {
             if area.kind == AreaKind::Anonymous {
                 swapped.push((area.start.max(a), area.end.min(b)));
@@ -470,6 +516,7 @@ impl<P: PhysMem> VmSpace<P> {
                         match self.mapper.map(page, frame, prot.map_flags(true), frames) {
                             Ok(f) => {
                                 flush.merge(f);
+                                self.track(page);
                                 done(FaultOutcome::ZeroFilled, flush)
                             }
                             Err(e) => {
@@ -506,6 +553,7 @@ impl<P: PhysMem> VmSpace<P> {
             let flags = prot.map_flags(true);
             if old != vm.zero_frame() && vm.share_count(old) == 1 {
                 let flush = self.mapper.protect(page, flags).map_err(paging)?;
+                self.track(page);
                 return done(FaultOutcome::ReusedOnWrite, flush);
             }
             let mut flush = Flush::none();
@@ -524,6 +572,7 @@ impl<P: PhysMem> VmSpace<P> {
                 }
             };
             flush.merge(f);
+            self.track(page);
             if old == vm.zero_frame() {
                 return done(FaultOutcome::ZeroFilled, flush);
             }
@@ -570,6 +619,7 @@ impl<P: PhysMem> VmSpace<P> {
                     areas: self.areas,
                     clock_hand: self.clock_hand,
                     last_swap_in: 0,
+                    policy: self.policy,
                 },
                 e.into(),
             )),

@@ -27,6 +27,11 @@ pub struct Vm {
     limit: Option<u64>,
     /// Frames anonymous memory holds now (a shared frame counts once).
     resident: u64,
+    /// Pages one reclaim pass frees (`None`: an eighth of the limit, at
+    /// most a cluster).
+    batch: Option<usize>,
+    /// Pages a sequential swap-in reads, the faulting one included.
+    readahead: u64,
 }
 
 impl Vm {
@@ -43,6 +48,8 @@ impl Vm {
             swap: None,
             limit: None,
             resident: 0,
+            batch: None,
+            readahead: 8,
         })
     }
 
@@ -105,8 +112,25 @@ impl Vm {
     /// How many pages one reclaim pass frees: the gap between the low
     /// watermark (the limit) and the high one, at most one cluster.
     pub(crate) fn reclaim_batch(&self) -> usize {
-        self.limit
-            .map_or(CLUSTER as u64, |l| (l / 8).clamp(1, CLUSTER as u64)) as usize
+        self.batch.unwrap_or_else(|| {
+            self.limit
+                .map_or(CLUSTER as u64, |l| (l / 8).clamp(1, CLUSTER as u64)) as usize
+        })
+    }
+
+    /// Sets how many pages one reclaim pass frees (1 to a cluster; `None`
+    /// for the default, an eighth of the limit) and how many pages a
+    /// sequential swap-in reads (1: no readahead). With one page a pass and
+    /// no readahead, a space's policy sees exactly the calls of
+    /// `replace::sim::replay_harvested`.
+    pub fn set_reclaim(&mut self, batch: Option<usize>, readahead: u64) {
+        self.batch = batch.map(|b| b.clamp(1, CLUSTER));
+        self.readahead = readahead.clamp(1, CLUSTER as u64);
+    }
+
+    /// Pages a sequential swap-in reads.
+    pub(crate) fn readahead(&self) -> u64 {
+        self.readahead
     }
 
     /// A frame for anonymous memory, counted; `None` at the limit or when

@@ -48,6 +48,41 @@ pub fn replay<P: ReplacementPolicy + ?Sized>(policy: &mut P, trace: &[PageId]) -
     out
 }
 
+/// Replays `trace` the way a kernel that harvests Accessed bits only when
+/// it needs a frame drives the policy: a reference sets the page's bit; a
+/// miss with every frame in use first reports every set bit (in ascending
+/// page order, as a page-table walk finds them) and clears it, then evicts
+/// one page; the faulting access sets the new page's bit. A kernel that
+/// reclaims one page per fault at the limit and reads nothing ahead makes
+/// exactly these calls, so its fault count equals this one.
+pub fn replay_harvested<P: ReplacementPolicy + ?Sized>(
+    policy: &mut P,
+    trace: &[PageId],
+) -> Outcome {
+    let mut out = Outcome::default();
+    let mut accessed = alloc::collections::BTreeSet::new();
+    for &page in trace {
+        out.references += 1;
+        if policy.is_resident(page) {
+            accessed.insert(page);
+            continue;
+        }
+        out.faults += 1;
+        while policy.resident_len() >= policy.capacity() {
+            for q in core::mem::take(&mut accessed) {
+                policy.referenced(q);
+            }
+            let victim = policy.evict().expect("a full policy has a victim");
+            accessed.remove(&victim);
+        }
+        if policy.insert(page).expect("a frame is free") == FaultIn::Refault {
+            out.refaults += 1;
+        }
+        accessed.insert(page);
+    }
+    out
+}
+
 /// Renumbers the pages of `trace` densely (first seen = 0), returning the
 /// dense trace and the number of distinct pages.
 pub fn dense(trace: &[PageId]) -> (Vec<u32>, usize) {
