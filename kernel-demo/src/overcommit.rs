@@ -226,3 +226,55 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, pages: u64) -> Report
         frames_lost,
     }
 }
+
+/// Replays `trace` (page numbers) as kernel writes over `limit` frames,
+/// one page reclaimed per fault and no readahead, with `policy` choosing
+/// the victims; returns the faults that brought a page in (first touches
+/// and swap-ins), to compare with `kmem::vm::replace::sim::replay_harvested`.
+pub fn replay(
+    trace: &[u64],
+    limit: u64,
+    policy: Box<dyn kmem::vm::replace::ReplacementPolicy + Send>,
+    device: Box<dyn SwapDevice + Send>,
+) -> u64 {
+    let pages = trace.iter().max().map_or(1, |&m| m + 1);
+    with_vm(|vm| {
+        vm.set_frame_limit(Some(limit));
+        vm.set_reclaim(Some(1), 1);
+        assert!(
+            vm.attach_swap(device).is_ok(),
+            "no other swap device in use"
+        );
+    });
+    let tables = with_memory(|m| AddressSpace::new(m.mapper, &mut m.frames)).expect("a PML4");
+    let mut space = VmSpace::with_mapper(tables.into_mapper(), USER_RANGE.0, USER_RANGE.1);
+    space.set_policy(policy);
+    space
+        .map_anonymous(Some(BASE), pages * 4096, Prot::RW)
+        .expect("the trace's area");
+    let pml4 = space.pml4();
+    *ACTIVE.lock() = Some(space);
+    let before = with_vm(|vm| vm.stats());
+    let kernel = X86Mmu.cr3();
+    // SAFETY: the space shares the kernel half; switched back below.
+    unsafe { X86Mmu.set_cr3(pml4) };
+    interrupts::set_fault_hook(Some(hook));
+    for (i, &p) in trace.iter().enumerate() {
+        // SAFETY: the trace's space is active; faults map the page.
+        unsafe { ((BASE + p * 4096) as *mut u64).write_volatile(i as u64) };
+    }
+    interrupts::set_fault_hook(None);
+    // SAFETY: back to the kernel's own tables.
+    unsafe { X86Mmu.set_cr3(kernel) };
+    let space = ACTIVE.lock().take().expect("the trace's space");
+    let after = with_vm(|vm| vm.stats());
+    with_vm(|vm| space.destroy(vm, &mut &FRAMES, &X86Mmu))
+        .map_err(|e| e.1)
+        .expect("teardown");
+    with_vm(|vm| {
+        vm.set_frame_limit(None);
+        vm.set_reclaim(None, 8);
+        drop(vm.detach_swap().expect("no slot in use"));
+    });
+    (after.zero_fills - before.zero_fills) + (after.major_faults - before.major_faults)
+}

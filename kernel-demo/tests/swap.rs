@@ -73,4 +73,37 @@ kernel_demo::test_kernel! {
         // The device's own frames (queue, bounce buffer) went with it.
         assert_eq!(overcommit::accounted_frames(), before);
     }
+
+    /// A trace replayed by the kernel on real paging (the CPU sets the
+    /// Accessed bits the policy harvests) faults exactly as often as the
+    /// host simulator says, for CLOCK and CLOCK-Pro.
+    fn replayed_trace_matches_the_simulator() {
+        use kmem::vm::replace::{sim, Clock, ClockPro, ReplacementPolicy};
+        let mut rng = 0x5eed_1234_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let trace: alloc::vec::Vec<u64> = (0..3000)
+            .map(|i| match i / 1000 {
+                0 => i % 40,                                               // a loop over 40 pages
+                1 => if next() % 10 < 7 { next() % 16 } else { 16 + next() % 64 }, // skewed
+                _ => 100 + next() % 40,                                    // a new working set
+            })
+            .collect();
+        let limit = 32;
+        let policies: [(&str, fn() -> Box<dyn ReplacementPolicy + Send>); 2] = [
+            ("clock", || Box::new(Clock::new(32))),
+            ("clock-pro", || Box::new(ClockPro::new(32))),
+        ];
+        for (name, make) in policies {
+            let ids: alloc::vec::Vec<u64> = trace.iter().map(|&p| (0x2000_0000 >> 12) + p).collect();
+            let expected = sim::replay_harvested(&mut *make(), &ids).faults;
+            let kernel = overcommit::replay(&trace, limit, make(), Box::new(MemSwap::new(512)));
+            println!("\n    {name}: kernel {kernel} faults, simulator {expected}");
+            assert_eq!(kernel, expected, "{name}");
+        }
+    }
 }
