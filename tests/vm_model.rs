@@ -224,7 +224,7 @@ impl<'m> World<'m> {
         if let Some(limit) = self.vm.frame_limit() {
             // Processes with an even slot reclaim by CLOCK-Pro, the others
             // by the built-in CLOCK scan.
-            if p % 2 == 0 {
+            if p.is_multiple_of(2) {
                 space.set_policy(Box::new(kmem::vm::replace::ClockPro::new(limit as usize)));
             }
         }
@@ -967,7 +967,8 @@ fn kernel_fault_counts_equal_the_simulator() {
         "phase",
         (0..1500).map(|i| (i / 500) * 40 + next() % 28).collect(),
     ));
-    let policies: [(&str, fn(usize) -> Box<dyn ReplacementPolicy + Send>); 2] = [
+    type MakePolicy = fn(usize) -> Box<dyn ReplacementPolicy + Send>;
+    let policies: [(&str, MakePolicy); 2] = [
         ("clock", |n| Box::new(Clock::new(n))),
         ("clock-pro", |n| Box::new(ClockPro::new(n))),
     ];

@@ -94,7 +94,8 @@ kernel_demo::test_kernel! {
             })
             .collect();
         let limit = 32;
-        let policies: [(&str, fn() -> Box<dyn ReplacementPolicy + Send>); 2] = [
+        type MakePolicy = fn() -> Box<dyn ReplacementPolicy + Send>;
+        let policies: [(&str, MakePolicy); 2] = [
             ("clock", || Box::new(Clock::new(32))),
             ("clock-pro", || Box::new(ClockPro::new(32))),
         ];

@@ -41,7 +41,8 @@ pub const USER_RANGE: (u64, u64) = (PAGE, 0x0000_8000_0000_0000);
 /// [`fork`]: Self::fork
 pub struct VmSpace<P: PhysMem> {
     pub(super) mapper: Mapper<P>,
-    pub(super) areas: AreaSet,
+    /// Boxed: keeps a space small enough to hand back by value in errors.
+    pub(super) areas: Box<AreaSet>,
     /// Where the reclaim scan goes on (CLOCK hand).
     pub(super) clock_hand: u64,
     /// The page of the last swap-in, to spot sequential refaults.
@@ -146,7 +147,7 @@ impl<P: PhysMem> VmSpace<P> {
     pub fn with_mapper(mapper: Mapper<P>, lo: u64, hi: u64) -> Self {
         Self {
             mapper,
-            areas: AreaSet::new(lo, hi),
+            areas: Box::new(AreaSet::new(lo, hi)),
             clock_hand: lo,
             last_swap_in: 0,
             policy: None,
