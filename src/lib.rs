@@ -75,11 +75,11 @@ extern crate alloc;
 #[cfg(feature = "testing")]
 extern crate std;
 
+/// The `spin` crate of kmem's locked types.
+pub use spin;
 /// The `x86_64` crate kmem's API is written in (addresses, frames, pages,
 /// page-table flags): use this one to avoid two versions in a kernel.
 pub use x86_64;
-/// The `spin` crate of kmem's locked types.
-pub use spin;
 
 pub mod frame;
 pub mod heap;

@@ -44,9 +44,9 @@ pub const MIN_BLOCK: usize = if GRANULE > 32 { GRANULE } else { 32 };
 /// Smallest tail split off an allocation; a shorter one stays in the block
 /// as slack. Requests below 1 KiB go to the slabs, so a free block this
 /// small could only wait for a neighbour to merge with, and made every
-/// split pay a link now and an unlink later: keeping it as slack raised
-/// throughput at max 10000 from 0.95× to 1.3× talc, for under 0.1 point
-/// of heap efficiency (BENCHMARKS.md, heap, session 4).
+/// split pay a link now and an unlink later: keeping it as slack is
+/// faster at mid sizes for under 0.1 point of heap efficiency (figures in
+/// BENCHMARKS.md, heap).
 const SPLIT_MIN: usize = 1024;
 /// Blocks of the request's own bin tried before good fit moves up a bin.
 /// Its blocks may be too small; the few first ones are worth a look: 4

@@ -48,8 +48,9 @@ pub unsafe trait PageSource {
 
 /// The one mapping operation the kernel page source needs from a mapper.
 ///
-/// The lead implements this for kmem's `paging` mapper (writable,
-/// non-executable, supervisor, TLB flushed); tests implement it over a fake.
+/// A kernel implements it over its mapper (writable, non-executable,
+/// supervisor, TLB flushed: `kernel-demo/src/heap.rs` does it for kmem's
+/// `paging::Mapper`); tests implement it over a fake.
 pub trait PageMapper {
     /// The mapper's error type.
     type Error;
