@@ -561,3 +561,73 @@ fn forged_misaligned_huge_page_is_refused() {
     );
     assert_eq!(a.in_use(), 1);
 }
+
+/// `x86_64::Translate` on kmem's mapper answers as `OffsetPageTable` does
+/// over the same tables, for 4 KiB, 2 MiB and 1 GiB leaves and holes.
+#[test]
+fn translate_trait_matches_offset_page_table() {
+    use x86_64::structures::paging::mapper::Translate;
+    use x86_64::structures::paging::{OffsetPageTable, PageTable};
+    let mem = EmulatedMemory::new(64);
+    let mut frames = mem.frame_allocator();
+    let mut m = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    let rw = MapFlags::READ_WRITE;
+    for (va, pa, len) in [
+        (0x40_0000u64, 0x9000u64, 0x3000u64),
+        (0x4000_0000, 0x4000_0000, 0x20_0000),
+        (0x80_0000_0000, 0x8000_0000, 0x4000_0000),
+    ] {
+        m.map_range(VirtAddr::new(va), PhysAddr::new(pa), len, rw, &mut frames)
+            .unwrap()
+            .ignore();
+    }
+    let pml4 = m.pml4().start_address().as_u64();
+    // SAFETY: the emulated memory maps physical address p at host address p
+    // (offset 0); the PML4 is ours and nothing else writes it meanwhile.
+    let table = unsafe { &mut *(pml4 as *mut PageTable) };
+    // SAFETY: as above.
+    let peer = unsafe { OffsetPageTable::new(table, VirtAddr::zero()) };
+    use x86_64::structures::paging::mapper::{MappedFrame, TranslateResult};
+    let size = |addr: u64| match Translate::translate(&m, VirtAddr::new(addr)) {
+        TranslateResult::Mapped {
+            frame: MappedFrame::Size4KiB(_),
+            ..
+        } => 1,
+        TranslateResult::Mapped {
+            frame: MappedFrame::Size2MiB(_),
+            ..
+        } => 2,
+        TranslateResult::Mapped {
+            frame: MappedFrame::Size1GiB(_),
+            ..
+        } => 3,
+        _ => 0,
+    };
+    assert_eq!(
+        [
+            size(0x40_1000),
+            size(0x4000_0000),
+            size(0x80_0000_0000),
+            size(0x7000_0000)
+        ],
+        [1, 2, 3, 0]
+    );
+    for addr in [
+        0x40_0000u64,
+        0x40_1234,
+        0x40_3000,
+        0x4000_0000,
+        0x401f_fff8,
+        0x80_0000_0000,
+        0x80_3fff_f000,
+        0x7000_0000,
+    ] {
+        let a = VirtAddr::new(addr);
+        // TranslateResult has no PartialEq: compare its Debug form.
+        assert_eq!(
+            format!("{:?}", Translate::translate(&m, a)),
+            format!("{:?}", peer.translate(a)),
+            "{addr:#x}"
+        );
+    }
+}

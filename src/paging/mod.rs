@@ -48,6 +48,7 @@ mod entry;
 mod error;
 mod flags;
 mod flush;
+mod interop;
 #[cfg(any(test, feature = "testing"))]
 mod invariants;
 mod leaves;
