@@ -81,6 +81,9 @@ pub use spin;
 /// page-table flags): use this one to avoid two versions in a kernel.
 pub use x86_64;
 
+/// Size of a 4 KiB page and of a physical frame: the unit of every layer.
+pub const PAGE_SIZE: u64 = 4096;
+
 pub mod frame;
 pub mod heap;
 pub mod memory_map;

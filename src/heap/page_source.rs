@@ -8,8 +8,8 @@
 use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, Page, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
 
-/// Size of the pages a [`PageSource`] maps.
-pub const PAGE_SIZE: usize = 4096;
+/// Size of the pages a [`PageSource`] maps: [`crate::PAGE_SIZE`] as the heap's `usize`.
+pub const PAGE_SIZE: usize = crate::PAGE_SIZE as usize;
 
 /// Why a page source could not back a range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Region kinds and physical regions.
 
 /// Size of a physical frame, the unit the sanitizer trims usable memory to.
-pub const FRAME_SIZE: u64 = 4096;
+pub use crate::PAGE_SIZE as FRAME_SIZE;
 
 /// First physical address past what x86_64 can address (52 bits).
 pub const PHYS_LIMIT: u64 = 1 << 52;

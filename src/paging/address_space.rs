@@ -6,6 +6,7 @@ use super::entry::{is_leaf, span, ADDR_MASK, ENTRIES, PRESENT, TABLE_FLAGS};
 use super::mapper::frame_of;
 use super::reserve::Reserve;
 use super::{FrameSource, Mapper, Mmu, PagingError, PhysMem};
+use crate::PAGE_SIZE;
 
 /// The first PML4 index of the kernel half (0xffff_8000_0000_0000 and up).
 pub const KERNEL_HALF: usize = 256;
@@ -181,10 +182,10 @@ impl<P: PhysMem> AddressSpace<P> {
                 self.free_tree(e & ADDR_MASK, level - 1, alloc, free_mapped, stats);
             } else if free_mapped {
                 let base = e & ADDR_MASK & !(span(level) - 1);
-                for k in 0..span(level) / 4096 {
-                    free(alloc, base + k * 4096);
+                for k in 0..span(level) / PAGE_SIZE {
+                    free(alloc, base + k * PAGE_SIZE);
                 }
-                stats.mapped_frames += (span(level) / 4096) as usize;
+                stats.mapped_frames += (span(level) / PAGE_SIZE) as usize;
             }
         }
         free(alloc, table);

@@ -14,8 +14,8 @@ use super::entry::{
 use super::mapper::frame_of;
 use super::reserve::Reserve;
 use super::{Flush, FrameSource, LeafSize, MapFlags, Mapper, PagingError, PhysMem};
+use crate::PAGE_SIZE;
 
-const PAGE: u64 = 4096;
 const PHYS_LIMIT: u64 = 1 << 52;
 
 /// What a map commit writes.
@@ -148,11 +148,11 @@ impl<P: PhysMem> Mapper<P> {
     fn plan_leaves(&self, table: Option<u64>, s: u64, e: u64) -> Result<usize, PagingError> {
         let Some(t) = table else { return Ok(0) };
         let i0 = index(s, 1);
-        for i in i0..i0 + ((e - s) / PAGE) as usize {
+        for i in i0..i0 + ((e - s) / PAGE_SIZE) as usize {
             let entry = self.read(t, i);
             if entry & PRESENT != 0 {
-                let a = (s & !(span(2) - 1)) + i as u64 * PAGE;
-                return Err(conflict(a, PAGE, entry, 1, true));
+                let a = (s & !(span(2) - 1)) + i as u64 * PAGE_SIZE;
+                return Err(conflict(a, PAGE_SIZE, entry, 1, true));
             }
         }
         Ok(0)
@@ -198,11 +198,11 @@ impl<P: PhysMem> Mapper<P> {
         let p = self.ptr(table);
         let i0 = index(s, 1);
         let mut v = first;
-        for i in i0..i0 + ((e - s) / PAGE) as usize {
+        for i in i0..i0 + ((e - s) / PAGE_SIZE) as usize {
             // SAFETY: `table` is a page table of this hierarchy; `i < 512` since [s, e) lies
             // within the 2 MiB this table covers.
             unsafe { p.add(i).write(v) };
-            v += PAGE;
+            v += PAGE_SIZE;
         }
     }
 
@@ -355,7 +355,7 @@ impl<P: PhysMem> Mapper<P> {
     /// table is now empty (unmap only).
     fn edit_leaves(&mut self, table: u64, s: u64, e: u64, edit: Edit, flush: &mut Flush) -> bool {
         let p = self.ptr(table);
-        let (i0, n) = (index(s, 1), ((e - s) / PAGE) as usize);
+        let (i0, n) = (index(s, 1), ((e - s) / PAGE_SIZE) as usize);
         // Non-present entries in use (swap slots) stay, and keep the table.
         let mut kept = false;
         for k in 0..n {
@@ -374,7 +374,7 @@ impl<P: PhysMem> Mapper<P> {
             };
             // SAFETY: as above.
             unsafe { slot.write(new) };
-            flush.add(canonical(s + k as u64 * PAGE));
+            flush.add(canonical(s + k as u64 * PAGE_SIZE));
         }
         match edit {
             Edit::Protect { .. } => false,
@@ -455,19 +455,19 @@ pub(crate) fn check_range(va: u64, len: u64) -> Result<(u64, u64), PagingError> 
     if canonical(va) != va {
         return Err(PagingError::NonCanonical { addr: va });
     }
-    if !va.is_multiple_of(PAGE) {
+    if !va.is_multiple_of(PAGE_SIZE) {
         return Err(PagingError::Misaligned {
             value: va,
-            align: PAGE,
+            align: PAGE_SIZE,
         });
     }
     if len == 0 {
         return Err(PagingError::InvalidLength { len });
     }
-    if !len.is_multiple_of(PAGE) {
+    if !len.is_multiple_of(PAGE_SIZE) {
         return Err(PagingError::Misaligned {
             value: len,
-            align: PAGE,
+            align: PAGE_SIZE,
         });
     }
     let s = va & LINEAR_MASK;
@@ -484,10 +484,10 @@ fn check_phys(pa: u64, len: u64) -> Result<(), PagingError> {
     if pa >= PHYS_LIMIT {
         return Err(PagingError::InvalidPhysAddr { addr: pa });
     }
-    if !pa.is_multiple_of(PAGE) {
+    if !pa.is_multiple_of(PAGE_SIZE) {
         return Err(PagingError::Misaligned {
             value: pa,
-            align: PAGE,
+            align: PAGE_SIZE,
         });
     }
     if len > PHYS_LIMIT - pa {

@@ -10,6 +10,7 @@ const DIRTY: u64 = 1 << 6;
 /// The Dirty bit of a leaf entry.
 pub(crate) const DIRTY_BIT: u64 = DIRTY;
 use super::{Flush, Mapper, PagingError, PhysMem};
+use crate::PAGE_SIZE;
 use x86_64::VirtAddr;
 
 impl<P: PhysMem> Mapper<P> {
@@ -138,19 +139,19 @@ impl<P: PhysMem> Mapper<P> {
                     continue;
                 }
             };
-            let n = (((hi - va) / 4096) as usize).min(ENTRIES - i0);
+            let n = (((hi - va) / PAGE_SIZE) as usize).min(ENTRIES - i0);
             for k in 0..n {
                 let e = self.read(t, i0 + k);
                 if e != 0 && e & PRESENT == 0 {
                     f(
                         t,
                         i0 + k,
-                        VirtAddr::new_truncate(canonical(va + k as u64 * 4096)),
+                        VirtAddr::new_truncate(canonical(va + k as u64 * PAGE_SIZE)),
                         e,
                     );
                 }
             }
-            va += n as u64 * 4096;
+            va += n as u64 * PAGE_SIZE;
         }
     }
 }

@@ -16,7 +16,7 @@ use x86_64::{PhysAddr, VirtAddr};
 
 use crate::paging::PhysMem;
 
-const FRAME: usize = 4096;
+const FRAME: usize = crate::PAGE_SIZE as usize;
 
 /// A zeroed, 4 KiB-aligned host buffer standing in for physical memory.
 ///
