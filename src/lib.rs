@@ -83,6 +83,8 @@ pub use x86_64;
 
 /// Size of a 4 KiB page and of a physical frame: the unit of every layer.
 pub const PAGE_SIZE: u64 = 4096;
+/// First physical address past what x86_64 can address (52 bits).
+pub const PHYS_LIMIT: u64 = 1 << 52;
 
 pub mod frame;
 pub mod heap;

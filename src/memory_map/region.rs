@@ -4,7 +4,7 @@
 pub use crate::PAGE_SIZE as FRAME_SIZE;
 
 /// First physical address past what x86_64 can address (52 bits).
-pub const PHYS_LIMIT: u64 = 1 << 52;
+pub use crate::PHYS_LIMIT;
 
 /// What a physical region holds.
 ///

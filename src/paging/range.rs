@@ -14,9 +14,7 @@ use super::entry::{
 use super::mapper::frame_of;
 use super::reserve::Reserve;
 use super::{Flush, FrameSource, LeafSize, MapFlags, Mapper, PagingError, PhysMem};
-use crate::PAGE_SIZE;
-
-const PHYS_LIMIT: u64 = 1 << 52;
+use crate::{PAGE_SIZE, PHYS_LIMIT};
 
 /// What a map commit writes.
 struct MapJob {
