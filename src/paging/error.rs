@@ -79,10 +79,97 @@ pub enum PagingError {
     },
 }
 
+/// A leaf size as people write it.
+fn size_name(size: LeafSize) -> &'static str {
+    match size {
+        LeafSize::Size4KiB => "4 KiB",
+        LeafSize::Size2MiB => "2 MiB",
+        LeafSize::Size1GiB => "1 GiB",
+    }
+}
+
 impl core::fmt::Display for PagingError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        core::fmt::Debug::fmt(self, f)
+        match *self {
+            Self::NonCanonical { addr } => write!(
+                f,
+                "address {addr:#x} is not canonical or the range crosses the non-canonical hole"
+            ),
+            Self::Misaligned { value, align } => {
+                write!(f, "{value:#x} is not a multiple of {align:#x}")
+            }
+            Self::InvalidLength { len } => write!(
+                f,
+                "length {len:#x} is zero or runs past the 52-bit physical address space"
+            ),
+            Self::InvalidPhysAddr { addr } => write!(
+                f,
+                "physical address {addr:#x} is outside the 52-bit physical address space"
+            ),
+            Self::AlreadyMapped { addr, frame, size } => write!(
+                f,
+                "{:#x} is already mapped by a {} page to frame {:#x}",
+                addr.as_u64(),
+                size_name(size),
+                frame.as_u64()
+            ),
+            Self::HugePageInTheWay { addr, frame, size } => write!(
+                f,
+                "a {} page at {:#x} (frame {:#x}) is in the way of a smaller mapping",
+                size_name(size),
+                addr.as_u64(),
+                frame.as_u64()
+            ),
+            Self::TableInTheWay { addr, size } => write!(
+                f,
+                "a page table with mappings sits where a {} page at {:#x} was asked for",
+                size_name(size),
+                addr.as_u64()
+            ),
+            Self::NotMapped { addr } => write!(
+                f,
+                "nothing is mapped at {:#x} with the requested page size",
+                addr.as_u64()
+            ),
+            Self::OutOfFrames { needed, obtained } => write!(
+                f,
+                "out of frames for page tables: needed {needed}, obtained {obtained} (all returned)"
+            ),
+            Self::WriteExecute { addr } => write!(
+                f,
+                "mapping at {:#x} would be writable and executable without the opt-in",
+                addr.as_u64()
+            ),
+            Self::AddressSpaceActive { pml4 } => write!(
+                f,
+                "the address space with PML4 {:#x} is active (in CR3) and cannot be destroyed",
+                pml4.as_u64()
+            ),
+        }
     }
 }
 
 impl core::error::Error for PagingError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_a_sentence_with_hex_addresses() {
+        let e = PagingError::AlreadyMapped {
+            addr: VirtAddr::new(0xffff_8000_0020_0000),
+            frame: PhysAddr::new(0x4000),
+            size: LeafSize::Size2MiB,
+        };
+        assert_eq!(
+            e.to_string(),
+            "0xffff800000200000 is already mapped by a 2 MiB page to frame 0x4000"
+        );
+        let e = PagingError::Misaligned {
+            value: 0x1234,
+            align: 0x1000,
+        };
+        assert_eq!(e.to_string(), "0x1234 is not a multiple of 0x1000");
+    }
+}
