@@ -6,7 +6,7 @@ use std::vec::Vec;
 use x86_64::structures::paging::PhysFrame;
 use x86_64::VirtAddr;
 
-use super::entry::{canonical, is_leaf, span, ADDR_MASK, ENTRIES, HALF, PRESENT};
+use super::entry::{is_leaf, span, ADDR_MASK, ENTRIES, HALF, PRESENT};
 use super::mapper::frame_of;
 use super::{LeafSize, Mapper, PhysMem};
 
@@ -106,5 +106,5 @@ impl<P: PhysMem> Mapper<P> {
 }
 
 fn va(lin: u64) -> VirtAddr {
-    VirtAddr::new_truncate(canonical(lin))
+    VirtAddr::new_truncate(lin)
 }

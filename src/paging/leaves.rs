@@ -2,9 +2,7 @@
 
 use x86_64::{PhysAddr, VirtAddr};
 
-use super::entry::{
-    canonical, is_leaf, span, ADDR_MASK, ENTRIES, LINEAR_MASK, NX, PRESENT, USER, WRITABLE,
-};
+use super::entry::{is_leaf, span, ADDR_MASK, ENTRIES, LINEAR_MASK, NX, PRESENT, USER, WRITABLE};
 use super::{Access, LeafSize, Mapper, PhysMem};
 
 /// One mapped page, as the MMU sees it.
@@ -116,7 +114,7 @@ impl<P: PhysMem> Mapper<P> {
                 let size = LeafSize::from_level(level);
                 census.leaves[usize::from(level - 1)] += 1;
                 f(&Leaf {
-                    page: VirtAddr::new_truncate(canonical(lin)),
+                    page: VirtAddr::new_truncate(lin),
                     frame: PhysAddr::new_truncate(e & ADDR_MASK & !(size.bytes() - 1)),
                     size,
                     access: Access {

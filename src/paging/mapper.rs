@@ -275,7 +275,7 @@ impl<P: PhysMem> Mapper<P> {
             }
             if leaf {
                 return Err(PagingError::HugePageInTheWay {
-                    addr: VirtAddr::new_truncate(canonical(lin & !(span(l) - 1))),
+                    addr: VirtAddr::new_truncate(lin & !(span(l) - 1)),
                     frame: PhysAddr::new(e & ADDR_MASK),
                     size: LeafSize::from_level(l),
                 });

@@ -445,7 +445,7 @@ fn conflict(a: u64, sp: u64, entry: u64, level: u8, same_size: bool) -> PagingEr
 }
 
 fn addr_of(lin: u64) -> VirtAddr {
-    VirtAddr::new_truncate(canonical(lin))
+    VirtAddr::new_truncate(lin)
 }
 
 /// Validates a virtual range; returns it as 48-bit linear `[s, e)` within one half.

@@ -3,7 +3,7 @@
 //! clear, and the mapper keeps such an entry (and its table) until the
 //! kernel takes it back. An entry value must be non-zero with bit 0 clear.
 
-use super::entry::{canonical, index, ADDR_MASK, ENTRIES, LINEAR_MASK, PRESENT};
+use super::entry::{index, ADDR_MASK, ENTRIES, LINEAR_MASK, PRESENT};
 
 const ACCESSED: u64 = 1 << 5;
 const DIRTY: u64 = 1 << 6;
@@ -131,7 +131,7 @@ impl<P: PhysMem> Mapper<P> {
         let hi = lo.saturating_add(len).min(LINEAR_MASK + 1);
         let mut va = lo;
         while va < hi {
-            let (t, i0) = match self.pte_slot_or_span(VirtAddr::new_truncate(canonical(va))) {
+            let (t, i0) = match self.pte_slot_or_span(VirtAddr::new_truncate(va)) {
                 Ok(slot) => slot,
                 Err(span) => {
                     // Nothing below this entry: skip all it covers.
@@ -146,7 +146,7 @@ impl<P: PhysMem> Mapper<P> {
                     f(
                         t,
                         i0 + k,
-                        VirtAddr::new_truncate(canonical(va + k as u64 * PAGE_SIZE)),
+                        VirtAddr::new_truncate(va + k as u64 * PAGE_SIZE),
                         e,
                     );
                 }

@@ -81,7 +81,7 @@ fn leaf_translation(va: u64, e: u64, level: u8, and: u64, nx: u64) -> Translatio
     let size = span(level);
     let frame = (e & ADDR_MASK) & !(size - 1);
     Translation {
-        page: VirtAddr::new_truncate(canonical(va & !(size - 1))),
+        page: VirtAddr::new_truncate(va & !(size - 1)),
         frame: PhysAddr::new_truncate(frame),
         phys: PhysAddr::new_truncate(frame + (va & (size - 1))),
         size: LeafSize::from_level(level),
