@@ -3,6 +3,8 @@
 //! Addresses inside the engine are 48-bit "linear" values (sign bits stripped) so a range
 //! ending at the top of the upper half never overflows.
 
+use x86_64::VirtAddr;
+
 pub(crate) const PRESENT: u64 = 1;
 pub(crate) const WRITABLE: u64 = 1 << 1;
 pub(crate) const USER: u64 = 1 << 2;
@@ -37,6 +39,12 @@ pub(crate) const fn is_leaf(entry: u64, level: u8) -> bool {
 #[inline(always)]
 pub(crate) const fn canonical(va: u64) -> u64 {
     (((va << 16) as i64) >> 16) as u64
+}
+
+/// The canonical virtual address of a 48-bit linear address.
+#[inline(always)]
+pub(crate) const fn virt_addr(lin: u64) -> VirtAddr {
+    VirtAddr::new_truncate(lin)
 }
 
 /// Leaf bits for a page at `level` from leaf flags (which never contain HUGE).

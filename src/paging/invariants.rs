@@ -6,7 +6,7 @@ use std::vec::Vec;
 use x86_64::structures::paging::PhysFrame;
 use x86_64::VirtAddr;
 
-use super::entry::{is_leaf, span, ADDR_MASK, ENTRIES, HALF, PRESENT};
+use super::entry::{is_leaf, span, virt_addr, ADDR_MASK, ENTRIES, HALF, PRESENT};
 use super::mapper::frame_of;
 use super::{LeafSize, Mapper, PhysMem};
 
@@ -77,7 +77,7 @@ impl<P: PhysMem> Mapper<P> {
             }
             if is_leaf(e, level) {
                 if !(e & ADDR_MASK).is_multiple_of(span(level)) {
-                    let (addr, size) = (va(a), LeafSize::from_level(level));
+                    let (addr, size) = (virt_addr(a), LeafSize::from_level(level));
                     return Err(InvariantViolation::MisalignedLeaf { addr, size });
                 }
                 report.leaves[level as usize - 1] += 1;
@@ -85,7 +85,7 @@ impl<P: PhysMem> Mapper<P> {
             }
             let child = e & ADDR_MASK;
             if let Some(&first) = seen.get(&child) {
-                let (frame, first, second) = (frame_of(child), va(first), va(a));
+                let (frame, first, second) = (frame_of(child), virt_addr(first), virt_addr(a));
                 return Err(InvariantViolation::SharedTable {
                     frame,
                     first,
@@ -96,15 +96,11 @@ impl<P: PhysMem> Mapper<P> {
             report.tables.push(frame_of(child));
             let shared = level == 4 && a >= HALF;
             if !shared && self.is_empty_table(child) {
-                let (frame, level, addr) = (frame_of(child), level - 1, va(a));
+                let (frame, level, addr) = (frame_of(child), level - 1, virt_addr(a));
                 return Err(InvariantViolation::EmptyTable { frame, level, addr });
             }
             self.check_table(child, level - 1, a, seen, report)?;
         }
         Ok(())
     }
-}
-
-fn va(lin: u64) -> VirtAddr {
-    VirtAddr::new_truncate(lin)
 }

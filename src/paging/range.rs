@@ -8,8 +8,8 @@ use x86_64::structures::paging::{FrameDeallocator, Size4KiB};
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::entry::{
-    canonical, index, is_leaf, leaf_bits, span, ADDR_MASK, ENTRIES, HALF, HUGE, LINEAR_MASK,
-    PRESENT, TABLE_FLAGS, USER,
+    canonical, index, is_leaf, leaf_bits, span, virt_addr, ADDR_MASK, ENTRIES, HALF, HUGE,
+    LINEAR_MASK, PRESENT, TABLE_FLAGS, USER,
 };
 use super::mapper::frame_of;
 use super::reserve::Reserve;
@@ -132,7 +132,7 @@ impl<P: PhysMem> Mapper<P> {
                 return Err(conflict(a, span(level), entry, level, whole));
             } else if whole && job.exact {
                 return Err(PagingError::TableInTheWay {
-                    addr: addr_of(a),
+                    addr: virt_addr(a),
                     size: LeafSize::from_level(level),
                 });
             } else {
@@ -431,21 +431,17 @@ fn conflict(a: u64, sp: u64, entry: u64, level: u8, same_size: bool) -> PagingEr
     let size = LeafSize::from_level(level);
     if same_size || level == 1 {
         PagingError::AlreadyMapped {
-            addr: addr_of(start),
+            addr: virt_addr(start),
             frame,
             size,
         }
     } else {
         PagingError::HugePageInTheWay {
-            addr: addr_of(start),
+            addr: virt_addr(start),
             frame,
             size,
         }
     }
-}
-
-fn addr_of(lin: u64) -> VirtAddr {
-    VirtAddr::new_truncate(lin)
 }
 
 /// Validates a virtual range; returns it as 48-bit linear `[s, e)` within one half.
