@@ -121,14 +121,7 @@ impl RangeTable {
             (Some(p), None) => self.put(s, i - 1, Entry { end: b, ..p }),
             (None, Some(n)) => self.put(s, i, Entry { start: a, ..n }),
             (None, None) => {
-                if self.len == self.capacity {
-                    return Err(self.capacity);
-                }
-                s.copy_within(
-                    self.offset + 2 * i..self.offset + 2 * self.len,
-                    self.offset + 2 * i + 2,
-                );
-                self.len += 1;
+                self.open(s, i)?;
                 self.put(
                     s,
                     i,
@@ -161,18 +154,25 @@ impl RangeTable {
             (true, false) => self.put(s, i, Entry { start: b, ..e }),
             (false, true) => self.put(s, i, Entry { end: a, ..e }),
             (false, false) => {
-                if self.len == self.capacity {
-                    return Err(self.capacity);
-                }
-                s.copy_within(
-                    self.offset + 2 * i..self.offset + 2 * self.len,
-                    self.offset + 2 * i + 2,
-                );
-                self.len += 1;
+                self.open(s, i)?;
                 self.put(s, i, Entry { end: a, ..e });
                 self.put(s, i + 1, Entry { start: b, ..e });
             }
         }
+        Ok(())
+    }
+
+    /// Makes room for one entry at index `i` (entries from `i` on move up
+    /// one); fails only when the table is full, unchanged.
+    fn open(&mut self, s: &mut [u64], i: usize) -> Result<(), usize> {
+        if self.len == self.capacity {
+            return Err(self.capacity);
+        }
+        s.copy_within(
+            self.offset + 2 * i..self.offset + 2 * self.len,
+            self.offset + 2 * i + 2,
+        );
+        self.len += 1;
         Ok(())
     }
 

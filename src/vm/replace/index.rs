@@ -43,8 +43,8 @@ impl Index {
         self.slots.len() - 1
     }
 
-    /// The node holding `key`.
-    pub(crate) fn find(&self, key: PageId, keys: impl Fn(u32) -> PageId) -> Option<u32> {
+    /// The slot holding `key`'s node (linear probing from its home).
+    fn slot_of(&self, key: PageId, keys: impl Fn(u32) -> PageId) -> Option<usize> {
         let mut i = self.home(key);
         loop {
             let n = self.slots[i];
@@ -52,10 +52,15 @@ impl Index {
                 return None;
             }
             if keys(n) == key {
-                return Some(n);
+                return Some(i);
             }
             i = (i + 1) & self.mask();
         }
+    }
+
+    /// The node holding `key`.
+    pub(crate) fn find(&self, key: PageId, keys: impl Fn(u32) -> PageId) -> Option<u32> {
+        self.slot_of(key, keys).map(|i| self.slots[i])
     }
 
     /// Adds `node` under `key`, which must be absent. The caller keeps the
@@ -74,17 +79,7 @@ impl Index {
     /// Removes `key`, returning its node.
     pub(crate) fn remove(&mut self, key: PageId, keys: impl Fn(u32) -> PageId) -> Option<u32> {
         let mask = self.mask();
-        let mut i = self.home(key);
-        loop {
-            let n = self.slots[i];
-            if n == EMPTY {
-                return None;
-            }
-            if keys(n) == key {
-                break;
-            }
-            i = (i + 1) & mask;
-        }
+        let mut i = self.slot_of(key, &keys)?;
         let found = self.slots[i];
         // Backward shift: pull later entries of the probe run into the hole
         // when the hole lies between their home slot and where they sit.
