@@ -5,7 +5,7 @@
 //! Documented long run: `PROPTEST_CASES=10000 cargo test --release --test frame_hostile`
 
 use kmem::frame::{BitmapFrameAllocator, FrameError};
-use kmem::memory_map::e820::{from_e820, E820Entry};
+use kmem::memory_map::e820::E820Entry;
 use kmem::memory_map::{MapError, MemoryMap, Region, RegionKind, PHYS_LIMIT};
 use proptest::prelude::*;
 
@@ -85,18 +85,18 @@ fn named_hostile_maps() {
         &[e(0, 0x10000, 7), e(0, 0x10000, 0xffff_ffff)], // unknown types
     ];
     for entries in cases {
-        let map: MemoryMap = from_e820(entries).unwrap();
+        let map: MemoryMap = MemoryMap::from_e820(entries).unwrap();
         exercise(&map);
     }
     assert_eq!(
-        from_e820::<8>(&[e(PHYS_LIMIT - F, 2 * F, 1)]).unwrap_err(),
+        MemoryMap::<8>::from_e820(&[e(PHYS_LIMIT - F, 2 * F, 1)]).unwrap_err(),
         MapError::BeyondPhysLimit {
             start: PHYS_LIMIT - F,
             len: 2 * F
         }
     );
     assert_eq!(
-        from_e820::<8>(&[e(u64::MAX, 2, 1)]).unwrap_err(),
+        MemoryMap::<8>::from_e820(&[e(u64::MAX, 2, 1)]).unwrap_err(),
         MapError::Wraps {
             start: u64::MAX,
             len: 2
@@ -104,14 +104,14 @@ fn named_hostile_maps() {
     );
     let many: Vec<E820Entry> = (0..20).map(|i| e(i * 2 * F, F, 1)).collect();
     assert_eq!(
-        from_e820::<8>(&many).unwrap_err(),
+        MemoryMap::<8>::from_e820(&many).unwrap_err(),
         MapError::TooManyRegions { capacity: 8 }
     );
 }
 
 #[test]
 fn all_reserved_map_allocates_nothing() {
-    let map: MemoryMap = from_e820(&[e(0, 1 << 30, 2)]).unwrap();
+    let map: MemoryMap = MemoryMap::from_e820(&[e(0, 1 << 30, 2)]).unwrap();
     let mut storage = vec![0; BitmapFrameAllocator::storage_words(&map)];
     let mut a = BitmapFrameAllocator::new(&map, &mut storage).unwrap();
     assert!(matches!(a.allocate(), Err(FrameError::OutOfFrames { .. })));
@@ -124,7 +124,7 @@ fn all_reserved_map_allocates_nothing() {
 
 #[test]
 fn top_frame_below_2_pow_52_is_not_managed() {
-    let map: MemoryMap = from_e820(&[e(PHYS_LIMIT - 2 * F, 2 * F, 1)]).unwrap();
+    let map: MemoryMap = MemoryMap::from_e820(&[e(PHYS_LIMIT - 2 * F, 2 * F, 1)]).unwrap();
     let mut storage = vec![0; BitmapFrameAllocator::storage_words(&map)];
     let mut a = BitmapFrameAllocator::new(&map, &mut storage).unwrap();
     let f = a.allocate().unwrap();
@@ -138,7 +138,7 @@ fn top_frame_below_2_pow_52_is_not_managed() {
 
 #[test]
 fn storage_too_small_is_typed() {
-    let map: MemoryMap = from_e820(&[e(0, 1 << 20, 1)]).unwrap();
+    let map: MemoryMap = MemoryMap::from_e820(&[e(0, 1 << 20, 1)]).unwrap();
     let need = BitmapFrameAllocator::storage_words(&map);
     let mut storage = vec![0; need - 1];
     let err = BitmapFrameAllocator::new(&map, &mut storage).unwrap_err();
@@ -178,7 +178,7 @@ proptest! {
     #[test]
     fn arbitrary_e820_never_panics(entries in prop::collection::vec((addr(), size(), 0u32..8), 0..24)) {
         let entries: Vec<E820Entry> = entries.into_iter().map(|(a, s, k)| e(a, s, k)).collect();
-        match from_e820::<16>(&entries) {
+        match MemoryMap::<16>::from_e820(&entries) {
             Ok(map) => exercise(&map),
             Err(MapError::TooManyRegions { capacity }) => prop_assert_eq!(capacity, 16),
             Err(MapError::Wraps { start, len }) => prop_assert!(start.checked_add(len).is_none()),

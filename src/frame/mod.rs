@@ -43,9 +43,9 @@
 //!
 //! ```
 //! use kmem::frame::{BitmapFrameAllocator, FrameStats};
-//! use kmem::memory_map::{e820::{from_e820, E820Entry}, MemoryMap};
+//! use kmem::memory_map::{e820::E820Entry, MemoryMap};
 //!
-//! let map: MemoryMap = from_e820(&[E820Entry { addr: 0x10_0000, size: 0x3f0_0000, kind: 1 }])?;
+//! let map: MemoryMap = MemoryMap::from_e820(&[E820Entry { addr: 0x10_0000, size: 0x3f0_0000, kind: 1 }])?;
 //! let plan = BitmapFrameAllocator::plan(&map)?;
 //! // On the host, a buffer stands in for the carved physical frames.
 //! let mut buf = vec![0u64; plan.words];

@@ -1,33 +1,10 @@
 //! Adapter for the `bootloader_api` crate's memory regions (feature `bootloader_api`).
 //!
-//! Mirrors `bootloader_api::info::{MemoryRegion, MemoryRegionKind}` (0.11) so
-//! kmem needs no dependency on it: convert field by field.
+//! Takes the real crate's `BootInfo::memory_regions` as it is handed over, so a kernel
+//! booted by `bootloader` writes `MemoryMap::from_bootloader_api(&boot_info.memory_regions)`.
 
 use super::{MapError, MemoryMap, Region, RegionKind};
-
-/// Mirror of `bootloader_api::info::MemoryRegionKind`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MemoryRegionKind {
-    /// Unused conventional memory.
-    Usable,
-    /// Memory mappings created by the bootloader, including the kernel and boot info.
-    Bootloader,
-    /// An unknown UEFI memory type.
-    UnknownUefi(u32),
-    /// An unknown BIOS (E820) memory type.
-    UnknownBios(u32),
-}
-
-/// Mirror of `bootloader_api::info::MemoryRegion`: `[start, end)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MemoryRegion {
-    /// Physical start address.
-    pub start: u64,
-    /// Physical end address (exclusive).
-    pub end: u64,
-    /// What the region holds.
-    pub kind: MemoryRegionKind,
-}
+use bootloader_api::info::{MemoryRegion, MemoryRegionKind};
 
 /// The kmem region of a bootloader region. An inverted range (`end < start`)
 /// becomes a wrapping length, which [`MemoryMap::add`] refuses.
@@ -36,48 +13,70 @@ pub fn region(r: &MemoryRegion) -> Region {
         MemoryRegionKind::Usable => RegionKind::Usable,
         MemoryRegionKind::Bootloader => RegionKind::Bootloader,
         MemoryRegionKind::UnknownBios(t) => super::e820::kind(t),
-        MemoryRegionKind::UnknownUefi(_) => RegionKind::Reserved,
+        // UEFI types the bootloader did not classify, and kinds added by later
+        // versions of the crate, are never handed out.
+        _ => RegionKind::Reserved,
     };
     Region::new(r.start, r.end.wrapping_sub(r.start), kind)
 }
 
-/// Sanitizes bootloader regions into a map.
-pub fn from_regions<const N: usize>(regions: &[MemoryRegion]) -> Result<MemoryMap<N>, MapError> {
-    MemoryMap::from_regions(regions.iter().map(region))
+impl<const N: usize> MemoryMap<N> {
+    /// Sanitizes the regions a `bootloader` kernel receives in `BootInfo`.
+    ///
+    /// `&boot_info.memory_regions` coerces to the slice this takes.
+    pub fn from_bootloader_api(regions: &[MemoryRegion]) -> Result<Self, MapError> {
+        Self::from_regions(regions.iter().map(region))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bootloader_api::info::MemoryRegions;
+
+    fn regions(rs: &[MemoryRegion]) -> MemoryRegions {
+        // `MemoryRegions` is built from a `'static` slice, as the bootloader does.
+        MemoryRegions::from(&mut *Box::leak(rs.to_vec().into_boxed_slice()))
+    }
+
+    fn r(start: u64, end: u64, kind: MemoryRegionKind) -> MemoryRegion {
+        let mut region = MemoryRegion::empty();
+        region.start = start;
+        region.end = end;
+        region.kind = kind;
+        region
+    }
 
     #[test]
     fn inverted_region_is_refused() {
-        let bad = MemoryRegion {
-            start: 0x2000,
-            end: 0x1000,
-            kind: MemoryRegionKind::Usable,
-        };
+        let bad = regions(&[r(0x2000, 0x1000, MemoryRegionKind::Usable)]);
         assert!(matches!(
-            from_regions::<4>(&[bad]),
+            MemoryMap::<4>::from_bootloader_api(&bad),
             Err(MapError::Wraps { .. })
         ));
     }
 
     #[test]
     fn bootloader_wins_over_usable() {
-        let rs = [
-            MemoryRegion {
-                start: 0,
-                end: 0x4000,
-                kind: MemoryRegionKind::Usable,
-            },
-            MemoryRegion {
-                start: 0x1000,
-                end: 0x2000,
-                kind: MemoryRegionKind::Bootloader,
-            },
-        ];
-        let map = from_regions::<4>(&rs).unwrap();
-        assert_eq!(map.usable_bytes(), 0x3000);
+        let rs = regions(&[
+            r(0, 0x4000, MemoryRegionKind::Usable),
+            r(0x1000, 0x2000, MemoryRegionKind::Bootloader),
+            r(0x3000, 0x4000, MemoryRegionKind::UnknownUefi(7)),
+        ]);
+        let map = MemoryMap::<4>::from_bootloader_api(&rs).unwrap();
+        assert_eq!(map.usable_bytes(), 0x2000);
+    }
+
+    #[test]
+    fn bios_types_keep_their_meaning() {
+        let rs = regions(&[
+            r(0, 0x4000, MemoryRegionKind::Usable),
+            r(0x1000, 0x2000, MemoryRegionKind::UnknownBios(3)),
+        ]);
+        let map = MemoryMap::<4>::from_bootloader_api(&rs).unwrap();
+        assert!(map
+            .regions()
+            .iter()
+            .any(|g| g.kind == RegionKind::AcpiReclaimable && g.start == 0x1000));
     }
 }

@@ -33,16 +33,18 @@ impl From<&E820Entry> for Region {
     }
 }
 
-/// Sanitizes raw E820 entries into a map.
-///
-/// ```
-/// use kmem::memory_map::{e820::{from_e820, E820Entry}, MemoryMap};
-/// let map: MemoryMap = from_e820(&[E820Entry { addr: 0x10_0000, size: 0x10_0000, kind: 1 }])?;
-/// assert_eq!(map.usable_bytes(), 0x10_0000);
-/// # Ok::<(), kmem::memory_map::MapError>(())
-/// ```
-pub fn from_e820<const N: usize>(entries: &[E820Entry]) -> Result<MemoryMap<N>, MapError> {
-    MemoryMap::from_regions(entries.iter().map(Region::from))
+impl<const N: usize> MemoryMap<N> {
+    /// Sanitizes raw E820 entries (a PVH start info's map, BIOS `e820h`) into a map.
+    ///
+    /// ```
+    /// use kmem::memory_map::{e820::E820Entry, MemoryMap};
+    /// let map = MemoryMap::<64>::from_e820(&[E820Entry { addr: 0x10_0000, size: 0x10_0000, kind: 1 }])?;
+    /// assert_eq!(map.usable_bytes(), 0x10_0000);
+    /// # Ok::<(), kmem::memory_map::MapError>(())
+    /// ```
+    pub fn from_e820(entries: &[E820Entry]) -> Result<Self, MapError> {
+        Self::from_regions(entries.iter().map(Region::from))
+    }
 }
 
 #[cfg(test)]

@@ -8,9 +8,9 @@
 //! regions, addresses past the 52-bit physical limit, wrapping regions) is
 //! refused with a [`MapError`], leaving the map unchanged.
 //!
-//! Adapters: [`e820`] (PVH start info / BIOS E820) always; `bootloader_api`,
-//! `limine` and `multiboot2` behind cargo features of the same name. They are
-//! written over minimal mirror types, so kmem does not depend on those crates.
+//! Adapters, one constructor per boot protocol: [`MemoryMap::from_e820`] (PVH start
+//! info, BIOS E820) always; `from_bootloader_api`, `from_limine` and `from_multiboot2`
+//! behind cargo features of the same name, over those crates' own types.
 //!
 //! ```
 //! use kmem::memory_map::{e820::{self, E820Entry}, MemoryMap, Region, RegionKind};
@@ -20,7 +20,7 @@
 //!     E820Entry { addr: 0x10_0000, size: 0x7ff_0000, kind: 1 },
 //!     E820Entry { addr: 0xf0000, size: 0x10000, kind: 2 },
 //! ];
-//! let mut map: MemoryMap = e820::from_e820(&raw)?;
+//! let mut map: MemoryMap = MemoryMap::from_e820(&raw)?;
 //! // Keep the low 1 MiB and the kernel image away from the allocator.
 //! map.reserve(0, 0x10_0000)?;
 //! map.add(Region::new(0x10_0000, 0x20_0000, RegionKind::Kernel))?;
