@@ -59,6 +59,7 @@ mod range;
 mod reserve;
 mod size;
 mod soft;
+mod spare;
 pub(crate) use soft::DIRTY_BIT;
 mod walk;
 
@@ -67,6 +68,7 @@ pub(crate) use copy::{CopyAs, CopyLeaf};
 pub use error::PagingError;
 pub use flags::MapFlags;
 pub use flush::{Flush, FLUSH_THRESHOLD};
+pub use interop::X86Mapper;
 #[cfg(any(test, feature = "testing"))]
 pub use invariants::{InvariantViolation, TableReport};
 pub use leaves::{Census, Leaf};
@@ -74,4 +76,5 @@ pub use mapper::{FrameSource, Mapper};
 pub use mmu::{Mmu, X86Mmu};
 pub use phys_mem::{OffsetPhysMem, PhysMem};
 pub use size::LeafSize;
+pub use spare::KeepFreed;
 pub use walk::{Access, Translation};
