@@ -158,11 +158,11 @@ fn blog_os_code_runs_on_kmems_mapper() {
     let mem = memory(256);
     let mut frames = mem.frame_allocator();
     let mut mapper = X86Mapper::new(Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap());
-    let page = Page::containing_address(VirtAddr::new(0xdead_beaf_000));
+    let page = Page::containing_address(VirtAddr::new(0xdeadbeaf000));
     create_example_mapping(page, &mut mapper, &mut frames);
 
     // blog_os's `translate_addr`, through `Translate`.
-    let addr = VirtAddr::new(0xdead_beaf_123);
+    let addr = VirtAddr::new(0xdeadbeaf123);
     assert_eq!(mapper.translate_addr(addr), Some(PhysAddr::new(0xb8123)));
     let TranslateResult::Mapped { flags, .. } = mapper.translate(addr) else {
         panic!("not mapped")
@@ -185,7 +185,7 @@ fn blog_os_code_runs_on_kmems_mapper() {
     );
 
     // A 2 MiB page over the 4 KiB tables is refused, not merged.
-    let huge = Page::<Size2MiB>::containing_address(VirtAddr::new(0xdead_beaf_000));
+    let huge = Page::<Size2MiB>::containing_address(VirtAddr::new(0xdeadbeaf000));
     let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(0x20_0000));
     // SAFETY: refused; nothing is mapped.
     assert!(unsafe { mapper.map_to(huge, frame, F::PRESENT, &mut frames) }.is_err());

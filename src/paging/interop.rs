@@ -66,7 +66,7 @@ impl<P: PhysMem> Translate for Mapper<P> {
 /// }
 /// # fn demo<P: PhysMem + Clone>(m: Mapper<P>, frames: &mut impl FrameAllocator<Size4KiB>) {
 /// let mut mapper = X86Mapper::new(m);
-/// create_example_mapping(Page::containing_address(VirtAddr::new(0xdead_b000)), &mut mapper, frames);
+/// create_example_mapping(Page::containing_address(VirtAddr::new(0xdeadb000)), &mut mapper, frames);
 /// # }
 /// ```
 #[derive(Debug)]
