@@ -81,11 +81,14 @@ pub use spin;
 /// page-table flags): use this one to avoid two versions in a kernel.
 pub use x86_64;
 
+pub use error::Error;
+
 /// Size of a 4 KiB page and of a physical frame: the unit of every layer.
 pub const PAGE_SIZE: u64 = 4096;
 /// First physical address past what x86_64 can address (52 bits).
 pub const PHYS_LIMIT: u64 = 1 << 52;
 
+mod error;
 pub mod frame;
 pub mod heap;
 pub mod memory_map;

@@ -5,7 +5,7 @@
 //! [--skip <name>] [--exact] [--list] [--ignored] [--include-ignored]`.
 
 use kmem_runner::{
-    build_kernels, list_tests, run_tests, timeout_from_env, workspace_root, Boot, Selection,
+    build_kernels, list_tests, run_tests, timeout_from_env, workspace_root, Boot, Loader, Selection,
 };
 use std::process::ExitCode;
 
@@ -48,10 +48,16 @@ fn run() -> Result<ExitCode, String> {
             continue;
         }
         for mem in &kernel.mems {
-            println!("\n== {} (-m {mem}) ==", kernel.binary);
+            let via = match kernel.loader {
+                Loader::Pvh => "",
+                Loader::Grub => ", through GRUB",
+            };
+            println!("\n== {} (-m {mem}{via}) ==", kernel.binary);
+            // The listing boot above goes through PVH (same binary, seconds faster).
             let cfg = Boot {
                 mem: mem.clone(),
                 swap_bytes: kernel.swap_bytes,
+                loader: kernel.loader,
                 ..base.clone()
             };
             selected_total += count;

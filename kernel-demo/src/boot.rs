@@ -1,9 +1,12 @@
-//! PVH direct boot: the 32-bit entry stub, the switch to long mode, and the
-//! `hvm_start_info` that QEMU hands over (memory map, command line).
+//! Boot through PVH (QEMU's `-kernel`) or Multiboot2 (GRUB): the 32-bit entry
+//! stubs, the switch to long mode, and what the loader hands over (memory
+//! map, command line).
 //!
 //! QEMU's `-kernel` loads an ELF carrying a Xen PVH note and jumps to the
 //! note's entry in 32-bit protected mode, paging off, `ebx` = physical
-//! address of the start info. The stub identity-maps the first 64 GiB with
+//! address of the start info. GRUB finds the Multiboot2 header in the first
+//! 32 KiB of the same ELF and enters `_mb2_start` in the same state, with
+//! `eax` = the Multiboot2 magic and `ebx` = the boot information. The stub identity-maps the first 64 GiB with
 //! 2 MiB pages (enough for every RAM size the demo runs with) and again at
 //! [`DIRECT_MAP`], maps the first GiB at the kernel's higher-half base
 //! (`kernel.ld`), enables long mode and calls [`rust_entry`] on the boot
@@ -12,6 +15,9 @@
 //! tables with its own and drops the identity map.
 
 use core::fmt;
+use kmem::memory_map::e820::E820Entry;
+use kmem::memory_map::multiboot2 as multiboot2_map;
+use kmem::memory_map::{Region, RegionKind};
 
 /// Size of the boot stack (the stack every kernel runs its `main` on).
 pub const BOOT_STACK_SIZE: usize = 2 * 1024 * 1024;
@@ -28,6 +34,8 @@ pub fn phys_to_virt(phys: u64) -> *mut u8 {
 pub const IDENTITY_MAPPED: u64 = 64 << 30;
 
 const START_INFO_MAGIC: u32 = 0x336e_c578;
+/// What GRUB leaves in `eax` when it enters a Multiboot2 kernel.
+const MULTIBOOT2_MAGIC: u32 = 0x36d7_6289;
 /// Capacity of the copied memory map.
 pub const MAX_REGIONS: usize = 128;
 /// Capacity of the copied command line; longer ones are cut.
@@ -45,13 +53,42 @@ core::arch::global_asm!(
     .quad _pvh_start
     .balign 4
 
+    /* The Multiboot2 header: magic, architecture 0 (i386), length,
+       checksum; an entry-address tag; the end tag. */
+    .section .multiboot2, "a"
+    .balign 8
+mb2_header:
+    .long 0xe85250d6
+    .long 0
+    .long mb2_header_end - mb2_header
+    .long -(0xe85250d6 + (mb2_header_end - mb2_header))
+    .balign 8
+    .short 3, 0
+    .long 12
+    .long _mb2_start
+    .balign 8
+    .short 0, 0
+    .long 8
+mb2_header_end:
+
     .section .text.boot, "ax"
     .code32
+    .global _mb2_start
+_mb2_start:
+    cli
+    cmp ${mb2_magic}, %eax
+    jne 4f
+    mov $1, %ebp                    /* protocol 1: Multiboot2 */
+    jmp 5f
+4:  hlt
+    jmp 4b
+
     .global _pvh_start
 _pvh_start:
     cli
-    cld
-    mov %ebx, %esi                  /* keep the start info address */
+    xor %ebp, %ebp                  /* protocol 0: PVH */
+5:  cld
+    mov %ebx, %esi                  /* keep the boot information address */
     mov $boot_stack32_top, %esp
 
     /* PML4[0] -> identity PDPT, PML4[256] -> the same PDPT (the direct
@@ -123,8 +160,9 @@ long_mode_entry:
     mov %ax, %fs
     mov %ax, %gs
     movabs $boot_stack_top, %rsp    /* from here on: the higher half */
+    mov %esi, %edi                  /* boot information; zero-extends */
+    mov %ebp, %esi                  /* protocol */
     xor %rbp, %rbp
-    mov %esi, %edi                  /* zero-extends into rdi */
     movabs ${entry}, %rax
     call *%rax
 3:  hlt
@@ -165,6 +203,7 @@ boot_stack_top:
     "#,
     entry = sym rust_entry,
     stack_size = const BOOT_STACK_SIZE,
+    mb2_magic = const MULTIBOOT2_MAGIC,
     options(att_syntax)
 );
 
@@ -175,14 +214,19 @@ extern "C" {
     static boot_stack_bottom: u8;
 }
 
-/// The kernel's entry in Rust, called by the stub on the boot stack.
-extern "C" fn rust_entry(start_info: u64) -> ! {
+/// The kernel's entry in Rust, called by the stub on the boot stack with the
+/// loader's boot information and which protocol handed it over.
+extern "C" fn rust_entry(boot_info: u64, protocol: u64) -> ! {
     crate::console::init();
     crate::interrupts::init();
     crate::cpu::init();
-    let info = match BootInfo::parse(start_info) {
+    let parsed = match protocol {
+        1 => BootInfo::from_multiboot2(boot_info),
+        _ => BootInfo::from_pvh(boot_info),
+    };
+    let info = match parsed {
         Ok(info) => info,
-        Err(e) => crate::fatal(format_args!("bad PVH start info: {e}")),
+        Err(e) => crate::fatal(format_args!("bad boot information: {e}")),
     };
     BOOT_INFO.call_once(|| info);
     extern "Rust" {
@@ -200,50 +244,6 @@ pub fn info() -> &'static BootInfo {
     BOOT_INFO
         .get()
         .expect("boot info is set before the entry point runs")
-}
-
-/// E820-style region type of a PVH memory-map entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RegionType {
-    /// Usable RAM (type 1).
-    Ram,
-    /// Reserved (type 2).
-    Reserved,
-    /// ACPI reclaimable (type 3).
-    AcpiReclaimable,
-    /// ACPI NVS (type 4).
-    AcpiNvs,
-    /// Bad memory (type 5).
-    Bad,
-    /// Any other type number.
-    Other(u32),
-}
-
-impl RegionType {
-    /// Decodes an E820 type number.
-    pub fn from_e820(kind: u32) -> Self {
-        match kind {
-            1 => Self::Ram,
-            2 => Self::Reserved,
-            3 => Self::AcpiReclaimable,
-            4 => Self::AcpiNvs,
-            5 => Self::Bad,
-            n => Self::Other(n),
-        }
-    }
-}
-
-impl fmt::Display for RegionType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Ram => f.pad("usable"),
-            Self::Reserved => f.pad("reserved"),
-            Self::AcpiReclaimable => f.pad("ACPI reclaimable"),
-            Self::AcpiNvs => f.pad("ACPI NVS"),
-            Self::Bad => f.pad("bad"),
-            Self::Other(n) => f.pad(&alloc_free_fmt::<16>(format_args!("type {n}"))),
-        }
-    }
 }
 
 /// Formats into a fixed buffer so `pad` can align it without a heap.
@@ -295,31 +295,24 @@ impl<const N: usize> fmt::Write for FixedStr<N> {
     }
 }
 
-/// One entry of the PVH memory map.
-#[derive(Debug, Clone, Copy)]
-pub struct Region {
-    /// Physical start address.
-    pub start: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// Raw E820 type number.
-    pub kind: u32,
+/// How the kernel was booted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// PVH direct boot (QEMU's `-kernel`).
+    Pvh,
+    /// Multiboot2 (GRUB).
+    Multiboot2,
 }
 
-impl Region {
-    /// The decoded type.
-    pub fn region_type(&self) -> RegionType {
-        RegionType::from_e820(self.kind)
-    }
-}
-
-/// The parsed PVH start info.
+/// What the loader handed over, copied out of its structures.
 pub struct BootInfo {
     regions: [Region; MAX_REGIONS],
     region_count: usize,
     cmdline: FixedStr<CMDLINE_CAPACITY>,
-    /// Physical address of the `hvm_start_info` structure.
-    pub start_info_addr: u64,
+    /// How the kernel was booted.
+    pub protocol: Protocol,
+    /// Physical address of the loader's structure (PVH start info, Multiboot2 information).
+    pub boot_info_addr: u64,
     boot_data: [(u64, u64); 3],
 }
 
@@ -337,87 +330,116 @@ struct HvmStartInfo {
     reserved: u32,
 }
 
-#[repr(C)]
-struct HvmMemmapEntry {
-    addr: u64,
-    size: u64,
-    kind: u32,
-    reserved: u32,
-}
-
-/// Why the start info could not be used.
+/// Why the boot information could not be used.
 #[derive(Debug)]
-pub enum StartInfoError {
-    /// The magic number is wrong: not booted through PVH.
+pub enum BootInfoError {
+    /// The PVH start info's magic number is wrong.
     BadMagic(u32),
-    /// Version 0 carries no memory map.
+    /// PVH start info version 0 carries no memory map.
     NoMemoryMap(u32),
+    /// The Multiboot2 information did not parse.
+    Multiboot2(multiboot2::LoadError),
+    /// The Multiboot2 information has no memory-map tag.
+    NoMemoryMapTag,
 }
 
-impl fmt::Display for StartInfoError {
+impl fmt::Display for BootInfoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::BadMagic(m) => write!(f, "magic {m:#x}, expected {START_INFO_MAGIC:#x}"),
-            Self::NoMemoryMap(v) => write!(f, "start info version {v} has no memory map"),
+            Self::BadMagic(m) => write!(f, "PVH magic {m:#x}, expected {START_INFO_MAGIC:#x}"),
+            Self::NoMemoryMap(v) => write!(f, "PVH start info version {v} has no memory map"),
+            Self::Multiboot2(e) => write!(f, "Multiboot2 information: {e:?}"),
+            Self::NoMemoryMapTag => f.write_str("Multiboot2 information without a memory map"),
         }
     }
 }
 
 impl BootInfo {
-    fn parse(addr: u64) -> Result<Self, StartInfoError> {
+    fn empty(protocol: Protocol, addr: u64) -> Self {
+        BootInfo {
+            regions: [Region::new(0, 0, RegionKind::Reserved); MAX_REGIONS],
+            region_count: 0,
+            cmdline: FixedStr::new(),
+            protocol,
+            boot_info_addr: addr,
+            boot_data: [(0, 0); 3],
+        }
+    }
+
+    fn push_region(&mut self, region: Region) {
+        if self.region_count < MAX_REGIONS {
+            self.regions[self.region_count] = region;
+            self.region_count += 1;
+        }
+    }
+
+    /// The Multiboot2 information GRUB left at `addr`.
+    fn from_multiboot2(addr: u64) -> Result<Self, BootInfoError> {
+        // SAFETY: GRUB passes the physical address of its boot information in
+        // ebx (checked by the stub through eax's magic); the first 64 GiB are
+        // in the direct map and nothing writes the information.
+        let mbi = unsafe {
+            multiboot2::BootInformation::load(
+                phys_to_virt(addr).cast::<multiboot2::BootInformationHeader>(),
+            )
+        }
+        .map_err(BootInfoError::Multiboot2)?;
+        let mut info = Self::empty(Protocol::Multiboot2, addr);
+        info.boot_data[0] = (addr, mbi.total_size() as u64);
+        let tag = mbi.memory_map_tag().ok_or(BootInfoError::NoMemoryMapTag)?;
+        for area in tag.memory_areas() {
+            info.push_region(Region::new(
+                area.start_address(),
+                area.size(),
+                multiboot2_map::kind(area),
+            ));
+        }
+        if let Some(Ok(line)) = mbi.command_line_tag().map(|t| t.cmdline()) {
+            let _ =
+                fmt::Write::write_str(&mut info.cmdline, &line[..line.len().min(CMDLINE_CAPACITY)]);
+        }
+        Ok(info)
+    }
+
+    /// The PVH start info QEMU left at `addr`.
+    fn from_pvh(addr: u64) -> Result<Self, BootInfoError> {
         // SAFETY: QEMU passes the physical address of a valid
         // `hvm_start_info` in ebx; the first 64 GiB are in the direct map.
         let si = unsafe { &*phys_to_virt(addr).cast::<HvmStartInfo>() };
         if si.magic != START_INFO_MAGIC {
-            return Err(StartInfoError::BadMagic(si.magic));
+            return Err(BootInfoError::BadMagic(si.magic));
         }
         if si.version < 1 {
-            return Err(StartInfoError::NoMemoryMap(si.version));
+            return Err(BootInfoError::NoMemoryMap(si.version));
         }
-        let mut info = BootInfo {
-            regions: [Region {
-                start: 0,
-                len: 0,
-                kind: 0,
-            }; MAX_REGIONS],
-            region_count: 0,
-            cmdline: cmdline_at(si.cmdline_paddr),
-            start_info_addr: addr,
-            boot_data: [
-                (addr, core::mem::size_of::<HvmStartInfo>() as u64),
-                (
-                    si.memmap_paddr,
-                    u64::from(si.memmap_entries) * core::mem::size_of::<HvmMemmapEntry>() as u64,
-                ),
-                (si.cmdline_paddr, CMDLINE_CAPACITY as u64),
-            ],
-        };
-        let count = (si.memmap_entries as usize).min(MAX_REGIONS);
-        for i in 0..count {
-            // SAFETY: the map holds `memmap_entries` entries at
-            // `memmap_paddr`, in the direct map; `i` is below that count.
-            let e = unsafe {
-                &*phys_to_virt(si.memmap_paddr)
-                    .cast::<HvmMemmapEntry>()
-                    .add(i)
-            };
-            info.regions[i] = Region {
-                start: e.addr,
-                len: e.size,
-                kind: e.kind,
-            };
+        let mut info = Self::empty(Protocol::Pvh, addr);
+        info.cmdline = cmdline_at(si.cmdline_paddr);
+        info.boot_data = [
+            (addr, core::mem::size_of::<HvmStartInfo>() as u64),
+            (
+                si.memmap_paddr,
+                u64::from(si.memmap_entries) * core::mem::size_of::<E820Entry>() as u64,
+            ),
+            (si.cmdline_paddr, CMDLINE_CAPACITY as u64),
+        ];
+        for i in 0..si.memmap_entries as usize {
+            // SAFETY: the map holds `memmap_entries` entries at `memmap_paddr`, in
+            // the direct map; `i` is below that count. `E820Entry` has the layout
+            // of a PVH `hvm_memmap_table_entry`.
+            let e = unsafe { &*phys_to_virt(si.memmap_paddr).cast::<E820Entry>().add(i) };
+            info.push_region(Region::from(e));
         }
-        info.region_count = count;
         Ok(info)
     }
 
     /// Physical ranges `(start, len)` of the boot data (start info, memory
-    /// map, command line): the PVH map does not reserve them.
+    /// map, command line; the Multiboot2 information): the loaders' maps do
+    /// not reserve them. Unused entries are `(0, 0)`.
     pub fn boot_data(&self) -> [(u64, u64); 3] {
         self.boot_data
     }
 
-    /// The memory map, as QEMU gave it (not sanitized).
+    /// The memory map, as the loader gave it (not sanitized).
     pub fn regions(&self) -> &[Region] {
         &self.regions[..self.region_count]
     }
@@ -466,7 +488,7 @@ impl BootInfo {
     pub fn usable_bytes(&self) -> u64 {
         self.regions()
             .iter()
-            .filter(|r| r.region_type() == RegionType::Ram)
+            .filter(|r| r.kind == RegionKind::Usable)
             .map(|r| r.len)
             .sum()
     }
@@ -480,7 +502,7 @@ impl BootInfo {
                 r.start,
                 r.start.saturating_add(r.len),
                 Size(r.len),
-                r.region_type()
+                r.kind
             );
         }
     }

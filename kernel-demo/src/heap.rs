@@ -1,6 +1,8 @@
-//! The kmem heap as the kernels' `#[global_allocator]`: pages from the
+//! The kmem heap the demo and test kernels allocate from: pages from the
 //! kernel's frame allocator, mapped into the heap range by the kernel's
-//! mapper (writable, non-executable, supervisor).
+//! mapper (writable, non-executable, supervisor). [`crate::entry_point!`]
+//! makes it the `#[global_allocator]` through [`Global`], so a kernel that
+//! brings its own heap (the adoption example) can link this library too.
 //!
 //! Lock order: heap, then mapper, then frames. Code holding the mapper
 //! ([`with_memory`]) must not allocate: the heap would need the mapper to
@@ -47,8 +49,40 @@ pub type KernelPageSource =
     MappedPageSource<&'static LockedFrameAllocator<'static>, KernelPageMapper>;
 
 /// The kernel heap: null for every request until [`init`].
-#[global_allocator]
 pub static HEAP: LockedHeap<KernelPageSource> = LockedHeap::empty();
+
+/// [`HEAP`] as a global allocator (the type `#[global_allocator]` needs).
+#[derive(Debug)]
+pub struct Global;
+
+// SAFETY: forwards every call to HEAP, a `GlobalAlloc`, with the caller's arguments.
+unsafe impl core::alloc::GlobalAlloc for Global {
+    #[inline]
+    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is HEAP's.
+        unsafe { HEAP.alloc(layout) }
+    }
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
+        // SAFETY: the caller's contract is HEAP's; every pointer came from HEAP.
+        unsafe { HEAP.dealloc(ptr, layout) }
+    }
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: core::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is HEAP's.
+        unsafe { HEAP.alloc_zeroed(layout) }
+    }
+    #[inline]
+    unsafe fn realloc(
+        &self,
+        ptr: *mut u8,
+        layout: core::alloc::Layout,
+        new_size: usize,
+    ) -> *mut u8 {
+        // SAFETY: the caller's contract is HEAP's; every pointer came from HEAP.
+        unsafe { HEAP.realloc(ptr, layout, new_size) }
+    }
+}
 
 /// Starts the heap over `[HEAP_START, HEAP_START + HEAP_SIZE)`.
 /// Requires [`crate::memory::init`]. The heap is built in place, so any

@@ -3,10 +3,11 @@
 //! image W^X, a kernel stack with an unmapped guard page below it; no
 //! identity map.
 
-use crate::boot::{BootInfo, RegionType, DIRECT_MAP};
+use crate::boot::{BootInfo, DIRECT_MAP};
 use crate::image;
 use crate::memory::{direct_map, with_memory};
 use kmem::frame::FrameError;
+use kmem::memory_map::RegionKind;
 use kmem::paging::{Census, LeafSize, MapFlags, Mapper, Mmu, OffsetPhysMem, PagingError};
 use x86_64::structures::paging::{Page, Size4KiB};
 use x86_64::{PhysAddr, VirtAddr};
@@ -47,8 +48,8 @@ fn ram_ranges(info: &BootInfo) -> impl Iterator<Item = (u64, u64)> + '_ {
         .iter()
         .filter(|r| {
             matches!(
-                r.region_type(),
-                RegionType::Ram | RegionType::AcpiReclaimable | RegionType::AcpiNvs
+                r.kind,
+                RegionKind::Usable | RegionKind::AcpiReclaimable | RegionKind::AcpiNvs
             )
         })
         .map(|r| (r.start & !0xfff, (r.start + r.len + 0xfff) & !0xfff))

@@ -25,7 +25,8 @@ pub mod user;
 pub mod virtio;
 
 /// Defines the kernel's main function, called after boot with the console,
-/// the IDT and [`boot::info`] ready.
+/// the IDT and [`boot::info`] ready, and makes [`heap::HEAP`] the global
+/// allocator (`entry_point!(own_heap; main)` leaves that to the kernel).
 ///
 /// ```ignore
 /// kernel_demo::entry_point!(main);
@@ -33,12 +34,17 @@ pub mod virtio;
 /// ```
 #[macro_export]
 macro_rules! entry_point {
-    ($main:path) => {
+    (own_heap; $main:path) => {
         #[unsafe(export_name = "__kernel_demo_main")]
         fn __kernel_demo_main() -> ! {
             let main: fn() -> ! = $main;
             main()
         }
+    };
+    ($main:path) => {
+        #[global_allocator]
+        static __KERNEL_DEMO_HEAP: $crate::heap::Global = $crate::heap::Global;
+        $crate::entry_point!(own_heap; $main);
     };
 }
 

@@ -1,6 +1,6 @@
-//! From the PVH memory map to a kmem frame allocator.
+//! From the loader's memory map to a kmem frame allocator.
 //!
-//! The PVH map does not reserve the kernel image, the boot data (start
+//! The PVH and Multiboot2 maps do not reserve the kernel image, the boot data (start
 //! info, the map itself, the command line) or the low 1 MiB (BIOS data,
 //! real-mode IVT, option ROMs): they are reserved here before the
 //! allocator sees the map.
@@ -8,8 +8,7 @@
 use crate::boot::{BootInfo, DIRECT_MAP};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kmem::frame::{BitmapFrameAllocator, FrameError, LockedFrameAllocator};
-use kmem::memory_map::e820;
-use kmem::memory_map::{MapError, MemoryMap, Region};
+use kmem::memory_map::{MapError, MemoryMap};
 use kmem::paging::{Mapper, OffsetPhysMem, X86Mmu};
 use x86_64::structures::paging::PhysFrame;
 use x86_64::{PhysAddr, VirtAddr};
@@ -19,11 +18,7 @@ pub const LOW_RESERVED: u64 = 1 << 20;
 
 /// The sanitized memory map with the kernel's own reservations.
 pub fn memory_map(info: &BootInfo) -> Result<MemoryMap, MapError> {
-    let regions = info
-        .regions()
-        .iter()
-        .map(|r| Region::new(r.start, r.len, e820::kind(r.kind)));
-    let mut map = MemoryMap::from_regions(regions)?;
+    let mut map = MemoryMap::from_regions(info.regions().iter().copied())?;
     for (start, len) in reserved_ranges(info) {
         map.reserve(start, len)?;
     }

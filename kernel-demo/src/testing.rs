@@ -311,6 +311,15 @@ macro_rules! test_kernel {
             $crate::testing::run(__KERNEL_TESTS)
         }
     };
+    (own_heap; $($tests:tt)*) => {
+        $crate::__test_kernel_body!($($tests)*);
+
+        $crate::entry_point!(own_heap; __run_kernel_tests);
+
+        fn __run_kernel_tests() -> ! {
+            $crate::testing::run(__KERNEL_TESTS)
+        }
+    };
     ($($tests:tt)*) => {
         $crate::__test_kernel_body!($($tests)*);
 

@@ -16,7 +16,7 @@ kernel_demo::test_kernel! {
         let info = boot::info();
         let usable = info.usable_bytes();
         assert!(usable > 100 << 20 && usable <= 128 << 20, "usable {usable:#x}");
-        assert!(info.regions().iter().any(|r| r.start >= 1 << 20 && r.kind == 1));
+        assert!(info.regions().iter().any(|r| r.start >= 1 << 20 && r.kind == kmem::memory_map::RegionKind::Usable));
     }
 
     /// The kernel image lies in usable RAM above 1 MiB.
@@ -26,7 +26,7 @@ kernel_demo::test_kernel! {
         let covered = boot::info()
             .regions()
             .iter()
-            .any(|r| r.kind == 1 && r.start <= start && end <= r.start + r.len);
+            .any(|r| r.kind == kmem::memory_map::RegionKind::Usable && r.start <= start && end <= r.start + r.len);
         assert!(covered, "image {start:#x}..{end:#x} not inside one usable region");
     }
 

@@ -35,6 +35,20 @@ impl RegionKind {
     }
 }
 
+impl core::fmt::Display for RegionKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.pad(match self {
+            Self::Usable => "usable",
+            Self::AcpiReclaimable => "ACPI reclaimable",
+            Self::Bootloader => "bootloader",
+            Self::Kernel => "kernel",
+            Self::Reserved => "reserved",
+            Self::AcpiNvs => "ACPI NVS",
+            Self::Bad => "bad",
+        })
+    }
+}
+
 /// A physical region `[start, start + len)` of one kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Region {

@@ -133,6 +133,11 @@ impl Kernels {
                 swap_bytes: marker_words(&text)
                     .find_map(|w| w.strip_prefix("swap="))
                     .and_then(crate::qemu::parse_size),
+                loader: if marker_words(&text).any(|w| w == "boot=grub") {
+                    crate::Loader::Grub
+                } else {
+                    crate::Loader::Pvh
+                },
             });
         }
         Ok(kernels)
@@ -151,6 +156,8 @@ pub struct TestKernel {
     pub mems: Vec<String>,
     /// A swap disk to attach (`swap=64M` on that line): q35 + virtio-blk.
     pub swap_bytes: Option<u64>,
+    /// `boot=grub` on that line: booted through GRUB 2 and Multiboot2.
+    pub loader: crate::Loader,
 }
 
 /// The words of the `// kmem-vm:` lines of a test kernel's source.

@@ -18,7 +18,9 @@ mod report;
 mod select;
 
 pub use build::{build_kernels, workspace_root, Artifact, Kernels, TestKernel};
-pub use qemu::{boot, parse_size, qemu_binary, timeout_from_env, Boot, Exit, Run, DEFAULT_TIMEOUT};
+pub use qemu::{
+    boot, parse_size, qemu_binary, timeout_from_env, Boot, Exit, Loader, Run, DEFAULT_TIMEOUT,
+};
 pub use report::{parse_listing, parse_report, Report, TestResult};
 pub use select::{Ignored, Selection};
 

@@ -5,10 +5,11 @@
 //! Environment: `KMEM_MEM` guest RAM (default `128M`; e.g. `32M`, `4G`,
 //! `16G`), `KMEM_APPEND` kernel command line, `KMEM_KERNEL` another kernel
 //! binary (e.g. `test-basic`), `KMEM_SWAP` the swap disk (default `64M`,
-//! `0` for none; a disk puts QEMU on q35), `KMEM_VM_TIMEOUT` seconds before a hung
+//! `0` for none; a disk puts QEMU on q35), `KMEM_BOOT=grub` boot through
+//! GRUB 2 and Multiboot2 instead of PVH, `KMEM_VM_TIMEOUT` seconds before a hung
 //! kernel is killed (default 60), `KMEM_QEMU` the QEMU binary.
 
-use kmem_runner::{boot, build_kernels, parse_size, timeout_from_env, Boot, Exit};
+use kmem_runner::{boot, build_kernels, parse_size, timeout_from_env, Boot, Exit, Loader};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -33,17 +34,26 @@ fn main() -> ExitCode {
             }
         },
     };
+    let loader = match Loader::from_env() {
+        Ok(loader) => loader,
+        Err(e) => {
+            eprintln!("kmem-runner: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cfg = Boot {
         mem: env("KMEM_MEM", "128M"),
         append: env("KMEM_APPEND", ""),
         timeout: timeout_from_env(),
         echo: true,
         swap_bytes,
+        loader,
     };
     eprintln!(
-        "kmem-runner: booting {} with -m {}",
+        "kmem-runner: booting {} with -m {} ({:?})",
         kernel.display(),
-        cfg.mem
+        cfg.mem,
+        cfg.loader
     );
     match boot(&kernel, &cfg) {
         Ok(run) if run.succeeded() => {

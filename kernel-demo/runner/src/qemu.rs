@@ -1,5 +1,6 @@
-//! Booting one kernel in QEMU (PVH direct boot, serial on stdio,
-//! `isa-debug-exit` for the status) and collecting what it printed.
+//! Booting one kernel in QEMU (PVH direct boot, or GRUB 2 from an ISO for
+//! Multiboot2; serial on stdio, `isa-debug-exit` for the status) and
+//! collecting what it printed.
 
 use crate::SUCCESS_STATUS;
 use std::io::Read;
@@ -25,6 +26,30 @@ pub struct Boot {
     /// A swap disk of this many bytes: a fresh sparse image in
     /// `target/`, attached as a virtio-blk PCI device on the q35 machine.
     pub swap_bytes: Option<u64>,
+    /// How the kernel is loaded.
+    pub loader: Loader,
+}
+
+/// How QEMU gets the kernel running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Loader {
+    /// PVH direct boot: QEMU's `-kernel`, the command line through `-append`.
+    #[default]
+    Pvh,
+    /// GRUB 2 from a `grub-mkrescue` ISO: SeaBIOS, GRUB, then the kernel
+    /// through Multiboot2, the command line on GRUB's `multiboot2` line.
+    Grub,
+}
+
+impl Loader {
+    /// `KMEM_BOOT`: `pvh` (default) or `grub`.
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("KMEM_BOOT").as_deref() {
+            Err(_) | Ok("") | Ok("pvh") => Ok(Self::Pvh),
+            Ok("grub") => Ok(Self::Grub),
+            Ok(other) => Err(format!("KMEM_BOOT={other:?}: expected `pvh` or `grub`")),
+        }
+    }
 }
 
 impl Default for Boot {
@@ -35,6 +60,7 @@ impl Default for Boot {
             timeout: DEFAULT_TIMEOUT,
             echo: true,
             swap_bytes: None,
+            loader: Loader::Pvh,
         }
     }
 }
@@ -78,7 +104,20 @@ pub fn qemu_binary() -> String {
 pub fn boot(kernel: &Path, cfg: &Boot) -> Result<Run, String> {
     let qemu = qemu_binary();
     let mut cmd = Command::new(&qemu);
-    cmd.arg("-kernel").arg(kernel);
+    let _iso = match cfg.loader {
+        Loader::Pvh => {
+            cmd.arg("-kernel").arg(kernel);
+            if !cfg.append.is_empty() {
+                cmd.args(["-append", &cfg.append]);
+            }
+            None
+        }
+        Loader::Grub => {
+            let iso = GrubIso::create(kernel, &cfg.append)?;
+            cmd.arg("-cdrom").arg(&iso.iso);
+            Some(iso)
+        }
+    };
     cmd.args(["-m", &cfg.mem, "-cpu", "max", "-nodefaults", "-no-reboot"]);
     cmd.args(["-display", "none", "-serial", "stdio"]);
     cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
@@ -94,9 +133,6 @@ pub fn boot(kernel: &Path, cfg: &Boot) -> Result<Run, String> {
         }
         None => None,
     };
-    if !cfg.append.is_empty() {
-        cmd.args(["-append", &cfg.append]);
-    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -191,6 +227,60 @@ impl SwapImage {
 impl Drop for SwapImage {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A bootable GRUB 2 ISO holding one kernel, removed when the boot is over.
+struct GrubIso {
+    dir: std::path::PathBuf,
+    iso: std::path::PathBuf,
+}
+
+impl GrubIso {
+    fn create(kernel: &Path, cmdline: &str) -> Result<Self, String> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = crate::workspace_root()
+            .join("target")
+            .join("grub")
+            .join(format!("{}-{n}", std::process::id()));
+        let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+        let grub_dir = dir.join("root").join("boot").join("grub");
+        std::fs::create_dir_all(&grub_dir).map_err(io)?;
+        std::fs::copy(kernel, dir.join("root").join("boot").join("kernel")).map_err(io)?;
+        // GRUB's own output goes to the (absent) screen; the kernel's to the serial port.
+        let cfg = format!(
+            "set timeout=0\nset default=0\nmenuentry \"kmem\" {{\n    multiboot2 /boot/kernel {cmdline}\n    boot\n}}\n"
+        );
+        std::fs::write(grub_dir.join("grub.cfg"), cfg).map_err(io)?;
+        let iso = dir.join("kmem.iso");
+        let out = Command::new("grub-mkrescue")
+            .arg("-o")
+            .arg(&iso)
+            .arg(dir.join("root"))
+            .output()
+            .map_err(|e| {
+                format!(
+                    "could not run grub-mkrescue: {e} (install GRUB: apt-get install \
+                     grub-pc-bin grub-common xorriso mtools)"
+                )
+            })?;
+        let made = Self { dir, iso };
+        if !out.status.success() {
+            return Err(format!(
+                "grub-mkrescue failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(made)
+    }
+}
+
+impl Drop for GrubIso {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
