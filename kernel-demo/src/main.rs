@@ -1,4 +1,4 @@
-//! The kmem demo kernel: boots under QEMU (PVH), lets kmem build its
+//! The kmem demo kernel: boots under QEMU (PVH, or GRUB and Multiboot2), lets kmem build its
 //! frame allocator, its own address space and its heap, shows each layer
 //! at work on real x86_64 paging, and exits with status 0.
 //!
@@ -53,7 +53,10 @@ fn main() -> ! {
         info.cmdline()
     );
 
-    step("1. memory map (PVH, as QEMU gave it)");
+    step(match boot::info().protocol {
+        boot::Protocol::Pvh => "1. memory map (PVH, as QEMU gave it)",
+        boot::Protocol::Multiboot2 => "1. memory map (Multiboot2, as GRUB gave it)",
+    });
     info.print_memory_map();
 
     step("2. frame allocator (kmem::frame)");

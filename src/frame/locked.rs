@@ -13,7 +13,10 @@ use core::marker::PhantomData;
 
 use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, PageSize, PhysFrame};
 
-use super::BitmapFrameAllocator;
+use x86_64::VirtAddr;
+
+use super::{BitmapFrameAllocator, FrameError};
+use crate::memory_map::MemoryMap;
 
 /// How to keep interrupt handlers out while the lock is held.
 pub trait InterruptMask {
@@ -70,6 +73,31 @@ impl<'m, M: InterruptMask> LockedFrameAllocator<'m, M> {
             inner: spin::Mutex::new(allocator),
             mask: PhantomData,
         }
+    }
+
+    /// An allocator with no frames (`const`, for statics), until [`init`](Self::init)
+    /// or [`replace`](Self::replace).
+    pub const fn empty() -> Self {
+        Self::new(BitmapFrameAllocator::empty())
+    }
+
+    /// Installs an allocator over `map` whose storage is carved out of `map`'s usable
+    /// memory and reached through the direct map at `phys_offset`
+    /// ([`BitmapFrameAllocator::init_carved`]). On an error nothing changes.
+    ///
+    /// # Safety
+    /// All RAM must stay mapped read-write at `phys_offset + phys` for `'m`, and the
+    /// map's usable memory must be unused (the carved storage is written).
+    pub unsafe fn init<const N: usize>(
+        &self,
+        map: &MemoryMap<N>,
+        phys_offset: VirtAddr,
+    ) -> Result<(), FrameError> {
+        // SAFETY: the caller's promise is `init_carved`'s, with `phys_base` the direct map.
+        let allocator =
+            unsafe { BitmapFrameAllocator::init_carved(map, phys_offset.as_mut_ptr()) }?;
+        self.replace(allocator);
+        Ok(())
     }
 
     /// Runs `f` on the allocator with interrupts masked and the lock held.

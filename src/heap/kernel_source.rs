@@ -5,7 +5,10 @@ use x86_64::structures::paging::{FrameAllocator, Page, Size4KiB};
 use x86_64::VirtAddr;
 
 use super::{PageSource, PageSourceError, PAGE_SIZE};
-use crate::paging::{FrameSource, KeepFreed, MapFlags, Mapper, Mmu, PhysMem, X86Mmu};
+use crate::frame::LockedFrameAllocator;
+use crate::paging::{
+    FrameSource, KeepFreed, MapFlags, Mapper, Mmu, OffsetPhysMem, PhysMem, X86Mmu,
+};
 
 /// Backs heap pages with frames from `F`, mapped writable, non-executable, supervisor-only
 /// and global through the kernel's shared [`Mapper`].
@@ -79,6 +82,16 @@ impl<'m, P: PhysMem, F, M: Mmu> KernelPageSource<'m, P, F, M> {
         &self.frames
     }
 }
+
+/// The kernel heap over [`KernelPageSource`]: frames from a `'static`
+/// [`LockedFrameAllocator`], mapped through a direct-mapped [`Mapper`].
+///
+/// ```ignore
+/// #[global_allocator]
+/// static HEAP: KernelHeap = KernelHeap::empty();
+/// ```
+pub type KernelHeap<P = OffsetPhysMem, F = &'static LockedFrameAllocator<'static>> =
+    super::LockedHeap<KernelPageSource<'static, P, F>>;
 
 fn page(addr: usize) -> Page<Size4KiB> {
     Page::containing_address(VirtAddr::new(addr as u64))

@@ -73,6 +73,17 @@ impl<const N: usize> MemoryMap<N> {
         self.add(Region::new(start, len, RegionKind::Reserved))
     }
 
+    /// Reserves every `(start, len)` of `ranges`, all or none: on an error the map is as
+    /// before.
+    pub fn reserve_all(&mut self, ranges: &[(u64, u64)]) -> Result<(), MapError> {
+        let mut map = *self;
+        for &(start, len) in ranges {
+            map.reserve(start, len)?;
+        }
+        *self = map;
+        Ok(())
+    }
+
     /// The sanitized regions, sorted by start.
     pub fn regions(&self) -> &[Region] {
         &self.regions[..self.len]
