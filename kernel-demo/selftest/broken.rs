@@ -35,7 +35,7 @@ kernel_demo::test_kernel! {
 
     /// Resets the machine.
     fn triple_faults() {
-        kernel_demo::interrupts::triple_fault();
+        kernel_demo::arch::interrupts::triple_fault();
     }
 
     /// Expects a write fault that never comes: the failure must state the
@@ -48,7 +48,7 @@ kernel_demo::test_kernel! {
     fn fakes_summary() {
         kernel_demo::println!();
         kernel_demo::println!("1 passed, 0 failed");
-        kernel_demo::qemu::exit(kernel_demo::qemu::ExitCode::Success);
+        kernel_demo::dev::qemu::exit(kernel_demo::dev::qemu::ExitCode::Success);
     }
 
     /// Runs after `fakes_summary`, so never.

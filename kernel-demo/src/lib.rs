@@ -7,22 +7,14 @@
 
 extern crate alloc;
 
+pub mod arch;
 pub mod boot;
-pub mod console;
-pub mod cpu;
-pub mod heap;
-pub mod image;
-pub mod interrupts;
-pub mod kernel_space;
-pub mod memory;
+pub mod dev;
+pub mod mm;
 pub mod overcommit;
-pub mod process;
-pub mod programs;
-pub mod qemu;
-pub mod recover;
 pub mod testing;
+pub mod text;
 pub mod user;
-pub mod virtio;
 
 /// Defines the kernel's main function, called after boot with the console,
 /// the IDT and [`boot::info`] ready, and makes [`heap::HEAP`] the global
@@ -30,7 +22,7 @@ pub mod virtio;
 ///
 /// ```ignore
 /// kernel_demo::entry_point!(main);
-/// fn main() -> ! { kernel_demo::qemu::exit(kernel_demo::qemu::ExitCode::Success) }
+/// fn main() -> ! { kernel_demo::dev::qemu::exit(kernel_demo::dev::qemu::ExitCode::Success) }
 /// ```
 #[macro_export]
 macro_rules! entry_point {
@@ -43,7 +35,7 @@ macro_rules! entry_point {
     };
     ($main:path) => {
         #[global_allocator]
-        static __KERNEL_DEMO_HEAP: $crate::heap::Global = $crate::heap::Global;
+        static __KERNEL_DEMO_HEAP: $crate::mm::heap::Global = $crate::mm::heap::Global;
         $crate::entry_point!(own_heap; $main);
     };
 }
@@ -51,11 +43,11 @@ macro_rules! entry_point {
 /// Reports an unrecoverable error and exits QEMU with failure.
 pub fn fatal(args: core::fmt::Arguments<'_>) -> ! {
     println!("\nFATAL: {args}");
-    qemu::exit(qemu::ExitCode::Failure)
+    dev::qemu::exit(dev::qemu::ExitCode::Failure)
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    recover::escape_panic(info);
+    arch::recover::escape_panic(info);
     fatal(format_args!("kernel panic: {info}"))
 }

@@ -14,13 +14,15 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use kernel_demo::boot::{self, Size};
-use kernel_demo::heap::{self as kheap, HEAP};
-use kernel_demo::interrupts::{self, vector, Fault};
-use kernel_demo::kernel_space::{self, BuildReport, STACK_GUARD, STACK_TOP};
-use kernel_demo::memory::{self, with_memory};
-use kernel_demo::recover::{protect, Outcome};
-use kernel_demo::{cpu, image, println, qemu};
+use kernel_demo::arch::interrupts;
+use kernel_demo::arch::recover::{protect, Outcome};
+use kernel_demo::arch::trap::{vector, Fault};
+use kernel_demo::boot;
+use kernel_demo::mm::heap::{self as kheap, HEAP};
+use kernel_demo::mm::kernel_space::{self, BuildReport, STACK_GUARD, STACK_TOP};
+use kernel_demo::mm::memory::{self, with_memory};
+use kernel_demo::text::Size;
+use kernel_demo::{arch::cpu, boot::image, dev::qemu, println};
 use kmem::paging::{AddressSpace, MapFlags};
 use x86_64::structures::paging::{Page, Size4KiB};
 use x86_64::VirtAddr;
@@ -416,8 +418,10 @@ fn demo_faults() {
 }
 
 fn demo_processes() {
-    use kernel_demo::process::{self as proc, End, Process, HEAP_BASE, STACK_PAGES, STACK_TOP};
-    use kernel_demo::programs::Program;
+    use kernel_demo::user::process::{
+        self as proc, End, Process, HEAP_BASE, STACK_PAGES, STACK_TOP,
+    };
+    use kernel_demo::user::programs::Program;
     use kmem::vm::FaultAccess;
     let (smep, smap) = proc::enable_smep_smap();
     println!("SMEP {smep}, SMAP {smap}: the kernel cannot run or (without stac) touch user pages");
@@ -528,8 +532,8 @@ fn demo_processes() {
 }
 
 fn demo_swap() {
+    use kernel_demo::dev::virtio::VirtioSwap;
     use kernel_demo::overcommit;
-    use kernel_demo::virtio::VirtioSwap;
     let (limit, pages) = (256u64, 1024u64);
     let before = overcommit::accounted_frames();
     let device: Box<dyn kmem::vm::SwapDevice + Send> = match VirtioSwap::find() {
@@ -565,7 +569,7 @@ fn demo_swap() {
         s.resident_frames, s.swap_slots_used, s.swap_slots, s.swap_cached
     );
     let after = overcommit::accounted_frames();
-    let slots = kernel_demo::process::vm_stats().swap_slots_used;
+    let slots = kernel_demo::user::process::vm_stats().swap_slots_used;
     println!(
         "after teardown: frames {before} -> {after} ({}), swap slots in use {slots}",
         if before == after { "all back" } else { "LOST" }

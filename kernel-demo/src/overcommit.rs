@@ -4,9 +4,10 @@
 //! slot back. Kernel-mode accesses fault into `kmem::vm` through the fault
 //! hook, on real paging (the CPU sets the Accessed and Dirty bits).
 
-use crate::interrupts::{self, vector, Fault};
-use crate::memory::{with_memory, FRAMES};
-use crate::process::with_vm;
+use crate::arch::interrupts;
+use crate::arch::trap::{vector, Fault};
+use crate::mm::memory::{with_memory, FRAMES};
+use crate::user::process::with_vm;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -35,10 +36,10 @@ fn hook(f: &Fault) -> bool {
         return false;
     };
     let access = FaultAccess::from_error_code(f.error_code);
-    let t0 = crate::cpu::rdtsc();
+    let t0 = crate::arch::cpu::rdtsc();
     let r =
         with_vm(|vm| space.handle_fault(vm, VirtAddr::new_truncate(f.addr), access, &mut &FRAMES));
-    let ticks = crate::cpu::rdtsc() - t0;
+    let ticks = crate::arch::cpu::rdtsc() - t0;
     match r {
         Ok(r) => {
             r.flush.flush(&mut X86Mmu);
@@ -87,7 +88,7 @@ fn check_page(page: u64, pass: u64) {
 /// Free frames, frames the heap holds (its tracker's included) and the
 /// kernel's page tables: what must be the same before and after.
 pub fn accounted_frames() -> u64 {
-    let heap = crate::heap::HEAP.lock();
+    let heap = crate::mm::heap::HEAP.lock();
     let h = heap.as_ref().expect("heap");
     let held = h.stats().pages_held as u64 + h.tracker().stats().bitmap_pages as u64;
     drop(heap);
@@ -124,9 +125,9 @@ impl SwapDevice for Timed {
         self.inner.slots()
     }
     fn write(&mut self, first: u64, pages: &[&[u8; 4096]]) -> Result<(), SwapIoError> {
-        let t0 = crate::cpu::rdtsc();
+        let t0 = crate::arch::cpu::rdtsc();
         let r = self.inner.write(first, pages);
-        WRITE_TICKS.fetch_add(crate::cpu::rdtsc() - t0, Ordering::Relaxed);
+        WRITE_TICKS.fetch_add(crate::arch::cpu::rdtsc() - t0, Ordering::Relaxed);
         WRITTEN.fetch_add(pages.len() as u64, Ordering::Relaxed);
         r
     }

@@ -14,8 +14,8 @@
 //! `-append "filter=<substring>"` runs only the tests whose name contains
 //! it (for booting a test kernel by hand).
 
-use crate::interrupts::{vector, Fault};
-use crate::recover::{self, Outcome};
+use crate::arch::recover::{self, Outcome};
+use crate::arch::trap::{vector, Fault};
 use crate::{print, println};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -213,7 +213,7 @@ pub fn run(tests: &[Test]) -> ! {
             println!("{}: test", test.name);
         }
         println!("{} tests", tests.len());
-        crate::qemu::exit(crate::qemu::ExitCode::Success)
+        crate::dev::qemu::exit(crate::dev::qemu::ExitCode::Success)
     }
     let filter = info.cmdline_arg("filter");
     let only = info.cmdline_arg("only");
@@ -228,10 +228,10 @@ pub fn run(tests: &[Test]) -> ! {
     let (mut passed, mut failed) = (0usize, 0usize);
     for test in selected() {
         print!("test {} ... ", test.name);
-        let mark = crate::console::bytes_written();
+        let mark = crate::dev::console::bytes_written();
         TESTS_STARTED.fetch_add(1, Ordering::SeqCst);
         let verdict = judge(test.expect, recover::protect(test.run));
-        if crate::console::bytes_written() != mark {
+        if crate::dev::console::bytes_written() != mark {
             // The test printed: the verdict gets a whole line of its own,
             // so the runner reads it as it reads any other.
             print!("\ntest {} ... ", test.name);
@@ -255,11 +255,11 @@ pub fn run(tests: &[Test]) -> ! {
     }
     println!("{passed} passed, {failed} failed");
     let code = if failed == 0 {
-        crate::qemu::ExitCode::Success
+        crate::dev::qemu::ExitCode::Success
     } else {
-        crate::qemu::ExitCode::Failure
+        crate::dev::qemu::ExitCode::Failure
     };
-    crate::qemu::exit(code)
+    crate::dev::qemu::exit(code)
 }
 
 /// Whether bit `i` of the hex number `mask` is set (digits beyond the
@@ -278,7 +278,7 @@ fn mask_has(mask: &str, i: usize) -> bool {
 /// point. A test expecting a fault carries `#[should_fault(<Expect>)]`
 /// after its doc comment. A first line `setup = path;` names a function
 /// `fn(extern "C" fn() -> !) -> !` that prepares the machine (e.g.
-/// [`kernel_space::enter`](crate::kernel_space::enter)) and then calls the
+/// [`kernel_space::enter`](crate::mm::kernel_space::enter)) and then calls the
 /// function it is given, which runs the tests.
 ///
 /// ```ignore
@@ -378,5 +378,48 @@ impl core::fmt::Write for Indented {
             print!("{part}");
         }
         Ok(())
+    }
+}
+
+/// A spin lock that a test may abandon (a fault or panic ends the test with
+/// the lock held): the next test takes it over, since the holder never runs
+/// again. Its state may be half-changed, but that test already failed.
+pub struct TestLock<T> {
+    inner: spin::Mutex<T>,
+    /// The test (see [`current_test`]) that last took the lock.
+    holder: core::sync::atomic::AtomicUsize,
+}
+
+impl<T> TestLock<T> {
+    /// A lock around `value`.
+    pub const fn new(value: T) -> Self {
+        Self {
+            inner: spin::Mutex::new(value),
+            holder: core::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes the lock; takes it over from an abandoned test; panics with
+    /// `nested` when the running test already holds it.
+    pub fn lock_or_take_over(&self, nested: &str) -> spin::MutexGuard<'_, T> {
+        use core::sync::atomic::Ordering;
+        let test = current_test();
+        let guard = match self.inner.try_lock() {
+            Some(guard) => guard,
+            None if self.holder.load(Ordering::SeqCst) != test => {
+                // SAFETY: single CPU, no interrupts: the holder was a test
+                // that was abandoned by a fault or panic and never runs again.
+                unsafe { self.inner.force_unlock() };
+                self.inner.lock()
+            }
+            None => panic!("{nested}"),
+        };
+        self.holder.store(test, Ordering::SeqCst);
+        guard
+    }
+
+    /// Takes the lock, waiting for it.
+    pub fn lock(&self) -> spin::MutexGuard<'_, T> {
+        self.inner.lock()
     }
 }

@@ -5,7 +5,7 @@
 #![no_main]
 
 use kernel_demo::testing::{Expect, PageFaultErrorCode as Pf};
-use kernel_demo::{boot, cpu};
+use kernel_demo::{arch::cpu, boot};
 
 /// Canonical, far above the boot identity map: never mapped.
 const UNMAPPED: u64 = 0x0000_1000_0000_0000;
@@ -64,7 +64,7 @@ kernel_demo::test_kernel! {
     /// The kernel runs in the higher half; its sections are page-aligned,
     /// in order, W^X, and end where the physical image ends.
     fn image_sections_are_w_xor_x() {
-        use kernel_demo::image::{segments, KERNEL_OFFSET};
+        use kernel_demo::boot::image::{segments, KERNEL_OFFSET};
         let here = image_sections_are_w_xor_x as fn() as usize as u64;
         assert!(here >= KERNEL_OFFSET, "code at {here:#x}");
         let segs = segments();

@@ -6,7 +6,7 @@
 #![no_main]
 
 use kernel_demo::boot;
-use kernel_demo::memory::{init, reserved_ranges, FRAMES};
+use kernel_demo::mm::memory::{init, reserved_ranges, FRAMES};
 use kmem::frame::{BitmapFrameAllocator, FrameError};
 use x86_64::structures::paging::PhysFrame;
 use x86_64::PhysAddr;

@@ -14,10 +14,10 @@ use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::alloc::Layout;
-use kernel_demo::heap::HEAP;
-use kernel_demo::image::segments;
-use kernel_demo::kernel_space::{enter, STACK_GUARD};
-use kernel_demo::memory::with_memory;
+use kernel_demo::boot::image::segments;
+use kernel_demo::mm::heap::HEAP;
+use kernel_demo::mm::kernel_space::{enter, STACK_GUARD};
+use kernel_demo::mm::memory::with_memory;
 use kernel_demo::testing::{Expect, PageFaultErrorCode as Pf};
 use kmem::paging::{AddressSpace, MapFlags};
 use x86_64::structures::paging::frame::PhysFrameRange;
@@ -58,15 +58,15 @@ kernel_demo::test_kernel! {
         let frames = (end - start) / 4096;
         // 64 boot page directories alone take 64 frames.
         assert!(frames > 64, "boot segment of {frames} frames");
-        assert_eq!(kernel_demo::memory::boot_frames_released(), frames);
-        let map = kernel_demo::memory::memory_map(kernel_demo::boot::info()).unwrap();
+        assert_eq!(kernel_demo::mm::memory::boot_frames_released(), frames);
+        let map = kernel_demo::mm::memory::memory_map(kernel_demo::boot::info()).unwrap();
         let usable: u64 = map
             .regions()
             .iter()
             .filter(|r| r.kind == kmem::memory_map::RegionKind::Usable)
             .map(|r| r.len / 4096)
             .sum();
-        let total = kernel_demo::memory::FRAMES.with(|f| f.stats().total);
+        let total = kernel_demo::mm::memory::FRAMES.with(|f| f.stats().total);
         assert_eq!(total, usable + frames);
     }
 
@@ -160,7 +160,7 @@ kernel_demo::test_kernel! {
     /// The heap grows past its initial size, and gives the frames back
     /// when the memory is freed and trimmed.
     fn heap_grows_and_shrinks() {
-        kernel_demo::heap::trim();
+        kernel_demo::mm::heap::trim();
         let (frames0, pages0) = (free_frames(), heap_pages());
         let big: Vec<u64> = (0..(2u64 << 20)).collect(); // 16 MiB
         assert_eq!(big[123_456], 123_456);
@@ -168,7 +168,7 @@ kernel_demo::test_kernel! {
         assert!(pages1 >= pages0 + 4096, "heap did not grow: {pages0} -> {pages1} pages");
         assert!(frames1 + 4096 <= frames0, "frames not taken: {frames0} -> {frames1}");
         drop(big);
-        kernel_demo::heap::trim();
+        kernel_demo::mm::heap::trim();
         let (frames2, pages2) = (free_frames(), heap_pages());
         assert!(pages2 <= pages0 + 1, "heap did not shrink: {pages0} -> {pages1} -> {pages2} pages");
         assert!(frames2 + 1 >= frames0, "frames not returned: {frames0} -> {frames1} -> {frames2}");
@@ -180,7 +180,7 @@ kernel_demo::test_kernel! {
     /// mapping all of RAM page by page (minutes under TCG at -m 4G).
     fn out_of_memory_returns_null() {
         let mut hog: Vec<PhysFrameRange> = Vec::with_capacity(16_384);
-        kernel_demo::heap::trim();
+        kernel_demo::mm::heap::trim();
         with_memory(|m| {
             for (run, keep) in [(512, 0), (1, 64)] {
                 while hog.len() < hog.capacity() && m.free_frames() > keep {
@@ -200,7 +200,7 @@ kernel_demo::test_kernel! {
         // SAFETY: a valid non-zero layout.
         let p = unsafe { core::alloc::GlobalAlloc::alloc(&HEAP, huge) };
         assert!(p.is_null(), "a 32 GiB allocation succeeded");
-        kernel_demo::heap::trim();
+        kernel_demo::mm::heap::trim();
         let stats1 = HEAP.stats().expect("heap");
         assert_eq!(free_frames(), frames0, "frames lost by the failed allocation");
         assert_eq!((stats1.live_bytes, stats1.live_allocs), (stats0.live_bytes, stats0.live_allocs));

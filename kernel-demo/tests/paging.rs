@@ -6,7 +6,7 @@
 #![no_main]
 
 use kernel_demo::boot::phys_to_virt;
-use kernel_demo::memory::with_memory;
+use kernel_demo::mm::memory::with_memory;
 use kernel_demo::testing::{Expect, PageFaultErrorCode as Pf};
 use kmem::paging::{AddressSpace, LeafSize, MapFlags, Mmu, PagingError};
 use x86_64::structures::paging::{Page, PhysFrame, Size1GiB, Size4KiB};
@@ -191,7 +191,7 @@ kernel_demo::test_kernel! {
     /// A 1 GiB page maps the first GiB of RAM read-only (when the CPU has
     /// 1 GiB pages); reads agree with the direct map.
     fn gigabyte_page_reads_ram() {
-        if !kernel_demo::cpu::has_1gib_pages() {
+        if !kernel_demo::arch::cpu::has_1gib_pages() {
             return;
         }
         let free = free_frames();

@@ -11,13 +11,13 @@
 extern crate alloc;
 
 use alloc::boxed::Box;
+use kernel_demo::dev::virtio::VirtioSwap;
 use kernel_demo::overcommit;
 use kernel_demo::println;
-use kernel_demo::virtio::VirtioSwap;
 use kmem::vm::MemSwap;
 
 kernel_demo::test_kernel! {
-    setup = kernel_demo::kernel_space::enter;
+    setup = kernel_demo::mm::kernel_space::enter;
 
     /// 256 pages over 64 frames and an in-memory device.
     fn overcommit_over_memory() {
@@ -40,9 +40,9 @@ kernel_demo::test_kernel! {
         let before = overcommit::accounted_frames();
         let mut raw = VirtioSwap::find().expect("the disk");
         let t = |f: &mut dyn FnMut()| {
-            let t0 = kernel_demo::cpu::rdtsc();
+            let t0 = kernel_demo::arch::cpu::rdtsc();
             f();
-            kernel_demo::cpu::rdtsc() - t0
+            kernel_demo::arch::cpu::rdtsc() - t0
         };
         // Raw 64 KiB sequential writes, 4 MiB in all.
         let writes = t(&mut || {

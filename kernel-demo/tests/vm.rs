@@ -10,12 +10,12 @@
 extern crate alloc;
 
 use alloc::vec;
-use kernel_demo::heap::HEAP;
-use kernel_demo::memory::{with_memory, FRAMES};
-use kernel_demo::process::{
+use kernel_demo::mm::heap::HEAP;
+use kernel_demo::mm::memory::{with_memory, FRAMES};
+use kernel_demo::user::process::{
     enable_smep_smap, run_all, vm_stats, with_vm, End, Process, HEAP_BASE, STACK_PAGES, STACK_TOP,
 };
-use kernel_demo::programs::Program;
+use kernel_demo::user::programs::Program;
 use kernel_demo::user::{probe_exec, probe_read, probe_read_user, ProbeFault};
 use kmem::paging::{Mmu, X86Mmu};
 use kmem::vm::{FaultAccess, FaultReason};
@@ -34,7 +34,7 @@ fn frames_accounted() -> u64 {
 }
 
 kernel_demo::test_kernel! {
-    setup = kernel_demo::kernel_space::enter;
+    setup = kernel_demo::mm::kernel_space::enter;
 
     /// Two processes, the same heap address, each sees its own data; heap
     /// and stack pages come on demand.
@@ -74,7 +74,7 @@ kernel_demo::test_kernel! {
     /// Bad processes are ended with the reason; the good one runs to the end.
     fn bad_processes_end_others_go_on() {
         let secret = &raw const KERNEL_SECRET as u64;
-        let text = kernel_demo::programs::code as *const () as u64;
+        let text = kernel_demo::user::programs::code as *const () as u64;
         let guard = STACK_TOP - (STACK_PAGES + 1) * 4096;
         let procs = vec![
             Process::spawn(1, Program::Read, secret).unwrap(),
@@ -129,7 +129,7 @@ kernel_demo::test_kernel! {
         let (smep, _) = enable_smep_smap();
         assert!(smep, "QEMU -cpu max has SMEP");
         let p = Process::spawn(1, Program::Tag, 0).unwrap();
-        let code = kernel_demo::process::CODE_BASE;
+        let code = kernel_demo::user::process::CODE_BASE;
         assert!(p.peek(code).is_some(), "code is mapped");
         let kernel = X86Mmu.cr3();
         // SAFETY: the space shares the kernel half; switched back below.
@@ -156,6 +156,6 @@ kernel_demo::test_kernel! {
         assert_eq!(vm_stats().shared_frames, 0);
         assert_eq!(frames_accounted(), before, "frames lost over 2000 cycles");
         // The kernel's own tables still translate the heap.
-        with_memory(|m| assert!(m.mapper.translate(VirtAddr::new(kernel_demo::heap::HEAP_START + 4096)).is_ok()));
+        with_memory(|m| assert!(m.mapper.translate(VirtAddr::new(kernel_demo::mm::heap::HEAP_START + 4096)).is_ok()));
     }
 }

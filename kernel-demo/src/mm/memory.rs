@@ -6,7 +6,8 @@
 //! allocator sees the map.
 
 use crate::boot::{BootInfo, DIRECT_MAP};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use crate::testing::TestLock;
+use core::sync::atomic::{AtomicU64, Ordering};
 use kmem::frame::{BitmapFrameAllocator, FrameError, LockedFrameAllocator};
 use kmem::memory_map::{MapError, MemoryMap};
 use kmem::paging::{Mapper, OffsetPhysMem, X86Mmu};
@@ -77,9 +78,7 @@ pub static FRAMES: LockedFrameAllocator<'static> =
 
 /// The mapper of the kernel's active page tables: the boot tables after
 /// [`init`], the kernel's own after the demo switches to them.
-static MAPPER: spin::Mutex<Option<Mapper<OffsetPhysMem>>> = spin::Mutex::new(None);
-/// The test (see [`crate::testing::current_test`]) that last took MAPPER.
-static HOLDER: AtomicUsize = AtomicUsize::new(0);
+static MAPPER: TestLock<Option<Mapper<OffsetPhysMem>>> = TestLock::new(None);
 static INIT: spin::Once<Result<(), SetupError>> = spin::Once::new();
 
 /// Builds the frame allocator from the PVH map and a mapper over the boot
@@ -155,24 +154,11 @@ impl Memory<'_> {
 }
 
 /// Runs `f` with the kernel's memory, [`init`]ializing it on first use.
-///
-/// A test that faults or panics inside `f` never releases the mapper lock:
-/// the next test takes it over (its state may be half-changed, but that
-/// test already failed). A nested call is refused with a panic.
+/// A nested call is refused with a panic; a test abandoned inside `f` by a
+/// fault leaves the lock to the next test ([`TestLock`]).
 pub fn with_memory<R>(f: impl FnOnce(&mut Memory<'_>) -> R) -> R {
     init().unwrap_or_else(|e| panic!("{e}"));
-    let test = crate::testing::current_test();
-    let mut guard = match MAPPER.try_lock() {
-        Some(guard) => guard,
-        None if HOLDER.load(Ordering::SeqCst) != test => {
-            // SAFETY: single CPU, no interrupts: the holder was a test that
-            // was abandoned by a fault or panic and never runs again.
-            unsafe { MAPPER.force_unlock() };
-            MAPPER.lock()
-        }
-        None => panic!("with_memory called inside with_memory"),
-    };
-    HOLDER.store(test, Ordering::SeqCst);
+    let mut guard = MAPPER.lock_or_take_over("with_memory called inside with_memory");
     let mapper = guard.as_mut().expect("init installs the mapper");
     f(&mut Memory {
         frames: &FRAMES,

@@ -5,7 +5,7 @@
 //! addresses; DMA memory is contiguous frames from kmem's frame allocator.
 
 use crate::boot::{phys_to_virt, DIRECT_MAP};
-use crate::memory::{with_memory, FRAMES};
+use crate::mm::memory::{with_memory, FRAMES};
 use core::ptr::NonNull;
 use kmem::paging::{MapFlags, PagingError};
 use kmem::vm::{SwapDevice, SwapIoError};

@@ -3,12 +3,12 @@
 //! image W^X, a kernel stack with an unmapped guard page below it; no
 //! identity map.
 
+use crate::boot::image;
 use crate::boot::{BootInfo, DIRECT_MAP};
-use crate::image;
-use crate::memory::{direct_map, with_memory};
+use crate::mm::memory::{direct_map, with_memory};
 use kmem::frame::FrameError;
-use kmem::memory_map::RegionKind;
-use kmem::paging::{Census, LeafSize, MapFlags, Mapper, Mmu, OffsetPhysMem, PagingError};
+use kmem::memory_map::{MemoryMap, RegionKind};
+use kmem::paging::{Census, LeafSize, MapFlags, Mapper, Mmu, OffsetPhysMem};
 use x86_64::structures::paging::{Page, Size4KiB};
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -42,9 +42,10 @@ fn section_flags(seg: &image::Segment) -> MapFlags {
     }
 }
 
-/// RAM ranges to direct-map: usable and ACPI memory, page-rounded.
-fn ram_ranges(info: &BootInfo) -> impl Iterator<Item = (u64, u64)> + '_ {
-    info.regions()
+/// RAM ranges to direct-map: usable and ACPI memory of the sanitized map
+/// (sorted, merged, overlaps resolved), page-rounded.
+fn ram_ranges(map: &MemoryMap) -> impl Iterator<Item = (u64, u64)> + '_ {
+    map.regions()
         .iter()
         .filter(|r| {
             matches!(
@@ -52,18 +53,19 @@ fn ram_ranges(info: &BootInfo) -> impl Iterator<Item = (u64, u64)> + '_ {
                 RegionKind::Usable | RegionKind::AcpiReclaimable | RegionKind::AcpiNvs
             )
         })
-        .map(|r| (r.start & !0xfff, (r.start + r.len + 0xfff) & !0xfff))
+        .map(|r| (r.start & !0xfff, (r.end() + 0xfff) & !0xfff))
         .filter(|(s, e)| e > s)
 }
 
 /// Builds the kernel's address space (not active yet).
-pub fn build(info: &BootInfo) -> Result<(Mapper<OffsetPhysMem>, BuildReport), PagingError> {
+pub fn build(info: &BootInfo) -> Result<(Mapper<OffsetPhysMem>, BuildReport), kmem::Error> {
     with_memory(|m| {
         let free_before = m.free_frames();
         let mut k = Mapper::new_empty(direct_map(), &mut m.frames)?;
-        let t0 = crate::cpu::rdtsc();
+        let t0 = crate::arch::cpu::rdtsc();
         let mut direct_bytes = 0;
-        for (start, end) in ram_ranges(info) {
+        let ram: MemoryMap = MemoryMap::from_regions(info.regions().iter().copied())?;
+        for (start, end) in ram_ranges(&ram) {
             let virt = VirtAddr::new(DIRECT_MAP + start);
             k.map_range(
                 virt,
@@ -75,7 +77,7 @@ pub fn build(info: &BootInfo) -> Result<(Mapper<OffsetPhysMem>, BuildReport), Pa
             .ignore(); // not active: nothing cached to flush
             direct_bytes += end - start;
         }
-        let direct_cycles = crate::cpu::rdtsc() - t0;
+        let direct_cycles = crate::arch::cpu::rdtsc() - t0;
         for seg in image::segments() {
             let (virt, phys) = (VirtAddr::new(seg.start), PhysAddr::new(seg.phys_start()));
             k.map_range_with(
@@ -93,13 +95,7 @@ pub fn build(info: &BootInfo) -> Result<(Mapper<OffsetPhysMem>, BuildReport), Pa
         let guard = VirtAddr::new(info.boot_stack_bottom() - 4096);
         k.unmap_range(guard, 4096, &mut m.frames)?.ignore();
         for i in 0..STACK_PAGES {
-            let frame = m
-                .frames
-                .with(|f| f.allocate())
-                .map_err(|_| PagingError::OutOfFrames {
-                    needed: 1,
-                    obtained: 0,
-                })?;
+            let frame = m.frames.with(|f| f.allocate())?;
             let page =
                 Page::<Size4KiB>::containing_address(VirtAddr::new(STACK_GUARD + 4096 * (i + 1)));
             k.map(page, frame, MapFlags::READ_WRITE.global(), &mut m.frames)?
@@ -141,7 +137,7 @@ pub unsafe fn activate(kernel: Mapper<OffsetPhysMem>) -> Result<u64, FrameError>
     // SAFETY: the kernel's tables are active and map the boot segment only
     // through the direct map; `interrupts::init` loaded the kernel's GDT
     // before any kernel code ran; the 32-bit stub never runs again.
-    unsafe { crate::memory::release_boot_memory() }
+    unsafe { crate::mm::memory::release_boot_memory() }
 }
 
 /// Continues on the kernel stack (with its guard page) in `next`.
@@ -169,12 +165,12 @@ pub unsafe fn run_on_kernel_stack(next: extern "C" fn() -> !) -> ! {
 /// address space, the switch, the heap, then `next` on the kernel stack.
 pub fn enter(next: extern "C" fn() -> !) -> ! {
     let info = crate::boot::info();
-    crate::memory::init().unwrap_or_else(|e| crate::fatal(format_args!("{e}")));
+    crate::mm::memory::init().unwrap_or_else(|e| crate::fatal(format_args!("{e}")));
     let (kernel, _) =
         build(info).unwrap_or_else(|e| crate::fatal(format_args!("kernel space: {e:?}")));
     // SAFETY: `kernel` was just built by `build` for this kernel.
     unsafe { activate(kernel) }.unwrap_or_else(|e| crate::fatal(format_args!("boot memory: {e}")));
-    crate::heap::init().unwrap_or_else(|e| crate::fatal(format_args!("heap: {e:?}")));
+    crate::mm::heap::init().unwrap_or_else(|e| crate::fatal(format_args!("heap: {e:?}")));
     // SAFETY: the kernel space is active and its stack unused.
     unsafe { run_on_kernel_stack(next) }
 }

@@ -8,7 +8,7 @@
 //! `kmem_longjmp` directly. The closure's stack frames are abandoned, not
 //! dropped: whatever they owned leaks, as with `panic = "abort"`.
 
-use crate::interrupts::Fault;
+use crate::arch::trap::Fault;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 /// Registers a `setjmp` saves (the System V callee-saved set).
@@ -44,8 +44,8 @@ pub enum Outcome {
 /// The active jump buffer, null outside [`protect`].
 static ACTIVE: AtomicPtr<JmpBuf> = AtomicPtr::new(core::ptr::null_mut());
 static LAST_FAULT: spin::Mutex<Option<Fault>> = spin::Mutex::new(None);
-static PANIC_MESSAGE: spin::Mutex<crate::boot::FixedStr<512>> =
-    spin::Mutex::new(crate::boot::FixedStr::new());
+static PANIC_MESSAGE: spin::Mutex<crate::text::FixedStr<512>> =
+    spin::Mutex::new(crate::text::FixedStr::new());
 
 /// Calls `f`, turning a CPU exception or a panic inside it into an
 /// [`Outcome`]. Not reentrant: a nested call is refused with a panic.
@@ -84,8 +84,8 @@ pub fn active() -> bool {
 }
 
 /// The message of the last panic caught by [`protect`].
-pub fn panic_message() -> crate::boot::FixedStr<512> {
-    let mut out = crate::boot::FixedStr::new();
+pub fn panic_message() -> crate::text::FixedStr<512> {
+    let mut out = crate::text::FixedStr::new();
     let _ = core::fmt::Write::write_str(&mut out, &PANIC_MESSAGE.lock());
     out
 }
@@ -93,7 +93,7 @@ pub fn panic_message() -> crate::boot::FixedStr<512> {
 /// Called by the exception handler: when a protected call is running,
 /// redirects `frame` so that `iretq` resumes in the `setjmp` with
 /// [`Outcome::Faulted`], and returns true.
-pub(crate) fn catch_fault(frame: &mut crate::interrupts::TrapFrame, fault: Fault) -> bool {
+pub(crate) fn catch_fault(frame: &mut crate::arch::trap::TrapFrame, fault: Fault) -> bool {
     let buf = ACTIVE.load(Ordering::SeqCst);
     if buf.is_null() {
         return false;
@@ -126,7 +126,7 @@ pub(crate) fn escape_panic(info: &core::panic::PanicInfo<'_>) {
     unsafe { PANIC_MESSAGE.force_unlock() };
     {
         let mut msg = PANIC_MESSAGE.lock();
-        *msg = crate::boot::FixedStr::new();
+        *msg = crate::text::FixedStr::new();
         let _ = core::fmt::write(&mut *msg, format_args!("{info}"));
     }
     // SAFETY: `buf` is the live jump buffer of the running `protect`,

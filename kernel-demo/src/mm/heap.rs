@@ -8,7 +8,7 @@
 //! ([`with_memory`]) must not allocate: the heap would need the mapper to
 //! grow, and `with_memory` refuses the nested use with a panic.
 
-use crate::memory::{with_memory, FRAMES};
+use crate::mm::memory::{with_memory, FRAMES};
 use kmem::frame::LockedFrameAllocator;
 use kmem::heap::{HeapInitError, LockedHeap, MappedPageSource, PageMapper};
 use kmem::paging::{MapFlags, PagingError};
@@ -85,7 +85,7 @@ unsafe impl core::alloc::GlobalAlloc for Global {
 }
 
 /// Starts the heap over `[HEAP_START, HEAP_START + HEAP_SIZE)`.
-/// Requires [`crate::memory::init`]. The heap is built in place, so any
+/// Requires [`crate::mm::memory::init`]. The heap is built in place, so any
 /// stack will do.
 pub fn init() -> Result<(), HeapInitError> {
     let source = MappedPageSource::new(&FRAMES, KernelPageMapper);

@@ -9,8 +9,11 @@
 //! back and the trap frame is rewritten to return into the `setjmp`, so
 //! [`run`] returns the trap.
 
-use crate::interrupts::{Fault, TrapFrame};
-use crate::recover::{kmem_longjmp, kmem_setjmp_call, JmpBuf};
+pub mod process;
+pub mod programs;
+
+use crate::arch::recover::{kmem_longjmp, kmem_setjmp_call, JmpBuf};
+use crate::arch::trap::{Fault, TrapFrame};
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 /// Decides, for a trap from ring 3, whether the user code resumes (true,
@@ -30,7 +33,7 @@ static RUNNING: AtomicPtr<Running> = AtomicPtr::new(core::ptr::null_mut());
 /// Initial register state of user code: `rip`, `rsp` and the first two
 /// arguments (`rdi`, `rsi`), ring-3 selectors, interrupts off.
 pub fn initial_state(rip: u64, rsp: u64, arg0: u64, arg1: u64) -> TrapFrame {
-    let (code, data) = crate::interrupts::user_selectors();
+    let (code, data) = crate::arch::gdt::user_selectors();
     TrapFrame {
         rip,
         rsp,
@@ -76,7 +79,7 @@ extern "C" fn enter(arg: *mut u8) {
     unsafe {
         core::arch::asm!(
             "mov rsp, {frame}",
-            crate::interrupts::return_from_trap_frame!(),
+            crate::arch::trap::return_from_trap_frame!(),
             frame = in(reg) arg,
             options(noreturn),
         )
@@ -98,7 +101,7 @@ pub(crate) fn trap(frame: &mut TrapFrame, fault: Fault) {
     // SAFETY: `state` points at the caller's `TrapFrame`, alive for the run.
     unsafe { *running.state = *frame };
     running.left = Some(fault);
-    let (code, data) = crate::interrupts::kernel_selectors();
+    let (code, data) = crate::arch::gdt::kernel_selectors();
     let longjmp: unsafe extern "C" fn(*const JmpBuf, u64) -> ! = kmem_longjmp;
     frame.rip = longjmp as usize as u64;
     frame.rdi = &raw const running.buf as u64;

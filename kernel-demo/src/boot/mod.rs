@@ -14,6 +14,9 @@
 //! direct map only, so nothing changes when the kernel replaces these boot
 //! tables with its own and drops the identity map.
 
+pub mod image;
+
+use crate::text::{FixedStr, Size};
 use core::fmt;
 use kmem::memory_map::e820::E820Entry;
 use kmem::memory_map::multiboot2 as multiboot2_map;
@@ -217,9 +220,9 @@ extern "C" {
 /// The kernel's entry in Rust, called by the stub on the boot stack with the
 /// loader's boot information and which protocol handed it over.
 extern "C" fn rust_entry(boot_info: u64, protocol: u64) -> ! {
-    crate::console::init();
-    crate::interrupts::init();
-    crate::cpu::init();
+    crate::dev::console::init();
+    crate::arch::interrupts::init();
+    crate::arch::cpu::init();
     let parsed = match protocol {
         1 => BootInfo::from_multiboot2(boot_info),
         _ => BootInfo::from_pvh(boot_info),
@@ -244,55 +247,6 @@ pub fn info() -> &'static BootInfo {
     BOOT_INFO
         .get()
         .expect("boot info is set before the entry point runs")
-}
-
-/// Formats into a fixed buffer so `pad` can align it without a heap.
-fn alloc_free_fmt<const N: usize>(args: fmt::Arguments<'_>) -> FixedStr<N> {
-    let mut s = FixedStr::<N>::new();
-    let _ = fmt::write(&mut s, args);
-    s
-}
-
-/// A small string on the stack.
-pub struct FixedStr<const N: usize> {
-    buf: [u8; N],
-    len: usize,
-}
-
-impl<const N: usize> FixedStr<N> {
-    /// An empty string.
-    pub const fn new() -> Self {
-        Self {
-            buf: [0; N],
-            len: 0,
-        }
-    }
-}
-
-impl<const N: usize> Default for FixedStr<N> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<const N: usize> core::ops::Deref for FixedStr<N> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        // Only whole `str`s are ever appended, so the prefix is UTF-8.
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
-    }
-}
-
-impl<const N: usize> fmt::Write for FixedStr<N> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let room = N - self.len;
-        if s.len() > room {
-            return Err(fmt::Error);
-        }
-        self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
-        self.len += s.len();
-        Ok(())
-    }
 }
 
 /// How the kernel was booted.
@@ -528,25 +482,4 @@ fn cmdline_at(paddr: u64) -> FixedStr<CMDLINE_CAPACITY> {
     let bytes = unsafe { core::slice::from_raw_parts(p, len) };
     let _ = fmt::Write::write_str(&mut out, core::str::from_utf8(bytes).unwrap_or(""));
     out
-}
-
-/// A byte count printed with a binary unit (`4 KiB`, `127 MiB`).
-pub struct Size(pub u64);
-
-impl fmt::Display for Size {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-        let mut unit = 0;
-        while unit < UNITS.len() - 1 && self.0 >= 1u64 << (10 * (unit + 1)) {
-            unit += 1;
-        }
-        let scale = 1u64 << (10 * unit);
-        let (whole, tenths) = (self.0 / scale, (self.0 % scale) * 10 / scale);
-        let text = if tenths == 0 {
-            alloc_free_fmt::<24>(format_args!("{whole} {}", UNITS[unit]))
-        } else {
-            alloc_free_fmt::<24>(format_args!("{whole}.{tenths} {}", UNITS[unit]))
-        };
-        f.pad(&text)
-    }
 }

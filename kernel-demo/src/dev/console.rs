@@ -69,7 +69,7 @@ pub fn _print(args: fmt::Arguments<'_>) {
 /// Prints to the serial console.
 #[macro_export]
 macro_rules! print {
-    ($($arg:tt)*) => ($crate::console::_print(format_args!($($arg)*)));
+    ($($arg:tt)*) => ($crate::dev::console::_print(format_args!($($arg)*)));
 }
 
 /// Prints to the serial console, with a newline.

@@ -3,9 +3,9 @@
 //! run in ring 3 round-robin until it exits, forks or is ended for a
 //! fault the virtual-memory layer refuses.
 
-use crate::interrupts::{vector, Fault, TrapFrame};
-use crate::memory::{direct_map, with_memory, FRAMES};
-use crate::programs::{self, Program};
+use crate::arch::trap::{vector, Fault, TrapFrame};
+use crate::mm::memory::{direct_map, with_memory, FRAMES};
+use crate::user::programs::{self, Program};
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicPtr, Ordering};
