@@ -392,10 +392,11 @@ fn frames_exhaustion_no_hoarding() {
     let usable = frames.shared.with(|a| a.free_frames()) as usize;
     let cache = Cache::new(frames.shared, HostCpu);
     let n = threads();
+    let barrier = std::sync::Barrier::new(n);
     let mut held: Vec<PhysFrame> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .map(|cpu| {
-                let cache = &cache;
+                let (cache, barrier) = (&cache, &barrier);
                 s.spawn(move || {
                     HostCpu::pin(cpu);
                     let mut got = Vec::new();
@@ -408,6 +409,7 @@ fn frames_exhaustion_no_hoarding() {
                         // SAFETY: allocated here, unused.
                         unsafe { cache.free(f) }.unwrap();
                     }
+                    barrier.wait();
                     while let Ok(f) = cache.allocate() {
                         got.push(f);
                     }
