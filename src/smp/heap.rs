@@ -24,6 +24,18 @@ pub const fn class_cache_limit(class: usize) -> usize {
     }
 }
 
+/// [`class_cache_limit`] of every class, computed once (no division on
+/// the free path).
+static LIMITS: [u32; NUM_CLASSES] = {
+    let mut t = [0; NUM_CLASSES];
+    let mut c = 0;
+    while c < NUM_CLASSES {
+        t[c] = class_cache_limit(c) as u32;
+        c += 1;
+    }
+    t
+};
+
 /// One CPU's free lists: singly linked through the first word of each
 /// cached block, so caching needs no memory of its own.
 struct Lists {
@@ -227,7 +239,7 @@ impl<A: GlobalAlloc, C: CpuLocal, const CPUS: usize> PerCpuHeap<A, C, CPUS> {
         if first.is_null() {
             return first;
         }
-        let batch = class_cache_limit(class) / 2;
+        let batch = LIMITS[class] as usize / 2;
         let mut got = 0;
         while got < batch {
             // SAFETY: as above.
@@ -274,10 +286,10 @@ impl<A: GlobalAlloc, C: CpuLocal, const CPUS: usize> PerCpuHeap<A, C, CPUS> {
             let mut lists = self.slot().lock();
             // SAFETY: the caller gives the block up.
             unsafe { lists.push(class, p) };
-            let limit = class_cache_limit(class);
-            if lists.counts[class] as usize > limit {
+            let limit = LIMITS[class];
+            if lists.counts[class] > limit {
                 lists.stats.flushes += 1;
-                let rest = lists.split_off(class, limit / 2);
+                let rest = lists.split_off(class, limit as usize / 2);
                 // SAFETY: detached cached blocks of `class`.
                 unsafe { self.release_chain(class, rest) };
             }
