@@ -290,7 +290,10 @@ fn main() {
     println!("ratio heap_2t_vs_1t kmem {:.2}", heap[0][1] / heap[0][0]);
     println!("ratio heap_2t talc {:.2}", heap[0][1] / heap[2][1]);
     println!("ratio heap_2t_vs_1t talc {:.2}", heap[2][1] / heap[2][0]);
-    println!("ratio frames_2t_vs_1t kmem {:.2}", frames[0][1] / frames[0][0]);
+    println!(
+        "ratio frames_2t_vs_1t kmem {:.2}",
+        frames[0][1] / frames[0][0]
+    );
     println!(
         "ratio frames_2t_vs_1t locked {:.2}",
         frames[1][1] / frames[1][0]

@@ -54,6 +54,13 @@ impl Acked {
 }
 
 impl Flush {
+    /// This flush and `other` as one token (one shootdown round for both):
+    /// batch the tokens of single-page operations before shooting.
+    pub fn combine(mut self, other: Flush) -> Flush {
+        self.merge(other);
+        self
+    }
+
     /// Performs the flush on this CPU (through `mmu`) and, in one round for
     /// the whole batch, on the other CPUs of `cpus` (an
     /// [`ActiveCpus::snapshot`](super::ActiveCpus::snapshot) taken after the
