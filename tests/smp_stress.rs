@@ -103,7 +103,7 @@ fn random_layout(rng: &mut Rng) -> Layout {
 
 fn heap_worker(heap: &Heap, mailbox: &Mutex<Vec<Obj>>, cpu: usize, ops: usize) {
     HostCpu::pin(cpu);
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (cpu as u64 + 1) * 0x1234_5678);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((cpu as u64 + 1) * 0x1234_5678));
     let mut live: Vec<Obj> = Vec::new();
     for n in 0..ops {
         let roll = rng.below(16);
@@ -327,7 +327,7 @@ fn frame_worker(
     ops: usize,
 ) {
     HostCpu::pin(cpu);
-    let mut rng = Rng(0xdead_beef ^ (cpu as u64 + 7) * 0x9e37_79b9);
+    let mut rng = Rng(0xdead_beef ^ ((cpu as u64 + 7) * 0x9e37_79b9));
     let mut live: Vec<(PhysFrame, u64)> = Vec::new();
     for n in 0..ops {
         let roll = rng.below(16);
@@ -458,15 +458,17 @@ fn frames_double_free_detected() {
     // SAFETY: allocated here, unused.
     unsafe { cache.free(f) }.unwrap();
     let addr = f.start_address().as_u64();
-    // SAFETY: deliberately wrong (the frame is cached): refused, nothing changes.
-    assert_eq!(
-        unsafe { cache.free(f) },
-        Err(FrameError::AlreadyFree { frame: addr })
-    );
+    let result = {
+        // SAFETY: a breach on purpose (the frame is cached), refused before
+        // anything changes; no memory of the frame is in use.
+        unsafe { cache.free(f) }
+    };
+    assert_eq!(result, Err(FrameError::AlreadyFree { frame: addr }));
     cache.drain_all();
     // Back in the shared allocator: a free there is refused when the
     // cache flushes it.
-    // SAFETY: deliberately wrong, see above.
+    // SAFETY: a breach on purpose (the frame is free in the shared
+    // allocator), caught when the cache flushes; no memory of it is in use.
     unsafe { cache.free(f) }.unwrap();
     let mut errors = 0;
     for _ in 0..FRAME_CACHE {
