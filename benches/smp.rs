@@ -11,8 +11,9 @@
 //!
 //! Each figure is the median of interleaved trials of a fixed duration;
 //! throughput is operations (an alloc plus a free) per microsecond, summed
-//! over threads. On a machine with fewer idle cores than threads the
-//! 2-thread figures mean nothing: check `uptime` first.
+//! over threads. A calibration row (threads sharing nothing) shows what
+//! the machine's idle cores allow: with fewer idle cores than threads the
+//! 2-thread figures mean nothing, so check `uptime` and that row.
 //! `KMEM_BENCH_QUICK=1` for a short iteration run.
 
 mod common;
@@ -117,7 +118,7 @@ fn make_heap(which: usize, buf: *mut u8) -> Box<dyn GlobalAlloc + Sync> {
             // SAFETY: as above.
             unsafe { heap.init(arena, buf as usize, HEAP_SIZE) }.unwrap();
             if which == 0 {
-                Box::new(PerCpuHeap::<_, HostCpu, 8>::new(heap, HostCpu))
+                Box::new(Reporting(PerCpuHeap::<_, HostCpu, 8>::new(heap, HostCpu)))
             } else {
                 Box::new(heap)
             }
@@ -127,6 +128,31 @@ fn make_heap(which: usize, buf: *mut u8) -> Box<dyn GlobalAlloc + Sync> {
             let claim = unsafe { talc::source::Claim::new(buf, HEAP_SIZE) };
             Box::new(talc::TalcLock::<spin::Mutex<()>, _>::new(claim))
         }
+    }
+}
+
+/// Prints the cache counters when dropped (`KMEM_BENCH_STATS=1`).
+struct Reporting(PerCpuHeap<LockedHeap<ArenaPageSource>, HostCpu, 8>);
+
+impl Drop for Reporting {
+    fn drop(&mut self) {
+        if std::env::var_os("KMEM_BENCH_STATS").is_some() {
+            let s = self.0.stats();
+            let hit = s.hits as f64 / (s.hits + s.misses).max(1) as f64;
+            println!("per-CPU heap: hit rate {:.3}, {s:?}", hit);
+        }
+    }
+}
+
+// SAFETY: forwards to the per-CPU heap.
+unsafe impl GlobalAlloc for Reporting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: forwarded.
+        unsafe { self.0.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: forwarded.
+        unsafe { self.0.dealloc(p, l) }
     }
 }
 
@@ -217,6 +243,22 @@ fn frames_trial(which: usize, threads: usize, duration: Duration) -> f64 {
     result
 }
 
+// ---------------------------------------------------------------- calibration
+
+/// Shares nothing: what the machine's idle cores allow (2.0 on two idle
+/// cores); the allocators' ratios are read against it.
+fn baseline(_thread: usize, stop: &AtomicBool) -> u64 {
+    let mut rng = Rng(1);
+    let mut ops = 0;
+    while !stop.load(Relaxed) {
+        for _ in 0..256 {
+            black_box(rng.next());
+        }
+        ops += 256;
+    }
+    ops
+}
+
 // ---------------------------------------------------------------- report
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -241,6 +283,14 @@ fn main() {
         // SAFETY: inside the buffer: touch every page once.
         unsafe { buf.add(i).write_volatile(0xab) };
     }
+
+    let mut base = [Vec::new(), Vec::new()];
+    for _ in 0..cfg.trials {
+        for (k, threads) in [1, n].into_iter().enumerate() {
+            base[k].push(run(threads, cfg.duration / 4, baseline));
+        }
+    }
+    let [b1, bn] = base.map(median);
 
     // heap[which][0] = 1 thread, [1] = n threads.
     let mut heap = vec![[Vec::new(), Vec::new()]; HEAP_NAMES.len()];
@@ -286,7 +336,12 @@ fn main() {
             many / one
         );
     }
+    println!(
+        "| none (calibration) | no shared state | {b1:.0} | {bn:.0} | {:.2} |",
+        bn / b1
+    );
     println!();
+    println!("ratio machine_2t_vs_1t {:.2}", bn / b1);
     println!("ratio heap_2t_vs_1t kmem {:.2}", heap[0][1] / heap[0][0]);
     println!("ratio heap_2t talc {:.2}", heap[0][1] / heap[2][1]);
     println!("ratio heap_2t_vs_1t talc {:.2}", heap[2][1] / heap[2][0]);

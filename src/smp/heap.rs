@@ -12,11 +12,12 @@ use crate::heap::{class_align, class_of, CLASS_SIZES, NUM_CLASSES};
 pub const HEAP_CACHE_BYTES: usize = 4096;
 
 /// Blocks of size class `class` one CPU caches at most:
-/// [`HEAP_CACHE_BYTES`] worth, between 8 and 64 blocks.
+/// [`HEAP_CACHE_BYTES`] worth, between 16 and 64 blocks (at most
+/// 144 KiB per CPU over all classes).
 pub const fn class_cache_limit(class: usize) -> usize {
     let n = HEAP_CACHE_BYTES / CLASS_SIZES[class];
-    if n < 8 {
-        8
+    if n < 16 {
+        16
     } else if n > 64 {
         64
     } else {
