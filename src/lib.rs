@@ -24,6 +24,8 @@
 //! - [`heap`] is a `GlobalAlloc` with size-class slabs and a large-object
 //!   heap, fed pages by a [`heap::PageSource`] (in a kernel: frames mapped
 //!   by the mapper).
+//! - [`smp`] is for several CPUs: per-CPU caches in front of the frame
+//!   allocator and the heap, and TLB shootdown with deferred frees.
 //!
 //! Errors are typed and carry the data that was wrong; after a failed
 //! operation every structure is exactly as before.
@@ -93,6 +95,7 @@ pub mod frame;
 pub mod heap;
 pub mod memory_map;
 pub mod paging;
+pub mod smp;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(feature = "vm")]

@@ -5,3 +5,4 @@
 pub mod arena;
 pub mod mmu;
 pub mod phys_mem;
+pub mod smp;

@@ -1,0 +1,18 @@
+//! One CPU's slot on cache lines of its own.
+
+use core::ops::Deref;
+
+/// Aligns `T` to 128 bytes: two cache lines, since x86's adjacent-line
+/// prefetcher pulls lines in pairs, so neighbouring CPUs' slots never share
+/// what the hardware moves between cores.
+#[repr(align(128))]
+pub(crate) struct CachePadded<T>(pub(crate) T);
+
+impl<T> Deref for CachePadded<T> {
+    type Target = T;
+
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
