@@ -37,11 +37,11 @@
 mod allocator;
 mod error;
 mod global;
-pub mod large;
+mod large;
 mod magazine;
 mod page_source;
 mod size_class;
-pub mod slab;
+mod slab;
 mod stats;
 #[cfg(feature = "tracking")]
 pub mod tracking;
