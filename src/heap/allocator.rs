@@ -80,7 +80,7 @@ impl<P: PageSource> Heap<P> {
     }
 
     /// [`Heap::new`] building the heap directly in `slot`: the heap's state
-    /// (about 36 KiB, about 240 KiB with `tracking`) never passes through
+    /// (about 32 KiB, about 240 KiB with `tracking`) never passes through
     /// the stack, so a kernel can set its heap up from a small stack.
     /// On error `slot` is left uninitialised (and `source` dropped).
     ///
@@ -598,7 +598,7 @@ impl<P: PageSource> Heap<P> {
             core::ptr::write_bytes(ptr.as_ptr(), super::tracking::POISON, n)
         };
         // SAFETY: forwarded from the caller.
-        if unsafe { self.large.release(ptr) }.is_some_and(|last| last >= TRIM_TRIGGER) {
+        if unsafe { self.large.deallocate(ptr) }.is_some_and(|last| last >= TRIM_TRIGGER) {
             self.trim_large();
         }
     }

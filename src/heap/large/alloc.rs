@@ -15,10 +15,10 @@ impl Large {
         if align > GRANULE {
             return self.allocate_aligned(size, align, false);
         }
-        let bs = block_size(size)?;
-        let b = self.take(bs)?;
-        // SAFETY: `b` is a free block of at least `bs` bytes, now unlinked.
-        Some(unsafe { self.carve(b, bs) })
+        let needed = block_size(size)?;
+        let block = self.take(needed)?;
+        // SAFETY: `block` is a free block of at least `needed` bytes, now unlinked.
+        Some(unsafe { self.carve(block, needed) })
     }
 
     /// As [`Large::allocate`], but when good fit finds nothing, also scans the
@@ -28,126 +28,139 @@ impl Large {
         if align > GRANULE {
             return self.allocate_aligned(size, align, true);
         }
-        let bs = block_size(size)?;
-        let b = self.take(bs).or_else(|| self.take_scan(bs))?;
+        let needed = block_size(size)?;
+        let block = self.take(needed).or_else(|| self.take_scan(needed))?;
         // SAFETY: as in `allocate`.
-        Some(unsafe { self.carve(b, bs) })
+        Some(unsafe { self.carve(block, needed) })
     }
 
     /// Allocation with alignment above `GRANULE`: a block with room for the gap
     /// in front of an aligned payload. A gap of at least `SPLIT_MIN` becomes
     /// a free block; a shorter one stays in the block behind an `OFFSET`
-    /// word (splitting it off cost two list operations per aligned
-    /// allocation and made those the slowest 1 % of alloc+free pairs).
-    /// Out of line: inlined, LLVM computed this path's bin lookups on every
-    /// allocation.
+    /// word, which saves a link and an unlink per aligned allocation. Out
+    /// of line so its bin lookups stay off the common path.
     #[inline(never)]
     fn allocate_aligned(&mut self, size: usize, align: usize, scan: bool) -> Option<NonNull<u8>> {
-        let bs = block_size(size)?;
-        let need = fit_size(size, align)?;
-        let b = self
-            .take(need)
-            .or_else(|| if scan { self.take_scan(need) } else { None })?;
-        // SAFETY: the block holds `gap + bs` bytes; the gap is a multiple
-        // of GRANULE, so an `OFFSET` word at `b + gap` lies past the header.
+        let needed = block_size(size)?;
+        let fit = fit_size(size, align)?;
+        let block = self
+            .take(fit)
+            .or_else(|| if scan { self.take_scan(fit) } else { None })?;
+        // SAFETY: the block holds `gap + needed` bytes; the gap is a multiple
+        // of GRANULE, so an `OFFSET` word at `block + gap` lies past the header.
         unsafe {
-            let pay = b as usize + OVERHEAD;
-            let gap = ((pay + align - 1) & !(align - 1)) - pay;
+            let payload = block as usize + OVERHEAD;
+            let gap = ((payload + align - 1) & !(align - 1)) - payload;
             if gap >= SPLIT_MIN {
-                let h = hdr(b);
-                let rest = b.add(gap);
-                set_hdr(rest, ((h & SIZE_MASK) - gap) | PREV_FREE);
-                set_footer(b, gap);
-                self.link(b, gap, h & PREV_FREE);
-                return Some(self.carve(rest, bs));
+                let header = hdr(block);
+                let rest = block.add(gap);
+                set_hdr(rest, ((header & SIZE_MASK) - gap) | PREV_FREE);
+                set_footer(block, gap);
+                self.link(block, gap, header & PREV_FREE);
+                return Some(self.carve(rest, needed));
             }
-            let p = self.carve(b, gap + bs).as_ptr();
+            let unaligned = self.carve(block, gap + needed).as_ptr();
             if gap == 0 {
-                return Some(NonNull::new_unchecked(p));
+                return Some(NonNull::new_unchecked(unaligned));
             }
-            p.add(gap - OVERHEAD).cast::<usize>().write(gap | OFFSET);
-            Some(NonNull::new_unchecked(p.add(gap)))
+            unaligned
+                .add(gap - OVERHEAD)
+                .cast::<usize>()
+                .write(gap | OFFSET);
+            Some(NonNull::new_unchecked(unaligned.add(gap)))
         }
     }
 
-    /// Marks the unlinked free block `b` used with size `bs`, freeing the tail.
+    /// Marks the unlinked free block `block` used with size `used`, freeing
+    /// the tail.
+    ///
+    /// # Safety
+    /// As [`Large::carve_with`].
     #[inline(always)]
-    unsafe fn carve(&mut self, b: *mut u8, bs: usize) -> NonNull<u8> {
+    unsafe fn carve(&mut self, block: *mut u8, used: usize) -> NonNull<u8> {
         // SAFETY: forwarded.
-        unsafe { self.carve_with(b, bs, false) }
+        unsafe { self.carve_with(block, used, false) }
     }
 
     /// As `carve`; `mark_next` also sets `PREV_FREE` on the block after a
-    /// split-off tail (needed when `b`'s successor was not free before).
+    /// split-off tail (needed when `block`'s successor was not free before).
+    ///
+    /// # Safety
+    /// `block` must be a free block of the span, in no list, whose header
+    /// holds its size (at least `used`, a multiple of `GRANULE`).
     #[inline(always)]
-    unsafe fn carve_with(&mut self, b: *mut u8, bs: usize, mark_next: bool) -> NonNull<u8> {
-        // SAFETY: `b` is a free, unlinked block of at least `bs` bytes.
+    unsafe fn carve_with(&mut self, block: *mut u8, used: usize, mark_next: bool) -> NonNull<u8> {
+        // SAFETY: `block` is a free, unlinked block of at least `used` bytes.
         unsafe {
-            let h = hdr(b);
-            let size = h & SIZE_MASK;
-            let rest = size - bs;
+            let header = hdr(block);
+            let size = header & SIZE_MASK;
+            let rest = size - used;
             if rest >= SPLIT_MIN {
-                let t = b.add(bs);
-                set_footer(t, rest);
-                self.link(t, rest, 0);
+                let tail = block.add(used);
+                set_footer(tail, rest);
+                self.link(tail, rest, 0);
                 if mark_next {
-                    let n = t.add(rest);
-                    set_hdr(n, hdr(n) | PREV_FREE);
+                    let next = tail.add(rest);
+                    set_hdr(next, hdr(next) | PREV_FREE);
                 }
-                set_hdr(b, bs | (h & PREV_FREE));
+                set_hdr(block, used | (header & PREV_FREE));
             } else {
-                set_hdr(b, size | (h & PREV_FREE));
-                let n = b.add(size);
-                set_hdr(n, hdr(n) & !PREV_FREE);
+                set_hdr(block, size | (header & PREV_FREE));
+                let next = block.add(size);
+                set_hdr(next, hdr(next) & !PREV_FREE);
             }
-            NonNull::new_unchecked(b.add(OVERHEAD))
+            NonNull::new_unchecked(block.add(OVERHEAD))
         }
     }
 
     /// Starts loading the header after a live block of `size` requested
-    /// bytes, where [`Large::release`] will look next. `release` finds that
-    /// header from the block's own, and both are usually cold: without the
-    /// hint the two cache misses happen one after the other. A hint only:
+    /// bytes, where [`Large::deallocate`] will look next. `deallocate` finds
+    /// that header from the block's own, and both are usually cold: without
+    /// the hint the two cache misses happen one after the other. A hint only:
     /// slack or a stale size just prefetches a useless line.
     #[inline(always)]
     pub(crate) fn prefetch_successor(ptr: NonNull<u8>, size: usize) {
-        let bs = size.wrapping_add(OVERHEAD + GRANULE - 1) & !(GRANULE - 1);
-        prefetch(ptr.as_ptr().wrapping_sub(OVERHEAD).wrapping_add(bs));
+        let block_bytes = size.wrapping_add(OVERHEAD + GRANULE - 1) & !(GRANULE - 1);
+        prefetch(
+            ptr.as_ptr()
+                .wrapping_sub(OVERHEAD)
+                .wrapping_add(block_bytes),
+        );
     }
 
     /// Frees the block whose payload is `ptr`, merging with free neighbours.
-    ///
-    /// # Safety
-    /// `ptr` must come from [`Large::allocate`] on this heap and be live.
     /// Returns the size of the free block the payload ended in, if that
     /// block is the last one (a trim candidate): the caller can decide on
     /// trimming without touching the sentinel's cache line.
+    ///
+    /// # Safety
+    /// `ptr` must come from [`Large::allocate`] on this heap and be live.
     #[inline]
-    pub(crate) unsafe fn release(&mut self, ptr: NonNull<u8>) -> Option<usize> {
+    pub(crate) unsafe fn deallocate(&mut self, ptr: NonNull<u8>) -> Option<usize> {
         // SAFETY: `ptr` is a live payload, so its header and neighbours are valid.
         unsafe {
-            let (mut b, h, _) = block_of(ptr);
-            let mut size = h & SIZE_MASK;
-            let n = b.add(size);
-            let nh = hdr(n);
-            if nh & FREE != 0 {
-                self.unlink(n, nh);
-                size += nh & SIZE_MASK;
+            let (mut block, header, _) = block_of(ptr);
+            let mut size = header & SIZE_MASK;
+            let next = block.add(size);
+            let next_header = hdr(next);
+            if next_header & FREE != 0 {
+                self.unlink(next, next_header);
+                size += next_header & SIZE_MASK;
             } else {
-                set_hdr(n, nh | PREV_FREE);
+                set_hdr(next, next_header | PREV_FREE);
             }
-            let mut pf = h & PREV_FREE;
-            if pf != 0 {
-                let ps = b.sub(8).cast::<usize>().read();
-                b = b.sub(ps);
-                let ph = hdr(b);
-                self.unlink(b, ph);
-                size += ps;
-                pf = ph & PREV_FREE;
+            let mut prev_flags = header & PREV_FREE;
+            if prev_flags != 0 {
+                let prev_size = block.sub(8).cast::<usize>().read();
+                block = block.sub(prev_size);
+                let prev_header = hdr(block);
+                self.unlink(block, prev_header);
+                size += prev_size;
+                prev_flags = prev_header & PREV_FREE;
             }
-            set_footer(b, size);
-            self.link(b, size, pf);
-            (b as usize + size == self.brk - 8).then_some(size)
+            set_footer(block, size);
+            self.link(block, size, prev_flags);
+            (block as usize + size == self.brk - 8).then_some(size)
         }
     }
 
@@ -159,8 +172,8 @@ impl Large {
     pub(crate) unsafe fn usable(&self, ptr: NonNull<u8>) -> usize {
         // SAFETY: forwarded from the caller.
         unsafe {
-            let (_, h, gap) = block_of(ptr);
-            (h & SIZE_MASK) - OVERHEAD - gap
+            let (_, header, gap) = block_of(ptr);
+            (header & SIZE_MASK) - OVERHEAD - gap
         }
     }
 
@@ -180,30 +193,30 @@ impl Large {
     ) -> Option<usize> {
         // SAFETY: `ptr` is live, so its header and its successor's are valid.
         unsafe {
-            let (b, h, gap) = block_of(ptr);
-            let bs = block_size(new_size)?.checked_add(gap)?;
-            let size = h & SIZE_MASK;
-            let n = b.add(size);
-            let nh = hdr(n);
-            let total = if nh & FREE != 0 {
-                size + (nh & SIZE_MASK)
+            let (block, header, gap) = block_of(ptr);
+            let needed = block_size(new_size)?.checked_add(gap)?;
+            let size = header & SIZE_MASK;
+            let next = block.add(size);
+            let next_header = hdr(next);
+            let next_free = next_header & FREE != 0;
+            let total = if next_free {
+                size + (next_header & SIZE_MASK)
             } else {
                 size
             };
-            if bs > total {
+            if needed > total {
                 return None;
             }
-            if bs <= size && size - bs < SPLIT_MIN {
+            if needed <= size && size - needed < SPLIT_MIN {
                 return Some(0); // fits, nothing worth splitting off
             }
-            let next_free = nh & FREE != 0;
             if next_free {
-                self.unlink(n, nh);
+                self.unlink(next, next_header);
             }
-            set_hdr(b, total | FREE | (h & PREV_FREE));
-            self.carve_with(b, bs, !next_free);
-            let rest = total - bs;
-            let at_top = rest >= SPLIT_MIN && b as usize + total == self.brk - 8;
+            set_hdr(block, total | FREE | (header & PREV_FREE));
+            self.carve_with(block, needed, !next_free);
+            let rest = total - needed;
+            let at_top = rest >= SPLIT_MIN && block as usize + total == self.brk - 8;
             Some(if at_top { rest } else { 0 })
         }
     }
@@ -222,32 +235,36 @@ impl Large {
         new_size: usize,
         keep: usize,
     ) -> Option<NonNull<u8>> {
-        let bs = block_size(new_size)?;
+        let needed = block_size(new_size)?;
         // SAFETY: `ptr` is live, so its header, its successor's and (if
         // PREV_FREE) its predecessor's footer are valid.
         unsafe {
-            let (b, h, gap) = block_of(ptr);
-            if h & PREV_FREE == 0 || gap != 0 {
+            let (block, header, gap) = block_of(ptr);
+            if header & PREV_FREE == 0 || gap != 0 {
                 return None;
             }
-            let size = h & SIZE_MASK;
-            let ps = b.sub(8).cast::<usize>().read();
-            let n = b.add(size);
-            let nh = hdr(n);
-            let ns = if nh & FREE != 0 { nh & SIZE_MASK } else { 0 };
-            if ps + size + ns < bs {
+            let size = header & SIZE_MASK;
+            let prev_size = block.sub(8).cast::<usize>().read();
+            let next = block.add(size);
+            let next_header = hdr(next);
+            let next_size = if next_header & FREE != 0 {
+                next_header & SIZE_MASK
+            } else {
+                0
+            };
+            if prev_size + size + next_size < needed {
                 return None;
             }
-            let p = b.sub(ps);
-            let ph = hdr(p);
-            let pf = ph & PREV_FREE;
-            self.unlink(p, ph);
-            if ns != 0 {
-                self.unlink(n, nh);
+            let prev = block.sub(prev_size);
+            let prev_header = hdr(prev);
+            let prev_flags = prev_header & PREV_FREE;
+            self.unlink(prev, prev_header);
+            if next_size != 0 {
+                self.unlink(next, next_header);
             }
-            core::ptr::copy(ptr.as_ptr(), p.add(OVERHEAD), keep);
-            set_hdr(p, (ps + size + ns) | FREE | pf);
-            Some(self.carve_with(p, bs, ns == 0))
+            core::ptr::copy(ptr.as_ptr(), prev.add(OVERHEAD), keep);
+            set_hdr(prev, (prev_size + size + next_size) | FREE | prev_flags);
+            Some(self.carve_with(prev, needed, next_size == 0))
         }
     }
 }

@@ -62,29 +62,29 @@ pub(super) unsafe fn set_footer(b: *mut u8, size: usize) {
 pub(super) unsafe fn block_of(ptr: NonNull<u8>) -> (*mut u8, usize, usize) {
     // SAFETY: a live payload is preceded by its header or an OFFSET word.
     unsafe {
-        let w = ptr.as_ptr().sub(OVERHEAD);
-        let h = hdr(w);
-        if h & OFFSET != 0 {
-            return offset_block(w, h);
+        let word = ptr.as_ptr().sub(OVERHEAD);
+        let header = hdr(word);
+        if header & OFFSET != 0 {
+            return offset_block(word, header);
         }
-        (w, h, 0)
+        (word, header, 0)
     }
 }
 
-/// `block_of` for an aligned payload behind an OFFSET word `h` at `w`. Out
-/// of line so the common case stays a branch: as a select, it put a second
-/// header load on every free's critical path.
+/// `block_of` for an aligned payload behind the OFFSET word `offset` at
+/// `word`. Out of line so the common case stays a branch rather than a
+/// select, which would put a second header load on every free.
 ///
 /// # Safety
-/// As `block_of`, with `h` the OFFSET word at `w`.
+/// As `block_of`, with `offset` the OFFSET word at `word`.
 #[cold]
 #[inline(never)]
-unsafe fn offset_block(w: *mut u8, h: usize) -> (*mut u8, usize, usize) {
-    let gap = h & SIZE_MASK;
+unsafe fn offset_block(word: *mut u8, offset: usize) -> (*mut u8, usize, usize) {
+    let gap = offset & SIZE_MASK;
     // SAFETY: the OFFSET word names the distance back to the block's header.
     unsafe {
-        let b = w.sub(gap);
-        (b, hdr(b), gap)
+        let block = word.sub(gap);
+        (block, hdr(block), gap)
     }
 }
 

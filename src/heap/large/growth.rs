@@ -13,15 +13,16 @@ impl Large {
     /// the whole span stays under 256 TiB (see [`Large::init`]).
     pub(crate) unsafe fn extend(&mut self, new_brk: usize) {
         debug_assert!(new_brk - self.start <= MAX_BLOCK);
-        let b = (self.brk - 8) as *mut u8;
-        // SAFETY: `b` is the old sentinel; the new memory follows it.
+        let sentinel = (self.brk - 8) as *mut u8;
+        // SAFETY: the old sentinel becomes a used block over the new memory,
+        // which follows it, and is then deallocated like any other.
         unsafe {
-            let prev_free = hdr(b) & PREV_FREE;
+            let prev_free = hdr(sentinel) & PREV_FREE;
             let size = new_brk - self.brk;
-            set_hdr(b, size | prev_free);
+            set_hdr(sentinel, size | prev_free);
             set_hdr((new_brk - 8) as *mut u8, 0);
             self.brk = new_brk;
-            self.release(NonNull::new_unchecked(b.add(OVERHEAD)));
+            self.deallocate(NonNull::new_unchecked(sentinel.add(OVERHEAD)));
         }
     }
 
@@ -54,15 +55,15 @@ impl Large {
         // SAFETY: the last block is free and `size` long, so it and its
         // header lie in the span, below the sentinel.
         unsafe {
-            let b = sentinel.sub(size);
-            let new_brk = (b as usize + 16 + keep.max(MIN_BLOCK)).next_multiple_of(page);
+            let last = sentinel.sub(size);
+            let new_brk = (last as usize + 16 + keep.max(MIN_BLOCK)).next_multiple_of(page);
             if new_brk >= self.brk {
                 return None;
             }
-            self.unlink(b, hdr(b));
-            let new_size = new_brk - 8 - b as usize;
-            set_footer(b, new_size);
-            self.link(b, new_size, hdr(b) & PREV_FREE);
+            self.unlink(last, hdr(last));
+            let new_size = new_brk - 8 - last as usize;
+            set_footer(last, new_size);
+            self.link(last, new_size, hdr(last) & PREV_FREE);
             set_hdr((new_brk - 8) as *mut u8, PREV_FREE);
             let cut = (new_brk, self.brk);
             self.brk = new_brk;

@@ -40,12 +40,8 @@ const PREV_FREE: usize = 2;
 /// (never set in a header: sizes are multiples of `GRANULE`).
 const OFFSET: usize = 8;
 /// Block sizes are multiples of this, and every payload is aligned to it:
-/// a cache line, so large objects never share one, and 32- and 64-byte
-/// alignments need no in-block gap. With 16, such requests (a quarter of
-/// the aligned ones in talc's workload) paid the gap's out-of-line lookup
-/// on free and made up a quarter of the slowest 1.5 % of alloc+free pairs
-/// while being 5 % of them. Heap efficiency: 97.12 % with 16, 97.09 %
-/// with 64 (96.95 % with 32: placement shifts either way).
+/// a cache line, so large objects never share one, and alignments up to 64
+/// bytes (common for large requests) need no in-block gap.
 pub(crate) const GRANULE: usize = 64;
 const _: () = assert!(GRANULE.is_power_of_two() && GRANULE > OFFSET && GRANULE >= 16);
 /// The size bits of a header. A free block's header also names its bin in
@@ -58,10 +54,8 @@ pub(crate) const OVERHEAD: usize = 8;
 pub(crate) const MIN_BLOCK: usize = if GRANULE > 32 { GRANULE } else { 32 };
 /// Smallest tail split off an allocation; a shorter one stays in the block
 /// as slack. Requests below 1 KiB go to the slabs, so a free block this
-/// small could only wait for a neighbour to merge with, and made every
-/// split pay a link now and an unlink later: keeping it as slack is
-/// faster at mid sizes for under 0.1 point of heap efficiency (figures in
-/// BENCHMARKS.md, heap).
+/// small could only wait for a neighbour to merge with, at the cost of a
+/// link now and an unlink later.
 const SPLIT_MIN: usize = 1024;
 /// Largest block, and largest span: sizes stay below a header's bin bits.
 pub(crate) const MAX_BLOCK: usize = SIZE_MASK;
@@ -112,7 +106,7 @@ impl Large {
     }
 
     /// Writes an empty state (as [`Large::new`]) at `slot` without building
-    /// its ~23 KiB on the stack first.
+    /// its ~19 KiB on the stack first.
     ///
     /// # Safety
     /// `slot` must be valid for writes of a `Large` and aligned.
@@ -131,7 +125,7 @@ impl Large {
     /// shares its header with the bin index.
     pub(crate) unsafe fn init(&mut self, start: usize, brk: usize) {
         // SAFETY: `self` is a valid, aligned `Large`; resetting it in place
-        // keeps its ~23 KiB off the stack (no `Self::new()` temporary).
+        // keeps its ~19 KiB off the stack (no `Self::new()` temporary).
         unsafe { Self::init_at(self) };
         self.start = start;
         // The first block starts at `start + GRANULE - 8`, where the

@@ -20,7 +20,7 @@ fn short_tails_stay_as_slack_long_ones_are_split() {
     let a = l.allocate(8000, 8).unwrap();
     let _guard = l.allocate(8000, 8).unwrap();
     // SAFETY: `a` is live.
-    unsafe { l.release(a) };
+    unsafe { l.deallocate(a) };
     assert_eq!(l.check(), Ok((1, 2)), "a's hole and the free top");
     let hole = block_size(8000).unwrap();
     assert!(hole - block_size(7100).unwrap() < SPLIT_MIN);
@@ -34,7 +34,7 @@ fn short_tails_stay_as_slack_long_ones_are_split() {
         "no free fragment in front of the guard"
     );
     // SAFETY: `short` is live.
-    unsafe { l.release(short) };
+    unsafe { l.deallocate(short) };
     assert!(hole - block_size(6900).unwrap() >= SPLIT_MIN);
     let long = l.allocate(6900, 8).unwrap();
     // SAFETY: `long` is live.
@@ -80,7 +80,7 @@ fn alignments_up_to_a_granule_need_no_gap() {
     assert_eq!(l.check().map(|(used, _)| used), Ok(live.len()));
     for p in live.into_iter().flatten() {
         // SAFETY: `p` is live.
-        unsafe { l.release(p) };
+        unsafe { l.deallocate(p) };
     }
     assert_eq!(l.check(), Ok((0, 1)));
 }
@@ -113,7 +113,7 @@ fn small_alignment_gaps_stay_in_the_block_large_ones_are_freed() {
         assert_eq!(end + top, l.brk() - 8, "the tail joined the free top");
         assert_eq!(*a.as_ptr().add(999), 0xa5, "payload kept");
         assert_eq!(l.check(), Ok((1, 1)));
-        l.release(a);
+        l.deallocate(a);
     }
     assert_eq!(l.check(), Ok((0, 1)), "the gap came back with the block");
     // A 4 KiB alignment needs a gap of 4 KiB - GRANULE: a free block of its own.
@@ -121,6 +121,6 @@ fn small_alignment_gaps_stay_in_the_block_large_ones_are_freed() {
     assert!((b.as_ptr() as usize).is_multiple_of(4096));
     assert_eq!(l.check(), Ok((1, 2)));
     // SAFETY: `b` is live.
-    unsafe { l.release(b) };
+    unsafe { l.deallocate(b) };
     assert_eq!(l.check(), Ok((0, 1)));
 }
