@@ -25,8 +25,8 @@
 //! // SAFETY: [HEAP_START, HEAP_START + HEAP_LEN) is reserved for the heap.
 //! unsafe { HEAP.init(MappedPageSource::new(frames, mapper), HEAP_START, HEAP_LEN) }?;
 //! let stats = HEAP.stats().unwrap();           // live bytes, pages held, ...
-//! HEAP.lock().as_mut().unwrap().trim();        // give every free page back
-//! // feature "tracking": HEAP.lock().as_ref().unwrap().tracker().leaks()
+//! HEAP.lock().heap_mut().unwrap().trim();      // give every free page back
+//! // feature "tracking": HEAP.lock().heap().unwrap().tracker().leaks()
 //! ```
 //! The first and last page of the range are never mapped (guards). Pages
 //! are mapped on demand and unmapped (frames freed) when whole spans become
@@ -37,6 +37,7 @@
 mod allocator;
 mod error;
 mod global;
+mod hooks;
 mod large;
 mod magazine;
 mod page_source;
@@ -47,7 +48,7 @@ mod stats;
 pub mod tracking;
 
 pub use allocator::Heap;
-pub use error::{AllocError, HeapInitError};
+pub use error::{AllocError, HeapInitError, HeapInvariantError};
 pub use global::{HeapSlot, LockedHeap};
 pub use page_source::{MappedPageSource, PageMapper, PageSource, PageSourceError, PAGE_SIZE};
 pub use size_class::{class_align, class_of, CLASS_SIZES, MAX_SMALL, NUM_CLASSES};

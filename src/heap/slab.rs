@@ -7,6 +7,7 @@
 //! list; never-used objects are handed out by a bump pointer.
 
 use super::size_class::CLASS_SIZES;
+use super::HeapInvariantError;
 use core::ptr::null_mut;
 
 /// Bytes in one slab span (a power of two; spans are aligned to it).
@@ -219,21 +220,24 @@ impl Default for SpanList {
     }
 }
 
-/// Checks one partial slab of `class`: header, free list inside the slab
-/// at object boundaries, counts matching. Returns its free count.
+/// Checks one slab of `class`: header, free list inside the slab at
+/// object boundaries, counts matching. Returns its free count.
 ///
 /// # Safety
-/// `s` must be a slab header reachable from the heap's lists.
-pub(crate) unsafe fn check_slab(s: *const SlabHeader, class: usize) -> Result<usize, &'static str> {
+/// `s` must be the base of a mapped span of the slab region.
+pub(crate) unsafe fn check_slab(
+    s: *const SlabHeader,
+    class: usize,
+) -> Result<usize, HeapInvariantError> {
     // SAFETY: forwarded from the caller; list walks are bounded by capacity.
     unsafe {
         let h = &*s;
         let (cap, first) = layout_of(class);
         let size = CLASS_SIZES[class];
-        if h.magic != SLAB_MAGIC || h.class as usize != class || h.capacity as usize != cap {
-            return Err("slab header corrupt");
-        }
         let base = s as usize;
+        if h.magic != SLAB_MAGIC || h.class as usize != class || h.capacity as usize != cap {
+            return Err(HeapInvariantError::SlabHeader { span: base });
+        }
         let bumped = (h.limit as usize - h.bump as usize) / size;
         let mut listed = 0;
         let mut p = h.free_head;
@@ -244,16 +248,23 @@ pub(crate) unsafe fn check_slab(s: *const SlabHeader, class: usize) -> Result<us
                 || off < first
                 || !(off - first).is_multiple_of(size)
             {
-                return Err("slab free list points outside the slab's used objects");
+                return Err(HeapInvariantError::SlabFreeList {
+                    slab: base,
+                    object: p as usize,
+                });
             }
             listed += 1;
             if listed > cap {
-                return Err("slab free list loops");
+                return Err(HeapInvariantError::SlabFreeListCycle { slab: base });
             }
             p = p.cast::<*mut u8>().read();
         }
         if listed + bumped != h.free_count as usize {
-            return Err("slab free count differs from its list");
+            return Err(HeapInvariantError::SlabFreeCount {
+                slab: base,
+                counted: listed + bumped,
+                recorded: h.free_count as usize,
+            });
         }
         Ok(h.free_count as usize)
     }
