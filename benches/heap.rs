@@ -569,7 +569,7 @@ static KMEM_LAST: AtomicUsize = AtomicUsize::new(0);
 fn kmem_calls() -> (usize, usize) {
     // SAFETY: `make` stored a heap that lives while it is measured.
     let h = unsafe { &*(KMEM_LAST.load(Relaxed) as *const LockedHeap<ArenaPageSource>) };
-    h.lock().as_ref().map_or((0, 0), |h| h.source().calls())
+    h.lock().heap().map_or((0, 0), |h| h.source().calls())
 }
 
 /// Knobs of the latency run, read once.
@@ -794,7 +794,7 @@ fn probe_efficiency_failure(buf: &Buffer) {
     let v = fill_until_failure(&heap, &mut Rng(0xe44), 10_000, true, &|| false)
         .expect("never gives up");
     let g = heap.lock();
-    let h = g.as_ref().unwrap();
+    let h = g.heap().unwrap();
     let s = h.stats();
     let small: usize = v
         .iter()

@@ -478,12 +478,13 @@ fn fill_with_small_objects_until_failure() {
 }
 
 /// `LockedHeap::init` builds the heap in place: it works on a thread whose
-/// stack is smaller than the heap's own state (~36 KiB; ~240 KiB with
-/// `tracking`), where building it on the stack first would overflow.
+/// stack is smaller than two copies of the heap's own state (~32 KiB;
+/// ~240 KiB with `tracking`), which building it on the stack first and
+/// moving it in would need.
 #[test]
 fn locked_heap_init_fits_a_small_stack() {
     static HEAP: kmem::heap::LockedHeap<ArenaPageSource> = kmem::heap::LockedHeap::empty();
-    const STACK: usize = 64 << 10;
+    const STACK: usize = 48 << 10;
     let state = core::mem::size_of::<ArenaHeap>();
     assert!(
         state > STACK / 2,

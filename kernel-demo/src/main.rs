@@ -632,7 +632,7 @@ fn summary() {
     {
         // First, before the summary allocates anything itself.
         let guard = HEAP.lock();
-        let tracker = guard.as_ref().expect("heap").tracker();
+        let tracker = guard.heap().expect("heap").tracker();
         let leaks = tracker.leaks().count();
         println!(
             "leak report: {leaks} outstanding allocations, {} misuse reports",

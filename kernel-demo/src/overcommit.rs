@@ -89,7 +89,7 @@ fn check_page(page: u64, pass: u64) {
 /// kernel's page tables: what must be the same before and after.
 pub fn accounted_frames() -> u64 {
     let heap = crate::mm::heap::HEAP.lock();
-    let h = heap.as_ref().expect("heap");
+    let h = heap.heap().expect("heap");
     let held = h.stats().pages_held as u64 + h.tracker().stats().bitmap_pages as u64;
     drop(heap);
     let tables = with_memory(|m| m.mapper.for_each_leaf(|_| {}).tables as u64);

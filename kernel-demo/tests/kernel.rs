@@ -213,7 +213,7 @@ kernel_demo::test_kernel! {
         let v = alloc::vec![7u8; 100_000];
         assert!(v.iter().all(|&b| b == 7));
         let heap = HEAP.lock();
-        heap.as_ref().expect("heap").check_invariants().expect("heap invariants");
+        heap.heap().expect("heap").check_invariants().expect("heap invariants");
     }
 
     /// The leak report lists a deliberately leaked allocation.
@@ -222,7 +222,7 @@ kernel_demo::test_kernel! {
         let addr = leaked.as_ptr() as usize;
         let heap = HEAP.lock();
         let found = heap
-            .as_ref()
+            .heap()
             .expect("heap")
             .tracker()
             .leaks()

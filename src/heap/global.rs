@@ -33,23 +33,25 @@ pub struct LockedHeap<P: PageSource> {
     inner: Mutex<HeapSlot<P>>,
 }
 
-/// The storage of a [`LockedHeap`]: the heap is built in place here, never
-/// on the stack. Read it like an `Option<Heap>`.
+/// The storage of a [`LockedHeap`]: a heap, or none before
+/// [`LockedHeap::init`]. Not an `Option<Heap>` because the heap is built in
+/// place here, never on the stack; [`HeapSlot::heap`] and
+/// [`HeapSlot::heap_mut`] give it as an `Option`.
 pub struct HeapSlot<P: PageSource> {
     ready: bool,
     heap: MaybeUninit<Heap<P>>,
 }
 
 impl<P: PageSource> HeapSlot<P> {
-    /// The heap, once initialised.
-    pub fn as_ref(&self) -> Option<&Heap<P>> {
+    /// The heap, or `None` before [`LockedHeap::init`].
+    pub fn heap(&self) -> Option<&Heap<P>> {
         // SAFETY: `ready` is set only after the heap was initialised.
         self.ready.then(|| unsafe { self.heap.assume_init_ref() })
     }
 
-    /// The heap, once initialised.
-    pub fn as_mut(&mut self) -> Option<&mut Heap<P>> {
-        // SAFETY: as in `as_ref`.
+    /// The heap, or `None` before [`LockedHeap::init`].
+    pub fn heap_mut(&mut self) -> Option<&mut Heap<P>> {
+        // SAFETY: as in `heap`.
         self.ready.then(|| unsafe { self.heap.assume_init_mut() })
     }
 
@@ -103,7 +105,7 @@ impl<P: PageSource> LockedHeap<P> {
 
     /// The accounting snapshot, if initialised.
     pub fn stats(&self) -> Option<HeapStats> {
-        self.inner.lock().as_ref().map(Heap::stats)
+        self.inner.lock().heap().map(Heap::stats)
     }
 }
 
@@ -112,17 +114,19 @@ impl<P: PageSource> LockedHeap<P> {
 unsafe impl<P: PageSource> GlobalAlloc for LockedHeap<P> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        match self.inner.lock().as_mut() {
-            Some(h) => h.alloc_ptr(layout).map_or(null_mut(), NonNull::as_ptr),
+        match self.inner.lock().heap_mut() {
+            Some(heap) => heap
+                .allocate_ptr(layout)
+                .map_or(null_mut(), NonNull::as_ptr),
             None => null_mut(),
         }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if let (Some(h), Some(p)) = (self.inner.lock().as_mut(), NonNull::new(ptr)) {
+        if let (Some(heap), Some(ptr)) = (self.inner.lock().heap_mut(), NonNull::new(ptr)) {
             // SAFETY: the caller passes a live block of this heap with its layout.
-            unsafe { h.deallocate(p, layout) }
+            unsafe { heap.deallocate(ptr, layout) }
         }
     }
 
@@ -140,12 +144,12 @@ unsafe impl<P: PageSource> GlobalAlloc for LockedHeap<P> {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let mut guard = self.inner.lock();
-        let (Some(h), Some(p)) = (guard.as_mut(), NonNull::new(ptr)) else {
+        let (Some(heap), Some(ptr)) = (guard.heap_mut(), NonNull::new(ptr)) else {
             return null_mut();
         };
         // SAFETY: the caller passes a live block of this heap with its layout.
-        match unsafe { h.reallocate(p, layout, new_size) } {
-            Ok(p) => p.as_ptr(),
+        match unsafe { heap.reallocate(ptr, layout, new_size) } {
+            Ok(moved) => moved.as_ptr(),
             Err(AllocError::OutOfMemory { .. } | AllocError::BadLayout { .. }) => null_mut(),
         }
     }

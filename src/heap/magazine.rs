@@ -6,17 +6,17 @@
 use core::ptr::null_mut;
 
 /// Objects a magazine holds when full.
-pub const MAG_CAP: usize = 64;
+pub(crate) const MAG_CAP: usize = 64;
 
 /// A fixed stack of free object pointers of one class.
-pub struct Magazine {
+pub(crate) struct Magazine {
     len: usize,
     slots: [*mut u8; MAG_CAP],
 }
 
 impl Magazine {
     /// An empty magazine.
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self {
             len: 0,
             slots: [null_mut(); MAG_CAP],
@@ -25,25 +25,25 @@ impl Magazine {
 
     /// Objects held.
     #[inline(always)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// Whether no object is held.
     #[inline(always)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Whether no more objects fit.
     #[inline(always)]
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.len == MAG_CAP
     }
 
     /// Takes the most recently freed object.
     #[inline(always)]
-    pub fn pop(&mut self) -> Option<*mut u8> {
+    pub(crate) fn pop(&mut self) -> Option<*mut u8> {
         if self.len == 0 {
             return None;
         }
@@ -58,7 +58,7 @@ impl Magazine {
     /// # Safety
     /// The magazine must not be full ([`Magazine::is_full`]).
     #[inline(always)]
-    pub unsafe fn push(&mut self, obj: *mut u8) {
+    pub(crate) unsafe fn push(&mut self, obj: *mut u8) {
         debug_assert!(self.len < MAG_CAP);
         // SAFETY: the caller guarantees `len < MAG_CAP`, a valid slot index.
         unsafe { *self.slots.get_unchecked_mut(self.len) = obj };
@@ -66,7 +66,7 @@ impl Magazine {
     }
 
     /// Removes the `n` oldest objects, handing each to `f`.
-    pub fn drain_oldest(&mut self, n: usize, mut f: impl FnMut(*mut u8)) {
+    pub(crate) fn drain_oldest(&mut self, n: usize, mut f: impl FnMut(*mut u8)) {
         let n = n.min(self.len);
         self.slots[..n].iter().for_each(|&p| f(p));
         self.slots.copy_within(n..self.len, 0);
@@ -74,7 +74,7 @@ impl Magazine {
     }
 
     /// The objects held, oldest first.
-    pub fn objects(&self) -> &[*mut u8] {
+    pub(crate) fn objects(&self) -> &[*mut u8] {
         &self.slots[..self.len]
     }
 }

@@ -25,8 +25,8 @@
 //! // SAFETY: [HEAP_START, HEAP_START + HEAP_LEN) is reserved for the heap.
 //! unsafe { HEAP.init(MappedPageSource::new(frames, mapper), HEAP_START, HEAP_LEN) }?;
 //! let stats = HEAP.stats().unwrap();           // live bytes, pages held, ...
-//! HEAP.lock().as_mut().unwrap().trim();        // give every free page back
-//! // feature "tracking": HEAP.lock().as_ref().unwrap().tracker().leaks()
+//! HEAP.lock().heap_mut().unwrap().trim();      // give every free page back
+//! // feature "tracking": HEAP.lock().heap().unwrap().tracker().leaks()
 //! ```
 //! The first and last page of the range are never mapped (guards). Pages
 //! are mapped on demand and unmapped (frames freed) when whole spans become
@@ -37,18 +37,19 @@
 mod allocator;
 mod error;
 mod global;
+mod hooks;
 mod kernel_source;
-pub mod large;
+mod large;
 mod magazine;
 mod page_source;
 mod size_class;
-pub mod slab;
+mod slab;
 mod stats;
 #[cfg(feature = "tracking")]
 pub mod tracking;
 
 pub use allocator::Heap;
-pub use error::{AllocError, HeapInitError};
+pub use error::{AllocError, HeapInitError, HeapInvariantError};
 pub use global::{HeapSlot, LockedHeap};
 pub use kernel_source::{KernelHeap, KernelPageSource};
 pub use page_source::{MappedPageSource, PageMapper, PageSource, PageSourceError, PAGE_SIZE};

@@ -7,10 +7,11 @@
 //! list; never-used objects are handed out by a bump pointer.
 
 use super::size_class::CLASS_SIZES;
+use super::HeapInvariantError;
 use core::ptr::null_mut;
 
 /// Bytes in one slab span (a power of two; spans are aligned to it).
-pub const SLAB_SIZE: usize = 16 * 1024;
+pub(crate) const SLAB_SIZE: usize = 16 * 1024;
 /// Header bytes reserved at the start of a span.
 const HEADER: usize = 64;
 /// `magic` of a slab in use.
@@ -20,32 +21,32 @@ const FREE_MAGIC: u32 = 0x51AB_F4EE;
 
 /// The header at the start of every span of the slab region.
 #[repr(C)]
-pub struct SlabHeader {
+pub(crate) struct SlabHeader {
     magic: u32,
     class: u32,
     /// Free objects: listed plus not yet bumped.
-    pub free_count: u32,
+    pub(crate) free_count: u32,
     /// Objects the slab holds.
-    pub capacity: u32,
+    pub(crate) capacity: u32,
     free_head: *mut u8,
     bump: *mut u8,
     limit: *mut u8,
     /// Next slab in its class's partial list, or next free span.
-    pub next: *mut SlabHeader,
+    pub(crate) next: *mut SlabHeader,
     /// Previous entry in the same list.
-    pub prev: *mut SlabHeader,
+    pub(crate) prev: *mut SlabHeader,
 }
 
 const _: () = assert!(core::mem::size_of::<SlabHeader>() <= HEADER);
 
 /// The slab holding `obj`.
 #[inline(always)]
-pub fn slab_of(obj: *mut u8) -> *mut SlabHeader {
+pub(crate) fn slab_of(obj: *mut u8) -> *mut SlabHeader {
     (obj as usize & !(SLAB_SIZE - 1)) as *mut SlabHeader
 }
 
 /// Objects of `class` per slab and the offset of the first.
-pub const fn layout_of(class: usize) -> (usize, usize) {
+pub(crate) const fn layout_of(class: usize) -> (usize, usize) {
     let size = CLASS_SIZES[class];
     let first = HEADER.div_ceil(size) * size;
     ((SLAB_SIZE - first) / size, first)
@@ -55,7 +56,7 @@ pub const fn layout_of(class: usize) -> (usize, usize) {
 ///
 /// # Safety
 /// `base` must be a writable, `SLAB_SIZE`-aligned span used by nothing else.
-pub unsafe fn init_slab(base: *mut u8, class: usize) -> *mut SlabHeader {
+pub(crate) unsafe fn init_slab(base: *mut u8, class: usize) -> *mut SlabHeader {
     let (cap, first) = layout_of(class);
     let s = base.cast::<SlabHeader>();
     // SAFETY: the span is ours and large enough for the header.
@@ -79,7 +80,7 @@ pub unsafe fn init_slab(base: *mut u8, class: usize) -> *mut SlabHeader {
 ///
 /// # Safety
 /// As [`init_slab`].
-pub unsafe fn init_free_span(base: *mut u8) -> *mut SlabHeader {
+pub(crate) unsafe fn init_free_span(base: *mut u8) -> *mut SlabHeader {
     let s = base.cast::<SlabHeader>();
     // SAFETY: the span is ours.
     unsafe {
@@ -102,7 +103,7 @@ pub unsafe fn init_free_span(base: *mut u8) -> *mut SlabHeader {
 ///
 /// # Safety
 /// `s` must be the base of a mapped span of the slab region.
-pub unsafe fn is_free_span(s: *const SlabHeader) -> bool {
+pub(crate) unsafe fn is_free_span(s: *const SlabHeader) -> bool {
     // SAFETY: forwarded from the caller.
     unsafe { (*s).magic == FREE_MAGIC }
 }
@@ -111,7 +112,7 @@ pub unsafe fn is_free_span(s: *const SlabHeader) -> bool {
 ///
 /// # Safety
 /// `s` must be the base of a mapped span of the slab region.
-pub unsafe fn slab_class(s: *const SlabHeader) -> Option<usize> {
+pub(crate) unsafe fn slab_class(s: *const SlabHeader) -> Option<usize> {
     // SAFETY: forwarded from the caller.
     let h = unsafe { &*s };
     (h.magic == SLAB_MAGIC && (h.class as usize) < CLASS_SIZES.len()).then_some(h.class as usize)
@@ -122,7 +123,7 @@ pub unsafe fn slab_class(s: *const SlabHeader) -> Option<usize> {
 /// # Safety
 /// `s` must be a live slab with a free object.
 #[inline(always)]
-pub unsafe fn pop(s: *mut SlabHeader, size: usize) -> *mut u8 {
+pub(crate) unsafe fn pop(s: *mut SlabHeader, size: usize) -> *mut u8 {
     // SAFETY: free objects are inside the slab; the first word of a listed
     // object holds the next link.
     unsafe {
@@ -145,7 +146,7 @@ pub unsafe fn pop(s: *mut SlabHeader, size: usize) -> *mut u8 {
 /// # Safety
 /// `obj` must be a live object of the slab `s`.
 #[inline(always)]
-pub unsafe fn push(s: *mut SlabHeader, obj: *mut u8) -> u32 {
+pub(crate) unsafe fn push(s: *mut SlabHeader, obj: *mut u8) -> u32 {
     // SAFETY: the object is ours again and at least 8 bytes long.
     unsafe {
         let h = &mut *s;
@@ -157,16 +158,16 @@ pub unsafe fn push(s: *mut SlabHeader, obj: *mut u8) -> u32 {
 }
 
 /// A doubly linked list of span headers (partial slabs, or free spans).
-pub struct SpanList {
+pub(crate) struct SpanList {
     /// First entry, or null.
-    pub head: *mut SlabHeader,
+    pub(crate) head: *mut SlabHeader,
     /// Entries in the list.
-    pub len: usize,
+    pub(crate) len: usize,
 }
 
 impl SpanList {
     /// An empty list.
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self {
             head: null_mut(),
             len: 0,
@@ -178,7 +179,7 @@ impl SpanList {
     /// # Safety
     /// `s` must be a span header that is in no list.
     #[inline(always)]
-    pub unsafe fn push(&mut self, s: *mut SlabHeader) {
+    pub(crate) unsafe fn push(&mut self, s: *mut SlabHeader) {
         // SAFETY: `s` and the current head are valid headers.
         unsafe {
             (*s).prev = null_mut();
@@ -196,7 +197,7 @@ impl SpanList {
     /// # Safety
     /// `s` must be in this list.
     #[inline(always)]
-    pub unsafe fn remove(&mut self, s: *mut SlabHeader) {
+    pub(crate) unsafe fn remove(&mut self, s: *mut SlabHeader) {
         // SAFETY: `s` and its neighbours are valid headers in this list.
         unsafe {
             let (next, prev) = ((*s).next, (*s).prev);
@@ -219,21 +220,24 @@ impl Default for SpanList {
     }
 }
 
-/// Checks one partial slab of `class`: header, free list inside the slab
-/// at object boundaries, counts matching. Returns its free count.
+/// Checks one slab of `class`: header, free list inside the slab at
+/// object boundaries, counts matching. Returns its free count.
 ///
 /// # Safety
-/// `s` must be a slab header reachable from the heap's lists.
-pub unsafe fn check_slab(s: *const SlabHeader, class: usize) -> Result<usize, &'static str> {
+/// `s` must be the base of a mapped span of the slab region.
+pub(crate) unsafe fn check_slab(
+    s: *const SlabHeader,
+    class: usize,
+) -> Result<usize, HeapInvariantError> {
     // SAFETY: forwarded from the caller; list walks are bounded by capacity.
     unsafe {
         let h = &*s;
         let (cap, first) = layout_of(class);
         let size = CLASS_SIZES[class];
-        if h.magic != SLAB_MAGIC || h.class as usize != class || h.capacity as usize != cap {
-            return Err("slab header corrupt");
-        }
         let base = s as usize;
+        if h.magic != SLAB_MAGIC || h.class as usize != class || h.capacity as usize != cap {
+            return Err(HeapInvariantError::SlabHeader { span: base });
+        }
         let bumped = (h.limit as usize - h.bump as usize) / size;
         let mut listed = 0;
         let mut p = h.free_head;
@@ -244,16 +248,23 @@ pub unsafe fn check_slab(s: *const SlabHeader, class: usize) -> Result<usize, &'
                 || off < first
                 || !(off - first).is_multiple_of(size)
             {
-                return Err("slab free list points outside the slab's used objects");
+                return Err(HeapInvariantError::SlabFreeList {
+                    slab: base,
+                    object: p as usize,
+                });
             }
             listed += 1;
             if listed > cap {
-                return Err("slab free list loops");
+                return Err(HeapInvariantError::SlabFreeListCycle { slab: base });
             }
             p = p.cast::<*mut u8>().read();
         }
         if listed + bumped != h.free_count as usize {
-            return Err("slab free count differs from its list");
+            return Err(HeapInvariantError::SlabFreeCount {
+                slab: base,
+                counted: listed + bumped,
+                recorded: h.free_count as usize,
+            });
         }
         Ok(h.free_count as usize)
     }

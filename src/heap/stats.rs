@@ -2,57 +2,6 @@
 
 use super::size_class::NUM_CLASSES;
 
-/// Live counters. A small object's alloc or free updates only the byte
-/// counts (and the allocation count): live objects per class are the
-/// objects out of the class's slabs (counted per refill and flush) minus
-/// those in its magazine, so the hot path does not count them.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Counters {
-    pub live_bytes: usize,
-    pub peak_bytes: usize,
-    pub total_allocs: u64,
-    pub failures: u64,
-    /// Live blocks of the large heap.
-    pub large_live: usize,
-    /// Objects of each class out of their slabs: live or in a magazine.
-    pub class_out: [usize; NUM_CLASSES],
-}
-
-impl Counters {
-    pub const fn new() -> Self {
-        Self {
-            live_bytes: 0,
-            peak_bytes: 0,
-            total_allocs: 0,
-            failures: 0,
-            large_live: 0,
-            class_out: [0; NUM_CLASSES],
-        }
-    }
-
-    #[inline(always)]
-    pub fn on_alloc(&mut self, size: usize) {
-        self.live_bytes += size;
-        self.total_allocs += 1;
-        if self.live_bytes > self.peak_bytes {
-            self.peak_bytes = self.live_bytes;
-        }
-    }
-
-    #[inline(always)]
-    pub fn on_free(&mut self, size: usize) {
-        self.live_bytes -= size;
-    }
-
-    #[inline(always)]
-    pub fn on_resize(&mut self, old: usize, new: usize) {
-        self.live_bytes = self.live_bytes - old + new;
-        if self.live_bytes > self.peak_bytes {
-            self.peak_bytes = self.live_bytes;
-        }
-    }
-}
-
 /// A snapshot of the heap's accounting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeapStats {
@@ -88,5 +37,45 @@ impl HeapStats {
     /// overhead); `None` while nothing is live.
     pub fn fragmentation_percent(&self) -> Option<usize> {
         (self.live_bytes != 0).then(|| self.held_bytes() * 100 / self.live_bytes)
+    }
+}
+
+impl HeapStats {
+    /// All zero: the accounting of a heap that holds nothing.
+    pub(crate) const fn new() -> Self {
+        Self {
+            live_bytes: 0,
+            live_allocs: 0,
+            peak_bytes: 0,
+            total_allocs: 0,
+            failures: 0,
+            class_live: [0; NUM_CLASSES],
+            pages_held: 0,
+            slab_pages: 0,
+            large_pages: 0,
+            cached_pages: 0,
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn record_allocate(&mut self, size: usize) {
+        self.live_bytes += size;
+        self.total_allocs += 1;
+        if self.live_bytes > self.peak_bytes {
+            self.peak_bytes = self.live_bytes;
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn record_deallocate(&mut self, size: usize) {
+        self.live_bytes -= size;
+    }
+
+    #[inline(always)]
+    pub(crate) fn record_resize(&mut self, old: usize, new: usize) {
+        self.live_bytes = self.live_bytes - old + new;
+        if self.live_bytes > self.peak_bytes {
+            self.peak_bytes = self.live_bytes;
+        }
     }
 }

@@ -363,7 +363,12 @@ impl Tracker {
     }
 
     /// Records a new allocation, checking it overlaps nothing live.
-    pub(crate) fn on_alloc<P: PageSource>(&mut self, addr: usize, layout: Layout, source: &mut P) {
+    pub(crate) fn on_allocate<P: PageSource>(
+        &mut self,
+        addr: usize,
+        layout: Layout,
+        source: &mut P,
+    ) {
         let new = Allocation {
             addr,
             size: layout.size().max(1),
@@ -506,7 +511,11 @@ impl Tracker {
     }
 
     /// Checks a free (or the old side of a realloc); on `Ok` the record is removed.
-    pub(crate) fn on_free(&mut self, addr: usize, layout: Layout) -> Result<(), TrackingError> {
+    pub(crate) fn on_deallocate(
+        &mut self,
+        addr: usize,
+        layout: Layout,
+    ) -> Result<(), TrackingError> {
         match self.find(addr) {
             Ok(i) => {
                 self.check_layout(self.live[i], layout)?;

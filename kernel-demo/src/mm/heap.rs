@@ -96,7 +96,7 @@ pub fn init() -> Result<(), HeapInitError> {
 
 /// Gives every wholly free heap page back to the frame allocator.
 pub fn trim() {
-    if let Some(heap) = HEAP.lock().as_mut() {
+    if let Some(heap) = HEAP.lock().heap_mut() {
         heap.trim();
     }
 }
