@@ -185,7 +185,7 @@ fn heap_threads_checksums_remote_frees_no_leak() {
     assert_eq!((inner.live_allocs, inner.live_bytes), (0, 0), "{inner:?}");
     heap.inner()
         .lock()
-        .as_ref()
+        .heap()
         .unwrap()
         .check_invariants()
         .unwrap();
