@@ -60,6 +60,7 @@ mod reserve;
 mod size;
 mod soft;
 pub(crate) use soft::DIRTY_BIT;
+mod visit;
 mod walk;
 
 pub use address_space::{AddressSpace, DestroyStats, KERNEL_HALF};
@@ -68,7 +69,7 @@ pub use error::PagingError;
 pub use flags::MapFlags;
 pub use flush::{Flush, FLUSH_THRESHOLD};
 #[cfg(any(test, feature = "testing"))]
-pub use invariants::{InvariantViolation, TableReport};
+pub use invariants::{PagingInvariantError, TableReport};
 pub use leaves::{Census, Leaf};
 pub use mapper::{FrameSource, Mapper};
 pub use mmu::{Mmu, X86Mmu};

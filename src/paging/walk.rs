@@ -18,6 +18,18 @@ pub struct Access {
     pub executable: bool,
 }
 
+impl Access {
+    /// The access through a path whose entries ANDed give `and` and whose NX bits ORed give `nx`.
+    #[inline(always)]
+    pub(crate) const fn of_path(and: u64, nx: u64) -> Self {
+        Self {
+            writable: and & WRITABLE != 0,
+            user: and & USER != 0,
+            executable: nx == 0,
+        }
+    }
+}
+
 /// The mapping that covers an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Translation {
@@ -86,10 +98,6 @@ fn leaf_translation(va: u64, e: u64, level: u8, and: u64, nx: u64) -> Translatio
         phys: PhysAddr::new_truncate(frame + (va & (size - 1))),
         size: LeafSize::from_level(level),
         flags: PageTableFlags::from_bits_retain(e & !ADDR_MASK),
-        access: Access {
-            writable: and & WRITABLE != 0,
-            user: and & USER != 0,
-            executable: nx == 0,
-        },
+        access: Access::of_path(and, nx),
     }
 }
