@@ -27,9 +27,9 @@ impl StoragePlan {
     }
 }
 
-/// The shape of the allocator for one map.
+/// The geometry of the allocator for one map: its span, bitmap and range table.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Layout {
+pub(crate) struct Geometry {
     /// Frame number of bitmap bit 0: the first usable frame rounded down to
     /// 512, so that frame-number alignment of 64 (512) and up is word
     /// (2 MiB block) alignment in the bitmap.
@@ -59,7 +59,7 @@ pub(crate) fn usable_frames<const N: usize>(
         .filter(|(a, b)| a < b)
 }
 
-impl Layout {
+impl Geometry {
     /// The layout for `map`.
     pub(crate) fn of<const N: usize>(map: &MemoryMap<N>) -> Self {
         let first = usable_frames(map).next().map_or(0, |(a, _)| a);
