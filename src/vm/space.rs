@@ -254,10 +254,7 @@ impl<P: PhysMem> VmSpace<P> {
         let mut flush = Flush::none();
         if let AreaKind::Fixed { phys } = kind {
             if !phys.as_u64().is_multiple_of(PAGE) {
-                return Err(VmError::Unaligned {
-                    addr: phys.as_u64(),
-                    len,
-                });
+                return Err(VmError::UnalignedFrame { phys });
             }
             if prot.accessible() {
                 flush = self.mapper.map_range_with(
@@ -453,7 +450,7 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
     ) -> Result<Resolved, FaultError> {
         let a = addr.as_u64();
-        let fail = |reason| FaultError { addr: a, reason };
+        let fail = |reason| FaultError { addr, reason };
         if access.reserved_bit {
             return Err(fail(FaultReason::CorruptTable));
         }
@@ -645,65 +642,5 @@ impl<P: PhysMem> VmSpace<P> {
         // SAFETY: every user-half table was freed with its last page above;
         // the PML4 is this space's own and was never active.
         unsafe { frames.deallocate_frame(pml4) };
-    }
-
-    /// The layer's invariant for this space: the areas are consistent, and
-    /// every mapped page lies in a non-guard area, is 4 KiB if anonymous,
-    /// never writable when shared or the zero page, and never more
-    /// permissive than its area.
-    pub fn check_invariants(&self, vm: &Vm) -> Result<(), &'static str> {
-        self.areas.check()?;
-        let (lo, hi) = self.areas.bounds();
-        let mut err = Ok(());
-        self.mapper
-            .for_each_leaf_in(VirtAddr::new_truncate(lo), hi - lo, |leaf| {
-                let a = leaf.page.as_u64();
-                let Some(area) = self.areas.find(a) else {
-                    err = err.and(Err("a page outside every area"));
-                    return;
-                };
-                if area.kind == AreaKind::Guard {
-                    err = err.and(Err("a page in a guard area"));
-                }
-                if leaf.size != LeafSize::Size4KiB {
-                    err = err.and(Err("a huge page in an area"));
-                }
-                let frame = PhysFrame::containing_address(leaf.frame);
-                let access = leaf.access;
-                if access.writable && !area.prot.contains(Prot::WRITE) {
-                    err = err.and(Err("a writable page in a read-only area"));
-                }
-                if access.executable && !area.prot.contains(Prot::EXEC) {
-                    err = err.and(Err("an executable page in a no-execute area"));
-                }
-                if access.user && !area.prot.contains(Prot::USER) {
-                    err = err.and(Err("a user page in a kernel area"));
-                }
-                if area.kind == AreaKind::Anonymous
-                    && access.writable
-                    && (frame == vm.zero_frame() || vm.share_count(frame) > 1)
-                {
-                    err = err.and(Err("a shared frame or the zero page is writable"));
-                }
-                if let AreaKind::Fixed { phys } = area.kind {
-                    if leaf.frame != phys + (a - area.start) {
-                        err = err.and(Err("a fixed page maps the wrong frame"));
-                    }
-                }
-            });
-        self.mapper
-            .for_each_soft_entry(VirtAddr::new_truncate(lo), hi - lo, |va, e| {
-                let anonymous = self
-                    .areas
-                    .find(va.as_u64())
-                    .is_some_and(|a| a.kind == AreaKind::Anonymous);
-                if !anonymous {
-                    err = err.and(Err("a swapped-out page outside anonymous memory"));
-                }
-                if !vm.swap_holds(e) {
-                    err = err.and(Err("a swapped-out page names a free slot"));
-                }
-            });
-        err
     }
 }
