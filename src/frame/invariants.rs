@@ -97,33 +97,23 @@ impl fmt::Display for FrameInvariantError {
         f.write_str("frame allocator invariant broken: ")?;
         match *self {
             Self::BitPastEnd { level, len } => {
-                write!(
-                    f,
-                    "a bit past the {len} bits of bitmap level {level} is set"
-                )
+                write!(f, "a bit past the {len} bits of level {level} is set")
             }
-            Self::SummaryBit { level, bit } => write!(
-                f,
-                "summary bit {bit} of level {level} disagrees with the word below"
-            ),
-            Self::BlockSummary { block } => write!(
-                f,
-                "the bit of 2 MiB block {block} disagrees with its full-word bits"
-            ),
+            Self::SummaryBit { level, bit } => {
+                write!(f, "summary bit {bit} of level {level} is wrong")
+            }
+            Self::BlockSummary { block } => {
+                write!(f, "the summary bit of 2 MiB block {block} is wrong")
+            }
             Self::FullWordSummary { word } => {
-                write!(
-                    f,
-                    "the full-word bit of frame word {word} disagrees with it"
-                )
+                write!(f, "the full-word bit of word {word} is wrong")
             }
-            Self::BadRange { start, end } => write!(
-                f,
-                "range table entry [{start}, {end}) is empty or outside the span"
-            ),
-            Self::UnsortedRanges { start } => write!(
-                f,
-                "range table entry at {start} is unsorted, overlapping or unmerged"
-            ),
+            Self::BadRange { start, end } => {
+                write!(f, "range [{start}, {end}) is empty or leaves the span")
+            }
+            Self::UnsortedRanges { start } => {
+                write!(f, "range at {start} is out of order or unmerged")
+            }
             Self::FreeCount { bits, count } => {
                 write!(f, "{bits} free bits but a free count of {count}")
             }

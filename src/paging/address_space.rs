@@ -154,13 +154,12 @@ impl<P: PhysMem> AddressSpace<P> {
             return Err((self, PagingError::AddressSpaceActive { pml4 }));
         }
         let mut v = Destroyer {
-            mapper: &self.mapper,
             alloc,
             free_mapped,
             stats: DestroyStats::default(),
         };
         let root = self.mapper.root();
-        let Ok(()) = walk(&mut v, root, 4, 0, HALF);
+        let Ok(()) = walk(&mut &self.mapper, &mut v, root, 4, 0, HALF);
         let mut stats = v.stats;
         free(alloc, root);
         stats.tables += 1;
@@ -169,21 +168,20 @@ impl<P: PhysMem> AddressSpace<P> {
 }
 
 /// Frees the user half bottom up: each table after what lies below it.
-struct Destroyer<'a, P: PhysMem, A: ?Sized> {
-    mapper: &'a Mapper<P>,
+struct Destroyer<'a, A: ?Sized> {
     alloc: &'a mut A,
     free_mapped: bool,
     stats: DestroyStats,
 }
 
-impl<P: PhysMem, A: FrameDeallocator<Size4KiB> + ?Sized> Visitor for Destroyer<'_, P, A> {
+impl<P, A> Visitor<P, &Mapper<P>> for Destroyer<'_, A>
+where
+    P: PhysMem,
+    A: FrameDeallocator<Size4KiB> + ?Sized,
+{
     type Stop = Infallible;
 
-    fn read(&self, table: u64, i: usize) -> u64 {
-        self.mapper.read(table, i)
-    }
-
-    fn enter(&mut self, slot: &Slot) -> Result<Step, Infallible> {
+    fn enter(&mut self, _m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
         let (e, level) = (slot.entry, slot.level);
         if e & PRESENT == 0 {
             return Ok(Step::Next);
@@ -201,7 +199,7 @@ impl<P: PhysMem, A: FrameDeallocator<Size4KiB> + ?Sized> Visitor for Destroyer<'
         Ok(Step::Next)
     }
 
-    fn leave(&mut self, _slot: &Slot, child: u64) -> Result<(), Infallible> {
+    fn leave(&mut self, _m: &mut &Mapper<P>, _slot: &Slot, child: u64) -> Result<(), Infallible> {
         free(self.alloc, child);
         self.stats.tables += 1;
         Ok(())

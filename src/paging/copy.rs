@@ -59,22 +59,20 @@ impl<P: PhysMem> Mapper<P> {
         let mut reserve = Reserve::fill(dst, alloc, tables)?;
         let (src_root, dst_root) = (self.root(), dst.root());
         let mut v = Copier {
-            src: self,
             dst,
             dst_tables: [0, 0, 0, 0, dst_root],
             reserve: &mut reserve,
             f,
             flush: &mut flush,
         };
-        let Ok(()) = walk(&mut v, src_root, 4, lo, hi);
+        let Ok(()) = walk(&mut &mut *self, &mut v, src_root, 4, lo, hi);
         reserve.release(dst, alloc);
         Ok(flush)
     }
 }
 
-/// Copies entries from `src` to the table at the same place in `dst`.
+/// Copies the entries the walk meets to the table at the same place in `dst`.
 struct Copier<'a, P: PhysMem, F> {
-    src: &'a mut Mapper<P>,
     dst: &'a mut Mapper<P>,
     /// Per level, the table of `dst` matching the table of `src` being walked.
     dst_tables: [u64; 5],
@@ -83,14 +81,14 @@ struct Copier<'a, P: PhysMem, F> {
     flush: &'a mut Flush,
 }
 
-impl<P: PhysMem, F: FnMut(u64, CopyLeaf) -> CopyAs> Visitor for Copier<'_, P, F> {
+impl<P, F> Visitor<P, &mut Mapper<P>> for Copier<'_, P, F>
+where
+    P: PhysMem,
+    F: FnMut(u64, CopyLeaf) -> CopyAs,
+{
     type Stop = Infallible;
 
-    fn read(&self, table: u64, i: usize) -> u64 {
-        self.src.read(table, i)
-    }
-
-    fn enter(&mut self, slot: &Slot) -> Result<Step, Infallible> {
+    fn enter(&mut self, src: &mut &mut Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
         let (e, level, i) = (slot.entry, slot.level, slot.index);
         let dst_table = self.dst_tables[usize::from(level)];
         let va = canonical(slot.base());
@@ -112,7 +110,7 @@ impl<P: PhysMem, F: FnMut(u64, CopyLeaf) -> CopyAs> Visitor for Copier<'_, P, F>
                 CopyAs::ReadOnly => e & !WRITABLE,
             };
             if copy != e {
-                self.src.write(slot.table, i, copy);
+                src.write(slot.table, i, copy);
                 self.flush.add(va);
             }
             self.dst.write(dst_table, i, copy);

@@ -98,34 +98,28 @@ impl<P: PhysMem> Mapper<P> {
     /// leaves per size.
     pub fn table_report(&self) -> Result<TableReport, PagingInvariantError> {
         let mut v = Checker {
-            mapper: self,
             seen: HashMap::from([(self.root(), 0)]),
             report: TableReport {
                 tables: Vec::from([self.pml4()]),
                 leaves: [0; 3],
             },
         };
-        walk(&mut v, self.root(), 4, 0, LINEAR_MASK + 1)?;
+        walk(&mut &*self, &mut v, self.root(), 4, 0, LINEAR_MASK + 1)?;
         Ok(v.report)
     }
 }
 
 /// The checker's walk: every table once, every entry.
-struct Checker<'m, P: PhysMem> {
-    mapper: &'m Mapper<P>,
+struct Checker {
     /// Each table seen, with the start of the region of its parent entry.
     seen: HashMap<u64, u64>,
     report: TableReport,
 }
 
-impl<P: PhysMem> Visitor for Checker<'_, P> {
+impl<P: PhysMem> Visitor<P, &Mapper<P>> for Checker {
     type Stop = PagingInvariantError;
 
-    fn read(&self, table: u64, i: usize) -> u64 {
-        self.mapper.read(table, i)
-    }
-
-    fn enter(&mut self, slot: &Slot) -> Result<Step, PagingInvariantError> {
+    fn enter(&mut self, m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, PagingInvariantError> {
         let (e, level, a) = (slot.entry, slot.level, slot.base());
         if e & PRESENT == 0 {
             return Ok(Step::Next);
@@ -152,7 +146,7 @@ impl<P: PhysMem> Visitor for Checker<'_, P> {
         self.seen.insert(child, a);
         self.report.tables.push(frame_of(child));
         let shared = level == 4 && a >= HALF;
-        if !shared && self.mapper.is_empty_table(child) {
+        if !shared && m.is_empty_table(child) {
             return Err(PagingInvariantError::EmptyTable {
                 frame: frame_of(child),
                 level: level - 1,

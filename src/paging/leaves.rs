@@ -72,7 +72,6 @@ impl<P: PhysMem> Mapper<P> {
     pub fn for_each_leaf_in(&self, start: VirtAddr, len: u64, f: impl FnMut(&Leaf)) -> Census {
         let (lo, hi) = linear_range(start, len);
         let mut v = LeafVisitor {
-            mapper: self,
             f,
             census: Census {
                 tables: 1,
@@ -82,15 +81,14 @@ impl<P: PhysMem> Mapper<P> {
             nx: [0; 5],
         };
         if lo < hi {
-            let Ok(()) = walk(&mut v, self.root(), 4, lo, hi);
+            let Ok(()) = walk(&mut &*self, &mut v, self.root(), 4, lo, hi);
         }
         v.census
     }
 }
 
 /// Calls `f` on each leaf with the permissions of its path.
-struct LeafVisitor<'m, P: PhysMem, F> {
-    mapper: &'m Mapper<P>,
+struct LeafVisitor<F> {
     f: F,
     census: Census,
     /// Writable and user bits ANDed over the levels above each level.
@@ -99,16 +97,11 @@ struct LeafVisitor<'m, P: PhysMem, F> {
     nx: [u64; 5],
 }
 
-impl<P: PhysMem, F: FnMut(&Leaf)> Visitor for LeafVisitor<'_, P, F> {
+impl<P: PhysMem, F: FnMut(&Leaf)> Visitor<P, &Mapper<P>> for LeafVisitor<F> {
     type Stop = Infallible;
 
     #[inline(always)]
-    fn read(&self, table: u64, i: usize) -> u64 {
-        self.mapper.read(table, i)
-    }
-
-    #[inline(always)]
-    fn enter(&mut self, slot: &Slot) -> Result<Step, Infallible> {
+    fn enter(&mut self, _m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
         let (e, level) = (slot.entry, slot.level);
         if e & PRESENT == 0 {
             return Ok(Step::Next);

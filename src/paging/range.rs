@@ -105,18 +105,16 @@ impl<P: PhysMem> Mapper<P> {
         };
         let root = self.root();
         let mut plan = PlanMap {
-            mapper: self,
             job: &job,
             needed: 0,
         };
-        walk(&mut plan, root, 4, s, e)?;
+        walk(&mut &*self, &mut plan, root, 4, s, e)?;
         let mut reserve = Reserve::fill(self, alloc, plan.needed)?;
         let mut commit = CommitMap {
-            mapper: self,
             job: &job,
             reserve: &mut reserve,
         };
-        let Ok(()) = walk(&mut commit, root, 4, s, e);
+        let Ok(()) = walk(&mut &mut *self, &mut commit, root, 4, s, e);
         reserve.release(self, alloc);
         Ok(Flush::none())
     }
@@ -192,22 +190,18 @@ impl<P: PhysMem> Mapper<P> {
     ) -> Result<Flush, PagingError> {
         let (s, e) = check_range(va, None, len)?;
         let root = self.root();
-        let mut plan = PlanEdit {
-            mapper: self,
-            needed: 0,
-        };
-        let Ok(()) = walk(&mut plan, root, 4, s, e);
+        let mut plan = PlanEdit { needed: 0 };
+        let Ok(()) = walk(&mut &*self, &mut plan, root, 4, s, e);
         let mut reserve = Reserve::fill(self, alloc, plan.needed)?;
         let mut flush = Flush::none();
         let mut commit = CommitEdit {
-            mapper: self,
             edit,
             reserve: &mut reserve,
             flush: &mut flush,
             alloc,
             kept: [false; 5],
         };
-        let Ok(()) = walk(&mut commit, root, 4, s, e);
+        let Ok(()) = walk(&mut &mut *self, &mut commit, root, 4, s, e);
         reserve.release(self, alloc);
         Ok(flush)
     }
@@ -329,26 +323,25 @@ pub(crate) fn check_range(va: u64, pa: Option<u64>, len: u64) -> Result<(u64, u6
 }
 
 /// A map's plan: counts the tables the map needs, or finds the first conflict.
-struct PlanMap<'a, P: PhysMem> {
-    mapper: &'a Mapper<P>,
+struct PlanMap<'a> {
     job: &'a MapJob,
     needed: usize,
 }
 
-impl<P: PhysMem> Visitor for PlanMap<'_, P> {
+impl<P: PhysMem> Visitor<P, &Mapper<P>> for PlanMap<'_> {
     type Stop = PagingError;
 
     #[inline(always)]
-    fn read(&self, table: u64, i: usize) -> u64 {
+    fn read(&self, m: &&Mapper<P>, table: u64, i: usize) -> u64 {
         if table == PLANNED {
             0
         } else {
-            self.mapper.read(table, i)
+            m.read(table, i)
         }
     }
 
     #[inline(always)]
-    fn enter(&mut self, slot: &Slot) -> Result<Step, PagingError> {
+    fn enter(&mut self, _m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, PagingError> {
         let (entry, level) = (slot.entry, slot.level);
         let (_, whole) = self.job.leaf_for(slot);
         if entry & PRESENT == 0 {
@@ -370,13 +363,14 @@ impl<P: PhysMem> Visitor for PlanMap<'_, P> {
         Ok(Step::Descend(entry & ADDR_MASK))
     }
 
-    fn page_table(&mut self, table: u64, s: u64, e: u64) -> Result<(), PagingError> {
-        if table == PLANNED {
+    fn page_table(&mut self, m: &mut &Mapper<P>, slot: &Slot, t: u64) -> Result<(), PagingError> {
+        if t == PLANNED {
             return Ok(());
         }
+        let (s, e) = (slot.start, slot.end);
         let i0 = index(s, 1);
         for i in i0..i0 + ((e - s) / PAGE_SIZE) as usize {
-            let entry = self.mapper.read(table, i);
+            let entry = m.read(t, i);
             if entry & PRESENT != 0 {
                 let a = (s & !(span(2) - 1)) + i as u64 * PAGE_SIZE;
                 return Err(conflict(a, PAGE_SIZE, entry, 1, true));
@@ -387,25 +381,18 @@ impl<P: PhysMem> Visitor for PlanMap<'_, P> {
 }
 
 /// A map's commit: writes leaves and links new tables, which the reserve holds.
-struct CommitMap<'a, P: PhysMem> {
-    mapper: &'a mut Mapper<P>,
+struct CommitMap<'a> {
     job: &'a MapJob,
     reserve: &'a mut Reserve,
 }
 
-impl<P: PhysMem> Visitor for CommitMap<'_, P> {
+impl<P: PhysMem> Visitor<P, &mut Mapper<P>> for CommitMap<'_> {
     type Stop = Infallible;
 
     #[inline(always)]
-    fn read(&self, table: u64, i: usize) -> u64 {
-        self.mapper.read(table, i)
-    }
-
-    #[inline(always)]
-    fn enter(&mut self, slot: &Slot) -> Result<Step, Infallible> {
+    fn enter(&mut self, m: &mut &mut Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
         let (entry, table, i) = (slot.entry, slot.table, slot.index);
         let (pa, whole) = self.job.leaf_for(slot);
-        let m = &mut *self.mapper;
         if entry & PRESENT == 0 && whole {
             m.write(table, i, pa | leaf_bits(self.job.leaf, slot.level));
             return Ok(Step::Next);
@@ -422,34 +409,33 @@ impl<P: PhysMem> Visitor for CommitMap<'_, P> {
     }
 
     #[inline(always)]
-    fn page_table(&mut self, table: u64, s: u64, e: u64) -> Result<(), Infallible> {
-        let first = (self.job.pa0 + (s - self.job.va0)) | self.job.leaf;
-        self.mapper.fill_leaves(table, s, e, first);
+    fn page_table(&mut self, m: &mut &mut Mapper<P>, s: &Slot, t: u64) -> Result<(), Infallible> {
+        let first = (self.job.pa0 + (s.start - self.job.va0)) | self.job.leaf;
+        m.fill_leaves(t, s.start, s.end, first);
         Ok(())
     }
 }
 
 /// An edit's plan: counts the table frames to split the huge pages the range covers only
 /// partly.
-struct PlanEdit<'a, P: PhysMem> {
-    mapper: &'a Mapper<P>,
+struct PlanEdit {
     needed: usize,
 }
 
-impl<P: PhysMem> Visitor for PlanEdit<'_, P> {
+impl<P: PhysMem> Visitor<P, &Mapper<P>> for PlanEdit {
     type Stop = Infallible;
 
     #[inline(always)]
-    fn read(&self, table: u64, i: usize) -> u64 {
+    fn read(&self, m: &&Mapper<P>, table: u64, i: usize) -> u64 {
         if table == PLANNED {
             PRESENT | HUGE
         } else {
-            self.mapper.read(table, i)
+            m.read(table, i)
         }
     }
 
     #[inline(always)]
-    fn enter(&mut self, slot: &Slot) -> Result<Step, Infallible> {
+    fn enter(&mut self, _m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
         let entry = slot.entry;
         if entry & PRESENT == 0 {
             return Ok(Step::Next);
@@ -465,15 +451,14 @@ impl<P: PhysMem> Visitor for PlanEdit<'_, P> {
     }
 
     #[inline(always)]
-    fn page_table(&mut self, _table: u64, _s: u64, _e: u64) -> Result<(), Infallible> {
+    fn page_table(&mut self, _: &mut &Mapper<P>, _: &Slot, _: u64) -> Result<(), Infallible> {
         Ok(()) // 4 KiB leaves never split
     }
 }
 
 /// An edit's commit: edits whole leaves, splits partly covered huge pages, frees the tables
 /// an unmap leaves empty.
-struct CommitEdit<'a, P: PhysMem, A: ?Sized> {
-    mapper: &'a mut Mapper<P>,
+struct CommitEdit<'a, A: ?Sized> {
     edit: Edit,
     reserve: &'a mut Reserve,
     flush: &'a mut Flush,
@@ -483,16 +468,15 @@ struct CommitEdit<'a, P: PhysMem, A: ?Sized> {
     kept: [bool; 5],
 }
 
-impl<P: PhysMem, A: FrameDeallocator<Size4KiB> + ?Sized> Visitor for CommitEdit<'_, P, A> {
+impl<P, A> Visitor<P, &mut Mapper<P>> for CommitEdit<'_, A>
+where
+    P: PhysMem,
+    A: FrameDeallocator<Size4KiB> + ?Sized,
+{
     type Stop = Infallible;
 
     #[inline(always)]
-    fn read(&self, table: u64, i: usize) -> u64 {
-        self.mapper.read(table, i)
-    }
-
-    #[inline(always)]
-    fn enter(&mut self, slot: &Slot) -> Result<Step, Infallible> {
+    fn enter(&mut self, m: &mut &mut Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
         let (level, table, i, a) = (slot.level, slot.table, slot.index, slot.start);
         let mut entry = slot.entry;
         if entry & PRESENT == 0 {
@@ -500,32 +484,32 @@ impl<P: PhysMem, A: FrameDeallocator<Size4KiB> + ?Sized> Visitor for CommitEdit<
         }
         if is_leaf(entry, level) {
             if slot.whole() {
-                self.mapper.edit_leaf(table, i, entry, level, self.edit);
+                m.edit_leaf(table, i, entry, level, self.edit);
                 self.flush.add(canonical(a));
                 return Ok(Step::Next);
             }
-            entry = self.mapper.split(table, i, entry, level, self.reserve);
+            entry = m.split(table, i, entry, level, self.reserve);
             self.flush.add(canonical(a));
         }
         if let Edit::Protect { leaf } = self.edit {
-            self.mapper.write(table, i, entry | (leaf & USER));
+            m.write(table, i, entry | (leaf & USER));
         }
         self.kept[usize::from(level) - 1] = false;
         Ok(Step::Descend(entry & ADDR_MASK))
     }
 
     #[inline(always)]
-    fn leave(&mut self, slot: &Slot, child: u64) -> Result<(), Infallible> {
+    fn leave(&mut self, m: &mut &mut Mapper<P>, slot: &Slot, child: u64) -> Result<(), Infallible> {
         let level = slot.level;
         let empty = match self.edit {
             Edit::Protect { .. } => false,
             // A wholly covered child is empty unless something in it was kept.
             Edit::Unmap if slot.whole() => !self.kept[usize::from(level) - 1],
-            Edit::Unmap => self.mapper.is_empty_table(child),
+            Edit::Unmap => m.is_empty_table(child),
         };
-        if empty && self.mapper.may_free(slot.start, level - 1) {
-            debug_assert!(self.mapper.is_empty_table(child));
-            self.mapper.write(slot.table, slot.index, 0);
+        if empty && m.may_free(slot.start, level - 1) {
+            debug_assert!(m.is_empty_table(child));
+            m.write(slot.table, slot.index, 0);
             // SAFETY: the child table is empty and its only parent entry is now clear.
             unsafe { self.alloc.deallocate_frame(frame_of(child)) };
         } else {
@@ -535,8 +519,8 @@ impl<P: PhysMem, A: FrameDeallocator<Size4KiB> + ?Sized> Visitor for CommitEdit<
     }
 
     #[inline(always)]
-    fn page_table(&mut self, table: u64, s: u64, e: u64) -> Result<(), Infallible> {
-        self.kept[1] = self.mapper.edit_leaves(table, s, e, self.edit, self.flush);
+    fn page_table(&mut self, m: &mut &mut Mapper<P>, s: &Slot, t: u64) -> Result<(), Infallible> {
+        self.kept[1] = m.edit_leaves(t, s.start, s.end, self.edit, self.flush);
         Ok(())
     }
 }

@@ -119,25 +119,23 @@ impl<P: PhysMem> Mapper<P> {
     /// soft, with their table and index.
     fn walk_soft(&self, start: VirtAddr, len: u64, f: impl FnMut(u64, usize, VirtAddr, u64)) {
         let (lo, hi) = linear_range(start, len);
-        let mut v = SoftVisitor { mapper: self, f };
-        let Ok(()) = walk(&mut v, self.root(), 4, lo, hi);
+        let Ok(()) = walk(&mut &*self, &mut SoftVisitor { f }, self.root(), 4, lo, hi);
     }
 }
 
 /// Finds the soft entries of the page tables that exist.
-struct SoftVisitor<'m, P: PhysMem, F> {
-    mapper: &'m Mapper<P>,
+struct SoftVisitor<F> {
     f: F,
 }
 
-impl<P: PhysMem, F: FnMut(u64, usize, VirtAddr, u64)> Visitor for SoftVisitor<'_, P, F> {
+impl<P, F> Visitor<P, &Mapper<P>> for SoftVisitor<F>
+where
+    P: PhysMem,
+    F: FnMut(u64, usize, VirtAddr, u64),
+{
     type Stop = Infallible;
 
-    fn read(&self, table: u64, i: usize) -> u64 {
-        self.mapper.read(table, i)
-    }
-
-    fn enter(&mut self, slot: &Slot) -> Result<Step, Infallible> {
+    fn enter(&mut self, _m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
         let e = slot.entry;
         if slot.level == 1 {
             if e != 0 && e & PRESENT == 0 {

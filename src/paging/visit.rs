@@ -5,7 +5,10 @@
 //! cover the range and descends where the visitor says so; the visitor decides what an entry
 //! means. One way to walk, many operations, as Asterinas's page-table cursor.
 
+use core::ops::Deref;
+
 use super::entry::{index, span};
+use super::{Mapper, PhysMem};
 
 /// One entry met by the walk, with the part `[start, end)` of the range it covers.
 #[derive(Clone, Copy, Debug)]
@@ -47,57 +50,53 @@ pub(crate) enum Step {
     Next,
 }
 
-/// An operation over the entries of a range. `Stop` ends the walk early (an error, or
-/// `Infallible` for walks that always finish).
-pub(crate) trait Visitor {
+/// An operation over the entries of a range. `M` is the access to the hierarchy the walk
+/// gets, `&Mapper` or `&mut Mapper`, and lends to each call. `Stop` ends the walk early (an
+/// error, or `Infallible` for walks that always finish).
+pub(crate) trait Visitor<P: PhysMem, M: Deref<Target = Mapper<P>>> {
     type Stop;
 
-    /// Entry `i` of `table`: the visitor owns the access to the hierarchy, shared or exclusive.
-    fn read(&self, table: u64, i: usize) -> u64;
+    /// Entry `i` of `table` (a visitor may walk tables that do not exist yet).
+    #[inline(always)]
+    fn read(&self, m: &M, table: u64, i: usize) -> u64 {
+        m.read(table, i)
+    }
 
     /// An entry of the range, present or not, at any level.
-    fn enter(&mut self, slot: &Slot) -> Result<Step, Self::Stop>;
+    fn enter(&mut self, m: &mut M, slot: &Slot) -> Result<Step, Self::Stop>;
 
     /// After the table below `slot` (at `child`) was walked: the place to free it when empty.
     #[inline(always)]
-    fn leave(&mut self, _slot: &Slot, _child: u64) -> Result<(), Self::Stop> {
+    fn leave(&mut self, _m: &mut M, _slot: &Slot, _child: u64) -> Result<(), Self::Stop> {
         Ok(())
     }
 
-    /// The 4 KiB entries `[start, end)` of the page table `table`. By default
-    /// [`enter`](Self::enter) for each; operations with a hot loop over leaves override it.
+    /// The 4 KiB entries of the page table `pt` below `slot` (a level-2 entry) that cover the
+    /// range. By default [`enter`](Self::enter) for each; operations with a hot loop over
+    /// leaves override it.
     #[inline(always)]
-    fn page_table(&mut self, table: u64, start: u64, end: u64) -> Result<(), Self::Stop> {
-        entries(self, table, 1, start, end)
+    fn page_table(&mut self, m: &mut M, slot: &Slot, pt: u64) -> Result<(), Self::Stop> {
+        walk(m, self, pt, 1, slot.start, slot.end)
     }
 }
 
-/// Walks `[start, end)` (48-bit linear, inside the region `table` covers) from `table` at
-/// `level` down.
+/// Walks the entries of `table` at `level` that cover `[start, end)` (48-bit linear, inside
+/// the region `table` covers) in address order, and the tables below where the visitor
+/// descends; page tables go to [`Visitor::page_table`].
 #[inline]
-pub(crate) fn walk<V: Visitor + ?Sized>(
+pub(crate) fn walk<P, M, V>(
+    m: &mut M,
     v: &mut V,
     table: u64,
     level: u8,
     start: u64,
     end: u64,
-) -> Result<(), V::Stop> {
-    if level == 1 {
-        v.page_table(table, start, end)
-    } else {
-        entries(v, table, level, start, end)
-    }
-}
-
-/// The entries of one table that cover `[start, end)`, in address order.
-#[inline(always)]
-fn entries<V: Visitor + ?Sized>(
-    v: &mut V,
-    table: u64,
-    level: u8,
-    start: u64,
-    end: u64,
-) -> Result<(), V::Stop> {
+) -> Result<(), V::Stop>
+where
+    P: PhysMem,
+    M: Deref<Target = Mapper<P>>,
+    V: Visitor<P, M> + ?Sized,
+{
     let sp = span(level);
     let mut a = start;
     while a < end {
@@ -107,15 +106,18 @@ fn entries<V: Visitor + ?Sized>(
             level,
             table,
             index: i,
-            entry: v.read(table, i),
+            entry: v.read(m, table, i),
             start: a,
             end: b,
         };
-        if let Step::Descend(child) = v.enter(&slot)? {
-            if level > 1 {
-                walk(v, child, level - 1, a, b)?;
-                v.leave(&slot, child)?;
+        // A 4 KiB entry is always a leaf: nothing below it to walk.
+        if let (Step::Descend(child), 2..) = (v.enter(m, &slot)?, level) {
+            if level == 2 {
+                v.page_table(m, &slot, child)?;
+            } else {
+                walk(m, v, child, level - 1, a, b)?;
             }
+            v.leave(m, &slot, child)?;
         }
         a = b;
     }

@@ -423,7 +423,7 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
     ) -> Result<Resolved, FaultError> {
         vm.stats.faults += 1;
-        let result = self.resolve(vm, addr, access, frames);
+        let result = self.resolve(vm, (addr, access), frames);
         match &result {
             Ok(r) => {
                 let s = &mut vm.stats;
@@ -442,11 +442,11 @@ impl<P: PhysMem> VmSpace<P> {
         result
     }
 
+    /// [`handle_fault`](Self::handle_fault) but for its statistics.
     fn resolve<A: FrameSource + ?Sized>(
         &mut self,
         vm: &mut Vm,
-        addr: VirtAddr,
-        access: FaultAccess,
+        (addr, access): (VirtAddr, FaultAccess),
         frames: &mut A,
     ) -> Result<Resolved, FaultError> {
         let a = addr.as_u64();
