@@ -52,6 +52,7 @@ mod invariants;
 mod prot;
 mod reclaim;
 pub mod replace;
+mod resolve;
 mod shares;
 mod space;
 mod stats;
