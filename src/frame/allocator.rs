@@ -235,6 +235,9 @@ impl<'m> BitmapFrameAllocator<'m> {
     /// allocator's span. Fails, changing nothing, if it does not, or if a
     /// reservation would have to be split and the table is full.
     ///
+    /// Not a [`free`](Self::free): that takes back frames [`allocate`](Self::allocate) gave
+    /// out, this one hands over frames the allocator never gave out.
+    ///
     /// # Safety
     /// Nothing may use the frames any more: they are handed out from now on.
     pub unsafe fn release(&mut self, range: PhysFrameRange) -> Result<(), FrameError> {

@@ -89,7 +89,7 @@ impl<P: PhysMem> Mapper<P> {
                 self.write(root, i, table | TABLE_FLAGS);
             }
         }
-        reserve.release(self, alloc);
+        reserve.free_unused(self, alloc);
         Ok(missing)
     }
 }

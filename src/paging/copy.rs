@@ -66,7 +66,7 @@ impl<P: PhysMem> Mapper<P> {
             flush: &mut flush,
         };
         let Ok(()) = walk(&mut &mut *self, &mut v, src_root, 4, lo, hi);
-        reserve.release(dst, alloc);
+        reserve.free_unused(dst, alloc);
         Ok(flush)
     }
 }

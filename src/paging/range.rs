@@ -115,7 +115,7 @@ impl<P: PhysMem> Mapper<P> {
             reserve: &mut reserve,
         };
         let Ok(()) = walk(&mut &mut *self, &mut commit, root, 4, s, e);
-        reserve.release(self, alloc);
+        reserve.free_unused(self, alloc);
         Ok(Flush::none())
     }
 
@@ -202,7 +202,7 @@ impl<P: PhysMem> Mapper<P> {
             kept: [false; 5],
         };
         let Ok(()) = walk(&mut &mut *self, &mut commit, root, 4, s, e);
-        reserve.release(self, alloc);
+        reserve.free_unused(self, alloc);
         Ok(flush)
     }
 
