@@ -217,14 +217,14 @@ fn run_case(
     ];
     let mut a = if carve {
         let plan = plan.unwrap();
-        for f in plan.phys / F..plan.phys / F + plan.frames() {
+        for f in plan.phys.as_u64() / F..plan.phys.as_u64() / F + plan.frames() {
             prop_assert!(model.free.remove(&f), "carved a non-free frame");
             model.reserved.insert(f);
         }
         let phys_base = buf
             .as_mut_ptr()
             .cast::<u8>()
-            .wrapping_sub(plan.phys as usize);
+            .wrapping_sub(plan.phys.as_u64() as usize);
         // SAFETY: `buf` backs exactly the planned storage and outlives `a`.
         unsafe { BitmapFrameAllocator::init_carved(&map, phys_base) }.unwrap()
     } else {

@@ -336,12 +336,16 @@ fn carved_storage_is_reserved_and_only_storage_is_written() {
         (0x10_0000, 0x200_0000, RegionKind::Usable),
     ]);
     let plan = BitmapFrameAllocator::plan(&m).unwrap();
-    assert_eq!(plan.phys, 16 << 20, "prefers memory at or above 16 MiB");
+    assert_eq!(
+        plan.phys.as_u64(),
+        16 << 20,
+        "prefers memory at or above 16 MiB"
+    );
     let mut buf = vec![0xdead_beefu64; plan.words];
     let base = buf
         .as_mut_ptr()
         .cast::<u8>()
-        .wrapping_sub(plan.phys as usize);
+        .wrapping_sub(plan.phys.as_u64() as usize);
     // SAFETY: `buf` backs exactly the planned storage range and outlives `a`.
     let mut a = unsafe { BitmapFrameAllocator::init_carved(&m, base) }.unwrap();
     a.check_invariants().unwrap();
@@ -349,12 +353,12 @@ fn carved_storage_is_reserved_and_only_storage_is_written() {
     assert_eq!(s.reserved, plan.frames());
     assert_eq!(s.total, m.usable_bytes() / F);
     let all = drain(&mut a);
-    let carved = plan.phys / F..plan.phys / F + plan.frames();
+    let carved = plan.phys.as_u64() / F..plan.phys.as_u64() / F + plan.frames();
     assert!(all.iter().all(|f| !carved.contains(f)));
     assert_eq!(
         a.free(frame(carved.start)),
         Err(FrameError::Reserved {
-            frame: frame(plan.phys / F)
+            frame: frame(plan.phys.as_u64() / F)
         })
     );
     assert_eq!(all.len() as u64, s.free);

@@ -114,13 +114,15 @@ impl<'m> BitmapFrameAllocator<'m> {
     /// range `p`, `phys_base + p` must be valid for reads and writes, aligned
     /// to 8, and not accessed by anything else for `'m`. In a kernel,
     /// `phys_base` is the direct-map offset (0 under identity mapping); on the
-    /// host it may be `buffer.wrapping_sub(plan.phys)`.
+    /// host it may be `buffer.wrapping_sub(plan.phys.as_u64() as usize)`.
     pub unsafe fn init_carved<const N: usize>(
         map: &MemoryMap<N>,
         phys_base: *mut u8,
     ) -> Result<Self, FrameError> {
         let plan = Self::plan(map)?;
-        let ptr = phys_base.wrapping_add(plan.phys as usize).cast::<u64>();
+        let ptr = phys_base
+            .wrapping_add(plan.phys.as_u64() as usize)
+            .cast::<u64>();
         // SAFETY: the caller guarantees that the planned storage range is
         // mapped at `phys_base`, valid, aligned and exclusively ours for 'm.
         let storage = unsafe { core::slice::from_raw_parts_mut(ptr, plan.words) };
@@ -164,7 +166,7 @@ impl<'m> BitmapFrameAllocator<'m> {
                 .map_err(too_full)?;
         }
         if let Some(plan) = carved {
-            let a = (plan.phys / FRAME_SIZE - base) as usize;
+            let a = (plan.phys.as_u64() / FRAME_SIZE - base) as usize;
             this.take_reserved(a, a + plan.frames() as usize)?;
         }
         Ok(this)

@@ -1,5 +1,7 @@
 //! Sizing the allocator's storage from a memory map, and where to carve it.
 
+use x86_64::PhysAddr;
+
 use super::bitmap::Bitmap;
 use super::ranges::RangeTable;
 use crate::memory_map::{MemoryMap, FRAME_SIZE, PHYS_LIMIT};
@@ -15,7 +17,7 @@ const CARVE_PREFERRED_MIN: u64 = (16 << 20) / FRAME_SIZE;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoragePlan {
     /// Physical address of the carved storage (frame aligned).
-    pub phys: u64,
+    pub phys: PhysAddr,
     /// Storage size in `u64` words.
     pub words: usize,
 }
@@ -104,7 +106,11 @@ impl Geometry {
     /// 16 MiB that fits, else the lowest anywhere.
     pub(crate) fn plan<const N: usize>(&self, map: &MemoryMap<N>) -> Option<StoragePlan> {
         let words = self.words();
-        let need = StoragePlan { phys: 0, words }.frames();
+        let need = StoragePlan {
+            phys: PhysAddr::zero(),
+            words,
+        }
+        .frames();
         let fits = |min: u64| {
             usable_frames(map).find_map(move |(a, b)| {
                 let start = a.max(min);
@@ -113,7 +119,7 @@ impl Geometry {
         };
         let frame = fits(CARVE_PREFERRED_MIN).or_else(|| fits(0))?;
         Some(StoragePlan {
-            phys: frame * FRAME_SIZE,
+            phys: PhysAddr::new(frame * FRAME_SIZE),
             words,
         })
     }
