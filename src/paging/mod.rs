@@ -60,8 +60,8 @@ mod reserve;
 mod size;
 mod soft;
 pub(crate) use soft::DIRTY_BIT;
+mod translate;
 mod visit;
-mod walk;
 
 pub use address_space::{AddressSpace, DestroyStats, KERNEL_HALF};
 pub(crate) use copy::{CopyAs, CopyLeaf};
@@ -75,4 +75,4 @@ pub use mapper::{FrameSource, Mapper};
 pub use mmu::{Mmu, X86Mmu};
 pub use phys_mem::{OffsetPhysMem, PhysMem};
 pub use size::LeafSize;
-pub use walk::{Access, Translation};
+pub use translate::{Access, Translation};

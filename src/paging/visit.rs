@@ -7,7 +7,9 @@
 
 use core::ops::Deref;
 
-use super::entry::{index, span};
+use x86_64::VirtAddr;
+
+use super::entry::{index, span, LINEAR_MASK};
 use super::{Mapper, PhysMem};
 
 /// One entry met by the walk, with the part `[start, end)` of the range it covers.
@@ -127,8 +129,7 @@ where
 /// The 48-bit linear range of the `len` bytes from `start`, clipped to the end of the
 /// address space (empty when `len` is 0).
 #[inline]
-pub(crate) fn linear_range(start: x86_64::VirtAddr, len: u64) -> (u64, u64) {
-    use super::entry::LINEAR_MASK;
+pub(crate) fn linear_range(start: VirtAddr, len: u64) -> (u64, u64) {
     let lo = start.as_u64() & LINEAR_MASK;
     (lo, lo.saturating_add(len).min(LINEAR_MASK + 1))
 }

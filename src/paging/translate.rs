@@ -1,4 +1,4 @@
-//! Translation: walks the four levels, combining permissions the way the MMU does.
+//! Translating one address: four unrolled levels, permissions combined as the MMU does.
 
 use x86_64::structures::paging::PageTableFlags;
 use x86_64::{PhysAddr, VirtAddr};
