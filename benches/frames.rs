@@ -437,7 +437,7 @@ fn main() {
             let base = buf
                 .as_mut_ptr()
                 .cast::<u8>()
-                .wrapping_sub(plan.phys as usize);
+                .wrapping_sub(plan.phys.as_u64() as usize);
             let t = Instant::now();
             // SAFETY: `buf` backs exactly the planned storage and outlives `a`.
             let a = unsafe { BitmapFrameAllocator::init_carved(&map, base) }.unwrap();

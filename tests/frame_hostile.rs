@@ -38,9 +38,9 @@ fn check_map<const N: usize>(map: &MemoryMap<N>) {
 fn exercise<const N: usize>(map: &MemoryMap<N>) {
     check_map(map);
     if let Ok(plan) = BitmapFrameAllocator::plan(map) {
-        let inside = map
-            .usable()
-            .any(|u| u.start <= plan.phys && plan.phys + plan.frames() * F <= u.end());
+        let inside = map.usable().any(|u| {
+            u.start <= plan.phys.as_u64() && plan.phys.as_u64() + plan.frames() * F <= u.end()
+        });
         assert!(inside, "storage planned outside usable memory: {plan:?}");
     }
     let words = BitmapFrameAllocator::storage_words(map);

@@ -164,7 +164,8 @@ impl Model {
 
     /// Whether `err` correctly names a frame in `[a, b)` in the state it claims.
     fn explains(&self, err: FrameError, a: u64, b: u64) -> bool {
-        let at = |frame: u64| (a..b).contains(&(frame / F)).then_some(frame / F);
+        let number = |frame: PhysFrame| frame.start_address().as_u64() / F;
+        let at = |frame: PhysFrame| Some(number(frame)).filter(|n| (a..b).contains(n));
         match err {
             FrameError::AlreadyFree { frame } => at(frame).is_some_and(|f| self.free.contains(&f)),
             FrameError::Reserved { frame } => at(frame).is_some_and(|f| self.reserved.contains(&f)),
@@ -172,7 +173,7 @@ impl Model {
             FrameError::OutsideMap { frame } => {
                 // Either a non-usable frame in the range or the end of the span.
                 at(frame).is_some_and(|f| !self.usable.contains(&f))
-                    || (frame / F <= b && self.usable.range(frame / F..).next().is_none())
+                    || (number(frame) <= b && self.usable.range(number(frame)..).next().is_none())
             }
             FrameError::ReservationTableFull { .. } => true,
             _ => false,
@@ -216,14 +217,14 @@ fn run_case(
     ];
     let mut a = if carve {
         let plan = plan.unwrap();
-        for f in plan.phys / F..plan.phys / F + plan.frames() {
+        for f in plan.phys.as_u64() / F..plan.phys.as_u64() / F + plan.frames() {
             prop_assert!(model.free.remove(&f), "carved a non-free frame");
             model.reserved.insert(f);
         }
         let phys_base = buf
             .as_mut_ptr()
             .cast::<u8>()
-            .wrapping_sub(plan.phys as usize);
+            .wrapping_sub(plan.phys.as_u64() as usize);
         // SAFETY: `buf` backs exactly the planned storage and outlives `a`.
         unsafe { BitmapFrameAllocator::init_carved(&map, phys_base) }.unwrap()
     } else {

@@ -91,14 +91,14 @@ fn one_frame_map() {
         assert!(a.allocate().is_err());
         assert_eq!(
             a.free(frame(4)),
-            Err(FrameError::OutsideMap { frame: 4 * F })
+            Err(FrameError::OutsideMap { frame: frame(4) })
         );
         assert_eq!(
             a.free(frame(6)),
-            Err(FrameError::OutsideMap { frame: 6 * F })
+            Err(FrameError::OutsideMap { frame: frame(6) })
         );
         a.free(f).unwrap();
-        assert_eq!(a.free(f), Err(FrameError::AlreadyFree { frame: 5 * F }));
+        assert_eq!(a.free(f), Err(FrameError::AlreadyFree { frame: frame(5) }));
     });
 }
 
@@ -108,7 +108,10 @@ fn empty_map_and_empty_allocator() {
         assert_eq!(a.stats(), FrameStats::default());
         assert!(a.allocate().is_err());
         assert!(a.allocate_contiguous(1, F, None).is_err());
-        assert_eq!(a.free(frame(0)), Err(FrameError::OutsideMap { frame: 0 }));
+        assert_eq!(
+            a.free(frame(0)),
+            Err(FrameError::OutsideMap { frame: frame(0) })
+        );
     });
     let mut e = BitmapFrameAllocator::empty();
     assert!(e.allocate().is_err());
@@ -152,22 +155,25 @@ fn bad_frees_change_nothing() {
         let f = a.allocate().unwrap();
         a.reserve(PhysFrame::range(frame(200), frame(202))).unwrap();
         let before = a.stats();
-        assert_eq!(a.free(frame(1)), Err(FrameError::AlreadyFree { frame: F }));
+        assert_eq!(
+            a.free(frame(1)),
+            Err(FrameError::AlreadyFree { frame: frame(1) })
+        );
         assert_eq!(
             a.free(frame(105)),
-            Err(FrameError::OutsideMap { frame: 105 * F })
+            Err(FrameError::OutsideMap { frame: frame(105) })
         );
         assert_eq!(
             a.free(frame(201)),
-            Err(FrameError::Reserved { frame: 201 * F })
+            Err(FrameError::Reserved { frame: frame(201) })
         );
         assert_eq!(
             a.free(frame(300)),
-            Err(FrameError::OutsideMap { frame: 300 * F })
+            Err(FrameError::OutsideMap { frame: frame(300) })
         );
         assert_eq!(
             a.free_range(PhysFrame::range(f, frame(3))),
-            Err(FrameError::AlreadyFree { frame: F })
+            Err(FrameError::AlreadyFree { frame: frame(1) })
         );
         assert_eq!(
             a.free_range(PhysFrame::range(f, f)),
@@ -196,11 +202,11 @@ fn release_puts_reservations_and_holes_into_service() {
             unsafe { a.release(PhysFrame::range(frame(start), frame(end))) }
         };
         let refused = [
-            (50, 51, FrameError::NotReserved { frame: 50 * F }),
-            (0, 1, FrameError::NotReserved { frame: 0 }),
-            (108, 112, FrameError::NotReserved { frame: 110 * F }),
-            (98, 102, FrameError::NotReserved { frame: 98 * F }),
-            (300, 301, FrameError::OutsideMap { frame: 300 * F }),
+            (50, 51, FrameError::NotReserved { frame: frame(50) }),
+            (0, 1, FrameError::NotReserved { frame: frame(0) }),
+            (108, 112, FrameError::NotReserved { frame: frame(110) }),
+            (98, 102, FrameError::NotReserved { frame: frame(98) }),
+            (300, 301, FrameError::OutsideMap { frame: frame(300) }),
             (5, 5, FrameError::ZeroFrames),
         ];
         assert_eq!(f, frame(0));
@@ -223,7 +229,7 @@ fn release_puts_reservations_and_holes_into_service() {
         // Twice is refused: they are in service now.
         assert_eq!(
             release(a, 102, 103),
-            Err(FrameError::NotReserved { frame: 102 * F })
+            Err(FrameError::NotReserved { frame: frame(102) })
         );
         let got = drain(a);
         assert!(got.contains(&102) && got.contains(&103) && got.contains(&204));
@@ -237,13 +243,13 @@ fn reserve_after_init() {
         let f = a.allocate().unwrap();
         assert_eq!(
             a.reserve(PhysFrame::range(f, frame(5))),
-            Err(FrameError::InUse { frame: 0 })
+            Err(FrameError::InUse { frame: frame(0) })
         );
         a.reserve(PhysFrame::range(frame(10), frame(20))).unwrap();
         a.reserve(PhysFrame::range(frame(20), frame(30))).unwrap();
         assert_eq!(
             a.reserve(PhysFrame::range(frame(25), frame(35))),
-            Err(FrameError::Reserved { frame: 25 * F })
+            Err(FrameError::Reserved { frame: frame(25) })
         );
         let s = a.stats();
         assert_eq!((s.reserved, s.used, s.free), (20, 1, 979));
@@ -330,12 +336,16 @@ fn carved_storage_is_reserved_and_only_storage_is_written() {
         (0x10_0000, 0x200_0000, RegionKind::Usable),
     ]);
     let plan = BitmapFrameAllocator::plan(&m).unwrap();
-    assert_eq!(plan.phys, 16 << 20, "prefers memory at or above 16 MiB");
+    assert_eq!(
+        plan.phys.as_u64(),
+        16 << 20,
+        "prefers memory at or above 16 MiB"
+    );
     let mut buf = vec![0xdead_beefu64; plan.words];
     let base = buf
         .as_mut_ptr()
         .cast::<u8>()
-        .wrapping_sub(plan.phys as usize);
+        .wrapping_sub(plan.phys.as_u64() as usize);
     // SAFETY: `buf` backs exactly the planned storage range and outlives `a`.
     let mut a = unsafe { BitmapFrameAllocator::init_carved(&m, base) }.unwrap();
     a.check_invariants().unwrap();
@@ -343,11 +353,13 @@ fn carved_storage_is_reserved_and_only_storage_is_written() {
     assert_eq!(s.reserved, plan.frames());
     assert_eq!(s.total, m.usable_bytes() / F);
     let all = drain(&mut a);
-    let carved = plan.phys / F..plan.phys / F + plan.frames();
+    let carved = plan.phys.as_u64() / F..plan.phys.as_u64() / F + plan.frames();
     assert!(all.iter().all(|f| !carved.contains(f)));
     assert_eq!(
         a.free(frame(carved.start)),
-        Err(FrameError::Reserved { frame: plan.phys })
+        Err(FrameError::Reserved {
+            frame: frame(plan.phys.as_u64() / F)
+        })
     );
     assert_eq!(all.len() as u64, s.free);
     a.check_invariants().unwrap();

@@ -175,17 +175,14 @@ fn bad_arguments_are_typed_errors() {
     let v = |x| VirtAddr::new(x);
     assert_eq!(
         m.map_range(v(0x1001), p, K4, f, &mut a),
-        Err(PagingError::Misaligned {
-            value: 0x1001,
+        Err(PagingError::MisalignedVirtAddr {
+            addr: VirtAddr::new(0x1001),
             align: K4
         })
     );
     assert_eq!(
         m.map_range(v(0x1000), p, 5, f, &mut a),
-        Err(PagingError::Misaligned {
-            value: 5,
-            align: K4
-        })
+        Err(PagingError::MisalignedLength { len: 5, align: K4 })
     );
     assert_eq!(
         m.map_range(v(0x1000), p, 0, f, &mut a),
@@ -193,8 +190,8 @@ fn bad_arguments_are_typed_errors() {
     );
     assert_eq!(
         m.map_range(v(0x1000), PhysAddr::new(0x10), K4, f, &mut a),
-        Err(PagingError::Misaligned {
-            value: 0x10,
+        Err(PagingError::MisalignedPhysAddr {
+            addr: PhysAddr::new(0x10),
             align: K4
         })
     );
@@ -366,7 +363,7 @@ fn unmap_range_returns_table_frames() {
         1 + 1 + 1 + pts,
         "PML4 + PDPT + PD + one PT per 2 MiB"
     );
-    assert_eq!(m.check_invariants().unwrap().leaves, [pts * 512, 0, 0]);
+    assert_eq!(m.table_report().unwrap().leaves, [pts * 512, 0, 0]);
     // Half: half the PTs freed, the PD stays.
     m.unmap_range(v, len / 2, &mut a).unwrap().ignore();
     assert_eq!(a.in_use(), 1 + 1 + 1 + pts / 2);
@@ -374,7 +371,7 @@ fn unmap_range_returns_table_frames() {
         .unwrap()
         .ignore();
     assert_eq!(a.in_use(), 1, "everything but the PML4 went back");
-    assert_eq!(m.check_invariants().unwrap().tables, vec![m.pml4()]);
+    assert_eq!(m.table_report().unwrap().tables, vec![m.pml4()]);
     // Single-page unmaps reclaim too.
     let page = Page::<Size4KiB>::containing_address(v);
     m.map(
@@ -434,7 +431,7 @@ fn splitting_preserves_the_rest_of_a_huge_page() {
         LeafSize::Size4KiB
     );
     assert_eq!(m.translate(v + G1 - K4).unwrap().size, LeafSize::Size2MiB);
-    assert_eq!(m.check_invariants().unwrap().leaves, [512, 511, 0]);
+    assert_eq!(m.table_report().unwrap().leaves, [512, 511, 0]);
 }
 
 #[test]
@@ -450,7 +447,7 @@ fn address_spaces_share_the_kernel_half() {
     let mut mmu = RecordingMmu::new(kernel.pml4());
     let mut space = AddressSpace::new(&kernel, &mut a).unwrap();
     assert_eq!(
-        space.mapper_ref().translate(kv + 5u64).unwrap().phys,
+        space.mapper().translate(kv + 5u64).unwrap().phys,
         PhysAddr::new(5)
     );
     // User mappings are private; huge user frames come from the allocator so destroy can free them.
@@ -458,24 +455,24 @@ fn address_spaces_share_the_kernel_half() {
     let uv = VirtAddr::new(0x40_0000);
     let user = MapFlags::READ_WRITE.user();
     space
-        .mapper()
+        .mapper_mut()
         .map_range(uv, huge, M2, user, &mut a)
         .unwrap()
         .ignore();
     let small = a.allocate_contiguous(3, K4).unwrap();
     space
-        .mapper()
+        .mapper_mut()
         .map_range(uv + 2 * M2, small, 3 * K4, user, &mut a)
         .unwrap()
         .ignore();
     assert!(kernel.translate(uv).is_err());
-    assert!(space.mapper_ref().translate(uv).unwrap().access.user);
+    assert!(space.mapper().translate(uv).unwrap().access.user);
     // Kernel mappings made later under an existing PML4 entry are seen by both.
     kernel
         .map_range(kv + G1, PhysAddr::new(0x1000), K4, MapFlags::READ, &mut a)
         .unwrap()
         .ignore();
-    assert!(space.mapper_ref().translate(kv + G1).is_ok());
+    assert!(space.mapper().translate(kv + G1).is_ok());
     // SAFETY: the recording MMU only records.
     unsafe { space.switch(&mut mmu) };
     assert_eq!(mmu.ops(), &[MmuOp::SetCr3(space.pml4())]);
@@ -499,7 +496,7 @@ fn address_spaces_share_the_kernel_half() {
     );
     // The kernel is intact.
     assert_eq!(kernel.translate(kv + 5u64).unwrap().phys, PhysAddr::new(5));
-    let report = kernel.check_invariants().unwrap();
+    let report = kernel.table_report().unwrap();
     let mut tables = report.tables.clone();
     tables.sort();
     assert_eq!(
@@ -536,11 +533,11 @@ fn prefilled_kernel_half_propagates_later_kernel_mappings() {
         .unwrap()
         .ignore();
     assert_eq!(
-        space.mapper_ref().translate(kv).unwrap().phys,
+        space.mapper().translate(kv).unwrap().phys,
         PhysAddr::new(0x7000)
     );
     kernel.check_invariants().unwrap();
-    space.mapper_ref().check_invariants().unwrap();
+    space.mapper().check_invariants().unwrap();
 }
 
 #[test]
@@ -554,8 +551,8 @@ fn forged_misaligned_huge_page_is_refused() {
     let page = Page::<Size2MiB>::containing_address(VirtAddr::new(0x20_0000));
     assert_eq!(
         m.map(page, frame, MapFlags::READ, &mut a),
-        Err(PagingError::Misaligned {
-            value: 0x1000,
+        Err(PagingError::MisalignedPhysAddr {
+            addr: PhysAddr::new(0x1000),
             align: M2
         })
     );

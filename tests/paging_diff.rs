@@ -209,7 +209,7 @@ impl<'m> World<'m> {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let report = self.ours.check_invariants().expect("invariants");
+        let report = self.ours.table_report().expect("invariants");
         let tables = report
             .tables
             .iter()
@@ -231,8 +231,8 @@ impl<'m> World<'m> {
     fn check(&mut self, pages: &[u64], rng: &mut u64) {
         let report = self
             .ours
-            .check_invariants()
-            .unwrap_or_else(|v| panic!("invariant: {v:?}"));
+            .table_report()
+            .unwrap_or_else(|v| panic!("invariant: {v}"));
         let mut tables: Vec<_> = report.tables.clone();
         tables.sort();
         assert_eq!(
@@ -517,8 +517,8 @@ impl<'m> World<'m> {
         } else if !raw.is_multiple_of(K4) && kind <= 2 {
             assert_eq!(
                 err,
-                Some(PagingError::Misaligned {
-                    value: raw,
+                Some(PagingError::MisalignedVirtAddr {
+                    addr: VirtAddr::new(raw),
                     align: K4
                 })
             );

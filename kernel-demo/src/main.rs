@@ -244,7 +244,7 @@ fn demo_address_space() {
         let frame = m.frames.with(|f| f.allocate()).expect("a frame");
         let page = Page::<Size4KiB>::containing_address(user);
         space
-            .mapper()
+            .mapper_mut()
             .map(page, frame, MapFlags::READ_WRITE.user(), &mut m.frames)
             .expect("map")
             .ignore();

@@ -241,7 +241,7 @@ kernel_demo::test_kernel! {
             let kernel_pml4 = m.mapper.pml4();
             let mut space = AddressSpace::new(m.mapper, &mut m.frames).expect("space");
             let frame = m.frames.with(|f| f.allocate()).expect("frame");
-            space.mapper().map(Page::containing_address(user), frame, MapFlags::READ_WRITE, &mut m.frames).expect("map").ignore();
+            space.mapper_mut().map(Page::containing_address(user), frame, MapFlags::READ_WRITE, &mut m.frames).expect("map").ignore();
             // SAFETY: the space shares the kernel half and outlives the switch.
             unsafe { space.switch(&mut m.mmu) };
             // SAFETY: mapped just above, in the active space.

@@ -239,7 +239,7 @@ kernel_demo::test_kernel! {
             let boot_pml4 = m.mmu.cr3();
             let mut space = AddressSpace::new(m.mapper, &mut m.frames).expect("new space");
             let frame = m.frames.with(|f| f.allocate()).expect("frame");
-            space.mapper().map(page(USER), frame, MapFlags::READ_WRITE, &mut m.frames).expect("map").ignore();
+            space.mapper_mut().map(page(USER), frame, MapFlags::READ_WRITE, &mut m.frames).expect("map").ignore();
             // SAFETY: the new space shares the kernel half (code, stack,
             // statics, direct map); it lives until after we switch back.
             unsafe { space.switch(&mut m.mmu) };

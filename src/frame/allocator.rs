@@ -4,8 +4,8 @@ use x86_64::structures::paging::{frame::PhysFrameRange, PhysFrame};
 use x86_64::PhysAddr;
 
 use super::bitmap::Bitmap;
+use super::geometry::{usable_frames, Geometry, StoragePlan};
 use super::hints::RunHints;
-use super::layout::{usable_frames, Layout, StoragePlan};
 use super::ranges::{Kind, RangeTable};
 use super::FrameError;
 use crate::memory_map::{MemoryMap, FRAME_SIZE};
@@ -80,14 +80,14 @@ impl<'m> BitmapFrameAllocator<'m> {
 
     /// Storage words [`new`](Self::new) needs for `map`.
     pub fn storage_words<const N: usize>(map: &MemoryMap<N>) -> usize {
-        Layout::of(map).words()
+        Geometry::of(map).words()
     }
 
     /// Where [`init_carved`](Self::init_carved) will put its storage for `map`.
     pub fn plan<const N: usize>(map: &MemoryMap<N>) -> Result<StoragePlan, FrameError> {
-        let layout = Layout::of(map);
-        let bytes = layout.words() as u64 * 8;
-        layout
+        let geometry = Geometry::of(map);
+        let bytes = geometry.words() as u64 * 8;
+        geometry
             .plan(map)
             .ok_or(FrameError::NoRoomForMetadata { bytes })
     }
@@ -114,13 +114,15 @@ impl<'m> BitmapFrameAllocator<'m> {
     /// range `p`, `phys_base + p` must be valid for reads and writes, aligned
     /// to 8, and not accessed by anything else for `'m`. In a kernel,
     /// `phys_base` is the direct-map offset (0 under identity mapping); on the
-    /// host it may be `buffer.wrapping_sub(plan.phys)`.
+    /// host it may be `buffer.wrapping_sub(plan.phys.as_u64() as usize)`.
     pub unsafe fn init_carved<const N: usize>(
         map: &MemoryMap<N>,
         phys_base: *mut u8,
     ) -> Result<Self, FrameError> {
         let plan = Self::plan(map)?;
-        let ptr = phys_base.wrapping_add(plan.phys as usize).cast::<u64>();
+        let ptr = phys_base
+            .wrapping_add(plan.phys.as_u64() as usize)
+            .cast::<u64>();
         // SAFETY: the caller guarantees that the planned storage range is
         // mapped at `phys_base`, valid, aligned and exclusively ours for 'm.
         let storage = unsafe { core::slice::from_raw_parts_mut(ptr, plan.words) };
@@ -132,12 +134,12 @@ impl<'m> BitmapFrameAllocator<'m> {
         storage: &'m mut [u64],
         carved: Option<StoragePlan>,
     ) -> Result<Self, FrameError> {
-        let Layout {
+        let Geometry {
             base,
             bitmap,
             table,
             usable,
-        } = Layout::of(map);
+        } = Geometry::of(map);
         let needed = bitmap.words() + table.words();
         if storage.len() < needed {
             return Err(FrameError::StorageTooSmall {
@@ -158,13 +160,13 @@ impl<'m> BitmapFrameAllocator<'m> {
             hints: RunHints::new(),
             first_free: 0,
         };
-        for (a, b) in Layout::of(map).holes(map) {
+        for (a, b) in Geometry::of(map).holes(map) {
             this.table
                 .insert(this.storage, a, b, Kind::Hole)
                 .map_err(too_full)?;
         }
         if let Some(plan) = carved {
-            let a = (plan.phys / FRAME_SIZE - base) as usize;
+            let a = (plan.phys.as_u64() / FRAME_SIZE - base) as usize;
             this.take_reserved(a, a + plan.frames() as usize)?;
         }
         Ok(this)
@@ -205,7 +207,7 @@ impl<'m> BitmapFrameAllocator<'m> {
         self.check_not_in_table(a, b)?;
         if let Some(i) = self.bitmap.first_with(self.storage, a, b, true) {
             return Err(FrameError::AlreadyFree {
-                frame: self.addr(i),
+                frame: self.frame(i),
             });
         }
         if b == a + 1 {
@@ -235,6 +237,9 @@ impl<'m> BitmapFrameAllocator<'m> {
     /// allocator's span. Fails, changing nothing, if it does not, or if a
     /// reservation would have to be split and the table is full.
     ///
+    /// Not a [`free`](Self::free): that takes back frames [`allocate`](Self::allocate) gave
+    /// out, this one hands over frames the allocator never gave out.
+    ///
     /// # Safety
     /// Nothing may use the frames any more: they are handed out from now on.
     pub unsafe fn release(&mut self, range: PhysFrameRange) -> Result<(), FrameError> {
@@ -242,9 +247,9 @@ impl<'m> BitmapFrameAllocator<'m> {
         let Some((i, entry)) = self.table.containing(self.storage, a, b) else {
             // Free or allocated frames, or a range spanning several entries.
             let frame = match self.table.first_overlap(self.storage, a, b) {
-                Some(e) if e.start > a => self.addr(a),
-                Some(e) => self.addr(e.end),
-                None => self.addr(a),
+                Some(e) if e.start > a => self.frame(a),
+                Some(e) => self.frame(e.end),
+                None => self.frame(a),
             };
             return Err(FrameError::NotReserved { frame });
         };
@@ -278,7 +283,7 @@ impl<'m> BitmapFrameAllocator<'m> {
     fn take_reserved(&mut self, a: usize, b: usize) -> Result<(), FrameError> {
         if let Some(i) = self.bitmap.first_with(self.storage, a, b, false) {
             return Err(FrameError::InUse {
-                frame: self.addr(i),
+                frame: self.frame(i),
             });
         }
         self.table
@@ -296,7 +301,7 @@ impl<'m> BitmapFrameAllocator<'m> {
         match self.table.first_overlap(self.storage, a, b) {
             None => Ok(()),
             Some(e) => {
-                let frame = self.addr(e.start.max(a));
+                let frame = self.frame(e.start.max(a));
                 Err(match e.kind {
                     Kind::Hole => FrameError::OutsideMap { frame },
                     Kind::Reserved => FrameError::Reserved { frame },
@@ -313,29 +318,28 @@ impl<'m> BitmapFrameAllocator<'m> {
         }
         let end = self.base + self.bitmap.len() as u64;
         if a < self.base || a >= end {
-            return Err(FrameError::OutsideMap {
-                frame: a * FRAME_SIZE,
-            });
+            return Err(FrameError::OutsideMap { frame: frame_at(a) });
         }
         if b > end {
             return Err(FrameError::OutsideMap {
-                frame: end * FRAME_SIZE,
+                frame: frame_at(end),
             });
         }
         Ok(((a - self.base) as usize, (b - self.base) as usize))
     }
 
-    /// Physical address of bitmap index `i`.
-    #[inline]
-    pub(crate) fn addr(&self, i: usize) -> u64 {
-        (self.base + i as u64) * FRAME_SIZE
-    }
-
     /// The frame at bitmap index `i`.
     #[inline]
     pub(crate) fn frame(&self, i: usize) -> PhysFrame {
-        PhysFrame::containing_address(PhysAddr::new(self.addr(i)))
+        frame_at(self.base + i as u64)
     }
+}
+
+/// The frame of frame number `n` (below the 52-bit limit: a managed frame or the end of
+/// the span).
+#[inline]
+fn frame_at(n: u64) -> PhysFrame {
+    PhysFrame::containing_address(PhysAddr::new(n * FRAME_SIZE))
 }
 
 /// The frame number of `frame`.

@@ -8,7 +8,8 @@
 //! time. All live in one storage slice; together they cost
 //! 1 + 2/64 + 1/512 + ... ≈ 1.034 bits per frame.
 
-use super::tree::{words_for, Tree};
+use super::tree::{mask as bits, word_masks, words_for, Tree};
+use super::FrameInvariantError;
 
 /// Layout of the frame bitmap inside a storage slice (starting at word 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,14 +194,9 @@ impl Bitmap {
     /// [`set_range`](Self::set_range) word by word, for ranges within a few words.
     #[inline]
     fn set_partial(&self, s: &mut [u64], a: usize, b: usize, free: bool) {
-        let mut i = a;
-        while i < b {
-            let w = i / 64;
-            let hi = b.min(w * 64 + 64);
-            let mask = bits(i % 64, hi - w * 64);
+        for (w, mask) in word_masks(a, b) {
             let old = s[self.frames.word0(w)];
             self.write(s, w, if free { old | mask } else { old & !mask });
-            i = hi;
         }
     }
 
@@ -318,26 +314,24 @@ impl Bitmap {
     }
 
     /// Both trees agree with their summaries and `full` with the frames.
-    pub(crate) fn check(&self, s: &[u64]) -> Result<(), &'static str> {
+    pub(crate) fn check(&self, s: &[u64]) -> Result<(), FrameInvariantError> {
         self.frames.check(s)?;
         self.full.check(s)?;
         self.blocks.check(s)?;
         for blk in 0..self.len().div_ceil(512) {
             let byte = (self.full.word(s, blk / 8) >> (blk % 8 * 8)) & 0xff;
             if (byte == 0xff) != self.blocks.get(s, blk) {
-                return Err("block summary disagrees with the full-word summary");
+                return Err(FrameInvariantError::BlockSummary { block: blk });
             }
         }
         for w in 0..words_for(self.len()) {
             if (self.word(s, w) == !0) != self.full.get(s, w) {
-                return Err("full-word summary disagrees with the frame word");
+                return Err(FrameInvariantError::FullWordSummary { word: w });
             }
         }
         Ok(())
     }
 }
-
-use super::tree::mask as bits;
 
 /// The longest run of ones inside one word.
 fn longest_ones(mut x: u64) -> u64 {
@@ -353,18 +347,11 @@ fn longest_ones(mut x: u64) -> u64 {
 
 /// The first bit in `[a, b)` of the level-0 bits at word `base` equal to `want`.
 fn first_with(s: &[u64], base: usize, a: usize, b: usize, want: bool) -> Option<usize> {
-    let mut i = a;
-    while i < b {
-        let w = i / 64;
-        let hi = b.min(w * 64 + 64);
+    word_masks(a, b).find_map(|(w, mask)| {
         let word = if want { s[base + w] } else { !s[base + w] };
-        let hit = word & bits(i % 64, hi - w * 64);
-        if hit != 0 {
-            return Some(w * 64 + hit.trailing_zeros() as usize);
-        }
-        i = hi;
-    }
-    None
+        let hit = word & mask;
+        (hit != 0).then(|| w * 64 + hit.trailing_zeros() as usize)
+    })
 }
 
 #[cfg(test)]

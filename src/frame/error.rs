@@ -2,6 +2,8 @@
 
 use core::fmt;
 
+use x86_64::structures::paging::PhysFrame;
+
 /// Why a frame-allocator operation failed. After any error the allocator is
 /// exactly as before. Addresses are physical.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,28 +27,28 @@ pub enum FrameError {
     /// Freeing a frame that is already free.
     AlreadyFree {
         /// The first such frame.
-        frame: u64,
+        frame: PhysFrame,
     },
     /// Freeing or reserving a frame that is reserved (allocator storage or a reservation).
     Reserved {
         /// The first such frame.
-        frame: u64,
+        frame: PhysFrame,
     },
     /// The frame is not usable memory of the map this allocator was built from.
     OutsideMap {
         /// The first such frame.
-        frame: u64,
+        frame: PhysFrame,
     },
     /// Releasing frames that are in service (free or allocated), or a range
     /// not wholly inside one reservation or map hole.
     NotReserved {
         /// The first frame of the range outside that one reservation or hole.
-        frame: u64,
+        frame: PhysFrame,
     },
     /// Reserving a frame that is allocated.
     InUse {
         /// The first such frame.
-        frame: u64,
+        frame: PhysFrame,
     },
     /// The reservation table has no room for another separate range.
     ReservationTableFull {
@@ -85,14 +87,17 @@ impl fmt::Display for FrameError {
             Self::BadAlignment { align } => {
                 write!(f, "alignment {align:#x} is not a power of two >= 4 KiB")
             }
-            Self::AlreadyFree { frame } => write!(f, "frame {frame:#x} is already free"),
-            Self::Reserved { frame } => write!(f, "frame {frame:#x} is reserved"),
+            Self::AlreadyFree { frame } => write!(f, "frame {:#x} is already free", addr(frame)),
+            Self::Reserved { frame } => write!(f, "frame {:#x} is reserved", addr(frame)),
             Self::NotReserved { frame } => write!(
                 f,
-                "frame {frame:#x} is in service or the range spans several reservations"
+                "frame {:#x} is in service or the range spans several reservations",
+                addr(frame)
             ),
-            Self::OutsideMap { frame } => write!(f, "frame {frame:#x} is not usable memory"),
-            Self::InUse { frame } => write!(f, "frame {frame:#x} is allocated"),
+            Self::OutsideMap { frame } => {
+                write!(f, "frame {:#x} is not usable memory", addr(frame))
+            }
+            Self::InUse { frame } => write!(f, "frame {:#x} is allocated", addr(frame)),
             Self::ReservationTableFull { capacity } => {
                 write!(f, "reservation table full ({capacity} ranges)")
             }
@@ -110,3 +115,8 @@ impl fmt::Display for FrameError {
 }
 
 impl core::error::Error for FrameError {}
+
+/// The start of `frame` as a number, for messages.
+fn addr(frame: PhysFrame) -> u64 {
+    frame.start_address().as_u64()
+}

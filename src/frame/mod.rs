@@ -23,9 +23,9 @@
 //!   reserved, and writes them through `phys_base + phys`. `phys_base` is a
 //!   `*mut u8`, the virtual address of physical 0: the kernel passes its
 //!   direct-map offset (`core::ptr::with_exposed_provenance_mut(offset)`; offset 0
-//!   under identity mapping), host tests pass
-//!   `buffer.wrapping_sub(plan.phys)` so a small `Vec` stands in for exactly
-//!   the carved frames; pointer arithmetic keeps provenance, so Miri follows.
+//!   under identity mapping), host tests pass `buffer` less the planned
+//!   physical address, so a small `Vec` stands in for exactly the carved
+//!   frames; pointer arithmetic keeps provenance, so Miri follows.
 //! - [`BitmapFrameAllocator::new`] (safe): the caller lends the storage (a
 //!   static array, a host buffer), [`BitmapFrameAllocator::storage_words`] long.
 //!
@@ -49,7 +49,7 @@
 //! let plan = BitmapFrameAllocator::plan(&map)?;
 //! // On the host, a buffer stands in for the carved physical frames.
 //! let mut buf = vec![0u64; plan.words];
-//! let phys_base = buf.as_mut_ptr().cast::<u8>().wrapping_sub(plan.phys as usize);
+//! let phys_base = buf.as_mut_ptr().cast::<u8>().wrapping_sub(plan.phys.as_u64() as usize);
 //! // SAFETY: `buf` backs exactly the planned range and outlives `frames`.
 //! let mut frames = unsafe { BitmapFrameAllocator::init_carved(&map, phys_base) }?;
 //! let run = frames.allocate_contiguous(512, 2 << 20, Some(1 << 32))?;
@@ -64,10 +64,10 @@ mod allocator;
 mod bitmap;
 mod contiguous;
 mod error;
+mod geometry;
 mod hints;
 mod interop;
 mod invariants;
-mod layout;
 mod locked;
 mod ranges;
 mod stats;
@@ -75,7 +75,7 @@ mod tree;
 
 pub use allocator::BitmapFrameAllocator;
 pub use error::FrameError;
-pub use invariants::InvariantError;
-pub use layout::{StoragePlan, RESERVATION_SLOTS};
+pub use geometry::{StoragePlan, RESERVATION_SLOTS};
+pub use invariants::FrameInvariantError;
 pub use locked::{InterruptMask, LockedFrameAllocator, NoInterruptMask, X86Interrupts};
 pub use stats::FrameStats;

@@ -4,6 +4,8 @@
 //! sorted and disjoint. It lets a free tell "used" from "reserved" or "not
 //! memory" without a second bit per frame.
 
+use super::FrameInvariantError;
+
 /// Why a range is out of service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -190,15 +192,16 @@ impl RangeTable {
     }
 
     /// Sorted, disjoint, non-empty, inside `[0, n)`, and touching entries differ in kind.
-    pub(crate) fn check(&self, s: &[u64], n: usize) -> Result<(), &'static str> {
+    pub(crate) fn check(&self, s: &[u64], n: usize) -> Result<(), FrameInvariantError> {
         let mut prev: Option<Entry> = None;
         for e in self.iter(s) {
-            if e.start >= e.end || e.end > n {
-                return Err("range table entry empty or outside the span");
+            let (start, end) = (e.start, e.end);
+            if start >= end || end > n {
+                return Err(FrameInvariantError::BadRange { start, end });
             }
             if let Some(p) = prev {
-                if p.end > e.start || (p.end == e.start && p.kind == e.kind) {
-                    return Err("range table entries unsorted, overlapping or unmerged");
+                if p.end > start || (p.end == start && p.kind == e.kind) {
+                    return Err(FrameInvariantError::UnsortedRanges { start });
                 }
             }
             prev = Some(e);

@@ -6,6 +6,8 @@
 //! words per level: O(log64 n), 5 levels for a 1 TiB map of 4 KiB frames.
 //! Bits past the end of a level are always zero.
 
+use super::FrameInvariantError;
+
 /// Enough levels for 64^8 bits, far past the 2^40 frames of a 52-bit space.
 const MAX_LEVELS: usize = 8;
 
@@ -129,18 +131,13 @@ impl Tree {
     /// [`update_range`](Self::update_range) across several words.
     #[inline(never)]
     fn update_words(&self, s: &mut [u64], level: usize, a: usize, b: usize, set: bool) {
-        let mut i = a;
-        while i < b {
-            let w = i / 64;
-            let hi = b.min(w * 64 + 64);
-            let m = mask(i % 64, hi - w * 64);
+        for (w, m) in word_masks(a, b) {
             let slot = &mut s[self.offset[level] + w];
             let old = *slot;
             *slot = if set { old | m } else { old & !m };
             if (old == 0) != (*slot == 0) {
                 self.flip_parent(s, level, w, set);
             }
-            i = hi;
         }
     }
 
@@ -230,11 +227,11 @@ impl Tree {
 
     /// Checks that every summary level agrees with the level below and that
     /// no bit past the end of a level is set.
-    pub(crate) fn check(&self, s: &[u64]) -> Result<(), &'static str> {
+    pub(crate) fn check(&self, s: &[u64]) -> Result<(), FrameInvariantError> {
         for l in 0..self.depth {
             let n = self.bits[l];
             if !n.is_multiple_of(64) && s[self.offset[l] + n / 64] >> (n % 64) != 0 {
-                return Err("bit set past the end of a level");
+                return Err(FrameInvariantError::BitPastEnd { level: l, len: n });
             }
             if l == 0 {
                 continue;
@@ -243,12 +240,28 @@ impl Tree {
                 let child = s[self.offset[l - 1] + w] != 0;
                 let bit = s[self.offset[l] + w / 64] & (1 << (w % 64)) != 0;
                 if child != bit {
-                    return Err("summary bit disagrees with the word below");
+                    return Err(FrameInvariantError::SummaryBit { level: l, bit: w });
                 }
             }
         }
         Ok(())
     }
+}
+
+/// The words holding bits `[a, b)`, each with the mask of its bits in the range, in order:
+/// the one loop over a masked bit range.
+#[inline(always)]
+pub(crate) fn word_masks(a: usize, b: usize) -> impl Iterator<Item = (usize, u64)> {
+    let mut i = a;
+    core::iter::from_fn(move || {
+        (i < b).then(|| {
+            let w = i / 64;
+            let hi = b.min(w * 64 + 64);
+            let m = mask(i % 64, hi - w * 64);
+            i = hi;
+            (w, m)
+        })
+    })
 }
 
 /// Mask of bits `[lo, hi)` of a word, `lo < hi <= 64`.

@@ -1,10 +1,13 @@
 //! Address spaces: a new PML4 sharing the kernel half, switching to it, destroying it.
 
+use core::convert::Infallible;
+
 use x86_64::structures::paging::{FrameDeallocator, PhysFrame, Size4KiB};
 
-use super::entry::{is_leaf, span, ADDR_MASK, ENTRIES, PRESENT, TABLE_FLAGS};
+use super::entry::{is_leaf, span, ADDR_MASK, ENTRIES, HALF, PRESENT, TABLE_FLAGS};
 use super::mapper::frame_of;
 use super::reserve::Reserve;
+use super::visit::{walk, Slot, Step, Visitor};
 use super::{FrameSource, Mapper, Mmu, PagingError, PhysMem};
 use crate::PAGE_SIZE;
 
@@ -29,8 +32,8 @@ pub const KERNEL_HALF: usize = 256;
 ///
 /// let mut user = AddressSpace::new(&kernel, &mut frames).unwrap();
 /// let uv = VirtAddr::new(0x40_0000);
-/// user.mapper().map_range(uv, PhysAddr::new(0x9000), 0x1000, MapFlags::READ.user(), &mut frames).unwrap().ignore();
-/// assert!(user.mapper_ref().translate(kv).is_ok(), "kernel half shared");
+/// user.mapper_mut().map_range(uv, PhysAddr::new(0x9000), 0x1000, MapFlags::READ.user(), &mut frames).unwrap().ignore();
+/// assert!(user.mapper().translate(kv).is_ok(), "kernel half shared");
 /// // SAFETY: the recording MMU executes nothing.
 /// unsafe { user.switch(&mut mmu) };
 /// // SAFETY: as above.
@@ -86,7 +89,7 @@ impl<P: PhysMem> Mapper<P> {
                 self.write(root, i, table | TABLE_FLAGS);
             }
         }
-        reserve.release(self, alloc);
+        reserve.free_unused(self, alloc);
         Ok(missing)
     }
 }
@@ -103,12 +106,12 @@ impl<P: PhysMem> AddressSpace<P> {
     }
 
     /// The mapper, to map and unmap in this address space.
-    pub fn mapper(&mut self) -> &mut Mapper<P> {
+    pub fn mapper_mut(&mut self) -> &mut Mapper<P> {
         &mut self.mapper
     }
 
     /// Read-only access to the mapper (translation).
-    pub fn mapper_ref(&self) -> &Mapper<P> {
+    pub fn mapper(&self) -> &Mapper<P> {
         &self.mapper
     }
 
@@ -150,46 +153,56 @@ impl<P: PhysMem> AddressSpace<P> {
             let pml4 = self.pml4().start_address();
             return Err((self, PagingError::AddressSpaceActive { pml4 }));
         }
-        let mut stats = DestroyStats::default();
+        let mut v = Destroyer {
+            alloc,
+            free_mapped,
+            stats: DestroyStats::default(),
+        };
         let root = self.mapper.root();
-        for i in 0..KERNEL_HALF {
-            let e = self.mapper.read(root, i);
-            if e & PRESENT != 0 {
-                self.free_tree(e & ADDR_MASK, 3, alloc, free_mapped, &mut stats);
-            }
-        }
+        let Ok(()) = walk(&mut &self.mapper, &mut v, root, 4, 0, HALF);
+        let mut stats = v.stats;
         free(alloc, root);
         stats.tables += 1;
         Ok(stats)
     }
+}
 
-    fn free_tree<A>(
-        &self,
-        table: u64,
-        level: u8,
-        alloc: &mut A,
-        free_mapped: bool,
-        stats: &mut DestroyStats,
-    ) where
-        A: FrameDeallocator<Size4KiB> + ?Sized,
-    {
-        for i in 0..ENTRIES {
-            let e = self.mapper.read(table, i);
-            if e & PRESENT == 0 {
-                continue;
-            }
-            if !is_leaf(e, level) {
-                self.free_tree(e & ADDR_MASK, level - 1, alloc, free_mapped, stats);
-            } else if free_mapped {
-                let base = e & ADDR_MASK & !(span(level) - 1);
-                for k in 0..span(level) / PAGE_SIZE {
-                    free(alloc, base + k * PAGE_SIZE);
-                }
-                stats.mapped_frames += (span(level) / PAGE_SIZE) as usize;
-            }
+/// Frees the user half bottom up: each table after what lies below it.
+struct Destroyer<'a, A: ?Sized> {
+    alloc: &'a mut A,
+    free_mapped: bool,
+    stats: DestroyStats,
+}
+
+impl<P, A> Visitor<P, &Mapper<P>> for Destroyer<'_, A>
+where
+    P: PhysMem,
+    A: FrameDeallocator<Size4KiB> + ?Sized,
+{
+    type Stop = Infallible;
+
+    fn enter(&mut self, _m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
+        let (e, level) = (slot.entry, slot.level);
+        if e & PRESENT == 0 {
+            return Ok(Step::Next);
         }
-        free(alloc, table);
-        stats.tables += 1;
+        if !is_leaf(e, level) {
+            return Ok(Step::Descend(e & ADDR_MASK));
+        }
+        if self.free_mapped {
+            let base = e & ADDR_MASK & !(span(level) - 1);
+            for k in 0..span(level) / PAGE_SIZE {
+                free(self.alloc, base + k * PAGE_SIZE);
+            }
+            self.stats.mapped_frames += (span(level) / PAGE_SIZE) as usize;
+        }
+        Ok(Step::Next)
+    }
+
+    fn leave(&mut self, _m: &mut &Mapper<P>, _slot: &Slot, child: u64) -> Result<(), Infallible> {
+        free(self.alloc, child);
+        self.stats.tables += 1;
+        Ok(())
     }
 }
 

@@ -1,12 +1,14 @@
 //! Copying the leaves of a range into another hierarchy table by table, as
 //! a copy-on-write fork does: one walk, no per-page lookups.
 
-use super::entry::{
-    canonical, index, is_leaf, span, ADDR_MASK, ENTRIES, LINEAR_MASK, PRESENT, WRITABLE,
-};
-use super::reserve::Reserve;
-use super::{Flush, FrameSource, Mapper, PagingError, PhysMem};
+use core::convert::Infallible;
+
 use x86_64::{PhysAddr, VirtAddr};
+
+use super::entry::{canonical, is_leaf, span, ADDR_MASK, PRESENT, WRITABLE};
+use super::reserve::Reserve;
+use super::visit::{linear_range, walk, Slot, Step, Visitor};
+use super::{Flush, FrameSource, Mapper, PagingError, PhysMem};
 
 /// A leaf entry as [`Mapper::copy_leaves_into`] shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,10 +48,9 @@ impl<P: PhysMem> Mapper<P> {
         start: VirtAddr,
         len: u64,
         alloc: &mut A,
-        mut f: impl FnMut(u64, CopyLeaf) -> CopyAs,
+        f: impl FnMut(u64, CopyLeaf) -> CopyAs,
     ) -> Result<Flush, PagingError> {
-        let lo = start.as_u64() & LINEAR_MASK;
-        let hi = lo.saturating_add(len).min(LINEAR_MASK + 1);
+        let (lo, hi) = linear_range(start, len);
         let mut flush = Flush::none();
         if hi <= lo {
             return Ok(flush);
@@ -57,83 +58,73 @@ impl<P: PhysMem> Mapper<P> {
         let tables = self.for_each_leaf_in(start, len, |_| {}).tables - 1;
         let mut reserve = Reserve::fill(dst, alloc, tables)?;
         let (src_root, dst_root) = (self.root(), dst.root());
-        self.copy_table(
+        let mut v = Copier {
             dst,
-            src_root,
-            dst_root,
-            4,
-            0,
-            (lo, hi),
-            &mut reserve,
-            &mut f,
-            &mut flush,
-        );
-        reserve.release(dst, alloc);
+            dst_tables: [0, 0, 0, 0, dst_root],
+            reserve: &mut reserve,
+            f,
+            flush: &mut flush,
+        };
+        let Ok(()) = walk(&mut &mut *self, &mut v, src_root, 4, lo, hi);
+        reserve.free_unused(dst, alloc);
         Ok(flush)
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn copy_table(
-        &mut self,
-        dst: &mut Mapper<P>,
-        table: u64,
-        dst_table: u64,
-        level: u8,
-        base: u64,
-        (lo, hi): (u64, u64),
-        reserve: &mut Reserve,
-        f: &mut impl FnMut(u64, CopyLeaf) -> CopyAs,
-        flush: &mut Flush,
-    ) {
-        let first = lo.saturating_sub(base) / span(level);
-        let last = (hi - base).div_ceil(span(level)).min(ENTRIES as u64);
-        for i in first as usize..last as usize {
-            let e = self.read(table, i);
-            let lin = base + i as u64 * span(level);
-            if e & PRESENT == 0 {
-                if e != 0 && level == 1 {
-                    f(canonical(lin), CopyLeaf::Soft(e));
-                    dst.write(dst_table, i, e);
-                }
-                continue;
+/// Copies the entries the walk meets to the table at the same place in `dst`.
+struct Copier<'a, P: PhysMem, F> {
+    dst: &'a mut Mapper<P>,
+    /// Per level, the table of `dst` matching the table of `src` being walked.
+    dst_tables: [u64; 5],
+    reserve: &'a mut Reserve,
+    f: F,
+    flush: &'a mut Flush,
+}
+
+impl<P, F> Visitor<P, &mut Mapper<P>> for Copier<'_, P, F>
+where
+    P: PhysMem,
+    F: FnMut(u64, CopyLeaf) -> CopyAs,
+{
+    type Stop = Infallible;
+
+    fn enter(&mut self, src: &mut &mut Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
+        let (e, level, i) = (slot.entry, slot.level, slot.index);
+        let dst_table = self.dst_tables[usize::from(level)];
+        let va = canonical(slot.base());
+        if e & PRESENT == 0 {
+            if e != 0 && level == 1 {
+                (self.f)(va, CopyLeaf::Soft(e));
+                self.dst.write(dst_table, i, e);
             }
-            if is_leaf(e, level) {
-                let va = canonical(lin);
-                let frame = PhysAddr::new_truncate(e & ADDR_MASK & !(span(level) - 1));
-                let leaf = CopyLeaf::Mapped {
-                    frame,
-                    writable: e & WRITABLE != 0,
-                };
-                let copy = match f(va, leaf) {
-                    CopyAs::Same => e,
-                    CopyAs::ReadOnly => e & !WRITABLE,
-                };
-                if copy != e {
-                    self.write(table, i, copy);
-                    flush.add(va);
-                }
-                dst.write(dst_table, i, copy);
-                continue;
-            }
-            let d = dst.read(dst_table, index(lin, level));
-            let child = if d & PRESENT != 0 {
-                d & ADDR_MASK
-            } else {
-                let t = reserve.take(dst);
-                dst.write(dst_table, i, t | (e & !ADDR_MASK));
-                t
-            };
-            self.copy_table(
-                dst,
-                e & ADDR_MASK,
-                child,
-                level - 1,
-                lin,
-                (lo, hi),
-                reserve,
-                f,
-                flush,
-            );
+            return Ok(Step::Next);
         }
+        if is_leaf(e, level) {
+            let frame = PhysAddr::new_truncate(e & ADDR_MASK & !(span(level) - 1));
+            let leaf = CopyLeaf::Mapped {
+                frame,
+                writable: e & WRITABLE != 0,
+            };
+            let copy = match (self.f)(va, leaf) {
+                CopyAs::Same => e,
+                CopyAs::ReadOnly => e & !WRITABLE,
+            };
+            if copy != e {
+                src.write(slot.table, i, copy);
+                self.flush.add(va);
+            }
+            self.dst.write(dst_table, i, copy);
+            return Ok(Step::Next);
+        }
+        let d = self.dst.read(dst_table, i);
+        let child = if d & PRESENT != 0 {
+            d & ADDR_MASK
+        } else {
+            let t = self.reserve.take(self.dst);
+            self.dst.write(dst_table, i, t | (e & !ADDR_MASK));
+            t
+        };
+        self.dst_tables[usize::from(level) - 1] = child;
+        Ok(Step::Descend(e & ADDR_MASK))
     }
 }

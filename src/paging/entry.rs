@@ -1,4 +1,4 @@
-//! Raw entry bits and level geometry, shared by the walker and the range engine.
+//! Raw entry bits and level geometry, shared by the walker, translation and the range engine.
 //!
 //! Addresses inside the engine are 48-bit "linear" values (sign bits stripped) so a range
 //! ending at the top of the upper half never overflows.

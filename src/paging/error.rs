@@ -10,13 +10,27 @@ pub enum PagingError {
     /// The address (or the end of the range) is not canonical: bits 48..64 differ from bit 47,
     /// or the range crosses the hole between the two halves.
     NonCanonical {
-        /// The offending raw address.
+        /// The offending value: raw bits, as no `VirtAddr` can hold a non-canonical address.
         addr: u64,
     },
-    /// An address or length is not a multiple of the required alignment.
-    Misaligned {
-        /// The offending raw address or length.
-        value: u64,
+    /// A virtual address is not a multiple of the required alignment.
+    MisalignedVirtAddr {
+        /// The offending address.
+        addr: VirtAddr,
+        /// The required alignment.
+        align: u64,
+    },
+    /// A physical address is not a multiple of the required alignment.
+    MisalignedPhysAddr {
+        /// The offending address.
+        addr: PhysAddr,
+        /// The required alignment.
+        align: u64,
+    },
+    /// A length is not a multiple of the required alignment.
+    MisalignedLength {
+        /// The offending length.
+        len: u64,
         /// The required alignment.
         align: u64,
     },
@@ -27,7 +41,7 @@ pub enum PagingError {
     },
     /// The physical address does not fit the 52-bit physical address space.
     InvalidPhysAddr {
-        /// The offending raw address.
+        /// The offending value: raw bits, as no `PhysAddr` can hold it.
         addr: u64,
     },
     /// A page in the way is already mapped.
@@ -79,15 +93,6 @@ pub enum PagingError {
     },
 }
 
-/// A leaf size as people write it.
-fn size_name(size: LeafSize) -> &'static str {
-    match size {
-        LeafSize::Size4KiB => "4 KiB",
-        LeafSize::Size2MiB => "2 MiB",
-        LeafSize::Size1GiB => "1 GiB",
-    }
-}
-
 impl core::fmt::Display for PagingError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
@@ -95,8 +100,18 @@ impl core::fmt::Display for PagingError {
                 f,
                 "address {addr:#x} is not canonical or the range crosses the non-canonical hole"
             ),
-            Self::Misaligned { value, align } => {
-                write!(f, "{value:#x} is not a multiple of {align:#x}")
+            Self::MisalignedVirtAddr { addr, align } => write!(
+                f,
+                "virtual address {:#x} is not a multiple of {align:#x}",
+                addr.as_u64()
+            ),
+            Self::MisalignedPhysAddr { addr, align } => write!(
+                f,
+                "physical address {:#x} is not a multiple of {align:#x}",
+                addr.as_u64()
+            ),
+            Self::MisalignedLength { len, align } => {
+                write!(f, "length {len:#x} is not a multiple of {align:#x}")
             }
             Self::InvalidLength { len } => write!(
                 f,
@@ -110,20 +125,20 @@ impl core::fmt::Display for PagingError {
                 f,
                 "{:#x} is already mapped by a {} page to frame {:#x}",
                 addr.as_u64(),
-                size_name(size),
+                size,
                 frame.as_u64()
             ),
             Self::HugePageInTheWay { addr, frame, size } => write!(
                 f,
                 "a {} page at {:#x} (frame {:#x}) is in the way of a smaller mapping",
-                size_name(size),
+                size,
                 addr.as_u64(),
                 frame.as_u64()
             ),
             Self::TableInTheWay { addr, size } => write!(
                 f,
                 "a page table with mappings sits where a {} page at {:#x} was asked for",
-                size_name(size),
+                size,
                 addr.as_u64()
             ),
             Self::NotMapped { addr } => write!(
@@ -166,10 +181,10 @@ mod tests {
             e.to_string(),
             "0xffff800000200000 is already mapped by a 2 MiB page to frame 0x4000"
         );
-        let e = PagingError::Misaligned {
-            value: 0x1234,
+        let e = PagingError::MisalignedLength {
+            len: 0x1234,
             align: 0x1000,
         };
-        assert_eq!(e.to_string(), "0x1234 is not a multiple of 0x1000");
+        assert_eq!(e.to_string(), "length 0x1234 is not a multiple of 0x1000");
     }
 }

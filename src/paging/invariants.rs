@@ -1,18 +1,22 @@
-//! The invariant checker run after every step in tests and fuzzing (needs `std`).
+//! The invariant checker of page-table hierarchies, run after every step in tests and fuzzing
+//! (needs `std`).
 
+use core::fmt;
 use std::collections::HashMap;
 use std::vec::Vec;
 
 use x86_64::structures::paging::PhysFrame;
-use x86_64::VirtAddr;
+use x86_64::{PhysAddr, VirtAddr};
 
-use super::entry::{is_leaf, span, virt_addr, ADDR_MASK, ENTRIES, HALF, PRESENT};
+use super::entry::{is_leaf, span, virt_addr, ADDR_MASK, HALF, LINEAR_MASK, PRESENT};
 use super::mapper::frame_of;
+use super::visit::{walk, Slot, Step, Visitor};
 use super::{LeafSize, Mapper, PhysMem};
 
-/// A broken invariant, with where it was found.
+/// A broken invariant of a page-table hierarchy (a kmem bug, never a caller error), with
+/// where it was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InvariantViolation {
+pub enum PagingInvariantError {
     /// A table is reachable from two parent entries.
     SharedTable {
         /// The table.
@@ -22,7 +26,7 @@ pub enum InvariantViolation {
         /// Start of the region of the second.
         second: VirtAddr,
     },
-    /// A table with no present entry is still linked (it should have been freed).
+    /// A table with no entry in use is still linked (it should have been freed).
     EmptyTable {
         /// The table.
         frame: PhysFrame,
@@ -37,8 +41,42 @@ pub enum InvariantViolation {
         addr: VirtAddr,
         /// Its size.
         size: LeafSize,
+        /// The frame address in its entry.
+        frame: PhysAddr,
     },
 }
+
+impl fmt::Display for PagingInvariantError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::SharedTable {
+                frame,
+                first,
+                second,
+            } => write!(
+                f,
+                "page table {:#x} is linked from the entries of {:#x} and {:#x}",
+                frame.start_address().as_u64(),
+                first.as_u64(),
+                second.as_u64()
+            ),
+            Self::EmptyTable { frame, level, addr } => write!(
+                f,
+                "empty level-{level} table {:#x} (covering {:#x}) is still linked",
+                frame.start_address().as_u64(),
+                addr.as_u64()
+            ),
+            Self::MisalignedLeaf { addr, size, frame } => write!(
+                f,
+                "the {size} page at {:#x} maps frame {:#x}, not aligned to its size",
+                addr.as_u64(),
+                frame.as_u64()
+            ),
+        }
+    }
+}
+
+impl core::error::Error for PagingInvariantError {}
 
 /// What the checker saw.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -52,55 +90,69 @@ pub struct TableReport {
 impl<P: PhysMem> Mapper<P> {
     /// Checks: no table reachable from two parents, no empty table linked below the PML4
     /// (kernel-half PDPTs excepted: they are shared), huge frames aligned.
-    pub fn check_invariants(&self) -> Result<TableReport, InvariantViolation> {
-        let mut seen = HashMap::new();
-        let mut report = TableReport::default();
-        report.tables.push(self.pml4());
-        seen.insert(self.root(), 0u64);
-        self.check_table(self.root(), 4, 0, &mut seen, &mut report)?;
-        Ok(report)
+    pub fn check_invariants(&self) -> Result<(), PagingInvariantError> {
+        self.table_report().map(|_| ())
     }
 
-    fn check_table(
-        &self,
-        table: u64,
-        level: u8,
-        base: u64,
-        seen: &mut HashMap<u64, u64>,
-        report: &mut TableReport,
-    ) -> Result<(), InvariantViolation> {
-        for i in 0..ENTRIES {
-            let e = self.read(table, i);
-            let a = base + i as u64 * span(level);
-            if e & PRESENT == 0 {
-                continue;
-            }
-            if is_leaf(e, level) {
-                if !(e & ADDR_MASK).is_multiple_of(span(level)) {
-                    let (addr, size) = (virt_addr(a), LeafSize::from_level(level));
-                    return Err(InvariantViolation::MisalignedLeaf { addr, size });
-                }
-                report.leaves[level as usize - 1] += 1;
-                continue;
-            }
-            let child = e & ADDR_MASK;
-            if let Some(&first) = seen.get(&child) {
-                let (frame, first, second) = (frame_of(child), virt_addr(first), virt_addr(a));
-                return Err(InvariantViolation::SharedTable {
-                    frame,
-                    first,
-                    second,
+    /// Checks as [`check_invariants`](Self::check_invariants) and reports every table and the
+    /// leaves per size.
+    pub fn table_report(&self) -> Result<TableReport, PagingInvariantError> {
+        let mut v = Checker {
+            seen: HashMap::from([(self.root(), 0)]),
+            report: TableReport {
+                tables: Vec::from([self.pml4()]),
+                leaves: [0; 3],
+            },
+        };
+        walk(&mut &*self, &mut v, self.root(), 4, 0, LINEAR_MASK + 1)?;
+        Ok(v.report)
+    }
+}
+
+/// The checker's walk: every table once, every entry.
+struct Checker {
+    /// Each table seen, with the start of the region of its parent entry.
+    seen: HashMap<u64, u64>,
+    report: TableReport,
+}
+
+impl<P: PhysMem> Visitor<P, &Mapper<P>> for Checker {
+    type Stop = PagingInvariantError;
+
+    fn enter(&mut self, m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, PagingInvariantError> {
+        let (e, level, a) = (slot.entry, slot.level, slot.base());
+        if e & PRESENT == 0 {
+            return Ok(Step::Next);
+        }
+        if is_leaf(e, level) {
+            if !(e & ADDR_MASK).is_multiple_of(span(level)) {
+                return Err(PagingInvariantError::MisalignedLeaf {
+                    addr: virt_addr(a),
+                    size: LeafSize::from_level(level),
+                    frame: PhysAddr::new_truncate(e & ADDR_MASK),
                 });
             }
-            seen.insert(child, a);
-            report.tables.push(frame_of(child));
-            let shared = level == 4 && a >= HALF;
-            if !shared && self.is_empty_table(child) {
-                let (frame, level, addr) = (frame_of(child), level - 1, virt_addr(a));
-                return Err(InvariantViolation::EmptyTable { frame, level, addr });
-            }
-            self.check_table(child, level - 1, a, seen, report)?;
+            self.report.leaves[usize::from(level) - 1] += 1;
+            return Ok(Step::Next);
         }
-        Ok(())
+        let child = e & ADDR_MASK;
+        if let Some(&first) = self.seen.get(&child) {
+            return Err(PagingInvariantError::SharedTable {
+                frame: frame_of(child),
+                first: virt_addr(first),
+                second: virt_addr(a),
+            });
+        }
+        self.seen.insert(child, a);
+        self.report.tables.push(frame_of(child));
+        let shared = level == 4 && a >= HALF;
+        if !shared && m.is_empty_table(child) {
+            return Err(PagingInvariantError::EmptyTable {
+                frame: frame_of(child),
+                level: level - 1,
+                addr: virt_addr(a),
+            });
+        }
+        Ok(Step::Descend(child))
     }
 }

@@ -2,7 +2,10 @@
 
 use x86_64::{PhysAddr, VirtAddr};
 
-use super::entry::{is_leaf, span, ADDR_MASK, ENTRIES, LINEAR_MASK, NX, PRESENT, USER, WRITABLE};
+use core::convert::Infallible;
+
+use super::entry::{is_leaf, virt_addr, ADDR_MASK, NX, PRESENT, USER, WRITABLE};
+use super::visit::{linear_range, walk, Slot, Step, Visitor};
 use super::{Access, LeafSize, Mapper, PhysMem};
 
 /// One mapped page, as the MMU sees it.
@@ -66,67 +69,58 @@ impl<P: PhysMem> Mapper<P> {
     /// [`for_each_leaf`](Self::for_each_leaf) for the leaves that overlap the `len` bytes
     /// from `start` (to the end of the address space if that is shorter): subtrees outside
     /// the range are skipped, so a sparse range costs the tables it touches, not its size.
-    pub fn for_each_leaf_in(&self, start: VirtAddr, len: u64, mut f: impl FnMut(&Leaf)) -> Census {
-        let mut census = Census {
-            tables: 1,
-            leaves: [0; 3],
+    pub fn for_each_leaf_in(&self, start: VirtAddr, len: u64, f: impl FnMut(&Leaf)) -> Census {
+        let (lo, hi) = linear_range(start, len);
+        let mut v = LeafVisitor {
+            f,
+            census: Census {
+                tables: 1,
+                leaves: [0; 3],
+            },
+            and: [0, 0, 0, 0, WRITABLE | USER],
+            nx: [0; 5],
         };
-        let lo = start.as_u64() & LINEAR_MASK;
-        let hi = lo.saturating_add(len).min(LINEAR_MASK + 1);
-        if hi <= lo {
-            return census;
+        if lo < hi {
+            let Ok(()) = walk(&mut &*self, &mut v, self.root(), 4, lo, hi);
         }
-        self.visit(
-            self.root(),
-            4,
-            0,
-            (lo, hi),
-            WRITABLE | USER,
-            0,
-            &mut f,
-            &mut census,
-        );
-        census
+        v.census
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn visit(
-        &self,
-        table: u64,
-        level: u8,
-        base: u64,
-        (lo, hi): (u64, u64),
-        and: u64,
-        nx: u64,
-        f: &mut impl FnMut(&Leaf),
-        census: &mut Census,
-    ) {
-        let first = lo.saturating_sub(base) / span(level);
-        let last = (hi - base).div_ceil(span(level)).min(ENTRIES as u64);
-        for i in first as usize..last as usize {
-            let e = self.read(table, i);
-            if e & PRESENT == 0 {
-                continue;
-            }
-            let lin = base + i as u64 * span(level);
-            let (and, nx) = (and & e, nx | (e & NX));
-            if is_leaf(e, level) {
-                let size = LeafSize::from_level(level);
-                census.leaves[usize::from(level - 1)] += 1;
-                f(&Leaf {
-                    page: VirtAddr::new_truncate(lin),
-                    frame: PhysAddr::new_truncate(e & ADDR_MASK & !(size.bytes() - 1)),
-                    size,
-                    access: Access {
-                        writable: and & WRITABLE != 0,
-                        user: and & USER != 0,
-                        executable: nx == 0,
-                    },
-                });
-            } else {
-                census.tables += 1;
-                self.visit(e & ADDR_MASK, level - 1, lin, (lo, hi), and, nx, f, census);
-            }
+/// Calls `f` on each leaf with the permissions of its path.
+struct LeafVisitor<F> {
+    f: F,
+    census: Census,
+    /// Writable and user bits ANDed over the levels above each level.
+    and: [u64; 5],
+    /// No-execute bits ORed over the levels above each level.
+    nx: [u64; 5],
+}
+
+impl<P: PhysMem, F: FnMut(&Leaf)> Visitor<P, &Mapper<P>> for LeafVisitor<F> {
+    type Stop = Infallible;
+
+    #[inline(always)]
+    fn enter(&mut self, _m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
+        let (e, level) = (slot.entry, slot.level);
+        if e & PRESENT == 0 {
+            return Ok(Step::Next);
         }
+        let l = usize::from(level);
+        let (and, nx) = (self.and[l] & e, self.nx[l] | (e & NX));
+        if !is_leaf(e, level) {
+            self.census.tables += 1;
+            (self.and[l - 1], self.nx[l - 1]) = (and, nx);
+            return Ok(Step::Descend(e & ADDR_MASK));
+        }
+        let size = LeafSize::from_level(level);
+        self.census.leaves[l - 1] += 1;
+        (self.f)(&Leaf {
+            page: virt_addr(slot.base()),
+            frame: PhysAddr::new_truncate(e & ADDR_MASK & !(size.bytes() - 1)),
+            size,
+            access: Access::of_path(and, nx),
+        });
+        Ok(Step::Next)
     }
 }

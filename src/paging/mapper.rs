@@ -6,8 +6,7 @@ use x86_64::structures::paging::{
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::entry::{
-    canonical, index, is_leaf, leaf_bits, span, ADDR_MASK, ENTRIES, HALF, LINEAR_MASK, PRESENT,
-    USER,
+    index, is_leaf, leaf_bits, span, ADDR_MASK, ENTRIES, HALF, LINEAR_MASK, PRESENT, USER,
 };
 use super::{Flush, LeafSize, MapFlags, Mmu, PagingError, PhysMem};
 
@@ -155,16 +154,14 @@ impl<P: PhysMem> Mapper<P> {
             frame.start_address().as_u64(),
         );
         // Forged (`*_unchecked`) pages or frames may be non-canonical or misaligned for `S`.
-        if canonical(va) != va {
-            return Err(PagingError::NonCanonical { addr: va });
+        let addr = VirtAddr::try_new(va).map_err(|e| PagingError::NonCanonical { addr: e.0 })?;
+        if !va.is_multiple_of(S::SIZE) {
+            let align = S::SIZE;
+            return Err(PagingError::MisalignedVirtAddr { addr, align });
         }
-        for value in [va, pa] {
-            if !value.is_multiple_of(S::SIZE) {
-                return Err(PagingError::Misaligned {
-                    value,
-                    align: S::SIZE,
-                });
-            }
+        if !pa.is_multiple_of(S::SIZE) {
+            let (addr, align) = (frame.start_address(), S::SIZE);
+            return Err(PagingError::MisalignedPhysAddr { addr, align });
         }
         self.map_range_inner(va, pa, S::SIZE, flags, LeafSize::of::<S>(), true, alloc)
     }
@@ -217,12 +214,10 @@ impl<P: PhysMem> Mapper<P> {
     ) -> Result<(PhysFrame<S>, Flush), PagingError> {
         let va = page.start_address().as_u64();
         let bits = flags.checked_bits(page.start_address())?;
-        if let Some(pa) = frame.map(|f| f.start_address().as_u64()) {
-            if !pa.is_multiple_of(S::SIZE) {
-                return Err(PagingError::Misaligned {
-                    value: pa,
-                    align: S::SIZE,
-                });
+        if let Some(addr) = frame.map(|f| f.start_address()) {
+            if !addr.is_aligned(S::SIZE) {
+                let align = S::SIZE;
+                return Err(PagingError::MisalignedPhysAddr { addr, align });
             }
         }
         let level = LeafSize::of::<S>().level();
@@ -250,39 +245,45 @@ impl<P: PhysMem> Mapper<P> {
     /// Walks to the leaf of size `level` at `va`: the tables on the way (indexed by level)
     /// and the leaf entry.
     fn leaf_path(&self, va: u64, level: u8) -> Result<([u64; 5], u64), PagingError> {
-        if canonical(va) != va {
-            return Err(PagingError::NonCanonical { addr: va });
-        }
+        let addr = VirtAddr::try_new(va).map_err(|e| PagingError::NonCanonical { addr: e.0 })?;
         let lin = va & LINEAR_MASK;
-        let addr = VirtAddr::new_truncate(va);
-        let mut path = [0u64; 5];
-        path[4] = self.pml4;
-        let mut l = 4;
-        loop {
-            let e = self.read(path[l as usize], index(lin, l));
+        let path = self.path_to(lin, level).map_err(|(l, e)| {
             if e & PRESENT == 0 {
-                return Err(PagingError::NotMapped { addr });
-            }
-            let leaf = is_leaf(e, l);
-            if l == level {
-                return match leaf {
-                    true => Ok((path, e)),
-                    false => Err(PagingError::TableInTheWay {
-                        addr,
-                        size: LeafSize::from_level(level),
-                    }),
-                };
-            }
-            if leaf {
-                return Err(PagingError::HugePageInTheWay {
+                PagingError::NotMapped { addr }
+            } else {
+                PagingError::HugePageInTheWay {
                     addr: VirtAddr::new_truncate(lin & !(span(l) - 1)),
                     frame: PhysAddr::new(e & ADDR_MASK),
                     size: LeafSize::from_level(l),
-                });
+                }
+            }
+        })?;
+        let e = self.read(path[level as usize], index(lin, level));
+        if e & PRESENT == 0 {
+            return Err(PagingError::NotMapped { addr });
+        }
+        if !is_leaf(e, level) {
+            let size = LeafSize::from_level(level);
+            return Err(PagingError::TableInTheWay { addr, size });
+        }
+        Ok((path, e))
+    }
+
+    /// The tables from the PML4 down to the one at `level` on the way to the linear address
+    /// `lin`, indexed by level; or, when an entry above stops the way (not present, or a huge
+    /// leaf), its level and value. The one descent to a single address besides the unrolled
+    /// [`translate`](Self::translate).
+    pub(crate) fn path_to(&self, lin: u64, level: u8) -> Result<[u64; 5], (u8, u64)> {
+        let mut path = [0u64; 5];
+        path[4] = self.pml4;
+        for l in (level + 1..=4).rev() {
+            let e = self.read(path[l as usize], index(lin, l));
+            if e & PRESENT == 0 || is_leaf(e, l) {
+                return Err((l, e));
             }
             path[l as usize - 1] = e & ADDR_MASK;
-            l -= 1;
         }
+        Ok(path)
     }
 
     /// Frees the tables on `path` that the removal at `level` left empty, bottom up.

@@ -61,7 +61,8 @@ mod size;
 mod soft;
 mod spare;
 pub(crate) use soft::DIRTY_BIT;
-mod walk;
+mod translate;
+mod visit;
 
 pub use address_space::{AddressSpace, DestroyStats, KERNEL_HALF};
 pub(crate) use copy::{CopyAs, CopyLeaf};
@@ -70,11 +71,11 @@ pub use flags::MapFlags;
 pub use flush::{Flush, FLUSH_THRESHOLD};
 pub use interop::X86Mapper;
 #[cfg(any(test, feature = "testing"))]
-pub use invariants::{InvariantViolation, TableReport};
+pub use invariants::{PagingInvariantError, TableReport};
 pub use leaves::{Census, Leaf};
 pub use mapper::{FrameSource, Mapper};
 pub use mmu::{Mmu, X86Mmu};
 pub use phys_mem::{OffsetPhysMem, PhysMem};
 pub use size::LeafSize;
 pub use spare::KeepFreed;
-pub use walk::{Access, Translation};
+pub use translate::{Access, Translation};

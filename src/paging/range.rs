@@ -4,15 +4,18 @@
 //! is in hand, a failed operation leaves tables, translations and frame counts exactly as
 //! they were: rollback by construction.
 
+use core::convert::Infallible;
+
 use x86_64::structures::paging::{FrameDeallocator, Size4KiB};
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::entry::{
-    canonical, index, is_leaf, leaf_bits, span, virt_addr, ADDR_MASK, ENTRIES, HALF, HUGE,
-    LINEAR_MASK, PRESENT, TABLE_FLAGS, USER,
+    canonical, index, is_leaf, leaf_bits, span, virt_addr, ADDR_MASK, HALF, HUGE, LINEAR_MASK,
+    PRESENT, TABLE_FLAGS, USER,
 };
 use super::mapper::frame_of;
 use super::reserve::Reserve;
+use super::visit::{walk, Slot, Step, Visitor};
 use super::{Flush, FrameSource, LeafSize, MapFlags, Mapper, PagingError, PhysMem};
 use crate::{PAGE_SIZE, PHYS_LIMIT};
 
@@ -28,17 +31,14 @@ struct MapJob {
 }
 
 impl MapJob {
-    /// The entry of a table at `level` that covers `a`: its end (clipped to
-    /// `e`), the physical address `a` maps to, and whether one leaf of this
-    /// level can map the whole entry.
+    /// The physical address the range part of `slot` starts at, and whether one leaf of
+    /// its level can map the whole entry.
     #[inline(always)]
-    fn step(&self, a: u64, e: u64, level: u8) -> (u64, u64, bool) {
-        let sp = span(level);
-        let b = e.min((a & !(sp - 1)) + sp);
-        let pa = self.pa0 + (a - self.va0);
-        let whole =
-            level <= self.max_level && a.is_multiple_of(sp) && b - a == sp && pa.is_multiple_of(sp);
-        (b, pa, whole)
+    fn leaf_for(&self, slot: &Slot) -> (u64, bool) {
+        let sp = span(slot.level);
+        let pa = self.pa0 + (slot.start - self.va0);
+        let whole = slot.level <= self.max_level && slot.whole() && pa.is_multiple_of(sp);
+        (pa, whole)
     }
 }
 
@@ -48,6 +48,11 @@ enum Edit {
     Unmap,
     Protect { leaf: u64 },
 }
+
+/// A table the plan walks into that does not exist: a table still to be created (every
+/// entry empty) for a map plan, a huge page to be split (every entry a huge leaf) for an
+/// edit plan. Never a frame address: those are page-aligned.
+const PLANNED: u64 = u64::MAX;
 
 impl<P: PhysMem> Mapper<P> {
     /// Maps `len` bytes at `virt` to `phys`, each step with the largest page (up to 1 GiB)
@@ -88,106 +93,30 @@ impl<P: PhysMem> Mapper<P> {
         exact: bool,
         alloc: &mut A,
     ) -> Result<Flush, PagingError> {
-        let (s, e) = check_range(va, len)?;
-        check_phys(pa, len)?;
+        let (s, e) = check_range(va, Some(pa), len)?;
         let leaf = flags.checked_bits(VirtAddr::new_truncate(va))?;
-        let parent = TABLE_FLAGS | (leaf & USER);
         let job = MapJob {
             va0: s,
             pa0: pa,
             leaf,
-            parent,
+            parent: TABLE_FLAGS | (leaf & USER),
             max_level: max.level(),
             exact,
         };
-        let needed = self.plan_map(Some(self.root()), 4, s, e, &job)?;
-        let mut reserve = Reserve::fill(self, alloc, needed)?;
-        self.commit_map(self.root(), 4, s, e, &job, &mut reserve);
-        reserve.release(self, alloc);
+        let root = self.root();
+        let mut plan = PlanMap {
+            job: &job,
+            needed: 0,
+        };
+        walk(&mut &*self, &mut plan, root, 4, s, e)?;
+        let mut reserve = Reserve::fill(self, alloc, plan.needed)?;
+        let mut commit = CommitMap {
+            job: &job,
+            reserve: &mut reserve,
+        };
+        let Ok(()) = walk(&mut &mut *self, &mut commit, root, 4, s, e);
+        reserve.free_unused(self, alloc);
         Ok(Flush::none())
-    }
-
-    /// Counts the tables a map needs, or finds the first conflict. `None` is a table still to
-    /// be created (all entries empty).
-    fn plan_map(
-        &self,
-        table: Option<u64>,
-        level: u8,
-        s: u64,
-        e: u64,
-        job: &MapJob,
-    ) -> Result<usize, PagingError> {
-        if level == 1 {
-            return self.plan_leaves(table, s, e);
-        }
-        let (mut a, mut needed) = (s, 0);
-        while a < e {
-            let (b, _, whole) = job.step(a, e, level);
-            let entry = table.map_or(0, |t| self.read(t, index(a, level)));
-            if entry & PRESENT == 0 {
-                if !whole {
-                    needed += 1 + self.plan_map(None, level - 1, a, b, job)?;
-                }
-            } else if is_leaf(entry, level) {
-                return Err(conflict(a, span(level), entry, level, whole));
-            } else if whole && job.exact {
-                return Err(PagingError::TableInTheWay {
-                    addr: virt_addr(a),
-                    size: LeafSize::from_level(level),
-                });
-            } else {
-                needed += self.plan_map(Some(entry & ADDR_MASK), level - 1, a, b, job)?;
-            }
-            a = b;
-        }
-        Ok(needed)
-    }
-
-    fn plan_leaves(&self, table: Option<u64>, s: u64, e: u64) -> Result<usize, PagingError> {
-        let Some(t) = table else { return Ok(0) };
-        let i0 = index(s, 1);
-        for i in i0..i0 + ((e - s) / PAGE_SIZE) as usize {
-            let entry = self.read(t, i);
-            if entry & PRESENT != 0 {
-                let a = (s & !(span(2) - 1)) + i as u64 * PAGE_SIZE;
-                return Err(conflict(a, PAGE_SIZE, entry, 1, true));
-            }
-        }
-        Ok(0)
-    }
-
-    fn commit_map(
-        &mut self,
-        table: u64,
-        level: u8,
-        s: u64,
-        e: u64,
-        job: &MapJob,
-        res: &mut Reserve,
-    ) {
-        if level == 1 {
-            return self.fill_leaves(table, s, e, (job.pa0 + (s - job.va0)) | job.leaf);
-        }
-        let mut a = s;
-        while a < e {
-            let (b, pa, whole) = job.step(a, e, level);
-            let i = index(a, level);
-            let entry = self.read(table, i);
-            if entry & PRESENT == 0 && whole {
-                self.write(table, i, pa | leaf_bits(job.leaf, level));
-            } else {
-                let child = if entry & PRESENT == 0 {
-                    let c = res.take(self);
-                    self.write(table, i, c | job.parent);
-                    c
-                } else {
-                    self.write(table, i, entry | job.parent);
-                    entry & ADDR_MASK
-                };
-                self.commit_map(child, level - 1, a, b, job, res);
-            }
-            a = b;
-        }
     }
 
     /// The hot loop: consecutive 4 KiB leaves with consecutive frames.
@@ -247,7 +176,7 @@ impl<P: PhysMem> Mapper<P> {
         flags: MapFlags,
         alloc: &mut A,
     ) -> Result<Flush, PagingError> {
-        check_range(virt.as_u64(), len)?;
+        check_range(virt.as_u64(), None, len)?;
         let leaf = flags.checked_bits(virt)?;
         self.edit_range(virt.as_u64(), len, Edit::Protect { leaf }, alloc)
     }
@@ -259,98 +188,26 @@ impl<P: PhysMem> Mapper<P> {
         edit: Edit,
         alloc: &mut A,
     ) -> Result<Flush, PagingError> {
-        let (s, e) = check_range(va, len)?;
-        let needed = self.plan_edit(self.root(), 4, s, e);
-        let mut reserve = Reserve::fill(self, alloc, needed)?;
+        let (s, e) = check_range(va, None, len)?;
+        let root = self.root();
+        let mut plan = PlanEdit { needed: 0 };
+        let Ok(()) = walk(&mut &*self, &mut plan, root, 4, s, e);
+        let mut reserve = Reserve::fill(self, alloc, plan.needed)?;
         let mut flush = Flush::none();
-        self.commit_edit(self.root(), 4, s, e, edit, &mut reserve, &mut flush, alloc);
-        reserve.release(self, alloc);
+        let mut commit = CommitEdit {
+            edit,
+            reserve: &mut reserve,
+            flush: &mut flush,
+            alloc,
+            kept: [false; 5],
+        };
+        let Ok(()) = walk(&mut &mut *self, &mut commit, root, 4, s, e);
+        reserve.free_unused(self, alloc);
         Ok(flush)
     }
 
-    /// Table frames needed to split the huge pages the range covers only partly.
-    fn plan_edit(&self, table: u64, level: u8, s: u64, e: u64) -> usize {
-        if level == 1 {
-            return 0; // 4 KiB leaves never split
-        }
-        let sp = span(level);
-        let (mut a, mut needed) = (s, 0);
-        while a < e {
-            let b = e.min((a & !(sp - 1)) + sp);
-            let entry = self.read(table, index(a, level));
-            if entry & PRESENT != 0 {
-                if !is_leaf(entry, level) {
-                    needed += self.plan_edit(entry & ADDR_MASK, level - 1, a, b);
-                } else if b - a != sp {
-                    needed += 1 + split_cost(level - 1, a, b);
-                }
-            }
-            a = b;
-        }
-        needed
-    }
-
-    /// Applies the edit; returns whether the table is now empty (unmap only).
-    #[allow(clippy::too_many_arguments)]
-    fn commit_edit<A: FrameDeallocator<Size4KiB> + ?Sized>(
-        &mut self,
-        table: u64,
-        level: u8,
-        s: u64,
-        e: u64,
-        edit: Edit,
-        res: &mut Reserve,
-        flush: &mut Flush,
-        alloc: &mut A,
-    ) -> bool {
-        if level == 1 {
-            return self.edit_leaves(table, s, e, edit, flush);
-        }
-        let sp = span(level);
-        let mut a = s;
-        // A child kept because it still holds non-present entries in use.
-        let mut kept = false;
-        while a < e {
-            let b = e.min((a & !(sp - 1)) + sp);
-            let i = index(a, level);
-            let mut entry = self.read(table, i);
-            if entry & PRESENT != 0 && is_leaf(entry, level) {
-                if b - a == sp {
-                    self.edit_leaf(table, i, entry, level, edit);
-                    flush.add(canonical(a));
-                    a = b;
-                    continue;
-                }
-                entry = self.split(table, i, entry, level, res);
-                flush.add(canonical(a));
-            }
-            if entry & PRESENT != 0 {
-                let child = entry & ADDR_MASK;
-                if let Edit::Protect { leaf } = edit {
-                    self.write(table, i, entry | (leaf & USER));
-                }
-                let empty = self.commit_edit(child, level - 1, a, b, edit, res, flush, alloc);
-                if empty && self.may_free(a, level - 1) {
-                    debug_assert!(self.is_empty_table(child));
-                    self.write(table, i, 0);
-                    // SAFETY: the child table is empty and its only parent entry is now clear.
-                    unsafe { alloc.deallocate_frame(frame_of(child)) };
-                } else {
-                    kept = true;
-                }
-            }
-            a = b;
-        }
-        match edit {
-            Edit::Protect { .. } => false,
-            Edit::Unmap if level == 4 => false,
-            Edit::Unmap if s.is_multiple_of(sp * 512) && e - s == sp * 512 => !kept,
-            Edit::Unmap => self.is_empty_table(table),
-        }
-    }
-
-    /// The hot loop of unmap/protect: 4 KiB leaves of one page table. Returns whether the
-    /// table is now empty (unmap only).
+    /// The hot loop of unmap/protect: 4 KiB leaves of one page table. Returns whether a
+    /// non-present entry in use (a swap slot) was met: it stays, and keeps the table.
     fn edit_leaves(&mut self, table: u64, s: u64, e: u64, edit: Edit, flush: &mut Flush) -> bool {
         let p = self.ptr(table);
         let (i0, n) = (index(s, 1), ((e - s) / PAGE_SIZE) as usize);
@@ -374,10 +231,7 @@ impl<P: PhysMem> Mapper<P> {
             unsafe { slot.write(new) };
             flush.add(canonical(s + k as u64 * PAGE_SIZE));
         }
-        match edit {
-            Edit::Protect { .. } => false,
-            Edit::Unmap => (n == ENTRIES && !kept) || self.is_empty_table(table),
-        }
+        kept
     }
 
     fn edit_leaf(&mut self, table: u64, i: usize, entry: u64, level: u8, edit: Edit) {
@@ -407,23 +261,6 @@ impl<P: PhysMem> Mapper<P> {
     }
 }
 
-/// Frames to split a table of leaves at `level` for a range covering `[s, e)` of it.
-fn split_cost(level: u8, s: u64, e: u64) -> usize {
-    if level == 1 {
-        return 0;
-    }
-    let sp = span(level);
-    let (mut a, mut n) = (s, 0);
-    while a < e {
-        let b = e.min((a & !(sp - 1)) + sp);
-        if b - a != sp {
-            n += 1 + split_cost(level - 1, a, b);
-        }
-        a = b;
-    }
-    n
-}
-
 /// The error for a leaf found in the way of a map.
 fn conflict(a: u64, sp: u64, entry: u64, level: u8, same_size: bool) -> PagingError {
     let start = a & !(sp - 1);
@@ -444,14 +281,14 @@ fn conflict(a: u64, sp: u64, entry: u64, level: u8, same_size: bool) -> PagingEr
     }
 }
 
-/// Validates a virtual range; returns it as 48-bit linear `[s, e)` within one half.
-pub(crate) fn check_range(va: u64, len: u64) -> Result<(u64, u64), PagingError> {
-    if canonical(va) != va {
-        return Err(PagingError::NonCanonical { addr: va });
-    }
+/// Validates `len` bytes at `va` and, for a map, at `pa`: canonical, page-aligned starts, a
+/// non-zero page-multiple length, an end in the half of `va` and within the 52-bit physical
+/// address space. Returns the range as 48-bit linear `[s, e)`.
+pub(crate) fn check_range(va: u64, pa: Option<u64>, len: u64) -> Result<(u64, u64), PagingError> {
+    let addr = VirtAddr::try_new(va).map_err(|e| PagingError::NonCanonical { addr: e.0 })?;
     if !va.is_multiple_of(PAGE_SIZE) {
-        return Err(PagingError::Misaligned {
-            value: va,
+        return Err(PagingError::MisalignedVirtAddr {
+            addr,
             align: PAGE_SIZE,
         });
     }
@@ -459,33 +296,231 @@ pub(crate) fn check_range(va: u64, len: u64) -> Result<(u64, u64), PagingError> 
         return Err(PagingError::InvalidLength { len });
     }
     if !len.is_multiple_of(PAGE_SIZE) {
-        return Err(PagingError::Misaligned {
-            value: len,
+        return Err(PagingError::MisalignedLength {
+            len,
             align: PAGE_SIZE,
         });
     }
     let s = va & LINEAR_MASK;
     let limit = if s < HALF { HALF } else { LINEAR_MASK + 1 };
     if len > limit - s {
-        return Err(PagingError::NonCanonical {
-            addr: va.wrapping_add(len),
-        });
+        let addr = va.wrapping_add(len);
+        return Err(PagingError::NonCanonical { addr });
+    }
+    if let Some(pa) = pa {
+        let addr = PhysAddr::try_new(pa).map_err(|e| PagingError::InvalidPhysAddr { addr: e.0 })?;
+        if !pa.is_multiple_of(PAGE_SIZE) {
+            return Err(PagingError::MisalignedPhysAddr {
+                addr,
+                align: PAGE_SIZE,
+            });
+        }
+        if len > PHYS_LIMIT - pa {
+            return Err(PagingError::InvalidLength { len });
+        }
     }
     Ok((s, s + len))
 }
 
-fn check_phys(pa: u64, len: u64) -> Result<(), PagingError> {
-    if pa >= PHYS_LIMIT {
-        return Err(PagingError::InvalidPhysAddr { addr: pa });
+/// A map's plan: counts the tables the map needs, or finds the first conflict.
+struct PlanMap<'a> {
+    job: &'a MapJob,
+    needed: usize,
+}
+
+impl<P: PhysMem> Visitor<P, &Mapper<P>> for PlanMap<'_> {
+    type Stop = PagingError;
+
+    #[inline(always)]
+    fn read(&self, m: &&Mapper<P>, table: u64, i: usize) -> u64 {
+        if table == PLANNED {
+            0
+        } else {
+            m.read(table, i)
+        }
     }
-    if !pa.is_multiple_of(PAGE_SIZE) {
-        return Err(PagingError::Misaligned {
-            value: pa,
-            align: PAGE_SIZE,
-        });
+
+    #[inline(always)]
+    fn enter(&mut self, _m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, PagingError> {
+        let (entry, level) = (slot.entry, slot.level);
+        let (_, whole) = self.job.leaf_for(slot);
+        if entry & PRESENT == 0 {
+            if whole {
+                return Ok(Step::Next);
+            }
+            self.needed += 1;
+            return Ok(Step::Descend(PLANNED));
+        }
+        if is_leaf(entry, level) {
+            return Err(conflict(slot.start, span(level), entry, level, whole));
+        }
+        if whole && self.job.exact {
+            return Err(PagingError::TableInTheWay {
+                addr: virt_addr(slot.start),
+                size: LeafSize::from_level(level),
+            });
+        }
+        Ok(Step::Descend(entry & ADDR_MASK))
     }
-    if len > PHYS_LIMIT - pa {
-        return Err(PagingError::InvalidLength { len });
+
+    fn page_table(&mut self, m: &mut &Mapper<P>, slot: &Slot, t: u64) -> Result<(), PagingError> {
+        if t == PLANNED {
+            return Ok(());
+        }
+        let (s, e) = (slot.start, slot.end);
+        let i0 = index(s, 1);
+        for i in i0..i0 + ((e - s) / PAGE_SIZE) as usize {
+            let entry = m.read(t, i);
+            if entry & PRESENT != 0 {
+                let a = (s & !(span(2) - 1)) + i as u64 * PAGE_SIZE;
+                return Err(conflict(a, PAGE_SIZE, entry, 1, true));
+            }
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// A map's commit: writes leaves and links new tables, which the reserve holds.
+struct CommitMap<'a> {
+    job: &'a MapJob,
+    reserve: &'a mut Reserve,
+}
+
+impl<P: PhysMem> Visitor<P, &mut Mapper<P>> for CommitMap<'_> {
+    type Stop = Infallible;
+
+    #[inline(always)]
+    fn enter(&mut self, m: &mut &mut Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
+        let (entry, table, i) = (slot.entry, slot.table, slot.index);
+        let (pa, whole) = self.job.leaf_for(slot);
+        if entry & PRESENT == 0 && whole {
+            m.write(table, i, pa | leaf_bits(self.job.leaf, slot.level));
+            return Ok(Step::Next);
+        }
+        let child = if entry & PRESENT == 0 {
+            let c = self.reserve.take(m);
+            m.write(table, i, c | self.job.parent);
+            c
+        } else {
+            m.write(table, i, entry | self.job.parent);
+            entry & ADDR_MASK
+        };
+        Ok(Step::Descend(child))
+    }
+
+    #[inline(always)]
+    fn page_table(&mut self, m: &mut &mut Mapper<P>, s: &Slot, t: u64) -> Result<(), Infallible> {
+        let first = (self.job.pa0 + (s.start - self.job.va0)) | self.job.leaf;
+        m.fill_leaves(t, s.start, s.end, first);
+        Ok(())
+    }
+}
+
+/// An edit's plan: counts the table frames to split the huge pages the range covers only
+/// partly.
+struct PlanEdit {
+    needed: usize,
+}
+
+impl<P: PhysMem> Visitor<P, &Mapper<P>> for PlanEdit {
+    type Stop = Infallible;
+
+    #[inline(always)]
+    fn read(&self, m: &&Mapper<P>, table: u64, i: usize) -> u64 {
+        if table == PLANNED {
+            PRESENT | HUGE
+        } else {
+            m.read(table, i)
+        }
+    }
+
+    #[inline(always)]
+    fn enter(&mut self, _m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
+        let entry = slot.entry;
+        if entry & PRESENT == 0 {
+            return Ok(Step::Next);
+        }
+        if !is_leaf(entry, slot.level) {
+            return Ok(Step::Descend(entry & ADDR_MASK));
+        }
+        if slot.whole() {
+            return Ok(Step::Next);
+        }
+        self.needed += 1;
+        Ok(Step::Descend(PLANNED))
+    }
+
+    #[inline(always)]
+    fn page_table(&mut self, _: &mut &Mapper<P>, _: &Slot, _: u64) -> Result<(), Infallible> {
+        Ok(()) // 4 KiB leaves never split
+    }
+}
+
+/// An edit's commit: edits whole leaves, splits partly covered huge pages, frees the tables
+/// an unmap leaves empty.
+struct CommitEdit<'a, A: ?Sized> {
+    edit: Edit,
+    reserve: &'a mut Reserve,
+    flush: &'a mut Flush,
+    alloc: &'a mut A,
+    /// Per level, whether the table being walked there keeps an entry in use that the edit
+    /// did not clear (a child table, a swap slot).
+    kept: [bool; 5],
+}
+
+impl<P, A> Visitor<P, &mut Mapper<P>> for CommitEdit<'_, A>
+where
+    P: PhysMem,
+    A: FrameDeallocator<Size4KiB> + ?Sized,
+{
+    type Stop = Infallible;
+
+    #[inline(always)]
+    fn enter(&mut self, m: &mut &mut Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
+        let (level, table, i, a) = (slot.level, slot.table, slot.index, slot.start);
+        let mut entry = slot.entry;
+        if entry & PRESENT == 0 {
+            return Ok(Step::Next);
+        }
+        if is_leaf(entry, level) {
+            if slot.whole() {
+                m.edit_leaf(table, i, entry, level, self.edit);
+                self.flush.add(canonical(a));
+                return Ok(Step::Next);
+            }
+            entry = m.split(table, i, entry, level, self.reserve);
+            self.flush.add(canonical(a));
+        }
+        if let Edit::Protect { leaf } = self.edit {
+            m.write(table, i, entry | (leaf & USER));
+        }
+        self.kept[usize::from(level) - 1] = false;
+        Ok(Step::Descend(entry & ADDR_MASK))
+    }
+
+    #[inline(always)]
+    fn leave(&mut self, m: &mut &mut Mapper<P>, slot: &Slot, child: u64) -> Result<(), Infallible> {
+        let level = slot.level;
+        let empty = match self.edit {
+            Edit::Protect { .. } => false,
+            // A wholly covered child is empty unless something in it was kept.
+            Edit::Unmap if slot.whole() => !self.kept[usize::from(level) - 1],
+            Edit::Unmap => m.is_empty_table(child),
+        };
+        if empty && m.may_free(slot.start, level - 1) {
+            debug_assert!(m.is_empty_table(child));
+            m.write(slot.table, slot.index, 0);
+            // SAFETY: the child table is empty and its only parent entry is now clear.
+            unsafe { self.alloc.deallocate_frame(frame_of(child)) };
+        } else {
+            self.kept[usize::from(level)] = true;
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn page_table(&mut self, m: &mut &mut Mapper<P>, s: &Slot, t: u64) -> Result<(), Infallible> {
+        self.kept[1] = m.edit_leaves(t, s.start, s.end, self.edit, self.flush);
+        Ok(())
+    }
 }

@@ -40,7 +40,7 @@ impl Reserve {
                 Some(f) => r.push(m, f.start_address().as_u64()),
                 None => {
                     let obtained = r.count;
-                    r.release(m, alloc);
+                    r.free_unused(m, alloc);
                     return Err(PagingError::OutOfFrames {
                         needed: n,
                         obtained,
@@ -70,7 +70,7 @@ impl Reserve {
     }
 
     /// Returns every remaining frame to `alloc`.
-    pub(crate) fn release<P, A>(mut self, m: &mut Mapper<P>, alloc: &mut A)
+    pub(crate) fn free_unused<P, A>(mut self, m: &mut Mapper<P>, alloc: &mut A)
     where
         P: PhysMem,
         A: FrameDeallocator<Size4KiB> + ?Sized,

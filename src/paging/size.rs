@@ -50,3 +50,14 @@ impl LeafSize {
         }
     }
 }
+
+/// A leaf size as people write it: "4 KiB", "2 MiB", "1 GiB".
+impl core::fmt::Display for LeafSize {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Size4KiB => "4 KiB",
+            Self::Size2MiB => "2 MiB",
+            Self::Size1GiB => "1 GiB",
+        })
+    }
+}

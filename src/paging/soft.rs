@@ -3,35 +3,26 @@
 //! clear, and the mapper keeps such an entry (and its table) until the
 //! kernel takes it back. An entry value must be non-zero with bit 0 clear.
 
-use super::entry::{index, ADDR_MASK, ENTRIES, LINEAR_MASK, PRESENT};
+use core::convert::Infallible;
+
+use x86_64::VirtAddr;
+
+use super::entry::{index, is_leaf, virt_addr, ADDR_MASK, LINEAR_MASK, PRESENT};
+use super::visit::{linear_range, walk, Slot, Step, Visitor};
+use super::{Flush, Mapper, PagingError, PhysMem};
 
 const ACCESSED: u64 = 1 << 5;
 const DIRTY: u64 = 1 << 6;
 /// The Dirty bit of a leaf entry.
 pub(crate) const DIRTY_BIT: u64 = DIRTY;
-use super::{Flush, Mapper, PagingError, PhysMem};
-use crate::PAGE_SIZE;
-use x86_64::VirtAddr;
 
 impl<P: PhysMem> Mapper<P> {
     /// The page table and index of the 4 KiB entry of `va`, when the page
-    /// table exists (no huge page on the way); else the bytes covered by the
-    /// entry that stopped the walk, to skip.
-    fn pte_slot_or_span(&self, va: VirtAddr) -> Result<(u64, usize), u64> {
-        let lin = va.as_u64() & LINEAR_MASK;
-        let mut table = self.root();
-        for level in (2..=4).rev() {
-            let e = self.read(table, index(lin, level));
-            if e & PRESENT == 0 || super::entry::is_leaf(e, level) {
-                return Err(super::entry::span(level));
-            }
-            table = e & ADDR_MASK;
-        }
-        Ok((table, index(lin, 1)))
-    }
-
+    /// table exists (no huge page on the way).
     fn pte_slot(&self, va: VirtAddr) -> Option<(u64, usize)> {
-        self.pte_slot_or_span(va).ok()
+        let lin = va.as_u64() & LINEAR_MASK;
+        let path = self.path_to(lin, 1).ok()?;
+        Some((path[1], index(lin, 1)))
     }
 
     /// The kernel value in the non-present 4 KiB entry of `va`, if any.
@@ -126,32 +117,35 @@ impl<P: PhysMem> Mapper<P> {
 
     /// The walk of both: page tables that exist, 4 KiB entries that are
     /// soft, with their table and index.
-    fn walk_soft(&self, start: VirtAddr, len: u64, mut f: impl FnMut(u64, usize, VirtAddr, u64)) {
-        let lo = start.as_u64() & LINEAR_MASK;
-        let hi = lo.saturating_add(len).min(LINEAR_MASK + 1);
-        let mut va = lo;
-        while va < hi {
-            let (t, i0) = match self.pte_slot_or_span(VirtAddr::new_truncate(va)) {
-                Ok(slot) => slot,
-                Err(span) => {
-                    // Nothing below this entry: skip all it covers.
-                    va = (va | (span - 1)) + 1;
-                    continue;
-                }
-            };
-            let n = (((hi - va) / PAGE_SIZE) as usize).min(ENTRIES - i0);
-            for k in 0..n {
-                let e = self.read(t, i0 + k);
-                if e != 0 && e & PRESENT == 0 {
-                    f(
-                        t,
-                        i0 + k,
-                        VirtAddr::new_truncate(va + k as u64 * PAGE_SIZE),
-                        e,
-                    );
-                }
+    fn walk_soft(&self, start: VirtAddr, len: u64, f: impl FnMut(u64, usize, VirtAddr, u64)) {
+        let (lo, hi) = linear_range(start, len);
+        let Ok(()) = walk(&mut &*self, &mut SoftVisitor { f }, self.root(), 4, lo, hi);
+    }
+}
+
+/// Finds the soft entries of the page tables that exist.
+struct SoftVisitor<F> {
+    f: F,
+}
+
+impl<P, F> Visitor<P, &Mapper<P>> for SoftVisitor<F>
+where
+    P: PhysMem,
+    F: FnMut(u64, usize, VirtAddr, u64),
+{
+    type Stop = Infallible;
+
+    fn enter(&mut self, _m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
+        let e = slot.entry;
+        if slot.level == 1 {
+            if e != 0 && e & PRESENT == 0 {
+                (self.f)(slot.table, slot.index, virt_addr(slot.start), e);
             }
-            va += n as u64 * PAGE_SIZE;
+            return Ok(Step::Next);
         }
+        Ok(match e & PRESENT != 0 && !is_leaf(e, slot.level) {
+            true => Step::Descend(e & ADDR_MASK),
+            false => Step::Next,
+        })
     }
 }

@@ -158,7 +158,7 @@ impl<'a, 'm, C: CpuLocal, M: InterruptMask, const CPUS: usize> PerCpuFrames<'a, 
             let mut guard = self.slot().lock();
             let slot = &mut *guard;
             if slot.mag.contains(addr) {
-                return Err(FrameError::AlreadyFree { frame: addr });
+                return Err(FrameError::AlreadyFree { frame });
             }
             if slot.mag.push(addr).is_ok() {
                 return Ok(());

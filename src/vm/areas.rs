@@ -2,7 +2,7 @@
 //! between them: finding the area of an address, checking a range is
 //! free and finding a gap of a given length are all O(log n).
 
-use super::Area;
+use super::{Area, VmInvariantError};
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
@@ -205,19 +205,20 @@ impl AreaSet {
     /// The set's invariant: areas sorted, disjoint, non-empty, inside the
     /// range, no two touching areas that join; the gap index is exactly
     /// the complement.
-    pub(crate) fn check(&self) -> Result<(), &'static str> {
+    pub(crate) fn check(&self) -> Result<(), VmInvariantError> {
         let mut at = self.lo;
         let mut gaps = BTreeSet::new();
         let mut prev: Option<&Area> = None;
         for (&start, area) in &self.areas {
-            if start != area.start || area.start >= area.end || area.start < at {
-                return Err("areas unsorted, empty or overlapping");
+            let end = area.end;
+            if start != area.start || area.start >= end || area.start < at {
+                return Err(VmInvariantError::AreaOrder { start, end });
             }
-            if area.end > self.hi {
-                return Err("area outside the managed range");
+            if end > self.hi {
+                return Err(VmInvariantError::AreaOutOfRange { start, end });
             }
             if prev.is_some_and(|p| p.joins(area)) {
-                return Err("touching areas left unmerged");
+                return Err(VmInvariantError::UnmergedAreas { start });
             }
             if area.start > at {
                 gaps.insert((area.start - at, at));
@@ -229,7 +230,7 @@ impl AreaSet {
             gaps.insert((self.hi - at, at));
         }
         if gaps != self.gaps {
-            return Err("gap index differs from the gaps between areas");
+            return Err(VmInvariantError::GapIndex);
         }
         Ok(())
     }

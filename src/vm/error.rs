@@ -1,12 +1,22 @@
 //! Errors of the virtual-memory layer: typed, carrying the address.
 
-use crate::paging::PagingError;
 use core::fmt;
 
+use x86_64::{PhysAddr, VirtAddr};
+
+use crate::paging::PagingError;
+
 /// Why an area operation (map, unmap, protect, fork, destroy) failed.
-/// After any error the address space is exactly as before.
+/// After any error the address space is exactly as before. Virtual
+/// addresses are the raw `u64`s the caller gave (they may be
+/// non-canonical, which no `VirtAddr` holds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmError {
+    /// The physical start of a fixed mapping is not page-aligned.
+    UnalignedFrame {
+        /// The physical address.
+        phys: PhysAddr,
+    },
     /// The address or length is not page-aligned, or the length is zero.
     Unaligned {
         /// The address.
@@ -52,6 +62,11 @@ pub enum VmError {
 impl fmt::Display for VmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::UnalignedFrame { phys } => write!(
+                f,
+                "physical address {:#x} is not page-aligned",
+                phys.as_u64()
+            ),
             Self::Unaligned { addr, len } => {
                 write!(f, "range {addr:#x}+{len:#x} is not page-aligned or empty")
             }
@@ -85,7 +100,7 @@ impl From<PagingError> for VmError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FaultError {
     /// The faulting address.
-    pub addr: u64,
+    pub addr: VirtAddr,
     /// Why.
     pub reason: FaultReason,
 }
@@ -146,10 +161,10 @@ impl fmt::Display for FaultError {
             FaultReason::CorruptTable => "reserved bit set in a page-table entry",
             FaultReason::OutOfMemory => "out of memory",
             FaultReason::OutOfSwap => "out of memory and out of swap",
-            FaultReason::SwapIo(e) => return write!(f, "fault at {:#x}: {e}", self.addr),
-            FaultReason::Paging(e) => return write!(f, "fault at {:#x}: {e}", self.addr),
+            FaultReason::SwapIo(e) => return write!(f, "fault at {:#x}: {e}", self.addr.as_u64()),
+            FaultReason::Paging(e) => return write!(f, "fault at {:#x}: {e}", self.addr.as_u64()),
         };
-        write!(f, "fault at {:#x}: {why}", self.addr)
+        write!(f, "fault at {:#x}: {why}", self.addr.as_u64())
     }
 }
 

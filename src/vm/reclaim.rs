@@ -5,6 +5,7 @@
 use super::swap::{slot_of, swap_entry, CLUSTER, PAGE_BYTES};
 use super::{FaultOutcome, FaultReason, Prot, Resolved, Vm, VmSpace};
 use crate::paging::{Flush, FrameSource, PhysMem, DIRTY_BIT};
+use crate::PAGE_SIZE;
 use alloc::vec::Vec;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
@@ -71,7 +72,7 @@ impl<P: PhysMem> VmSpace<P> {
                 continue;
             }
             let swap = vm.swap.as_mut().expect("reclaim needs swap");
-            let cached = swap.uncache(frame.start_address().as_u64() / 4096);
+            let cached = swap.uncache(frame.start_address().as_u64() / PAGE_SIZE);
             match cached {
                 Some(slot) if !dirty => {
                     // The copy on swap is current: its reference moves to
@@ -83,7 +84,7 @@ impl<P: PhysMem> VmSpace<P> {
                             vm.stats.swap_cache_hits += 1;
                             freed += 1;
                         }
-                        Err(_) => swap.cache(frame.start_address().as_u64() / 4096, slot),
+                        Err(_) => swap.cache(frame.start_address().as_u64() / PAGE_SIZE, slot),
                     }
                 }
                 Some(slot) => {
@@ -171,7 +172,7 @@ impl<P: PhysMem> VmSpace<P> {
             victims.push(c);
         }
         if let Some(&(va, _)) = victims.last() {
-            self.clock_hand = va.as_u64() + 4096;
+            self.clock_hand = va.as_u64() + PAGE_SIZE;
         }
         victims
     }
@@ -244,10 +245,10 @@ impl<P: PhysMem> VmSpace<P> {
         let first = self.new_frame(vm, frames, &mut flush)?;
         let va = page.start_address().as_u64();
         let mut run = alloc::vec![(page, first)];
-        let area_end = self.areas.find(va).map_or(va + 4096, |a| a.end);
-        if self.last_swap_in + 4096 == va {
+        let area_end = self.areas.find(va).map_or(va + PAGE_SIZE, |a| a.end);
+        if self.last_swap_in + PAGE_SIZE == va {
             for k in 1..vm.readahead() {
-                let next = va + k * 4096;
+                let next = va + k * PAGE_SIZE;
                 let ahead = VirtAddr::new(next);
                 if next >= area_end || self.mapper.soft_entry(ahead) != Some(swap_entry(slot + k)) {
                     break;
@@ -279,7 +280,7 @@ impl<P: PhysMem> VmSpace<P> {
                     flush.merge(fl);
                     // The entry's reference to the slot moves to the cache.
                     let swap = vm.swap.as_mut().expect("checked above");
-                    swap.cache(f.start_address().as_u64() / 4096, slot + i as u64);
+                    swap.cache(f.start_address().as_u64() / PAGE_SIZE, slot + i as u64);
                     self.track(p);
                     mapped += 1;
                 }

@@ -43,7 +43,7 @@ fn split(n: u64) -> (u64, usize) {
 
 /// The counting key of a frame: its frame number.
 pub(crate) fn frame_key(frame: PhysFrame) -> u64 {
-    frame.start_address().as_u64() / 4096
+    frame.start_address().as_u64() / crate::PAGE_SIZE
 }
 
 impl Shares {

@@ -1,25 +1,21 @@
 //! One address space of the virtual-memory layer: its areas over a page
-//! table hierarchy, `mmap`/`munmap`/`mprotect`-style operations, page-fault
-//! resolution, copy-on-write fork and teardown.
+//! table hierarchy, `mmap`/`munmap`/`mprotect`-style operations,
+//! copy-on-write fork and teardown (faults are resolved in `resolve.rs`).
 
 use super::areas::AreaSet;
 use super::replace::ReplacementPolicy;
-use super::vm::{copy_frame, fill_zero};
-use super::{
-    Area, AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, Prot, Resolved, Vm, VmError,
-};
+use super::{Area, AreaKind, Prot, Vm, VmError};
 use crate::paging::{
-    AddressSpace, CopyAs, CopyLeaf, Flush, FrameSource, Leaf, LeafSize, Mapper, Mmu, PagingError,
-    PhysMem,
+    AddressSpace, CopyAs, CopyLeaf, Flush, FrameSource, Leaf, LeafSize, Mapper, Mmu, PhysMem,
 };
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
 
-const PAGE: u64 = 4096;
+use crate::PAGE_SIZE as PAGE;
 /// The first address of the kernel half.
-const KERNEL_HALF_START: u64 = 0xffff_8000_0000_0000;
+pub(super) const KERNEL_HALF_START: u64 = 0xffff_8000_0000_0000;
 
 /// The range a user address space manages: the lower half without page 0
 /// (so a null pointer never maps).
@@ -254,10 +250,7 @@ impl<P: PhysMem> VmSpace<P> {
         let mut flush = Flush::none();
         if let AreaKind::Fixed { phys } = kind {
             if !phys.as_u64().is_multiple_of(PAGE) {
-                return Err(VmError::Unaligned {
-                    addr: phys.as_u64(),
-                    len,
-                });
+                return Err(VmError::UnalignedFrame { phys });
             }
             if prot.accessible() {
                 flush = self.mapper.map_range_with(
@@ -414,184 +407,6 @@ impl<P: PhysMem> VmSpace<P> {
         Ok(flush)
     }
 
-    /// Resolves a page fault at `addr` with the decoded error code: maps
-    /// the zero page or a zeroed frame, copies on write, or reports why the
-    /// access is not allowed. Any address and any error code give a
-    /// result; on error nothing changed.
-    pub fn handle_fault<A: FrameSource + ?Sized>(
-        &mut self,
-        vm: &mut Vm,
-        addr: VirtAddr,
-        access: FaultAccess,
-        frames: &mut A,
-    ) -> Result<Resolved, FaultError> {
-        vm.stats.faults += 1;
-        let result = self.resolve(vm, addr, access, frames);
-        match &result {
-            Ok(r) => {
-                let s = &mut vm.stats;
-                match r.outcome {
-                    FaultOutcome::ZeroFilled => s.zero_fills += 1,
-                    FaultOutcome::ZeroPageMapped => s.zero_page_maps += 1,
-                    FaultOutcome::CopiedOnWrite => s.cow_copies += 1,
-                    FaultOutcome::ReusedOnWrite => s.cow_reuses += 1,
-                    FaultOutcome::Spurious => s.spurious += 1,
-                    FaultOutcome::FixedMapped | FaultOutcome::SwappedIn => {}
-                }
-            }
-            Err(e) if e.reason.is_refusal() => vm.stats.protection_faults += 1,
-            Err(_) => {}
-        }
-        result
-    }
-
-    fn resolve<A: FrameSource + ?Sized>(
-        &mut self,
-        vm: &mut Vm,
-        addr: VirtAddr,
-        access: FaultAccess,
-        frames: &mut A,
-    ) -> Result<Resolved, FaultError> {
-        let a = addr.as_u64();
-        let fail = |reason| FaultError { addr: a, reason };
-        if access.reserved_bit {
-            return Err(fail(FaultReason::CorruptTable));
-        }
-        if access.user && a >= KERNEL_HALF_START {
-            // Ring 3 never owns the upper half, whatever it maps there.
-            return Err(fail(FaultReason::UserToKernel));
-        }
-        let area = *self.areas.find(a).ok_or(fail(FaultReason::NoArea))?;
-        let prot = area.prot;
-        if area.kind == AreaKind::Guard {
-            return Err(fail(FaultReason::Guard));
-        }
-        if access.user && !prot.contains(Prot::USER) {
-            return Err(fail(FaultReason::UserToKernel));
-        }
-        if !prot.accessible() {
-            return Err(fail(FaultReason::NoAccess));
-        }
-        if access.write && !prot.contains(Prot::WRITE) {
-            return Err(fail(FaultReason::WriteToReadOnly));
-        }
-        if access.exec && !prot.contains(Prot::EXEC) {
-            return Err(fail(FaultReason::ExecuteNoExec));
-        }
-        let page = Page::<Size4KiB>::containing_address(addr);
-        let paging = |e: PagingError| {
-            fail(match e {
-                PagingError::OutOfFrames { .. } => FaultReason::OutOfMemory,
-                e => FaultReason::Paging(e),
-            })
-        };
-        let done = |outcome, flush| Ok(Resolved { outcome, flush });
-        let t = match self.mapper.translate(page.start_address()) {
-            Ok(t) => t,
-            Err(PagingError::NotMapped { .. }) => {
-                return match area.kind {
-                    AreaKind::Fixed { phys } => {
-                        let frame = PhysFrame::containing_address(
-                            phys + (page.start_address().as_u64() - area.start),
-                        );
-                        let flush = self
-                            .mapper
-                            .map(page, frame, prot.map_flags(true), frames)
-                            .map_err(paging)?;
-                        done(FaultOutcome::FixedMapped, flush)
-                    }
-                    _ => {
-                        if let Some(entry) = self.mapper.soft_entry(page.start_address()) {
-                            return self.swap_in(vm, page, entry, prot, frames).map_err(fail);
-                        }
-                        if !access.write {
-                            let flush = self
-                                .mapper
-                                .map(page, vm.zero_frame(), prot.map_flags(false), frames)
-                                .map_err(paging)?;
-                            return done(FaultOutcome::ZeroPageMapped, flush);
-                        }
-                        let mut flush = Flush::none();
-                        let frame = self.new_frame(vm, frames, &mut flush).map_err(fail)?;
-                        fill_zero(self.mapper.phys_mem(), frame);
-                        match self.mapper.map(page, frame, prot.map_flags(true), frames) {
-                            Ok(f) => {
-                                flush.merge(f);
-                                self.track(page);
-                                done(FaultOutcome::ZeroFilled, flush)
-                            }
-                            Err(e) => {
-                                vm.release_frame(frame, frames);
-                                Err(paging(e))
-                            }
-                        }
-                    }
-                };
-            }
-            Err(e) => return Err(paging(e)),
-        };
-        let allowed = (!access.write || t.access.writable)
-            && (!access.exec || t.access.executable)
-            && (!access.user || t.access.user);
-        if allowed {
-            if access.present && !access.user && t.access.user {
-                // The page allows it, the CPU refused: SMAP or SMEP.
-                return Err(fail(FaultReason::KernelToUser));
-            }
-            let mut flush = Flush::none();
-            flush.add(page.start_address().as_u64());
-            return done(FaultOutcome::Spurious, flush);
-        }
-        if t.size != LeafSize::Size4KiB {
-            return Err(paging(PagingError::HugePageInTheWay {
-                addr: t.page,
-                frame: t.frame,
-                size: t.size,
-            }));
-        }
-        let old = PhysFrame::containing_address(t.frame);
-        if access.write && !t.access.writable && area.kind == AreaKind::Anonymous {
-            let flags = prot.map_flags(true);
-            if old != vm.zero_frame() && vm.share_count(old) == 1 {
-                let flush = self.mapper.protect(page, flags).map_err(paging)?;
-                self.track(page);
-                return done(FaultOutcome::ReusedOnWrite, flush);
-            }
-            let mut flush = Flush::none();
-            let new = self.new_frame(vm, frames, &mut flush).map_err(fail)?;
-            if old == vm.zero_frame() {
-                fill_zero(self.mapper.phys_mem(), new);
-            } else {
-                copy_frame(self.mapper.phys_mem(), old, new);
-            }
-            // The page is mapped (translated above): remap needs no frame.
-            let f = match self.mapper.remap(page, new, flags) {
-                Ok((_, f)) => f,
-                Err(e) => {
-                    vm.release_frame(new, frames);
-                    return Err(paging(e));
-                }
-            };
-            flush.merge(f);
-            self.track(page);
-            if old == vm.zero_frame() {
-                return done(FaultOutcome::ZeroFilled, flush);
-            }
-            let last = vm.unshare(old);
-            debug_assert!(!last, "a shared frame had one sharer");
-            return done(FaultOutcome::CopiedOnWrite, flush);
-        }
-        // The page is stricter than its area (fixed memory after a
-        // protect, a user bit missing): bring it in line.
-        let private = area.kind != AreaKind::Anonymous
-            || (old != vm.zero_frame() && vm.share_count(old) == 1);
-        let flush = self
-            .mapper
-            .protect(page, prot.map_flags(private))
-            .map_err(paging)?;
-        done(FaultOutcome::Spurious, flush)
-    }
-
     /// Unmaps every area, gives back every anonymous frame this space
     /// holds alone (and one share of each shared one), every page table and
     /// the PML4. Refused while the space is active.
@@ -645,65 +460,5 @@ impl<P: PhysMem> VmSpace<P> {
         // SAFETY: every user-half table was freed with its last page above;
         // the PML4 is this space's own and was never active.
         unsafe { frames.deallocate_frame(pml4) };
-    }
-
-    /// The layer's invariant for this space: the areas are consistent, and
-    /// every mapped page lies in a non-guard area, is 4 KiB if anonymous,
-    /// never writable when shared or the zero page, and never more
-    /// permissive than its area.
-    pub fn check_invariants(&self, vm: &Vm) -> Result<(), &'static str> {
-        self.areas.check()?;
-        let (lo, hi) = self.areas.bounds();
-        let mut err = Ok(());
-        self.mapper
-            .for_each_leaf_in(VirtAddr::new_truncate(lo), hi - lo, |leaf| {
-                let a = leaf.page.as_u64();
-                let Some(area) = self.areas.find(a) else {
-                    err = err.and(Err("a page outside every area"));
-                    return;
-                };
-                if area.kind == AreaKind::Guard {
-                    err = err.and(Err("a page in a guard area"));
-                }
-                if leaf.size != LeafSize::Size4KiB {
-                    err = err.and(Err("a huge page in an area"));
-                }
-                let frame = PhysFrame::containing_address(leaf.frame);
-                let access = leaf.access;
-                if access.writable && !area.prot.contains(Prot::WRITE) {
-                    err = err.and(Err("a writable page in a read-only area"));
-                }
-                if access.executable && !area.prot.contains(Prot::EXEC) {
-                    err = err.and(Err("an executable page in a no-execute area"));
-                }
-                if access.user && !area.prot.contains(Prot::USER) {
-                    err = err.and(Err("a user page in a kernel area"));
-                }
-                if area.kind == AreaKind::Anonymous
-                    && access.writable
-                    && (frame == vm.zero_frame() || vm.share_count(frame) > 1)
-                {
-                    err = err.and(Err("a shared frame or the zero page is writable"));
-                }
-                if let AreaKind::Fixed { phys } = area.kind {
-                    if leaf.frame != phys + (a - area.start) {
-                        err = err.and(Err("a fixed page maps the wrong frame"));
-                    }
-                }
-            });
-        self.mapper
-            .for_each_soft_entry(VirtAddr::new_truncate(lo), hi - lo, |va, e| {
-                let anonymous = self
-                    .areas
-                    .find(va.as_u64())
-                    .is_some_and(|a| a.kind == AreaKind::Anonymous);
-                if !anonymous {
-                    err = err.and(Err("a swapped-out page outside anonymous memory"));
-                }
-                if !vm.swap_holds(e) {
-                    err = err.and(Err("a swapped-out page names a free slot"));
-                }
-            });
-        err
     }
 }

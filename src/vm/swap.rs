@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 /// Bytes in a page and in a slot.
-pub const PAGE_BYTES: usize = 4096;
+pub const PAGE_BYTES: usize = crate::PAGE_SIZE as usize;
 /// The most pages one device request carries (clustered write-out).
 pub const CLUSTER: usize = 32;
 

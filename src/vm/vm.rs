@@ -2,7 +2,7 @@
 //! of frames mapped by more than one address space, and the counters.
 
 use super::shares::{frame_key, Shares};
-use super::swap::{slot_of, Swap, SwapDevice, CLUSTER};
+use super::swap::{slot_of, Swap, SwapDevice, CLUSTER, PAGE_BYTES};
 use super::VmStats;
 use crate::paging::{FrameSource, PhysMem};
 use alloc::boxed::Box;
@@ -223,7 +223,7 @@ pub(crate) fn fill_zero<P: PhysMem>(phys: &P, frame: PhysFrame) {
     // SAFETY: `PhysMem` makes every frame of the frame source valid for
     // 4096 bytes of writes; the frame was just allocated, so nothing else
     // uses it.
-    unsafe { dst.write_bytes(0, 4096) };
+    unsafe { dst.write_bytes(0, PAGE_BYTES) };
 }
 
 /// Copies frame `src` into frame `dst` through `phys`.
@@ -232,5 +232,5 @@ pub(crate) fn copy_frame<P: PhysMem>(phys: &P, src: PhysFrame, dst: PhysFrame) {
     let d = phys.table_ptr(dst).as_ptr().cast::<u8>();
     // SAFETY: both frames are valid for 4096 bytes through `PhysMem`, and
     // distinct (`dst` was just allocated), so the ranges do not overlap.
-    unsafe { core::ptr::copy_nonoverlapping(s, d, 4096) };
+    unsafe { core::ptr::copy_nonoverlapping(s, d, PAGE_BYTES) };
 }

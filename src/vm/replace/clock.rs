@@ -6,12 +6,8 @@
 //! the hand, so it is examined last. No history: refaults are not seen.
 
 use super::index::Index;
-use super::ring::{Ring, NIL};
+use super::ring::{Ring, FRESH, NIL, REFERENCED};
 use super::{FaultIn, PageId, Removed, ReplaceError, ReplaceStats, ReplacementPolicy};
-
-const REFERENCED: u8 = 1;
-/// Inserted and not yet reported: the next report is the faulting access.
-const FRESH: u8 = 2;
 
 /// CLOCK over a fixed number of frames: one 24-byte node and 4-8 bytes of
 /// index per frame; every operation O(1) but `evict`, which steps the hand
@@ -108,12 +104,7 @@ impl ReplacementPolicy for Clock {
         let Some(n) = self.find(page) else {
             return false;
         };
-        let node = self.ring.node_mut(n);
-        if node.flags & FRESH != 0 {
-            node.flags &= !FRESH;
-        } else {
-            node.flags |= REFERENCED;
-        }
+        self.ring.node_mut(n).report_reference();
         true
     }
 

@@ -20,7 +20,7 @@
 //! asks for more (recency matters), a test ending unused for less.
 
 use super::index::Index;
-use super::ring::{Ring, NIL};
+use super::ring::{Ring, FRESH, NIL, REFERENCED};
 use super::{FaultIn, PageId, Removed, ReplaceError, ReplaceStats, ReplacementPolicy};
 
 const HOT: u8 = 0;
@@ -32,10 +32,6 @@ const COLD_TEST: u8 = 2;
 const GHOST: u8 = 3;
 /// Released to the arena (a test that ended while a caller held the node).
 const GONE: u8 = 4;
-
-const REFERENCED: u8 = 1;
-/// Inserted and not yet reported: the next report is the faulting access.
-const FRESH: u8 = 2;
 
 /// CLOCK-Pro over a fixed number of frames with a bounded non-resident
 /// history: a 24-byte node and 4-8 bytes of index per tracked page, at most
@@ -494,11 +490,7 @@ impl ReplacementPolicy for ClockPro {
         if node.state == GHOST {
             return false;
         }
-        if node.flags & FRESH != 0 {
-            node.flags &= !FRESH;
-        } else {
-            node.flags |= REFERENCED;
-        }
+        node.report_reference();
         true
     }
 

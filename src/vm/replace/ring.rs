@@ -7,7 +7,12 @@ use alloc::vec::Vec;
 /// No node.
 pub(crate) const NIL: u32 = u32::MAX;
 
-/// One tracked page. `state` and `flags` belong to the policy.
+/// A flag: referenced since the hand last passed.
+pub(crate) const REFERENCED: u8 = 1;
+/// A flag: inserted and not yet reported: the next report is the faulting access.
+pub(crate) const FRESH: u8 = 2;
+
+/// One tracked page. `state` belongs to the policy; `flags` are [`REFERENCED`] and [`FRESH`].
 #[derive(Clone, Copy)]
 pub(crate) struct Node {
     pub(crate) key: PageId,
@@ -15,6 +20,19 @@ pub(crate) struct Node {
     pub(crate) next: u32,
     pub(crate) state: u8,
     pub(crate) flags: u8,
+}
+
+impl Node {
+    /// A reported reference: the first report of a fresh node is the access that brought
+    /// it in and sets nothing.
+    #[inline]
+    pub(crate) fn report_reference(&mut self) {
+        if self.flags & FRESH != 0 {
+            self.flags &= !FRESH;
+        } else {
+            self.flags |= REFERENCED;
+        }
+    }
 }
 
 /// Nodes in a preallocated arena; free nodes are chained through `next`.

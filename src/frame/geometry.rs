@@ -1,5 +1,7 @@
 //! Sizing the allocator's storage from a memory map, and where to carve it.
 
+use x86_64::PhysAddr;
+
 use super::bitmap::Bitmap;
 use super::ranges::RangeTable;
 use crate::memory_map::{MemoryMap, FRAME_SIZE, PHYS_LIMIT};
@@ -15,7 +17,7 @@ const CARVE_PREFERRED_MIN: u64 = (16 << 20) / FRAME_SIZE;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoragePlan {
     /// Physical address of the carved storage (frame aligned).
-    pub phys: u64,
+    pub phys: PhysAddr,
     /// Storage size in `u64` words.
     pub words: usize,
 }
@@ -27,9 +29,9 @@ impl StoragePlan {
     }
 }
 
-/// The shape of the allocator for one map.
+/// The geometry of the allocator for one map: its span, bitmap and range table.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Layout {
+pub(crate) struct Geometry {
     /// Frame number of bitmap bit 0: the first usable frame rounded down to
     /// 512, so that frame-number alignment of 64 (512) and up is word
     /// (2 MiB block) alignment in the bitmap.
@@ -59,7 +61,7 @@ pub(crate) fn usable_frames<const N: usize>(
         .filter(|(a, b)| a < b)
 }
 
-impl Layout {
+impl Geometry {
     /// The layout for `map`.
     pub(crate) fn of<const N: usize>(map: &MemoryMap<N>) -> Self {
         let first = usable_frames(map).next().map_or(0, |(a, _)| a);
@@ -104,7 +106,11 @@ impl Layout {
     /// 16 MiB that fits, else the lowest anywhere.
     pub(crate) fn plan<const N: usize>(&self, map: &MemoryMap<N>) -> Option<StoragePlan> {
         let words = self.words();
-        let need = StoragePlan { phys: 0, words }.frames();
+        let need = StoragePlan {
+            phys: PhysAddr::zero(),
+            words,
+        }
+        .frames();
         let fits = |min: u64| {
             usable_frames(map).find_map(move |(a, b)| {
                 let start = a.max(min);
@@ -113,7 +119,7 @@ impl Layout {
         };
         let frame = fits(CARVE_PREFERRED_MIN).or_else(|| fits(0))?;
         Some(StoragePlan {
-            phys: frame * FRAME_SIZE,
+            phys: PhysAddr::new(frame * FRAME_SIZE),
             words,
         })
     }

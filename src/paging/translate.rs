@@ -1,4 +1,4 @@
-//! Translation: walks the four levels, combining permissions the way the MMU does.
+//! Translating one address: four unrolled levels, permissions combined as the MMU does.
 
 use x86_64::structures::paging::PageTableFlags;
 use x86_64::{PhysAddr, VirtAddr};
@@ -16,6 +16,18 @@ pub struct Access {
     pub user: bool,
     /// Instruction fetches allowed (with EFER.NXE set).
     pub executable: bool,
+}
+
+impl Access {
+    /// The access through a path whose entries ANDed give `and` and whose NX bits ORed give `nx`.
+    #[inline(always)]
+    pub(crate) const fn of_path(and: u64, nx: u64) -> Self {
+        Self {
+            writable: and & WRITABLE != 0,
+            user: and & USER != 0,
+            executable: nx == 0,
+        }
+    }
 }
 
 /// The mapping that covers an address.
@@ -86,10 +98,6 @@ fn leaf_translation(va: u64, e: u64, level: u8, and: u64, nx: u64) -> Translatio
         phys: PhysAddr::new_truncate(frame + (va & (size - 1))),
         size: LeafSize::from_level(level),
         flags: PageTableFlags::from_bits_retain(e & !ADDR_MASK),
-        access: Access {
-            writable: and & WRITABLE != 0,
-            user: and & USER != 0,
-            executable: nx == 0,
-        },
+        access: Access::of_path(and, nx),
     }
 }
