@@ -36,6 +36,8 @@
 //! (feature `testing`); a kernel uses the same calls with a direct map.
 //!
 //! ```
+//! # #[cfg(feature = "testing")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use kmem::frame::BitmapFrameAllocator;
 //! use kmem::heap::Heap;
 //! use kmem::memory_map::{MemoryMap, Region, RegionKind};
@@ -66,7 +68,10 @@
 //! // SAFETY: `p` is live and was allocated with this layout.
 //! unsafe { heap.deallocate(p, core::alloc::Layout::new::<[u64; 4]>()) };
 //! assert_eq!(heap.stats().live_allocs, 0);
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "testing"))]
+//! # fn main() {}
 //! ```
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]

@@ -10,6 +10,8 @@ use spin::{Mutex, MutexGuard};
 /// empty (every allocation fails with null) until [`LockedHeap::init`].
 ///
 /// ```
+/// # #[cfg(feature = "testing")]
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use core::alloc::{GlobalAlloc, Layout};
 /// use kmem::heap::LockedHeap;
 /// use kmem::testing::arena::ArenaPageSource;
@@ -28,6 +30,10 @@ use spin::{Mutex, MutexGuard};
 ///     HEAP.dealloc(p, layout);
 /// }
 /// assert_eq!(HEAP.stats().unwrap().live_allocs, 0);
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "testing"))]
+/// # fn main() {}
 /// ```
 pub struct LockedHeap<P: PageSource> {
     inner: Mutex<HeapSlot<P>>,

@@ -19,6 +19,8 @@ pub const KERNEL_HALF: usize = 256;
 /// seen by all; a kernel PML4 entry created later is not propagated).
 ///
 /// ```
+/// # #[cfg(feature = "testing")]
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use kmem::paging::{AddressSpace, MapFlags, Mapper};
 /// use kmem::testing::{mmu::RecordingMmu, phys_mem::EmulatedMemory};
 /// use x86_64::{PhysAddr, VirtAddr};
@@ -40,6 +42,10 @@ pub const KERNEL_HALF: usize = 256;
 /// unsafe { kmem::paging::Mmu::set_cr3(&mut mmu, kernel.pml4()) };
 /// let stats = user.destroy(&mmu, &mut frames, false).unwrap();
 /// assert_eq!(stats.tables, 4); // PML4, PDPT, PD, PT of the user half
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "testing"))]
+/// # fn main() {}
 /// ```
 #[derive(Debug)]
 pub struct AddressSpace<P: PhysMem> {

@@ -49,6 +49,8 @@ impl<P: PhysMem> Mapper<P> {
     /// kernel to audit its live tables, e.g. for writable+executable pages.
     ///
     /// ```
+    /// # #[cfg(feature = "testing")]
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use kmem::paging::{Mapper, MapFlags};
     /// use kmem::testing::phys_mem::EmulatedMemory;
     /// use x86_64::{PhysAddr, VirtAddr};
@@ -61,6 +63,10 @@ impl<P: PhysMem> Mapper<P> {
     /// let mut wx = 0;
     /// let census = m.for_each_leaf(|leaf| wx += usize::from(leaf.access.writable && leaf.access.executable));
     /// assert_eq!((wx, census.leaves, census.tables), (0, [2, 0, 0], 4));
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "testing"))]
+    /// # fn main() {}
     /// ```
     pub fn for_each_leaf(&self, f: impl FnMut(&Leaf)) -> Census {
         self.for_each_leaf_in(VirtAddr::zero(), u64::MAX, f)

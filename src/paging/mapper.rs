@@ -54,6 +54,8 @@ impl<P: PhysMem> Mapper<P> {
     /// A mapper over a fresh, empty PML4 taken from `alloc`.
     ///
     /// ```
+    /// # #[cfg(feature = "testing")]
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use kmem::paging::{Mapper, MapFlags, LeafSize};
     /// use kmem::testing::phys_mem::EmulatedMemory;
     /// use x86_64::{PhysAddr, VirtAddr};
@@ -71,6 +73,10 @@ impl<P: PhysMem> Mapper<P> {
     /// assert_eq!(t.phys, PhysAddr::new(0x20_1234));
     /// assert_eq!(t.size, LeafSize::Size2MiB);
     /// assert!(t.access.writable && !t.access.executable);
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "testing"))]
+    /// # fn main() {}
     /// ```
     pub fn new_empty<A: FrameAllocator<Size4KiB> + ?Sized>(
         phys: P,

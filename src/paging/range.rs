@@ -138,6 +138,8 @@ impl<P: PhysMem> Mapper<P> {
     /// `alloc`. Mapped frames are not freed. On error nothing changed.
     ///
     /// ```
+    /// # #[cfg(feature = "testing")]
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use kmem::paging::{LeafSize, MapFlags, Mapper};
     /// use kmem::testing::{mmu::RecordingMmu, phys_mem::EmulatedMemory};
     /// use x86_64::{PhysAddr, VirtAddr};
@@ -157,6 +159,10 @@ impl<P: PhysMem> Mapper<P> {
     /// // Unmapping the rest gives every table below the PML4 back.
     /// m.unmap_range(v, 0x40_0000, &mut frames).unwrap().flush(&mut mmu);
     /// assert_eq!(frames.in_use(), 1);
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "testing"))]
+    /// # fn main() {}
     /// ```
     pub fn unmap_range<A: FrameSource + ?Sized>(
         &mut self,

@@ -19,6 +19,8 @@ use crate::paging::{Flush, Mmu};
 /// 2 MiB, plus the tables above. Dropping it unreleased leaks what it holds.
 ///
 /// ```
+/// # #[cfg(feature = "testing")]
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use kmem::paging::{MapFlags, Mapper};
 /// use kmem::smp::{CpuSet, DeferredFrees, TlbShootdown};
 /// use kmem::paging::Flush;
@@ -48,6 +50,10 @@ use crate::paging::{Flush, Mmu};
 /// assert_eq!((report.released, report.rounds), (3, 1));
 /// assert_eq!(ipis.0, [CpuSet::first(3).without(0)]);
 /// assert_eq!(frames.in_use(), 1);
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "testing"))]
+/// # fn main() {}
 /// ```
 #[must_use = "the frames it holds are recycled only by `release` or `complete`"]
 pub struct DeferredFrees<'a, A: ?Sized, const N: usize> {

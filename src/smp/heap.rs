@@ -125,6 +125,8 @@ fn canonical(class: usize) -> Layout {
 /// source takes). See the [module docs](super) for interrupt context.
 ///
 /// ```
+/// # #[cfg(feature = "testing")]
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use core::alloc::{GlobalAlloc, Layout};
 /// use kmem::frame::NoInterruptMask;
 /// use kmem::heap::LockedHeap;
@@ -143,6 +145,10 @@ fn canonical(class: usize) -> Layout {
 /// unsafe { HEAP.dealloc(HEAP.alloc(layout), layout) };
 /// HEAP.drain_all();
 /// assert_eq!(HEAP.inner().stats().unwrap().live_allocs, 0);
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "testing"))]
+/// # fn main() {}
 /// ```
 pub struct PerCpuHeap<A: GlobalAlloc, C: CpuLocal, const CPUS: usize> {
     inner: A,

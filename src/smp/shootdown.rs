@@ -67,6 +67,8 @@ impl Flush {
     /// entries changed; every CPU for kernel-half changes).
     ///
     /// ```
+    /// # #[cfg(feature = "testing")]
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use kmem::smp::{CpuSet, TlbShootdown};
     /// use kmem::paging::Flush;
     /// use kmem::testing::mmu::RecordingMmu;
@@ -80,6 +82,10 @@ impl Flush {
     /// let mut mmu = RecordingMmu::new(PhysFrame::containing_address(PhysAddr::new(0)));
     /// let acked = Flush::none().shoot(&mut mmu, 0, CpuSet::first(4), &mut ipis);
     /// assert_eq!((acked.rounds(), ipis.0), (0, 0)); // nothing to flush: no IPI
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "testing"))]
+    /// # fn main() {}
     /// ```
     pub fn shoot<M, T>(self, mmu: &mut M, this_cpu: usize, cpus: CpuSet, shootdown: &mut T) -> Acked
     where

@@ -23,6 +23,8 @@
 //! changing these.
 //!
 //! ```
+//! # #[cfg(feature = "testing")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use kmem::paging::Mapper;
 //! use kmem::testing::phys_mem::EmulatedMemory;
 //! use kmem::vm::{FaultAccess, FaultOutcome, Prot, Vm, VmSpace};
@@ -41,7 +43,10 @@
 //! let w = space.handle_fault(&mut vm, VirtAddr::new(heap), FaultAccess::write(true), &mut frames)?;
 //! assert_eq!(w.outcome, FaultOutcome::ZeroFilled);
 //! w.flush.ignore();
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "testing"))]
+//! # fn main() {}
 //! ```
 
 mod area;

@@ -79,6 +79,8 @@ impl<P: PageSource> Heap<P> {
     /// then as before, but for the pages given back.
     ///
     /// ```
+    /// # #[cfg(feature = "testing")]
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use core::alloc::Layout;
     /// use kmem::heap::Heap;
     /// use kmem::testing::arena::ArenaPageSource;
@@ -94,6 +96,10 @@ impl<P: PageSource> Heap<P> {
     /// // SAFETY: `p` is live and was allocated with `layout`.
     /// unsafe { heap.deallocate(p, layout) };
     /// assert_eq!(heap.stats().live_allocs, 0);
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "testing"))]
+    /// # fn main() {}
     /// ```
     #[inline(always)]
     pub fn allocate(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
