@@ -9,11 +9,20 @@
 
 extern crate alloc;
 
+use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use kernel_demo::arch::cpu::{rdtsc, tsc_per_ms};
+use kernel_demo::arch::smp::shootdown::IpiShootdown;
 use kernel_demo::arch::smp::{self, MAX_CPUS};
+use kernel_demo::boot::phys_to_virt;
+use kernel_demo::mm::heap::{self as kheap, HEAP};
 use kernel_demo::mm::kernel_space::enter;
-use kernel_demo::mm::memory::with_memory;
+use kernel_demo::mm::memory::{with_memory, FRAMES};
+use kernel_demo::mm::smp::{unmap_pages, FRAME_CACHE, HEAP_CACHE};
 use kernel_demo::user::probe_read;
+use kmem::paging::MapFlags;
+use kmem::smp::DeferredFrees;
+use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, Page, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
 
 /// The CPUs QEMU gives this kernel (`smp=4` above).
@@ -44,6 +53,396 @@ fn record_self(cpu: usize, _: u64) {
         let faulted = probe_read(stack.guard).is_err();
         GUARD_FAULTED[cpu].store(usize::from(faulted) + 1, Ordering::SeqCst);
     }
+}
+
+fn page(addr: u64) -> Page<Size4KiB> {
+    Page::containing_address(VirtAddr::new(addr))
+}
+
+fn spin_ms(ms: u64) {
+    let end = rdtsc() + tsc_per_ms().unwrap_or(1_000_000) * ms;
+    while rdtsc() < end {
+        core::hint::spin_loop();
+    }
+}
+
+/// Waits until `cond` holds; panics after 10 s (a CPU that never gets
+/// there would otherwise hang the run).
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let end = rdtsc() + tsc_per_ms().unwrap_or(1_000_000) * 10_000;
+    while !cond() {
+        assert!(rdtsc() < end, "timed out waiting for {what}");
+        core::hint::spin_loop();
+    }
+}
+
+fn direct(frame: PhysFrame) -> *mut u64 {
+    phys_to_virt(frame.start_address().as_u64()).cast()
+}
+
+fn fill(frame: PhysFrame, value: u64) {
+    // SAFETY: the frame is the caller's, in the direct map.
+    unsafe { core::slice::from_raw_parts_mut(direct(frame), 512).fill(value) };
+}
+
+// ---- shootdown ----------------------------------------------------------
+
+/// The page CPU 0 unmaps while the others read it (PML4 slot 288).
+const SHOT_PAGE: u64 = 0xFFFF_9000_0000_0000;
+const OLD: u64 = 0x01d0_01d0_01d0_01d0;
+const NEW: u64 = 0x0e11_0e11_0e11_0e11;
+/// Successful reads each reader makes before CPU 0 unmaps.
+const WARM_READS: u64 = 1000;
+
+static SHOT_FRAME: AtomicU64 = AtomicU64::new(0);
+static SHOT_DONE: AtomicU64 = AtomicU64::new(0);
+static READS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static READS_AFTER_SHOT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static WRONG_VALUES: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static FAULTED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+fn shootdown_role(cpu: usize, _: u64) {
+    if cpu == 0 {
+        let n = smp::online_count();
+        wait_until("the readers", || {
+            (1..n).all(|c| READS[c].load(Ordering::SeqCst) >= WARM_READS)
+        });
+        let mut leaf = None;
+        let report = unmap_pages(page(SHOT_PAGE), 1, |f| leaf = Some(f)).expect("unmap");
+        assert_eq!(report.rounds, 1, "one IPI round");
+        assert_eq!(report.acked.len(), n - 1, "every other CPU acknowledged");
+        SHOT_DONE.store(1, Ordering::SeqCst);
+        // The frame is free now: new contents, as its next owner would write.
+        let frame = leaf.expect("the leaf frame");
+        fill(frame, NEW);
+        wait_until("the readers' faults", || {
+            (1..n).all(|c| FAULTED[c].load(Ordering::SeqCst) != 0)
+        });
+        // SAFETY: unmapped and shot down everywhere; nobody uses it.
+        unsafe { FRAME_CACHE.free(frame) }.expect("free");
+        return;
+    }
+    let mut reads = 0u64;
+    let end = rdtsc() + tsc_per_ms().unwrap_or(1_000_000) * 10_000;
+    loop {
+        let shot = SHOT_DONE.load(Ordering::SeqCst) != 0;
+        let offset = (reads % 512) * 8;
+        match probe_read(SHOT_PAGE + offset) {
+            Ok(v) => {
+                if v != OLD {
+                    WRONG_VALUES[cpu].fetch_add(1, Ordering::SeqCst);
+                }
+                if shot {
+                    READS_AFTER_SHOT[cpu].fetch_add(1, Ordering::SeqCst);
+                }
+                reads += 1;
+                READS[cpu].store(reads, Ordering::SeqCst);
+            }
+            Err(_) => {
+                FAULTED[cpu].store(1, Ordering::SeqCst);
+                return;
+            }
+        }
+        assert!(rdtsc() < end, "CPU {cpu} never faulted");
+    }
+}
+
+// ---- page tables held until acknowledged --------------------------------
+
+/// A page whose unmap empties its page table and directory (slot 288, 1 GiB in).
+const TABLE_PAGE: u64 = 0xFFFF_9000_4000_0000;
+/// How long CPU 1 keeps interrupts masked (it cannot acknowledge meanwhile).
+const MASKED_MS: u64 = 30;
+
+static TABLE_READY: AtomicU64 = AtomicU64::new(0);
+static B_MASKED: AtomicU64 = AtomicU64::new(0);
+static B_UNMASK_TSC: AtomicU64 = AtomicU64::new(0);
+static FREED_TABLES: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+static FREED_COUNT: AtomicUsize = AtomicUsize::new(0);
+static CHECKS: AtomicU64 = AtomicU64::new(0);
+static EARLY_FREE: AtomicU64 = AtomicU64::new(0);
+static RELEASE_TSC: AtomicU64 = AtomicU64::new(0);
+
+/// Records the page tables the mapper frees, in front of the deferred frees.
+struct Recorder<'a, A>(&'a mut A);
+
+// SAFETY: allocation forwards to `A`.
+unsafe impl<A: FrameAllocator<Size4KiB>> FrameAllocator<Size4KiB> for Recorder<'_, A> {
+    fn allocate_frame(&mut self) -> Option<PhysFrame> {
+        self.0.allocate_frame()
+    }
+}
+
+impl<A: FrameDeallocator<Size4KiB>> FrameDeallocator<Size4KiB> for Recorder<'_, A> {
+    unsafe fn deallocate_frame(&mut self, frame: PhysFrame) {
+        let i = FREED_COUNT.fetch_add(1, Ordering::SeqCst);
+        FREED_TABLES[i % 8].store(frame.start_address().as_u64(), Ordering::SeqCst);
+        // SAFETY: forwarded from the mapper, which makes the promise.
+        unsafe { self.0.deallocate_frame(frame) };
+    }
+}
+
+fn freed_table_is_free() -> bool {
+    let n = FREED_COUNT.load(Ordering::SeqCst).min(8);
+    FRAMES.with(|f| {
+        FREED_TABLES[..n].iter().any(|a| {
+            f.is_free(PhysFrame::containing_address(x86_64::PhysAddr::new(
+                a.load(Ordering::SeqCst),
+            )))
+        })
+    })
+}
+
+fn table_role(cpu: usize, _: u64) {
+    match cpu {
+        0 => {
+            wait_until("CPU 1 masked", || B_MASKED.load(Ordering::SeqCst) == 1);
+            let report = with_memory(|m| {
+                let mut frames = &FRAMES;
+                let mut deferred = DeferredFrees::<_, 8>::new(&mut frames);
+                let (leaf, flush) = m
+                    .mapper
+                    .unmap(page(TABLE_PAGE), &mut Recorder(&mut deferred))
+                    .expect("unmap");
+                deferred.defer(leaf).expect("room for the leaf");
+                TABLE_READY.store(1, Ordering::SeqCst);
+                deferred.complete(flush, &mut m.mmu, 0, smp::online(), &mut IpiShootdown)
+            });
+            RELEASE_TSC.store(rdtsc(), Ordering::SeqCst);
+            assert_eq!(report.rounds, 1);
+            assert_eq!(report.leaked, 0);
+            assert_eq!(report.released, FREED_COUNT.load(Ordering::SeqCst) + 1);
+        }
+        1 => {
+            assert_eq!(probe_read(TABLE_PAGE), Ok(OLD), "CPU 1 reads the page");
+            x86_64::instructions::interrupts::disable();
+            B_MASKED.store(1, Ordering::SeqCst);
+            wait_until("the unmap", || TABLE_READY.load(Ordering::SeqCst) == 1);
+            // Still cached: this CPU has not flushed, the walk is not redone.
+            let stale = probe_read(TABLE_PAGE);
+            spin_ms(MASKED_MS);
+            B_MASKED.store(2, Ordering::SeqCst);
+            B_UNMASK_TSC.store(rdtsc(), Ordering::SeqCst);
+            x86_64::instructions::interrupts::enable();
+            assert_eq!(stale, Ok(OLD), "a stale translation still reads the old frame");
+        }
+        2 => {
+            wait_until("the unmap", || TABLE_READY.load(Ordering::SeqCst) == 1);
+            // While CPU 1 cannot have acknowledged (masked before and after
+            // the check), the freed tables must not be free.
+            loop {
+                let before = B_MASKED.load(Ordering::SeqCst);
+                let free = freed_table_is_free();
+                let after = B_MASKED.load(Ordering::SeqCst);
+                if before != 1 || after != 1 {
+                    break;
+                }
+                CHECKS.fetch_add(1, Ordering::SeqCst);
+                if free {
+                    EARLY_FREE.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+// ---- stress --------------------------------------------------------------
+
+/// Operations each CPU performs.
+const STRESS_OPS: u64 = 1000;
+/// Each CPU's map window (PML4 slot 290, 1 GiB per CPU, one page per 2 MiB).
+const WINDOWS: u64 = 0xFFFF_9100_0000_0000;
+
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    heap: u64,
+    frames: u64,
+    maps: u64,
+    unmaps: u64,
+    verified: u64,
+    bad: u64,
+    rounds: u64,
+}
+
+static COUNTERS: [spin::Mutex<Counters>; MAX_CPUS] =
+    [const { spin::Mutex::new(Counters { heap: 0, frames: 0, maps: 0, unmaps: 0, verified: 0, bad: 0, rounds: 0 }) }; MAX_CPUS];
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// The pattern of word `i` of an object with `seed`.
+fn word(seed: u64, i: usize) -> u64 {
+    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64) ^ 0x5555
+}
+
+/// Fills `words` words at `p`.
+///
+/// # Safety
+/// `p` is valid for `words` writes.
+unsafe fn write_pattern(p: *mut u64, words: usize, seed: u64) {
+    for i in 0..words {
+        // SAFETY: within the caller's range.
+        unsafe { p.add(i).write_volatile(word(seed, i)) };
+    }
+}
+
+/// Whether the `words` words at `p` hold the pattern.
+///
+/// # Safety
+/// `p` is valid for `words` reads.
+unsafe fn check_pattern(p: *const u64, words: usize, seed: u64) -> bool {
+    // SAFETY: within the caller's range.
+    (0..words).all(|i| unsafe { p.add(i).read_volatile() } == word(seed, i))
+}
+
+fn stress_role(cpu: usize, seed: u64) {
+    let mut rng = Rng(seed ^ (cpu as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let mut c = Counters::default();
+    let mut objects: [Option<(*mut u8, Layout, u64)>; 32] = [None; 32];
+    let mut frames: [Option<(PhysFrame, u64)>; 16] = [None; 16];
+    let mut maps: [Option<(u64, PhysFrame, u64)>; 8] = [None; 8];
+    let window = WINDOWS + cpu as u64 * (1 << 30);
+    let check = |ok: bool, c: &mut Counters| {
+        c.verified += 1;
+        if !ok {
+            c.bad += 1;
+        }
+    };
+    for _ in 0..STRESS_OPS {
+        let r = rng.next();
+        let tag = rng.next();
+        match r % 8 {
+            0..=2 => {
+                let i = (r >> 8) as usize % objects.len();
+                if let Some((p, layout, s)) = objects[i].take() {
+                    // SAFETY: allocated below with `layout`, filled with `s`.
+                    check(unsafe { check_pattern(p.cast(), layout.size() / 8, s) }, &mut c);
+                    // SAFETY: from HEAP_CACHE with this layout.
+                    unsafe { HEAP_CACHE.dealloc(p, layout) };
+                } else {
+                    let size = 8 << ((r >> 16) % 9); // 8 B .. 2 KiB
+                    let layout = Layout::from_size_align(size as usize, 8).expect("layout");
+                    // SAFETY: a non-zero layout.
+                    let p = unsafe { HEAP_CACHE.alloc(layout) };
+                    assert!(!p.is_null(), "CPU {cpu}: heap exhausted");
+                    // SAFETY: `size` bytes at `p` are ours.
+                    unsafe { write_pattern(p.cast(), layout.size() / 8, tag) };
+                    objects[i] = Some((p, layout, tag));
+                    c.heap += 1;
+                }
+            }
+            3 | 4 => {
+                let i = (r >> 8) as usize % frames.len();
+                if let Some((f, s)) = frames[i].take() {
+                    // SAFETY: our frame, in the direct map.
+                    check(unsafe { check_pattern(direct(f), 512, s) }, &mut c);
+                    // SAFETY: allocated below, mapped nowhere.
+                    unsafe { FRAME_CACHE.free(f) }.expect("free");
+                } else {
+                    let f = FRAME_CACHE.allocate().expect("a frame");
+                    // SAFETY: our frame, in the direct map.
+                    unsafe { write_pattern(direct(f), 512, tag) };
+                    frames[i] = Some((f, tag));
+                    c.frames += 1;
+                }
+            }
+            5 | 6 => {
+                let i = (r >> 8) as usize % maps.len();
+                if let Some((va, f, s)) = maps[i].take() {
+                    // SAFETY: mapped below, writable, filled with `s`.
+                    check(unsafe { check_pattern(va as *const u64, 512, s) }, &mut c);
+                    let report = unmap_pages(page(va), 1, |leaf| {
+                        assert_eq!(leaf, f, "the frame mapped there");
+                        // SAFETY: unmapped and shot down: only we reach it.
+                        let ok = unsafe { check_pattern(direct(leaf), 512, s) };
+                        c.verified += 1;
+                        c.bad += u64::from(!ok);
+                        // SAFETY: as above.
+                        unsafe { FRAME_CACHE.free(leaf) }.expect("free");
+                    })
+                    .expect("unmap");
+                    c.rounds += u64::from(report.rounds);
+                    c.unmaps += 1;
+                } else {
+                    // One page per 2 MiB: each mapping has a page table of
+                    // its own, which its unmap frees (deferred).
+                    let va = window + i as u64 * 0x20_0000 + ((r >> 20) % 512) * 4096;
+                    let f = FRAME_CACHE.allocate().expect("a frame");
+                    with_memory(|m| {
+                        let mut cache = &FRAME_CACHE;
+                        m.mapper
+                            .map(page(va), f, MapFlags::READ_WRITE.global(), &mut cache)
+                            .expect("map")
+                            .ignore(); // over a non-present entry
+                    });
+                    // SAFETY: just mapped, writable, ours.
+                    unsafe { write_pattern(va as *mut u64, 512, tag) };
+                    maps[i] = Some((va, f, tag));
+                    c.maps += 1;
+                }
+            }
+            _ => {
+                // Re-verify a live heap object.
+                let i = (r >> 8) as usize % objects.len();
+                if let Some((p, layout, s)) = objects[i] {
+                    // SAFETY: live, filled with `s`.
+                    check(unsafe { check_pattern(p.cast(), layout.size() / 8, s) }, &mut c);
+                }
+            }
+        }
+    }
+    for (p, layout, s) in objects.iter().flatten().copied() {
+        // SAFETY: as above.
+        check(unsafe { check_pattern(p.cast(), layout.size() / 8, s) }, &mut c);
+        // SAFETY: as above.
+        unsafe { HEAP_CACHE.dealloc(p, layout) };
+    }
+    for (f, s) in frames.iter().flatten().copied() {
+        // SAFETY: as above.
+        check(unsafe { check_pattern(direct(f), 512, s) }, &mut c);
+        // SAFETY: as above.
+        unsafe { FRAME_CACHE.free(f) }.expect("free");
+    }
+    for (va, f, s) in maps.iter().flatten().copied() {
+        // SAFETY: as above.
+        check(unsafe { check_pattern(va as *const u64, 512, s) }, &mut c);
+        unmap_pages(page(va), 1, |leaf| {
+            assert_eq!(leaf, f);
+            // SAFETY: unmapped and shot down.
+            unsafe { FRAME_CACHE.free(leaf) }.expect("free");
+        })
+        .expect("unmap");
+        c.unmaps += 1;
+    }
+    *COUNTERS[cpu].lock() = c;
+}
+
+/// Free frames plus the frames mapped in the heap's range and the kernel's
+/// page tables (the heap may keep a page or a table it grew into), and the
+/// heap's live bytes, with every cache drained and the heap trimmed.
+fn accounted() -> (u64, usize) {
+    FRAME_CACHE.drain_all();
+    HEAP_CACHE.drain_all();
+    kheap::trim();
+    let heap_range = kheap::HEAP_START..kheap::HEAP_START + kheap::HEAP_SIZE;
+    let mut heap_pages = 0u64;
+    let (free, census) = with_memory(|m| {
+        let census = m.mapper.for_each_leaf(|leaf| {
+            heap_pages += u64::from(heap_range.contains(&leaf.page.as_u64()));
+        });
+        (m.free_frames(), census)
+    });
+    let live = HEAP.stats().expect("heap").live_bytes;
+    (free + heap_pages + census.tables as u64, live)
 }
 
 kernel_demo::test_kernel! {
@@ -80,5 +479,89 @@ kernel_demo::test_kernel! {
             });
             assert_eq!(GUARD_FAULTED[cpu].load(Ordering::SeqCst), 2, "CPU {cpu} read its guard page");
         }
+    }
+
+    /// All CPUs at once: heap objects through the per-CPU heap caches,
+    /// frames through the per-CPU frame caches, pages mapped and unmapped
+    /// in the kernel's address space (each unmap one IPI round, tables
+    /// freed after it); every object carries a pattern checked before it
+    /// is freed. Frames and heap bytes are all back at the end.
+    fn stress_all_cpus() {
+        let n = cpus();
+        let (frames0, live0) = accounted();
+        let t0 = rdtsc();
+        smp::run_on_all(stress_role, 0x1234_5678).unwrap_or_else(|e| panic!("{e}"));
+        let ms = tsc_per_ms().map_or(0, |t| (rdtsc() - t0) / t);
+        let mut total = Counters::default();
+        for cpu in 0..n {
+            let c = *COUNTERS[cpu].lock();
+            assert!(c.heap > 0 && c.frames > 0 && c.maps > 0, "CPU {cpu} did every kind of work");
+            assert_eq!(c.maps, c.unmaps, "CPU {cpu} unmapped all it mapped");
+            assert_eq!(c.bad, 0, "CPU {cpu}: {} of {} checks failed", c.bad, c.verified);
+            total.verified += c.verified;
+            total.maps += c.maps;
+            total.rounds += c.rounds;
+        }
+        let (frames1, live1) = accounted();
+        assert_eq!(live1, live0, "heap live bytes back to the start");
+        assert_eq!(frames1, frames0, "free + heap + page-table frames back to the start");
+        kernel_demo::println!(
+            "{n} CPUs x {STRESS_OPS} operations in {ms} ms: {} checks, {} mappings, {} shootdown rounds",
+            total.verified, total.maps, total.rounds
+        );
+    }
+
+    /// CPU 0 unmaps a page the other CPUs keep reading; once its unmap
+    /// (and shootdown) returned, it writes new contents into the freed
+    /// frame. Every reader faults, none reads after the call returned, and
+    /// none ever sees the new contents.
+    fn shootdown_stops_other_cpus_reads() {
+        let n = cpus();
+        let frame = FRAME_CACHE.allocate().expect("a frame");
+        fill(frame, OLD);
+        SHOT_FRAME.store(frame.start_address().as_u64(), Ordering::SeqCst);
+        with_memory(|m| {
+            let mut cache = &FRAME_CACHE;
+            m.mapper
+                .map(page(SHOT_PAGE), frame, MapFlags::READ.global(), &mut cache)
+                .expect("map")
+                .ignore();
+        });
+        let rounds0 = smp::shootdown::stats().rounds;
+        smp::run_on_all(shootdown_role, 0).unwrap_or_else(|e| panic!("{e}"));
+        for cpu in 1..n {
+            assert!(READS[cpu].load(Ordering::SeqCst) >= WARM_READS, "CPU {cpu} read first");
+            assert_eq!(FAULTED[cpu].load(Ordering::SeqCst), 1, "CPU {cpu} faulted");
+            assert_eq!(READS_AFTER_SHOT[cpu].load(Ordering::SeqCst), 0, "CPU {cpu} read after the shootdown");
+            assert_eq!(WRONG_VALUES[cpu].load(Ordering::SeqCst), 0, "CPU {cpu} read the new contents");
+        }
+        assert_eq!(smp::shootdown::stats().rounds - rounds0, 1, "one IPI round");
+    }
+
+    /// A page table freed by CPU 0's unmap is not handed out again while
+    /// CPU 1, interrupts masked, could still walk it: CPU 2 watches the
+    /// allocator all that time; CPU 0's release comes after CPU 1 unmasked.
+    fn freed_tables_wait_for_every_cpu() {
+        let n = cpus();
+        assert!(n >= 3, "needs three CPUs");
+        let frame = FRAME_CACHE.allocate().expect("a frame");
+        fill(frame, OLD);
+        with_memory(|m| {
+            let mut frames = &FRAMES;
+            m.mapper
+                .map(page(TABLE_PAGE), frame, MapFlags::READ.global(), &mut frames)
+                .expect("map")
+                .ignore();
+        });
+        smp::run_on_all(table_role, 0).unwrap_or_else(|e| panic!("{e}"));
+        let freed = FREED_COUNT.load(Ordering::SeqCst);
+        assert!(freed >= 1, "the unmap emptied a page table");
+        assert!(CHECKS.load(Ordering::SeqCst) > 0, "CPU 2 watched while CPU 1 was masked");
+        assert_eq!(EARLY_FREE.load(Ordering::SeqCst), 0, "a table was free before CPU 1 acknowledged");
+        assert!(
+            RELEASE_TSC.load(Ordering::SeqCst) > B_UNMASK_TSC.load(Ordering::SeqCst),
+            "released before CPU 1 could acknowledge"
+        );
+        assert!(freed_table_is_free(), "the tables are free after the release");
     }
 }
