@@ -9,16 +9,15 @@
 
 extern crate alloc;
 
-use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kernel_demo::arch::cpu::{rdtsc, tsc_per_ms};
 use kernel_demo::arch::smp::shootdown::IpiShootdown;
 use kernel_demo::arch::smp::{self, MAX_CPUS};
 use kernel_demo::boot::phys_to_virt;
-use kernel_demo::mm::heap::{self as kheap, HEAP};
 use kernel_demo::mm::kernel_space::enter;
 use kernel_demo::mm::memory::{with_memory, FRAMES};
-use kernel_demo::mm::smp::{unmap_pages, FRAME_CACHE, HEAP_CACHE};
+use kernel_demo::mm::mixed::{accounted, counters, mixed_work, Counters, OPS};
+use kernel_demo::mm::smp::{unmap_pages, FRAME_CACHE};
 use kernel_demo::user::probe_read;
 use kmem::paging::MapFlags;
 use kmem::smp::DeferredFrees;
@@ -247,204 +246,6 @@ fn table_role(cpu: usize, _: u64) {
     }
 }
 
-// ---- stress --------------------------------------------------------------
-
-/// Operations each CPU performs.
-const STRESS_OPS: u64 = 1000;
-/// Each CPU's map window (PML4 slot 290, 1 GiB per CPU, one page per 2 MiB).
-const WINDOWS: u64 = 0xFFFF_9100_0000_0000;
-
-#[derive(Clone, Copy, Default)]
-struct Counters {
-    heap: u64,
-    frames: u64,
-    maps: u64,
-    unmaps: u64,
-    verified: u64,
-    bad: u64,
-    rounds: u64,
-}
-
-static COUNTERS: [spin::Mutex<Counters>; MAX_CPUS] =
-    [const { spin::Mutex::new(Counters { heap: 0, frames: 0, maps: 0, unmaps: 0, verified: 0, bad: 0, rounds: 0 }) }; MAX_CPUS];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// The pattern of word `i` of an object with `seed`.
-fn word(seed: u64, i: usize) -> u64 {
-    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64) ^ 0x5555
-}
-
-/// Fills `words` words at `p`.
-///
-/// # Safety
-/// `p` is valid for `words` writes.
-unsafe fn write_pattern(p: *mut u64, words: usize, seed: u64) {
-    for i in 0..words {
-        // SAFETY: within the caller's range.
-        unsafe { p.add(i).write_volatile(word(seed, i)) };
-    }
-}
-
-/// Whether the `words` words at `p` hold the pattern.
-///
-/// # Safety
-/// `p` is valid for `words` reads.
-unsafe fn check_pattern(p: *const u64, words: usize, seed: u64) -> bool {
-    // SAFETY: within the caller's range.
-    (0..words).all(|i| unsafe { p.add(i).read_volatile() } == word(seed, i))
-}
-
-fn stress_role(cpu: usize, seed: u64) {
-    let mut rng = Rng(seed ^ (cpu as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
-    let mut c = Counters::default();
-    let mut objects: [Option<(*mut u8, Layout, u64)>; 32] = [None; 32];
-    let mut frames: [Option<(PhysFrame, u64)>; 16] = [None; 16];
-    let mut maps: [Option<(u64, PhysFrame, u64)>; 8] = [None; 8];
-    let window = WINDOWS + cpu as u64 * (1 << 30);
-    let check = |ok: bool, c: &mut Counters| {
-        c.verified += 1;
-        if !ok {
-            c.bad += 1;
-        }
-    };
-    for _ in 0..STRESS_OPS {
-        let r = rng.next();
-        let tag = rng.next();
-        match r % 8 {
-            0..=2 => {
-                let i = (r >> 8) as usize % objects.len();
-                if let Some((p, layout, s)) = objects[i].take() {
-                    // SAFETY: allocated below with `layout`, filled with `s`.
-                    check(unsafe { check_pattern(p.cast(), layout.size() / 8, s) }, &mut c);
-                    // SAFETY: from HEAP_CACHE with this layout.
-                    unsafe { HEAP_CACHE.dealloc(p, layout) };
-                } else {
-                    let size = 8 << ((r >> 16) % 9); // 8 B .. 2 KiB
-                    let layout = Layout::from_size_align(size as usize, 8).expect("layout");
-                    // SAFETY: a non-zero layout.
-                    let p = unsafe { HEAP_CACHE.alloc(layout) };
-                    assert!(!p.is_null(), "CPU {cpu}: heap exhausted");
-                    // SAFETY: `size` bytes at `p` are ours.
-                    unsafe { write_pattern(p.cast(), layout.size() / 8, tag) };
-                    objects[i] = Some((p, layout, tag));
-                    c.heap += 1;
-                }
-            }
-            3 | 4 => {
-                let i = (r >> 8) as usize % frames.len();
-                if let Some((f, s)) = frames[i].take() {
-                    // SAFETY: our frame, in the direct map.
-                    check(unsafe { check_pattern(direct(f), 512, s) }, &mut c);
-                    // SAFETY: allocated below, mapped nowhere.
-                    unsafe { FRAME_CACHE.free(f) }.expect("free");
-                } else {
-                    let f = FRAME_CACHE.allocate().expect("a frame");
-                    // SAFETY: our frame, in the direct map.
-                    unsafe { write_pattern(direct(f), 512, tag) };
-                    frames[i] = Some((f, tag));
-                    c.frames += 1;
-                }
-            }
-            5 | 6 => {
-                let i = (r >> 8) as usize % maps.len();
-                if let Some((va, f, s)) = maps[i].take() {
-                    // SAFETY: mapped below, writable, filled with `s`.
-                    check(unsafe { check_pattern(va as *const u64, 512, s) }, &mut c);
-                    let report = unmap_pages(page(va), 1, |leaf| {
-                        assert_eq!(leaf, f, "the frame mapped there");
-                        // SAFETY: unmapped and shot down: only we reach it.
-                        let ok = unsafe { check_pattern(direct(leaf), 512, s) };
-                        c.verified += 1;
-                        c.bad += u64::from(!ok);
-                        // SAFETY: as above.
-                        unsafe { FRAME_CACHE.free(leaf) }.expect("free");
-                    })
-                    .expect("unmap");
-                    c.rounds += u64::from(report.rounds);
-                    c.unmaps += 1;
-                } else {
-                    // One page per 2 MiB: each mapping has a page table of
-                    // its own, which its unmap frees (deferred).
-                    let va = window + i as u64 * 0x20_0000 + ((r >> 20) % 512) * 4096;
-                    let f = FRAME_CACHE.allocate().expect("a frame");
-                    with_memory(|m| {
-                        let mut cache = &FRAME_CACHE;
-                        m.mapper
-                            .map(page(va), f, MapFlags::READ_WRITE.global(), &mut cache)
-                            .expect("map")
-                            .ignore(); // over a non-present entry
-                    });
-                    // SAFETY: just mapped, writable, ours.
-                    unsafe { write_pattern(va as *mut u64, 512, tag) };
-                    maps[i] = Some((va, f, tag));
-                    c.maps += 1;
-                }
-            }
-            _ => {
-                // Re-verify a live heap object.
-                let i = (r >> 8) as usize % objects.len();
-                if let Some((p, layout, s)) = objects[i] {
-                    // SAFETY: live, filled with `s`.
-                    check(unsafe { check_pattern(p.cast(), layout.size() / 8, s) }, &mut c);
-                }
-            }
-        }
-    }
-    for (p, layout, s) in objects.iter().flatten().copied() {
-        // SAFETY: as above.
-        check(unsafe { check_pattern(p.cast(), layout.size() / 8, s) }, &mut c);
-        // SAFETY: as above.
-        unsafe { HEAP_CACHE.dealloc(p, layout) };
-    }
-    for (f, s) in frames.iter().flatten().copied() {
-        // SAFETY: as above.
-        check(unsafe { check_pattern(direct(f), 512, s) }, &mut c);
-        // SAFETY: as above.
-        unsafe { FRAME_CACHE.free(f) }.expect("free");
-    }
-    for (va, f, s) in maps.iter().flatten().copied() {
-        // SAFETY: as above.
-        check(unsafe { check_pattern(va as *const u64, 512, s) }, &mut c);
-        unmap_pages(page(va), 1, |leaf| {
-            assert_eq!(leaf, f);
-            // SAFETY: unmapped and shot down.
-            unsafe { FRAME_CACHE.free(leaf) }.expect("free");
-        })
-        .expect("unmap");
-        c.unmaps += 1;
-    }
-    *COUNTERS[cpu].lock() = c;
-}
-
-/// Free frames plus the frames mapped in the heap's range and the kernel's
-/// page tables (the heap may keep a page or a table it grew into), and the
-/// heap's live bytes, with every cache drained and the heap trimmed.
-fn accounted() -> (u64, usize) {
-    FRAME_CACHE.drain_all();
-    HEAP_CACHE.drain_all();
-    kheap::trim();
-    let heap_range = kheap::HEAP_START..kheap::HEAP_START + kheap::HEAP_SIZE;
-    let mut heap_pages = 0u64;
-    let (free, census) = with_memory(|m| {
-        let census = m.mapper.for_each_leaf(|leaf| {
-            heap_pages += u64::from(heap_range.contains(&leaf.page.as_u64()));
-        });
-        (m.free_frames(), census)
-    });
-    let live = HEAP.stats().expect("heap").live_bytes;
-    (free + heap_pages + census.tables as u64, live)
-}
-
 kernel_demo::test_kernel! {
     setup = enter;
 
@@ -490,11 +291,11 @@ kernel_demo::test_kernel! {
         let n = cpus();
         let (frames0, live0) = accounted();
         let t0 = rdtsc();
-        smp::run_on_all(stress_role, 0x1234_5678).unwrap_or_else(|e| panic!("{e}"));
+        smp::run_on_all(mixed_work, 0x1234_5678).unwrap_or_else(|e| panic!("{e}"));
         let ms = tsc_per_ms().map_or(0, |t| (rdtsc() - t0) / t);
         let mut total = Counters::default();
         for cpu in 0..n {
-            let c = *COUNTERS[cpu].lock();
+            let c = counters(cpu);
             assert!(c.heap > 0 && c.frames > 0 && c.maps > 0, "CPU {cpu} did every kind of work");
             assert_eq!(c.maps, c.unmaps, "CPU {cpu} unmapped all it mapped");
             assert_eq!(c.bad, 0, "CPU {cpu}: {} of {} checks failed", c.bad, c.verified);
@@ -506,7 +307,7 @@ kernel_demo::test_kernel! {
         assert_eq!(live1, live0, "heap live bytes back to the start");
         assert_eq!(frames1, frames0, "free + heap + page-table frames back to the start");
         kernel_demo::println!(
-            "{n} CPUs x {STRESS_OPS} operations in {ms} ms: {} checks, {} mappings, {} shootdown rounds",
+            "{n} CPUs x {OPS} operations in {ms} ms: {} checks, {} mappings, {} shootdown rounds",
             total.verified, total.maps, total.rounds
         );
     }

@@ -7,6 +7,7 @@
 
 use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
 use x86_64::structures::tss::TaskStateSegment;
+use crate::arch::smp::MAX_CPUS;
 use x86_64::VirtAddr;
 
 /// IST slot (1-based in the IDT, 0-based in the TSS) for double faults.
@@ -64,16 +65,20 @@ pub fn init() {
     load(TABLES.call_once(|| tables_with(tss)));
 }
 
-/// Loads a GDT and TSS of its own on another CPU, with its double-fault
-/// stack at `ist_top` (the CPU never enters ring 3: RSP0 is the same
-/// stack). Leaks both: a CPU keeps them until the machine stops.
-pub fn init_ap(ist_top: u64) {
-    let mut tss = TaskStateSegment::new();
-    tss.interrupt_stack_table[usize::from(DOUBLE_FAULT_IST - 1)] = VirtAddr::new(ist_top);
-    tss.privilege_stack_table[0] = VirtAddr::new(ist_top);
-    let tss: &'static TaskStateSegment = alloc::boxed::Box::leak(alloc::boxed::Box::new(tss));
-    let tables: &'static Tables = alloc::boxed::Box::leak(alloc::boxed::Box::new(tables_with(tss)));
-    load(tables);
+static AP_TSS: [spin::Once<TaskStateSegment>; MAX_CPUS] = [const { spin::Once::new() }; MAX_CPUS];
+static AP_TABLES: [spin::Once<Tables>; MAX_CPUS] = [const { spin::Once::new() }; MAX_CPUS];
+
+/// Loads CPU `cpu`'s own GDT and TSS (built on its first call), with its
+/// double-fault stack at `ist_top` (the CPU never enters ring 3: RSP0 is
+/// the same stack).
+pub fn init_ap(cpu: usize, ist_top: u64) {
+    let tss = AP_TSS[cpu % MAX_CPUS].call_once(|| {
+        let mut tss = TaskStateSegment::new();
+        tss.interrupt_stack_table[usize::from(DOUBLE_FAULT_IST - 1)] = VirtAddr::new(ist_top);
+        tss.privilege_stack_table[0] = VirtAddr::new(ist_top);
+        tss
+    });
+    load(AP_TABLES[cpu % MAX_CPUS].call_once(|| tables_with(tss)));
 }
 
 fn tables_with(tss: &'static TaskStateSegment) -> Tables {

@@ -5,4 +5,5 @@
 pub mod heap;
 pub mod kernel_space;
 pub mod memory;
+pub mod mixed;
 pub mod smp;

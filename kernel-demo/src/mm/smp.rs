@@ -12,7 +12,7 @@ use crate::mm::heap::Global;
 use crate::mm::memory::{with_memory, FRAMES};
 use kmem::frame::X86Interrupts;
 use kmem::paging::PagingError;
-use kmem::smp::{DeferredFrees, PerCpuFrames, PerCpuHeap, ReleaseReport};
+use kmem::smp::{CpuSet, DeferredFrees, PerCpuFrames, PerCpuHeap, ReleaseReport};
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 
 /// Per-CPU caches of single frames in front of [`FRAMES`].
@@ -40,6 +40,17 @@ const DEFERRED: usize = 8;
 pub fn unmap_pages(
     first: Page<Size4KiB>,
     pages: u64,
+    leaf: impl FnMut(PhysFrame),
+) -> Result<ReleaseReport, PagingError> {
+    unmap_pages_on(first, pages, smp::online(), leaf)
+}
+
+/// [`unmap_pages`] with the shootdown sent to the CPUs of `cpus` only
+/// (e.g. this CPU alone, for pages no other CPU ever touched).
+pub fn unmap_pages_on(
+    first: Page<Size4KiB>,
+    pages: u64,
+    cpus: CpuSet,
     mut leaf: impl FnMut(PhysFrame),
 ) -> Result<ReleaseReport, PagingError> {
     assert!(pages <= 512, "unmap_pages takes at most 512 pages");
@@ -65,7 +76,7 @@ pub fn unmap_pages(
             flush,
             &mut m.mmu,
             smp::cpu_index(),
-            smp::online(),
+            cpus,
             &mut IpiShootdown,
         );
         (report, result)

@@ -300,7 +300,7 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     // statics, its stack (kernel half, shared with the trampoline tables).
     unsafe { kmem::paging::Mmu::set_cr3(&mut kmem::paging::X86Mmu, pml4) };
     cpu::init();
-    crate::arch::gdt::init_ap(CPUS[cpu].ist_top.load(Ordering::SeqCst));
+    crate::arch::gdt::init_ap(cpu, CPUS[cpu].ist_top.load(Ordering::SeqCst));
     crate::arch::interrupts::init_ap();
     if RDTSCP.load(Ordering::SeqCst) {
         // SAFETY: rdtscp and TSC_AUX exist (checked on the boot CPU, same
