@@ -25,7 +25,9 @@ pub fn run() {
         Ok(n) => n,
         Err(e) => kernel_demo::fatal(format_args!("starting the other CPUs: {e}")),
     };
-    println!("{n} CPUs online (INIT, start-up, start-up through the local APIC; trampoline at 0x8000)");
+    println!(
+        "{n} CPUs online (INIT, start-up, start-up through the local APIC; trampoline at 0x8000)"
+    );
     for cpu in 1..n {
         if let Some(s) = smp::stack_of(cpu) {
             println!(
@@ -59,7 +61,17 @@ pub fn run() {
         let (f, h) = (FRAME_CACHE.cpu_stats(c), HEAP_CACHE.cpu_stats(c));
         println!(
             "  {c:>3}  {:>9}  {:>6}  {:>4}  {:>6}  {:>6}  {:>6}  {:>3}  {:>11}/{:<11} {:>10}/{}",
-            k.heap, k.frames, k.maps, k.unmaps, k.rounds, k.verified, k.bad, f.hits, f.misses, h.hits, h.misses
+            k.heap,
+            k.frames,
+            k.maps,
+            k.unmaps,
+            k.rounds,
+            k.verified,
+            k.bad,
+            f.hits,
+            f.misses,
+            h.hits,
+            h.misses
         );
         bad += k.bad;
     }
@@ -118,7 +130,11 @@ fn timed_unmap(cpus: CpuSet) -> (u64, u64, u64) {
     let ticks = cpu::rdtsc() - t0;
     let after = smp::shootdown::stats();
     assert_eq!(u64::from(report.rounds), after.rounds - before.rounds);
-    (ticks, after.rounds - before.rounds, after.ipis - before.ipis)
+    (
+        ticks,
+        after.rounds - before.rounds,
+        after.ipis - before.ipis,
+    )
 }
 
 fn median(mut v: [u64; RUNS]) -> u64 {

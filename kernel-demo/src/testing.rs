@@ -448,19 +448,18 @@ impl<T> TestLock<T> {
                 // Being taken or released right now.
                 0 => {}
                 h if h == me => panic!("{nested}"),
-                h if h >> 8 != me >> 8 => {
-                    // An earlier test held it and was abandoned: it never
-                    // runs again. Take the lock over if the holder is
-                    // still the one we saw.
-                    if self
+                // An earlier test held it and was abandoned: it never runs
+                // again. Take the lock over if the holder is still the one
+                // we saw.
+                h if h >> 8 != me >> 8
+                    && self
                         .holder
                         .compare_exchange(h, 0, Ordering::SeqCst, Ordering::SeqCst)
-                        .is_ok()
-                    {
-                        // SAFETY: the holder belonged to an abandoned test,
-                        // which never resumes, so nobody uses the value.
-                        unsafe { self.inner.force_unlock() };
-                    }
+                        .is_ok() =>
+                {
+                    // SAFETY: the holder belonged to an abandoned test,
+                    // which never resumes, so nobody uses the value.
+                    unsafe { self.inner.force_unlock() };
                 }
                 _ => {}
             }

@@ -43,11 +43,11 @@ static GUARD_FAULTED: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; 
 fn record_self(cpu: usize, _: u64) {
     let local = 0u8;
     SEEN_INDEX[cpu].store(smp::cpu_index(), Ordering::SeqCst);
-    SEEN_RSP[cpu].store(core::hint::black_box(&local) as *const u8 as u64, Ordering::SeqCst);
-    SEEN_APIC[cpu].store(
-        u64::from(kernel_demo::arch::apic::id()),
+    SEEN_RSP[cpu].store(
+        core::hint::black_box(&local) as *const u8 as u64,
         Ordering::SeqCst,
     );
+    SEEN_APIC[cpu].store(u64::from(kernel_demo::arch::apic::id()), Ordering::SeqCst);
     if let Some(stack) = smp::stack_of(cpu) {
         let faulted = probe_read(stack.guard).is_err();
         GUARD_FAULTED[cpu].store(usize::from(faulted) + 1, Ordering::SeqCst);
@@ -223,7 +223,11 @@ fn table_role(cpu: usize, _: u64) {
             B_MASKED.store(2, Ordering::SeqCst);
             B_UNMASK_TSC.store(rdtsc(), Ordering::SeqCst);
             x86_64::instructions::interrupts::enable();
-            assert_eq!(stale, Ok(OLD), "a stale translation still reads the old frame");
+            assert_eq!(
+                stale,
+                Ok(OLD),
+                "a stale translation still reads the old frame"
+            );
         }
         2 => {
             wait_until("the unmap", || TABLE_READY.load(Ordering::SeqCst) == 1);
@@ -257,12 +261,9 @@ kernel_demo::test_kernel! {
         smp::run_on_all(record_self, 0).unwrap_or_else(|e| panic!("{e}"));
         for cpu in 0..n {
             assert_eq!(SEEN_INDEX[cpu].load(Ordering::SeqCst), cpu, "CPU {cpu}'s index");
-            for other in 0..cpu {
-                assert_ne!(
-                    SEEN_APIC[cpu].load(Ordering::SeqCst),
-                    SEEN_APIC[other].load(Ordering::SeqCst),
-                    "CPUs {other} and {cpu} share an APIC id"
-                );
+            let id = SEEN_APIC[cpu].load(Ordering::SeqCst);
+            for (other, seen) in SEEN_APIC.iter().enumerate().take(cpu) {
+                assert_ne!(id, seen.load(Ordering::SeqCst), "CPUs {other} and {cpu} share an APIC id");
             }
         }
         for cpu in 1..n {

@@ -43,7 +43,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let default_cpus = if name == "kernel-demo" { 4 } else { marked_cpus };
+    let default_cpus = if name == "kernel-demo" {
+        4
+    } else {
+        marked_cpus
+    };
     let cpus = match std::env::var("KMEM_SMP") {
         Err(_) => default_cpus,
         Ok(n) => match n.parse::<u32>() {

@@ -5,9 +5,9 @@
 //! and each CPU needs its own double-fault stack), so each has its own
 //! GDT; the selectors are the same on every CPU.
 
+use crate::arch::smp::MAX_CPUS;
 use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
 use x86_64::structures::tss::TaskStateSegment;
-use crate::arch::smp::MAX_CPUS;
 use x86_64::VirtAddr;
 
 /// IST slot (1-based in the IDT, 0-based in the TSS) for double faults.

@@ -5,11 +5,11 @@
 //! carries a pattern checked before it is freed. The SMP test kernel and
 //! the demo run it on all CPUs ([`crate::arch::smp::run_on_all`]).
 
+use crate::arch::smp::MAX_CPUS;
 use crate::boot::phys_to_virt;
 use crate::mm::heap::{self as kheap, HEAP};
 use crate::mm::memory::with_memory;
 use crate::mm::smp::{unmap_pages, FRAME_CACHE, HEAP_CACHE};
-use crate::arch::smp::MAX_CPUS;
 use core::alloc::{GlobalAlloc, Layout};
 use kmem::paging::MapFlags;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
@@ -52,8 +52,17 @@ pub fn counters(cpu: usize) -> Counters {
     *COUNTERS[cpu % MAX_CPUS].lock()
 }
 
-static COUNTERS: [spin::Mutex<Counters>; MAX_CPUS] =
-    [const { spin::Mutex::new(Counters { heap: 0, frames: 0, maps: 0, unmaps: 0, verified: 0, bad: 0, rounds: 0 }) }; MAX_CPUS];
+static COUNTERS: [spin::Mutex<Counters>; MAX_CPUS] = [const {
+    spin::Mutex::new(Counters {
+        heap: 0,
+        frames: 0,
+        maps: 0,
+        unmaps: 0,
+        verified: 0,
+        bad: 0,
+        rounds: 0,
+    })
+}; MAX_CPUS];
 
 struct Rng(u64);
 
@@ -68,7 +77,9 @@ impl Rng {
 
 /// The pattern of word `i` of an object with `seed`.
 fn word(seed: u64, i: usize) -> u64 {
-    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64) ^ 0x5555
+    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(i as u64)
+        ^ 0x5555
 }
 
 /// Fills `words` words at `p`.
@@ -115,7 +126,10 @@ pub fn mixed_work(cpu: usize, seed: u64) {
                 let i = (r >> 8) as usize % objects.len();
                 if let Some((p, layout, s)) = objects[i].take() {
                     // SAFETY: allocated below with `layout`, filled with `s`.
-                    check(unsafe { check_pattern(p.cast(), layout.size() / 8, s) }, &mut c);
+                    check(
+                        unsafe { check_pattern(p.cast(), layout.size() / 8, s) },
+                        &mut c,
+                    );
                     // SAFETY: from HEAP_CACHE with this layout.
                     unsafe { HEAP_CACHE.dealloc(p, layout) };
                 } else {
@@ -185,14 +199,20 @@ pub fn mixed_work(cpu: usize, seed: u64) {
                 let i = (r >> 8) as usize % objects.len();
                 if let Some((p, layout, s)) = objects[i] {
                     // SAFETY: live, filled with `s`.
-                    check(unsafe { check_pattern(p.cast(), layout.size() / 8, s) }, &mut c);
+                    check(
+                        unsafe { check_pattern(p.cast(), layout.size() / 8, s) },
+                        &mut c,
+                    );
                 }
             }
         }
     }
     for (p, layout, s) in objects.iter().flatten().copied() {
         // SAFETY: as above.
-        check(unsafe { check_pattern(p.cast(), layout.size() / 8, s) }, &mut c);
+        check(
+            unsafe { check_pattern(p.cast(), layout.size() / 8, s) },
+            &mut c,
+        );
         // SAFETY: as above.
         unsafe { HEAP_CACHE.dealloc(p, layout) };
     }

@@ -20,8 +20,7 @@ pub static FRAME_CACHE: PerCpuFrames<'static, 'static, KernelCpu, X86Interrupts,
     PerCpuFrames::new(&FRAMES, KernelCpu);
 
 /// Per-CPU size-class caches in front of the kernel heap.
-pub static HEAP_CACHE: PerCpuHeap<Global, KernelCpu, MAX_CPUS> =
-    PerCpuHeap::new(Global, KernelCpu);
+pub static HEAP_CACHE: PerCpuHeap<Global, KernelCpu, MAX_CPUS> = PerCpuHeap::new(Global, KernelCpu);
 
 /// Page tables one unmap may empty: a page table per 2 MiB and the tables
 /// above them. [`unmap_pages`] takes at most 512 pages (one table).
@@ -72,13 +71,8 @@ pub fn unmap_pages_on(
                 }
             }
         }
-        let report = deferred.complete(
-            flush,
-            &mut m.mmu,
-            smp::cpu_index(),
-            cpus,
-            &mut IpiShootdown,
-        );
+        let report =
+            deferred.complete(flush, &mut m.mmu, smp::cpu_index(), cpus, &mut IpiShootdown);
         (report, result)
     });
     frames.iter().flatten().for_each(|&f| leaf(f));

@@ -308,7 +308,9 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
         unsafe { Msr::new(IA32_TSC_AUX).write(cpu as u64) };
     }
     apic::enable();
-    CPUS[cpu].finished.store(GENERATION.load(Ordering::SeqCst), Ordering::SeqCst);
+    CPUS[cpu]
+        .finished
+        .store(GENERATION.load(Ordering::SeqCst), Ordering::SeqCst);
     CPUS[cpu].online.store(true, Ordering::SeqCst);
     ONLINE.fetch_add(1, Ordering::SeqCst);
     idle(cpu)
@@ -368,7 +370,7 @@ impl fmt::Display for CpuFailure {
 /// other CPUs run it inside [`recover::protect`]: the first one that
 /// faulted or panicked is reported; this CPU's own share faults or panics
 /// as any code does.
-pub fn run_on_all(f: Work, arg: u64) -> Result<(), CpuFailure> {
+pub fn run_on_all(f: Work, arg: u64) -> Result<(), alloc::boxed::Box<CpuFailure>> {
     let me = cpu_index();
     let others: CpuSet = online().without(me);
     wait_for(others, GENERATION.load(Ordering::SeqCst));
@@ -382,11 +384,11 @@ pub fn run_on_all(f: Work, arg: u64) -> Result<(), CpuFailure> {
     for cpu in others.iter() {
         if let Some((outcome, message)) = CPUS[cpu].outcome.lock().take() {
             if !matches!(outcome, Outcome::Returned) {
-                return Err(CpuFailure {
+                return Err(alloc::boxed::Box::new(CpuFailure {
                     cpu,
                     outcome,
                     message,
-                });
+                }));
             }
         }
     }

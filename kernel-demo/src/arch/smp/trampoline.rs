@@ -113,11 +113,7 @@ pub unsafe fn install(kernel_pml4: u64) {
     // SAFETY: the source is the trampoline image in .rodata (len bytes);
     // the destination is the reserved low page, in the direct map.
     unsafe {
-        core::ptr::copy_nonoverlapping(
-            &raw const kmem_ap_trampoline,
-            phys_to_virt(TRAMPOLINE),
-            len,
-        )
+        core::ptr::copy_nonoverlapping(&raw const kmem_ap_trampoline, phys_to_virt(TRAMPOLINE), len)
     };
     let table = |phys: u64| phys_to_virt(phys).cast::<u64>();
     // SAFETY: the three table pages are reserved low memory in the direct
