@@ -52,12 +52,18 @@ fn run() -> Result<ExitCode, String> {
                 Loader::Pvh => "",
                 Loader::Grub => ", through GRUB",
             };
-            println!("\n== {} (-m {mem}{via}) ==", kernel.binary);
+            let smp = if kernel.cpus > 1 {
+                format!(" -smp {}", kernel.cpus)
+            } else {
+                String::new()
+            };
+            println!("\n== {} (-m {mem}{smp}{via}) ==", kernel.binary);
             // The listing boot above goes through PVH (same binary, seconds faster).
             let cfg = Boot {
                 mem: mem.clone(),
                 swap_bytes: kernel.swap_bytes,
                 loader: kernel.loader,
+                cpus: kernel.cpus,
                 ..base.clone()
             };
             selected_total += count;

@@ -2,7 +2,8 @@
 //! frame allocator, its own address space and its heap, shows each layer
 //! at work on real x86_64 paging, and exits with status 0.
 //!
-//! `KMEM_MEM=32M|128M|4G|16G cargo run` picks the RAM size.
+//! `KMEM_MEM=32M|128M|4G|16G cargo run` picks the RAM size, `KMEM_SMP=N`
+//! the number of CPUs (default 4).
 #![no_std]
 #![no_main]
 
@@ -26,6 +27,8 @@ use kernel_demo::{arch::cpu, boot::image, dev::qemu, println};
 use kmem::paging::{AddressSpace, MapFlags};
 use x86_64::structures::paging::{Page, Size4KiB};
 use x86_64::VirtAddr;
+
+mod demo_smp;
 
 kernel_demo::entry_point!(main);
 
@@ -159,7 +162,10 @@ extern "C" fn after_switch() -> ! {
     step("10. swap: four times the RAM given to pageable memory (kmem::vm on a virtio disk)");
     demo_swap();
 
-    step("11. summary");
+    step("11. several CPUs (kmem::smp: per-CPU caches, TLB shootdown by IPI)");
+    demo_smp::run();
+
+    step("12. summary");
     summary();
     println!();
     println!("demo done");

@@ -384,10 +384,41 @@ impl core::fmt::Write for Indented {
 /// A spin lock that a test may abandon (a fault or panic ends the test with
 /// the lock held): the next test takes it over, since the holder never runs
 /// again. Its state may be half-changed, but that test already failed.
+///
+/// With several CPUs, a lock held by another CPU in the running test is
+/// waited for, serving TLB shootdowns meanwhile (the holder may be shooting
+/// at this CPU).
 pub struct TestLock<T> {
     inner: spin::Mutex<T>,
-    /// The test (see [`current_test`]) that last took the lock.
+    /// Who holds the lock: `(test + 1) << 8 | cpu` (see [`current_test`]),
+    /// 0 when it was released normally.
     holder: core::sync::atomic::AtomicUsize,
+}
+
+/// The guard of a [`TestLock`]: marks the lock released, then unlocks.
+pub struct TestLockGuard<'a, T> {
+    guard: Option<spin::MutexGuard<'a, T>>,
+    holder: &'a core::sync::atomic::AtomicUsize,
+}
+
+impl<T> core::ops::Deref for TestLockGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.guard.as_ref().expect("held until drop")
+    }
+}
+
+impl<T> core::ops::DerefMut for TestLockGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.guard.as_mut().expect("held until drop")
+    }
+}
+
+impl<T> Drop for TestLockGuard<'_, T> {
+    fn drop(&mut self) {
+        self.holder.store(0, Ordering::SeqCst);
+        self.guard = None;
+    }
 }
 
 impl<T> TestLock<T> {
@@ -399,27 +430,50 @@ impl<T> TestLock<T> {
         }
     }
 
-    /// Takes the lock; takes it over from an abandoned test; panics with
-    /// `nested` when the running test already holds it.
-    pub fn lock_or_take_over(&self, nested: &str) -> spin::MutexGuard<'_, T> {
-        use core::sync::atomic::Ordering;
-        let test = current_test();
-        let guard = match self.inner.try_lock() {
-            Some(guard) => guard,
-            None if self.holder.load(Ordering::SeqCst) != test => {
-                // SAFETY: single CPU, no interrupts: the holder was a test
-                // that was abandoned by a fault or panic and never runs again.
-                unsafe { self.inner.force_unlock() };
-                self.inner.lock()
+    /// Takes the lock; takes it over from an abandoned test; waits for
+    /// another CPU's holder; panics with `nested` when the running test
+    /// already holds it on this CPU.
+    pub fn lock_or_take_over(&self, nested: &str) -> TestLockGuard<'_, T> {
+        let cpu = crate::arch::smp::cpu_index();
+        let me = ((current_test() + 1) << 8) | cpu;
+        loop {
+            if let Some(guard) = self.inner.try_lock() {
+                self.holder.store(me, Ordering::SeqCst);
+                return TestLockGuard {
+                    guard: Some(guard),
+                    holder: &self.holder,
+                };
             }
-            None => panic!("{nested}"),
-        };
-        self.holder.store(test, Ordering::SeqCst);
-        guard
+            match self.holder.load(Ordering::SeqCst) {
+                // Being taken or released right now.
+                0 => {}
+                h if h == me => panic!("{nested}"),
+                // An earlier test held it and was abandoned: it never runs
+                // again. Take the lock over if the holder is still the one
+                // we saw.
+                h if h >> 8 != me >> 8
+                    && self
+                        .holder
+                        .compare_exchange(h, 0, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok() =>
+                {
+                    // SAFETY: the holder belonged to an abandoned test,
+                    // which never resumes, so nobody uses the value.
+                    unsafe { self.inner.force_unlock() };
+                }
+                _ => {}
+            }
+            crate::arch::smp::shootdown::serve_pending();
+            core::hint::spin_loop();
+        }
     }
 
     /// Takes the lock, waiting for it.
-    pub fn lock(&self) -> spin::MutexGuard<'_, T> {
-        self.inner.lock()
+    pub fn lock(&self) -> TestLockGuard<'_, T> {
+        let guard = crate::arch::smp::shootdown::lock_serving(&self.inner);
+        TestLockGuard {
+            guard: Some(guard),
+            holder: &self.holder,
+        }
     }
 }

@@ -82,6 +82,15 @@ impl Kernels {
             })
     }
 
+    /// The CPU count the `smp=` marker word of binary `name`'s source
+    /// asks for (1 without one, or when the source cannot be read).
+    pub fn marked_cpus(&self, name: &str) -> u32 {
+        self.bins
+            .get(name)
+            .and_then(|a| std::fs::read_to_string(&a.src_path).ok())
+            .map_or(1, |text| cpu_count(&text))
+    }
+
     /// The test kernels: every built binary named `test-*`, sorted by
     /// name. Every file in `test_dir` must be one of them, so a test file
     /// whose `[[bin]]` entry is missing fails instead of going unrun.
@@ -133,6 +142,7 @@ impl Kernels {
                 swap_bytes: marker_words(&text)
                     .find_map(|w| w.strip_prefix("swap="))
                     .and_then(crate::qemu::parse_size),
+                cpus: cpu_count(&text),
                 loader: if marker_words(&text).any(|w| w == "boot=grub") {
                     crate::Loader::Grub
                 } else {
@@ -158,6 +168,8 @@ pub struct TestKernel {
     pub swap_bytes: Option<u64>,
     /// `boot=grub` on that line: booted through GRUB 2 and Multiboot2.
     pub loader: crate::Loader,
+    /// `smp=4` on that line: QEMU's `-smp 4` (1 by default).
+    pub cpus: u32,
 }
 
 /// The words of the `// kmem-vm:` lines of a test kernel's source.
@@ -177,6 +189,16 @@ fn memory_sizes(source: &str) -> Vec<String> {
         mems.push("128M".into());
     }
     mems
+}
+
+/// The `smp=N` word of the marker line (1 without one, or when N is not
+/// a number from 1 to 255).
+fn cpu_count(source: &str) -> u32 {
+    marker_words(source)
+        .find_map(|w| w.strip_prefix("smp="))
+        .and_then(|n| n.parse().ok())
+        .filter(|n| (1..=255).contains(n))
+        .unwrap_or(1)
 }
 
 /// Adds the bare-metal target when the toolchain lacks it: rustup does not
@@ -297,5 +319,13 @@ mod tests {
             ["128M", "4G"]
         );
         assert_eq!(memory_sizes("fn main() {}"), ["128M"]);
+    }
+
+    #[test]
+    fn cpu_count_comes_from_the_marker_line() {
+        assert_eq!(cpu_count("// kmem-vm: mem=256M smp=4\n"), 4);
+        assert_eq!(cpu_count("// kmem-vm: mem=256M\n"), 1);
+        assert_eq!(cpu_count("// kmem-vm: smp=0\n"), 1);
+        assert_eq!(cpu_count("// smp=4\n"), 1);
     }
 }

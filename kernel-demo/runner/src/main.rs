@@ -6,7 +6,8 @@
 //! `16G`), `KMEM_APPEND` kernel command line, `KMEM_KERNEL` another kernel
 //! binary (e.g. `test-basic`), `KMEM_SWAP` the swap disk (default `64M`,
 //! `0` for none; a disk puts QEMU on q35), `KMEM_BOOT=grub` boot through
-//! GRUB 2 and Multiboot2 instead of PVH, `KMEM_VM_TIMEOUT` seconds before a hung
+//! GRUB 2 and Multiboot2 instead of PVH, `KMEM_SMP` virtual CPUs (default
+//! 4 for the demo, the `smp=` marker word for a test kernel), `KMEM_VM_TIMEOUT` seconds before a hung
 //! kernel is killed (default 60), `KMEM_QEMU` the QEMU binary.
 
 use kmem_runner::{boot, build_kernels, parse_size, timeout_from_env, Boot, Exit, Loader};
@@ -14,8 +15,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
-    let kernel = match build_kernels()
-        .and_then(|k| Ok(k.path(&env("KMEM_KERNEL", "kernel-demo"))?.to_path_buf()))
+    let name = env("KMEM_KERNEL", "kernel-demo");
+    let (kernel, marked_cpus) = match build_kernels()
+        .and_then(|k| Ok((k.path(&name)?.to_path_buf(), k.marked_cpus(&name))))
     {
         Ok(kernel) => kernel,
         Err(e) => {
@@ -41,6 +43,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let default_cpus = if name == "kernel-demo" {
+        4
+    } else {
+        marked_cpus
+    };
+    let cpus = match std::env::var("KMEM_SMP") {
+        Err(_) => default_cpus,
+        Ok(n) => match n.parse::<u32>() {
+            Ok(n @ 1..=255) => n,
+            _ => {
+                eprintln!("kmem-runner: KMEM_SMP={n:?} is not a CPU count (1 to 255)");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let cfg = Boot {
         mem: env("KMEM_MEM", "128M"),
         append: env("KMEM_APPEND", ""),
@@ -48,11 +65,13 @@ fn main() -> ExitCode {
         echo: true,
         swap_bytes,
         loader,
+        cpus,
     };
     eprintln!(
-        "kmem-runner: booting {} with -m {} ({:?})",
+        "kmem-runner: booting {} with -m {} -smp {} ({:?})",
         kernel.display(),
         cfg.mem,
+        cfg.cpus,
         cfg.loader
     );
     match boot(&kernel, &cfg) {

@@ -28,6 +28,8 @@ pub struct Boot {
     pub swap_bytes: Option<u64>,
     /// How the kernel is loaded.
     pub loader: Loader,
+    /// Virtual CPUs (QEMU's `-smp`).
+    pub cpus: u32,
 }
 
 /// How QEMU gets the kernel running.
@@ -61,6 +63,7 @@ impl Default for Boot {
             echo: true,
             swap_bytes: None,
             loader: Loader::Pvh,
+            cpus: 1,
         }
     }
 }
@@ -119,6 +122,9 @@ pub fn boot(kernel: &Path, cfg: &Boot) -> Result<Run, String> {
         }
     };
     cmd.args(["-m", &cfg.mem, "-cpu", "max", "-nodefaults", "-no-reboot"]);
+    if cfg.cpus > 1 {
+        cmd.args(["-smp", &cfg.cpus.to_string()]);
+    }
     cmd.args(["-display", "none", "-serial", "stdio"]);
     cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     let _image = match cfg.swap_bytes {

@@ -1,6 +1,11 @@
 //! The GDT and TSS: kernel and user segments, the double-fault stack (IST)
 //! and the stack a trap from ring 3 lands on (RSP0).
+//!
+//! Each CPU has its own TSS (a TSS descriptor is marked busy when loaded,
+//! and each CPU needs its own double-fault stack), so each has its own
+//! GDT; the selectors are the same on every CPU.
 
+use crate::arch::smp::MAX_CPUS;
 use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
 use x86_64::structures::tss::TaskStateSegment;
 use x86_64::VirtAddr;
@@ -57,22 +62,43 @@ pub fn init() {
         tss.privilege_stack_table[0] = VirtAddr::from_ptr(trap_stack) + IST_STACK_SIZE as u64;
         tss
     });
-    let tables = TABLES.call_once(|| {
-        let mut gdt = GlobalDescriptorTable::new();
-        let code = gdt.append(Descriptor::kernel_code_segment());
-        let data = gdt.append(Descriptor::kernel_data_segment());
-        let tss = gdt.append(Descriptor::tss_segment(tss));
-        let user_data = gdt.append(Descriptor::user_data_segment());
-        let user_code = gdt.append(Descriptor::user_code_segment());
-        Tables {
-            gdt,
-            code,
-            data,
-            tss,
-            user_code,
-            user_data,
-        }
+    load(TABLES.call_once(|| tables_with(tss)));
+}
+
+static AP_TSS: [spin::Once<TaskStateSegment>; MAX_CPUS] = [const { spin::Once::new() }; MAX_CPUS];
+static AP_TABLES: [spin::Once<Tables>; MAX_CPUS] = [const { spin::Once::new() }; MAX_CPUS];
+
+/// Loads CPU `cpu`'s own GDT and TSS (built on its first call), with its
+/// double-fault stack at `ist_top` (the CPU never enters ring 3: RSP0 is
+/// the same stack).
+pub fn init_ap(cpu: usize, ist_top: u64) {
+    let tss = AP_TSS[cpu % MAX_CPUS].call_once(|| {
+        let mut tss = TaskStateSegment::new();
+        tss.interrupt_stack_table[usize::from(DOUBLE_FAULT_IST - 1)] = VirtAddr::new(ist_top);
+        tss.privilege_stack_table[0] = VirtAddr::new(ist_top);
+        tss
     });
+    load(AP_TABLES[cpu % MAX_CPUS].call_once(|| tables_with(tss)));
+}
+
+fn tables_with(tss: &'static TaskStateSegment) -> Tables {
+    let mut gdt = GlobalDescriptorTable::new();
+    let code = gdt.append(Descriptor::kernel_code_segment());
+    let data = gdt.append(Descriptor::kernel_data_segment());
+    let tss = gdt.append(Descriptor::tss_segment(tss));
+    let user_data = gdt.append(Descriptor::user_data_segment());
+    let user_code = gdt.append(Descriptor::user_code_segment());
+    Tables {
+        gdt,
+        code,
+        data,
+        tss,
+        user_code,
+        user_data,
+    }
+}
+
+fn load(tables: &'static Tables) {
     tables.gdt.load();
     // SAFETY: the selectors index the GDT just loaded, which is 'static;
     // code is 64-bit ring 0, data is writable, the TSS descriptor is valid.

@@ -24,6 +24,12 @@ pub fn set_fault_hook(hook: Option<FaultHook>) {
 }
 
 extern "C" fn dispatch(frame: &mut TrapFrame) {
+    if crate::arch::smp::is_interrupt_vector(frame.vector) {
+        // From the local APIC (IPIs): handled and acknowledged, wherever
+        // it interrupted.
+        crate::arch::smp::interrupt(frame.vector as u8);
+        return;
+    }
     let fault = Fault {
         vector: frame.vector as u8,
         error_code: frame.error_code,
@@ -109,7 +115,7 @@ stubs! {
     stub12 = 12, error_code; stub13 = 13, error_code; stub14 = 14, error_code; stub15 = 15;
     stub16 = 16; stub17 = 17, error_code; stub18 = 18; stub19 = 19; stub20 = 20;
     stub21 = 21, error_code; stub28 = 28; stub29 = 29, error_code; stub30 = 30, error_code;
-    stub128 = 0x80;
+    stub128 = 0x80; stub240 = 0xF0; stub241 = 0xF1; stub255 = 0xFF;
 }
 
 #[repr(C, align(16))]
@@ -170,6 +176,15 @@ pub fn init() {
         }
         idt
     });
+    load(idt);
+}
+
+/// Loads the IDT [`init`] built on another CPU (all CPUs share it).
+pub fn init_ap() {
+    load(IDT.get().expect("interrupts::init ran on the boot CPU"));
+}
+
+fn load(idt: &'static [IdtEntry; 256]) {
     let ptr = DescriptorTablePointer {
         limit: (core::mem::size_of_val(idt) - 1) as u16,
         base: VirtAddr::from_ptr(idt.as_ptr()),

@@ -7,8 +7,13 @@
 //! `setjmp` a second time with a non-zero value; a panic calls
 //! `kmem_longjmp` directly. The closure's stack frames are abandoned, not
 //! dropped: whatever they owned leaks, as with `panic = "abort"`.
+//!
+//! Each CPU has its own jump buffer, fault and panic message, so a fault
+//! on one CPU resumes the `protect` running on that CPU.
 
+use crate::arch::smp::{cpu_index, MAX_CPUS};
 use crate::arch::trap::Fault;
+use crate::text::FixedStr;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 /// Registers a `setjmp` saves (the System V callee-saved set).
@@ -41,11 +46,17 @@ pub enum Outcome {
     Panicked,
 }
 
-/// The active jump buffer, null outside [`protect`].
-static ACTIVE: AtomicPtr<JmpBuf> = AtomicPtr::new(core::ptr::null_mut());
-static LAST_FAULT: spin::Mutex<Option<Fault>> = spin::Mutex::new(None);
-static PANIC_MESSAGE: spin::Mutex<crate::text::FixedStr<512>> =
-    spin::Mutex::new(crate::text::FixedStr::new());
+/// Each CPU's active jump buffer, null outside [`protect`].
+static ACTIVE: [AtomicPtr<JmpBuf>; MAX_CPUS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+static LAST_FAULT: [spin::Mutex<Option<Fault>>; MAX_CPUS] =
+    [const { spin::Mutex::new(None) }; MAX_CPUS];
+static PANIC_MESSAGE: [spin::Mutex<FixedStr<512>>; MAX_CPUS] =
+    [const { spin::Mutex::new(FixedStr::new()) }; MAX_CPUS];
+
+fn this_cpu() -> usize {
+    cpu_index() % MAX_CPUS
+}
 
 /// Calls `f`, turning a CPU exception or a panic inside it into an
 /// [`Outcome`]. Not reentrant: a nested call is refused with a panic.
@@ -55,16 +66,17 @@ pub fn protect(mut f: impl FnMut()) -> Outcome {
     // A nested call is refused before the outer buffer is replaced, so the
     // panic unwinds (by longjmp) to the outer call, whose buffer is valid.
     assert!(!active(), "recover::protect is not reentrant");
-    ACTIVE.store(&mut buf, Ordering::SeqCst);
+    let cpu = this_cpu();
+    ACTIVE[cpu].store(&mut buf, Ordering::SeqCst);
     // SAFETY: `trampoline` matches the callee contract of
     // `kmem_setjmp_call` and receives a pointer to `closure`, which lives
     // until the call returns (either way). `buf` outlives the call and is
     // registered in ACTIVE only for its duration.
     let code = unsafe { kmem_setjmp_call(trampoline, (&raw mut closure).cast(), &raw mut buf) };
-    ACTIVE.store(core::ptr::null_mut(), Ordering::SeqCst);
+    ACTIVE[cpu].store(core::ptr::null_mut(), Ordering::SeqCst);
     match code {
         RETURNED => Outcome::Returned,
-        FAULTED => match LAST_FAULT.lock().take() {
+        FAULTED => match LAST_FAULT[cpu].lock().take() {
             Some(fault) => Outcome::Faulted(fault),
             None => Outcome::Panicked,
         },
@@ -78,15 +90,15 @@ extern "C" fn trampoline(arg: *mut u8) {
     f();
 }
 
-/// Whether a [`protect`] call is running.
+/// Whether a [`protect`] call is running on this CPU.
 pub fn active() -> bool {
-    !ACTIVE.load(Ordering::SeqCst).is_null()
+    !ACTIVE[this_cpu()].load(Ordering::SeqCst).is_null()
 }
 
-/// The message of the last panic caught by [`protect`].
-pub fn panic_message() -> crate::text::FixedStr<512> {
-    let mut out = crate::text::FixedStr::new();
-    let _ = core::fmt::Write::write_str(&mut out, &PANIC_MESSAGE.lock());
+/// The message of the last panic caught by [`protect`] on this CPU.
+pub fn panic_message() -> FixedStr<512> {
+    let mut out = FixedStr::new();
+    let _ = core::fmt::Write::write_str(&mut out, &PANIC_MESSAGE[this_cpu()].lock());
     out
 }
 
@@ -94,16 +106,17 @@ pub fn panic_message() -> crate::text::FixedStr<512> {
 /// redirects `frame` so that `iretq` resumes in the `setjmp` with
 /// [`Outcome::Faulted`], and returns true.
 pub(crate) fn catch_fault(frame: &mut crate::arch::trap::TrapFrame, fault: Fault) -> bool {
-    let buf = ACTIVE.load(Ordering::SeqCst);
+    let cpu = this_cpu();
+    let buf = ACTIVE[cpu].load(Ordering::SeqCst);
     if buf.is_null() {
         return false;
     }
-    // The handler may have interrupted a holder of this lock; nothing else
-    // runs concurrently, so taking it by force is sound.
-    // SAFETY: single CPU, exceptions are the only reentrancy, and the
-    // interrupted holder never resumes (we jump past it).
-    unsafe { LAST_FAULT.force_unlock() };
-    *LAST_FAULT.lock() = Some(fault);
+    // The handler may have interrupted a holder of this lock; only this
+    // CPU takes it, so taking it by force is sound.
+    // SAFETY: the lock is this CPU's own, exceptions are the only
+    // reentrancy, and the interrupted holder never resumes (we jump past it).
+    unsafe { LAST_FAULT[cpu].force_unlock() };
+    *LAST_FAULT[cpu].lock() = Some(fault);
     let longjmp: unsafe extern "C" fn(*const JmpBuf, u64) -> ! = kmem_longjmp;
     frame.rip = longjmp as usize as u64;
     frame.rdi = buf as u64;
@@ -118,15 +131,16 @@ pub(crate) fn catch_fault(frame: &mut crate::arch::trap::TrapFrame, fault: Fault
 /// Called by the panic handler: when a protected call is running, records
 /// the message and resumes the `setjmp` with [`Outcome::Panicked`].
 pub(crate) fn escape_panic(info: &core::panic::PanicInfo<'_>) {
-    let buf = ACTIVE.load(Ordering::SeqCst);
+    let cpu = this_cpu();
+    let buf = ACTIVE[cpu].load(Ordering::SeqCst);
     if buf.is_null() {
         return;
     }
-    // SAFETY: see `catch_fault`: single CPU, the holder never resumes.
-    unsafe { PANIC_MESSAGE.force_unlock() };
+    // SAFETY: see `catch_fault`: this CPU's own lock, the holder never resumes.
+    unsafe { PANIC_MESSAGE[cpu].force_unlock() };
     {
-        let mut msg = PANIC_MESSAGE.lock();
-        *msg = crate::text::FixedStr::new();
+        let mut msg = PANIC_MESSAGE[cpu].lock();
+        *msg = FixedStr::new();
         let _ = core::fmt::write(&mut *msg, format_args!("{info}"));
     }
     // SAFETY: `buf` is the live jump buffer of the running `protect`,

@@ -29,3 +29,29 @@ pub fn exit(code: ExitCode) -> ! {
         x86_64::instructions::hlt();
     }
 }
+
+/// The number of CPUs QEMU was started with (`-smp`), read from its
+/// firmware configuration device; `None` without one (not QEMU).
+pub fn cpu_count() -> Option<u16> {
+    const SELECTOR: u16 = 0x510;
+    const DATA: u16 = 0x511;
+    const SIGNATURE: u16 = 0x0000;
+    const NB_CPUS: u16 = 0x0005;
+    let mut selector = Port::<u16>::new(SELECTOR);
+    let mut data = Port::<u8>::new(DATA);
+    // SAFETY: the fw_cfg ports only select and read configuration items;
+    // on a machine without the device the reads return garbage, which the
+    // signature check rejects.
+    unsafe {
+        selector.write(SIGNATURE);
+        let mut sig = [0u8; 4];
+        sig.iter_mut().for_each(|b| *b = data.read());
+        if &sig != b"QEMU" {
+            return None;
+        }
+        selector.write(NB_CPUS);
+        let lo = u16::from(data.read());
+        let hi = u16::from(data.read());
+        Some(lo | (hi << 8)).filter(|&n| n > 0)
+    }
+}

@@ -7,7 +7,13 @@
 //! Lock order: heap, then mapper, then frames. Code holding the mapper
 //! ([`with_memory`]) must not allocate: the heap would need the mapper to
 //! grow, and `with_memory` refuses the nested use with a panic.
+//!
+//! With several CPUs: [`Global`] takes a gate lock with interrupts masked
+//! (an interrupt handler that allocates cannot find it held by the code it
+//! interrupted) and serves TLB shootdowns while it waits; heap pages given
+//! back are shot down on every CPU before their frames are freed.
 
+use crate::arch::smp::{self, shootdown};
 use crate::mm::memory::{with_memory, FRAMES};
 use kmem::frame::LockedFrameAllocator;
 use kmem::heap::{HeapInitError, LockedHeap, MappedPageSource, PageMapper};
@@ -37,8 +43,17 @@ impl PageMapper for KernelPageMapper {
 
     fn unmap(&mut self, page: Page<Size4KiB>) -> Result<PhysFrame<Size4KiB>, PagingError> {
         with_memory(|m| {
-            let (frame, flush) = m.mapper.unmap(page, &mut m.frames)?;
-            flush.flush(&mut m.mmu);
+            // Tables the unmap empties wait for the shootdown, like the
+            // frame, which the page source frees once this returns.
+            let mut deferred = kmem::smp::DeferredFrees::<_, 4>::new(&mut m.frames);
+            let (frame, flush) = m.mapper.unmap(page, &mut deferred)?;
+            let _ = deferred.complete(
+                flush,
+                &mut m.mmu,
+                smp::cpu_index(),
+                smp::online(),
+                &mut shootdown::IpiShootdown,
+            );
             Ok(frame)
         })
     }
@@ -55,22 +70,34 @@ pub static HEAP: LockedHeap<KernelPageSource> = LockedHeap::empty();
 #[derive(Debug)]
 pub struct Global;
 
+/// Taken by every [`Global`] call (see the module docs).
+static GATE: spin::Mutex<()> = spin::Mutex::new(());
+
+/// Runs `f` holding the gate, interrupts masked.
+#[inline]
+fn gated<R>(f: impl FnOnce() -> R) -> R {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let _gate = shootdown::lock_serving(&GATE);
+        f()
+    })
+}
+
 // SAFETY: forwards every call to HEAP, a `GlobalAlloc`, with the caller's arguments.
 unsafe impl core::alloc::GlobalAlloc for Global {
     #[inline]
     unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
         // SAFETY: the caller's contract is HEAP's.
-        unsafe { HEAP.alloc(layout) }
+        gated(|| unsafe { HEAP.alloc(layout) })
     }
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
         // SAFETY: the caller's contract is HEAP's; every pointer came from HEAP.
-        unsafe { HEAP.dealloc(ptr, layout) }
+        gated(|| unsafe { HEAP.dealloc(ptr, layout) })
     }
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: core::alloc::Layout) -> *mut u8 {
         // SAFETY: the caller's contract is HEAP's.
-        unsafe { HEAP.alloc_zeroed(layout) }
+        gated(|| unsafe { HEAP.alloc_zeroed(layout) })
     }
     #[inline]
     unsafe fn realloc(
@@ -80,7 +107,7 @@ unsafe impl core::alloc::GlobalAlloc for Global {
         new_size: usize,
     ) -> *mut u8 {
         // SAFETY: the caller's contract is HEAP's; every pointer came from HEAP.
-        unsafe { HEAP.realloc(ptr, layout, new_size) }
+        gated(|| unsafe { HEAP.realloc(ptr, layout, new_size) })
     }
 }
 

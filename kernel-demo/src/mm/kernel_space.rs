@@ -20,6 +20,52 @@ pub const STACK_PAGES: u64 = 32;
 /// The initial stack pointer.
 pub const STACK_TOP: u64 = STACK_GUARD + 4096 * (1 + STACK_PAGES);
 
+/// Where the other CPUs' stacks start (1 GiB above the boot CPU's): one
+/// [`CPU_STACK_SLOT`] per CPU index.
+pub const CPU_STACKS: u64 = STACK_GUARD + (1 << 30);
+/// Virtual space per CPU: a guard page, the kernel stack, another guard
+/// page and the double-fault stack.
+pub const CPU_STACK_SLOT: u64 = 1 << 20;
+/// Pages of a CPU's double-fault (IST) stack.
+pub const IST_PAGES: u64 = 8;
+
+/// A CPU's stacks, each with an unmapped guard page just below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuStack {
+    /// The kernel stack's guard page (never mapped).
+    pub guard: u64,
+    /// The kernel stack's initial stack pointer.
+    pub top: u64,
+    /// The double-fault stack's initial stack pointer.
+    pub ist_top: u64,
+}
+
+/// Maps the stacks of CPU `cpu` (>= 1) with fresh frames: [`STACK_PAGES`]
+/// pages of kernel stack and [`IST_PAGES`] of double-fault stack, each
+/// above an unmapped guard page. On error the pages mapped so far stay
+/// mapped (the CPU is not started).
+pub fn map_cpu_stack(cpu: usize) -> Result<CpuStack, kmem::Error> {
+    let guard = CPU_STACKS + cpu as u64 * CPU_STACK_SLOT;
+    let top = guard + 4096 * (1 + STACK_PAGES);
+    let ist_top = top + 4096 * (1 + IST_PAGES);
+    let pages = (guard + 4096..top).chain(top + 4096..ist_top).step_by(4096);
+    with_memory(|m| {
+        for addr in pages {
+            let frame = m.frames.with(|f| f.allocate())?;
+            let page = Page::<Size4KiB>::containing_address(VirtAddr::new(addr));
+            // A fresh mapping over a non-present entry: nothing to flush.
+            m.mapper
+                .map(page, frame, MapFlags::READ_WRITE.global(), &mut m.frames)?
+                .ignore();
+        }
+        Ok(CpuStack {
+            guard,
+            top,
+            ist_top,
+        })
+    })
+}
+
 /// What building the address space took.
 #[derive(Debug, Clone, Copy)]
 pub struct BuildReport {

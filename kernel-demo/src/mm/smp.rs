@@ -1,0 +1,80 @@
+//! The kernel's memory on several CPUs: kmem's per-CPU caches in front of
+//! the frame allocator and the heap, and unmapping from the kernel's
+//! address space with a TLB shootdown on every CPU online.
+//!
+//! Lock order: a CPU's cache slot, then the heap gate or the mapper, then
+//! the frame allocator. Draining the caches ([`PerCpuFrames::drain_all`],
+//! [`PerCpuHeap::drain_all`]) takes every CPU's slot: do it while the other
+//! CPUs are idle, as the demo and the tests do.
+
+use crate::arch::smp::{self, shootdown::IpiShootdown, KernelCpu, MAX_CPUS};
+use crate::mm::heap::Global;
+use crate::mm::memory::{with_memory, FRAMES};
+use kmem::frame::X86Interrupts;
+use kmem::paging::PagingError;
+use kmem::smp::{CpuSet, DeferredFrees, PerCpuFrames, PerCpuHeap, ReleaseReport};
+use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
+
+/// Per-CPU caches of single frames in front of [`FRAMES`].
+pub static FRAME_CACHE: PerCpuFrames<'static, 'static, KernelCpu, X86Interrupts, MAX_CPUS> =
+    PerCpuFrames::new(&FRAMES, KernelCpu);
+
+/// Per-CPU size-class caches in front of the kernel heap.
+pub static HEAP_CACHE: PerCpuHeap<Global, KernelCpu, MAX_CPUS> = PerCpuHeap::new(Global, KernelCpu);
+
+/// Page tables one unmap may empty: a page table per 2 MiB and the tables
+/// above them. [`unmap_pages`] takes at most 512 pages (one table).
+const DEFERRED: usize = 8;
+
+/// Unmaps `pages` consecutive 4 KiB pages from `first` in the kernel's
+/// address space and shoots the translations down on every CPU online
+/// (one IPI round for the whole range); the page tables the unmap
+/// emptied are freed (to this CPU's cache) only after every CPU
+/// acknowledged. Each leaf frame is passed to `leaf` first, while no CPU
+/// may use it any more (after the round).
+///
+/// # Errors
+/// The mapper's error for a page that is not mapped by a 4 KiB leaf; the
+/// pages before it stay unmapped (and shot down).
+pub fn unmap_pages(
+    first: Page<Size4KiB>,
+    pages: u64,
+    leaf: impl FnMut(PhysFrame),
+) -> Result<ReleaseReport, PagingError> {
+    unmap_pages_on(first, pages, smp::online(), leaf)
+}
+
+/// [`unmap_pages`] with the shootdown sent to the CPUs of `cpus` only
+/// (e.g. this CPU alone, for pages no other CPU ever touched).
+pub fn unmap_pages_on(
+    first: Page<Size4KiB>,
+    pages: u64,
+    cpus: CpuSet,
+    mut leaf: impl FnMut(PhysFrame),
+) -> Result<ReleaseReport, PagingError> {
+    assert!(pages <= 512, "unmap_pages takes at most 512 pages");
+    let mut frames = [None; 512];
+    let mut cache = &FRAME_CACHE;
+    let (report, result) = with_memory(|m| {
+        let mut deferred = DeferredFrees::<_, DEFERRED>::new(&mut cache);
+        let mut flush = kmem::paging::Flush::none();
+        let mut result = Ok(());
+        for (i, slot) in frames.iter_mut().enumerate().take(pages as usize) {
+            match m.mapper.unmap(first + i as u64, &mut deferred) {
+                Ok((frame, f)) => {
+                    *slot = Some(frame);
+                    flush = flush.combine(f);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let report =
+            deferred.complete(flush, &mut m.mmu, smp::cpu_index(), cpus, &mut IpiShootdown);
+        (report, result)
+    });
+    frames.iter().flatten().for_each(|&f| leaf(f));
+    result.map(|()| report)
+}
