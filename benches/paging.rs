@@ -12,7 +12,7 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use kmem::paging::{LeafSize, MapFlags, Mapper, OffsetPhysMem};
+use kmem::paging::{LeafSize, MapFlags, OffsetPhysMem, PageTables};
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory};
 use x86_64::structures::paging::mapper::{CleanUp, TranslateResult};
 use x86_64::structures::paging::{
@@ -34,14 +34,14 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn ours(mem: &EmulatedMemory, a: &mut EmulatedFrameAllocator) -> Mapper<OffsetPhysMem> {
+fn ours(mem: &EmulatedMemory, a: &mut EmulatedFrameAllocator) -> PageTables<OffsetPhysMem> {
     // SAFETY: emulated memory maps physical address p at host address p (offset zero).
     let phys = unsafe { OffsetPhysMem::new(mem.phys_offset()) };
-    Mapper::new_empty(phys, a).unwrap()
+    PageTables::new_empty(phys, a).unwrap()
 }
 
 /// Maps `[BASE, BASE + len)` to physical 0.. with 4 KiB pages, read-write.
-fn ours_map_4k(m: &mut Mapper<OffsetPhysMem>, a: &mut EmulatedFrameAllocator, len: u64) {
+fn ours_map_4k(m: &mut PageTables<OffsetPhysMem>, a: &mut EmulatedFrameAllocator, len: u64) {
     m.map_range_with(
         VirtAddr::new(BASE),
         PhysAddr::new(0),

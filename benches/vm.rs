@@ -14,7 +14,7 @@
 
 mod common;
 
-use kmem::paging::{MapFlags, Mapper, PhysMem};
+use kmem::paging::{MapFlags, PageTables, PhysMem};
 use kmem::testing::mmu::RecordingMmu;
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
 use kmem::vm::{FaultAccess, Prot, Vm, VmSpace};
@@ -38,14 +38,14 @@ struct World<'m> {
     mem: &'m EmulatedMemory,
     frames: EmulatedFrameAllocator,
     vm: Vm,
-    kernel: Mapper<EmulatedPhysMem<'m>>,
+    kernel: PageTables<EmulatedPhysMem<'m>>,
 }
 
 impl<'m> World<'m> {
     fn new(mem: &'m EmulatedMemory) -> Self {
         let mut frames = mem.frame_allocator();
         let vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
-        let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+        let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
         Self {
             mem,
             frames,
@@ -93,7 +93,7 @@ fn direct(w: &mut World<'_>, n: u64) -> Duration {
     let base = s
         .map_anonymous(None, n * PAGE, Prot::RW | Prot::USER)
         .unwrap();
-    let mut m = Mapper::new_empty(w.mem.phys_mem(), &mut w.frames).unwrap();
+    let mut m = PageTables::new_empty(w.mem.phys_mem(), &mut w.frames).unwrap();
     let flags = MapFlags::READ_WRITE.user();
     let t = Instant::now();
     for i in 0..n {
@@ -143,7 +143,7 @@ fn fork(w: &mut World<'_>, bytes: u64) -> Duration {
 /// Every page copied into a new hierarchy: allocate, copy, map.
 fn eager_copy(w: &mut World<'_>, bytes: u64) -> Duration {
     let (s, base) = touched(w, bytes);
-    let mut m = Mapper::new_empty(w.mem.phys_mem(), &mut w.frames).unwrap();
+    let mut m = PageTables::new_empty(w.mem.phys_mem(), &mut w.frames).unwrap();
     let flags = MapFlags::READ_WRITE.user();
     let mut leaves = Vec::new();
     let t = Instant::now();
@@ -177,7 +177,7 @@ fn eager_copy(w: &mut World<'_>, bytes: u64) -> Duration {
 }
 
 /// Frees every frame `m` maps in the range, its tables and its PML4.
-fn free_hierarchy(w: &mut World<'_>, mut m: Mapper<EmulatedPhysMem<'_>>, base: u64, len: u64) {
+fn free_hierarchy(w: &mut World<'_>, mut m: PageTables<EmulatedPhysMem<'_>>, base: u64, len: u64) {
     let mut frames = Vec::new();
     m.for_each_leaf(|l| frames.push(PhysFrame::containing_address(l.frame)));
     m.unmap_range(VirtAddr::new(base), len, &mut w.frames)

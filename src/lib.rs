@@ -41,7 +41,7 @@
 //! use kmem::frame::BitmapFrameAllocator;
 //! use kmem::heap::Heap;
 //! use kmem::memory_map::{MemoryMap, Region, RegionKind};
-//! use kmem::paging::{MapFlags, Mapper};
+//! use kmem::paging::{MapFlags, PageTables};
 //! use kmem::testing::{arena::ArenaPageSource, phys_mem::EmulatedMemory};
 //! use x86_64::{PhysAddr, VirtAddr};
 //!
@@ -54,7 +54,7 @@
 //! let mut frames = BitmapFrameAllocator::new(&map, &mut storage)?;
 //!
 //! // Paging: an empty hierarchy; 4 MiB mapped with two 2 MiB pages, NX by default.
-//! let mut mapper = Mapper::new_empty(ram.phys_mem(), &mut frames)?;
+//! let mut mapper = PageTables::new_empty(ram.phys_mem(), &mut frames)?;
 //! let virt = VirtAddr::new(0xffff_8000_0000_0000);
 //! mapper.map_range(virt, PhysAddr::new(0x20_0000), 4 << 20, MapFlags::READ_WRITE, &mut frames)?.ignore();
 //! assert!(!mapper.translate(virt)?.access.executable);

@@ -1,9 +1,9 @@
 //! Host tests of the pieces a kernel adopts kmem with: the kernel page source over kmem's
 //! mapper (with a frame allocator that frees and one that cannot), and the `x86_64` crate's
-//! `Mapper` / `Translate` traits over kmem's mapper (blog_os's code, unchanged).
+//! `PageTables` / `Translate` traits over kmem's mapper (blog_os's code, unchanged).
 
 use kmem::heap::{KernelPageSource, PageSource, PageSourceError};
-use kmem::paging::{KeepFreed, Mapper, X86Mapper};
+use kmem::paging::{KeepFreed, PageTables, X86Mapper};
 use kmem::spin::Mutex;
 use kmem::testing::mmu::RecordingMmu;
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
@@ -23,12 +23,12 @@ fn memory(frames: usize) -> &'static EmulatedMemory {
 fn shared_mapper(
     mem: &'static EmulatedMemory,
     frames: &mut EmulatedFrameAllocator,
-) -> &'static Mutex<Mapper<EmulatedPhysMem<'static>>> {
-    let mapper = Mapper::new_empty(mem.phys_mem(), frames).unwrap();
+) -> &'static Mutex<PageTables<EmulatedPhysMem<'static>>> {
+    let mapper = PageTables::new_empty(mem.phys_mem(), frames).unwrap();
     Box::leak(Box::new(Mutex::new(mapper)))
 }
 
-fn frame_of(mapper: &Mutex<Mapper<EmulatedPhysMem<'static>>>, addr: usize) -> Option<PhysAddr> {
+fn frame_of(mapper: &Mutex<PageTables<EmulatedPhysMem<'static>>>, addr: usize) -> Option<PhysAddr> {
     mapper.lock().translate_addr(VirtAddr::new(addr as u64))
 }
 
@@ -157,7 +157,7 @@ fn create_example_mapping(
 fn blog_os_code_runs_on_kmems_mapper() {
     let mem = memory(256);
     let mut frames = mem.frame_allocator();
-    let mut mapper = X86Mapper::new(Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap());
+    let mut mapper = X86Mapper::new(PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap());
     let page = Page::containing_address(VirtAddr::new(0xdeadbeaf000));
     create_example_mapping(page, &mut mapper, &mut frames);
 

@@ -1,7 +1,7 @@
-//! `Mapper::for_each_leaf`: every leaf once, in address order, with the
+//! `PageTables::for_each_leaf`: every leaf once, in address order, with the
 //! effective permissions the MMU would apply, and exact table counts.
 
-use kmem::paging::{LeafSize, MapFlags, Mapper};
+use kmem::paging::{LeafSize, MapFlags, PageTables};
 use kmem::testing::phys_mem::EmulatedMemory;
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -9,7 +9,7 @@ use x86_64::{PhysAddr, VirtAddr};
 fn leaves_sizes_permissions_and_tables() {
     let mem = EmulatedMemory::new(64);
     let mut frames = mem.frame_allocator();
-    let mut m = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    let mut m = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     let data = VirtAddr::new(0x1000_0000);
     let code = VirtAddr::new(0xffff_8000_4000_0000);
     m.map_range(
@@ -74,7 +74,7 @@ fn leaves_sizes_permissions_and_tables() {
 fn empty_hierarchy_has_only_the_root() {
     let mem = EmulatedMemory::new(4);
     let mut frames = mem.frame_allocator();
-    let m = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    let m = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     let mut count = 0;
     let census = m.for_each_leaf(|_| count += 1);
     assert_eq!((count, census.tables, census.leaves), (0, 1, [0, 0, 0]));

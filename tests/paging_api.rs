@@ -9,7 +9,7 @@
 //! proptest's failure persistence.)
 
 use kmem::paging::{
-    AddressSpace, Flush, LeafSize, MapFlags, Mapper, Mmu, PagingError, FLUSH_THRESHOLD,
+    AddressSpace, Flush, LeafSize, MapFlags, Mmu, PageTables, PagingError, FLUSH_THRESHOLD,
 };
 use kmem::testing::mmu::{MmuOp, RecordingMmu};
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
@@ -30,8 +30,8 @@ fn setup(frames: usize) -> EmulatedMemory {
 fn mapper<'a>(
     mem: &'a EmulatedMemory,
     a: &mut EmulatedFrameAllocator,
-) -> Mapper<EmulatedPhysMem<'a>> {
-    Mapper::new_empty(mem.phys_mem(), a).unwrap()
+) -> PageTables<EmulatedPhysMem<'a>> {
+    PageTables::new_empty(mem.phys_mem(), a).unwrap()
 }
 
 /// An independent walker: reads raw entries, combines W/U by AND and NX by OR.
@@ -567,7 +567,7 @@ fn translate_trait_matches_offset_page_table() {
     use x86_64::structures::paging::{OffsetPageTable, PageTable};
     let mem = EmulatedMemory::new(64);
     let mut frames = mem.frame_allocator();
-    let mut m = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    let mut m = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     let rw = MapFlags::READ_WRITE;
     for (va, pa, len) in [
         (0x40_0000u64, 0x9000u64, 0x3000u64),

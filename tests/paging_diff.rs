@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 
-use kmem::paging::{LeafSize, MapFlags, Mapper, PagingError, Translation};
+use kmem::paging::{LeafSize, MapFlags, PageTables, PagingError, Translation};
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
 use proptest::prelude::*;
 use x86_64::structures::paging::mapper::{CleanUp, MappedFrame, TranslateResult};
@@ -168,7 +168,7 @@ fn size_bytes(size: u8) -> u64 {
 
 struct World<'m> {
     mem: &'m EmulatedMemory,
-    ours: Mapper<EmulatedPhysMem<'m>>,
+    ours: PageTables<EmulatedPhysMem<'m>>,
     ours_alloc: EmulatedFrameAllocator,
     opt: OffsetPageTable<'m>,
     opt_alloc: EmulatedFrameAllocator,
@@ -188,7 +188,7 @@ impl<'m> World<'m> {
     fn new(mem: &'m EmulatedMemory) -> Self {
         let mut ours_alloc = mem.frame_allocator_range(0, POOL);
         let mut opt_alloc = mem.frame_allocator_range(POOL, POOL);
-        let ours = Mapper::new_empty(mem.phys_mem(), &mut ours_alloc).unwrap();
+        let ours = PageTables::new_empty(mem.phys_mem(), &mut ours_alloc).unwrap();
         let root = opt_alloc.allocate_frame().unwrap();
         // SAFETY: `root` belongs to the OffsetPageTable's pool only; the emulated memory maps
         // physical address p at host address p (offset zero).

@@ -8,7 +8,7 @@
 //! (permissive provenance: `OffsetPageTable` turns integers into pointers; isolation off:
 //! proptest's failure persistence.)
 
-use kmem::paging::{LeafSize, MapFlags, Mapper, PagingError};
+use kmem::paging::{LeafSize, MapFlags, PageTables, PagingError};
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -16,7 +16,7 @@ const K4: u64 = 4096;
 const M2: u64 = 2 << 20;
 const G1: u64 = 1 << 30;
 
-type M<'a> = Mapper<EmulatedPhysMem<'a>>;
+type M<'a> = PageTables<EmulatedPhysMem<'a>>;
 
 #[derive(Debug, PartialEq, Eq)]
 struct State {
@@ -103,7 +103,7 @@ fn every_k(name: &str, op: Op) -> u64 {
     for k in 0.. {
         let mem = EmulatedMemory::new(128);
         let mut a = mem.frame_allocator();
-        let mut m = Mapper::new_empty(mem.phys_mem(), &mut a).unwrap();
+        let mut m = PageTables::new_empty(mem.phys_mem(), &mut a).unwrap();
         populate(&mut m, &mut a);
         let before = state(&mem, &m, &a, &probes);
         a.fail_after(k);
@@ -169,7 +169,7 @@ fn map_range_conflict_changes_nothing() {
     let probes = probes();
     let mem = EmulatedMemory::new(128);
     let mut a = mem.frame_allocator();
-    let mut m = Mapper::new_empty(mem.phys_mem(), &mut a).unwrap();
+    let mut m = PageTables::new_empty(mem.phys_mem(), &mut a).unwrap();
     populate(&mut m, &mut a);
     let before = state(&mem, &m, &a, &probes);
     // Ends on the first of the existing 4 KiB pages at 2G + 8*2M + 5*4K.

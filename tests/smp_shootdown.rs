@@ -7,7 +7,7 @@ use std::cell::Cell;
 
 use kmem::frame::{BitmapFrameAllocator, LockedFrameAllocator, NoInterruptMask};
 use kmem::memory_map::{MemoryMap, Region, RegionKind};
-use kmem::paging::{Flush, MapFlags, Mapper};
+use kmem::paging::{Flush, MapFlags, PageTables};
 use kmem::smp::{ActiveCpus, CpuSet, DeferredFrees, PerCpuFrames, UniCpu};
 use kmem::testing::mmu::{MmuOp, RecordingMmu};
 use kmem::testing::phys_mem::EmulatedMemory;
@@ -42,7 +42,7 @@ fn range_unmap_frees_tables_after_the_acks() {
     let ram = EmulatedMemory::new(256);
     let frames = shared(&ram);
     let mut source = &frames;
-    let mut m = Mapper::new_empty(ram.phys_mem(), &mut source).unwrap();
+    let mut m = PageTables::new_empty(ram.phys_mem(), &mut source).unwrap();
     // 4 MiB of 4 KiB pages (the physical side is not 2 MiB aligned), two page tables.
     let virt = VirtAddr::new(0x4000_1000);
     let len = 4 << 20;
@@ -97,7 +97,7 @@ fn batched_page_unmaps_one_round_leaf_frames_after_the_acks() {
     let cache: PerCpuFrames<'_, '_, _, _, 4> =
         PerCpuFrames::new(&frames, UniCpu::<NoInterruptMask>::new());
     let mut source = &cache;
-    let mut m = Mapper::new_empty(ram.phys_mem(), &mut source).unwrap();
+    let mut m = PageTables::new_empty(ram.phys_mem(), &mut source).unwrap();
     let pages: Vec<Page<Size4KiB>> = (0..8)
         .map(|i| Page::containing_address(VirtAddr::new(0x10_0000 + i * 0x1000)))
         .collect();
@@ -140,7 +140,7 @@ fn batched_page_unmaps_one_round_leaf_frames_after_the_acks() {
 fn local_only_and_empty_flushes_send_no_ipi() {
     let ram = EmulatedMemory::new(64);
     let mut frames = ram.frame_allocator();
-    let mut m = Mapper::new_empty(ram.phys_mem(), &mut frames).unwrap();
+    let mut m = PageTables::new_empty(ram.phys_mem(), &mut frames).unwrap();
     let page = Page::<Size4KiB>::containing_address(VirtAddr::new(0x20_0000));
     let frame = PhysFrame::containing_address(PhysAddr::new(0x5000));
     m.map(page, frame, MapFlags::READ, &mut frames)
@@ -163,7 +163,7 @@ fn local_only_and_empty_flushes_send_no_ipi() {
 fn deferred_overflow_leaks_instead_of_recycling() {
     let ram = EmulatedMemory::new(64);
     let mut frames = ram.frame_allocator();
-    let mut m = Mapper::new_empty(ram.phys_mem(), &mut frames).unwrap();
+    let mut m = PageTables::new_empty(ram.phys_mem(), &mut frames).unwrap();
     let page = Page::<Size4KiB>::containing_address(VirtAddr::new(0x20_0000));
     let frame = PhysFrame::containing_address(PhysAddr::new(0x5000));
     m.map(page, frame, MapFlags::READ, &mut frames)

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use kmem::paging::{Mapper, Mmu};
+use kmem::paging::{Mmu, PageTables};
 use kmem::testing::mmu::RecordingMmu;
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
 use kmem::vm::{
@@ -92,7 +92,7 @@ trait PhysPtr {
     fn phys_mem_ptr(&self, frame: PhysFrame) -> *mut u8;
 }
 
-impl PhysPtr for Mapper<EmulatedPhysMem<'_>> {
+impl PhysPtr for PageTables<EmulatedPhysMem<'_>> {
     fn phys_mem_ptr(&self, frame: PhysFrame) -> *mut u8 {
         use kmem::paging::PhysMem;
         self.phys_mem().table_ptr(frame).as_ptr().cast()
@@ -188,7 +188,7 @@ struct World<'m> {
     mem: &'m EmulatedMemory,
     frames: EmulatedFrameAllocator,
     vm: Vm,
-    kernel: Mapper<EmulatedPhysMem<'m>>,
+    kernel: PageTables<EmulatedPhysMem<'m>>,
     procs: Vec<Option<(Space<'m>, Model)>>,
     mmu: RecordingMmu,
 }
@@ -203,7 +203,7 @@ impl<'m> World<'m> {
         let mut frames = mem.frame_allocator();
         let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
         setup(&mut vm);
-        let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+        let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
         let mmu = RecordingMmu::new(kernel.pml4());
         let mut w = Self {
             mem,
@@ -473,7 +473,7 @@ fn frame_exhaustion_at_every_step_changes_nothing() {
     for k in 0..40u64 {
         let mut frames = mem.frame_allocator();
         let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
-        let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+        let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
         let mut parent = VmSpace::new_user(&kernel, &mut frames).unwrap();
         let heap = parent
             .map_anonymous(None, 64 * PAGE, Prot::RW | Prot::USER)
@@ -540,7 +540,7 @@ fn fork_shares_then_copies_and_reuses() {
     let mem = EmulatedMemory::new(256);
     let mut frames = mem.frame_allocator();
     let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
-    let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     let mut parent = VmSpace::new_user(&kernel, &mut frames).unwrap();
     let a = parent
         .map_anonymous(None, 4 * PAGE, Prot::RW | Prot::USER)
@@ -602,7 +602,7 @@ fn faults_are_typed_for_every_reason() {
     let mem = EmulatedMemory::new(256);
     let mut frames = mem.frame_allocator();
     let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
-    let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     let mut s = VmSpace::new_user(&kernel, &mut frames).unwrap();
     let ro = s
         .map_anonymous(None, PAGE, Prot::READ | Prot::USER)
@@ -685,7 +685,7 @@ fn areas_split_merge_and_refuse_bad_ranges() {
     let mem = EmulatedMemory::new(64);
     let mut frames = mem.frame_allocator();
     let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
-    let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     let mut s = VmSpace::new_user(&kernel, &mut frames).unwrap();
     let rw = Prot::RW | Prot::USER;
     let a = s.map_anonymous(Some(0x10_0000), 8 * PAGE, rw).unwrap();
@@ -807,7 +807,7 @@ fn four_times_ram_with_checksums_faults_and_out_of_swap() {
     let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
     vm.set_frame_limit(Some(16));
     assert!(vm.attach_swap(Box::new(device)).is_ok());
-    let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     let mut s = VmSpace::new_user(&kernel, &mut frames).unwrap();
     let pages = 64u64; // four times the 16 frames
     let base = s
@@ -980,7 +980,7 @@ fn kernel_fault_counts_equal_the_simulator() {
             vm.set_frame_limit(Some(frames_n));
             vm.set_reclaim(Some(1), 1);
             assert!(vm.attach_swap(Box::new(MemSwap::new(512))).is_ok());
-            let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+            let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
             let mut s = VmSpace::new_user(&kernel, &mut frames).unwrap();
             s.set_policy(make(frames_n as usize));
             let base = s

@@ -1,12 +1,12 @@
 use kmem::frame::LockedFrameAllocator;
 use kmem::heap::{KernelHeap, KernelPageSource};
 use kmem::memory_map::MemoryMap;
-use kmem::paging::{Mapper, OffsetPhysMem};
+use kmem::paging::{OffsetPhysMem, PageTables};
 use kmem::spin::{Mutex, Once};
 use kmem::x86_64::VirtAddr;
 
 pub static FRAMES: LockedFrameAllocator = LockedFrameAllocator::empty();
-pub static MAPPER: Once<Mutex<Mapper<OffsetPhysMem>>> = Once::new();
+pub static MAPPER: Once<Mutex<PageTables<OffsetPhysMem>>> = Once::new();
 #[global_allocator]
 static HEAP: KernelHeap = KernelHeap::empty();
 
@@ -23,7 +23,7 @@ pub fn init_memory(
     // SAFETY: all RAM stays mapped at `phys_offset`; nothing uses the map's usable memory.
     unsafe { FRAMES.init(&map, phys_offset) }?;
     // SAFETY: as above; CR3 holds tables this kernel owns and edits only through MAPPER.
-    let mapper = MAPPER.call_once(|| Mutex::new(unsafe { Mapper::active(phys_offset) }));
+    let mapper = MAPPER.call_once(|| Mutex::new(unsafe { PageTables::active(phys_offset) }));
     let source = KernelPageSource::new(mapper, &FRAMES);
     // SAFETY: PML4 slot 384 (the 1 GiB given here) is used by nothing else.
     unsafe { HEAP.init(source, 0xffff_c000_0000_0000, 1 << 30) }?;

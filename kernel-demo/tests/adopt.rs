@@ -14,7 +14,7 @@ mod memory;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use kernel_demo::boot::{self, Protocol, DIRECT_MAP};
-use kmem::paging::{Mapper, OffsetPhysMem, X86Mapper};
+use kmem::paging::{OffsetPhysMem, PageTables, X86Mapper};
 use kmem::x86_64::structures::paging::mapper::Translate;
 use kmem::x86_64::structures::paging::{
     FrameAllocator, Mapper as _, Page, PageTableFlags, PhysFrame, Size4KiB,
@@ -143,7 +143,7 @@ kernel_demo::test_kernel! {
         // SAFETY: RAM is mapped at DIRECT_MAP for good.
         let phys = unsafe { OffsetPhysMem::new(VirtAddr::new(DIRECT_MAP)) };
         let mut frames = &FRAMES;
-        let mut mapper = X86Mapper::new(Mapper::new_empty(phys, &mut frames).expect("pml4"));
+        let mut mapper = X86Mapper::new(PageTables::new_empty(phys, &mut frames).expect("pml4"));
         let page = Page::containing_address(VirtAddr::new(0xdeadbeaf000));
         create_example_mapping(page, &mut mapper, &mut frames);
         assert_eq!(

@@ -7,11 +7,11 @@ use x86_64::VirtAddr;
 use super::{PageSource, PageSourceError, PAGE_SIZE};
 use crate::frame::LockedFrameAllocator;
 use crate::paging::{
-    FrameSource, KeepFreed, MapFlags, Mapper, Mmu, OffsetPhysMem, PhysMem, X86Mmu,
+    FrameSource, KeepFreed, MapFlags, Mmu, OffsetPhysMem, PageTables, PhysMem, X86Mmu,
 };
 
 /// Backs heap pages with frames from `F`, mapped writable, non-executable, supervisor-only
-/// and global through the kernel's shared [`Mapper`].
+/// and global through the kernel's shared [`PageTables`].
 ///
 /// The mapper sits behind a `spin::Mutex` so the rest of the kernel keeps using it. Lock
 /// order: heap, then mapper, then frames; code holding the mapper lock must not allocate
@@ -20,23 +20,23 @@ use crate::paging::{
 /// ```no_run
 /// use kmem::frame::{BitmapFrameAllocator, LockedFrameAllocator};
 /// use kmem::heap::{KernelPageSource, LockedHeap};
-/// use kmem::paging::{Mapper, OffsetPhysMem, X86Mmu};
+/// use kmem::paging::{PageTables, OffsetPhysMem, X86Mmu};
 /// use kmem::spin::{Mutex, Once};
 ///
 /// static FRAMES: LockedFrameAllocator = LockedFrameAllocator::new(BitmapFrameAllocator::empty());
-/// static MAPPER: Once<Mutex<Mapper<OffsetPhysMem>>> = Once::new();
+/// static MAPPER: Once<Mutex<PageTables<OffsetPhysMem>>> = Once::new();
 /// static HEAP: LockedHeap<KernelPageSource<OffsetPhysMem, &LockedFrameAllocator>> =
 ///     LockedHeap::empty();
 ///
 /// # fn init(phys: OffsetPhysMem) -> Result<(), kmem::heap::HeapInitError> {
 /// // SAFETY: CR3 holds tables this kernel owns, reachable through `phys`.
-/// let mapper = MAPPER.call_once(|| Mutex::new(unsafe { Mapper::from_current(&X86Mmu, phys) }));
+/// let mapper = MAPPER.call_once(|| Mutex::new(unsafe { PageTables::from_current(&X86Mmu, phys) }));
 /// // SAFETY: the range (PML4 slot 384) is used by nothing else.
 /// unsafe { HEAP.init(KernelPageSource::new(mapper, &FRAMES), 0xffff_c000_0000_0000, 1 << 30) }
 /// # }
 /// ```
 pub struct KernelPageSource<'m, P: PhysMem, F, M: Mmu = X86Mmu> {
-    mapper: &'m spin::Mutex<Mapper<P>>,
+    mapper: &'m spin::Mutex<PageTables<P>>,
     frames: F,
     mmu: M,
 }
@@ -44,7 +44,7 @@ pub struct KernelPageSource<'m, P: PhysMem, F, M: Mmu = X86Mmu> {
 impl<'m, P: PhysMem, F: FrameSource> KernelPageSource<'m, P, F> {
     /// Frames from `frames` (given back when the heap shrinks), mapped by `mapper`, TLB
     /// entries flushed on the running CPU.
-    pub const fn new(mapper: &'m spin::Mutex<Mapper<P>>, frames: F) -> Self {
+    pub const fn new(mapper: &'m spin::Mutex<PageTables<P>>, frames: F) -> Self {
         Self::with_mmu(mapper, frames, X86Mmu)
     }
 }
@@ -52,7 +52,7 @@ impl<'m, P: PhysMem, F: FrameSource> KernelPageSource<'m, P, F> {
 impl<'m, P: PhysMem + Clone, F: FrameAllocator<Size4KiB>> KernelPageSource<'m, P, KeepFreed<F, P>> {
     /// Frames from an allocator that cannot take them back: pages the heap gives back
     /// keep their frames in the source, which hands them out again before asking `frames`.
-    pub fn keeping(mapper: &'m spin::Mutex<Mapper<P>>, frames: F) -> Self {
+    pub fn keeping(mapper: &'m spin::Mutex<PageTables<P>>, frames: F) -> Self {
         let phys = mapper.lock().phys_mem().clone();
         // SAFETY: `frames` becomes the frame source of a mapper over `phys`, and a mapper's
         // `PhysMem` reaches every frame its frame source hands out (the `PhysMem` contract).
@@ -64,7 +64,7 @@ impl<'m, P: PhysMem + Clone, F: FrameAllocator<Size4KiB>> KernelPageSource<'m, P
 impl<'m, P: PhysMem, F, M: Mmu> KernelPageSource<'m, P, F, M> {
     /// As [`new`](KernelPageSource::new), with the privileged operations of `mmu`
     /// (a recording MMU on the host).
-    pub const fn with_mmu(mapper: &'m spin::Mutex<Mapper<P>>, frames: F, mmu: M) -> Self {
+    pub const fn with_mmu(mapper: &'m spin::Mutex<PageTables<P>>, frames: F, mmu: M) -> Self {
         Self {
             mapper,
             frames,
@@ -84,7 +84,7 @@ impl<'m, P: PhysMem, F, M: Mmu> KernelPageSource<'m, P, F, M> {
 }
 
 /// The kernel heap over [`KernelPageSource`]: frames from a `'static`
-/// [`LockedFrameAllocator`], mapped through a direct-mapped [`Mapper`].
+/// [`LockedFrameAllocator`], mapped through a direct-mapped [`PageTables`].
 ///
 /// ```ignore
 /// #[global_allocator]
@@ -100,7 +100,7 @@ fn page(addr: usize) -> Page<Size4KiB> {
 impl<P: PhysMem, F: FrameSource, M: Mmu> KernelPageSource<'_, P, F, M> {
     /// Unmaps `pages` pages from `start` and gives their frames back, each after its TLB
     /// entry is gone (a frame must not be reused while a stale translation can reach it).
-    fn release(&mut self, mapper: &mut Mapper<P>, start: usize, pages: usize) {
+    fn release(&mut self, mapper: &mut PageTables<P>, start: usize, pages: usize) {
         for i in 0..pages {
             if let Ok((frame, flush)) = mapper.unmap(page(start + i * PAGE_SIZE), &mut self.frames)
             {

@@ -50,7 +50,7 @@ pub unsafe trait PageSource {
 ///
 /// A kernel implements it over its mapper (writable, non-executable,
 /// supervisor, TLB flushed: `kernel-demo/src/heap.rs` does it for kmem's
-/// `paging::Mapper`); tests implement it over a fake.
+/// `paging::PageTables`); tests implement it over a fake.
 pub trait PageMapper {
     /// The mapper's error type.
     type Error;

@@ -5,10 +5,10 @@ use core::convert::Infallible;
 use x86_64::structures::paging::{FrameDeallocator, PhysFrame, Size4KiB};
 
 use super::entry::{is_leaf, span, ADDR_MASK, ENTRIES, HALF, PRESENT, TABLE_FLAGS};
-use super::mapper::frame_of;
+use super::page_tables::frame_of;
 use super::reserve::Reserve;
 use super::visit::{walk, Slot, Step, Visitor};
-use super::{FrameSource, Mapper, Mmu, PagingError, PhysMem};
+use super::{FrameSource, Mmu, PageTables, PagingError, PhysMem};
 use crate::PAGE_SIZE;
 
 /// The first PML4 index of the kernel half (0xffff_8000_0000_0000 and up).
@@ -21,13 +21,13 @@ pub const KERNEL_HALF: usize = 256;
 /// ```
 /// # #[cfg(feature = "testing")]
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use kmem::paging::{AddressSpace, MapFlags, Mapper};
+/// use kmem::paging::{AddressSpace, MapFlags, PageTables};
 /// use kmem::testing::{mmu::RecordingMmu, phys_mem::EmulatedMemory};
 /// use x86_64::{PhysAddr, VirtAddr};
 ///
 /// let mem = EmulatedMemory::new(64);
 /// let mut frames = mem.frame_allocator();
-/// let mut kernel = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+/// let mut kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
 /// let kv = VirtAddr::new(0xffff_8000_0000_0000);
 /// kernel.map_range(kv, PhysAddr::new(0), 0x20_0000, MapFlags::READ_WRITE, &mut frames).unwrap().ignore();
 /// let mut mmu = RecordingMmu::new(kernel.pml4());
@@ -49,7 +49,7 @@ pub const KERNEL_HALF: usize = 256;
 /// ```
 #[derive(Debug)]
 pub struct AddressSpace<P: PhysMem> {
-    mapper: Mapper<P>,
+    mapper: PageTables<P>,
 }
 
 /// What [`AddressSpace::destroy`] gave back.
@@ -64,10 +64,10 @@ pub struct DestroyStats {
 impl<P: PhysMem + Clone> AddressSpace<P> {
     /// A new address space whose kernel half (entries 256..512) is that of `kernel`.
     pub fn new<A: FrameSource + ?Sized>(
-        kernel: &Mapper<P>,
+        kernel: &PageTables<P>,
         alloc: &mut A,
     ) -> Result<Self, PagingError> {
-        let mut mapper = Mapper::new_empty(kernel.phys_mem().clone(), alloc)?;
+        let mut mapper = PageTables::new_empty(kernel.phys_mem().clone(), alloc)?;
         let (src, dst) = (kernel.root(), mapper.root());
         for i in KERNEL_HALF..ENTRIES {
             mapper.write(dst, i, kernel.read(src, i));
@@ -76,7 +76,7 @@ impl<P: PhysMem + Clone> AddressSpace<P> {
     }
 }
 
-impl<P: PhysMem> Mapper<P> {
+impl<P: PhysMem> PageTables<P> {
     /// Gives every kernel-half PML4 entry (256..512) a PDPT, so kernel mappings made later
     /// appear in every address space created afterwards from this one. Costs up to 256 frames;
     /// returns how many were taken. On `OutOfFrames` nothing changed.
@@ -102,22 +102,22 @@ impl<P: PhysMem> Mapper<P> {
 
 impl<P: PhysMem> AddressSpace<P> {
     /// Takes a mapper as an address space (e.g. one built by hand).
-    pub fn from_mapper(mapper: Mapper<P>) -> Self {
+    pub fn from_mapper(mapper: PageTables<P>) -> Self {
         Self { mapper }
     }
 
     /// Gives up the address space, returning its mapper (the hierarchy is kept).
-    pub fn into_mapper(self) -> Mapper<P> {
+    pub fn into_mapper(self) -> PageTables<P> {
         self.mapper
     }
 
     /// The mapper, to map and unmap in this address space.
-    pub fn mapper_mut(&mut self) -> &mut Mapper<P> {
+    pub fn mapper_mut(&mut self) -> &mut PageTables<P> {
         &mut self.mapper
     }
 
     /// Read-only access to the mapper (translation).
-    pub fn mapper(&self) -> &Mapper<P> {
+    pub fn mapper(&self) -> &PageTables<P> {
         &self.mapper
     }
 
@@ -180,14 +180,14 @@ struct Destroyer<'a, A: ?Sized> {
     stats: DestroyStats,
 }
 
-impl<P, A> Visitor<P, &Mapper<P>> for Destroyer<'_, A>
+impl<P, A> Visitor<P, &PageTables<P>> for Destroyer<'_, A>
 where
     P: PhysMem,
     A: FrameDeallocator<Size4KiB> + ?Sized,
 {
     type Stop = Infallible;
 
-    fn enter(&mut self, _m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
+    fn enter(&mut self, _m: &mut &PageTables<P>, slot: &Slot) -> Result<Step, Infallible> {
         let (e, level) = (slot.entry, slot.level);
         if e & PRESENT == 0 {
             return Ok(Step::Next);
@@ -205,7 +205,12 @@ where
         Ok(Step::Next)
     }
 
-    fn leave(&mut self, _m: &mut &Mapper<P>, _slot: &Slot, child: u64) -> Result<(), Infallible> {
+    fn leave(
+        &mut self,
+        _m: &mut &PageTables<P>,
+        _slot: &Slot,
+        child: u64,
+    ) -> Result<(), Infallible> {
         free(self.alloc, child);
         self.stats.tables += 1;
         Ok(())

@@ -8,9 +8,9 @@ use x86_64::{PhysAddr, VirtAddr};
 use super::entry::{canonical, is_leaf, span, ADDR_MASK, PRESENT, WRITABLE};
 use super::reserve::Reserve;
 use super::visit::{linear_range, walk, Slot, Step, Visitor};
-use super::{Flush, FrameSource, Mapper, PagingError, PhysMem};
+use super::{Flush, FrameSource, PageTables, PagingError, PhysMem};
 
-/// A leaf entry as [`Mapper::copy_leaves_into`] shows it.
+/// A leaf entry as [`PageTables::copy_leaves_into`] shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CopyLeaf {
     /// A mapping of `frame`.
@@ -34,7 +34,7 @@ pub(crate) enum CopyAs {
     ReadOnly,
 }
 
-impl<P: PhysMem> Mapper<P> {
+impl<P: PhysMem> PageTables<P> {
     /// Copies every leaf of `[start, start + len)` into `dst` at the same
     /// address. `f` sees each leaf (its canonical address, and its frame
     /// and write access, or its soft value) and says how to copy a mapping.
@@ -44,7 +44,7 @@ impl<P: PhysMem> Mapper<P> {
     /// entries of this hierarchy that `f` changed.
     pub(crate) fn copy_leaves_into<A: FrameSource + ?Sized>(
         &mut self,
-        dst: &mut Mapper<P>,
+        dst: &mut PageTables<P>,
         start: VirtAddr,
         len: u64,
         alloc: &mut A,
@@ -73,7 +73,7 @@ impl<P: PhysMem> Mapper<P> {
 
 /// Copies the entries the walk meets to the table at the same place in `dst`.
 struct Copier<'a, P: PhysMem, F> {
-    dst: &'a mut Mapper<P>,
+    dst: &'a mut PageTables<P>,
     /// Per level, the table of `dst` matching the table of `src` being walked.
     dst_tables: [u64; 5],
     reserve: &'a mut Reserve,
@@ -81,14 +81,14 @@ struct Copier<'a, P: PhysMem, F> {
     flush: &'a mut Flush,
 }
 
-impl<P, F> Visitor<P, &mut Mapper<P>> for Copier<'_, P, F>
+impl<P, F> Visitor<P, &mut PageTables<P>> for Copier<'_, P, F>
 where
     P: PhysMem,
     F: FnMut(u64, CopyLeaf) -> CopyAs,
 {
     type Stop = Infallible;
 
-    fn enter(&mut self, src: &mut &mut Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
+    fn enter(&mut self, src: &mut &mut PageTables<P>, slot: &Slot) -> Result<Step, Infallible> {
         let (e, level, i) = (slot.entry, slot.level, slot.index);
         let dst_table = self.dst_tables[usize::from(level)];
         let va = canonical(slot.base());

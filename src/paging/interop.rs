@@ -1,7 +1,7 @@
 //! The `x86_64` crate's paging traits over kmem's mapper, so code written against
 //! `OffsetPageTable` (blog_os's `translate_addr`, `create_example_mapping`) runs unchanged.
 //!
-//! [`Mapper`] itself implements `Translate`. The `Mapper<S>` trait takes frame allocators
+//! [`PageTables`] itself implements `Translate`. The `Mapper<S>` trait takes frame allocators
 //! that cannot take frames back and promises that `unmap` frees nothing, while kmem's
 //! mapper frees empty tables and gives back reserved tables on failure: [`X86Mapper`]
 //! keeps such frames and hands them out again before asking the caller's allocator.
@@ -18,11 +18,11 @@ use x86_64::VirtAddr;
 
 use super::entry::{index, is_leaf, ADDR_MASK, LINEAR_MASK, PRESENT};
 use super::spare::SpareFrames;
-use super::{LeafSize, MapFlags, Mapper, PagingError, PhysMem};
+use super::{LeafSize, MapFlags, PageTables, PagingError, PhysMem};
 
-impl<P: PhysMem> Translate for Mapper<P> {
+impl<P: PhysMem> Translate for PageTables<P> {
     fn translate(&self, addr: VirtAddr) -> TranslateResult {
-        let Ok(t) = Mapper::translate(self, addr) else {
+        let Ok(t) = PageTables::translate(self, addr) else {
             return TranslateResult::NotMapped;
         };
         let frame = match t.size {
@@ -38,7 +38,7 @@ impl<P: PhysMem> Translate for Mapper<P> {
     }
 }
 
-/// kmem's [`Mapper`] as the `x86_64` crate's `Mapper<Size4KiB | Size2MiB | Size1GiB>` and
+/// kmem's [`PageTables`] as the `x86_64` crate's `Mapper<Size4KiB | Size2MiB | Size1GiB>` and
 /// `Translate`, for code written against `OffsetPageTable`.
 ///
 /// Differences, all on the safe side: a writable mapping is made non-executable (kmem
@@ -49,7 +49,7 @@ impl<P: PhysMem> Translate for Mapper<P> {
 /// [`give_back_spares`]: X86Mapper::give_back_spares
 ///
 /// ```
-/// # use kmem::paging::{Mapper, PhysMem, X86Mapper};
+/// # use kmem::paging::{PageTables, PhysMem, X86Mapper};
 /// # use x86_64::structures::paging::{FrameAllocator, Mapper as _, Page, PageTableFlags, PhysFrame, Size4KiB};
 /// # use x86_64::{PhysAddr, VirtAddr};
 /// // blog_os's `create_example_mapping`, unchanged but for the mapper's type.
@@ -64,20 +64,20 @@ impl<P: PhysMem> Translate for Mapper<P> {
 ///     let map_to_result = unsafe { mapper.map_to(page, frame, flags, frame_allocator) };
 ///     map_to_result.expect("map_to failed").ignore();
 /// }
-/// # fn demo<P: PhysMem + Clone>(m: Mapper<P>, frames: &mut impl FrameAllocator<Size4KiB>) {
+/// # fn demo<P: PhysMem + Clone>(m: PageTables<P>, frames: &mut impl FrameAllocator<Size4KiB>) {
 /// let mut mapper = X86Mapper::new(m);
 /// create_example_mapping(Page::containing_address(VirtAddr::new(0xdeadb000)), &mut mapper, frames);
 /// # }
 /// ```
 #[derive(Debug)]
 pub struct X86Mapper<P: PhysMem> {
-    mapper: Mapper<P>,
+    mapper: PageTables<P>,
     spares: SpareFrames,
 }
 
 impl<P: PhysMem + Clone> X86Mapper<P> {
     /// Wraps `mapper`.
-    pub const fn new(mapper: Mapper<P>) -> Self {
+    pub const fn new(mapper: PageTables<P>) -> Self {
         Self {
             mapper,
             spares: SpareFrames::new(),
@@ -85,7 +85,7 @@ impl<P: PhysMem + Clone> X86Mapper<P> {
     }
 
     /// kmem's mapper (for ranges, huge-page picking, address spaces).
-    pub fn mapper_mut(&mut self) -> &mut Mapper<P> {
+    pub fn mapper_mut(&mut self) -> &mut PageTables<P> {
         &mut self.mapper
     }
 
@@ -106,7 +106,7 @@ impl<P: PhysMem + Clone> X86Mapper<P> {
     }
 
     /// Gives the kept frames to `frames` and returns kmem's mapper.
-    pub fn into_inner(mut self, frames: &mut impl FrameDeallocator<Size4KiB>) -> Mapper<P> {
+    pub fn into_inner(mut self, frames: &mut impl FrameDeallocator<Size4KiB>) -> PageTables<P> {
         self.give_back_spares(frames);
         self.mapper
     }

@@ -9,9 +9,9 @@ use x86_64::structures::paging::PhysFrame;
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::entry::{is_leaf, span, virt_addr, ADDR_MASK, HALF, LINEAR_MASK, PRESENT};
-use super::mapper::frame_of;
+use super::page_tables::frame_of;
 use super::visit::{walk, Slot, Step, Visitor};
-use super::{LeafSize, Mapper, PhysMem};
+use super::{LeafSize, PageTables, PhysMem};
 
 /// A broken invariant of a page-table hierarchy (a kmem bug, never a caller error), with
 /// where it was found.
@@ -87,7 +87,7 @@ pub struct TableReport {
     pub leaves: [usize; 3],
 }
 
-impl<P: PhysMem> Mapper<P> {
+impl<P: PhysMem> PageTables<P> {
     /// Checks: no table reachable from two parents, no empty table linked below the PML4
     /// (kernel-half PDPTs excepted: they are shared), huge frames aligned.
     pub fn check_invariants(&self) -> Result<(), PagingInvariantError> {
@@ -116,10 +116,10 @@ struct Checker {
     report: TableReport,
 }
 
-impl<P: PhysMem> Visitor<P, &Mapper<P>> for Checker {
+impl<P: PhysMem> Visitor<P, &PageTables<P>> for Checker {
     type Stop = PagingInvariantError;
 
-    fn enter(&mut self, m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, PagingInvariantError> {
+    fn enter(&mut self, m: &mut &PageTables<P>, slot: &Slot) -> Result<Step, PagingInvariantError> {
         let (e, level, a) = (slot.entry, slot.level, slot.base());
         if e & PRESENT == 0 {
             return Ok(Step::Next);

@@ -6,7 +6,7 @@ use core::convert::Infallible;
 
 use super::entry::{is_leaf, virt_addr, ADDR_MASK, NX, PRESENT, USER, WRITABLE};
 use super::visit::{linear_range, walk, Slot, Step, Visitor};
-use super::{Access, LeafSize, Mapper, PhysMem};
+use super::{Access, LeafSize, PageTables, PhysMem};
 
 /// One mapped page, as the MMU sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ impl Census {
     }
 }
 
-impl<P: PhysMem> Mapper<P> {
+impl<P: PhysMem> PageTables<P> {
     /// Calls `f` for every leaf mapping in address order, with effective
     /// permissions (writable and user ANDed over the levels, no-execute
     /// ORed), and counts tables and leaves. Allocates nothing: usable in a
@@ -51,13 +51,13 @@ impl<P: PhysMem> Mapper<P> {
     /// ```
     /// # #[cfg(feature = "testing")]
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use kmem::paging::{Mapper, MapFlags};
+    /// use kmem::paging::{PageTables, MapFlags};
     /// use kmem::testing::phys_mem::EmulatedMemory;
     /// use x86_64::{PhysAddr, VirtAddr};
     ///
     /// let mem = EmulatedMemory::new(16);
     /// let mut frames = mem.frame_allocator();
-    /// let mut m = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    /// let mut m = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     /// let va = VirtAddr::new(0x40_0000);
     /// m.map_range(va, PhysAddr::new(0), 0x2000, MapFlags::READ_WRITE, &mut frames).unwrap().ignore();
     /// let mut wx = 0;
@@ -103,11 +103,11 @@ struct LeafVisitor<F> {
     nx: [u64; 5],
 }
 
-impl<P: PhysMem, F: FnMut(&Leaf)> Visitor<P, &Mapper<P>> for LeafVisitor<F> {
+impl<P: PhysMem, F: FnMut(&Leaf)> Visitor<P, &PageTables<P>> for LeafVisitor<F> {
     type Stop = Infallible;
 
     #[inline(always)]
-    fn enter(&mut self, _m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
+    fn enter(&mut self, _m: &mut &PageTables<P>, slot: &Slot) -> Result<Step, Infallible> {
         let (e, level) = (slot.entry, slot.level);
         if e & PRESENT == 0 {
             return Ok(Step::Next);

@@ -2,8 +2,8 @@
 //!
 //! - Tables are reached through [`PhysMem`] (a direct map in a kernel, a host buffer in tests);
 //!   privileged operations go through [`Mmu`]. Everything else is plain, host-testable code.
-//! - [`Mapper`] maps, unmaps, translates and protects 4 KiB / 2 MiB / 1 GiB pages, one at a time
-//!   or as ranges ([`Mapper::map_range`] picks the largest page size alignment allows).
+//! - [`PageTables`] maps, unmaps, translates and protects 4 KiB / 2 MiB / 1 GiB pages, one at a time
+//!   or as ranges ([`PageTables::map_range`] picks the largest page size alignment allows).
 //! - Range operations plan first, reserve their table frames, then commit: a failure leaves
 //!   everything as it was. Empty tables go back to the frame source.
 //! - Every TLB-changing call returns a [`Flush`] token.
@@ -16,14 +16,14 @@
 //! higher-half offset, a W^X kernel image and a CR3 switch):
 //!
 //! ```no_run
-//! use kmem::paging::{FrameSource, MapFlags, Mapper, Mmu, OffsetPhysMem, X86Mmu};
+//! use kmem::paging::{FrameSource, MapFlags, PageTables, Mmu, OffsetPhysMem, X86Mmu};
 //! use x86_64::{PhysAddr, VirtAddr};
 //!
 //! const DIRECT_MAP: u64 = 0xffff_8800_0000_0000;
 //! fn bring_up(frames: &mut impl FrameSource, ram_end: u64, text: (u64, u64), data: (u64, u64), kbase: u64) {
 //!     // SAFETY: at boot, physical memory is identity-mapped.
 //!     let identity = unsafe { OffsetPhysMem::new(VirtAddr::zero()) };
-//!     let mut m = Mapper::new_empty(identity, frames).unwrap();
+//!     let mut m = PageTables::new_empty(identity, frames).unwrap();
 //!     let rw = MapFlags::READ_WRITE.global();
 //!     // The direct map: 1 GiB / 2 MiB pages wherever alignment allows.
 //!     m.map_range(VirtAddr::new(DIRECT_MAP), PhysAddr::new(0), ram_end, rw, frames).unwrap().ignore();
@@ -38,7 +38,7 @@
 //!     // From now on reach the tables through the direct map.
 //!     let (pml4, _) = m.into_parts();
 //!     // SAFETY: all RAM is mapped read-write at DIRECT_MAP + phys.
-//!     let _m = unsafe { Mapper::new(pml4, OffsetPhysMem::new(VirtAddr::new(DIRECT_MAP))) };
+//!     let _m = unsafe { PageTables::new(pml4, OffsetPhysMem::new(VirtAddr::new(DIRECT_MAP))) };
 //! }
 //! ```
 
@@ -52,8 +52,8 @@ mod interop;
 #[cfg(any(test, feature = "testing"))]
 mod invariants;
 mod leaves;
-mod mapper;
 mod mmu;
+mod page_tables;
 mod phys_mem;
 mod range;
 mod reserve;
@@ -73,8 +73,8 @@ pub use interop::X86Mapper;
 #[cfg(any(test, feature = "testing"))]
 pub use invariants::{PagingInvariantError, TableReport};
 pub use leaves::{Census, Leaf};
-pub use mapper::{FrameSource, Mapper};
 pub use mmu::{Mmu, X86Mmu};
+pub use page_tables::{FrameSource, PageTables};
 pub use phys_mem::{OffsetPhysMem, PhysMem};
 pub use size::LeafSize;
 pub use spare::KeepFreed;

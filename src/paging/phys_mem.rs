@@ -46,14 +46,14 @@ impl OffsetPhysMem {
     }
 }
 
-impl super::Mapper<OffsetPhysMem> {
+impl super::PageTables<OffsetPhysMem> {
     /// The mapper of the running CPU's page tables (CR3), reached through a direct map of
     /// all RAM at `phys_offset`: what a kernel takes over from its bootloader.
     ///
     /// # Safety
     /// All RAM must stay mapped read-write at `phys_offset + phys`; the active tables must
     /// be valid, edited by nothing else while the mapper lives, and no table may have two
-    /// parents (see [`Mapper::new`](super::Mapper::new)).
+    /// parents (see [`PageTables::new`](super::PageTables::new)).
     pub unsafe fn active(phys_offset: VirtAddr) -> Self {
         // SAFETY: the caller's promises are `OffsetPhysMem::new`'s and `from_current`'s.
         unsafe { Self::from_current(&super::X86Mmu, OffsetPhysMem::new(phys_offset)) }

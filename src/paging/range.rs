@@ -13,10 +13,10 @@ use super::entry::{
     canonical, index, is_leaf, leaf_bits, span, virt_addr, ADDR_MASK, HALF, HUGE, LINEAR_MASK,
     PRESENT, TABLE_FLAGS, USER,
 };
-use super::mapper::frame_of;
+use super::page_tables::frame_of;
 use super::reserve::Reserve;
 use super::visit::{walk, Slot, Step, Visitor};
-use super::{Flush, FrameSource, LeafSize, MapFlags, Mapper, PagingError, PhysMem};
+use super::{Flush, FrameSource, LeafSize, MapFlags, PageTables, PagingError, PhysMem};
 use crate::{PAGE_SIZE, PHYS_LIMIT};
 
 /// What a map commit writes.
@@ -54,7 +54,7 @@ enum Edit {
 /// edit plan. Never a frame address: those are page-aligned.
 const PLANNED: u64 = u64::MAX;
 
-impl<P: PhysMem> Mapper<P> {
+impl<P: PhysMem> PageTables<P> {
     /// Maps `len` bytes at `virt` to `phys`, each step with the largest page (up to 1 GiB)
     /// that the alignment of both addresses and the remaining length allow. Tables come from
     /// `alloc`; on any error nothing changed.
@@ -69,7 +69,7 @@ impl<P: PhysMem> Mapper<P> {
         self.map_range_with(virt, phys, len, flags, LeafSize::Size1GiB, alloc)
     }
 
-    /// [`Mapper::map_range`] with pages no larger than `max`.
+    /// [`PageTables::map_range`] with pages no larger than `max`.
     pub fn map_range_with<A: FrameSource + ?Sized>(
         &mut self,
         virt: VirtAddr,
@@ -140,13 +140,13 @@ impl<P: PhysMem> Mapper<P> {
     /// ```
     /// # #[cfg(feature = "testing")]
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use kmem::paging::{LeafSize, MapFlags, Mapper};
+    /// use kmem::paging::{LeafSize, MapFlags, PageTables};
     /// use kmem::testing::{mmu::RecordingMmu, phys_mem::EmulatedMemory};
     /// use x86_64::{PhysAddr, VirtAddr};
     ///
     /// let mem = EmulatedMemory::new(64);
     /// let mut frames = mem.frame_allocator();
-    /// let mut m = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    /// let mut m = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     /// let mut mmu = RecordingMmu::new(m.pml4());
     /// let v = VirtAddr::new(0x4000_0000);
     /// m.map_range(v, PhysAddr::new(0x4000_0000), 0x40_0000, MapFlags::READ, &mut frames).unwrap().ignore();
@@ -334,11 +334,11 @@ struct PlanMap<'a> {
     needed: usize,
 }
 
-impl<P: PhysMem> Visitor<P, &Mapper<P>> for PlanMap<'_> {
+impl<P: PhysMem> Visitor<P, &PageTables<P>> for PlanMap<'_> {
     type Stop = PagingError;
 
     #[inline(always)]
-    fn read(&self, m: &&Mapper<P>, table: u64, i: usize) -> u64 {
+    fn read(&self, m: &&PageTables<P>, table: u64, i: usize) -> u64 {
         if table == PLANNED {
             0
         } else {
@@ -347,7 +347,7 @@ impl<P: PhysMem> Visitor<P, &Mapper<P>> for PlanMap<'_> {
     }
 
     #[inline(always)]
-    fn enter(&mut self, _m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, PagingError> {
+    fn enter(&mut self, _m: &mut &PageTables<P>, slot: &Slot) -> Result<Step, PagingError> {
         let (entry, level) = (slot.entry, slot.level);
         let (_, whole) = self.job.leaf_for(slot);
         if entry & PRESENT == 0 {
@@ -369,7 +369,12 @@ impl<P: PhysMem> Visitor<P, &Mapper<P>> for PlanMap<'_> {
         Ok(Step::Descend(entry & ADDR_MASK))
     }
 
-    fn page_table(&mut self, m: &mut &Mapper<P>, slot: &Slot, t: u64) -> Result<(), PagingError> {
+    fn page_table(
+        &mut self,
+        m: &mut &PageTables<P>,
+        slot: &Slot,
+        t: u64,
+    ) -> Result<(), PagingError> {
         if t == PLANNED {
             return Ok(());
         }
@@ -392,11 +397,11 @@ struct CommitMap<'a> {
     reserve: &'a mut Reserve,
 }
 
-impl<P: PhysMem> Visitor<P, &mut Mapper<P>> for CommitMap<'_> {
+impl<P: PhysMem> Visitor<P, &mut PageTables<P>> for CommitMap<'_> {
     type Stop = Infallible;
 
     #[inline(always)]
-    fn enter(&mut self, m: &mut &mut Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
+    fn enter(&mut self, m: &mut &mut PageTables<P>, slot: &Slot) -> Result<Step, Infallible> {
         let (entry, table, i) = (slot.entry, slot.table, slot.index);
         let (pa, whole) = self.job.leaf_for(slot);
         if entry & PRESENT == 0 && whole {
@@ -415,7 +420,12 @@ impl<P: PhysMem> Visitor<P, &mut Mapper<P>> for CommitMap<'_> {
     }
 
     #[inline(always)]
-    fn page_table(&mut self, m: &mut &mut Mapper<P>, s: &Slot, t: u64) -> Result<(), Infallible> {
+    fn page_table(
+        &mut self,
+        m: &mut &mut PageTables<P>,
+        s: &Slot,
+        t: u64,
+    ) -> Result<(), Infallible> {
         let first = (self.job.pa0 + (s.start - self.job.va0)) | self.job.leaf;
         m.fill_leaves(t, s.start, s.end, first);
         Ok(())
@@ -428,11 +438,11 @@ struct PlanEdit {
     needed: usize,
 }
 
-impl<P: PhysMem> Visitor<P, &Mapper<P>> for PlanEdit {
+impl<P: PhysMem> Visitor<P, &PageTables<P>> for PlanEdit {
     type Stop = Infallible;
 
     #[inline(always)]
-    fn read(&self, m: &&Mapper<P>, table: u64, i: usize) -> u64 {
+    fn read(&self, m: &&PageTables<P>, table: u64, i: usize) -> u64 {
         if table == PLANNED {
             PRESENT | HUGE
         } else {
@@ -441,7 +451,7 @@ impl<P: PhysMem> Visitor<P, &Mapper<P>> for PlanEdit {
     }
 
     #[inline(always)]
-    fn enter(&mut self, _m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
+    fn enter(&mut self, _m: &mut &PageTables<P>, slot: &Slot) -> Result<Step, Infallible> {
         let entry = slot.entry;
         if entry & PRESENT == 0 {
             return Ok(Step::Next);
@@ -457,7 +467,7 @@ impl<P: PhysMem> Visitor<P, &Mapper<P>> for PlanEdit {
     }
 
     #[inline(always)]
-    fn page_table(&mut self, _: &mut &Mapper<P>, _: &Slot, _: u64) -> Result<(), Infallible> {
+    fn page_table(&mut self, _: &mut &PageTables<P>, _: &Slot, _: u64) -> Result<(), Infallible> {
         Ok(()) // 4 KiB leaves never split
     }
 }
@@ -474,7 +484,7 @@ struct CommitEdit<'a, A: ?Sized> {
     kept: [bool; 5],
 }
 
-impl<P, A> Visitor<P, &mut Mapper<P>> for CommitEdit<'_, A>
+impl<P, A> Visitor<P, &mut PageTables<P>> for CommitEdit<'_, A>
 where
     P: PhysMem,
     A: FrameDeallocator<Size4KiB> + ?Sized,
@@ -482,7 +492,7 @@ where
     type Stop = Infallible;
 
     #[inline(always)]
-    fn enter(&mut self, m: &mut &mut Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
+    fn enter(&mut self, m: &mut &mut PageTables<P>, slot: &Slot) -> Result<Step, Infallible> {
         let (level, table, i, a) = (slot.level, slot.table, slot.index, slot.start);
         let mut entry = slot.entry;
         if entry & PRESENT == 0 {
@@ -505,7 +515,12 @@ where
     }
 
     #[inline(always)]
-    fn leave(&mut self, m: &mut &mut Mapper<P>, slot: &Slot, child: u64) -> Result<(), Infallible> {
+    fn leave(
+        &mut self,
+        m: &mut &mut PageTables<P>,
+        slot: &Slot,
+        child: u64,
+    ) -> Result<(), Infallible> {
         let level = slot.level;
         let empty = match self.edit {
             Edit::Protect { .. } => false,
@@ -525,7 +540,12 @@ where
     }
 
     #[inline(always)]
-    fn page_table(&mut self, m: &mut &mut Mapper<P>, s: &Slot, t: u64) -> Result<(), Infallible> {
+    fn page_table(
+        &mut self,
+        m: &mut &mut PageTables<P>,
+        s: &Slot,
+        t: u64,
+    ) -> Result<(), Infallible> {
         self.kept[1] = m.edit_leaves(t, s.start, s.end, self.edit, self.flush);
         Ok(())
     }

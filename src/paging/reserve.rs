@@ -5,7 +5,7 @@
 use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, PhysFrame, Size4KiB};
 use x86_64::PhysAddr;
 
-use super::{Mapper, PagingError, PhysMem};
+use super::{PageTables, PagingError, PhysMem};
 
 /// A stack of allocated, not yet used frames.
 pub(crate) struct Reserve {
@@ -26,7 +26,7 @@ impl Reserve {
 
     /// Obtains `n` frames; on failure returns all obtained ones and reports `OutOfFrames`.
     pub(crate) fn fill<P, A>(
-        m: &mut Mapper<P>,
+        m: &mut PageTables<P>,
         alloc: &mut A,
         n: usize,
     ) -> Result<Self, PagingError>
@@ -51,14 +51,14 @@ impl Reserve {
         Ok(r)
     }
 
-    fn push<P: PhysMem>(&mut self, m: &mut Mapper<P>, frame: u64) {
+    fn push<P: PhysMem>(&mut self, m: &mut PageTables<P>, frame: u64) {
         m.write(frame, 0, self.head.map_or(0, |h| h | LINK));
         self.head = Some(frame);
         self.count += 1;
     }
 
     /// A zeroed frame for a new table. The plan counted every frame the commit takes.
-    pub(crate) fn take<P: PhysMem>(&mut self, m: &mut Mapper<P>) -> u64 {
+    pub(crate) fn take<P: PhysMem>(&mut self, m: &mut PageTables<P>) -> u64 {
         let frame = self
             .head
             .expect("kmem: range plan undercounted table frames");
@@ -70,7 +70,7 @@ impl Reserve {
     }
 
     /// Returns every remaining frame to `alloc`.
-    pub(crate) fn free_unused<P, A>(mut self, m: &mut Mapper<P>, alloc: &mut A)
+    pub(crate) fn free_unused<P, A>(mut self, m: &mut PageTables<P>, alloc: &mut A)
     where
         P: PhysMem,
         A: FrameDeallocator<Size4KiB> + ?Sized,

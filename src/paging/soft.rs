@@ -9,14 +9,14 @@ use x86_64::VirtAddr;
 
 use super::entry::{index, is_leaf, virt_addr, ADDR_MASK, LINEAR_MASK, PRESENT};
 use super::visit::{linear_range, walk, Slot, Step, Visitor};
-use super::{Flush, Mapper, PagingError, PhysMem};
+use super::{Flush, PageTables, PagingError, PhysMem};
 
 const ACCESSED: u64 = 1 << 5;
 const DIRTY: u64 = 1 << 6;
 /// The Dirty bit of a leaf entry.
 pub(crate) const DIRTY_BIT: u64 = DIRTY;
 
-impl<P: PhysMem> Mapper<P> {
+impl<P: PhysMem> PageTables<P> {
     /// The page table and index of the 4 KiB entry of `va`, when the page
     /// table exists (no huge page on the way).
     fn pte_slot(&self, va: VirtAddr) -> Option<(u64, usize)> {
@@ -128,14 +128,14 @@ struct SoftVisitor<F> {
     f: F,
 }
 
-impl<P, F> Visitor<P, &Mapper<P>> for SoftVisitor<F>
+impl<P, F> Visitor<P, &PageTables<P>> for SoftVisitor<F>
 where
     P: PhysMem,
     F: FnMut(u64, usize, VirtAddr, u64),
 {
     type Stop = Infallible;
 
-    fn enter(&mut self, _m: &mut &Mapper<P>, slot: &Slot) -> Result<Step, Infallible> {
+    fn enter(&mut self, _m: &mut &PageTables<P>, slot: &Slot) -> Result<Step, Infallible> {
         let e = slot.entry;
         if slot.level == 1 {
             if e != 0 && e & PRESENT == 0 {

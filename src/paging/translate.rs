@@ -4,7 +4,7 @@ use x86_64::structures::paging::PageTableFlags;
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::entry::{canonical, index, span, ADDR_MASK, HUGE, NX, PRESENT, USER, WRITABLE};
-use super::{LeafSize, Mapper, PagingError, PhysMem};
+use super::{LeafSize, PageTables, PagingError, PhysMem};
 
 /// What the CPU would allow through a translation: W and U are ANDed over all four levels,
 /// NX is ORed.
@@ -47,7 +47,7 @@ pub struct Translation {
     pub access: Access,
 }
 
-impl<P: PhysMem> Mapper<P> {
+impl<P: PhysMem> PageTables<P> {
     /// The mapping of `addr`: `NotMapped` when nothing maps it, `NonCanonical` for a forged address.
     #[inline]
     pub fn translate(&self, addr: VirtAddr) -> Result<Translation, PagingError> {

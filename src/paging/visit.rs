@@ -10,7 +10,7 @@ use core::ops::Deref;
 use x86_64::VirtAddr;
 
 use super::entry::{index, span, LINEAR_MASK};
-use super::{Mapper, PhysMem};
+use super::{PageTables, PhysMem};
 
 /// One entry met by the walk, with the part `[start, end)` of the range it covers.
 #[derive(Clone, Copy, Debug)]
@@ -53,9 +53,9 @@ pub(crate) enum Step {
 }
 
 /// An operation over the entries of a range. `M` is the access to the hierarchy the walk
-/// gets, `&Mapper` or `&mut Mapper`, and lends to each call. `Stop` ends the walk early (an
+/// gets, `&PageTables` or `&mut PageTables`, and lends to each call. `Stop` ends the walk early (an
 /// error, or `Infallible` for walks that always finish).
-pub(crate) trait Visitor<P: PhysMem, M: Deref<Target = Mapper<P>>> {
+pub(crate) trait Visitor<P: PhysMem, M: Deref<Target = PageTables<P>>> {
     type Stop;
 
     /// Entry `i` of `table` (a visitor may walk tables that do not exist yet).
@@ -96,7 +96,7 @@ pub(crate) fn walk<P, M, V>(
 ) -> Result<(), V::Stop>
 where
     P: PhysMem,
-    M: Deref<Target = Mapper<P>>,
+    M: Deref<Target = PageTables<P>>,
     V: Visitor<P, M> + ?Sized,
 {
     let sp = span(level);

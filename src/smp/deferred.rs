@@ -21,7 +21,7 @@ use crate::paging::{Flush, Mmu};
 /// ```
 /// # #[cfg(feature = "testing")]
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use kmem::paging::{MapFlags, Mapper};
+/// use kmem::paging::{MapFlags, PageTables};
 /// use kmem::smp::{CpuSet, DeferredFrees, TlbShootdown};
 /// use kmem::paging::Flush;
 /// use kmem::testing::{mmu::RecordingMmu, phys_mem::EmulatedMemory};
@@ -35,7 +35,7 @@ use crate::paging::{Flush, Mmu};
 ///
 /// let ram = EmulatedMemory::new(64);
 /// let mut frames = ram.frame_allocator();
-/// let mut m = Mapper::new_empty(ram.phys_mem(), &mut frames).unwrap();
+/// let mut m = PageTables::new_empty(ram.phys_mem(), &mut frames).unwrap();
 /// let page = Page::<Size4KiB>::containing_address(VirtAddr::new(0x40_0000));
 /// let leaf = PhysFrame::containing_address(PhysAddr::new(0x1000));
 /// m.map(page, leaf, MapFlags::READ_WRITE, &mut frames).unwrap().ignore();

@@ -25,7 +25,7 @@
 //! ```
 //! # #[cfg(feature = "testing")]
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use kmem::paging::Mapper;
+//! use kmem::paging::PageTables;
 //! use kmem::testing::phys_mem::EmulatedMemory;
 //! use kmem::vm::{FaultAccess, FaultOutcome, Prot, Vm, VmSpace};
 //! use x86_64::VirtAddr;
@@ -33,7 +33,7 @@
 //! let mem = EmulatedMemory::new(64);
 //! let mut frames = mem.frame_allocator();
 //! let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
-//! let kernel = Mapper::new_empty(mem.phys_mem(), &mut frames)?;
+//! let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames)?;
 //! let mut space = VmSpace::new_user(&kernel, &mut frames)?;
 //! let heap = space.map_anonymous(None, 16 * 4096, Prot::RW | Prot::USER)?;
 //! // A first read maps the zero page, a first write a private frame.

@@ -6,7 +6,7 @@ use super::areas::AreaSet;
 use super::replace::ReplacementPolicy;
 use super::{Area, AreaKind, Prot, Vm, VmError};
 use crate::paging::{
-    AddressSpace, CopyAs, CopyLeaf, Flush, FrameSource, Leaf, LeafSize, Mapper, Mmu, PhysMem,
+    AddressSpace, CopyAs, CopyLeaf, Flush, FrameSource, Leaf, LeafSize, Mmu, PageTables, PhysMem,
 };
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -36,7 +36,7 @@ pub const USER_RANGE: (u64, u64) = (PAGE, 0x0000_8000_0000_0000);
 /// [`handle_fault`]: Self::handle_fault
 /// [`fork`]: Self::fork
 pub struct VmSpace<P: PhysMem> {
-    pub(super) mapper: Mapper<P>,
+    pub(super) mapper: PageTables<P>,
     /// Boxed: keeps a space small enough to hand back by value in errors.
     pub(super) areas: Box<AreaSet>,
     /// Where the reclaim scan goes on (CLOCK hand).
@@ -62,7 +62,7 @@ impl<P: PhysMem + Clone> VmSpace<P> {
     /// A new, empty user address space (managing [`USER_RANGE`]) whose
     /// kernel half is that of `kernel`.
     pub fn new_user<A: FrameSource + ?Sized>(
-        kernel: &Mapper<P>,
+        kernel: &PageTables<P>,
         frames: &mut A,
     ) -> Result<Self, VmError> {
         let space = AddressSpace::new(kernel, frames)?;
@@ -140,7 +140,7 @@ impl<P: PhysMem> VmSpace<P> {
     /// Manages `[lo, hi)` of the hierarchy of `mapper`, which must map
     /// nothing there yet. The space owns the hierarchy from now on:
     /// [`destroy`](Self::destroy) frees its lower half and its PML4.
-    pub fn with_mapper(mapper: Mapper<P>, lo: u64, hi: u64) -> Self {
+    pub fn with_mapper(mapper: PageTables<P>, lo: u64, hi: u64) -> Self {
         Self {
             mapper,
             areas: Box::new(AreaSet::new(lo, hi)),
@@ -151,7 +151,7 @@ impl<P: PhysMem> VmSpace<P> {
     }
 
     /// The page tables, to activate the space or audit its mappings.
-    pub fn mapper(&self) -> &Mapper<P> {
+    pub fn mapper(&self) -> &PageTables<P> {
         &self.mapper
     }
 

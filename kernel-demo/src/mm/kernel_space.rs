@@ -8,7 +8,7 @@ use crate::boot::{BootInfo, DIRECT_MAP};
 use crate::mm::memory::{direct_map, with_memory};
 use kmem::frame::FrameError;
 use kmem::memory_map::{MemoryMap, RegionKind};
-use kmem::paging::{Census, LeafSize, MapFlags, Mapper, Mmu, OffsetPhysMem};
+use kmem::paging::{Census, LeafSize, MapFlags, Mmu, OffsetPhysMem, PageTables};
 use x86_64::structures::paging::{Page, Size4KiB};
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -104,10 +104,10 @@ fn ram_ranges(map: &MemoryMap) -> impl Iterator<Item = (u64, u64)> + '_ {
 }
 
 /// Builds the kernel's address space (not active yet).
-pub fn build(info: &BootInfo) -> Result<(Mapper<OffsetPhysMem>, BuildReport), kmem::Error> {
+pub fn build(info: &BootInfo) -> Result<(PageTables<OffsetPhysMem>, BuildReport), kmem::Error> {
     with_memory(|m| {
         let free_before = m.free_frames();
-        let mut k = Mapper::new_empty(direct_map(), &mut m.frames)?;
+        let mut k = PageTables::new_empty(direct_map(), &mut m.frames)?;
         let t0 = crate::arch::cpu::rdtsc();
         let mut direct_bytes = 0;
         let ram: MemoryMap = MemoryMap::from_regions(info.regions().iter().copied())?;
@@ -172,7 +172,7 @@ pub fn build(info: &BootInfo) -> Result<(Mapper<OffsetPhysMem>, BuildReport), km
 /// # Safety
 /// `kernel` must come from [`build`] for this kernel: it maps the running
 /// code, the boot stack and statics (image sections), and the direct map.
-pub unsafe fn activate(kernel: Mapper<OffsetPhysMem>) -> Result<u64, FrameError> {
+pub unsafe fn activate(kernel: PageTables<OffsetPhysMem>) -> Result<u64, FrameError> {
     with_memory(|m| {
         // SAFETY: per the caller, the new tables map everything in use.
         unsafe { m.mmu.set_cr3(kernel.pml4()) };

@@ -10,7 +10,7 @@ use crate::testing::TestLock;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kmem::frame::{BitmapFrameAllocator, FrameError, LockedFrameAllocator};
 use kmem::memory_map::{MapError, MemoryMap};
-use kmem::paging::{Mapper, OffsetPhysMem, X86Mmu};
+use kmem::paging::{OffsetPhysMem, PageTables, X86Mmu};
 use x86_64::structures::paging::PhysFrame;
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -78,7 +78,7 @@ pub static FRAMES: LockedFrameAllocator<'static> =
 
 /// The mapper of the kernel's active page tables: the boot tables after
 /// [`init`], the kernel's own after the demo switches to them.
-static MAPPER: TestLock<Option<Mapper<OffsetPhysMem>>> = TestLock::new(None);
+static MAPPER: TestLock<Option<PageTables<OffsetPhysMem>>> = TestLock::new(None);
 static INIT: spin::Once<Result<(), SetupError>> = spin::Once::new();
 
 /// Builds the frame allocator from the PVH map and a mapper over the boot
@@ -90,7 +90,7 @@ pub fn init() -> Result<(), &'static SetupError> {
         FRAMES.replace(frames);
         // SAFETY: CR3 holds the boot tables, which nothing else edits once
         // this mapper exists; every table frame is RAM in the direct map.
-        let mapper = unsafe { Mapper::from_current(&X86Mmu, direct_map()) };
+        let mapper = unsafe { PageTables::from_current(&X86Mmu, direct_map()) };
         *MAPPER.lock() = Some(mapper);
         Ok(())
     })
@@ -141,7 +141,7 @@ pub struct Memory<'a> {
     /// The kernel's frames (each call locks them briefly).
     pub frames: &'static LockedFrameAllocator<'static>,
     /// The mapper of the active page tables.
-    pub mapper: &'a mut Mapper<OffsetPhysMem>,
+    pub mapper: &'a mut PageTables<OffsetPhysMem>,
     /// The privileged operations.
     pub mmu: X86Mmu,
 }
@@ -168,6 +168,6 @@ pub fn with_memory<R>(f: impl FnOnce(&mut Memory<'_>) -> R) -> R {
 }
 
 /// Replaces the active mapper (after a switch to new page tables).
-pub fn set_mapper(mapper: Mapper<OffsetPhysMem>) -> Option<Mapper<OffsetPhysMem>> {
+pub fn set_mapper(mapper: PageTables<OffsetPhysMem>) -> Option<PageTables<OffsetPhysMem>> {
     MAPPER.lock().replace(mapper)
 }

@@ -20,12 +20,12 @@ impl<T: FrameAllocator<Size4KiB> + FrameDeallocator<Size4KiB>> FrameSource for T
 /// Invariant: every table reachable from the PML4 belongs to this hierarchy alone (the kernel
 /// half may be shared with other address spaces) and is reachable through `phys`.
 #[derive(Debug)]
-pub struct Mapper<P: PhysMem> {
+pub struct PageTables<P: PhysMem> {
     pml4: u64,
     phys: P,
 }
 
-impl<P: PhysMem> Mapper<P> {
+impl<P: PhysMem> PageTables<P> {
     /// The mapper of an existing hierarchy rooted at `pml4`.
     ///
     /// # Safety
@@ -45,7 +45,7 @@ impl<P: PhysMem> Mapper<P> {
     ///
     /// # Safety
     ///
-    /// As for [`Mapper::new`], for the frame CR3 holds.
+    /// As for [`PageTables::new`], for the frame CR3 holds.
     pub unsafe fn from_current<M: Mmu + ?Sized>(mmu: &M, phys: P) -> Self {
         // SAFETY: forwarded to the caller.
         unsafe { Self::new(mmu.cr3(), phys) }
@@ -56,13 +56,13 @@ impl<P: PhysMem> Mapper<P> {
     /// ```
     /// # #[cfg(feature = "testing")]
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use kmem::paging::{Mapper, MapFlags, LeafSize};
+    /// use kmem::paging::{PageTables, MapFlags, LeafSize};
     /// use kmem::testing::phys_mem::EmulatedMemory;
     /// use x86_64::{PhysAddr, VirtAddr};
     ///
     /// let mem = EmulatedMemory::new(64);
     /// let mut frames = mem.frame_allocator();
-    /// let mut mapper = Mapper::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    /// let mut mapper = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     /// let virt = VirtAddr::new(0xffff_8000_0000_0000);
     /// // 4 MiB, both addresses 2 MiB-aligned: two 2 MiB pages.
     /// mapper
