@@ -69,14 +69,7 @@ impl<'a, 'm, C: CpuLocal, M: InterruptMask, const CPUS: usize> PerCpuFrames<'a, 
             slots: [const {
                 CachePadded(spin::Mutex::new(Slot {
                     mag: Magazine::new(),
-                    stats: CacheStats {
-                        hits: 0,
-                        misses: 0,
-                        refills: 0,
-                        flushes: 0,
-                        drains: 0,
-                        cached: 0,
-                    },
+                    stats: CacheStats::ZERO,
                 }))
             }; CPUS],
         }

@@ -166,14 +166,7 @@ impl<A: GlobalAlloc, C: CpuLocal, const CPUS: usize> PerCpuHeap<A, C, CPUS> {
                 CachePadded(spin::Mutex::new(Lists {
                     heads: [null_mut(); NUM_CLASSES],
                     counts: [0; NUM_CLASSES],
-                    stats: CacheStats {
-                        hits: 0,
-                        misses: 0,
-                        refills: 0,
-                        flushes: 0,
-                        drains: 0,
-                        cached: 0,
-                    },
+                    stats: CacheStats::ZERO,
                 }))
             }; CPUS],
         }

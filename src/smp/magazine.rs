@@ -105,6 +105,16 @@ pub struct CacheStats {
 }
 
 impl CacheStats {
+    /// All counters zero (`const`, for the per-CPU slots of a static).
+    pub const ZERO: Self = Self {
+        hits: 0,
+        misses: 0,
+        refills: 0,
+        flushes: 0,
+        drains: 0,
+        cached: 0,
+    };
+
     /// Adds `other`'s counters to these.
     pub fn add(&mut self, other: &CacheStats) {
         self.hits += other.hits;

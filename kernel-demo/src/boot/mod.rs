@@ -22,6 +22,17 @@ use kmem::memory_map::e820::E820Entry;
 use kmem::memory_map::multiboot2 as multiboot2_map;
 use kmem::memory_map::{Region, RegionKind};
 
+/// AT&T instructions that load the boot GDT's data selector (0x10) into
+/// ds, es and ss and clear fs and gs: the first thing 64-bit code does after
+/// the far jump, on the boot CPU and on each AP.
+macro_rules! load_data_segments {
+    () => {
+        "mov $0x10, %ax\nmov %ax, %ds\nmov %ax, %es\nmov %ax, %ss\n\
+         xor %ax, %ax\nmov %ax, %fs\nmov %ax, %gs\n"
+    };
+}
+pub(crate) use load_data_segments;
+
 /// Size of the boot stack (the stack every kernel runs its `main` on).
 pub const BOOT_STACK_SIZE: usize = 2 * 1024 * 1024;
 /// Where all physical memory is mapped: physical `p` is at `DIRECT_MAP + p`.
@@ -155,13 +166,9 @@ _pvh_start:
 
     .code64
 long_mode_entry:
-    mov $0x10, %ax
-    mov %ax, %ds
-    mov %ax, %es
-    mov %ax, %ss
-    xor %ax, %ax
-    mov %ax, %fs
-    mov %ax, %gs
+    "#,
+    load_data_segments!(),
+    r#"
     movabs $boot_stack_top, %rsp    /* from here on: the higher half */
     mov %esi, %edi                  /* boot information; zero-extends */
     mov %ebp, %esi                  /* protocol */

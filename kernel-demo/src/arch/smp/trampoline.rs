@@ -43,13 +43,9 @@ kmem_ap_trampoline:
 
     .code64
 tr_long:
-    mov $0x10, %ax
-    mov %ax, %ds
-    mov %ax, %es
-    mov %ax, %ss
-    xor %ax, %ax
-    mov %ax, %fs
-    mov %ax, %gs
+    "#,
+    crate::boot::load_data_segments!(),
+    r#"
     mov kmem_ap_tr_stack - kmem_ap_trampoline + {base}, %rsp
     mov kmem_ap_tr_arg - kmem_ap_trampoline + {base}, %rdi
     mov kmem_ap_tr_entry - kmem_ap_trampoline + {base}, %rax
