@@ -1,3 +1,5 @@
+//! Unit tests of the large-object heap: carving, merging, bins, growth and the checker.
+
 use super::block::block_of;
 use super::*;
 
