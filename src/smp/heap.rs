@@ -37,6 +37,10 @@ static LIMITS: [u32; NUM_CLASSES] = {
     t
 };
 
+/// The most blocks one refill obtains: half the largest class limit.
+const MAX_BATCH: usize = 32;
+const _: () = assert!(class_cache_limit(0) / 2 <= MAX_BATCH && 64 / 2 == MAX_BATCH);
+
 /// One CPU's free lists: singly linked through the first word of each
 /// cached block, so caching needs no memory of its own.
 struct Lists {
@@ -197,15 +201,23 @@ impl<A: GlobalAlloc, C: CpuLocal, const CPUS: usize> PerCpuHeap<A, C, CPUS> {
     fn drain_slots(&self) -> usize {
         let mut moved = 0;
         for s in &self.slots {
-            let mut lists = s.lock();
-            let n = lists.cached();
-            if n == 0 {
-                continue;
+            // Detach under the slot lock, give back after it: a slot lock is
+            // never held across a call into the inner allocator, so waiting
+            // for one never waits for anything else (a shootdown, say).
+            let mut chains = [null_mut(); NUM_CLASSES];
+            {
+                let mut lists = s.lock();
+                let n = lists.cached();
+                if n == 0 {
+                    continue;
+                }
+                lists.stats.drains += 1;
+                moved += n as usize;
+                for (class, chain) in chains.iter_mut().enumerate() {
+                    *chain = lists.split_off(class, 0);
+                }
             }
-            lists.stats.drains += 1;
-            moved += n as usize;
-            for class in 0..NUM_CLASSES {
-                let chain = lists.split_off(class, 0);
+            for (class, chain) in chains.into_iter().enumerate() {
                 // SAFETY: the chain was detached from the lists: cached
                 // blocks of `class`, owned by nobody else.
                 unsafe { self.release_chain(class, chain) };
@@ -230,9 +242,10 @@ impl<A: GlobalAlloc, C: CpuLocal, const CPUS: usize> PerCpuHeap<A, C, CPUS> {
     }
 
     /// Allocates a block of `class` on a miss: one for the caller plus a
-    /// refill of this CPU's list.
+    /// batch for this CPU's list, obtained before the slot lock is taken
+    /// again (the lock is never held across a call into the inner allocator).
     #[cold]
-    fn refill(&self, lists: &mut Lists, class: usize) -> *mut u8 {
+    fn refill(&self, class: usize) -> *mut u8 {
         let layout = canonical(class);
         // SAFETY: a non-zero layout.
         let first = unsafe { self.inner.alloc(layout) };
@@ -240,18 +253,23 @@ impl<A: GlobalAlloc, C: CpuLocal, const CPUS: usize> PerCpuHeap<A, C, CPUS> {
             return first;
         }
         let batch = LIMITS[class] as usize / 2;
+        let mut fresh = [null_mut(); MAX_BATCH];
         let mut got = 0;
-        while got < batch {
+        while got < batch.min(MAX_BATCH) {
             // SAFETY: as above.
             let p = unsafe { self.inner.alloc(layout) };
             if p.is_null() {
                 break;
             }
-            // SAFETY: a fresh block of the canonical layout.
-            unsafe { lists.push(class, p) };
+            fresh[got] = p;
             got += 1;
         }
         if got > 0 {
+            let mut lists = self.slot().lock();
+            for &p in &fresh[..got] {
+                // SAFETY: a fresh block of the canonical layout.
+                unsafe { lists.push(class, p) };
+            }
             lists.stats.refills += 1;
         }
         first
@@ -260,15 +278,15 @@ impl<A: GlobalAlloc, C: CpuLocal, const CPUS: usize> PerCpuHeap<A, C, CPUS> {
     #[inline]
     fn alloc_small(&self, class: usize) -> *mut u8 {
         self.cpu.without_interrupts(|| {
-            let p = {
+            {
                 let mut lists = self.slot().lock();
                 if let Some(p) = lists.pop(class) {
                     lists.stats.hits += 1;
                     return p;
                 }
                 lists.stats.misses += 1;
-                self.refill(&mut lists, class)
-            };
+            }
+            let p = self.refill(class);
             if !p.is_null() {
                 return p;
             }
@@ -283,16 +301,20 @@ impl<A: GlobalAlloc, C: CpuLocal, const CPUS: usize> PerCpuHeap<A, C, CPUS> {
     #[inline]
     unsafe fn dealloc_small(&self, p: *mut u8, class: usize) {
         self.cpu.without_interrupts(|| {
-            let mut lists = self.slot().lock();
-            // SAFETY: the caller gives the block up.
-            unsafe { lists.push(class, p) };
-            let limit = LIMITS[class];
-            if lists.counts[class] > limit {
+            let rest = {
+                let mut lists = self.slot().lock();
+                // SAFETY: the caller gives the block up.
+                unsafe { lists.push(class, p) };
+                let limit = LIMITS[class];
+                if lists.counts[class] <= limit {
+                    return;
+                }
                 lists.stats.flushes += 1;
-                let rest = lists.split_off(class, limit as usize / 2);
-                // SAFETY: detached cached blocks of `class`.
-                unsafe { self.release_chain(class, rest) };
-            }
+                lists.split_off(class, limit as usize / 2)
+            };
+            // SAFETY: detached cached blocks of `class`, given back after
+            // the slot lock (never held across the inner allocator).
+            unsafe { self.release_chain(class, rest) };
         })
     }
 

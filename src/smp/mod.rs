@@ -29,7 +29,10 @@
 //! [`CpuLocal::without_interrupts`]: an interrupt or fault handler on the
 //! same CPU cannot find it held, and other CPUs take it only to drain. A
 //! wrong CPU index therefore costs speed, never correctness. Locks are
-//! always taken in the order *CPU slot, then shared allocator*.
+//! always taken in the order *CPU slot, then shared allocator*; the heap's
+//! slot is never held across a call into its inner allocator (blocks are
+//! detached under the lock and given back after it), so a CPU draining
+//! another's slot never waits for a CPU that waits for a shootdown.
 //!
 //! | call | interrupt / fault handler |
 //! | --- | --- |

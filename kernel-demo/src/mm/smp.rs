@@ -2,10 +2,12 @@
 //! the frame allocator and the heap, and unmapping from the kernel's
 //! address space with a TLB shootdown on every CPU online.
 //!
-//! Lock order: a CPU's cache slot, then the heap gate or the mapper, then
-//! the frame allocator. Draining the caches ([`PerCpuFrames::drain_all`],
-//! [`PerCpuHeap::drain_all`]) takes every CPU's slot: do it while the other
-//! CPUs are idle, as the demo and the tests do.
+//! Lock order: the heap gate or the mapper, then a CPU's frame-cache slot,
+//! then the frame allocator. A cache slot is held only for list operations
+//! (the heap's never across a call into the heap, the frames' only with the
+//! frame allocator, which waits for nothing), so draining the caches
+//! ([`PerCpuFrames::drain_all`], [`PerCpuHeap::drain_all`]) never waits on a
+//! CPU that is itself waiting for a shootdown.
 
 use crate::arch::smp::{self, shootdown::IpiShootdown, KernelCpu, MAX_CPUS};
 use crate::mm::heap::Global;
