@@ -18,6 +18,19 @@ use proptest::prelude::*;
 
 type ArenaHeap = Heap<ArenaPageSource>;
 
+
+/// Pages the tracker (feature `tracking`) maps for its live bitmap: the
+/// page source's, but not in the heap's `pages_held`.
+fn tracker_pages<P: kmem::heap::PageSource>(heap: &kmem::heap::Heap<P>) -> usize {
+    #[cfg(feature = "tracking")]
+    return heap.tracker().stats().bitmap_pages;
+    #[cfg(not(feature = "tracking"))]
+    {
+        let _ = heap;
+        0
+    }
+}
+
 fn heap(bytes: usize) -> ArenaHeap {
     heap_with_frames(bytes, usize::MAX)
 }
@@ -152,7 +165,10 @@ impl Model {
             stats.live_bytes,
             self.live.iter().map(|a| a.layout.size()).sum::<usize>()
         );
-        assert_eq!(stats.pages_held, self.heap.source().mapped_pages());
+        assert_eq!(
+            stats.pages_held + tracker_pages(&self.heap),
+            self.heap.source().mapped_pages()
+        );
         assert_eq!(
             stats.pages_held,
             stats.slab_pages + stats.large_pages + stats.cached_pages
@@ -199,8 +215,18 @@ impl Model {
         self.heap.check_invariants().unwrap();
         assert_eq!(self.heap.stats().live_bytes, 0);
         let (lo, top) = self.heap.bounds();
-        let bytes =
-            (top - lo - 2 * PAGE_SIZE).min(self.frames.saturating_sub(1).saturating_mul(PAGE_SIZE));
+        // Frames left for data: all but the large heap's first page and the
+        // tracker's bitmap (mapped, plus 1 page per 64 it may still need).
+        let mut frames = self
+            .frames
+            .saturating_sub(1 + tracker_pages(&self.heap));
+        if cfg!(feature = "tracking") {
+            frames = frames.saturating_sub(frames.div_ceil(65) + 1);
+        }
+        let bytes = (top - lo - 2 * PAGE_SIZE).min(frames.saturating_mul(PAGE_SIZE));
+        if bytes == 0 {
+            return; // the tracker's bitmap took every frame there was
+        }
         let whole = Layout::from_size_align(bytes, 8).unwrap();
         let p = self
             .heap
@@ -370,6 +396,7 @@ fn boundary_alloc_free_does_not_thrash() {
     let layout = Layout::from_size_align(300_000, 8).unwrap();
     let keep = h.allocate(layout).unwrap();
     let calls = h.source().calls();
+    let bitmap = tracker_pages(&h);
     for _ in 0..1000 {
         let p = h.allocate(layout).unwrap();
         // SAFETY: just allocated with `layout`.
@@ -379,6 +406,8 @@ fn boundary_alloc_free_does_not_thrash() {
         unsafe { h.deallocate(q, Layout::new::<[u64; 4]>()) };
     }
     let (maps, unmaps) = h.source().calls();
+    // The tracker maps its bitmap once per new stretch of heap, never again.
+    let maps = maps - (tracker_pages(&h) - bitmap);
     assert!(
         maps - calls.0 <= 2 && unmaps - calls.1 <= 2,
         "{calls:?} -> {maps} {unmaps}"
