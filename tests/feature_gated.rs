@@ -1,5 +1,7 @@
 //! Runs the tests that only exist under optional features (`tracking`
-//! and the bootloader adapters), so `cargo test` covers them too.
+//! and the bootloader adapters), and the heap's tests again with every
+//! feature on (tracking changes what the heap maps and how big it is), so
+//! `cargo test` covers them too.
 //!
 //! A feature changes the library every test binary links, so they are run
 //! by a nested `cargo test --all-features` of this package into its own
@@ -21,7 +23,20 @@ fn main() -> ExitCode {
             "--lib",
             "--test",
             "heap_tracking",
+            "--test",
+            "heap_model",
+            "--test",
+            "heap_reclaim",
+            "--test",
+            "smp_stress",
+            "--test",
+            "smp_model",
+            "--test",
+            "adoption",
         ])
+        // With `tracking` a `LockedHeap` is 233 KB, and debug builds copy it
+        // through the stack a few times when a test builds one at run time.
+        .env("RUST_MIN_STACK", (16 << 20).to_string())
         .arg("--target-dir")
         .arg(std::path::Path::new(root).join("target").join("features"))
         .arg("--")

@@ -18,7 +18,6 @@ use proptest::prelude::*;
 
 type ArenaHeap = Heap<ArenaPageSource>;
 
-
 /// Pages the tracker (feature `tracking`) maps for its live bitmap: the
 /// page source's, but not in the heap's `pages_held`.
 fn tracker_pages<P: kmem::heap::PageSource>(heap: &kmem::heap::Heap<P>) -> usize {
@@ -217,9 +216,7 @@ impl Model {
         let (lo, top) = self.heap.bounds();
         // Frames left for data: all but the large heap's first page and the
         // tracker's bitmap (mapped, plus 1 page per 64 it may still need).
-        let mut frames = self
-            .frames
-            .saturating_sub(1 + tracker_pages(&self.heap));
+        let mut frames = self.frames.saturating_sub(1 + tracker_pages(&self.heap));
         if cfg!(feature = "tracking") {
             frames = frames.saturating_sub(frames.div_ceil(65) + 1);
         }

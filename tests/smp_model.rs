@@ -33,7 +33,8 @@ fn check(f: impl Fn() + Send + Sync + 'static, iterations: usize) {
     let f = std::sync::Arc::new(f);
     let config = || {
         let mut config = shuttle::Config::new();
-        config.stack_size = 1 << 20;
+        // 8 MiB: a `LockedHeap` with `tracking` is 233 KB, built on the stack in debug builds.
+        config.stack_size = 8 << 20;
         config
     };
     let g = f.clone();

@@ -82,8 +82,10 @@ fn verify(o: &Obj) {
     }
 }
 
-fn new_heap() -> Heap {
-    let heap = Heap::new(LockedHeap::empty(), HostCpu);
+/// On the heap of the process: with feature `tracking` a `LockedHeap` is
+/// 233 KB, and debug builds copy it through the stack.
+fn new_heap() -> Box<Heap> {
+    let heap = Box::new(Heap::new(LockedHeap::empty(), HostCpu));
     let arena = ArenaPageSource::new(32 << 20);
     let (start, len) = arena.range();
     // SAFETY: the arena's range belongs to this heap alone.
@@ -214,7 +216,7 @@ fn heap_more_threads_than_slots() {
 /// before an allocation fails.
 #[test]
 fn heap_drains_caches_before_failing() {
-    let heap = Heap::new(LockedHeap::empty(), HostCpu);
+    let heap = Box::new(Heap::new(LockedHeap::empty(), HostCpu));
     let mut arena = ArenaPageSource::new(1 << 20);
     arena.set_frame_limit(8);
     let (start, len) = arena.range();

@@ -9,6 +9,10 @@ use spin::{Mutex, MutexGuard};
 /// A [`Heap`] behind a spin lock, usable as `#[global_allocator]`: starts
 /// empty (every allocation fails with null) until [`LockedHeap::init`].
 ///
+/// It is large (about 32 KB; 233 KB with feature `tracking`, whose tracker
+/// lives inline): keep it in a `static`, where `empty` is evaluated at
+/// compile time, rather than building one on a small stack.
+///
 /// ```
 /// # #[cfg(feature = "testing")]
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
