@@ -14,10 +14,7 @@ use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use kernel_demo::arch::interrupts;
-use kernel_demo::arch::recover::{protect, Outcome};
-use kernel_demo::arch::trap::{vector, Fault};
+use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_demo::boot;
 use kernel_demo::mm::heap::{self as kheap, HEAP};
 use kernel_demo::mm::kernel_space::{self, BuildReport, STACK_GUARD, STACK_TOP};
@@ -28,7 +25,7 @@ use kmem::paging::{AddressSpace, MapFlags};
 use x86_64::structures::paging::{Page, Size4KiB};
 use x86_64::VirtAddr;
 
-mod demo_smp;
+mod demo;
 
 kernel_demo::entry_point!(main);
 
@@ -151,19 +148,19 @@ extern "C" fn after_switch() -> ! {
     demo_address_space();
 
     step("7. page faults, caught and recovered");
-    demo_faults();
+    demo::faults::demo_faults();
 
     step("8. W^X audit of the live page tables");
-    audit_wx();
+    demo::audit::audit_wx();
 
     step("9. user processes (kmem::vm: areas, demand paging, copy-on-write fork)");
-    demo_processes();
+    demo::processes::demo_processes();
 
     step("10. swap: four times the RAM given to pageable memory (kmem::vm on a virtio disk)");
-    demo_swap();
+    demo::swap::demo_swap();
 
     step("11. several CPUs (kmem::smp: per-CPU caches, TLB shootdown by IPI)");
-    demo_smp::run();
+    demo::smp::run();
 
     step("12. summary");
     summary();
@@ -282,329 +279,6 @@ fn demo_address_space() {
             m.free_frames() == free0
         );
     });
-}
-
-/// Where the fault hook maps pages on demand (PML4 slot 416).
-const DEMAND: u64 = 0xFFFF_D000_0000_0000;
-const DEMAND_PAGES: u64 = 4;
-static DEMAND_FAULTS: AtomicUsize = AtomicUsize::new(0);
-
-/// Repairs a not-present fault inside the demand region by mapping a
-/// zeroed frame; the faulting instruction then runs again.
-fn demand_hook(fault: &Fault) -> bool {
-    let in_region = (DEMAND..DEMAND + DEMAND_PAGES * 4096).contains(&fault.addr);
-    if fault.vector != vector::PAGE_FAULT || !in_region || fault.error_code & 1 != 0 {
-        return false;
-    }
-    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(fault.addr));
-    with_memory(|m| {
-        let Ok(frame) = m.frames.with(|f| f.allocate()) else {
-            return false;
-        };
-        // SAFETY: the frame is ours, reached through the direct map.
-        unsafe { boot::phys_to_virt(frame.start_address().as_u64()).write_bytes(0, 4096) };
-        DEMAND_FAULTS.fetch_add(1, Ordering::SeqCst);
-        m.mapper
-            .map(page, frame, MapFlags::READ_WRITE, &mut m.frames)
-            .map(|f| f.flush(&mut m.mmu))
-            .is_ok()
-    })
-}
-
-fn report(what: &str, outcome: Outcome) {
-    match outcome {
-        Outcome::Faulted(fault) => println!("{what}: caught {fault}"),
-        Outcome::Returned => kernel_demo::fatal(format_args!("{what}: no fault")),
-        Outcome::Panicked => kernel_demo::fatal(format_args!("{what}: panicked")),
-    }
-}
-
-fn demo_faults() {
-    // Demand paging: the handler repairs the fault and the write retries.
-    interrupts::set_fault_hook(Some(demand_hook));
-    let mut sum = 0;
-    for i in 0..DEMAND_PAGES {
-        let p = (DEMAND + i * 4096 + 8 * i) as *mut u64;
-        // SAFETY: the fault hook maps the page on first touch.
-        unsafe { p.write_volatile(i + 1) };
-        // SAFETY: mapped now.
-        sum += unsafe { p.read_volatile() };
-    }
-    interrupts::set_fault_hook(None);
-    println!(
-        "demand paging: wrote {DEMAND_PAGES} unmapped pages at {DEMAND:#x}; {} page faults repaired by the handler, values sum {sum}",
-        DEMAND_FAULTS.load(Ordering::SeqCst)
-    );
-    let (before, after) = with_memory(|m| {
-        let before = m.free_frames();
-        for i in 0..DEMAND_PAGES {
-            let page = Page::<Size4KiB>::containing_address(VirtAddr::new(DEMAND + i * 4096));
-            let (frame, flush) = m.mapper.unmap(page, &mut m.frames).expect("unmap");
-            flush.flush(&mut m.mmu);
-            m.frames.with(|f| f.free(frame)).expect("free");
-        }
-        (before, m.free_frames())
-    });
-    println!("demand pages unmapped and their frames freed: free frames {before} -> {after}");
-
-    // Protect read-only, then write: the fault is reported, the demo goes on.
-    let target = Box::leak(Box::new([0u64; 512]));
-    let addr = target.as_ptr() as u64;
-    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(addr));
-    with_memory(|m| {
-        m.mapper
-            .protect(page, MapFlags::READ)
-            .expect("protect")
-            .flush(&mut m.mmu)
-    });
-    // SAFETY: deliberately faults; `protect` catches it.
-    report(
-        "write to a read-only heap page",
-        protect(|| unsafe { (addr as *mut u64).write_volatile(1) }),
-    );
-    with_memory(|m| {
-        m.mapper
-            .protect(page, MapFlags::READ_WRITE.global())
-            .expect("protect")
-            .flush(&mut m.mmu)
-    });
-
-    // Execute from the heap (non-executable), and write to kernel text.
-    let code = Box::new([0xc3u8; 8]);
-    let code_addr = code.as_ptr() as usize;
-    report(
-        "call into the heap",
-        protect(|| {
-            // SAFETY: deliberately faults on the fetch: the heap is NX.
-            let f: extern "C" fn() = unsafe { core::mem::transmute(code_addr) };
-            f();
-        }),
-    );
-    let text = demo_faults as fn() as usize;
-    // SAFETY: deliberately faults: kernel text is read-only.
-    report(
-        "write to kernel text",
-        protect(|| unsafe { (text as *mut u8).write_volatile(0x90) }),
-    );
-    // Unmap a page, then read it.
-    let free_before = with_memory(|m| m.free_frames());
-    let lone = VirtAddr::new(DEMAND);
-    with_memory(|m| {
-        let frame = m.frames.with(|f| f.allocate()).expect("frame");
-        m.mapper
-            .map(
-                Page::<Size4KiB>::containing_address(lone),
-                frame,
-                MapFlags::READ,
-                &mut m.frames,
-            )
-            .expect("map")
-            .ignore();
-        let (frame, flush) = m
-            .mapper
-            .unmap(Page::<Size4KiB>::containing_address(lone), &mut m.frames)
-            .expect("unmap");
-        flush.flush(&mut m.mmu);
-        m.frames.with(|f| f.free(frame)).expect("free");
-    });
-    // SAFETY: deliberately faults: just unmapped.
-    report(
-        "read after unmap",
-        protect(|| unsafe {
-            core::hint::black_box((lone.as_u64() as *const u64).read_volatile());
-        }),
-    );
-    println!(
-        "every fault was reported and the demo went on (frames {} -> {})",
-        free_before,
-        with_memory(|m| m.free_frames())
-    );
-    // SAFETY: `target` was leaked above and its page is writable again.
-    unsafe { drop(Box::from_raw(target)) };
-}
-
-fn demo_processes() {
-    use kernel_demo::user::process::{
-        self as proc, End, Process, HEAP_BASE, STACK_PAGES, STACK_TOP,
-    };
-    use kernel_demo::user::programs::Program;
-    use kmem::vm::FaultAccess;
-    let (smep, smap) = proc::enable_smep_smap();
-    println!("SMEP {smep}, SMAP {smap}: the kernel cannot run or (without stac) touch user pages");
-    let free0 = memory::FRAMES.with(|f| f.stats().free);
-    let secret = &raw const T_ENTRY as u64;
-    let guard = STACK_TOP - (STACK_PAGES + 1) * 4096;
-    let spawn = |pid, program, arg| {
-        Process::spawn(pid, program, arg)
-            .unwrap_or_else(|e| kernel_demo::fatal(format_args!("spawn: {e}")))
-    };
-    let procs = alloc::vec![
-        spawn(1, Program::Tag, 0x1111),
-        spawn(2, Program::Tag, 0x2222),
-        spawn(3, Program::Fork, 0x7777),
-        spawn(4, Program::Read, secret),
-        spawn(5, Program::Jump, main as *const () as u64),
-        spawn(6, Program::Write, 0x5000_0000),
-        spawn(7, Program::Write, guard),
-    ];
-    println!(
-        "{} processes, each its own address space: code at {:#x} (R+X), heap at {HEAP_BASE:#x} and stack below {STACK_TOP:#x} (RW, demand-zero, guard page below)",
-        procs.len(),
-        proc::CODE_BASE
-    );
-    let what = [
-        "",
-        "tag 0x1111",
-        "tag 0x2222",
-        "fork parent",
-        "reads kernel memory",
-        "jumps into kernel text",
-        "writes an unmapped address",
-        "writes its stack guard page",
-        "fork child",
-    ];
-    for (pid, reports, end) in proc::run_all(procs) {
-        let name = what.get(pid as usize).copied().unwrap_or("?");
-        let reports: Vec<String> = reports.iter().map(|r| format!("{r:#x}")).collect();
-        let end = match end {
-            End::Exited(code) => format!("exited with {code}"),
-            End::Killed(e) => format!("ENDED: {e}"),
-            End::Crashed(f) => format!("ENDED: {f}"),
-        };
-        println!(
-            "  pid {pid} ({name}): reported [{}], {end}",
-            reports.join(", ")
-        );
-    }
-    println!("  (pids 1 and 2 read the same heap address and saw their own tags; after the fork, parent and child saw their own writes)");
-    // The cost of one demand-zero and one copy-on-write fault, as the
-    // kernel resolves them (no ring change), under QEMU.
-    let mut p = spawn(9, Program::Tag, 0);
-    let n = 64u64;
-    let write = FaultAccess::write(true);
-    let frames = &mut &memory::FRAMES;
-    let t0 = cpu::rdtsc();
-    proc::with_vm(|vm| {
-        for i in 0..n {
-            let a = VirtAddr::new(HEAP_BASE + i * 4096);
-            p.space
-                .handle_fault(vm, a, write, frames)
-                .expect("demand zero")
-                .flush
-                .ignore();
-        }
-    });
-    let t1 = cpu::rdtsc();
-    let (mut child, flush) = proc::with_vm(|vm| p.space.fork(vm, frames)).expect("fork");
-    flush.ignore(); // not active
-    let t2 = cpu::rdtsc();
-    let cow = FaultAccess {
-        present: true,
-        ..write
-    };
-    proc::with_vm(|vm| {
-        for i in 0..n {
-            let a = VirtAddr::new(HEAP_BASE + i * 4096);
-            child
-                .handle_fault(vm, a, cow, frames)
-                .expect("copy on write")
-                .flush
-                .ignore();
-        }
-    });
-    let t3 = cpu::rdtsc();
-    let ns = |ticks: u64| cpu::tsc_per_ms().map_or(0, |t| ticks * 1_000_000 / t / n);
-    println!(
-        "fault cost (TSC, {n} faults each): demand-zero {} ticks (~{} ns), copy-on-write {} ticks (~{} ns); fork of {n} touched pages {} ticks",
-        (t1 - t0) / n,
-        ns(t1 - t0),
-        (t3 - t2) / n,
-        ns(t3 - t2),
-        t2 - t1
-    );
-    let x86 = &kmem::paging::X86Mmu;
-    proc::with_vm(|vm| {
-        child.destroy(vm, frames, x86).map_err(|(_, e)| e)?;
-        p.space.destroy(vm, frames, x86).map_err(|(_, e)| e)
-    })
-    .unwrap_or_else(|e| kernel_demo::fatal(format_args!("destroy: {e}")));
-    let s = proc::vm_stats();
-    println!(
-        "vm counters: {} faults: {} zero-filled, {} zero-page maps, {} copied on write, {} write access regained, {} spurious, {} refused; {} frames shared now",
-        s.faults, s.zero_fills, s.zero_page_maps, s.cow_copies, s.cow_reuses, s.spurious, s.protection_faults, s.shared_frames
-    );
-    let free1 = memory::FRAMES.with(|f| f.stats().free);
-    println!("free frames before the processes {free0}, after {free1} (the difference is heap growth and the zero frame)");
-}
-
-fn demo_swap() {
-    use kernel_demo::dev::virtio::VirtioSwap;
-    use kernel_demo::overcommit;
-    let (limit, pages) = (256u64, 1024u64);
-    let before = overcommit::accounted_frames();
-    let device: Box<dyn kmem::vm::SwapDevice + Send> = match VirtioSwap::find() {
-        Some(d) => {
-            println!(
-                "virtio-blk swap disk: {} slots ({})",
-                kmem::vm::SwapDevice::slots(&d),
-                Size(kmem::vm::SwapDevice::slots(&d) * 4096)
-            );
-            Box::new(d)
-        }
-        None => {
-            println!("no virtio-blk disk (KMEM_SWAP=0?): swapping to memory instead");
-            Box::new(kmem::vm::MemSwap::new(4 * pages))
-        }
-    };
-    println!(
-        "pageable memory limited to {limit} frames ({}); the workload touches {pages} pages ({}) in sequential, random and hot-set passes, every page checksummed and verified on each read",
-        Size(limit * 4096),
-        Size(pages * 4096)
-    );
-    let t0 = cpu::rdtsc();
-    let r = overcommit::run(device, limit, pages);
-    let ms = cpu::tsc_per_ms().map_or(0, |t| (cpu::rdtsc() - t0) / t);
-    let s = r.stats;
-    println!("all {pages} pages verified on every read; {ms} ms");
-    println!(
-        "vmstat: pgfault {} pgmajfault {} pswpin {} pswpout {} pgscan {} pgsteal {} refaults {} zero-elided {} swap-cache hits {} readahead {}",
-        s.faults, s.major_faults, s.swap_ins, s.swap_outs, s.scanned, s.reclaimed, s.refaults, s.zero_elided, s.swap_cache_hits, s.readahead
-    );
-    println!(
-        "before teardown: {} frames resident, {} of {} slots in use, {} pages clean in the swap cache",
-        s.resident_frames, s.swap_slots_used, s.swap_slots, s.swap_cached
-    );
-    let after = overcommit::accounted_frames();
-    let slots = kernel_demo::user::process::vm_stats().swap_slots_used;
-    println!(
-        "after teardown: frames {before} -> {after} ({}), swap slots in use {slots}",
-        if before == after { "all back" } else { "LOST" }
-    );
-    if before != after || slots != 0 {
-        kernel_demo::fatal(format_args!("swap teardown lost frames or slots"));
-    }
-}
-
-fn audit_wx() {
-    let (mut bad, mut exec) = (0usize, 0usize);
-    let census = with_memory(|m| {
-        m.mapper.for_each_leaf(|leaf| {
-            let a = leaf.access;
-            if a.writable && a.executable {
-                bad += 1;
-                println!("  W+X: {:#x} ({:?})", leaf.page, leaf.size);
-            }
-            exec += usize::from(a.executable);
-        })
-    });
-    let total: usize = census.leaves.iter().sum();
-    println!(
-        "{total} leaves in {} tables walked: {exec} executable, {bad} writable+executable",
-        census.tables
-    );
-    if bad != 0 {
-        kernel_demo::fatal(format_args!("W^X audit failed"));
-    }
 }
 
 fn summary() {

@@ -1,0 +1,7 @@
+//! The demo's longer steps, one file each (the short ones stay in `main.rs`).
+
+pub mod audit;
+pub mod faults;
+pub mod processes;
+pub mod smp;
+pub mod swap;
