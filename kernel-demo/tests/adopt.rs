@@ -43,7 +43,11 @@ fn ready() {
             (0, 0),
         ];
         reserved[2..].copy_from_slice(&info.boot_data());
-        memory::init_memory(&mbi, VirtAddr::new(DIRECT_MAP), &reserved).expect("init_memory");
+        // SAFETY: once (in `call_once`); the boot code maps all RAM at
+        // DIRECT_MAP and set EFER.NXE; the heap's slot 384 is reached by no
+        // table of the boot tables' aliased identity/direct-map PDPT.
+        unsafe { memory::init_memory(&mbi, VirtAddr::new(DIRECT_MAP), &reserved) }
+            .expect("init_memory");
     });
 }
 

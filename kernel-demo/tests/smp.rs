@@ -298,7 +298,11 @@ kernel_demo::test_kernel! {
         for cpu in 0..n {
             let c = counters(cpu);
             assert!(c.heap > 0 && c.frames > 0 && c.maps > 0, "CPU {cpu} did every kind of work");
-            assert_eq!(c.maps, c.unmaps, "CPU {cpu} unmapped all it mapped");
+            // Every unmap of this workload frees a page table, so with other
+            // CPUs online each one must have taken an IPI round.
+            if n > 1 {
+                assert_eq!(c.rounds, c.unmaps, "CPU {cpu}: one shootdown round per unmap");
+            }
             assert_eq!(c.bad, 0, "CPU {cpu}: {} of {} checks failed", c.bad, c.verified);
             total.verified += c.verified;
             total.maps += c.maps;

@@ -41,10 +41,15 @@ impl<P: PhysMem> Translate for PageTables<P> {
 /// kmem's [`PageTables`] as the `x86_64` crate's `Mapper<Size4KiB | Size2MiB | Size1GiB>` and
 /// `Translate`, for code written against `OffsetPageTable`.
 ///
-/// Differences, all on the safe side: a writable mapping is made non-executable (kmem
-/// refuses W+X without an explicit opt-in that these flags cannot express); parent table
-/// flags are kmem's (present, writable, user where a user leaf needs it); tables emptied by
-/// `unmap` are kept and reused by the next `map_to` (see [`give_back_spares`]).
+/// Differences from `OffsetPageTable`:
+/// - a writable mapping is made non-executable, by `map_to` and by `update_flags` (kmem
+///   refuses W+X without an explicit opt-in that these flags cannot express);
+/// - flags without `PRESENT` keep the page present: unmap a page to make a guard page;
+/// - parent table flags are kmem's (present, writable, user where a user leaf needs it);
+/// - `unmap` takes emptied tables out of the hierarchy and keeps them for the next
+///   `map_to` (see [`give_back_spares`]), so a lower-half table shared with another
+///   address space would be reclaimed: share tables only in the kernel half;
+/// - `map_to` over a non-present entry holding a value (a swap entry) replaces it.
 ///
 /// [`give_back_spares`]: X86Mapper::give_back_spares
 ///

@@ -33,7 +33,8 @@ impl OffsetPhysMem {
     ///
     /// Every physical frame the mapper may touch must be mapped read-write at `offset + phys`
     /// for as long as the value (or any mapper using it) lives, and the `PhysMem` aliasing
-    /// rules above must hold. Use `VirtAddr::zero()` for an identity map.
+    /// rules above must hold. Use `VirtAddr::zero()` for an identity map; then frame 0 (the
+    /// null address) must never reach the mapper: keep it reserved.
     pub const unsafe fn new(offset: VirtAddr) -> Self {
         Self {
             offset: offset.as_u64(),
@@ -67,8 +68,9 @@ unsafe impl PhysMem for OffsetPhysMem {
     fn table_ptr(&self, frame: PhysFrame) -> NonNull<PageTable> {
         let addr = self.offset.wrapping_add(frame.start_address().as_u64());
         let ptr = core::ptr::with_exposed_provenance_mut::<PageTable>(addr as usize);
-        // A direct map never places a table at address zero; fall back to a dangling (never
-        // dereferenced in a valid setup) pointer rather than panicking.
-        NonNull::new(ptr).unwrap_or(NonNull::dangling())
+        // Frame 0 under an identity map is the null address, which no Rust
+        // pointer may reach: a map must keep it reserved (the low 1 MiB
+        // usually is). Panic rather than hand out an alias of another frame.
+        NonNull::new(ptr).expect("frame 0 reached through an identity map: reserve it")
     }
 }

@@ -303,6 +303,13 @@ impl<A: GlobalAlloc, C: CpuLocal, const CPUS: usize> PerCpuHeap<A, C, CPUS> {
         self.cpu.without_interrupts(|| {
             let rest = {
                 let mut lists = self.slot().lock();
+                // Freeing the block just freed would make it its own successor
+                // and hand it out forever: refuse it (a caller bug, caught
+                // where it costs one compare).
+                assert!(
+                    lists.heads[class] != p,
+                    "double free of {p:p} (class {class})"
+                );
                 // SAFETY: the caller gives the block up.
                 unsafe { lists.push(class, p) };
                 let limit = LIMITS[class];
@@ -319,7 +326,9 @@ impl<A: GlobalAlloc, C: CpuLocal, const CPUS: usize> PerCpuHeap<A, C, CPUS> {
     }
 
     /// Allocates a large block from the inner allocator, draining the caches
-    /// and retrying once if it fails.
+    /// and retrying once if it fails. Interrupts stay masked while the inner
+    /// allocator runs, as on the small path: a handler on this CPU must not
+    /// find the inner allocator's lock held by the code it interrupted.
     fn alloc_large(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         let once = || {
             // SAFETY: the caller of `alloc` passes a non-zero layout.
@@ -331,12 +340,14 @@ impl<A: GlobalAlloc, C: CpuLocal, const CPUS: usize> PerCpuHeap<A, C, CPUS> {
                 }
             }
         };
-        let p = once();
-        if !p.is_null() {
-            return p;
-        }
-        self.drain_all();
-        once()
+        self.cpu.without_interrupts(|| {
+            let p = once();
+            if !p.is_null() {
+                return p;
+            }
+            self.drain_slots();
+            once()
+        })
     }
 
     /// The counters of CPU `cpu`'s cache (`cpu` wraps around `CPUS`).
@@ -378,7 +389,10 @@ unsafe impl<A: GlobalAlloc, C: CpuLocal, const CPUS: usize> GlobalAlloc for PerC
             // SAFETY: a live block of this class (the caller's contract).
             Some(class) => unsafe { self.dealloc_small(ptr, class) },
             // SAFETY: forwarded; large blocks came from the inner allocator.
-            None => unsafe { self.inner.dealloc(ptr, layout) },
+            // Interrupts masked as in `alloc_large`.
+            None => self
+                .cpu
+                .without_interrupts(|| unsafe { self.inner.dealloc(ptr, layout) }),
         }
     }
 
@@ -402,16 +416,16 @@ unsafe impl<A: GlobalAlloc, C: CpuLocal, const CPUS: usize> GlobalAlloc for PerC
         let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         match (class_of(layout), class_of(new)) {
             (Some(a), Some(b)) if a == b => ptr,
-            (None, None) => {
+            (None, None) => self.cpu.without_interrupts(|| {
                 // SAFETY: forwarded: a large block of the inner allocator.
                 let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
                 if !p.is_null() {
                     return p;
                 }
-                self.drain_all();
+                self.drain_slots();
                 // SAFETY: as above; the failed call left the block as it was.
                 unsafe { self.inner.realloc(ptr, layout, new_size) }
-            }
+            }),
             _ => {
                 // SAFETY: a non-zero layout (the caller's contract).
                 let p = unsafe { self.alloc(new) };

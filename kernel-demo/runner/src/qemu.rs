@@ -245,6 +245,7 @@ struct GrubIso {
 impl GrubIso {
     fn create(kernel: &Path, cmdline: &str) -> Result<Self, String> {
         use std::sync::atomic::{AtomicU64, Ordering};
+        let cmdline = grub_words(cmdline)?;
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = crate::workspace_root()
@@ -290,6 +291,20 @@ impl Drop for GrubIso {
     }
 }
 
+/// The command line as GRUB script words: each word single-quoted (GRUB
+/// expands `$`, splits on `;` and strips quotes otherwise), `'` written as
+/// `'\''`. A line break cannot be passed through a `multiboot2` line.
+fn grub_words(cmdline: &str) -> Result<String, String> {
+    if cmdline.contains(['\n', '\r']) {
+        return Err("a kernel command line for GRUB cannot hold a line break".into());
+    }
+    Ok(cmdline
+        .split_whitespace()
+        .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
 /// Parses a size as QEMU writes it: `64M`, `1G`, `512K` or bytes.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
@@ -300,4 +315,16 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grub_words;
+
+    #[test]
+    fn grub_words_are_quoted_literally() {
+        assert_eq!(grub_words("a=1 $x;y").unwrap(), "'a=1' '$x;y'");
+        assert_eq!(grub_words("it's").unwrap(), r"'it'\''s'");
+        assert!(grub_words("a\nb").is_err());
+    }
 }

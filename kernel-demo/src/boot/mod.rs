@@ -356,8 +356,12 @@ impl BootInfo {
             ));
         }
         if let Some(Ok(line)) = mbi.command_line_tag().map(|t| t.cmdline()) {
-            let _ =
-                fmt::Write::write_str(&mut info.cmdline, &line[..line.len().min(CMDLINE_CAPACITY)]);
+            // Cut at a character boundary at or below the capacity.
+            let mut end = line.len().min(CMDLINE_CAPACITY);
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            let _ = fmt::Write::write_str(&mut info.cmdline, &line[..end]);
         }
         Ok(info)
     }

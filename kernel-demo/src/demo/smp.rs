@@ -13,8 +13,15 @@ use kmem::smp::CpuSet;
 use x86_64::structures::paging::{Page, Size4KiB};
 use x86_64::VirtAddr;
 
-/// Where the shootdown benchmark maps its 2 MiB (PML4 slot 291).
+/// Where the shootdown benchmark works (PML4 slot 291).
 const BENCH: u64 = 0xFFFF_9180_0000_0000;
+/// The timed 2 MiB starts one page in, so it spans two page tables, each
+/// kept alive by a sentinel page outside it: the unmap frees no table (a
+/// freed table must be shot down on every CPU), and the single-CPU run is
+/// the same work with no IPI.
+const START: u64 = BENCH + 4096;
+/// The sentinels: the page before the range and the page after it.
+const SENTINELS: [u64; 2] = [BENCH, START + BENCH_PAGES * 4096];
 /// 4 KiB pages in 2 MiB.
 const BENCH_PAGES: u64 = 512;
 /// Timed unmaps per configuration (the median is printed).
@@ -91,12 +98,12 @@ pub fn run() {
     shootdown_bench(n);
 }
 
-/// Maps the benchmark range, 512 pages of 4 KiB with fresh frames.
-fn map_range() {
+/// Maps `pages` pages of 4 KiB at `start` with fresh frames.
+fn map_pages(start: u64, pages: u64) {
     with_memory(|m| {
-        for i in 0..BENCH_PAGES {
+        for i in 0..pages {
             let frame = FRAME_CACHE.allocate().expect("a frame");
-            let page = Page::<Size4KiB>::containing_address(VirtAddr::new(BENCH + i * 4096));
+            let page = Page::<Size4KiB>::containing_address(VirtAddr::new(start + i * 4096));
             let mut cache = &FRAME_CACHE;
             m.mapper
                 .map(page, frame, MapFlags::READ_WRITE.global(), &mut cache)
@@ -105,20 +112,20 @@ fn map_range() {
         }
     });
     // Touch every page so each CPU that walks it caches translations.
-    for i in 0..BENCH_PAGES {
+    for i in 0..pages {
         // SAFETY: just mapped, writable.
-        unsafe { ((BENCH + i * 4096) as *mut u64).write_volatile(i) };
+        unsafe { ((start + i * 4096) as *mut u64).write_volatile(i) };
     }
 }
 
 /// TSC ticks of unmapping the range with a shootdown to `cpus`; rounds and
 /// IPIs it took.
 fn timed_unmap(cpus: CpuSet) -> (u64, u64, u64) {
-    map_range();
+    map_pages(START, BENCH_PAGES);
     let before = smp::shootdown::stats();
     let t0 = cpu::rdtsc();
     let report = unmap_pages_on(
-        Page::containing_address(VirtAddr::new(BENCH)),
+        Page::containing_address(VirtAddr::new(START)),
         BENCH_PAGES,
         cpus,
         |f| {
@@ -148,12 +155,22 @@ fn shootdown_bench(n: usize) {
     let mut multi = [0; RUNS];
     let mut single = [0; RUNS];
     let (mut rounds, mut ipis) = (0, 0);
+    for s in SENTINELS {
+        map_pages(s, 1);
+    }
     for i in 0..RUNS {
         let (t, r, p) = timed_unmap(all);
         multi[i] = t;
         rounds += r;
         ipis += p;
         single[i] = timed_unmap(me).0;
+    }
+    for s in SENTINELS {
+        unmap_pages_on(Page::containing_address(VirtAddr::new(s)), 1, all, |f| {
+            // SAFETY: unmapped and shot down on every CPU online.
+            let _ = unsafe { FRAME_CACHE.free(f) };
+        })
+        .expect("unmap a sentinel");
     }
     let (m, s) = (median(multi), median(single));
     let us = |t: u64| cpu::tsc_per_ms().map_or(0, |per_ms| t * 1000 / per_ms);

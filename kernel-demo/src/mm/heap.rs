@@ -121,9 +121,13 @@ pub fn init() -> Result<(), HeapInitError> {
     unsafe { HEAP.init(source, HEAP_START as usize, HEAP_SIZE as usize) }
 }
 
-/// Gives every wholly free heap page back to the frame allocator.
+/// Gives every wholly free heap page back to the frame allocator. Through
+/// the gate, as every heap call: the unmaps shoot down, and a CPU spinning
+/// on the heap's lock would not answer.
 pub fn trim() {
-    if let Some(heap) = HEAP.lock().heap_mut() {
-        heap.trim();
-    }
+    gated(|| {
+        if let Some(heap) = HEAP.lock().heap_mut() {
+            heap.trim();
+        }
+    });
 }

@@ -225,12 +225,13 @@ pub fn mixed_work(cpu: usize, seed: u64) {
     for (va, f, s) in maps.iter().flatten().copied() {
         // SAFETY: as above.
         check(unsafe { check_pattern(va as *const u64, 512, s) }, &mut c);
-        unmap_pages(page(va), 1, |leaf| {
+        let report = unmap_pages(page(va), 1, |leaf| {
             assert_eq!(leaf, f);
             // SAFETY: unmapped and shot down.
             unsafe { FRAME_CACHE.free(leaf) }.expect("free");
         })
         .expect("unmap");
+        c.rounds += u64::from(report.rounds);
         c.unmaps += 1;
     }
     *COUNTERS[cpu].lock() = c;

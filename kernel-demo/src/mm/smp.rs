@@ -47,7 +47,8 @@ pub fn unmap_pages(
 }
 
 /// [`unmap_pages`] with the shootdown sent to the CPUs of `cpus` only
-/// (e.g. this CPU alone, for pages no other CPU ever touched).
+/// (e.g. this CPU alone, for pages no other CPU ever touched); when the
+/// unmap frees page tables, every CPU online is shot anyway.
 pub fn unmap_pages_on(
     first: Page<Size4KiB>,
     pages: u64,
@@ -73,8 +74,21 @@ pub fn unmap_pages_on(
                 }
             }
         }
-        let report =
-            deferred.complete(flush, &mut m.mmu, smp::cpu_index(), cpus, &mut IpiShootdown);
+        // Freed page tables may sit in any CPU's paging-structure caches
+        // (filled speculatively, even for addresses it never touched): then
+        // every CPU online now, after the unmap, must acknowledge.
+        let targets = if deferred.is_empty() {
+            cpus
+        } else {
+            smp::online()
+        };
+        let report = deferred.complete(
+            flush,
+            &mut m.mmu,
+            smp::cpu_index(),
+            targets,
+            &mut IpiShootdown,
+        );
         (report, result)
     });
     frames.iter().flatten().for_each(|&f| leaf(f));

@@ -87,7 +87,7 @@ pub fn cpu_index() -> usize {
     let id = apic::id();
     CPUS.iter()
         .position(|c| c.apic_id.load(Ordering::Relaxed) == id)
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("APIC id {id} belongs to no known CPU"))
 }
 
 /// How many CPUs are online (1 before [`boot_aps`]).
@@ -299,14 +299,16 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     // SAFETY: the kernel's tables map everything this CPU uses: its code,
     // statics, its stack (kernel half, shared with the trampoline tables).
     unsafe { kmem::paging::Mmu::set_cr3(&mut kmem::paging::X86Mmu, pml4) };
-    cpu::init();
-    crate::arch::gdt::init_ap(cpu, CPUS[cpu].ist_top.load(Ordering::SeqCst));
-    crate::arch::interrupts::init_ap();
+    // First, so that `cpu_index` (recovery slots, shootdown acks) is this
+    // CPU's from here on, not the boot CPU's.
     if RDTSCP.load(Ordering::SeqCst) {
         // SAFETY: rdtscp and TSC_AUX exist (checked on the boot CPU, same
         // CPU model); only rdtscp reads it.
         unsafe { Msr::new(IA32_TSC_AUX).write(cpu as u64) };
     }
+    cpu::init();
+    crate::arch::gdt::init_ap(cpu, CPUS[cpu].ist_top.load(Ordering::SeqCst));
+    crate::arch::interrupts::init_ap();
     apic::enable();
     CPUS[cpu]
         .finished

@@ -100,6 +100,16 @@ pub struct IpiShootdown;
 // handler or `serve_pending`, both through `Flush::flush` on `X86Mmu`).
 unsafe impl TlbShootdown for IpiShootdown {
     fn shoot(&mut self, targets: CpuSet, flush: &Flush) {
+        // Only CPUs that are online can answer.
+        let online = super::online();
+        let targets = {
+            let mut set = CpuSet::empty();
+            targets
+                .iter()
+                .filter(|&c| online.contains(c))
+                .for_each(|c| set.insert(c));
+            set
+        };
         let mut mask = 0u64;
         for cpu in targets.iter().filter(|&c| c < MAX_CPUS) {
             mask |= 1 << cpu;
@@ -121,7 +131,11 @@ unsafe impl TlbShootdown for IpiShootdown {
         let limit = crate::arch::cpu::tsc_per_ms().unwrap_or(1_000_000) * ACK_TIMEOUT_MS;
         while PENDING.load(Ordering::Acquire) != 0 {
             if crate::arch::cpu::rdtsc() - start > limit {
-                let late = PENDING.load(Ordering::Acquire);
+                // Withdraw the request and free the round before panicking:
+                // recovery does not unwind, and a held round would hang every
+                // later shootdown instead of failing this one.
+                let late = PENDING.swap(0, Ordering::AcqRel);
+                drop(_round);
                 panic!("TLB shootdown: CPUs {late:#b} did not acknowledge in {ACK_TIMEOUT_MS} ms");
             }
             core::hint::spin_loop();
