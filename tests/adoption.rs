@@ -58,7 +58,8 @@ fn kernel_page_source_maps_fresh_frames_and_gives_them_back() {
     // 8 data frames and the 3 tables below the PML4.
     assert_eq!(source.frames().in_use(), base + 8 + 3);
 
-    source.unmap(HEAP + PAGE, 8);
+    // SAFETY: mapped above, used by nothing.
+    unsafe { source.unmap(HEAP + PAGE, 8) };
     assert!((1..9).all(|i| frame_of(mapper, HEAP + i * PAGE).is_none()));
     // The kernel half's level-3 table stays: every address space shares it.
     assert_eq!(
@@ -115,7 +116,8 @@ fn kernel_page_source_keeps_frames_an_allocator_cannot_take_back() {
 
     source.map(HEAP, 6).unwrap();
     let handed_out = source.frames_ref_allocations();
-    source.unmap(HEAP, 6);
+    // SAFETY: mapped above, used by nothing.
+    unsafe { source.unmap(HEAP, 6) };
     // The data frames and the emptied level-2 and level-1 tables (the kernel half's
     // level-3 table stays: address spaces share it).
     assert_eq!(source.frames().kept(), 6 + 2);

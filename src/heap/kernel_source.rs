@@ -141,7 +141,7 @@ unsafe impl<P: PhysMem, F: FrameSource, M: Mmu> PageSource for KernelPageSource<
         Ok(())
     }
 
-    fn unmap(&mut self, start: usize, pages: usize) {
+    unsafe fn unmap(&mut self, start: usize, pages: usize) {
         let mapper = self.mapper;
         self.release(&mut mapper.lock(), start, pages);
     }

@@ -43,7 +43,11 @@ pub unsafe trait PageSource {
     /// Backs `pages` pages starting at the page-aligned address `start`.
     fn map(&mut self, start: usize, pages: usize) -> Result<(), PageSourceError>;
     /// Gives back the backing of `pages` pages at `start` (all mapped by `map`).
-    fn unmap(&mut self, start: usize, pages: usize);
+    ///
+    /// # Safety
+    /// Nothing may use the pages any more: their memory (and, in a kernel,
+    /// their frames) goes back to the source.
+    unsafe fn unmap(&mut self, start: usize, pages: usize);
 }
 
 /// The one mapping operation the kernel page source needs from a mapper.
@@ -123,7 +127,7 @@ where
         Ok(())
     }
 
-    fn unmap(&mut self, start: usize, pages: usize) {
+    unsafe fn unmap(&mut self, start: usize, pages: usize) {
         self.release(start, pages);
     }
 }

@@ -134,7 +134,7 @@ unsafe impl PageSource for ArenaPageSource {
         Ok(())
     }
 
-    fn unmap(&mut self, start: usize, pages: usize) {
+    unsafe fn unmap(&mut self, start: usize, pages: usize) {
         let span = self
             .span(start, pages)
             .expect("heap unmapped outside the arena");

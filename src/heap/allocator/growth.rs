@@ -102,7 +102,9 @@ impl<P: PageSource> Heap<P> {
 
     fn unmap_large(&mut self, (from, to): (usize, usize)) {
         let pages = (to - from) / PAGE_SIZE;
-        self.source.unmap(from, pages);
+        // SAFETY: the callers pass pages the large heap has just given up
+        // (free space at its ends), which no block covers any more.
+        unsafe { self.source.unmap(from, pages) };
         self.stats.pages_held -= pages;
     }
 

@@ -160,7 +160,9 @@ impl<P: PageSource> Heap<P> {
             }
             // SAFETY: free spans are in the free list.
             unsafe { self.free_spans.remove(span) };
-            self.source.unmap(self.floor, SPAN_PAGES);
+            // SAFETY: the span is free (checked above) and out of the free
+            // list: no object lives in its pages.
+            unsafe { self.source.unmap(self.floor, SPAN_PAGES) };
             self.stats.pages_held -= SPAN_PAGES;
             self.floor += SLAB_SIZE;
         }
