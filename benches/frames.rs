@@ -21,24 +21,13 @@ use std::time::{Duration, Instant};
 use buddy_system_allocator::FrameAllocator as BuddyFrames;
 use kmem::frame::BitmapFrameAllocator;
 use kmem::memory_map::{MemoryMap, Region, RegionKind};
+use kmem::testing::rng::Rng;
 use x86_64::structures::paging::PhysFrame;
 use x86_64::PhysAddr;
 
 const F: u64 = 4096;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-
-/// xorshift64*: a tiny deterministic PRNG, identical for all contenders.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();

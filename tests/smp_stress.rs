@@ -16,6 +16,7 @@ use kmem::memory_map::{MemoryMap, Region, RegionKind};
 use kmem::smp::{PerCpuFrames, PerCpuHeap, FRAME_CACHE};
 use kmem::testing::arena::ArenaPageSource;
 use kmem::testing::phys_mem::EmulatedMemory;
+use kmem::testing::rng::Rng;
 use kmem::testing::smp::HostCpu;
 use x86_64::structures::paging::PhysFrame;
 
@@ -32,22 +33,6 @@ fn threads() -> usize {
 
 fn ops() -> usize {
     env("KMEM_SMP_OPS", 20_000)
-}
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 // ------------------------------------------------------------------ heap

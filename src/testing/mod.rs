@@ -5,4 +5,5 @@
 pub mod arena;
 pub mod mmu;
 pub mod phys_mem;
+pub mod rng;
 pub mod smp;
