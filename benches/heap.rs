@@ -25,6 +25,7 @@
 //!   mapped or unmapped pages.
 
 mod common;
+use common::Rng;
 
 use core::ptr::NonNull;
 use kmem::heap::{LockedHeap, PAGE_SIZE};
@@ -69,21 +70,6 @@ fn config() -> Config {
 }
 
 // ---------------------------------------------------------------- PRNG
-
-/// wyrand: small, fast, good enough for workload generation.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0xa076_1d64_78bd_642f);
-        let t = u128::from(self.0) * u128::from(self.0 ^ 0xe703_7ed1_a0b4_28db);
-        (t >> 64) as u64 ^ t as u64
-    }
-    /// Uniform in `lo..hi`.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + ((u128::from(self.next()) * (hi - lo) as u128) >> 64) as usize
-    }
-}
 
 /// size cap = U[16, max), size = U[4, cap) (talc's bias to small sizes).
 fn gen_size(rng: &mut Rng, max: usize) -> usize {

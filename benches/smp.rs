@@ -17,6 +17,7 @@
 //! `KMEM_BENCH_QUICK=1` for a short iteration run.
 
 mod common;
+use common::Rng;
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
@@ -59,17 +60,6 @@ fn config() -> Config {
             duration: Duration::from_millis(250),
             threads,
         }
-    }
-}
-
-/// wyrand.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0xa076_1d64_78bd_642f);
-        let t = u128::from(self.0) * u128::from(self.0 ^ 0xe703_7ed1_a0b4_28db);
-        (t >> 64) as u64 ^ t as u64
     }
 }
 

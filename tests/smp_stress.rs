@@ -464,3 +464,20 @@ fn frames_double_free_detected() {
     }
     assert_eq!(errors, 1);
 }
+
+/// Freeing the block this CPU freed last is refused: it would become its
+/// own successor in the free list and be handed out forever.
+#[test]
+#[should_panic(expected = "double free")]
+fn heap_refuses_a_double_free_of_the_last_freed_block() {
+    let heap = new_heap();
+    HostCpu::pin(0);
+    let layout = Layout::from_size_align(48, 8).unwrap();
+    // SAFETY: a non-zero layout.
+    let p = unsafe { heap.alloc(layout) };
+    assert!(!p.is_null());
+    // SAFETY: live, with its layout.
+    unsafe { heap.dealloc(p, layout) };
+    // SAFETY: a breach on purpose, refused before anything changes.
+    unsafe { heap.dealloc(p, layout) };
+}
