@@ -10,7 +10,7 @@ use kmem::memory_map::{MemoryMap, Region, RegionKind};
 use kmem::paging::{Flush, MapFlags, PageTables};
 use kmem::smp::{ActiveCpus, CpuSet, DeferredFrees, PerCpuFrames, UniCpu};
 use kmem::testing::mmu::{MmuOp, RecordingMmu};
-use kmem::testing::phys_mem::EmulatedMemory;
+use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
 use kmem::testing::smp::RecordingShootdown;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::{PhysAddr, VirtAddr};
@@ -134,11 +134,14 @@ fn batched_page_unmaps_one_round_leaf_frames_after_the_acks() {
     assert_eq!(cache.stats().cached, cached_before + 11);
 }
 
-/// No other CPU in the set: a local flush and no IPI; nothing to flush:
-/// neither.
-#[test]
-fn local_only_and_empty_flushes_send_no_ipi() {
-    let ram = EmulatedMemory::new(64);
+/// Fresh page tables over `ram` with one read-only page mapped at 2 MiB.
+fn one_page_mapped(
+    ram: &EmulatedMemory,
+) -> (
+    EmulatedFrameAllocator,
+    PageTables<EmulatedPhysMem<'_>>,
+    Page<Size4KiB>,
+) {
     let mut frames = ram.frame_allocator();
     let mut m = PageTables::new_empty(ram.phys_mem(), &mut frames).unwrap();
     let page = Page::<Size4KiB>::containing_address(VirtAddr::new(0x20_0000));
@@ -146,6 +149,15 @@ fn local_only_and_empty_flushes_send_no_ipi() {
     m.map(page, frame, MapFlags::READ, &mut frames)
         .unwrap()
         .ignore();
+    (frames, m, page)
+}
+
+/// No other CPU in the set: a local flush and no IPI; nothing to flush:
+/// neither.
+#[test]
+fn local_only_and_empty_flushes_send_no_ipi() {
+    let ram = EmulatedMemory::new(64);
+    let (mut frames, mut m, page) = one_page_mapped(&ram);
     let (_, flush) = m.unmap(page, &mut frames).unwrap();
     let mut mmu = RecordingMmu::new(m.pml4());
     let mut ipis = RecordingShootdown::new();
@@ -162,13 +174,7 @@ fn local_only_and_empty_flushes_send_no_ipi() {
 #[test]
 fn deferred_overflow_leaks_instead_of_recycling() {
     let ram = EmulatedMemory::new(64);
-    let mut frames = ram.frame_allocator();
-    let mut m = PageTables::new_empty(ram.phys_mem(), &mut frames).unwrap();
-    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(0x20_0000));
-    let frame = PhysFrame::containing_address(PhysAddr::new(0x5000));
-    m.map(page, frame, MapFlags::READ, &mut frames)
-        .unwrap()
-        .ignore();
+    let (mut frames, mut m, page) = one_page_mapped(&ram);
     let in_use = frames.in_use();
     let mut deferred = DeferredFrees::<_, 1>::new(&mut frames);
     let (_, flush) = m.unmap(page, &mut deferred).unwrap();
