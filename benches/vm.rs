@@ -15,13 +15,14 @@
 mod common;
 
 use kmem::paging::{MapFlags, PageTables, PhysMem};
+use kmem::smp::Tlb;
 use kmem::testing::mmu::RecordingMmu;
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
 use kmem::vm::{FaultAccess, Prot, Vm, VmSpace};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, Page, PhysFrame, Size4KiB};
-use x86_64::VirtAddr;
+use x86_64::{PhysAddr, VirtAddr};
 
 const PAGE: u64 = 4096;
 
@@ -59,28 +60,35 @@ impl<'m> World<'m> {
     }
 
     fn drop_space(&mut self, s: VmSpace<EmulatedPhysMem<'m>>) {
-        let mmu = RecordingMmu::new(self.kernel.pml4());
-        s.destroy(&mut self.vm, &mut self.frames, &mmu).unwrap();
+        let mut mmu = idle_mmu();
+        let mut tlb = Tlb::uniprocessor(&mut mmu);
+        s.destroy(&mut self.vm, &mut self.frames, &mut tlb).unwrap();
     }
+}
+
+/// The MMU of a bench CPU that has no space loaded: nothing to invalidate.
+fn idle_mmu() -> RecordingMmu {
+    RecordingMmu::new(PhysFrame::containing_address(PhysAddr::new(0)))
 }
 
 /// First-write faults on `n` pages; returns the time of the faults alone.
 fn demand_zero(w: &mut World<'_>, n: u64) -> Duration {
+    let mut mmu = idle_mmu();
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
     let mut s = w.space();
     let base = s
         .map_anonymous(None, n * PAGE, Prot::RW | Prot::USER)
         .unwrap();
     let t = Instant::now();
     for i in 0..n {
-        let r = s
-            .handle_fault(
-                &mut w.vm,
-                VirtAddr::new(base + i * PAGE),
-                FaultAccess::write(true),
-                &mut w.frames,
-            )
-            .unwrap();
-        r.flush.ignore();
+        s.handle_fault(
+            &mut w.vm,
+            VirtAddr::new(base + i * PAGE),
+            FaultAccess::write(true),
+            &mut w.frames,
+            &mut tlb,
+        )
+        .unwrap();
     }
     let d = t.elapsed();
     w.drop_space(s);
@@ -113,6 +121,8 @@ fn direct(w: &mut World<'_>, n: u64) -> Duration {
 
 /// A space with `bytes` written; returns it and its base.
 fn touched<'m>(w: &mut World<'m>, bytes: u64) -> (VmSpace<EmulatedPhysMem<'m>>, u64) {
+    let mut mmu = idle_mmu();
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
     let mut s = w.space();
     let base = s.map_anonymous(None, bytes, Prot::RW | Prot::USER).unwrap();
     for i in 0..bytes / PAGE {
@@ -121,20 +131,20 @@ fn touched<'m>(w: &mut World<'m>, bytes: u64) -> (VmSpace<EmulatedPhysMem<'m>>, 
             VirtAddr::new(base + i * PAGE),
             FaultAccess::write(true),
             &mut w.frames,
+            &mut tlb,
         )
-        .unwrap()
-        .flush
-        .ignore();
+        .unwrap();
     }
     (s, base)
 }
 
 fn fork(w: &mut World<'_>, bytes: u64) -> Duration {
+    let mut mmu = idle_mmu();
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
     let (mut s, _) = touched(w, bytes);
     let t = Instant::now();
-    let (child, flush) = s.fork(&mut w.vm, &mut w.frames).unwrap();
+    let child = s.fork(&mut w.vm, &mut w.frames, &mut tlb).unwrap();
     let d = t.elapsed();
-    flush.ignore();
     w.drop_space(child);
     w.drop_space(s);
     d
@@ -191,6 +201,8 @@ fn free_hierarchy(w: &mut World<'_>, mut m: PageTables<EmulatedPhysMem<'_>>, bas
 
 /// Time per map, lookup and unmap with `n` areas present.
 fn areas(w: &mut World<'_>, n: u64, ops: u64) -> [Duration; 3] {
+    let mut mmu = idle_mmu();
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
     let mut s = w.space();
     // Alternate protections so neighbours never merge.
     for i in 0..n {
@@ -223,7 +235,8 @@ fn areas(w: &mut World<'_>, n: u64, ops: u64) -> [Duration; 3] {
     let lookup = t.elapsed() / ops as u32;
     let t = Instant::now();
     for a in placed {
-        s.unmap(a, PAGE, &mut w.vm, &mut w.frames).unwrap().ignore();
+        s.unmap(a, PAGE, &mut w.vm, &mut w.frames, &mut tlb)
+            .unwrap();
     }
     let unmap = t.elapsed() / ops as u32;
     w.drop_space(s);

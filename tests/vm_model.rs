@@ -13,7 +13,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use kmem::paging::{Mmu, PageTables};
+use kmem::paging::PageTables;
+use kmem::smp::Tlb;
 use kmem::testing::mmu::RecordingMmu;
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
 use kmem::vm::{
@@ -81,10 +82,16 @@ fn access(
             user: true,
             reserved_bit: false,
         };
-        let r = space.handle_fault(vm, VirtAddr::new(addr), access, frames)?;
-        r.flush.ignore(); // emulated: no TLB
+        space.handle_fault(vm, VirtAddr::new(addr), access, frames, &mut up())?;
     }
     panic!("access at {addr:#x} still faults after resolution");
+}
+
+/// The TLB context of a uniprocessor kernel whose CPU has no space loaded
+/// (these tests run no CPU: their accesses walk the tables).
+fn up() -> Tlb<'static> {
+    let mmu = RecordingMmu::new(PhysFrame::containing_address(PhysAddr::new(0)));
+    Tlb::uniprocessor(Box::leak(Box::new(mmu)))
 }
 
 /// Pointer access to an emulated frame, for the emulated CPU.
@@ -190,7 +197,6 @@ struct World<'m> {
     vm: Vm,
     kernel: PageTables<EmulatedPhysMem<'m>>,
     procs: Vec<Option<(Space<'m>, Model)>>,
-    mmu: RecordingMmu,
 }
 
 impl<'m> World<'m> {
@@ -204,14 +210,12 @@ impl<'m> World<'m> {
         let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
         setup(&mut vm);
         let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
-        let mmu = RecordingMmu::new(kernel.pml4());
         let mut w = Self {
             mem,
             frames,
             vm,
             kernel,
             procs: vec![None, None, None, None],
-            mmu,
         };
         for p in 0..2 {
             w.spawn(p);
@@ -270,9 +274,8 @@ impl<'m> World<'m> {
                 };
                 let (a, b) = (addr(page), addr(page + pages));
                 space
-                    .unmap(a, b - a, &mut self.vm, &mut self.frames)
-                    .unwrap()
-                    .ignore();
+                    .unmap(a, b - a, &mut self.vm, &mut self.frames, &mut up())
+                    .unwrap();
                 model.unmap(a, b);
             }
             Op::Protect {
@@ -289,9 +292,8 @@ impl<'m> World<'m> {
                 let covered = (a..b)
                     .step_by(PAGE as usize)
                     .all(|pg| model.pages.contains_key(&pg));
-                match space.protect(a, b - a, prot, &self.vm) {
-                    Ok(f) => {
-                        f.ignore();
+                match space.protect(a, b - a, prot, &mut self.vm, &mut self.frames, &mut up()) {
+                    Ok(()) => {
                         assert!(covered);
                         for pg in (a..b).step_by(PAGE as usize) {
                             model.pages.insert(pg, prot);
@@ -310,8 +312,9 @@ impl<'m> World<'m> {
                 let Some((space, model)) = self.procs[p].as_mut() else {
                     return;
                 };
-                let (child, flush) = space.fork(&mut self.vm, &mut self.frames).unwrap();
-                flush.ignore();
+                let child = space
+                    .fork(&mut self.vm, &mut self.frames, &mut up())
+                    .unwrap();
                 let model = model.clone();
                 self.procs[slot] = Some((child, model));
             }
@@ -320,7 +323,7 @@ impl<'m> World<'m> {
                     return;
                 };
                 space
-                    .destroy(&mut self.vm, &mut self.frames, &self.mmu)
+                    .destroy(&mut self.vm, &mut self.frames, &mut up())
                     .unwrap();
             }
             Op::Read { p, page, off } | Op::Write { p, page, off, .. } => {
@@ -490,11 +493,8 @@ fn frame_exhaustion_at_every_step_changes_nothing() {
         frames.fail_after(k);
         // A fork, then writes in both (copies), then reads of new pages.
         let before = snapshot(&parent, &vm, &frames);
-        let child = match parent.fork(&mut vm, &mut frames) {
-            Ok((child, flush)) => {
-                flush.ignore();
-                Some(child)
-            }
+        let child = match parent.fork(&mut vm, &mut frames, &mut up()) {
+            Ok(child) => Some(child),
             Err(e) => {
                 assert_eq!(e, VmError::OutOfMemory);
                 assert_eq!(
@@ -517,8 +517,8 @@ fn frame_exhaustion_at_every_step_changes_nothing() {
             } else {
                 FaultAccess::write(true)
             };
-            match space.handle_fault(&mut vm, VirtAddr::new(a), access, &mut frames) {
-                Ok(r) => r.flush.ignore(),
+            match space.handle_fault(&mut vm, VirtAddr::new(a), access, &mut frames, &mut up()) {
+                Ok(_) => {}
                 Err(e) => {
                     assert_eq!(e.reason, FaultReason::OutOfMemory, "{e}");
                     assert_eq!(snapshot(space, &vm, &frames), before, "fault failed at {k}");
@@ -527,9 +527,8 @@ fn frame_exhaustion_at_every_step_changes_nothing() {
             space.check_invariants(&vm).unwrap();
         }
         frames.clear_failure();
-        let mmu = RecordingMmu::new(kernel.pml4());
         for space in spaces {
-            space.destroy(&mut vm, &mut frames, &mmu).unwrap();
+            space.destroy(&mut vm, &mut frames, &mut up()).unwrap();
         }
         assert_eq!(frames.in_use(), 2, "leak after exhaustion at {k}");
     }
@@ -547,13 +546,15 @@ fn fork_shares_then_copies_and_reuses() {
         .unwrap();
     access(&mut parent, &mut vm, &mut frames, a, Kind::Write(7)).unwrap();
     let used = frames.in_use();
-    let (mut child, flush) = parent.fork(&mut vm, &mut frames).unwrap();
+    let mut mmu = RecordingMmu::new(parent.pml4());
+    let mut child = parent
+        .fork(&mut vm, &mut frames, &mut Tlb::uniprocessor(&mut mmu))
+        .unwrap();
     assert_eq!(
-        flush.pages().count(),
+        mmu.invlpg_count(),
         1,
         "the parent's written page lost write access"
     );
-    flush.ignore();
     assert_eq!(vm.stats().shared_frames, 1);
     // Sharing took only the child's tables (PML4, PDPT, PD, PT).
     assert_eq!(frames.in_use(), used + 4);
@@ -566,10 +567,10 @@ fn fork_shares_then_copies_and_reuses() {
                 ..FaultAccess::write(true)
             },
             &mut frames,
+            &mut up(),
         )
         .unwrap();
-    assert_eq!(w.outcome, FaultOutcome::CopiedOnWrite);
-    w.flush.ignore();
+    assert_eq!(w, FaultOutcome::CopiedOnWrite);
     access(&mut child, &mut vm, &mut frames, a, Kind::Write(9)).unwrap();
     assert_eq!(
         access(&mut parent, &mut vm, &mut frames, a, Kind::Read).unwrap(),
@@ -585,15 +586,14 @@ fn fork_shares_then_copies_and_reuses() {
                 ..FaultAccess::write(true)
             },
             &mut frames,
+            &mut up(),
         )
         .unwrap();
-    assert_eq!(r.outcome, FaultOutcome::ReusedOnWrite);
-    r.flush.ignore();
+    assert_eq!(r, FaultOutcome::ReusedOnWrite);
     let s = vm.stats();
     assert_eq!((s.cow_copies, s.cow_reuses, s.shared_frames), (1, 1, 0));
-    let mmu = RecordingMmu::new(kernel.pml4());
-    child.destroy(&mut vm, &mut frames, &mmu).unwrap();
-    parent.destroy(&mut vm, &mut frames, &mmu).unwrap();
+    child.destroy(&mut vm, &mut frames, &mut up()).unwrap();
+    parent.destroy(&mut vm, &mut frames, &mut up()).unwrap();
     assert_eq!(frames.in_use(), 2);
 }
 
@@ -611,14 +611,9 @@ fn faults_are_typed_for_every_reason() {
     let none = s.map_anonymous(None, PAGE, Prot::USER).unwrap();
     let guard = 0x7000_0000;
     s.map_fixed(guard, PAGE, Prot::empty(), AreaKind::Guard, &mut frames)
-        .unwrap()
-        .ignore();
+        .unwrap();
     let mut fault = |vm: &mut Vm, addr: u64, access| {
-        s.handle_fault(vm, VirtAddr::new(addr), access, &mut frames)
-            .map(|r| {
-                r.flush.ignore();
-                r.outcome
-            })
+        s.handle_fault(vm, VirtAddr::new(addr), access, &mut frames, &mut up())
             .map_err(|e| e.reason)
     };
     assert_eq!(
@@ -694,16 +689,15 @@ fn areas_split_merge_and_refuse_bad_ranges() {
     s.map_anonymous(Some(a + 8 * PAGE), 8 * PAGE, rw).unwrap();
     assert_eq!(s.area_count(), 1);
     // Protect the middle: three areas; back: one again.
-    s.protect(a + 4 * PAGE, 4 * PAGE, Prot::READ | Prot::USER, &vm)
-        .unwrap()
-        .ignore();
+    s.protect(a + 4 * PAGE, 4 * PAGE, Prot::READ | Prot::USER, &mut vm, &mut frames, &mut up())
+        .unwrap();
     assert_eq!(s.area_count(), 3);
-    s.protect(a + 4 * PAGE, 4 * PAGE, rw, &vm).unwrap().ignore();
+    s.protect(a + 4 * PAGE, 4 * PAGE, rw, &mut vm, &mut frames, &mut up())
+        .unwrap();
     assert_eq!(s.area_count(), 1);
     // Unmap the middle: two areas, and the hole is found by a gap search.
-    s.unmap(a + 4 * PAGE, 2 * PAGE, &mut vm, &mut frames)
-        .unwrap()
-        .ignore();
+    s.unmap(a + 4 * PAGE, 2 * PAGE, &mut vm, &mut frames, &mut up())
+        .unwrap();
     assert_eq!(s.area_count(), 2);
     assert_eq!(
         s.map_anonymous(None, 2 * PAGE, Prot::READ | Prot::USER)
@@ -730,11 +724,11 @@ fn areas_split_merge_and_refuse_bad_ranges() {
         VmError::Overlap { addr: a }
     );
     assert!(matches!(
-        s.unmap(0xffff_8000_0000_0000, PAGE, &mut vm, &mut frames),
+        s.unmap(0xffff_8000_0000_0000, PAGE, &mut vm, &mut frames, &mut up()),
         Err(VmError::OutOfRange { .. })
     ));
     assert!(matches!(
-        s.protect(0x5000_0000, PAGE, rw, &vm),
+        s.protect(0x5000_0000, PAGE, rw, &mut vm, &mut frames, &mut up()),
         Err(VmError::Unmapped { .. })
     ));
     // Fixed physical memory maps at once and is never freed.
@@ -748,16 +742,13 @@ fn areas_split_merge_and_refuse_bad_ranges() {
         },
         &mut frames,
     )
-    .unwrap()
-    .ignore();
+    .unwrap();
     assert!(s.mapper().translate(VirtAddr::new(mmio + PAGE)).is_ok());
     s.check_invariants(&vm).unwrap();
-    let mmu = RecordingMmu::new(kernel.pml4());
     let in_use = frames.in_use();
     let _ = in_use;
-    s.destroy(&mut vm, &mut frames, &mmu).unwrap();
+    s.destroy(&mut vm, &mut frames, &mut up()).unwrap();
     assert_eq!(frames.in_use(), 2);
-    let _ = mmu.cr3();
 }
 
 /// A swap device whose failures the test switches from outside.
@@ -926,8 +917,7 @@ fn four_times_ram_with_checksums_faults_and_out_of_swap() {
             assert_eq!(v, stamp(p, 99), "page {p} after out of swap");
         }
     }
-    let mmu = RecordingMmu::new(kernel.pml4());
-    s.destroy(&mut vm, &mut frames, &mmu).unwrap();
+    s.destroy(&mut vm, &mut frames, &mut up()).unwrap();
     let st = vm.stats();
     assert_eq!((st.resident_frames, st.swap_slots_used), (0, 0), "{st:?}");
     assert_eq!(frames.in_use(), 2);
@@ -1014,8 +1004,7 @@ fn kernel_fault_counts_equal_the_simulator() {
                 "{pname} on {tname}: the trace must evict"
             );
             eprintln!("{pname} {tname}: {expected} faults in kernel and simulator");
-            let mmu = RecordingMmu::new(kernel.pml4());
-            s.destroy(&mut vm, &mut frames, &mmu).unwrap();
+            s.destroy(&mut vm, &mut frames, &mut up()).unwrap();
         }
     }
 }

@@ -7,7 +7,7 @@
 use crate::arch::interrupts;
 use crate::arch::trap::{vector, Fault};
 use crate::mm::memory::{with_memory, FRAMES};
-use crate::user::process::with_vm;
+use crate::user::process::{with_tlb, with_vm};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -37,13 +37,12 @@ fn hook(f: &Fault) -> bool {
     };
     let access = FaultAccess::from_error_code(f.error_code);
     let t0 = crate::arch::cpu::rdtsc();
-    let r =
-        with_vm(|vm| space.handle_fault(vm, VirtAddr::new_truncate(f.addr), access, &mut &FRAMES));
+    let addr = VirtAddr::new_truncate(f.addr);
+    let r = with_vm(|vm| with_tlb(|tlb| space.handle_fault(vm, addr, access, &mut &FRAMES, tlb)));
     let ticks = crate::arch::cpu::rdtsc() - t0;
     match r {
-        Ok(r) => {
-            r.flush.flush(&mut X86Mmu);
-            if r.outcome == FaultOutcome::SwappedIn {
+        Ok(outcome) => {
+            if outcome == FaultOutcome::SwappedIn {
                 if let Some(v) = SWAP_IN_TICKS.try_lock().as_mut().and_then(|g| g.as_mut()) {
                     v.push(ticks);
                 }
@@ -197,7 +196,7 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, pages: u64) -> Report
     unsafe { X86Mmu.set_cr3(kernel) };
     let space = ACTIVE.lock().take().expect("the workload's space");
     let stats = with_vm(|vm| vm.stats());
-    with_vm(|vm| space.destroy(vm, &mut &FRAMES, &X86Mmu))
+    with_vm(|vm| with_tlb(|tlb| space.destroy(vm, &mut &FRAMES, tlb)))
         .map_err(|e| e.1)
         .expect("teardown");
     let mut ticks = recorded.unwrap_or_default();
@@ -269,7 +268,7 @@ pub fn replay(
     unsafe { X86Mmu.set_cr3(kernel) };
     let space = ACTIVE.lock().take().expect("the trace's space");
     let after = with_vm(|vm| vm.stats());
-    with_vm(|vm| space.destroy(vm, &mut &FRAMES, &X86Mmu))
+    with_vm(|vm| with_tlb(|tlb| space.destroy(vm, &mut &FRAMES, tlb)))
         .map_err(|e| e.1)
         .expect("teardown");
     with_vm(|vm| {

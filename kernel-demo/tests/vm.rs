@@ -13,7 +13,8 @@ use alloc::vec;
 use kernel_demo::mm::heap::HEAP;
 use kernel_demo::mm::memory::{with_memory, FRAMES};
 use kernel_demo::user::process::{
-    enable_smep_smap, run_all, vm_stats, with_vm, End, Process, HEAP_BASE, STACK_PAGES, STACK_TOP,
+    enable_smep_smap, run_all, vm_stats, with_tlb, with_vm, End, Process, HEAP_BASE, STACK_PAGES,
+    STACK_TOP,
 };
 use kernel_demo::user::programs::Program;
 use kernel_demo::user::{probe_exec, probe_read, probe_read_user, ProbeFault};
@@ -103,11 +104,11 @@ kernel_demo::test_kernel! {
         assert!(smap, "QEMU -cpu max has SMAP");
         let mut p = Process::spawn(1, Program::Tag, 0).unwrap();
         with_vm(|vm| {
-            p.space
-                .handle_fault(vm, VirtAddr::new(HEAP_BASE), FaultAccess::write(false), &mut &FRAMES)
-                .unwrap()
-                .flush
-                .ignore()
+            with_tlb(|tlb| {
+                let heap = VirtAddr::new(HEAP_BASE);
+                p.space.handle_fault(vm, heap, FaultAccess::write(false), &mut &FRAMES, tlb)
+            })
+            .unwrap()
         });
         let phys = p.space.mapper().translate(VirtAddr::new(HEAP_BASE)).unwrap().phys;
         // SAFETY: a private frame of `p`, through the direct map.
@@ -121,7 +122,7 @@ kernel_demo::test_kernel! {
         unsafe { X86Mmu.set_cr3(kernel) };
         assert_eq!(plain, Err(ProbeFault));
         assert_eq!(allowed, Ok(0xda7a));
-        with_vm(|vm| p.space.destroy(vm, &mut &FRAMES, &X86Mmu)).map_err(|e| e.1).unwrap();
+        with_vm(|vm| with_tlb(|tlb| p.space.destroy(vm, &mut &FRAMES, tlb))).map_err(|e| e.1).unwrap();
     }
 
     /// With SMEP on, kernel execution of a user page faults.
@@ -138,7 +139,7 @@ kernel_demo::test_kernel! {
         // SAFETY: the kernel's own tables.
         unsafe { X86Mmu.set_cr3(kernel) };
         assert_eq!(r, Err(ProbeFault));
-        with_vm(|vm| p.space.destroy(vm, &mut &FRAMES, &X86Mmu)).map_err(|e| e.1).unwrap();
+        with_vm(|vm| with_tlb(|tlb| p.space.destroy(vm, &mut &FRAMES, tlb))).map_err(|e| e.1).unwrap();
     }
 
     /// Two thousand spawn / fork / touch / exit cycles: every frame, page

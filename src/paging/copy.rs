@@ -107,12 +107,14 @@ where
             };
             let copy = match (self.f)(va, leaf) {
                 CopyAs::Same => e,
-                CopyAs::ReadOnly => e & !WRITABLE,
+                CopyAs::ReadOnly if e & WRITABLE == 0 => e,
+                CopyAs::ReadOnly => {
+                    // Atomic: a Dirty bit another CPU sets up to now stays, in both copies.
+                    let now = src.fetch_and(slot.table, i, !WRITABLE);
+                    self.flush.add(va);
+                    now & !WRITABLE
+                }
             };
-            if copy != e {
-                src.write(slot.table, i, copy);
-                self.flush.add(va);
-            }
             self.dst.write(dst_table, i, copy);
             return Ok(Step::Next);
         }

@@ -8,6 +8,10 @@ use x86_64::VirtAddr;
 pub(crate) const PRESENT: u64 = 1;
 pub(crate) const WRITABLE: u64 = 1 << 1;
 pub(crate) const USER: u64 = 1 << 2;
+/// Set by the CPU on any access through a leaf (and on tables walked).
+pub(crate) const ACCESSED: u64 = 1 << 5;
+/// Set by the CPU on a write through a leaf.
+pub(crate) const DIRTY: u64 = 1 << 6;
 pub(crate) const HUGE: u64 = 1 << 7;
 pub(crate) const NX: u64 = 1 << 63;
 pub(crate) const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;

@@ -17,6 +17,12 @@ pub struct Flush {
     all: bool,
 }
 
+impl Default for Flush {
+    fn default() -> Self {
+        Self::none()
+    }
+}
+
 impl Flush {
     /// Nothing to flush (e.g. a new mapping over non-present entries, which the TLB never caches).
     pub const fn none() -> Self {
@@ -30,7 +36,8 @@ impl Flush {
     /// Records that the translation of `addr` changed.
     #[inline]
     pub(crate) fn add(&mut self, addr: u64) {
-        if self.all {
+        // A freed table's range often starts at the page just recorded.
+        if self.all || (self.len > 0 && self.pages[self.len - 1] == addr) {
             return;
         }
         if self.len == FLUSH_THRESHOLD {

@@ -6,7 +6,8 @@ use x86_64::structures::paging::{
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::entry::{
-    index, is_leaf, leaf_bits, span, ADDR_MASK, ENTRIES, HALF, LINEAR_MASK, PRESENT, USER,
+    index, is_leaf, leaf_bits, span, ACCESSED, ADDR_MASK, DIRTY, ENTRIES, HALF, LINEAR_MASK,
+    PRESENT, USER, WRITABLE,
 };
 use super::{Flush, LeafSize, MapFlags, Mmu, PagingError, PhysMem};
 
@@ -136,6 +137,60 @@ impl<P: PhysMem> PageTables<P> {
         unsafe { self.ptr(table).add(i).write(value) }
     }
 
+    /// Entry `i` of the table at `table` as the CPU sees it: an atomic word that page walks on
+    /// other CPUs may update (Accessed, Dirty) at any time.
+    #[inline(always)]
+    fn atomic(&self, table: u64, i: usize) -> &core::sync::atomic::AtomicU64 {
+        debug_assert!(i < ENTRIES);
+        // SAFETY: as in `read`, the entry is valid, 8-aligned memory; every access to a live
+        // entry that can race a page walk goes through this atomic view.
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(self.ptr(table).add(i)) }
+    }
+
+    /// Replaces entry `i` of `table` by `new` in one atomic exchange and returns the value it
+    /// held: a Dirty bit set by another CPU up to that instant is in the result.
+    #[inline]
+    pub(crate) fn exchange(&mut self, table: u64, i: usize, new: u64) -> u64 {
+        self.atomic(table, i).swap(new, core::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Clears the bits of `mask`'s complement in entry `i` of `table` atomically; returns the
+    /// old value.
+    #[inline]
+    pub(crate) fn fetch_and(&self, table: u64, i: usize, mask: u64) -> u64 {
+        self.atomic(table, i).fetch_and(mask, core::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Sets `bits` in entry `i` of `table` atomically (what a page walk does to Accessed and
+    /// Dirty); returns the old value.
+    #[cfg(any(test, feature = "testing"))]
+    #[inline]
+    pub(crate) fn fetch_or(&self, table: u64, i: usize, bits: u64) -> u64 {
+        self.atomic(table, i).fetch_or(bits, core::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Rewrites entry `i` of `table` with `f(old)` without losing a hardware update: an entry
+    /// the CPU may still mark Dirty (present, writable, clean) is replaced by compare-exchange;
+    /// for any other entry only Accessed can change meanwhile, and `f` decides it. Returns the
+    /// value replaced.
+    #[inline]
+    pub(crate) fn update(&mut self, table: u64, i: usize, f: impl Fn(u64) -> u64) -> u64 {
+        use core::sync::atomic::Ordering::{AcqRel, Acquire};
+        let cell = self.atomic(table, i);
+        let mut old = cell.load(Acquire);
+        loop {
+            let racy = old & (PRESENT | WRITABLE | DIRTY) == PRESENT | WRITABLE;
+            if !racy {
+                cell.store(f(old), core::sync::atomic::Ordering::Release);
+                return old;
+            }
+            match cell.compare_exchange_weak(old, f(old), AcqRel, Acquire) {
+                Ok(_) => return old,
+                Err(now) => old = now,
+            }
+        }
+    }
+
     pub(crate) fn zero_table(&mut self, table: u64) {
         // SAFETY: `table` is a whole 4096-byte frame we own, valid through `PhysMem`.
         unsafe { self.ptr(table).write_bytes(0, ENTRIES) }
@@ -180,8 +235,8 @@ impl<P: PhysMem> PageTables<P> {
     ) -> Result<(PhysFrame<S>, Flush), PagingError> {
         let va = page.start_address().as_u64();
         let level = LeafSize::of::<S>().level();
-        let (path, leaf) = self.leaf_path(va, level)?;
-        self.write(path[level as usize], index(va & LINEAR_MASK, level), 0);
+        let (path, _) = self.leaf_path(va, level)?;
+        let leaf = self.exchange(path[level as usize], index(va & LINEAR_MASK, level), 0);
         self.reclaim_path(va & LINEAR_MASK, level, &path, alloc);
         let mut flush = Flush::none();
         flush.add(va);
@@ -218,6 +273,23 @@ impl<P: PhysMem> PageTables<P> {
         frame: Option<PhysFrame<S>>,
         flags: MapFlags,
     ) -> Result<(PhysFrame<S>, Flush), PagingError> {
+        self.rewrite_leaf_entry(page, frame, flags).map(|(old, flush)| {
+            let frame = PhysAddr::new(old & ADDR_MASK & !(S::SIZE - 1));
+            (PhysFrame::containing_address(frame), flush)
+        })
+    }
+
+    /// [`protect`](Self::protect) or [`remap`](Self::remap) returning the whole entry it
+    /// replaced. The entry is rewritten atomically: with the frame unchanged, the Accessed
+    /// and Dirty bits the CPU set are kept (a protect must not make a written page look
+    /// clean); with a new frame they start clear, and the caller reads the old frame's in the
+    /// result.
+    pub(crate) fn rewrite_leaf_entry<S: PageSize>(
+        &mut self,
+        page: Page<S>,
+        frame: Option<PhysFrame<S>>,
+        flags: MapFlags,
+    ) -> Result<(u64, Flush), PagingError> {
         let va = page.start_address().as_u64();
         let bits = flags.checked_bits(page.start_address())?;
         if let Some(addr) = frame.map(|f| f.start_address()) {
@@ -227,7 +299,7 @@ impl<P: PhysMem> PageTables<P> {
             }
         }
         let level = LeafSize::of::<S>().level();
-        let (path, leaf) = self.leaf_path(va, level)?;
+        let (path, _) = self.leaf_path(va, level)?;
         let lin = va & LINEAR_MASK;
         for l in level + 1..=4 {
             if bits & USER != 0 {
@@ -236,16 +308,17 @@ impl<P: PhysMem> PageTables<P> {
                 self.write(path[l as usize], i, e | USER);
             }
         }
-        let old = leaf & ADDR_MASK & !(S::SIZE - 1);
-        let new = frame.map_or(old, |f| f.start_address().as_u64());
-        self.write(
-            path[level as usize],
-            index(lin, level),
-            new | leaf_bits(bits, level),
-        );
+        let new_frame = frame.map(|f| f.start_address().as_u64());
+        let old = self.update(path[level as usize], index(lin, level), |e| {
+            let old_frame = e & ADDR_MASK & !(S::SIZE - 1);
+            match new_frame {
+                Some(f) if f != old_frame => f | leaf_bits(bits, level),
+                _ => old_frame | leaf_bits(bits, level) | (e & (ACCESSED | DIRTY)),
+            }
+        });
         let mut flush = Flush::none();
         flush.add(va);
-        Ok((PhysFrame::containing_address(PhysAddr::new(old)), flush))
+        Ok((old, flush))
     }
 
     /// Walks to the leaf of size `level` at `va`: the tables on the way (indexed by level)

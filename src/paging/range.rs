@@ -10,9 +10,12 @@ use x86_64::structures::paging::{FrameDeallocator, Size4KiB};
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::entry::{
-    canonical, index, is_leaf, leaf_bits, span, virt_addr, ADDR_MASK, HALF, HUGE, LINEAR_MASK,
-    PRESENT, TABLE_FLAGS, USER,
+    canonical, index, is_leaf, leaf_bits, span, virt_addr, ACCESSED, ADDR_MASK, DIRTY, HALF, HUGE,
+    LINEAR_MASK, PRESENT, TABLE_FLAGS, USER,
 };
+
+/// The bits the CPU sets in a leaf, which a protect keeps.
+const ACCESSED_DIRTY: u64 = ACCESSED | DIRTY;
 use super::page_tables::frame_of;
 use super::reserve::Reserve;
 use super::visit::{walk, Slot, Step, Visitor};
@@ -229,25 +232,29 @@ impl<P: PhysMem> PageTables<P> {
                 kept |= entry != 0;
                 continue;
             }
-            let new = match edit {
-                Edit::Unmap => 0,
-                Edit::Protect { leaf } => (entry & ADDR_MASK) | leaf,
-            };
-            // SAFETY: as above.
-            unsafe { slot.write(new) };
+            match edit {
+                // The data goes with the mapping: a Dirty bit set meanwhile does not matter.
+                // SAFETY: as above.
+                Edit::Unmap => unsafe { slot.write(0) },
+                Edit::Protect { leaf } => {
+                    self.update(table, i0 + k, |e| (e & ADDR_MASK) | leaf | (e & ACCESSED_DIRTY));
+                }
+            }
             flush.add(canonical(s + k as u64 * PAGE_SIZE));
         }
         kept
     }
 
     fn edit_leaf(&mut self, table: u64, i: usize, entry: u64, level: u8, edit: Edit) {
-        let new = match edit {
-            Edit::Unmap => 0,
+        match edit {
+            Edit::Unmap => self.write(table, i, 0),
             Edit::Protect { leaf } => {
-                (entry & ADDR_MASK & !(span(level) - 1)) | leaf_bits(leaf, level)
+                let frame = entry & ADDR_MASK & !(span(level) - 1);
+                self.update(table, i, |e| {
+                    frame | leaf_bits(leaf, level) | (e & ACCESSED_DIRTY)
+                });
             }
-        };
-        self.write(table, i, new);
+        }
     }
 
     /// Replaces the huge leaf `entry` by a table of 512 leaves one level down with the same
@@ -531,6 +538,10 @@ where
         if empty && m.may_free(slot.start, level - 1) {
             debug_assert!(m.is_empty_table(child));
             m.write(slot.table, slot.index, 0);
+            // Paging-structure caches may hold the entry that pointed at the table: an
+            // invalidation inside its range drops it (SDM vol. 3, 4.10.4.1), even when no
+            // leaf was present to flush.
+            self.flush.add(canonical(slot.start));
             // SAFETY: the child table is empty and its only parent entry is now clear.
             unsafe { self.alloc.deallocate_frame(frame_of(child)) };
         } else {

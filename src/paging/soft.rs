@@ -9,10 +9,10 @@ use x86_64::VirtAddr;
 
 use super::entry::{index, is_leaf, virt_addr, ADDR_MASK, LINEAR_MASK, PRESENT};
 use super::visit::{linear_range, walk, Slot, Step, Visitor};
-use super::{Flush, PageTables, PagingError, PhysMem};
+use super::{PageTables, PagingError, PhysMem};
 
-const ACCESSED: u64 = 1 << 5;
-const DIRTY: u64 = 1 << 6;
+use super::entry::{ACCESSED, DIRTY};
+
 /// The Dirty bit of a leaf entry.
 pub(crate) const DIRTY_BIT: u64 = DIRTY;
 
@@ -32,48 +32,30 @@ impl<P: PhysMem> PageTables<P> {
         (e != 0 && e & PRESENT == 0).then_some(e)
     }
 
-    /// Replaces the 4 KiB entry of `va` (present or soft, its page table
-    /// must exist) with the soft value `value`; the flush covers a
-    /// replaced mapping. Needs no frame.
-    pub(crate) fn set_soft_entry(
-        &mut self,
-        va: VirtAddr,
-        value: u64,
-    ) -> Result<Flush, PagingError> {
-        debug_assert!(value != 0 && value & PRESENT == 0);
+    /// Replaces the 4 KiB entry of `va` (present, soft or empty; its page table must exist)
+    /// with `value` in one atomic exchange, and returns the entry replaced: its Dirty bit
+    /// includes every write made through it before the exchange. A present entry replaced
+    /// still needs its TLB entries invalidated. Needs no frame.
+    pub(crate) fn exchange_pte(&mut self, va: VirtAddr, value: u64) -> Result<u64, PagingError> {
         let (t, i) = self
             .pte_slot(va)
             .ok_or(PagingError::NotMapped { addr: va })?;
-        let old = self.read(t, i);
-        self.write(t, i, value);
-        let mut flush = Flush::none();
-        if old & PRESENT != 0 {
-            flush.add(va.as_u64());
-        }
-        Ok(flush)
-    }
-
-    /// The raw 4 KiB leaf entry of `va` when it is present.
-    pub(crate) fn leaf_entry(&self, va: VirtAddr) -> Option<u64> {
-        let (t, i) = self.pte_slot(va)?;
-        let e = self.read(t, i);
-        (e & PRESENT != 0).then_some(e)
+        Ok(self.exchange(t, i, value))
     }
 
     /// Clears the Accessed bit of the 4 KiB leaf of `va`; returns whether
     /// it was set (the page was referenced since the last clear). The TLB
     /// entry must be flushed for the next reference to set it again.
-    pub(crate) fn clear_accessed(&mut self, va: VirtAddr) -> bool {
+    pub(crate) fn clear_accessed(&self, va: VirtAddr) -> bool {
         let Some((t, i)) = self.pte_slot(va) else {
             return false;
         };
-        let e = self.read(t, i);
-        if e & PRESENT != 0 && e & ACCESSED != 0 {
-            self.write(t, i, e & !ACCESSED);
-            true
-        } else {
-            false
+        if self.read(t, i) & (PRESENT | ACCESSED) != PRESENT | ACCESSED {
+            return false;
         }
+        // One atomic and: a Dirty bit another CPU sets meanwhile stays.
+        let old = self.fetch_and(t, i, !ACCESSED);
+        old & PRESENT != 0 && old & ACCESSED != 0
     }
 
     /// What the MMU does on an access through the 4 KiB leaf of `va`: sets
@@ -81,9 +63,8 @@ impl<P: PhysMem> PageTables<P> {
     #[cfg(any(test, feature = "testing"))]
     pub fn simulate_access(&mut self, va: VirtAddr, write: bool) {
         if let Some((t, i)) = self.pte_slot(va) {
-            let e = self.read(t, i);
-            if e & PRESENT != 0 {
-                self.write(t, i, e | ACCESSED | if write { DIRTY } else { 0 });
+            if self.read(t, i) & PRESENT != 0 {
+                self.fetch_or(t, i, ACCESSED | if write { DIRTY } else { 0 });
             }
         }
     }

@@ -60,6 +60,7 @@ mod heap;
 mod magazine;
 mod pad;
 mod shootdown;
+mod tlb;
 
 pub use cpu::{CpuLocal, UniCpu};
 pub use cpu_set::{ActiveCpus, CpuSet, MAX_CPUS};
@@ -68,3 +69,4 @@ pub use frames::{PerCpuFrames, FRAME_BATCH, FRAME_CACHE};
 pub use heap::{class_cache_limit, PerCpuHeap, HEAP_CACHE_BYTES};
 pub use magazine::{CacheStats, Magazine};
 pub use shootdown::{Acked, TlbShootdown};
+pub use tlb::Tlb;

@@ -42,6 +42,15 @@ pub struct Acked {
 }
 
 impl Acked {
+    pub(crate) const fn new(cpus: CpuSet, rounds: u32) -> Self {
+        Self { cpus, rounds }
+    }
+
+    /// Nothing needed invalidating.
+    pub(crate) const fn nothing() -> Self {
+        Self::new(CpuSet::empty(), 0)
+    }
+
     /// The other CPUs that acknowledged.
     pub fn cpus(&self) -> CpuSet {
         self.cpus

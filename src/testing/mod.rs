@@ -7,3 +7,4 @@ pub mod mmu;
 pub mod phys_mem;
 pub mod rng;
 pub mod smp;
+pub mod tlb;

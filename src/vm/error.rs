@@ -133,6 +133,8 @@ pub enum FaultReason {
     OutOfSwap,
     /// Reading the page back from swap failed; the page stays on swap.
     SwapIo(super::SwapIoError),
+    /// Reclaim was asked for and no swap device is attached.
+    NoSwap,
     /// The mapper refused (a huge page or table where a page was expected).
     Paging(PagingError),
 }
@@ -143,7 +145,7 @@ impl FaultReason {
     pub const fn is_refusal(&self) -> bool {
         !matches!(
             self,
-            Self::OutOfMemory | Self::OutOfSwap | Self::SwapIo(_) | Self::Paging(_)
+            Self::OutOfMemory | Self::OutOfSwap | Self::SwapIo(_) | Self::NoSwap | Self::Paging(_)
         )
     }
 }
@@ -161,6 +163,7 @@ impl fmt::Display for FaultError {
             FaultReason::CorruptTable => "reserved bit set in a page-table entry",
             FaultReason::OutOfMemory => "out of memory",
             FaultReason::OutOfSwap => "out of memory and out of swap",
+            FaultReason::NoSwap => "reclaim without a swap device",
             FaultReason::SwapIo(e) => return write!(f, "fault at {:#x}: {e}", self.addr.as_u64()),
             FaultReason::Paging(e) => return write!(f, "fault at {:#x}: {e}", self.addr.as_u64()),
         };

@@ -1,7 +1,5 @@
 //! A page fault as the CPU reports it, and what resolving it did.
 
-use crate::paging::Flush;
-
 /// The access that faulted, decoded from the #PF error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FaultAccess {
@@ -77,15 +75,4 @@ pub enum FaultOutcome {
     /// The page already allowed the access (a stale TLB entry): the
     /// flush drops it.
     Spurious,
-}
-
-/// A resolved fault: what was done, and the TLB work left (flush it
-/// before returning to the faulting code).
-#[must_use = "the TLB may still hold the old translation: call `flush` or `ignore` on `flush`"]
-#[derive(Debug)]
-pub struct Resolved {
-    /// What was done.
-    pub outcome: FaultOutcome,
-    /// The TLB work left.
-    pub flush: Flush,
 }

@@ -17,16 +17,33 @@
 //!
 //! Page states: a page of an anonymous area is not present (never
 //! touched), the zero frame read-only (read before any write), a private
-//! frame, or a frame shared read-only with other spaces after a fork.
-//! Non-present entries are all zero today; a later page state (a swap
-//! slot) can live in the other bits of a non-present entry without
-//! changing these.
+//! frame, a frame shared read-only with other spaces after a fork, or on
+//! swap (a non-present entry holding the slot, see [`swap`]); a resident
+//! page read back from swap keeps its slot while it stays clean (the swap
+//! cache).
+//!
+//! # Many CPUs
+//! A space records the CPUs it is active on ([`VmSpace::cpus`]). Every
+//! operation that removes, downgrades or repoints a translation (munmap,
+//! mprotect, fork's write-protect, a copy-on-write break, reclaim,
+//! destroy) takes a [`Tlb`](crate::smp::Tlb): it invalidates the changed
+//! translations on those CPUs and waits for them before a frame or page
+//! table they reached is freed or a shared frame is handed to its other
+//! sharer. Entries the CPU may update (Accessed, Dirty) are edited with
+//! atomic operations that keep what the CPU set: a protect never makes a
+//! written page look clean, and reclaim reads Dirty only from the entry
+//! it took out, after the invalidation.
+//!
+//! Locking: every operation takes `&mut VmSpace` and `&mut Vm`; a kernel
+//! puts them behind its own locks (one per space, one for the `Vm`, in
+//! that order).
 //!
 //! ```
 //! # #[cfg(feature = "testing")]
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use kmem::paging::PageTables;
-//! use kmem::testing::phys_mem::EmulatedMemory;
+//! use kmem::smp::Tlb;
+//! use kmem::testing::{mmu::RecordingMmu, phys_mem::EmulatedMemory};
 //! use kmem::vm::{FaultAccess, FaultOutcome, Prot, Vm, VmSpace};
 //! use x86_64::VirtAddr;
 //!
@@ -35,14 +52,16 @@
 //! let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
 //! let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames)?;
 //! let mut space = VmSpace::new_user(&kernel, &mut frames)?;
+//! // One CPU, running the kernel's tables (a kernel passes its CPU's MMU and IPIs).
+//! let mut mmu = RecordingMmu::new(kernel.pml4());
+//! let mut tlb = Tlb::uniprocessor(&mut mmu);
 //! let heap = space.map_anonymous(None, 16 * 4096, Prot::RW | Prot::USER)?;
 //! // A first read maps the zero page, a first write a private frame.
-//! let r = space.handle_fault(&mut vm, VirtAddr::new(heap), FaultAccess::read(true), &mut frames)?;
-//! assert_eq!(r.outcome, FaultOutcome::ZeroPageMapped);
-//! r.flush.ignore(); // the space is not active
-//! let w = space.handle_fault(&mut vm, VirtAddr::new(heap), FaultAccess::write(true), &mut frames)?;
-//! assert_eq!(w.outcome, FaultOutcome::ZeroFilled);
-//! w.flush.ignore();
+//! let at = VirtAddr::new(heap);
+//! let r = space.handle_fault(&mut vm, at, FaultAccess::read(true), &mut frames, &mut tlb)?;
+//! assert_eq!(r, FaultOutcome::ZeroPageMapped);
+//! let w = space.handle_fault(&mut vm, at, FaultAccess::write(true), &mut frames, &mut tlb)?;
+//! assert_eq!(w, FaultOutcome::ZeroFilled);
 //! # Ok(())
 //! # }
 //! # #[cfg(not(feature = "testing"))]
@@ -53,6 +72,7 @@ mod area;
 mod areas;
 mod error;
 mod fault;
+mod gather;
 mod invariants;
 mod prot;
 mod reclaim;
@@ -67,7 +87,7 @@ mod vm;
 
 pub use area::{Area, AreaKind};
 pub use error::{FaultError, FaultReason, VmError};
-pub use fault::{FaultAccess, FaultOutcome, Resolved};
+pub use fault::{FaultAccess, FaultOutcome};
 pub use invariants::VmInvariantError;
 pub use prot::Prot;
 pub use space::{VmSpace, USER_RANGE};

@@ -1,23 +1,67 @@
 //! Memory pressure: frames for anonymous pages under the limit, the
 //! reclaim scan (CLOCK over the hardware Accessed bits), write-out to swap
 //! in clusters, and swap-in with readahead.
+//!
+//! Reclaim unmaps before it looks: each victim's entry is cleared by an
+//! atomic exchange, the space's CPUs invalidate it, and only then are the
+//! Dirty bit (from the exchanged value) and the contents read (Linux's
+//! `try_to_unmap` and `ptep_clear_flush`). A write from another CPU either
+//! lands before the exchange (and is in Dirty and the contents) or faults.
+//! Victim lists are bounded by a cluster and live on the stack: reclaim
+//! runs when memory is short, so it must not need the heap.
 
 use super::swap::{slot_of, swap_entry, CLUSTER, PAGE_BYTES};
-use super::{FaultOutcome, FaultReason, Prot, Resolved, Vm, VmSpace};
+use super::{FaultOutcome, FaultReason, Prot, Vm, VmSpace};
 use crate::paging::{Flush, FrameSource, PhysMem, DIRTY_BIT};
+use crate::smp::Tlb;
 use crate::PAGE_SIZE;
 use alloc::vec::Vec;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
 
+/// Up to a cluster of pages, on the stack.
+struct Batch {
+    items: [(VirtAddr, PhysFrame, u64); CLUSTER],
+    len: usize,
+}
+
+impl Batch {
+    fn new() -> Self {
+        let none = (VirtAddr::zero(), PhysFrame::containing_address(x86_64::PhysAddr::zero()), 0);
+        Self {
+            items: [none; CLUSTER],
+            len: 0,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == CLUSTER
+    }
+
+    fn push(&mut self, va: VirtAddr, frame: PhysFrame) {
+        if self.len < CLUSTER {
+            self.items[self.len] = (va, frame, 0);
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[(VirtAddr, PhysFrame, u64)] {
+        &self.items[..self.len]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [(VirtAddr, PhysFrame, u64)] {
+        &mut self.items[..self.len]
+    }
+}
+
 impl<P: PhysMem> VmSpace<P> {
     /// A frame for an anonymous page: under the limit at once, else after
-    /// reclaiming some of this space's pages (TLB work goes to `flush`).
+    /// reclaiming some of this space's pages.
     pub(crate) fn new_frame<A: FrameSource + ?Sized>(
         &mut self,
         vm: &mut Vm,
         frames: &mut A,
-        flush: &mut Flush,
+        tlb: &mut Tlb<'_>,
     ) -> Result<PhysFrame, FaultReason> {
         if let Some(f) = vm.alloc_frame(frames) {
             return Ok(f);
@@ -25,8 +69,7 @@ impl<P: PhysMem> VmSpace<P> {
         if vm.swap.is_none() {
             return Err(FaultReason::OutOfMemory);
         }
-        let (freed, f) = self.reclaim(vm, frames, vm.reclaim_batch())?;
-        flush.merge(f);
+        let freed = self.reclaim(vm, frames, vm.reclaim_batch(), tlb)?;
         if freed == 0 {
             return Err(FaultReason::OutOfMemory);
         }
@@ -34,199 +77,227 @@ impl<P: PhysMem> VmSpace<P> {
     }
 
     /// Frees up to `want` (at most one cluster) of this space's anonymous
-    /// pages that hold a frame alone: the CLOCK hand goes over them,
-    /// clearing Accessed bits and taking pages whose bit was clear. A page
-    /// of zeros is dropped (it reads back as zeros); a clean page whose copy
-    /// on swap is still valid is dropped; the rest are written in clustered
-    /// requests. A failed write keeps its pages resident and intact.
-    /// Returns the pages freed and the TLB work (flush it before the space
-    /// runs again).
+    /// pages that hold a frame alone: the CLOCK hand (or the policy) picks
+    /// them; they are unmapped and invalidated on the space's CPUs first.
+    /// A page of zeros is dropped (it reads back as zeros); a clean page
+    /// whose copy on swap is still valid is dropped; the rest are written in
+    /// clustered requests. A failed write, or no slot left, puts the pages
+    /// back as they were. Returns the pages freed; without a swap device,
+    /// [`FaultReason::NoSwap`].
     pub fn reclaim<A: FrameSource + ?Sized>(
         &mut self,
         vm: &mut Vm,
         frames: &mut A,
         want: usize,
-    ) -> Result<(usize, Flush), FaultReason> {
+        tlb: &mut Tlb<'_>,
+    ) -> Result<usize, FaultReason> {
+        if vm.swap.is_none() {
+            return Err(FaultReason::NoSwap);
+        }
         let want = want.clamp(1, CLUSTER);
         let mut flush = Flush::none();
-        let victims = if self.policy.is_some() {
-            self.victims_by_policy(vm, want, &mut flush)
+        let mut victims = Batch::new();
+        if self.policy.is_some() {
+            self.victims_by_policy(vm, want, &mut flush, &mut victims);
         } else {
-            self.victims_by_clock(vm, want, &mut flush)
-        };
-        let mut freed = 0;
-        let mut to_write: Vec<(VirtAddr, PhysFrame)> = Vec::new();
-        for (va, frame) in victims {
-            let page = Page::<Size4KiB>::containing_address(va);
-            let dirty = self
+            self.victims_by_clock(vm, want, &mut flush, &mut victims);
+        }
+        // 1. Unmap every victim in one atomic exchange each.
+        for v in victims.as_mut_slice() {
+            v.2 = self
                 .mapper
-                .leaf_entry(va)
-                .is_some_and(|e| e & DIRTY_BIT != 0);
+                .exchange_pte(v.0, 0)
+                .expect("a resident page has its page table");
+            flush.add(v.0.as_u64());
+        }
+        // 2. No CPU can write them any more once this returns.
+        let acked = tlb.invalidate(flush, self.pml4(), &self.cpus);
+        vm.stats.shootdowns += u64::from(acked.rounds());
+        // 3. Dirty bits and contents are final: decide.
+        let mut freed = 0;
+        let mut to_write = Batch::new();
+        for &(va, frame, old) in victims.as_slice() {
             if is_zero(self.mapper.phys_mem(), frame) {
-                if let Ok((_, f)) = self.mapper.unmap(page, frames) {
-                    flush.merge(f);
-                    vm.release_frame(frame, frames);
-                    vm.stats.zero_elided += 1;
-                    freed += 1;
-                }
+                // The entry stays empty: the next touch is a demand-zero fault.
+                vm.release_frame(frame, frames);
+                vm.stats.zero_elided += 1;
+                freed += 1;
                 continue;
             }
-            let swap = vm.swap.as_mut().expect("reclaim needs swap");
-            let cached = swap.uncache(frame.start_address().as_u64() / PAGE_SIZE);
-            match cached {
-                Some(slot) if !dirty => {
-                    // The copy on swap is current: its reference moves to
-                    // the page-table entry.
-                    match self.mapper.set_soft_entry(va, swap_entry(slot)) {
-                        Ok(f) => {
-                            flush.merge(f);
-                            vm.release_frame(frame, frames);
-                            vm.stats.swap_cache_hits += 1;
-                            freed += 1;
-                        }
-                        Err(_) => swap.cache(frame.start_address().as_u64() / PAGE_SIZE, slot),
-                    }
+            let swap = vm.swap.as_mut().expect("checked above");
+            match swap.uncache(frame.start_address().as_u64() / PAGE_SIZE) {
+                Some(slot) if old & DIRTY_BIT == 0 => {
+                    // The copy on swap is current: its reference moves to the entry.
+                    self.put_entry(va, swap_entry(slot));
+                    vm.release_frame(frame, frames);
+                    vm.stats.swap_cache_hits += 1;
+                    freed += 1;
                 }
                 Some(slot) => {
-                    swap.drop_ref(slot); // stale copy
-                    to_write.push((va, frame));
+                    swap.drop_ref(slot); // a stale copy
+                    to_write.push(va, frame);
+                    to_write.as_mut_slice().last_mut().expect("pushed").2 = old;
                 }
-                None => to_write.push((va, frame)),
+                None => {
+                    to_write.push(va, frame);
+                    to_write.as_mut_slice().last_mut().expect("pushed").2 = old;
+                }
             }
         }
-        let mut rest = &to_write[..];
+        // 4. Write the rest out in clustered requests.
+        let mut rest = to_write.as_slice();
         let mut error = None;
         while !rest.is_empty() {
-            let swap = vm.swap.as_mut().expect("reclaim needs swap");
+            let swap = vm.swap.as_mut().expect("checked above");
             let Some((first, n)) = swap.take(rest.len()) else {
-                if freed == 0 {
-                    return Err(FaultReason::OutOfSwap);
-                }
+                error = Some(FaultReason::OutOfSwap);
                 break;
             };
             let (chunk, tail) = rest.split_at(n);
-            let pages: Vec<&[u8; PAGE_BYTES]> = chunk
-                .iter()
-                // SAFETY: frames this space maps alone; nothing writes them
-                // while the space reclaims.
-                .map(|&(_, f)| unsafe { &*page_ptr(self.mapper.phys_mem(), f) })
-                .collect();
-            if let Err(e) = swap.device.write(first, &pages) {
+            let mut pages: Vec<&[u8; PAGE_BYTES]> = Vec::new();
+            let written = if pages.try_reserve_exact(n).is_err() {
+                Err(FaultReason::OutOfMemory)
+            } else {
+                // SAFETY: frames this space mapped alone, unmapped and invalidated
+                // on every CPU above: nothing writes them now.
+                pages.extend(chunk.iter().map(|&(_, f, _)| unsafe {
+                    &*page_ptr(self.mapper.phys_mem(), f)
+                }));
+                swap.device.write(first, &pages).map_err(FaultReason::SwapIo)
+            };
+            drop(pages);
+            if let Err(e) = written {
                 for s in first..first + n as u64 {
                     swap.drop_ref(s);
                 }
                 error = Some(e);
-                // They stay resident: the policy knows them again.
-                for &(va, _) in rest {
-                    self.track(Page::containing_address(va));
-                }
                 break;
             }
-            for (i, &(va, frame)) in chunk.iter().enumerate() {
-                let f = self
-                    .mapper
-                    .set_soft_entry(va, swap_entry(first + i as u64))
-                    .expect("a resident page has its page table");
-                flush.merge(f);
+            for (i, &(va, frame, _)) in chunk.iter().enumerate() {
+                self.put_entry(va, swap_entry(first + i as u64));
                 vm.release_frame(frame, frames);
                 vm.stats.swap_outs += 1;
                 freed += 1;
             }
             rest = tail;
         }
+        // Pages not written go back as they were (Dirty included); the
+        // policy knows them again.
+        for &(va, _, old) in rest {
+            self.put_entry(va, old);
+            self.track(Page::containing_address(va));
+        }
         vm.stats.reclaimed += freed as u64;
         match error {
-            Some(e) if freed == 0 => Err(FaultReason::SwapIo(e)),
-            _ => Ok((freed, flush)),
+            Some(e) if freed == 0 => Err(e),
+            _ => Ok(freed),
         }
+    }
+
+    /// Writes the 4 KiB entry of `va`, which reclaim emptied: no CPU caches
+    /// an empty entry, and faults on the space wait for the reclaim.
+    fn put_entry(&mut self, va: VirtAddr, value: u64) {
+        let old = self
+            .mapper
+            .exchange_pte(va, value)
+            .expect("a reclaimed page keeps its page table");
+        debug_assert_eq!(old, 0, "reclaim's entry at {va:?} changed under it");
     }
 
     /// CLOCK: a first round from the hand clears Accessed bits and takes
     /// the pages found unreferenced; a second takes the ones it cleared.
-    fn victims_by_clock(
-        &mut self,
-        vm: &mut Vm,
-        want: usize,
-        flush: &mut Flush,
-    ) -> Vec<(VirtAddr, PhysFrame)> {
-        let candidates = self.candidates(vm);
-        let mut victims: Vec<(VirtAddr, PhysFrame)> = Vec::new();
-        let mut second: Vec<(VirtAddr, PhysFrame)> = Vec::new();
-        for &(va, frame) in &candidates {
-            if victims.len() == want {
+    fn victims_by_clock(&mut self, vm: &mut Vm, want: usize, flush: &mut Flush, victims: &mut Batch) {
+        let mut second = Batch::new();
+        let mut scanned = 0;
+        let (lo, hi) = self.areas.bounds();
+        let hand = self.clock_hand.clamp(lo, hi);
+        let zero = vm.zero_frame();
+        for (a, b) in [(hand, hi), (lo, hand)] {
+            let mapper = &self.mapper;
+            self.for_each_anonymous_leaf(a, b, |leaf| {
+                let frame = PhysFrame::containing_address(leaf.frame);
+                if victims.len == want || frame == zero || vm.share_count(frame) != 1 {
+                    return;
+                }
+                scanned += 1;
+                if mapper.clear_accessed(leaf.page) {
+                    flush.add(leaf.page.as_u64());
+                    if second.len < want {
+                        second.push(leaf.page, frame);
+                    }
+                } else {
+                    victims.push(leaf.page, frame);
+                }
+            });
+        }
+        for &(va, frame, _) in second.as_slice() {
+            if victims.len == want {
                 break;
             }
-            vm.stats.scanned += 1;
-            if self.mapper.clear_accessed(va) {
-                flush.add(va.as_u64());
-                second.push((va, frame));
-            } else {
-                victims.push((va, frame));
-            }
+            scanned += 1;
+            victims.push(va, frame);
         }
-        for &c in &second {
-            if victims.len() == want {
-                break;
-            }
-            vm.stats.scanned += 1;
-            victims.push(c);
-        }
-        if let Some(&(va, _)) = victims.last() {
+        vm.stats.scanned += scanned;
+        if let Some(&(va, _, _)) = victims.as_slice().last() {
             self.clock_hand = va.as_u64() + PAGE_SIZE;
         }
-        victims
     }
 
     /// The policy's choice: every Accessed bit of the space's private pages
     /// is harvested (in address order) and reported, then the policy
-    /// evicts. A page it names that cannot go (shared by a fork since) is
-    /// left resident and untracked until its next fault.
+    /// evicts. A page it names that cannot go now (shared by a fork since)
+    /// is given back to the policy, which offers it again later.
     fn victims_by_policy(
         &mut self,
         vm: &mut Vm,
         want: usize,
         flush: &mut Flush,
-    ) -> Vec<(VirtAddr, PhysFrame)> {
-        let mut resident: Vec<(VirtAddr, PhysFrame)> = self.candidates(vm);
-        resident.sort_unstable_by_key(|&(va, _)| va);
+        victims: &mut Batch,
+    ) {
         let mut policy = self.policy.take().expect("checked by the caller");
-        for &(va, _) in &resident {
-            vm.stats.scanned += 1;
-            if self.mapper.clear_accessed(va) {
-                flush.add(va.as_u64());
-                policy.referenced(va.as_u64() >> 12);
+        let zero = vm.zero_frame();
+        let mut scanned = 0;
+        let mapper = &self.mapper;
+        let (lo, hi) = self.areas.bounds();
+        self.for_each_anonymous_leaf(lo, hi, |leaf| {
+            let frame = PhysFrame::containing_address(leaf.frame);
+            if frame == zero || vm.share_count(frame) != 1 {
+                return;
             }
-        }
-        let mut victims = Vec::new();
-        while victims.len() < want {
+            scanned += 1;
+            if mapper.clear_accessed(leaf.page) {
+                flush.add(leaf.page.as_u64());
+                policy.referenced(leaf.page.as_u64() >> 12);
+            }
+        });
+        vm.stats.scanned += scanned;
+        let mut kept = Batch::new();
+        let mut tries = policy.resident_len();
+        while victims.len < want && tries > 0 && !kept.is_full() {
+            tries -= 1;
             let Some(id) = policy.evict() else { break };
             let va = VirtAddr::new(id << 12);
-            if let Ok(i) = resident.binary_search_by_key(&va, |&(v, _)| v) {
-                victims.push(resident[i]);
+            let frame = self
+                .mapper
+                .translate(va)
+                .ok()
+                .map(|t| PhysFrame::containing_address(t.frame))
+                .filter(|&f| f != zero && vm.share_count(f) == 1);
+            match frame {
+                Some(f) => victims.push(va, f),
+                None if self.mapper.translate(va).is_ok() => kept.push(va, zero),
+                None => {} // gone: nothing to track
             }
         }
-        self.policy = Some(policy);
-        victims
-    }
-
-    /// Private resident anonymous pages, from the CLOCK hand on, wrapping.
-    fn candidates(&self, vm: &Vm) -> Vec<(VirtAddr, PhysFrame)> {
-        let (lo, hi) = self.areas.bounds();
-        let hand = self.clock_hand.clamp(lo, hi);
-        let mut out = Vec::new();
-        for (a, b) in [(hand, hi), (lo, hand)] {
-            self.for_each_anonymous_leaf(a, b, |leaf| {
-                let frame = PhysFrame::containing_address(leaf.frame);
-                if frame != vm.zero_frame() && vm.share_count(frame) == 1 {
-                    out.push((leaf.page, frame));
-                }
-            });
+        for &(va, _, _) in kept.as_slice() {
+            let _ = policy.insert(va.as_u64() >> 12);
         }
-        out
+        self.policy = Some(policy);
     }
 
     /// Reads a swapped-out page back (and, after a sequential refault, the
-    /// pages whose entries name the next slots, in the same request).
+    /// pages whose entries name the next slots, in the same request). On
+    /// error every frame taken is given back and every entry is as before.
     pub(crate) fn swap_in<A: FrameSource + ?Sized>(
         &mut self,
         vm: &mut Vm,
@@ -234,20 +305,21 @@ impl<P: PhysMem> VmSpace<P> {
         entry: u64,
         prot: Prot,
         frames: &mut A,
-    ) -> Result<Resolved, FaultReason> {
+        tlb: &mut Tlb<'_>,
+    ) -> Result<FaultOutcome, FaultReason> {
         let bad = crate::paging::PagingError::NotMapped {
             addr: page.start_address(),
         };
         let (Some(slot), true) = (slot_of(entry), vm.swap.is_some()) else {
             return Err(FaultReason::Paging(bad));
         };
-        let mut flush = Flush::none();
-        let first = self.new_frame(vm, frames, &mut flush)?;
+        let first = self.new_frame(vm, frames, tlb)?;
         let va = page.start_address().as_u64();
-        let mut run = alloc::vec![(page, first)];
+        let mut run = Batch::new();
+        run.push(page.start_address(), first);
         let area_end = self.areas.find(va).map_or(va + PAGE_SIZE, |a| a.end);
         if self.last_swap_in + PAGE_SIZE == va {
-            for k in 1..vm.readahead() {
+            for k in 1..vm.readahead().min(CLUSTER as u64) {
                 let next = va + k * PAGE_SIZE;
                 let ahead = VirtAddr::new(next);
                 if next >= area_end || self.mapper.soft_entry(ahead) != Some(swap_entry(slot + k)) {
@@ -256,28 +328,37 @@ impl<P: PhysMem> VmSpace<P> {
                 let Some(f) = vm.alloc_frame(frames) else {
                     break;
                 };
-                run.push((Page::containing_address(ahead), f));
+                run.push(ahead, f);
             }
         }
-        let mut bufs: Vec<&mut [u8; PAGE_BYTES]> = run
-            .iter()
-            // SAFETY: frames just allocated, distinct, used by nothing else yet.
-            .map(|&(_, f)| unsafe { &mut *page_ptr(self.mapper.phys_mem(), f) })
-            .collect();
-        let swap = vm.swap.as_mut().expect("checked above");
-        if let Err(e) = swap.device.read(slot, &mut bufs) {
-            drop(bufs);
-            for &(_, f) in &run {
+        let give_back = |vm: &mut Vm, frames: &mut A, run: &[(VirtAddr, PhysFrame, u64)]| {
+            for &(_, f, _) in run {
                 vm.release_frame(f, frames);
             }
+        };
+        let mut bufs: Vec<&mut [u8; PAGE_BYTES]> = Vec::new();
+        if bufs.try_reserve_exact(run.len).is_err() {
+            give_back(vm, frames, run.as_slice());
+            return Err(FaultReason::OutOfMemory);
+        }
+        // SAFETY: frames just allocated, distinct, used by nothing else yet.
+        bufs.extend(run.as_slice().iter().map(|&(_, f, _)| unsafe {
+            &mut *page_ptr(self.mapper.phys_mem(), f)
+        }));
+        let swap = vm.swap.as_mut().expect("checked above");
+        let read = swap.device.read(slot, &mut bufs);
+        drop(bufs);
+        if let Err(e) = read {
+            give_back(vm, frames, run.as_slice());
             return Err(FaultReason::SwapIo(e));
         }
-        drop(bufs);
         let mut mapped = 0;
-        for (i, &(p, f)) in run.iter().enumerate() {
+        for (i, &(p, f, _)) in run.as_slice().iter().enumerate() {
+            let p = Page::<Size4KiB>::containing_address(p);
+            // Over a non-present entry: nothing to invalidate.
             match self.mapper.map(p, f, prot.map_flags(true), frames) {
-                Ok(fl) => {
-                    flush.merge(fl);
+                Ok(flush) => {
+                    flush.ignore();
                     // The entry's reference to the slot moves to the cache.
                     let swap = vm.swap.as_mut().expect("checked above");
                     swap.cache(f.start_address().as_u64() / PAGE_SIZE, slot + i as u64);
@@ -285,22 +366,21 @@ impl<P: PhysMem> VmSpace<P> {
                     mapped += 1;
                 }
                 Err(e) => {
-                    vm.release_frame(f, frames);
+                    // This page and the ones after it stay on swap.
+                    give_back(vm, frames, &run.as_slice()[i..]);
                     if i == 0 {
                         return Err(FaultReason::Paging(e));
                     }
+                    break;
                 }
             }
         }
-        self.last_swap_in = run[mapped - 1].0.start_address().as_u64();
+        self.last_swap_in = run.as_slice()[mapped - 1].0.as_u64();
         vm.stats.major_faults += 1;
         vm.stats.refaults += 1;
         vm.stats.swap_ins += mapped as u64;
         vm.stats.readahead += mapped as u64 - 1;
-        Ok(Resolved {
-            outcome: FaultOutcome::SwappedIn,
-            flush,
-        })
+        Ok(FaultOutcome::SwappedIn)
     }
 }
 

@@ -4,31 +4,34 @@
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
 
+use super::gather::Gather;
 use super::space::KERNEL_HALF_START;
 use super::vm::{copy_frame, fill_zero};
-use super::{
-    AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, Prot, Resolved, Vm, VmSpace,
-};
+use super::{AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, Prot, Vm, VmSpace};
 use crate::paging::{Flush, FrameSource, LeafSize, PagingError, PhysMem};
+use crate::smp::Tlb;
 
 impl<P: PhysMem> VmSpace<P> {
     /// Resolves a page fault at `addr` with the decoded error code: maps
     /// the zero page or a zeroed frame, copies on write, or reports why the
     /// access is not allowed. Any address and any error code give a
-    /// result; on error nothing changed.
+    /// result; on error the page is as before (pages reclaimed to find a
+    /// frame stay reclaimed). Translations it replaced are invalidated on
+    /// the space's CPUs, and the running one, before it returns.
     pub fn handle_fault<A: FrameSource + ?Sized>(
         &mut self,
         vm: &mut Vm,
         addr: VirtAddr,
         access: FaultAccess,
         frames: &mut A,
-    ) -> Result<Resolved, FaultError> {
+        tlb: &mut Tlb<'_>,
+    ) -> Result<FaultOutcome, FaultError> {
         vm.stats.faults += 1;
-        let result = self.resolve(vm, (addr, access), frames);
+        let result = self.resolve(vm, (addr, access), frames, tlb);
         match &result {
-            Ok(r) => {
+            Ok(outcome) => {
                 let s = &mut vm.stats;
-                match r.outcome {
+                match outcome {
                     FaultOutcome::ZeroFilled => s.zero_fills += 1,
                     FaultOutcome::ZeroPageMapped => s.zero_page_maps += 1,
                     FaultOutcome::CopiedOnWrite => s.cow_copies += 1,
@@ -49,7 +52,8 @@ impl<P: PhysMem> VmSpace<P> {
         vm: &mut Vm,
         (addr, access): (VirtAddr, FaultAccess),
         frames: &mut A,
-    ) -> Result<Resolved, FaultError> {
+        tlb: &mut Tlb<'_>,
+    ) -> Result<FaultOutcome, FaultError> {
         let a = addr.as_u64();
         let fail = |reason| FaultError { addr, reason };
         if access.reserved_bit {
@@ -83,7 +87,11 @@ impl<P: PhysMem> VmSpace<P> {
                 e => FaultReason::Paging(e),
             })
         };
-        let done = |outcome, flush| Ok(Resolved { outcome, flush });
+        // A new mapping over a non-present entry: no CPU caches it.
+        let done = |outcome, flush: Flush| {
+            flush.ignore();
+            Ok(outcome)
+        };
         let t = match self.mapper.translate(page.start_address()) {
             Ok(t) => t,
             Err(PagingError::NotMapped { .. }) => {
@@ -100,7 +108,7 @@ impl<P: PhysMem> VmSpace<P> {
                     }
                     _ => {
                         if let Some(entry) = self.mapper.soft_entry(page.start_address()) {
-                            return self.swap_in(vm, page, entry, prot, frames).map_err(fail);
+                            return self.swap_in(vm, page, entry, prot, frames, tlb).map_err(fail);
                         }
                         if !access.write {
                             let flush = self
@@ -109,12 +117,10 @@ impl<P: PhysMem> VmSpace<P> {
                                 .map_err(paging)?;
                             return done(FaultOutcome::ZeroPageMapped, flush);
                         }
-                        let mut flush = Flush::none();
-                        let frame = self.new_frame(vm, frames, &mut flush).map_err(fail)?;
+                        let frame = self.new_frame(vm, frames, tlb).map_err(fail)?;
                         fill_zero(self.mapper.phys_mem(), frame);
                         match self.mapper.map(page, frame, prot.map_flags(true), frames) {
-                            Ok(f) => {
-                                flush.merge(f);
+                            Ok(flush) => {
                                 self.track(page);
                                 done(FaultOutcome::ZeroFilled, flush)
                             }
@@ -138,7 +144,9 @@ impl<P: PhysMem> VmSpace<P> {
             }
             let mut flush = Flush::none();
             flush.add(page.start_address().as_u64());
-            return done(FaultOutcome::Spurious, flush);
+            // Only this CPU's TLB can be stale for a fault it took.
+            tlb.invalidate_local(flush, self.pml4(), &self.cpus);
+            return Ok(FaultOutcome::Spurious);
         }
         if t.size != LeafSize::Size4KiB {
             return Err(paging(PagingError::HugePageInTheWay {
@@ -151,12 +159,14 @@ impl<P: PhysMem> VmSpace<P> {
         if access.write && !t.access.writable && area.kind == AreaKind::Anonymous {
             let flags = prot.map_flags(true);
             if old != vm.zero_frame() && vm.share_count(old) == 1 {
+                // Same frame, more rights: Dirty and Accessed stay; other CPUs
+                // at worst take a spurious fault on their read-only entry.
                 let flush = self.mapper.protect(page, flags).map_err(paging)?;
+                tlb.invalidate_local(flush, self.pml4(), &self.cpus);
                 self.track(page);
-                return done(FaultOutcome::ReusedOnWrite, flush);
+                return Ok(FaultOutcome::ReusedOnWrite);
             }
-            let mut flush = Flush::none();
-            let new = self.new_frame(vm, frames, &mut flush).map_err(fail)?;
+            let new = self.new_frame(vm, frames, tlb).map_err(fail)?;
             if old == vm.zero_frame() {
                 fill_zero(self.mapper.phys_mem(), new);
             } else {
@@ -170,14 +180,17 @@ impl<P: PhysMem> VmSpace<P> {
                     return Err(paging(e));
                 }
             };
-            flush.merge(f);
             self.track(page);
+            // Other CPUs may still read the old frame through this page:
+            // they must stop before its other sharer may reuse it in place.
+            let mut gather = Gather::new();
+            gather.flush(f);
+            gather.page(old);
+            self.finish(gather, vm, frames, tlb);
             if old == vm.zero_frame() {
-                return done(FaultOutcome::ZeroFilled, flush);
+                return Ok(FaultOutcome::ZeroFilled);
             }
-            let last = vm.unshare(old);
-            debug_assert!(!last, "a shared frame had one sharer");
-            return done(FaultOutcome::CopiedOnWrite, flush);
+            return Ok(FaultOutcome::CopiedOnWrite);
         }
         // The page is stricter than its area (fixed memory after a
         // protect, a user bit missing): bring it in line.
@@ -187,6 +200,10 @@ impl<P: PhysMem> VmSpace<P> {
             .mapper
             .protect(page, prot.map_flags(private))
             .map_err(paging)?;
-        done(FaultOutcome::Spurious, flush)
+        // Rare, and it may also remove a right: invalidate everywhere.
+        let mut gather = Gather::new();
+        gather.flush(flush);
+        self.finish(gather, vm, frames, tlb);
+        Ok(FaultOutcome::Spurious)
     }
 }

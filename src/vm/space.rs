@@ -3,11 +3,13 @@
 //! copy-on-write fork and teardown (faults are resolved in `resolve.rs`).
 
 use super::areas::AreaSet;
+use super::gather::Gather;
 use super::replace::ReplacementPolicy;
 use super::{Area, AreaKind, Prot, Vm, VmError};
 use crate::paging::{
-    AddressSpace, CopyAs, CopyLeaf, Flush, FrameSource, Leaf, LeafSize, Mmu, PageTables, PhysMem,
+    AddressSpace, CopyAs, CopyLeaf, FrameSource, Leaf, LeafSize, PageTables, PhysMem,
 };
+use crate::smp::{ActiveCpus, Tlb};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
@@ -25,9 +27,11 @@ pub const USER_RANGE: (u64, u64) = (PAGE, 0x0000_8000_0000_0000);
 ///
 /// Anonymous pages get frames on the first touch ([`handle_fault`]); a
 /// [`fork`] shares every private frame copy-on-write. Every operation takes
-/// the kernel's [`Vm`] (zero frame, share counts, counters) and a frame
-/// source; TLB work comes back as a [`Flush`] to run on every CPU that may
-/// hold the space.
+/// the kernel's [`Vm`] (zero frame, share counts, counters), a frame
+/// source and a [`Tlb`]: an operation that removes, downgrades or repoints
+/// a translation invalidates it on every CPU that may cache the space
+/// ([`cpus`](Self::cpus)) and waits for them before it frees a frame or a
+/// page table the translation reached.
 ///
 /// `vm` allocates its bookkeeping (areas, share counts) on the kernel
 /// heap, so it runs once a global allocator exists; the layers below it do
@@ -46,6 +50,8 @@ pub struct VmSpace<P: PhysMem> {
     /// Chooses the pages reclaim gives up (page ids: virtual page numbers);
     /// without one, reclaim runs its own CLOCK over the Accessed bits.
     pub(super) policy: Option<Box<dyn ReplacementPolicy + Send>>,
+    /// The CPUs that have (or lazily may still have) the space loaded.
+    pub(super) cpus: ActiveCpus,
 }
 
 impl<P: PhysMem> core::fmt::Debug for VmSpace<P> {
@@ -77,13 +83,14 @@ impl<P: PhysMem + Clone> VmSpace<P> {
     /// anonymous page is shared read-only by both, and the first write on
     /// either side copies it (or, once it is no longer shared, just regains
     /// write access). Fixed areas map the same frames in both. On error
-    /// nothing changed and no frame was taken. The returned flush covers
-    /// this space's pages that lost write access.
+    /// nothing changed and no frame was taken. This space's pages that lost
+    /// write access are invalidated on its CPUs before it returns.
     pub fn fork<A: FrameSource + ?Sized>(
         &mut self,
         vm: &mut Vm,
         frames: &mut A,
-    ) -> Result<(Self, Flush), VmError> {
+        tlb: &mut Tlb<'_>,
+    ) -> Result<Self, VmError> {
         let (lo, hi) = self.areas.bounds();
         if hi > USER_RANGE.1 {
             return Err(VmError::OutOfRange {
@@ -98,6 +105,7 @@ impl<P: PhysMem + Clone> VmSpace<P> {
             clock_hand: 0,
             last_swap_in: 0,
             policy: None,
+            cpus: ActiveCpus::new(),
         };
         // Leaves come in address order: walk the areas alongside.
         let mut areas = self.areas.iter().peekable();
@@ -124,15 +132,19 @@ impl<P: PhysMem + Clone> VmSpace<P> {
                 }
             },
         );
-        let flush = match copied {
-            Ok(flush) => flush,
+        match copied {
+            Ok(flush) => {
+                // Other threads of this space must stop writing the frames now shared.
+                let acked = tlb.invalidate(flush, self.pml4(), &self.cpus);
+                vm.stats.shootdowns += u64::from(acked.rounds());
+                Ok(child)
+            }
             Err(e) => {
                 // Nothing was copied: only the child's PML4 exists.
                 child.drop_tables(core::iter::empty(), frames);
-                return Err(e.into());
+                Err(e.into())
             }
-        };
-        Ok((child, flush))
+        }
     }
 }
 
@@ -147,7 +159,28 @@ impl<P: PhysMem> VmSpace<P> {
             clock_hand: lo,
             last_swap_in: 0,
             policy: None,
+            cpus: ActiveCpus::new(),
         }
+    }
+
+    /// The CPUs that may cache this space's translations: a kernel
+    /// [`enter`](ActiveCpus::enter)s a CPU before loading [`pml4`](Self::pml4)
+    /// into its CR3 and [`leave`](ActiveCpus::leave)s it after loading
+    /// another one. Operations shoot down exactly these CPUs (and the
+    /// running one when it has the space loaded).
+    pub fn cpus(&self) -> &ActiveCpus {
+        &self.cpus
+    }
+
+    /// Invalidates what `gather` holds on this space's CPUs, then frees it.
+    pub(super) fn finish<A: FrameSource + ?Sized>(
+        &self,
+        gather: Gather,
+        vm: &mut Vm,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) {
+        gather.finish(tlb, self.pml4(), &self.cpus, vm, frames);
     }
 
     /// The page tables, to activate the space or audit its mappings.
@@ -232,6 +265,7 @@ impl<P: PhysMem> VmSpace<P> {
     /// (`MAP_FIXED_NOREPLACE`). A [`Fixed`](AreaKind::Fixed) area is mapped
     /// now, with 4 KiB pages (so any part of it can be unmapped or
     /// protected later without a frame for a split); on error nothing changed.
+    /// A new mapping replaces no translation: nothing to invalidate.
     pub fn map_fixed<A: FrameSource + ?Sized>(
         &mut self,
         addr: u64,
@@ -239,7 +273,7 @@ impl<P: PhysMem> VmSpace<P> {
         prot: Prot,
         kind: AreaKind,
         frames: &mut A,
-    ) -> Result<Flush, VmError> {
+    ) -> Result<(), VmError> {
         let (a, b) = self.range(addr, len)?;
         if prot.is_write_exec() {
             return Err(VmError::WriteExec { addr });
@@ -247,20 +281,21 @@ impl<P: PhysMem> VmSpace<P> {
         if let Some(x) = self.areas.overlapping(a, b).next() {
             return Err(VmError::Overlap { addr: x.start });
         }
-        let mut flush = Flush::none();
         if let AreaKind::Fixed { phys } = kind {
             if !phys.as_u64().is_multiple_of(PAGE) {
                 return Err(VmError::UnalignedFrame { phys });
             }
             if prot.accessible() {
-                flush = self.mapper.map_range_with(
+                self.mapper
+                    .map_range_with(
                     VirtAddr::new(a),
                     phys,
                     len,
                     prot.map_flags(true),
-                    LeafSize::Size4KiB,
-                    frames,
-                )?;
+                        LeafSize::Size4KiB,
+                        frames,
+                    )?
+                    .ignore(); // over non-present entries only
             }
         }
         self.areas.insert(Area {
@@ -269,23 +304,28 @@ impl<P: PhysMem> VmSpace<P> {
             prot,
             kind,
         });
-        Ok(flush)
+        Ok(())
     }
 
     /// Removes every mapping in `[addr, addr + len)`, splitting areas at
-    /// the ends (`munmap`): anonymous frames go back to `frames` (or lose
-    /// one sharer), page tables left empty too. Holes are skipped.
+    /// the ends (`munmap`): the translations are invalidated on the space's
+    /// CPUs, then anonymous frames go back to `frames` (or lose one
+    /// sharer), page tables left empty too. Holes are skipped. On error
+    /// nothing changed.
     pub fn unmap<A: FrameSource + ?Sized>(
         &mut self,
         addr: u64,
         len: u64,
         vm: &mut Vm,
         frames: &mut A,
-    ) -> Result<Flush, VmError> {
+        tlb: &mut Tlb<'_>,
+    ) -> Result<(), VmError> {
         let (a, b) = self.range(addr, len)?;
-        let flush = self.release(a, b, vm, frames)?;
+        let mut gather = Gather::new();
+        self.release(a, b, vm, frames, &mut gather)?;
         self.areas.remove(a, b);
-        Ok(flush)
+        self.finish(gather, vm, frames, tlb);
+        Ok(())
     }
 
     /// Has reclaim choose its victims with `policy` (its capacity should be
@@ -311,59 +351,57 @@ impl<P: PhysMem> VmSpace<P> {
         }
     }
 
-    /// Calls `f` with every mapped page of anonymous areas within `[a, b)`.
-    pub(super) fn for_each_anonymous_leaf(&self, a: u64, b: u64, mut f: impl FnMut(&Leaf)) {
-        if a >= b {
-            return;
-        }
-        for area in self.areas.overlapping(a, b) {
-            if area.kind == AreaKind::Anonymous {
-                let (s, e) = (area.start.max(a), area.end.min(b));
-                self.mapper
-                    .for_each_leaf_in(VirtAddr::new(s), e - s, &mut f);
-            }
-        }
+    /// Calls `f` with every mapped page of anonymous areas within `[a, b)`;
+    /// returns how many page tables (an upper bound) the walk crossed.
+    pub(super) fn for_each_anonymous_leaf(&self, a: u64, b: u64, f: impl FnMut(&Leaf)) -> usize {
+        for_each_anonymous_leaf(&self.areas, &self.mapper, a, b, f)
     }
 
-    /// Unmaps the pages of `[a, b)` and releases the anonymous frames among them.
+    /// Unmaps the pages of `[a, b)` into `gather`: the anonymous frames
+    /// among them (one reference each) and the tables left empty, freed by
+    /// the gather's `finish`. On error nothing changed.
     fn release<A: FrameSource + ?Sized>(
         &mut self,
         a: u64,
         b: u64,
         vm: &mut Vm,
         frames: &mut A,
-    ) -> Result<Flush, VmError> {
-        let mut owned: Vec<PhysFrame> = Vec::new();
-        let mut swapped: Vec<(u64, u64)> = Vec::new();
-        let mut pages: Vec<u64> = Vec::new();
-        self.for_each_anonymous_leaf(a, b, |leaf| {
-            owned.push(PhysFrame::containing_address(leaf.frame));
-            pages.push(leaf.page.as_u64() >> 12);
+        gather: &mut Gather,
+    ) -> Result<(), VmError> {
+        let mut leaves = 0;
+        self.for_each_anonymous_leaf(a, b, |_| leaves += 1);
+        let tables = self
+            .mapper
+            .for_each_leaf_in(VirtAddr::new(a), b - a, |_| {})
+            .tables;
+        gather
+            .reserve(leaves, tables)
+            .map_err(|()| VmError::OutOfMemory)?;
+        let Self {
+            mapper,
+            areas,
+            policy,
+            ..
+        } = self;
+        for_each_anonymous_leaf(areas, mapper, a, b, |leaf| {
+            gather.page(PhysFrame::containing_address(leaf.frame));
+            if let Some(policy) = policy.as_mut() {
+                policy.remove(leaf.page.as_u64() >> 12);
+            }
         });
-        if let Some(policy) = self.policy.as_mut() {
-            for p in pages {
-                policy.remove(p);
-            }
-        }
-        for area in self.areas.overlapping(a, b) {
+        // Swapped-out pages: their entries go, with their slot references
+        // (no CPU caches a non-present entry).
+        for area in areas.overlapping(a, b) {
             if area.kind == AreaKind::Anonymous {
-                swapped.push((area.start.max(a), area.end.min(b)));
+                let (s, e) = (area.start.max(a), area.end.min(b));
+                mapper.take_soft_entries(VirtAddr::new(s), e - s, |_, entry| vm.drop_swap(entry));
             }
-        }
-        // Swapped-out pages: their entries go, with their slot references.
-        for (s, e) in swapped {
-            self.mapper
-                .take_soft_entries(VirtAddr::new(s), e - s, |_, entry| vm.drop_swap(entry));
         }
         // Pages are 4 KiB (anonymous or fixed, both mapped by the page), so
         // no split is needed and this cannot fail after a partial change.
-        let flush = self.mapper.unmap_range(VirtAddr::new(a), b - a, frames)?;
-        for frame in owned {
-            if frame != vm.zero_frame() && vm.unshare(frame) {
-                vm.release_frame(frame, frames);
-            }
-        }
-        Ok(flush)
+        let flush = mapper.unmap_range(VirtAddr::new(a), b - a, &mut gather.tables(frames))?;
+        gather.flush(flush);
+        Ok(())
     }
 
     /// Changes the protection of `[addr, addr + len)`, which areas must
@@ -372,7 +410,15 @@ impl<P: PhysMem> VmSpace<P> {
     /// zero page stays read-only until its next write fault. Without
     /// access rights (`PROT_NONE`) pages keep their contents but lose the
     /// user bit: ring 3 faults on them.
-    pub fn protect(&mut self, addr: u64, len: u64, prot: Prot, vm: &Vm) -> Result<Flush, VmError> {
+    pub fn protect<A: FrameSource + ?Sized>(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        vm: &mut Vm,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<(), VmError> {
         let (a, b) = self.range(addr, len)?;
         if prot.is_write_exec() {
             return Err(VmError::WriteExec { addr });
@@ -380,7 +426,16 @@ impl<P: PhysMem> VmSpace<P> {
         if !self.areas.covered(a, b) {
             return Err(VmError::Unmapped { addr });
         }
+        let mut count = 0;
+        for area in self.areas.overlapping(a, b) {
+            let (s, e) = (area.start.max(a), area.end.min(b));
+            self.mapper
+                .for_each_leaf_in(VirtAddr::new(s), e - s, |_| count += 1);
+        }
         let mut pages: Vec<(VirtAddr, PhysFrame, AreaKind)> = Vec::new();
+        pages
+            .try_reserve_exact(count)
+            .map_err(|_| VmError::OutOfMemory)?;
         for area in self.areas.overlapping(a, b) {
             let (s, e) = (area.start.max(a), area.end.min(b));
             let kind = area.kind;
@@ -389,7 +444,7 @@ impl<P: PhysMem> VmSpace<P> {
                     pages.push((leaf.page, PhysFrame::containing_address(leaf.frame), kind));
                 });
         }
-        let mut flush = Flush::none();
+        let mut gather = Gather::new();
         for (page, frame, kind) in pages {
             let private = kind != AreaKind::Anonymous
                 || (frame != vm.zero_frame() && vm.share_count(frame) == 1);
@@ -398,36 +453,41 @@ impl<P: PhysMem> VmSpace<P> {
             } else {
                 crate::paging::MapFlags::READ
             };
+            // Keeps Accessed and Dirty: a written page stays dirty.
             let f = self
                 .mapper
                 .protect(Page::<Size4KiB>::containing_address(page), flags)?;
-            f.pages().for_each(|p| flush.add(p.as_u64()));
+            gather.flush(f);
         }
         self.areas.update(a, b, |area| Area { prot, ..area });
-        Ok(flush)
+        self.finish(gather, vm, frames, tlb);
+        Ok(())
     }
 
     /// Unmaps every area, gives back every anonymous frame this space
     /// holds alone (and one share of each shared one), every page table and
-    /// the PML4. Refused while the space is active.
-    pub fn destroy<M: Mmu + ?Sized, A: FrameSource + ?Sized>(
+    /// the PML4. Refused while the space is loaded on the running CPU or
+    /// any CPU is still in its [`cpus`](Self::cpus).
+    pub fn destroy<A: FrameSource + ?Sized>(
         mut self,
         vm: &mut Vm,
         frames: &mut A,
-        mmu: &M,
+        tlb: &mut Tlb<'_>,
     ) -> Result<(), (Self, VmError)> {
-        if mmu.cr3() == self.pml4() {
+        if tlb.mmu().cr3() == self.pml4() || !self.cpus.snapshot().is_empty() {
             return Err((self, VmError::Active));
         }
         let areas: Vec<(u64, u64)> = self.areas.iter().map(|a| (a.start, a.end)).collect();
         for (a, b) in areas {
-            if let Err(e) = self.release(a, b, vm, frames) {
+            let mut gather = Gather::new();
+            if let Err(e) = self.release(a, b, vm, frames, &mut gather) {
                 return Err((self, e));
             }
             self.areas.remove(a, b);
+            self.finish(gather, vm, frames, tlb);
         }
         let space = AddressSpace::from_mapper(self.mapper);
-        match space.destroy(mmu, frames, false) {
+        match space.destroy(&*tlb.mmu(), frames, false) {
             Ok(_) => Ok(()),
             Err((space, e)) => Err((
                 Self {
@@ -436,6 +496,7 @@ impl<P: PhysMem> VmSpace<P> {
                     clock_hand: self.clock_hand,
                     last_swap_in: 0,
                     policy: self.policy,
+                    cpus: self.cpus,
                 },
                 e.into(),
             )),
@@ -461,4 +522,28 @@ impl<P: PhysMem> VmSpace<P> {
         // the PML4 is this space's own and was never active.
         unsafe { frames.deallocate_frame(pml4) };
     }
+}
+
+/// Calls `f` with every mapped page of the anonymous areas of `areas`
+/// within `[a, b)`; returns how many page tables the walks crossed.
+fn for_each_anonymous_leaf<P: PhysMem>(
+    areas: &AreaSet,
+    mapper: &PageTables<P>,
+    a: u64,
+    b: u64,
+    mut f: impl FnMut(&Leaf),
+) -> usize {
+    let mut tables = 0;
+    if a >= b {
+        return tables;
+    }
+    for area in areas.overlapping(a, b) {
+        if area.kind == AreaKind::Anonymous {
+            let (s, e) = (area.start.max(a), area.end.min(b));
+            tables += mapper
+                .for_each_leaf_in(VirtAddr::new(s), e - s, &mut f)
+                .tables;
+        }
+    }
+    tables
 }

@@ -45,4 +45,9 @@ pub struct VmStats {
     pub swap_slots: u64,
     /// Resident pages whose copy on swap is still valid now.
     pub swap_cached: u64,
+    /// IPI rounds sent to invalidate translations on other CPUs.
+    pub shootdowns: u64,
+    /// Frames an operation could not hold for release (the kernel heap was
+    /// full): never reused, so never reachable through a stale translation.
+    pub leaked_frames: u64,
 }

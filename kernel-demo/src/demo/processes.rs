@@ -71,16 +71,13 @@ pub fn demo_processes() {
     proc::with_vm(|vm| {
         for i in 0..n {
             let a = VirtAddr::new(HEAP_BASE + i * 4096);
-            p.space
-                .handle_fault(vm, a, write, frames)
-                .expect("demand zero")
-                .flush
-                .ignore();
+            proc::with_tlb(|tlb| p.space.handle_fault(vm, a, write, frames, tlb))
+                .expect("demand zero");
         }
     });
     let t1 = cpu::rdtsc();
-    let (mut child, flush) = proc::with_vm(|vm| p.space.fork(vm, frames)).expect("fork");
-    flush.ignore(); // not active
+    let mut child = proc::with_vm(|vm| proc::with_tlb(|tlb| p.space.fork(vm, frames, tlb)))
+        .expect("fork");
     let t2 = cpu::rdtsc();
     let cow = FaultAccess {
         present: true,
@@ -89,11 +86,8 @@ pub fn demo_processes() {
     proc::with_vm(|vm| {
         for i in 0..n {
             let a = VirtAddr::new(HEAP_BASE + i * 4096);
-            child
-                .handle_fault(vm, a, cow, frames)
-                .expect("copy on write")
-                .flush
-                .ignore();
+            proc::with_tlb(|tlb| child.handle_fault(vm, a, cow, frames, tlb))
+                .expect("copy on write");
         }
     });
     let t3 = cpu::rdtsc();
@@ -106,10 +100,11 @@ pub fn demo_processes() {
         ns(t3 - t2),
         t2 - t1
     );
-    let x86 = &kmem::paging::X86Mmu;
     proc::with_vm(|vm| {
-        child.destroy(vm, frames, x86).map_err(|(_, e)| e)?;
-        p.space.destroy(vm, frames, x86).map_err(|(_, e)| e)
+        proc::with_tlb(|tlb| {
+            child.destroy(vm, frames, tlb).map_err(|(_, e)| e)?;
+            p.space.destroy(vm, frames, tlb).map_err(|(_, e)| e)
+        })
     })
     .unwrap_or_else(|e| kernel_demo::fatal(format_args!("destroy: {e}")));
     let s = proc::vm_stats();

@@ -3,6 +3,7 @@
 //! run in ring 3 round-robin until it exits, forks or is ended for a
 //! fault the virtual-memory layer refuses.
 
+use crate::arch::smp::{self, shootdown::IpiShootdown};
 use crate::arch::trap::{vector, Fault, TrapFrame};
 use crate::mm::memory::{direct_map, with_memory, FRAMES};
 use crate::user::programs::{self, Program};
@@ -10,6 +11,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kmem::paging::{AddressSpace, Mmu, OffsetPhysMem, X86Mmu};
+use kmem::smp::Tlb;
 use kmem::vm::{
     AreaKind, FaultAccess, FaultError, Prot, Vm, VmError, VmSpace, VmStats, USER_RANGE,
 };
@@ -36,6 +38,13 @@ pub fn with_vm<R>(f: impl FnOnce(&mut Vm) -> R) -> R {
         Vm::new(&direct_map(), &mut &FRAMES).expect("a frame for the zero page")
     });
     f(vm)
+}
+
+/// Runs `f` with the TLB context of the running CPU: its MMU, its index,
+/// and the IPI shootdown that reaches the other CPUs a space is active on.
+pub fn with_tlb<R>(f: impl FnOnce(&mut Tlb<'_>) -> R) -> R {
+    let (mut mmu, mut ipis) = (X86Mmu, IpiShootdown);
+    f(&mut Tlb::new(&mut mmu, smp::cpu_index(), &mut ipis))
 }
 
 /// The counters of the virtual-memory layer.
@@ -103,24 +112,20 @@ impl Process {
             for (i, chunk) in code.chunks(4096).enumerate() {
                 let page = CODE_BASE + i as u64 * 4096;
                 // The kernel fills the page: a supervisor write fault.
-                let r = space
-                    .handle_fault(vm, VirtAddr::new(page), FaultAccess::write(false), frames)
-                    .map_err(|_| VmError::OutOfMemory)?;
-                r.flush.ignore(); // not active yet
+                with_tlb(|tlb| {
+                    space.handle_fault(vm, VirtAddr::new(page), FaultAccess::write(false), frames, tlb)
+                })
+                .map_err(|_| VmError::OutOfMemory)?;
                 let t = space.mapper().translate(VirtAddr::new(page))?;
                 let dst = crate::boot::phys_to_virt(t.frame.as_u64());
                 // SAFETY: a private frame of this new space, reached through
                 // the direct map; nothing else refers to it yet.
                 unsafe { core::ptr::copy_nonoverlapping(chunk.as_ptr(), dst, chunk.len()) };
             }
-            space
-                .protect(CODE_BASE, code_len, Prot::RX | user, vm)?
-                .ignore();
+            with_tlb(|tlb| space.protect(CODE_BASE, code_len, Prot::RX | user, vm, frames, tlb))?;
             space.map_anonymous(Some(HEAP_BASE), HEAP_PAGES * 4096, Prot::RW | user)?;
             let stack = STACK_TOP - STACK_PAGES * 4096;
-            space
-                .map_fixed(stack - 4096, 4096, Prot::empty(), AreaKind::Guard, frames)?
-                .ignore();
+            space.map_fixed(stack - 4096, 4096, Prot::empty(), AreaKind::Guard, frames)?;
             space.map_anonymous(Some(stack), STACK_PAGES * 4096, Prot::RW | user)?;
             Ok(())
         })?;
@@ -169,14 +174,13 @@ fn policy(frame: &mut TrapFrame, trap: &Fault) -> bool {
         vector::PAGE_FAULT => {
             let access = FaultAccess::from_error_code(trap.error_code);
             let r = with_vm(|vm| {
-                p.space
-                    .handle_fault(vm, VirtAddr::new_truncate(trap.addr), access, &mut &FRAMES)
+                with_tlb(|tlb| {
+                    let addr = VirtAddr::new_truncate(trap.addr);
+                    p.space.handle_fault(vm, addr, access, &mut &FRAMES, tlb)
+                })
             });
             match r {
-                Ok(r) => {
-                    r.flush.flush(&mut X86Mmu);
-                    true
-                }
+                Ok(_) => true,
                 Err(e) => {
                     p.refused = Some(e);
                     false
@@ -195,6 +199,9 @@ pub fn run_all(procs: Vec<Process>) -> Vec<(u64, Vec<u64>, End)> {
     let mut done = Vec::new();
     let kernel_cr3 = X86Mmu.cr3();
     while let Some(mut p) = queue.pop_front() {
+        // The space's CPU set names this CPU before its CR3 holds the space.
+        let cpu = smp::cpu_index();
+        p.space.cpus().enter(cpu);
         // SAFETY: the space maps the kernel half (shared with the kernel's
         // tables) and its own user pages; the kernel runs on in it.
         unsafe { X86Mmu.set_cr3(p.space.pml4()) };
@@ -203,12 +210,12 @@ pub fn run_all(procs: Vec<Process>) -> Vec<(u64, Vec<u64>, End)> {
         CURRENT.store(core::ptr::null_mut(), Ordering::SeqCst);
         // SAFETY: back to the kernel's own tables.
         unsafe { X86Mmu.set_cr3(kernel_cr3) };
+        p.space.cpus().leave(cpu);
         match (trap.vector, p.state.rax) {
             (vector::SYSCALL, 0) => p.end = Some(End::Exited(p.state.rdi)),
             (vector::SYSCALL, 2) => {
-                match with_vm(|vm| p.space.fork(vm, &mut &FRAMES)) {
-                    Ok((space, flush)) => {
-                        flush.ignore(); // CR3 was reloaded above
+                match with_vm(|vm| with_tlb(|tlb| p.space.fork(vm, &mut &FRAMES, tlb))) {
+                    Ok(space) => {
                         let mut child = Process {
                             pid: next_pid,
                             space,
@@ -240,7 +247,7 @@ pub fn run_all(procs: Vec<Process>) -> Vec<(u64, Vec<u64>, End)> {
 /// Destroys an ended process's address space.
 fn finish(p: Process) -> (u64, Vec<u64>, End) {
     let end = p.end.expect("ended");
-    with_vm(|vm| p.space.destroy(vm, &mut &FRAMES, &X86Mmu))
+    with_vm(|vm| with_tlb(|tlb| p.space.destroy(vm, &mut &FRAMES, tlb)))
         .unwrap_or_else(|(_, e)| crate::fatal(format_args!("destroying pid {}: {e}", p.pid)));
     (p.pid, p.reports, end)
 }
