@@ -689,8 +689,15 @@ fn areas_split_merge_and_refuse_bad_ranges() {
     s.map_anonymous(Some(a + 8 * PAGE), 8 * PAGE, rw).unwrap();
     assert_eq!(s.area_count(), 1);
     // Protect the middle: three areas; back: one again.
-    s.protect(a + 4 * PAGE, 4 * PAGE, Prot::READ | Prot::USER, &mut vm, &mut frames, &mut up())
-        .unwrap();
+    s.protect(
+        a + 4 * PAGE,
+        4 * PAGE,
+        Prot::READ | Prot::USER,
+        &mut vm,
+        &mut frames,
+        &mut up(),
+    )
+    .unwrap();
     assert_eq!(s.area_count(), 3);
     s.protect(a + 4 * PAGE, 4 * PAGE, rw, &mut vm, &mut frames, &mut up())
         .unwrap();

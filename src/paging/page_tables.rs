@@ -151,14 +151,16 @@ impl<P: PhysMem> PageTables<P> {
     /// held: a Dirty bit set by another CPU up to that instant is in the result.
     #[inline]
     pub(crate) fn exchange(&mut self, table: u64, i: usize, new: u64) -> u64 {
-        self.atomic(table, i).swap(new, core::sync::atomic::Ordering::AcqRel)
+        self.atomic(table, i)
+            .swap(new, core::sync::atomic::Ordering::AcqRel)
     }
 
     /// Clears the bits of `mask`'s complement in entry `i` of `table` atomically; returns the
     /// old value.
     #[inline]
     pub(crate) fn fetch_and(&self, table: u64, i: usize, mask: u64) -> u64 {
-        self.atomic(table, i).fetch_and(mask, core::sync::atomic::Ordering::AcqRel)
+        self.atomic(table, i)
+            .fetch_and(mask, core::sync::atomic::Ordering::AcqRel)
     }
 
     /// Sets `bits` in entry `i` of `table` atomically (what a page walk does to Accessed and
@@ -166,7 +168,8 @@ impl<P: PhysMem> PageTables<P> {
     #[cfg(any(test, feature = "testing"))]
     #[inline]
     pub(crate) fn fetch_or(&self, table: u64, i: usize, bits: u64) -> u64 {
-        self.atomic(table, i).fetch_or(bits, core::sync::atomic::Ordering::AcqRel)
+        self.atomic(table, i)
+            .fetch_or(bits, core::sync::atomic::Ordering::AcqRel)
     }
 
     /// Rewrites entry `i` of `table` with `f(old)` without losing a hardware update: an entry
@@ -273,10 +276,11 @@ impl<P: PhysMem> PageTables<P> {
         frame: Option<PhysFrame<S>>,
         flags: MapFlags,
     ) -> Result<(PhysFrame<S>, Flush), PagingError> {
-        self.rewrite_leaf_entry(page, frame, flags).map(|(old, flush)| {
-            let frame = PhysAddr::new(old & ADDR_MASK & !(S::SIZE - 1));
-            (PhysFrame::containing_address(frame), flush)
-        })
+        self.rewrite_leaf_entry(page, frame, flags)
+            .map(|(old, flush)| {
+                let frame = PhysAddr::new(old & ADDR_MASK & !(S::SIZE - 1));
+                (PhysFrame::containing_address(frame), flush)
+            })
     }
 
     /// [`protect`](Self::protect) or [`remap`](Self::remap) returning the whole entry it

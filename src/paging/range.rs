@@ -237,7 +237,9 @@ impl<P: PhysMem> PageTables<P> {
                 // SAFETY: as above.
                 Edit::Unmap => unsafe { slot.write(0) },
                 Edit::Protect { leaf } => {
-                    self.update(table, i0 + k, |e| (e & ADDR_MASK) | leaf | (e & ACCESSED_DIRTY));
+                    self.update(table, i0 + k, |e| {
+                        (e & ADDR_MASK) | leaf | (e & ACCESSED_DIRTY)
+                    });
                 }
             }
             flush.add(canonical(s + k as u64 * PAGE_SIZE));

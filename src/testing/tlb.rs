@@ -226,6 +226,30 @@ impl TlbCpu {
         }
     }
 
+    /// Walks the paging structures for `va` and caches every table entry on the way, as a
+    /// CPU may do speculatively at any time, even when no page below is present (SDM
+    /// vol. 3, 4.10.3.1); never faults, sets no Accessed bit, caches no leaf. A test uses it
+    /// to hold a page table that only swap entries keep alive.
+    pub fn speculate(&mut self, phys: &EmulatedPhysMem<'_>, va: VirtAddr) {
+        let lin = linear(va);
+        let (mut level, mut table, mut and, mut nx) = self.walk_start(lin);
+        while level > 1 {
+            let e = entry(phys, table, index(lin, level)).load(Ordering::SeqCst);
+            if e & PRESENT == 0 || e & HUGE != 0 {
+                return;
+            }
+            (and, nx) = (and & e, nx | (e & NX));
+            let next = PhysFrame::containing_address(PhysAddr::new_truncate(e).align_down(4096u64));
+            let cached = Structure {
+                table: next,
+                and,
+                nx,
+            };
+            self.structures.insert(key(lin, level), cached);
+            (level, table) = (level - 1, next);
+        }
+    }
+
     /// The frames the last access went through: each table its walk read (none on a TLB
     /// hit), then the 4 KiB frame it reached (none on a fault). A harness checks that none
     /// of them is free.

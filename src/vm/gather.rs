@@ -120,19 +120,23 @@ impl Gather {
         frames: &mut A,
     ) {
         let flush = core::mem::take(&mut self.flush);
-        let pending = !self.tables.is_empty() || !self.pages.is_empty();
+        let (mut tables, mut pages) = (
+            core::mem::take(&mut self.tables),
+            core::mem::take(&mut self.pages),
+        );
+        let pending = !tables.is_empty() || !pages.is_empty();
         debug_assert!(
             !pending || !flush.is_empty(),
             "frames gathered without an invalidation"
         );
         let acked = tlb.invalidate(flush, pml4, cpus);
         vm.stats.shootdowns += u64::from(acked.rounds());
-        for table in self.tables.drain() {
+        for table in tables.drain() {
             // SAFETY: the mapper freed the table (empty, unlinked) into this gather, and
             // every CPU that may have cached a walk through it has invalidated it.
             unsafe { frames.deallocate_frame(table) };
         }
-        for frame in self.pages.drain() {
+        for frame in pages.drain() {
             if frame != vm.zero_frame() && vm.unshare(frame) {
                 vm.release_frame(frame, frames);
             }

@@ -27,7 +27,11 @@ struct Batch {
 
 impl Batch {
     fn new() -> Self {
-        let none = (VirtAddr::zero(), PhysFrame::containing_address(x86_64::PhysAddr::zero()), 0);
+        let none = (
+            VirtAddr::zero(),
+            PhysFrame::containing_address(x86_64::PhysAddr::zero()),
+            0,
+        );
         Self {
             items: [none; CLUSTER],
             len: 0,
@@ -160,10 +164,14 @@ impl<P: PhysMem> VmSpace<P> {
             } else {
                 // SAFETY: frames this space mapped alone, unmapped and invalidated
                 // on every CPU above: nothing writes them now.
-                pages.extend(chunk.iter().map(|&(_, f, _)| unsafe {
-                    &*page_ptr(self.mapper.phys_mem(), f)
-                }));
-                swap.device.write(first, &pages).map_err(FaultReason::SwapIo)
+                pages.extend(
+                    chunk
+                        .iter()
+                        .map(|&(_, f, _)| unsafe { &*page_ptr(self.mapper.phys_mem(), f) }),
+                );
+                swap.device
+                    .write(first, &pages)
+                    .map_err(FaultReason::SwapIo)
             };
             drop(pages);
             if let Err(e) = written {
@@ -206,7 +214,13 @@ impl<P: PhysMem> VmSpace<P> {
 
     /// CLOCK: a first round from the hand clears Accessed bits and takes
     /// the pages found unreferenced; a second takes the ones it cleared.
-    fn victims_by_clock(&mut self, vm: &mut Vm, want: usize, flush: &mut Flush, victims: &mut Batch) {
+    fn victims_by_clock(
+        &mut self,
+        vm: &mut Vm,
+        want: usize,
+        flush: &mut Flush,
+        victims: &mut Batch,
+    ) {
         let mut second = Batch::new();
         let mut scanned = 0;
         let (lo, hi) = self.areas.bounds();
@@ -342,9 +356,11 @@ impl<P: PhysMem> VmSpace<P> {
             return Err(FaultReason::OutOfMemory);
         }
         // SAFETY: frames just allocated, distinct, used by nothing else yet.
-        bufs.extend(run.as_slice().iter().map(|&(_, f, _)| unsafe {
-            &mut *page_ptr(self.mapper.phys_mem(), f)
-        }));
+        bufs.extend(
+            run.as_slice()
+                .iter()
+                .map(|&(_, f, _)| unsafe { &mut *page_ptr(self.mapper.phys_mem(), f) }),
+        );
         let swap = vm.swap.as_mut().expect("checked above");
         let read = swap.device.read(slot, &mut bufs);
         drop(bufs);

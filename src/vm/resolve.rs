@@ -108,7 +108,9 @@ impl<P: PhysMem> VmSpace<P> {
                     }
                     _ => {
                         if let Some(entry) = self.mapper.soft_entry(page.start_address()) {
-                            return self.swap_in(vm, page, entry, prot, frames, tlb).map_err(fail);
+                            return self
+                                .swap_in(vm, page, entry, prot, frames, tlb)
+                                .map_err(fail);
                         }
                         if !access.write {
                             let flush = self

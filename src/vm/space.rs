@@ -288,10 +288,10 @@ impl<P: PhysMem> VmSpace<P> {
             if prot.accessible() {
                 self.mapper
                     .map_range_with(
-                    VirtAddr::new(a),
-                    phys,
-                    len,
-                    prot.map_flags(true),
+                        VirtAddr::new(a),
+                        phys,
+                        len,
+                        prot.map_flags(true),
                         LeafSize::Size4KiB,
                         frames,
                     )?

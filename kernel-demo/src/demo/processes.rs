@@ -76,8 +76,8 @@ pub fn demo_processes() {
         }
     });
     let t1 = cpu::rdtsc();
-    let mut child = proc::with_vm(|vm| proc::with_tlb(|tlb| p.space.fork(vm, frames, tlb)))
-        .expect("fork");
+    let mut child =
+        proc::with_vm(|vm| proc::with_tlb(|tlb| p.space.fork(vm, frames, tlb))).expect("fork");
     let t2 = cpu::rdtsc();
     let cow = FaultAccess {
         present: true,

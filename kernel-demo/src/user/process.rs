@@ -113,7 +113,13 @@ impl Process {
                 let page = CODE_BASE + i as u64 * 4096;
                 // The kernel fills the page: a supervisor write fault.
                 with_tlb(|tlb| {
-                    space.handle_fault(vm, VirtAddr::new(page), FaultAccess::write(false), frames, tlb)
+                    space.handle_fault(
+                        vm,
+                        VirtAddr::new(page),
+                        FaultAccess::write(false),
+                        frames,
+                        tlb,
+                    )
                 })
                 .map_err(|_| VmError::OutOfMemory)?;
                 let t = space.mapper().translate(VirtAddr::new(page))?;

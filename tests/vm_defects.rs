@@ -1,0 +1,363 @@
+//! One test per defect the multi-CPU review of `kmem::vm` found: each
+//! sequence lost a write, reached a freed frame or panicked before its fix.
+//! Accesses go through an emulated CPU (`testing::tlb::TlbCpu`) that caches
+//! leaf and paging-structure entries and sets Accessed and Dirty in the
+//! tables as the MMU does, so a forgotten invalidation or a lost Dirty bit
+//! shows as a wrong value or a freed frame still cached.
+
+use kmem::paging::{Mmu, PageTables, PhysMem};
+use kmem::smp::Tlb;
+use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
+use kmem::testing::tlb::{AccessKind, TlbCpu};
+use kmem::vm::replace::ClockPro;
+use kmem::vm::{FaultAccess, FaultOutcome, FaultReason, MemSwap, Prot, Vm, VmSpace};
+use x86_64::structures::paging::PhysFrame;
+use x86_64::VirtAddr;
+
+const PAGE: u64 = 4096;
+/// 2 MiB-aligned: the pages of a test share one page table.
+const BASE: u64 = 0x4000_0000;
+
+type Space<'m> = VmSpace<EmulatedPhysMem<'m>>;
+
+/// One emulated machine: memory, frames, the `Vm`, and CPU 0 running one space.
+struct Machine<'m> {
+    mem: &'m EmulatedMemory,
+    frames: EmulatedFrameAllocator,
+    vm: Vm,
+    kernel: PageTables<EmulatedPhysMem<'m>>,
+    cpu: TlbCpu,
+}
+
+impl<'m> Machine<'m> {
+    fn new(mem: &'m EmulatedMemory, limit: Option<u64>, swap_slots: Option<u64>) -> Self {
+        let mut frames = mem.frame_allocator();
+        let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
+        vm.set_frame_limit(limit);
+        vm.set_reclaim(Some(1), 1);
+        if let Some(slots) = swap_slots {
+            assert!(vm.attach_swap(Box::new(MemSwap::new(slots))).is_ok());
+        }
+        let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
+        let cpu = TlbCpu::new(kernel.pml4());
+        Self {
+            mem,
+            frames,
+            vm,
+            kernel,
+            cpu,
+        }
+    }
+
+    /// A new space with `pages` anonymous read-write pages at `BASE`, running on CPU 0.
+    fn space(&mut self, pages: u64) -> Space<'m> {
+        let mut s = VmSpace::new_user(&self.kernel, &mut self.frames).unwrap();
+        s.map_anonymous(Some(BASE), pages * PAGE, Prot::RW | Prot::USER)
+            .unwrap();
+        self.run(&s);
+        s
+    }
+
+    /// CPU 0 loads `s`.
+    fn run(&mut self, s: &Space<'m>) {
+        s.cpus().enter(0);
+        // SAFETY: an emulated CPU: loading a CR3 only drops its TLB.
+        unsafe { self.cpu.set_cr3(s.pml4()) };
+    }
+
+    /// CPU 0 goes back to the kernel's tables.
+    fn leave(&mut self, s: &Space<'m>) {
+        // SAFETY: as in `run`.
+        unsafe { self.cpu.set_cr3(self.kernel.pml4()) };
+        s.cpus().leave(0);
+    }
+
+    /// An access from ring 3 on CPU 0: through the TLB, faulting into `s`
+    /// until the page allows it. Returns the byte read (or written).
+    fn touch(
+        &mut self,
+        s: &mut Space<'m>,
+        page: u64,
+        write: Option<u8>,
+    ) -> Result<u8, FaultReason> {
+        let va = VirtAddr::new(BASE + page * PAGE);
+        let kind = if write.is_some() {
+            AccessKind::Write
+        } else {
+            AccessKind::Read
+        };
+        for _ in 0..4 {
+            match self.cpu.access(&self.mem.phys_mem(), va, kind, true) {
+                Ok(pa) => {
+                    let frame = PhysFrame::containing_address(pa);
+                    assert!(
+                        self.frames.is_allocated(frame),
+                        "an access reached free {frame:?}"
+                    );
+                    let p = self.mem.phys_mem().table_ptr(frame).as_ptr().cast::<u8>();
+                    // SAFETY: an emulated frame, 4096 bytes; offset 0.
+                    return Ok(unsafe {
+                        match write {
+                            Some(v) => {
+                                p.write(v);
+                                v
+                            }
+                            None => p.read(),
+                        }
+                    });
+                }
+                Err(f) => {
+                    let access = FaultAccess::from_error_code(f.error_code().bits());
+                    let mut tlb = Tlb::uniprocessor(&mut self.cpu);
+                    s.handle_fault(&mut self.vm, va, access, &mut self.frames, &mut tlb)
+                        .map_err(|e| e.reason)?;
+                }
+            }
+        }
+        panic!("page {page} still faults");
+    }
+
+    fn end(mut self, s: Space<'m>) {
+        self.leave(&s);
+        let mut tlb = Tlb::uniprocessor(&mut self.cpu);
+        s.destroy(&mut self.vm, &mut self.frames, &mut tlb).unwrap();
+        assert_eq!(
+            self.frames.in_use(),
+            2,
+            "every frame back but the zero frame and the kernel's PML4"
+        );
+        assert_eq!(self.vm.stats().swap_slots_used, 0);
+    }
+}
+
+/// Defect 1: a protect that keeps the same rights dropped the Dirty bit the
+/// CPU had set on a page whose clean copy was still on swap; reclaim then
+/// dropped the page and the write was lost.
+#[test]
+fn a_write_survives_a_protect_and_reclaim() {
+    let mem = EmulatedMemory::new(64);
+    let mut m = Machine::new(&mem, Some(4), Some(64));
+    let mut s = m.space(8);
+    for p in 0..8 {
+        m.touch(&mut s, p, Some(p as u8 + 1)).unwrap();
+    }
+    assert_eq!(
+        m.touch(&mut s, 0, None),
+        Ok(1),
+        "swapped in, clean, slot cached"
+    );
+    m.touch(&mut s, 0, Some(0xAB)).unwrap(); // no fault: the CPU sets Dirty
+    let mut tlb = Tlb::uniprocessor(&mut m.cpu);
+    s.protect(
+        BASE,
+        PAGE,
+        Prot::RW | Prot::USER,
+        &mut m.vm,
+        &mut m.frames,
+        &mut tlb,
+    )
+    .unwrap();
+    for p in 1..8 {
+        m.touch(&mut s, p, None).unwrap();
+    }
+    let mut tlb = Tlb::uniprocessor(&mut m.cpu);
+    s.reclaim(&mut m.vm, &mut m.frames, 8, &mut tlb).unwrap();
+    assert_eq!(
+        m.touch(&mut s, 0, None),
+        Ok(0xAB),
+        "the write after the swap-in was lost"
+    );
+    m.end(s);
+}
+
+/// Defect 9: a page written after a swap-in, write-protected by a fork
+/// whose child exits, regains write access by `ReusedOnWrite`: that
+/// rewrite must keep Dirty even if the write it was resolved for never
+/// lands, or reclaim drops the page for its stale swap copy.
+#[test]
+fn reuse_after_fork_keeps_dirty() {
+    let mem = EmulatedMemory::new(96);
+    let mut m = Machine::new(&mem, Some(4), Some(64));
+    let mut s = m.space(8);
+    for p in 0..8 {
+        m.touch(&mut s, p, Some(p as u8 + 1)).unwrap();
+    }
+    assert_eq!(
+        m.touch(&mut s, 0, None),
+        Ok(1),
+        "swapped in, clean, slot cached"
+    );
+    m.touch(&mut s, 0, Some(0xCD)).unwrap(); // Dirty
+    let mut tlb = Tlb::uniprocessor(&mut m.cpu);
+    let child = s.fork(&mut m.vm, &mut m.frames, &mut tlb).unwrap();
+    child.destroy(&mut m.vm, &mut m.frames, &mut tlb).unwrap();
+    // The kernel resolves a write fault for the page, then (SMAP) never writes.
+    let va = VirtAddr::new(BASE);
+    let present_write = FaultAccess::from_error_code(0b11);
+    let r = s.handle_fault(&mut m.vm, va, present_write, &mut m.frames, &mut tlb);
+    assert_eq!(r, Ok(FaultOutcome::ReusedOnWrite));
+    for p in 1..8 {
+        m.touch(&mut s, p, None).unwrap();
+    }
+    let mut tlb = Tlb::uniprocessor(&mut m.cpu);
+    s.reclaim(&mut m.vm, &mut m.frames, 8, &mut tlb).unwrap();
+    assert_eq!(
+        m.touch(&mut s, 0, None),
+        Ok(0xCD),
+        "the write before the fork was lost"
+    );
+    m.end(s);
+}
+
+/// Defect 10: reclaim with resident pages and no swap device panicked.
+#[test]
+fn reclaim_without_swap_is_a_typed_error() {
+    let mem = EmulatedMemory::new(64);
+    let mut m = Machine::new(&mem, None, None);
+    let mut s = m.space(4);
+    for p in 0..4 {
+        m.touch(&mut s, p, Some(7)).unwrap();
+    }
+    let mut tlb = Tlb::uniprocessor(&mut m.cpu);
+    assert_eq!(
+        s.reclaim(&mut m.vm, &mut m.frames, 4, &mut tlb),
+        Err(FaultReason::NoSwap)
+    );
+    for p in 0..4 {
+        assert_eq!(m.touch(&mut s, p, None), Ok(7));
+    }
+    m.end(s);
+}
+
+/// Defect 7: pages the policy named while a fork shared them were dropped
+/// from its tracking, so once the child exited they could never be
+/// reclaimed again and reclaimable memory looked like none.
+#[test]
+fn pages_shared_when_named_are_offered_again() {
+    let mem = EmulatedMemory::new(96);
+    let mut m = Machine::new(&mem, Some(8), Some(64));
+    let mut s = VmSpace::new_user(&m.kernel, &mut m.frames).unwrap();
+    s.set_policy(Box::new(ClockPro::new(8)));
+    s.map_anonymous(Some(BASE), 4 * PAGE, Prot::RW | Prot::USER)
+        .unwrap();
+    m.run(&s);
+    for p in 0..4 {
+        m.touch(&mut s, p, Some(p as u8 + 1)).unwrap();
+    }
+    let mut tlb = Tlb::uniprocessor(&mut m.cpu);
+    let child = s.fork(&mut m.vm, &mut m.frames, &mut tlb).unwrap();
+    assert_eq!(
+        s.reclaim(&mut m.vm, &mut m.frames, 4, &mut tlb),
+        Ok(0),
+        "all shared"
+    );
+    child.destroy(&mut m.vm, &mut m.frames, &mut tlb).unwrap();
+    assert_eq!(
+        s.reclaim(&mut m.vm, &mut m.frames, 4, &mut tlb),
+        Ok(4),
+        "private again: every page can go"
+    );
+    for p in 0..4 {
+        assert_eq!(m.touch(&mut s, p, None), Ok(p as u8 + 1));
+    }
+    m.end(s);
+}
+
+/// Defect 2: unmapping a range whose entries are all swap entries freed
+/// the page table with an empty flush, while a CPU's paging-structure
+/// cache could still point at it.
+#[test]
+fn a_freed_table_is_invalidated_even_without_a_present_page() {
+    let mem = EmulatedMemory::new(64);
+    let mut m = Machine::new(&mem, Some(8), Some(64));
+    let mut s = m.space(4);
+    for p in 0..4 {
+        m.touch(&mut s, p, Some(9)).unwrap();
+    }
+    let pt = *m
+        .cpu
+        .last_walk()
+        .iter()
+        .rev()
+        .nth(1)
+        .expect("a walk: tables, then the page");
+    let mut tlb = Tlb::uniprocessor(&mut m.cpu);
+    assert_eq!(s.reclaim(&mut m.vm, &mut m.frames, 4, &mut tlb), Ok(4));
+    // Only swap entries keep the page table; a CPU may cache the way to it anyway.
+    m.cpu.speculate(&mem.phys_mem(), VirtAddr::new(BASE));
+    assert!(m.cpu.holds_frame(pt));
+    let mut tlb = Tlb::uniprocessor(&mut m.cpu);
+    s.unmap(BASE, 4 * PAGE, &mut m.vm, &mut m.frames, &mut tlb)
+        .unwrap();
+    assert!(!m.frames.is_allocated(pt), "the page table was freed");
+    assert!(
+        !m.cpu.holds_frame(pt),
+        "a CPU still caches the freed page table"
+    );
+    m.end(s);
+}
+
+/// Defect 3: a fault that reclaimed pages to find a frame and then failed
+/// (here the swap read) lost the reclaim's invalidation: the CPU kept
+/// translations to frames already freed.
+#[test]
+fn a_failed_fault_keeps_the_invalidations_of_its_reclaim() {
+    struct Flaky(MemSwap, std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl kmem::vm::SwapDevice for Flaky {
+        fn slots(&self) -> u64 {
+            self.0.slots()
+        }
+        fn write(
+            &mut self,
+            first: u64,
+            pages: &[&[u8; 4096]],
+        ) -> Result<(), kmem::vm::SwapIoError> {
+            self.0.write(first, pages)
+        }
+        fn read(
+            &mut self,
+            first: u64,
+            pages: &mut [&mut [u8; 4096]],
+        ) -> Result<(), kmem::vm::SwapIoError> {
+            if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(kmem::vm::SwapIoError {
+                    slot: first,
+                    pages: pages.len(),
+                });
+            }
+            self.0.read(first, pages)
+        }
+    }
+    let mem = EmulatedMemory::new(64);
+    let mut m = Machine::new(&mem, Some(4), None);
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flaky = Box::new(Flaky(MemSwap::new(64), fail.clone()));
+    assert!(m.vm.attach_swap(flaky).is_ok());
+    let mut s = m.space(8);
+    for p in 0..8 {
+        m.touch(&mut s, p, Some(p as u8 + 1)).unwrap();
+    }
+    // Pages 4..8 resident and cached by the CPU; 0..4 on swap.
+    for p in 4..8 {
+        assert_eq!(m.touch(&mut s, p, None), Ok(p as u8 + 1));
+    }
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = m.touch(&mut s, 0, None);
+    assert!(matches!(r, Err(FaultReason::SwapIo(_))), "{r:?}");
+    for p in 4..8 {
+        let va = VirtAddr::new(BASE + p * PAGE);
+        if let Some(leaf) = m.cpu.cached(va) {
+            let t = s.mapper().translate(va);
+            assert!(
+                t.is_ok_and(|t| t.frame == leaf.frame),
+                "page {p}: the CPU caches {:?}, the tables say {t:?}",
+                leaf.frame
+            );
+        }
+    }
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    for p in 0..8 {
+        assert_eq!(m.touch(&mut s, p, None), Ok(p as u8 + 1));
+    }
+    m.end(s);
+}
