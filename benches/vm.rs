@@ -161,9 +161,9 @@ fn eager_copy(w: &mut World<'_>, bytes: u64) -> Duration {
         .for_each_leaf_in(VirtAddr::new(base), bytes, |l| {
             leaves.push((l.page, l.frame))
         });
+    let phys = *s.mapper().phys_mem();
     for &(page, frame) in &leaves {
         let new = w.frames.allocate_frame().unwrap();
-        let phys = s.mapper().phys_mem();
         let src = phys
             .table_ptr(PhysFrame::containing_address(frame))
             .as_ptr()

@@ -102,7 +102,7 @@ kernel_demo::test_kernel! {
     fn smap_blocks_kernel_reads_of_user_pages() {
         let (_, smap) = enable_smep_smap();
         assert!(smap, "QEMU -cpu max has SMAP");
-        let mut p = Process::spawn(1, Program::Tag, 0).unwrap();
+        let p = Process::spawn(1, Program::Tag, 0).unwrap();
         with_vm(|vm| {
             with_tlb(|tlb| {
                 let heap = VirtAddr::new(HEAP_BASE);

@@ -43,6 +43,13 @@ impl<P: PhysMem> PageTables<P> {
         Ok(self.exchange(t, i, value))
     }
 
+    /// The raw 4 KiB leaf entry of `va` when it is present.
+    pub(crate) fn leaf_entry(&self, va: VirtAddr) -> Option<u64> {
+        let (t, i) = self.pte_slot(va)?;
+        let e = self.read(t, i);
+        (e & PRESENT != 0).then_some(e)
+    }
+
     /// Clears the Accessed bit of the 4 KiB leaf of `va`; returns whether
     /// it was set (the page was referenced since the last clear). The TLB
     /// entry must be flushed for the next reference to set it again.

@@ -154,6 +154,13 @@ pub struct EmulatedPhysMem<'a> {
     _mem: PhantomData<&'a EmulatedMemory>,
 }
 
+// SAFETY: a handle is an address range and a borrow of the buffer, which outlives it; it
+// hands out raw pointers only, whose use (and any race through them) is the user's
+// `unsafe` code's to order, as with pointers into a kernel's direct map.
+unsafe impl Send for EmulatedPhysMem<'_> {}
+// SAFETY: as for `Send`: `&EmulatedPhysMem` gives nothing but raw pointers.
+unsafe impl Sync for EmulatedPhysMem<'_> {}
+
 // SAFETY: frames inside the buffer are 4096-aligned, 4096 bytes, disjoint and live as long as
 // the borrow `'a`; a frame outside panics instead of returning a pointer. The buffer is
 // touched only through raw pointers.

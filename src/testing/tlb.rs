@@ -459,8 +459,8 @@ fn entry<'m>(phys: &'m EmulatedPhysMem<'_>, frame: PhysFrame, i: usize) -> &'m A
         .cast::<u64>()
         .wrapping_add(i & 511);
     // SAFETY: `table_ptr` bounds-checks the frame, so the word is inside the emulated
-    // buffer, 8-aligned and alive for the borrow of `phys`. The buffer is reached only
-    // through raw pointers, and an `EmulatedPhysMem` is neither `Send` nor `Sync`, so no
-    // other thread accesses the word while this reference lives.
+    // buffer, 8-aligned and alive for the borrow of `phys`. Emulated CPUs run on the
+    // harness's thread, between calls into the code under test, so no non-atomic access
+    // to the word runs at the same time.
     unsafe { AtomicU64::from_ptr(ptr) }
 }

@@ -12,6 +12,7 @@
 use alloc::vec::Vec;
 use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, PhysFrame, Size4KiB};
 
+use super::stats::count;
 use super::Vm;
 use crate::paging::{Flush, FrameSource};
 use crate::smp::{ActiveCpus, Tlb};
@@ -116,7 +117,7 @@ impl Gather {
         tlb: &mut Tlb<'_>,
         pml4: PhysFrame,
         cpus: &ActiveCpus,
-        vm: &mut Vm,
+        vm: &Vm,
         frames: &mut A,
     ) {
         let flush = core::mem::take(&mut self.flush);
@@ -130,7 +131,7 @@ impl Gather {
             "frames gathered without an invalidation"
         );
         let acked = tlb.invalidate(flush, pml4, cpus);
-        vm.stats.shootdowns += u64::from(acked.rounds());
+        count(&vm.stats.shootdowns, u64::from(acked.rounds()));
         for table in tables.drain() {
             // SAFETY: the mapper freed the table (empty, unlinked) into this gather, and
             // every CPU that may have cached a walk through it has invalidated it.
@@ -141,7 +142,7 @@ impl Gather {
                 vm.release_frame(frame, frames);
             }
         }
-        vm.stats.leaked_frames += self.leaked;
+        count(&vm.stats.leaked_frames, self.leaked);
     }
 }
 

@@ -183,62 +183,61 @@ impl<P: PhysMem> VmSpace<P> {
                 err = Err(e);
             }
         };
-        self.mapper
-            .for_each_leaf_in(VirtAddr::new_truncate(lo), hi - lo, |leaf| {
-                let (page, a) = (leaf.page, leaf.page.as_u64());
-                let Some(area) = self.areas.find(a) else {
-                    return fail(VmInvariantError::PageOutsideAreas { page });
-                };
-                if area.kind == AreaKind::Guard {
-                    fail(VmInvariantError::PageInGuard { page });
-                }
-                if leaf.size != LeafSize::Size4KiB {
-                    fail(VmInvariantError::HugePage {
+        let mapper = self.mapper.lock();
+        mapper.for_each_leaf_in(VirtAddr::new_truncate(lo), hi - lo, |leaf| {
+            let (page, a) = (leaf.page, leaf.page.as_u64());
+            let Some(area) = self.areas.find(a) else {
+                return fail(VmInvariantError::PageOutsideAreas { page });
+            };
+            if area.kind == AreaKind::Guard {
+                fail(VmInvariantError::PageInGuard { page });
+            }
+            if leaf.size != LeafSize::Size4KiB {
+                fail(VmInvariantError::HugePage {
+                    page,
+                    size: leaf.size,
+                });
+            }
+            let frame = PhysFrame::containing_address(leaf.frame);
+            let access = leaf.access;
+            if access.writable && !area.prot.contains(Prot::WRITE) {
+                fail(VmInvariantError::WritableInReadOnly { page });
+            }
+            if access.executable && !area.prot.contains(Prot::EXEC) {
+                fail(VmInvariantError::ExecutableInNoExec { page });
+            }
+            if access.user && !area.prot.contains(Prot::USER) {
+                fail(VmInvariantError::UserInKernelArea { page });
+            }
+            if area.kind == AreaKind::Anonymous
+                && access.writable
+                && (frame == vm.zero_frame() || vm.share_count(frame) > 1)
+            {
+                fail(VmInvariantError::SharedWritable { page, frame });
+            }
+            if let AreaKind::Fixed { phys } = area.kind {
+                let expected = phys + (a - area.start);
+                if leaf.frame != expected {
+                    fail(VmInvariantError::WrongFixedFrame {
                         page,
-                        size: leaf.size,
+                        frame: leaf.frame,
+                        expected,
                     });
                 }
-                let frame = PhysFrame::containing_address(leaf.frame);
-                let access = leaf.access;
-                if access.writable && !area.prot.contains(Prot::WRITE) {
-                    fail(VmInvariantError::WritableInReadOnly { page });
-                }
-                if access.executable && !area.prot.contains(Prot::EXEC) {
-                    fail(VmInvariantError::ExecutableInNoExec { page });
-                }
-                if access.user && !area.prot.contains(Prot::USER) {
-                    fail(VmInvariantError::UserInKernelArea { page });
-                }
-                if area.kind == AreaKind::Anonymous
-                    && access.writable
-                    && (frame == vm.zero_frame() || vm.share_count(frame) > 1)
-                {
-                    fail(VmInvariantError::SharedWritable { page, frame });
-                }
-                if let AreaKind::Fixed { phys } = area.kind {
-                    let expected = phys + (a - area.start);
-                    if leaf.frame != expected {
-                        fail(VmInvariantError::WrongFixedFrame {
-                            page,
-                            frame: leaf.frame,
-                            expected,
-                        });
-                    }
-                }
-            });
-        self.mapper
-            .for_each_soft_entry(VirtAddr::new_truncate(lo), hi - lo, |page, entry| {
-                let anonymous = self
-                    .areas
-                    .find(page.as_u64())
-                    .is_some_and(|a| a.kind == AreaKind::Anonymous);
-                if !anonymous {
-                    fail(VmInvariantError::SwappedOutsideAnonymous { page });
-                }
-                if !vm.swap_holds(entry) {
-                    fail(VmInvariantError::FreeSwapSlot { page, entry });
-                }
-            });
+            }
+        });
+        mapper.for_each_soft_entry(VirtAddr::new_truncate(lo), hi - lo, |page, entry| {
+            let anonymous = self
+                .areas
+                .find(page.as_u64())
+                .is_some_and(|a| a.kind == AreaKind::Anonymous);
+            if !anonymous {
+                fail(VmInvariantError::SwappedOutsideAnonymous { page });
+            }
+            if !vm.swap_holds(entry) {
+                fail(VmInvariantError::FreeSwapSlot { page, entry });
+            }
+        });
         err
     }
 }

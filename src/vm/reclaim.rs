@@ -10,12 +10,16 @@
 //! Victim lists are bounded by a cluster and live on the stack: reclaim
 //! runs when memory is short, so it must not need the heap.
 
-use super::swap::{slot_of, swap_entry, CLUSTER, PAGE_BYTES};
+use super::replace::ReplacementPolicy;
+use super::space::for_each_anonymous_leaf;
+use super::stats::count;
+use super::swap::{slot_of, swap_entry, BUSY, CLUSTER, PAGE_BYTES};
 use super::{FaultOutcome, FaultReason, Prot, Vm, VmSpace};
-use crate::paging::{Flush, FrameSource, PhysMem, DIRTY_BIT};
+use crate::paging::{Flush, FrameSource, PageTables, PhysMem, DIRTY_BIT};
 use crate::smp::Tlb;
 use crate::PAGE_SIZE;
 use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
 
@@ -62,8 +66,8 @@ impl<P: PhysMem> VmSpace<P> {
     /// A frame for an anonymous page: under the limit at once, else after
     /// reclaiming some of this space's pages.
     pub(crate) fn new_frame<A: FrameSource + ?Sized>(
-        &mut self,
-        vm: &mut Vm,
+        &self,
+        vm: &Vm,
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<PhysFrame, FaultReason> {
@@ -85,60 +89,68 @@ impl<P: PhysMem> VmSpace<P> {
     /// them; they are unmapped and invalidated on the space's CPUs first.
     /// A page of zeros is dropped (it reads back as zeros); a clean page
     /// whose copy on swap is still valid is dropped; the rest are written in
-    /// clustered requests. A failed write, or no slot left, puts the pages
-    /// back as they were. Returns the pages freed; without a swap device,
+    /// clustered requests, with no lock held: a fault on one of them waits
+    /// for the write. A failed write, or no slot left, puts the pages back
+    /// as they were. Returns the pages freed; without a swap device,
     /// [`FaultReason::NoSwap`].
     pub fn reclaim<A: FrameSource + ?Sized>(
-        &mut self,
-        vm: &mut Vm,
+        &self,
+        vm: &Vm,
         frames: &mut A,
         want: usize,
         tlb: &mut Tlb<'_>,
     ) -> Result<usize, FaultReason> {
-        if vm.swap.is_none() {
+        let Some(swap) = vm.swap.as_ref() else {
             return Err(FaultReason::NoSwap);
-        }
+        };
         let want = want.clamp(1, CLUSTER);
         let mut flush = Flush::none();
         let mut victims = Batch::new();
-        if self.policy.is_some() {
-            self.victims_by_policy(vm, want, &mut flush, &mut victims);
-        } else {
-            self.victims_by_clock(vm, want, &mut flush, &mut victims);
-        }
-        // 1. Unmap every victim in one atomic exchange each.
-        for v in victims.as_mut_slice() {
-            v.2 = self
-                .mapper
-                .exchange_pte(v.0, 0)
-                .expect("a resident page has its page table");
-            flush.add(v.0.as_u64());
+        {
+            let mut m = self.mapper.lock();
+            let mut policy = self.policy.lock();
+            match policy.as_mut() {
+                Some(p) => self.victims_by_policy(&m, &mut **p, vm, want, &mut flush, &mut victims),
+                None => self.victims_by_clock(&m, vm, want, &mut flush, &mut victims),
+            }
+            // 1. Unmap every victim in one atomic exchange each; the mark
+            // makes a fault on it wait instead of filling it with zeros.
+            for v in victims.as_mut_slice() {
+                v.2 = m
+                    .exchange_pte(v.0, BUSY)
+                    .expect("a resident page has its page table");
+                flush.add(v.0.as_u64());
+            }
         }
         // 2. No CPU can write them any more once this returns.
         let acked = tlb.invalidate(flush, self.pml4(), &self.cpus);
-        vm.stats.shootdowns += u64::from(acked.rounds());
+        count(&vm.stats.shootdowns, u64::from(acked.rounds()));
         // 3. Dirty bits and contents are final: decide.
+        let phys = &self.phys;
         let mut freed = 0;
         let mut to_write = Batch::new();
         for &(va, frame, old) in victims.as_slice() {
-            if is_zero(self.mapper.phys_mem(), frame) {
-                // The entry stays empty: the next touch is a demand-zero fault.
+            if is_zero(phys, frame) {
+                // The entry becomes empty: the next touch is a demand-zero fault.
+                self.put_entry(va, 0);
                 vm.release_frame(frame, frames);
-                vm.stats.zero_elided += 1;
+                count(&vm.stats.zero_elided, 1);
                 freed += 1;
                 continue;
             }
-            let swap = vm.swap.as_mut().expect("checked above");
-            match swap.uncache(frame.start_address().as_u64() / PAGE_SIZE) {
+            let cached = swap
+                .state()
+                .uncache(frame.start_address().as_u64() / PAGE_SIZE);
+            match cached {
                 Some(slot) if old & DIRTY_BIT == 0 => {
                     // The copy on swap is current: its reference moves to the entry.
                     self.put_entry(va, swap_entry(slot));
                     vm.release_frame(frame, frames);
-                    vm.stats.swap_cache_hits += 1;
+                    count(&vm.stats.swap_cache_hits, 1);
                     freed += 1;
                 }
                 Some(slot) => {
-                    swap.drop_ref(slot); // a stale copy
+                    swap.state().drop_ref(slot); // a stale copy
                     to_write.push(va, frame);
                     to_write.as_mut_slice().last_mut().expect("pushed").2 = old;
                 }
@@ -148,12 +160,11 @@ impl<P: PhysMem> VmSpace<P> {
                 }
             }
         }
-        // 4. Write the rest out in clustered requests.
+        // 4. Write the rest out in clustered requests, no page-table lock held.
         let mut rest = to_write.as_slice();
         let mut error = None;
         while !rest.is_empty() {
-            let swap = vm.swap.as_mut().expect("checked above");
-            let Some((first, n)) = swap.take(rest.len()) else {
+            let Some((first, n)) = swap.state().take(rest.len()) else {
                 error = Some(FaultReason::OutOfSwap);
                 break;
             };
@@ -167,16 +178,16 @@ impl<P: PhysMem> VmSpace<P> {
                 pages.extend(
                     chunk
                         .iter()
-                        .map(|&(_, f, _)| unsafe { &*page_ptr(self.mapper.phys_mem(), f) }),
+                        .map(|&(_, f, _)| unsafe { &*page_ptr(phys, f) }),
                 );
-                swap.device
-                    .write(first, &pages)
-                    .map_err(FaultReason::SwapIo)
+                let w = swap.device.lock().write(first, &pages);
+                w.map_err(FaultReason::SwapIo)
             };
             drop(pages);
             if let Err(e) = written {
-                for s in first..first + n as u64 {
-                    swap.drop_ref(s);
+                let mut s = swap.state();
+                for slot in first..first + n as u64 {
+                    s.drop_ref(slot);
                 }
                 error = Some(e);
                 break;
@@ -184,7 +195,7 @@ impl<P: PhysMem> VmSpace<P> {
             for (i, &(va, frame, _)) in chunk.iter().enumerate() {
                 self.put_entry(va, swap_entry(first + i as u64));
                 vm.release_frame(frame, frames);
-                vm.stats.swap_outs += 1;
+                count(&vm.stats.swap_outs, 1);
                 freed += 1;
             }
             rest = tail;
@@ -195,28 +206,30 @@ impl<P: PhysMem> VmSpace<P> {
             self.put_entry(va, old);
             self.track(Page::containing_address(va));
         }
-        vm.stats.reclaimed += freed as u64;
+        count(&vm.stats.reclaimed, freed as u64);
         match error {
             Some(e) if freed == 0 => Err(e),
             _ => Ok(freed),
         }
     }
 
-    /// Writes the 4 KiB entry of `va`, which reclaim emptied: no CPU caches
-    /// an empty entry, and faults on the space wait for the reclaim.
-    fn put_entry(&mut self, va: VirtAddr, value: u64) {
+    /// Replaces the busy mark reclaim or a swap-in left in the 4 KiB entry
+    /// of `va`: no CPU caches a non-present entry, and faults on it wait.
+    pub(super) fn put_entry(&self, va: VirtAddr, value: u64) {
         let old = self
             .mapper
+            .lock()
             .exchange_pte(va, value)
-            .expect("a reclaimed page keeps its page table");
-        debug_assert_eq!(old, 0, "reclaim's entry at {va:?} changed under it");
+            .expect("a page in transit keeps its page table");
+        debug_assert!(old & BUSY != 0, "the entry at {va:?} changed in transit");
     }
 
     /// CLOCK: a first round from the hand clears Accessed bits and takes
     /// the pages found unreferenced; a second takes the ones it cleared.
     fn victims_by_clock(
-        &mut self,
-        vm: &mut Vm,
+        &self,
+        m: &PageTables<P>,
+        vm: &Vm,
         want: usize,
         flush: &mut Flush,
         victims: &mut Batch,
@@ -224,17 +237,16 @@ impl<P: PhysMem> VmSpace<P> {
         let mut second = Batch::new();
         let mut scanned = 0;
         let (lo, hi) = self.areas.bounds();
-        let hand = self.clock_hand.clamp(lo, hi);
+        let hand = self.clock_hand.load(Ordering::Relaxed).clamp(lo, hi);
         let zero = vm.zero_frame();
         for (a, b) in [(hand, hi), (lo, hand)] {
-            let mapper = &self.mapper;
-            self.for_each_anonymous_leaf(a, b, |leaf| {
+            for_each_anonymous_leaf(&self.areas, m, a, b, |leaf| {
                 let frame = PhysFrame::containing_address(leaf.frame);
                 if victims.len == want || frame == zero || vm.share_count(frame) != 1 {
                     return;
                 }
                 scanned += 1;
-                if mapper.clear_accessed(leaf.page) {
+                if m.clear_accessed(leaf.page) {
                     flush.add(leaf.page.as_u64());
                     if second.len < want {
                         second.push(leaf.page, frame);
@@ -251,9 +263,10 @@ impl<P: PhysMem> VmSpace<P> {
             scanned += 1;
             victims.push(va, frame);
         }
-        vm.stats.scanned += scanned;
+        count(&vm.stats.scanned, scanned);
         if let Some(&(va, _, _)) = victims.as_slice().last() {
-            self.clock_hand = va.as_u64() + PAGE_SIZE;
+            self.clock_hand
+                .store(va.as_u64() + PAGE_SIZE, Ordering::Relaxed);
         }
     }
 
@@ -262,128 +275,145 @@ impl<P: PhysMem> VmSpace<P> {
     /// evicts. A page it names that cannot go now (shared by a fork since)
     /// is given back to the policy, which offers it again later.
     fn victims_by_policy(
-        &mut self,
-        vm: &mut Vm,
+        &self,
+        m: &PageTables<P>,
+        policy: &mut (dyn ReplacementPolicy + Send),
+        vm: &Vm,
         want: usize,
         flush: &mut Flush,
         victims: &mut Batch,
     ) {
-        let mut policy = self.policy.take().expect("checked by the caller");
         let zero = vm.zero_frame();
         let mut scanned = 0;
-        let mapper = &self.mapper;
         let (lo, hi) = self.areas.bounds();
-        self.for_each_anonymous_leaf(lo, hi, |leaf| {
+        for_each_anonymous_leaf(&self.areas, m, lo, hi, |leaf| {
             let frame = PhysFrame::containing_address(leaf.frame);
             if frame == zero || vm.share_count(frame) != 1 {
                 return;
             }
             scanned += 1;
-            if mapper.clear_accessed(leaf.page) {
+            if m.clear_accessed(leaf.page) {
                 flush.add(leaf.page.as_u64());
                 policy.referenced(leaf.page.as_u64() >> 12);
             }
         });
-        vm.stats.scanned += scanned;
+        count(&vm.stats.scanned, scanned);
         let mut kept = Batch::new();
         let mut tries = policy.resident_len();
         while victims.len < want && tries > 0 && !kept.is_full() {
             tries -= 1;
             let Some(id) = policy.evict() else { break };
             let va = VirtAddr::new(id << 12);
-            let frame = self
-                .mapper
-                .translate(va)
-                .ok()
-                .map(|t| PhysFrame::containing_address(t.frame))
-                .filter(|&f| f != zero && vm.share_count(f) == 1);
-            match frame {
-                Some(f) => victims.push(va, f),
-                None if self.mapper.translate(va).is_ok() => kept.push(va, zero),
-                None => {} // gone: nothing to track
+            let Ok(t) = m.translate(va) else {
+                continue; // gone: nothing to track
+            };
+            let f = PhysFrame::containing_address(t.frame);
+            if f != zero && vm.share_count(f) == 1 {
+                victims.push(va, f);
+            } else {
+                kept.push(va, zero);
             }
         }
         for &(va, _, _) in kept.as_slice() {
             let _ = policy.insert(va.as_u64() >> 12);
         }
-        self.policy = Some(policy);
     }
 
     /// Reads a swapped-out page back (and, after a sequential refault, the
-    /// pages whose entries name the next slots, in the same request). On
-    /// error every frame taken is given back and every entry is as before.
+    /// pages whose entries name the next slots, in the same request), with
+    /// no lock held: the caller marked the page's entry busy, readahead
+    /// marks the others. On error every frame taken is given back and every
+    /// entry is as before.
     pub(crate) fn swap_in<A: FrameSource + ?Sized>(
-        &mut self,
-        vm: &mut Vm,
+        &self,
+        vm: &Vm,
         page: Page<Size4KiB>,
         entry: u64,
         prot: Prot,
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<FaultOutcome, FaultReason> {
-        let bad = crate::paging::PagingError::NotMapped {
-            addr: page.start_address(),
+        let va = page.start_address();
+        let unmark = |this: &Self| this.put_entry(va, entry);
+        let (Some(slot), Some(swap)) = (slot_of(entry), vm.swap.as_ref()) else {
+            unmark(self);
+            return Err(FaultReason::Paging(crate::paging::PagingError::NotMapped {
+                addr: va,
+            }));
         };
-        let (Some(slot), true) = (slot_of(entry), vm.swap.is_some()) else {
-            return Err(FaultReason::Paging(bad));
+        let first = match self.new_frame(vm, frames, tlb) {
+            Ok(f) => f,
+            Err(e) => {
+                unmark(self);
+                return Err(e);
+            }
         };
-        let first = self.new_frame(vm, frames, tlb)?;
-        let va = page.start_address().as_u64();
         let mut run = Batch::new();
-        run.push(page.start_address(), first);
-        let area_end = self.areas.find(va).map_or(va + PAGE_SIZE, |a| a.end);
-        if self.last_swap_in + PAGE_SIZE == va {
+        run.push(va, first);
+        run.as_mut_slice()[0].2 = entry;
+        let v = va.as_u64();
+        let area_end = self.areas.find(v).map_or(v + PAGE_SIZE, |a| a.end);
+        if self.last_swap_in.load(Ordering::Relaxed) + PAGE_SIZE == v {
             for k in 1..vm.readahead().min(CLUSTER as u64) {
-                let next = va + k * PAGE_SIZE;
+                let next = v + k * PAGE_SIZE;
+                if next >= area_end {
+                    break;
+                }
                 let ahead = VirtAddr::new(next);
-                if next >= area_end || self.mapper.soft_entry(ahead) != Some(swap_entry(slot + k)) {
+                let want = swap_entry(slot + k);
+                let mut m = self.mapper.lock();
+                if m.soft_entry(ahead) != Some(want) {
                     break;
                 }
                 let Some(f) = vm.alloc_frame(frames) else {
                     break;
                 };
+                m.exchange_pte(ahead, want | BUSY).expect("checked above");
                 run.push(ahead, f);
+                run.as_mut_slice().last_mut().expect("pushed").2 = want;
             }
         }
-        let give_back = |vm: &mut Vm, frames: &mut A, run: &[(VirtAddr, PhysFrame, u64)]| {
-            for &(_, f, _) in run {
+        let give_back = |this: &Self, frames: &mut A, run: &[(VirtAddr, PhysFrame, u64)]| {
+            for &(va, f, e) in run {
+                this.put_entry(va, e);
                 vm.release_frame(f, frames);
             }
         };
+        let phys = &self.phys;
         let mut bufs: Vec<&mut [u8; PAGE_BYTES]> = Vec::new();
         if bufs.try_reserve_exact(run.len).is_err() {
-            give_back(vm, frames, run.as_slice());
+            give_back(self, frames, run.as_slice());
             return Err(FaultReason::OutOfMemory);
         }
         // SAFETY: frames just allocated, distinct, used by nothing else yet.
         bufs.extend(
             run.as_slice()
                 .iter()
-                .map(|&(_, f, _)| unsafe { &mut *page_ptr(self.mapper.phys_mem(), f) }),
+                .map(|&(_, f, _)| unsafe { &mut *page_ptr(phys, f) }),
         );
-        let swap = vm.swap.as_mut().expect("checked above");
-        let read = swap.device.read(slot, &mut bufs);
+        let read = swap.device.lock().read(slot, &mut bufs);
         drop(bufs);
         if let Err(e) = read {
-            give_back(vm, frames, run.as_slice());
+            give_back(self, frames, run.as_slice());
             return Err(FaultReason::SwapIo(e));
         }
         let mut mapped = 0;
         for (i, &(p, f, _)) in run.as_slice().iter().enumerate() {
             let p = Page::<Size4KiB>::containing_address(p);
-            // Over a non-present entry: nothing to invalidate.
-            match self.mapper.map(p, f, prot.map_flags(true), frames) {
+            // Over the busy mark: a non-present entry, which no CPU caches.
+            let r = self.mapper.lock().map(p, f, prot.map_flags(true), frames);
+            match r {
                 Ok(flush) => {
                     flush.ignore();
                     // The entry's reference to the slot moves to the cache.
-                    let swap = vm.swap.as_mut().expect("checked above");
-                    swap.cache(f.start_address().as_u64() / PAGE_SIZE, slot + i as u64);
+                    swap.state()
+                        .cache(f.start_address().as_u64() / PAGE_SIZE, slot + i as u64);
                     self.track(p);
                     mapped += 1;
                 }
                 Err(e) => {
                     // This page and the ones after it stay on swap.
-                    give_back(vm, frames, &run.as_slice()[i..]);
+                    give_back(self, frames, &run.as_slice()[i..]);
                     if i == 0 {
                         return Err(FaultReason::Paging(e));
                     }
@@ -391,11 +421,12 @@ impl<P: PhysMem> VmSpace<P> {
                 }
             }
         }
-        self.last_swap_in = run.as_slice()[mapped - 1].0.as_u64();
-        vm.stats.major_faults += 1;
-        vm.stats.refaults += 1;
-        vm.stats.swap_ins += mapped as u64;
-        vm.stats.readahead += mapped as u64 - 1;
+        let last = run.as_slice()[mapped - 1].0.as_u64();
+        self.last_swap_in.store(last, Ordering::Relaxed);
+        count(&vm.stats.major_faults, 1);
+        count(&vm.stats.refaults, 1);
+        count(&vm.stats.swap_ins, mapped as u64);
+        count(&vm.stats.readahead, mapped as u64 - 1);
         Ok(FaultOutcome::SwappedIn)
     }
 }

@@ -1,46 +1,79 @@
 //! Page-fault resolution in one address space: the decision (refuse, map the zero page, fill
 //! a frame, copy on write, swap in) and its effect on the tables and the statistics.
+//!
+//! Faults take the space by shared reference, so faults of one space run at
+//! once on several CPUs. The page tables are locked only to look at an entry
+//! and to write one: a frame is allocated, zeroed or copied, and a page read
+//! from swap, with no lock held; the entry is then checked again under the
+//! lock, and a fault that lost the race to another one gives its frame back.
+//! A page in transit (being read in, or written out by reclaim) is marked in
+//! its entry, and a fault on it waits for that transfer.
 
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
 
 use super::gather::Gather;
 use super::space::KERNEL_HALF_START;
+use super::stats::count;
+use super::swap::BUSY;
 use super::vm::{copy_frame, fill_zero};
 use super::{AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, Prot, Vm, VmSpace};
-use crate::paging::{Flush, FrameSource, LeafSize, PagingError, PhysMem};
+use crate::paging::{FrameSource, LeafSize, PagingError, PhysMem};
 use crate::smp::Tlb;
+
+/// What a look at the page's entry decided, with the page tables unlocked again.
+enum Step {
+    Done(FaultOutcome),
+    /// Needs a new frame, zeroed (`from` is `None`) or a copy of `from`, to
+    /// replace the entry `expect` (0 for an empty one).
+    Fill {
+        from: Option<PhysFrame>,
+        expect: u64,
+    },
+    /// The page is on swap, its entry now marked busy: read it in.
+    SwapIn {
+        entry: u64,
+    },
+    /// Another fault or reclaim is moving the page: look again.
+    Wait,
+}
 
 impl<P: PhysMem> VmSpace<P> {
     /// Resolves a page fault at `addr` with the decoded error code: maps
-    /// the zero page or a zeroed frame, copies on write, or reports why the
-    /// access is not allowed. Any address and any error code give a
-    /// result; on error the page is as before (pages reclaimed to find a
-    /// frame stay reclaimed). Translations it replaced are invalidated on
-    /// the space's CPUs, and the running one, before it returns.
+    /// the zero page or a zeroed frame, copies on write, reads the page back
+    /// from swap, or reports why the access is not allowed. Any address and
+    /// any error code give a result; on error the page is as before (pages
+    /// reclaimed to find a frame stay reclaimed). Translations it replaced
+    /// are invalidated on the space's CPUs, and the running one, before it
+    /// returns.
+    ///
+    /// Takes the space by shared reference: faults of one space may run on
+    /// several CPUs at once (a kernel holds its address-space lock for
+    /// reading); `unmap`, `protect` and `fork` take it exclusively. A fault
+    /// on a page in transit spins, holding no lock, until the transfer
+    /// ends: run faults with interrupts enabled, or serve TLB shootdowns
+    /// while spinning, so the CPU moving the page can finish.
     pub fn handle_fault<A: FrameSource + ?Sized>(
-        &mut self,
-        vm: &mut Vm,
+        &self,
+        vm: &Vm,
         addr: VirtAddr,
         access: FaultAccess,
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<FaultOutcome, FaultError> {
-        vm.stats.faults += 1;
+        count(&vm.stats.faults, 1);
         let result = self.resolve(vm, (addr, access), frames, tlb);
+        let s = &vm.stats;
         match &result {
-            Ok(outcome) => {
-                let s = &mut vm.stats;
-                match outcome {
-                    FaultOutcome::ZeroFilled => s.zero_fills += 1,
-                    FaultOutcome::ZeroPageMapped => s.zero_page_maps += 1,
-                    FaultOutcome::CopiedOnWrite => s.cow_copies += 1,
-                    FaultOutcome::ReusedOnWrite => s.cow_reuses += 1,
-                    FaultOutcome::Spurious => s.spurious += 1,
-                    FaultOutcome::FixedMapped | FaultOutcome::SwappedIn => {}
-                }
-            }
-            Err(e) if e.reason.is_refusal() => vm.stats.protection_faults += 1,
+            Ok(outcome) => match outcome {
+                FaultOutcome::ZeroFilled => count(&s.zero_fills, 1),
+                FaultOutcome::ZeroPageMapped => count(&s.zero_page_maps, 1),
+                FaultOutcome::CopiedOnWrite => count(&s.cow_copies, 1),
+                FaultOutcome::ReusedOnWrite => count(&s.cow_reuses, 1),
+                FaultOutcome::Spurious => count(&s.spurious, 1),
+                FaultOutcome::FixedMapped | FaultOutcome::SwappedIn => {}
+            },
+            Err(e) if e.reason.is_refusal() => count(&s.protection_faults, 1),
             Err(_) => {}
         }
         result
@@ -48,8 +81,8 @@ impl<P: PhysMem> VmSpace<P> {
 
     /// [`handle_fault`](Self::handle_fault) but for its statistics.
     fn resolve<A: FrameSource + ?Sized>(
-        &mut self,
-        vm: &mut Vm,
+        &self,
+        vm: &Vm,
         (addr, access): (VirtAddr, FaultAccess),
         frames: &mut A,
         tlb: &mut Tlb<'_>,
@@ -81,56 +114,78 @@ impl<P: PhysMem> VmSpace<P> {
             return Err(fail(FaultReason::ExecuteNoExec));
         }
         let page = Page::<Size4KiB>::containing_address(addr);
-        let paging = |e: PagingError| {
-            fail(match e {
-                PagingError::OutOfFrames { .. } => FaultReason::OutOfMemory,
-                e => FaultReason::Paging(e),
-            })
+        loop {
+            let step = self
+                .decide(vm, page, area.kind, prot, access, frames, tlb)
+                .map_err(fail)?;
+            match step {
+                Step::Done(outcome) => return Ok(outcome),
+                Step::Wait => core::hint::spin_loop(),
+                Step::SwapIn { entry } => {
+                    return self
+                        .swap_in(vm, page, entry, prot, frames, tlb)
+                        .map_err(fail);
+                }
+                Step::Fill { from, expect } => {
+                    if let Some(outcome) = self
+                        .fill(vm, page, prot, from, expect, frames, tlb)
+                        .map_err(fail)?
+                    {
+                        return Ok(outcome);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Looks at the page's entry under the page-table lock and does what
+    /// needs no frame and no I/O at once.
+    #[allow(clippy::too_many_arguments)]
+    fn decide<A: FrameSource + ?Sized>(
+        &self,
+        vm: &Vm,
+        page: Page<Size4KiB>,
+        kind: AreaKind,
+        prot: Prot,
+        access: FaultAccess,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<Step, FaultReason> {
+        let paging = |e: PagingError| match e {
+            PagingError::OutOfFrames { .. } => FaultReason::OutOfMemory,
+            e => FaultReason::Paging(e),
         };
-        // A new mapping over a non-present entry: no CPU caches it.
-        let done = |outcome, flush: Flush| {
-            flush.ignore();
-            Ok(outcome)
-        };
-        let t = match self.mapper.translate(page.start_address()) {
+        let va = page.start_address();
+        let mut m = self.mapper.lock();
+        let t = match m.translate(va) {
             Ok(t) => t,
             Err(PagingError::NotMapped { .. }) => {
-                return match area.kind {
-                    AreaKind::Fixed { phys } => {
-                        let frame = PhysFrame::containing_address(
-                            phys + (page.start_address().as_u64() - area.start),
-                        );
-                        let flush = self
-                            .mapper
-                            .map(page, frame, prot.map_flags(true), frames)
-                            .map_err(paging)?;
-                        done(FaultOutcome::FixedMapped, flush)
+                if let AreaKind::Fixed { phys } = kind {
+                    let area = self.areas.find(va.as_u64()).expect("checked by the caller");
+                    let frame = PhysFrame::containing_address(phys + (va.as_u64() - area.start));
+                    // A new mapping over a non-present entry: no CPU caches it.
+                    m.map(page, frame, prot.map_flags(true), frames)
+                        .map_err(paging)?
+                        .ignore();
+                    return Ok(Step::Done(FaultOutcome::FixedMapped));
+                }
+                return match m.soft_entry(va) {
+                    Some(e) if e & BUSY != 0 => Ok(Step::Wait),
+                    Some(entry) => {
+                        // This fault reads it in; others wait for the mark to go.
+                        let was = m.exchange_pte(va, entry | BUSY).map_err(paging)?;
+                        debug_assert_eq!(was, entry);
+                        Ok(Step::SwapIn { entry })
                     }
-                    _ => {
-                        if let Some(entry) = self.mapper.soft_entry(page.start_address()) {
-                            return self
-                                .swap_in(vm, page, entry, prot, frames, tlb)
-                                .map_err(fail);
-                        }
-                        if !access.write {
-                            let flush = self
-                                .mapper
-                                .map(page, vm.zero_frame(), prot.map_flags(false), frames)
-                                .map_err(paging)?;
-                            return done(FaultOutcome::ZeroPageMapped, flush);
-                        }
-                        let frame = self.new_frame(vm, frames, tlb).map_err(fail)?;
-                        fill_zero(self.mapper.phys_mem(), frame);
-                        match self.mapper.map(page, frame, prot.map_flags(true), frames) {
-                            Ok(flush) => {
-                                self.track(page);
-                                done(FaultOutcome::ZeroFilled, flush)
-                            }
-                            Err(e) => {
-                                vm.release_frame(frame, frames);
-                                Err(paging(e))
-                            }
-                        }
+                    None if access.write => Ok(Step::Fill {
+                        from: None,
+                        expect: 0,
+                    }),
+                    None => {
+                        m.map(page, vm.zero_frame(), prot.map_flags(false), frames)
+                            .map_err(paging)?
+                            .ignore();
+                        Ok(Step::Done(FaultOutcome::ZeroPageMapped))
                     }
                 };
             }
@@ -140,15 +195,16 @@ impl<P: PhysMem> VmSpace<P> {
             && (!access.exec || t.access.executable)
             && (!access.user || t.access.user);
         if allowed {
+            drop(m);
             if access.present && !access.user && t.access.user {
                 // The page allows it, the CPU refused: SMAP or SMEP.
-                return Err(fail(FaultReason::KernelToUser));
+                return Err(FaultReason::KernelToUser);
             }
-            let mut flush = Flush::none();
-            flush.add(page.start_address().as_u64());
             // Only this CPU's TLB can be stale for a fault it took.
+            let mut flush = crate::paging::Flush::none();
+            flush.add(va.as_u64());
             tlb.invalidate_local(flush, self.pml4(), &self.cpus);
-            return Ok(FaultOutcome::Spurious);
+            return Ok(Step::Done(FaultOutcome::Spurious));
         }
         if t.size != LeafSize::Size4KiB {
             return Err(paging(PagingError::HugePageInTheWay {
@@ -158,54 +214,96 @@ impl<P: PhysMem> VmSpace<P> {
             }));
         }
         let old = PhysFrame::containing_address(t.frame);
-        if access.write && !t.access.writable && area.kind == AreaKind::Anonymous {
-            let flags = prot.map_flags(true);
+        if access.write && !t.access.writable && kind == AreaKind::Anonymous {
             if old != vm.zero_frame() && vm.share_count(old) == 1 {
                 // Same frame, more rights: Dirty and Accessed stay; other CPUs
                 // at worst take a spurious fault on their read-only entry.
-                let flush = self.mapper.protect(page, flags).map_err(paging)?;
+                let flush = m.protect(page, prot.map_flags(true)).map_err(paging)?;
+                drop(m);
                 tlb.invalidate_local(flush, self.pml4(), &self.cpus);
                 self.track(page);
-                return Ok(FaultOutcome::ReusedOnWrite);
+                return Ok(Step::Done(FaultOutcome::ReusedOnWrite));
             }
-            let new = self.new_frame(vm, frames, tlb).map_err(fail)?;
-            if old == vm.zero_frame() {
-                fill_zero(self.mapper.phys_mem(), new);
-            } else {
-                copy_frame(self.mapper.phys_mem(), old, new);
-            }
-            // The page is mapped (translated above): remap needs no frame.
-            let f = match self.mapper.remap(page, new, flags) {
-                Ok((_, f)) => f,
-                Err(e) => {
-                    vm.release_frame(new, frames);
-                    return Err(paging(e));
-                }
-            };
-            self.track(page);
-            // Other CPUs may still read the old frame through this page:
-            // they must stop before its other sharer may reuse it in place.
-            let mut gather = Gather::new();
-            gather.flush(f);
-            gather.page(old);
-            self.finish(gather, vm, frames, tlb);
-            if old == vm.zero_frame() {
-                return Ok(FaultOutcome::ZeroFilled);
-            }
-            return Ok(FaultOutcome::CopiedOnWrite);
+            let expect = m.leaf_entry(va).unwrap_or(0);
+            let from = (old != vm.zero_frame()).then_some(old);
+            return Ok(Step::Fill { from, expect });
         }
         // The page is stricter than its area (fixed memory after a
         // protect, a user bit missing): bring it in line.
-        let private = area.kind != AreaKind::Anonymous
-            || (old != vm.zero_frame() && vm.share_count(old) == 1);
-        let flush = self
-            .mapper
-            .protect(page, prot.map_flags(private))
-            .map_err(paging)?;
+        let private =
+            kind != AreaKind::Anonymous || (old != vm.zero_frame() && vm.share_count(old) == 1);
+        let flush = m.protect(page, prot.map_flags(private)).map_err(paging)?;
+        drop(m);
         // Rare, and it may also remove a right: invalidate everywhere.
         let mut gather = Gather::new();
         gather.flush(flush);
         self.finish(gather, vm, frames, tlb);
-        Ok(FaultOutcome::Spurious)
+        Ok(Step::Done(FaultOutcome::Spurious))
+    }
+
+    /// A new frame, zeroed or a copy of `from`, made with no lock held,
+    /// then mapped if the entry is still `expect`. `None`: another fault
+    /// changed the entry first (the frame went back): look again.
+    #[allow(clippy::too_many_arguments)]
+    fn fill<A: FrameSource + ?Sized>(
+        &self,
+        vm: &Vm,
+        page: Page<Size4KiB>,
+        prot: Prot,
+        from: Option<PhysFrame>,
+        expect: u64,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<Option<FaultOutcome>, FaultReason> {
+        let new = self.new_frame(vm, frames, tlb)?;
+        match from {
+            Some(old) => copy_frame(&self.phys, old, new),
+            None => fill_zero(&self.phys, new),
+        }
+        let va = page.start_address();
+        let flags = prot.map_flags(true);
+        let mut m = self.mapper.lock();
+        let now = m.leaf_entry(va).or_else(|| m.soft_entry(va)).unwrap_or(0);
+        if now != expect && (expect == 0 || now & !0x60 != expect & !0x60) {
+            // Lost a race (ignoring Accessed and Dirty, which the CPU sets).
+            drop(m);
+            vm.release_frame(new, frames);
+            return Ok(None);
+        }
+        if expect == 0 {
+            match m.map(page, new, flags, frames) {
+                Ok(flush) => {
+                    drop(m);
+                    flush.ignore(); // over an empty entry
+                    self.track(page);
+                    return Ok(Some(FaultOutcome::ZeroFilled));
+                }
+                Err(e) => {
+                    drop(m);
+                    vm.release_frame(new, frames);
+                    return Err(match e {
+                        PagingError::OutOfFrames { .. } => FaultReason::OutOfMemory,
+                        e => FaultReason::Paging(e),
+                    });
+                }
+            }
+        }
+        // The page is mapped (checked above): remap needs no frame.
+        let (old, f) = m
+            .remap(page, new, flags)
+            .expect("a mapped 4 KiB page can be remapped");
+        drop(m);
+        self.track(page);
+        // Other CPUs may still read the old frame through this page: they
+        // must stop before its other sharer may reuse it in place.
+        let mut gather = Gather::new();
+        gather.flush(f);
+        gather.page(old);
+        self.finish(gather, vm, frames, tlb);
+        Ok(Some(if from.is_none() {
+            FaultOutcome::ZeroFilled
+        } else {
+            FaultOutcome::CopiedOnWrite
+        }))
     }
 }

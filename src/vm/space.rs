@@ -5,6 +5,7 @@
 use super::areas::AreaSet;
 use super::gather::Gather;
 use super::replace::ReplacementPolicy;
+use super::stats::count;
 use super::{Area, AreaKind, Prot, Vm, VmError};
 use crate::paging::{
     AddressSpace, CopyAs, CopyLeaf, FrameSource, Leaf, LeafSize, PageTables, PhysMem,
@@ -12,6 +13,7 @@ use crate::paging::{
 use crate::smp::{ActiveCpus, Tlb};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::sync::atomic::AtomicU64;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
 
@@ -40,16 +42,25 @@ pub const USER_RANGE: (u64, u64) = (PAGE, 0x0000_8000_0000_0000);
 /// [`handle_fault`]: Self::handle_fault
 /// [`fork`]: Self::fork
 pub struct VmSpace<P: PhysMem> {
-    pub(super) mapper: PageTables<P>,
+    /// Locked only to look at or write entries, never across frame
+    /// zeroing, copying or device I/O; `&mut self` operations reach it
+    /// without locking.
+    pub(super) mapper: spin::Mutex<PageTables<P>>,
+    /// The top-level table (what CR3 holds while the space is active).
+    pub(super) pml4: PhysFrame,
+    /// The mapper's access to physical memory, to zero, copy and write out
+    /// frames with the page tables unlocked.
+    pub(super) phys: P,
     /// Boxed: keeps a space small enough to hand back by value in errors.
     pub(super) areas: Box<AreaSet>,
     /// Where the reclaim scan goes on (CLOCK hand).
-    pub(super) clock_hand: u64,
+    pub(super) clock_hand: AtomicU64,
     /// The page of the last swap-in, to spot sequential refaults.
-    pub(super) last_swap_in: u64,
+    pub(super) last_swap_in: AtomicU64,
     /// Chooses the pages reclaim gives up (page ids: virtual page numbers);
     /// without one, reclaim runs its own CLOCK over the Accessed bits.
-    pub(super) policy: Option<Box<dyn ReplacementPolicy + Send>>,
+    /// Locked after the page tables.
+    pub(super) policy: spin::Mutex<Option<Box<dyn ReplacementPolicy + Send>>>,
     /// The CPUs that have (or lazily may still have) the space loaded.
     pub(super) cpus: ActiveCpus,
 }
@@ -57,14 +68,29 @@ pub struct VmSpace<P: PhysMem> {
 impl<P: PhysMem> core::fmt::Debug for VmSpace<P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("VmSpace")
-            .field("pml4", &self.mapper.pml4())
+            .field("pml4", &self.pml4)
             .field("areas", &self.areas.len())
-            .field("policy", &self.policy.as_ref().map(|p| p.name()))
             .finish()
     }
 }
 
 impl<P: PhysMem + Clone> VmSpace<P> {
+    /// Manages `[lo, hi)` of the hierarchy of `mapper`, which must map
+    /// nothing there yet. The space owns the hierarchy from now on:
+    /// [`destroy`](Self::destroy) frees its lower half and its PML4.
+    pub fn with_mapper(mapper: PageTables<P>, lo: u64, hi: u64) -> Self {
+        Self {
+            pml4: mapper.pml4(),
+            phys: mapper.phys_mem().clone(),
+            mapper: spin::Mutex::new(mapper),
+            areas: Box::new(AreaSet::new(lo, hi)),
+            clock_hand: AtomicU64::new(lo),
+            last_swap_in: AtomicU64::new(0),
+            policy: spin::Mutex::new(None),
+            cpus: ActiveCpus::new(),
+        }
+    }
+
     /// A new, empty user address space (managing [`USER_RANGE`]) whose
     /// kernel half is that of `kernel`.
     pub fn new_user<A: FrameSource + ?Sized>(
@@ -87,7 +113,7 @@ impl<P: PhysMem + Clone> VmSpace<P> {
     /// write access are invalidated on its CPUs before it returns.
     pub fn fork<A: FrameSource + ?Sized>(
         &mut self,
-        vm: &mut Vm,
+        vm: &Vm,
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<Self, VmError> {
@@ -98,20 +124,14 @@ impl<P: PhysMem + Clone> VmSpace<P> {
                 len: hi - lo,
             });
         }
-        let space = AddressSpace::new(&self.mapper, frames)?;
-        let mut child = Self {
-            mapper: space.into_mapper(),
-            areas: self.areas.clone(),
-            clock_hand: 0,
-            last_swap_in: 0,
-            policy: None,
-            cpus: ActiveCpus::new(),
-        };
+        let space = AddressSpace::new(self.mapper.get_mut(), frames)?;
+        let mut child = Self::with_mapper(space.into_mapper(), USER_RANGE.0, USER_RANGE.1);
+        child.areas = self.areas.clone();
         // Leaves come in address order: walk the areas alongside.
         let mut areas = self.areas.iter().peekable();
         let zero = vm.zero_frame().start_address();
-        let copied = self.mapper.copy_leaves_into(
-            &mut child.mapper,
+        let copied = self.mapper.get_mut().copy_leaves_into(
+            child.mapper.get_mut(),
             VirtAddr::new(lo),
             hi - lo,
             frames,
@@ -136,7 +156,7 @@ impl<P: PhysMem + Clone> VmSpace<P> {
             Ok(flush) => {
                 // Other threads of this space must stop writing the frames now shared.
                 let acked = tlb.invalidate(flush, self.pml4(), &self.cpus);
-                vm.stats.shootdowns += u64::from(acked.rounds());
+                count(&vm.stats.shootdowns, u64::from(acked.rounds()));
                 Ok(child)
             }
             Err(e) => {
@@ -149,20 +169,6 @@ impl<P: PhysMem + Clone> VmSpace<P> {
 }
 
 impl<P: PhysMem> VmSpace<P> {
-    /// Manages `[lo, hi)` of the hierarchy of `mapper`, which must map
-    /// nothing there yet. The space owns the hierarchy from now on:
-    /// [`destroy`](Self::destroy) frees its lower half and its PML4.
-    pub fn with_mapper(mapper: PageTables<P>, lo: u64, hi: u64) -> Self {
-        Self {
-            mapper,
-            areas: Box::new(AreaSet::new(lo, hi)),
-            clock_hand: lo,
-            last_swap_in: 0,
-            policy: None,
-            cpus: ActiveCpus::new(),
-        }
-    }
-
     /// The CPUs that may cache this space's translations: a kernel
     /// [`enter`](ActiveCpus::enter)s a CPU before loading [`pml4`](Self::pml4)
     /// into its CR3 and [`leave`](ActiveCpus::leave)s it after loading
@@ -176,28 +182,29 @@ impl<P: PhysMem> VmSpace<P> {
     pub(super) fn finish<A: FrameSource + ?Sized>(
         &self,
         gather: Gather,
-        vm: &mut Vm,
+        vm: &Vm,
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) {
         gather.finish(tlb, self.pml4(), &self.cpus, vm, frames);
     }
 
-    /// The page tables, to activate the space or audit its mappings.
-    pub fn mapper(&self) -> &PageTables<P> {
-        &self.mapper
+    /// The page tables, locked, to audit the space's mappings or translate
+    /// an address: drop the guard before the next call on the space.
+    pub fn mapper(&self) -> spin::MutexGuard<'_, PageTables<P>> {
+        self.mapper.lock()
     }
 
     /// What the MMU does on an access to the page of `va`: sets its
     /// Accessed bit, and Dirty for a write. For emulated CPUs in tests.
     #[cfg(feature = "testing")]
-    pub fn simulate_access(&mut self, va: VirtAddr, write: bool) {
-        self.mapper.simulate_access(va, write);
+    pub fn simulate_access(&self, va: VirtAddr, write: bool) {
+        self.mapper.lock().simulate_access(va, write);
     }
 
     /// The top-level table (what CR3 holds while the space is active).
     pub fn pml4(&self) -> PhysFrame {
-        self.mapper.pml4()
+        self.pml4
     }
 
     /// The area holding `addr`.
@@ -287,6 +294,7 @@ impl<P: PhysMem> VmSpace<P> {
             }
             if prot.accessible() {
                 self.mapper
+                    .get_mut()
                     .map_range_with(
                         VirtAddr::new(a),
                         phys,
@@ -316,7 +324,7 @@ impl<P: PhysMem> VmSpace<P> {
         &mut self,
         addr: u64,
         len: u64,
-        vm: &mut Vm,
+        vm: &Vm,
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<(), VmError> {
@@ -332,17 +340,17 @@ impl<P: PhysMem> VmSpace<P> {
     /// the frame limit); pages already resident are not known to it, so set
     /// it on a new space.
     pub fn set_policy(&mut self, policy: Box<dyn ReplacementPolicy + Send>) {
-        self.policy = Some(policy);
+        *self.policy.get_mut() = Some(policy);
     }
 
-    /// The policy, for its counters.
-    pub fn policy(&self) -> Option<&(dyn ReplacementPolicy + Send)> {
-        self.policy.as_deref()
+    /// The policy's name and its counters.
+    pub fn policy_stats(&self) -> Option<(&'static str, super::replace::ReplaceStats)> {
+        self.policy.lock().as_ref().map(|p| (p.name(), p.stats()))
     }
 
     /// Tells the policy that the page now holds a frame of its own.
-    pub(super) fn track(&mut self, page: Page<Size4KiB>) {
-        if let Some(policy) = self.policy.as_mut() {
+    pub(super) fn track(&self, page: Page<Size4KiB>) {
+        if let Some(policy) = self.policy.lock().as_mut() {
             let id = page.start_address().as_u64() >> 12;
             if !policy.is_resident(id) {
                 while policy.resident_len() >= policy.capacity() && policy.evict().is_some() {}
@@ -353,8 +361,13 @@ impl<P: PhysMem> VmSpace<P> {
 
     /// Calls `f` with every mapped page of anonymous areas within `[a, b)`;
     /// returns how many page tables (an upper bound) the walk crossed.
-    pub(super) fn for_each_anonymous_leaf(&self, a: u64, b: u64, f: impl FnMut(&Leaf)) -> usize {
-        for_each_anonymous_leaf(&self.areas, &self.mapper, a, b, f)
+    pub(super) fn for_each_anonymous_leaf(
+        &mut self,
+        a: u64,
+        b: u64,
+        f: impl FnMut(&Leaf),
+    ) -> usize {
+        for_each_anonymous_leaf(&self.areas, self.mapper.get_mut(), a, b, f)
     }
 
     /// Unmaps the pages of `[a, b)` into `gather`: the anonymous frames
@@ -364,7 +377,7 @@ impl<P: PhysMem> VmSpace<P> {
         &mut self,
         a: u64,
         b: u64,
-        vm: &mut Vm,
+        vm: &Vm,
         frames: &mut A,
         gather: &mut Gather,
     ) -> Result<(), VmError> {
@@ -372,6 +385,7 @@ impl<P: PhysMem> VmSpace<P> {
         self.for_each_anonymous_leaf(a, b, |_| leaves += 1);
         let tables = self
             .mapper
+            .get_mut()
             .for_each_leaf_in(VirtAddr::new(a), b - a, |_| {})
             .tables;
         gather
@@ -383,6 +397,7 @@ impl<P: PhysMem> VmSpace<P> {
             policy,
             ..
         } = self;
+        let (mapper, policy) = (mapper.get_mut(), policy.get_mut());
         for_each_anonymous_leaf(areas, mapper, a, b, |leaf| {
             gather.page(PhysFrame::containing_address(leaf.frame));
             if let Some(policy) = policy.as_mut() {
@@ -415,7 +430,7 @@ impl<P: PhysMem> VmSpace<P> {
         addr: u64,
         len: u64,
         prot: Prot,
-        vm: &mut Vm,
+        vm: &Vm,
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<(), VmError> {
@@ -427,10 +442,10 @@ impl<P: PhysMem> VmSpace<P> {
             return Err(VmError::Unmapped { addr });
         }
         let mut count = 0;
+        let mapper = self.mapper.get_mut();
         for area in self.areas.overlapping(a, b) {
             let (s, e) = (area.start.max(a), area.end.min(b));
-            self.mapper
-                .for_each_leaf_in(VirtAddr::new(s), e - s, |_| count += 1);
+            mapper.for_each_leaf_in(VirtAddr::new(s), e - s, |_| count += 1);
         }
         let mut pages: Vec<(VirtAddr, PhysFrame, AreaKind)> = Vec::new();
         pages
@@ -439,10 +454,9 @@ impl<P: PhysMem> VmSpace<P> {
         for area in self.areas.overlapping(a, b) {
             let (s, e) = (area.start.max(a), area.end.min(b));
             let kind = area.kind;
-            self.mapper
-                .for_each_leaf_in(VirtAddr::new(s), e - s, |leaf| {
-                    pages.push((leaf.page, PhysFrame::containing_address(leaf.frame), kind));
-                });
+            mapper.for_each_leaf_in(VirtAddr::new(s), e - s, |leaf| {
+                pages.push((leaf.page, PhysFrame::containing_address(leaf.frame), kind));
+            });
         }
         let mut gather = Gather::new();
         for (page, frame, kind) in pages {
@@ -454,9 +468,7 @@ impl<P: PhysMem> VmSpace<P> {
                 crate::paging::MapFlags::READ
             };
             // Keeps Accessed and Dirty: a written page stays dirty.
-            let f = self
-                .mapper
-                .protect(Page::<Size4KiB>::containing_address(page), flags)?;
+            let f = mapper.protect(Page::<Size4KiB>::containing_address(page), flags)?;
             gather.flush(f);
         }
         self.areas.update(a, b, |area| Area { prot, ..area });
@@ -470,7 +482,7 @@ impl<P: PhysMem> VmSpace<P> {
     /// any CPU is still in its [`cpus`](Self::cpus).
     pub fn destroy<A: FrameSource + ?Sized>(
         mut self,
-        vm: &mut Vm,
+        vm: &Vm,
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<(), (Self, VmError)> {
@@ -486,17 +498,29 @@ impl<P: PhysMem> VmSpace<P> {
             self.areas.remove(a, b);
             self.finish(gather, vm, frames, tlb);
         }
-        let space = AddressSpace::from_mapper(self.mapper);
+        let Self {
+            mapper,
+            areas,
+            clock_hand,
+            policy,
+            cpus,
+            pml4,
+            phys,
+            ..
+        } = self;
+        let space = AddressSpace::from_mapper(mapper.into_inner());
         match space.destroy(&*tlb.mmu(), frames, false) {
             Ok(_) => Ok(()),
             Err((space, e)) => Err((
                 Self {
-                    mapper: space.into_mapper(),
-                    areas: self.areas,
-                    clock_hand: self.clock_hand,
-                    last_swap_in: 0,
-                    policy: self.policy,
-                    cpus: self.cpus,
+                    mapper: spin::Mutex::new(space.into_mapper()),
+                    pml4,
+                    phys,
+                    areas,
+                    clock_hand,
+                    last_swap_in: AtomicU64::new(0),
+                    policy,
+                    cpus,
                 },
                 e.into(),
             )),
@@ -513,11 +537,11 @@ impl<P: PhysMem> VmSpace<P> {
         for page in pages {
             let page = Page::<Size4KiB>::containing_address(page);
             // Unmapping a page this fork mapped: its tables exist.
-            if let Ok((_, f)) = self.mapper.unmap(page, frames) {
+            if let Ok((_, f)) = self.mapper.get_mut().unmap(page, frames) {
                 f.ignore(); // never active
             }
         }
-        let pml4 = self.mapper.pml4();
+        let pml4 = self.pml4;
         // SAFETY: every user-half table was freed with its last page above;
         // the PML4 is this space's own and was never active.
         unsafe { frames.deallocate_frame(pml4) };
@@ -526,7 +550,7 @@ impl<P: PhysMem> VmSpace<P> {
 
 /// Calls `f` with every mapped page of the anonymous areas of `areas`
 /// within `[a, b)`; returns how many page tables the walks crossed.
-fn for_each_anonymous_leaf<P: PhysMem>(
+pub(super) fn for_each_anonymous_leaf<P: PhysMem>(
     areas: &AreaSet,
     mapper: &PageTables<P>,
     a: u64,

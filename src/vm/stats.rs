@@ -1,4 +1,7 @@
-//! Counters of the virtual-memory layer.
+//! Counters of the virtual-memory layer: atomic while CPUs count, a
+//! plain snapshot for the kernel.
+
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// What the layer did since its [`Vm`](super::Vm) was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,4 +53,61 @@ pub struct VmStats {
     /// Frames an operation could not hold for release (the kernel heap was
     /// full): never reused, so never reachable through a stale translation.
     pub leaked_frames: u64,
+}
+
+/// The event counters of [`VmStats`], updated by CPUs at once (relaxed:
+/// each is a statistic, ordered with nothing).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) faults: AtomicU64,
+    pub(crate) zero_fills: AtomicU64,
+    pub(crate) zero_page_maps: AtomicU64,
+    pub(crate) cow_copies: AtomicU64,
+    pub(crate) cow_reuses: AtomicU64,
+    pub(crate) spurious: AtomicU64,
+    pub(crate) protection_faults: AtomicU64,
+    pub(crate) major_faults: AtomicU64,
+    pub(crate) swap_ins: AtomicU64,
+    pub(crate) swap_outs: AtomicU64,
+    pub(crate) scanned: AtomicU64,
+    pub(crate) reclaimed: AtomicU64,
+    pub(crate) refaults: AtomicU64,
+    pub(crate) zero_elided: AtomicU64,
+    pub(crate) swap_cache_hits: AtomicU64,
+    pub(crate) readahead: AtomicU64,
+    pub(crate) shootdowns: AtomicU64,
+    pub(crate) leaked_frames: AtomicU64,
+}
+
+impl Counters {
+    /// The counts now, the state fields left zero.
+    pub(crate) fn snapshot(&self) -> VmStats {
+        VmStats {
+            faults: self.faults.load(Relaxed),
+            zero_fills: self.zero_fills.load(Relaxed),
+            zero_page_maps: self.zero_page_maps.load(Relaxed),
+            cow_copies: self.cow_copies.load(Relaxed),
+            cow_reuses: self.cow_reuses.load(Relaxed),
+            spurious: self.spurious.load(Relaxed),
+            protection_faults: self.protection_faults.load(Relaxed),
+            major_faults: self.major_faults.load(Relaxed),
+            swap_ins: self.swap_ins.load(Relaxed),
+            swap_outs: self.swap_outs.load(Relaxed),
+            scanned: self.scanned.load(Relaxed),
+            reclaimed: self.reclaimed.load(Relaxed),
+            refaults: self.refaults.load(Relaxed),
+            zero_elided: self.zero_elided.load(Relaxed),
+            swap_cache_hits: self.swap_cache_hits.load(Relaxed),
+            readahead: self.readahead.load(Relaxed),
+            shootdowns: self.shootdowns.load(Relaxed),
+            leaked_frames: self.leaked_frames.load(Relaxed),
+            ..VmStats::default()
+        }
+    }
+}
+
+/// Adds `n` to the counter `c`.
+#[inline]
+pub(crate) fn count(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
 }

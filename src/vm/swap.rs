@@ -3,7 +3,8 @@
 //!
 //! A swapped-out page is a non-present 4 KiB entry `slot << 12 | 0b10`:
 //! bit 0 (present) is clear, so the CPU never uses it; bit 1 tells it from
-//! an empty entry (slot 0 included); bits 12..52 hold the slot.
+//! an empty entry (slot 0 included); bits 12..52 hold the slot. Bit 2
+//! marks a page in transit (see [`BUSY`]).
 //!
 //! A slot has one reference per page-table entry naming it (a fork shares
 //! the entry) plus one while the swap cache holds it: the cache maps a
@@ -11,9 +12,7 @@
 //! again without having been written (its Dirty bit clear) is dropped
 //! without writing. A slot is free when its last reference goes.
 
-use super::shares::Shares;
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -24,6 +23,11 @@ pub const PAGE_BYTES: usize = crate::PAGE_SIZE as usize;
 pub const CLUSTER: usize = 32;
 
 const SWAP_TAG: u64 = 0b10;
+
+/// Set in a non-present entry whose page is in transit (read in from swap,
+/// or unmapped by reclaim and being written out): a fault on it waits for
+/// the transfer, with no lock held, instead of resolving it a second time.
+pub(crate) const BUSY: u64 = 0b100;
 
 /// The page-table entry of a page swapped out to `slot`.
 pub(crate) const fn swap_entry(slot: u64) -> u64 {
@@ -147,9 +151,10 @@ struct Slots {
 }
 
 impl Slots {
-    fn new(count: u64) -> Self {
+    /// `count` free slots, their bits in `bits` (empty, with room reserved).
+    fn new(count: u64, mut bits: Vec<u64>) -> Self {
         let words = count.div_ceil(64) as usize;
-        let mut bits = vec![u64::MAX; words];
+        bits.resize(words, u64::MAX);
         if !count.is_multiple_of(64) {
             bits[words - 1] = (1 << (count % 64)) - 1;
         }
@@ -195,35 +200,76 @@ impl Slots {
     }
 }
 
-/// The swap state of a [`Vm`](super::Vm): the device, its slots, their
-/// references, the swap cache.
+/// The swap state of a [`Vm`](super::Vm): the device behind its own lock
+/// (held only for a request), and its slots, their references and the swap
+/// cache behind another (never held across a request). Everything is sized
+/// when the device is attached: a swap-out or swap-in, which run when
+/// memory is short, never allocates.
 pub(crate) struct Swap {
-    pub(crate) device: Box<dyn SwapDevice + Send>,
+    pub(crate) device: spin::Mutex<Box<dyn SwapDevice + Send>>,
+    state: spin::Mutex<SwapState>,
+}
+
+pub(crate) struct SwapState {
     slots: Slots,
-    refs: Shares,
-    /// Resident frame (frame number) → the slot holding the same data.
-    cache: BTreeMap<u64, u64>,
+    /// References to each slot (page-table entries naming it, plus one
+    /// while the swap cache holds it).
+    refs: Vec<u32>,
+    /// Resident frame → the slot holding the same data.
+    cache: FrameCache,
 }
 
 impl fmt::Debug for Swap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.state.lock();
         f.debug_struct("Swap")
-            .field("slots", &self.slots.count)
-            .field("free", &self.slots.free)
-            .field("cached", &self.cache.len())
+            .field("slots", &s.slots.count)
+            .field("free", &s.slots.free)
+            .field("cached", &s.cache.len)
             .finish()
     }
 }
 
 impl Swap {
-    pub(crate) fn new(device: Box<dyn SwapDevice + Send>) -> Self {
-        let slots = Slots::new(device.slots());
-        Self {
-            device,
-            slots,
-            refs: Shares::default(),
-            cache: BTreeMap::new(),
-        }
+    /// The swap state of `device`; the device back when its bookkeeping
+    /// (about 40 bytes a slot) does not fit on the heap.
+    pub(crate) fn new(
+        device: Box<dyn SwapDevice + Send>,
+    ) -> Result<Self, Box<dyn SwapDevice + Send>> {
+        let count = device.slots();
+        let Some(state) = SwapState::new(count) else {
+            return Err(device);
+        };
+        Ok(Self {
+            device: spin::Mutex::new(device),
+            state: spin::Mutex::new(state),
+        })
+    }
+
+    /// The slot state, locked (never across a device request).
+    pub(crate) fn state(&self) -> spin::MutexGuard<'_, SwapState> {
+        self.state.lock()
+    }
+
+    /// Gives the device back.
+    pub(crate) fn into_device(self) -> Box<dyn SwapDevice + Send> {
+        self.device.into_inner()
+    }
+}
+
+impl SwapState {
+    fn new(count: u64) -> Option<Self> {
+        let n = usize::try_from(count).ok()?;
+        let mut refs = Vec::new();
+        refs.try_reserve_exact(n).ok()?;
+        refs.resize(n, 0);
+        let mut bits = Vec::new();
+        bits.try_reserve_exact(n.div_ceil(64)).ok()?;
+        Some(Self {
+            slots: Slots::new(count, bits),
+            refs,
+            cache: FrameCache::new(count)?,
+        })
     }
 
     /// Slots in use.
@@ -243,17 +289,24 @@ impl Swap {
 
     /// Takes a run of up to `n` free slots, each with one reference.
     pub(crate) fn take(&mut self, n: usize) -> Option<(u64, usize)> {
-        self.slots.take_run(n)
+        let (first, len) = self.slots.take_run(n)?;
+        for s in first..first + len as u64 {
+            self.refs[s as usize] = 1;
+        }
+        Some((first, len))
     }
 
     /// One more reference to `slot`.
     pub(crate) fn add_ref(&mut self, slot: u64) {
-        self.refs.add(slot);
+        self.refs[slot as usize] += 1;
     }
 
     /// One reference to `slot` fewer; the slot is free after its last.
     pub(crate) fn drop_ref(&mut self, slot: u64) {
-        if self.refs.remove(slot) {
+        let r = &mut self.refs[slot as usize];
+        debug_assert!(*r > 0, "slot {slot} has no reference to drop");
+        *r -= 1;
+        if *r == 0 {
             self.slots.give_back(slot);
         }
     }
@@ -268,11 +321,85 @@ impl Swap {
 
     /// The slot cached for `frame`, removed from the cache with its reference.
     pub(crate) fn uncache(&mut self, frame: u64) -> Option<u64> {
-        self.cache.remove(&frame)
+        self.cache.remove(frame)
     }
 
     /// Entries in the swap cache.
     pub(crate) fn cached(&self) -> usize {
-        self.cache.len()
+        self.cache.len
+    }
+}
+
+/// The swap cache: frame number → slot, an open-addressed table sized for
+/// every slot cached at once (at most half full), so inserting never
+/// allocates. Linear probing with backward-shift deletion.
+struct FrameCache {
+    /// `(frame + 1, slot)`; a key of 0 is an empty bucket.
+    buckets: Vec<(u64, u64)>,
+    len: usize,
+}
+
+impl FrameCache {
+    fn new(slots: u64) -> Option<Self> {
+        let n = usize::try_from(slots)
+            .ok()?
+            .max(1)
+            .checked_mul(2)?
+            .next_power_of_two();
+        let mut buckets = Vec::new();
+        buckets.try_reserve_exact(n).ok()?;
+        buckets.resize(n, (0, 0));
+        Some(Self { buckets, len: 0 })
+    }
+
+    fn home(&self, frame: u64) -> usize {
+        // Fibonacci hashing spreads consecutive frame numbers.
+        (frame.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & (self.buckets.len() - 1)
+    }
+
+    fn find(&self, frame: u64) -> Result<usize, usize> {
+        let mask = self.buckets.len() - 1;
+        let mut i = self.home(frame);
+        loop {
+            match self.buckets[i].0 {
+                0 => return Err(i),
+                k if k == frame + 1 => return Ok(i),
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    /// Inserts; returns the slot `frame` had before.
+    fn insert(&mut self, frame: u64, slot: u64) -> Option<u64> {
+        match self.find(frame) {
+            Ok(i) => Some(core::mem::replace(&mut self.buckets[i].1, slot)),
+            Err(i) => {
+                debug_assert!(self.len < self.buckets.len() / 2, "more cached than slots");
+                self.buckets[i] = (frame + 1, slot);
+                self.len += 1;
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, frame: u64) -> Option<u64> {
+        let mut hole = self.find(frame).ok()?;
+        let slot = self.buckets[hole].1;
+        self.buckets[hole] = (0, 0);
+        self.len -= 1;
+        // Backward shift: pull later entries of the run into the hole when
+        // their home does not lie between the hole and them.
+        let mask = self.buckets.len() - 1;
+        let mut j = (hole + 1) & mask;
+        while self.buckets[j].0 != 0 {
+            let home = self.home(self.buckets[j].0 - 1);
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+                self.buckets[hole] = self.buckets[j];
+                self.buckets[j] = (0, 0);
+                hole = j;
+            }
+            j = (j + 1) & mask;
+        }
+        Some(slot)
     }
 }

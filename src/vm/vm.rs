@@ -2,14 +2,22 @@
 //! of frames mapped by more than one address space, and the counters.
 
 use super::shares::{frame_key, Shares};
+use super::stats::Counters;
 use super::swap::{slot_of, Swap, SwapDevice, CLUSTER, PAGE_BYTES};
 use super::VmStats;
 use crate::paging::{FrameSource, PhysMem};
 use alloc::boxed::Box;
+use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::structures::paging::PhysFrame;
 
 /// The shared state of the virtual-memory layer. One per kernel (or per
-/// test): every [`VmSpace`](super::VmSpace) operation takes it.
+/// test): every [`VmSpace`](super::VmSpace) operation takes it, by shared
+/// reference, so faults in different spaces run at once on different CPUs.
+///
+/// Inside, each part has its own lock, taken briefly and never across a
+/// device request, after the space's own locks: share counts, then the
+/// swap slots, then the swap device (held only for a request). Counters
+/// and the resident count are atomics.
 ///
 /// Frame sharing costs nothing for frames that are not shared. Frames
 /// mapped by `n ≥ 2` pages (after a fork) are counted in 4 KiB chunks of
@@ -19,14 +27,14 @@ use x86_64::structures::paging::PhysFrame;
 #[derive(Debug)]
 pub struct Vm {
     zero: PhysFrame,
-    shares: Shares,
-    pub(crate) stats: VmStats,
+    shares: spin::Mutex<Shares>,
+    pub(crate) stats: Counters,
     pub(crate) swap: Option<Swap>,
     /// Most frames anonymous memory may hold (`None`: as many as the
     /// frame source gives).
     limit: Option<u64>,
     /// Frames anonymous memory holds now (a shared frame counts once).
-    resident: u64,
+    resident: AtomicU64,
     /// Pages one reclaim pass frees (`None`: an eighth of the limit, at
     /// most a cluster).
     batch: Option<usize>,
@@ -43,11 +51,11 @@ impl Vm {
         fill_zero(phys, zero);
         Some(Self {
             zero,
-            shares: Shares::default(),
-            stats: VmStats::default(),
+            shares: spin::Mutex::new(Shares::default()),
+            stats: Counters::default(),
             swap: None,
             limit: None,
-            resident: 0,
+            resident: AtomicU64::new(0),
             batch: None,
             readahead: 8,
         })
@@ -60,36 +68,43 @@ impl Vm {
 
     /// The counters.
     pub fn stats(&self) -> VmStats {
+        let swap = self.swap.as_ref().map(|s| {
+            let s = s.state();
+            (s.used(), s.capacity(), s.cached() as u64)
+        });
+        let (used, slots, cached) = swap.unwrap_or_default();
         VmStats {
-            shared_frames: self.shares.len() as u64,
-            resident_frames: self.resident,
-            swap_slots_used: self.swap.as_ref().map_or(0, Swap::used),
-            swap_slots: self.swap.as_ref().map_or(0, Swap::capacity),
-            swap_cached: self.swap.as_ref().map_or(0, |s| s.cached() as u64),
-            ..self.stats
+            shared_frames: self.shares.lock().len() as u64,
+            resident_frames: self.resident.load(Ordering::Relaxed),
+            swap_slots_used: used,
+            swap_slots: slots,
+            swap_cached: cached,
+            ..self.stats.snapshot()
         }
     }
 
     /// Gives anonymous memory a swap device: under pressure, pages are
     /// written out to it and read back on their next touch. Refused (the
-    /// device is handed back) while another device has slots in use.
+    /// device is handed back) while another device has slots in use, or
+    /// when the slot bookkeeping (about 36 bytes a slot) does not fit on the
+    /// heap.
     pub fn attach_swap(
         &mut self,
         device: Box<dyn SwapDevice + Send>,
     ) -> Result<(), Box<dyn SwapDevice + Send>> {
-        if self.swap.as_ref().is_some_and(|s| s.used() > 0) {
+        if self.swap.as_ref().is_some_and(|s| s.state().used() > 0) {
             return Err(device);
         }
-        self.swap = Some(Swap::new(device));
+        self.swap = Some(Swap::new(device)?);
         Ok(())
     }
 
     /// Takes the swap device back, once no slot is in use.
     pub fn detach_swap(&mut self) -> Option<Box<dyn SwapDevice + Send>> {
-        if self.swap.as_ref().is_some_and(|s| s.used() > 0) {
+        if self.swap.as_ref().is_some_and(|s| s.state().used() > 0) {
             return None;
         }
-        self.swap.take().map(|s| s.device)
+        self.swap.take().map(Swap::into_device)
     }
 
     /// Limits the frames anonymous memory may hold (pageable memory): at
@@ -102,11 +117,6 @@ impl Vm {
     /// The limit set by [`set_frame_limit`](Self::set_frame_limit).
     pub fn frame_limit(&self) -> Option<u64> {
         self.limit
-    }
-
-    /// Whether a new anonymous frame would pass the limit.
-    pub(crate) fn at_limit(&self) -> bool {
-        self.limit.is_some_and(|l| self.resident >= l)
     }
 
     /// How many pages one reclaim pass frees: the gap between the low
@@ -135,76 +145,76 @@ impl Vm {
 
     /// A frame for anonymous memory, counted; `None` at the limit or when
     /// the source is empty.
-    pub(crate) fn alloc_frame<A: FrameSource + ?Sized>(
-        &mut self,
-        frames: &mut A,
-    ) -> Option<PhysFrame> {
-        if self.at_limit() {
-            return None;
+    pub(crate) fn alloc_frame<A: FrameSource + ?Sized>(&self, frames: &mut A) -> Option<PhysFrame> {
+        let limit = self.limit.unwrap_or(u64::MAX);
+        self.resident
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                (r < limit).then_some(r + 1)
+            })
+            .ok()?;
+        let f = frames.allocate_frame();
+        if f.is_none() {
+            self.resident.fetch_sub(1, Ordering::AcqRel);
         }
-        let f = frames.allocate_frame()?;
-        self.resident += 1;
-        Some(f)
+        f
     }
 
-    /// Gives back an anonymous frame whose last mapping went (and its
-    /// swap-cache slot, if it had one).
-    pub(crate) fn release_frame<A: FrameSource + ?Sized>(
-        &mut self,
-        frame: PhysFrame,
-        frames: &mut A,
-    ) {
-        if let Some(swap) = self.swap.as_mut() {
-            if let Some(slot) = swap.uncache(frame_key(frame)) {
-                swap.drop_ref(slot);
+    /// Gives back an anonymous frame whose last mapping went, and whose
+    /// translations every CPU has dropped (and its swap-cache slot, if it
+    /// had one).
+    pub(crate) fn release_frame<A: FrameSource + ?Sized>(&self, frame: PhysFrame, frames: &mut A) {
+        if let Some(swap) = self.swap.as_ref() {
+            let mut s = swap.state();
+            if let Some(slot) = s.uncache(frame_key(frame)) {
+                s.drop_ref(slot);
             }
         }
-        self.resident -= 1;
-        // SAFETY: the caller removed the frame's last mapping.
+        self.resident.fetch_sub(1, Ordering::AcqRel);
+        // SAFETY: the caller removed the frame's last mapping and invalidated it.
         unsafe { frames.deallocate_frame(frame) };
     }
 
     /// Records one more page-table entry naming the swap slot of `entry`.
-    pub(crate) fn share_swap(&mut self, entry: u64) {
-        if let (Some(swap), Some(slot)) = (self.swap.as_mut(), slot_of(entry)) {
-            swap.add_ref(slot);
+    pub(crate) fn share_swap(&self, entry: u64) {
+        if let (Some(swap), Some(slot)) = (self.swap.as_ref(), slot_of(entry)) {
+            swap.state().add_ref(slot);
         }
     }
 
     /// Whether `entry` names a slot in use on the attached device.
     pub(crate) fn swap_holds(&self, entry: u64) -> bool {
         match (self.swap.as_ref(), slot_of(entry)) {
-            (Some(swap), Some(slot)) => swap.in_use(slot),
+            (Some(swap), Some(slot)) => swap.state().in_use(slot),
             _ => false,
         }
     }
 
     /// Records that a page-table entry naming the slot of `entry` is gone.
-    pub(crate) fn drop_swap(&mut self, entry: u64) {
-        if let (Some(swap), Some(slot)) = (self.swap.as_mut(), slot_of(entry)) {
-            swap.drop_ref(slot);
+    pub(crate) fn drop_swap(&self, entry: u64) {
+        if let (Some(swap), Some(slot)) = (self.swap.as_ref(), slot_of(entry)) {
+            swap.state().drop_ref(slot);
         }
     }
 
     /// How many mappings share `frame` (1 for a frame not shared).
     pub fn share_count(&self, frame: PhysFrame) -> u32 {
-        self.shares.count(frame_key(frame))
+        self.shares.lock().count(frame_key(frame))
     }
 
     /// Frames shared right now.
     pub fn shared_frames(&self) -> usize {
-        self.shares.len()
+        self.shares.lock().len()
     }
 
     /// Records one more mapping of `frame`.
-    pub(crate) fn share(&mut self, frame: PhysFrame) {
-        self.shares.add(frame_key(frame));
+    pub(crate) fn share(&self, frame: PhysFrame) {
+        self.shares.lock().add(frame_key(frame));
     }
 
     /// Records that one mapping of `frame` is gone. Returns whether that
     /// was the last one (the caller frees the frame).
-    pub(crate) fn unshare(&mut self, frame: PhysFrame) -> bool {
-        self.shares.remove(frame_key(frame))
+    pub(crate) fn unshare(&self, frame: PhysFrame) -> bool {
+        self.shares.lock().remove(frame_key(frame))
     }
 
     /// Gives the zero frame back, once no address space maps it.

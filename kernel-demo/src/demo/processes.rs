@@ -76,7 +76,7 @@ pub fn demo_processes() {
         }
     });
     let t1 = cpu::rdtsc();
-    let mut child =
+    let child =
         proc::with_vm(|vm| proc::with_tlb(|tlb| p.space.fork(vm, frames, tlb))).expect("fork");
     let t2 = cpu::rdtsc();
     let cow = FaultAccess {
