@@ -9,17 +9,29 @@
 //!   eager time / fork time.
 //! - `areas`: time per map, lookup and unmap with 1 000 and with 100 000
 //!   areas in the space (printed, with the growth factor).
+//! - `fault_2t_vs_1t`: page-fault throughput (demand-zero, and swap-in
+//!   from a `MemSwap`) with 2 host threads vs 1, frames from
+//!   `PerCpuFrames` over one `LockedFrameAllocator`, one shared `Vm`:
+//!   each thread in its own space (`separate spaces`), or both in one
+//!   space on separate areas (`one space`). Ratio: faults per second with
+//!   2 threads / with 1 (2.0 is perfect scaling; needs 2 idle cores).
 //!
 //! `KMEM_BENCH_QUICK=1` for a short run.
 
 mod common;
 
+use kmem::frame::{BitmapFrameAllocator, LockedFrameAllocator, NoInterruptMask};
+use kmem::memory_map::{MemoryMap, Region, RegionKind};
 use kmem::paging::{MapFlags, PageTables, PhysMem};
+use kmem::smp::PerCpuFrames;
 use kmem::smp::Tlb;
 use kmem::testing::mmu::RecordingMmu;
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
+use kmem::testing::smp::{HostCpu, RecordingShootdown};
+use kmem::vm::MemSwap;
 use kmem::vm::{FaultAccess, Prot, Vm, VmSpace};
 use std::hint::black_box;
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, Page, PhysFrame, Size4KiB};
 use x86_64::{PhysAddr, VirtAddr};
@@ -306,4 +318,194 @@ fn main() {
         e.as_secs_f64() / k.as_secs_f64()
     );
     println!("ratio areas_growth_100k_vs_1k worst {worst:.2}");
+    parallel_faults(q, trials);
+}
+
+/// How the threads of `fault_2t_vs_1t` share address spaces.
+#[derive(Clone, Copy, PartialEq)]
+enum Sharing {
+    SeparateSpaces,
+    OneSpace,
+}
+
+/// Which faults `fault_2t_vs_1t` times.
+#[derive(Clone, Copy, PartialEq)]
+enum FaultKind {
+    DemandZero,
+    SwapIn,
+}
+
+/// `threads` threads take `pages` faults each of `kind`; returns the
+/// wall time of the faults alone (set-up and teardown excluded).
+fn fault_run(
+    mem: &EmulatedMemory,
+    frames: &PerCpuFrames<'_, '_, HostCpu, NoInterruptMask, 4>,
+    sharing: Sharing,
+    kind: FaultKind,
+    threads: usize,
+    pages: u64,
+) -> Duration {
+    let mut vm = Vm::new(&mem.phys_mem(), &mut &*frames).unwrap();
+    if kind == FaultKind::SwapIn {
+        let slots = threads as u64 * pages + 64;
+        assert!(vm.attach_swap(Box::new(MemSwap::new(slots))).is_ok());
+        vm.set_reclaim(None, 1); // every swap-in a fault of its own
+    }
+    let kernel = PageTables::new_empty(mem.phys_mem(), &mut &*frames).unwrap();
+    let spaces_n = if sharing == Sharing::OneSpace {
+        1
+    } else {
+        threads
+    };
+    let mut spaces: Vec<VmSpace<EmulatedPhysMem<'_>>> = (0..spaces_n)
+        .map(|_| VmSpace::new_user(&kernel, &mut &*frames).unwrap())
+        .collect();
+    let area = |t: usize| 0x1000_0000 + t as u64 * 0x1000_0000;
+    for t in 0..threads {
+        let s = &mut spaces[t % spaces_n];
+        s.map_anonymous(Some(area(t)), pages * PAGE, Prot::RW | Prot::USER)
+            .unwrap();
+    }
+    let fault = |s: &VmSpace<EmulatedPhysMem<'_>>, vm: &Vm, va: u64, tlb: &mut Tlb<'_>| {
+        s.handle_fault(
+            vm,
+            VirtAddr::new(va),
+            FaultAccess::write(true),
+            &mut &*frames,
+            tlb,
+        )
+        .unwrap();
+    };
+    if kind == FaultKind::SwapIn {
+        // Every page written (non-zero), then written out.
+        let mut mmu = idle_mmu();
+        let mut tlb = Tlb::uniprocessor(&mut mmu);
+        for t in 0..threads {
+            let s = &spaces[t % spaces_n];
+            for i in 0..pages {
+                let va = area(t) + i * PAGE;
+                fault(s, &vm, va, &mut tlb);
+                let pa = s.mapper().translate(VirtAddr::new(va)).unwrap().frame;
+                let phys = *s.mapper().phys_mem();
+                let p = phys
+                    .table_ptr(PhysFrame::containing_address(pa))
+                    .as_ptr()
+                    .cast::<u8>();
+                // SAFETY: an emulated frame of 4096 bytes, this space's alone.
+                unsafe { p.write(1) };
+            }
+        }
+        for s in &spaces {
+            while s.reclaim(&vm, &mut &*frames, 32, &mut tlb).unwrap() > 0 {}
+        }
+    }
+    let barrier = Barrier::new(threads + 1);
+    let elapsed = std::thread::scope(|sc| {
+        for t in 0..threads {
+            let (s, vm, barrier) = (&spaces[t % spaces_n], &vm, &barrier);
+            sc.spawn(move || {
+                HostCpu::pin(t);
+                let (mut mmu, mut ipis) = (idle_mmu(), RecordingShootdown::new());
+                let mut tlb = Tlb::new(&mut mmu, t, &mut ipis);
+                barrier.wait();
+                for i in 0..pages {
+                    fault(s, vm, area(t) + i * PAGE, &mut tlb);
+                }
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        let t0 = Instant::now();
+        barrier.wait();
+        t0.elapsed()
+    });
+    let mut mmu = idle_mmu();
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    for s in spaces {
+        s.destroy(&vm, &mut &*frames, &mut tlb).unwrap();
+    }
+    free_hierarchy_root(kernel, frames);
+    // SAFETY: every space is gone: nothing maps the zero frame.
+    unsafe { vm.destroy(&mut &*frames) };
+    frames.drain_all();
+    elapsed
+}
+
+/// Gives the kernel's empty PML4 back.
+fn free_hierarchy_root(
+    kernel: PageTables<EmulatedPhysMem<'_>>,
+    frames: &PerCpuFrames<'_, '_, HostCpu, NoInterruptMask, 4>,
+) {
+    let (pml4, _) = kernel.into_parts();
+    // SAFETY: a PML4 that maps nothing, never loaded.
+    unsafe { (&*frames).deallocate_frame(pml4) };
+}
+
+/// `fault_2t_vs_1t`: faults per second with 2 threads over 1, for each
+/// sharing and fault kind, interleaved trials, medians.
+fn parallel_faults(q: bool, trials: usize) {
+    let pages: u64 = if q { 2_000 } else { 8_192 };
+    let frames_n = 4 * pages as usize + 4_096;
+    let mem = EmulatedMemory::new(frames_n);
+    let map: MemoryMap = MemoryMap::from_regions([Region::new(
+        mem.start().as_u64(),
+        frames_n as u64 * PAGE,
+        RegionKind::Usable,
+    )])
+    .unwrap();
+    let mut storage = vec![0u64; BitmapFrameAllocator::storage_words(&map)];
+    let shared: LockedFrameAllocator<'_, NoInterruptMask> =
+        LockedFrameAllocator::new(BitmapFrameAllocator::new(&map, &mut storage).unwrap());
+    let frames: PerCpuFrames<'_, '_, HostCpu, NoInterruptMask, 4> =
+        PerCpuFrames::new(&shared, HostCpu);
+    let free_before = shared.with(|a| a.free_frames());
+    println!(
+        "\nfault_2t_vs_1t: faults per second with 2 threads / with 1 ({pages} faults a thread, medians of {trials} interleaved trials; 2.0 = perfect scaling, needs 2 idle cores)"
+    );
+    println!("| faults | sharing | 1 thread | 2 threads | ratio | target |");
+    println!("|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for kind in [FaultKind::DemandZero, FaultKind::SwapIn] {
+        for sharing in [Sharing::SeparateSpaces, Sharing::OneSpace] {
+            let (mut one, mut two) = (Vec::new(), Vec::new());
+            for i in 0..trials {
+                let order: [usize; 2] = if i % 2 == 0 { [1, 2] } else { [2, 1] };
+                for t in order {
+                    let d = fault_run(&mem, &frames, sharing, kind, t, pages);
+                    if t == 1 {
+                        one.push(d)
+                    } else {
+                        two.push(d)
+                    }
+                }
+            }
+            let (d1, d2) = (median(one), median(two));
+            let rate = |d: Duration, n: u64| n as f64 / d.as_secs_f64() / 1e6;
+            let (r1, r2) = (rate(d1, pages), rate(d2, 2 * pages));
+            let k = if kind == FaultKind::DemandZero {
+                "demand-zero"
+            } else {
+                "swap-in"
+            };
+            let (sh, target) = if sharing == Sharing::SeparateSpaces {
+                ("separate spaces", ">= 1.8")
+            } else {
+                ("one space", ">= 1.5")
+            };
+            println!(
+                "| {k} | {sh} | {r1:.2} M/s | {r2:.2} M/s | {:.2} | {target} |",
+                r2 / r1
+            );
+            rows.push((k, sh, r2 / r1));
+        }
+    }
+    assert_eq!(
+        shared.with(|a| a.free_frames()),
+        free_before,
+        "every frame back"
+    );
+    println!();
+    for (k, sh, r) in rows {
+        println!("ratio fault_2t_vs_1t {k} {sh} {r:.2}");
+    }
 }

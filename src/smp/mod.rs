@@ -59,6 +59,7 @@ mod frames;
 mod heap;
 mod magazine;
 mod pad;
+pub(crate) use pad::CachePadded;
 mod shootdown;
 mod tlb;
 

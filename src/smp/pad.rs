@@ -5,6 +5,7 @@ use core::ops::Deref;
 /// Aligns `T` to 128 bytes: two cache lines, since x86's adjacent-line
 /// prefetcher pulls lines in pairs, so neighbouring CPUs' slots never share
 /// what the hardware moves between cores.
+#[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct CachePadded<T>(pub(crate) T);
 

@@ -131,7 +131,10 @@ impl Gather {
             "frames gathered without an invalidation"
         );
         let acked = tlb.invalidate(flush, pml4, cpus);
-        count(&vm.stats.shootdowns, u64::from(acked.rounds()));
+        count(
+            &vm.stats.at(tlb.cpu()).shootdowns,
+            u64::from(acked.rounds()),
+        );
         for table in tables.drain() {
             // SAFETY: the mapper freed the table (empty, unlinked) into this gather, and
             // every CPU that may have cached a walk through it has invalidated it.
@@ -139,10 +142,10 @@ impl Gather {
         }
         for frame in pages.drain() {
             if frame != vm.zero_frame() && vm.unshare(frame) {
-                vm.release_frame(frame, frames);
+                vm.release_frame(tlb.cpu(), frame, frames);
             }
         }
-        count(&vm.stats.leaked_frames, self.leaked);
+        count(&vm.stats.at(tlb.cpu()).leaked_frames, self.leaked);
     }
 }
 

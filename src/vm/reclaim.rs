@@ -71,7 +71,7 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<PhysFrame, FaultReason> {
-        if let Some(f) = vm.alloc_frame(frames) {
+        if let Some(f) = vm.alloc_frame(tlb.cpu(), frames) {
             return Ok(f);
         }
         if vm.swap.is_none() {
@@ -81,7 +81,8 @@ impl<P: PhysMem> VmSpace<P> {
         if freed == 0 {
             return Err(FaultReason::OutOfMemory);
         }
-        vm.alloc_frame(frames).ok_or(FaultReason::OutOfMemory)
+        vm.alloc_frame(tlb.cpu(), frames)
+            .ok_or(FaultReason::OutOfMemory)
     }
 
     /// Frees up to `want` (at most one cluster) of this space's anonymous
@@ -104,14 +105,17 @@ impl<P: PhysMem> VmSpace<P> {
             return Err(FaultReason::NoSwap);
         };
         let want = want.clamp(1, CLUSTER);
+        let cpu = tlb.cpu();
         let mut flush = Flush::none();
         let mut victims = Batch::new();
         {
             let mut m = self.mapper.lock();
             let mut policy = self.policy.lock();
             match policy.as_mut() {
-                Some(p) => self.victims_by_policy(&m, &mut **p, vm, want, &mut flush, &mut victims),
-                None => self.victims_by_clock(&m, vm, want, &mut flush, &mut victims),
+                Some(p) => {
+                    self.victims_by_policy(cpu, &m, &mut **p, vm, want, &mut flush, &mut victims)
+                }
+                None => self.victims_by_clock(cpu, &m, vm, want, &mut flush, &mut victims),
             }
             // 1. Unmap every victim in one atomic exchange each; the mark
             // makes a fault on it wait instead of filling it with zeros.
@@ -124,7 +128,10 @@ impl<P: PhysMem> VmSpace<P> {
         }
         // 2. No CPU can write them any more once this returns.
         let acked = tlb.invalidate(flush, self.pml4(), &self.cpus);
-        count(&vm.stats.shootdowns, u64::from(acked.rounds()));
+        count(
+            &vm.stats.at(tlb.cpu()).shootdowns,
+            u64::from(acked.rounds()),
+        );
         // 3. Dirty bits and contents are final: decide.
         let phys = &self.phys;
         let mut freed = 0;
@@ -133,8 +140,8 @@ impl<P: PhysMem> VmSpace<P> {
             if is_zero(phys, frame) {
                 // The entry becomes empty: the next touch is a demand-zero fault.
                 self.put_entry(va, 0);
-                vm.release_frame(frame, frames);
-                count(&vm.stats.zero_elided, 1);
+                vm.release_frame(tlb.cpu(), frame, frames);
+                count(&vm.stats.at(tlb.cpu()).zero_elided, 1);
                 freed += 1;
                 continue;
             }
@@ -145,8 +152,8 @@ impl<P: PhysMem> VmSpace<P> {
                 Some(slot) if old & DIRTY_BIT == 0 => {
                     // The copy on swap is current: its reference moves to the entry.
                     self.put_entry(va, swap_entry(slot));
-                    vm.release_frame(frame, frames);
-                    count(&vm.stats.swap_cache_hits, 1);
+                    vm.release_frame(tlb.cpu(), frame, frames);
+                    count(&vm.stats.at(tlb.cpu()).swap_cache_hits, 1);
                     freed += 1;
                 }
                 Some(slot) => {
@@ -194,8 +201,8 @@ impl<P: PhysMem> VmSpace<P> {
             }
             for (i, &(va, frame, _)) in chunk.iter().enumerate() {
                 self.put_entry(va, swap_entry(first + i as u64));
-                vm.release_frame(frame, frames);
-                count(&vm.stats.swap_outs, 1);
+                vm.release_frame(tlb.cpu(), frame, frames);
+                count(&vm.stats.at(tlb.cpu()).swap_outs, 1);
                 freed += 1;
             }
             rest = tail;
@@ -206,7 +213,7 @@ impl<P: PhysMem> VmSpace<P> {
             self.put_entry(va, old);
             self.track(Page::containing_address(va));
         }
-        count(&vm.stats.reclaimed, freed as u64);
+        count(&vm.stats.at(tlb.cpu()).reclaimed, freed as u64);
         match error {
             Some(e) if freed == 0 => Err(e),
             _ => Ok(freed),
@@ -226,8 +233,10 @@ impl<P: PhysMem> VmSpace<P> {
 
     /// CLOCK: a first round from the hand clears Accessed bits and takes
     /// the pages found unreferenced; a second takes the ones it cleared.
+    #[allow(clippy::too_many_arguments)]
     fn victims_by_clock(
         &self,
+        cpu: usize,
         m: &PageTables<P>,
         vm: &Vm,
         want: usize,
@@ -263,7 +272,7 @@ impl<P: PhysMem> VmSpace<P> {
             scanned += 1;
             victims.push(va, frame);
         }
-        count(&vm.stats.scanned, scanned);
+        count(&vm.stats.at(cpu).scanned, scanned);
         if let Some(&(va, _, _)) = victims.as_slice().last() {
             self.clock_hand
                 .store(va.as_u64() + PAGE_SIZE, Ordering::Relaxed);
@@ -274,8 +283,10 @@ impl<P: PhysMem> VmSpace<P> {
     /// is harvested (in address order) and reported, then the policy
     /// evicts. A page it names that cannot go now (shared by a fork since)
     /// is given back to the policy, which offers it again later.
+    #[allow(clippy::too_many_arguments)]
     fn victims_by_policy(
         &self,
+        cpu: usize,
         m: &PageTables<P>,
         policy: &mut (dyn ReplacementPolicy + Send),
         vm: &Vm,
@@ -297,7 +308,7 @@ impl<P: PhysMem> VmSpace<P> {
                 policy.referenced(leaf.page.as_u64() >> 12);
             }
         });
-        count(&vm.stats.scanned, scanned);
+        count(&vm.stats.at(cpu).scanned, scanned);
         let mut kept = Batch::new();
         let mut tries = policy.resident_len();
         while victims.len < want && tries > 0 && !kept.is_full() {
@@ -365,7 +376,7 @@ impl<P: PhysMem> VmSpace<P> {
                 if m.soft_entry(ahead) != Some(want) {
                     break;
                 }
-                let Some(f) = vm.alloc_frame(frames) else {
+                let Some(f) = vm.alloc_frame(tlb.cpu(), frames) else {
                     break;
                 };
                 m.exchange_pte(ahead, want | BUSY).expect("checked above");
@@ -373,10 +384,11 @@ impl<P: PhysMem> VmSpace<P> {
                 run.as_mut_slice().last_mut().expect("pushed").2 = want;
             }
         }
+        let cpu = tlb.cpu();
         let give_back = |this: &Self, frames: &mut A, run: &[(VirtAddr, PhysFrame, u64)]| {
             for &(va, f, e) in run {
                 this.put_entry(va, e);
-                vm.release_frame(f, frames);
+                vm.release_frame(cpu, f, frames);
             }
         };
         let phys = &self.phys;
@@ -423,10 +435,10 @@ impl<P: PhysMem> VmSpace<P> {
         }
         let last = run.as_slice()[mapped - 1].0.as_u64();
         self.last_swap_in.store(last, Ordering::Relaxed);
-        count(&vm.stats.major_faults, 1);
-        count(&vm.stats.refaults, 1);
-        count(&vm.stats.swap_ins, mapped as u64);
-        count(&vm.stats.readahead, mapped as u64 - 1);
+        count(&vm.stats.at(tlb.cpu()).major_faults, 1);
+        count(&vm.stats.at(tlb.cpu()).refaults, 1);
+        count(&vm.stats.at(tlb.cpu()).swap_ins, mapped as u64);
+        count(&vm.stats.at(tlb.cpu()).readahead, mapped as u64 - 1);
         Ok(FaultOutcome::SwappedIn)
     }
 }

@@ -61,9 +61,9 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<FaultOutcome, FaultError> {
-        count(&vm.stats.faults, 1);
+        count(&vm.stats.at(tlb.cpu()).faults, 1);
         let result = self.resolve(vm, (addr, access), frames, tlb);
-        let s = &vm.stats;
+        let s = vm.stats.at(tlb.cpu());
         match &result {
             Ok(outcome) => match outcome {
                 FaultOutcome::ZeroFilled => count(&s.zero_fills, 1),
@@ -267,7 +267,7 @@ impl<P: PhysMem> VmSpace<P> {
         if now != expect && (expect == 0 || now & !0x60 != expect & !0x60) {
             // Lost a race (ignoring Accessed and Dirty, which the CPU sets).
             drop(m);
-            vm.release_frame(new, frames);
+            vm.release_frame(tlb.cpu(), new, frames);
             return Ok(None);
         }
         if expect == 0 {
@@ -280,7 +280,7 @@ impl<P: PhysMem> VmSpace<P> {
                 }
                 Err(e) => {
                     drop(m);
-                    vm.release_frame(new, frames);
+                    vm.release_frame(tlb.cpu(), new, frames);
                     return Err(match e {
                         PagingError::OutOfFrames { .. } => FaultReason::OutOfMemory,
                         e => FaultReason::Paging(e),

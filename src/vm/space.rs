@@ -156,7 +156,10 @@ impl<P: PhysMem + Clone> VmSpace<P> {
             Ok(flush) => {
                 // Other threads of this space must stop writing the frames now shared.
                 let acked = tlb.invalidate(flush, self.pml4(), &self.cpus);
-                count(&vm.stats.shootdowns, u64::from(acked.rounds()));
+                count(
+                    &vm.stats.at(tlb.cpu()).shootdowns,
+                    u64::from(acked.rounds()),
+                );
                 Ok(child)
             }
             Err(e) => {

@@ -3,6 +3,8 @@
 
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::smp::CachePadded;
+
 /// What the layer did since its [`Vm`](super::Vm) was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VmStats {
@@ -55,10 +57,49 @@ pub struct VmStats {
     pub leaked_frames: u64,
 }
 
-/// The event counters of [`VmStats`], updated by CPUs at once (relaxed:
+/// CPUs count in shards of their own (by CPU index), so that counting
+/// never bounces a cache line between CPUs faulting at once.
+pub(crate) const SHARDS: usize = 16;
+
+/// The event counters of [`VmStats`], one set per shard of CPUs (relaxed:
 /// each is a statistic, ordered with nothing).
-#[derive(Debug, Default)]
 pub(crate) struct Counters {
+    shards: [CachePadded<CounterSet>; SHARDS],
+}
+
+impl core::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.snapshot().fmt(f)
+    }
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            shards: core::array::from_fn(|_| CachePadded(CounterSet::default())),
+        }
+    }
+}
+
+impl Counters {
+    /// The counters CPU `cpu` adds to.
+    #[inline]
+    pub(crate) fn at(&self, cpu: usize) -> &CounterSet {
+        &self.shards[cpu % SHARDS]
+    }
+
+    /// The counts now, summed over the shards, the state fields left zero.
+    pub(crate) fn snapshot(&self) -> VmStats {
+        self.shards
+            .iter()
+            .map(|s| s.snapshot())
+            .fold(VmStats::default(), VmStats::plus)
+    }
+}
+
+/// One shard of [`Counters`].
+#[derive(Debug, Default)]
+pub(crate) struct CounterSet {
     pub(crate) faults: AtomicU64,
     pub(crate) zero_fills: AtomicU64,
     pub(crate) zero_page_maps: AtomicU64,
@@ -79,9 +120,9 @@ pub(crate) struct Counters {
     pub(crate) leaked_frames: AtomicU64,
 }
 
-impl Counters {
-    /// The counts now, the state fields left zero.
-    pub(crate) fn snapshot(&self) -> VmStats {
+impl CounterSet {
+    /// The counts of this shard.
+    fn snapshot(&self) -> VmStats {
         VmStats {
             faults: self.faults.load(Relaxed),
             zero_fills: self.zero_fills.load(Relaxed),
@@ -110,4 +151,35 @@ impl Counters {
 #[inline]
 pub(crate) fn count(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Relaxed);
+}
+
+impl VmStats {
+    /// Both counts added, field by field.
+    fn plus(self, o: Self) -> Self {
+        Self {
+            faults: self.faults + o.faults,
+            zero_fills: self.zero_fills + o.zero_fills,
+            zero_page_maps: self.zero_page_maps + o.zero_page_maps,
+            cow_copies: self.cow_copies + o.cow_copies,
+            cow_reuses: self.cow_reuses + o.cow_reuses,
+            spurious: self.spurious + o.spurious,
+            protection_faults: self.protection_faults + o.protection_faults,
+            shared_frames: self.shared_frames + o.shared_frames,
+            major_faults: self.major_faults + o.major_faults,
+            swap_ins: self.swap_ins + o.swap_ins,
+            swap_outs: self.swap_outs + o.swap_outs,
+            scanned: self.scanned + o.scanned,
+            reclaimed: self.reclaimed + o.reclaimed,
+            refaults: self.refaults + o.refaults,
+            zero_elided: self.zero_elided + o.zero_elided,
+            swap_cache_hits: self.swap_cache_hits + o.swap_cache_hits,
+            readahead: self.readahead + o.readahead,
+            resident_frames: self.resident_frames + o.resident_frames,
+            swap_slots_used: self.swap_slots_used + o.swap_slots_used,
+            swap_slots: self.swap_slots + o.swap_slots,
+            swap_cached: self.swap_cached + o.swap_cached,
+            shootdowns: self.shootdowns + o.shootdowns,
+            leaked_frames: self.leaked_frames + o.leaked_frames,
+        }
+    }
 }

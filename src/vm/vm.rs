@@ -2,10 +2,11 @@
 //! of frames mapped by more than one address space, and the counters.
 
 use super::shares::{frame_key, Shares};
-use super::stats::Counters;
+use super::stats::{Counters, SHARDS};
 use super::swap::{slot_of, Swap, SwapDevice, CLUSTER, PAGE_BYTES};
 use super::VmStats;
 use crate::paging::{FrameSource, PhysMem};
+use crate::smp::CachePadded;
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::structures::paging::PhysFrame;
@@ -33,8 +34,13 @@ pub struct Vm {
     /// Most frames anonymous memory may hold (`None`: as many as the
     /// frame source gives).
     limit: Option<u64>,
-    /// Frames anonymous memory holds now (a shared frame counts once).
+    /// Frames anonymous memory holds now (a shared frame counts once), when
+    /// a limit is set: one counter, so the limit holds exactly.
     resident: AtomicU64,
+    /// The same count without a limit, in shards by CPU (wrapping: a shard
+    /// may free more than it allocated), so faults on several CPUs never
+    /// contend for it.
+    resident_shards: [CachePadded<AtomicU64>; SHARDS],
     /// Pages one reclaim pass frees (`None`: an eighth of the limit, at
     /// most a cluster).
     batch: Option<usize>,
@@ -56,6 +62,7 @@ impl Vm {
             swap: None,
             limit: None,
             resident: AtomicU64::new(0),
+            resident_shards: core::array::from_fn(|_| CachePadded(AtomicU64::new(0))),
             batch: None,
             readahead: 8,
         })
@@ -75,7 +82,7 @@ impl Vm {
         let (used, slots, cached) = swap.unwrap_or_default();
         VmStats {
             shared_frames: self.shares.lock().len() as u64,
-            resident_frames: self.resident.load(Ordering::Relaxed),
+            resident_frames: self.resident(),
             swap_slots_used: used,
             swap_slots: slots,
             swap_cached: cached,
@@ -111,7 +118,21 @@ impl Vm {
     /// the limit, a fault that needs a frame first reclaims some of the
     /// faulting space's pages (written to swap, or dropped when all zero).
     pub fn set_frame_limit(&mut self, limit: Option<u64>) {
+        let sharded = self
+            .resident_shards
+            .iter()
+            .fold(0u64, |a, s| a.wrapping_add(s.swap(0, Ordering::Relaxed)));
+        *self.resident.get_mut() = self.resident.get_mut().wrapping_add(sharded);
         self.limit = limit;
+    }
+
+    /// Frames anonymous memory holds now.
+    fn resident(&self) -> u64 {
+        self.resident_shards
+            .iter()
+            .fold(self.resident.load(Ordering::Relaxed), |a, s| {
+                a.wrapping_add(s.load(Ordering::Relaxed))
+            })
     }
 
     /// The limit set by [`set_frame_limit`](Self::set_frame_limit).
@@ -143,33 +164,54 @@ impl Vm {
         self.readahead
     }
 
-    /// A frame for anonymous memory, counted; `None` at the limit or when
-    /// the source is empty.
-    pub(crate) fn alloc_frame<A: FrameSource + ?Sized>(&self, frames: &mut A) -> Option<PhysFrame> {
-        let limit = self.limit.unwrap_or(u64::MAX);
-        self.resident
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
-                (r < limit).then_some(r + 1)
-            })
-            .ok()?;
+    /// A frame for anonymous memory, counted (by CPU `cpu`); `None` at the
+    /// limit or when the source is empty.
+    pub(crate) fn alloc_frame<A: FrameSource + ?Sized>(
+        &self,
+        cpu: usize,
+        frames: &mut A,
+    ) -> Option<PhysFrame> {
+        let counter = match self.limit {
+            Some(limit) => {
+                self.resident
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                        (r < limit).then_some(r + 1)
+                    })
+                    .ok()?;
+                &self.resident
+            }
+            None => {
+                let shard = &self.resident_shards[cpu % SHARDS];
+                shard.fetch_add(1, Ordering::Relaxed);
+                shard
+            }
+        };
         let f = frames.allocate_frame();
         if f.is_none() {
-            self.resident.fetch_sub(1, Ordering::AcqRel);
+            counter.fetch_sub(1, Ordering::AcqRel);
         }
         f
     }
 
     /// Gives back an anonymous frame whose last mapping went, and whose
     /// translations every CPU has dropped (and its swap-cache slot, if it
-    /// had one).
-    pub(crate) fn release_frame<A: FrameSource + ?Sized>(&self, frame: PhysFrame, frames: &mut A) {
+    /// had one); CPU `cpu` counts it.
+    pub(crate) fn release_frame<A: FrameSource + ?Sized>(
+        &self,
+        cpu: usize,
+        frame: PhysFrame,
+        frames: &mut A,
+    ) {
         if let Some(swap) = self.swap.as_ref() {
             let mut s = swap.state();
             if let Some(slot) = s.uncache(frame_key(frame)) {
                 s.drop_ref(slot);
             }
         }
-        self.resident.fetch_sub(1, Ordering::AcqRel);
+        match self.limit {
+            Some(_) => self.resident.fetch_sub(1, Ordering::AcqRel),
+            None => self.resident_shards[cpu % SHARDS].fetch_sub(1, Ordering::Relaxed),
+        };
         // SAFETY: the caller removed the frame's last mapping and invalidated it.
         unsafe { frames.deallocate_frame(frame) };
     }
