@@ -74,7 +74,7 @@ impl<'m> World<'m> {
     fn drop_space(&mut self, s: VmSpace<EmulatedPhysMem<'m>>) {
         let mut mmu = idle_mmu();
         let mut tlb = Tlb::uniprocessor(&mut mmu);
-        s.destroy(&mut self.vm, &mut self.frames, &mut tlb).unwrap();
+        s.destroy(&self.vm, &mut self.frames, &mut tlb).unwrap();
     }
 }
 
@@ -94,7 +94,7 @@ fn demand_zero(w: &mut World<'_>, n: u64) -> Duration {
     let t = Instant::now();
     for i in 0..n {
         s.handle_fault(
-            &mut w.vm,
+            &w.vm,
             VirtAddr::new(base + i * PAGE),
             FaultAccess::write(true),
             &mut w.frames,
@@ -139,7 +139,7 @@ fn touched<'m>(w: &mut World<'m>, bytes: u64) -> (VmSpace<EmulatedPhysMem<'m>>, 
     let base = s.map_anonymous(None, bytes, Prot::RW | Prot::USER).unwrap();
     for i in 0..bytes / PAGE {
         s.handle_fault(
-            &mut w.vm,
+            &w.vm,
             VirtAddr::new(base + i * PAGE),
             FaultAccess::write(true),
             &mut w.frames,
@@ -155,7 +155,7 @@ fn fork(w: &mut World<'_>, bytes: u64) -> Duration {
     let mut tlb = Tlb::uniprocessor(&mut mmu);
     let (mut s, _) = touched(w, bytes);
     let t = Instant::now();
-    let child = s.fork(&mut w.vm, &mut w.frames, &mut tlb).unwrap();
+    let child = s.fork(&w.vm, &mut w.frames, &mut tlb).unwrap();
     let d = t.elapsed();
     w.drop_space(child);
     w.drop_space(s);
@@ -247,8 +247,7 @@ fn areas(w: &mut World<'_>, n: u64, ops: u64) -> [Duration; 3] {
     let lookup = t.elapsed() / ops as u32;
     let t = Instant::now();
     for a in placed {
-        s.unmap(a, PAGE, &mut w.vm, &mut w.frames, &mut tlb)
-            .unwrap();
+        s.unmap(a, PAGE, &w.vm, &mut w.frames, &mut tlb).unwrap();
     }
     let unmap = t.elapsed() / ops as u32;
     w.drop_space(s);

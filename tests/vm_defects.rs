@@ -109,7 +109,7 @@ impl<'m> Machine<'m> {
                 Err(f) => {
                     let access = FaultAccess::from_error_code(f.error_code().bits());
                     let mut tlb = Tlb::uniprocessor(&mut self.cpu);
-                    s.handle_fault(&mut self.vm, va, access, &mut self.frames, &mut tlb)
+                    s.handle_fault(&self.vm, va, access, &mut self.frames, &mut tlb)
                         .map_err(|e| e.reason)?;
                 }
             }
@@ -120,7 +120,7 @@ impl<'m> Machine<'m> {
     fn end(mut self, s: Space<'m>) {
         self.leave(&s);
         let mut tlb = Tlb::uniprocessor(&mut self.cpu);
-        s.destroy(&mut self.vm, &mut self.frames, &mut tlb).unwrap();
+        s.destroy(&self.vm, &mut self.frames, &mut tlb).unwrap();
         assert_eq!(
             self.frames.in_use(),
             2,
@@ -152,7 +152,7 @@ fn a_write_survives_a_protect_and_reclaim() {
         BASE,
         PAGE,
         Prot::RW | Prot::USER,
-        &mut m.vm,
+        &m.vm,
         &mut m.frames,
         &mut tlb,
     )
@@ -161,7 +161,7 @@ fn a_write_survives_a_protect_and_reclaim() {
         m.touch(&mut s, p, None).unwrap();
     }
     let mut tlb = Tlb::uniprocessor(&mut m.cpu);
-    s.reclaim(&mut m.vm, &mut m.frames, 8, &mut tlb).unwrap();
+    s.reclaim(&m.vm, &mut m.frames, 8, &mut tlb).unwrap();
     assert_eq!(
         m.touch(&mut s, 0, None),
         Ok(0xAB),
@@ -189,18 +189,18 @@ fn reuse_after_fork_keeps_dirty() {
     );
     m.touch(&mut s, 0, Some(0xCD)).unwrap(); // Dirty
     let mut tlb = Tlb::uniprocessor(&mut m.cpu);
-    let child = s.fork(&mut m.vm, &mut m.frames, &mut tlb).unwrap();
-    child.destroy(&mut m.vm, &mut m.frames, &mut tlb).unwrap();
+    let child = s.fork(&m.vm, &mut m.frames, &mut tlb).unwrap();
+    child.destroy(&m.vm, &mut m.frames, &mut tlb).unwrap();
     // The kernel resolves a write fault for the page, then (SMAP) never writes.
     let va = VirtAddr::new(BASE);
     let present_write = FaultAccess::from_error_code(0b11);
-    let r = s.handle_fault(&mut m.vm, va, present_write, &mut m.frames, &mut tlb);
+    let r = s.handle_fault(&m.vm, va, present_write, &mut m.frames, &mut tlb);
     assert_eq!(r, Ok(FaultOutcome::ReusedOnWrite));
     for p in 1..8 {
         m.touch(&mut s, p, None).unwrap();
     }
     let mut tlb = Tlb::uniprocessor(&mut m.cpu);
-    s.reclaim(&mut m.vm, &mut m.frames, 8, &mut tlb).unwrap();
+    s.reclaim(&m.vm, &mut m.frames, 8, &mut tlb).unwrap();
     assert_eq!(
         m.touch(&mut s, 0, None),
         Ok(0xCD),
@@ -220,7 +220,7 @@ fn reclaim_without_swap_is_a_typed_error() {
     }
     let mut tlb = Tlb::uniprocessor(&mut m.cpu);
     assert_eq!(
-        s.reclaim(&mut m.vm, &mut m.frames, 4, &mut tlb),
+        s.reclaim(&m.vm, &mut m.frames, 4, &mut tlb),
         Err(FaultReason::NoSwap)
     );
     for p in 0..4 {
@@ -245,15 +245,15 @@ fn pages_shared_when_named_are_offered_again() {
         m.touch(&mut s, p, Some(p as u8 + 1)).unwrap();
     }
     let mut tlb = Tlb::uniprocessor(&mut m.cpu);
-    let child = s.fork(&mut m.vm, &mut m.frames, &mut tlb).unwrap();
+    let child = s.fork(&m.vm, &mut m.frames, &mut tlb).unwrap();
     assert_eq!(
-        s.reclaim(&mut m.vm, &mut m.frames, 4, &mut tlb),
+        s.reclaim(&m.vm, &mut m.frames, 4, &mut tlb),
         Ok(0),
         "all shared"
     );
-    child.destroy(&mut m.vm, &mut m.frames, &mut tlb).unwrap();
+    child.destroy(&m.vm, &mut m.frames, &mut tlb).unwrap();
     assert_eq!(
-        s.reclaim(&mut m.vm, &mut m.frames, 4, &mut tlb),
+        s.reclaim(&m.vm, &mut m.frames, 4, &mut tlb),
         Ok(4),
         "private again: every page can go"
     );
@@ -282,12 +282,12 @@ fn a_freed_table_is_invalidated_even_without_a_present_page() {
         .nth(1)
         .expect("a walk: tables, then the page");
     let mut tlb = Tlb::uniprocessor(&mut m.cpu);
-    assert_eq!(s.reclaim(&mut m.vm, &mut m.frames, 4, &mut tlb), Ok(4));
+    assert_eq!(s.reclaim(&m.vm, &mut m.frames, 4, &mut tlb), Ok(4));
     // Only swap entries keep the page table; a CPU may cache the way to it anyway.
     m.cpu.speculate(&mem.phys_mem(), VirtAddr::new(BASE));
     assert!(m.cpu.holds_frame(pt));
     let mut tlb = Tlb::uniprocessor(&mut m.cpu);
-    s.unmap(BASE, 4 * PAGE, &mut m.vm, &mut m.frames, &mut tlb)
+    s.unmap(BASE, 4 * PAGE, &m.vm, &mut m.frames, &mut tlb)
         .unwrap();
     assert!(!m.frames.is_allocated(pt), "the page table was freed");
     assert!(

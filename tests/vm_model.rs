@@ -274,7 +274,7 @@ impl<'m> World<'m> {
                 };
                 let (a, b) = (addr(page), addr(page + pages));
                 space
-                    .unmap(a, b - a, &mut self.vm, &mut self.frames, &mut up())
+                    .unmap(a, b - a, &self.vm, &mut self.frames, &mut up())
                     .unwrap();
                 model.unmap(a, b);
             }
@@ -292,7 +292,7 @@ impl<'m> World<'m> {
                 let covered = (a..b)
                     .step_by(PAGE as usize)
                     .all(|pg| model.pages.contains_key(&pg));
-                match space.protect(a, b - a, prot, &mut self.vm, &mut self.frames, &mut up()) {
+                match space.protect(a, b - a, prot, &self.vm, &mut self.frames, &mut up()) {
                     Ok(()) => {
                         assert!(covered);
                         for pg in (a..b).step_by(PAGE as usize) {
@@ -312,9 +312,7 @@ impl<'m> World<'m> {
                 let Some((space, model)) = self.procs[p].as_mut() else {
                     return;
                 };
-                let child = space
-                    .fork(&mut self.vm, &mut self.frames, &mut up())
-                    .unwrap();
+                let child = space.fork(&self.vm, &mut self.frames, &mut up()).unwrap();
                 let model = model.clone();
                 self.procs[slot] = Some((child, model));
             }
@@ -323,7 +321,7 @@ impl<'m> World<'m> {
                     return;
                 };
                 space
-                    .destroy(&mut self.vm, &mut self.frames, &mut up())
+                    .destroy(&self.vm, &mut self.frames, &mut up())
                     .unwrap();
             }
             Op::Read { p, page, off } | Op::Write { p, page, off, .. } => {
@@ -493,7 +491,7 @@ fn frame_exhaustion_at_every_step_changes_nothing() {
         frames.fail_after(k);
         // A fork, then writes in both (copies), then reads of new pages.
         let before = snapshot(&parent, &vm, &frames);
-        let child = match parent.fork(&mut vm, &mut frames, &mut up()) {
+        let child = match parent.fork(&vm, &mut frames, &mut up()) {
             Ok(child) => Some(child),
             Err(e) => {
                 assert_eq!(e, VmError::OutOfMemory);
@@ -517,7 +515,7 @@ fn frame_exhaustion_at_every_step_changes_nothing() {
             } else {
                 FaultAccess::write(true)
             };
-            match space.handle_fault(&mut vm, VirtAddr::new(a), access, &mut frames, &mut up()) {
+            match space.handle_fault(&vm, VirtAddr::new(a), access, &mut frames, &mut up()) {
                 Ok(_) => {}
                 Err(e) => {
                     assert_eq!(e.reason, FaultReason::OutOfMemory, "{e}");
@@ -528,7 +526,7 @@ fn frame_exhaustion_at_every_step_changes_nothing() {
         }
         frames.clear_failure();
         for space in spaces {
-            space.destroy(&mut vm, &mut frames, &mut up()).unwrap();
+            space.destroy(&vm, &mut frames, &mut up()).unwrap();
         }
         assert_eq!(frames.in_use(), 2, "leak after exhaustion at {k}");
     }
@@ -548,7 +546,7 @@ fn fork_shares_then_copies_and_reuses() {
     let used = frames.in_use();
     let mut mmu = RecordingMmu::new(parent.pml4());
     let mut child = parent
-        .fork(&mut vm, &mut frames, &mut Tlb::uniprocessor(&mut mmu))
+        .fork(&vm, &mut frames, &mut Tlb::uniprocessor(&mut mmu))
         .unwrap();
     assert_eq!(
         mmu.invlpg_count(),
@@ -560,7 +558,7 @@ fn fork_shares_then_copies_and_reuses() {
     assert_eq!(frames.in_use(), used + 4);
     let w = child
         .handle_fault(
-            &mut vm,
+            &vm,
             VirtAddr::new(a),
             FaultAccess {
                 present: true,
@@ -579,7 +577,7 @@ fn fork_shares_then_copies_and_reuses() {
     // The parent's frame is no longer shared: its write fault reuses it.
     let r = parent
         .handle_fault(
-            &mut vm,
+            &vm,
             VirtAddr::new(a),
             FaultAccess {
                 present: true,
@@ -592,8 +590,8 @@ fn fork_shares_then_copies_and_reuses() {
     assert_eq!(r, FaultOutcome::ReusedOnWrite);
     let s = vm.stats();
     assert_eq!((s.cow_copies, s.cow_reuses, s.shared_frames), (1, 1, 0));
-    child.destroy(&mut vm, &mut frames, &mut up()).unwrap();
-    parent.destroy(&mut vm, &mut frames, &mut up()).unwrap();
+    child.destroy(&vm, &mut frames, &mut up()).unwrap();
+    parent.destroy(&vm, &mut frames, &mut up()).unwrap();
     assert_eq!(frames.in_use(), 2);
 }
 
@@ -679,7 +677,7 @@ fn faults_are_typed_for_every_reason() {
 fn areas_split_merge_and_refuse_bad_ranges() {
     let mem = EmulatedMemory::new(64);
     let mut frames = mem.frame_allocator();
-    let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
+    let vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
     let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     let mut s = VmSpace::new_user(&kernel, &mut frames).unwrap();
     let rw = Prot::RW | Prot::USER;
@@ -693,17 +691,17 @@ fn areas_split_merge_and_refuse_bad_ranges() {
         a + 4 * PAGE,
         4 * PAGE,
         Prot::READ | Prot::USER,
-        &mut vm,
+        &vm,
         &mut frames,
         &mut up(),
     )
     .unwrap();
     assert_eq!(s.area_count(), 3);
-    s.protect(a + 4 * PAGE, 4 * PAGE, rw, &mut vm, &mut frames, &mut up())
+    s.protect(a + 4 * PAGE, 4 * PAGE, rw, &vm, &mut frames, &mut up())
         .unwrap();
     assert_eq!(s.area_count(), 1);
     // Unmap the middle: two areas, and the hole is found by a gap search.
-    s.unmap(a + 4 * PAGE, 2 * PAGE, &mut vm, &mut frames, &mut up())
+    s.unmap(a + 4 * PAGE, 2 * PAGE, &vm, &mut frames, &mut up())
         .unwrap();
     assert_eq!(s.area_count(), 2);
     assert_eq!(
@@ -731,11 +729,11 @@ fn areas_split_merge_and_refuse_bad_ranges() {
         VmError::Overlap { addr: a }
     );
     assert!(matches!(
-        s.unmap(0xffff_8000_0000_0000, PAGE, &mut vm, &mut frames, &mut up()),
+        s.unmap(0xffff_8000_0000_0000, PAGE, &vm, &mut frames, &mut up()),
         Err(VmError::OutOfRange { .. })
     ));
     assert!(matches!(
-        s.protect(0x5000_0000, PAGE, rw, &mut vm, &mut frames, &mut up()),
+        s.protect(0x5000_0000, PAGE, rw, &vm, &mut frames, &mut up()),
         Err(VmError::Unmapped { .. })
     ));
     // Fixed physical memory maps at once and is never freed.
@@ -754,7 +752,7 @@ fn areas_split_merge_and_refuse_bad_ranges() {
     s.check_invariants(&vm).unwrap();
     let in_use = frames.in_use();
     let _ = in_use;
-    s.destroy(&mut vm, &mut frames, &mut up()).unwrap();
+    s.destroy(&vm, &mut frames, &mut up()).unwrap();
     assert_eq!(frames.in_use(), 2);
 }
 
@@ -924,7 +922,7 @@ fn four_times_ram_with_checksums_faults_and_out_of_swap() {
             assert_eq!(v, stamp(p, 99), "page {p} after out of swap");
         }
     }
-    s.destroy(&mut vm, &mut frames, &mut up()).unwrap();
+    s.destroy(&vm, &mut frames, &mut up()).unwrap();
     let st = vm.stats();
     assert_eq!((st.resident_frames, st.swap_slots_used), (0, 0), "{st:?}");
     assert_eq!(frames.in_use(), 2);
@@ -1011,7 +1009,7 @@ fn kernel_fault_counts_equal_the_simulator() {
                 "{pname} on {tname}: the trace must evict"
             );
             eprintln!("{pname} {tname}: {expected} faults in kernel and simulator");
-            s.destroy(&mut vm, &mut frames, &mut up()).unwrap();
+            s.destroy(&vm, &mut frames, &mut up()).unwrap();
         }
     }
 }

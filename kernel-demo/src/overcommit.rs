@@ -7,7 +7,7 @@
 use crate::arch::interrupts;
 use crate::arch::trap::{vector, Fault};
 use crate::mm::memory::{with_memory, FRAMES};
-use crate::user::process::{with_tlb, with_vm};
+use crate::user::process::{configure_vm, with_tlb, with_vm};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -143,7 +143,7 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, pages: u64) -> Report
     WRITE_TICKS.store(0, Ordering::Relaxed);
     WRITTEN.store(0, Ordering::Relaxed);
     let timed = Timed { inner: device };
-    with_vm(|vm| {
+    configure_vm(|vm| {
         vm.set_frame_limit(Some(limit));
         assert!(
             vm.attach_swap(Box::new(timed)).is_ok(),
@@ -203,7 +203,7 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, pages: u64) -> Report
     ticks.sort_unstable();
     let swap_in_median = ticks.get(ticks.len() / 2).copied().unwrap_or(0);
     drop(ticks);
-    with_vm(|vm| {
+    configure_vm(|vm| {
         vm.set_frame_limit(None);
         let after = vm.stats();
         assert_eq!(
@@ -238,7 +238,7 @@ pub fn replay(
     device: Box<dyn SwapDevice + Send>,
 ) -> u64 {
     let pages = trace.iter().max().map_or(1, |&m| m + 1);
-    with_vm(|vm| {
+    configure_vm(|vm| {
         vm.set_frame_limit(Some(limit));
         vm.set_reclaim(Some(1), 1);
         assert!(
@@ -271,7 +271,7 @@ pub fn replay(
     with_vm(|vm| with_tlb(|tlb| space.destroy(vm, &mut &FRAMES, tlb)))
         .map_err(|e| e.1)
         .expect("teardown");
-    with_vm(|vm| {
+    configure_vm(|vm| {
         vm.set_frame_limit(None);
         vm.set_reclaim(None, 8);
         drop(vm.detach_swap().expect("no slot in use"));

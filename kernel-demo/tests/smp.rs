@@ -1,8 +1,9 @@
 //! Several CPUs on kmem: the application processors start on stacks kmem
 //! mapped (guard pages below), all CPUs allocate, free, map and unmap at
 //! once, a TLB shootdown stops another CPU's reads through an unmapped
-//! page, and page tables an unmap freed stay allocated until every CPU
-//! acknowledged the shootdown.
+//! page, page tables an unmap freed stay allocated until every CPU
+//! acknowledged the shootdown, and a process with a thread on each CPU
+//! keeps every value through munmap, mprotect, fork and swap.
 // kmem-vm: mem=256M smp=4
 #![no_std]
 #![no_main]
@@ -369,5 +370,27 @@ kernel_demo::test_kernel! {
             "released before CPU 1 could acknowledge"
         );
         assert!(freed_table_is_free(), "the tables are free after the release");
+    }
+
+    /// A process with a thread on every CPU, overcommitted onto swap: the
+    /// threads write and check their own pages and read shared ones while
+    /// each in turn unmaps, protects and forks the space under the others.
+    /// Every value read is the last one written, every access after munmap
+    /// faults, and every frame, heap byte and swap slot comes back.
+    fn threaded_process_with_swap() {
+        let n = cpus();
+        let r = kernel_demo::user::threads::run(0x7ead_5eed);
+        let (faults, changes, refused, bad): (u64, u64, u64, u64) = r.threads.iter().fold((0, 0, 0, 0), |a, t| {
+            (a.0 + t.faults, a.1 + t.changes, a.2 + t.refused, a.3 + t.bad)
+        });
+        assert_eq!(r.threads.len(), n);
+        assert_eq!(bad, 0, "a read saw another value than the last written: {:?}", r.threads);
+        assert!(r.threads.iter().all(|t| t.faults > 0 && t.changes > 0), "every thread faulted and changed the space");
+        assert!(refused > 0, "accesses after munmap were tried");
+        assert!(r.swap_outs > 0 && r.swap_ins > 0, "pages went to swap and came back");
+        assert!(r.rounds > 0, "changes were shot down on the other CPUs");
+        assert_eq!(r.slots_left, 0, "swap slots left in use");
+        assert_eq!(r.accounted.0, r.accounted.1, "frames or heap bytes lost");
+        let _ = (faults, changes);
     }
 }

@@ -75,4 +75,10 @@ pub enum FaultOutcome {
     /// The page already allowed the access (a stale TLB entry): the
     /// flush drops it.
     Spurious,
+    /// Another CPU is moving the page (reading it in from swap, or writing
+    /// it out): nothing was done. Return from the fault; the access faults
+    /// again until the transfer ends (Linux's `VM_FAULT_RETRY`). Returning,
+    /// rather than spinning in the handler, lets this CPU take the TLB
+    /// shootdown the moving CPU may be waiting for.
+    InTransit,
 }

@@ -7,7 +7,7 @@
 //! from swap, with no lock held; the entry is then checked again under the
 //! lock, and a fault that lost the race to another one gives its frame back.
 //! A page in transit (being read in, or written out by reclaim) is marked in
-//! its entry, and a fault on it waits for that transfer.
+//! its entry; a fault on it returns at once and the access is retried.
 
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
@@ -34,7 +34,7 @@ enum Step {
     SwapIn {
         entry: u64,
     },
-    /// Another fault or reclaim is moving the page: look again.
+    /// Another fault or reclaim is moving the page.
     Wait,
 }
 
@@ -50,9 +50,9 @@ impl<P: PhysMem> VmSpace<P> {
     /// Takes the space by shared reference: faults of one space may run on
     /// several CPUs at once (a kernel holds its address-space lock for
     /// reading); `unmap`, `protect` and `fork` take it exclusively. A fault
-    /// on a page in transit spins, holding no lock, until the transfer
-    /// ends: run faults with interrupts enabled, or serve TLB shootdowns
-    /// while spinning, so the CPU moving the page can finish.
+    /// on a page another CPU is moving returns [`FaultOutcome::InTransit`]
+    /// at once: the access is retried, and meanwhile this CPU can take the
+    /// shootdown the moving CPU may wait for.
     pub fn handle_fault<A: FrameSource + ?Sized>(
         &self,
         vm: &Vm,
@@ -71,7 +71,7 @@ impl<P: PhysMem> VmSpace<P> {
                 FaultOutcome::CopiedOnWrite => count(&s.cow_copies, 1),
                 FaultOutcome::ReusedOnWrite => count(&s.cow_reuses, 1),
                 FaultOutcome::Spurious => count(&s.spurious, 1),
-                FaultOutcome::FixedMapped | FaultOutcome::SwappedIn => {}
+                FaultOutcome::FixedMapped | FaultOutcome::SwappedIn | FaultOutcome::InTransit => {}
             },
             Err(e) if e.reason.is_refusal() => count(&s.protection_faults, 1),
             Err(_) => {}
@@ -120,7 +120,7 @@ impl<P: PhysMem> VmSpace<P> {
                 .map_err(fail)?;
             match step {
                 Step::Done(outcome) => return Ok(outcome),
-                Step::Wait => core::hint::spin_loop(),
+                Step::Wait => return Ok(FaultOutcome::InTransit),
                 Step::SwapIn { entry } => {
                     return self
                         .swap_in(vm, page, entry, prot, frames, tlb)

@@ -91,6 +91,11 @@ impl Shares {
                 self.shared -= 1;
                 if chunk.shared == 0 {
                     self.chunks.remove(&c);
+                    if self.chunks.is_empty() {
+                        // An emptied BTreeMap keeps its root node: drop it, so a
+                        // kernel with nothing shared holds no heap memory for it.
+                        self.chunks = BTreeMap::new();
+                    }
                 }
                 false
             }

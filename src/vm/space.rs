@@ -60,9 +60,11 @@ pub struct VmSpace<P: PhysMem> {
     /// Chooses the pages reclaim gives up (page ids: virtual page numbers);
     /// without one, reclaim runs its own CLOCK over the Accessed bits.
     /// Locked after the page tables.
-    pub(super) policy: spin::Mutex<Option<Box<dyn ReplacementPolicy + Send>>>,
+    /// Boxed, as `cpus`: keeps a space small enough to hand back by value
+    /// in errors.
+    pub(super) policy: Box<spin::Mutex<Option<Box<dyn ReplacementPolicy + Send>>>>,
     /// The CPUs that have (or lazily may still have) the space loaded.
-    pub(super) cpus: ActiveCpus,
+    pub(super) cpus: Box<ActiveCpus>,
 }
 
 impl<P: PhysMem> core::fmt::Debug for VmSpace<P> {
@@ -86,8 +88,8 @@ impl<P: PhysMem + Clone> VmSpace<P> {
             areas: Box::new(AreaSet::new(lo, hi)),
             clock_hand: AtomicU64::new(lo),
             last_swap_in: AtomicU64::new(0),
-            policy: spin::Mutex::new(None),
-            cpus: ActiveCpus::new(),
+            policy: Box::new(spin::Mutex::new(None)),
+            cpus: Box::new(ActiveCpus::new()),
         }
     }
 

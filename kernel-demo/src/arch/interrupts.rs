@@ -7,6 +7,7 @@
 //! how a fault inside [`crate::arch::recover::protect`] resumes the caller.
 
 use crate::arch::trap::{return_from_trap_frame, vector, Fault, TrapFrame};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use x86_64::registers::control::Cr2;
 use x86_64::structures::gdt::SegmentSelector;
 use x86_64::structures::DescriptorTablePointer;
@@ -16,11 +17,22 @@ use x86_64::VirtAddr;
 /// instruction (return true), e.g. by mapping the missing page.
 pub type FaultHook = fn(&Fault) -> bool;
 
-static FAULT_HOOK: spin::Mutex<Option<FaultHook>> = spin::Mutex::new(None);
+/// The hook as an address (0: none): read without a lock, since several
+/// CPUs fault at once.
+static FAULT_HOOK: AtomicUsize = AtomicUsize::new(0);
 
 /// Installs (or, with `None`, removes) the fault-repair hook.
 pub fn set_fault_hook(hook: Option<FaultHook>) {
-    *FAULT_HOOK.lock() = hook;
+    FAULT_HOOK.store(hook.map_or(0, |h| h as usize), Ordering::SeqCst);
+}
+
+/// The installed hook.
+fn fault_hook() -> Option<FaultHook> {
+    match FAULT_HOOK.load(Ordering::SeqCst) {
+        0 => None,
+        // SAFETY: a non-zero value was stored from a `FaultHook` above.
+        a => Some(unsafe { core::mem::transmute::<usize, FaultHook>(a) }),
+    }
 }
 
 extern "C" fn dispatch(frame: &mut TrapFrame) {
@@ -48,8 +60,7 @@ extern "C" fn dispatch(frame: &mut TrapFrame) {
     if crate::user::fixup(frame) {
         return;
     }
-    let hook = FAULT_HOOK.try_lock().and_then(|h| *h);
-    if let Some(hook) = hook {
+    if let Some(hook) = fault_hook() {
         if fault.vector != vector::DOUBLE_FAULT && hook(&fault) {
             return;
         }

@@ -95,7 +95,42 @@ pub fn run() {
     if (frames0, live0) != (frames1, live1) || bad != 0 {
         kernel_demo::fatal(format_args!("the concurrent section lost memory or data"));
     }
+    threaded_process();
     shootdown_bench(n);
+}
+
+/// A process with a thread on every CPU, overcommitted onto swap.
+fn threaded_process() {
+    use kernel_demo::user::threads::{self, FRAME_LIMIT, OWN_PAGES, ROUNDS, SHARED_PAGES};
+    let r = threads::run(0x7ead_5eed);
+    let n = r.threads.len() as u64;
+    println!(
+        "a process with a thread on each of {n} CPUs: {OWN_PAGES} pages each + {SHARED_PAGES} shared over {FRAME_LIMIT} frames (swap in kernel memory), {ROUNDS} rounds of write/check, each thread in turn unmapping, protecting and forking the space under the others, {} ms:",
+        r.ms
+    );
+    println!("  cpu  faults  in-transit  checks  bad  changes  refused-after-munmap");
+    let mut faults = 0;
+    for (c, t) in r.threads.iter().enumerate() {
+        println!(
+            "  {c:>3}  {:>6}  {:>10}  {:>6}  {:>3}  {:>7}  {:>20}",
+            t.faults, t.in_transit, t.checks, t.bad, t.changes, t.refused
+        );
+        faults += t.faults;
+    }
+    let rate = (faults * 1000).checked_div(r.ms).unwrap_or(0);
+    println!(
+        "totals: {faults} faults ({rate} per second), {} shootdown rounds, {} pages swapped out, {} in; frames and heap {:?} -> {:?}, swap slots left {}: {}",
+        r.rounds,
+        r.swap_outs,
+        r.swap_ins,
+        r.accounted.0,
+        r.accounted.1,
+        r.slots_left,
+        if r.clean() { "all back, every value as last written" } else { "LOST" }
+    );
+    if !r.clean() {
+        kernel_demo::fatal(format_args!("the threaded process lost memory or data"));
+    }
 }
 
 /// Maps `pages` pages of 4 KiB at `start` with fresh frames.

@@ -11,6 +11,7 @@
 
 pub mod process;
 pub mod programs;
+pub mod threads;
 
 use crate::arch::recover::{kmem_longjmp, kmem_setjmp_call, JmpBuf};
 use crate::arch::trap::{Fault, TrapFrame};

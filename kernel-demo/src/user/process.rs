@@ -3,7 +3,8 @@
 //! run in ring 3 round-robin until it exits, forks or is ended for a
 //! fault the virtual-memory layer refuses.
 
-use crate::arch::smp::{self, shootdown::IpiShootdown};
+use crate::arch::smp::shootdown::{read_serving, write_serving, IpiShootdown};
+use crate::arch::smp::{self};
 use crate::arch::trap::{vector, Fault, TrapFrame};
 use crate::mm::memory::{direct_map, with_memory, FRAMES};
 use crate::user::programs::{self, Program};
@@ -28,12 +29,26 @@ pub const STACK_TOP: u64 = 0x7fff_0000_0000;
 /// Stack size (demand-paged); a guard page lies below.
 pub const STACK_PAGES: u64 = 16;
 
-/// The kernel's virtual-memory state: the zero frame, share counts, counters.
-static VM: spin::Mutex<Option<Vm>> = spin::Mutex::new(None);
+/// The kernel's virtual-memory state: the zero frame, share counts, swap,
+/// counters. Faults on every CPU share it (read); setting it up (a frame
+/// limit, a swap device) takes it alone (write).
+static VM: spin::RwLock<Option<Vm>> = spin::RwLock::new(None);
 
-/// Runs `f` with the kernel's [`Vm`], making it on first use.
-pub fn with_vm<R>(f: impl FnOnce(&mut Vm) -> R) -> R {
-    let mut guard = VM.lock();
+/// Runs `f` with the kernel's [`Vm`], making it on first use. CPUs run it at
+/// once; waiting, a CPU serves TLB shootdowns.
+pub fn with_vm<R>(f: impl FnOnce(&Vm) -> R) -> R {
+    loop {
+        if let Some(vm) = read_serving(&VM).as_ref() {
+            return f(vm);
+        }
+        configure_vm(|_| {});
+    }
+}
+
+/// Runs `f` with the kernel's [`Vm`] alone (to set a limit, attach swap),
+/// making it on first use.
+pub fn configure_vm<R>(f: impl FnOnce(&mut Vm) -> R) -> R {
+    let mut guard = write_serving(&VM);
     let vm = guard.get_or_insert_with(|| {
         Vm::new(&direct_map(), &mut &FRAMES).expect("a frame for the zero page")
     });

@@ -91,6 +91,28 @@ pub fn lock_serving<T>(lock: &spin::Mutex<T>) -> spin::MutexGuard<'_, T> {
     }
 }
 
+/// Takes `lock` for reading, serving shootdown requests while it waits.
+pub fn read_serving<T>(lock: &spin::RwLock<T>) -> spin::RwLockReadGuard<'_, T> {
+    loop {
+        if let Some(guard) = lock.try_read() {
+            return guard;
+        }
+        serve_pending();
+        core::hint::spin_loop();
+    }
+}
+
+/// Takes `lock` for writing, serving shootdown requests while it waits.
+pub fn write_serving<T>(lock: &spin::RwLock<T>) -> spin::RwLockWriteGuard<'_, T> {
+    loop {
+        if let Some(guard) = lock.try_write() {
+            return guard;
+        }
+        serve_pending();
+        core::hint::spin_loop();
+    }
+}
+
 /// The kernel's shootdown: IPIs through the local APIC.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct IpiShootdown;
