@@ -211,3 +211,83 @@ fn blog_os_code_runs_on_kmems_mapper() {
     assert_eq!(mapper.give_back_spares(&mut frames), 3);
     assert_eq!(frames.in_use(), in_use - 3);
 }
+
+/// A frame source two owners see: the page source, and a test's check.
+#[derive(Clone)]
+struct Shared(std::rc::Rc<std::cell::RefCell<EmulatedFrameAllocator>>);
+
+// SAFETY: forwards to the emulated allocator, which makes the promise.
+unsafe impl FrameAllocator<Size4KiB> for Shared {
+    fn allocate_frame(&mut self) -> Option<PhysFrame> {
+        self.0.borrow_mut().allocate_frame()
+    }
+}
+
+impl x86_64::structures::paging::FrameDeallocator<Size4KiB> for Shared {
+    unsafe fn deallocate_frame(&mut self, frame: PhysFrame) {
+        // SAFETY: the caller's promise, forwarded.
+        unsafe { self.0.borrow_mut().deallocate_frame(frame) }
+    }
+}
+
+/// The other CPUs, as a test sees them: each round checks that no frame
+/// of the pages being given back was freed yet.
+struct Watch {
+    frames: Shared,
+    backing: Vec<PhysFrame>,
+    rounds: usize,
+}
+
+// SAFETY: a test double: the "other CPUs" cache nothing; it only records.
+unsafe impl kmem::heap::KernelShootdown for &mut Watch {
+    fn shoot_others(&mut self, flush: &kmem::paging::Flush) {
+        assert!(!flush.is_empty());
+        let frames = self.frames.0.borrow();
+        assert!(!flush.is_full(), "a batch fits a flush of single pages");
+        for va in flush.pages() {
+            let f = self.backing[(va.as_u64() as usize - HEAP) / PAGE - 1];
+            assert!(
+                frames.is_allocated(f),
+                "{f:?} freed before the other CPUs flushed"
+            );
+        }
+        self.rounds += 1;
+    }
+}
+
+/// Heap pages given back reach every other CPU before their frames are
+/// reused, in one round per 32 pages.
+#[test]
+fn kernel_page_source_shoots_down_before_freeing() {
+    let mem = memory(256);
+    let mut frames = mem.frame_allocator();
+    let mapper = shared_mapper(mem, &mut frames);
+    let base = frames.in_use();
+    let shared = Shared(std::rc::Rc::new(std::cell::RefCell::new(frames)));
+    let mmu = RecordingMmu::new(mapper.lock().pml4());
+    let mut watch = Watch {
+        frames: shared.clone(),
+        backing: Vec::new(),
+        rounds: 0,
+    };
+    let mut source =
+        KernelPageSource::with_mmu(mapper, shared.clone(), mmu).with_shootdown(&mut watch);
+    source.map(HEAP + PAGE, 40).unwrap();
+    let backing: Vec<PhysFrame> = (1..41)
+        .map(|i| PhysFrame::containing_address(frame_of(mapper, HEAP + i * PAGE).expect("mapped")))
+        .collect();
+    drop(source);
+    watch.backing = backing;
+    let mmu = RecordingMmu::new(mapper.lock().pml4());
+    let mut source =
+        KernelPageSource::with_mmu(mapper, shared.clone(), mmu).with_shootdown(&mut watch);
+    // SAFETY: mapped above, used by nothing.
+    unsafe { source.unmap(HEAP + PAGE, 40) };
+    drop(source);
+    assert_eq!(watch.rounds, 2, "one round per 32 pages");
+    assert_eq!(
+        shared.0.borrow().in_use(),
+        base + 1,
+        "frames and empty tables back after"
+    );
+}

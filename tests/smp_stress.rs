@@ -481,3 +481,35 @@ fn heap_refuses_a_double_free_of_the_last_freed_block() {
     // SAFETY: a breach on purpose, refused before anything changes.
     unsafe { heap.dealloc(p, layout) };
 }
+
+static ON_EMPTY_CACHE: std::sync::OnceLock<&'static Cache> = std::sync::OnceLock::new();
+
+/// Defect 7 of the multi-CPU review: frames parked in a CPU's cache were
+/// out of reach of the shared allocator's other users (the mapper, the
+/// heap's page source), which reported out of memory. With the caches'
+/// drain registered, such an allocation gets a frame.
+#[test]
+fn shared_allocator_drains_the_caches_before_failing() {
+    use x86_64::structures::paging::{FrameAllocator, Size4KiB};
+    let map: MemoryMap =
+        MemoryMap::from_regions([Region::new(0x10_0000, 8 * 4096, RegionKind::Usable)]).unwrap();
+    let map: &'static MemoryMap = Box::leak(Box::new(map));
+    let storage = vec![0u64; BitmapFrameAllocator::storage_words(map)].leak();
+    let shared: &'static LockedFrameAllocator<'static, NoInterruptMask> = Box::leak(Box::new(
+        LockedFrameAllocator::new(BitmapFrameAllocator::new(map, storage).unwrap()),
+    ));
+    let cache: &'static Cache = Box::leak(Box::new(PerCpuFrames::new(shared, HostCpu)));
+    HostCpu::pin(0);
+    let all: Vec<PhysFrame> = (0..8).map(|_| cache.allocate().unwrap()).collect();
+    for f in all {
+        // SAFETY: allocated above, used by nothing.
+        unsafe { cache.free(f) }.unwrap();
+    }
+    let mut direct = shared;
+    let none: Option<PhysFrame<Size4KiB>> = direct.allocate_frame();
+    assert!(none.is_none(), "every frame sits in CPU 0's cache");
+    ON_EMPTY_CACHE.set(cache).ok().unwrap();
+    shared.set_on_empty(|| ON_EMPTY_CACHE.get().map_or(0, |c| c.drain_all()));
+    let got: Option<PhysFrame<Size4KiB>> = direct.allocate_frame();
+    assert!(got.is_some(), "the drain gave the cached frames back");
+}

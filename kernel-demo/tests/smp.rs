@@ -30,6 +30,7 @@ const CPUS: usize = 4;
 
 /// Starts the other CPUs (once) and checks they all came.
 fn cpus() -> usize {
+    kernel_demo::mm::smp::init();
     let n = smp::boot_aps(MAX_CPUS).unwrap_or_else(|e| panic!("starting the CPUs: {e}"));
     assert_eq!(n, CPUS, "CPUs online");
     n

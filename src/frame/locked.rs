@@ -10,6 +10,7 @@
 //! host tests exercise exactly the same locking code.
 
 use core::marker::PhantomData;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, PageSize, PhysFrame};
 
@@ -64,6 +65,8 @@ impl InterruptMask for NoInterruptMask {
 pub struct LockedFrameAllocator<'m, M: InterruptMask = X86Interrupts> {
     inner: spin::Mutex<BitmapFrameAllocator<'m>>,
     mask: PhantomData<fn() -> M>,
+    /// What to call when an allocation finds no frame (0: nothing).
+    on_empty: AtomicUsize,
 }
 
 impl<'m, M: InterruptMask> LockedFrameAllocator<'m, M> {
@@ -72,6 +75,7 @@ impl<'m, M: InterruptMask> LockedFrameAllocator<'m, M> {
         Self {
             inner: spin::Mutex::new(allocator),
             mask: PhantomData,
+            on_empty: AtomicUsize::new(0),
         }
     }
 
@@ -111,10 +115,36 @@ impl<'m, M: InterruptMask> LockedFrameAllocator<'m, M> {
     }
 }
 
+impl<M: InterruptMask> LockedFrameAllocator<'_, M> {
+    /// Registers `refill`, called (without the lock held) when an
+    /// allocation through the `FrameAllocator` impl finds no frame; it
+    /// returns how many frames it gave back, and the allocation is tried
+    /// once more. A kernel with per-CPU caches in front of this allocator
+    /// passes `|| CACHE.drain_all()`, so that frames parked in other CPUs'
+    /// caches are not reported as out of memory to the users of this
+    /// allocator (the mapper, the heap's page source). The caches
+    /// themselves allocate through [`with`](Self::with), which never calls it.
+    pub fn set_on_empty(&self, refill: fn() -> usize) {
+        self.on_empty.store(refill as usize, Ordering::Release);
+    }
+
+    fn refill(&self) -> bool {
+        match self.on_empty.load(Ordering::Acquire) {
+            0 => false,
+            f => {
+                // SAFETY: a non-zero value was stored from a `fn() -> usize` above.
+                let refill = unsafe { core::mem::transmute::<usize, fn() -> usize>(f) };
+                refill() > 0
+            }
+        }
+    }
+}
+
 // SAFETY: forwards to `BitmapFrameAllocator`'s impl under the lock.
 unsafe impl<S: PageSize, M: InterruptMask> FrameAllocator<S> for &LockedFrameAllocator<'_, M> {
     fn allocate_frame(&mut self) -> Option<PhysFrame<S>> {
         self.with(|a| a.allocate_frame())
+            .or_else(|| self.refill().then(|| self.with(|a| a.allocate_frame()))?)
     }
 }
 

@@ -7,8 +7,10 @@ use x86_64::VirtAddr;
 use super::{PageSource, PageSourceError, PAGE_SIZE};
 use crate::frame::LockedFrameAllocator;
 use crate::paging::{
-    FrameSource, KeepFreed, MapFlags, Mmu, OffsetPhysMem, PageTables, PhysMem, X86Mmu,
+    Flush, FrameSource, KeepFreed, MapFlags, Mmu, OffsetPhysMem, PageTables, PhysMem, X86Mmu,
+    FLUSH_THRESHOLD,
 };
+use crate::smp::{CpuSet, DeferredFrees, TlbShootdown};
 
 /// Backs heap pages with frames from `F`, mapped writable, non-executable, supervisor-only
 /// and global through the kernel's shared [`PageTables`].
@@ -35,10 +37,40 @@ use crate::paging::{
 /// unsafe { HEAP.init(KernelPageSource::new(mapper, &FRAMES), 0xffff_c000_0000_0000, 1 << 30) }
 /// # }
 /// ```
-pub struct KernelPageSource<'m, P: PhysMem, F, M: Mmu = X86Mmu> {
+pub struct KernelPageSource<'m, P: PhysMem, F, M: Mmu = X86Mmu, S = OneCpu> {
     mapper: &'m spin::Mutex<PageTables<P>>,
     frames: F,
     mmu: M,
+    others: S,
+}
+
+/// How a [`KernelPageSource`] reaches the other CPUs: heap pages are global
+/// kernel mappings, which every CPU may cache, so a page given back is
+/// invalidated on all of them before its frame is freed.
+///
+/// # Safety
+/// [`shoot_others`](Self::shoot_others) returns only after every CPU but
+/// the calling one that may cache a kernel translation has performed the
+/// invalidation `flush` describes (as [`Flush::flush`] does).
+///
+/// It is called with the kernel's mapper locked: a CPU that waits for that
+/// lock must still answer (serve requests while it spins).
+pub unsafe trait KernelShootdown {
+    /// Invalidates `flush` on every other CPU and waits for them.
+    fn shoot_others(&mut self, flush: &Flush);
+}
+
+/// The other CPUs of a kernel that runs one: none. The default of
+/// [`KernelPageSource::new`]; a kernel that starts other CPUs makes its
+/// source with [`KernelPageSource::with_shootdown`] (the heap's `init`
+/// contract requires it).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OneCpu;
+
+// SAFETY: on a kernel with one CPU there is no other CPU to invalidate; the
+// heap's `init` contract forbids this source on a kernel with more.
+unsafe impl KernelShootdown for OneCpu {
+    fn shoot_others(&mut self, _: &Flush) {}
 }
 
 impl<'m, P: PhysMem, F: FrameSource> KernelPageSource<'m, P, F> {
@@ -69,12 +101,32 @@ impl<'m, P: PhysMem, F, M: Mmu> KernelPageSource<'m, P, F, M> {
             mapper,
             frames,
             mmu,
+            others: OneCpu,
+        }
+    }
+}
+
+impl<'m, P: PhysMem, F, M: Mmu, S> KernelPageSource<'m, P, F, M, S> {
+    /// The same source with the privileged operations of `mmu` instead.
+    pub fn using_mmu<N: Mmu>(self, mmu: N) -> KernelPageSource<'m, P, F, N, S> {
+        KernelPageSource {
+            mapper: self.mapper,
+            frames: self.frames,
+            mmu,
+            others: self.others,
         }
     }
 
-    /// The same source with the privileged operations of `mmu` instead.
-    pub fn using_mmu<N: Mmu>(self, mmu: N) -> KernelPageSource<'m, P, F, N> {
-        KernelPageSource::with_mmu(self.mapper, self.frames, mmu)
+    /// The same source for a kernel with several CPUs: pages given back are
+    /// invalidated on every other CPU through `others` (one round for up to
+    /// 32 pages) before their frames are freed.
+    pub fn with_shootdown<T: KernelShootdown>(self, others: T) -> KernelPageSource<'m, P, F, M, T> {
+        KernelPageSource {
+            mapper: self.mapper,
+            frames: self.frames,
+            mmu: self.mmu,
+            others,
+        }
     }
 
     /// The frame source (to read its statistics).
@@ -97,24 +149,51 @@ fn page(addr: usize) -> Page<Size4KiB> {
     Page::containing_address(VirtAddr::new(addr as u64))
 }
 
-impl<P: PhysMem, F: FrameSource, M: Mmu> KernelPageSource<'_, P, F, M> {
-    /// Unmaps `pages` pages from `start` and gives their frames back, each after its TLB
-    /// entry is gone (a frame must not be reused while a stale translation can reach it).
+impl<P: PhysMem, F: FrameSource, M: Mmu, S: KernelShootdown> KernelPageSource<'_, P, F, M, S> {
+    /// Unmaps `pages` pages from `start` and gives their frames back, up to
+    /// [`FLUSH_THRESHOLD`] at a time, each batch after its TLB entries are
+    /// gone on every CPU (a frame must not be reused while a stale
+    /// translation can reach it). Page tables the unmaps empty wait with
+    /// the frames.
     fn release(&mut self, mapper: &mut PageTables<P>, start: usize, pages: usize) {
-        for i in 0..pages {
-            if let Ok((frame, flush)) = mapper.unmap(page(start + i * PAGE_SIZE), &mut self.frames)
-            {
-                flush.flush(&mut self.mmu);
-                // SAFETY: the page was the frame's only mapping and its TLB entry is gone.
-                unsafe { self.frames.deallocate_frame(frame) };
+        let mut i = 0;
+        while i < pages {
+            let n = (pages - i).min(FLUSH_THRESHOLD);
+            // Twice the pages: each unmap may also empty a page table (and,
+            // rarely, the tables above); those that do not fit are kept.
+            let mut held = DeferredFrees::<_, { 2 * FLUSH_THRESHOLD + 3 }>::new(&mut self.frames);
+            let mut flush = Flush::none();
+            for k in i..i + n {
+                if let Ok((frame, f)) = mapper.unmap(page(start + k * PAGE_SIZE), &mut held) {
+                    flush = flush.combine(f);
+                    // Full only past what it was sized for: then the frame is kept.
+                    let _ = held.defer(frame);
+                }
             }
+            let mut others = Others(&mut self.others);
+            // One CPU as far as `complete` knows: the others are `Others`'s.
+            let _ = held.complete(flush, &mut self.mmu, 0, CpuSet::first(2), &mut others);
+            i += n;
         }
+    }
+}
+
+/// A [`KernelShootdown`] as a [`TlbShootdown`] aimed at "every other CPU".
+struct Others<'a, S>(&'a mut S);
+
+// SAFETY: forwards to `S`, whose `shoot_others` reaches every other CPU (a
+// superset of any `targets`).
+unsafe impl<S: KernelShootdown> TlbShootdown for Others<'_, S> {
+    fn shoot(&mut self, _targets: CpuSet, flush: &Flush) {
+        self.0.shoot_others(flush);
     }
 }
 
 // SAFETY: every page gets a fresh frame from the frame source, mapped read-write; a failure
 // unmaps and gives back what this call mapped, so the range is left unmapped.
-unsafe impl<P: PhysMem, F: FrameSource, M: Mmu> PageSource for KernelPageSource<'_, P, F, M> {
+unsafe impl<P: PhysMem, F: FrameSource, M: Mmu, S: KernelShootdown> PageSource
+    for KernelPageSource<'_, P, F, M, S>
+{
     fn map(&mut self, start: usize, pages: usize) -> Result<(), PageSourceError> {
         let flags = MapFlags::READ_WRITE.global();
         let mut mapper = self.mapper.lock();
@@ -147,7 +226,7 @@ unsafe impl<P: PhysMem, F: FrameSource, M: Mmu> PageSource for KernelPageSource<
     }
 }
 
-impl<P: PhysMem, F, M: Mmu> core::fmt::Debug for KernelPageSource<'_, P, F, M> {
+impl<P: PhysMem, F, M: Mmu, S> core::fmt::Debug for KernelPageSource<'_, P, F, M, S> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("KernelPageSource").finish_non_exhaustive()
     }

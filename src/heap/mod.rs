@@ -51,7 +51,7 @@ pub mod tracking;
 pub use allocator::Heap;
 pub use error::{AllocError, HeapInitError, HeapInvariantError};
 pub use global::{HeapSlot, LockedHeap};
-pub use kernel_source::{KernelHeap, KernelPageSource};
+pub use kernel_source::{KernelHeap, KernelPageSource, KernelShootdown, OneCpu};
 pub use page_source::{MappedPageSource, PageMapper, PageSource, PageSourceError, PAGE_SIZE};
 pub use size_class::{class_align, class_of, CLASS_SIZES, MAX_SMALL, NUM_CLASSES};
 pub use stats::HeapStats;

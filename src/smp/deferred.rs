@@ -55,7 +55,7 @@ use crate::paging::{Flush, Mmu};
 /// # #[cfg(not(feature = "testing"))]
 /// # fn main() {}
 /// ```
-#[must_use = "the frames it holds are recycled only by `release` or `complete`"]
+#[must_use = "the frames it holds are recycled only by `complete`"]
 pub struct DeferredFrees<'a, A: ?Sized, const N: usize> {
     alloc: &'a mut A,
     held: Magazine<N>,
@@ -106,8 +106,10 @@ impl<'a, A: ?Sized, const N: usize> DeferredFrees<'a, A, N> {
 
 impl<A: FrameDeallocator<Size4KiB> + ?Sized, const N: usize> DeferredFrees<'_, A, N> {
     /// Gives the held frames to the allocator, now that every CPU that may
-    /// have cached a translation to them acknowledged the flush.
-    pub fn release(mut self, acked: Acked) -> ReleaseReport {
+    /// have cached a translation to them acknowledged the flush. Private:
+    /// only [`complete`](Self::complete) makes the `Acked` it needs, from
+    /// the flush that covers these frames.
+    fn release(mut self, acked: Acked) -> ReleaseReport {
         let released = self.held.len();
         let alloc = &mut *self.alloc;
         self.held.take_oldest(N, |f| {
@@ -125,8 +127,8 @@ impl<A: FrameDeallocator<Size4KiB> + ?Sized, const N: usize> DeferredFrees<'_, A
         }
     }
 
-    /// [`Flush::shoot`] then [`release`](Self::release): the whole order in
-    /// one call.
+    /// [`Flush::shoot`], then the held frames back to the allocator: the
+    /// only way to release them, so a free cannot come before its flush.
     pub fn complete<M, T>(
         self,
         flush: Flush,

@@ -33,7 +33,7 @@ unsafe impl<T: TlbShootdown + ?Sized> TlbShootdown for &mut T {
 }
 
 /// Proof that a flush was done on every CPU it had to be done on; what
-/// [`DeferredFrees::release`](super::DeferredFrees::release) asks for.
+/// [`DeferredFrees::complete`](super::DeferredFrees::complete) makes and uses.
 #[must_use = "frames unmapped before the shootdown may now be released"]
 #[derive(Debug, PartialEq, Eq)]
 pub struct Acked {

@@ -28,6 +28,7 @@ const BENCH_PAGES: u64 = 512;
 const RUNS: usize = 7;
 
 pub fn run() {
+    kernel_demo::mm::smp::init();
     let n = match smp::boot_aps(MAX_CPUS) {
         Ok(n) => n,
         Err(e) => kernel_demo::fatal(format_args!("starting the other CPUs: {e}")),

@@ -21,6 +21,14 @@ use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 pub static FRAME_CACHE: PerCpuFrames<'static, 'static, KernelCpu, X86Interrupts, MAX_CPUS> =
     PerCpuFrames::new(&FRAMES, KernelCpu);
 
+/// Lets the kernel's other frame users (the mapper, the heap's page
+/// source, which allocate from [`FRAMES`] directly) reach frames parked in
+/// the CPUs' caches: an allocation that finds none drains every cache and
+/// tries again, instead of reporting out of memory.
+pub fn init() {
+    FRAMES.set_on_empty(|| FRAME_CACHE.drain_all());
+}
+
 /// Per-CPU size-class caches in front of the kernel heap.
 pub static HEAP_CACHE: PerCpuHeap<Global, KernelCpu, MAX_CPUS> = PerCpuHeap::new(Global, KernelCpu);
 

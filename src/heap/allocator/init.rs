@@ -18,6 +18,10 @@ impl<P: PageSource> Heap<P> {
     /// # Safety
     /// The range must be reserved for this heap alone (nothing else maps or
     /// uses it) for the heap's whole life, and `source` must be able to map it.
+    /// On a kernel that runs several CPUs, `source` must invalidate the pages
+    /// it unmaps on every CPU before their frames are reused (a
+    /// [`KernelPageSource`](crate::heap::KernelPageSource) made
+    /// `with_shootdown`, or a `MappedPageSource` whose mapper shoots down).
     pub unsafe fn new(source: P, start: usize, len: usize) -> Result<Self, HeapInitError> {
         let mut slot = MaybeUninit::uninit();
         // SAFETY: forwarded from the caller.

@@ -296,9 +296,6 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     let pml4 = x86_64::structures::paging::PhysFrame::containing_address(x86_64::PhysAddr::new(
         KERNEL_CR3.load(Ordering::SeqCst),
     ));
-    // SAFETY: the kernel's tables map everything this CPU uses: its code,
-    // statics, its stack (kernel half, shared with the trampoline tables).
-    unsafe { kmem::paging::Mmu::set_cr3(&mut kmem::paging::X86Mmu, pml4) };
     // First, so that `cpu_index` (recovery slots, shootdown acks) is this
     // CPU's from here on, not the boot CPU's.
     if RDTSCP.load(Ordering::SeqCst) {
@@ -306,10 +303,22 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
         // CPU model); only rdtscp reads it.
         unsafe { Msr::new(IA32_TSC_AUX).write(cpu as u64) };
     }
+    // A target of every shootdown before it can cache a kernel translation
+    // of its own; it answers by polling until its interrupts are on.
+    shootdown::join(cpu);
+    let mut mmu = kmem::paging::X86Mmu;
+    // SAFETY: the kernel's tables map everything this CPU uses: its code,
+    // statics, its stack (kernel half, shared with the trampoline tables).
+    unsafe { kmem::paging::Mmu::set_cr3(&mut mmu, pml4) };
+    // Global entries survive a CR3 load: drop what the trampoline's walks cached.
+    kmem::paging::Mmu::flush_all(&mut mmu);
+    shootdown::serve_pending();
     cpu::init();
     crate::arch::gdt::init_ap(cpu, CPUS[cpu].ist_top.load(Ordering::SeqCst));
+    shootdown::serve_pending();
     crate::arch::interrupts::init_ap();
     apic::enable();
+    shootdown::serve_pending();
     CPUS[cpu]
         .finished
         .store(GENERATION.load(Ordering::SeqCst), Ordering::SeqCst);
