@@ -3,13 +3,16 @@
 //!
 //! Counts live in 4 KiB chunks of 1024 four-byte counters, one chunk per
 //! 4 MiB of physical memory that holds at least one shared frame, on the
-//! kernel heap; a chunk goes when its last shared frame does. A frame with
+//! kernel heap; a chunk goes when its last shared frame does. Chunks are
+//! made by [`Shares::reserve`], which can fail (a fork checks before it
+//! changes anything); counting in a reserved chunk never allocates. A frame with
 //! one mapping costs nothing outside such chunks, and is never counted:
 //! its counter stays 0. Lookups are a small tree search for the chunk plus
 //! an index, so a fork of many pages counts them in a few ns each.
 
+use alloc::alloc::{alloc_zeroed, Layout};
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 use x86_64::structures::paging::PhysFrame;
 
 const CHUNK: usize = 1024;
@@ -21,10 +24,23 @@ struct Chunk {
     shared: u32,
 }
 
+impl Chunk {
+    /// A zeroed chunk, or `None` when the heap has no room.
+    fn try_new() -> Option<Box<Self>> {
+        let layout = Layout::new::<Self>();
+        // SAFETY: the layout is non-zero in size.
+        let p = unsafe { alloc_zeroed(layout) }.cast::<Self>();
+        // SAFETY: all-zero bytes are a valid `Chunk` (integers), the pointer is
+        // from the global allocator with `Box`'s layout for `Chunk`.
+        (!p.is_null()).then(|| unsafe { Box::from_raw(p) })
+    }
+}
+
 /// Share counts of frames mapped more than once.
 #[derive(Default)]
 pub(crate) struct Shares {
-    chunks: BTreeMap<u64, Box<Chunk>>,
+    /// By chunk number, ascending.
+    chunks: Vec<(u64, Box<Chunk>)>,
     shared: usize,
 }
 
@@ -47,10 +63,15 @@ pub(crate) fn frame_key(frame: PhysFrame) -> u64 {
 }
 
 impl Shares {
+    fn chunk(&self, c: u64) -> Option<&Chunk> {
+        let i = self.chunks.binary_search_by_key(&c, |e| e.0).ok()?;
+        Some(&self.chunks[i].1)
+    }
+
     /// References to `key` (1 when not shared).
     pub(crate) fn count(&self, key: u64) -> u32 {
         let (c, i) = split(key);
-        self.chunks.get(&c).map_or(1, |ch| ch.counts[i].max(1))
+        self.chunk(c).map_or(1, |ch| ch.counts[i].max(1))
     }
 
     /// Frames shared now.
@@ -58,15 +79,35 @@ impl Shares {
         self.shared
     }
 
-    /// One more reference to `key`.
+    /// Makes sure `key` can be counted without allocating; `Err` when the
+    /// heap has no room for its chunk.
+    pub(crate) fn reserve(&mut self, key: u64) -> Result<(), ()> {
+        let (c, _) = split(key);
+        if let Err(at) = self.chunks.binary_search_by_key(&c, |e| e.0) {
+            self.chunks.try_reserve(1).map_err(|_| ())?;
+            let chunk = Chunk::try_new().ok_or(())?;
+            self.chunks.insert(at, (c, chunk));
+        }
+        Ok(())
+    }
+
+    /// Gives back the chunks [`reserve`](Self::reserve) made that count nothing.
+    pub(crate) fn trim(&mut self) {
+        self.chunks.retain(|(_, ch)| ch.shared > 0);
+        if self.chunks.is_empty() {
+            // Keep no heap memory while nothing is shared.
+            self.chunks = Vec::new();
+        }
+    }
+
+    /// One more reference to `key`, whose chunk was [`reserve`](Self::reserve)d.
     pub(crate) fn add(&mut self, key: u64) {
         let (c, i) = split(key);
-        let chunk = self.chunks.entry(c).or_insert_with(|| {
-            Box::new(Chunk {
-                counts: [0; CHUNK],
-                shared: 0,
-            })
-        });
+        let at = self
+            .chunks
+            .binary_search_by_key(&c, |e| e.0)
+            .expect("a fork reserves its chunks first");
+        let chunk = &mut self.chunks[at].1;
         let n = &mut chunk.counts[i];
         if *n == 0 {
             *n = 2;
@@ -80,9 +121,10 @@ impl Shares {
     /// One reference to `key` fewer; whether it was the last one.
     pub(crate) fn remove(&mut self, key: u64) -> bool {
         let (c, i) = split(key);
-        let Some(chunk) = self.chunks.get_mut(&c) else {
+        let Ok(at) = self.chunks.binary_search_by_key(&c, |e| e.0) else {
             return true;
         };
+        let chunk = &mut self.chunks[at].1;
         match chunk.counts[i] {
             0 => true,
             2 => {
@@ -90,11 +132,10 @@ impl Shares {
                 chunk.shared -= 1;
                 self.shared -= 1;
                 if chunk.shared == 0 {
-                    self.chunks.remove(&c);
+                    self.chunks.remove(at);
                     if self.chunks.is_empty() {
-                        // An emptied BTreeMap keeps its root node: drop it, so a
-                        // kernel with nothing shared holds no heap memory for it.
-                        self.chunks = BTreeMap::new();
+                        // Keep no heap memory while nothing is shared.
+                        self.chunks = Vec::new();
                     }
                 }
                 false

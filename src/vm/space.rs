@@ -126,7 +126,25 @@ impl<P: PhysMem + Clone> VmSpace<P> {
                 len: hi - lo,
             });
         }
-        let space = AddressSpace::new(self.mapper.get_mut(), frames)?;
+        // Share counts first: a fork must not need the heap halfway.
+        let zero_frame = vm.zero_frame();
+        let mut reserved = Ok(());
+        self.for_each_anonymous_leaf(lo, hi, |leaf| {
+            let frame = PhysFrame::containing_address(leaf.frame);
+            if reserved.is_ok() && frame != zero_frame {
+                reserved = vm.reserve_share(frame);
+            }
+        });
+        let space = match reserved.map(|()| AddressSpace::new(self.mapper.get_mut(), frames)) {
+            Ok(Ok(space)) => space,
+            failed => {
+                vm.trim_shares();
+                return Err(match failed {
+                    Ok(Err(e)) => e.into(),
+                    _ => VmError::OutOfMemory,
+                });
+            }
+        };
         let mut child = Self::with_mapper(space.into_mapper(), USER_RANGE.0, USER_RANGE.1);
         child.areas = self.areas.clone();
         // Leaves come in address order: walk the areas alongside.
@@ -167,6 +185,7 @@ impl<P: PhysMem + Clone> VmSpace<P> {
             Err(e) => {
                 // Nothing was copied: only the child's PML4 exists.
                 child.drop_tables(core::iter::empty(), frames);
+                vm.trim_shares();
                 Err(e.into())
             }
         }

@@ -248,7 +248,20 @@ impl Vm {
         self.shares.lock().len()
     }
 
-    /// Records one more mapping of `frame`.
+    /// Makes sure `frame` can be shared without allocating (a fork calls
+    /// it for every frame before it changes anything); `Err` when the heap
+    /// has no room ([`trim_shares`](Self::trim_shares) gives back what
+    /// earlier calls made).
+    pub(crate) fn reserve_share(&self, frame: PhysFrame) -> Result<(), ()> {
+        self.shares.lock().reserve(frame_key(frame))
+    }
+
+    /// Gives back share-count chunks that count nothing (after a failed fork).
+    pub(crate) fn trim_shares(&self) {
+        self.shares.lock().trim();
+    }
+
+    /// Records one more mapping of `frame`, whose count was reserved.
     pub(crate) fn share(&self, frame: PhysFrame) {
         self.shares.lock().add(frame_key(frame));
     }
