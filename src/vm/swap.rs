@@ -4,7 +4,8 @@
 //! A swapped-out page is a non-present 4 KiB entry `slot << 12 | 0b10`:
 //! bit 0 (present) is clear, so the CPU never uses it; bit 1 tells it from
 //! an empty entry (slot 0 included); bits 12..52 hold the slot. Bit 2
-//! marks a page in transit (see [`BUSY`]).
+//! marks a page in transit (being read in, or written out by reclaim):
+//! a fault on it returns `FaultOutcome::InTransit` and is retried.
 //!
 //! A slot has one reference per page-table entry naming it (a fork shares
 //! the entry) plus one while the swap cache holds it: the cache maps a
