@@ -62,27 +62,37 @@ impl Batch {
     }
 }
 
+/// Why [`VmSpace::new_frame`] has no frame.
+pub(super) enum Shortage {
+    /// The fault fails with this reason.
+    Fault(FaultReason),
+    /// Reclaim freed frames, and other CPUs took them first: they made
+    /// progress, so the fault is tried again.
+    Raced,
+}
+
 impl<P: PhysMem> VmSpace<P> {
     /// A frame for an anonymous page: under the limit at once, else after
     /// reclaiming some of this space's pages.
-    pub(crate) fn new_frame<A: FrameSource + ?Sized>(
+    pub(super) fn new_frame<A: FrameSource + ?Sized>(
         &self,
         vm: &Vm,
         frames: &mut A,
         tlb: &mut Tlb<'_>,
-    ) -> Result<PhysFrame, FaultReason> {
+    ) -> Result<PhysFrame, Shortage> {
         if let Some(f) = vm.alloc_frame(tlb.cpu(), frames) {
             return Ok(f);
         }
         if vm.swap.is_none() {
-            return Err(FaultReason::OutOfMemory);
+            return Err(Shortage::Fault(FaultReason::OutOfMemory));
         }
-        let freed = self.reclaim(vm, frames, vm.reclaim_batch(), tlb)?;
+        let freed = self
+            .reclaim(vm, frames, vm.reclaim_batch(), tlb)
+            .map_err(Shortage::Fault)?;
         if freed == 0 {
-            return Err(FaultReason::OutOfMemory);
+            return Err(Shortage::Fault(FaultReason::OutOfMemory));
         }
-        vm.alloc_frame(tlb.cpu(), frames)
-            .ok_or(FaultReason::OutOfMemory)
+        vm.alloc_frame(tlb.cpu(), frames).ok_or(Shortage::Raced)
     }
 
     /// Frees up to `want` (at most one cluster) of this space's anonymous
@@ -126,6 +136,7 @@ impl<P: PhysMem> VmSpace<P> {
                 flush.add(v.0.as_u64());
             }
         }
+        let _transit = vm.transit(cpu, victims.len as u64);
         // 2. No CPU can write them any more once this returns.
         let acked = tlb.invalidate(flush, self.pml4(), &self.cpus);
         count(
@@ -356,7 +367,10 @@ impl<P: PhysMem> VmSpace<P> {
             Ok(f) => f,
             Err(e) => {
                 unmark(self);
-                return Err(e);
+                return match e {
+                    Shortage::Fault(e) => Err(e),
+                    Shortage::Raced => Ok(FaultOutcome::InTransit),
+                };
             }
         };
         let mut run = Batch::new();
@@ -385,6 +399,7 @@ impl<P: PhysMem> VmSpace<P> {
             }
         }
         let cpu = tlb.cpu();
+        let _transit = vm.transit(tlb.cpu(), run.len as u64);
         let give_back = |this: &Self, frames: &mut A, run: &[(VirtAddr, PhysFrame, u64)]| {
             for &(va, f, e) in run {
                 this.put_entry(va, e);

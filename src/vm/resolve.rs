@@ -13,6 +13,7 @@ use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
 
 use super::gather::Gather;
+use super::reclaim::Shortage;
 use super::space::KERNEL_HALF_START;
 use super::stats::count;
 use super::swap::BUSY;
@@ -124,14 +125,14 @@ impl<P: PhysMem> VmSpace<P> {
                 Step::SwapIn { entry } => {
                     return self
                         .swap_in(vm, page, entry, prot, frames, tlb)
+                        .or_else(|e| waited(vm, e))
                         .map_err(fail);
                 }
                 Step::Fill { from, expect } => {
-                    if let Some(outcome) = self
-                        .fill(vm, page, prot, from, expect, frames, tlb)
-                        .map_err(fail)?
-                    {
-                        return Ok(outcome);
+                    match self.fill(vm, page, prot, from, expect, frames, tlb) {
+                        Ok(Some(outcome)) => return Ok(outcome),
+                        Ok(None) => {}
+                        Err(e) => return waited(vm, e).map_err(fail),
                     }
                 }
             }
@@ -255,7 +256,12 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<Option<FaultOutcome>, FaultReason> {
-        let new = self.new_frame(vm, frames, tlb)?;
+        let new = match self.new_frame(vm, frames, tlb) {
+            Ok(f) => f,
+            Err(Shortage::Raced) => return Ok(None),
+            Err(Shortage::Fault(e)) => return Err(e),
+        };
+        let _transit = vm.transit(tlb.cpu(), 1);
         match from {
             Some(old) => copy_frame(&self.phys, old, new),
             None => fill_zero(&self.phys, new),
@@ -305,5 +311,15 @@ impl<P: PhysMem> VmSpace<P> {
         } else {
             FaultOutcome::CopiedOnWrite
         }))
+    }
+}
+
+/// Out of memory while other CPUs hold frames in transit is not final:
+/// those frames are mapped or freed without waiting for this CPU, so the
+/// access is retried ([`FaultOutcome::InTransit`]).
+fn waited(vm: &Vm, e: FaultReason) -> Result<FaultOutcome, FaultReason> {
+    match e {
+        FaultReason::OutOfMemory if vm.any_in_transit() => Ok(FaultOutcome::InTransit),
+        e => Err(e),
     }
 }

@@ -41,6 +41,11 @@ pub struct Vm {
     /// may free more than it allocated), so faults on several CPUs never
     /// contend for it.
     resident_shards: [CachePadded<AtomicU64>; SHARDS],
+    /// Frames in transit, in shards by CPU (wrapping): taken for a page
+    /// not mapped yet, or unmapped by reclaim and not freed yet. While some
+    /// are, a fault that finds no frame waits (retries) instead of
+    /// reporting out of memory: they come back without waiting for it.
+    transit: [CachePadded<AtomicU64>; SHARDS],
     /// Pages one reclaim pass frees (`None`: an eighth of the limit, at
     /// most a cluster).
     batch: Option<usize>,
@@ -63,6 +68,7 @@ impl Vm {
             limit: None,
             resident: AtomicU64::new(0),
             resident_shards: core::array::from_fn(|_| CachePadded(AtomicU64::new(0))),
+            transit: core::array::from_fn(|_| CachePadded(AtomicU64::new(0))),
             batch: None,
             readahead: 8,
         })
@@ -216,6 +222,21 @@ impl Vm {
         unsafe { frames.deallocate_frame(frame) };
     }
 
+    /// Counts `n` frames in transit on CPU `cpu` until the guard drops.
+    pub(crate) fn transit(&self, cpu: usize, n: u64) -> Transit<'_> {
+        let shard = &self.transit[cpu % SHARDS];
+        shard.fetch_add(n, Ordering::AcqRel);
+        Transit { shard, n }
+    }
+
+    /// Whether any frame is in transit now.
+    pub(crate) fn any_in_transit(&self) -> bool {
+        self.transit
+            .iter()
+            .fold(0u64, |a, s| a.wrapping_add(s.load(Ordering::Acquire)))
+            != 0
+    }
+
     /// Records one more page-table entry naming the swap slot of `entry`.
     pub(crate) fn share_swap(&self, entry: u64) {
         if let (Some(swap), Some(slot)) = (self.swap.as_ref(), slot_of(entry)) {
@@ -279,6 +300,18 @@ impl Vm {
     pub unsafe fn destroy<A: FrameSource + ?Sized>(self, frames: &mut A) {
         // SAFETY: per the caller, nothing maps the zero frame.
         unsafe { frames.deallocate_frame(self.zero) };
+    }
+}
+
+/// Frames counted in transit by [`Vm::transit`], until dropped.
+pub(crate) struct Transit<'v> {
+    shard: &'v AtomicU64,
+    n: u64,
+}
+
+impl Drop for Transit<'_> {
+    fn drop(&mut self) {
+        self.shard.fetch_sub(self.n, Ordering::AcqRel);
     }
 }
 

@@ -1,0 +1,321 @@
+//! Model checking (shuttle) of the fault path on several CPUs: two CPUs
+//! write and read the same pages while a third reclaims them, over a frame
+//! limit below the pages in use and a swap device, with the real
+//! `kmem::vm` code. Each CPU has an emulated TLB (`testing::tlb::TlbCpu`)
+//! that caches translations until kmem invalidates them; an access holds
+//! its CPU's TLB, so a shootdown (which takes the target's TLB) lands
+//! between accesses, as an IPI does. Schedules switch CPUs wherever kmem
+//! waits for other CPUs (each shootdown) and between accesses and faults.
+//!
+//! Checked in every schedule: a CPU reads back the last value it wrote and
+//! never an older value of another CPU's; no frame is freed while any TLB
+//! still caches it; every frame and swap slot is back at the end.
+//!
+//! Run: `cargo test --test vm_shuttle` (seconds); `KMEM_MODEL_ITERATIONS=<n>`
+//! for more schedules (default 200 random and 200 PCT).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kmem::paging::{Flush, Mmu, PageTables, PhysMem};
+use kmem::smp::{CpuSet, Tlb, TlbShootdown};
+use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
+use kmem::testing::tlb::{AccessKind, TlbCpu};
+use kmem::vm::{FaultAccess, MemSwap, Prot, Vm, VmSpace};
+use shuttle::scheduler::{PctScheduler, RandomScheduler};
+use shuttle::sync::{Arc, Mutex};
+use shuttle::thread;
+use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, PhysFrame, Size4KiB};
+use x86_64::VirtAddr;
+
+const CPUS: usize = 3;
+const BASE: u64 = 0x4000_0000;
+/// Pages in use, over a limit of two frames: reclaim runs all the time.
+const PAGES: u64 = 3;
+const LIMIT: u64 = 2;
+/// Values each writer writes.
+const ROUNDS: u64 = 3;
+
+fn iterations() -> usize {
+    std::env::var("KMEM_MODEL_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+}
+
+/// Memory, frames, the vm, one space loaded on every CPU, and the CPUs' TLBs.
+struct Machine {
+    /// Leaked in `new`, freed in `end`.
+    mem: Leaked,
+    phys: EmulatedPhysMem<'static>,
+    frames: std::sync::Mutex<EmulatedFrameAllocator>,
+    vm: Vm,
+    kernel: PageTables<EmulatedPhysMem<'static>>,
+    space: VmSpace<EmulatedPhysMem<'static>>,
+    tlbs: Vec<Mutex<TlbCpu>>,
+    /// Per writer, the last value it wrote.
+    last: [AtomicU64; CPUS],
+}
+
+/// The emulated memory, owned by the machine (shared, it is touched only
+/// through `EmulatedPhysMem` pointers).
+struct Leaked(*mut EmulatedMemory);
+
+// SAFETY: only `end` uses the pointer, to free the memory once every CPU is done.
+unsafe impl Send for Leaked {}
+// SAFETY: as above: `&Leaked` gives nothing.
+unsafe impl Sync for Leaked {}
+
+/// The machine's frame source: every free checks that no TLB still caches the frame.
+struct Frames<'a>(&'a Machine);
+
+// SAFETY: forwards to the emulated allocator, which makes the promise.
+unsafe impl FrameAllocator<Size4KiB> for Frames<'_> {
+    fn allocate_frame(&mut self) -> Option<PhysFrame> {
+        self.0.frames.lock().unwrap().allocate_frame()
+    }
+}
+
+impl FrameDeallocator<Size4KiB> for Frames<'_> {
+    unsafe fn deallocate_frame(&mut self, frame: PhysFrame) {
+        for (c, tlb) in self.0.tlbs.iter().enumerate() {
+            assert!(
+                !tlb.lock().unwrap().holds_frame(frame),
+                "{frame:?} freed while CPU {c}'s TLB still caches it"
+            );
+        }
+        // SAFETY: the caller's promise, forwarded.
+        unsafe { self.0.frames.lock().unwrap().deallocate_frame(frame) };
+    }
+}
+
+/// CPU `cpu`'s MMU: its TLB.
+struct CpuMmu<'a>(&'a Machine, usize);
+
+impl Mmu for CpuMmu<'_> {
+    fn cr3(&self) -> PhysFrame {
+        self.0.tlbs[self.1].lock().unwrap().cr3()
+    }
+    unsafe fn set_cr3(&mut self, pml4: PhysFrame) {
+        // SAFETY: an emulated CPU: loading a CR3 drops its TLB.
+        unsafe { self.0.tlbs[self.1].lock().unwrap().set_cr3(pml4) };
+    }
+    fn invlpg(&mut self, addr: VirtAddr) {
+        self.0.tlbs[self.1].lock().unwrap().invlpg(addr);
+    }
+    fn flush_all(&mut self) {
+        self.0.tlbs[self.1].lock().unwrap().flush_all();
+    }
+}
+
+/// IPIs: each target flushes its TLB, between two of its accesses.
+struct Ipis<'a>(&'a Machine);
+
+// SAFETY: `shoot` performs the flush on every target's TLB before it returns.
+unsafe impl TlbShootdown for Ipis<'_> {
+    fn shoot(&mut self, targets: CpuSet, flush: &Flush) {
+        // The shooter waits for the others: they may run meanwhile.
+        thread::yield_now();
+        for t in targets.iter() {
+            let mut tlb = self.0.tlbs[t].lock().unwrap();
+            flush.clone().flush(&mut *tlb);
+        }
+    }
+}
+
+impl Machine {
+    fn new() -> Self {
+        let mem: &'static EmulatedMemory = Box::leak(Box::new(EmulatedMemory::new(48)));
+        let mut frames = mem.frame_allocator();
+        let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
+        vm.set_frame_limit(Some(LIMIT));
+        vm.set_reclaim(Some(1), 1);
+        assert!(vm.attach_swap(Box::new(MemSwap::new(16))).is_ok());
+        let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
+        let mut space = VmSpace::new_user(&kernel, &mut frames).unwrap();
+        space
+            .map_anonymous(Some(BASE), PAGES * 4096, Prot::RW | Prot::USER)
+            .unwrap();
+        let tlbs = (0..CPUS)
+            .map(|c| {
+                space.cpus().enter(c);
+                Mutex::new(TlbCpu::new(space.pml4()))
+            })
+            .collect();
+        Self {
+            mem: Leaked(core::ptr::from_ref(mem).cast_mut()),
+            phys: mem.phys_mem(),
+            frames: std::sync::Mutex::new(frames),
+            vm,
+            kernel,
+            space,
+            tlbs,
+            last: [const { AtomicU64::new(0) }; CPUS],
+        }
+    }
+
+    /// An access by CPU `cpu` to word `word` of page `page`: through its
+    /// TLB, faulting into kmem (with no TLB held) until it goes through.
+    fn access(&self, cpu: usize, page: u64, word: u64, write: Option<u64>) -> u64 {
+        let va = VirtAddr::new(BASE + page * 4096 + word * 8);
+        let kind = if write.is_some() {
+            AccessKind::Write
+        } else {
+            AccessKind::Read
+        };
+        for _ in 0..1000 {
+            let code = {
+                let mut tlb = self.tlbs[cpu].lock().unwrap();
+                match tlb.access(&self.phys, va, kind, true) {
+                    Ok(pa) => {
+                        let frame = PhysFrame::containing_address(pa);
+                        assert!(
+                            self.frames.lock().unwrap().is_allocated(frame),
+                            "CPU {cpu} reached free {frame:?}"
+                        );
+                        let p = self.phys.table_ptr(frame).as_ptr().cast::<u64>();
+                        let p = p.wrapping_add(word as usize);
+                        // SAFETY: an emulated frame, 4096 bytes; accesses are serialized by shuttle.
+                        return unsafe {
+                            match write {
+                                Some(v) => {
+                                    p.write(v);
+                                    v
+                                }
+                                None => p.read(),
+                            }
+                        };
+                    }
+                    Err(f) => f.error_code().bits(),
+                }
+            };
+            let (mut mmu, mut ipis) = (CpuMmu(self, cpu), Ipis(self));
+            let mut tlb = Tlb::new(&mut mmu, cpu, &mut ipis);
+            let access = FaultAccess::from_error_code(code);
+            if let Err(e) =
+                self.space
+                    .handle_fault(&self.vm, va, access, &mut Frames(self), &mut tlb)
+            {
+                let m = self.space.mapper();
+                let pages: Vec<_> = (0..PAGES)
+                    .map(|p| {
+                        m.translate(VirtAddr::new(BASE + p * 4096))
+                            .map(|t| (t.frame, t.access.writable))
+                    })
+                    .collect();
+                panic!("CPU {cpu}: {e}; {:?}; pages {pages:?}", self.vm.stats());
+            }
+            thread::yield_now();
+        }
+        panic!("CPU {cpu}: no progress at {va:?}");
+    }
+
+    /// CPU `cpu` reclaims what it can.
+    fn reclaim(&self, cpu: usize) {
+        let (mut mmu, mut ipis) = (CpuMmu(self, cpu), Ipis(self));
+        let mut tlb = Tlb::new(&mut mmu, cpu, &mut ipis);
+        self.space
+            .reclaim(&self.vm, &mut Frames(self), 2, &mut tlb)
+            .expect("swap has room");
+    }
+
+    /// Every CPU leaves, the space goes; everything must be back.
+    fn end(self) {
+        let Self {
+            mem,
+            frames,
+            vm,
+            kernel,
+            space,
+            tlbs,
+            phys,
+            ..
+        } = self;
+        for (c, tlb) in tlbs.iter().enumerate() {
+            // SAFETY: an emulated CPU.
+            unsafe { tlb.lock().unwrap().set_cr3(kernel.pml4()) };
+            space.cpus().leave(c);
+        }
+        let mut frames = frames.into_inner().unwrap();
+        let mut mmu = kmem::testing::mmu::RecordingMmu::new(kernel.pml4());
+        let mut tlb = Tlb::uniprocessor(&mut mmu);
+        space
+            .destroy(&vm, &mut frames, &mut tlb)
+            .map_err(|e| e.1)
+            .unwrap();
+        assert_eq!(vm.stats().swap_slots_used, 0, "swap slots left");
+        assert_eq!(
+            frames.in_use(),
+            2,
+            "frames left: the zero frame and the kernel's PML4 only"
+        );
+        drop((kernel, vm, tlbs, phys));
+        // SAFETY: leaked in `new`; nothing refers to it any more.
+        drop(unsafe { Box::from_raw(mem.0) });
+    }
+}
+
+/// CPUs 0 and 1 write increasing values into their own word of page 0 and
+/// read both words back; CPU 2 reclaims and touches the other pages.
+fn scenario() {
+    let m = Arc::new(Machine::new());
+    let writers: Vec<_> = (0..2)
+        .map(|cpu| {
+            let m = m.clone();
+            thread::spawn(move || {
+                let mut seen_other = 0;
+                for k in 1..=ROUNDS {
+                    m.access(cpu, 0, cpu as u64, Some(k));
+                    m.last[cpu].store(k, Ordering::SeqCst);
+                    assert_eq!(
+                        m.access(cpu, 0, cpu as u64, None),
+                        k,
+                        "CPU {cpu} lost its write {k}"
+                    );
+                    let other = m.access(cpu, 0, 1 - cpu as u64, None);
+                    assert!(
+                        other >= seen_other,
+                        "CPU {cpu} saw CPU {}'s value go back",
+                        1 - cpu
+                    );
+                    seen_other = other;
+                    m.access(cpu, 1 + (k % 2), 2, Some(k));
+                }
+            })
+        })
+        .collect();
+    let reclaimer = {
+        let m = m.clone();
+        thread::spawn(move || {
+            for i in 0..3 {
+                m.reclaim(2);
+                m.access(2, 2, 3, Some(i));
+            }
+        })
+    };
+    for t in writers {
+        t.join().unwrap();
+    }
+    reclaimer.join().unwrap();
+    for cpu in 0..2 {
+        let last = m.last[cpu].load(Ordering::SeqCst);
+        assert_eq!(
+            m.access(2, 0, cpu as u64, None),
+            last,
+            "CPU {cpu}'s last write"
+        );
+    }
+    let m = Arc::try_unwrap(m).ok().expect("every CPU is done");
+    m.end();
+}
+
+#[test]
+fn two_cpus_fault_one_page_while_a_third_reclaims() {
+    let n = iterations();
+    let config = || {
+        let mut config = shuttle::Config::new();
+        config.stack_size = 1 << 20;
+        config
+    };
+    shuttle::Runner::new(RandomScheduler::new(n), config()).run(scenario);
+    shuttle::Runner::new(PctScheduler::new(3, n), config()).run(scenario);
+}
