@@ -165,7 +165,6 @@ impl<P: PhysMem> PageTables<P> {
 
     /// Sets `bits` in entry `i` of `table` atomically (what a page walk does to Accessed and
     /// Dirty); returns the old value.
-    #[cfg(any(test, feature = "testing"))]
     #[inline]
     pub(crate) fn fetch_or(&self, table: u64, i: usize, bits: u64) -> u64 {
         self.atomic(table, i)

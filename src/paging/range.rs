@@ -271,7 +271,15 @@ impl<P: PhysMem> PageTables<P> {
             pa += step;
         }
         let new = child | TABLE_FLAGS | (flags & USER);
-        self.write(table, i, new);
+        // Atomic: Accessed or Dirty set on the huge page since `entry` was
+        // read carry over to every page of the split.
+        let old = self.exchange(table, i, new);
+        let late = old & !entry & ACCESSED_DIRTY;
+        if late != 0 {
+            for j in 0..512 {
+                self.fetch_or(child, j, late);
+            }
+        }
         new
     }
 }
