@@ -59,7 +59,7 @@ pub fn run() {
     }
     let ms = cpu::tsc_per_ms().map_or(0, |t| (cpu::rdtsc() - t0) / t);
     println!(
-        "all CPUs at once, {} operations each (heap alloc/free, frame alloc/free, map/unmap with shootdown), {ms} ms:",
+        "all CPUs at once, {} operations each (heap alloc/free, frame alloc/free, map/unmap, unmaps shot down in batches), {ms} ms:",
         mixed::OPS
     );
     println!("  cpu  heap-objs  frames  maps  unmaps  rounds  checks  bad  frame-cache hits/misses  heap-cache hits/misses");

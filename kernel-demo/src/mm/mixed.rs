@@ -9,7 +9,7 @@ use crate::arch::smp::MAX_CPUS;
 use crate::boot::phys_to_virt;
 use crate::mm::heap::{self as kheap, HEAP};
 use crate::mm::memory::with_memory;
-use crate::mm::smp::{unmap_pages, FRAME_CACHE, HEAP_CACHE};
+use crate::mm::smp::{unmap_scattered, FRAME_CACHE, HEAP_CACHE, SCATTERED};
 use core::alloc::{GlobalAlloc, Layout};
 use kmem::paging::MapFlags;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
@@ -43,6 +43,8 @@ pub struct Counters {
     pub verified: u64,
     /// Pattern checks that failed.
     pub bad: u64,
+    /// Batches of unmaps (up to [`SCATTERED`] pages, one shootdown each).
+    pub batches: u64,
     /// Shootdown rounds this CPU's unmaps took.
     pub rounds: u64,
 }
@@ -60,6 +62,7 @@ static COUNTERS: [spin::Mutex<Counters>; MAX_CPUS] = [const {
         unmaps: 0,
         verified: 0,
         bad: 0,
+        batches: 0,
         rounds: 0,
     })
 }; MAX_CPUS];
@@ -102,6 +105,42 @@ unsafe fn check_pattern(p: *const u64, words: usize, seed: u64) -> bool {
     (0..words).all(|i| unsafe { p.add(i).read_volatile() } == word(seed, i))
 }
 
+/// Mappings waiting for their unmap: (address, frame, pattern seed).
+type Pending = [Option<(u64, PhysFrame, u64)>; 8];
+
+/// Unmaps every page of `pending` with one shootdown round, then checks
+/// each frame's pattern (no CPU can write it any more) and frees it.
+fn unmap_pending(pending: &mut Pending, c: &mut Counters) {
+    let mut pages = [page(0); SCATTERED];
+    let mut n = 0;
+    for (va, _, _) in pending.iter().flatten() {
+        pages[n] = page(*va);
+        n += 1;
+    }
+    if n == 0 {
+        return;
+    }
+    let mut k = 0;
+    let taken: [Option<(u64, PhysFrame, u64)>; 8] = core::mem::replace(pending, [None; 8]);
+    let expected: alloc::vec::Vec<(PhysFrame, u64)> =
+        taken.iter().flatten().map(|&(_, f, s)| (f, s)).collect();
+    let report = unmap_scattered(&pages[..n], |leaf| {
+        let (f, s) = expected[k];
+        k += 1;
+        assert_eq!(leaf, f, "the frame mapped there");
+        // SAFETY: unmapped and shot down: only we reach it.
+        let ok = unsafe { check_pattern(direct(leaf), 512, s) };
+        c.verified += 1;
+        c.bad += u64::from(!ok);
+        // SAFETY: as above.
+        unsafe { FRAME_CACHE.free(leaf) }.expect("free");
+    })
+    .expect("unmap");
+    c.rounds += u64::from(report.rounds);
+    c.batches += 1;
+    c.unmaps += n as u64;
+}
+
 /// Runs `seed`'s mix of [`OPS`] operations on CPU `cpu`, then frees
 /// everything it still holds; the counters go to [`counters`]. Panics when
 /// memory runs out.
@@ -111,6 +150,8 @@ pub fn mixed_work(cpu: usize, seed: u64) {
     let mut objects: [Option<(*mut u8, Layout, u64)>; 32] = [None; 32];
     let mut frames: [Option<(PhysFrame, u64)>; 16] = [None; 16];
     let mut maps: [Option<(u64, PhysFrame, u64)>; 8] = [None; 8];
+    // Pages taken out of `maps`, unmapped together (one round) later.
+    let mut pending: Pending = [None; 8];
     let window = WINDOWS + cpu as u64 * (1 << 30);
     let check = |ok: bool, c: &mut Counters| {
         c.verified += 1;
@@ -164,22 +205,20 @@ pub fn mixed_work(cpu: usize, seed: u64) {
                 if let Some((va, f, s)) = maps[i].take() {
                     // SAFETY: mapped below, writable, filled with `s`.
                     check(unsafe { check_pattern(va as *const u64, 512, s) }, &mut c);
-                    let report = unmap_pages(page(va), 1, |leaf| {
-                        assert_eq!(leaf, f, "the frame mapped there");
-                        // SAFETY: unmapped and shot down: only we reach it.
-                        let ok = unsafe { check_pattern(direct(leaf), 512, s) };
-                        c.verified += 1;
-                        c.bad += u64::from(!ok);
-                        // SAFETY: as above.
-                        unsafe { FRAME_CACHE.free(leaf) }.expect("free");
-                    })
-                    .expect("unmap");
-                    c.rounds += u64::from(report.rounds);
-                    c.unmaps += 1;
+                    // Unmapped with others in one shootdown round (batched).
+                    if pending.iter().all(Option::is_some) {
+                        unmap_pending(&mut pending, &mut c);
+                    }
+                    let free = pending.iter().position(Option::is_none).expect("room");
+                    pending[free] = Some((va, f, s));
                 } else {
                     // One page per 2 MiB: each mapping has a page table of
                     // its own, which its unmap frees (deferred).
                     let va = window + i as u64 * 0x20_0000 + ((r >> 20) % 512) * 4096;
+                    if pending.iter().flatten().any(|p| p.0 == va) {
+                        // That page must be gone before it is mapped again.
+                        unmap_pending(&mut pending, &mut c);
+                    }
                     let f = FRAME_CACHE.allocate().expect("a frame");
                     with_memory(|m| {
                         let mut cache = &FRAME_CACHE;
@@ -222,18 +261,15 @@ pub fn mixed_work(cpu: usize, seed: u64) {
         // SAFETY: as above.
         unsafe { FRAME_CACHE.free(f) }.expect("free");
     }
-    for (va, f, s) in maps.iter().flatten().copied() {
-        // SAFETY: as above.
-        check(unsafe { check_pattern(va as *const u64, 512, s) }, &mut c);
-        let report = unmap_pages(page(va), 1, |leaf| {
-            assert_eq!(leaf, f);
-            // SAFETY: unmapped and shot down.
-            unsafe { FRAME_CACHE.free(leaf) }.expect("free");
-        })
-        .expect("unmap");
-        c.rounds += u64::from(report.rounds);
-        c.unmaps += 1;
+    unmap_pending(&mut pending, &mut c);
+    for (i, m) in maps.iter_mut().enumerate() {
+        if let Some((va, f, s)) = m.take() {
+            // SAFETY: as above.
+            check(unsafe { check_pattern(va as *const u64, 512, s) }, &mut c);
+            pending[i] = Some((va, f, s));
+        }
     }
+    unmap_pending(&mut pending, &mut c);
     *COUNTERS[cpu].lock() = c;
 }
 

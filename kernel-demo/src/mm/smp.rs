@@ -33,8 +33,9 @@ pub fn init() {
 pub static HEAP_CACHE: PerCpuHeap<Global, KernelCpu, MAX_CPUS> = PerCpuHeap::new(Global, KernelCpu);
 
 /// Page tables one unmap may empty: a page table per 2 MiB and the tables
-/// above them. [`unmap_pages`] takes at most 512 pages (one table).
-const DEFERRED: usize = 8;
+/// above them. [`unmap_pages`] takes at most 512 pages (one table),
+/// [`unmap_scattered`] at most 8 pages anywhere (up to three tables each).
+const DEFERRED: usize = 3 * SCATTERED;
 
 /// Unmaps `pages` consecutive 4 KiB pages from `first` in the kernel's
 /// address space and shoots the translations down on every CPU online
@@ -61,17 +62,44 @@ pub fn unmap_pages_on(
     first: Page<Size4KiB>,
     pages: u64,
     cpus: CpuSet,
-    mut leaf: impl FnMut(PhysFrame),
+    leaf: impl FnMut(PhysFrame),
 ) -> Result<ReleaseReport, PagingError> {
     assert!(pages <= 512, "unmap_pages takes at most 512 pages");
+    unmap_each((0..pages).map(|i| first + i), cpus, leaf)
+}
+
+/// Pages [`unmap_scattered`] takes at once.
+pub const SCATTERED: usize = 8;
+
+/// Unmaps up to [`SCATTERED`] pages anywhere in the kernel's address space
+/// with one shootdown round for all of them (every CPU online); then each
+/// leaf frame goes to `leaf`, as [`unmap_pages`] does.
+pub fn unmap_scattered(
+    pages: &[Page<Size4KiB>],
+    leaf: impl FnMut(PhysFrame),
+) -> Result<ReleaseReport, PagingError> {
+    assert!(
+        pages.len() <= SCATTERED,
+        "unmap_scattered takes at most {SCATTERED} pages"
+    );
+    unmap_each(pages.iter().copied(), smp::online(), leaf)
+}
+
+/// The unmap of [`unmap_pages_on`] and [`unmap_scattered`]: the pages of
+/// `pages` (at most 512), one round.
+fn unmap_each(
+    pages: impl Iterator<Item = Page<Size4KiB>>,
+    cpus: CpuSet,
+    mut leaf: impl FnMut(PhysFrame),
+) -> Result<ReleaseReport, PagingError> {
     let mut frames = [None; 512];
     let mut cache = &FRAME_CACHE;
     let (report, result) = with_memory(|m| {
         let mut deferred = DeferredFrees::<_, DEFERRED>::new(&mut cache);
         let mut flush = kmem::paging::Flush::none();
         let mut result = Ok(());
-        for (i, slot) in frames.iter_mut().enumerate().take(pages as usize) {
-            match m.mapper.unmap(first + i as u64, &mut deferred) {
+        for (slot, page) in frames.iter_mut().zip(pages) {
+            match m.mapper.unmap(page, &mut deferred) {
                 Ok((frame, f)) => {
                     *slot = Some(frame);
                     flush = flush.combine(f);

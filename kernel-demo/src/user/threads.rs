@@ -27,13 +27,13 @@ use x86_64::structures::paging::PhysFrame;
 use x86_64::{PhysAddr, VirtAddr};
 
 /// Pages each thread owns.
-pub const OWN_PAGES: u64 = 32;
+pub const OWN_PAGES: u64 = 16;
 /// Pages every thread reads (written once, before the threads start).
-pub const SHARED_PAGES: u64 = 16;
+pub const SHARED_PAGES: u64 = 8;
 /// Rounds each thread runs.
 pub const ROUNDS: u64 = 4;
 /// Frames the process may hold: fewer than its pages, so pages go to swap.
-pub const FRAME_LIMIT: u64 = 64;
+pub const FRAME_LIMIT: u64 = 32;
 /// Where the shared pages are; each thread's pages follow, 1 MiB apart.
 const SHARED: u64 = 0x3000_0000;
 const OWN: u64 = 0x3100_0000;
