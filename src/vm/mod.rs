@@ -34,9 +34,31 @@
 //! written page look clean, and reclaim reads Dirty only from the entry
 //! it took out, after the invalidation.
 //!
-//! Locking: every operation takes `&mut VmSpace` and `&mut Vm`; a kernel
-//! puts them behind its own locks (one per space, one for the `Vm`, in
-//! that order).
+//! # Locks
+//! The kernel's own lock per address space is the outer one (Linux's
+//! `mmap_lock`): [`VmSpace::handle_fault`] and [`VmSpace::reclaim`] take
+//! the space by shared reference (hold it for reading: faults of one space
+//! run on several CPUs at once), `map_*`, `unmap`, `protect`, `fork` and
+//! `destroy` by `&mut` (hold it for writing). The [`Vm`] is shared by
+//! reference everywhere but its setup (`attach_swap`, `set_frame_limit`).
+//! Inside, in this order, each held only for a few entry or list
+//! operations and never across zeroing or copying a frame, device I/O or a
+//! TLB shootdown:
+//!
+//! 1. the space's page tables (one lock per space);
+//! 2. the space's replacement policy;
+//! 3. the `Vm`'s share counts, then its swap slots and swap cache;
+//! 4. the swap device (held for one request, nothing else held).
+//!
+//! Frame allocation (the caller's frame source) may happen under 1. Why
+//! per space and not per page table: a fault holds the lock for a walk and
+//! one entry write (tens of nanoseconds); the long parts of a fault run
+//! unlocked, with the entry checked again before it is written, and a page
+//! being read in or written out is marked busy in its entry, so faults on
+//! other pages never wait for device I/O and a fault on that page returns
+//! [`FaultOutcome::InTransit`] at once (the access is retried). Counters
+//! and the resident count are per-CPU shards (by [`Tlb::cpu`](crate::smp::Tlb::cpu)),
+//! so counting never bounces a cache line between CPUs.
 //!
 //! ```
 //! # #[cfg(feature = "testing")]
