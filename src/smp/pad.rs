@@ -1,6 +1,6 @@
 //! One CPU's slot on cache lines of its own.
 
-use core::ops::Deref;
+use core::ops::{Deref, DerefMut};
 
 /// Aligns `T` to 128 bytes: two cache lines, since x86's adjacent-line
 /// prefetcher pulls lines in pairs, so neighbouring CPUs' slots never share
@@ -15,5 +15,12 @@ impl<T> Deref for CachePadded<T> {
     #[inline(always)]
     fn deref(&self) -> &T {
         &self.0
+    }
+}
+
+impl<T> DerefMut for CachePadded<T> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
     }
 }

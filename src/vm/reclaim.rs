@@ -378,7 +378,7 @@ impl<P: PhysMem> VmSpace<P> {
         run.as_mut_slice()[0].2 = entry;
         let v = va.as_u64();
         let area_end = self.areas.find(v).map_or(v + PAGE_SIZE, |a| a.end);
-        if self.last_swap_in.load(Ordering::Relaxed) + PAGE_SIZE == v {
+        if vm.readahead() > 1 && self.last_swap_in.load(Ordering::Relaxed) + PAGE_SIZE == v {
             for k in 1..vm.readahead().min(CLUSTER as u64) {
                 let next = v + k * PAGE_SIZE;
                 if next >= area_end {
@@ -448,8 +448,11 @@ impl<P: PhysMem> VmSpace<P> {
                 }
             }
         }
-        let last = run.as_slice()[mapped - 1].0.as_u64();
-        self.last_swap_in.store(last, Ordering::Relaxed);
+        if vm.readahead() > 1 {
+            // Shared by the space's CPUs: written only when readahead uses it.
+            let last = run.as_slice()[mapped - 1].0.as_u64();
+            self.last_swap_in.store(last, Ordering::Relaxed);
+        }
         count(&vm.stats.at(tlb.cpu()).major_faults, 1);
         count(&vm.stats.at(tlb.cpu()).refaults, 1);
         count(&vm.stats.at(tlb.cpu()).swap_ins, mapped as u64);

@@ -10,7 +10,7 @@ use super::{Area, AreaKind, Prot, Vm, VmError};
 use crate::paging::{
     AddressSpace, CopyAs, CopyLeaf, FrameSource, Leaf, LeafSize, PageTables, PhysMem,
 };
-use crate::smp::{ActiveCpus, Tlb};
+use crate::smp::{ActiveCpus, CachePadded, Tlb};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicU64;
@@ -45,7 +45,9 @@ pub struct VmSpace<P: PhysMem> {
     /// Locked only to look at or write entries, never across frame
     /// zeroing, copying or device I/O; `&mut self` operations reach it
     /// without locking.
-    pub(super) mapper: spin::Mutex<PageTables<P>>,
+    /// On cache lines of its own: CPUs faulting at once take it, and must
+    /// not bounce the lines of the fields every fault only reads.
+    pub(super) mapper: CachePadded<spin::Mutex<PageTables<P>>>,
     /// The top-level table (what CR3 holds while the space is active).
     pub(super) pml4: PhysFrame,
     /// The mapper's access to physical memory, to zero, copy and write out
@@ -63,6 +65,8 @@ pub struct VmSpace<P: PhysMem> {
     /// Boxed, as `cpus`: keeps a space small enough to hand back by value
     /// in errors.
     pub(super) policy: Box<spin::Mutex<Option<Box<dyn ReplacementPolicy + Send>>>>,
+    /// Whether `policy` holds one (set with `&mut self`, read unlocked).
+    pub(super) has_policy: bool,
     /// The CPUs that have (or lazily may still have) the space loaded.
     pub(super) cpus: Box<ActiveCpus>,
 }
@@ -84,11 +88,12 @@ impl<P: PhysMem + Clone> VmSpace<P> {
         Self {
             pml4: mapper.pml4(),
             phys: mapper.phys_mem().clone(),
-            mapper: spin::Mutex::new(mapper),
+            mapper: CachePadded(spin::Mutex::new(mapper)),
             areas: Box::new(AreaSet::new(lo, hi)),
             clock_hand: AtomicU64::new(lo),
             last_swap_in: AtomicU64::new(0),
             policy: Box::new(spin::Mutex::new(None)),
+            has_policy: false,
             cpus: Box::new(ActiveCpus::new()),
         }
     }
@@ -365,6 +370,7 @@ impl<P: PhysMem> VmSpace<P> {
     /// it on a new space.
     pub fn set_policy(&mut self, policy: Box<dyn ReplacementPolicy + Send>) {
         *self.policy.get_mut() = Some(policy);
+        self.has_policy = true;
     }
 
     /// The policy's name and its counters.
@@ -374,6 +380,9 @@ impl<P: PhysMem> VmSpace<P> {
 
     /// Tells the policy that the page now holds a frame of its own.
     pub(super) fn track(&self, page: Page<Size4KiB>) {
+        if !self.has_policy {
+            return; // no lock taken: faults on other CPUs do not wait here
+        }
         if let Some(policy) = self.policy.lock().as_mut() {
             let id = page.start_address().as_u64() >> 12;
             if !policy.is_resident(id) {
@@ -527,23 +536,25 @@ impl<P: PhysMem> VmSpace<P> {
             areas,
             clock_hand,
             policy,
+            has_policy,
             cpus,
             pml4,
             phys,
             ..
         } = self;
-        let space = AddressSpace::from_mapper(mapper.into_inner());
+        let space = AddressSpace::from_mapper(mapper.0.into_inner());
         match space.destroy(&*tlb.mmu(), frames, false) {
             Ok(_) => Ok(()),
             Err((space, e)) => Err((
                 Self {
-                    mapper: spin::Mutex::new(space.into_mapper()),
+                    mapper: CachePadded(spin::Mutex::new(space.into_mapper())),
                     pml4,
                     phys,
                     areas,
                     clock_hand,
                     last_swap_in: AtomicU64::new(0),
                     policy,
+                    has_policy,
                     cpus,
                 },
                 e.into(),
