@@ -307,15 +307,11 @@ fn a_failed_fault_keeps_the_invalidations_of_its_reclaim() {
         fn slots(&self) -> u64 {
             self.0.slots()
         }
-        fn write(
-            &mut self,
-            first: u64,
-            pages: &[&[u8; 4096]],
-        ) -> Result<(), kmem::vm::SwapIoError> {
+        fn write(&self, first: u64, pages: &[&[u8; 4096]]) -> Result<(), kmem::vm::SwapIoError> {
             self.0.write(first, pages)
         }
         fn read(
-            &mut self,
+            &self,
             first: u64,
             pages: &mut [&mut [u8; 4096]],
         ) -> Result<(), kmem::vm::SwapIoError> {

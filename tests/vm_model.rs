@@ -769,16 +769,12 @@ impl kmem::vm::SwapDevice for FlakySwap {
     fn slots(&self) -> u64 {
         self.inner.slots()
     }
-    fn write(&mut self, first: u64, pages: &[&[u8; 4096]]) -> Result<(), kmem::vm::SwapIoError> {
+    fn write(&self, first: u64, pages: &[&[u8; 4096]]) -> Result<(), kmem::vm::SwapIoError> {
         let f = self.fail.load(std::sync::atomic::Ordering::SeqCst);
         self.inner.fail(f & FAIL_WRITES != 0, f & FAIL_READS != 0);
         self.inner.write(first, pages)
     }
-    fn read(
-        &mut self,
-        first: u64,
-        pages: &mut [&mut [u8; 4096]],
-    ) -> Result<(), kmem::vm::SwapIoError> {
+    fn read(&self, first: u64, pages: &mut [&mut [u8; 4096]]) -> Result<(), kmem::vm::SwapIoError> {
         let f = self.fail.load(std::sync::atomic::Ordering::SeqCst);
         self.inner.fail(f & FAIL_WRITES != 0, f & FAIL_READS != 0);
         self.inner.read(first, pages)

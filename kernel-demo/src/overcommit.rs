@@ -123,14 +123,14 @@ impl SwapDevice for Timed {
     fn slots(&self) -> u64 {
         self.inner.slots()
     }
-    fn write(&mut self, first: u64, pages: &[&[u8; 4096]]) -> Result<(), SwapIoError> {
+    fn write(&self, first: u64, pages: &[&[u8; 4096]]) -> Result<(), SwapIoError> {
         let t0 = crate::arch::cpu::rdtsc();
         let r = self.inner.write(first, pages);
         WRITE_TICKS.fetch_add(crate::arch::cpu::rdtsc() - t0, Ordering::Relaxed);
         WRITTEN.fetch_add(pages.len() as u64, Ordering::Relaxed);
         r
     }
-    fn read(&mut self, first: u64, pages: &mut [&mut [u8; 4096]]) -> Result<(), SwapIoError> {
+    fn read(&self, first: u64, pages: &mut [&mut [u8; 4096]]) -> Result<(), SwapIoError> {
         self.inner.read(first, pages)
     }
 }

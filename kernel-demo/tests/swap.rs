@@ -31,7 +31,7 @@ kernel_demo::test_kernel! {
     /// The virtio-blk disk is found and holds 64 MiB of slots.
     fn virtio_disk_is_found() {
         let d = VirtioSwap::find().expect("a virtio-blk disk (q35, -device virtio-blk-pci)");
-        assert_eq!(kmem::vm::SwapDevice::slots(&d), 64 << 20 >> 12);
+        assert_eq!(d.slots(), 64 << 20 >> 12);
     }
 
     /// 1024 pages over 256 frames on the disk; clustered write-out against
@@ -57,7 +57,7 @@ kernel_demo::test_kernel! {
             .collect();
         reads.sort_unstable();
         let raw_read = reads[32];
-        let r = overcommit::run(Box::new(raw), 256, 1024);
+        let r = overcommit::run(Box::new(raw.locked()), 256, 1024);
         let swap_tpp = r.write_ticks / r.written.max(1);
         println!("\n    {:?}", r.stats);
         println!(

@@ -430,7 +430,12 @@ impl<P: PhysMem> Visitor<P, &mut PageTables<P>> for CommitMap<'_> {
             m.write(table, i, c | self.job.parent);
             c
         } else {
-            m.write(table, i, entry | self.job.parent);
+            // Written only when a bit is missing: every CPU mapping in this
+            // hierarchy reads the upper tables, and a store would take their
+            // cache lines away from all of them.
+            if entry | self.job.parent != entry {
+                m.write(table, i, entry | self.job.parent);
+            }
             entry & ADDR_MASK
         };
         Ok(Step::Descend(child))

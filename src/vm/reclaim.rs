@@ -156,9 +156,7 @@ impl<P: PhysMem> VmSpace<P> {
                 freed += 1;
                 continue;
             }
-            let cached = swap
-                .state()
-                .uncache(frame.start_address().as_u64() / PAGE_SIZE);
+            let cached = swap.uncache(frame.start_address().as_u64() / PAGE_SIZE);
             match cached {
                 Some(slot) if old & DIRTY_BIT == 0 => {
                     // The copy on swap is current: its reference moves to the entry.
@@ -198,7 +196,7 @@ impl<P: PhysMem> VmSpace<P> {
                         .iter()
                         .map(|&(_, f, _)| unsafe { &*page_ptr(phys, f) }),
                 );
-                let w = swap.device.lock().write(first, &pages);
+                let w = swap.device.write(first, &pages);
                 w.map_err(FaultReason::SwapIo)
             };
             drop(pages);
@@ -407,19 +405,25 @@ impl<P: PhysMem> VmSpace<P> {
             }
         };
         let phys = &self.phys;
-        let mut bufs: Vec<&mut [u8; PAGE_BYTES]> = Vec::new();
-        if bufs.try_reserve_exact(run.len).is_err() {
-            give_back(self, frames, run.as_slice());
-            return Err(FaultReason::OutOfMemory);
-        }
-        // SAFETY: frames just allocated, distinct, used by nothing else yet.
-        bufs.extend(
-            run.as_slice()
-                .iter()
-                .map(|&(_, f, _)| unsafe { &mut *page_ptr(phys, f) }),
-        );
-        let read = swap.device.lock().read(slot, &mut bufs);
-        drop(bufs);
+        let read = if let [(_, f, _)] = run.as_slice() {
+            // One page (no readahead): no list to build.
+            // SAFETY: a frame just allocated, used by nothing else yet.
+            let page = unsafe { &mut *page_ptr(phys, *f) };
+            swap.device.read(slot, &mut [page])
+        } else {
+            let mut bufs: Vec<&mut [u8; PAGE_BYTES]> = Vec::new();
+            if bufs.try_reserve_exact(run.len).is_err() {
+                give_back(self, frames, run.as_slice());
+                return Err(FaultReason::OutOfMemory);
+            }
+            // SAFETY: frames just allocated, distinct, used by nothing else yet.
+            bufs.extend(
+                run.as_slice()
+                    .iter()
+                    .map(|&(_, f, _)| unsafe { &mut *page_ptr(phys, f) }),
+            );
+            swap.device.read(slot, &mut bufs)
+        };
         if let Err(e) = read {
             give_back(self, frames, run.as_slice());
             return Err(FaultReason::SwapIo(e));
@@ -433,8 +437,7 @@ impl<P: PhysMem> VmSpace<P> {
                 Ok(flush) => {
                     flush.ignore();
                     // The entry's reference to the slot moves to the cache.
-                    swap.state()
-                        .cache(f.start_address().as_u64() / PAGE_SIZE, slot + i as u64);
+                    swap.cache(f.start_address().as_u64() / PAGE_SIZE, slot + i as u64);
                     self.track(p);
                     mapped += 1;
                 }

@@ -14,9 +14,11 @@
 //! without writing. A slot is free when its last reference goes.
 
 use alloc::boxed::Box;
-use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+
+use crate::smp::CachePadded;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Bytes in a page and in a slot.
 pub const PAGE_BYTES: usize = crate::PAGE_SIZE as usize;
@@ -67,41 +69,53 @@ impl core::error::Error for SwapIoError {}
 
 /// A block device holding swapped-out pages, addressed in 4 KiB slots.
 /// Requests cover consecutive slots, so a cluster is one request.
-pub trait SwapDevice {
+///
+/// Requests come from several CPUs at once (each fault and each reclaim
+/// issues its own, with no lock of kmem held): a device serves them
+/// concurrently or serializes them itself. kmem never has two requests in
+/// flight that cover the same slot.
+pub trait SwapDevice: Send + Sync {
     /// Capacity in slots.
     fn slots(&self) -> u64;
     /// Writes `pages` to the slots from `first` on.
-    fn write(&mut self, first: u64, pages: &[&[u8; PAGE_BYTES]]) -> Result<(), SwapIoError>;
+    fn write(&self, first: u64, pages: &[&[u8; PAGE_BYTES]]) -> Result<(), SwapIoError>;
     /// Reads the slots from `first` on into `pages`.
-    fn read(&mut self, first: u64, pages: &mut [&mut [u8; PAGE_BYTES]]) -> Result<(), SwapIoError>;
+    fn read(&self, first: u64, pages: &mut [&mut [u8; PAGE_BYTES]]) -> Result<(), SwapIoError>;
 }
 
 /// A swap device in memory, for tests and simulations, with failure
-/// injection.
+/// injection. Each slot has its own lock, so requests on different slots
+/// run at once.
 #[derive(Debug)]
 pub struct MemSwap {
-    data: Vec<[u8; PAGE_BYTES]>,
-    /// Requests served so far.
-    pub requests: u64,
-    fail_writes: bool,
-    fail_reads: bool,
+    data: Vec<spin::Mutex<[u8; PAGE_BYTES]>>,
+    requests: AtomicU64,
+    fail_writes: AtomicBool,
+    fail_reads: AtomicBool,
 }
 
 impl MemSwap {
     /// A device of `slots` slots.
     pub fn new(slots: u64) -> Self {
         Self {
-            data: vec![[0; PAGE_BYTES]; slots as usize],
-            requests: 0,
-            fail_writes: false,
-            fail_reads: false,
+            data: (0..slots)
+                .map(|_| spin::Mutex::new([0; PAGE_BYTES]))
+                .collect(),
+            requests: AtomicU64::new(0),
+            fail_writes: AtomicBool::new(false),
+            fail_reads: AtomicBool::new(false),
         }
     }
 
     /// Makes every write (and, with `reads`, every read) fail from now on.
-    pub fn fail(&mut self, writes: bool, reads: bool) {
-        self.fail_writes = writes;
-        self.fail_reads = reads;
+    pub fn fail(&self, writes: bool, reads: bool) {
+        self.fail_writes.store(writes, Ordering::Relaxed);
+        self.fail_reads.store(reads, Ordering::Relaxed);
+    }
+
+    /// Requests served so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 }
 
@@ -110,32 +124,35 @@ impl SwapDevice for MemSwap {
         self.data.len() as u64
     }
 
-    fn write(&mut self, first: u64, pages: &[&[u8; PAGE_BYTES]]) -> Result<(), SwapIoError> {
+    fn write(&self, first: u64, pages: &[&[u8; PAGE_BYTES]]) -> Result<(), SwapIoError> {
         let err = SwapIoError {
             slot: first,
             pages: pages.len(),
         };
-        if self.fail_writes || first as usize + pages.len() > self.data.len() {
+        if self.fail_writes.load(Ordering::Relaxed)
+            || first as usize + pages.len() > self.data.len()
+        {
             return Err(err);
         }
-        self.requests += 1;
+        self.requests.fetch_add(1, Ordering::Relaxed);
         for (i, p) in pages.iter().enumerate() {
-            self.data[first as usize + i] = **p;
+            *self.data[first as usize + i].lock() = **p;
         }
         Ok(())
     }
 
-    fn read(&mut self, first: u64, pages: &mut [&mut [u8; PAGE_BYTES]]) -> Result<(), SwapIoError> {
+    fn read(&self, first: u64, pages: &mut [&mut [u8; PAGE_BYTES]]) -> Result<(), SwapIoError> {
         let err = SwapIoError {
             slot: first,
             pages: pages.len(),
         };
-        if self.fail_reads || first as usize + pages.len() > self.data.len() {
+        if self.fail_reads.load(Ordering::Relaxed) || first as usize + pages.len() > self.data.len()
+        {
             return Err(err);
         }
-        self.requests += 1;
+        self.requests.fetch_add(1, Ordering::Relaxed);
         for (i, p) in pages.iter_mut().enumerate() {
-            **p = self.data[first as usize + i];
+            **p = *self.data[first as usize + i].lock();
         }
         Ok(())
     }
@@ -201,23 +218,27 @@ impl Slots {
     }
 }
 
-/// The swap state of a [`Vm`](super::Vm): the device behind its own lock
-/// (held only for a request), and its slots, their references and the swap
-/// cache behind another (never held across a request). Everything is sized
+/// The swap state of a [`Vm`](super::Vm): the device (which takes
+/// requests from several CPUs at once), and its slots, their references and
+/// the swap cache behind a lock (never held across a request). Everything is sized
 /// when the device is attached: a swap-out or swap-in, which run when
 /// memory is short, never allocates.
 pub(crate) struct Swap {
-    pub(crate) device: spin::Mutex<Box<dyn SwapDevice + Send>>,
+    pub(crate) device: Box<dyn SwapDevice + Send>,
     state: spin::Mutex<SwapState>,
+    /// Resident frame → the slot holding the same data, in shards by frame,
+    /// each with its own lock: swap-ins on several CPUs rarely meet.
+    cache: [CachePadded<spin::Mutex<FrameCache>>; CACHE_SHARDS],
 }
+
+/// Shards of the swap cache.
+const CACHE_SHARDS: usize = 16;
 
 pub(crate) struct SwapState {
     slots: Slots,
     /// References to each slot (page-table entries naming it, plus one
     /// while the swap cache holds it).
     refs: Vec<u32>,
-    /// Resident frame → the slot holding the same data.
-    cache: FrameCache,
 }
 
 impl fmt::Debug for Swap {
@@ -226,14 +247,14 @@ impl fmt::Debug for Swap {
         f.debug_struct("Swap")
             .field("slots", &s.slots.count)
             .field("free", &s.slots.free)
-            .field("cached", &s.cache.len)
+            .field("cached", &self.cached())
             .finish()
     }
 }
 
 impl Swap {
     /// The swap state of `device`; the device back when its bookkeeping
-    /// (about 40 bytes a slot) does not fit on the heap.
+    /// (about 70 bytes a slot) does not fit on the heap.
     pub(crate) fn new(
         device: Box<dyn SwapDevice + Send>,
     ) -> Result<Self, Box<dyn SwapDevice + Send>> {
@@ -241,10 +262,50 @@ impl Swap {
         let Some(state) = SwapState::new(count) else {
             return Err(device);
         };
+        // Twice the average share: a shard that fills up caches no more (the
+        // page is written again when evicted), correct but slower.
+        let per_shard = (count / CACHE_SHARDS as u64 * 2).max(16);
+        let mut cache = Vec::new();
+        if cache.try_reserve_exact(CACHE_SHARDS).is_err() {
+            return Err(device);
+        }
+        for _ in 0..CACHE_SHARDS {
+            let Some(shard) = FrameCache::new(per_shard) else {
+                return Err(device);
+            };
+            cache.push(CachePadded(spin::Mutex::new(shard)));
+        }
+        let Ok(cache) = cache.try_into() else {
+            unreachable!("CACHE_SHARDS shards made");
+        };
         Ok(Self {
-            device: spin::Mutex::new(device),
+            device,
             state: spin::Mutex::new(state),
+            cache,
         })
+    }
+
+    fn shard(&self, frame: u64) -> &spin::Mutex<FrameCache> {
+        &self.cache[(frame.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize % CACHE_SHARDS]
+    }
+
+    /// Records that `frame` holds the data of `slot`, taking over one
+    /// reference to the slot (dropped at once when the cache has no room).
+    pub(crate) fn cache(&self, frame: u64, slot: u64) {
+        let dropped = self.shard(frame).lock().insert(frame, slot);
+        if let Some(old) = dropped {
+            self.state().drop_ref(old);
+        }
+    }
+
+    /// The slot cached for `frame`, removed from the cache with its reference.
+    pub(crate) fn uncache(&self, frame: u64) -> Option<u64> {
+        self.shard(frame).lock().remove(frame)
+    }
+
+    /// Entries in the swap cache.
+    pub(crate) fn cached(&self) -> usize {
+        self.cache.iter().map(|c| c.lock().len).sum()
     }
 
     /// The slot state, locked (never across a device request).
@@ -254,7 +315,7 @@ impl Swap {
 
     /// Gives the device back.
     pub(crate) fn into_device(self) -> Box<dyn SwapDevice + Send> {
-        self.device.into_inner()
+        self.device
     }
 }
 
@@ -269,7 +330,6 @@ impl SwapState {
         Some(Self {
             slots: Slots::new(count, bits),
             refs,
-            cache: FrameCache::new(count)?,
         })
     }
 
@@ -311,29 +371,11 @@ impl SwapState {
             self.slots.give_back(slot);
         }
     }
-
-    /// Records that `frame` holds the data of `slot` (taking over one
-    /// reference to the slot).
-    pub(crate) fn cache(&mut self, frame: u64, slot: u64) {
-        if let Some(old) = self.cache.insert(frame, slot) {
-            self.drop_ref(old);
-        }
-    }
-
-    /// The slot cached for `frame`, removed from the cache with its reference.
-    pub(crate) fn uncache(&mut self, frame: u64) -> Option<u64> {
-        self.cache.remove(frame)
-    }
-
-    /// Entries in the swap cache.
-    pub(crate) fn cached(&self) -> usize {
-        self.cache.len
-    }
 }
 
-/// The swap cache: frame number → slot, an open-addressed table sized for
-/// every slot cached at once (at most half full), so inserting never
-/// allocates. Linear probing with backward-shift deletion.
+/// A shard of the swap cache: frame number → slot, an open-addressed table
+/// allocated once (kept at most half full), so inserting never allocates.
+/// Linear probing with backward-shift deletion.
 struct FrameCache {
     /// `(frame + 1, slot)`; a key of 0 is an empty bucket.
     buckets: Vec<(u64, u64)>,
@@ -370,12 +412,15 @@ impl FrameCache {
         }
     }
 
-    /// Inserts; returns the slot `frame` had before.
+    /// Inserts; returns the slot `frame` had before, or `slot` itself when
+    /// the table is full: the caller drops the reference it returns.
     fn insert(&mut self, frame: u64, slot: u64) -> Option<u64> {
         match self.find(frame) {
             Ok(i) => Some(core::mem::replace(&mut self.buckets[i].1, slot)),
+            // At most half full, so that probes stay short: past that the
+            // new entry is refused (handed back to be dropped).
+            Err(_) if self.len >= self.buckets.len() / 2 => Some(slot),
             Err(i) => {
-                debug_assert!(self.len < self.buckets.len() / 2, "more cached than slots");
                 self.buckets[i] = (frame + 1, slot);
                 self.len += 1;
                 None

@@ -82,8 +82,9 @@ impl Vm {
     /// The counters.
     pub fn stats(&self) -> VmStats {
         let swap = self.swap.as_ref().map(|s| {
+            let cached = s.cached() as u64;
             let s = s.state();
-            (s.used(), s.capacity(), s.cached() as u64)
+            (s.used(), s.capacity(), cached)
         });
         let (used, slots, cached) = swap.unwrap_or_default();
         VmStats {
@@ -209,9 +210,8 @@ impl Vm {
         frames: &mut A,
     ) {
         if let Some(swap) = self.swap.as_ref() {
-            let mut s = swap.state();
-            if let Some(slot) = s.uncache(frame_key(frame)) {
-                s.drop_ref(slot);
+            if let Some(slot) = swap.uncache(frame_key(frame)) {
+                swap.state().drop_ref(slot);
             }
         }
         match self.limit {

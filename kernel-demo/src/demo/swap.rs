@@ -13,10 +13,10 @@ pub fn demo_swap() {
         Some(d) => {
             println!(
                 "virtio-blk swap disk: {} slots ({})",
-                kmem::vm::SwapDevice::slots(&d),
-                Size(kmem::vm::SwapDevice::slots(&d) * 4096)
+                d.slots(),
+                Size(d.slots() * 4096)
             );
-            Box::new(d)
+            Box::new(d.locked())
         }
         None => {
             println!("no virtio-blk disk (KMEM_SWAP=0?): swapping to memory instead");

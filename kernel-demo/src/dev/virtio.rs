@@ -187,12 +187,39 @@ impl VirtioSwap {
     }
 }
 
-impl SwapDevice for VirtioSwap {
-    fn slots(&self) -> u64 {
+/// A [`VirtioSwap`] as kmem's swap device: one request at a time (the
+/// driver's queue is used synchronously), so behind a lock.
+pub struct LockedDisk(spin::Mutex<VirtioSwap>);
+
+impl VirtioSwap {
+    /// Capacity in 4 KiB slots.
+    pub fn slots(&self) -> u64 {
         self.slots
     }
 
-    fn write(&mut self, first: u64, pages: &[&[u8; 4096]]) -> Result<(), SwapIoError> {
+    /// This disk as a swap device for several CPUs.
+    pub fn locked(self) -> LockedDisk {
+        LockedDisk(spin::Mutex::new(self))
+    }
+}
+
+impl SwapDevice for LockedDisk {
+    fn slots(&self) -> u64 {
+        self.0.lock().slots
+    }
+
+    fn write(&self, first: u64, pages: &[&[u8; 4096]]) -> Result<(), SwapIoError> {
+        self.0.lock().write_pages(first, pages)
+    }
+
+    fn read(&self, first: u64, pages: &mut [&mut [u8; 4096]]) -> Result<(), SwapIoError> {
+        self.0.lock().read_pages(first, pages)
+    }
+}
+
+impl VirtioSwap {
+    /// Writes `pages` to the slots from `first` on.
+    pub fn write_pages(&mut self, first: u64, pages: &[&[u8; 4096]]) -> Result<(), SwapIoError> {
         let err = self.check(first, pages.len())?;
         if let [page] = pages {
             // One page is contiguous already: no bounce copy.
@@ -210,7 +237,12 @@ impl SwapDevice for VirtioSwap {
         }
     }
 
-    fn read(&mut self, first: u64, pages: &mut [&mut [u8; 4096]]) -> Result<(), SwapIoError> {
+    /// Reads the slots from `first` on into `pages`.
+    pub fn read_pages(
+        &mut self,
+        first: u64,
+        pages: &mut [&mut [u8; 4096]],
+    ) -> Result<(), SwapIoError> {
         let err = self.check(first, pages.len())?;
         if let [page] = pages {
             let block = first as usize * (4096 / SECTOR_SIZE);
