@@ -115,7 +115,9 @@ impl<P: PhysMem> VmSpace<P> {
             return Err(fail(FaultReason::ExecuteNoExec));
         }
         let page = Page::<Size4KiB>::containing_address(addr);
-        loop {
+        // A fill that lost its race, or whose frame another CPU took, looks
+        // again; a few times, then the access is retried from the start.
+        for _ in 0..4 {
             let step = self
                 .decide(vm, page, area.kind, prot, access, frames, tlb)
                 .map_err(fail)?;
@@ -137,6 +139,7 @@ impl<P: PhysMem> VmSpace<P> {
                 }
             }
         }
+        Ok(FaultOutcome::InTransit)
     }
 
     /// Looks at the page's entry under the page-table lock and does what
