@@ -60,6 +60,7 @@ mod reserve;
 mod size;
 mod soft;
 mod spare;
+pub(crate) use entry::ADDR_MASK;
 pub(crate) use soft::DIRTY_BIT;
 mod translate;
 mod visit;

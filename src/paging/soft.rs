@@ -7,9 +7,10 @@ use core::convert::Infallible;
 
 use x86_64::VirtAddr;
 
-use super::entry::{index, is_leaf, virt_addr, ADDR_MASK, LINEAR_MASK, PRESENT};
+use super::entry::{index, is_leaf, virt_addr, ADDR_MASK, LINEAR_MASK, PRESENT, USER};
 use super::visit::{linear_range, walk, Slot, Step, Visitor};
-use super::{PageTables, PagingError, PhysMem};
+use super::{MapFlags, PageTables, PagingError, PhysMem};
+use x86_64::structures::paging::PhysFrame;
 
 use super::entry::{ACCESSED, DIRTY};
 
@@ -41,6 +42,52 @@ impl<P: PhysMem> PageTables<P> {
             .pte_slot(va)
             .ok_or(PagingError::NotMapped { addr: va })?;
         Ok(self.exchange(t, i, value))
+    }
+
+    /// Points the 4 KiB entry of `va` at `frame` with `flags` in one atomic
+    /// compare-exchange, if the entry is still `expect` (Accessed and Dirty
+    /// aside, which the CPU may have set): the fast path of a fault, one
+    /// walk and one write. `Ok(Some(old))` with the entry replaced,
+    /// `Ok(None)` when it changed meanwhile, `Err` when the slow path
+    /// ([`map`](Self::map), [`remap`](Self::remap)) is needed: no page table
+    /// yet, or a table above without the user bit `flags` needs. A present
+    /// `expect` replaced still needs its TLB entries invalidated.
+    pub(crate) fn replace_pte(
+        &mut self,
+        va: VirtAddr,
+        expect: u64,
+        frame: PhysFrame,
+        flags: MapFlags,
+    ) -> Result<Option<u64>, PagingError> {
+        let bits = flags.checked_bits(va)?;
+        let lin = va.as_u64() & LINEAR_MASK;
+        let path = self
+            .path_to(lin, 1)
+            .map_err(|_| PagingError::NotMapped { addr: va })?;
+        if bits & USER != 0
+            && (2..=4).any(|l| self.read(path[l as usize], index(lin, l)) & USER == 0)
+        {
+            return Err(PagingError::NotMapped { addr: va });
+        }
+        let new = frame.start_address().as_u64() | bits;
+        let (t, i) = (path[1], index(lin, 1));
+        let old = self.update(t, i, |e| if same(e, expect) { new } else { e });
+        Ok(same(old, expect).then_some(old))
+    }
+
+    /// Marks the soft (non-present, non-zero) 4 KiB entry of `va` with
+    /// `mark` in one walk and one atomic update, unless it is marked
+    /// already; returns the entry before, or `None` when there is no soft
+    /// entry or it carries `mark`.
+    pub(crate) fn mark_soft(&mut self, va: VirtAddr, mark: u64) -> Option<u64> {
+        let (t, i) = self.pte_slot(va)?;
+        let e = self.read(t, i);
+        if e == 0 || e & PRESENT != 0 || e & mark != 0 {
+            return None;
+        }
+        // Non-present: the CPU never writes it, kmem only under the lock.
+        self.write(t, i, e | mark);
+        Some(e)
     }
 
     /// The raw 4 KiB leaf entry of `va` when it is present.
@@ -109,6 +156,11 @@ impl<P: PhysMem> PageTables<P> {
         let (lo, hi) = linear_range(start, len);
         let Ok(()) = walk(&mut &*self, &mut SoftVisitor { f }, self.root(), 4, lo, hi);
     }
+}
+
+/// Whether entry `e` is `expect` but for Accessed and Dirty.
+fn same(e: u64, expect: u64) -> bool {
+    (e ^ expect) & !(ACCESSED | DIRTY) == 0
 }
 
 /// Finds the soft entries of the page tables that exist.

@@ -90,6 +90,11 @@ impl Gather {
         self.flush.merge(flush);
     }
 
+    /// Records that the translation of `addr` changed.
+    pub(crate) fn add(&mut self, addr: u64) {
+        self.flush.add(addr);
+    }
+
     /// Holds one reference to the anonymous frame of a removed mapping.
     pub(crate) fn page(&mut self, frame: PhysFrame) {
         if self.pages.push(frame).is_err() {

@@ -429,13 +429,24 @@ impl<P: PhysMem> VmSpace<P> {
             return Err(FaultReason::SwapIo(e));
         }
         let mut mapped = 0;
-        for (i, &(p, f, _)) in run.as_slice().iter().enumerate() {
+        for (i, &(p, f, e)) in run.as_slice().iter().enumerate() {
             let p = Page::<Size4KiB>::containing_address(p);
-            // Over the busy mark: a non-present entry, which no CPU caches.
-            let r = self.mapper.lock().map(p, f, prot.map_flags(true), frames);
+            // Over the busy mark: a non-present entry, which no CPU caches;
+            // it is ours, so the exchange cannot miss (the table exists).
+            let flags = prot.map_flags(true);
+            let r = {
+                let mut m = self.mapper.lock();
+                match m.replace_pte(p.start_address(), e | BUSY, f, flags) {
+                    Ok(old) => {
+                        debug_assert!(old.is_some(), "a busy entry changed");
+                        Ok(())
+                    }
+                    // A table above lacks the user bit: the general map sets it.
+                    Err(_) => m.map(p, f, flags, frames).map(Flush::ignore),
+                }
+            };
             match r {
-                Ok(flush) => {
-                    flush.ignore();
+                Ok(()) => {
                     // The entry's reference to the slot moves to the cache.
                     swap.cache(f.start_address().as_u64() / PAGE_SIZE, slot + i as u64);
                     self.track(p);

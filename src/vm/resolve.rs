@@ -10,7 +10,7 @@
 //! its entry; a fault on it returns at once and the access is retried.
 
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
-use x86_64::VirtAddr;
+use x86_64::{PhysAddr, VirtAddr};
 
 use super::gather::Gather;
 use super::reclaim::Shortage;
@@ -19,7 +19,7 @@ use super::stats::count;
 use super::swap::BUSY;
 use super::vm::{copy_frame, fill_zero};
 use super::{AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, Prot, Vm, VmSpace};
-use crate::paging::{FrameSource, LeafSize, PagingError, PhysMem};
+use crate::paging::{FrameSource, LeafSize, PagingError, PhysMem, ADDR_MASK};
 use crate::smp::Tlb;
 
 /// What a look at the page's entry decided, with the page tables unlocked again.
@@ -173,14 +173,12 @@ impl<P: PhysMem> VmSpace<P> {
                         .ignore();
                     return Ok(Step::Done(FaultOutcome::FixedMapped));
                 }
+                // On swap: this fault reads it in, others wait for the mark to go.
+                if let Some(entry) = m.mark_soft(va, BUSY) {
+                    return Ok(Step::SwapIn { entry });
+                }
                 return match m.soft_entry(va) {
-                    Some(e) if e & BUSY != 0 => Ok(Step::Wait),
-                    Some(entry) => {
-                        // This fault reads it in; others wait for the mark to go.
-                        let was = m.exchange_pte(va, entry | BUSY).map_err(paging)?;
-                        debug_assert_eq!(was, entry);
-                        Ok(Step::SwapIn { entry })
-                    }
+                    Some(_) => Ok(Step::Wait), // marked busy by another CPU
                     None if access.write => Ok(Step::Fill {
                         from: None,
                         expect: 0,
@@ -272,6 +270,26 @@ impl<P: PhysMem> VmSpace<P> {
         let va = page.start_address();
         let flags = prot.map_flags(true);
         let mut m = self.mapper.lock();
+        // The fast path: the page table exists, one compare-exchange.
+        match m.replace_pte(va, expect, new, flags) {
+            Ok(None) => {
+                // Lost a race to another fault or to reclaim.
+                drop(m);
+                vm.release_frame(tlb.cpu(), new, frames);
+                return Ok(None);
+            }
+            Ok(Some(_)) if expect == 0 => {
+                drop(m);
+                self.track(page);
+                return Ok(Some(FaultOutcome::ZeroFilled)); // over an empty entry
+            }
+            Ok(Some(old)) => {
+                drop(m);
+                self.track(page);
+                return Ok(Some(self.copied(vm, page, old, from, frames, tlb)));
+            }
+            Err(_) => {} // no page table yet: the general path below
+        }
         let now = m.leaf_entry(va).or_else(|| m.soft_entry(va)).unwrap_or(0);
         if now != expect && (expect == 0 || now & !0x60 != expect & !0x60) {
             // Lost a race (ignoring Accessed and Dirty, which the CPU sets).
@@ -298,22 +316,38 @@ impl<P: PhysMem> VmSpace<P> {
             }
         }
         // The page is mapped (checked above): remap needs no frame.
-        let (old, f) = m
+        let (old, _) = m
             .remap(page, new, flags)
             .expect("a mapped 4 KiB page can be remapped");
         drop(m);
         self.track(page);
-        // Other CPUs may still read the old frame through this page: they
-        // must stop before its other sharer may reuse it in place.
+        let old = old.start_address().as_u64();
+        Ok(Some(self.copied(vm, page, old, from, frames, tlb)))
+    }
+
+    /// After a copy-on-write replaced the entry `old`: other CPUs may still
+    /// read the old frame through this page, and must stop before its other
+    /// sharer may reuse it in place.
+    fn copied<A: FrameSource + ?Sized>(
+        &self,
+        vm: &Vm,
+        page: Page<Size4KiB>,
+        old: u64,
+        from: Option<PhysFrame>,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> FaultOutcome {
         let mut gather = Gather::new();
-        gather.flush(f);
-        gather.page(old);
+        gather.add(page.start_address().as_u64());
+        gather.page(PhysFrame::containing_address(PhysAddr::new(
+            old & ADDR_MASK,
+        )));
         self.finish(gather, vm, frames, tlb);
-        Ok(Some(if from.is_none() {
+        if from.is_none() {
             FaultOutcome::ZeroFilled
         } else {
             FaultOutcome::CopiedOnWrite
-        }))
+        }
     }
 }
 

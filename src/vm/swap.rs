@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::smp::CachePadded;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// Bytes in a page and in a slot.
 pub const PAGE_BYTES: usize = crate::PAGE_SIZE as usize;
@@ -89,7 +89,6 @@ pub trait SwapDevice: Send + Sync {
 #[derive(Debug)]
 pub struct MemSwap {
     data: Vec<spin::Mutex<[u8; PAGE_BYTES]>>,
-    requests: AtomicU64,
     fail_writes: AtomicBool,
     fail_reads: AtomicBool,
 }
@@ -101,7 +100,6 @@ impl MemSwap {
             data: (0..slots)
                 .map(|_| spin::Mutex::new([0; PAGE_BYTES]))
                 .collect(),
-            requests: AtomicU64::new(0),
             fail_writes: AtomicBool::new(false),
             fail_reads: AtomicBool::new(false),
         }
@@ -111,11 +109,6 @@ impl MemSwap {
     pub fn fail(&self, writes: bool, reads: bool) {
         self.fail_writes.store(writes, Ordering::Relaxed);
         self.fail_reads.store(reads, Ordering::Relaxed);
-    }
-
-    /// Requests served so far.
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
     }
 }
 
@@ -134,9 +127,8 @@ impl SwapDevice for MemSwap {
         {
             return Err(err);
         }
-        self.requests.fetch_add(1, Ordering::Relaxed);
         for (i, p) in pages.iter().enumerate() {
-            *self.data[first as usize + i].lock() = **p;
+            self.data[first as usize + i].lock().copy_from_slice(&p[..]);
         }
         Ok(())
     }
@@ -150,9 +142,8 @@ impl SwapDevice for MemSwap {
         {
             return Err(err);
         }
-        self.requests.fetch_add(1, Ordering::Relaxed);
         for (i, p) in pages.iter_mut().enumerate() {
-            **p = *self.data[first as usize + i].lock();
+            p.copy_from_slice(&self.data[first as usize + i].lock()[..]);
         }
         Ok(())
     }
