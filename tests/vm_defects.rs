@@ -357,3 +357,62 @@ fn a_failed_fault_keeps_the_invalidations_of_its_reclaim() {
     }
     m.end(s);
 }
+
+/// Issue 22, item 8: chosen addresses start no lower than 64 KiB, go
+/// top-down below the room kept for stacks, follow the kernel's seed, and
+/// a hint below the minimum or in the kernel half is not taken.
+#[test]
+fn user_layout_is_top_down_above_the_minimum_and_randomized() {
+    use kmem::vm::{UserLayout, VmError, MMAP_MIN_ADDR, USER_RANGE};
+    let mem = EmulatedMemory::new(16);
+    let mut frames = mem.frame_allocator();
+    let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    let mut s = VmSpace::new_user(&kernel, &mut frames).unwrap();
+    let layout = s.layout();
+    assert_eq!(layout.min_addr, MMAP_MIN_ADDR);
+    assert!(layout.top < USER_RANGE.1, "room kept above for stacks");
+    let rw = Prot::RW | Prot::USER;
+    let first = s.map_anonymous(None, 4 * PAGE, rw).unwrap();
+    assert_eq!(
+        first + 4 * PAGE,
+        layout.top,
+        "the first area ends at the top"
+    );
+    let second = s.map_anonymous(None, PAGE, rw).unwrap();
+    assert_eq!(second + PAGE, first, "the next one right below it");
+    for hint in [0x1234, 0x1000, 0xffff_8000_0000_0000, MMAP_MIN_ADDR - PAGE] {
+        let at = s.map_anonymous(Some(hint), PAGE, rw).unwrap();
+        assert!(
+            at >= MMAP_MIN_ADDR && at != hint,
+            "hint {hint:#x} gave {at:#x}"
+        );
+    }
+    assert_eq!(
+        s.map_anonymous(Some(MMAP_MIN_ADDR), PAGE, rw),
+        Ok(MMAP_MIN_ADDR)
+    );
+    assert!(matches!(
+        s.map_fixed(0x1000, PAGE, rw, kmem::vm::AreaKind::Anonymous, &mut frames),
+        Err(VmError::OutOfRange { .. })
+    ));
+    assert!(s
+        .set_layout(UserLayout {
+            min_addr: 0,
+            top: layout.top
+        })
+        .is_err());
+    assert!(s
+        .set_layout(UserLayout {
+            min_addr: 0x20_0000,
+            top: 0x10_0000
+        })
+        .is_err());
+    // Two spaces with different seeds place their first area differently.
+    let mut a = VmSpace::new_user(&kernel, &mut frames).unwrap();
+    let mut b = VmSpace::new_user(&kernel, &mut frames).unwrap();
+    let (ta, tb) = (a.randomize(0x1234_5678), b.randomize(0x8765_4321));
+    assert_ne!(ta, tb);
+    assert!(ta < layout.top && tb < layout.top && ta > MMAP_MIN_ADDR);
+    assert_eq!(a.map_anonymous(None, PAGE, rw).unwrap() + PAGE, ta);
+    assert_eq!(b.map_anonymous(None, PAGE, rw).unwrap() + PAGE, tb);
+}

@@ -723,10 +723,13 @@ fn areas_split_merge_and_refuse_bad_ranges() {
         s.map_anonymous(None, 1 << 50, rw),
         Err(VmError::NoSpace { len: 1 << 50 })
     );
+    // The area in the way (the taken hint's page went right below `a`
+    // and joined it: top-down placement in the smallest gap).
+    let in_the_way = s.area_at(a).unwrap().start;
     assert_eq!(
         s.map_fixed(a, PAGE, rw, AreaKind::Anonymous, &mut frames)
             .unwrap_err(),
-        VmError::Overlap { addr: a }
+        VmError::Overlap { addr: in_the_way }
     );
     assert!(matches!(
         s.unmap(0xffff_8000_0000_0000, PAGE, &vm, &mut frames, &mut up()),

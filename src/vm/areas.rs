@@ -67,9 +67,16 @@ impl AreaSet {
         self.lo <= a && a < b && b <= self.hi && self.overlapping(a, b).next().is_none()
     }
 
-    /// The lowest-addressed start of the smallest gap holding `len` bytes.
-    pub(crate) fn find_gap(&self, len: u64) -> Option<u64> {
-        self.gaps.range((len, 0)..).next().map(|&(_, start)| start)
+    /// Where `len` bytes go inside `[min, top)`: in the smallest gap that
+    /// holds them there (the lowest among equals), at its top (so areas
+    /// placed one after another grow down from `top`). Best fit keeps the
+    /// search O(log n) but for gaps outside the window, which are few (the
+    /// one below `min`, those above `top`).
+    pub(crate) fn place(&self, len: u64, min: u64, top: u64) -> Option<u64> {
+        self.gaps.range((len, 0)..).find_map(|&(glen, start)| {
+            let (s, e) = (start.max(min), (start + glen).min(top));
+            (e > s && e - s >= len).then(|| e - len)
+        })
     }
 
     /// The free range around a free `addr`: from the end of the area

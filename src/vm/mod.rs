@@ -112,7 +112,7 @@ pub use error::{FaultError, FaultReason, VmError};
 pub use fault::{FaultAccess, FaultOutcome};
 pub use invariants::VmInvariantError;
 pub use prot::Prot;
-pub use space::{VmSpace, USER_RANGE};
+pub use space::{UserLayout, VmSpace, MMAP_MIN_ADDR, USER_RANGE};
 pub use stats::VmStats;
 pub use swap::{MemSwap, SwapDevice, SwapIoError};
 pub use vm::Vm;

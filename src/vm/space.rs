@@ -25,6 +25,45 @@ pub(super) const KERNEL_HALF_START: u64 = 0xffff_8000_0000_0000;
 /// (so a null pointer never maps).
 pub const USER_RANGE: (u64, u64) = (PAGE, 0x0000_8000_0000_0000);
 
+/// Where a space places the areas it chooses the address of
+/// ([`VmSpace::map_anonymous`] without a usable hint), as hardened kernels
+/// do: never below `min_addr` (so that a null pointer plus an offset
+/// faults; Linux's `mmap_min_addr`), top-down from `top` (below the room
+/// kept for stacks), `top` lowered by a random amount the kernel supplies
+/// ([`VmSpace::randomize`]: kmem takes the entropy, it does not invent it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserLayout {
+    /// No area, chosen or fixed, starts below this (page-aligned).
+    pub min_addr: u64,
+    /// Chosen addresses end at or below this (page-aligned); hints and
+    /// fixed areas above it (a stack) are allowed.
+    pub top: u64,
+}
+
+/// The default [`UserLayout::min_addr`]: 64 KiB, as Linux.
+pub const MMAP_MIN_ADDR: u64 = 0x1_0000;
+/// Room kept at the top of the user range for stacks (1 GiB).
+const STACK_ROOM: u64 = 1 << 30;
+/// Pages of randomization at most: 2^28 pages (1 TiB), as Linux on x86_64.
+const RANDOM_PAGES: u64 = 1 << 28;
+
+impl UserLayout {
+    /// The default layout of a space managing `[lo, hi)`: `min_addr` at
+    /// least 64 KiB; `top` 1 GiB below `hi` for the whole user range
+    /// (stacks go there), `hi` otherwise.
+    pub fn for_range(lo: u64, hi: u64) -> Self {
+        let top = if (lo, hi) == USER_RANGE {
+            hi - STACK_ROOM
+        } else {
+            hi
+        };
+        Self {
+            min_addr: lo.max(MMAP_MIN_ADDR).min(top),
+            top,
+        }
+    }
+}
+
 /// An address space: areas, and the page tables that realize them.
 ///
 /// Anonymous pages get frames on the first touch ([`handle_fault`]); a
@@ -69,6 +108,8 @@ pub struct VmSpace<P: PhysMem> {
     pub(super) has_policy: bool,
     /// The CPUs that have (or lazily may still have) the space loaded.
     pub(super) cpus: Box<ActiveCpus>,
+    /// Where chosen addresses go.
+    pub(super) layout: UserLayout,
 }
 
 impl<P: PhysMem> core::fmt::Debug for VmSpace<P> {
@@ -95,6 +136,7 @@ impl<P: PhysMem + Clone> VmSpace<P> {
             policy: Box::new(spin::Mutex::new(None)),
             has_policy: false,
             cpus: Box::new(ActiveCpus::new()),
+            layout: UserLayout::for_range(lo, hi),
         }
     }
 
@@ -152,6 +194,7 @@ impl<P: PhysMem + Clone> VmSpace<P> {
         };
         let mut child = Self::with_mapper(space.into_mapper(), USER_RANGE.0, USER_RANGE.1);
         child.areas = self.areas.clone();
+        child.layout = self.layout;
         // Leaves come in address order: walk the areas alongside.
         let mut areas = self.areas.iter().peekable();
         let zero = vm.zero_frame().start_address();
@@ -265,9 +308,10 @@ impl<P: PhysMem> VmSpace<P> {
     }
 
     /// Maps `len` bytes of anonymous, demand-zero memory: at `hint` when
-    /// that range is free, else in the smallest free gap that fits (lowest
-    /// address among equals). Takes no frame until touched. Returns the
-    /// address.
+    /// that range is free and at or above the layout's `min_addr`, else
+    /// where the [`UserLayout`] places it (top-down below its `top`, in the
+    /// smallest gap that holds it). Takes no frame until touched. Returns
+    /// the address.
     pub fn map_anonymous(
         &mut self,
         hint: Option<u64>,
@@ -282,11 +326,16 @@ impl<P: PhysMem> VmSpace<P> {
             return Err(VmError::WriteExec { addr: at });
         }
         let fits = |h: u64| {
-            h.is_multiple_of(PAGE) && h.checked_add(len).is_some_and(|e| self.areas.is_free(h, e))
+            h.is_multiple_of(PAGE)
+                && h >= self.layout.min_addr
+                && h.checked_add(len).is_some_and(|e| self.areas.is_free(h, e))
         };
         let start = match hint {
             Some(h) if fits(h) => h,
-            _ => self.areas.find_gap(len).ok_or(VmError::NoSpace { len })?,
+            _ => self
+                .areas
+                .place(len, self.layout.min_addr, self.layout.top)
+                .ok_or(VmError::NoSpace { len })?,
         };
         self.areas.insert(Area {
             start,
@@ -295,6 +344,40 @@ impl<P: PhysMem> VmSpace<P> {
             kind: AreaKind::Anonymous,
         });
         Ok(start)
+    }
+
+    /// The layout chosen addresses follow.
+    pub fn layout(&self) -> UserLayout {
+        self.layout
+    }
+
+    /// Sets the layout; refused (nothing changed) unless both bounds are
+    /// page-aligned, inside the managed range, and `min_addr < top`.
+    pub fn set_layout(&mut self, layout: UserLayout) -> Result<(), VmError> {
+        let (lo, hi) = self.areas.bounds();
+        let UserLayout { min_addr, top } = layout;
+        let aligned = min_addr.is_multiple_of(PAGE) && top.is_multiple_of(PAGE);
+        if !aligned || min_addr < lo || top > hi || min_addr >= top {
+            return Err(VmError::OutOfRange {
+                addr: min_addr,
+                len: top.saturating_sub(min_addr),
+            });
+        }
+        self.layout = layout;
+        Ok(())
+    }
+
+    /// Lowers the layout's `top` by a random number of pages drawn from
+    /// `seed` (up to 2^28 pages, 1 TiB, as Linux's mmap randomization on
+    /// x86_64, and never below `min_addr` plus a quarter of the window):
+    /// address-space layout randomization with the kernel's entropy.
+    /// Returns the new `top`.
+    pub fn randomize(&mut self, seed: u64) -> u64 {
+        let UserLayout { min_addr, top } = self.layout;
+        let room = (top - min_addr) / 4 / PAGE * 3;
+        let pages = (seed % RANDOM_PAGES).min(room);
+        self.layout.top = top - pages * PAGE;
+        self.layout.top
     }
 
     /// Creates an area at exactly `[addr, addr + len)`, which must be free
@@ -311,6 +394,10 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
     ) -> Result<(), VmError> {
         let (a, b) = self.range(addr, len)?;
+        if a < self.layout.min_addr {
+            // Below `mmap_min_addr`: refused, as Linux refuses MAP_FIXED there.
+            return Err(VmError::OutOfRange { addr, len });
+        }
         if prot.is_write_exec() {
             return Err(VmError::WriteExec { addr });
         }
@@ -540,6 +627,7 @@ impl<P: PhysMem> VmSpace<P> {
             cpus,
             pml4,
             phys,
+            layout,
             ..
         } = self;
         let space = AddressSpace::from_mapper(mapper.0.into_inner());
@@ -556,6 +644,7 @@ impl<P: PhysMem> VmSpace<P> {
                     policy,
                     has_policy,
                     cpus,
+                    layout,
                 },
                 e.into(),
             )),

@@ -36,6 +36,7 @@ pub fn demo_processes() {
         procs.len(),
         proc::CODE_BASE
     );
+    print_layout(spawn(8, Program::Tag, 0));
     let what = [
         "",
         "tag 0x1111",
@@ -114,4 +115,32 @@ pub fn demo_processes() {
     );
     let free1 = memory::FRAMES.with(|f| f.stats().free);
     println!("free frames before the processes {free0}, after {free1} (the difference is heap growth and the zero frame)");
+}
+
+/// A process's layout: its areas, and where chosen addresses go (above
+/// 64 KiB, top-down from a top lowered by the TSC as the kernel's entropy).
+fn print_layout(mut p: kernel_demo::user::process::Process) {
+    use kernel_demo::user::process as proc;
+    use kmem::vm::{Prot, UserLayout, USER_RANGE};
+    let default_top = UserLayout::for_range(USER_RANGE.0, USER_RANGE.1).top;
+    let top = p
+        .space
+        .randomize(cpu::rdtsc().wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let a = p.space.map_anonymous(None, 0x4000, Prot::RW | Prot::USER);
+    let b = p
+        .space
+        .map_anonymous(Some(0x1234), 0x1000, Prot::READ | Prot::USER);
+    let min = p.space.layout().min_addr;
+    println!(
+        "layout of pid {}: chosen addresses in {min:#x}..{top:#x} (at least 64 KiB; the top lowered at random from {default_top:#x}); mmap(none, 16 KiB) -> {a:#x?}; mmap(hint 0x1234, 4 KiB) -> {b:#x?}",
+        p.pid
+    );
+    for area in p.space.areas() {
+        println!(
+            "  {:#014x}..{:#014x}  {:?} {:?}",
+            area.start, area.end, area.prot, area.kind
+        );
+    }
+    proc::with_vm(|vm| proc::with_tlb(|tlb| p.space.destroy(vm, &mut &memory::FRAMES, tlb)))
+        .unwrap_or_else(|(_, e)| kernel_demo::fatal(format_args!("destroy: {e}")));
 }
