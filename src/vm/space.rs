@@ -86,7 +86,8 @@ pub struct VmSpace<P: PhysMem> {
     /// without locking.
     /// On cache lines of its own: CPUs faulting at once take it, and must
     /// not bounce the lines of the fields every fault only reads.
-    pub(super) mapper: CachePadded<spin::Mutex<PageTables<P>>>,
+    /// (Boxed: keeps a space small enough to hand back by value in errors.)
+    pub(super) mapper: Box<CachePadded<spin::Mutex<PageTables<P>>>>,
     /// The top-level table (what CR3 holds while the space is active).
     pub(super) pml4: PhysFrame,
     /// The mapper's access to physical memory, to zero, copy and write out
@@ -129,7 +130,7 @@ impl<P: PhysMem + Clone> VmSpace<P> {
         Self {
             pml4: mapper.pml4(),
             phys: mapper.phys_mem().clone(),
-            mapper: CachePadded(spin::Mutex::new(mapper)),
+            mapper: Box::new(CachePadded(spin::Mutex::new(mapper))),
             areas: Box::new(AreaSet::new(lo, hi)),
             clock_hand: AtomicU64::new(lo),
             last_swap_in: AtomicU64::new(0),
@@ -635,7 +636,7 @@ impl<P: PhysMem> VmSpace<P> {
             Ok(_) => Ok(()),
             Err((space, e)) => Err((
                 Self {
-                    mapper: CachePadded(spin::Mutex::new(space.into_mapper())),
+                    mapper: Box::new(CachePadded(spin::Mutex::new(space.into_mapper()))),
                     pml4,
                     phys,
                     areas,

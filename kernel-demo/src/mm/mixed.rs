@@ -121,7 +121,7 @@ fn unmap_pending(pending: &mut Pending, c: &mut Counters) {
         return;
     }
     let mut k = 0;
-    let taken: [Option<(u64, PhysFrame, u64)>; 8] = core::mem::replace(pending, [None; 8]);
+    let taken: Pending = core::mem::take(pending);
     let expected: alloc::vec::Vec<(PhysFrame, u64)> =
         taken.iter().flatten().map(|&(_, f, s)| (f, s)).collect();
     let report = unmap_scattered(&pages[..n], |leaf| {
