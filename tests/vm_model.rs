@@ -700,14 +700,21 @@ fn areas_split_merge_and_refuse_bad_ranges() {
     s.protect(a + 4 * PAGE, 4 * PAGE, rw, &vm, &mut frames, &mut up())
         .unwrap();
     assert_eq!(s.area_count(), 1);
-    // Unmap the middle: two areas, and the hole is found by a gap search.
+    // Unmap the middle: two areas; a hint into the hole is taken, and an
+    // address left to the space goes top-down, below the layout's top.
     s.unmap(a + 4 * PAGE, 2 * PAGE, &vm, &mut frames, &mut up())
         .unwrap();
     assert_eq!(s.area_count(), 2);
     assert_eq!(
-        s.map_anonymous(None, 2 * PAGE, Prot::READ | Prot::USER)
+        s.map_anonymous(Some(a + 4 * PAGE), 2 * PAGE, Prot::READ | Prot::USER)
             .unwrap(),
         a + 4 * PAGE
+    );
+    assert_eq!(
+        s.map_anonymous(None, PAGE, Prot::READ | Prot::USER)
+            .unwrap()
+            + PAGE,
+        s.layout().top
     );
     // A taken hint falls back to a gap.
     assert_ne!(s.map_anonymous(Some(a), PAGE, rw).unwrap(), a);

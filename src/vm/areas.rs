@@ -1,9 +1,10 @@
 //! The areas of one address space, sorted, with an index of the gaps
-//! between them: finding the area of an address, checking a range is
-//! free and finding a gap of a given length are all O(log n).
+//! between them: finding the area of an address and checking a range is
+//! free are O(log n); placing an area top-down walks down the gaps from
+//! the top, O(log n) while they are large enough.
 
 use super::{Area, VmInvariantError};
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 /// Disjoint areas inside a managed range `[lo, hi)`, and the gaps between.
@@ -13,24 +14,23 @@ pub(crate) struct AreaSet {
     hi: u64,
     /// By start address.
     areas: BTreeMap<u64, Area>,
-    /// Every maximal free range as `(len, start)`: the first entry at or
-    /// above `(len, 0)` is the smallest gap that fits.
-    gaps: BTreeSet<(u64, u64)>,
+    /// Every maximal free range, `start -> len`.
+    by_start: BTreeMap<u64, u64>,
 }
 
 impl AreaSet {
     /// No areas: one gap covering `[lo, hi)`.
     pub(crate) fn new(lo: u64, hi: u64) -> Self {
-        let mut gaps = BTreeSet::new();
-        if hi > lo {
-            gaps.insert((hi - lo, lo));
-        }
-        Self {
+        let mut set = Self {
             lo,
             hi,
             areas: BTreeMap::new(),
-            gaps,
+            by_start: BTreeMap::new(),
+        };
+        if hi > lo {
+            set.add_gap(lo, hi - lo);
         }
+        set
     }
 
     /// The managed range.
@@ -67,16 +67,30 @@ impl AreaSet {
         self.lo <= a && a < b && b <= self.hi && self.overlapping(a, b).next().is_none()
     }
 
-    /// Where `len` bytes go inside `[min, top)`: in the smallest gap that
-    /// holds them there (the lowest among equals), at its top (so areas
-    /// placed one after another grow down from `top`). Best fit keeps the
-    /// search O(log n) but for gaps outside the window, which are few (the
-    /// one below `min`, those above `top`).
+    /// Where `len` bytes go inside `[min, top)`: at the top of the highest
+    /// gap there that holds them, so areas placed one after another grow
+    /// down from `top` (Linux's top-down mmap). The walk goes down the gaps
+    /// from `top`, one step per gap too small: areas placed this way leave
+    /// none, so it is O(log n) unless unmaps left many small holes near the
+    /// top (Linux keeps the largest gap of each subtree to skip them).
     pub(crate) fn place(&self, len: u64, min: u64, top: u64) -> Option<u64> {
-        self.gaps.range((len, 0)..).find_map(|&(glen, start)| {
-            let (s, e) = (start.max(min), (start + glen).min(top));
-            (e > s && e - s >= len).then(|| e - len)
-        })
+        // The gap holding `top - 1`, if any, starts below `top`.
+        self.by_start
+            .range(..top)
+            .rev()
+            .find_map(|(&start, &glen)| {
+                let (s, e) = (start.max(min), (start + glen).min(top));
+                (e > s && e - s >= len).then(|| e - len)
+            })
+    }
+
+    fn add_gap(&mut self, start: u64, len: u64) {
+        self.by_start.insert(start, len);
+    }
+
+    fn remove_gap(&mut self, start: u64, len: u64) {
+        let had = self.by_start.remove(&start);
+        debug_assert_eq!(had, Some(len), "no gap of {len:#x} at {start:#x}");
     }
 
     /// The free range around a free `addr`: from the end of the area
@@ -96,12 +110,12 @@ impl AreaSet {
     pub(crate) fn insert(&mut self, area: Area) {
         debug_assert!(self.is_free(area.start, area.end));
         let (gs, ge) = self.gap_around(area.start);
-        self.gaps.remove(&(ge - gs, gs));
+        self.remove_gap(gs, ge - gs);
         if area.start > gs {
-            self.gaps.insert((area.start - gs, gs));
+            self.add_gap(gs, area.start - gs);
         }
         if ge > area.end {
-            self.gaps.insert((ge - area.end, area.end));
+            self.add_gap(area.end, ge - area.end);
         }
         self.areas.insert(area.start, area);
         self.merge_around(area.start);
@@ -152,7 +166,7 @@ impl AreaSet {
             .next()
             .map_or(self.hi, |(&s, _)| s);
         for (s, e) in self.gaps_in(l, r) {
-            self.gaps.remove(&(e - s, s));
+            self.remove_gap(s, e - s);
         }
         let mut removed = Vec::with_capacity(hit.len());
         for area in hit {
@@ -166,7 +180,7 @@ impl AreaSet {
             removed.push(area.slice(area.start.max(a), area.end.min(b)));
         }
         for (s, e) in self.gaps_in(l, r) {
-            self.gaps.insert((e - s, s));
+            self.add_gap(s, e - s);
         }
         removed
     }
@@ -214,7 +228,7 @@ impl AreaSet {
     /// the complement.
     pub(crate) fn check(&self) -> Result<(), VmInvariantError> {
         let mut at = self.lo;
-        let mut gaps = BTreeSet::new();
+        let mut gaps = BTreeMap::new();
         let mut prev: Option<&Area> = None;
         for (&start, area) in &self.areas {
             let end = area.end;
@@ -228,15 +242,15 @@ impl AreaSet {
                 return Err(VmInvariantError::UnmergedAreas { start });
             }
             if area.start > at {
-                gaps.insert((area.start - at, at));
+                gaps.insert(at, area.start - at);
             }
             at = area.end;
             prev = Some(area);
         }
         if self.hi > at {
-            gaps.insert((self.hi - at, at));
+            gaps.insert(at, self.hi - at);
         }
-        if gaps != self.gaps {
+        if gaps != self.by_start {
             return Err(VmInvariantError::GapIndex);
         }
         Ok(())
