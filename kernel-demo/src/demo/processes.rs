@@ -126,13 +126,17 @@ fn print_layout(mut p: kernel_demo::user::process::Process) {
     let top = p
         .space
         .randomize(cpu::rdtsc().wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let a = p.space.map_anonymous(None, 0x4000, Prot::RW | Prot::USER);
-    let b = p
-        .space
-        .map_anonymous(Some(0x1234), 0x1000, Prot::READ | Prot::USER);
+    let place = |r: Result<u64, kmem::vm::VmError>| {
+        r.unwrap_or_else(|e| kernel_demo::fatal(format_args!("mmap: {e}")))
+    };
+    let a = place(p.space.map_anonymous(None, 0x4000, Prot::RW | Prot::USER));
+    let b = place(
+        p.space
+            .map_anonymous(Some(0x1234), 0x1000, Prot::READ | Prot::USER),
+    );
     let min = p.space.layout().min_addr;
     println!(
-        "layout of pid {}: chosen addresses in {min:#x}..{top:#x} (at least 64 KiB; the top lowered at random from {default_top:#x}); mmap(none, 16 KiB) -> {a:#x?}; mmap(hint 0x1234, 4 KiB) -> {b:#x?}",
+        "layout of pid {}: chosen addresses in {min:#x}..{top:#x} (at least 64 KiB; the top lowered at random from {default_top:#x}); mmap(none, 16 KiB) -> {a:#x}; mmap(hint 0x1234, 4 KiB) -> {b:#x} (below 64 KiB: not taken)",
         p.pid
     );
     for area in p.space.areas() {
