@@ -85,24 +85,7 @@ fn idle_mmu() -> RecordingMmu {
 
 /// First-write faults on `n` pages; returns the time of the faults alone.
 fn demand_zero(w: &mut World<'_>, n: u64) -> Duration {
-    let mut mmu = idle_mmu();
-    let mut tlb = Tlb::uniprocessor(&mut mmu);
-    let mut s = w.space();
-    let base = s
-        .map_anonymous(None, n * PAGE, Prot::RW | Prot::USER)
-        .unwrap();
-    let t = Instant::now();
-    for i in 0..n {
-        s.handle_fault(
-            &w.vm,
-            VirtAddr::new(base + i * PAGE),
-            FaultAccess::write(true),
-            &mut w.frames,
-            &mut tlb,
-        )
-        .unwrap();
-    }
-    let d = t.elapsed();
+    let (s, _, d) = touched(w, n * PAGE);
     w.drop_space(s);
     d
 }
@@ -131,12 +114,14 @@ fn direct(w: &mut World<'_>, n: u64) -> Duration {
     d
 }
 
-/// A space with `bytes` written; returns it and its base.
-fn touched<'m>(w: &mut World<'m>, bytes: u64) -> (VmSpace<EmulatedPhysMem<'m>>, u64) {
+/// A space with `bytes` written by first-write faults; returns it, its
+/// base and the time of the faults alone.
+fn touched<'m>(w: &mut World<'m>, bytes: u64) -> (VmSpace<EmulatedPhysMem<'m>>, u64, Duration) {
     let mut mmu = idle_mmu();
     let mut tlb = Tlb::uniprocessor(&mut mmu);
     let mut s = w.space();
     let base = s.map_anonymous(None, bytes, Prot::RW | Prot::USER).unwrap();
+    let t = Instant::now();
     for i in 0..bytes / PAGE {
         s.handle_fault(
             &w.vm,
@@ -147,13 +132,13 @@ fn touched<'m>(w: &mut World<'m>, bytes: u64) -> (VmSpace<EmulatedPhysMem<'m>>, 
         )
         .unwrap();
     }
-    (s, base)
+    (s, base, t.elapsed())
 }
 
 fn fork(w: &mut World<'_>, bytes: u64) -> Duration {
     let mut mmu = idle_mmu();
     let mut tlb = Tlb::uniprocessor(&mut mmu);
-    let (mut s, _) = touched(w, bytes);
+    let (mut s, _, _) = touched(w, bytes);
     let t = Instant::now();
     let child = s.fork(&w.vm, &mut w.frames, &mut tlb).unwrap();
     let d = t.elapsed();
@@ -164,7 +149,7 @@ fn fork(w: &mut World<'_>, bytes: u64) -> Duration {
 
 /// Every page copied into a new hierarchy: allocate, copy, map.
 fn eager_copy(w: &mut World<'_>, bytes: u64) -> Duration {
-    let (s, base) = touched(w, bytes);
+    let (s, base, _) = touched(w, bytes);
     let mut m = PageTables::new_empty(w.mem.phys_mem(), &mut w.frames).unwrap();
     let flags = MapFlags::READ_WRITE.user();
     let mut leaves = Vec::new();
