@@ -91,7 +91,8 @@ impl FrameDeallocator<Size4KiB> for Frames<'_> {
 /// CPU `cpu`'s MMU: its TLB.
 struct CpuMmu<'a>(&'a Machine, usize);
 
-impl Mmu for CpuMmu<'_> {
+// SAFETY: forwards to the emulated CPU's TLB, which keeps the promises.
+unsafe impl Mmu for CpuMmu<'_> {
     fn cr3(&self) -> PhysFrame {
         self.0.tlbs[self.1].lock().unwrap().cr3()
     }

@@ -69,7 +69,8 @@ struct CpuMmu<'a> {
     c: usize,
 }
 
-impl Mmu for CpuMmu<'_> {
+// SAFETY: forwards to the emulated CPU's TLB, which keeps the promises.
+unsafe impl Mmu for CpuMmu<'_> {
     fn cr3(&self) -> PhysFrame {
         self.cpus[self.c].borrow().cr3()
     }

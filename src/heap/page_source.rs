@@ -53,9 +53,25 @@ pub unsafe trait PageSource {
 /// The one mapping operation the kernel page source needs from a mapper.
 ///
 /// A kernel implements it over its mapper (writable, non-executable,
-/// supervisor, TLB flushed: `kernel-demo/src/heap.rs` does it for kmem's
+/// supervisor, TLB flushed: `kernel-demo/src/mm/heap.rs` does it for kmem's
 /// `paging::PageTables`); tests implement it over a fake.
-pub trait PageMapper {
+///
+/// # Safety
+/// [`map`](Self::map) makes `page` a writable mapping of `frame` and of
+/// nothing else; [`unmap`](Self::unmap) returns the frame only after no CPU
+/// can reach it through `page` any more (the translation is gone from every
+/// TLB that may hold it): [`MappedPageSource`] frees the frame at once.
+///
+/// ```compile_fail
+/// // A safe impl is refused: freeing relies on the promise.
+/// struct Fake;
+/// impl kmem::heap::PageMapper for Fake {
+///     type Error = ();
+///     fn map(&mut self, _: x86_64::structures::paging::Page, _: x86_64::structures::paging::PhysFrame) -> Result<(), ()> { Ok(()) }
+///     fn unmap(&mut self, _: x86_64::structures::paging::Page) -> Result<x86_64::structures::paging::PhysFrame, ()> { Err(()) }
+/// }
+/// ```
+pub unsafe trait PageMapper {
     /// The mapper's error type.
     type Error;
     /// Maps `page` to `frame` (writable, no-execute, supervisor only).
@@ -92,8 +108,8 @@ where
     fn release(&mut self, start: usize, pages: usize) {
         for i in 0..pages {
             if let Ok(frame) = self.mapper.unmap(Self::page(start + i * PAGE_SIZE)) {
-                // SAFETY: the frame backed a heap page that is now unmapped,
-                // so nothing refers to it any more.
+                // SAFETY: the frame backed a heap page that is now unmapped
+                // on every CPU (the `PageMapper` contract).
                 unsafe { self.frames.deallocate_frame(frame) };
             }
         }

@@ -4,7 +4,32 @@ use x86_64::structures::paging::PhysFrame;
 use x86_64::VirtAddr;
 
 /// The privileged operations the mapper needs: CR3 and TLB invalidation.
-pub trait Mmu {
+///
+/// Unsafe to implement: kmem frees frames and page tables because an
+/// implementation said it invalidated their translations.
+///
+/// # Safety
+/// - [`cr3`](Self::cr3) returns the top-level table this CPU translates
+///   with now (kmem refuses to free the tables of the active space by it);
+/// - [`invlpg`](Self::invlpg) returns only after this CPU no longer holds a
+///   TLB or paging-structure-cache entry for `addr` (what `invlpg` does);
+/// - [`flush_all`](Self::flush_all) returns only after this CPU holds no
+///   TLB entry at all, global ones included.
+///
+/// A double that models no TLB (a host test whose "CPU" walks the tables
+/// on every access) keeps these promises vacuously.
+///
+/// ```compile_fail
+/// // A safe impl is refused: the promise must be made with `unsafe impl`.
+/// struct Fake;
+/// impl kmem::paging::Mmu for Fake {
+///     fn cr3(&self) -> x86_64::structures::paging::PhysFrame { unimplemented!() }
+///     unsafe fn set_cr3(&mut self, _: x86_64::structures::paging::PhysFrame) {}
+///     fn invlpg(&mut self, _: x86_64::VirtAddr) {}
+///     fn flush_all(&mut self) {}
+/// }
+/// ```
+pub unsafe trait Mmu {
     /// The frame of the active top-level table.
     fn cr3(&self) -> PhysFrame;
     /// Makes `pml4` the active top-level table.
@@ -24,7 +49,9 @@ pub trait Mmu {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct X86Mmu;
 
-impl Mmu for X86Mmu {
+// SAFETY: reads CR3, and executes `invlpg` and a full flush (a CR4.PGE
+// toggle, or a CR3 reload) on the running CPU.
+unsafe impl Mmu for X86Mmu {
     fn cr3(&self) -> PhysFrame {
         x86_64::registers::control::Cr3::read().0
     }

@@ -61,7 +61,9 @@ impl RecordingMmu {
     }
 }
 
-impl Mmu for RecordingMmu {
+// SAFETY: a host double: no CPU translates through it, so there is no TLB
+// entry to keep; it records what kmem asked for.
+unsafe impl Mmu for RecordingMmu {
     fn cr3(&self) -> PhysFrame {
         self.cr3
     }

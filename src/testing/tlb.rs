@@ -389,7 +389,9 @@ impl TlbCpu {
     }
 }
 
-impl Mmu for TlbCpu {
+// SAFETY: the emulated TLB drops exactly what `invlpg` and a full flush drop
+// on a CPU (SDM vol. 3, 4.10.4); `cr3` is the table it walks.
+unsafe impl Mmu for TlbCpu {
     fn cr3(&self) -> PhysFrame {
         self.cr3
     }

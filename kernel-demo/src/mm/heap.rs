@@ -29,7 +29,10 @@ pub const HEAP_SIZE: u64 = 64 << 30;
 #[derive(Debug, Default)]
 pub struct KernelPageMapper;
 
-impl PageMapper for KernelPageMapper {
+// SAFETY: `map` maps the page to the frame alone (kmem's mapper, writable);
+// `unmap` returns the frame after the shootdown round completed on every
+// CPU online (`DeferredFrees::complete` below).
+unsafe impl PageMapper for KernelPageMapper {
     type Error = PagingError;
 
     fn map(&mut self, page: Page<Size4KiB>, frame: PhysFrame<Size4KiB>) -> Result<(), PagingError> {
