@@ -126,7 +126,7 @@ impl<P: PhysMem> PageTables<P> {
         debug_assert!(i < ENTRIES);
         // SAFETY: `table` is a table of this hierarchy (or a frame we own), valid through
         // `PhysMem`; `i < 512` keeps the access inside the 4096-byte table.
-        unsafe { self.ptr(table).add(i).read() }
+        unsafe { self.phys.entry_ptr(table & ADDR_MASK, i).read() }
     }
 
     /// Sets entry `i` of the table at `table`.
