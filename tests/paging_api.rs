@@ -451,14 +451,14 @@ fn address_spaces_share_the_kernel_half() {
     let huge = a.allocate_contiguous(512, M2).unwrap();
     let uv = VirtAddr::new(0x40_0000);
     let user = MapFlags::READ_WRITE.user();
-    space
-        .mapper_mut()
+    // SAFETY: user-half edits only.
+    let user_half = unsafe { space.mapper_mut() };
+    user_half
         .map_range(uv, huge, M2, user, &mut a)
         .unwrap()
         .ignore();
     let small = a.allocate_contiguous(3, K4).unwrap();
-    space
-        .mapper_mut()
+    user_half
         .map_range(uv + 2 * M2, small, 3 * K4, user, &mut a)
         .unwrap()
         .ignore();
@@ -474,7 +474,9 @@ fn address_spaces_share_the_kernel_half() {
     unsafe { space.switch(&mut mmu) };
     assert_eq!(mmu.ops(), &[MmuOp::SetCr3(space.pml4())]);
     assert!(space.is_active(&mmu));
-    let space = match space.destroy(&mmu, &mut a, true) {
+    // SAFETY: one (recorded) CPU; the frames mapped are this space's alone,
+    // allocated above for it.
+    let space = match unsafe { space.destroy(&mmu, &mut a, true) } {
         Err((space, PagingError::AddressSpaceActive { pml4 })) => {
             assert_eq!(pml4, space.pml4().start_address());
             space
@@ -484,7 +486,8 @@ fn address_spaces_share_the_kernel_half() {
     // SAFETY: as above.
     unsafe { mmu.set_cr3(kernel.pml4()) };
     let before_destroy = a.in_use();
-    let stats = space.destroy(&mmu, &mut a, true).unwrap();
+    // SAFETY: as above.
+    let stats = unsafe { space.destroy(&mmu, &mut a, true) }.unwrap();
     assert_eq!(stats.tables, 1 + 1 + 1 + 1, "PML4, PDPT, PD, one PT");
     assert_eq!(stats.mapped_frames, 512 + 3);
     assert_eq!(

@@ -121,7 +121,8 @@ fn batched_page_unmaps_one_round_leaf_frames_after_the_acks() {
     let mut flush = Flush::none();
     for &p in &pages {
         let (leaf, f) = m.unmap(p, &mut deferred).unwrap();
-        deferred.defer(leaf).unwrap();
+        // SAFETY: the leaf frame was just unmapped; `flush` covers it.
+        unsafe { deferred.defer(leaf) }.unwrap();
         flush = flush.combine(f);
     }
     assert_eq!(deferred.len(), 8 + 3, "the leaves, then PT, PD and PDPT");

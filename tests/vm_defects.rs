@@ -416,3 +416,27 @@ fn user_layout_is_top_down_above_the_minimum_and_randomized() {
     assert_eq!(a.map_anonymous(None, PAGE, rw).unwrap() + PAGE, ta);
     assert_eq!(b.map_anonymous(None, PAGE, rw).unwrap() + PAGE, tb);
 }
+
+/// Issue 22, item 3: a space takes over only a hierarchy that maps nothing
+/// in its range (checked), and physical memory maps only through the
+/// `unsafe` `map_physical`.
+#[test]
+fn with_mapper_checks_its_range_is_empty() {
+    use kmem::paging::MapFlags;
+    use kmem::vm::{VmError, USER_RANGE};
+    use x86_64::structures::paging::Page;
+    let mem = EmulatedMemory::new(16);
+    let mut frames = mem.frame_allocator();
+    let mut tables = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    let page =
+        Page::<x86_64::structures::paging::Size4KiB>::containing_address(VirtAddr::new(0x40_0000));
+    let frame = PhysFrame::containing_address(mem.start() + 15 * PAGE);
+    tables
+        .map(page, frame, MapFlags::READ_WRITE.user(), &mut frames)
+        .unwrap()
+        .ignore();
+    let (tables, e) = VmSpace::with_mapper(tables, USER_RANGE.0, USER_RANGE.1).unwrap_err();
+    assert_eq!(e, VmError::Overlap { addr: 0x40_0000 });
+    // Outside the range it manages, the mapping does not matter.
+    assert!(VmSpace::with_mapper(tables, 0x80_0000, 0x100_0000).is_ok());
+}

@@ -246,8 +246,9 @@ fn demo_address_space() {
         };
         let frame = m.frames.with(|f| f.allocate()).expect("a frame");
         let page = Page::<Size4KiB>::containing_address(user);
-        space
-            .mapper_mut()
+        // SAFETY: a user-half edit (the kernel half stays the kernel mapper's).
+        let user_half = unsafe { space.mapper_mut() };
+        user_half
             .map(page, frame, MapFlags::READ_WRITE.user(), &mut m.frames)
             .expect("map")
             .ignore();
@@ -266,7 +267,9 @@ fn demo_address_space() {
         unsafe { kmem::paging::Mmu::set_cr3(&mut m.mmu, kernel_pml4) };
         println!("switched to it, wrote and read {seen:#x} at {user:#x} (heap value, kernel code), switched back");
         let in_kernel = m.mapper.translate(user).is_ok();
-        match space.destroy(&m.mmu, &mut m.frames, true) {
+        // SAFETY: it ran on this CPU only, which loaded the kernel's tables
+        // again; its one mapped frame was allocated for it above.
+        match unsafe { space.destroy(&m.mmu, &mut m.frames, true) } {
             Ok(stats) => println!(
                 "destroyed: {} table frames and {} mapped frame returned; user page visible in kernel space: {in_kernel}",
                 stats.tables, stats.mapped_frames

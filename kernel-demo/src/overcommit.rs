@@ -151,7 +151,9 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, pages: u64) -> Report
         );
     });
     let tables = with_memory(|m| AddressSpace::new(m.mapper, &mut m.frames)).expect("a PML4");
-    let mut space = VmSpace::with_mapper(tables.into_mapper(), USER_RANGE.0, USER_RANGE.1);
+    let mut space = VmSpace::with_mapper(tables.into_mapper(), USER_RANGE.0, USER_RANGE.1)
+        .map_err(|(_, e)| e)
+        .expect("a new address space maps nothing in its user half");
     space
         .map_anonymous(Some(BASE), pages * 4096, Prot::RW)
         .expect("the workload's area");
@@ -247,7 +249,9 @@ pub fn replay(
         );
     });
     let tables = with_memory(|m| AddressSpace::new(m.mapper, &mut m.frames)).expect("a PML4");
-    let mut space = VmSpace::with_mapper(tables.into_mapper(), USER_RANGE.0, USER_RANGE.1);
+    let mut space = VmSpace::with_mapper(tables.into_mapper(), USER_RANGE.0, USER_RANGE.1)
+        .map_err(|(_, e)| e)
+        .expect("a new address space maps nothing in its user half");
     space.set_policy(policy);
     space
         .map_anonymous(Some(BASE), pages * 4096, Prot::RW)

@@ -241,7 +241,9 @@ kernel_demo::test_kernel! {
             let kernel_pml4 = m.mapper.pml4();
             let mut space = AddressSpace::new(m.mapper, &mut m.frames).expect("space");
             let frame = m.frames.with(|f| f.allocate()).expect("frame");
-            space.mapper_mut().map(Page::containing_address(user), frame, MapFlags::READ_WRITE, &mut m.frames).expect("map").ignore();
+            // SAFETY: a user-half edit.
+            let user_half = unsafe { space.mapper_mut() };
+            user_half.map(Page::containing_address(user), frame, MapFlags::READ_WRITE, &mut m.frames).expect("map").ignore();
             // SAFETY: the space shares the kernel half and outlives the switch.
             unsafe { space.switch(&mut m.mmu) };
             // SAFETY: mapped just above, in the active space.
@@ -251,7 +253,9 @@ kernel_demo::test_kernel! {
             // SAFETY: back to the kernel's own tables.
             unsafe { kmem::paging::Mmu::set_cr3(&mut m.mmu, kernel_pml4) };
             assert_eq!(seen, 99);
-            space.destroy(&m.mmu, &mut m.frames, true).map_err(|(_, e)| e).expect("destroy");
+            // SAFETY: it ran on this CPU only, back on the kernel's tables now;
+            // its one mapped frame was allocated for it.
+            unsafe { space.destroy(&m.mmu, &mut m.frames, true) }.map_err(|(_, e)| e).expect("destroy");
             assert_eq!(m.free_frames(), free, "address space frames not returned");
         });
     }

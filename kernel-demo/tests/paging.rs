@@ -239,7 +239,9 @@ kernel_demo::test_kernel! {
             let boot_pml4 = m.mmu.cr3();
             let mut space = AddressSpace::new(m.mapper, &mut m.frames).expect("new space");
             let frame = m.frames.with(|f| f.allocate()).expect("frame");
-            space.mapper_mut().map(page(USER), frame, MapFlags::READ_WRITE, &mut m.frames).expect("map").ignore();
+            // SAFETY: a user-half edit.
+            let user_half = unsafe { space.mapper_mut() };
+            user_half.map(page(USER), frame, MapFlags::READ_WRITE, &mut m.frames).expect("map").ignore();
             // SAFETY: the new space shares the kernel half (code, stack,
             // statics, direct map); it lives until after we switch back.
             unsafe { space.switch(&mut m.mmu) };
@@ -253,7 +255,9 @@ kernel_demo::test_kernel! {
             assert_eq!(seen, 0xabcd);
             let boot_view = m.mapper.translate(VirtAddr::new(USER)).expect("identity map");
             assert_eq!(boot_view.phys, PhysAddr::new(USER), "the user mapping leaked into the boot space");
-            let stats = space.destroy(&m.mmu, &mut m.frames, true).map_err(|(_, e)| e).expect("destroy");
+            // SAFETY: it ran on this CPU only, back on the boot tables now; its
+            // one mapped frame was allocated for it.
+            let stats = unsafe { space.destroy(&m.mmu, &mut m.frames, true) }.map_err(|(_, e)| e).expect("destroy");
             assert_eq!(stats.mapped_frames, 1);
             assert!(stats.tables >= 4, "{stats:?}");
             assert_eq!(m.free_frames(), free, "frames of the address space not returned");

@@ -205,7 +205,8 @@ fn table_role(cpu: usize, _: u64) {
                     .mapper
                     .unmap(page(TABLE_PAGE), &mut Recorder(&mut deferred))
                     .expect("unmap");
-                deferred.defer(leaf).expect("room for the leaf");
+                // SAFETY: the leaf was just unmapped; `flush` covers it.
+                unsafe { deferred.defer(leaf) }.expect("room for the leaf");
                 TABLE_READY.store(1, Ordering::SeqCst);
                 deferred.complete(flush, &mut m.mmu, 0, smp::online(), &mut IpiShootdown)
             });

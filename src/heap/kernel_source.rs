@@ -166,8 +166,10 @@ impl<P: PhysMem, F: FrameSource, M: Mmu, S: KernelShootdown> KernelPageSource<'_
             for k in i..i + n {
                 if let Ok((frame, f)) = mapper.unmap(page(start + k * PAGE_SIZE), &mut held) {
                     flush = flush.combine(f);
+                    // SAFETY: the heap gave the page back (`PageSource::unmap`'s
+                    // contract: unused), and `flush` covers its translation.
                     // Full only past what it was sized for: then the frame is kept.
-                    let _ = held.defer(frame);
+                    let _ = unsafe { held.defer(frame) };
                 }
             }
             let mut others = Others(&mut self.others);

@@ -34,13 +34,16 @@ pub const KERNEL_HALF: usize = 256;
 ///
 /// let mut user = AddressSpace::new(&kernel, &mut frames).unwrap();
 /// let uv = VirtAddr::new(0x40_0000);
-/// user.mapper_mut().map_range(uv, PhysAddr::new(0x9000), 0x1000, MapFlags::READ.user(), &mut frames).unwrap().ignore();
+/// // SAFETY: a user-half edit.
+/// let user_half = unsafe { user.mapper_mut() };
+/// user_half.map_range(uv, PhysAddr::new(0x9000), 0x1000, MapFlags::READ.user(), &mut frames).unwrap().ignore();
 /// assert!(user.mapper().translate(kv).is_ok(), "kernel half shared");
 /// // SAFETY: the recording MMU executes nothing.
 /// unsafe { user.switch(&mut mmu) };
 /// // SAFETY: as above.
 /// unsafe { kmem::paging::Mmu::set_cr3(&mut mmu, kernel.pml4()) };
-/// let stats = user.destroy(&mmu, &mut frames, false).unwrap();
+/// // SAFETY: one CPU, and it loaded the kernel's tables again.
+/// let stats = unsafe { user.destroy(&mmu, &mut frames, false) }.unwrap();
 /// assert_eq!(stats.tables, 4); // PML4, PDPT, PD, PT of the user half
 /// # Ok(())
 /// # }
@@ -112,7 +115,13 @@ impl<P: PhysMem> AddressSpace<P> {
     }
 
     /// The mapper, to map and unmap in this address space.
-    pub fn mapper_mut(&mut self) -> &mut PageTables<P> {
+    ///
+    /// # Safety
+    /// The kernel half's tables are shared with the kernel's own mapper and
+    /// every other space: edit only the user half through this mapper (a
+    /// kernel-half change here bypasses the lock and the shootdown the
+    /// kernel's mapper holds and sends).
+    pub unsafe fn mapper_mut(&mut self) -> &mut PageTables<P> {
         &mut self.mapper
     }
 
@@ -144,8 +153,14 @@ impl<P: PhysMem> AddressSpace<P> {
 
     /// Frees every user-half table (and, with `free_mapped`, every frame mapped there, huge
     /// pages as their 4 KiB frames) and the PML4. The kernel half is untouched. Refused while
-    /// active.
-    pub fn destroy<M, A>(
+    /// active on this CPU.
+    ///
+    /// # Safety
+    /// No other CPU may still hold a translation of this space (it never ran there, or that
+    /// CPU loaded another CR3 since: kmem cannot see other CPUs here). With `free_mapped`,
+    /// every frame mapped in the user half belongs to `alloc` and to this space alone: no
+    /// device memory, no frame shared with another space, no frame in use elsewhere.
+    pub unsafe fn destroy<M, A>(
         self,
         mmu: &M,
         alloc: &mut A,

@@ -90,7 +90,13 @@ impl<P: PhysMem + Clone> X86Mapper<P> {
     }
 
     /// kmem's mapper (for ranges, huge-page picking, address spaces).
-    pub fn mapper_mut(&mut self) -> &mut PageTables<P> {
+    ///
+    /// # Safety
+    /// As the `x86_64` crate's `Mapper::map_to`: every mapping made through
+    /// it must not create aliases or reach memory in use in ways that break
+    /// Rust's guarantees, and every unmapping must leave no live use of the
+    /// pages; kmem's `PageTables` methods do not check this.
+    pub unsafe fn mapper_mut(&mut self) -> &mut PageTables<P> {
         &mut self.mapper
     }
 

@@ -97,7 +97,12 @@ impl<'a, A: ?Sized, const N: usize> DeferredFrees<'a, A, N> {
 
     /// Holds `frame` (e.g. the leaf frame an unmap returned) until release;
     /// gives it back when full.
-    pub fn defer(&mut self, frame: PhysFrame) -> Result<(), PhysFrame> {
+    ///
+    /// # Safety
+    /// `frame` belongs to the allocator and nothing uses it any more but
+    /// through translations the flush passed to [`complete`](Self::complete)
+    /// covers: it is freed once that flush was done on every CPU.
+    pub unsafe fn defer(&mut self, frame: PhysFrame) -> Result<(), PhysFrame> {
         self.held
             .push(frame.start_address().as_u64())
             .map_err(|_| frame)
@@ -158,7 +163,9 @@ unsafe impl<A: FrameAllocator<Size4KiB> + ?Sized, const N: usize> FrameAllocator
 impl<A: ?Sized, const N: usize> FrameDeallocator<Size4KiB> for DeferredFrees<'_, A, N> {
     /// Holds the frame until release (counts it as leaked when full).
     unsafe fn deallocate_frame(&mut self, frame: PhysFrame) {
-        if self.defer(frame).is_err() {
+        // SAFETY: the mapper freed it (`deallocate_frame`'s contract: unused),
+        // reachable only through the translations its unmap's flush covers.
+        if unsafe { self.defer(frame) }.is_err() {
             self.leaked += 1;
         }
     }

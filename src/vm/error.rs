@@ -57,6 +57,12 @@ pub enum VmError {
     Paging(PagingError),
     /// The address space is the active one (destroying it is refused).
     Active,
+    /// A physical-memory area asked of the safe `map_fixed`: it goes
+    /// through the `unsafe` `VmSpace::map_physical`.
+    Physical {
+        /// The physical address asked for.
+        phys: PhysAddr,
+    },
 }
 
 impl fmt::Display for VmError {
@@ -80,6 +86,11 @@ impl fmt::Display for VmError {
             Self::OutOfMemory => f.write_str("out of frames"),
             Self::Paging(e) => write!(f, "page tables: {e}"),
             Self::Active => f.write_str("the address space is active"),
+            Self::Physical { phys } => write!(
+                f,
+                "mapping physical memory at {:#x} needs map_physical",
+                phys.as_u64()
+            ),
         }
     }
 }

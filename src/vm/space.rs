@@ -124,9 +124,31 @@ impl<P: PhysMem> core::fmt::Debug for VmSpace<P> {
 
 impl<P: PhysMem + Clone> VmSpace<P> {
     /// Manages `[lo, hi)` of the hierarchy of `mapper`, which must map
-    /// nothing there yet. The space owns the hierarchy from now on:
-    /// [`destroy`](Self::destroy) frees its lower half and its PML4.
-    pub fn with_mapper(mapper: PageTables<P>, lo: u64, hi: u64) -> Self {
+    /// nothing there yet (checked: refused with the first address found,
+    /// and the mapper handed back). The space owns the hierarchy from now
+    /// on: [`destroy`](Self::destroy) frees its lower half and its PML4.
+    pub fn with_mapper(
+        mapper: PageTables<P>,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Self, (PageTables<P>, VmError)> {
+        let (start, len) = (VirtAddr::new_truncate(lo), hi.saturating_sub(lo));
+        let mut first: Option<u64> = None;
+        mapper.for_each_leaf_in(start, len, |l| {
+            first.get_or_insert(l.page.as_u64());
+        });
+        mapper.for_each_soft_entry(start, len, |va, _| {
+            first = Some(first.map_or(va.as_u64(), |f| f.min(va.as_u64())));
+        });
+        if let Some(addr) = first {
+            return Err((mapper, VmError::Overlap { addr }));
+        }
+        Ok(Self::from_empty(mapper, lo, hi))
+    }
+
+    /// [`with_mapper`](Self::with_mapper) for a hierarchy known to map
+    /// nothing in `[lo, hi)` (one kmem just made).
+    fn from_empty(mapper: PageTables<P>, lo: u64, hi: u64) -> Self {
         Self {
             pml4: mapper.pml4(),
             phys: mapper.phys_mem().clone(),
@@ -148,7 +170,7 @@ impl<P: PhysMem + Clone> VmSpace<P> {
         frames: &mut A,
     ) -> Result<Self, VmError> {
         let space = AddressSpace::new(kernel, frames)?;
-        Ok(Self::with_mapper(
+        Ok(Self::from_empty(
             space.into_mapper(),
             USER_RANGE.0,
             USER_RANGE.1,
@@ -193,7 +215,7 @@ impl<P: PhysMem + Clone> VmSpace<P> {
                 });
             }
         };
-        let mut child = Self::with_mapper(space.into_mapper(), USER_RANGE.0, USER_RANGE.1);
+        let mut child = Self::from_empty(space.into_mapper(), USER_RANGE.0, USER_RANGE.1);
         child.areas = self.areas.clone();
         child.layout = self.layout;
         // Leaves come in address order: walk the areas alongside.
@@ -382,11 +404,33 @@ impl<P: PhysMem> VmSpace<P> {
     }
 
     /// Creates an area at exactly `[addr, addr + len)`, which must be free
-    /// (`MAP_FIXED_NOREPLACE`). A [`Fixed`](AreaKind::Fixed) area is mapped
-    /// now, with 4 KiB pages (so any part of it can be unmapped or
-    /// protected later without a frame for a split); on error nothing changed.
-    /// A new mapping replaces no translation: nothing to invalidate.
+    /// (`MAP_FIXED_NOREPLACE`): anonymous memory or a guard. Physical
+    /// memory ([`AreaKind::Fixed`]) is refused here ([`VmError::Physical`]):
+    /// it maps frames kmem does not own, so it goes through the `unsafe`
+    /// [`map_physical`](Self::map_physical). On error nothing changed.
+    ///
+    /// ```compile_fail
+    /// # fn f(s: &mut kmem::vm::VmSpace<kmem::paging::OffsetPhysMem>, a: &mut &kmem::frame::LockedFrameAllocator) {
+    /// // Mapping any physical address needs `unsafe`:
+    /// s.map_physical(0x1000_0000, 4096, kmem::vm::Prot::RW, x86_64::PhysAddr::new(0), a);
+    /// # }
+    /// ```
     pub fn map_fixed<A: FrameSource + ?Sized>(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        kind: AreaKind,
+        frames: &mut A,
+    ) -> Result<(), VmError> {
+        if let AreaKind::Fixed { phys } = kind {
+            return Err(VmError::Physical { phys });
+        }
+        self.map_at(addr, len, prot, kind, frames)
+    }
+
+    /// [`map_fixed`](Self::map_fixed) for every kind of area.
+    fn map_at<A: FrameSource + ?Sized>(
         &mut self,
         addr: u64,
         len: u64,
@@ -430,6 +474,27 @@ impl<P: PhysMem> VmSpace<P> {
             kind,
         });
         Ok(())
+    }
+
+    /// Maps `len` bytes of physical memory from `phys` at exactly
+    /// `[addr, addr + len)` (an [`AreaKind::Fixed`] area, mapped now with
+    /// 4 KiB pages, never freed by the space). On error nothing changed.
+    ///
+    /// # Safety
+    /// `[phys, phys + len)` is memory this space may reach with `prot` for
+    /// as long as the area exists: device memory given to it, or frames
+    /// nothing else uses as Rust objects, page tables or heap (a user
+    /// mapping of such frames breaks every guarantee kmem and the kernel
+    /// rely on). kmem never frees these frames.
+    pub unsafe fn map_physical<A: FrameSource + ?Sized>(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        phys: x86_64::PhysAddr,
+        frames: &mut A,
+    ) -> Result<(), VmError> {
+        self.map_at(addr, len, prot, AreaKind::Fixed { phys }, frames)
     }
 
     /// Removes every mapping in `[addr, addr + len)`, splitting areas at
@@ -632,7 +697,9 @@ impl<P: PhysMem> VmSpace<P> {
             ..
         } = self;
         let space = AddressSpace::from_mapper(mapper.0.into_inner());
-        match space.destroy(&*tlb.mmu(), frames, false) {
+        // SAFETY: no CPU is in the space's set (checked above), so none holds
+        // its translations; leaf frames are not freed here.
+        match unsafe { space.destroy(&*tlb.mmu(), frames, false) } {
             Ok(_) => Ok(()),
             Err((space, e)) => Err((
                 Self {

@@ -118,7 +118,9 @@ impl Process {
         // The tables first (under the mapper lock), the areas after: they
         // live on the heap, which takes the mapper lock to grow.
         let tables = with_memory(|m| AddressSpace::new(m.mapper, &mut m.frames))?;
-        let mut space = VmSpace::with_mapper(tables.into_mapper(), USER_RANGE.0, USER_RANGE.1);
+        let mut space = VmSpace::with_mapper(tables.into_mapper(), USER_RANGE.0, USER_RANGE.1)
+            .map_err(|(_, e)| e)
+            .expect("a new address space maps nothing in its user half");
         let code = programs::code();
         let code_len = (code.len() as u64).next_multiple_of(4096);
         with_vm(|vm| -> Result<(), VmError> {

@@ -326,7 +326,9 @@ pub fn run(seed: u64) -> Report {
     });
     let stats0 = with_vm(|vm| vm.stats());
     let tables = with_memory(|m| AddressSpace::new(m.mapper, &mut m.frames)).expect("a PML4");
-    let mut space = VmSpace::with_mapper(tables.into_mapper(), USER_RANGE.0, USER_RANGE.1);
+    let mut space = VmSpace::with_mapper(tables.into_mapper(), USER_RANGE.0, USER_RANGE.1)
+        .map_err(|(_, e)| e)
+        .expect("a new address space maps nothing in its user half");
     let n = smp::online_count() as u64;
     space
         .map_anonymous(Some(SHARED), SHARED_PAGES * 4096, Prot::RW)
