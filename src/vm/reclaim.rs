@@ -89,10 +89,17 @@ impl<P: PhysMem> VmSpace<P> {
         let freed = self
             .reclaim(vm, frames, vm.reclaim_batch(), tlb)
             .map_err(Shortage::Fault)?;
-        if freed == 0 {
-            return Err(Shortage::Fault(FaultReason::OutOfMemory));
+        if let Some(f) = vm.alloc_frame(tlb.cpu(), frames) {
+            return Ok(f);
         }
-        vm.alloc_frame(tlb.cpu(), frames).ok_or(Shortage::Raced)
+        // Reclaim freed frames that another CPU took first, or found every
+        // page in transit (another CPU's reclaim or swap-in): their frames
+        // come back without waiting for this one. In this order: a CPU whose
+        // frames are in transit counts them until after it freed them.
+        if freed > 0 || vm.any_in_transit() {
+            return Err(Shortage::Raced);
+        }
+        Err(Shortage::Fault(FaultReason::OutOfMemory))
     }
 
     /// Frees up to `want` (at most one cluster) of this space's anonymous

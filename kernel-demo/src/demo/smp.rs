@@ -25,7 +25,7 @@ const SENTINELS: [u64; 2] = [BENCH, START + BENCH_PAGES * 4096];
 /// 4 KiB pages in 2 MiB.
 const BENCH_PAGES: u64 = 512;
 /// Timed unmaps per configuration (the median is printed).
-const RUNS: usize = 7;
+const RUNS: usize = 5;
 
 pub fn run() {
     kernel_demo::mm::smp::init();

@@ -24,7 +24,7 @@ fn direct(frame: PhysFrame) -> *mut u64 {
 }
 
 /// Operations each CPU performs.
-pub const OPS: u64 = 1000;
+pub const OPS: u64 = 600;
 /// Each CPU's map window (PML4 slot 290, 1 GiB per CPU, one page per 2 MiB).
 const WINDOWS: u64 = 0xFFFF_9100_0000_0000;
 

@@ -141,9 +141,16 @@ fn hook(f: &Fault) -> bool {
             }
             true
         }
-        Err(_) => false,
+        Err(e) => {
+            // Kept for the report: a refused fault ends the run on this CPU.
+            *REFUSED.lock() = Some(e);
+            false
+        }
     }
 }
+
+/// The last fault `handle_fault` refused, for the failure message.
+static REFUSED: spin::Mutex<Option<kmem::vm::FaultError>> = spin::Mutex::new(None);
 
 /// The value thread `cpu` writes into word `w` of its page `page` in round `round`.
 fn value(cpu: u64, page: u64, round: u64, w: u64) -> u64 {
@@ -194,13 +201,15 @@ fn thread(cpu: usize, seed: u64) {
     for round in 0..ROUNDS {
         for page in 0..OWN_PAGES {
             let a = base + page * 4096;
-            let expect = last[page as usize];
-            for w in WORDS {
-                let got = read(a + w * 8);
-                let want = expect.map_or(0, |r| value(me, page, r, w));
-                bump(&slot.checks);
-                if got != want {
-                    bump(&slot.bad);
+            // A page never written (or unmapped since) is written first, not
+            // read: a read would map the zero page, and the write after it
+            // a copy-on-write break with a shootdown round on every CPU.
+            if let Some(r) = last[page as usize] {
+                for w in WORDS {
+                    bump(&slot.checks);
+                    if read(a + w * 8) != value(me, page, r, w) {
+                        bump(&slot.bad);
+                    }
                 }
             }
             for w in WORDS {
@@ -259,6 +268,11 @@ fn thread(cpu: usize, seed: u64) {
                     last[(first + p) as usize] = None;
                 }
                 change(|s| s.map_anonymous(Some(at), len, Prot::RW)).expect("mmap");
+                // Mapped again: it reads as zeros (one page, the zero page).
+                bump(&slot.checks);
+                if read(at) != 0 {
+                    bump(&slot.bad);
+                }
                 bump(&slot.changes);
                 bump(&slot.changes);
             }
@@ -373,7 +387,8 @@ pub fn run(seed: u64) -> Report {
     let rounds = shootdown::stats().rounds - rounds0;
     interrupts::set_fault_hook(None);
     if let Err(e) = ran {
-        crate::fatal(format_args!("threaded process: {e}"));
+        let why = REFUSED.lock().take();
+        crate::fatal(format_args!("threaded process: {e} (kmem: {why:?})"));
     }
     let space = write_serving(&SPACE).take().expect("the space");
     let stats1 = with_vm(|vm| vm.stats());
