@@ -148,7 +148,8 @@ fn bench_runs(broken_per_4: u64) -> (Duration, Duration, u64) {
     const CYCLES: u64 = 20;
     let map = pc_map(16 * GIB + GIB);
     let mut storage = kmem_storage(&map);
-    let mut k = BitmapFrameAllocator::new(&map, &mut storage).unwrap();
+    // SAFETY: the map's memory is this bench's alone, handed out by this allocator only.
+    let mut k = unsafe { BitmapFrameAllocator::new(&map, &mut storage) }.unwrap();
     while k.allocate().is_ok() {}
     let top = 17 * GIB / F;
     let free_ranges: Vec<(u64, u64)> = fragmented_free_ranges(top, broken_per_4, &mut Rng(7))
@@ -161,7 +162,8 @@ fn bench_runs(broken_per_4: u64) -> (Duration, Duration, u64) {
         .collect();
     let mut buddy = BuddyFrames::<33>::new();
     for &(a, b) in &free_ranges {
-        k.free_range(PhysFrame::range(frame(a), frame(b))).unwrap();
+        // SAFETY: frames this bench owns and no longer uses.
+        unsafe { k.free_range(PhysFrame::range(frame(a), frame(b))) }.unwrap();
         buddy.add_frame(a as usize, b as usize);
     }
     let whole_blocks = free_ranges.iter().map(|(a, b)| (b - a) / 512).sum::<u64>();
@@ -176,7 +178,8 @@ fn bench_runs(broken_per_4: u64) -> (Duration, Duration, u64) {
                 got_k.push(k.allocate_contiguous(512, 2 * MIB, None).unwrap());
             }
             for r in got_k.drain(..) {
-                k.free_range(r).unwrap();
+                // SAFETY: frames this bench owns and no longer uses.
+                unsafe { k.free_range(r) }.unwrap();
             }
         }
         tk.push(t.elapsed());
@@ -206,7 +209,8 @@ impl Frames for BitmapFrameAllocator<'_> {
         self.allocate().unwrap().start_address().as_u64() / F
     }
     fn free(&mut self, f: u64) {
-        BitmapFrameAllocator::free(self, frame(f)).unwrap();
+        // SAFETY: a frame this bench owns and no longer uses.
+        unsafe { BitmapFrameAllocator::free(self, frame(f)) }.unwrap();
     }
 }
 
@@ -271,7 +275,8 @@ fn bench_random(warm: bool) -> RandomResult {
     for trial in 0..trials(3, 5) as u64 {
         if !warm || setup.is_none() {
             drop(setup.take());
-            let mut k = BitmapFrameAllocator::new(&map, &mut storage).unwrap();
+            // SAFETY: the map's memory is this bench's alone, handed out by this allocator only.
+            let mut k = unsafe { BitmapFrameAllocator::new(&map, &mut storage) }.unwrap();
             let mut buddy = BuddyFrames::<33>::new();
             for r in map.usable() {
                 buddy.add_frame((r.start / F) as usize, (r.end() / F) as usize);
@@ -334,7 +339,8 @@ fn main() {
             let mut storage = kmem_storage(&map);
             let (mut tk, mut tb) = (Vec::new(), Vec::new());
             for _ in 0..trials(2, 3) {
-                let mut a = BitmapFrameAllocator::new(&map, &mut storage).unwrap();
+                // SAFETY: the map's memory is this bench's alone, handed out by this allocator only.
+                let mut a = unsafe { BitmapFrameAllocator::new(&map, &mut storage) }.unwrap();
                 let t = Instant::now();
                 while let Ok(f) = a.allocate() {
                     black_box(f);

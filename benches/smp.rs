@@ -210,7 +210,8 @@ fn frames_trial(which: usize, threads: usize, duration: Duration) -> f64 {
         MemoryMap::from_regions([Region::new(0x10_0000, 1 << 30, RegionKind::Usable)]).unwrap();
     let mut storage = vec![0u64; BitmapFrameAllocator::storage_words(&map)];
     let shared: LockedFrameAllocator<'_, NoInterruptMask> =
-        LockedFrameAllocator::new(BitmapFrameAllocator::new(&map, &mut storage).unwrap());
+        // SAFETY: the map's memory is this bench's alone, handed out by this allocator only.
+        LockedFrameAllocator::new(unsafe { BitmapFrameAllocator::new(&map, &mut storage) }.unwrap());
     let result = if which == 0 {
         let cache: PerCpuFrames<'_, '_, HostCpu, NoInterruptMask, 8> =
             PerCpuFrames::new(&shared, HostCpu);
@@ -224,7 +225,8 @@ fn frames_trial(which: usize, threads: usize, duration: Duration) -> f64 {
         r
     } else {
         let alloc = || shared.with(|a| a.allocate()).unwrap();
-        let free = |f| shared.with(|a| a.free(f)).unwrap();
+        // SAFETY: a frame this bench owns and no longer uses.
+        let free = |f| shared.with(|a| unsafe { a.free(f) }).unwrap();
         run(threads, duration, |t, stop| {
             frame_pairs(&alloc, &free, t, stop)
         })

@@ -51,7 +51,8 @@
 //! let mut map: MemoryMap = MemoryMap::from_regions([Region::new(start, end - start, RegionKind::Usable)])?;
 //! map.reserve(start, 4096)?;
 //! let mut storage = vec![0u64; BitmapFrameAllocator::storage_words(&map)];
-//! let mut frames = BitmapFrameAllocator::new(&map, &mut storage)?;
+//! // SAFETY: the map's usable memory is nothing's yet: the allocator's alone.
+//! let mut frames = unsafe { BitmapFrameAllocator::new(&map, &mut storage) }?;
 //!
 //! // Paging: an empty hierarchy; 4 MiB mapped with two 2 MiB pages, NX by default.
 //! let mut mapper = PageTables::new_empty(ram.phys_mem(), &mut frames)?;

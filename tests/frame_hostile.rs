@@ -48,7 +48,8 @@ fn exercise<const N: usize>(map: &MemoryMap<N>) {
         return;
     }
     let mut storage = vec![0; words];
-    let mut a = BitmapFrameAllocator::new(map, &mut storage).unwrap();
+    // SAFETY: the map's memory is this test's alone, handed out by this allocator only.
+    let mut a = unsafe { BitmapFrameAllocator::new(map, &mut storage) }.unwrap();
     a.check_invariants().unwrap();
     let total = a.stats().total;
     let mut frames = Vec::new();
@@ -57,7 +58,8 @@ fn exercise<const N: usize>(map: &MemoryMap<N>) {
     }
     assert_eq!(frames.len() as u64, total);
     for f in frames {
-        a.free(f).unwrap();
+        // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+        unsafe { a.free(f) }.unwrap();
     }
     a.check_invariants().unwrap();
     assert_eq!(a.stats().free, total);
@@ -113,7 +115,8 @@ fn named_hostile_maps() {
 fn all_reserved_map_allocates_nothing() {
     let map: MemoryMap = MemoryMap::from_e820(&[e(0, 1 << 30, 2)]).unwrap();
     let mut storage = vec![0; BitmapFrameAllocator::storage_words(&map)];
-    let mut a = BitmapFrameAllocator::new(&map, &mut storage).unwrap();
+    // SAFETY: the map's memory is this test's alone, handed out by this allocator only.
+    let mut a = unsafe { BitmapFrameAllocator::new(&map, &mut storage) }.unwrap();
     assert!(matches!(a.allocate(), Err(FrameError::OutOfFrames { .. })));
     assert_eq!(a.stats().total, 0);
     assert!(matches!(
@@ -126,14 +129,19 @@ fn all_reserved_map_allocates_nothing() {
 fn top_frame_below_2_pow_52_is_not_managed() {
     let map: MemoryMap = MemoryMap::from_e820(&[e(PHYS_LIMIT - 2 * F, 2 * F, 1)]).unwrap();
     let mut storage = vec![0; BitmapFrameAllocator::storage_words(&map)];
-    let mut a = BitmapFrameAllocator::new(&map, &mut storage).unwrap();
+    // SAFETY: the map's memory is this test's alone, handed out by this allocator only.
+    let mut a = unsafe { BitmapFrameAllocator::new(&map, &mut storage) }.unwrap();
     let f = a.allocate().unwrap();
     assert_eq!(f.start_address().as_u64(), PHYS_LIMIT - 2 * F);
     assert!(a.allocate().is_err());
     let top = x86_64::structures::paging::PhysFrame::containing_address(x86_64::PhysAddr::new(
         PHYS_LIMIT - F,
     ));
-    assert!(matches!(a.free(top), Err(FrameError::OutsideMap { .. })));
+    assert!(matches!(
+        // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+        unsafe { a.free(top) },
+        Err(FrameError::OutsideMap { .. })
+    ));
 }
 
 #[test]
@@ -141,7 +149,8 @@ fn storage_too_small_is_typed() {
     let map: MemoryMap = MemoryMap::from_e820(&[e(0, 1 << 20, 1)]).unwrap();
     let need = BitmapFrameAllocator::storage_words(&map);
     let mut storage = vec![0; need - 1];
-    let err = BitmapFrameAllocator::new(&map, &mut storage).unwrap_err();
+    // SAFETY: the map's memory is this test's alone, handed out by this allocator only.
+    let err = unsafe { BitmapFrameAllocator::new(&map, &mut storage) }.unwrap_err();
     assert_eq!(
         err,
         FrameError::StorageTooSmall {

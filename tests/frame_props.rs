@@ -228,7 +228,8 @@ fn run_case(
         // SAFETY: `buf` backs exactly the planned storage and outlives `a`.
         unsafe { BitmapFrameAllocator::init_carved(&map, phys_base) }.unwrap()
     } else {
-        BitmapFrameAllocator::new(&map, &mut buf).unwrap()
+        // SAFETY: the map's memory is this test's alone, handed out by this allocator only.
+        unsafe { BitmapFrameAllocator::new(&map, &mut buf) }.unwrap()
     };
     a.check_invariants()
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -272,7 +273,8 @@ fn run_case(
             }
             Op::FreeUsed(i) if !model.used.is_empty() => {
                 let f = model.used.swap_remove(i % model.used.len());
-                prop_assert_eq!(a.free(frame(f)), Ok(()));
+                // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+                prop_assert_eq!(unsafe { a.free(frame(f)) }, Ok(()));
                 model.free.insert(f);
             }
             Op::FreeUsed(_) => {}
@@ -280,7 +282,8 @@ fn run_case(
                 let (s, e) = (origin + start, origin + start + len);
                 let ok = (s..e).all(|f| model.used.contains(&f));
                 let before = a.stats();
-                match a.free_range(PhysFrame::range(frame(s), frame(e))) {
+                // SAFETY: frames this test owns and no longer uses (the allocator's checks are what is tested).
+                match unsafe { a.free_range(PhysFrame::range(frame(s), frame(e))) } {
                     Ok(()) => {
                         prop_assert!(ok);
                         model.used.retain(|f| !(s..e).contains(f));
@@ -328,7 +331,8 @@ fn run_case(
     }
     prop_assert_eq!(got, left);
     for f in model.used.drain(..) {
-        prop_assert_eq!(a.free(frame(f)), Ok(()));
+        // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+        prop_assert_eq!(unsafe { a.free(frame(f)) }, Ok(()));
         model.free.insert(f);
     }
     a.check_invariants()

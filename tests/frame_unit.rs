@@ -27,7 +27,8 @@ fn frame(n: u64) -> PhysFrame {
 /// Runs `f` on an allocator over `map` with host storage.
 fn with_alloc<R>(map: &MemoryMap, f: impl FnOnce(&mut BitmapFrameAllocator<'_>) -> R) -> R {
     let mut storage = vec![0u64; BitmapFrameAllocator::storage_words(map)];
-    let mut a = BitmapFrameAllocator::new(map, &mut storage).unwrap();
+    // SAFETY: the map's memory is this test's alone, handed out by this allocator only.
+    let mut a = unsafe { BitmapFrameAllocator::new(map, &mut storage) }.unwrap();
     a.check_invariants().unwrap();
     let r = f(&mut a);
     a.check_invariants().unwrap();
@@ -55,10 +56,12 @@ fn word_edges_63_64_65() {
             ));
             a.check_invariants().unwrap();
             for edge in [62, 63, 64].into_iter().filter(|&e| e < n) {
-                a.free(frame(edge)).unwrap();
+                // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+                unsafe { a.free(frame(edge)) }.unwrap();
                 assert_eq!(a.allocate().unwrap(), frame(edge));
             }
-            a.free(frame(n - 1)).unwrap();
+            // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+            unsafe { a.free(frame(n - 1)) }.unwrap();
             assert_eq!(a.stats().largest_free_run, 1);
             assert_eq!(a.allocate().unwrap(), frame(n - 1), "last frame, n={n}");
         });
@@ -90,15 +93,22 @@ fn one_frame_map() {
         assert_eq!(f, frame(5));
         assert!(a.allocate().is_err());
         assert_eq!(
-            a.free(frame(4)),
+            // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+            unsafe { a.free(frame(4)) },
             Err(FrameError::OutsideMap { frame: frame(4) })
         );
         assert_eq!(
-            a.free(frame(6)),
+            // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+            unsafe { a.free(frame(6)) },
             Err(FrameError::OutsideMap { frame: frame(6) })
         );
-        a.free(f).unwrap();
-        assert_eq!(a.free(f), Err(FrameError::AlreadyFree { frame: frame(5) }));
+        // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+        unsafe { a.free(f) }.unwrap();
+        assert_eq!(
+            // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+            unsafe { a.free(f) },
+            Err(FrameError::AlreadyFree { frame: frame(5) })
+        );
     });
 }
 
@@ -109,7 +119,8 @@ fn empty_map_and_empty_allocator() {
         assert!(a.allocate().is_err());
         assert!(a.allocate_contiguous(1, F, None).is_err());
         assert_eq!(
-            a.free(frame(0)),
+            // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+            unsafe { a.free(frame(0)) },
             Err(FrameError::OutsideMap { frame: frame(0) })
         );
     });
@@ -139,7 +150,8 @@ fn allocate_all_free_all_counts_exact() {
         assert_eq!(a.stats().used, expected);
         assert_eq!(a.stats().largest_free_run, 0);
         for &f in all.iter().rev() {
-            a.free(frame(f)).unwrap();
+            // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+            unsafe { a.free(frame(f)) }.unwrap();
         }
         assert_eq!(a.stats(), before);
     });
@@ -156,32 +168,39 @@ fn bad_frees_change_nothing() {
         a.reserve(PhysFrame::range(frame(200), frame(202))).unwrap();
         let before = a.stats();
         assert_eq!(
-            a.free(frame(1)),
+            // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+            unsafe { a.free(frame(1)) },
             Err(FrameError::AlreadyFree { frame: frame(1) })
         );
         assert_eq!(
-            a.free(frame(105)),
+            // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+            unsafe { a.free(frame(105)) },
             Err(FrameError::OutsideMap { frame: frame(105) })
         );
         assert_eq!(
-            a.free(frame(201)),
+            // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+            unsafe { a.free(frame(201)) },
             Err(FrameError::Reserved { frame: frame(201) })
         );
         assert_eq!(
-            a.free(frame(300)),
+            // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+            unsafe { a.free(frame(300)) },
             Err(FrameError::OutsideMap { frame: frame(300) })
         );
         assert_eq!(
-            a.free_range(PhysFrame::range(f, frame(3))),
+            // SAFETY: frames this test owns and no longer uses (the allocator's checks are what is tested).
+            unsafe { a.free_range(PhysFrame::range(f, frame(3))) },
             Err(FrameError::AlreadyFree { frame: frame(1) })
         );
         assert_eq!(
-            a.free_range(PhysFrame::range(f, f)),
+            // SAFETY: frames this test owns and no longer uses (the allocator's checks are what is tested).
+            unsafe { a.free_range(PhysFrame::range(f, f)) },
             Err(FrameError::ZeroFrames)
         );
         assert_eq!(a.stats(), before);
         assert!(!a.is_free(f));
-        a.free(f).unwrap();
+        // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+        unsafe { a.free(f) }.unwrap();
     });
 }
 
@@ -300,9 +319,12 @@ fn contiguous_alignment_and_limits() {
         let h2 = a.allocate_contiguous(1 << 18, 1 << 30, None).unwrap();
         assert_eq!(h2.start.start_address().as_u64(), 3 << 30);
         assert!(a.allocate_contiguous(1 << 18, 1 << 30, None).is_err());
-        a.free_range(h).unwrap();
-        a.free_range(h2).unwrap();
-        a.free_range(r).unwrap();
+        // SAFETY: frames this test owns and no longer uses (the allocator's checks are what is tested).
+        unsafe { a.free_range(h) }.unwrap();
+        // SAFETY: frames this test owns and no longer uses (the allocator's checks are what is tested).
+        unsafe { a.free_range(h2) }.unwrap();
+        // SAFETY: frames this test owns and no longer uses (the allocator's checks are what is tested).
+        unsafe { a.free_range(r) }.unwrap();
     });
 }
 
@@ -356,7 +378,8 @@ fn carved_storage_is_reserved_and_only_storage_is_written() {
     let carved = plan.phys.as_u64() / F..plan.phys.as_u64() / F + plan.frames();
     assert!(all.iter().all(|f| !carved.contains(f)));
     assert_eq!(
-        a.free(frame(carved.start)),
+        // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+        unsafe { a.free(frame(carved.start)) },
         Err(FrameError::Reserved {
             frame: frame(plan.phys.as_u64() / F)
         })
@@ -370,14 +393,16 @@ fn locked_wrapper_and_traits_through_it() {
     let m = usable(4096);
     let mut storage = vec![0u64; BitmapFrameAllocator::storage_words(&m)];
     let locked: LockedFrameAllocator<'_, NoInterruptMask> =
-        LockedFrameAllocator::new(BitmapFrameAllocator::new(&m, &mut storage).unwrap());
+        // SAFETY: the map's memory is this test's alone, handed out by this allocator only.
+        LockedFrameAllocator::new(unsafe { BitmapFrameAllocator::new(&m, &mut storage) }.unwrap());
     let f = locked.with(|a| a.allocate()).unwrap();
     let mut handle = &locked;
     let big: PhysFrame<Size2MiB> = handle.allocate_frame().unwrap();
     assert_eq!(big.start_address().as_u64(), 2 << 20);
     // SAFETY: `big` came from this allocator and is unused.
     unsafe { handle.deallocate_frame(big) };
-    locked.with(|a| a.free(f)).unwrap();
+    // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+    locked.with(|a| unsafe { a.free(f) }).unwrap();
     let old = locked.replace(BitmapFrameAllocator::empty());
     assert_eq!(old.stats().used, 0);
     assert!(locked.with(|a| a.allocate()).is_err());
@@ -392,7 +417,8 @@ fn runs_skip_fragmented_words() {
         let all = drain(a);
         for &f in &all {
             if f % 64 != 7 || f >= n - 512 {
-                a.free(frame(f)).unwrap();
+                // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+                unsafe { a.free(frame(f)) }.unwrap();
             }
         }
         let r = a.allocate_contiguous(512, 2 << 20, None).unwrap();

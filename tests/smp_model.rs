@@ -268,7 +268,8 @@ fn real_frames_remote_frees_and_drains() {
             let map = Box::leak(Box::new(map));
             let shared: &'static LockedFrameAllocator<'static, NoInterruptMask> =
                 Box::leak(Box::new(LockedFrameAllocator::new(
-                    BitmapFrameAllocator::new(map, storage).unwrap(),
+                    // SAFETY: the map's memory is this test's alone, handed out by this allocator only.
+                    unsafe { BitmapFrameAllocator::new(map, storage) }.unwrap(),
                 )));
             let free_before = shared.with(|a| a.free_frames());
             let cache: &'static PerCpuFrames<'static, 'static, ModelCpu, NoInterruptMask, 2> =

@@ -21,7 +21,8 @@ fn shared(ram: &EmulatedMemory) -> LockedFrameAllocator<'static, NoInterruptMask
         MemoryMap::from_regions([Region::new(start, end - start, RegionKind::Usable)]).unwrap();
     let storage = vec![0u64; BitmapFrameAllocator::storage_words(&map)].leak();
     let map = Box::leak(Box::new(map));
-    LockedFrameAllocator::new(BitmapFrameAllocator::new(map, storage).unwrap())
+    // SAFETY: the map's memory is this test's alone, handed out by this allocator only.
+    LockedFrameAllocator::new(unsafe { BitmapFrameAllocator::new(map, storage) }.unwrap())
 }
 
 fn only(cpu: usize) -> CpuSet {

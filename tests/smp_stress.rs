@@ -265,7 +265,8 @@ impl Frames {
         let storage = vec![0u64; BitmapFrameAllocator::storage_words(&map)].leak();
         let map = Box::leak(Box::new(map));
         let shared = Box::leak(Box::new(LockedFrameAllocator::new(
-            BitmapFrameAllocator::new(map, storage).unwrap(),
+            // SAFETY: the map's memory is this test's alone, handed out by this allocator only.
+            unsafe { BitmapFrameAllocator::new(map, storage) }.unwrap(),
         )));
         Self { ram, shared }
     }
@@ -496,7 +497,8 @@ fn shared_allocator_drains_the_caches_before_failing() {
     let map: &'static MemoryMap = Box::leak(Box::new(map));
     let storage = vec![0u64; BitmapFrameAllocator::storage_words(map)].leak();
     let shared: &'static LockedFrameAllocator<'static, NoInterruptMask> = Box::leak(Box::new(
-        LockedFrameAllocator::new(BitmapFrameAllocator::new(map, storage).unwrap()),
+        // SAFETY: the map's memory is this test's alone, handed out by this allocator only.
+        LockedFrameAllocator::new(unsafe { BitmapFrameAllocator::new(map, storage) }.unwrap()),
     ));
     let cache: &'static Cache = Box::leak(Box::new(PerCpuFrames::new(shared, HostCpu)));
     HostCpu::pin(0);

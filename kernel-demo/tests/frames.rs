@@ -85,7 +85,8 @@ kernel_demo::test_kernel! {
                     let got = unsafe { words.add(i).read_volatile() };
                     assert_eq!(got, pattern(head, i as u64), "frame {head:#x} word {i}");
                 }
-                frames.free(frame_at(head)).unwrap_or_else(|e| panic!("free {head:#x}: {e}"));
+                // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+                unsafe { frames.free(frame_at(head)) }.unwrap_or_else(|e| panic!("free {head:#x}: {e}"));
                 head = next;
                 count -= 1;
             }
@@ -99,13 +100,17 @@ kernel_demo::test_kernel! {
     fn bad_frees_are_refused() {
         with_frames(|frames| {
             let frame = frames.allocate().expect("a frame");
-            frames.free(frame).expect("first free");
+            // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+            unsafe { frames.free(frame) }.expect("first free");
             let before = frames.stats();
-            assert!(matches!(frames.free(frame), Err(FrameError::AlreadyFree { .. })));
+            // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+            assert!(matches!(unsafe { frames.free(frame) }, Err(FrameError::AlreadyFree { .. })));
             let (image, _) = boot::info().kernel_image();
-            assert!(frames.free(frame_at(image)).is_err(), "kernel image frame freed");
+            // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+            assert!(unsafe { frames.free(frame_at(image)) }.is_err(), "kernel image frame freed");
             assert!(matches!(
-                frames.free(frame_at(1 << 45)),
+                // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
+                unsafe { frames.free(frame_at(1 << 45)) },
                 Err(FrameError::OutsideMap { .. })
             ));
             assert_eq!(frames.stats(), before);
@@ -121,8 +126,10 @@ kernel_demo::test_kernel! {
             assert_eq!(run.end - run.start, 512);
             let dma = frames.allocate_contiguous(16, 64 << 10, Some(16 << 20)).expect("DMA run");
             assert!(dma.end.start_address().as_u64() <= 16 << 20);
-            frames.free_range(run).expect("free run");
-            frames.free_range(dma).expect("free DMA run");
+            // SAFETY: frames this test owns and no longer uses (the allocator's checks are what is tested).
+            unsafe { frames.free_range(run) }.expect("free run");
+            // SAFETY: frames this test owns and no longer uses (the allocator's checks are what is tested).
+            unsafe { frames.free_range(dma) }.expect("free DMA run");
             assert_eq!(frames.stats(), before);
         });
     }
@@ -136,7 +143,8 @@ kernel_demo::test_kernel! {
             if boot::info().usable_bytes() > 2 << 30 {
                 let run = result.expect("1 GiB run");
                 assert_eq!(run.start.start_address().as_u64() % (1 << 30), 0);
-                frames.free_range(run).expect("free");
+                // SAFETY: frames this test owns and no longer uses (the allocator's checks are what is tested).
+                unsafe { frames.free_range(run) }.expect("free");
             } else {
                 assert!(matches!(result, Err(FrameError::OutOfFrames { .. })), "{result:?}");
             }

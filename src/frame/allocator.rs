@@ -25,11 +25,14 @@ use crate::memory_map::{MemoryMap, FRAME_SIZE};
 ///
 /// let map: MemoryMap = MemoryMap::from_regions([Region::new(0x10_0000, 0x40_0000, RegionKind::Usable)])?;
 /// let mut storage = vec![0u64; BitmapFrameAllocator::storage_words(&map)];
-/// let mut frames = BitmapFrameAllocator::new(&map, &mut storage)?;
+/// // SAFETY: the map's memory is nothing's yet: this allocator's alone.
+/// let mut frames = unsafe { BitmapFrameAllocator::new(&map, &mut storage) }?;
 /// let frame = frames.allocate()?;
 /// assert_eq!(frame.start_address().as_u64(), 0x10_0000);
-/// frames.free(frame)?;
-/// assert!(frames.free(frame).is_err()); // a double free is refused
+/// // SAFETY: allocated just above, used by nothing.
+/// unsafe { frames.free(frame) }?;
+/// // SAFETY: as above; a double free is refused, not performed.
+/// assert!(unsafe { frames.free(frame) }.is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct BitmapFrameAllocator<'m> {
@@ -98,7 +101,13 @@ impl<'m> BitmapFrameAllocator<'m> {
     ///
     /// If `storage` lies in usable memory of `map`, reserve it in the map
     /// first, or use [`init_carved`](Self::init_carved).
-    pub fn new<const N: usize>(
+    ///
+    /// # Safety
+    /// The usable memory of `map` is this allocator's alone: nothing uses
+    /// it, and no other allocator hands it out (two allocators over one map
+    /// would hand out the same frame twice, which the `FrameAllocator`
+    /// promise forbids).
+    pub unsafe fn new<const N: usize>(
         map: &MemoryMap<N>,
         storage: &'m mut [u64],
     ) -> Result<Self, FrameError> {
@@ -189,14 +198,22 @@ impl<'m> BitmapFrameAllocator<'m> {
     }
 
     /// Frees one allocated frame. See [`free_range`](Self::free_range).
-    pub fn free(&mut self, frame: PhysFrame) -> Result<(), FrameError> {
+    ///
+    /// # Safety
+    /// As [`free_range`](Self::free_range), for `frame`.
+    pub unsafe fn free(&mut self, frame: PhysFrame) -> Result<(), FrameError> {
         let f = frame_number(frame);
         self.free_frames_at(f, f + 1)
     }
 
     /// Frees allocated frames. Fails, changing nothing, if any frame is
     /// outside the map, reserved, or already free.
-    pub fn free_range(&mut self, range: PhysFrameRange) -> Result<(), FrameError> {
+    ///
+    /// # Safety
+    /// Nothing uses the frames any more: no mapping reaches them (on any
+    /// CPU's TLB either), no page table is in them. The allocator catches a
+    /// double or foreign free, not a free of memory still in use.
+    pub unsafe fn free_range(&mut self, range: PhysFrameRange) -> Result<(), FrameError> {
         self.free_frames_at(frame_number(range.start), frame_number(range.end))
     }
 

@@ -26,13 +26,16 @@ impl BitmapFrameAllocator<'_> {
     ///
     /// let map: MemoryMap = MemoryMap::from_regions([Region::new(0x1000, 0x200_0000, RegionKind::Usable)])?;
     /// let mut storage = vec![0u64; BitmapFrameAllocator::storage_words(&map)];
-    /// let mut frames = BitmapFrameAllocator::new(&map, &mut storage)?;
+    /// // SAFETY: the map's memory is this allocator's alone.
+    /// let mut frames = unsafe { BitmapFrameAllocator::new(&map, &mut storage) }?;
     /// // 16 frames for an ISA DMA buffer below 16 MiB, then a 2 MiB page.
     /// let dma = frames.allocate_contiguous(16, 0x1000, Some(16 << 20))?;
     /// let huge = frames.allocate_contiguous(512, 2 << 20, None)?;
     /// assert_eq!(huge.start.start_address().as_u64(), 2 << 20);
-    /// frames.free_range(dma)?;
-    /// frames.free_range(huge)?;
+    /// // SAFETY: allocated above, used by nothing.
+    /// unsafe { frames.free_range(dma) }?;
+    /// // SAFETY: as above.
+    /// unsafe { frames.free_range(huge) }?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn allocate_contiguous(

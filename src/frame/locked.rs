@@ -56,9 +56,11 @@ impl InterruptMask for NoInterruptMask {
 ///
 /// let map: MemoryMap = MemoryMap::from_regions([Region::new(0, 0x10_0000, RegionKind::Usable)])?;
 /// let storage = vec![0u64; BitmapFrameAllocator::storage_words(&map)].leak();
-/// FRAMES.replace(BitmapFrameAllocator::new(&map, storage)?);
+/// // SAFETY: the map's memory is this allocator's alone.
+/// FRAMES.replace(unsafe { BitmapFrameAllocator::new(&map, storage) }?);
 /// let frame = FRAMES.with(|f| f.allocate())?;
-/// FRAMES.with(|f| f.free(frame))?;
+/// // SAFETY: allocated above, used by nothing.
+/// FRAMES.with(|f| unsafe { f.free(frame) })?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]

@@ -56,7 +56,8 @@
 //! assert_eq!(run.start.start_address().as_u64() % (2 << 20), 0);
 //! let FrameStats { used, reserved, .. } = frames.stats();
 //! assert_eq!((used, reserved), (512, plan.frames()));
-//! frames.free_range(run)?;
+//! // SAFETY: allocated above, used by nothing.
+//! unsafe { frames.free_range(run) }?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

@@ -44,7 +44,8 @@ struct Slot {
 /// let map: MemoryMap = MemoryMap::from_regions([Region::new(0, 0x100_0000, RegionKind::Usable)])?;
 /// let storage = vec![0u64; BitmapFrameAllocator::storage_words(&map)].leak();
 /// let shared: LockedFrameAllocator<'_, NoInterruptMask> =
-///     LockedFrameAllocator::new(BitmapFrameAllocator::new(&map, storage)?);
+///     // SAFETY: the map's memory is this allocator's alone.
+///     LockedFrameAllocator::new(unsafe { BitmapFrameAllocator::new(&map, storage) }?);
 /// let frames: PerCpuFrames<'_, '_, _, _, 4> = PerCpuFrames::new(&shared, UniCpu::<NoInterruptMask>::new());
 /// let f = frames.allocate()?;
 /// // SAFETY: `f` came from this allocator and is no longer used.
@@ -160,7 +161,9 @@ impl<'a, 'm, C: CpuLocal, M: InterruptMask, const CPUS: usize> PerCpuFrames<'a, 
             let mut result = Ok(());
             self.shared.with(|a| {
                 slot.mag.take_oldest(FRAME_BATCH, |f| {
-                    if let Err(e) = a.free(frame_at(f)) {
+                    // SAFETY: a cached frame, freed to the cache under `free`'s
+                    // contract (no longer used).
+                    if let Err(e) = unsafe { a.free(frame_at(f)) } {
                         result = Err(e);
                     }
                 });
@@ -191,7 +194,8 @@ impl<'a, 'm, C: CpuLocal, M: InterruptMask, const CPUS: usize> PerCpuFrames<'a, 
                 // A frame the shared allocator refuses was freed wrongly
                 // (see `free`); it leaves the cache either way.
                 slot.mag.take_oldest(FRAME_CACHE, |f| {
-                    let _ = a.free(frame_at(f));
+                    // SAFETY: as in `free`: cached frames are unused.
+                    let _ = unsafe { a.free(frame_at(f)) };
                 });
             });
         }

@@ -76,7 +76,11 @@ unsafe impl Hal for KernelHal {
 
     unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
         let start = PhysFrame::containing_address(x86_64::PhysAddr::new(paddr));
-        match FRAMES.with(|f| f.free_range(PhysFrame::range(start, start + pages as u64))) {
+        let range = PhysFrame::range(start, start + pages as u64);
+        // SAFETY: `dma_dealloc`'s contract: the device and the driver are done
+        // with the buffer, allocated by `dma_alloc` from these frames.
+        let freed = FRAMES.with(|f| unsafe { f.free_range(range) });
+        match freed {
             Ok(()) => 0,
             Err(_) => -1,
         }
