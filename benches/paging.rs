@@ -42,14 +42,17 @@ fn ours(mem: &EmulatedMemory, a: &mut EmulatedFrameAllocator) -> PageTables<Offs
 
 /// Maps `[BASE, BASE + len)` to physical 0.. with 4 KiB pages, read-write.
 fn ours_map_4k(m: &mut PageTables<OffsetPhysMem>, a: &mut EmulatedFrameAllocator, len: u64) {
-    m.map_range_with(
-        VirtAddr::new(BASE),
-        PhysAddr::new(0),
-        len,
-        MapFlags::READ_WRITE,
-        LeafSize::Size4KiB,
-        a,
-    )
+    // SAFETY: bench tables, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe {
+        m.map_range_with(
+            VirtAddr::new(BASE),
+            PhysAddr::new(0),
+            len,
+            MapFlags::READ_WRITE,
+            LeafSize::Size4KiB,
+            a,
+        )
+    }
     .unwrap()
     .ignore();
 }
@@ -149,13 +152,16 @@ fn direct_map(trials: usize) -> (Row, Row) {
             let mut a = mem.frame_allocator();
             let mut m = ours(&mem, &mut a);
             let start = Instant::now();
-            m.map_range(
-                VirtAddr::new(BASE),
-                PhysAddr::new(0),
-                len,
-                MapFlags::READ_WRITE,
-                &mut a,
-            )
+            // SAFETY: bench tables, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            unsafe {
+                m.map_range(
+                    VirtAddr::new(BASE),
+                    PhysAddr::new(0),
+                    len,
+                    MapFlags::READ_WRITE,
+                    &mut a,
+                )
+            }
             .unwrap()
             .ignore();
             (start.elapsed(), a.in_use())
@@ -226,7 +232,8 @@ fn unmap_1g(trials: usize) -> Row {
             let mut m = ours(&mem, &mut a);
             ours_map_4k(&mut m, &mut a, G1);
             let start = Instant::now();
-            m.unmap_range(VirtAddr::new(BASE), G1, &mut a)
+            // SAFETY: bench tables, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            unsafe { m.unmap_range(VirtAddr::new(BASE), G1, &mut a) }
                 .unwrap()
                 .ignore();
             let d = start.elapsed();

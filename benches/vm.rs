@@ -105,7 +105,10 @@ fn direct(w: &mut World<'_>, n: u64) -> Duration {
         // SAFETY: a fresh emulated frame, 4096 bytes.
         unsafe { p.write_bytes(0, 4096) };
         let page = Page::<Size4KiB>::containing_address(VirtAddr::new(base + i * PAGE));
-        m.map(page, frame, flags, &mut w.frames).unwrap().ignore();
+        // SAFETY: bench tables, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.map(page, frame, flags, &mut w.frames) }
+            .unwrap()
+            .ignore();
     }
     let d = t.elapsed();
     black_box(&m);
@@ -168,12 +171,15 @@ fn eager_copy(w: &mut World<'_>, bytes: u64) -> Duration {
         let dst = phys.table_ptr(new).as_ptr().cast::<u8>();
         // SAFETY: distinct emulated frames of 4096 bytes.
         unsafe { core::ptr::copy_nonoverlapping(src, dst, 4096) };
-        m.map(
-            Page::<Size4KiB>::containing_address(page),
-            new,
-            flags,
-            &mut w.frames,
-        )
+        // SAFETY: bench tables, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe {
+            m.map(
+                Page::<Size4KiB>::containing_address(page),
+                new,
+                flags,
+                &mut w.frames,
+            )
+        }
         .unwrap()
         .ignore();
     }
@@ -187,7 +193,8 @@ fn eager_copy(w: &mut World<'_>, bytes: u64) -> Duration {
 fn free_hierarchy(w: &mut World<'_>, mut m: PageTables<EmulatedPhysMem<'_>>, base: u64, len: u64) {
     let mut frames = Vec::new();
     m.for_each_leaf(|l| frames.push(PhysFrame::containing_address(l.frame)));
-    m.unmap_range(VirtAddr::new(base), len, &mut w.frames)
+    // SAFETY: bench tables, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.unmap_range(VirtAddr::new(base), len, &mut w.frames) }
         .unwrap()
         .ignore();
     for f in frames.into_iter().chain([m.pml4()]) {

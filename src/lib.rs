@@ -57,7 +57,8 @@
 //! // Paging: an empty hierarchy; 4 MiB mapped with two 2 MiB pages, NX by default.
 //! let mut mapper = PageTables::new_empty(ram.phys_mem(), &mut frames)?;
 //! let virt = VirtAddr::new(0xffff_8000_0000_0000);
-//! mapper.map_range(virt, PhysAddr::new(0x20_0000), 4 << 20, MapFlags::READ_WRITE, &mut frames)?.ignore();
+//! // SAFETY: example tables, mapping frames no Rust object uses.
+//! unsafe { mapper.map_range(virt, PhysAddr::new(0x20_0000), 4 << 20, MapFlags::READ_WRITE, &mut frames) }?.ignore();
 //! assert!(!mapper.translate(virt)?.access.executable);
 //!
 //! // Heap: pages from an arena (in a kernel: `MappedPageSource` over frames + mapper).

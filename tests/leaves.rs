@@ -12,32 +12,41 @@ fn leaves_sizes_permissions_and_tables() {
     let mut m = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     let data = VirtAddr::new(0x1000_0000);
     let code = VirtAddr::new(0xffff_8000_4000_0000);
-    m.map_range(
-        data,
-        PhysAddr::new(0x20_0000),
-        0x3000,
-        MapFlags::READ_WRITE,
-        &mut frames,
-    )
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe {
+        m.map_range(
+            data,
+            PhysAddr::new(0x20_0000),
+            0x3000,
+            MapFlags::READ_WRITE,
+            &mut frames,
+        )
+    }
     .unwrap()
     .ignore();
-    m.map_range(
-        code,
-        PhysAddr::new(0x4000_0000),
-        4 << 20,
-        MapFlags::READ_EXEC,
-        &mut frames,
-    )
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe {
+        m.map_range(
+            code,
+            PhysAddr::new(0x4000_0000),
+            4 << 20,
+            MapFlags::READ_EXEC,
+            &mut frames,
+        )
+    }
     .unwrap()
     .ignore();
     let giant = VirtAddr::new(0x80_0000_0000);
-    m.map_range(
-        giant,
-        PhysAddr::new(0x8000_0000),
-        1 << 30,
-        MapFlags::READ,
-        &mut frames,
-    )
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe {
+        m.map_range(
+            giant,
+            PhysAddr::new(0x8000_0000),
+            1 << 30,
+            MapFlags::READ,
+            &mut frames,
+        )
+    }
     .unwrap()
     .ignore();
 

@@ -73,13 +73,16 @@ fn effective_permissions_match_a_software_walker() {
     for (i, f) in flag_sets.iter().enumerate() {
         let i = i as u64;
         for (v, len) in [(i * G1, K4), (i * G1 + M2, M2), (0x100 * G1 + i * G1, G1)] {
-            m.map_range(
-                VirtAddr::new(v),
-                PhysAddr::new(64 * G1 + v),
-                len,
-                *f,
-                &mut a,
-            )
+            // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            unsafe {
+                m.map_range(
+                    VirtAddr::new(v),
+                    PhysAddr::new(64 * G1 + v),
+                    len,
+                    *f,
+                    &mut a,
+                )
+            }
             .unwrap()
             .ignore();
             vas.push(v);
@@ -140,26 +143,34 @@ fn write_exec_needs_the_opt_in() {
     let page = Page::<Size4KiB>::containing_address(v);
     let frame = PhysFrame::containing_address(PhysAddr::new(0x1000));
     assert_eq!(
-        m.map(page, frame, wx, &mut a),
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.map(page, frame, wx, &mut a) },
         Err(PagingError::WriteExecute { addr: v })
     );
     assert_eq!(a.in_use(), 1, "nothing allocated for a refused map");
     assert_eq!(
-        m.map(page, frame, F::PRESENT.union(F::WRITABLE).into(), &mut a),
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.map(page, frame, F::PRESENT.union(F::WRITABLE).into(), &mut a) },
         Err(PagingError::WriteExecute { addr: v })
     );
-    m.map(page, frame, MapFlags::READ_WRITE, &mut a)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.map(page, frame, MapFlags::READ_WRITE, &mut a) }
         .unwrap()
         .ignore();
     assert_eq!(
-        m.protect(page, wx),
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.protect(page, wx) },
         Err(PagingError::WriteExecute { addr: v })
     );
     assert_eq!(
-        m.protect_range(v, K4, wx, &mut a),
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.protect_range(v, K4, wx, &mut a) },
         Err(PagingError::WriteExecute { addr: v })
     );
-    m.protect(page, wx.allow_write_exec()).unwrap().ignore();
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.protect(page, wx.allow_write_exec()) }
+        .unwrap()
+        .ignore();
     let t = m.translate(v).unwrap();
     assert!(t.access.writable && t.access.executable);
     assert!(!MapFlags::READ.is_executable(), "non-executable by default");
@@ -174,22 +185,26 @@ fn bad_arguments_are_typed_errors() {
     let p = PhysAddr::new(0);
     let v = |x| VirtAddr::new(x);
     assert_eq!(
-        m.map_range(v(0x1001), p, K4, f, &mut a),
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.map_range(v(0x1001), p, K4, f, &mut a) },
         Err(PagingError::MisalignedVirtAddr {
             addr: VirtAddr::new(0x1001),
             align: K4
         })
     );
     assert_eq!(
-        m.map_range(v(0x1000), p, 5, f, &mut a),
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.map_range(v(0x1000), p, 5, f, &mut a) },
         Err(PagingError::MisalignedLength { len: 5, align: K4 })
     );
     assert_eq!(
-        m.map_range(v(0x1000), p, 0, f, &mut a),
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.map_range(v(0x1000), p, 0, f, &mut a) },
         Err(PagingError::InvalidLength { len: 0 })
     );
     assert_eq!(
-        m.map_range(v(0x1000), PhysAddr::new(0x10), K4, f, &mut a),
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.map_range(v(0x1000), PhysAddr::new(0x10), K4, f, &mut a) },
         Err(PagingError::MisalignedPhysAddr {
             addr: PhysAddr::new(0x10),
             align: K4
@@ -197,15 +212,18 @@ fn bad_arguments_are_typed_errors() {
     );
     let top = 0x7fff_ffff_f000;
     assert_eq!(
-        m.map_range(v(top), p, 2 * K4, f, &mut a),
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.map_range(v(top), p, 2 * K4, f, &mut a) },
         Err(PagingError::NonCanonical { addr: top + 2 * K4 })
     );
     assert_eq!(
-        m.unmap_range(v(0xffff_ffff_ffff_f000), 2 * K4, &mut a),
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.unmap_range(v(0xffff_ffff_ffff_f000), 2 * K4, &mut a) },
         Err(PagingError::NonCanonical { addr: K4 })
     );
     assert_eq!(
-        m.map_range(v(0x1000), PhysAddr::new((1 << 52) - K4), 2 * K4, f, &mut a),
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.map_range(v(0x1000), PhysAddr::new((1 << 52) - K4), 2 * K4, f, &mut a) },
         Err(PagingError::InvalidLength { len: 2 * K4 })
     );
     assert_eq!(
@@ -214,7 +232,8 @@ fn bad_arguments_are_typed_errors() {
     );
     assert_eq!(a.in_use(), 1);
     // Conflicts carry the data.
-    m.map_range(v(G1), PhysAddr::new(4 * G1), G1, f, &mut a)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.map_range(v(G1), PhysAddr::new(4 * G1), G1, f, &mut a) }
         .unwrap()
         .ignore();
     let huge = PagingError::HugePageInTheWay {
@@ -224,15 +243,18 @@ fn bad_arguments_are_typed_errors() {
     };
     let page4 = Page::<Size4KiB>::containing_address(v(G1 + M2));
     let frame4 = PhysFrame::containing_address(PhysAddr::new(0));
-    assert_eq!(m.map(page4, frame4, f, &mut a), Err(huge));
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    assert_eq!(unsafe { m.map(page4, frame4, f, &mut a) }, Err(huge));
     assert_eq!(
-        m.unmap(page4, &mut a).map(|(f, t)| (f, t.is_empty())),
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.unmap(page4, &mut a) }.map(|(f, t)| (f, t.is_empty())),
         Err(huge)
     );
     let page1 = Page::<Size1GiB>::containing_address(v(G1));
     let frame1 = PhysFrame::containing_address(PhysAddr::new(8 * G1));
     assert_eq!(
-        m.map(page1, frame1, f, &mut a),
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.map(page1, frame1, f, &mut a) },
         Err(PagingError::AlreadyMapped {
             addr: v(G1),
             frame: PhysAddr::new(4 * G1),
@@ -240,26 +262,30 @@ fn bad_arguments_are_typed_errors() {
         })
     );
     // A table where an exact 2 MiB page was asked for.
-    m.map_range(v(2 * G1 + K4), p, K4, f, &mut a)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.map_range(v(2 * G1 + K4), p, K4, f, &mut a) }
         .unwrap()
         .ignore();
     let page2 = Page::<Size2MiB>::containing_address(v(2 * G1));
     let frame2 = PhysFrame::containing_address(PhysAddr::new(0));
     assert_eq!(
-        m.map(page2, frame2, f, &mut a),
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.map(page2, frame2, f, &mut a) },
         Err(PagingError::TableInTheWay {
             addr: v(2 * G1),
             size: LeafSize::Size2MiB
         })
     );
     assert_eq!(
-        m.unmap(page2, &mut a).map(|_| ()),
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.unmap(page2, &mut a) }.map(|_| ()),
         Err(PagingError::TableInTheWay {
             addr: v(2 * G1),
             size: LeafSize::Size2MiB
         })
     );
-    let out = m.map_range(v(3 * G1), p, 3 * K4, f, &mut a.clone_exhausted());
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let out = unsafe { m.map_range(v(3 * G1), p, 3 * K4, f, &mut a.clone_exhausted()) };
     assert!(
         matches!(
             out,
@@ -291,8 +317,9 @@ fn range_ops_flush_once_with_a_threshold() {
     let mut m = mapper(&mem, &mut a);
     let mut mmu = RecordingMmu::new(m.pml4());
     let v = VirtAddr::new(0x1000_0000);
-    let t = m
-        .map_range_with(
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let t = unsafe {
+        m.map_range_with(
             v,
             PhysAddr::new(0),
             512 * K4,
@@ -300,36 +327,40 @@ fn range_ops_flush_once_with_a_threshold() {
             LeafSize::Size4KiB,
             &mut a,
         )
-        .unwrap();
+    }
+    .unwrap();
     assert!(
         t.is_empty(),
         "mapping over non-present entries needs no flush"
     );
     t.flush(&mut mmu);
     assert!(mmu.ops().is_empty());
-    let t = m
-        .protect_range(v, 8 * K4, MapFlags::READ_WRITE, &mut a)
-        .unwrap();
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let t = unsafe { m.protect_range(v, 8 * K4, MapFlags::READ_WRITE, &mut a) }.unwrap();
     t.flush(&mut mmu);
     let expect: Vec<_> = (0..8).map(|i| MmuOp::Invlpg(v + i * K4)).collect();
     assert_eq!(mmu.ops(), &expect[..]);
     mmu.clear();
-    m.unmap_range(v, (FLUSH_THRESHOLD as u64 + 1) * K4, &mut a)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.unmap_range(v, (FLUSH_THRESHOLD as u64 + 1) * K4, &mut a) }
         .unwrap()
         .flush(&mut mmu);
     assert_eq!(mmu.ops(), &[MmuOp::FlushAll]);
     mmu.clear();
     // A split of a 2 MiB page: the old huge entry is invalidated once.
     let h = VirtAddr::new(0x4000_0000);
-    m.map_range(h, PhysAddr::new(0x20_0000), M2, MapFlags::READ, &mut a)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.map_range(h, PhysAddr::new(0x20_0000), M2, MapFlags::READ, &mut a) }
         .unwrap()
         .ignore();
-    m.unmap_range(h + 3 * K4, K4, &mut a)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.unmap_range(h + 3 * K4, K4, &mut a) }
         .unwrap()
         .flush(&mut mmu);
     assert_eq!(mmu.ops(), &[MmuOp::Invlpg(h + 3 * K4)]);
     let page = Page::<Size4KiB>::containing_address(h);
-    let (frame, t) = m.unmap(page, &mut a).unwrap();
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let (frame, t) = unsafe { m.unmap(page, &mut a) }.unwrap();
     assert_eq!(frame.start_address(), PhysAddr::new(0x20_0000));
     assert_eq!(t.pages().collect::<Vec<_>>(), vec![h]);
     t.ignore();
@@ -345,14 +376,17 @@ fn unmap_range_returns_table_frames() {
     let mut a = mem.frame_allocator();
     let mut m = mapper(&mem, &mut a);
     let v = VirtAddr::new(0x80_0000_0000);
-    m.map_range_with(
-        v,
-        PhysAddr::new(0),
-        len,
-        MapFlags::READ_WRITE,
-        LeafSize::Size4KiB,
-        &mut a,
-    )
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe {
+        m.map_range_with(
+            v,
+            PhysAddr::new(0),
+            len,
+            MapFlags::READ_WRITE,
+            LeafSize::Size4KiB,
+            &mut a,
+        )
+    }
     .unwrap()
     .ignore();
     assert_eq!(
@@ -362,32 +396,42 @@ fn unmap_range_returns_table_frames() {
     );
     assert_eq!(m.table_report().unwrap().leaves, [pts * 512, 0, 0]);
     // Half: half the PTs freed, the PD stays.
-    m.unmap_range(v, len / 2, &mut a).unwrap().ignore();
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.unmap_range(v, len / 2, &mut a) }
+        .unwrap()
+        .ignore();
     assert_eq!(a.in_use(), 1 + 1 + 1 + pts / 2);
-    m.unmap_range(v + len / 2, len / 2, &mut a)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.unmap_range(v + len / 2, len / 2, &mut a) }
         .unwrap()
         .ignore();
     assert_eq!(a.in_use(), 1, "everything but the PML4 went back");
     assert_eq!(m.table_report().unwrap().tables, vec![m.pml4()]);
     // Single-page unmaps reclaim too.
     let page = Page::<Size4KiB>::containing_address(v);
-    m.map(
-        page,
-        PhysFrame::containing_address(PhysAddr::new(0)),
-        MapFlags::READ,
-        &mut a,
-    )
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe {
+        m.map(
+            page,
+            PhysFrame::containing_address(PhysAddr::new(0)),
+            MapFlags::READ,
+            &mut a,
+        )
+    }
     .unwrap()
     .ignore();
     assert_eq!(a.in_use(), 4);
-    m.unmap(page, &mut a).unwrap().1.ignore();
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.unmap(page, &mut a) }.unwrap().1.ignore();
     assert_eq!(a.in_use(), 1);
     // Kernel-half PDPTs stay (shared with other address spaces).
     let k = VirtAddr::new(0xffff_8000_0000_0000);
-    m.map_range(k, PhysAddr::new(0), K4, MapFlags::READ, &mut a)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.map_range(k, PhysAddr::new(0), K4, MapFlags::READ, &mut a) }
         .unwrap()
         .ignore();
-    m.unmap_range(k, K4, &mut a).unwrap().ignore();
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.unmap_range(k, K4, &mut a) }.unwrap().ignore();
     assert_eq!(a.in_use(), 2, "PML4 + the kernel PDPT");
     m.check_invariants().unwrap();
 }
@@ -399,10 +443,12 @@ fn splitting_preserves_the_rest_of_a_huge_page() {
     let mut m = mapper(&mem, &mut a);
     let v = VirtAddr::new(G1);
     let flags = MapFlags::READ_WRITE.global();
-    m.map_range(v, PhysAddr::new(5 * G1), G1, flags, &mut a)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.map_range(v, PhysAddr::new(5 * G1), G1, flags, &mut a) }
         .unwrap()
         .ignore();
-    m.protect_range(v + G1 / 2 + 7 * K4, K4, MapFlags::READ, &mut a)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.protect_range(v + G1 / 2 + 7 * K4, K4, MapFlags::READ, &mut a) }
         .unwrap()
         .ignore();
     let changed = m.translate(v + G1 / 2 + 7 * K4).unwrap();
@@ -437,8 +483,8 @@ fn address_spaces_share_the_kernel_half() {
     let mut a = mem.frame_allocator();
     let mut kernel = mapper(&mem, &mut a);
     let kv = VirtAddr::new(0xffff_8000_0000_0000);
-    kernel
-        .map_range(kv, PhysAddr::new(0), 4 * M2, MapFlags::READ_WRITE, &mut a)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { kernel.map_range(kv, PhysAddr::new(0), 4 * M2, MapFlags::READ_WRITE, &mut a) }
         .unwrap()
         .ignore();
     let mut mmu = RecordingMmu::new(kernel.pml4());
@@ -453,20 +499,20 @@ fn address_spaces_share_the_kernel_half() {
     let user = MapFlags::READ_WRITE.user();
     // SAFETY: user-half edits only.
     let user_half = unsafe { space.mapper_mut() };
-    user_half
-        .map_range(uv, huge, M2, user, &mut a)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { user_half.map_range(uv, huge, M2, user, &mut a) }
         .unwrap()
         .ignore();
     let small = a.allocate_contiguous(3, K4).unwrap();
-    user_half
-        .map_range(uv + 2 * M2, small, 3 * K4, user, &mut a)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { user_half.map_range(uv + 2 * M2, small, 3 * K4, user, &mut a) }
         .unwrap()
         .ignore();
     assert!(kernel.translate(uv).is_err());
     assert!(space.mapper().translate(uv).unwrap().access.user);
     // Kernel mappings made later under an existing PML4 entry are seen by both.
-    kernel
-        .map_range(kv + G1, PhysAddr::new(0x1000), K4, MapFlags::READ, &mut a)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { kernel.map_range(kv + G1, PhysAddr::new(0x1000), K4, MapFlags::READ, &mut a) }
         .unwrap()
         .ignore();
     assert!(space.mapper().translate(kv + G1).is_ok());
@@ -528,8 +574,8 @@ fn prefilled_kernel_half_propagates_later_kernel_mappings() {
     let space = AddressSpace::new(&kernel, &mut a).unwrap();
     // A kernel mapping made after the address space was created, in a fresh 512 GiB slot.
     let kv = VirtAddr::new(0xffff_ff80_0000_0000);
-    kernel
-        .map_range(kv, PhysAddr::new(0x7000), K4, MapFlags::READ, &mut a)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { kernel.map_range(kv, PhysAddr::new(0x7000), K4, MapFlags::READ, &mut a) }
         .unwrap()
         .ignore();
     assert_eq!(
@@ -550,7 +596,8 @@ fn forged_misaligned_huge_page_is_refused() {
         unsafe { PhysFrame::<Size2MiB>::from_start_address_unchecked(PhysAddr::new(0x1000)) };
     let page = Page::<Size2MiB>::containing_address(VirtAddr::new(0x20_0000));
     assert_eq!(
-        m.map(page, frame, MapFlags::READ, &mut a),
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.map(page, frame, MapFlags::READ, &mut a) },
         Err(PagingError::MisalignedPhysAddr {
             addr: PhysAddr::new(0x1000),
             align: M2
@@ -574,7 +621,8 @@ fn translate_trait_matches_offset_page_table() {
         (0x4000_0000, 0x4000_0000, 0x20_0000),
         (0x80_0000_0000, 0x8000_0000, 0x4000_0000),
     ] {
-        m.map_range(VirtAddr::new(va), PhysAddr::new(pa), len, rw, &mut frames)
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.map_range(VirtAddr::new(va), PhysAddr::new(pa), len, rw, &mut frames) }
             .unwrap()
             .ignore();
     }

@@ -310,15 +310,21 @@ impl<'m> World<'m> {
         let v = VirtAddr::new(va);
         let a = &mut self.ours_alloc;
         let ours = match size {
-            0 => self
-                .ours
-                .map(page::<Size4KiB>(v), frame(pa), flags.into(), a),
-            1 => self
-                .ours
-                .map(page::<Size2MiB>(v), frame(pa), flags.into(), a),
-            _ => self
-                .ours
-                .map(page::<Size1GiB>(v), frame(pa), flags.into(), a),
+            // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            0 => unsafe {
+                self.ours
+                    .map(page::<Size4KiB>(v), frame(pa), flags.into(), a)
+            },
+            // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            1 => unsafe {
+                self.ours
+                    .map(page::<Size2MiB>(v), frame(pa), flags.into(), a)
+            },
+            // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            _ => unsafe {
+                self.ours
+                    .map(page::<Size1GiB>(v), frame(pa), flags.into(), a)
+            },
         };
         self.failed = ours.is_err();
         if is_wx(flags) {
@@ -349,17 +355,14 @@ impl<'m> World<'m> {
         let v = VirtAddr::new(va);
         let a = &mut self.ours_alloc;
         let ours = match size {
-            0 => self
-                .ours
-                .unmap(page::<Size4KiB>(v), a)
+            // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            0 => unsafe { self.ours.unmap(page::<Size4KiB>(v), a) }
                 .map(|(f, t)| (f.start_address(), t)),
-            1 => self
-                .ours
-                .unmap(page::<Size2MiB>(v), a)
+            // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            1 => unsafe { self.ours.unmap(page::<Size2MiB>(v), a) }
                 .map(|(f, t)| (f.start_address(), t)),
-            _ => self
-                .ours
-                .unmap(page::<Size1GiB>(v), a)
+            // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            _ => unsafe { self.ours.unmap(page::<Size1GiB>(v), a) }
                 .map(|(f, t)| (f.start_address(), t)),
         };
         let opt = match size {
@@ -392,9 +395,12 @@ impl<'m> World<'m> {
     fn protect_one(&mut self, size: u8, va: u64, flags: F) -> Vec<u64> {
         let v = VirtAddr::new(va);
         let ours = match size {
-            0 => self.ours.protect(page::<Size4KiB>(v), flags.into()),
-            1 => self.ours.protect(page::<Size2MiB>(v), flags.into()),
-            _ => self.ours.protect(page::<Size1GiB>(v), flags.into()),
+            // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            0 => unsafe { self.ours.protect(page::<Size4KiB>(v), flags.into()) },
+            // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            1 => unsafe { self.ours.protect(page::<Size2MiB>(v), flags.into()) },
+            // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            _ => unsafe { self.ours.protect(page::<Size1GiB>(v), flags.into()) },
         };
         self.failed = ours.is_err();
         if is_wx(flags) {
@@ -421,13 +427,16 @@ impl<'m> World<'m> {
 
     fn map_range(&mut self, va: u64, len: u64, pa: u64, flags: F) -> Vec<u64> {
         let v = VirtAddr::new(va);
-        let ours = self.ours.map_range(
-            v,
-            PhysAddr::new(pa),
-            len,
-            flags.into(),
-            &mut self.ours_alloc,
-        );
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        let ours = unsafe {
+            self.ours.map_range(
+                v,
+                PhysAddr::new(pa),
+                len,
+                flags.into(),
+                &mut self.ours_alloc,
+            )
+        };
         self.failed = ours.is_err();
         if let Some(end) = crosses_hole(va, len) {
             assert_eq!(ours.unwrap_err(), PagingError::NonCanonical { addr: end });
@@ -452,10 +461,13 @@ impl<'m> World<'m> {
     fn edit_range(&mut self, va: u64, len: u64, protect: Option<F>) -> Vec<u64> {
         let v = VirtAddr::new(va);
         let ours = match protect {
-            None => self.ours.unmap_range(v, len, &mut self.ours_alloc),
-            Some(f) => self
-                .ours
-                .protect_range(v, len, f.into(), &mut self.ours_alloc),
+            // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            None => unsafe { self.ours.unmap_range(v, len, &mut self.ours_alloc) },
+            // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            Some(f) => unsafe {
+                self.ours
+                    .protect_range(v, len, f.into(), &mut self.ours_alloc)
+            },
         };
         self.failed = ours.is_err();
         if let Some(end) = crosses_hole(va, len) {
@@ -478,31 +490,30 @@ impl<'m> World<'m> {
         let a = &mut self.ours_alloc;
         let f = MapFlags::READ;
         let r = match kind {
-            0 => self
-                .ours
-                .map_range(v, PhysAddr::new(G1), len, f, a)
-                .map(Flush::ignore),
-            1 => self.ours.unmap_range(v, len, a).map(Flush::ignore),
-            2 => self.ours.protect_range(v, len, f, a).map(Flush::ignore),
+            // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            0 => unsafe { self.ours.map_range(v, PhysAddr::new(G1), len, f, a) }.map(Flush::ignore),
+            // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            1 => unsafe { self.ours.unmap_range(v, len, a) }.map(Flush::ignore),
+            // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+            2 => unsafe { self.ours.protect_range(v, len, f, a) }.map(Flush::ignore),
             3 => self.ours.translate(v).map(|_| ()),
-            // SAFETY: as above.
-            4 => self
-                .ours
-                .map(
-                    unsafe { Page::<Size4KiB>::from_start_address_unchecked(v) },
+            // SAFETY: as above; the forged page is what this case tests.
+            4 => unsafe {
+                self.ours.map(
+                    Page::<Size4KiB>::from_start_address_unchecked(v),
                     frame(G1),
                     f,
                     a,
                 )
-                .map(Flush::ignore),
-            _ => self
-                .ours
-                .unmap(
-                    // SAFETY: as above: a forged page is what this case tests.
-                    unsafe { Page::<Size4KiB>::from_start_address_unchecked(v) },
-                    a,
-                )
-                .map(|(_, t)| t.ignore()),
+            }
+            .map(Flush::ignore),
+            // SAFETY: tables this test owns, mapping frames no Rust object uses
+            // (emulated memory); the forged page is what this case tests.
+            _ => unsafe {
+                self.ours
+                    .unmap(Page::<Size4KiB>::from_start_address_unchecked(v), a)
+            }
+            .map(|(_, t)| t.ignore()),
         };
         let canonical = VirtAddr::try_new(raw).is_ok();
         let fits = crosses_hole(raw, len).is_none();
@@ -760,26 +771,29 @@ fn failed_ops_leave_state_untouched() {
     let mut w = World::new(&mem);
     let a = &mut w.ours_alloc;
     let base = VirtAddr::new(0x4000_0000);
-    w.ours
-        .map(
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe {
+        w.ours.map(
             page::<Size4KiB>(base + 0x20_1000u64),
             frame(0x5000),
             MapFlags::READ,
             a,
         )
-        .unwrap()
-        .ignore();
+    }
+    .unwrap()
+    .ignore();
     let before = w.snapshot();
-    let err = w
-        .ours
-        .map_range(
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let err = unsafe {
+        w.ours.map_range(
             base,
             PhysAddr::new(0),
             0x40_0000,
             MapFlags::READ,
             &mut w.ours_alloc,
         )
-        .unwrap_err();
+    }
+    .unwrap_err();
     assert_eq!(
         err,
         PagingError::AlreadyMapped {
@@ -790,9 +804,11 @@ fn failed_ops_leave_state_untouched() {
     );
     assert_eq!(w.snapshot(), before);
     let wx = MapFlags::READ.writable().executable();
-    let err = w
-        .ours
-        .map_range(base, PhysAddr::new(0), 0x40_0000, wx, &mut w.ours_alloc);
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let err = unsafe {
+        w.ours
+            .map_range(base, PhysAddr::new(0), 0x40_0000, wx, &mut w.ours_alloc)
+    };
     assert_eq!(err.unwrap_err(), PagingError::WriteExecute { addr: base });
     assert_eq!(w.snapshot(), before);
 }

@@ -70,7 +70,8 @@ fn populate(m: &mut M, a: &mut EmulatedFrameAllocator) {
         (0x7fff_ffe0_0000, 0x20_0000, M2), // the last 2 MiB of the lower half
     ];
     for (v, p, len) in maps {
-        m.map_range(VirtAddr::new(v), PhysAddr::new(p), len, rw, a)
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.map_range(VirtAddr::new(v), PhysAddr::new(p), len, rw, a) }
             .unwrap()
             .ignore();
     }
@@ -137,13 +138,16 @@ fn map_range_rolls_back_at_every_k() {
     // 3 GiB + 6 MiB + 12 KiB at 4 GiB - 4 KiB: 4 KiB, then 2 MiB, then 1 GiB pages, and back.
     let needed = every_k("map mixed", |m, a| {
         let v = VirtAddr::new(4 * G1 - K4);
-        m.map_range(
-            v,
-            PhysAddr::new(32 * G1 - K4),
-            3 * G1 + 6 * M2 + 3 * K4,
-            MapFlags::READ,
-            a,
-        )
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe {
+            m.map_range(
+                v,
+                PhysAddr::new(32 * G1 - K4),
+                3 * G1 + 6 * M2 + 3 * K4,
+                MapFlags::READ,
+                a,
+            )
+        }
         .map(|f| f.ignore())
     });
     // [4G-4K, 4G): the 1 GiB region 3 has no table yet: PD + PT; then 1 GiB pages need
@@ -151,14 +155,17 @@ fn map_range_rolls_back_at_every_k() {
     assert_eq!(needed, 4);
     let needed = every_k("map 4k into new pml4 slot", |m, a| {
         let v = VirtAddr::new(0x0000_4000_0000_0000);
-        m.map_range_with(
-            v,
-            PhysAddr::new(0),
-            4 * M2,
-            MapFlags::READ,
-            LeafSize::Size4KiB,
-            a,
-        )
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe {
+            m.map_range_with(
+                v,
+                PhysAddr::new(0),
+                4 * M2,
+                MapFlags::READ,
+                LeafSize::Size4KiB,
+                a,
+            )
+        }
         .map(|f| f.ignore())
     });
     assert_eq!(needed, 2 + 4, "PDPT + PD + four PTs");
@@ -174,8 +181,8 @@ fn map_range_conflict_changes_nothing() {
     let before = state(&mem, &m, &a, &probes);
     // Ends on the first of the existing 4 KiB pages at 2G + 8*2M + 5*4K.
     let v = VirtAddr::new(2 * G1 + 4 * M2);
-    let err = m
-        .map_range(v, PhysAddr::new(0), 4 * M2 + 6 * K4, MapFlags::READ, &mut a)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let err = unsafe { m.map_range(v, PhysAddr::new(0), 4 * M2 + 6 * K4, MapFlags::READ, &mut a) }
         .unwrap_err();
     assert_eq!(
         err,
@@ -186,15 +193,17 @@ fn map_range_conflict_changes_nothing() {
         }
     );
     assert_eq!(state(&mem, &m, &a, &probes), before);
-    let err = m
-        .map_range(
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let err = unsafe {
+        m.map_range(
             VirtAddr::new(G1 + G1 / 2),
             PhysAddr::new(0),
             K4,
             MapFlags::READ,
             &mut a,
         )
-        .unwrap_err();
+    }
+    .unwrap_err();
     assert_eq!(
         err,
         PagingError::HugePageInTheWay {
@@ -210,13 +219,14 @@ fn map_range_conflict_changes_nothing() {
 fn unmap_range_splitting_rolls_back_at_every_k() {
     // Cuts 4 KiB out of the middle of the 1 GiB page: 1 GiB -> 2 MiB (PD) -> 4 KiB (PT).
     let needed = every_k("unmap middle of 1G", |m, a| {
-        m.unmap_range(VirtAddr::new(G1 + G1 / 2), K4, a)
-            .map(|f| f.ignore())
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.unmap_range(VirtAddr::new(G1 + G1 / 2), K4, a) }.map(|f| f.ignore())
     });
     assert_eq!(needed, 2);
     // Both edges of a 1 GiB + 2 MiB + 4 KiB direct map cut at 4 KiB granularity.
     let needed = every_k("unmap both edges", |m, a| {
-        m.unmap_range(VirtAddr::new(0xffff_8000_0000_0000 + K4), G1 + M2 - K4, a)
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.unmap_range(VirtAddr::new(0xffff_8000_0000_0000 + K4), G1 + M2 - K4, a) }
             .map(|f| f.ignore())
     });
     assert_eq!(
@@ -228,12 +238,15 @@ fn unmap_range_splitting_rolls_back_at_every_k() {
 #[test]
 fn protect_range_splitting_rolls_back_at_every_k() {
     let needed = every_k("protect across 2M pages", |m, a| {
-        m.protect_range(
-            VirtAddr::new(2 * G1 + M2 - K4),
-            2 * M2 + 2 * K4,
-            MapFlags::READ,
-            a,
-        )
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe {
+            m.protect_range(
+                VirtAddr::new(2 * G1 + M2 - K4),
+                2 * M2 + 2 * K4,
+                MapFlags::READ,
+                a,
+            )
+        }
         .map(|f| f.ignore())
     });
     assert_eq!(needed, 2, "two 2 MiB pages cut at one edge each");

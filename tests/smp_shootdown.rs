@@ -47,13 +47,16 @@ fn range_unmap_frees_tables_after_the_acks() {
     // 4 MiB of 4 KiB pages (the physical side is not 2 MiB aligned), two page tables.
     let virt = VirtAddr::new(0x4000_1000);
     let len = 4 << 20;
-    m.map_range(
-        virt,
-        PhysAddr::new(0x8000_1000),
-        len,
-        MapFlags::READ_WRITE,
-        &mut source,
-    )
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe {
+        m.map_range(
+            virt,
+            PhysAddr::new(0x8000_1000),
+            len,
+            MapFlags::READ_WRITE,
+            &mut source,
+        )
+    }
     .unwrap()
     .ignore();
     let before = used(&frames);
@@ -70,7 +73,8 @@ fn range_unmap_frees_tables_after_the_acks() {
         rounds.set(rounds.get() + 1);
     });
     let mut deferred = DeferredFrees::<_, 16>::new(&mut source);
-    let flush = m.unmap_range(virt, len, &mut deferred).unwrap();
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let flush = unsafe { m.unmap_range(virt, len, &mut deferred) }.unwrap();
     let held = deferred.len();
     assert!(held >= 3, "page tables, PD and PDPT emptied: {held}");
     assert_eq!(used(&frames), before);
@@ -104,7 +108,8 @@ fn batched_page_unmaps_one_round_leaf_frames_after_the_acks() {
         .collect();
     for &p in &pages {
         let leaf = cache.allocate().unwrap();
-        m.map(p, leaf, MapFlags::READ_WRITE, &mut source)
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        unsafe { m.map(p, leaf, MapFlags::READ_WRITE, &mut source) }
             .unwrap()
             .ignore();
     }
@@ -121,7 +126,8 @@ fn batched_page_unmaps_one_round_leaf_frames_after_the_acks() {
     let mut deferred = DeferredFrees::<_, 32>::new(&mut source);
     let mut flush = Flush::none();
     for &p in &pages {
-        let (leaf, f) = m.unmap(p, &mut deferred).unwrap();
+        // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+        let (leaf, f) = unsafe { m.unmap(p, &mut deferred) }.unwrap();
         // SAFETY: the leaf frame was just unmapped; `flush` covers it.
         unsafe { deferred.defer(leaf) }.unwrap();
         flush = flush.combine(f);
@@ -148,7 +154,8 @@ fn one_page_mapped(
     let mut m = PageTables::new_empty(ram.phys_mem(), &mut frames).unwrap();
     let page = Page::<Size4KiB>::containing_address(VirtAddr::new(0x20_0000));
     let frame = PhysFrame::containing_address(PhysAddr::new(0x5000));
-    m.map(page, frame, MapFlags::READ, &mut frames)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.map(page, frame, MapFlags::READ, &mut frames) }
         .unwrap()
         .ignore();
     (frames, m, page)
@@ -160,7 +167,8 @@ fn one_page_mapped(
 fn local_only_and_empty_flushes_send_no_ipi() {
     let ram = EmulatedMemory::new(64);
     let (mut frames, mut m, page) = one_page_mapped(&ram);
-    let (_, flush) = m.unmap(page, &mut frames).unwrap();
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let (_, flush) = unsafe { m.unmap(page, &mut frames) }.unwrap();
     let mut mmu = RecordingMmu::new(m.pml4());
     let mut ipis = RecordingShootdown::new();
     let acked = flush.shoot(&mut mmu, 5, only(5), &mut ipis);
@@ -179,7 +187,8 @@ fn deferred_overflow_leaks_instead_of_recycling() {
     let (mut frames, mut m, page) = one_page_mapped(&ram);
     let in_use = frames.in_use();
     let mut deferred = DeferredFrees::<_, 1>::new(&mut frames);
-    let (_, flush) = m.unmap(page, &mut deferred).unwrap();
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let (_, flush) = unsafe { m.unmap(page, &mut deferred) }.unwrap();
     let mut mmu = RecordingMmu::new(m.pml4());
     let report = deferred.complete(
         flush,

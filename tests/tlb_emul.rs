@@ -32,7 +32,8 @@ fn map(
     flags: MapFlags,
 ) {
     // A new mapping over non-present entries needs no flush: the TLB never caches those.
-    m.map_range(VirtAddr::new(va), PhysAddr::new(pa), len, flags, frames)
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    unsafe { m.map_range(VirtAddr::new(va), PhysAddr::new(pa), len, flags, frames) }
         .unwrap()
         .ignore();
 }
@@ -89,7 +90,8 @@ fn a_cached_translation_outlives_an_unmap_until_its_invlpg() {
     );
     assert_eq!(read(&mut cpu, &m, va + 8), Ok(0x8000_3008));
 
-    let flush = m.unmap_range(VirtAddr::new(va), 4096, &mut frames).unwrap();
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let flush = unsafe { m.unmap_range(VirtAddr::new(va), 4096, &mut frames) }.unwrap();
     assert!(m.translate(VirtAddr::new(va)).is_err());
     assert_eq!(
         read(&mut cpu, &m, va + 8),
@@ -133,7 +135,8 @@ fn free_a_cached_page_table(
     map(m, frames, R + MIB2, 0x9000_0000, 4096, MapFlags::READ_WRITE);
     assert!(read(cpu, m, R + 0x1000).is_ok());
     let before = frames.allocated_frames();
-    let flush = m.unmap_range(VirtAddr::new(R), MIB2, frames).unwrap();
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let flush = unsafe { m.unmap_range(VirtAddr::new(R), MIB2, frames) }.unwrap();
     let freed: Vec<_> = before
         .into_iter()
         .filter(|&f| !frames.is_allocated(f))
@@ -259,9 +262,8 @@ fn a_write_through_a_clean_cached_entry_sets_dirty_in_memory() {
         MapFlags::READ_WRITE,
     );
     assert!(read(&mut cpu, &m, other).is_ok());
-    let _stale = m
-        .unmap_range(VirtAddr::new(other), 4096, &mut frames)
-        .unwrap();
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let _stale = unsafe { m.unmap_range(VirtAddr::new(other), 4096, &mut frames) }.unwrap();
     assert!(read(&mut cpu, &m, other).is_ok(), "reads still hit");
     assert_eq!(write(&mut cpu, &m, other), Err(Code::CAUSED_BY_WRITE));
 }
@@ -283,12 +285,12 @@ fn a_stale_dirty_entry_writes_to_a_page_made_read_only_but_a_clean_one_faults() 
     assert!(write(&mut cpu, &m, dirty).is_ok());
     assert!(read(&mut cpu, &m, clean).is_ok());
     let ro = MapFlags::READ;
-    let flush_dirty = m
-        .protect_range(VirtAddr::new(dirty), 4096, ro, &mut frames)
-        .unwrap();
-    let _flush_clean = m
-        .protect_range(VirtAddr::new(clean), 4096, ro, &mut frames)
-        .unwrap();
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let flush_dirty =
+        unsafe { m.protect_range(VirtAddr::new(dirty), 4096, ro, &mut frames) }.unwrap();
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let _flush_clean =
+        unsafe { m.protect_range(VirtAddr::new(clean), 4096, ro, &mut frames) }.unwrap();
 
     // What a real CPU does with a stale writable, dirty entry: the write goes through.
     assert_eq!(write(&mut cpu, &m, dirty), Ok(0x8000_1000));
@@ -454,7 +456,8 @@ fn a_2mib_leaf_is_cached_once_and_any_invlpg_inside_drops_it() {
     assert_eq!(read(&mut cpu, &m, R + 0x1f_fff8), Ok(pa + 0x1f_fff8));
     assert_eq!(cpu.stats().hits, 1);
 
-    let flush = m.unmap_range(VirtAddr::new(R), MIB2, &mut frames).unwrap();
+    // SAFETY: tables this test owns, mapping frames no Rust object uses (emulated memory), pages no code uses when unmapped.
+    let flush = unsafe { m.unmap_range(VirtAddr::new(R), MIB2, &mut frames) }.unwrap();
     assert_eq!(flush.pages().collect::<Vec<_>>(), [VirtAddr::new(R)]);
     assert_eq!(read(&mut cpu, &m, R + 0x8_0000), Ok(pa + 0x8_0000), "stale");
     cpu.invlpg(VirtAddr::new(R + 0x1a_b000));

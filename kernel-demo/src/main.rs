@@ -248,8 +248,8 @@ fn demo_address_space() {
         let page = Page::<Size4KiB>::containing_address(user);
         // SAFETY: a user-half edit (the kernel half stays the kernel mapper's).
         let user_half = unsafe { space.mapper_mut() };
-        user_half
-            .map(page, frame, MapFlags::READ_WRITE.user(), &mut m.frames)
+        // SAFETY: a frame allocated for this space alone, at a user page.
+        unsafe { user_half.map(page, frame, MapFlags::READ_WRITE.user(), &mut m.frames) }
             .expect("map")
             .ignore();
         println!(

@@ -244,7 +244,8 @@ kernel_demo::test_kernel! {
             let frame = m.frames.with(|f| f.allocate()).expect("frame");
             // SAFETY: a user-half edit.
             let user_half = unsafe { space.mapper_mut() };
-            user_half.map(Page::containing_address(user), frame, MapFlags::READ_WRITE, &mut m.frames).expect("map").ignore();
+            // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+            unsafe { user_half.map(Page::containing_address(user), frame, MapFlags::READ_WRITE, &mut m.frames) }.expect("map").ignore();
             // SAFETY: the space shares the kernel half and outlives the switch.
             unsafe { space.switch(&mut m.mmu) };
             // SAFETY: mapped just above, in the active space.

@@ -36,12 +36,12 @@ fn free_frames() -> u64 {
     with_memory(|m| {
         let probe = page(AREA + 0x7f_0000_0000);
         let frame = PhysFrame::containing_address(PhysAddr::new(0x100_0000));
-        m.mapper
-            .map(probe, frame, MapFlags::READ, &mut m.frames)
+        // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+        unsafe { m.mapper.map(probe, frame, MapFlags::READ, &mut m.frames) }
             .expect("probe")
             .ignore();
-        m.mapper
-            .unmap(probe, &mut m.frames)
+        // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+        unsafe { m.mapper.unmap(probe, &mut m.frames) }
             .expect("unmap probe")
             .1
             .flush(&mut m.mmu);
@@ -54,8 +54,8 @@ fn free_frames() -> u64 {
 fn map_fresh(addr: u64, flags: MapFlags) -> PhysFrame {
     with_memory(|m| {
         let frame = m.frames.with(|f| f.allocate()).expect("a frame");
-        m.mapper
-            .map(page(addr), frame, flags, &mut m.frames)
+        // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+        unsafe { m.mapper.map(page(addr), frame, flags, &mut m.frames) }
             .expect("map")
             .flush(&mut m.mmu);
         frame
@@ -80,7 +80,8 @@ kernel_demo::test_kernel! {
         let free_before = free_frames();
         let frame = map_fresh(ALIAS_A, MapFlags::READ_WRITE);
         with_memory(|m| {
-            m.mapper.map(page(ALIAS_B), frame, MapFlags::READ_WRITE, &mut m.frames).expect("alias").ignore();
+            // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+            unsafe { m.mapper.map(page(ALIAS_B), frame, MapFlags::READ_WRITE, &mut m.frames) }.expect("alias").ignore();
         });
         write(ALIAS_A, 0x1111);
         assert_eq!(read(ALIAS_B), 0x1111);
@@ -91,7 +92,8 @@ kernel_demo::test_kernel! {
         assert_eq!(unsafe { direct.add(1).read_volatile() }, 0x2222);
         with_memory(|m| {
             for a in [ALIAS_A, ALIAS_B] {
-                let (f, flush) = m.mapper.unmap(page(a), &mut m.frames).expect("unmap");
+                // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+                let (f, flush) = unsafe { m.mapper.unmap(page(a), &mut m.frames) }.expect("unmap");
                 flush.flush(&mut m.mmu);
                 assert_eq!(f, frame);
             }
@@ -106,9 +108,10 @@ kernel_demo::test_kernel! {
         with_memory(|m| {
             let free = m.free_frames();
             let frame = PhysFrame::containing_address(PhysAddr::new(0x100_0000));
-            let err = m
+            // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+            let err = unsafe { m
                 .mapper
-                .map(page(AREA + 0x1_0000_0000), frame, MapFlags::READ_WRITE.executable(), &mut m.frames)
+                .map(page(AREA + 0x1_0000_0000), frame, MapFlags::READ_WRITE.executable(), &mut m.frames) }
                 .expect_err("W+X must be refused");
             assert!(matches!(err, PagingError::WriteExecute { .. }), "{err:?}");
             assert!(m.mapper.translate(VirtAddr::new(AREA + 0x1_0000_0000)).is_err());
@@ -122,7 +125,8 @@ kernel_demo::test_kernel! {
         map_fresh(READ_ONLY, MapFlags::READ_WRITE);
         write(READ_ONLY, 7);
         with_memory(|m| {
-            m.mapper.protect(page(READ_ONLY), MapFlags::READ).expect("protect").flush(&mut m.mmu);
+            // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+            unsafe { m.mapper.protect(page(READ_ONLY), MapFlags::READ) }.expect("protect").flush(&mut m.mmu);
             let t = m.mapper.translate(VirtAddr::new(READ_ONLY)).expect("mapped");
             assert!(!t.access.writable);
         });
@@ -143,7 +147,8 @@ kernel_demo::test_kernel! {
         // SAFETY: the page holds the function above and is executable.
         let f: extern "C" fn() -> u32 = unsafe { core::mem::transmute(NO_EXEC as usize) };
         assert_eq!(f(), 42);
-        with_memory(|m| m.mapper.protect(page(NO_EXEC), MapFlags::READ).expect("protect").flush(&mut m.mmu));
+        // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+        with_memory(|m| unsafe { m.mapper.protect(page(NO_EXEC), MapFlags::READ) }.expect("protect").flush(&mut m.mmu));
         f();
     }
 
@@ -154,7 +159,8 @@ kernel_demo::test_kernel! {
         write(UNMAPPED, 3);
         assert_eq!(read(UNMAPPED), 3);
         with_memory(|m| {
-            let (frame, flush) = m.mapper.unmap(page(UNMAPPED), &mut m.frames).expect("unmap");
+            // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+            let (frame, flush) = unsafe { m.mapper.unmap(page(UNMAPPED), &mut m.frames) }.expect("unmap");
             flush.flush(&mut m.mmu);
             // SAFETY: a frame this test owns and no longer uses (the allocator's checks are what is tested).
             m.frames.with(|f| unsafe { f.free(frame) }).expect("free");
@@ -171,19 +177,22 @@ kernel_demo::test_kernel! {
             let phys = run.start.start_address();
             let free_after_run = m.free_frames();
             let virt = VirtAddr::new(HUGE);
-            m.mapper.map_range(virt, phys, 4 << 20, MapFlags::READ_WRITE, &mut m.frames).expect("map").flush(&mut m.mmu);
+            // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+            unsafe { m.mapper.map_range(virt, phys, 4 << 20, MapFlags::READ_WRITE, &mut m.frames) }.expect("map").flush(&mut m.mmu);
             let t = m.mapper.translate(virt + 0x1000u64).expect("mapped");
             assert_eq!(t.size, LeafSize::Size2MiB);
             write(HUGE + 0x20_0010, 0xfeed);
             // SAFETY: the run is ours and in the direct map.
             let direct = unsafe { phys_to_virt(phys.as_u64() + 0x20_0010).cast::<u64>().read_volatile() };
             assert_eq!(direct, 0xfeed);
-            m.mapper.unmap_range(virt, 0x1000, &mut m.frames).expect("split").flush(&mut m.mmu);
+            // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+            unsafe { m.mapper.unmap_range(virt, 0x1000, &mut m.frames) }.expect("split").flush(&mut m.mmu);
             assert!(m.mapper.translate(virt).is_err());
             let t = m.mapper.translate(virt + 0x1000u64).expect("rest of the split page");
             assert_eq!((t.size, t.phys), (LeafSize::Size4KiB, phys + 0x1000u64));
             assert_eq!(read(HUGE + 0x20_0010), 0xfeed);
-            m.mapper.unmap_range(virt, 4 << 20, &mut m.frames).expect("unmap").flush(&mut m.mmu);
+            // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+            unsafe { m.mapper.unmap_range(virt, 4 << 20, &mut m.frames) }.expect("unmap").flush(&mut m.mmu);
             assert_eq!(m.free_frames(), free_after_run, "table frames not returned");
             // SAFETY: frames this test owns and no longer uses (the allocator's checks are what is tested).
             m.frames.with(|f| unsafe { f.free_range(run) }).expect("free run");
@@ -201,7 +210,8 @@ kernel_demo::test_kernel! {
         with_memory(|m| {
             let frame = PhysFrame::<Size1GiB>::containing_address(PhysAddr::new(0));
             let giant = Page::containing_address(VirtAddr::new(GIANT));
-            m.mapper.map(giant, frame, MapFlags::READ, &mut m.frames).expect("map 1 GiB").flush(&mut m.mmu);
+            // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+            unsafe { m.mapper.map(giant, frame, MapFlags::READ, &mut m.frames) }.expect("map 1 GiB").flush(&mut m.mmu);
             let (image, _) = kernel_demo::boot::info().kernel_image();
             // SAFETY: both addresses map the same RAM, read-only here.
             let (a, b) = unsafe {
@@ -209,7 +219,8 @@ kernel_demo::test_kernel! {
                 (((GIANT + image) as *const u64).read_volatile(), phys_to_virt(image).cast::<u64>().read_volatile())
             };
             assert_eq!(a, b);
-            let (_, flush) = m.mapper.unmap(giant, &mut m.frames).expect("unmap");
+            // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+            let (_, flush) = unsafe { m.mapper.unmap(giant, &mut m.frames) }.expect("unmap");
             flush.flush(&mut m.mmu);
             assert_eq!(m.free_frames(), free);
         });
@@ -221,14 +232,16 @@ kernel_demo::test_kernel! {
         let free = free_frames();
         with_memory(|m| {
             let virt = VirtAddr::new(AREA + 0x2_0000_0000);
-            m.mapper
-                .map_range_with(virt, PhysAddr::new(0x100_0000), 4 << 20, MapFlags::READ, LeafSize::Size4KiB, &mut m.frames)
+            // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+            unsafe { m.mapper
+                .map_range_with(virt, PhysAddr::new(0x100_0000), 4 << 20, MapFlags::READ, LeafSize::Size4KiB, &mut m.frames) }
                 .expect("map")
                 .flush(&mut m.mmu);
             let tables = free - m.free_frames();
             assert!(tables >= 3, "4 MiB of 4 KiB pages needs a PD and two PTs at least, took {tables}");
             assert_eq!(m.mapper.translate(virt + 0x3f_f000u64).expect("last page").phys, PhysAddr::new(0x13f_f000));
-            m.mapper.unmap_range(virt, 4 << 20, &mut m.frames).expect("unmap").flush(&mut m.mmu);
+            // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+            unsafe { m.mapper.unmap_range(virt, 4 << 20, &mut m.frames) }.expect("unmap").flush(&mut m.mmu);
             assert_eq!(m.free_frames(), free, "{tables} table frames taken, not all returned");
         });
     }
@@ -244,7 +257,8 @@ kernel_demo::test_kernel! {
             let frame = m.frames.with(|f| f.allocate()).expect("frame");
             // SAFETY: a user-half edit.
             let user_half = unsafe { space.mapper_mut() };
-            user_half.map(page(USER), frame, MapFlags::READ_WRITE, &mut m.frames).expect("map").ignore();
+            // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+            unsafe { user_half.map(page(USER), frame, MapFlags::READ_WRITE, &mut m.frames) }.expect("map").ignore();
             // SAFETY: the new space shares the kernel half (code, stack,
             // statics, direct map); it lives until after we switch back.
             unsafe { space.switch(&mut m.mmu) };

@@ -201,10 +201,12 @@ fn table_role(cpu: usize, _: u64) {
             let report = with_memory(|m| {
                 let mut frames = &FRAMES;
                 let mut deferred = DeferredFrees::<_, 8>::new(&mut frames);
-                let (leaf, flush) = m
-                    .mapper
-                    .unmap(page(TABLE_PAGE), &mut Recorder(&mut deferred))
-                    .expect("unmap");
+                // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+                let (leaf, flush) = unsafe {
+                    m.mapper
+                        .unmap(page(TABLE_PAGE), &mut Recorder(&mut deferred))
+                }
+                .expect("unmap");
                 // SAFETY: the leaf was just unmapped; `flush` covers it.
                 unsafe { deferred.defer(leaf) }.expect("room for the leaf");
                 TABLE_READY.store(1, Ordering::SeqCst);
@@ -332,8 +334,9 @@ kernel_demo::test_kernel! {
         SHOT_FRAME.store(frame.start_address().as_u64(), Ordering::SeqCst);
         with_memory(|m| {
             let mut cache = &FRAME_CACHE;
-            m.mapper
-                .map(page(SHOT_PAGE), frame, MapFlags::READ.global(), &mut cache)
+            // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+            unsafe { m.mapper
+                .map(page(SHOT_PAGE), frame, MapFlags::READ.global(), &mut cache) }
                 .expect("map")
                 .ignore();
         });
@@ -358,8 +361,9 @@ kernel_demo::test_kernel! {
         fill(frame, OLD);
         with_memory(|m| {
             let mut frames = &FRAMES;
-            m.mapper
-                .map(page(TABLE_PAGE), frame, MapFlags::READ.global(), &mut frames)
+            // SAFETY: test tables or pages this test owns: the frames mapped are no Rust object's, the pages unmapped are used by nothing.
+            unsafe { m.mapper
+                .map(page(TABLE_PAGE), frame, MapFlags::READ.global(), &mut frames) }
                 .expect("map")
                 .ignore();
         });

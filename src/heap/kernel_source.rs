@@ -164,7 +164,10 @@ impl<P: PhysMem, F: FrameSource, M: Mmu, S: KernelShootdown> KernelPageSource<'_
             let mut held = DeferredFrees::<_, { 2 * FLUSH_THRESHOLD + 3 }>::new(&mut self.frames);
             let mut flush = Flush::none();
             for k in i..i + n {
-                if let Ok((frame, f)) = mapper.unmap(page(start + k * PAGE_SIZE), &mut held) {
+                if let Ok((frame, f)) =
+                    // SAFETY: `PageSource::unmap`'s contract: the heap no longer uses these pages.
+                    unsafe { mapper.unmap(page(start + k * PAGE_SIZE), &mut held) }
+                {
                     flush = flush.combine(f);
                     // SAFETY: the heap gave the page back (`PageSource::unmap`'s
                     // contract: unused), and `flush` covers its translation.
@@ -203,18 +206,22 @@ unsafe impl<P: PhysMem, F: FrameSource, M: Mmu, S: KernelShootdown> PageSource
             let addr = start + i * PAGE_SIZE;
             let err = match self.frames.allocate_frame() {
                 None => PageSourceError::OutOfFrames { addr },
-                Some(frame) => match mapper.map(page(addr), frame, flags, &mut self.frames) {
-                    // A new mapping needs no flush: nothing cached a translation for it.
-                    Ok(flush) => {
-                        flush.ignore();
-                        continue;
+                Some(frame) => {
+                    // SAFETY: a fresh frame at a page of the heap's range, which
+                    // `init`'s contract reserves for the heap alone.
+                    match unsafe { mapper.map(page(addr), frame, flags, &mut self.frames) } {
+                        // A new mapping needs no flush: nothing cached a translation for it.
+                        Ok(flush) => {
+                            flush.ignore();
+                            continue;
+                        }
+                        Err(_) => {
+                            // SAFETY: the frame was just allocated and never mapped.
+                            unsafe { self.frames.deallocate_frame(frame) };
+                            PageSourceError::MapFailed { addr }
+                        }
                     }
-                    Err(_) => {
-                        // SAFETY: the frame was just allocated and never mapped.
-                        unsafe { self.frames.deallocate_frame(frame) };
-                        PageSourceError::MapFailed { addr }
-                    }
-                },
+                }
             };
             self.release(&mut mapper, start, i);
             return Err(err);

@@ -29,14 +29,16 @@ pub const KERNEL_HALF: usize = 256;
 /// let mut frames = mem.frame_allocator();
 /// let mut kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
 /// let kv = VirtAddr::new(0xffff_8000_0000_0000);
-/// kernel.map_range(kv, PhysAddr::new(0), 0x20_0000, MapFlags::READ_WRITE, &mut frames).unwrap().ignore();
+/// // SAFETY: example tables, mapping frames no Rust object uses.
+/// unsafe { kernel.map_range(kv, PhysAddr::new(0), 0x20_0000, MapFlags::READ_WRITE, &mut frames) }.unwrap().ignore();
 /// let mut mmu = RecordingMmu::new(kernel.pml4());
 ///
 /// let mut user = AddressSpace::new(&kernel, &mut frames).unwrap();
 /// let uv = VirtAddr::new(0x40_0000);
 /// // SAFETY: a user-half edit.
 /// let user_half = unsafe { user.mapper_mut() };
-/// user_half.map_range(uv, PhysAddr::new(0x9000), 0x1000, MapFlags::READ.user(), &mut frames).unwrap().ignore();
+/// // SAFETY: example tables, mapping frames no Rust object uses.
+/// unsafe { user_half.map_range(uv, PhysAddr::new(0x9000), 0x1000, MapFlags::READ.user(), &mut frames) }.unwrap().ignore();
 /// assert!(user.mapper().translate(kv).is_ok(), "kernel half shared");
 /// // SAFETY: the recording MMU executes nothing.
 /// unsafe { user.switch(&mut mmu) };

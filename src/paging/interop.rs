@@ -209,7 +209,8 @@ macro_rules! impl_x86_mapper {
                     spares: &mut self.spares,
                     phys: self.mapper.phys_mem().clone(),
                 };
-                match self.mapper.map(page, frame, leaf_flags(flags), &mut source) {
+                // SAFETY: `map_to`'s contract (the caller's `unsafe`) is `map`'s.
+                match unsafe { self.mapper.map(page, frame, leaf_flags(flags), &mut source) } {
                     // A new mapping needs no flush; `MapperFlush` carries the caller's promise.
                     Ok(flush) => {
                         flush.ignore();
@@ -239,7 +240,9 @@ macro_rules! impl_x86_mapper {
                     spares: &mut self.spares,
                     phys: self.mapper.phys_mem().clone(),
                 };
-                match self.mapper.unmap(page, &mut source) {
+                // SAFETY: the `x86_64` crate makes `Mapper::unmap` safe: the caller of this trait
+                // method keeps the pages unused, as with any `Mapper` (kmem's own API makes it `unsafe`).
+                match unsafe { self.mapper.unmap(page, &mut source) } {
                     Ok((frame, flush)) => {
                         // The caller flushes through the returned `MapperFlush`.
                         flush.ignore();
@@ -257,7 +260,8 @@ macro_rules! impl_x86_mapper {
                 page: Page<$size>,
                 flags: PageTableFlags,
             ) -> Result<MapperFlush<$size>, FlagUpdateError> {
-                match self.mapper.protect(page, leaf_flags(flags)) {
+                // SAFETY: `update_flags`'s contract (the caller's `unsafe`) is `protect`'s.
+                match unsafe { self.mapper.protect(page, leaf_flags(flags)) } {
                     Ok(flush) => {
                         flush.ignore();
                         Ok(MapperFlush::new(page))

@@ -59,7 +59,8 @@ impl<P: PhysMem> PageTables<P> {
     /// let mut frames = mem.frame_allocator();
     /// let mut m = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     /// let va = VirtAddr::new(0x40_0000);
-    /// m.map_range(va, PhysAddr::new(0), 0x2000, MapFlags::READ_WRITE, &mut frames).unwrap().ignore();
+    /// // SAFETY: example tables, mapping frames no Rust object uses.
+    /// unsafe { m.map_range(va, PhysAddr::new(0), 0x2000, MapFlags::READ_WRITE, &mut frames) }.unwrap().ignore();
     /// let mut wx = 0;
     /// let census = m.for_each_leaf(|leaf| wx += usize::from(leaf.access.writable && leaf.access.executable));
     /// assert_eq!((wx, census.leaves, census.tables), (0, [2, 0, 0], 4));

@@ -26,12 +26,15 @@
 //!     let mut m = PageTables::new_empty(identity, frames).unwrap();
 //!     let rw = MapFlags::READ_WRITE.global();
 //!     // The direct map: 1 GiB / 2 MiB pages wherever alignment allows.
-//!     m.map_range(VirtAddr::new(DIRECT_MAP), PhysAddr::new(0), ram_end, rw, frames).unwrap().ignore();
+//!     // SAFETY: example tables, mapping frames no Rust object uses.
+//!     unsafe { m.map_range(VirtAddr::new(DIRECT_MAP), PhysAddr::new(0), ram_end, rw, frames) }.unwrap().ignore();
 //!     // The kernel image: text read-execute, data read-write (never both).
 //!     let (tp, tlen) = text;
-//!     m.map_range(VirtAddr::new(kbase), PhysAddr::new(tp), tlen, MapFlags::READ_EXEC.global(), frames).unwrap().ignore();
+//!     // SAFETY: example tables, mapping frames no Rust object uses.
+//!     unsafe { m.map_range(VirtAddr::new(kbase), PhysAddr::new(tp), tlen, MapFlags::READ_EXEC.global(), frames) }.unwrap().ignore();
 //!     let (dp, dlen) = data;
-//!     m.map_range(VirtAddr::new(kbase + tlen), PhysAddr::new(dp), dlen, rw, frames).unwrap().ignore();
+//!     // SAFETY: example tables, mapping frames no Rust object uses.
+//!     unsafe { m.map_range(VirtAddr::new(kbase + tlen), PhysAddr::new(dp), dlen, rw, frames) }.unwrap().ignore();
 //!     let mut mmu = X86Mmu;
 //!     // SAFETY: the new tables map the running kernel (code, stack, data) as before.
 //!     unsafe { mmu.set_cr3(m.pml4()) };

@@ -66,10 +66,11 @@ impl<P: PhysMem> PageTables<P> {
     /// let mut mapper = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     /// let virt = VirtAddr::new(0xffff_8000_0000_0000);
     /// // 4 MiB, both addresses 2 MiB-aligned: two 2 MiB pages.
-    /// mapper
-    ///     .map_range(virt, PhysAddr::new(0x20_0000), 0x40_0000, MapFlags::READ_WRITE, &mut frames)
-    ///     .unwrap()
-    ///     .ignore();
+    /// // SAFETY: tables no CPU uses, mapping frames no Rust object uses.
+    /// let flush = unsafe {
+    ///     mapper.map_range(virt, PhysAddr::new(0x20_0000), 0x40_0000, MapFlags::READ_WRITE, &mut frames)
+    /// };
+    /// flush.unwrap().ignore();
     /// let t = mapper.translate(virt + 0x1234u64).unwrap();
     /// assert_eq!(t.phys, PhysAddr::new(0x20_1234));
     /// assert_eq!(t.size, LeafSize::Size2MiB);
@@ -205,7 +206,25 @@ impl<P: PhysMem> PageTables<P> {
     }
 
     /// Maps one page of size `S` exactly. A new mapping needs no TLB flush, so the token is empty.
-    pub fn map<S: PageSize, A: FrameSource + ?Sized>(
+    ///
+    /// ```compile_fail
+    /// # fn f(m: &mut kmem::paging::PageTables<kmem::paging::OffsetPhysMem>, a: &mut &kmem::frame::LockedFrameAllocator) {
+    /// use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
+    /// // Mapping a frame on tables that may be live needs `unsafe`:
+    /// let page = Page::<Size4KiB>::containing_address(x86_64::VirtAddr::new(0x1000));
+    /// let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(0x1000));
+    /// m.map(page, frame, kmem::paging::MapFlags::READ_WRITE, a);
+    /// # }
+    /// ```
+    ///
+    /// # Safety
+    /// On tables a CPU may use (active now, or loaded later), the new
+    /// mapping must not let code reach memory in a way Rust's rules forbid:
+    /// no frame that is in use as something else (a page table, the kernel
+    /// image, a heap or stack page, another mapping's private frame) mapped
+    /// writable or user-accessible, no device memory mapped by mistake. The
+    /// `x86_64` crate's `Mapper::map_to` has the same contract.
+    pub unsafe fn map<S: PageSize, A: FrameSource + ?Sized>(
         &mut self,
         page: Page<S>,
         frame: PhysFrame<S>,
@@ -230,7 +249,12 @@ impl<P: PhysMem> PageTables<P> {
     }
 
     /// Unmaps one page of size `S`, returning its frame; tables left empty go back to `alloc`.
-    pub fn unmap<S: PageSize, A: FrameDeallocator<Size4KiB> + ?Sized>(
+    ///
+    /// # Safety
+    /// On tables a CPU may use, nothing may still use the pages (no
+    /// reference into them, no stack or heap on them); the caller flushes
+    /// (or shoots down) the returned token before reusing what they mapped.
+    pub unsafe fn unmap<S: PageSize, A: FrameDeallocator<Size4KiB> + ?Sized>(
         &mut self,
         page: Page<S>,
         alloc: &mut A,
@@ -249,7 +273,12 @@ impl<P: PhysMem> PageTables<P> {
     }
 
     /// Changes the flags of one page of size `S`.
-    pub fn protect<S: PageSize>(
+    ///
+    /// # Safety
+    /// As for a new mapping of the same frames with `flags` (see
+    /// [`map`](Self::map)); taking a right away from pages in use is the
+    /// caller's to order with their users.
+    pub unsafe fn protect<S: PageSize>(
         &mut self,
         page: Page<S>,
         flags: MapFlags,
@@ -260,7 +289,15 @@ impl<P: PhysMem> PageTables<P> {
     /// Points one mapped page of size `S` at another frame with new flags, returning the
     /// frame it mapped before. Needs no table frame, so it cannot run out of memory: a
     /// copy-on-write fault swaps in its copy this way after the only fallible step.
-    pub fn remap<S: PageSize>(
+    ///
+    /// # Safety
+    /// On tables a CPU may use (active now, or loaded later), the new
+    /// mapping (and the unmapping of the old frame) must not let code reach memory in a way Rust's rules forbid:
+    /// no frame that is in use as something else (a page table, the kernel
+    /// image, a heap or stack page, another mapping's private frame) mapped
+    /// writable or user-accessible, no device memory mapped by mistake. The
+    /// `x86_64` crate's `Mapper::map_to` has the same contract.
+    pub unsafe fn remap<S: PageSize>(
         &mut self,
         page: Page<S>,
         frame: PhysFrame<S>,

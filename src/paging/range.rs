@@ -61,7 +61,15 @@ impl<P: PhysMem> PageTables<P> {
     /// Maps `len` bytes at `virt` to `phys`, each step with the largest page (up to 1 GiB)
     /// that the alignment of both addresses and the remaining length allow. Tables come from
     /// `alloc`; on any error nothing changed.
-    pub fn map_range<A: FrameSource + ?Sized>(
+    ///
+    /// # Safety
+    /// On tables a CPU may use (active now, or loaded later), the new
+    /// mapping must not let code reach memory in a way Rust's rules forbid:
+    /// no frame that is in use as something else (a page table, the kernel
+    /// image, a heap or stack page, another mapping's private frame) mapped
+    /// writable or user-accessible, no device memory mapped by mistake. The
+    /// `x86_64` crate's `Mapper::map_to` has the same contract.
+    pub unsafe fn map_range<A: FrameSource + ?Sized>(
         &mut self,
         virt: VirtAddr,
         phys: PhysAddr,
@@ -69,11 +77,15 @@ impl<P: PhysMem> PageTables<P> {
         flags: MapFlags,
         alloc: &mut A,
     ) -> Result<Flush, PagingError> {
-        self.map_range_with(virt, phys, len, flags, LeafSize::Size1GiB, alloc)
+        // SAFETY: the caller's promise, forwarded (same contract).
+        unsafe { self.map_range_with(virt, phys, len, flags, LeafSize::Size1GiB, alloc) }
     }
 
     /// [`PageTables::map_range`] with pages no larger than `max`.
-    pub fn map_range_with<A: FrameSource + ?Sized>(
+    ///
+    /// # Safety
+    /// As [`map_range`](Self::map_range).
+    pub unsafe fn map_range_with<A: FrameSource + ?Sized>(
         &mut self,
         virt: VirtAddr,
         phys: PhysAddr,
@@ -152,22 +164,30 @@ impl<P: PhysMem> PageTables<P> {
     /// let mut m = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     /// let mut mmu = RecordingMmu::new(m.pml4());
     /// let v = VirtAddr::new(0x4000_0000);
-    /// m.map_range(v, PhysAddr::new(0x4000_0000), 0x40_0000, MapFlags::READ, &mut frames).unwrap().ignore();
+    /// // SAFETY: example tables, mapping frames no Rust object uses.
+    /// unsafe { m.map_range(v, PhysAddr::new(0x4000_0000), 0x40_0000, MapFlags::READ, &mut frames) }.unwrap().ignore();
     /// assert_eq!(frames.in_use(), 3); // PML4, PDPT, PD: two 2 MiB pages
     /// // Cut 4 KiB out of the first 2 MiB page: it is split into a page table.
-    /// m.unmap_range(v + 0x1000u64, 0x1000, &mut frames).unwrap().flush(&mut mmu);
+    /// // SAFETY: example tables, mapping frames no Rust object uses.
+    /// unsafe { m.unmap_range(v + 0x1000u64, 0x1000, &mut frames) }.unwrap().flush(&mut mmu);
     /// assert_eq!(frames.in_use(), 4);
     /// assert!(m.translate(v + 0x1000u64).is_err());
     /// assert_eq!(m.translate(v + 0x2000u64).unwrap().size, LeafSize::Size4KiB);
     /// // Unmapping the rest gives every table below the PML4 back.
-    /// m.unmap_range(v, 0x40_0000, &mut frames).unwrap().flush(&mut mmu);
+    /// // SAFETY: example tables, mapping frames no Rust object uses.
+    /// unsafe { m.unmap_range(v, 0x40_0000, &mut frames) }.unwrap().flush(&mut mmu);
     /// assert_eq!(frames.in_use(), 1);
     /// # Ok(())
     /// # }
     /// # #[cfg(not(feature = "testing"))]
     /// # fn main() {}
     /// ```
-    pub fn unmap_range<A: FrameSource + ?Sized>(
+    ///
+    /// # Safety
+    /// On tables a CPU may use, nothing may still use the pages (no
+    /// reference into them, no stack or heap on them); the caller flushes
+    /// (or shoots down) the returned token before reusing what they mapped.
+    pub unsafe fn unmap_range<A: FrameSource + ?Sized>(
         &mut self,
         virt: VirtAddr,
         len: u64,
@@ -178,7 +198,12 @@ impl<P: PhysMem> PageTables<P> {
 
     /// Sets `flags` on every mapped page in `[virt, virt + len)`, splitting huge pages partly
     /// covered. Holes are skipped. On error nothing changed.
-    pub fn protect_range<A: FrameSource + ?Sized>(
+    ///
+    /// # Safety
+    /// As for a new mapping of the same frames with `flags` (see
+    /// [`map`](Self::map)); taking a right away from pages in use is the
+    /// caller's to order with their users.
+    pub unsafe fn protect_range<A: FrameSource + ?Sized>(
         &mut self,
         virt: VirtAddr,
         len: u64,

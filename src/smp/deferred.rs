@@ -38,11 +38,13 @@ use crate::paging::{Flush, Mmu};
 /// let mut m = PageTables::new_empty(ram.phys_mem(), &mut frames).unwrap();
 /// let page = Page::<Size4KiB>::containing_address(VirtAddr::new(0x40_0000));
 /// let leaf = PhysFrame::containing_address(PhysAddr::new(0x1000));
-/// m.map(page, leaf, MapFlags::READ_WRITE, &mut frames).unwrap().ignore();
+/// // SAFETY: example tables, mapping frames no Rust object uses.
+/// unsafe { m.map(page, leaf, MapFlags::READ_WRITE, &mut frames) }.unwrap().ignore();
 /// assert_eq!(frames.in_use(), 4);
 ///
 /// let mut deferred = DeferredFrees::<_, 16>::new(&mut frames);
-/// let (_leaf, flush) = m.unmap(page, &mut deferred).unwrap(); // empties 3 tables
+/// // SAFETY: example tables, mapping frames no Rust object uses.
+/// let (_leaf, flush) = unsafe { m.unmap(page, &mut deferred) }.unwrap(); // empties 3 tables
 /// assert_eq!(deferred.len(), 3);
 /// let mut mmu = RecordingMmu::new(m.pml4());
 /// let mut ipis = Ipis(Vec::new());

@@ -132,9 +132,11 @@ struct Structure {
 /// let mut m = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
 /// let mut cpu = TlbCpu::new(m.pml4());
 /// let va = VirtAddr::new(0x4000_0000);
-/// m.map_range(va, PhysAddr::new(0x8000_0000), 4096, MapFlags::READ, &mut frames).unwrap().ignore();
+/// // SAFETY: example tables, mapping frames no Rust object uses.
+/// unsafe { m.map_range(va, PhysAddr::new(0x8000_0000), 4096, MapFlags::READ, &mut frames) }.unwrap().ignore();
 /// assert!(cpu.access(m.phys_mem(), va, AccessKind::Read, false).is_ok());
-/// let flush = m.unmap_range(va, 4096, &mut frames).unwrap();
+/// // SAFETY: example tables, mapping frames no Rust object uses.
+/// let flush = unsafe { m.unmap_range(va, 4096, &mut frames) }.unwrap();
 /// // Until the flush, the CPU still translates through what it cached.
 /// assert!(cpu.access(m.phys_mem(), va, AccessKind::Read, false).is_ok());
 /// flush.flush(&mut cpu);

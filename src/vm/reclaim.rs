@@ -449,7 +449,9 @@ impl<P: PhysMem> VmSpace<P> {
                         Ok(())
                     }
                     // A table above lacks the user bit: the general map sets it.
-                    Err(_) => m.map(p, f, flags, frames).map(Flush::ignore),
+                    // SAFETY: a frame just filled from swap for this page of a user area: user memory,
+                    // no Rust object's; its entry is this swap-in's busy mark.
+                    Err(_) => unsafe { m.map(p, f, flags, frames) }.map(Flush::ignore),
                 }
             };
             match r {

@@ -168,7 +168,8 @@ impl<P: PhysMem> VmSpace<P> {
                     let area = self.areas.find(va.as_u64()).expect("checked by the caller");
                     let frame = PhysFrame::containing_address(phys + (va.as_u64() - area.start));
                     // A new mapping over a non-present entry: no CPU caches it.
-                    m.map(page, frame, prot.map_flags(true), frames)
+                    // SAFETY: a `Fixed` area's frame, vouched for by `map_physical`'s caller.
+                    unsafe { m.map(page, frame, prot.map_flags(true), frames) }
                         .map_err(paging)?
                         .ignore();
                     return Ok(Step::Done(FaultOutcome::FixedMapped));
@@ -184,7 +185,8 @@ impl<P: PhysMem> VmSpace<P> {
                         expect: 0,
                     }),
                     None => {
-                        m.map(page, vm.zero_frame(), prot.map_flags(false), frames)
+                        // SAFETY: the zero frame, read-only: every first read of anonymous memory sees it.
+                        unsafe { m.map(page, vm.zero_frame(), prot.map_flags(false), frames) }
                             .map_err(paging)?
                             .ignore();
                         Ok(Step::Done(FaultOutcome::ZeroPageMapped))
@@ -220,7 +222,8 @@ impl<P: PhysMem> VmSpace<P> {
             if old != vm.zero_frame() && vm.share_count(old) == 1 {
                 // Same frame, more rights: Dirty and Accessed stay; other CPUs
                 // at worst take a spurious fault on their read-only entry.
-                let flush = m.protect(page, prot.map_flags(true)).map_err(paging)?;
+                // SAFETY: the frame is this page's alone (one sharer): writable is its area's right.
+                let flush = unsafe { m.protect(page, prot.map_flags(true)) }.map_err(paging)?;
                 drop(m);
                 tlb.invalidate_local(flush, self.pml4(), &self.cpus);
                 self.track(page);
@@ -234,7 +237,8 @@ impl<P: PhysMem> VmSpace<P> {
         // protect, a user bit missing): bring it in line.
         let private =
             kind != AreaKind::Anonymous || (old != vm.zero_frame() && vm.share_count(old) == 1);
-        let flush = m.protect(page, prot.map_flags(private)).map_err(paging)?;
+        // SAFETY: the page's own frame, with its area's rights (never more).
+        let flush = unsafe { m.protect(page, prot.map_flags(private)) }.map_err(paging)?;
         drop(m);
         // Rare, and it may also remove a right: invalidate everywhere.
         let mut gather = Gather::new();
@@ -298,7 +302,9 @@ impl<P: PhysMem> VmSpace<P> {
             return Ok(None);
         }
         if expect == 0 {
-            match m.map(page, new, flags, frames) {
+            // SAFETY: a fresh frame (zeroed or a copy) for this page of a user area: user memory,
+            // no Rust object's.
+            match unsafe { m.map(page, new, flags, frames) } {
                 Ok(flush) => {
                     drop(m);
                     flush.ignore(); // over an empty entry
@@ -316,9 +322,9 @@ impl<P: PhysMem> VmSpace<P> {
             }
         }
         // The page is mapped (checked above): remap needs no frame.
-        let (old, _) = m
-            .remap(page, new, flags)
-            .expect("a mapped 4 KiB page can be remapped");
+        // SAFETY: as above, over the page's shared (or zero) frame, which stays in use elsewhere.
+        let (old, _) =
+            unsafe { m.remap(page, new, flags) }.expect("a mapped 4 KiB page can be remapped");
         drop(m);
         self.track(page);
         let old = old.start_address().as_u64();

@@ -454,17 +454,19 @@ impl<P: PhysMem> VmSpace<P> {
                 return Err(VmError::UnalignedFrame { phys });
             }
             if prot.accessible() {
-                self.mapper
-                    .get_mut()
-                    .map_range_with(
+                // SAFETY: `map_physical`'s caller vouched for the frames; the
+                // pages are user memory of this space, no Rust object's.
+                unsafe {
+                    self.mapper.get_mut().map_range_with(
                         VirtAddr::new(a),
                         phys,
                         len,
                         prot.map_flags(true),
                         LeafSize::Size4KiB,
                         frames,
-                    )?
-                    .ignore(); // over non-present entries only
+                    )
+                }?
+                .ignore(); // over non-present entries only
             }
         }
         self.areas.insert(Area {
@@ -600,7 +602,10 @@ impl<P: PhysMem> VmSpace<P> {
         }
         // Pages are 4 KiB (anonymous or fixed, both mapped by the page), so
         // no split is needed and this cannot fail after a partial change.
-        let flush = mapper.unmap_range(VirtAddr::new(a), b - a, &mut gather.tables(frames))?;
+        // SAFETY: the user's munmap of its own memory: no Rust object lives there; the gather
+        // frees what it reached only after every CPU of the space invalidated it.
+        let flush =
+            unsafe { mapper.unmap_range(VirtAddr::new(a), b - a, &mut gather.tables(frames)) }?;
         gather.flush(flush);
         Ok(())
     }
@@ -654,7 +659,8 @@ impl<P: PhysMem> VmSpace<P> {
                 crate::paging::MapFlags::READ
             };
             // Keeps Accessed and Dirty: a written page stays dirty.
-            let f = mapper.protect(Page::<Size4KiB>::containing_address(page), flags)?;
+            // SAFETY: the user's mprotect of its own memory, never more than its area allows.
+            let f = unsafe { mapper.protect(Page::<Size4KiB>::containing_address(page), flags) }?;
             gather.flush(f);
         }
         self.areas.update(a, b, |area| Area { prot, ..area });
@@ -729,7 +735,9 @@ impl<P: PhysMem> VmSpace<P> {
         for page in pages {
             let page = Page::<Size4KiB>::containing_address(page);
             // Unmapping a page this fork mapped: its tables exist.
-            if let Ok((_, f)) = self.mapper.get_mut().unmap(page, frames) {
+            // SAFETY: the child's tables were never loaded; the frame stays
+            // the parent's (not freed here).
+            if let Ok((_, f)) = unsafe { self.mapper.get_mut().unmap(page, frames) } {
                 f.ignore(); // never active
             }
         }

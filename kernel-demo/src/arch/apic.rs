@@ -64,8 +64,8 @@ pub fn init() -> Result<(), ApicError> {
             let frame = PhysFrame::containing_address(PhysAddr::new(phys));
             // MMIO: uncached, never executed, shared by all CPUs (global).
             let flags = MapFlags::READ_WRITE.no_cache().global();
-            m.mapper
-                .map(page, frame, flags, &mut m.frames)
+            // SAFETY: the local APIC's MMIO page, which only this driver reaches.
+            unsafe { m.mapper.map(page, frame, flags, &mut m.frames) }
                 .map(|flush| flush.flush(&mut m.mmu))
         })
         .map_err(ApicError::Map)?;

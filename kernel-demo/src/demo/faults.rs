@@ -33,10 +33,13 @@ fn demand_hook(fault: &Fault) -> bool {
         // SAFETY: the frame is ours, reached through the direct map.
         unsafe { boot::phys_to_virt(frame.start_address().as_u64()).write_bytes(0, 4096) };
         DEMAND_FAULTS.fetch_add(1, Ordering::SeqCst);
-        m.mapper
-            .map(page, frame, MapFlags::READ_WRITE, &mut m.frames)
-            .map(|f| f.flush(&mut m.mmu))
-            .is_ok()
+        // SAFETY: a zeroed, fresh frame at a page of the demand-paged demo window.
+        unsafe {
+            m.mapper
+                .map(page, frame, MapFlags::READ_WRITE, &mut m.frames)
+        }
+        .map(|f| f.flush(&mut m.mmu))
+        .is_ok()
     })
 }
 
@@ -68,7 +71,8 @@ pub fn demo_faults() {
         let before = m.free_frames();
         for i in 0..DEMAND_PAGES {
             let page = Page::<Size4KiB>::containing_address(VirtAddr::new(DEMAND + i * 4096));
-            let (frame, flush) = m.mapper.unmap(page, &mut m.frames).expect("unmap");
+            // SAFETY: the demo's demand pages, which nothing uses any more.
+            let (frame, flush) = unsafe { m.mapper.unmap(page, &mut m.frames) }.expect("unmap");
             flush.flush(&mut m.mmu);
             // SAFETY: the page's only mapping is gone and flushed (one CPU runs here).
             m.frames.with(|f| unsafe { f.free(frame) }).expect("free");
@@ -82,8 +86,9 @@ pub fn demo_faults() {
     let addr = target.as_ptr() as u64;
     let page = Page::<Size4KiB>::containing_address(VirtAddr::new(addr));
     with_memory(|m| {
-        m.mapper
-            .protect(page, MapFlags::READ)
+        // SAFETY: a leaked heap object's page, made read-only to show the fault; the
+        // write that follows is caught.
+        unsafe { m.mapper.protect(page, MapFlags::READ) }
             .expect("protect")
             .flush(&mut m.mmu)
     });
@@ -93,8 +98,8 @@ pub fn demo_faults() {
         protect(|| unsafe { (addr as *mut u64).write_volatile(1) }),
     );
     with_memory(|m| {
-        m.mapper
-            .protect(page, MapFlags::READ_WRITE.global())
+        // SAFETY: the same page back to the heap's rights.
+        unsafe { m.mapper.protect(page, MapFlags::READ_WRITE.global()) }
             .expect("protect")
             .flush(&mut m.mmu)
     });
@@ -121,19 +126,23 @@ pub fn demo_faults() {
     let lone = VirtAddr::new(DEMAND);
     with_memory(|m| {
         let frame = m.frames.with(|f| f.allocate()).expect("frame");
-        m.mapper
-            .map(
+        // SAFETY: a fresh frame, read-only, at the demo window.
+        unsafe {
+            m.mapper.map(
                 Page::<Size4KiB>::containing_address(lone),
                 frame,
                 MapFlags::READ,
                 &mut m.frames,
             )
-            .expect("map")
-            .ignore();
-        let (frame, flush) = m
-            .mapper
-            .unmap(Page::<Size4KiB>::containing_address(lone), &mut m.frames)
-            .expect("unmap");
+        }
+        .expect("map")
+        .ignore();
+        // SAFETY: that page, which nothing uses: the read after it faults, as shown.
+        let (frame, flush) = unsafe {
+            m.mapper
+                .unmap(Page::<Size4KiB>::containing_address(lone), &mut m.frames)
+        }
+        .expect("unmap");
         flush.flush(&mut m.mmu);
         // SAFETY: the page's only mapping is gone and flushed (one CPU runs here).
         m.frames.with(|f| unsafe { f.free(frame) }).expect("free");

@@ -141,10 +141,13 @@ fn map_pages(start: u64, pages: u64) {
             let frame = FRAME_CACHE.allocate().expect("a frame");
             let page = Page::<Size4KiB>::containing_address(VirtAddr::new(start + i * 4096));
             let mut cache = &FRAME_CACHE;
-            m.mapper
-                .map(page, frame, MapFlags::READ_WRITE.global(), &mut cache)
-                .expect("map")
-                .ignore();
+            // SAFETY: a fresh frame at a page of the benchmark's own window.
+            unsafe {
+                m.mapper
+                    .map(page, frame, MapFlags::READ_WRITE.global(), &mut cache)
+            }
+            .expect("map")
+            .ignore();
         }
     });
     // Touch every page so each CPU that walks it caches translations.

@@ -39,9 +39,13 @@ fn map_mmio(paddr: u64, size: u64) -> Result<*mut u8, PagingError> {
                     b += 4096;
                 }
                 let flags = MapFlags::READ_WRITE.no_cache().global();
-                m.mapper
-                    .map_range(va, x86_64::PhysAddr::new(a), b - a, flags, &mut m.frames)?
-                    .flush(&mut m.mmu);
+                // SAFETY: PCI configuration and BAR space of the virtio device, which only
+                // this driver reaches.
+                unsafe {
+                    m.mapper
+                        .map_range(va, x86_64::PhysAddr::new(a), b - a, flags, &mut m.frames)
+                }?
+                .flush(&mut m.mmu);
                 a = b;
             } else {
                 a += 4096;

@@ -38,8 +38,8 @@ unsafe impl PageMapper for KernelPageMapper {
     fn map(&mut self, page: Page<Size4KiB>, frame: PhysFrame<Size4KiB>) -> Result<(), PagingError> {
         with_memory(|m| {
             let flags = MapFlags::READ_WRITE.global();
-            m.mapper
-                .map(page, frame, flags, &mut m.frames)
+            // SAFETY: the heap's page source maps a fresh frame in the heap's range.
+            unsafe { m.mapper.map(page, frame, flags, &mut m.frames) }
                 .map(|flush| flush.flush(&mut m.mmu))
         })
     }
@@ -49,7 +49,8 @@ unsafe impl PageMapper for KernelPageMapper {
             // Tables the unmap empties wait for the shootdown, like the
             // frame, which the page source frees once this returns.
             let mut deferred = kmem::smp::DeferredFrees::<_, 4>::new(&mut m.frames);
-            let (frame, flush) = m.mapper.unmap(page, &mut deferred)?;
+            // SAFETY: the heap gave the page back (`PageSource::unmap`: unused).
+            let (frame, flush) = unsafe { m.mapper.unmap(page, &mut deferred) }?;
             let _ = deferred.complete(
                 flush,
                 &mut m.mmu,

@@ -54,9 +54,12 @@ pub fn map_cpu_stack(cpu: usize) -> Result<CpuStack, kmem::Error> {
             let frame = m.frames.with(|f| f.allocate())?;
             let page = Page::<Size4KiB>::containing_address(VirtAddr::new(addr));
             // A fresh mapping over a non-present entry: nothing to flush.
-            m.mapper
-                .map(page, frame, MapFlags::READ_WRITE.global(), &mut m.frames)?
-                .ignore();
+            // SAFETY: a fresh frame at the CPU's stack range, which only this CPU's stack uses.
+            unsafe {
+                m.mapper
+                    .map(page, frame, MapFlags::READ_WRITE.global(), &mut m.frames)
+            }?
+            .ignore();
         }
         Ok(CpuStack {
             guard,
@@ -113,39 +116,48 @@ pub fn build(info: &BootInfo) -> Result<(PageTables<OffsetPhysMem>, BuildReport)
         let ram: MemoryMap = MemoryMap::from_regions(info.regions().iter().copied())?;
         for (start, end) in ram_ranges(&ram) {
             let virt = VirtAddr::new(DIRECT_MAP + start);
-            k.map_range(
-                virt,
-                PhysAddr::new(start),
-                end - start,
-                MapFlags::READ_WRITE.global(),
-                &mut m.frames,
-            )?
+            // SAFETY: the direct map of RAM, in tables not loaded yet: a second view of
+            // every frame, which the kernel reaches only through `PhysMem` pointers.
+            unsafe {
+                k.map_range(
+                    virt,
+                    PhysAddr::new(start),
+                    end - start,
+                    MapFlags::READ_WRITE.global(),
+                    &mut m.frames,
+                )
+            }?
             .ignore(); // not active: nothing cached to flush
             direct_bytes += end - start;
         }
         let direct_cycles = crate::arch::cpu::rdtsc() - t0;
         for seg in image::segments() {
             let (virt, phys) = (VirtAddr::new(seg.start), PhysAddr::new(seg.phys_start()));
-            k.map_range_with(
-                virt,
-                phys,
-                seg.len(),
-                section_flags(&seg),
-                LeafSize::Size4KiB,
-                &mut m.frames,
-            )?
+            // SAFETY: the kernel image, each segment with its own rights (text R+X,
+            // data RW), in tables not loaded yet.
+            unsafe {
+                k.map_range_with(
+                    virt,
+                    phys,
+                    seg.len(),
+                    section_flags(&seg),
+                    LeafSize::Size4KiB,
+                    &mut m.frames,
+                )
+            }?
             .ignore();
         }
         // The page below the boot stack is padding: unmapped, it turns a
         // boot-stack overflow into a fault instead of silent corruption.
         let guard = VirtAddr::new(info.boot_stack_bottom() - 4096);
-        k.unmap_range(guard, 4096, &mut m.frames)?.ignore();
+        // SAFETY: the page below the boot stack, which nothing uses: it becomes a guard.
+        unsafe { k.unmap_range(guard, 4096, &mut m.frames) }?.ignore();
         for i in 0..STACK_PAGES {
             let frame = m.frames.with(|f| f.allocate())?;
             let page =
                 Page::<Size4KiB>::containing_address(VirtAddr::new(STACK_GUARD + 4096 * (i + 1)));
-            k.map(page, frame, MapFlags::READ_WRITE.global(), &mut m.frames)?
-                .ignore();
+            // SAFETY: a fresh frame for the kernel stack, in tables not loaded yet.
+            unsafe { k.map(page, frame, MapFlags::READ_WRITE.global(), &mut m.frames) }?.ignore();
         }
         // Every kernel-half slot gets its PDPT now, so kernel mappings made
         // later (heap growth, demand pages) show in every address space.

@@ -222,10 +222,13 @@ pub fn mixed_work(cpu: usize, seed: u64) {
                     let f = FRAME_CACHE.allocate().expect("a frame");
                     with_memory(|m| {
                         let mut cache = &FRAME_CACHE;
-                        m.mapper
-                            .map(page(va), f, MapFlags::READ_WRITE.global(), &mut cache)
-                            .expect("map")
-                            .ignore(); // over a non-present entry
+                        // SAFETY: a fresh frame at a page of this CPU's own window, mapped nowhere else.
+                        unsafe {
+                            m.mapper
+                                .map(page(va), f, MapFlags::READ_WRITE.global(), &mut cache)
+                        }
+                        .expect("map")
+                        .ignore(); // over a non-present entry
                     });
                     // SAFETY: just mapped, writable, ours.
                     unsafe { write_pattern(va as *mut u64, 512, tag) };

@@ -99,7 +99,9 @@ fn unmap_each(
         let mut flush = kmem::paging::Flush::none();
         let mut result = Ok(());
         for (slot, page) in frames.iter_mut().zip(pages) {
-            match m.mapper.unmap(page, &mut deferred) {
+            // SAFETY: the caller's pages are mapped by it alone and no longer used; the
+            // frames and tables reach no one before the round below completes.
+            match unsafe { m.mapper.unmap(page, &mut deferred) } {
                 Ok((frame, f)) => {
                     *slot = Some(frame);
                     flush = flush.combine(f);
