@@ -30,6 +30,32 @@
 //! Errors are typed and carry the data that was wrong; after a failed
 //! operation every structure is exactly as before.
 //!
+//! # The soundness line
+//! Safe code cannot cause undefined behaviour through kmem. The line sits
+//! where kmem can still see what memory is for:
+//!
+//! - **Safe**: [`vm`] for user memory (areas, faults, fork, swap: user pages
+//!   hold no Rust objects, and kmem frees a frame only after every CPU that
+//!   may reach it invalidated it, which the types enforce); the [`heap`] for
+//!   kernel objects (`GlobalAlloc`); translation, audits and statistics.
+//! - **`unsafe`, with a `# Safety` contract on each function**: editing page
+//!   tables a CPU may use ([`paging::PageTables::map`], `unmap`, `protect`,
+//!   `remap` and the range calls, as the `x86_64` crate's `map_to`),
+//!   building or freeing into a frame allocator
+//!   ([`frame::BitmapFrameAllocator::new`], `free`, `free_range`), mapping
+//!   physical memory into a user space ([`vm::VmSpace::map_physical`]),
+//!   tearing down an address space ([`paging::AddressSpace::destroy`]),
+//!   reaching a space's shared tables ([`paging::AddressSpace::mapper_mut`]),
+//!   holding a frame for a deferred free ([`smp::DeferredFrees::defer`]),
+//!   loading CR3.
+//! - **`unsafe trait`s** for what kmem trusts a kernel to do:
+//!   [`paging::PhysMem`] (table pointers), [`paging::Mmu`] (TLB
+//!   invalidation), [`smp::TlbShootdown`] and [`heap::KernelShootdown`]
+//!   (other CPUs'), [`heap::PageSource`] and [`heap::PageMapper`].
+//!
+//! Compile-fail doctests keep each of these from drifting back to safe; the
+//! README lists every entry point with its contract.
+//!
 //! # Example
 //!
 //! The three layers on the host, over emulated physical memory and an arena

@@ -102,6 +102,13 @@ impl<'m> BitmapFrameAllocator<'m> {
     /// If `storage` lies in usable memory of `map`, reserve it in the map
     /// first, or use [`init_carved`](Self::init_carved).
     ///
+    /// ```compile_fail,E0133
+    /// # fn f(map: &kmem::memory_map::MemoryMap, storage: &mut [u64]) {
+    /// // A second allocator over the same map would hand frames out twice:
+    /// let _ = kmem::frame::BitmapFrameAllocator::new(map, storage);
+    /// # }
+    /// ```
+    ///
     /// # Safety
     /// The usable memory of `map` is this allocator's alone: nothing uses
     /// it, and no other allocator hands it out (two allocators over one map
@@ -201,6 +208,13 @@ impl<'m> BitmapFrameAllocator<'m> {
     ///
     /// # Safety
     /// As [`free_range`](Self::free_range), for `frame`.
+    ///
+    /// ```compile_fail,E0133
+    /// # fn f(a: &mut kmem::frame::BitmapFrameAllocator, frame: x86_64::structures::paging::PhysFrame) {
+    /// // Freeing a frame (a live page table?) needs `unsafe`:
+    /// let _ = a.free(frame);
+    /// # }
+    /// ```
     pub unsafe fn free(&mut self, frame: PhysFrame) -> Result<(), FrameError> {
         let f = frame_number(frame);
         self.free_frames_at(f, f + 1)

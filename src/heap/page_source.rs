@@ -62,7 +62,7 @@ pub unsafe trait PageSource {
 /// can reach it through `page` any more (the translation is gone from every
 /// TLB that may hold it): [`MappedPageSource`] frees the frame at once.
 ///
-/// ```compile_fail
+/// ```compile_fail,E0200
 /// // A safe impl is refused: freeing relies on the promise.
 /// struct Fake;
 /// impl kmem::heap::PageMapper for Fake {

@@ -118,6 +118,13 @@ impl<P: PhysMem> AddressSpace<P> {
 
     /// The mapper, to map and unmap in this address space.
     ///
+    /// ```compile_fail,E0133
+    /// # fn f(s: &mut kmem::paging::AddressSpace<kmem::paging::OffsetPhysMem>) {
+    /// // The kernel half's shared tables are behind `unsafe`:
+    /// let _ = s.mapper_mut();
+    /// # }
+    /// ```
+    ///
     /// # Safety
     /// The kernel half's tables are shared with the kernel's own mapper and
     /// every other space: edit only the user half through this mapper (a
@@ -156,6 +163,13 @@ impl<P: PhysMem> AddressSpace<P> {
     /// Frees every user-half table (and, with `free_mapped`, every frame mapped there, huge
     /// pages as their 4 KiB frames) and the PML4. The kernel half is untouched. Refused while
     /// active on this CPU.
+    ///
+    /// ```compile_fail,E0133
+    /// # fn f(s: kmem::paging::AddressSpace<kmem::paging::OffsetPhysMem>, a: &mut &kmem::frame::LockedFrameAllocator) {
+    /// // Freeing the tables (and frames) of a space other CPUs may still use needs `unsafe`:
+    /// let _ = s.destroy(&kmem::paging::X86Mmu, a, true);
+    /// # }
+    /// ```
     ///
     /// # Safety
     /// No other CPU may still hold a translation of this space (it never ran there, or that

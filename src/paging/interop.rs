@@ -91,6 +91,13 @@ impl<P: PhysMem + Clone> X86Mapper<P> {
 
     /// kmem's mapper (for ranges, huge-page picking, address spaces).
     ///
+    /// ```compile_fail,E0133
+    /// # fn f(m: &mut kmem::paging::X86Mapper<kmem::paging::OffsetPhysMem>) {
+    /// // A way around `map_to`'s `unsafe` is itself `unsafe`:
+    /// let _ = m.mapper_mut();
+    /// # }
+    /// ```
+    ///
     /// # Safety
     /// As the `x86_64` crate's `Mapper::map_to`: every mapping made through
     /// it must not create aliases or reach memory in use in ways that break

@@ -19,7 +19,7 @@ use x86_64::VirtAddr;
 /// A double that models no TLB (a host test whose "CPU" walks the tables
 /// on every access) keeps these promises vacuously.
 ///
-/// ```compile_fail
+/// ```compile_fail,E0200
 /// // A safe impl is refused: the promise must be made with `unsafe impl`.
 /// struct Fake;
 /// impl kmem::paging::Mmu for Fake {

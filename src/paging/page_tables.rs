@@ -207,7 +207,7 @@ impl<P: PhysMem> PageTables<P> {
 
     /// Maps one page of size `S` exactly. A new mapping needs no TLB flush, so the token is empty.
     ///
-    /// ```compile_fail
+    /// ```compile_fail,E0133
     /// # fn f(m: &mut kmem::paging::PageTables<kmem::paging::OffsetPhysMem>, a: &mut &kmem::frame::LockedFrameAllocator) {
     /// use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
     /// // Mapping a frame on tables that may be live needs `unsafe`:

@@ -100,6 +100,13 @@ impl<'a, A: ?Sized, const N: usize> DeferredFrees<'a, A, N> {
     /// Holds `frame` (e.g. the leaf frame an unmap returned) until release;
     /// gives it back when full.
     ///
+    /// ```compile_fail,E0133
+    /// # fn f(d: &mut kmem::smp::DeferredFrees<'_, &kmem::frame::LockedFrameAllocator, 4>, frame: x86_64::structures::paging::PhysFrame) {
+    /// // Any frame held for a free needs `unsafe`:
+    /// let _ = d.defer(frame);
+    /// # }
+    /// ```
+    ///
     /// # Safety
     /// `frame` belongs to the allocator and nothing uses it any more but
     /// through translations the flush passed to [`complete`](Self::complete)

@@ -409,7 +409,7 @@ impl<P: PhysMem> VmSpace<P> {
     /// it maps frames kmem does not own, so it goes through the `unsafe`
     /// [`map_physical`](Self::map_physical). On error nothing changed.
     ///
-    /// ```compile_fail
+    /// ```compile_fail,E0133
     /// # fn f(s: &mut kmem::vm::VmSpace<kmem::paging::OffsetPhysMem>, a: &mut &kmem::frame::LockedFrameAllocator) {
     /// // Mapping any physical address needs `unsafe`:
     /// s.map_physical(0x1000_0000, 4096, kmem::vm::Prot::RW, x86_64::PhysAddr::new(0), a);
