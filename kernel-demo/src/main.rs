@@ -154,7 +154,7 @@ extern "C" fn after_switch() -> ! {
     demo::audit::audit_wx();
 
     step("9. user processes (kmem::vm: areas, demand paging, copy-on-write fork)");
-    demo::processes::demo_processes();
+    demo::processes::demo_processes(&raw const T_ENTRY as u64, main as *const () as u64);
 
     step("10. swap: four times the RAM given to pageable memory (kmem::vm on a virtio disk)");
     demo::swap::demo_swap();

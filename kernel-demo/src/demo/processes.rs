@@ -7,7 +7,9 @@ use kernel_demo::mm::memory::{self};
 use kernel_demo::{arch::cpu, println};
 use x86_64::VirtAddr;
 
-pub fn demo_processes() {
+/// `secret`: a kernel data address a process tries to read; `kernel_text`:
+/// a kernel function a process tries to jump to (both must be refused).
+pub fn demo_processes(secret: u64, kernel_text: u64) {
     use kernel_demo::user::process::{
         self as proc, End, Process, HEAP_BASE, STACK_PAGES, STACK_TOP,
     };
@@ -16,7 +18,6 @@ pub fn demo_processes() {
     let (smep, smap) = proc::enable_smep_smap();
     println!("SMEP {smep}, SMAP {smap}: the kernel cannot run or (without stac) touch user pages");
     let free0 = memory::FRAMES.with(|f| f.stats().free);
-    let secret = &raw const crate::T_ENTRY as u64;
     let guard = STACK_TOP - (STACK_PAGES + 1) * 4096;
     let spawn = |pid, program, arg| {
         Process::spawn(pid, program, arg)
@@ -27,7 +28,7 @@ pub fn demo_processes() {
         spawn(2, Program::Tag, 0x2222),
         spawn(3, Program::Fork, 0x7777),
         spawn(4, Program::Read, secret),
-        spawn(5, Program::Jump, crate::main as *const () as u64),
+        spawn(5, Program::Jump, kernel_text),
         spawn(6, Program::Write, 0x5000_0000),
         spawn(7, Program::Write, guard),
     ];
