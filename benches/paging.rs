@@ -268,7 +268,7 @@ fn unmap_1g(trials: usize) -> Row {
 
 /// (d) Translate random addresses of the first `window` bytes of 1 GiB mapped as 4 KiB pages:
 /// the whole GiB (table walks miss the caches) or 2 MiB (tables stay in L1: pure walk cost).
-fn translate(trials: usize, name: &'static str, window: u64) -> Row {
+fn translate(trials: usize, name: &'static str, window: u64, addr_only: bool) -> Row {
     const N: usize = 1 << 18;
     let mem_o = EmulatedMemory::new(520);
     let mut ao = mem_o.frame_allocator();
@@ -292,7 +292,11 @@ fn translate(trials: usize, name: &'static str, window: u64) -> Row {
         let run_ours = || {
             let start = Instant::now();
             let sum = addrs.iter().fold(0u64, |s, &v| {
-                s ^ black_box(m.translate(v)).map_or(0, |t| t.phys.as_u64())
+                s ^ if addr_only {
+                    black_box(m.translate_addr(v)).map_or(0, |p| p.as_u64())
+                } else {
+                    black_box(m.translate(v)).map_or(0, |t| t.phys.as_u64())
+                }
             });
             let d = start.elapsed();
             black_box(sum);
@@ -300,14 +304,18 @@ fn translate(trials: usize, name: &'static str, window: u64) -> Row {
         };
         let run_peer = || {
             let start = Instant::now();
-            let sum = addrs
-                .iter()
-                .fold(0u64, |s, &v| match black_box(opt.translate(v)) {
-                    TranslateResult::Mapped { frame, offset, .. } => {
-                        s ^ (frame.start_address().as_u64() + offset)
+            let sum = addrs.iter().fold(0u64, |s, &v| {
+                if addr_only {
+                    s ^ black_box(opt.translate_addr(v)).map_or(0, |p| p.as_u64())
+                } else {
+                    match black_box(opt.translate(v)) {
+                        TranslateResult::Mapped { frame, offset, .. } => {
+                            s ^ (frame.start_address().as_u64() + offset)
+                        }
+                        _ => s,
                     }
-                    _ => s,
-                });
+                }
+            });
             let d = start.elapsed();
             black_box(sum);
             d
@@ -339,9 +347,11 @@ fn main() {
     let a = map_1g(trials);
     let (b, b4) = direct_map(direct_trials);
     let c = unmap_1g(trials);
-    let d = translate(3 * trials, "translate", G1);
-    let d2 = translate(3 * trials, "translate_hot_2m", 2 << 20);
-    let rows = [a, b, b4, c, d, d2];
+    let d = translate(3 * trials, "translate", G1, false);
+    let d2 = translate(3 * trials, "translate_hot_2m", 2 << 20, false);
+    let e = translate(3 * trials, "translate_addr", G1, true);
+    let e2 = translate(3 * trials, "translate_addr_hot_2m", 2 << 20, true);
+    let rows = [a, b, b4, c, d, d2, e, e2];
     println!(
         "{:<20} {:>14} {:>18} {:>8}  note",
         "workload", "kmem", "OffsetPageTable", "ratio"

@@ -14,7 +14,7 @@ use x86_64::structures::paging::{
     FrameAllocator, FrameDeallocator, Page, PageSize, PageTableFlags, PhysFrame, Size1GiB,
     Size2MiB, Size4KiB,
 };
-use x86_64::VirtAddr;
+use x86_64::{PhysAddr, VirtAddr};
 
 use super::entry::{index, is_leaf, ADDR_MASK, LINEAR_MASK, PRESENT};
 use super::spare::SpareFrames;
@@ -35,6 +35,11 @@ impl<P: PhysMem> Translate for PageTables<P> {
             offset: addr - t.page,
             flags: t.flags,
         }
+    }
+
+    /// kmem's lean walk (no rights, no page computed).
+    fn translate_addr(&self, addr: VirtAddr) -> Option<PhysAddr> {
+        PageTables::translate_addr(self, addr)
     }
 }
 
@@ -328,6 +333,10 @@ impl_x86_mapper!(Size4KiB, Size2MiB, Size1GiB);
 impl<P: PhysMem> Translate for X86Mapper<P> {
     fn translate(&self, addr: VirtAddr) -> TranslateResult {
         Translate::translate(&self.mapper, addr)
+    }
+
+    fn translate_addr(&self, addr: VirtAddr) -> Option<PhysAddr> {
+        self.mapper.translate_addr(addr)
     }
 }
 

@@ -83,9 +83,29 @@ impl<P: PhysMem> PageTables<P> {
         Ok(leaf_translation(va, e1, 1, and & e1, or | (e1 & NX)))
     }
 
-    /// The physical address `addr` maps to, if any.
+    /// The physical address `addr` maps to, if any: the walk of
+    /// [`translate`](Self::translate) with nothing else computed (no
+    /// rights, no page), for the callers that only need the address.
+    #[inline]
     pub fn translate_addr(&self, addr: VirtAddr) -> Option<PhysAddr> {
-        self.translate(addr).ok().map(|t| t.phys)
+        let va = addr.as_u64();
+        if canonical(va) != va {
+            return None;
+        }
+        let mut e = self.read(self.root(), index(va, 4));
+        for level in [3u8, 2, 1] {
+            if e & PRESENT == 0 {
+                return None;
+            }
+            e = self.read(e & ADDR_MASK, index(va, level));
+            if level > 1 && e & HUGE != 0 && e & PRESENT != 0 {
+                let size = span(level);
+                return Some(PhysAddr::new_truncate(
+                    (e & ADDR_MASK & !(size - 1)) | (va & (size - 1)),
+                ));
+            }
+        }
+        (e & PRESENT != 0).then(|| PhysAddr::new_truncate((e & ADDR_MASK) | (va & 0xfff)))
     }
 }
 
