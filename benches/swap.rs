@@ -6,8 +6,8 @@
 //! For each trace and size: faults of CLOCK, CLOCK-Pro and OPT. Then, at
 //! the mid size, `ratio <policy>_vs_opt <trace> <x>` (policy faults / OPT
 //! faults), `ratio <policy>_vs_clock <trace> <x>` (CLOCK faults / policy
-//! faults) and the geometric means of faults / OPT, and the targets of
-//! issue 14 checked.
+//! faults) and the geometric means of faults / OPT, checked against the
+//! targets in BENCHMARKS.md.
 //!
 //! `KMEM_BENCH_QUICK=1`: the mid size only.
 

@@ -485,10 +485,10 @@ fn heap_refuses_a_double_free_of_the_last_freed_block() {
 
 static ON_EMPTY_CACHE: std::sync::OnceLock<&'static Cache> = std::sync::OnceLock::new();
 
-/// Defect 7 of the multi-CPU review: frames parked in a CPU's cache were
-/// out of reach of the shared allocator's other users (the mapper, the
-/// heap's page source), which reported out of memory. With the caches'
-/// drain registered, such an allocation gets a frame.
+/// Frames parked in a CPU's cache are out of reach of the shared
+/// allocator's other users (the mapper, the heap's page source) unless the
+/// caches' drain is registered; with it, such an allocation gets a frame
+/// instead of out of memory.
 #[test]
 fn shared_allocator_drains_the_caches_before_failing() {
     use x86_64::structures::paging::{FrameAllocator, Size4KiB};

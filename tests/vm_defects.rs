@@ -1,5 +1,5 @@
-//! One test per defect the multi-CPU review of `kmem::vm` found: each
-//! sequence lost a write, reached a freed frame or panicked before its fix.
+//! Sequences that can lose a write, reach a freed frame or panic when an
+//! invalidation or a Dirty bit is mishandled, one test each.
 //! Accesses go through an emulated CPU (`testing::tlb::TlbCpu`) that caches
 //! leaf and paging-structure entries and sets Accessed and Dirty in the
 //! tables as the MMU does, so a forgotten invalidation or a lost Dirty bit
@@ -130,9 +130,9 @@ impl<'m> Machine<'m> {
     }
 }
 
-/// Defect 1: a protect that keeps the same rights dropped the Dirty bit the
-/// CPU had set on a page whose clean copy was still on swap; reclaim then
-/// dropped the page and the write was lost.
+/// A protect that keeps the same rights keeps the Dirty bit the CPU set on
+/// a page whose clean copy is still on swap, so reclaim writes the page out
+/// instead of dropping the write.
 #[test]
 fn a_write_survives_a_protect_and_reclaim() {
     let mem = EmulatedMemory::new(64);
@@ -170,7 +170,7 @@ fn a_write_survives_a_protect_and_reclaim() {
     m.end(s);
 }
 
-/// Defect 9: a page written after a swap-in, write-protected by a fork
+/// A page written after a swap-in, write-protected by a fork
 /// whose child exits, regains write access by `ReusedOnWrite`: that
 /// rewrite must keep Dirty even if the write it was resolved for never
 /// lands, or reclaim drops the page for its stale swap copy.
@@ -209,7 +209,8 @@ fn reuse_after_fork_keeps_dirty() {
     m.end(s);
 }
 
-/// Defect 10: reclaim with resident pages and no swap device panicked.
+/// Reclaim with resident pages and no swap device is a typed error, not a
+/// panic.
 #[test]
 fn reclaim_without_swap_is_a_typed_error() {
     let mem = EmulatedMemory::new(64);
@@ -229,9 +230,8 @@ fn reclaim_without_swap_is_a_typed_error() {
     m.end(s);
 }
 
-/// Defect 7: pages the policy named while a fork shared them were dropped
-/// from its tracking, so once the child exited they could never be
-/// reclaimed again and reclaimable memory looked like none.
+/// Pages the policy names while a fork shares them stay in its tracking,
+/// so once the child exits they can be reclaimed again.
 #[test]
 fn pages_shared_when_named_are_offered_again() {
     let mem = EmulatedMemory::new(96);
@@ -263,9 +263,9 @@ fn pages_shared_when_named_are_offered_again() {
     m.end(s);
 }
 
-/// Defect 2: unmapping a range whose entries are all swap entries freed
-/// the page table with an empty flush, while a CPU's paging-structure
-/// cache could still point at it.
+/// Unmapping a range whose entries are all swap entries frees the page
+/// table only after a flush, since a CPU's paging-structure cache can still
+/// point at it.
 #[test]
 fn a_freed_table_is_invalidated_even_without_a_present_page() {
     let mem = EmulatedMemory::new(64);
@@ -297,9 +297,9 @@ fn a_freed_table_is_invalidated_even_without_a_present_page() {
     m.end(s);
 }
 
-/// Defect 3: a fault that reclaimed pages to find a frame and then failed
-/// (here the swap read) lost the reclaim's invalidation: the CPU kept
-/// translations to frames already freed.
+/// A fault that reclaims pages to find a frame and then fails (here the
+/// swap read) still performs the reclaim's invalidation, so no CPU keeps a
+/// translation to a freed frame.
 #[test]
 fn a_failed_fault_keeps_the_invalidations_of_its_reclaim() {
     struct Flaky(MemSwap, std::sync::Arc<std::sync::atomic::AtomicBool>);
@@ -358,7 +358,7 @@ fn a_failed_fault_keeps_the_invalidations_of_its_reclaim() {
     m.end(s);
 }
 
-/// Issue 22, item 8: chosen addresses start no lower than 64 KiB, go
+/// Chosen addresses start no lower than 64 KiB, go
 /// top-down below the room kept for stacks, follow the kernel's seed, and
 /// a hint below the minimum or in the kernel half is not taken.
 #[test]
@@ -417,7 +417,7 @@ fn user_layout_is_top_down_above_the_minimum_and_randomized() {
     assert_eq!(b.map_anonymous(None, PAGE, rw).unwrap() + PAGE, tb);
 }
 
-/// Issue 22, item 3: a space takes over only a hierarchy that maps nothing
+/// A space takes over only a hierarchy that maps nothing
 /// in its range (checked), and physical memory maps only through the
 /// `unsafe` `map_physical`.
 #[test]
