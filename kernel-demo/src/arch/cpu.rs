@@ -3,6 +3,10 @@
 use x86_64::registers::control::{Cr0, Cr0Flags, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::{Efer, EferFlags};
 
+/// CPUs the kernel handles at most (per-CPU tables in `gdt`, `recover` and
+/// `smp` are this long).
+pub const MAX_CPUS: usize = 16;
+
 /// Whether the CPU supports the no-execute bit.
 pub fn has_nx() -> bool {
     let ext = core::arch::x86_64::__cpuid(0x8000_0001);

@@ -5,7 +5,7 @@
 //! and each CPU needs its own double-fault stack), so each has its own
 //! GDT; the selectors are the same on every CPU.
 
-use crate::arch::smp::MAX_CPUS;
+use crate::arch::cpu::MAX_CPUS;
 use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
 use x86_64::structures::tss::TaskStateSegment;
 use x86_64::VirtAddr;

@@ -24,8 +24,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering
 use kmem::smp::{CpuLocal, CpuSet};
 use x86_64::registers::model_specific::Msr;
 
-/// CPUs the kernel handles at most.
-pub const MAX_CPUS: usize = 16;
+pub use crate::arch::cpu::MAX_CPUS;
 /// The IDT vector that wakes an idle CPU (it only needs an EOI).
 pub const WAKE_VECTOR: u8 = 0xF1;
 
