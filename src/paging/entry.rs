@@ -12,6 +12,8 @@ pub(crate) const USER: u64 = 1 << 2;
 pub(crate) const ACCESSED: u64 = 1 << 5;
 /// Set by the CPU on a write through a leaf.
 pub(crate) const DIRTY: u64 = 1 << 6;
+/// The bits the CPU sets in a leaf, which every rewrite of a live leaf keeps.
+pub(crate) const ACCESSED_DIRTY: u64 = ACCESSED | DIRTY;
 pub(crate) const HUGE: u64 = 1 << 7;
 pub(crate) const NX: u64 = 1 << 63;
 pub(crate) const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;

@@ -63,8 +63,8 @@ mod reserve;
 mod size;
 mod soft;
 mod spare;
-pub(crate) use entry::ADDR_MASK;
-pub(crate) use soft::DIRTY_BIT;
+pub(crate) use entry::{ADDR_MASK, DIRTY};
+pub(crate) use soft::same_entry;
 mod translate;
 mod visit;
 

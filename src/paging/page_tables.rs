@@ -6,7 +6,7 @@ use x86_64::structures::paging::{
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::entry::{
-    index, is_leaf, leaf_bits, span, ACCESSED, ADDR_MASK, DIRTY, ENTRIES, HALF, LINEAR_MASK,
+    index, is_leaf, leaf_bits, span, ACCESSED_DIRTY, ADDR_MASK, DIRTY, ENTRIES, HALF, LINEAR_MASK,
     PRESENT, USER, WRITABLE,
 };
 use super::{Flush, LeafSize, MapFlags, Mmu, PagingError, PhysMem};
@@ -121,31 +121,36 @@ impl<P: PhysMem> PageTables<P> {
         self.phys.table_ptr(frame_of(table)).as_ptr().cast()
     }
 
+    /// Where entry `i` of the table at `table` lies: one address computation,
+    /// shared by every access to an entry.
+    #[inline(always)]
+    fn entry(&self, table: u64, i: usize) -> *mut u64 {
+        debug_assert!(i < ENTRIES);
+        self.phys.entry_ptr(table & ADDR_MASK, i)
+    }
+
     /// Entry `i` of the table at `table`.
     #[inline(always)]
     pub(crate) fn read(&self, table: u64, i: usize) -> u64 {
-        debug_assert!(i < ENTRIES);
         // SAFETY: `table` is a table of this hierarchy (or a frame we own), valid through
         // `PhysMem`; `i < 512` keeps the access inside the 4096-byte table.
-        unsafe { self.phys.entry_ptr(table & ADDR_MASK, i).read() }
+        unsafe { self.entry(table, i).read() }
     }
 
     /// Sets entry `i` of the table at `table`.
     #[inline(always)]
     pub(crate) fn write(&mut self, table: u64, i: usize, value: u64) {
-        debug_assert!(i < ENTRIES);
         // SAFETY: as in `read`; `&mut self` makes the mapper the only writer.
-        unsafe { self.ptr(table).add(i).write(value) }
+        unsafe { self.entry(table, i).write(value) }
     }
 
     /// Entry `i` of the table at `table` as the CPU sees it: an atomic word that page walks on
     /// other CPUs may update (Accessed, Dirty) at any time.
     #[inline(always)]
     fn atomic(&self, table: u64, i: usize) -> &core::sync::atomic::AtomicU64 {
-        debug_assert!(i < ENTRIES);
         // SAFETY: as in `read`, the entry is valid, 8-aligned memory; every access to a live
         // entry that can race a page walk goes through this atomic view.
-        unsafe { core::sync::atomic::AtomicU64::from_ptr(self.ptr(table).add(i)) }
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(self.entry(table, i)) }
     }
 
     /// Replaces entry `i` of `table` by `new` in one atomic exchange and returns the value it
@@ -353,7 +358,7 @@ impl<P: PhysMem> PageTables<P> {
             let old_frame = e & ADDR_MASK & !(S::SIZE - 1);
             match new_frame {
                 Some(f) if f != old_frame => f | leaf_bits(bits, level),
-                _ => old_frame | leaf_bits(bits, level) | (e & (ACCESSED | DIRTY)),
+                _ => old_frame | leaf_bits(bits, level) | (e & ACCESSED_DIRTY),
             }
         });
         let mut flush = Flush::none();

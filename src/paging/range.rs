@@ -10,12 +10,9 @@ use x86_64::structures::paging::{FrameDeallocator, Size4KiB};
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::entry::{
-    canonical, index, is_leaf, leaf_bits, span, virt_addr, ACCESSED, ADDR_MASK, DIRTY, HALF, HUGE,
+    canonical, index, is_leaf, leaf_bits, span, virt_addr, ACCESSED_DIRTY, ADDR_MASK, HALF, HUGE,
     LINEAR_MASK, PRESENT, TABLE_FLAGS, USER,
 };
-
-/// The bits the CPU sets in a leaf, which a protect keeps.
-const ACCESSED_DIRTY: u64 = ACCESSED | DIRTY;
 use super::page_tables::frame_of;
 use super::reserve::Reserve;
 use super::visit::{walk, Slot, Step, Visitor};

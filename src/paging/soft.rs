@@ -7,15 +7,12 @@ use core::convert::Infallible;
 
 use x86_64::VirtAddr;
 
-use super::entry::{index, is_leaf, virt_addr, ADDR_MASK, LINEAR_MASK, PRESENT, USER};
+use super::entry::{
+    index, is_leaf, virt_addr, ACCESSED, ACCESSED_DIRTY, ADDR_MASK, LINEAR_MASK, PRESENT, USER,
+};
 use super::visit::{linear_range, walk, Slot, Step, Visitor};
 use super::{MapFlags, PageTables, PagingError, PhysMem};
 use x86_64::structures::paging::PhysFrame;
-
-use super::entry::{ACCESSED, DIRTY};
-
-/// The Dirty bit of a leaf entry.
-pub(crate) const DIRTY_BIT: u64 = DIRTY;
 
 impl<P: PhysMem> PageTables<P> {
     /// The page table and index of the 4 KiB entry of `va`, when the page
@@ -71,8 +68,8 @@ impl<P: PhysMem> PageTables<P> {
         }
         let new = frame.start_address().as_u64() | bits;
         let (t, i) = (path[1], index(lin, 1));
-        let old = self.update(t, i, |e| if same(e, expect) { new } else { e });
-        Ok(same(old, expect).then_some(old))
+        let old = self.update(t, i, |e| if same_entry(e, expect) { new } else { e });
+        Ok(same_entry(old, expect).then_some(old))
     }
 
     /// Marks the soft (non-present, non-zero) 4 KiB entry of `va` with
@@ -118,7 +115,7 @@ impl<P: PhysMem> PageTables<P> {
     pub fn simulate_access(&mut self, va: VirtAddr, write: bool) {
         if let Some((t, i)) = self.pte_slot(va) {
             if self.read(t, i) & PRESENT != 0 {
-                self.fetch_or(t, i, ACCESSED | if write { DIRTY } else { 0 });
+                self.fetch_or(t, i, ACCESSED | if write { super::entry::DIRTY } else { 0 });
             }
         }
     }
@@ -158,9 +155,10 @@ impl<P: PhysMem> PageTables<P> {
     }
 }
 
-/// Whether entry `e` is `expect` but for Accessed and Dirty.
-fn same(e: u64, expect: u64) -> bool {
-    (e ^ expect) & !(ACCESSED | DIRTY) == 0
+/// Whether entry `e` is `expect` but for Accessed and Dirty, which the CPU
+/// may set at any time.
+pub(crate) fn same_entry(e: u64, expect: u64) -> bool {
+    (e ^ expect) & !ACCESSED_DIRTY == 0
 }
 
 /// Finds the soft entries of the page tables that exist.

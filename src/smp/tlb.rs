@@ -1,7 +1,7 @@
 //! What an operation needs to invalidate the translations it removed: this
 //! CPU's MMU, its index, and the kernel's IPI shootdown for the others.
 
-use super::{Acked, ActiveCpus, TlbShootdown};
+use super::{Acked, ActiveCpus, CpuSet, TlbShootdown};
 use crate::paging::{Flush, Mmu};
 use x86_64::structures::paging::PhysFrame;
 
@@ -97,7 +97,7 @@ impl<'a> Tlb<'a> {
             return Acked::nothing();
         }
         let set = cpus.snapshot();
-        let here = set.contains(self.cpu) || self.mmu.cr3() == pml4;
+        let here = self.loaded_here(pml4, set);
         let others = set.without(self.cpu);
         let mut rounds = 0;
         if !others.is_empty() {
@@ -117,8 +117,14 @@ impl<'a> Tlb<'a> {
     /// Invalidates `flush` on this CPU only: for a translation that
     /// became more permissive (other CPUs at worst take a spurious fault).
     pub(crate) fn invalidate_local(&mut self, flush: Flush, pml4: PhysFrame, cpus: &ActiveCpus) {
-        if !flush.is_empty() && (self.mmu.cr3() == pml4 || cpus.snapshot().contains(self.cpu)) {
+        if !flush.is_empty() && self.loaded_here(pml4, cpus.snapshot()) {
             flush.flush(&mut *self.mmu);
         }
+    }
+
+    /// Whether this CPU may cache the space rooted at `pml4`: it is in the
+    /// space's set `set`, or has the space loaded.
+    fn loaded_here(&mut self, pml4: PhysFrame, set: CpuSet) -> bool {
+        set.contains(self.cpu) || self.mmu.cr3() == pml4
     }
 }

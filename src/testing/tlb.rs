@@ -241,15 +241,20 @@ impl TlbCpu {
                 return;
             }
             (and, nx) = (and & e, nx | (e & NX));
-            let next = PhysFrame::containing_address(PhysAddr::new_truncate(e).align_down(4096u64));
-            let cached = Structure {
-                table: next,
-                and,
-                nx,
-            };
-            self.structures.insert(key(lin, level), cached);
-            (level, table) = (level - 1, next);
+            table = self.cache_structure(lin, level, e, and, nx);
+            level -= 1;
         }
+    }
+
+    /// Caches the paging-structure entry `e` met at `level` on the way to
+    /// `lin` (with the rights `and`, `nx` accumulated down to it); returns
+    /// the table it points to.
+    fn cache_structure(&mut self, lin: u64, level: u8, e: u64, and: u64, nx: u64) -> PhysFrame {
+        // Bits 12..52: truncating drops NX and the protection key.
+        let table = PhysFrame::containing_address(PhysAddr::new_truncate(e));
+        self.structures
+            .insert(key(lin, level), Structure { table, and, nx });
+        table
     }
 
     /// The frames the last access went through: each table its walk read (none on a TLB
@@ -325,14 +330,8 @@ impl TlbCpu {
             let addr = PhysAddr::new_truncate(e).align_down(4096u64).as_u64();
             if level > 1 && e & HUGE == 0 {
                 slot.fetch_or(ACCESSED, Ordering::SeqCst);
-                let next = PhysFrame::containing_address(PhysAddr::new(addr));
-                let cached = Structure {
-                    table: next,
-                    and,
-                    nx,
-                };
-                self.structures.insert(key(lin, level), cached);
-                (level, table) = (level - 1, next);
+                table = self.cache_structure(lin, level, e, and, nx);
+                level -= 1;
                 continue;
             }
             let size = 1u64 << shift(level);

@@ -106,6 +106,15 @@ impl From<PagingError> for VmError {
     }
 }
 
+impl From<PagingError> for FaultReason {
+    fn from(e: PagingError) -> Self {
+        match e {
+            PagingError::OutOfFrames { .. } => Self::OutOfMemory,
+            e => Self::Paging(e),
+        }
+    }
+}
+
 /// Why a page fault could not be resolved: the kernel should end the
 /// faulting program (or panic, for a kernel fault).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -44,8 +44,10 @@ impl FrameList {
     }
 
     fn reserve(&mut self, n: usize) -> Result<(), ()> {
-        let beyond = (self.len + n).saturating_sub(INLINE + self.spill.len());
-        self.spill.try_reserve(beyond).map_err(|_| ())
+        // `try_reserve` counts from `spill.len()`, and `spill` is empty until `inline` is full.
+        self.spill
+            .try_reserve((self.len + n).saturating_sub(INLINE))
+            .map_err(|_| ())
     }
 
     fn is_empty(&self) -> bool {
@@ -135,11 +137,7 @@ impl Gather {
             !pending || !flush.is_empty(),
             "frames gathered without an invalidation"
         );
-        let acked = tlb.invalidate(flush, pml4, cpus);
-        count(
-            &vm.stats.at(tlb.cpu()).shootdowns,
-            u64::from(acked.rounds()),
-        );
+        invalidate(tlb, flush, pml4, cpus, vm);
         for table in tables.drain() {
             // SAFETY: the mapper freed the table (empty, unlinked) into this gather, and
             // every CPU that may have cached a walk through it has invalidated it.
@@ -184,4 +182,20 @@ impl<A: FrameSource + ?Sized> FrameDeallocator<Size4KiB> for GatherTables<'_, A>
             self.gather.leaked += 1;
         }
     }
+}
+
+/// Invalidates `flush` on every CPU that may cache the space (`pml4`,
+/// `cpus`), waits for them, and counts the shootdown rounds.
+pub(super) fn invalidate(
+    tlb: &mut Tlb<'_>,
+    flush: Flush,
+    pml4: PhysFrame,
+    cpus: &ActiveCpus,
+    vm: &Vm,
+) {
+    let acked = tlb.invalidate(flush, pml4, cpus);
+    count(
+        &vm.stats.at(tlb.cpu()).shootdowns,
+        u64::from(acked.rounds()),
+    );
 }

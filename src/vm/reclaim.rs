@@ -15,7 +15,7 @@ use super::space::for_each_anonymous_leaf;
 use super::stats::count;
 use super::swap::{slot_of, swap_entry, BUSY, CLUSTER, PAGE_BYTES};
 use super::{FaultOutcome, FaultReason, Prot, Vm, VmSpace};
-use crate::paging::{Flush, FrameSource, PageTables, PhysMem, DIRTY_BIT};
+use crate::paging::{Flush, FrameSource, PageTables, PhysMem, DIRTY};
 use crate::smp::Tlb;
 use crate::PAGE_SIZE;
 use alloc::vec::Vec;
@@ -46,9 +46,9 @@ impl Batch {
         self.len == CLUSTER
     }
 
-    fn push(&mut self, va: VirtAddr, frame: PhysFrame) {
+    fn push(&mut self, va: VirtAddr, frame: PhysFrame, tag: u64) {
         if self.len < CLUSTER {
-            self.items[self.len] = (va, frame, 0);
+            self.items[self.len] = (va, frame, tag);
             self.len += 1;
         }
     }
@@ -145,11 +145,7 @@ impl<P: PhysMem> VmSpace<P> {
         }
         let _transit = vm.transit(cpu, victims.len as u64);
         // 2. No CPU can write them any more once this returns.
-        let acked = tlb.invalidate(flush, self.pml4(), &self.cpus);
-        count(
-            &vm.stats.at(tlb.cpu()).shootdowns,
-            u64::from(acked.rounds()),
-        );
+        self.invalidate(flush, vm, tlb);
         // 3. Dirty bits and contents are final: decide.
         let phys = &self.phys;
         let mut freed = 0;
@@ -165,7 +161,7 @@ impl<P: PhysMem> VmSpace<P> {
             }
             let cached = swap.uncache(frame.start_address().as_u64() / PAGE_SIZE);
             match cached {
-                Some(slot) if old & DIRTY_BIT == 0 => {
+                Some(slot) if old & DIRTY == 0 => {
                     // The copy on swap is current: its reference moves to the entry.
                     self.put_entry(va, swap_entry(slot));
                     vm.release_frame(tlb.cpu(), frame, frames);
@@ -174,13 +170,9 @@ impl<P: PhysMem> VmSpace<P> {
                 }
                 Some(slot) => {
                     swap.state().drop_ref(slot); // a stale copy
-                    to_write.push(va, frame);
-                    to_write.as_mut_slice().last_mut().expect("pushed").2 = old;
+                    to_write.push(va, frame, old);
                 }
-                None => {
-                    to_write.push(va, frame);
-                    to_write.as_mut_slice().last_mut().expect("pushed").2 = old;
-                }
+                None => to_write.push(va, frame, old),
             }
         }
         // 4. Write the rest out in clustered requests, no page-table lock held.
@@ -274,10 +266,10 @@ impl<P: PhysMem> VmSpace<P> {
                 if m.clear_accessed(leaf.page) {
                     flush.add(leaf.page.as_u64());
                     if second.len < want {
-                        second.push(leaf.page, frame);
+                        second.push(leaf.page, frame, 0);
                     }
                 } else {
-                    victims.push(leaf.page, frame);
+                    victims.push(leaf.page, frame, 0);
                 }
             });
         }
@@ -286,7 +278,7 @@ impl<P: PhysMem> VmSpace<P> {
                 break;
             }
             scanned += 1;
-            victims.push(va, frame);
+            victims.push(va, frame, 0);
         }
         count(&vm.stats.at(cpu).scanned, scanned);
         if let Some(&(va, _, _)) = victims.as_slice().last() {
@@ -336,9 +328,9 @@ impl<P: PhysMem> VmSpace<P> {
             };
             let f = PhysFrame::containing_address(t.frame);
             if f != zero && vm.share_count(f) == 1 {
-                victims.push(va, f);
+                victims.push(va, f, 0);
             } else {
-                kept.push(va, zero);
+                kept.push(va, zero, 0);
             }
         }
         for &(va, _, _) in kept.as_slice() {
@@ -379,8 +371,7 @@ impl<P: PhysMem> VmSpace<P> {
             }
         };
         let mut run = Batch::new();
-        run.push(va, first);
-        run.as_mut_slice()[0].2 = entry;
+        run.push(va, first, entry);
         let v = va.as_u64();
         let area_end = self.areas.find(v).map_or(v + PAGE_SIZE, |a| a.end);
         if vm.readahead() > 1 && self.last_swap_in.load(Ordering::Relaxed) + PAGE_SIZE == v {
@@ -399,8 +390,7 @@ impl<P: PhysMem> VmSpace<P> {
                     break;
                 };
                 m.exchange_pte(ahead, want | BUSY).expect("checked above");
-                run.push(ahead, f);
-                run.as_mut_slice().last_mut().expect("pushed").2 = want;
+                run.push(ahead, f, want);
             }
         }
         let cpu = tlb.cpu();
@@ -494,6 +484,7 @@ fn page_ptr<P: PhysMem>(phys: &P, frame: PhysFrame) -> *mut [u8; PAGE_BYTES] {
 fn is_zero<P: PhysMem>(phys: &P, frame: PhysFrame) -> bool {
     let p = phys.table_ptr(frame).as_ptr().cast::<[u64; 512]>();
     // SAFETY: a frame of the frame source, readable for 4096 bytes through
-    // `PhysMem`; the space is not running while it reclaims.
+    // `PhysMem`; its page was unmapped (busy mark) and invalidated on every
+    // CPU of the space before this reads it, so nothing writes it.
     unsafe { (*p).iter().all(|&w| w == 0) }
 }

@@ -19,7 +19,7 @@ use super::stats::count;
 use super::swap::BUSY;
 use super::vm::{copy_frame, fill_zero};
 use super::{AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, Prot, Vm, VmSpace};
-use crate::paging::{FrameSource, LeafSize, PagingError, PhysMem, ADDR_MASK};
+use crate::paging::{same_entry, FrameSource, LeafSize, PagingError, PhysMem, ADDR_MASK};
 use crate::smp::Tlb;
 
 /// What a look at the page's entry decided, with the page tables unlocked again.
@@ -155,10 +155,6 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<Step, FaultReason> {
-        let paging = |e: PagingError| match e {
-            PagingError::OutOfFrames { .. } => FaultReason::OutOfMemory,
-            e => FaultReason::Paging(e),
-        };
         let va = page.start_address();
         let mut m = self.mapper.lock();
         let t = match m.translate(va) {
@@ -170,16 +166,16 @@ impl<P: PhysMem> VmSpace<P> {
                     // A new mapping over a non-present entry: no CPU caches it.
                     // SAFETY: a `Fixed` area's frame, vouched for by `map_physical`'s caller.
                     unsafe { m.map(page, frame, prot.map_flags(true), frames) }
-                        .map_err(paging)?
+                        .map_err(FaultReason::from)?
                         .ignore();
                     return Ok(Step::Done(FaultOutcome::FixedMapped));
                 }
                 // On swap: this fault reads it in, others wait for the mark to go.
-                if let Some(entry) = m.mark_soft(va, BUSY) {
-                    return Ok(Step::SwapIn { entry });
-                }
                 return match m.soft_entry(va) {
-                    Some(_) => Ok(Step::Wait), // marked busy by another CPU
+                    Some(e) if e & BUSY != 0 => Ok(Step::Wait), // marked by another CPU
+                    Some(_) => Ok(Step::SwapIn {
+                        entry: m.mark_soft(va, BUSY).expect("soft, unmarked, lock held"),
+                    }),
                     None if access.write => Ok(Step::Fill {
                         from: None,
                         expect: 0,
@@ -187,13 +183,13 @@ impl<P: PhysMem> VmSpace<P> {
                     None => {
                         // SAFETY: the zero frame, read-only: every first read of anonymous memory sees it.
                         unsafe { m.map(page, vm.zero_frame(), prot.map_flags(false), frames) }
-                            .map_err(paging)?
+                            .map_err(FaultReason::from)?
                             .ignore();
                         Ok(Step::Done(FaultOutcome::ZeroPageMapped))
                     }
                 };
             }
-            Err(e) => return Err(paging(e)),
+            Err(e) => return Err(e.into()),
         };
         let allowed = (!access.write || t.access.writable)
             && (!access.exec || t.access.executable)
@@ -211,7 +207,7 @@ impl<P: PhysMem> VmSpace<P> {
             return Ok(Step::Done(FaultOutcome::Spurious));
         }
         if t.size != LeafSize::Size4KiB {
-            return Err(paging(PagingError::HugePageInTheWay {
+            return Err(FaultReason::from(PagingError::HugePageInTheWay {
                 addr: t.page,
                 frame: t.frame,
                 size: t.size,
@@ -223,7 +219,8 @@ impl<P: PhysMem> VmSpace<P> {
                 // Same frame, more rights: Dirty and Accessed stay; other CPUs
                 // at worst take a spurious fault on their read-only entry.
                 // SAFETY: the frame is this page's alone (one sharer): writable is its area's right.
-                let flush = unsafe { m.protect(page, prot.map_flags(true)) }.map_err(paging)?;
+                let flush =
+                    unsafe { m.protect(page, prot.map_flags(true)) }.map_err(FaultReason::from)?;
                 drop(m);
                 tlb.invalidate_local(flush, self.pml4(), &self.cpus);
                 self.track(page);
@@ -238,12 +235,11 @@ impl<P: PhysMem> VmSpace<P> {
         let private =
             kind != AreaKind::Anonymous || (old != vm.zero_frame() && vm.share_count(old) == 1);
         // SAFETY: the page's own frame, with its area's rights (never more).
-        let flush = unsafe { m.protect(page, prot.map_flags(private)) }.map_err(paging)?;
+        let flush =
+            unsafe { m.protect(page, prot.map_flags(private)) }.map_err(FaultReason::from)?;
         drop(m);
         // Rare, and it may also remove a right: invalidate everywhere.
-        let mut gather = Gather::new();
-        gather.flush(flush);
-        self.finish(gather, vm, frames, tlb);
+        self.invalidate(flush, vm, tlb);
         Ok(Step::Done(FaultOutcome::Spurious))
     }
 
@@ -295,7 +291,7 @@ impl<P: PhysMem> VmSpace<P> {
             Err(_) => {} // no page table yet: the general path below
         }
         let now = m.leaf_entry(va).or_else(|| m.soft_entry(va)).unwrap_or(0);
-        if now != expect && (expect == 0 || now & !0x60 != expect & !0x60) {
+        if now != expect && (expect == 0 || !same_entry(now, expect)) {
             // Lost a race (ignoring Accessed and Dirty, which the CPU sets).
             drop(m);
             vm.release_frame(tlb.cpu(), new, frames);
@@ -314,10 +310,7 @@ impl<P: PhysMem> VmSpace<P> {
                 Err(e) => {
                     drop(m);
                     vm.release_frame(tlb.cpu(), new, frames);
-                    return Err(match e {
-                        PagingError::OutOfFrames { .. } => FaultReason::OutOfMemory,
-                        e => FaultReason::Paging(e),
-                    });
+                    return Err(e.into());
                 }
             }
         }

@@ -63,9 +63,21 @@ pub(crate) fn frame_key(frame: PhysFrame) -> u64 {
 }
 
 impl Shares {
+    /// Where chunk `c` is in `chunks`, or where it would go.
+    fn find(&self, c: u64) -> Result<usize, usize> {
+        self.chunks.binary_search_by_key(&c, |e| e.0)
+    }
+
     fn chunk(&self, c: u64) -> Option<&Chunk> {
-        let i = self.chunks.binary_search_by_key(&c, |e| e.0).ok()?;
+        let i = self.find(c).ok()?;
         Some(&self.chunks[i].1)
+    }
+
+    /// Keeps no heap memory while nothing is shared.
+    fn shrink_if_empty(&mut self) {
+        if self.chunks.is_empty() {
+            self.chunks = Vec::new();
+        }
     }
 
     /// References to `key` (1 when not shared).
@@ -83,7 +95,7 @@ impl Shares {
     /// heap has no room for its chunk.
     pub(crate) fn reserve(&mut self, key: u64) -> Result<(), ()> {
         let (c, _) = split(key);
-        if let Err(at) = self.chunks.binary_search_by_key(&c, |e| e.0) {
+        if let Err(at) = self.find(c) {
             self.chunks.try_reserve(1).map_err(|_| ())?;
             let chunk = Chunk::try_new().ok_or(())?;
             self.chunks.insert(at, (c, chunk));
@@ -94,19 +106,13 @@ impl Shares {
     /// Gives back the chunks [`reserve`](Self::reserve) made that count nothing.
     pub(crate) fn trim(&mut self) {
         self.chunks.retain(|(_, ch)| ch.shared > 0);
-        if self.chunks.is_empty() {
-            // Keep no heap memory while nothing is shared.
-            self.chunks = Vec::new();
-        }
+        self.shrink_if_empty();
     }
 
     /// One more reference to `key`, whose chunk was [`reserve`](Self::reserve)d.
     pub(crate) fn add(&mut self, key: u64) {
         let (c, i) = split(key);
-        let at = self
-            .chunks
-            .binary_search_by_key(&c, |e| e.0)
-            .expect("a fork reserves its chunks first");
+        let at = self.find(c).expect("a fork reserves its chunks first");
         let chunk = &mut self.chunks[at].1;
         let n = &mut chunk.counts[i];
         if *n == 0 {
@@ -121,7 +127,7 @@ impl Shares {
     /// One reference to `key` fewer; whether it was the last one.
     pub(crate) fn remove(&mut self, key: u64) -> bool {
         let (c, i) = split(key);
-        let Ok(at) = self.chunks.binary_search_by_key(&c, |e| e.0) else {
+        let Ok(at) = self.find(c) else {
             return true;
         };
         let chunk = &mut self.chunks[at].1;
@@ -133,10 +139,7 @@ impl Shares {
                 self.shared -= 1;
                 if chunk.shared == 0 {
                     self.chunks.remove(at);
-                    if self.chunks.is_empty() {
-                        // Keep no heap memory while nothing is shared.
-                        self.chunks = Vec::new();
-                    }
+                    self.shrink_if_empty();
                 }
                 false
             }

@@ -5,8 +5,8 @@
 use super::areas::AreaSet;
 use super::gather::Gather;
 use super::replace::ReplacementPolicy;
-use super::stats::count;
 use super::{Area, AreaKind, Prot, Vm, VmError};
+use crate::paging::Flush;
 use crate::paging::{
     AddressSpace, CopyAs, CopyLeaf, FrameSource, Leaf, LeafSize, PageTables, PhysMem,
 };
@@ -246,16 +246,12 @@ impl<P: PhysMem + Clone> VmSpace<P> {
         match copied {
             Ok(flush) => {
                 // Other threads of this space must stop writing the frames now shared.
-                let acked = tlb.invalidate(flush, self.pml4(), &self.cpus);
-                count(
-                    &vm.stats.at(tlb.cpu()).shootdowns,
-                    u64::from(acked.rounds()),
-                );
+                self.invalidate(flush, vm, tlb);
                 Ok(child)
             }
             Err(e) => {
                 // Nothing was copied: only the child's PML4 exists.
-                child.drop_tables(core::iter::empty(), frames);
+                child.drop_empty(frames);
                 vm.trim_shares();
                 Err(e.into())
             }
@@ -282,6 +278,11 @@ impl<P: PhysMem> VmSpace<P> {
         tlb: &mut Tlb<'_>,
     ) {
         gather.finish(tlb, self.pml4(), &self.cpus, vm, frames);
+    }
+
+    /// Invalidates `flush` on this space's CPUs and waits for them.
+    pub(super) fn invalidate(&self, flush: Flush, vm: &Vm, tlb: &mut Tlb<'_>) {
+        super::gather::invalidate(tlb, flush, self.pml4(), &self.cpus, vm);
     }
 
     /// The page tables, locked, to audit the space's mappings or translate
@@ -547,14 +548,8 @@ impl<P: PhysMem> VmSpace<P> {
         }
     }
 
-    /// Calls `f` with every mapped page of anonymous areas within `[a, b)`;
-    /// returns how many page tables (an upper bound) the walk crossed.
-    pub(super) fn for_each_anonymous_leaf(
-        &mut self,
-        a: u64,
-        b: u64,
-        f: impl FnMut(&Leaf),
-    ) -> usize {
+    /// Calls `f` with every mapped page of anonymous areas within `[a, b)`.
+    pub(super) fn for_each_anonymous_leaf(&mut self, a: u64, b: u64, f: impl FnMut(&Leaf)) {
         for_each_anonymous_leaf(&self.areas, self.mapper.get_mut(), a, b, f)
     }
 
@@ -725,49 +720,30 @@ impl<P: PhysMem> VmSpace<P> {
         }
     }
 
-    /// Frees the child tables built by a fork that failed: unmaps `pages`
-    /// without freeing their frames (the parent's), then the hierarchy.
-    fn drop_tables<A: FrameSource + ?Sized>(
-        mut self,
-        pages: impl Iterator<Item = VirtAddr>,
-        frames: &mut A,
-    ) {
-        for page in pages {
-            let page = Page::<Size4KiB>::containing_address(page);
-            // Unmapping a page this fork mapped: its tables exist.
-            // SAFETY: the child's tables were never loaded; the frame stays
-            // the parent's (not freed here).
-            if let Ok((_, f)) = unsafe { self.mapper.get_mut().unmap(page, frames) } {
-                f.ignore(); // never active
-            }
-        }
-        let pml4 = self.pml4;
-        // SAFETY: every user-half table was freed with its last page above;
-        // the PML4 is this space's own and was never active.
-        unsafe { frames.deallocate_frame(pml4) };
+    /// Frees the PML4 of a fork that failed before it copied anything.
+    fn drop_empty<A: FrameSource + ?Sized>(self, frames: &mut A) {
+        // SAFETY: the space maps nothing in its user half (the copy made no
+        // table); the PML4 is this space's own and was never active.
+        unsafe { frames.deallocate_frame(self.pml4) };
     }
 }
 
 /// Calls `f` with every mapped page of the anonymous areas of `areas`
-/// within `[a, b)`; returns how many page tables the walks crossed.
+/// within `[a, b)`.
 pub(super) fn for_each_anonymous_leaf<P: PhysMem>(
     areas: &AreaSet,
     mapper: &PageTables<P>,
     a: u64,
     b: u64,
     mut f: impl FnMut(&Leaf),
-) -> usize {
-    let mut tables = 0;
+) {
     if a >= b {
-        return tables;
+        return;
     }
     for area in areas.overlapping(a, b) {
         if area.kind == AreaKind::Anonymous {
             let (s, e) = (area.start.max(a), area.end.min(b));
-            tables += mapper
-                .for_each_leaf_in(VirtAddr::new(s), e - s, &mut f)
-                .tables;
+            mapper.for_each_leaf_in(VirtAddr::new(s), e - s, &mut f);
         }
     }
-    tables
 }
