@@ -1,36 +1,30 @@
-//! The areas of one address space, sorted, with an index of the gaps
-//! between them: finding the area of an address and checking a range is
-//! free are O(log n); placing an area top-down walks down the gaps from
-//! the top, O(log n) while they are large enough.
+//! The areas of one address space, sorted: finding the area of an address
+//! and checking a range is free are O(log n); placing an area top-down
+//! walks down the gaps between areas from the top, one step per gap too
+//! small.
 
 use super::{Area, VmInvariantError};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-/// Disjoint areas inside a managed range `[lo, hi)`, and the gaps between.
+/// Disjoint areas inside a managed range `[lo, hi)`; the gaps are what
+/// lies between them.
 #[derive(Debug, Clone)]
 pub(crate) struct AreaSet {
     lo: u64,
     hi: u64,
     /// By start address.
     areas: BTreeMap<u64, Area>,
-    /// Every maximal free range, `start -> len`.
-    by_start: BTreeMap<u64, u64>,
 }
 
 impl AreaSet {
     /// No areas: one gap covering `[lo, hi)`.
     pub(crate) fn new(lo: u64, hi: u64) -> Self {
-        let mut set = Self {
+        Self {
             lo,
             hi,
             areas: BTreeMap::new(),
-            by_start: BTreeMap::new(),
-        };
-        if hi > lo {
-            set.add_gap(lo, hi - lo);
         }
-        set
     }
 
     /// The managed range.
@@ -74,49 +68,25 @@ impl AreaSet {
     /// none, so it is O(log n) unless unmaps left many small holes near the
     /// top (Linux keeps the largest gap of each subtree to skip them).
     pub(crate) fn place(&self, len: u64, min: u64, top: u64) -> Option<u64> {
-        // The gap holding `top - 1`, if any, starts below `top`.
-        self.by_start
-            .range(..top)
-            .rev()
-            .find_map(|(&start, &glen)| {
-                let (s, e) = (start.max(min), (start + glen).min(top));
-                (e > s && e - s >= len).then(|| e - len)
-            })
-    }
-
-    fn add_gap(&mut self, start: u64, len: u64) {
-        self.by_start.insert(start, len);
-    }
-
-    fn remove_gap(&mut self, start: u64, len: u64) {
-        let had = self.by_start.remove(&start);
-        debug_assert_eq!(had, Some(len), "no gap of {len:#x} at {start:#x}");
-    }
-
-    /// The free range around a free `addr`: from the end of the area
-    /// before it (or `lo`) to the start of the one after (or `hi`).
-    fn gap_around(&self, addr: u64) -> (u64, u64) {
-        let start = self
-            .areas
-            .range(..addr)
-            .next_back()
-            .map_or(self.lo, |(_, a)| a.end);
-        let end = self.areas.range(addr..).next().map_or(self.hi, |(&s, _)| s);
-        (start, end)
+        let fits = |s: u64, e: u64| (e > s && e - s >= len).then(|| e - len);
+        // `end` is the top of the gap below the areas seen so far.
+        let mut end = top.min(self.hi);
+        for area in self.areas.range(..end).rev().map(|(_, a)| a) {
+            if let Some(at) = fits(area.end.max(min), end) {
+                return Some(at);
+            }
+            end = end.min(area.start);
+            if end <= min {
+                return None;
+            }
+        }
+        fits(self.lo.max(min), end)
     }
 
     /// Inserts `area`, whose range must be free, merging it with touching
     /// areas it joins.
     pub(crate) fn insert(&mut self, area: Area) {
         debug_assert!(self.is_free(area.start, area.end));
-        let (gs, ge) = self.gap_around(area.start);
-        self.remove_gap(gs, ge - gs);
-        if area.start > gs {
-            self.add_gap(gs, area.start - gs);
-        }
-        if ge > area.end {
-            self.add_gap(area.end, ge - area.end);
-        }
         self.areas.insert(area.start, area);
         self.merge_around(area.start);
     }
@@ -150,24 +120,6 @@ impl AreaSet {
     /// at its ends) and returns the removed pieces, in order.
     pub(crate) fn remove(&mut self, a: u64, b: u64) -> Vec<Area> {
         let hit: Vec<Area> = self.overlapping(a, b).copied().collect();
-        let (Some(first), Some(last)) = (hit.first(), hit.last()) else {
-            return Vec::new();
-        };
-        // The span whose gaps change: from the area before the first hit
-        // to the area after the last one.
-        let l = self
-            .areas
-            .range(..first.start)
-            .next_back()
-            .map_or(self.lo, |(_, x)| x.end);
-        let r = self
-            .areas
-            .range(last.end..)
-            .next()
-            .map_or(self.hi, |(&s, _)| s);
-        for (s, e) in self.gaps_in(l, r) {
-            self.remove_gap(s, e - s);
-        }
         let mut removed = Vec::with_capacity(hit.len());
         for area in hit {
             self.areas.remove(&area.start);
@@ -179,27 +131,7 @@ impl AreaSet {
             }
             removed.push(area.slice(area.start.max(a), area.end.min(b)));
         }
-        for (s, e) in self.gaps_in(l, r) {
-            self.add_gap(s, e - s);
-        }
         removed
-    }
-
-    /// The free ranges inside `[l, r)`, which must start and end at area
-    /// boundaries (or the managed range's ends).
-    fn gaps_in(&self, l: u64, r: u64) -> Vec<(u64, u64)> {
-        let mut gaps = Vec::new();
-        let mut at = l;
-        for area in self.areas.range(l..r).map(|(_, x)| x) {
-            if area.start > at {
-                gaps.push((at, area.start));
-            }
-            at = area.end;
-        }
-        if r > at {
-            gaps.push((at, r));
-        }
-        gaps
     }
 
     /// Replaces `[a, b)`, which must be covered by areas without gaps,
@@ -224,11 +156,9 @@ impl AreaSet {
     }
 
     /// The set's invariant: areas sorted, disjoint, non-empty, inside the
-    /// range, no two touching areas that join; the gap index is exactly
-    /// the complement.
+    /// range, no two touching areas that join.
     pub(crate) fn check(&self) -> Result<(), VmInvariantError> {
         let mut at = self.lo;
-        let mut gaps = BTreeMap::new();
         let mut prev: Option<&Area> = None;
         for (&start, area) in &self.areas {
             let end = area.end;
@@ -241,17 +171,8 @@ impl AreaSet {
             if prev.is_some_and(|p| p.joins(area)) {
                 return Err(VmInvariantError::UnmergedAreas { start });
             }
-            if area.start > at {
-                gaps.insert(at, area.start - at);
-            }
             at = area.end;
             prev = Some(area);
-        }
-        if self.hi > at {
-            gaps.insert(at, self.hi - at);
-        }
-        if gaps != self.by_start {
-            return Err(VmInvariantError::GapIndex);
         }
         Ok(())
     }

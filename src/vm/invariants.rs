@@ -31,8 +31,6 @@ pub enum VmInvariantError {
         /// The start of the second.
         start: u64,
     },
-    /// The gap index differs from the gaps between the areas.
-    GapIndex,
     /// A page is mapped outside every area.
     PageOutsideAreas {
         /// The page.
@@ -109,7 +107,6 @@ impl fmt::Display for VmInvariantError {
             Self::UnmergedAreas { start } => {
                 write!(f, "the area at {start:#x} joins the one below but is apart")
             }
-            Self::GapIndex => f.write_str("the gap index differs from the gaps between areas"),
             Self::PageOutsideAreas { page } => {
                 write!(f, "page {:#x} is mapped outside every area", page.as_u64())
             }
