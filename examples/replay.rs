@@ -1,16 +1,29 @@
 //! Replays page-reference traces against the replacement policies and
-//! Belady's OPT: `cargo run --release --example replay -- --frames N TRACE...`
+//! Belady's OPT.
+//!
+//! ```text
+//! cargo run --release --example replay -- --frames N TRACE...
+//! cargo run --release --example replay -- --curve MIN..MAX [--points K] [--svg FILE] TRACE...
+//! ```
 //!
 //! A trace is text, one page number per line (decimal or 0x hex), `#`
-//! comments. Prints `faults <policy> <trace> <frames> <count>` for each
-//! policy and OPT, then `ratio <policy>_vs_opt <trace> <x>`.
+//! comments. With `--frames`: `faults <policy> <trace> <frames> <count>`
+//! for each policy and OPT, then `ratio <policy>_vs_opt <trace> <x>`.
+//! With `--curve`: the same `faults` lines at `K` frame counts from `MIN`
+//! to `MAX` (default 16), and with `--svg` the miss-ratio curves (faults ÷
+//! references against frames), one panel per trace, one line per policy.
 
-use kmem::vm::replace::sim::{self, Outcome};
-use kmem::vm::replace::{trace, Clock, ClockPro, ReplacementPolicy};
+use kmem::vm::replace::sim;
+use kmem::vm::replace::{trace, Adaptive, Clock, ClockPro, ReplacementPolicy};
+use plotters::prelude::*;
 use std::path::Path;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: replay --frames N TRACE...";
+const USAGE: &str = "usage: replay --frames N TRACE...\n       \
+                     replay --curve MIN..MAX [--points K] [--svg FILE] TRACE...";
+
+/// The policies in the order they are printed and drawn, OPT last.
+const NAMES: [&str; 4] = ["clock", "clock-pro", "adaptive", "opt"];
 
 fn main() -> ExitCode {
     match run() {
@@ -22,61 +35,174 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), String> {
-    let mut frames = None;
-    let mut files = Vec::new();
+struct Args {
+    frames: Option<usize>,
+    curve: Option<(usize, usize)>,
+    points: usize,
+    svg: Option<String>,
+    files: Vec<String>,
+}
+
+fn count(what: &str, n: &str) -> Result<usize, String> {
+    n.parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{what} takes a positive count, not {n:?}\n{USAGE}"))
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        frames: None,
+        curve: None,
+        points: 16,
+        svg: None,
+        files: Vec::new(),
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        if arg == "--frames" {
-            let n = args.next().ok_or(USAGE)?;
-            frames = Some(
-                n.parse::<usize>()
-                    .map_err(|_| format!("--frames takes a positive count, not {n:?}\n{USAGE}"))?,
-            );
-        } else if let Some(n) = arg.strip_prefix("--frames=") {
-            frames = Some(
-                n.parse()
-                    .map_err(|_| format!("bad frame count {n:?}\n{USAGE}"))?,
-            );
-        } else if arg.starts_with("--") {
-            return Err(format!("unknown option {arg}\n{USAGE}"));
-        } else {
-            files.push(arg);
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || inline.clone().or_else(|| args.next()).ok_or(USAGE);
+        match flag.as_str() {
+            "--frames" => a.frames = Some(count("--frames", &value()?)?),
+            "--points" => a.points = count("--points", &value()?)?.max(2),
+            "--svg" => a.svg = Some(value()?),
+            "--curve" => {
+                let v = value()?;
+                let (lo, hi) = v
+                    .split_once("..")
+                    .ok_or_else(|| format!("--curve takes MIN..MAX, not {v:?}\n{USAGE}"))?;
+                let (lo, hi) = (count("--curve", lo)?, count("--curve", hi)?);
+                if lo >= hi {
+                    return Err(format!("--curve {v}: MIN must be below MAX"));
+                }
+                a.curve = Some((lo, hi));
+            }
+            f if f.starts_with("--") => return Err(format!("unknown option {f}\n{USAGE}")),
+            _ => a.files.push(arg),
         }
     }
-    let frames = frames.filter(|&n| n > 0).ok_or(USAGE)?;
-    if files.is_empty() {
+    if a.files.is_empty() || a.frames.is_some() == a.curve.is_some() {
         return Err(USAGE.into());
     }
-    for file in &files {
+    if a.svg.is_some() && a.curve.is_none() {
+        return Err(format!("--svg draws a --curve\n{USAGE}"));
+    }
+    Ok(a)
+}
+
+fn run() -> Result<(), String> {
+    let args = parse_args()?;
+    let mut traces = Vec::new();
+    for file in &args.files {
         let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
         let pages = trace::parse(&text).map_err(|e| format!("{file}: {e}"))?;
+        if pages.is_empty() {
+            return Err(format!("{file}: no references"));
+        }
         let name = Path::new(file)
             .file_stem()
             .map_or_else(|| file.clone(), |s| s.to_string_lossy().into_owned());
-        report(&name, &pages, frames);
+        traces.push((name, pages));
+    }
+    if let Some(frames) = args.frames {
+        for (name, pages) in &traces {
+            let faults = faults_at(pages, frames);
+            for (policy, n) in NAMES.iter().zip(faults) {
+                println!("faults {policy} {name} {frames} {n}");
+            }
+            for (policy, n) in NAMES.iter().zip(faults).take(3) {
+                println!(
+                    "ratio {policy}_vs_opt {name} {:.3}",
+                    n as f64 / faults[3].max(1) as f64
+                );
+            }
+        }
+        return Ok(());
+    }
+    let (lo, hi) = args.curve.expect("one of --frames and --curve");
+    let sizes: Vec<usize> = (0..args.points)
+        .map(|i| lo + (hi - lo) * i / (args.points - 1))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut curves = Vec::new();
+    for (name, pages) in &traces {
+        let mut curve = Vec::new();
+        for &frames in &sizes {
+            let faults = faults_at(pages, frames);
+            for (policy, n) in NAMES.iter().zip(faults) {
+                println!("faults {policy} {name} {frames} {n}");
+            }
+            curve.push((frames, faults.map(|n| n as f64 / pages.len() as f64)));
+        }
+        curves.push((name.clone(), curve));
+    }
+    if let Some(svg) = &args.svg {
+        draw(svg, &curves).map_err(|e| format!("{svg}: {e}"))?;
+        println!("wrote {svg}");
     }
     Ok(())
 }
 
-fn report(name: &str, pages: &[u64], frames: usize) {
-    let opt = sim::opt_faults(pages, frames);
-    let mut policies: [Box<dyn ReplacementPolicy>; 2] = [
+/// Faults of each policy of [`NAMES`] on `pages` with `frames` frames.
+fn faults_at(pages: &[u64], frames: usize) -> [u64; 4] {
+    let mut policies: [Box<dyn ReplacementPolicy>; 3] = [
         Box::new(Clock::new(frames)),
         Box::new(ClockPro::new(frames)),
+        Box::new(Adaptive::new(frames)),
     ];
-    let runs: Vec<(&str, Outcome)> = policies
-        .iter_mut()
-        .map(|p| (p.name(), sim::replay(p.as_mut(), pages)))
-        .collect();
-    for (policy, out) in &runs {
-        println!("faults {policy} {name} {frames} {}", out.faults);
+    let [c, p, a] = policies
+        .each_mut()
+        .map(|p| sim::replay(p.as_mut(), pages).faults);
+    [c, p, a, sim::opt_faults(pages, frames)]
+}
+
+type Curve = Vec<(usize, [f64; 4])>;
+
+/// One panel per trace: miss ratio against frames, a line per policy.
+fn draw(path: &str, curves: &[(String, Curve)]) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (800, 420 * curves.len() as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let colors = [RED, BLUE, RGBColor(0, 150, 0), BLACK];
+    for ((name, curve), area) in curves.iter().zip(root.split_evenly((curves.len(), 1))) {
+        let x = (curve[0].0 as f64)..(curve[curve.len() - 1].0 as f64);
+        let top = curve
+            .iter()
+            .flat_map(|(_, r)| r.iter().copied())
+            .fold(0.0f64, f64::max);
+        let mut chart = ChartBuilder::on(&area)
+            .caption(
+                format!("{name}: miss ratio against frames"),
+                ("sans-serif", 20),
+            )
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(x, 0.0..(top * 1.05).max(1e-3))?;
+        chart
+            .configure_mesh()
+            .x_desc("frames")
+            .y_desc("faults / references")
+            .draw()?;
+        for (i, policy) in NAMES.iter().enumerate() {
+            let color = colors[i];
+            chart
+                .draw_series(LineSeries::new(
+                    curve.iter().map(|(f, r)| (*f as f64, r[i])),
+                    color.stroke_width(2),
+                ))?
+                .label(*policy)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
     }
-    println!("faults opt {name} {frames} {opt}");
-    for (policy, out) in &runs {
-        println!(
-            "ratio {policy}_vs_opt {name} {:.3}",
-            out.faults as f64 / opt.max(1) as f64
-        );
-    }
+    root.present()?;
+    Ok(())
 }

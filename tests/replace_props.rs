@@ -13,7 +13,9 @@
 //! `PROPTEST_CASES=20000 cargo test --release --test replace_props`.
 
 use kmem::vm::replace::sim;
-use kmem::vm::replace::{Clock, ClockPro, FaultIn, Removed, ReplaceError, ReplacementPolicy};
+use kmem::vm::replace::{
+    Adaptive, Clock, ClockPro, FaultIn, Removed, ReplaceError, ReplacementPolicy,
+};
 use proptest::prelude::*;
 use std::collections::{HashSet, VecDeque};
 
@@ -179,6 +181,10 @@ proptest! {
         prop_assert!(opt <= pro.faults, "opt {} > clock-pro {}", opt, pro.faults);
         prop_assert_eq!(pro.refaults, policy.stats().refaults);
         prop_assert_eq!(pro.faults, policy.stats().inserts);
+        let mut adaptive = Adaptive::new(frames);
+        let ad = sim::replay(&mut adaptive, &t);
+        prop_assert!(opt <= ad.faults, "opt {} > adaptive {}", opt, ad.faults);
+        prop_assert_eq!(ad.faults, adaptive.stats().inserts);
     }
 
     #[test]
@@ -210,6 +216,16 @@ proptest! {
         ops in ops(24),
     ) {
         check_policy(&mut ClockPro::with_history(frames, history), &ops)?;
+    }
+
+    #[test]
+    fn adaptive_keeps_its_contract(
+        frames in 0usize..10,
+        history in 0usize..12,
+        ops in ops(24),
+    ) {
+        let mut p = Adaptive::with_experts(ClockPro::with_history(frames, history), Clock::new(frames));
+        check_policy(&mut p, &ops)?;
     }
 
     #[test]

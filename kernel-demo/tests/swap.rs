@@ -76,9 +76,9 @@ kernel_demo::test_kernel! {
 
     /// A trace replayed by the kernel on real paging (the CPU sets the
     /// Accessed bits the policy harvests) faults exactly as often as the
-    /// host simulator says, for CLOCK and CLOCK-Pro.
+    /// host simulator says, for CLOCK, CLOCK-Pro and the adaptive duel.
     fn replayed_trace_matches_the_simulator() {
-        use kmem::vm::replace::{sim, Clock, ClockPro, ReplacementPolicy};
+        use kmem::vm::replace::{sim, Adaptive, Clock, ClockPro, ReplacementPolicy};
         let mut rng = 0x5eed_1234_u64;
         let mut next = move || {
             rng ^= rng << 13;
@@ -95,9 +95,10 @@ kernel_demo::test_kernel! {
             .collect();
         let limit = 32;
         type MakePolicy = fn() -> Box<dyn ReplacementPolicy + Send>;
-        let policies: [(&str, MakePolicy); 2] = [
+        let policies: [(&str, MakePolicy); 3] = [
             ("clock", || Box::new(Clock::new(32))),
             ("clock-pro", || Box::new(ClockPro::new(32))),
+            ("adaptive", || Box::new(Adaptive::new(32))),
         ];
         for (name, make) in policies {
             let ids: alloc::vec::Vec<u64> = trace.iter().map(|&p| (0x2000_0000 >> 12) + p).collect();

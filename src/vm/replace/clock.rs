@@ -34,6 +34,12 @@ impl Clock {
         }
     }
 
+    /// Bytes this policy holds for its nodes and index.
+    pub fn footprint(&self) -> usize {
+        self.ring.nodes.capacity() * core::mem::size_of::<super::ring::Node>()
+            + self.index.slots() * core::mem::size_of::<u32>()
+    }
+
     fn find(&self, page: PageId) -> Option<u32> {
         let ring = &self.ring;
         self.index.find(page, |n| ring.key(n))

@@ -146,9 +146,115 @@ pub fn zigzag(pages: usize, len: usize) -> Vec<PageId> {
         .collect()
 }
 
+/// A file-system trace: files of geometric length (mean `file_len`
+/// pages) read whole; each read is of a new file with probability `new`,
+/// else of the file at depth `d` of the stack of files by last read, `d`
+/// Pareto-distributed with shape `shape` (recent files are read again
+/// most); after each file `meta` zipf draws over `meta_pages` pages stand
+/// for directories and inodes. Recency dominates: a file read again is
+/// read again soon or not at all.
+pub fn files(
+    new: f64,
+    shape: f64,
+    file_len: f64,
+    meta: usize,
+    meta_pages: usize,
+    len: usize,
+    rng: &mut Rng,
+) -> Vec<PageId> {
+    let z = Zipf::new(meta_pages, 1.0, 1 << 40, rng);
+    // (first page, pages), most recently read last.
+    let mut stack: Vec<(PageId, PageId)> = Vec::new();
+    let mut fresh = 0;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let file = if stack.is_empty() || rng.unit() < new {
+            let pages = 1 + (-rng.unit().max(1e-12).ln() * file_len) as PageId;
+            fresh += pages;
+            (fresh - pages, pages)
+        } else {
+            let depth = (rng.unit().max(1e-12).powf(-1.0 / shape) as usize).saturating_sub(1);
+            stack.remove(stack.len() - 1 - depth.min(stack.len() - 1))
+        };
+        out.extend(file.0..file.0 + file.1);
+        out.extend((0..meta).map(|_| z.sample(rng)));
+        stack.push(file);
+        if stack.len() > 4 * len / file_len.max(1.0) as usize {
+            stack.remove(0);
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// A database buffer trace: transactions of `rows` row pages each, drawn
+/// with exponentially falling probability behind the newest of a table
+/// that grows by `growth` pages a transaction (mean depth `depth` pages),
+/// each row reached through an index page (zipf over `index` pages) and
+/// read again when the transaction commits.
+pub fn database(
+    index: usize,
+    rows: usize,
+    depth: f64,
+    growth: f64,
+    len: usize,
+    rng: &mut Rng,
+) -> Vec<PageId> {
+    let z = Zipf::new(index, 0.9, 1 << 40, rng);
+    let mut out = Vec::with_capacity(len);
+    let mut tx = Vec::with_capacity(rows);
+    let mut newest = depth * 4.0;
+    while out.len() < len {
+        tx.clear();
+        for _ in 0..rows {
+            let back = (-rng.unit().max(1e-12).ln() * depth) as PageId;
+            tx.push((newest as PageId).saturating_sub(back));
+        }
+        for &row in &tx {
+            out.push(z.sample(rng));
+            out.push(row);
+        }
+        out.extend(tx.iter().rev());
+        newest += growth;
+    }
+    out.truncate(len);
+    out
+}
+
 /// Uniform draws over `pages` pages: no policy can do better than chance.
 pub fn uniform(pages: usize, len: usize, rng: &mut Rng) -> Vec<PageId> {
     (0..len).map(|_| rng.below(pages as u64)).collect()
+}
+
+/// Probability mass of the `k` most probable of `n` zipf(`alpha`) pages.
+fn zipf_mass(n: usize, alpha: f64, k: usize) -> f64 {
+    let h = |m: usize| (1..=m).map(|r| 1.0 / (r as f64).powf(alpha)).sum::<f64>();
+    h(k.min(n)) / h(n)
+}
+
+/// A lower bound on the expected faults of any online policy with
+/// `frames` frames on the trace `name` of [`suite`]`(suite_frames, _)`,
+/// where one can be computed: on the traces drawn independently from a
+/// distribution (uniform, zipf, and zipf between scans or within a phase)
+/// a reference hits at most with the probability mass of the `frames`
+/// most probable pages, whatever the policy holds; a scan page always
+/// misses. Loop and zigzag are deterministic, so a policy that knows the
+/// pattern reaches OPT: use OPT there. `None` for the others.
+pub fn online_bound(name: &str, suite_frames: usize, frames: usize) -> Option<f64> {
+    let f = suite_frames.max(1);
+    let len = (200 * f) as f64;
+    match name {
+        "zipf-0.8" => Some(len * (1.0 - zipf_mass(10 * f, 0.8, frames))),
+        "zipf-1.0" => Some(len * (1.0 - zipf_mass(10 * f, 1.0, frames))),
+        "zipf-scans" => {
+            // 10 f zipf draws, then 2 f scan pages.
+            let zipf = len * 10.0 / 12.0;
+            Some(zipf * (1.0 - zipf_mass(10 * f, 1.0, frames)) + (len - zipf))
+        }
+        "phase" => Some(len * (1.0 - zipf_mass(3 * f, 0.9, frames))),
+        "uniform" => Some(len * (1.0 - (frames as f64 / (10 * f) as f64).min(1.0))),
+        _ => None,
+    }
 }
 
 /// The suite for `frames` frames, from `seed`.
@@ -168,5 +274,17 @@ pub fn suite(frames: usize, seed: u64) -> Vec<Trace> {
         t("phase", phases(3 * f, 0.9, 25 * f, len, &mut rng)),
         t("zigzag", zigzag(f * 3 / 2, len)),
         t("uniform", uniform(10 * f, len, &mut rng)),
+        t("files", files(0.3, 1.2, 8.0, 4, 2 * f, len, &mut rng)),
+        t(
+            "database",
+            database(
+                f * 3 / 40,
+                8,
+                f as f64 / 4.0,
+                f as f64 / 8000.0,
+                len,
+                &mut rng,
+            ),
+        ),
     ])
 }

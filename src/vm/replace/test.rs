@@ -2,7 +2,7 @@
 //! sequences (`cargo test --lib vm::replace`), and the index under churn.
 
 use super::index::Index;
-use super::{ClockPro, ReplacementPolicy};
+use super::{Adaptive, Clock, ClockPro, ReplacementPolicy};
 use std::collections::HashMap;
 
 /// SplitMix64, so the runs are reproducible.
@@ -36,6 +36,48 @@ fn clock_pro_invariants_hold_under_random_operations() {
                     p.referenced(page);
                 }
                 8 => {
+                    p.evict();
+                }
+                _ => {
+                    p.remove(page);
+                }
+            }
+            p.check();
+        }
+    }
+}
+
+#[test]
+fn adaptive_invariants_hold_under_random_operations() {
+    for run in 0..200u64 {
+        let mut seed = run;
+        let frames = (rng(&mut seed) % 12) as usize;
+        let history = (rng(&mut seed) % 14) as usize;
+        let pages = 1 + rng(&mut seed) % 30;
+        let mut p =
+            Adaptive::with_experts(ClockPro::with_history(frames, history), Clock::new(frames));
+        p.check();
+        // Phases that favour one expert, then the other, so the lead moves.
+        for step in 0..4_000u64 {
+            let page = if (step / 500) % 2 == 0 {
+                step % (frames as u64 + 2)
+            } else {
+                rng(&mut seed) % pages
+            };
+            match rng(&mut seed) % 12 {
+                0..=4 => {
+                    if !p.referenced(page) {
+                        if p.resident_len() == frames {
+                            p.evict();
+                        }
+                        let _ = p.insert(page);
+                        p.referenced(page);
+                    }
+                }
+                5..=8 => {
+                    p.referenced(page);
+                }
+                9 | 10 => {
                     p.evict();
                 }
                 _ => {
