@@ -12,13 +12,16 @@ pub mod boot;
 pub mod dev;
 pub mod mm;
 pub mod overcommit;
+pub mod smp;
+pub mod start;
 pub mod testing;
 pub mod text;
 pub mod user;
 
-/// Defines the kernel's main function, called after boot with the console,
-/// the IDT and [`boot::info`] ready, and makes [`heap::HEAP`] the global
-/// allocator (`entry_point!(own_heap; main)` leaves that to the kernel).
+/// Defines the kernel's main function, called after `start::bring_up`
+/// with the console, the IDT and `boot::info` ready, and makes the kernel
+/// heap (`mm::heap::HEAP`) the global allocator
+/// (`entry_point!(own_heap; main)` leaves that to the kernel).
 ///
 /// ```ignore
 /// kernel_demo::entry_point!(main);
@@ -30,6 +33,7 @@ macro_rules! entry_point {
         #[unsafe(export_name = "__kernel_demo_main")]
         fn __kernel_demo_main() -> ! {
             let main: fn() -> ! = $main;
+            $crate::start::bring_up();
             main()
         }
     };
@@ -38,16 +42,4 @@ macro_rules! entry_point {
         static __KERNEL_DEMO_HEAP: $crate::mm::heap::Global = $crate::mm::heap::Global;
         $crate::entry_point!(own_heap; $main);
     };
-}
-
-/// Reports an unrecoverable error and exits QEMU with failure.
-pub fn fatal(args: core::fmt::Arguments<'_>) -> ! {
-    println!("\nFATAL: {args}");
-    dev::qemu::exit(dev::qemu::ExitCode::Failure)
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    arch::recover::escape_panic(info);
-    fatal(format_args!("kernel panic: {info}"))
 }

@@ -62,7 +62,7 @@ fn main() -> ! {
     info.print_memory_map();
 
     step("2. frame allocator (kmem::frame)");
-    memory::init().unwrap_or_else(|e| kernel_demo::fatal(format_args!("{e}")));
+    memory::init().unwrap_or_else(|e| kernel_demo::dev::qemu::fatal(format_args!("{e}")));
     T_FRAMES.store(cpu::rdtsc(), Ordering::Relaxed);
     let (image_start, image_end) = info.kernel_image();
     println!("reserved: low 1 MiB, kernel image {image_start:#x}..{image_end:#x}, boot data");
@@ -81,7 +81,7 @@ fn main() -> ! {
 
     step("3. the kernel's own address space (kmem::paging)");
     let (kernel, report) = kernel_space::build(info)
-        .unwrap_or_else(|e| kernel_demo::fatal(format_args!("kernel space: {e:?}")));
+        .unwrap_or_else(|e| kernel_demo::dev::qemu::fatal(format_args!("kernel space: {e:?}")));
     REPORT.call_once(|| report);
     let c = report.census;
     println!(
@@ -111,7 +111,7 @@ fn main() -> ! {
     );
     // SAFETY: `kernel` was built by `kernel_space::build` for this kernel.
     let released = unsafe { kernel_space::activate(kernel) }
-        .unwrap_or_else(|e| kernel_demo::fatal(format_args!("boot memory: {e}")));
+        .unwrap_or_else(|e| kernel_demo::dev::qemu::fatal(format_args!("boot memory: {e}")));
     let (boot_start, boot_end) = info.boot_segment();
     println!(
         "boot segment {boot_start:#x}..{boot_end:#x} (entry code, boot GDT, boot page tables) given back: {released} frames, {}",
@@ -131,13 +131,13 @@ extern "C" fn after_switch() -> ! {
     let identity = with_memory(|m| m.mapper.translate(VirtAddr::new(0x20_0000)).is_ok());
     println!("boot identity map dropped: {}", !identity);
     if identity {
-        kernel_demo::fatal(format_args!("the identity map is still there"));
+        kernel_demo::dev::qemu::fatal(format_args!("the identity map is still there"));
     }
 
     step("4. the heap (kmem::heap as #[global_allocator])");
     // Built in place: its ~240 KiB of state (with tracking) never touches
     // the 128 KiB kernel stack.
-    kheap::init().unwrap_or_else(|e| kernel_demo::fatal(format_args!("heap: {e}")));
+    kheap::init().unwrap_or_else(|e| kernel_demo::dev::qemu::fatal(format_args!("heap: {e}")));
     T_HEAP.store(cpu::rdtsc(), Ordering::Relaxed);
     demo_allocations();
 
@@ -242,7 +242,7 @@ fn demo_address_space() {
         let kernel_pml4 = m.mapper.pml4();
         let mut space = match AddressSpace::new(m.mapper, &mut m.frames) {
             Ok(space) => space,
-            Err(e) => kernel_demo::fatal(format_args!("address space: {e:?}")),
+            Err(e) => kernel_demo::dev::qemu::fatal(format_args!("address space: {e:?}")),
         };
         let frame = m.frames.with(|f| f.allocate()).expect("a frame");
         let page = Page::<Size4KiB>::containing_address(user);
@@ -274,7 +274,7 @@ fn demo_address_space() {
                 "destroyed: {} table frames and {} mapped frame returned; user page visible in kernel space: {in_kernel}",
                 stats.tables, stats.mapped_frames
             ),
-            Err((_, e)) => kernel_demo::fatal(format_args!("destroy: {e:?}")),
+            Err((_, e)) => kernel_demo::dev::qemu::fatal(format_args!("destroy: {e:?}")),
         }
         println!(
             "free frames {free0} -> {} (equal: {})",

@@ -230,6 +230,7 @@ pub fn run(tests: &[Test]) -> ! {
         print!("test {} ... ", test.name);
         let mark = crate::dev::console::bytes_written();
         TESTS_STARTED.fetch_add(1, Ordering::SeqCst);
+        crate::mm::lock::abandon_holders();
         let verdict = judge(test.expect, recover::protect(test.run));
         if crate::dev::console::bytes_written() != mark {
             // The test printed: the verdict gets a whole line of its own,
@@ -378,102 +379,5 @@ impl core::fmt::Write for Indented {
             print!("{part}");
         }
         Ok(())
-    }
-}
-
-/// A spin lock that a test may abandon (a fault or panic ends the test with
-/// the lock held): the next test takes it over, since the holder never runs
-/// again. Its state may be half-changed, but that test already failed.
-///
-/// With several CPUs, a lock held by another CPU in the running test is
-/// waited for, serving TLB shootdowns meanwhile (the holder may be shooting
-/// at this CPU).
-pub struct TestLock<T> {
-    inner: spin::Mutex<T>,
-    /// Who holds the lock: `(test + 1) << 8 | cpu` (see [`current_test`]),
-    /// 0 when it was released normally.
-    holder: core::sync::atomic::AtomicUsize,
-}
-
-/// The guard of a [`TestLock`]: marks the lock released, then unlocks.
-pub struct TestLockGuard<'a, T> {
-    guard: Option<spin::MutexGuard<'a, T>>,
-    holder: &'a core::sync::atomic::AtomicUsize,
-}
-
-impl<T> core::ops::Deref for TestLockGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        self.guard.as_ref().expect("held until drop")
-    }
-}
-
-impl<T> core::ops::DerefMut for TestLockGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        self.guard.as_mut().expect("held until drop")
-    }
-}
-
-impl<T> Drop for TestLockGuard<'_, T> {
-    fn drop(&mut self) {
-        self.holder.store(0, Ordering::SeqCst);
-        self.guard = None;
-    }
-}
-
-impl<T> TestLock<T> {
-    /// A lock around `value`.
-    pub const fn new(value: T) -> Self {
-        Self {
-            inner: spin::Mutex::new(value),
-            holder: core::sync::atomic::AtomicUsize::new(0),
-        }
-    }
-
-    /// Takes the lock; takes it over from an abandoned test; waits for
-    /// another CPU's holder; panics with `nested` when the running test
-    /// already holds it on this CPU.
-    pub fn lock_or_take_over(&self, nested: &str) -> TestLockGuard<'_, T> {
-        let cpu = crate::arch::smp::cpu_index();
-        let me = ((current_test() + 1) << 8) | cpu;
-        loop {
-            if let Some(guard) = self.inner.try_lock() {
-                self.holder.store(me, Ordering::SeqCst);
-                return TestLockGuard {
-                    guard: Some(guard),
-                    holder: &self.holder,
-                };
-            }
-            match self.holder.load(Ordering::SeqCst) {
-                // Being taken or released right now.
-                0 => {}
-                h if h == me => panic!("{nested}"),
-                // An earlier test held it and was abandoned: it never runs
-                // again. Take the lock over if the holder is still the one
-                // we saw.
-                h if h >> 8 != me >> 8
-                    && self
-                        .holder
-                        .compare_exchange(h, 0, Ordering::SeqCst, Ordering::SeqCst)
-                        .is_ok() =>
-                {
-                    // SAFETY: the holder belonged to an abandoned test,
-                    // which never resumes, so nobody uses the value.
-                    unsafe { self.inner.force_unlock() };
-                }
-                _ => {}
-            }
-            crate::arch::smp::shootdown::serve_pending();
-            core::hint::spin_loop();
-        }
-    }
-
-    /// Takes the lock, waiting for it.
-    pub fn lock(&self) -> TestLockGuard<'_, T> {
-        let guard = crate::arch::smp::shootdown::lock_serving(&self.inner);
-        TestLockGuard {
-            guard: Some(guard),
-            holder: &self.holder,
-        }
     }
 }

@@ -11,14 +11,16 @@
 extern crate alloc;
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use kernel_demo::arch::cpu::MAX_CPUS;
 use kernel_demo::arch::cpu::{rdtsc, tsc_per_ms};
-use kernel_demo::arch::smp::shootdown::IpiShootdown;
-use kernel_demo::arch::smp::{self, MAX_CPUS};
+use kernel_demo::arch::cpus;
+use kernel_demo::arch::shootdown::{self, IpiShootdown};
 use kernel_demo::boot::phys_to_virt;
 use kernel_demo::mm::kernel_space::enter;
 use kernel_demo::mm::memory::{with_memory, FRAMES};
 use kernel_demo::mm::mixed::{accounted, counters, mixed_work, Counters, OPS};
-use kernel_demo::mm::smp::{unmap_pages, FRAME_CACHE};
+use kernel_demo::mm::percpu::{unmap_pages, FRAME_CACHE};
+use kernel_demo::smp;
 use kernel_demo::user::probe_read;
 use kmem::paging::MapFlags;
 use kmem::smp::DeferredFrees;
@@ -30,7 +32,7 @@ const CPUS: usize = 4;
 
 /// Starts the other CPUs (once) and checks they all came.
 fn cpus() -> usize {
-    kernel_demo::mm::smp::init();
+    kernel_demo::mm::percpu::init();
     let n = smp::boot_aps(MAX_CPUS).unwrap_or_else(|e| panic!("starting the CPUs: {e}"));
     assert_eq!(n, CPUS, "CPUs online");
     n
@@ -44,7 +46,7 @@ static GUARD_FAULTED: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; 
 
 fn record_self(cpu: usize, _: u64) {
     let local = 0u8;
-    SEEN_INDEX[cpu].store(smp::cpu_index(), Ordering::SeqCst);
+    SEEN_INDEX[cpu].store(cpus::cpu_index(), Ordering::SeqCst);
     SEEN_RSP[cpu].store(
         core::hint::black_box(&local) as *const u8 as u64,
         Ordering::SeqCst,
@@ -104,7 +106,7 @@ static FAULTED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 fn shootdown_role(cpu: usize, _: u64) {
     if cpu == 0 {
-        let n = smp::online_count();
+        let n = cpus::online_count();
         wait_until("the readers", || {
             (1..n).all(|c| READS[c].load(Ordering::SeqCst) >= WARM_READS)
         });
@@ -210,7 +212,7 @@ fn table_role(cpu: usize, _: u64) {
                 // SAFETY: the leaf was just unmapped; `flush` covers it.
                 unsafe { deferred.defer(leaf) }.expect("room for the leaf");
                 TABLE_READY.store(1, Ordering::SeqCst);
-                deferred.complete(flush, &mut m.mmu, 0, smp::online(), &mut IpiShootdown)
+                deferred.complete(flush, &mut m.mmu, 0, cpus::online(), &mut IpiShootdown)
             });
             RELEASE_TSC.store(rdtsc(), Ordering::SeqCst);
             assert_eq!(report.rounds, 1);
@@ -340,7 +342,7 @@ kernel_demo::test_kernel! {
                 .expect("map")
                 .ignore();
         });
-        let rounds0 = smp::shootdown::stats().rounds;
+        let rounds0 = shootdown::stats().rounds;
         smp::run_on_all(shootdown_role, 0).unwrap_or_else(|e| panic!("{e}"));
         for cpu in 1..n {
             assert!(READS[cpu].load(Ordering::SeqCst) >= WARM_READS, "CPU {cpu} read first");
@@ -348,7 +350,7 @@ kernel_demo::test_kernel! {
             assert_eq!(READS_AFTER_SHOT[cpu].load(Ordering::SeqCst), 0, "CPU {cpu} read after the shootdown");
             assert_eq!(WRONG_VALUES[cpu].load(Ordering::SeqCst), 0, "CPU {cpu} read the new contents");
         }
-        assert_eq!(smp::shootdown::stats().rounds - rounds0, 1, "one IPI round");
+        assert_eq!(shootdown::stats().rounds - rounds0, 1, "one IPI round");
     }
 
     /// A page table freed by CPU 0's unmap is not handed out again while

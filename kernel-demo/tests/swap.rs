@@ -11,7 +11,7 @@
 extern crate alloc;
 
 use alloc::boxed::Box;
-use kernel_demo::dev::virtio::VirtioSwap;
+use kernel_demo::mm::swap_disk::VirtioSwap;
 use kernel_demo::overcommit;
 use kernel_demo::println;
 use kmem::vm::MemSwap;

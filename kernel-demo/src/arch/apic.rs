@@ -5,11 +5,8 @@
 //! xAPIC rather than x2APIC: QEMU 7.2's TCG does not offer x2APIC, and
 //! every CPU that has one starts in xAPIC mode anyway.
 
-use crate::mm::memory::with_memory;
 use core::sync::atomic::{AtomicU64, Ordering};
-use kmem::paging::MapFlags;
 use x86_64::registers::model_specific::Msr;
-use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::{PhysAddr, VirtAddr};
 
 /// Where the register page is mapped (PML4 slot 464, unused otherwise).
@@ -46,9 +43,13 @@ pub enum ApicError {
     Map(kmem::paging::PagingError),
 }
 
-/// Maps the register page (once) and enables this CPU's APIC. Call on
-/// the bootstrap CPU, with the kernel's address space active.
-pub fn init() -> Result<(), ApicError> {
+/// Has `map` map the register page (once: uncached, at [`APIC_VIRT`])
+/// and enables this CPU's APIC. Call on the bootstrap CPU, with the
+/// kernel's address space active; the mapping is the caller's, since the
+/// kernel's mapper sits above this layer.
+pub fn init(
+    map: impl FnOnce(PhysAddr, VirtAddr) -> Result<(), kmem::paging::PagingError>,
+) -> Result<(), ApicError> {
     if BASE.load(Ordering::Acquire) == 0 {
         if core::arch::x86_64::__cpuid(1).edx & (1 << 9) == 0 {
             return Err(ApicError::Missing);
@@ -58,17 +59,8 @@ pub fn init() -> Result<(), ApicError> {
         if msr & BASE_X2APIC != 0 {
             return Err(ApicError::X2ApicMode);
         }
-        let phys = msr & 0x000F_FFFF_FFFF_F000;
-        with_memory(|m| {
-            let page = Page::<Size4KiB>::containing_address(VirtAddr::new(APIC_VIRT));
-            let frame = PhysFrame::containing_address(PhysAddr::new(phys));
-            // MMIO: uncached, never executed, shared by all CPUs (global).
-            let flags = MapFlags::READ_WRITE.no_cache().global();
-            // SAFETY: the local APIC's MMIO page, which only this driver reaches.
-            unsafe { m.mapper.map(page, frame, flags, &mut m.frames) }
-                .map(|flush| flush.flush(&mut m.mmu))
-        })
-        .map_err(ApicError::Map)?;
+        let phys = PhysAddr::new(msr & 0x000F_FFFF_FFFF_F000);
+        map(phys, VirtAddr::new(APIC_VIRT)).map_err(ApicError::Map)?;
         BASE.store(APIC_VIRT, Ordering::Release);
     }
     enable();

@@ -1,5 +1,6 @@
 //! The IDT: exception entry stubs and the dispatcher that hands each trap
-//! to the user-mode layer, the fault hook or recovery.
+//! to the user-mode layer, the fault hook or recovery, and each interrupt
+//! (IPIs from the local APIC) to its handler.
 //!
 //! Stable Rust has no `x86-interrupt` ABI, so each vector gets a naked
 //! stub that pushes a uniform frame ([`TrapFrame`]) and calls one Rust
@@ -7,11 +8,31 @@
 //! how a fault inside [`crate::arch::recover::protect`] resumes the caller.
 
 use crate::arch::trap::{return_from_trap_frame, vector, Fault, TrapFrame};
+use crate::arch::{apic, shootdown};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use x86_64::registers::control::Cr2;
 use x86_64::structures::gdt::SegmentSelector;
 use x86_64::structures::DescriptorTablePointer;
 use x86_64::VirtAddr;
+
+/// What the user-mode layer handles, registered by the kernel at start-up
+/// ([`set_user_traps`]): this layer sits below it.
+#[derive(Clone, Copy)]
+pub struct UserTraps {
+    /// Every trap from ring 3 (resumes user mode or leaves it).
+    pub trap: fn(&mut TrapFrame, Fault),
+    /// A kernel fault inside a probe of user memory: moves the frame to
+    /// the probe's recovery point and returns true, else returns false.
+    pub fixup: fn(&mut TrapFrame) -> bool,
+}
+
+static USER_TRAPS: spin::Once<UserTraps> = spin::Once::new();
+
+/// Registers the user-mode layer's handlers (the first call wins). Until
+/// then a trap from ring 3 is unexpected.
+pub fn set_user_traps(traps: UserTraps) {
+    USER_TRAPS.call_once(|| traps);
+}
 
 /// A handler the kernel installs to repair a fault and retry the
 /// instruction (return true), e.g. by mapping the missing page.
@@ -35,11 +56,31 @@ fn fault_hook() -> Option<FaultHook> {
     }
 }
 
+/// Whether an IDT vector is a device or inter-processor interrupt (not an
+/// exception, not the system call).
+fn is_interrupt_vector(vector: u64) -> bool {
+    (0x20..=0xFF).contains(&vector) && vector != u64::from(vector::SYSCALL)
+}
+
+/// Handles an interrupt from the local APIC on this CPU and acknowledges
+/// it: a shootdown request is served; any other vector (a wake-up) needs
+/// only the EOI.
+fn interrupt(vector: u8) {
+    match vector {
+        shootdown::SHOOTDOWN_VECTOR => {
+            shootdown::serve_pending();
+            apic::eoi();
+        }
+        apic::SPURIOUS_VECTOR => {} // no EOI for spurious interrupts
+        _ => apic::eoi(),
+    }
+}
+
 extern "C" fn dispatch(frame: &mut TrapFrame) {
-    if crate::arch::smp::is_interrupt_vector(frame.vector) {
+    if is_interrupt_vector(frame.vector) {
         // From the local APIC (IPIs): handled and acknowledged, wherever
         // it interrupted.
-        crate::arch::smp::interrupt(frame.vector as u8);
+        interrupt(frame.vector as u8);
         return;
     }
     let fault = Fault {
@@ -52,12 +93,15 @@ extern "C" fn dispatch(frame: &mut TrapFrame) {
             0
         },
     };
+    let user = USER_TRAPS.get();
     if frame.cs & 3 == 3 {
-        // From ring 3: the user-mode layer decides (resume or leave).
-        crate::user::trap(frame, fault);
-        return;
+        if let Some(user) = user {
+            // From ring 3: the user-mode layer decides (resume or leave).
+            (user.trap)(frame, fault);
+            return;
+        }
     }
-    if crate::user::fixup(frame) {
+    if user.is_some_and(|user| (user.fixup)(frame)) {
         return;
     }
     if let Some(hook) = fault_hook() {

@@ -11,7 +11,8 @@
 //! Each CPU has its own jump buffer, fault and panic message, so a fault
 //! on one CPU resumes the `protect` running on that CPU.
 
-use crate::arch::smp::{cpu_index, MAX_CPUS};
+use crate::arch::cpu::MAX_CPUS;
+use crate::arch::cpus::cpu_index;
 use crate::arch::trap::Fault;
 use crate::text::FixedStr;
 use core::sync::atomic::{AtomicPtr, Ordering};
@@ -128,9 +129,17 @@ pub(crate) fn catch_fault(frame: &mut crate::arch::trap::TrapFrame, fault: Fault
     true
 }
 
-/// Called by the panic handler: when a protected call is running, records
-/// the message and resumes the `setjmp` with [`Outcome::Panicked`].
-pub(crate) fn escape_panic(info: &core::panic::PanicInfo<'_>) {
+/// The kernel's panic handler: a panic inside a protected call resumes
+/// it ([`escape_panic`]); any other is fatal.
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    escape_panic(info);
+    crate::dev::qemu::fatal(format_args!("kernel panic: {info}"))
+}
+
+/// When a protected call is running, records the panic's message and
+/// resumes the `setjmp` with [`Outcome::Panicked`].
+fn escape_panic(info: &core::panic::PanicInfo<'_>) {
     let cpu = this_cpu();
     let buf = ACTIVE[cpu].load(Ordering::SeqCst);
     if buf.is_null() {

@@ -225,20 +225,12 @@ extern "C" {
 }
 
 /// The kernel's entry in Rust, called by the stub on the boot stack with the
-/// loader's boot information and which protocol handed it over.
+/// loader's boot information and which protocol handed it over: starts the
+/// console, keeps the handover for [`accept`] and runs the kernel binary's
+/// entry (its `entry_point!`), which brings the rest up.
 extern "C" fn rust_entry(boot_info: u64, protocol: u64) -> ! {
     crate::dev::console::init();
-    crate::arch::interrupts::init();
-    crate::arch::cpu::init();
-    let parsed = match protocol {
-        1 => BootInfo::from_multiboot2(boot_info),
-        _ => BootInfo::from_pvh(boot_info),
-    };
-    let info = match parsed {
-        Ok(info) => info,
-        Err(e) => crate::fatal(format_args!("bad boot information: {e}")),
-    };
-    BOOT_INFO.call_once(|| info);
+    HANDOVER.call_once(|| (boot_info, protocol));
     extern "Rust" {
         fn __kernel_demo_main() -> !;
     }
@@ -247,9 +239,30 @@ extern "C" fn rust_entry(boot_info: u64, protocol: u64) -> ! {
     unsafe { __kernel_demo_main() }
 }
 
+/// The loader's information address and protocol (1: Multiboot2, else PVH).
+static HANDOVER: spin::Once<(u64, u64)> = spin::Once::new();
+
+/// Reads what the loader handed over into [`info`] (once; later calls do
+/// nothing). Bad boot information is fatal. Run after the IDT is loaded,
+/// so that a fault while reading it is reported, not a triple fault.
+pub fn accept() {
+    let &(boot_info, protocol) = HANDOVER
+        .get()
+        .expect("the entry stub hands over before the kernel starts");
+    BOOT_INFO.call_once(|| {
+        let parsed = match protocol {
+            1 => BootInfo::from_multiboot2(boot_info),
+            _ => BootInfo::from_pvh(boot_info),
+        };
+        parsed
+            .unwrap_or_else(|e| crate::dev::qemu::fatal(format_args!("bad boot information: {e}")))
+    });
+}
+
 static BOOT_INFO: spin::Once<BootInfo> = spin::Once::new();
 
-/// What the kernel learned at boot. Available once the entry point runs.
+/// What the kernel learned at boot. Available once the entry point runs
+/// (after [`accept`]).
 pub fn info() -> &'static BootInfo {
     BOOT_INFO
         .get()

@@ -21,6 +21,6 @@ pub fn audit_wx() {
         census.tables
     );
     if bad != 0 {
-        kernel_demo::fatal(format_args!("W^X audit failed"));
+        kernel_demo::dev::qemu::fatal(format_args!("W^X audit failed"));
     }
 }

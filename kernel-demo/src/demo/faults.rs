@@ -46,8 +46,8 @@ fn demand_hook(fault: &Fault) -> bool {
 fn report(what: &str, outcome: Outcome) {
     match outcome {
         Outcome::Faulted(fault) => println!("{what}: caught {fault}"),
-        Outcome::Returned => kernel_demo::fatal(format_args!("{what}: no fault")),
-        Outcome::Panicked => kernel_demo::fatal(format_args!("{what}: panicked")),
+        Outcome::Returned => kernel_demo::dev::qemu::fatal(format_args!("{what}: no fault")),
+        Outcome::Panicked => kernel_demo::dev::qemu::fatal(format_args!("{what}: panicked")),
     }
 }
 

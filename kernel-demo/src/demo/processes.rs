@@ -21,7 +21,7 @@ pub fn demo_processes(secret: u64, kernel_text: u64) {
     let guard = STACK_TOP - (STACK_PAGES + 1) * 4096;
     let spawn = |pid, program, arg| {
         Process::spawn(pid, program, arg)
-            .unwrap_or_else(|e| kernel_demo::fatal(format_args!("spawn: {e}")))
+            .unwrap_or_else(|e| kernel_demo::dev::qemu::fatal(format_args!("spawn: {e}")))
     };
     let procs = alloc::vec![
         spawn(1, Program::Tag, 0x1111),
@@ -108,7 +108,7 @@ pub fn demo_processes(secret: u64, kernel_text: u64) {
             p.space.destroy(vm, frames, tlb).map_err(|(_, e)| e)
         })
     })
-    .unwrap_or_else(|e| kernel_demo::fatal(format_args!("destroy: {e}")));
+    .unwrap_or_else(|e| kernel_demo::dev::qemu::fatal(format_args!("destroy: {e}")));
     let s = proc::vm_stats();
     println!(
         "vm counters: {} faults: {} zero-filled, {} zero-page maps, {} copied on write, {} write access regained, {} spurious, {} refused; {} frames shared now",
@@ -128,7 +128,7 @@ fn print_layout(mut p: kernel_demo::user::process::Process) {
         .space
         .randomize(cpu::rdtsc().wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let place = |r: Result<u64, kmem::vm::VmError>| {
-        r.unwrap_or_else(|e| kernel_demo::fatal(format_args!("mmap: {e}")))
+        r.unwrap_or_else(|e| kernel_demo::dev::qemu::fatal(format_args!("mmap: {e}")))
     };
     let a = place(p.space.map_anonymous(None, 0x4000, Prot::RW | Prot::USER));
     let b = place(
@@ -147,5 +147,5 @@ fn print_layout(mut p: kernel_demo::user::process::Process) {
         );
     }
     proc::with_vm(|vm| proc::with_tlb(|tlb| p.space.destroy(vm, &mut &memory::FRAMES, tlb)))
-        .unwrap_or_else(|(_, e)| kernel_demo::fatal(format_args!("destroy: {e}")));
+        .unwrap_or_else(|(_, e)| kernel_demo::dev::qemu::fatal(format_args!("destroy: {e}")));
 }

@@ -2,12 +2,14 @@
 //! all of them at once, and time a TLB shootdown.
 
 use kernel_demo::arch::cpu;
-use kernel_demo::arch::smp::{self, MAX_CPUS};
+use kernel_demo::arch::cpu::MAX_CPUS;
+use kernel_demo::arch::{cpus, shootdown};
 use kernel_demo::mm::kernel_space::STACK_PAGES;
 use kernel_demo::mm::memory::with_memory;
 use kernel_demo::mm::mixed::{self, accounted, counters, mixed_work};
-use kernel_demo::mm::smp::{unmap_pages_on, FRAME_CACHE, HEAP_CACHE};
+use kernel_demo::mm::percpu::{unmap_pages_on, FRAME_CACHE, HEAP_CACHE};
 use kernel_demo::println;
+use kernel_demo::smp;
 use kmem::paging::MapFlags;
 use kmem::smp::CpuSet;
 use x86_64::structures::paging::{Page, Size4KiB};
@@ -28,10 +30,10 @@ const BENCH_PAGES: u64 = 512;
 const RUNS: usize = 5;
 
 pub fn run() {
-    kernel_demo::mm::smp::init();
+    kernel_demo::mm::percpu::init();
     let n = match smp::boot_aps(MAX_CPUS) {
         Ok(n) => n,
-        Err(e) => kernel_demo::fatal(format_args!("starting the other CPUs: {e}")),
+        Err(e) => kernel_demo::dev::qemu::fatal(format_args!("starting the other CPUs: {e}")),
     };
     println!(
         "{n} CPUs online (INIT, start-up, start-up through the local APIC; trampoline at 0x8000)"
@@ -40,7 +42,7 @@ pub fn run() {
         if let Some(s) = smp::stack_of(cpu) {
             println!(
                 "  CPU {cpu}: APIC id {}, stack {:#x}..{:#x} ({STACK_PAGES} pages from kmem), guard page {:#x} unmapped",
-                smp::apic_id_of(cpu).unwrap_or(0),
+                cpus::apic_id_of(cpu).unwrap_or(0),
                 s.guard + 4096,
                 s.top,
                 s.guard
@@ -52,10 +54,10 @@ pub fn run() {
     }
 
     let (frames0, live0) = accounted();
-    let rounds0 = smp::shootdown::stats().rounds;
+    let rounds0 = shootdown::stats().rounds;
     let t0 = cpu::rdtsc();
     if let Err(e) = smp::run_on_all(mixed_work, 0x00c0_ffee) {
-        kernel_demo::fatal(format_args!("mixed workload: {e}"));
+        kernel_demo::dev::qemu::fatal(format_args!("mixed workload: {e}"));
     }
     let ms = cpu::tsc_per_ms().map_or(0, |t| (cpu::rdtsc() - t0) / t);
     println!(
@@ -86,7 +88,7 @@ pub fn run() {
     let (frames1, live1) = accounted();
     println!(
         "totals: {} shootdown rounds; frames (free + heap pages + page tables) {frames0} -> {frames1}, heap live bytes {live0} -> {live1}: {}",
-        smp::shootdown::stats().rounds - rounds0,
+        shootdown::stats().rounds - rounds0,
         if (frames0, live0) == (frames1, live1) && bad == 0 {
             "all back"
         } else {
@@ -94,7 +96,7 @@ pub fn run() {
         }
     );
     if (frames0, live0) != (frames1, live1) || bad != 0 {
-        kernel_demo::fatal(format_args!("the concurrent section lost memory or data"));
+        kernel_demo::dev::qemu::fatal(format_args!("the concurrent section lost memory or data"));
     }
     threaded_process();
     shootdown_bench(n);
@@ -130,7 +132,7 @@ fn threaded_process() {
         if r.clean() { "all back, every value as last written" } else { "LOST" }
     );
     if !r.clean() {
-        kernel_demo::fatal(format_args!("the threaded process lost memory or data"));
+        kernel_demo::dev::qemu::fatal(format_args!("the threaded process lost memory or data"));
     }
 }
 
@@ -161,7 +163,7 @@ fn map_pages(start: u64, pages: u64) {
 /// IPIs it took.
 fn timed_unmap(cpus: CpuSet) -> (u64, u64, u64) {
     map_pages(START, BENCH_PAGES);
-    let before = smp::shootdown::stats();
+    let before = shootdown::stats();
     let t0 = cpu::rdtsc();
     let report = unmap_pages_on(
         Page::containing_address(VirtAddr::new(START)),
@@ -174,7 +176,7 @@ fn timed_unmap(cpus: CpuSet) -> (u64, u64, u64) {
     )
     .expect("unmap");
     let ticks = cpu::rdtsc() - t0;
-    let after = smp::shootdown::stats();
+    let after = shootdown::stats();
     assert_eq!(u64::from(report.rounds), after.rounds - before.rounds);
     (
         ticks,
@@ -189,7 +191,7 @@ fn median(mut v: [u64; RUNS]) -> u64 {
 }
 
 fn shootdown_bench(n: usize) {
-    let all = smp::online();
+    let all = cpus::online();
     let me = CpuSet::first(1);
     let mut multi = [0; RUNS];
     let mut single = [0; RUNS];

@@ -5,7 +5,7 @@ use kernel_demo::text::Size;
 use kernel_demo::{arch::cpu, println};
 
 pub fn demo_swap() {
-    use kernel_demo::dev::virtio::VirtioSwap;
+    use kernel_demo::mm::swap_disk::VirtioSwap;
     use kernel_demo::overcommit;
     let (limit, pages) = (256u64, 1024u64);
     let before = overcommit::accounted_frames();
@@ -48,6 +48,6 @@ pub fn demo_swap() {
         if before == after { "all back" } else { "LOST" }
     );
     if before != after || slots != 0 {
-        kernel_demo::fatal(format_args!("swap teardown lost frames or slots"));
+        kernel_demo::dev::qemu::fatal(format_args!("swap teardown lost frames or slots"));
     }
 }

@@ -1,5 +1,5 @@
-//! Devices: the serial console, QEMU's exit port, the virtio-blk swap disk.
+//! Devices every layer uses: the serial console and QEMU's exit port.
+//! (The virtio-blk swap disk needs kmem's frames for DMA: `mm::swap_disk`.)
 
 pub mod console;
 pub mod qemu;
-pub mod virtio;

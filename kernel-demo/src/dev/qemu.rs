@@ -55,3 +55,10 @@ pub fn cpu_count() -> Option<u16> {
         Some(lo | (hi << 8)).filter(|&n| n > 0)
     }
 }
+
+/// Reports an unrecoverable error on the console and exits QEMU with
+/// failure.
+pub fn fatal(args: core::fmt::Arguments<'_>) -> ! {
+    crate::println!("\nFATAL: {args}");
+    exit(ExitCode::Failure)
+}

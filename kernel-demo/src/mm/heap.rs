@@ -13,7 +13,7 @@
 //! interrupted) and serves TLB shootdowns while it waits; heap pages given
 //! back are shot down on every CPU before their frames are freed.
 
-use crate::arch::smp::{self, shootdown};
+use crate::arch::{cpus, shootdown};
 use crate::mm::memory::{with_memory, FRAMES};
 use kmem::frame::LockedFrameAllocator;
 use kmem::heap::{HeapInitError, LockedHeap, MappedPageSource, PageMapper};
@@ -54,8 +54,8 @@ unsafe impl PageMapper for KernelPageMapper {
             let _ = deferred.complete(
                 flush,
                 &mut m.mmu,
-                smp::cpu_index(),
-                smp::online(),
+                cpus::cpu_index(),
+                cpus::online(),
                 &mut shootdown::IpiShootdown,
             );
             Ok(frame)

@@ -223,12 +223,14 @@ pub unsafe fn run_on_kernel_stack(next: extern "C" fn() -> !) -> ! {
 /// address space, the switch, the heap, then `next` on the kernel stack.
 pub fn enter(next: extern "C" fn() -> !) -> ! {
     let info = crate::boot::info();
-    crate::mm::memory::init().unwrap_or_else(|e| crate::fatal(format_args!("{e}")));
-    let (kernel, _) =
-        build(info).unwrap_or_else(|e| crate::fatal(format_args!("kernel space: {e:?}")));
+    crate::mm::memory::init().unwrap_or_else(|e| crate::dev::qemu::fatal(format_args!("{e}")));
+    let (kernel, _) = build(info)
+        .unwrap_or_else(|e| crate::dev::qemu::fatal(format_args!("kernel space: {e:?}")));
     // SAFETY: `kernel` was just built by `build` for this kernel.
-    unsafe { activate(kernel) }.unwrap_or_else(|e| crate::fatal(format_args!("boot memory: {e}")));
-    crate::mm::heap::init().unwrap_or_else(|e| crate::fatal(format_args!("heap: {e:?}")));
+    unsafe { activate(kernel) }
+        .unwrap_or_else(|e| crate::dev::qemu::fatal(format_args!("boot memory: {e}")));
+    crate::mm::heap::init()
+        .unwrap_or_else(|e| crate::dev::qemu::fatal(format_args!("heap: {e:?}")));
     // SAFETY: the kernel space is active and its stack unused.
     unsafe { run_on_kernel_stack(next) }
 }

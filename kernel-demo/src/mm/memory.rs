@@ -6,7 +6,7 @@
 //! allocator sees the map.
 
 use crate::boot::{BootInfo, DIRECT_MAP};
-use crate::testing::TestLock;
+use crate::mm::lock::TestLock;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kmem::frame::{BitmapFrameAllocator, FrameError, LockedFrameAllocator};
 use kmem::memory_map::{MapError, MemoryMap};

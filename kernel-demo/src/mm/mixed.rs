@@ -3,13 +3,13 @@
 //! mapped and unmapped in the kernel's address space (each unmap one
 //! shootdown round, its page table freed after the round); every object
 //! carries a pattern checked before it is freed. The SMP test kernel and
-//! the demo run it on all CPUs ([`crate::arch::smp::run_on_all`]).
+//! the demo run it on all CPUs ([`crate::smp::run_on_all`]).
 
-use crate::arch::smp::MAX_CPUS;
+use crate::arch::cpu::MAX_CPUS;
 use crate::boot::phys_to_virt;
 use crate::mm::heap::{self as kheap, HEAP};
 use crate::mm::memory::with_memory;
-use crate::mm::smp::{unmap_scattered, FRAME_CACHE, HEAP_CACHE, SCATTERED};
+use crate::mm::percpu::{unmap_scattered, FRAME_CACHE, HEAP_CACHE, SCATTERED};
 use core::alloc::{GlobalAlloc, Layout};
 use kmem::paging::MapFlags;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};

@@ -91,7 +91,7 @@ extern "C" fn enter(arg: *mut u8) {
 pub(crate) fn trap(frame: &mut TrapFrame, fault: Fault) {
     let running = RUNNING.load(Ordering::SeqCst);
     if running.is_null() {
-        crate::fatal(format_args!("trap from ring 3 outside user::run: {fault}"));
+        crate::dev::qemu::fatal(format_args!("trap from ring 3 outside user::run: {fault}"));
     }
     // SAFETY: `running` is the live `Running` of the current `run`, on the
     // kernel stack below the trap stack; single CPU, so nothing else uses it.

@@ -3,8 +3,8 @@
 //! run in ring 3 round-robin until it exits, forks or is ended for a
 //! fault the virtual-memory layer refuses.
 
-use crate::arch::smp::shootdown::{read_serving, write_serving, IpiShootdown};
-use crate::arch::smp::{self};
+use crate::arch::cpus;
+use crate::arch::shootdown::{read_serving, write_serving, IpiShootdown};
 use crate::arch::trap::{vector, Fault, TrapFrame};
 use crate::mm::memory::{direct_map, with_memory, FRAMES};
 use crate::user::programs::{self, Program};
@@ -59,7 +59,7 @@ pub fn configure_vm<R>(f: impl FnOnce(&mut Vm) -> R) -> R {
 /// and the IPI shootdown that reaches the other CPUs a space is active on.
 pub fn with_tlb<R>(f: impl FnOnce(&mut Tlb<'_>) -> R) -> R {
     let (mut mmu, mut ipis) = (X86Mmu, IpiShootdown);
-    f(&mut Tlb::new(&mut mmu, smp::cpu_index(), &mut ipis))
+    f(&mut Tlb::new(&mut mmu, cpus::cpu_index(), &mut ipis))
 }
 
 /// The counters of the virtual-memory layer.
@@ -223,7 +223,7 @@ pub fn run_all(procs: Vec<Process>) -> Vec<(u64, Vec<u64>, End)> {
     let kernel_cr3 = X86Mmu.cr3();
     while let Some(mut p) = queue.pop_front() {
         // The space's CPU set names this CPU before its CR3 holds the space.
-        let cpu = smp::cpu_index();
+        let cpu = cpus::cpu_index();
         p.space.cpus().enter(cpu);
         // SAFETY: the space maps the kernel half (shared with the kernel's
         // tables) and its own user pages; the kernel runs on in it.
@@ -270,7 +270,8 @@ pub fn run_all(procs: Vec<Process>) -> Vec<(u64, Vec<u64>, End)> {
 /// Destroys an ended process's address space.
 fn finish(p: Process) -> (u64, Vec<u64>, End) {
     let end = p.end.expect("ended");
-    with_vm(|vm| with_tlb(|tlb| p.space.destroy(vm, &mut &FRAMES, tlb)))
-        .unwrap_or_else(|(_, e)| crate::fatal(format_args!("destroying pid {}: {e}", p.pid)));
+    with_vm(|vm| with_tlb(|tlb| p.space.destroy(vm, &mut &FRAMES, tlb))).unwrap_or_else(
+        |(_, e)| crate::dev::qemu::fatal(format_args!("destroying pid {}: {e}", p.pid)),
+    );
     (p.pid, p.reports, end)
 }

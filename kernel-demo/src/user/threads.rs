@@ -11,12 +11,14 @@
 //! TLB shootdowns, so the CPU holding it can always finish.
 
 use crate::arch::cpu;
+use crate::arch::cpu::MAX_CPUS;
+use crate::arch::cpus;
 use crate::arch::interrupts;
-use crate::arch::smp::shootdown::{self, read_serving, write_serving};
-use crate::arch::smp::{self, MAX_CPUS};
+use crate::arch::shootdown::{self, read_serving, write_serving};
 use crate::arch::trap::{vector, Fault};
 use crate::mm::memory::{with_memory, FRAMES};
 use crate::mm::mixed::accounted;
+use crate::smp;
 use crate::user::probe_read;
 use crate::user::process::{configure_vm, with_tlb, with_vm};
 use alloc::boxed::Box;
@@ -125,7 +127,7 @@ fn hook(f: &Fault) -> bool {
     let access = FaultAccess::from_error_code(f.error_code);
     let addr = VirtAddr::new_truncate(f.addr);
     let r = with_vm(|vm| with_tlb(|tlb| space.handle_fault(vm, addr, access, &mut &FRAMES, tlb)));
-    let slot = &COUNTS[smp::cpu_index()];
+    let slot = &COUNTS[cpus::cpu_index()];
     match r {
         Ok(outcome) => {
             bump(&slot.faults);
@@ -343,7 +345,7 @@ pub fn run(seed: u64) -> Report {
     let mut space = VmSpace::with_mapper(tables.into_mapper(), USER_RANGE.0, USER_RANGE.1)
         .map_err(|(_, e)| e)
         .expect("a new address space maps nothing in its user half");
-    let n = smp::online_count() as u64;
+    let n = cpus::online_count() as u64;
     space
         .map_anonymous(Some(SHARED), SHARED_PAGES * 4096, Prot::RW)
         .expect("shared area");
@@ -359,7 +361,7 @@ pub fn run(seed: u64) -> Report {
     {
         let kernel = X86Mmu.cr3();
         let pml4 = PhysFrame::containing_address(PhysAddr::new(PML4.load(Ordering::SeqCst)));
-        let me = smp::cpu_index();
+        let me = cpus::cpu_index();
         read_serving(&SPACE)
             .as_ref()
             .expect("space")
@@ -388,7 +390,7 @@ pub fn run(seed: u64) -> Report {
     interrupts::set_fault_hook(None);
     if let Err(e) = ran {
         let why = REFUSED.lock().take();
-        crate::fatal(format_args!("threaded process: {e} (kmem: {why:?})"));
+        crate::dev::qemu::fatal(format_args!("threaded process: {e} (kmem: {why:?})"));
     }
     let space = write_serving(&SPACE).take().expect("the space");
     let stats1 = with_vm(|vm| vm.stats());

@@ -9,7 +9,9 @@
 //! ([`PerCpuFrames::drain_all`], [`PerCpuHeap::drain_all`]) never waits on a
 //! CPU that is itself waiting for a shootdown.
 
-use crate::arch::smp::{self, shootdown::IpiShootdown, KernelCpu, MAX_CPUS};
+use crate::arch::cpu::MAX_CPUS;
+use crate::arch::cpus::{self, KernelCpu};
+use crate::arch::shootdown::IpiShootdown;
 use crate::mm::heap::Global;
 use crate::mm::memory::{with_memory, FRAMES};
 use kmem::frame::X86Interrupts;
@@ -52,7 +54,7 @@ pub fn unmap_pages(
     pages: u64,
     leaf: impl FnMut(PhysFrame),
 ) -> Result<ReleaseReport, PagingError> {
-    unmap_pages_on(first, pages, smp::online(), leaf)
+    unmap_pages_on(first, pages, cpus::online(), leaf)
 }
 
 /// [`unmap_pages`] with the shootdown sent to the CPUs of `cpus` only
@@ -82,7 +84,7 @@ pub fn unmap_scattered(
         pages.len() <= SCATTERED,
         "unmap_scattered takes at most {SCATTERED} pages"
     );
-    unmap_each(pages.iter().copied(), smp::online(), leaf)
+    unmap_each(pages.iter().copied(), cpus::online(), leaf)
 }
 
 /// The unmap of [`unmap_pages_on`] and [`unmap_scattered`]: the pages of
@@ -118,12 +120,12 @@ fn unmap_each(
         let targets = if deferred.is_empty() {
             cpus
         } else {
-            smp::online()
+            cpus::online()
         };
         let report = deferred.complete(
             flush,
             &mut m.mmu,
-            smp::cpu_index(),
+            cpus::cpu_index(),
             targets,
             &mut IpiShootdown,
         );

@@ -11,7 +11,8 @@
 //! each other, or a shooter holding a lock another CPU spins on, cannot
 //! deadlock.
 
-use super::{cpu_index, MAX_CPUS};
+use crate::arch::cpu::MAX_CPUS;
+use crate::arch::cpus::{cpu_index, send_ipi};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kmem::paging::{Flush, X86Mmu};
@@ -172,7 +173,7 @@ unsafe impl TlbShootdown for IpiShootdown {
         let cpus = || (0..MAX_CPUS).filter(move |&c| mask & (1 << c) != 0);
         for cpu in cpus() {
             WANTED[cpu].fetch_max(round, Ordering::AcqRel);
-            super::send_ipi(cpu, SHOOTDOWN_VECTOR);
+            send_ipi(cpu, SHOOTDOWN_VECTOR);
             IPIS.fetch_add(1, Ordering::Relaxed);
         }
         let start = crate::arch::cpu::rdtsc();

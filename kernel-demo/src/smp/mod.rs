@@ -1,39 +1,37 @@
-//! Several CPUs: starting the application processors (INIT, start-up,
-//! start-up through the local APIC), which CPU runs the caller, running
-//! work on every CPU, and TLB shootdown ([`shootdown`]).
+//! Several CPUs: mapping the local APIC, starting the application
+//! processors (INIT, start-up, start-up through the local APIC) on stacks
+//! the kernel maps, and running work on every CPU. Which CPU runs the
+//! caller is [`crate::arch::cpus`]; TLB shootdown is
+//! [`crate::arch::shootdown`].
 //!
-//! CPUs get dense indices: 0 is the boot CPU, the others count up in the
-//! order they started. A CPU finds its index with `rdtscp` (each writes
-//! its index to `IA32_TSC_AUX`) or, without it, by its APIC id. QEMU
-//! numbers APIC ids 0..N with `-smp N` and reports N through fw_cfg, which
-//! is what [`boot_aps`] relies on (no ACPI tables are read).
+//! QEMU numbers APIC ids 0..N with `-smp N` and reports N through fw_cfg,
+//! which is what [`boot_aps`] relies on (no ACPI tables are read).
 //!
 //! A started CPU loads its own GDT and TSS and the shared IDT, enables its
 //! APIC and waits with `hlt` for work ([`run_on_all`]), with interrupts on
 //! so that it answers shootdowns.
 
-pub mod shootdown;
 mod trampoline;
 
+use crate::arch::cpu::{self, MAX_CPUS};
+use crate::arch::cpus::{self, cpu_index, online, online_count, send_ipi};
 use crate::arch::recover::{self, Outcome};
-use crate::arch::{apic, cpu};
+use crate::arch::{apic, shootdown};
 use crate::mm::kernel_space::{self, CpuStack};
 use crate::text::FixedStr;
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use kmem::smp::{CpuLocal, CpuSet};
-use x86_64::registers::model_specific::Msr;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use kmem::paging::MapFlags;
+use kmem::smp::CpuSet;
+use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
+use x86_64::{PhysAddr, VirtAddr};
 
-pub use crate::arch::cpu::MAX_CPUS;
 /// The IDT vector that wakes an idle CPU (it only needs an EOI).
 pub const WAKE_VECTOR: u8 = 0xF1;
 
-const IA32_TSC_AUX: u32 = 0xC000_0103;
-const NO_APIC_ID: u32 = u32::MAX;
-
 struct Cpu {
-    apic_id: AtomicU32,
-    online: AtomicBool,
+    /// Whether this CPU came up (set by the CPU itself).
+    started: AtomicBool,
     /// The kernel stack's guard page and top; the double-fault stack's top.
     guard: AtomicU64,
     top: AtomicU64,
@@ -46,8 +44,7 @@ struct Cpu {
 impl Cpu {
     const fn new() -> Self {
         Self {
-            apic_id: AtomicU32::new(NO_APIC_ID),
-            online: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             guard: AtomicU64::new(0),
             top: AtomicU64::new(0),
             ist_top: AtomicU64::new(0),
@@ -58,52 +55,14 @@ impl Cpu {
 }
 
 static CPUS: [Cpu; MAX_CPUS] = [const { Cpu::new() }; MAX_CPUS];
-/// CPUs online, the boot CPU included.
-static ONLINE: AtomicUsize = AtomicUsize::new(1);
-/// Whether [`boot_aps`] set up the per-CPU index (before: always CPU 0).
+/// Whether [`boot_aps`] ran.
 static STARTED: AtomicBool = AtomicBool::new(false);
-static RDTSCP: AtomicBool = AtomicBool::new(false);
 /// The kernel's PML4 (physical), loaded by each started CPU.
 static KERNEL_CR3: AtomicU64 = AtomicU64::new(0);
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 type Work = fn(usize, u64);
 static WORK: spin::Mutex<Option<(Work, u64)>> = spin::Mutex::new(None);
-
-/// The index of the CPU running the caller: 0 on the boot CPU and before
-/// [`boot_aps`].
-#[inline]
-pub fn cpu_index() -> usize {
-    if !STARTED.load(Ordering::Relaxed) {
-        return 0;
-    }
-    if RDTSCP.load(Ordering::Relaxed) {
-        let mut aux = 0u32;
-        // SAFETY: rdtscp is supported (checked in `boot_aps`); it only reads.
-        unsafe { core::arch::x86_64::__rdtscp(&mut aux) };
-        return aux as usize;
-    }
-    let id = apic::id();
-    CPUS.iter()
-        .position(|c| c.apic_id.load(Ordering::Relaxed) == id)
-        .unwrap_or_else(|| panic!("APIC id {id} belongs to no known CPU"))
-}
-
-/// How many CPUs are online (1 before [`boot_aps`]).
-pub fn online_count() -> usize {
-    ONLINE.load(Ordering::SeqCst)
-}
-
-/// The CPUs online: the targets of a kernel-half shootdown.
-pub fn online() -> CpuSet {
-    let mut set = CpuSet::empty();
-    for (i, c) in CPUS.iter().enumerate() {
-        if i == 0 || c.online.load(Ordering::SeqCst) {
-            set.insert(i);
-        }
-    }
-    set
-}
 
 /// The stacks of CPU `cpu` (`None` for the boot CPU and CPUs not started).
 pub fn stack_of(cpu: usize) -> Option<CpuStack> {
@@ -114,53 +73,6 @@ pub fn stack_of(cpu: usize) -> Option<CpuStack> {
         top,
         ist_top: c.ist_top.load(Ordering::SeqCst),
     })
-}
-
-/// The APIC id of CPU `cpu`.
-pub fn apic_id_of(cpu: usize) -> Option<u32> {
-    let id = CPUS.get(cpu)?.apic_id.load(Ordering::SeqCst);
-    (id != NO_APIC_ID).then_some(id)
-}
-
-/// Sends `vector` to CPU `cpu` (no effect for an unknown CPU).
-pub fn send_ipi(cpu: usize, vector: u8) {
-    if let Some(id) = apic_id_of(cpu) {
-        apic::send_ipi(id, vector);
-    }
-}
-
-/// The kernel's [`CpuLocal`]: [`cpu_index`], and `cli`/`sti` around `f`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct KernelCpu;
-
-impl CpuLocal for KernelCpu {
-    #[inline]
-    fn cpu_id(&self) -> usize {
-        cpu_index()
-    }
-
-    #[inline]
-    fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R {
-        x86_64::instructions::interrupts::without_interrupts(f)
-    }
-}
-
-/// Whether an IDT vector is a device or inter-processor interrupt (not an
-/// exception, not the system call).
-pub(crate) fn is_interrupt_vector(vector: u64) -> bool {
-    (0x20..=0xFF).contains(&vector) && vector != u64::from(crate::arch::trap::vector::SYSCALL)
-}
-
-/// Handles an interrupt on this CPU (called by the IDT dispatcher).
-pub(crate) fn interrupt(vector: u8) {
-    match vector {
-        shootdown::SHOOTDOWN_VECTOR => {
-            shootdown::serve_pending();
-            apic::eoi();
-        }
-        apic::SPURIOUS_VECTOR => {} // no EOI for spurious interrupts
-        _ => apic::eoi(),
-    }
 }
 
 /// Why the other CPUs could not be started.
@@ -219,20 +131,26 @@ pub fn boot_aps(max: usize) -> Result<usize, SmpError> {
         .min(max)
         .min(MAX_CPUS);
     mask_pic();
-    apic::init().map_err(SmpError::Apic)?;
-    let rdtscp = core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 27) != 0;
-    if rdtscp {
-        // SAFETY: TSC_AUX exists with rdtscp (checked); only rdtscp reads it.
-        unsafe { Msr::new(IA32_TSC_AUX).write(0) };
-    }
-    RDTSCP.store(rdtscp, Ordering::SeqCst);
+    apic::init(map_apic).map_err(SmpError::Apic)?;
     let bsp_id = apic::id();
-    CPUS[0].apic_id.store(bsp_id, Ordering::SeqCst);
-    CPUS[0].online.store(true, Ordering::SeqCst);
+    cpus::start_indexing(bsp_id);
     STARTED.store(true, Ordering::SeqCst);
     let result = start_others(wanted, bsp_id);
     x86_64::instructions::interrupts::enable();
     result.map(|()| online_count())
+}
+
+/// Maps the local APIC's register page at `virt`: uncached, never
+/// executed, shared by all CPUs (global).
+fn map_apic(phys: PhysAddr, virt: VirtAddr) -> Result<(), kmem::paging::PagingError> {
+    let page = Page::<Size4KiB>::containing_address(virt);
+    let frame = PhysFrame::containing_address(phys);
+    let flags = MapFlags::READ_WRITE.no_cache().global();
+    crate::mm::memory::with_memory(|m| {
+        // SAFETY: the local APIC's MMIO page, which only the APIC driver reaches.
+        unsafe { m.mapper.map(page, frame, flags, &mut m.frames) }
+            .map(|flush| flush.flush(&mut m.mmu))
+    })
 }
 
 fn start_others(wanted: usize, bsp_id: u32) -> Result<(), SmpError> {
@@ -263,25 +181,25 @@ fn start_others(wanted: usize, bsp_id: u32) -> Result<(), SmpError> {
         c.guard.store(stack.guard, Ordering::SeqCst);
         c.top.store(stack.top, Ordering::SeqCst);
         c.ist_top.store(stack.ist_top, Ordering::SeqCst);
-        c.apic_id.store(apic_id, Ordering::SeqCst);
+        cpus::set_apic_id(cpu, Some(apic_id));
         trampoline::prepare(stack.top, ap_entry, cpu as u64);
         apic::send_init(apic_id);
         delay_us(10_000);
         for _ in 0..2 {
             apic::send_startup(apic_id, trampoline::startup_page());
             delay_us(200);
-            if c.online.load(Ordering::SeqCst) {
+            if c.started.load(Ordering::SeqCst) {
                 break;
             }
         }
         // Wait for it: the trampoline's data block is reused for the next.
         let mut waited = 0;
-        while !c.online.load(Ordering::SeqCst) && waited < 1000 {
+        while !c.started.load(Ordering::SeqCst) && waited < 1000 {
             delay_us(100);
             waited += 1;
         }
-        if !c.online.load(Ordering::SeqCst) {
-            c.apic_id.store(NO_APIC_ID, Ordering::SeqCst);
+        if !c.started.load(Ordering::SeqCst) {
+            cpus::set_apic_id(cpu, None);
             return Err(SmpError::NoAnswer(apic_id));
         }
     }
@@ -297,11 +215,7 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     ));
     // First, so that `cpu_index` (recovery slots, shootdown acks) is this
     // CPU's from here on, not the boot CPU's.
-    if RDTSCP.load(Ordering::SeqCst) {
-        // SAFETY: rdtscp and TSC_AUX exist (checked on the boot CPU, same
-        // CPU model); only rdtscp reads it.
-        unsafe { Msr::new(IA32_TSC_AUX).write(cpu as u64) };
-    }
+    cpus::set_index(cpu);
     // A target of every shootdown before it can cache a kernel translation
     // of its own; it answers by polling until its interrupts are on.
     shootdown::join(cpu);
@@ -321,8 +235,8 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     CPUS[cpu]
         .finished
         .store(GENERATION.load(Ordering::SeqCst), Ordering::SeqCst);
-    CPUS[cpu].online.store(true, Ordering::SeqCst);
-    ONLINE.fetch_add(1, Ordering::SeqCst);
+    cpus::set_online(cpu);
+    CPUS[cpu].started.store(true, Ordering::SeqCst);
     idle(cpu)
 }
 
