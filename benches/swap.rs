@@ -13,10 +13,17 @@
 //! targets: the adaptive policy at most 1.005x CLOCK's faults on every
 //! trace and size, and CLOCK-Pro's lead kept on the loop and the scans.
 //!
+//! Then the multi-process suite (`synth::multi_suite`): faults of each
+//! policy as one policy over every process (global replacement) and as one
+//! per process (local: a fault evicts from its own process), and OPT over
+//! the merged references; `ratio <policy>_vs_opt multi_<trace> <x>`
+//! (global) and `ratio global_vs_local <trace> <policy> <x>`.
+//!
 //! `KMEM_BENCH_QUICK=1`: the mid size only.
 
 mod common;
 
+use kmem::vm::replace::multi;
 use kmem::vm::replace::sim;
 use kmem::vm::replace::synth;
 use kmem::vm::replace::{Adaptive, Clock, ClockPro, ReplacementPolicy};
@@ -172,5 +179,84 @@ fn main() {
             );
         }
     }
+    multi_process(sizes);
     println!("({:.1} s)", start.elapsed().as_secs_f64());
+}
+
+type Make = fn(usize) -> Box<dyn ReplacementPolicy>;
+
+/// The multi-process suite: each policy as one policy over every process
+/// (global) and as one per process (local, today's reclaim of the
+/// faulting space), against OPT over the merged references.
+fn multi_process(sizes: &[usize]) {
+    let policies: [(&str, Make); 3] = [
+        ("clock", |n| Box::new(Clock::new(n))),
+        ("clock-pro", |n| Box::new(ClockPro::new(n))),
+        ("adaptive", |n| Box::new(Adaptive::new(n))),
+    ];
+    let suite = synth::multi_suite(MID, SEED);
+    println!();
+    println!("multi-process suite for {MID} frames, seed {SEED}: faults, global (one policy over all processes) / local (one per process)");
+    println!();
+    println!("| trace | frames | OPT | CLOCK global / local | CLOCK-Pro global / local | adaptive global / local | adaptive global/OPT | adaptive global/local |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut mid = Vec::new();
+    for t in &suite {
+        for &frames in sizes {
+            let opt = multi::opt_faults(&t.refs, frames);
+            let mut cells = Vec::new();
+            let mut runs = Vec::new();
+            for (name, make) in policies {
+                let global = multi::replay_global(&mut *make(frames), &t.refs).faults;
+                let mut own: Vec<Box<dyn ReplacementPolicy>> =
+                    (0..t.processes).map(|_| make(frames)).collect();
+                let local = multi::replay_per_process(&mut own, frames, &t.refs).faults;
+                cells.push(format!("{global} / {local}"));
+                runs.push((name, global, local));
+            }
+            let (_, ag, al) = runs[2];
+            println!(
+                "| {} | {frames} | {opt} | {} | {:.3} | {:.3} |",
+                t.name,
+                cells.join(" | "),
+                ag as f64 / opt as f64,
+                ag as f64 / al as f64
+            );
+            if frames == MID {
+                mid.push((t.name, opt, runs));
+            }
+        }
+    }
+    println!();
+    for (trace, opt, runs) in &mid {
+        for (name, global, _) in runs {
+            println!(
+                "ratio {name}_vs_opt multi_{trace} {:.3}",
+                *global as f64 / *opt as f64
+            );
+        }
+        for (name, global, local) in runs {
+            println!(
+                "ratio global_vs_local {trace} {name} {:.3}",
+                *global as f64 / *local as f64
+            );
+        }
+    }
+    let verdict = |ok: bool| if ok { "met" } else { "NOT MET" };
+    for (trace, _, runs) in mid.iter().filter(|(t, _, _)| t.starts_with("shift")) {
+        let (_, g, l) = runs[2];
+        let x = g as f64 / l as f64;
+        println!(
+            "target global/local <= 0.5 on {trace} (adaptive): {x:.3}, {}",
+            verdict(x <= 0.5)
+        );
+    }
+    let gm = geomean(
+        mid.iter()
+            .map(|(_, opt, runs)| runs[2].1 as f64 / *opt as f64),
+    );
+    println!(
+        "target global adaptive/OPT geomean <= 1.4: {gm:.3}, {}",
+        verdict(gm <= 1.4)
+    );
 }

@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example replay -- --frames N TRACE...
 //! cargo run --release --example replay -- --curve MIN..MAX [--points K] [--svg FILE] TRACE...
+//! cargo run --release --example replay -- --frames N --interleave Q TRACE...
 //! ```
 //!
 //! A trace is text, one page number per line (decimal or 0x hex), `#`
@@ -12,14 +13,20 @@
 //! With `--curve`: the same `faults` lines at `K` frame counts from `MIN`
 //! to `MAX` (default 16), and with `--svg` the miss-ratio curves (faults ÷
 //! references against frames), one panel per trace, one line per policy.
+//! With `--interleave`: each trace is one process with its own address
+//! space, run round-robin `Q` references at a time over the `N` frames;
+//! `faults <policy> <label> <N> <count>` for each policy as one policy over
+//! every process (global reclaim), then per process (label suffix
+//! `-local`: a fault evicts from its own process), then OPT over the
+//! merged references; the label joins the traces' names with `+`.
 
-use kmem::vm::replace::sim;
+use kmem::vm::replace::{multi, sim};
 use kmem::vm::replace::{trace, Adaptive, Clock, ClockPro, ReplacementPolicy};
 use plotters::prelude::*;
 use std::path::Path;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: replay --frames N TRACE...\n       \
+const USAGE: &str = "usage: replay --frames N [--interleave Q] TRACE...\n       \
                      replay --curve MIN..MAX [--points K] [--svg FILE] TRACE...";
 
 /// The policies in the order they are printed and drawn, OPT last.
@@ -40,6 +47,7 @@ struct Args {
     curve: Option<(usize, usize)>,
     points: usize,
     svg: Option<String>,
+    interleave: Option<usize>,
     files: Vec<String>,
 }
 
@@ -56,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
         curve: None,
         points: 16,
         svg: None,
+        interleave: None,
         files: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -69,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
             "--frames" => a.frames = Some(count("--frames", &value()?)?),
             "--points" => a.points = count("--points", &value()?)?.max(2),
             "--svg" => a.svg = Some(value()?),
+            "--interleave" => a.interleave = Some(count("--interleave", &value()?)?),
             "--curve" => {
                 let v = value()?;
                 let (lo, hi) = v
@@ -90,6 +100,9 @@ fn parse_args() -> Result<Args, String> {
     if a.svg.is_some() && a.curve.is_none() {
         return Err(format!("--svg draws a --curve\n{USAGE}"));
     }
+    if a.interleave.is_some() && a.frames.is_none() {
+        return Err(format!("--interleave replays at --frames N\n{USAGE}"));
+    }
     Ok(a)
 }
 
@@ -106,6 +119,9 @@ fn run() -> Result<(), String> {
             .file_stem()
             .map_or_else(|| file.clone(), |s| s.to_string_lossy().into_owned());
         traces.push((name, pages));
+    }
+    if let (Some(frames), Some(quantum)) = (args.frames, args.interleave) {
+        return processes(&traces, frames, quantum);
     }
     if let Some(frames) = args.frames {
         for (name, pages) in &traces {
@@ -144,6 +160,38 @@ fn run() -> Result<(), String> {
         draw(svg, &curves).map_err(|e| format!("{svg}: {e}"))?;
         println!("wrote {svg}");
     }
+    Ok(())
+}
+
+/// Each trace a process, interleaved `quantum` references at a time over
+/// `frames` frames: every policy global and local, then OPT.
+fn processes(traces: &[(String, Vec<u64>)], frames: usize, quantum: usize) -> Result<(), String> {
+    let pages: Vec<Vec<u64>> = traces.iter().map(|(_, p)| p.clone()).collect();
+    let refs = multi::interleave(&pages, quantum)
+        .map_err(|e| format!("{}: {e}", traces[e.process as usize].0))?;
+    let label = traces
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join("+");
+    type Make = fn(usize) -> Box<dyn ReplacementPolicy>;
+    let policies: [(&str, Make); 3] = [
+        ("clock", |n| Box::new(Clock::new(n))),
+        ("clock-pro", |n| Box::new(ClockPro::new(n))),
+        ("adaptive", |n| Box::new(Adaptive::new(n))),
+    ];
+    for (name, make) in policies {
+        let global = multi::replay_global(&mut *make(frames), &refs);
+        println!("faults {name} {label} {frames} {}", global.faults);
+        let mut own: Vec<Box<dyn ReplacementPolicy>> =
+            traces.iter().map(|_| make(frames)).collect();
+        let local = multi::replay_per_process(&mut own, frames, &refs);
+        println!("faults {name} {label}-local {frames} {}", local.faults);
+    }
+    println!(
+        "faults opt {label} {frames} {}",
+        multi::opt_faults(&refs, frames)
+    );
     Ok(())
 }
 

@@ -188,6 +188,25 @@ proptest! {
     }
 
     #[test]
+    fn opt_bounds_global_and_per_process_replacement(
+        traces in prop::collection::vec(prop::collection::vec(0u64..12, 0..80), 1..4),
+        quantum in 1usize..6,
+        frames in 1usize..9,
+    ) {
+        use kmem::vm::replace::multi;
+        let refs = multi::interleave(&traces, quantum).unwrap();
+        let opt = multi::opt_faults(&refs, frames);
+        let global = multi::replay_global(&mut Adaptive::new(frames), &refs);
+        let mut own: Vec<Box<dyn ReplacementPolicy>> =
+            traces.iter().map(|_| Box::new(ClockPro::new(frames)) as Box<dyn ReplacementPolicy>).collect();
+        let local = multi::replay_per_process(&mut own, frames, &refs);
+        prop_assert!(opt <= global.faults && opt <= local.faults);
+        prop_assert_eq!(global.per_process.iter().sum::<u64>(), global.faults);
+        let held: usize = own.iter().map(|p| p.resident_len()).sum();
+        prop_assert!(held <= frames, "{} pages held in {} frames", held, frames);
+    }
+
+    #[test]
     fn clock_matches_reference(frames in 1usize..8, ops in ops(12)) {
         let mut clock = Clock::new(frames);
         let mut reference = RefClock { capacity: frames, ..RefClock::default() };

@@ -163,3 +163,69 @@ fn footprints_are_as_documented() {
         );
     }
 }
+
+#[test]
+fn interleave_takes_turns_and_refuses_pages_above_2_48() {
+    use kmem::vm::replace::multi::{interleave, PageTooLarge};
+    let refs = interleave(&[vec![1, 2, 3], vec![7], vec![8, 9]], 2).unwrap();
+    assert_eq!(
+        refs,
+        vec![(0, 1), (0, 2), (1, 7), (2, 8), (2, 9), (0, 3)],
+        "two of each in turn, an ended trace drops out"
+    );
+    assert_eq!(
+        interleave(&[vec![1], vec![1 << 48]], 1),
+        Err(PageTooLarge {
+            process: 1,
+            page: 1 << 48
+        })
+    );
+}
+
+/// One process: global and per-process replacement are the single-trace
+/// simulator.
+#[test]
+fn one_process_replays_like_the_simulator() {
+    use kmem::vm::replace::multi;
+    let trace: Vec<u64> = (0..5_000u64).map(|i| (i * 7919) % 150 + i % 3).collect();
+    let refs = multi::interleave(std::slice::from_ref(&trace), 8).unwrap();
+    let alone = sim::replay(&mut ClockPro::new(64), &trace).faults;
+    assert_eq!(
+        multi::replay_global(&mut ClockPro::new(64), &refs).faults,
+        alone
+    );
+    let mut own: Vec<Box<dyn ReplacementPolicy>> = vec![Box::new(ClockPro::new(64))];
+    assert_eq!(multi::replay_per_process(&mut own, 64, &refs).faults, alone);
+    assert_eq!(multi::opt_faults(&refs, 64), sim::opt_faults(&trace, 64));
+}
+
+/// Two processes take turns being busy: per-process replacement keeps each
+/// at the share it had when memory filled, global replacement gives the
+/// busy one the idle one's frames.
+#[test]
+fn global_replacement_follows_a_shifting_working_set() {
+    use kmem::vm::replace::multi;
+    let frames = 100;
+    let mut refs = Vec::new();
+    for p in 0..2u32 {
+        refs.extend((0..60).map(|page| (p, page))); // both fill memory
+    }
+    for round in 0..40 {
+        let busy = round % 2;
+        for i in 0..2_000u64 {
+            refs.push((busy, i % 80)); // 80 pages: fits only with the other's frames
+        }
+    }
+    let global = multi::replay_global(&mut Clock::new(frames), &refs).faults;
+    let mut own: Vec<Box<dyn ReplacementPolicy>> =
+        vec![Box::new(Clock::new(frames)), Box::new(Clock::new(frames))];
+    let local = multi::replay_per_process(&mut own, frames, &refs);
+    let opt = multi::opt_faults(&refs, frames);
+    assert!(
+        global * 4 < local.faults,
+        "global {global} vs local {}",
+        local.faults
+    );
+    assert!(opt <= global);
+    assert_eq!(local.borrowed, 0);
+}

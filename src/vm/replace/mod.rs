@@ -20,6 +20,9 @@
 //!   CLOCK-Pro's bookkeeping.
 //! - [`sim`]: replays a trace against a policy and computes Belady's OPT
 //!   (MIN) from next-use positions, the bound every policy is measured by.
+//! - [`multi`]: several processes over one pool of frames: one policy for
+//!   all (global replacement) against a policy per process, and OPT over
+//!   the merged references.
 //! - [`trace`]: the text trace format (one page number per line).
 //! - `synth` (feature `testing`): the seeded synthetic suite.
 //!
@@ -72,6 +75,7 @@ mod adaptive;
 mod clock;
 mod clock_pro;
 mod index;
+pub mod multi;
 mod ring;
 pub mod sim;
 #[cfg(feature = "testing")]

@@ -288,3 +288,96 @@ pub fn suite(frames: usize, seed: u64) -> Vec<Trace> {
         ),
     ])
 }
+
+/// One multi-process trace of [`multi_suite`]: references already
+/// interleaved (the schedule is part of the workload).
+pub struct MultiTrace {
+    /// The name the bench prints.
+    pub name: &'static str,
+    /// How many processes.
+    pub processes: u32,
+    /// `(process, page)` references in order.
+    pub refs: Vec<super::multi::ProcessRef>,
+}
+
+/// Processes whose working sets shift: each of `processes` owns `set`
+/// pages; first every process touches its whole set in turn (all hold
+/// memory); then phases of `phase` references in which `hot` processes
+/// make all but `idle_share` of the references (zipf `alpha` over their
+/// sets, `quantum` at a time in turn) and the idle ones the rest (uniform
+/// over their sets); each phase makes the next processes hot.
+#[allow(clippy::too_many_arguments)]
+pub fn shifting(
+    processes: u32,
+    set: usize,
+    hot: u32,
+    alpha: f64,
+    idle_share: f64,
+    phase: usize,
+    quantum: usize,
+    len: usize,
+    rng: &mut Rng,
+) -> Vec<super::multi::ProcessRef> {
+    let z = Zipf::new(set, alpha, 0, rng);
+    let mut out = Vec::with_capacity(len);
+    for p in 0..processes {
+        out.extend((0..set as PageId).map(|page| (p, page)));
+    }
+    let mut first_hot = 0;
+    while out.len() < len {
+        let end = (out.len() + phase).min(len);
+        let mut turn = 0;
+        while out.len() < end {
+            if rng.unit() < idle_share && processes > hot {
+                let p =
+                    (first_hot + hot + rng.below(u64::from(processes - hot)) as u32) % processes;
+                out.push((p, rng.below(set as u64)));
+            } else {
+                let p = (first_hot + turn / quantum as u32 % hot) % processes;
+                out.push((p, z.sample(rng)));
+                turn += 1;
+            }
+        }
+        first_hot = (first_hot + hot) % processes;
+    }
+    out.truncate(len);
+    out
+}
+
+/// The multi-process suite for `frames` frames, from `seed`: two traces
+/// with shifting working sets (six processes, two hot at a time; eight
+/// processes, three hot) and one where four different patterns run side
+/// by side without idling (loop, zipf, scans, phases), 200 f references
+/// each.
+pub fn multi_suite(frames: usize, seed: u64) -> Vec<MultiTrace> {
+    let f = frames.max(1);
+    let len = 200 * f;
+    let mut rng = Rng::new(seed);
+    let mixed = {
+        let each = len / 4;
+        let traces = [
+            looping(f * 2 / 5, each),
+            zipf(3 * f, 1.0, each, &mut rng),
+            zipf_scans(3 * f, 1.0, 3 * f, f / 2, each, &mut rng),
+            phases(f / 2, 0.9, 25 * f / 4, each, &mut rng),
+        ];
+        super::multi::interleave(&traces, 32).expect("synthetic pages are small")
+    };
+    Vec::from([
+        MultiTrace {
+            name: "shift-6",
+            processes: 6,
+            refs: shifting(6, f * 2 / 5, 2, 0.9, 0.02, 25 * f, 16, len, &mut rng),
+        },
+        MultiTrace {
+            name: "shift-8",
+            processes: 8,
+            refs: shifting(8, f / 4, 3, 1.0, 0.05, 20 * f, 8, len, &mut rng),
+        },
+        MultiTrace {
+            name: "mixed-4",
+            processes: 4,
+            refs: mixed,
+        },
+    ])
+}
