@@ -13,7 +13,9 @@
 //!   hint or in a gap, [`map_fixed`](VmSpace::map_fixed),
 //!   [`unmap`](VmSpace::unmap) and [`protect`](VmSpace::protect) of any
 //!   sub-range), [`handle_fault`](VmSpace::handle_fault),
-//!   [`fork`](VmSpace::fork), [`destroy`](VmSpace::destroy).
+//!   [`fork`](VmSpace::fork), [`destroy`](VmSpace::destroy),
+//!   [`usage`](VmSpace::usage).
+//! - [`oom`]: which process to end when nothing can be reclaimed.
 //!
 //! Page states: a page of an anonymous area is not present (never
 //! touched), the zero frame read-only (read before any write), a private
@@ -96,6 +98,7 @@ mod error;
 mod fault;
 mod gather;
 mod invariants;
+pub mod oom;
 mod prot;
 mod reclaim;
 pub mod replace;
