@@ -1,12 +1,13 @@
 //! Controlling memory per address space: what a space holds
-//! (`VmSpace::usage`) and the out-of-memory victim choice built on it.
+//! (`VmSpace::usage`), the out-of-memory victim choice built on it,
+//! `madvise` (`VmSpace::advise`) and `mlock` (`VmSpace::lock`).
 
 use kmem::paging::PageTables;
 use kmem::smp::Tlb;
 use kmem::testing::mmu::RecordingMmu;
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
 use kmem::vm::oom::{badness, choose_victim, OomCandidate, SpaceUsage, NEVER};
-use kmem::vm::{FaultAccess, MemSwap, Prot, Vm, VmSpace};
+use kmem::vm::{Advice, AreaKind, FaultAccess, FaultReason, MemSwap, Prot, Vm, VmError, VmSpace};
 use x86_64::VirtAddr;
 
 const PAGE: u64 = 4096;
@@ -202,4 +203,247 @@ fn ending_the_chosen_space_lets_the_others_fault_again() {
         let phys = quiet.mapper().translate(at).unwrap().phys;
         assert_eq!(mem.read_u64(phys), p + 1, "page {p} kept its contents");
     }
+}
+
+fn read(mem: &EmulatedMemory, s: &VmSpace<EmulatedPhysMem<'_>>, page: u64) -> Option<u64> {
+    let at = VirtAddr::new(BASE + page * PAGE);
+    s.mapper().translate(at).ok().map(|t| mem.read_u64(t.phys))
+}
+
+#[test]
+fn dont_need_gives_frames_and_slots_back_and_reads_zeros_after() {
+    let mem = EmulatedMemory::new(256);
+    let mut m = Machine::new(&mem, None);
+    let mut s = m.space(16);
+    let baseline = m.frames.in_use();
+    for p in 0..12 {
+        m.fault(&s, p, true);
+    }
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    // Four written out first: their slots go too.
+    assert_eq!(
+        s.advise(
+            BASE,
+            4 * PAGE,
+            Advice::PageOut,
+            &m.vm,
+            &mut m.frames,
+            &mut tlb
+        ),
+        Ok(4)
+    );
+    assert_eq!(s.usage(&m.vm).swapped, 4);
+    let given = s
+        .advise(
+            BASE,
+            16 * PAGE,
+            Advice::DontNeed,
+            &m.vm,
+            &mut m.frames,
+            &mut tlb,
+        )
+        .unwrap();
+    assert_eq!(given, 12, "8 frames and 4 slots");
+    let u = s.usage(&m.vm);
+    assert_eq!((u.resident, u.swapped), (0, 0));
+    assert_eq!(m.vm.stats().swap_slots_used, 0);
+    assert_eq!(
+        m.frames.in_use(),
+        baseline,
+        "frames and emptied tables back"
+    );
+    // The area stays: a touch reads zeros.
+    assert_eq!(s.area_count(), 1);
+    m.fault(&s, 3, false);
+    assert_eq!(read(&mem, &s, 3), Some(0));
+}
+
+#[test]
+fn page_out_writes_now_and_the_contents_come_back() {
+    let mem = EmulatedMemory::new(256);
+    let mut m = Machine::new(&mem, None);
+    let mut s = m.space(16);
+    for p in 0..10 {
+        m.fault(&s, p, true);
+    }
+    m.fault(&s, 10, false); // the zero page: not a page of this space's own
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    let out = s
+        .advise(
+            BASE,
+            16 * PAGE,
+            Advice::PageOut,
+            &m.vm,
+            &mut m.frames,
+            &mut tlb,
+        )
+        .unwrap();
+    assert_eq!(out, 10);
+    let u = s.usage(&m.vm);
+    assert_eq!((u.resident, u.swapped, u.zero), (0, 10, 1));
+    for p in 0..10 {
+        m.fault(&s, p, false);
+        assert_eq!(read(&mem, &s, p), Some(p + 1), "page {p}");
+    }
+}
+
+#[test]
+fn advice_is_refused_where_it_does_not_apply() {
+    let mem = EmulatedMemory::new(256);
+    let mut m = Machine::new(&mem, None);
+    let mut s = m.space(8);
+    s.map_fixed(
+        BASE + 8 * PAGE,
+        2 * PAGE,
+        Prot::empty(),
+        AreaKind::Guard,
+        &mut m.frames,
+    )
+    .unwrap();
+    m.fault(&s, 0, true);
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    let mut advise = |s: &mut VmSpace<_>, m: &mut Machine, at, pages, advice| {
+        s.advise(at, pages * PAGE, advice, &m.vm, &mut m.frames, &mut tlb)
+    };
+    assert_eq!(
+        advise(&mut s, &mut m, BASE, 10, Advice::DontNeed),
+        Err(VmError::NotAnonymous {
+            addr: BASE + 8 * PAGE
+        })
+    );
+    assert_eq!(
+        advise(&mut s, &mut m, BASE, 12, Advice::PageOut),
+        Err(VmError::Unmapped { addr: BASE })
+    );
+    assert_eq!(
+        advise(&mut s, &mut m, BASE + 1, 1, Advice::PageOut),
+        Err(VmError::Unaligned {
+            addr: BASE + 1,
+            len: PAGE
+        })
+    );
+    assert_eq!(read(&mem, &s, 0), Some(1), "nothing changed");
+    // No swap device: nothing to write to.
+    let mut vm = Vm::new(&mem.phys_mem(), &mut m.frames).unwrap();
+    let mut t = m.space(2);
+    std::mem::swap(&mut m.vm, &mut vm);
+    m.fault(&t, 0, true);
+    let err = t.advise(BASE, PAGE, Advice::PageOut, &m.vm, &mut m.frames, &mut tlb);
+    assert_eq!(err, Err(VmError::PageOut(FaultReason::NoSwap)));
+    assert_eq!(read(&mem, &t, 0), Some(1));
+}
+
+/// Locked pages stay resident under pressure (reclaim by the CLOCK hand or
+/// by a policy), within the limit; unlocked, reclaim takes them again; a
+/// child does not inherit the lock.
+#[test]
+fn locked_pages_stay_resident_until_unlocked() {
+    locked_pages_under_pressure(false);
+}
+
+#[test]
+fn locked_pages_stay_resident_under_a_policy() {
+    locked_pages_under_pressure(true);
+}
+
+fn locked_pages_under_pressure(policy: bool) {
+    let mem = EmulatedMemory::new(512);
+    let mut m = Machine::new(&mem, Some(24));
+    m.vm.set_lock_limit(Some(10));
+    let mut s = m.space(200);
+    if policy {
+        s.set_policy(Box::new(kmem::vm::replace::ClockPro::new(24)));
+    }
+    for p in 0..8 {
+        m.fault(&s, p, true);
+    }
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    // Pages 8 and 9 are not touched yet: locking faults them in.
+    s.lock(BASE, 10 * PAGE, &m.vm, &mut m.frames, &mut tlb)
+        .unwrap();
+    assert_eq!((s.locked_pages(), m.vm.locked_pages()), (10, 10));
+    assert_eq!(s.usage(&m.vm).resident, 10);
+    // Past the limit: refused, nothing changed.
+    assert_eq!(
+        s.lock(BASE + 10 * PAGE, PAGE, &m.vm, &mut m.frames, &mut tlb),
+        Err(VmError::LockLimit {
+            locked: 10,
+            wanted: 1,
+            limit: 10
+        })
+    );
+    assert_eq!(s.locked_pages(), 10);
+    assert_eq!(
+        s.advise(BASE, PAGE, Advice::DontNeed, &m.vm, &mut m.frames, &mut tlb),
+        Err(VmError::Locked { addr: BASE })
+    );
+    // Pressure: 24 frames, 190 more pages written.
+    for p in 10..200 {
+        m.fault(&s, p, true);
+    }
+    for p in 0..10 {
+        let t = s.mapper().translate(VirtAddr::new(BASE + p * PAGE));
+        assert!(t.is_ok(), "locked page {p} was taken");
+        // 8 and 9 were faulted in by the lock: zero-filled private frames.
+        assert_eq!(read(&mem, &s, p), Some(if p < 8 { p + 1 } else { 0 }));
+    }
+    // Page-out skips them too.
+    s.advise(
+        BASE,
+        200 * PAGE,
+        Advice::PageOut,
+        &m.vm,
+        &mut m.frames,
+        &mut tlb,
+    )
+    .unwrap();
+    assert_eq!(s.usage(&m.vm).resident, 10);
+    // A child shares the pages but not the lock.
+    let child = s.fork(&m.vm, &mut m.frames, &mut tlb).unwrap();
+    assert_eq!((child.locked_pages(), m.vm.locked_pages()), (0, 10));
+    // The parent's writes copy its locked pages (the copies are locked).
+    for p in 0..10 {
+        m.fault(&s, p, true);
+    }
+    child
+        .destroy(&m.vm, &mut m.frames, &mut tlb)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    for p in 100..200 {
+        m.fault(&s, p, true);
+    }
+    for p in 0..10 {
+        assert_eq!(
+            read(&mem, &s, p),
+            Some(p + 1),
+            "locked page {p} after the copy"
+        );
+    }
+    // Unlocked: reclaim may take them again.
+    s.unlock(BASE, 10 * PAGE, &m.vm).unwrap();
+    assert_eq!((s.locked_pages(), m.vm.locked_pages()), (0, 0));
+    s.advise(
+        BASE,
+        10 * PAGE,
+        Advice::PageOut,
+        &m.vm,
+        &mut m.frames,
+        &mut tlb,
+    )
+    .unwrap();
+    for p in 0..10 {
+        let t = s.mapper().translate(VirtAddr::new(BASE + p * PAGE));
+        assert!(t.is_err(), "unlocked page {p} was written out");
+    }
+    // Unmapping a locked range gives its charge back.
+    s.lock(BASE + 20 * PAGE, 4 * PAGE, &m.vm, &mut m.frames, &mut tlb)
+        .unwrap();
+    assert_eq!(m.vm.locked_pages(), 4);
+    s.unmap(BASE, 40 * PAGE, &m.vm, &mut m.frames, &mut tlb)
+        .unwrap();
+    assert_eq!(m.vm.locked_pages(), 0);
 }

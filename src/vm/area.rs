@@ -34,9 +34,17 @@ pub struct Area {
     pub prot: Prot,
     /// What backs it.
     pub kind: AreaKind,
+    /// Locked in memory (`mlock`): its pages are faulted in when locked
+    /// and reclaim never takes them.
+    pub locked: bool,
 }
 
 impl Area {
+    /// Its length in pages.
+    pub const fn pages(&self) -> u64 {
+        self.len() / 4096
+    }
+
     /// Its length in bytes.
     pub const fn len(&self) -> u64 {
         self.end - self.start
@@ -71,10 +79,12 @@ impl Area {
     }
 
     /// Whether `next`, starting where this ends, can join this area: same
-    /// protection, same kind, and for fixed memory a continuous physical range.
+    /// protection, same lock, same kind, and for fixed memory a continuous
+    /// physical range.
     pub(crate) fn joins(&self, next: &Self) -> bool {
         self.end == next.start
             && self.prot == next.prot
+            && self.locked == next.locked
             && match (self.kind, next.kind) {
                 (AreaKind::Fixed { phys: p }, AreaKind::Fixed { phys: q }) => p + self.len() == q,
                 (a, b) => a == b,

@@ -63,6 +63,29 @@ pub enum VmError {
         /// The physical address asked for.
         phys: PhysAddr,
     },
+    /// Locking the range would pass the kernel's limit of locked pages
+    /// (`Vm::set_lock_limit`).
+    LockLimit {
+        /// Pages locked now, in every space.
+        locked: u64,
+        /// Pages the range would add.
+        wanted: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The advice does not apply to locked memory (dropping its pages).
+    Locked {
+        /// The start of the locked area.
+        addr: u64,
+    },
+    /// The advice applies to anonymous memory only.
+    NotAnonymous {
+        /// The start of the other area.
+        addr: u64,
+    },
+    /// Writing pages out failed (no swap device, no slot left, a device
+    /// error); the pages not written stay resident as they were.
+    PageOut(FaultReason),
 }
 
 impl fmt::Display for VmError {
@@ -91,6 +114,17 @@ impl fmt::Display for VmError {
                 "mapping physical memory at {:#x} needs map_physical",
                 phys.as_u64()
             ),
+            Self::LockLimit {
+                locked,
+                wanted,
+                limit,
+            } => write!(
+                f,
+                "locking {wanted} more pages passes the limit of {limit} ({locked} locked)"
+            ),
+            Self::Locked { addr } => write!(f, "the area at {addr:#x} is locked"),
+            Self::NotAnonymous { addr } => write!(f, "the area at {addr:#x} is not anonymous"),
+            Self::PageOut(reason) => write!(f, "writing pages out: {reason:?}"),
         }
     }
 }

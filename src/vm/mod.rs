@@ -92,6 +92,7 @@
 //! # fn main() {}
 //! ```
 
+mod advice;
 mod area;
 mod areas;
 mod error;
@@ -110,6 +111,7 @@ pub mod swap;
 #[allow(clippy::module_inception)]
 mod vm;
 
+pub use advice::Advice;
 pub use area::{Area, AreaKind};
 pub use error::{FaultError, FaultReason, VmError};
 pub use fault::{FaultAccess, FaultOutcome};

@@ -11,9 +11,9 @@
 //! runs when memory is short, so it must not need the heap.
 
 use super::replace::ReplacementPolicy;
-use super::space::for_each_anonymous_leaf;
+use super::space::for_each_pageable_leaf;
 use super::stats::count;
-use super::swap::{slot_of, swap_entry, BUSY, CLUSTER, PAGE_BYTES};
+use super::swap::{slot_of, swap_entry, Swap, BUSY, CLUSTER, PAGE_BYTES};
 use super::{FaultOutcome, FaultReason, Prot, Vm, VmSpace};
 use crate::paging::{Flush, FrameSource, PageTables, PhysMem, DIRTY};
 use crate::smp::Tlb;
@@ -24,13 +24,13 @@ use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
 
 /// Up to a cluster of pages, on the stack.
-struct Batch {
+pub(super) struct Batch {
     items: [(VirtAddr, PhysFrame, u64); CLUSTER],
-    len: usize,
+    pub(super) len: usize,
 }
 
 impl Batch {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let none = (
             VirtAddr::zero(),
             PhysFrame::containing_address(x86_64::PhysAddr::zero()),
@@ -42,22 +42,22 @@ impl Batch {
         }
     }
 
-    fn is_full(&self) -> bool {
+    pub(super) fn is_full(&self) -> bool {
         self.len == CLUSTER
     }
 
-    fn push(&mut self, va: VirtAddr, frame: PhysFrame, tag: u64) {
+    pub(super) fn push(&mut self, va: VirtAddr, frame: PhysFrame, tag: u64) {
         if self.len < CLUSTER {
             self.items[self.len] = (va, frame, tag);
             self.len += 1;
         }
     }
 
-    fn as_slice(&self) -> &[(VirtAddr, PhysFrame, u64)] {
+    pub(super) fn as_slice(&self) -> &[(VirtAddr, PhysFrame, u64)] {
         &self.items[..self.len]
     }
 
-    fn as_mut_slice(&mut self) -> &mut [(VirtAddr, PhysFrame, u64)] {
+    pub(super) fn as_mut_slice(&mut self) -> &mut [(VirtAddr, PhysFrame, u64)] {
         &mut self.items[..self.len]
     }
 }
@@ -143,6 +143,28 @@ impl<P: PhysMem> VmSpace<P> {
                 flush.add(v.0.as_u64());
             }
         }
+        match self.write_out(swap, &victims, flush, vm, frames, tlb) {
+            (0, Some(e)) => Err(e),
+            (freed, _) => Ok(freed),
+        }
+    }
+
+    /// Frees the pages of `victims`, whose entries the caller exchanged for
+    /// busy marks (adding them to `flush`): invalidates them on the space's
+    /// CPUs, then drops the pages of zeros and the clean ones whose copy on
+    /// swap is current, and writes the rest out in clustered requests with
+    /// no lock held. Pages not written go back as they were. Returns the
+    /// pages freed and, if some could not be written, why.
+    pub(super) fn write_out<A: FrameSource + ?Sized>(
+        &self,
+        swap: &Swap,
+        victims: &Batch,
+        flush: Flush,
+        vm: &Vm,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> (usize, Option<FaultReason>) {
+        let cpu = tlb.cpu();
         let _transit = vm.transit(cpu, victims.len as u64);
         // 2. No CPU can write them any more once this returns.
         self.invalidate(flush, vm, tlb);
@@ -222,10 +244,7 @@ impl<P: PhysMem> VmSpace<P> {
             self.track(Page::containing_address(va));
         }
         count(&vm.stats.at(tlb.cpu()).reclaimed, freed as u64);
-        match error {
-            Some(e) if freed == 0 => Err(e),
-            _ => Ok(freed),
-        }
+        (freed, error)
     }
 
     /// Replaces the busy mark reclaim or a swap-in left in the 4 KiB entry
@@ -257,7 +276,7 @@ impl<P: PhysMem> VmSpace<P> {
         let hand = self.clock_hand.load(Ordering::Relaxed).clamp(lo, hi);
         let zero = vm.zero_frame();
         for (a, b) in [(hand, hi), (lo, hand)] {
-            for_each_anonymous_leaf(&self.areas, m, a, b, |leaf| {
+            for_each_pageable_leaf(&self.areas, m, a, b, |leaf| {
                 let frame = PhysFrame::containing_address(leaf.frame);
                 if victims.len == want || frame == zero || vm.share_count(frame) != 1 {
                     return;
@@ -305,7 +324,7 @@ impl<P: PhysMem> VmSpace<P> {
         let zero = vm.zero_frame();
         let mut scanned = 0;
         let (lo, hi) = self.areas.bounds();
-        for_each_anonymous_leaf(&self.areas, m, lo, hi, |leaf| {
+        for_each_pageable_leaf(&self.areas, m, lo, hi, |leaf| {
             let frame = PhysFrame::containing_address(leaf.frame);
             if frame == zero || vm.share_count(frame) != 1 {
                 return;
@@ -323,6 +342,9 @@ impl<P: PhysMem> VmSpace<P> {
             tries -= 1;
             let Some(id) = policy.evict() else { break };
             let va = VirtAddr::new(id << 12);
+            if self.areas.find(va.as_u64()).is_some_and(|a| a.locked) {
+                continue; // locked since the policy learned it: forgotten
+            }
             let Ok(t) = m.translate(va) else {
                 continue; // gone: nothing to track
             };

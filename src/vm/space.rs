@@ -217,6 +217,16 @@ impl<P: PhysMem + Clone> VmSpace<P> {
         };
         let mut child = Self::from_empty(space.into_mapper(), USER_RANGE.0, USER_RANGE.1);
         child.areas = self.areas.clone();
+        // A child does not inherit locks (as mlock(2) says).
+        let locked: Vec<(u64, u64)> = self
+            .areas
+            .iter()
+            .filter(|a| a.locked)
+            .map(|a| (a.start, a.end))
+            .collect();
+        for (s, e) in locked {
+            child.areas.update(s, e, |a| Area { locked: false, ..a });
+        }
         child.layout = self.layout;
         // Leaves come in address order: walk the areas alongside.
         let mut areas = self.areas.iter().peekable();
@@ -320,7 +330,7 @@ impl<P: PhysMem> VmSpace<P> {
 
     /// `[addr, addr + len)` checked: page-aligned, non-empty, inside the
     /// managed range.
-    fn range(&self, addr: u64, len: u64) -> Result<(u64, u64), VmError> {
+    pub(super) fn range(&self, addr: u64, len: u64) -> Result<(u64, u64), VmError> {
         if len == 0 || !addr.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
             return Err(VmError::Unaligned { addr, len });
         }
@@ -366,6 +376,7 @@ impl<P: PhysMem> VmSpace<P> {
             end: start + len,
             prot,
             kind: AreaKind::Anonymous,
+            locked: false,
         });
         Ok(start)
     }
@@ -475,6 +486,7 @@ impl<P: PhysMem> VmSpace<P> {
             end: b,
             prot,
             kind,
+            locked: false,
         });
         Ok(())
     }
@@ -516,7 +528,8 @@ impl<P: PhysMem> VmSpace<P> {
         let (a, b) = self.range(addr, len)?;
         let mut gather = Gather::new();
         self.release(a, b, vm, frames, &mut gather)?;
-        self.areas.remove(a, b);
+        let removed = self.areas.remove(a, b);
+        vm.uncharge_locked(removed.iter().filter(|r| r.locked).map(Area::pages).sum());
         self.finish(gather, vm, frames, tlb);
         Ok(())
     }
@@ -534,10 +547,18 @@ impl<P: PhysMem> VmSpace<P> {
         self.policy.lock().as_ref().map(|p| (p.name(), p.stats()))
     }
 
-    /// Tells the policy that the page now holds a frame of its own.
+    /// Tells the policy that the page now holds a frame of its own (unless
+    /// its area is locked: reclaim never takes those).
     pub(super) fn track(&self, page: Page<Size4KiB>) {
         if !self.has_policy {
             return; // no lock taken: faults on other CPUs do not wait here
+        }
+        if self
+            .areas
+            .find(page.start_address().as_u64())
+            .is_some_and(|a| a.locked)
+        {
+            return;
         }
         if let Some(policy) = self.policy.lock().as_mut() {
             let id = page.start_address().as_u64() >> 12;
@@ -556,7 +577,7 @@ impl<P: PhysMem> VmSpace<P> {
     /// Unmaps the pages of `[a, b)` into `gather`: the anonymous frames
     /// among them (one reference each) and the tables left empty, freed by
     /// the gather's `finish`. On error nothing changed.
-    fn release<A: FrameSource + ?Sized>(
+    pub(super) fn release<A: FrameSource + ?Sized>(
         &mut self,
         a: u64,
         b: u64,
@@ -682,7 +703,8 @@ impl<P: PhysMem> VmSpace<P> {
             if let Err(e) = self.release(a, b, vm, frames, &mut gather) {
                 return Err((self, e));
             }
-            self.areas.remove(a, b);
+            let removed = self.areas.remove(a, b);
+            vm.uncharge_locked(removed.iter().filter(|r| r.locked).map(Area::pages).sum());
             self.finish(gather, vm, frames, tlb);
         }
         let Self {
@@ -735,13 +757,44 @@ pub(super) fn for_each_anonymous_leaf<P: PhysMem>(
     mapper: &PageTables<P>,
     a: u64,
     b: u64,
+    f: impl FnMut(&Leaf),
+) {
+    for_each_leaf_where(
+        areas,
+        mapper,
+        a,
+        b,
+        |area| area.kind == AreaKind::Anonymous,
+        f,
+    )
+}
+
+/// As [`for_each_anonymous_leaf`], for the pages reclaim may take: those
+/// of anonymous areas that are not locked.
+pub(super) fn for_each_pageable_leaf<P: PhysMem>(
+    areas: &AreaSet,
+    mapper: &PageTables<P>,
+    a: u64,
+    b: u64,
+    f: impl FnMut(&Leaf),
+) {
+    let pageable = |area: &Area| area.kind == AreaKind::Anonymous && !area.locked;
+    for_each_leaf_where(areas, mapper, a, b, pageable, f)
+}
+
+fn for_each_leaf_where<P: PhysMem>(
+    areas: &AreaSet,
+    mapper: &PageTables<P>,
+    a: u64,
+    b: u64,
+    which: impl Fn(&Area) -> bool,
     mut f: impl FnMut(&Leaf),
 ) {
     if a >= b {
         return;
     }
     for area in areas.overlapping(a, b) {
-        if area.kind == AreaKind::Anonymous {
+        if which(area) {
             let (s, e) = (area.start.max(a), area.end.min(b));
             mapper.for_each_leaf_in(VirtAddr::new(s), e - s, &mut f);
         }

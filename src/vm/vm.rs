@@ -51,6 +51,9 @@ pub struct Vm {
     batch: Option<usize>,
     /// Pages a sequential swap-in reads, the faulting one included.
     readahead: u64,
+    /// Pages of locked areas in every space, and the most there may be.
+    locked: AtomicU64,
+    lock_limit: Option<u64>,
 }
 
 impl Vm {
@@ -71,6 +74,8 @@ impl Vm {
             transit: core::array::from_fn(|_| CachePadded(AtomicU64::new(0))),
             batch: None,
             readahead: 8,
+            locked: AtomicU64::new(0),
+            lock_limit: None,
         })
     }
 
@@ -164,6 +169,48 @@ impl Vm {
     pub fn set_reclaim(&mut self, batch: Option<usize>, readahead: u64) {
         self.batch = batch.map(|b| b.clamp(1, CLUSTER));
         self.readahead = readahead.clamp(1, CLUSTER as u64);
+    }
+
+    /// Limits the pages all spaces may lock in memory
+    /// ([`VmSpace::lock`](super::VmSpace::lock)); `None`: no limit. Pages
+    /// locked already stay locked.
+    pub fn set_lock_limit(&mut self, limit: Option<u64>) {
+        self.lock_limit = limit;
+    }
+
+    /// Pages locked in memory now, in every space.
+    pub fn locked_pages(&self) -> u64 {
+        self.locked.load(Ordering::Relaxed)
+    }
+
+    /// Counts `pages` more locked pages, unless that passes the limit.
+    pub(crate) fn charge_locked(&self, pages: u64) -> Result<(), super::VmError> {
+        let mut now = self.locked.load(Ordering::Relaxed);
+        loop {
+            if let Some(limit) = self.lock_limit {
+                if now.saturating_add(pages) > limit {
+                    return Err(super::VmError::LockLimit {
+                        locked: now,
+                        wanted: pages,
+                        limit,
+                    });
+                }
+            }
+            match self.locked.compare_exchange_weak(
+                now,
+                now + pages,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
+    /// Counts `pages` fewer locked pages.
+    pub(crate) fn uncharge_locked(&self, pages: u64) {
+        self.locked.fetch_sub(pages, Ordering::Relaxed);
     }
 
     /// Pages a sequential swap-in reads.

@@ -1,0 +1,283 @@
+//! What a process tells the kernel about a range of its memory:
+//! `madvise` (drop pages, write them out now) and `mlock`/`munlock`
+//! (keep pages resident, within a system-wide limit).
+
+use super::reclaim::Batch;
+use super::swap::{BUSY, CLUSTER};
+use super::{Area, AreaKind, FaultAccess, FaultOutcome, FaultReason, Vm, VmError, VmSpace};
+use crate::paging::{Flush, FrameSource, PhysMem};
+use crate::smp::Tlb;
+use crate::PAGE_SIZE as PAGE;
+use x86_64::structures::paging::PhysFrame;
+use x86_64::VirtAddr;
+
+/// Advice about a range of anonymous memory ([`VmSpace::advise`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advice {
+    /// `MADV_DONTNEED`: the contents are not needed: the pages and their
+    /// swap slots are given back now, and the next touch of each reads
+    /// zeros. Refused on locked areas.
+    DontNeed,
+    /// `MADV_PAGEOUT`: the pages will not be used soon: write them out to
+    /// swap now (pages of zeros are dropped, shared ones stay), before
+    /// reclaim would find them cold. Locked areas are skipped.
+    PageOut,
+}
+
+impl<P: PhysMem> VmSpace<P> {
+    /// Applies `advice` to `[addr, addr + len)`, which areas must cover
+    /// without holes, all anonymous. Returns the pages it gave back: frames
+    /// and swap slots for [`Advice::DontNeed`], frames written out or
+    /// dropped for [`Advice::PageOut`]. On a refusal nothing changed; a
+    /// page-out that fails part-way keeps what it wrote and leaves the
+    /// rest resident as it was ([`VmError::PageOut`]).
+    pub fn advise<A: FrameSource + ?Sized>(
+        &mut self,
+        addr: u64,
+        len: u64,
+        advice: Advice,
+        vm: &Vm,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<u64, VmError> {
+        let (a, b) = self.range(addr, len)?;
+        if !self.areas.covered(a, b) {
+            return Err(VmError::Unmapped { addr });
+        }
+        if let Some(area) = self
+            .areas
+            .overlapping(a, b)
+            .find(|x| x.kind != AreaKind::Anonymous)
+        {
+            return Err(VmError::NotAnonymous { addr: area.start });
+        }
+        match advice {
+            Advice::DontNeed => self.drop_pages(a, b, vm, frames, tlb),
+            Advice::PageOut => self.page_out(a, b, vm, frames, tlb),
+        }
+    }
+
+    fn drop_pages<A: FrameSource + ?Sized>(
+        &mut self,
+        a: u64,
+        b: u64,
+        vm: &Vm,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<u64, VmError> {
+        if let Some(area) = self.areas.overlapping(a, b).find(|x| x.locked) {
+            return Err(VmError::Locked { addr: area.start });
+        }
+        let zero = vm.zero_frame();
+        let mut given = 0;
+        self.for_each_anonymous_leaf(a, b, |leaf| {
+            given += u64::from(PhysFrame::containing_address(leaf.frame) != zero);
+        });
+        self.mapper
+            .get_mut()
+            .for_each_soft_entry(VirtAddr::new(a), b - a, |_, e| {
+                given += u64::from(super::swap::slot_of(e).is_some());
+            });
+        let mut gather = super::gather::Gather::new();
+        self.release(a, b, vm, frames, &mut gather)?;
+        self.finish(gather, vm, frames, tlb);
+        Ok(given)
+    }
+
+    /// Writes out the pageable private pages of `[a, b)`, one cluster of
+    /// pages (at most) at a time.
+    fn page_out<A: FrameSource + ?Sized>(
+        &mut self,
+        a: u64,
+        b: u64,
+        vm: &Vm,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<u64, VmError> {
+        let Some(swap) = vm.swap.as_ref() else {
+            return Err(VmError::PageOut(FaultReason::NoSwap));
+        };
+        let zero = vm.zero_frame();
+        let mut freed = 0;
+        let mut at = a;
+        while at < b {
+            // A window of a cluster of pages holds at most a cluster of victims.
+            let end = b.min(at + CLUSTER as u64 * PAGE);
+            let mut victims = Batch::new();
+            let mut flush = Flush::none();
+            {
+                let mut m = self.mapper.lock();
+                let mut policy = self.policy.lock();
+                super::space::for_each_pageable_leaf(&self.areas, &m, at, end, |leaf| {
+                    let frame = PhysFrame::containing_address(leaf.frame);
+                    if frame != zero && vm.share_count(frame) == 1 {
+                        victims.push(leaf.page, frame, 0);
+                    }
+                });
+                for v in victims.as_mut_slice() {
+                    if let Some(p) = policy.as_mut() {
+                        p.remove(v.0.as_u64() >> 12);
+                    }
+                    v.2 = m
+                        .exchange_pte(v.0, BUSY)
+                        .expect("a resident page has its page table");
+                    flush.add(v.0.as_u64());
+                }
+            }
+            if victims.len > 0 {
+                let (n, error) = self.write_out(swap, &victims, flush, vm, frames, tlb);
+                freed += n as u64;
+                if let Some(e) = error {
+                    return Err(VmError::PageOut(e));
+                }
+            }
+            at = end;
+        }
+        Ok(freed)
+    }
+
+    /// Locks `[addr, addr + len)` in memory (`mlock`): areas must cover it
+    /// without holes; its anonymous pages are faulted in now (written ones
+    /// become private frames, as a write would make them) and reclaim never
+    /// takes them until [`unlock`](Self::unlock), an unmap or the space's
+    /// end. Pages newly locked count against [`Vm::set_lock_limit`]; past
+    /// it, [`VmError::LockLimit`]. A fork's child does not inherit locks.
+    /// If a page cannot be faulted in, the range is left unlocked as it
+    /// was (pages faulted in so far stay resident, as plain pages) and the
+    /// fault's reason is returned as [`VmError::OutOfMemory`] or
+    /// [`VmError::PageOut`].
+    pub fn lock<A: FrameSource + ?Sized>(
+        &mut self,
+        addr: u64,
+        len: u64,
+        vm: &Vm,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<(), VmError> {
+        let (a, b) = self.range(addr, len)?;
+        if !self.areas.covered(a, b) {
+            return Err(VmError::Unmapped { addr });
+        }
+        let newly: u64 = self
+            .areas
+            .overlapping(a, b)
+            .filter(|x| !x.locked)
+            .map(|x| (x.end.min(b) - x.start.max(a)) / PAGE)
+            .sum();
+        vm.charge_locked(newly)?;
+        let before: alloc::vec::Vec<Area> = self.areas.overlapping(a, b).copied().collect();
+        self.areas.update(a, b, |x| Area { locked: true, ..x });
+        if let Err(e) = self.populate(a, b, vm, frames, tlb) {
+            // Back as it was: each piece with its old lock.
+            for x in before {
+                let (s, t) = (x.start.max(a), x.end.min(b));
+                self.areas.update(s, t, |y| Area {
+                    locked: x.locked,
+                    ..y
+                });
+            }
+            vm.uncharge_locked(newly);
+            return Err(e);
+        }
+        // Reclaim looks for victims through the policy: forget the pages.
+        let mut ids = alloc::vec::Vec::new();
+        if self.has_policy {
+            self.for_each_anonymous_leaf(a, b, |leaf| ids.push(leaf.page.as_u64() >> 12));
+            if let Some(p) = self.policy.get_mut().as_mut() {
+                for id in ids {
+                    p.remove(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Faults in every page of the anonymous areas of `[a, b)` that is not
+    /// resident as a private frame (a write fault where the area is
+    /// writable, else a read).
+    fn populate<A: FrameSource + ?Sized>(
+        &mut self,
+        a: u64,
+        b: u64,
+        vm: &Vm,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<(), VmError> {
+        let ranges: alloc::vec::Vec<(u64, u64, bool)> = self
+            .areas
+            .overlapping(a, b)
+            .filter(|x| x.kind == AreaKind::Anonymous)
+            .map(|x| {
+                (
+                    x.start.max(a),
+                    x.end.min(b),
+                    x.prot.contains(super::Prot::WRITE),
+                )
+            })
+            .collect();
+        for (s, e, write) in ranges {
+            for va in (s..e).step_by(PAGE as usize) {
+                let access = if write {
+                    FaultAccess::write(true)
+                } else {
+                    FaultAccess::read(true)
+                };
+                loop {
+                    match self.handle_fault(vm, VirtAddr::new(va), access, frames, tlb) {
+                        Ok(FaultOutcome::InTransit) => core::hint::spin_loop(),
+                        Ok(_) => break,
+                        Err(e) => {
+                            return Err(match e.reason {
+                                FaultReason::OutOfMemory => VmError::OutOfMemory,
+                                r => VmError::PageOut(r),
+                            })
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Unlocks `[addr, addr + len)` (`munlock`): areas must cover it
+    /// without holes; its resident pages become reclaimable again.
+    pub fn unlock(&mut self, addr: u64, len: u64, vm: &Vm) -> Result<(), VmError> {
+        let (a, b) = self.range(addr, len)?;
+        if !self.areas.covered(a, b) {
+            return Err(VmError::Unmapped { addr });
+        }
+        let unlocked: u64 = self
+            .areas
+            .overlapping(a, b)
+            .filter(|x| x.locked)
+            .map(|x| (x.end.min(b) - x.start.max(a)) / PAGE)
+            .sum();
+        self.areas.update(a, b, |x| Area { locked: false, ..x });
+        vm.uncharge_locked(unlocked);
+        if self.has_policy {
+            let zero = vm.zero_frame();
+            let mut pages = alloc::vec::Vec::new();
+            self.for_each_anonymous_leaf(a, b, |leaf| {
+                let frame = PhysFrame::containing_address(leaf.frame);
+                if frame != zero && vm.share_count(frame) == 1 {
+                    pages.push(x86_64::structures::paging::Page::containing_address(
+                        leaf.page,
+                    ));
+                }
+            });
+            for page in pages {
+                self.track(page);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pages of this space's locked areas.
+    pub fn locked_pages(&self) -> u64 {
+        self.areas
+            .iter()
+            .filter(|x| x.locked)
+            .map(Area::pages)
+            .sum()
+    }
+}
