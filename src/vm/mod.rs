@@ -15,6 +15,8 @@
 //!   sub-range), [`handle_fault`](VmSpace::handle_fault),
 //!   [`fork`](VmSpace::fork), [`destroy`](VmSpace::destroy),
 //!   [`usage`](VmSpace::usage).
+//! - [`global`]: one policy over the pages of every space, run by the
+//!   kernel's reclaim worker between free-frame watermarks.
 //! - [`oom`]: which process to end when nothing can be reclaimed.
 //!
 //! Page states: a page of an anonymous area is not present (never
@@ -98,6 +100,7 @@ mod areas;
 mod error;
 mod fault;
 mod gather;
+pub mod global;
 mod invariants;
 pub mod oom;
 mod prot;

@@ -241,7 +241,7 @@ impl<P: PhysMem> VmSpace<P> {
         // policy knows them again.
         for &(va, _, old) in rest {
             self.put_entry(va, old);
-            self.track(Page::containing_address(va));
+            self.track(vm, Page::containing_address(va));
         }
         count(&vm.stats.at(tlb.cpu()).reclaimed, freed as u64);
         (freed, error)
@@ -470,7 +470,7 @@ impl<P: PhysMem> VmSpace<P> {
                 Ok(()) => {
                     // The entry's reference to the slot moves to the cache.
                     swap.cache(f.start_address().as_u64() / PAGE_SIZE, slot + i as u64);
-                    self.track(p);
+                    self.track(vm, p);
                     mapped += 1;
                 }
                 Err(e) => {

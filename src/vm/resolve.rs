@@ -223,7 +223,7 @@ impl<P: PhysMem> VmSpace<P> {
                     unsafe { m.protect(page, prot.map_flags(true)) }.map_err(FaultReason::from)?;
                 drop(m);
                 tlb.invalidate_local(flush, self.pml4(), &self.cpus);
-                self.track(page);
+                self.track(vm, page);
                 return Ok(Step::Done(FaultOutcome::ReusedOnWrite));
             }
             let expect = m.leaf_entry(va).unwrap_or(0);
@@ -280,12 +280,12 @@ impl<P: PhysMem> VmSpace<P> {
             }
             Ok(Some(_)) if expect == 0 => {
                 drop(m);
-                self.track(page);
+                self.track(vm, page);
                 return Ok(Some(FaultOutcome::ZeroFilled)); // over an empty entry
             }
             Ok(Some(old)) => {
                 drop(m);
-                self.track(page);
+                self.track(vm, page);
                 return Ok(Some(self.copied(vm, page, old, from, frames, tlb)));
             }
             Err(_) => {} // no page table yet: the general path below
@@ -304,7 +304,7 @@ impl<P: PhysMem> VmSpace<P> {
                 Ok(flush) => {
                     drop(m);
                     flush.ignore(); // over an empty entry
-                    self.track(page);
+                    self.track(vm, page);
                     return Ok(Some(FaultOutcome::ZeroFilled));
                 }
                 Err(e) => {
@@ -319,7 +319,7 @@ impl<P: PhysMem> VmSpace<P> {
         let (old, _) =
             unsafe { m.remap(page, new, flags) }.expect("a mapped 4 KiB page can be remapped");
         drop(m);
-        self.track(page);
+        self.track(vm, page);
         let old = old.start_address().as_u64();
         Ok(Some(self.copied(vm, page, old, from, frames, tlb)))
     }

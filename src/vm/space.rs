@@ -107,6 +107,9 @@ pub struct VmSpace<P: PhysMem> {
     pub(super) policy: Box<spin::Mutex<Option<Box<dyn ReplacementPolicy + Send>>>>,
     /// Whether `policy` holds one (set with `&mut self`, read unlocked).
     pub(super) has_policy: bool,
+    /// The id this space joined global reclaim with: its pages go to the
+    /// `Vm`'s policy instead of `policy`.
+    pub(super) global: Option<u32>,
     /// The CPUs that have (or lazily may still have) the space loaded.
     pub(super) cpus: Box<ActiveCpus>,
     /// Where chosen addresses go.
@@ -158,6 +161,7 @@ impl<P: PhysMem + Clone> VmSpace<P> {
             last_swap_in: AtomicU64::new(0),
             policy: Box::new(spin::Mutex::new(None)),
             has_policy: false,
+            global: None,
             cpus: Box::new(ActiveCpus::new()),
             layout: UserLayout::for_range(lo, hi),
         }
@@ -547,10 +551,11 @@ impl<P: PhysMem> VmSpace<P> {
         self.policy.lock().as_ref().map(|p| (p.name(), p.stats()))
     }
 
-    /// Tells the policy that the page now holds a frame of its own (unless
-    /// its area is locked: reclaim never takes those).
-    pub(super) fn track(&self, page: Page<Size4KiB>) {
-        if !self.has_policy {
+    /// Tells the policy (the space's, or the `Vm`'s global one) that the
+    /// page now holds a frame of its own, unless its area is locked:
+    /// reclaim never takes those.
+    pub(super) fn track(&self, vm: &Vm, page: Page<Size4KiB>) {
+        if !self.has_policy && (self.global.is_none() || !vm.has_global) {
             return; // no lock taken: faults on other CPUs do not wait here
         }
         if self
@@ -558,6 +563,10 @@ impl<P: PhysMem> VmSpace<P> {
             .find(page.start_address().as_u64())
             .is_some_and(|a| a.locked)
         {
+            return;
+        }
+        if let Some(id) = self.global {
+            vm.track_global(id, page.start_address().as_u64() >> 12);
             return;
         }
         if let Some(policy) = self.policy.lock().as_mut() {
@@ -602,10 +611,15 @@ impl<P: PhysMem> VmSpace<P> {
             ..
         } = self;
         let (mapper, policy) = (mapper.get_mut(), policy.get_mut());
+        let global = self.global;
         for_each_anonymous_leaf(areas, mapper, a, b, |leaf| {
             gather.page(PhysFrame::containing_address(leaf.frame));
+            let page = leaf.page.as_u64() >> 12;
             if let Some(policy) = policy.as_mut() {
-                policy.remove(leaf.page.as_u64() >> 12);
+                policy.remove(page);
+            }
+            if let Some(id) = global {
+                vm.forget_global(id, [page]);
             }
         });
         // Swapped-out pages: their entries go, with their slot references
@@ -713,6 +727,7 @@ impl<P: PhysMem> VmSpace<P> {
             clock_hand,
             policy,
             has_policy,
+            global,
             cpus,
             pml4,
             phys,
@@ -734,6 +749,7 @@ impl<P: PhysMem> VmSpace<P> {
                     last_swap_in: AtomicU64::new(0),
                     policy,
                     has_policy,
+                    global,
                     cpus,
                     layout,
                 },

@@ -54,6 +54,13 @@ pub struct Vm {
     /// Pages of locked areas in every space, and the most there may be.
     locked: AtomicU64,
     lock_limit: Option<u64>,
+    /// The one policy over the pages of every space that joined global
+    /// reclaim (locked after a space's page tables).
+    pub(super) global: super::global::GlobalPolicy,
+    /// Whether `global` holds one (set with `&mut self`, read unlocked).
+    pub(super) has_global: bool,
+    /// Free-frame watermarks (`None`: derived from the limit).
+    pub(super) marks: Option<super::global::Watermarks>,
 }
 
 impl Vm {
@@ -76,6 +83,9 @@ impl Vm {
             readahead: 8,
             locked: AtomicU64::new(0),
             lock_limit: None,
+            global: super::global::GlobalPolicy::default(),
+            has_global: false,
+            marks: None,
         })
     }
 
@@ -139,7 +149,7 @@ impl Vm {
     }
 
     /// Frames anonymous memory holds now.
-    fn resident(&self) -> u64 {
+    pub(crate) fn resident(&self) -> u64 {
         self.resident_shards
             .iter()
             .fold(self.resident.load(Ordering::Relaxed), |a, s| {

@@ -1,0 +1,341 @@
+//! Reclaim over every address space: one replacement policy sees the
+//! private anonymous pages of all spaces that joined it and picks the
+//! coldest anywhere, run by the kernel's reclaim worker between free-frame
+//! watermarks.
+//!
+//! Reclaiming only the faulting space (what [`VmSpace::reclaim`] does) is
+//! local replacement: an active process evicts its own hot pages while
+//! idle ones keep theirs. Here a space [`join`](VmSpace::join_global)s
+//! with an id; its pages enter the [`Vm`]'s policy as
+//! [`global_id`]`(id, page)`, the identity the simulator's
+//! [`replay_global`](super::replace::multi::replay_global) uses, so the
+//! kernel and the simulator decide alike. The kernel hands reclaim its spaces through a [`SpaceTable`],
+//! holding each one for reading (its address-space lock) while reclaim
+//! looks at it.
+//!
+//! Watermarks, as Linux's `min`, `low` and `high` (in free frames under
+//! the frame limit): when fewer than `low` are free, [`Vm::needs_reclaim`]
+//! says so and the kernel runs [`Vm::reclaim_step`] on a CPU of its choice
+//! until `high` are free; a fault below `min` reclaims directly, from its
+//! own space.
+//!
+//! Frames shared after a fork are not taken here yet: evicting one needs
+//! every entry that maps it (a reverse map).
+
+use super::reclaim::Batch;
+use super::replace::multi::global_id;
+use super::replace::{PageId, ReplacementPolicy};
+use super::space::for_each_pageable_leaf;
+use super::stats::count;
+use super::swap::{BUSY, CLUSTER};
+use super::{FaultReason, Vm, VmSpace};
+use crate::paging::{Flush, FrameSource, PhysMem};
+use crate::smp::Tlb;
+use x86_64::structures::paging::PhysFrame;
+use x86_64::VirtAddr;
+
+/// The `Vm`'s global policy, behind its lock.
+#[derive(Default)]
+pub(super) struct GlobalPolicy(
+    spin::Mutex<Option<alloc::boxed::Box<dyn ReplacementPolicy + Send>>>,
+);
+
+impl core::ops::Deref for GlobalPolicy {
+    type Target = spin::Mutex<Option<alloc::boxed::Box<dyn ReplacementPolicy + Send>>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl core::ops::DerefMut for GlobalPolicy {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl core::fmt::Debug for GlobalPolicy {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let name = self.0.try_lock().map(|p| p.as_ref().map(|p| p.name()));
+        f.debug_tuple("GlobalPolicy").field(&name).finish()
+    }
+}
+
+/// The kernel's address spaces that joined global reclaim.
+///
+/// Each call hands reclaim a space the kernel holds for reading (its
+/// address-space lock, as for a fault), so no `&mut` operation runs on it
+/// meanwhile; a space the kernel cannot lock now may be skipped.
+pub trait SpaceTable<P: PhysMem> {
+    /// Calls `f` with every space that joined.
+    fn for_each(&self, f: &mut dyn FnMut(&VmSpace<P>));
+    /// Calls `f` with the space that joined as `id`, if it exists; returns
+    /// whether it did.
+    fn with(&self, id: u32, f: &mut dyn FnMut(&VmSpace<P>)) -> bool;
+}
+
+/// A slice of spaces is a table (a kernel with its own locking wraps its
+/// process list instead).
+impl<P: PhysMem> SpaceTable<P> for [&VmSpace<P>] {
+    fn for_each(&self, f: &mut dyn FnMut(&VmSpace<P>)) {
+        for s in self.iter().filter(|s| s.global_id().is_some()) {
+            f(s);
+        }
+    }
+
+    fn with(&self, id: u32, f: &mut dyn FnMut(&VmSpace<P>)) -> bool {
+        match self.iter().find(|s| s.global_id() == Some(id)) {
+            Some(s) => {
+                f(s);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Free-frame watermarks under the frame limit ([`Vm::set_watermarks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermarks {
+    /// Below this, faults reclaim directly.
+    pub min: u64,
+    /// Below this, the reclaim worker should run.
+    pub low: u64,
+    /// The worker stops once this many are free.
+    pub high: u64,
+}
+
+impl Watermarks {
+    /// Linux's defaults in proportion: `min` 1/64 of the limit (at least
+    /// 1), `low` 5/4 of `min`, `high` 3/2 of `min` (at least one cluster
+    /// above `min` where the limit allows).
+    pub fn for_limit(limit: u64) -> Self {
+        let min = (limit / 64).max(1);
+        let low = (min * 5 / 4).max(min + 1);
+        let high = (min * 3 / 2)
+            .max(low + 1)
+            .max((min + CLUSTER as u64).min(limit / 4));
+        Self { min, low, high }
+    }
+}
+
+impl Vm {
+    /// Makes `policy` (its capacity should be the frame limit) the one
+    /// policy over the pages of every space that joins
+    /// ([`VmSpace::join_global`]).
+    pub fn set_global_policy(&mut self, policy: alloc::boxed::Box<dyn ReplacementPolicy + Send>) {
+        *self.global.get_mut() = Some(policy);
+        self.has_global = true;
+    }
+
+    /// Sets the watermarks (`None`: [`Watermarks::for_limit`] of the frame
+    /// limit). They apply while a frame limit is set.
+    pub fn set_watermarks(&mut self, marks: Option<Watermarks>) {
+        self.marks = marks;
+    }
+
+    /// The watermarks in force, with a frame limit set.
+    pub fn watermarks(&self) -> Option<Watermarks> {
+        let limit = self.frame_limit()?;
+        Some(self.marks.unwrap_or_else(|| Watermarks::for_limit(limit)))
+    }
+
+    /// Frames free under the limit (`None` without one).
+    pub fn free_frames(&self) -> Option<u64> {
+        Some(self.frame_limit()?.saturating_sub(self.resident()))
+    }
+
+    /// Whether fewer than `low` frames are free: the worker should run.
+    pub fn needs_reclaim(&self) -> bool {
+        match (self.free_frames(), self.watermarks()) {
+            (Some(free), Some(m)) => free < m.low,
+            _ => false,
+        }
+    }
+
+    /// One step of the reclaim worker: unless `high` frames are free, the
+    /// global policy harvests the Accessed bits of every space in `spaces`
+    /// and evicts up to a cluster of the coldest pages anywhere (written
+    /// to swap, or dropped when all zero). Returns the pages freed; the
+    /// kernel calls it again while [`needs_reclaim`](Self::needs_reclaim)
+    /// or until it returns 0.
+    pub fn reclaim_step<P: PhysMem, T: SpaceTable<P> + ?Sized, A: FrameSource + ?Sized>(
+        &self,
+        spaces: &T,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<usize, FaultReason> {
+        let want = match (self.free_frames(), self.watermarks()) {
+            (Some(free), Some(m)) if free < m.high => (m.high - free).min(CLUSTER as u64) as usize,
+            (Some(_), Some(_)) => return Ok(0),
+            _ => CLUSTER,
+        };
+        self.reclaim_global(spaces, want, frames, tlb)
+    }
+
+    /// Frees up to `want` (at most a cluster) of the coldest pages of every
+    /// space in `spaces`, as the global policy ranks them.
+    pub fn reclaim_global<P: PhysMem, T: SpaceTable<P> + ?Sized, A: FrameSource + ?Sized>(
+        &self,
+        spaces: &T,
+        want: usize,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<usize, FaultReason> {
+        let Some(swap) = self.swap.as_ref() else {
+            return Err(FaultReason::NoSwap);
+        };
+        if !self.has_global {
+            return Ok(0);
+        }
+        let want = want.clamp(1, CLUSTER);
+        spaces.for_each(&mut |s| s.harvest_global(self, tlb));
+        let mut chosen = [(0u32, 0u64); CLUSTER];
+        let mut n = 0;
+        {
+            let mut policy = self.global.lock();
+            let Some(p) = policy.as_mut() else {
+                return Ok(0);
+            };
+            let mut tries = p.resident_len();
+            while n < want && tries > 0 {
+                tries -= 1;
+                let Some(id) = p.evict() else { break };
+                chosen[n] = ((id >> 48) as u32, id & ((1 << 48) - 1));
+                n += 1;
+            }
+        }
+        let chosen = &mut chosen[..n];
+        chosen.sort_unstable();
+        let mut freed = 0;
+        let mut error = None;
+        let mut rest = &*chosen;
+        while let Some(&(id, _)) = rest.first() {
+            let k = rest.iter().take_while(|c| c.0 == id).count();
+            let (group, tail) = rest.split_at(k);
+            spaces.with(id, &mut |s| {
+                let (f, e) = s.evict_listed(self, swap, group, frames, tlb);
+                freed += f;
+                error = error.or(e);
+            });
+            rest = tail;
+        }
+        match error {
+            Some(e) if freed == 0 => Err(e),
+            _ => Ok(freed),
+        }
+    }
+
+    /// Tells the global policy that `page` of the space `id` holds a frame
+    /// of its own.
+    pub(super) fn track_global(&self, id: u32, page: PageId) {
+        if !self.has_global {
+            return;
+        }
+        if let Some(policy) = self.global.lock().as_mut() {
+            let g = global_id(id, page);
+            if !policy.is_resident(g) {
+                while policy.resident_len() >= policy.capacity() && policy.evict().is_some() {}
+                let _ = policy.insert(g);
+            }
+        }
+    }
+
+    /// Forgets pages of the space `id` (unmapped, dropped, locked).
+    pub(super) fn forget_global(&self, id: u32, pages: impl IntoIterator<Item = PageId>) {
+        if !self.has_global {
+            return;
+        }
+        if let Some(policy) = self.global.lock().as_mut() {
+            for page in pages {
+                policy.remove(global_id(id, page));
+            }
+        }
+    }
+}
+
+impl<P: PhysMem> VmSpace<P> {
+    /// Puts this space's private pages under the [`Vm`]'s global policy as
+    /// `id` (unique among the spaces that join) instead of a policy of its
+    /// own; reclaim over every space ([`Vm::reclaim_step`]) may then take
+    /// them. As with [`set_policy`](Self::set_policy), pages already
+    /// resident are not known to the policy: join on a new space (a fork's
+    /// child holds no private page yet).
+    pub fn join_global(&mut self, id: u32) {
+        self.global = Some(id);
+    }
+
+    /// The id this space joined global reclaim with.
+    pub fn global_id(&self) -> Option<u32> {
+        self.global
+    }
+
+    /// Reports every Accessed bit of this space's pageable private pages
+    /// to the global policy (clearing them) and invalidates the cleared
+    /// entries on the space's CPUs.
+    fn harvest_global(&self, vm: &Vm, tlb: &mut Tlb<'_>) {
+        let Some(id) = self.global else { return };
+        let zero = vm.zero_frame();
+        let mut flush = Flush::none();
+        let mut scanned = 0;
+        {
+            let m = self.mapper.lock();
+            let mut policy = vm.global.lock();
+            let Some(p) = policy.as_mut() else { return };
+            let (lo, hi) = self.areas.bounds();
+            for_each_pageable_leaf(&self.areas, &m, lo, hi, |leaf| {
+                let frame = PhysFrame::containing_address(leaf.frame);
+                if frame == zero || vm.share_count(frame) != 1 {
+                    return;
+                }
+                scanned += 1;
+                if m.clear_accessed(leaf.page) {
+                    flush.add(leaf.page.as_u64());
+                    p.referenced(global_id(id, leaf.page.as_u64() >> 12));
+                }
+            });
+        }
+        count(&vm.stats.at(tlb.cpu()).scanned, scanned);
+        self.invalidate(flush, vm, tlb);
+    }
+
+    /// Evicts the pages `chosen` of this space (page numbers, with the
+    /// space's id) that can go now: private, resident, not locked. The
+    /// others are left as they are (the policy learns them again when they
+    /// become private). Returns the pages freed and, if some could not be
+    /// written, why.
+    fn evict_listed<A: FrameSource + ?Sized>(
+        &self,
+        vm: &Vm,
+        swap: &super::swap::Swap,
+        chosen: &[(u32, u64)],
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> (usize, Option<FaultReason>) {
+        let zero = vm.zero_frame();
+        let mut victims = Batch::new();
+        let mut flush = Flush::none();
+        {
+            let mut m = self.mapper.lock();
+            for &(_, page) in chosen {
+                let va = VirtAddr::new(page << 12);
+                if self.areas.find(va.as_u64()).is_none_or(|a| a.locked) {
+                    continue;
+                }
+                let Ok(t) = m.translate(va) else { continue };
+                let frame = PhysFrame::containing_address(t.frame);
+                if frame == zero || vm.share_count(frame) != 1 {
+                    continue;
+                }
+                let old = m
+                    .exchange_pte(va, BUSY)
+                    .expect("a resident page has its page table");
+                victims.push(va, frame, old);
+                flush.add(va.as_u64());
+            }
+        }
+        if victims.len == 0 {
+            return (0, None);
+        }
+        self.write_out(swap, &victims, flush, vm, frames, tlb)
+    }
+}

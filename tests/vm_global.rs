@@ -1,0 +1,280 @@
+//! Reclaim over every address space (`kmem::vm::global`): one policy over
+//! all spaces' pages, run by a reclaim worker between watermarks. An idle
+//! space's cold pages go before an active space's hot ones; contents and
+//! every frame and slot survive.
+
+use kmem::paging::PageTables;
+use kmem::smp::Tlb;
+use kmem::testing::mmu::RecordingMmu;
+use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
+use kmem::vm::global::Watermarks;
+use kmem::vm::replace::{Clock, ClockPro};
+use kmem::vm::{FaultAccess, FaultOutcome, MemSwap, Prot, Vm, VmSpace};
+use x86_64::VirtAddr;
+
+const PAGE: u64 = 4096;
+const BASE: u64 = 0x4000_0000;
+const LIMIT: u64 = 40;
+
+type Space<'m> = VmSpace<EmulatedPhysMem<'m>>;
+
+struct Machine<'m> {
+    mem: &'m EmulatedMemory,
+    frames: EmulatedFrameAllocator,
+    vm: Vm,
+    kernel: PageTables<EmulatedPhysMem<'m>>,
+    faults: u64,
+}
+
+impl<'m> Machine<'m> {
+    fn new(mem: &'m EmulatedMemory, global: bool) -> Self {
+        let mut frames = mem.frame_allocator();
+        let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
+        vm.set_frame_limit(Some(LIMIT));
+        assert!(vm.attach_swap(Box::new(MemSwap::new(512))).is_ok());
+        if global {
+            vm.set_global_policy(Box::new(ClockPro::new(LIMIT as usize)));
+        }
+        let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
+        Self {
+            mem,
+            frames,
+            vm,
+            kernel,
+            faults: 0,
+        }
+    }
+
+    fn space(&mut self, pages: u64, id: u32, global: bool) -> Space<'m> {
+        let mut s = VmSpace::new_user(&self.kernel, &mut self.frames).unwrap();
+        s.map_anonymous(Some(BASE), pages * PAGE, Prot::RW | Prot::USER)
+            .unwrap();
+        if global {
+            s.join_global(id);
+        } else {
+            s.set_policy(Box::new(ClockPro::new(LIMIT as usize)));
+        }
+        s
+    }
+
+    /// One access to `page` of `s` as the CPU makes it: a hit sets the
+    /// Accessed bit, a miss faults (counted); a write stores `value`.
+    /// Before a fault the worker runs while the watermarks ask for it.
+    fn access(&mut self, spaces: &[&Space<'m>], s: &Space<'m>, page: u64, value: Option<u64>) {
+        let at = VirtAddr::new(BASE + page * PAGE);
+        let mut mmu = RecordingMmu::new(self.kernel.pml4());
+        let mut tlb = Tlb::uniprocessor(&mut mmu);
+        let present = s
+            .mapper()
+            .translate(at)
+            .is_ok_and(|t| value.is_none() || t.access.writable);
+        if !present {
+            while self.vm.needs_reclaim() {
+                let freed = self
+                    .vm
+                    .reclaim_step(spaces, &mut self.frames, &mut tlb)
+                    .unwrap();
+                if freed == 0 {
+                    break;
+                }
+            }
+            self.faults += 1;
+            let access = match value {
+                Some(_) => FaultAccess::write(true),
+                None => FaultAccess::read(true),
+            };
+            loop {
+                match s.handle_fault(&self.vm, at, access, &mut self.frames, &mut tlb) {
+                    Ok(FaultOutcome::InTransit) => continue,
+                    Ok(_) => break,
+                    Err(e) => panic!("fault at page {page}: {e:?}"),
+                }
+            }
+        }
+        s.simulate_access(at, value.is_some());
+        if let Some(v) = value {
+            let phys = s.mapper().translate(at).unwrap().phys;
+            self.mem.write_u64(phys, v);
+        }
+    }
+
+    fn value(&mut self, spaces: &[&Space<'m>], s: &Space<'m>, page: u64) -> u64 {
+        self.access(spaces, s, page, None);
+        let phys = s
+            .mapper()
+            .translate(VirtAddr::new(BASE + page * PAGE))
+            .unwrap()
+            .phys;
+        self.mem.read_u64(phys)
+    }
+}
+
+/// An idle space fills memory, then an active one cycles over 30 pages:
+/// with one policy over both, the idle space's pages go and the active
+/// one faults little more than once a page; each space reclaiming only
+/// itself, the active one is held to the frames it had and faults on
+/// nearly every access.
+fn shifting(global: bool) -> u64 {
+    let mem = EmulatedMemory::new(1024);
+    let mut m = Machine::new(&mem, global);
+    let idle = m.space(64, 1, global);
+    let busy = m.space(64, 2, global);
+    let spaces = [&idle, &busy];
+    for p in 0..30 {
+        m.access(&spaces, &idle, p, Some(1000 + p));
+    }
+    m.faults = 0;
+    for round in 0..20 {
+        for p in 0..30 {
+            m.access(&spaces, &busy, p, Some(round * 100 + p));
+        }
+    }
+    let busy_faults = m.faults;
+    for p in 0..30 {
+        assert_eq!(m.value(&spaces, &idle, p), 1000 + p, "idle page {p}");
+        assert_eq!(m.value(&spaces, &busy, p), 1900 + p, "busy page {p}");
+    }
+    assert!(m.vm.stats().resident_frames <= LIMIT);
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    for s in [idle, busy] {
+        s.destroy(&m.vm, &mut m.frames, &mut tlb)
+            .map_err(|(_, e)| e)
+            .unwrap();
+    }
+    assert_eq!(m.vm.stats().swap_slots_used, 0, "every slot back");
+    assert_eq!(m.vm.stats().resident_frames, 0, "every frame back");
+    busy_faults
+}
+
+#[test]
+fn one_policy_over_every_space_follows_the_active_one() {
+    let global = shifting(true);
+    let local = shifting(false);
+    println!("active space's faults: global {global}, local {local}");
+    assert!(global <= 60, "global reclaim: {global} faults for 30 pages");
+    assert!(global * 4 < local, "global {global} vs local {local}");
+}
+
+#[test]
+fn watermarks_default_from_the_limit_and_the_worker_stops_at_high() {
+    let w = Watermarks::for_limit(1024);
+    assert_eq!((w.min, w.low), (16, 20));
+    assert!(w.high > w.low && w.high <= 1024 / 4);
+    assert!(Watermarks::for_limit(1).min >= 1);
+
+    let mem = EmulatedMemory::new(512);
+    let mut m = Machine::new(&mem, true);
+    m.vm.set_watermarks(Some(Watermarks {
+        min: 2,
+        low: 4,
+        high: 10,
+    }));
+    let s = m.space(64, 7, true);
+    let spaces = [&s];
+    // Fill to 38 of 40 frames without the worker (only faults run it).
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    for p in 0..38 {
+        let at = VirtAddr::new(BASE + p * PAGE);
+        s.handle_fault(&m.vm, at, FaultAccess::write(true), &mut m.frames, &mut tlb)
+            .unwrap();
+        let phys = s.mapper().translate(at).unwrap().phys;
+        mem.write_u64(phys, p + 1);
+    }
+    assert_eq!(m.vm.free_frames(), Some(2));
+    assert!(m.vm.needs_reclaim());
+    let mut freed = 0;
+    while m.vm.needs_reclaim() || m.vm.free_frames() < Some(10) {
+        let n =
+            m.vm.reclaim_step(&spaces[..], &mut m.frames, &mut tlb)
+                .unwrap();
+        assert!(n > 0);
+        freed += n;
+    }
+    assert_eq!(m.vm.free_frames(), Some(10), "stops at high");
+    assert_eq!(freed, 8);
+    assert_eq!(
+        m.vm.reclaim_step(&spaces[..], &mut m.frames, &mut tlb),
+        Ok(0)
+    );
+    assert!(!m.vm.needs_reclaim());
+    assert_eq!(s.usage(&m.vm).swapped, 8);
+}
+
+/// A space that did not join is not touched by the worker; one with a
+/// locked range keeps it.
+#[test]
+fn the_worker_takes_only_pageable_pages_of_spaces_that_joined() {
+    let mem = EmulatedMemory::new(512);
+    let mut m = Machine::new(&mem, true);
+    let mut mine = m.space(64, 1, true);
+    let other = m.space(64, 2, false);
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    mine.lock(BASE, 4 * PAGE, &m.vm, &mut m.frames, &mut tlb)
+        .unwrap();
+    let spaces = [&mine, &other];
+    for p in 4..20 {
+        m.access(&spaces, &mine, p, Some(p));
+    }
+    for p in 0..16 {
+        m.access(&spaces, &other, p, Some(p));
+    }
+    let freed =
+        m.vm.reclaim_global(&spaces[..], 16, &mut m.frames, &mut tlb)
+            .unwrap();
+    assert_eq!(freed, 16);
+    assert_eq!(other.usage(&m.vm).resident, 16, "not joined: untouched");
+    let u = mine.usage(&m.vm);
+    assert_eq!((u.resident, u.swapped), (4, 16), "the locked four stay");
+    // A plain CLOCK as the global policy works the same way.
+    let mut vm = Vm::new(&mem.phys_mem(), &mut m.frames).unwrap();
+    vm.set_global_policy(Box::new(Clock::new(8)));
+    assert_eq!(
+        vm.reclaim_global(&spaces[..], 4, &mut m.frames, &mut tlb),
+        Err(kmem::vm::FaultReason::NoSwap)
+    );
+}
+
+/// References seen only in Accessed bits (no fault) reach the global
+/// policy through the worker's harvest: pages touched since the last look
+/// stay, the untouched ones go.
+#[test]
+fn the_worker_harvests_accessed_bits_before_it_chooses() {
+    let mem = EmulatedMemory::new(512);
+    let mut m = Machine::new(&mem, false);
+    m.vm.set_global_policy(Box::new(Clock::new(LIMIT as usize)));
+    // No worker during the fill: this test calls reclaim itself.
+    m.vm.set_watermarks(Some(Watermarks {
+        min: 0,
+        low: 0,
+        high: 0,
+    }));
+    let mut s = VmSpace::new_user(&m.kernel, &mut m.frames).unwrap();
+    s.map_anonymous(Some(BASE), 64 * PAGE, Prot::RW | Prot::USER)
+        .unwrap();
+    s.join_global(3);
+    let spaces = [&s];
+    // Thirty-nine pages in; a first look reports their faulting accesses
+    // and takes the oldest.
+    for p in 0..39 {
+        m.access(&spaces, &s, p, Some(p + 1));
+    }
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    let first = m.vm.reclaim_global(&spaces[..], 1, &mut m.frames, &mut tlb);
+    assert_eq!(first, Ok(1));
+    // Pages 1..21 are touched again; 21..39 are not.
+    for p in 1..21 {
+        s.simulate_access(VirtAddr::new(BASE + p * PAGE), false);
+    }
+    let freed =
+        m.vm.reclaim_global(&spaces[..], 10, &mut m.frames, &mut tlb)
+            .unwrap();
+    assert_eq!(freed, 10);
+    for p in 1..21 {
+        let t = s.mapper().translate(VirtAddr::new(BASE + p * PAGE));
+        assert!(t.is_ok(), "hot page {p} was taken");
+    }
+}
