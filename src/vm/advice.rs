@@ -118,7 +118,7 @@ impl<P: PhysMem> VmSpace<P> {
                     if let Some(p) = policy.as_mut() {
                         p.remove(v.0.as_u64() >> 12);
                     }
-                    if let Some(id) = self.global {
+                    if let Some(id) = self.global_id() {
                         vm.forget_global(id, [v.0.as_u64() >> 12]);
                     }
                     v.2 = m
@@ -184,14 +184,14 @@ impl<P: PhysMem> VmSpace<P> {
         }
         // Reclaim looks for victims through the policy: forget the pages.
         let mut ids = alloc::vec::Vec::new();
-        if self.has_policy || self.global.is_some() {
+        if self.has_policy || self.global_id().is_some() {
             self.for_each_anonymous_leaf(a, b, |leaf| ids.push(leaf.page.as_u64() >> 12));
             if let Some(p) = self.policy.get_mut().as_mut() {
                 for &id in &ids {
                     p.remove(id);
                 }
             }
-            if let Some(g) = self.global {
+            if let Some(g) = self.global_id() {
                 vm.forget_global(g, ids);
             }
         }
@@ -260,7 +260,7 @@ impl<P: PhysMem> VmSpace<P> {
             .sum();
         self.areas.update(a, b, |x| Area { locked: false, ..x });
         vm.uncharge_locked(unlocked);
-        if self.has_policy || self.global.is_some() {
+        if self.has_policy || self.global_id().is_some() {
             let zero = vm.zero_frame();
             let mut pages = alloc::vec::Vec::new();
             self.for_each_anonymous_leaf(a, b, |leaf| {

@@ -259,21 +259,22 @@ impl<P: PhysMem> VmSpace<P> {
     /// own; reclaim over every space ([`Vm::reclaim_step`]) may then take
     /// them. As with [`set_policy`](Self::set_policy), pages already
     /// resident are not known to the policy: join on a new space (a fork's
-    /// child holds no private page yet).
+    /// child holds no private page yet). Ids are below `u32::MAX`, which
+    /// is refused (the space stays out).
     pub fn join_global(&mut self, id: u32) {
-        self.global = Some(id);
+        self.global = id;
     }
 
     /// The id this space joined global reclaim with.
     pub fn global_id(&self) -> Option<u32> {
-        self.global
+        (self.global != u32::MAX).then_some(self.global)
     }
 
     /// Reports every Accessed bit of this space's pageable private pages
     /// to the global policy (clearing them) and invalidates the cleared
     /// entries on the space's CPUs.
     fn harvest_global(&self, vm: &Vm, tlb: &mut Tlb<'_>) {
-        let Some(id) = self.global else { return };
+        let Some(id) = self.global_id() else { return };
         let zero = vm.zero_frame();
         let mut flush = Flush::none();
         let mut scanned = 0;

@@ -107,9 +107,10 @@ pub struct VmSpace<P: PhysMem> {
     pub(super) policy: Box<spin::Mutex<Option<Box<dyn ReplacementPolicy + Send>>>>,
     /// Whether `policy` holds one (set with `&mut self`, read unlocked).
     pub(super) has_policy: bool,
-    /// The id this space joined global reclaim with: its pages go to the
-    /// `Vm`'s policy instead of `policy`.
-    pub(super) global: Option<u32>,
+    /// The id this space joined global reclaim with (`u32::MAX`: none):
+    /// its pages go to the `Vm`'s policy instead of `policy`. Not an
+    /// `Option`: a space stays small enough to hand back in errors.
+    pub(super) global: u32,
     /// The CPUs that have (or lazily may still have) the space loaded.
     pub(super) cpus: Box<ActiveCpus>,
     /// Where chosen addresses go.
@@ -161,7 +162,7 @@ impl<P: PhysMem + Clone> VmSpace<P> {
             last_swap_in: AtomicU64::new(0),
             policy: Box::new(spin::Mutex::new(None)),
             has_policy: false,
-            global: None,
+            global: u32::MAX,
             cpus: Box::new(ActiveCpus::new()),
             layout: UserLayout::for_range(lo, hi),
         }
@@ -555,7 +556,7 @@ impl<P: PhysMem> VmSpace<P> {
     /// page now holds a frame of its own, unless its area is locked:
     /// reclaim never takes those.
     pub(super) fn track(&self, vm: &Vm, page: Page<Size4KiB>) {
-        if !self.has_policy && (self.global.is_none() || !vm.has_global) {
+        if !self.has_policy && (self.global_id().is_none() || !vm.has_global) {
             return; // no lock taken: faults on other CPUs do not wait here
         }
         if self
@@ -565,7 +566,7 @@ impl<P: PhysMem> VmSpace<P> {
         {
             return;
         }
-        if let Some(id) = self.global {
+        if let Some(id) = self.global_id() {
             vm.track_global(id, page.start_address().as_u64() >> 12);
             return;
         }
@@ -604,6 +605,7 @@ impl<P: PhysMem> VmSpace<P> {
         gather
             .reserve(leaves, tables)
             .map_err(|()| VmError::OutOfMemory)?;
+        let global = self.global_id();
         let Self {
             mapper,
             areas,
@@ -611,7 +613,6 @@ impl<P: PhysMem> VmSpace<P> {
             ..
         } = self;
         let (mapper, policy) = (mapper.get_mut(), policy.get_mut());
-        let global = self.global;
         for_each_anonymous_leaf(areas, mapper, a, b, |leaf| {
             gather.page(PhysFrame::containing_address(leaf.frame));
             let page = leaf.page.as_u64() >> 12;
