@@ -17,6 +17,7 @@ pub mod start;
 pub mod testing;
 pub mod text;
 pub mod user;
+pub mod workingsets;
 
 /// Defines the kernel's main function, called after `start::bring_up`
 /// with the console, the IDT and `boot::info` ready, and makes the kernel

@@ -127,6 +127,15 @@ impl Vm {
         self.has_global = true;
     }
 
+    /// Takes the global policy away (spaces that joined fall back to no
+    /// policy: reclaim of the faulting space runs its CLOCK hand).
+    pub fn take_global_policy(
+        &mut self,
+    ) -> Option<alloc::boxed::Box<dyn ReplacementPolicy + Send>> {
+        self.has_global = false;
+        self.global.get_mut().take()
+    }
+
     /// Sets the watermarks (`None`: [`Watermarks::for_limit`] of the frame
     /// limit). They apply while a frame limit is set.
     pub fn set_watermarks(&mut self, marks: Option<Watermarks>) {

@@ -47,7 +47,12 @@ impl<P: PhysMem> VmSpace<P> {
     pub fn usage(&self, vm: &Vm) -> SpaceUsage {
         let mut u = SpaceUsage::default();
         let m = self.mapper.lock();
-        u.tables = m.for_each_leaf(|_| {}).tables as u64;
+        // The user half's tables (the kernel half is shared by every
+        // space), and the PML4.
+        let (lo, hi) = self.areas.bounds();
+        u.tables = m
+            .for_each_leaf_in(VirtAddr::new(lo), hi - lo, |_| {})
+            .tables as u64;
         for area in self.areas.iter().filter(|a| a.kind == AreaKind::Anonymous) {
             let (start, len) = (VirtAddr::new(area.start), area.len());
             m.for_each_leaf_in(start, len, |leaf| {

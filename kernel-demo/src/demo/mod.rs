@@ -5,3 +5,4 @@ pub mod faults;
 pub mod processes;
 pub mod smp;
 pub mod swap;
+pub mod workingsets;
