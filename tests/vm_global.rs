@@ -278,3 +278,69 @@ fn the_worker_harvests_accessed_bits_before_it_chooses() {
         assert!(t.is_ok(), "hot page {p} was taken");
     }
 }
+
+/// A frame shared by a parent and its child after a fork is evicted from
+/// both at once (one slot, two references) and read back by each; with
+/// the child outside the table, it stays.
+#[test]
+fn shared_frames_are_evicted_from_every_sharer() {
+    for child_joins in [true, false] {
+        let mem = EmulatedMemory::new(512);
+        let mut m = Machine::new(&mem, false);
+        m.vm.set_global_policy(Box::new(Clock::new(LIMIT as usize)));
+        m.vm.set_watermarks(Some(Watermarks {
+            min: 0,
+            low: 0,
+            high: 0,
+        }));
+        let mut parent = VmSpace::new_user(&m.kernel, &mut m.frames).unwrap();
+        parent
+            .map_anonymous(Some(BASE), 64 * PAGE, Prot::RW | Prot::USER)
+            .unwrap();
+        parent.join_global(1);
+        for p in 0..10 {
+            m.access(&[&parent], &parent, p, Some(100 + p));
+        }
+        let mut mmu = RecordingMmu::new(m.kernel.pml4());
+        let mut tlb = Tlb::uniprocessor(&mut mmu);
+        let mut child = parent.fork(&m.vm, &mut m.frames, &mut tlb).unwrap();
+        if child_joins {
+            child.join_global(2);
+        }
+        assert_eq!(m.vm.stats().shared_frames, 10);
+        let resident = m.vm.stats().resident_frames;
+        let spaces = [&parent, &child];
+        let table: &[&Space] = if child_joins { &spaces } else { &spaces[..1] };
+        let freed =
+            m.vm.reclaim_global(table, 10, &mut m.frames, &mut tlb)
+                .unwrap();
+        if child_joins {
+            assert_eq!(freed, 10, "each shared frame evicted once");
+            assert_eq!(m.vm.stats().shared_frames, 0);
+            assert_eq!(m.vm.stats().resident_frames, resident - 10);
+            assert_eq!(m.vm.stats().swap_slots_used, 10, "one slot per frame");
+            assert_eq!(parent.usage(&m.vm).swapped, 10);
+            assert_eq!(child.usage(&m.vm).swapped, 10);
+        } else {
+            assert_eq!(freed, 0, "a sharer outside the table keeps the frames");
+            assert_eq!(m.vm.stats().shared_frames, 10);
+            assert_eq!(m.vm.stats().swap_slots_used, 0);
+            assert_eq!(parent.usage(&m.vm).shared, 10);
+        }
+        // Both read every page back as it was; then the child writes.
+        for p in 0..10 {
+            assert_eq!(m.value(table, &parent, p), 100 + p);
+            assert_eq!(m.value(table, &child, p), 100 + p);
+        }
+        m.access(table, &child, 0, Some(7));
+        assert_eq!(m.value(table, &parent, 0), 100);
+        assert_eq!(m.value(table, &child, 0), 7);
+        for s in [parent, child] {
+            s.destroy(&m.vm, &mut m.frames, &mut tlb)
+                .map_err(|(_, e)| e)
+                .unwrap();
+        }
+        assert_eq!(m.vm.stats().swap_slots_used, 0, "every slot back");
+        assert_eq!(m.vm.stats().resident_frames, 0, "every frame back");
+    }
+}

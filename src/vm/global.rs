@@ -19,8 +19,13 @@
 //! until `high` are free; a fault below `min` reclaims directly, from its
 //! own space.
 //!
-//! Frames shared after a fork are not taken here yet: evicting one needs
-//! every entry that maps it (a reverse map).
+//! A frame shared after a fork is mapped at the same address in every
+//! sharer (a fork copies addresses), so its reverse map costs nothing per
+//! page: the worker looks for it in each space of the table at that
+//! address (O(spaces) for a shared victim, nothing for a private one),
+//! takes every mapping out, writes the frame once and leaves each sharer
+//! a reference to the one slot. A sharer outside the table (or holding
+//! the page locked) keeps the frame where it is.
 
 use super::reclaim::Batch;
 use super::replace::multi::global_id;
@@ -62,9 +67,12 @@ impl core::fmt::Debug for GlobalPolicy {
 
 /// The kernel's address spaces that joined global reclaim.
 ///
-/// Each call hands reclaim a space the kernel holds for reading (its
-/// address-space lock, as for a fault), so no `&mut` operation runs on it
-/// meanwhile; a space the kernel cannot lock now may be skipped.
+/// Every space it hands out is held for reading (its address-space lock,
+/// as for a fault) from before the reclaim call that uses the table until
+/// that call returns, so no `&mut` operation (unmap, fork, destroy) runs
+/// on it in between; a space the kernel cannot lock may be left out. A
+/// frame shared after a fork is evicted only when every space mapping it
+/// is in the table: a fork's child should join too.
 pub trait SpaceTable<P: PhysMem> {
     /// Calls `f` with every space that joined.
     fn for_each(&self, f: &mut dyn FnMut(&VmSpace<P>));
@@ -217,21 +225,120 @@ impl Vm {
         chosen.sort_unstable();
         let mut freed = 0;
         let mut error = None;
+        let mut shared = Batch::new();
         let mut rest = &*chosen;
         while let Some(&(id, _)) = rest.first() {
             let k = rest.iter().take_while(|c| c.0 == id).count();
             let (group, tail) = rest.split_at(k);
             spaces.with(id, &mut |s| {
-                let (f, e) = s.evict_listed(self, swap, group, frames, tlb);
+                let (f, e) = s.evict_listed(self, swap, group, &mut shared, frames, tlb);
                 freed += f;
                 error = error.or(e);
             });
             rest = tail;
         }
+        for &(va, frame, _) in shared.as_slice() {
+            match self.evict_shared(spaces, swap, va, frame, frames, tlb) {
+                Ok(true) => freed += 1,
+                Ok(false) => {}
+                Err(e) => error = error.or(Some(e)),
+            }
+        }
         match error {
             Some(e) if freed == 0 => Err(e),
             _ => Ok(freed),
         }
+    }
+
+    /// Evicts `frame`, mapped at `va` in several spaces since a fork, from
+    /// all of them at once: each mapping is exchanged for a busy mark and
+    /// invalidated on its space's CPUs (so nobody writes the frame any
+    /// more), the frame is written to one slot, and every mark becomes that
+    /// slot, one reference each. When a mapping lies outside `spaces`, in
+    /// a locked area, or the write fails, the marks are put back and the
+    /// frame stays. Returns whether the frame was freed.
+    fn evict_shared<P: PhysMem, T: SpaceTable<P> + ?Sized, A: FrameSource + ?Sized>(
+        &self,
+        spaces: &T,
+        swap: &super::swap::Swap,
+        va: VirtAddr,
+        frame: PhysFrame,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<bool, FaultReason> {
+        let _transit = self.transit(tlb.cpu(), 1);
+        let mark = frame.start_address().as_u64() | BUSY;
+        let mut found = 0u32;
+        let mut page = core::ptr::null_mut();
+        spaces.for_each(&mut |s| {
+            if s.mark_shared(self, va, frame, mark, tlb) {
+                found += 1;
+                page = super::reclaim::page_ptr(&s.phys, frame);
+            }
+        });
+        if found == 0 {
+            return Ok(false);
+        }
+        // Every mapping is marked, or the frame stays.
+        let complete = self.share_count(frame) == found;
+        let slot = if complete {
+            self.write_frame(swap, frame, page)
+        } else {
+            Ok(None)
+        };
+        let entry = match slot {
+            Ok(Some(slot)) => super::swap::swap_entry(slot),
+            Ok(None) | Err(_) => {
+                spaces.for_each(&mut |s| {
+                    s.unmark_shared(va, mark, None);
+                });
+                return slot.map(|_| false);
+            }
+        };
+        let mut placed = 0;
+        spaces.for_each(&mut |s| {
+            if s.unmark_shared(va, mark, Some(entry)) {
+                if placed > 0 {
+                    self.share_swap(entry);
+                }
+                placed += 1;
+            }
+        });
+        debug_assert_eq!(placed, found, "marks placed and found");
+        let mut last = false;
+        for _ in 0..found {
+            last = self.unshare(frame);
+        }
+        debug_assert!(last, "every mapping of the frame was replaced");
+        self.release_frame(tlb.cpu(), frame, frames);
+        count(&self.stats.at(tlb.cpu()).swap_outs, 1);
+        count(&self.stats.at(tlb.cpu()).reclaimed, 1);
+        Ok(true)
+    }
+
+    /// Writes `frame` (its contents at `page`) to a new slot, after
+    /// dropping a stale swap-cache copy.
+    fn write_frame(
+        &self,
+        swap: &super::swap::Swap,
+        frame: PhysFrame,
+        page: *mut [u8; super::swap::PAGE_BYTES],
+    ) -> Result<Option<u64>, FaultReason> {
+        if let Some(old) = swap.uncache(frame.start_address().as_u64() / crate::PAGE_SIZE) {
+            swap.state().drop_ref(old);
+        }
+        let Some((slot, _)) = swap.state().take(1) else {
+            return Err(FaultReason::OutOfSwap);
+        };
+        // SAFETY: `page` is the frame through a space's `PhysMem`; every
+        // mapping of the frame is a busy mark, invalidated on every CPU that
+        // could reach it: nothing writes the frame now.
+        let page = unsafe { &*page };
+        if let Err(e) = swap.device.write(slot, &[page]) {
+            swap.state().drop_ref(slot);
+            return Err(FaultReason::SwapIo(e));
+        }
+        Ok(Some(slot))
     }
 
     /// Tells the global policy that `page` of the space `id` holds a frame
@@ -308,16 +415,68 @@ impl<P: PhysMem> VmSpace<P> {
         self.invalidate(flush, vm, tlb);
     }
 
+    /// Exchanges the mapping of `frame` at `va` (if this space has one, in
+    /// a pageable area) for `mark` with the old entry's flags kept in its
+    /// high bits (ignored in a non-present entry), and invalidates it on
+    /// the space's CPUs; whether it did.
+    fn mark_shared(
+        &self,
+        vm: &Vm,
+        va: VirtAddr,
+        frame: PhysFrame,
+        mark: u64,
+        tlb: &mut Tlb<'_>,
+    ) -> bool {
+        let pageable = |a: &super::Area| a.kind == super::AreaKind::Anonymous && !a.locked;
+        if !self.areas.find(va.as_u64()).is_some_and(pageable) {
+            return false;
+        }
+        {
+            let mut m = self.mapper.lock();
+            let Ok(t) = m.translate(va) else { return false };
+            if PhysFrame::containing_address(t.frame) != frame {
+                return false;
+            }
+            // The entry taken out has every Accessed and Dirty bit; once it
+            // is a mark the CPU sets none, so the flags can go in after.
+            let old = m
+                .exchange_pte(va, mark)
+                .expect("a mapped page has its page table");
+            let stashed = mark | ((old >> 1) & 0x7ff) << 52 | (old & (1 << 63));
+            m.exchange_pte(va, stashed).expect("the same page table");
+        }
+        let mut flush = Flush::none();
+        flush.add(va.as_u64());
+        self.invalidate(flush, vm, tlb);
+        true
+    }
+
+    /// Replaces `mark` at `va` with `entry`, or with the entry it stood for
+    /// (`None`); whether the mark was there.
+    fn unmark_shared(&self, va: VirtAddr, mark: u64, entry: Option<u64>) -> bool {
+        const STASH: u64 = 0xfff << 52;
+        let mut m = self.mapper.lock();
+        let Some(e) = m.soft_entry(va).filter(|e| e & !STASH == mark) else {
+            return false;
+        };
+        let old = (mark & !BUSY) | 1 | ((e >> 52) & 0x7ff) << 1 | (e & (1 << 63));
+        m.exchange_pte(va, entry.unwrap_or(old))
+            .expect("a marked page has its page table");
+        true
+    }
+
     /// Evicts the pages `chosen` of this space (page numbers, with the
-    /// space's id) that can go now: private, resident, not locked. The
-    /// others are left as they are (the policy learns them again when they
-    /// become private). Returns the pages freed and, if some could not be
-    /// written, why.
+    /// space's id) that can go now: private, resident, not locked; frames
+    /// shared with other spaces go to `shared`, to be taken from every
+    /// sharer at once. The others are left as they are (the policy learns
+    /// them again when they become private). Returns the pages freed and,
+    /// if some could not be written, why.
     fn evict_listed<A: FrameSource + ?Sized>(
         &self,
         vm: &Vm,
         swap: &super::swap::Swap,
         chosen: &[(u32, u64)],
+        shared: &mut Batch,
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> (usize, Option<FaultReason>) {
@@ -333,7 +492,11 @@ impl<P: PhysMem> VmSpace<P> {
                 }
                 let Ok(t) = m.translate(va) else { continue };
                 let frame = PhysFrame::containing_address(t.frame);
-                if frame == zero || vm.share_count(frame) != 1 {
+                if frame == zero {
+                    continue;
+                }
+                if vm.share_count(frame) != 1 {
+                    shared.push(va, frame, 0);
                     continue;
                 }
                 let old = m

@@ -498,7 +498,7 @@ impl<P: PhysMem> VmSpace<P> {
 
 /// The page in `frame`, through `phys`. Dereferencing it needs the frame
 /// to come from the frame source behind `phys` and nothing else to access it.
-fn page_ptr<P: PhysMem>(phys: &P, frame: PhysFrame) -> *mut [u8; PAGE_BYTES] {
+pub(super) fn page_ptr<P: PhysMem>(phys: &P, frame: PhysFrame) -> *mut [u8; PAGE_BYTES] {
     phys.table_ptr(frame).as_ptr().cast()
 }
 
