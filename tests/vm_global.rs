@@ -344,3 +344,46 @@ fn shared_frames_are_evicted_from_every_sharer() {
         assert_eq!(m.vm.stats().resident_frames, 0, "every frame back");
     }
 }
+
+/// A page table no CPU walked through since the worker's last look is
+/// skipped whole; one access through it brings it back into the scan.
+#[test]
+fn the_harvest_skips_tables_no_cpu_walked() {
+    let mem = EmulatedMemory::new(512);
+    let mut m = Machine::new(&mem, false);
+    m.vm.set_global_policy(Box::new(Clock::new(LIMIT as usize)));
+    m.vm.set_watermarks(Some(Watermarks {
+        min: 0,
+        low: 0,
+        high: 0,
+    }));
+    let mut s = VmSpace::new_user(&m.kernel, &mut m.frames).unwrap();
+    s.map_anonymous(Some(BASE), 64 * PAGE, Prot::RW | Prot::USER)
+        .unwrap();
+    s.join_global(5);
+    let spaces = [&s];
+    for p in 0..12 {
+        m.access(&spaces, &s, p, Some(p + 1));
+    }
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    let mut look = |m: &mut Machine| {
+        m.vm.reclaim_global(&spaces[..], 1, &mut m.frames, &mut tlb)
+            .unwrap();
+        let st = m.vm.stats();
+        (st.scanned, st.tables_skipped)
+    };
+    let (scanned, skipped) = look(&mut m);
+    assert_eq!(
+        (scanned, skipped),
+        (12, 0),
+        "the first look scans the table"
+    );
+    assert_eq!(look(&mut m), (12, 1), "nothing walked since: skipped");
+    s.simulate_access(VirtAddr::new(BASE + 5 * PAGE), false);
+    assert_eq!(
+        look(&mut m),
+        (12 + 10, 1),
+        "walked again: scanned (10 pages left)"
+    );
+}

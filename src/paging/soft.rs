@@ -110,14 +110,82 @@ impl<P: PhysMem> PageTables<P> {
     }
 
     /// What the MMU does on an access through the 4 KiB leaf of `va`: sets
-    /// Accessed, and Dirty for a write. For emulated CPUs in tests.
+    /// Accessed in every entry of the walk, and Dirty in the leaf for a
+    /// write. For emulated CPUs in tests.
     #[cfg(any(test, feature = "testing"))]
     pub fn simulate_access(&mut self, va: VirtAddr, write: bool) {
-        if let Some((t, i)) = self.pte_slot(va) {
-            if self.read(t, i) & PRESENT != 0 {
-                self.fetch_or(t, i, ACCESSED | if write { super::entry::DIRTY } else { 0 });
+        let lin = va.as_u64() & LINEAR_MASK;
+        let Ok(path) = self.path_to(lin, 1) else {
+            return;
+        };
+        let (t, i) = (path[1], index(lin, 1));
+        if self.read(t, i) & PRESENT != 0 {
+            for level in 2..=4u8 {
+                self.fetch_or(path[level as usize], index(lin, level), ACCESSED);
+            }
+            self.fetch_or(t, i, ACCESSED | if write { super::entry::DIRTY } else { 0 });
+        }
+    }
+
+    /// Harvests the Accessed bits of the 4 KiB leaves in `[start, start +
+    /// len)`, skipping every page table whose directory entry has Accessed
+    /// clear: the CPU sets it on each walk through it, so no leaf below was
+    /// reached since the last harvest cleared it (the idea of Linux's
+    /// MGLRU walks). A directory entry found set is cleared first and
+    /// reported as `f(va, None)`: an address to invalidate, so that no CPU
+    /// keeps using a cached copy of that entry (`invlpg` drops every
+    /// paging-structure cache entry) and misses setting it again; then
+    /// each present leaf with Accessed set is cleared and reported as
+    /// `f(va, Some(frame))`. Returns the leaves looked at and the tables
+    /// skipped.
+    pub(crate) fn harvest_accessed(
+        &self,
+        start: VirtAddr,
+        len: u64,
+        mut f: impl FnMut(VirtAddr, Option<PhysFrame>),
+    ) -> (usize, usize) {
+        let (mut lin, hi) = linear_range(start, len);
+        let (mut scanned, mut skipped) = (0, 0);
+        while lin < hi {
+            let path = match self.path_to(lin, 1) {
+                Ok(path) => path,
+                Err((level, _)) => {
+                    // Nothing mapped below this entry: on to the next one.
+                    let span = 1u64 << (12 + 9 * u32::from(level - 1));
+                    lin = (lin | (span - 1)).saturating_add(1);
+                    continue;
+                }
+            };
+            let next = (lin | ((1 << 21) - 1)).saturating_add(1);
+            let (pd, slot) = (path[2], index(lin, 2));
+            if self.read(pd, slot) & ACCESSED == 0 {
+                skipped += 1;
+                lin = next;
+                continue;
+            }
+            self.fetch_and(pd, slot, !ACCESSED);
+            f(virt_addr(lin), None);
+            let end = next.min(hi);
+            let pt = path[1];
+            while lin < end {
+                let i = index(lin, 1);
+                let e = self.read(pt, i);
+                if e & PRESENT != 0 {
+                    scanned += 1;
+                    if e & ACCESSED != 0 {
+                        let old = self.fetch_and(pt, i, !ACCESSED);
+                        if old & PRESENT != 0 && old & ACCESSED != 0 {
+                            let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(
+                                old & ADDR_MASK,
+                            ));
+                            f(virt_addr(lin), Some(frame));
+                        }
+                    }
+                }
+                lin += 4096;
             }
         }
+        (scanned, skipped)
     }
 
     /// Calls `f` with every soft entry in `[start, start + len)` (4 KiB

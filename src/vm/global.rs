@@ -30,7 +30,6 @@
 use super::reclaim::Batch;
 use super::replace::multi::global_id;
 use super::replace::{PageId, ReplacementPolicy};
-use super::space::for_each_pageable_leaf;
 use super::stats::count;
 use super::swap::{BUSY, CLUSTER};
 use super::{FaultReason, Vm, VmSpace};
@@ -386,32 +385,37 @@ impl<P: PhysMem> VmSpace<P> {
         (self.global != u32::MAX).then_some(self.global)
     }
 
-    /// Reports every Accessed bit of this space's pageable private pages
-    /// to the global policy (clearing them) and invalidates the cleared
-    /// entries on the space's CPUs.
+    /// Reports every Accessed bit set in this space's pageable areas to the
+    /// global policy (clearing them; page tables no CPU walked since the
+    /// last look are skipped whole) and invalidates what it cleared on the
+    /// space's CPUs.
     fn harvest_global(&self, vm: &Vm, tlb: &mut Tlb<'_>) {
         let Some(id) = self.global_id() else { return };
         let zero = vm.zero_frame();
         let mut flush = Flush::none();
-        let mut scanned = 0;
+        let (mut scanned, mut skipped) = (0, 0);
         {
             let m = self.mapper.lock();
             let mut policy = vm.global.lock();
             let Some(p) = policy.as_mut() else { return };
-            let (lo, hi) = self.areas.bounds();
-            for_each_pageable_leaf(&self.areas, &m, lo, hi, |leaf| {
-                let frame = PhysFrame::containing_address(leaf.frame);
-                if frame == zero || vm.share_count(frame) != 1 {
-                    return;
-                }
-                scanned += 1;
-                if m.clear_accessed(leaf.page) {
-                    flush.add(leaf.page.as_u64());
-                    p.referenced(global_id(id, leaf.page.as_u64() >> 12));
-                }
-            });
+            for area in self
+                .areas
+                .iter()
+                .filter(|a| a.kind == super::AreaKind::Anonymous && !a.locked)
+            {
+                let (n, k) =
+                    m.harvest_accessed(VirtAddr::new(area.start), area.len(), |va, frame| {
+                        flush.add(va.as_u64());
+                        if frame.is_some_and(|f| f != zero) {
+                            p.referenced(global_id(id, va.as_u64() >> 12));
+                        }
+                    });
+                scanned += n;
+                skipped += k;
+            }
         }
-        count(&vm.stats.at(tlb.cpu()).scanned, scanned);
+        count(&vm.stats.at(tlb.cpu()).scanned, scanned as u64);
+        count(&vm.stats.at(tlb.cpu()).tables_skipped, skipped as u64);
         self.invalidate(flush, vm, tlb);
     }
 

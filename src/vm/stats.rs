@@ -32,6 +32,9 @@ pub struct VmStats {
     pub swap_outs: u64,
     /// Pages the reclaim scan looked at (`pgscan`).
     pub scanned: u64,
+    /// Page tables the reclaim worker's harvest skipped whole: no CPU
+    /// walked through them since its last look.
+    pub tables_skipped: u64,
     /// Pages reclaimed (`pgsteal`): written out, dropped clean, or zero.
     pub reclaimed: u64,
     /// Pages read back after being evicted (`refaults`).
@@ -97,89 +100,62 @@ impl Counters {
     }
 }
 
-/// One shard of [`Counters`].
-#[derive(Debug, Default)]
-pub(crate) struct CounterSet {
-    pub(crate) faults: AtomicU64,
-    pub(crate) zero_fills: AtomicU64,
-    pub(crate) zero_page_maps: AtomicU64,
-    pub(crate) cow_copies: AtomicU64,
-    pub(crate) cow_reuses: AtomicU64,
-    pub(crate) spurious: AtomicU64,
-    pub(crate) protection_faults: AtomicU64,
-    pub(crate) major_faults: AtomicU64,
-    pub(crate) swap_ins: AtomicU64,
-    pub(crate) swap_outs: AtomicU64,
-    pub(crate) scanned: AtomicU64,
-    pub(crate) reclaimed: AtomicU64,
-    pub(crate) refaults: AtomicU64,
-    pub(crate) zero_elided: AtomicU64,
-    pub(crate) swap_cache_hits: AtomicU64,
-    pub(crate) readahead: AtomicU64,
-    pub(crate) shootdowns: AtomicU64,
-    pub(crate) leaked_frames: AtomicU64,
-}
-
-impl CounterSet {
-    /// The counts of this shard.
-    fn snapshot(&self) -> VmStats {
-        VmStats {
-            faults: self.faults.load(Relaxed),
-            zero_fills: self.zero_fills.load(Relaxed),
-            zero_page_maps: self.zero_page_maps.load(Relaxed),
-            cow_copies: self.cow_copies.load(Relaxed),
-            cow_reuses: self.cow_reuses.load(Relaxed),
-            spurious: self.spurious.load(Relaxed),
-            protection_faults: self.protection_faults.load(Relaxed),
-            major_faults: self.major_faults.load(Relaxed),
-            swap_ins: self.swap_ins.load(Relaxed),
-            swap_outs: self.swap_outs.load(Relaxed),
-            scanned: self.scanned.load(Relaxed),
-            reclaimed: self.reclaimed.load(Relaxed),
-            refaults: self.refaults.load(Relaxed),
-            zero_elided: self.zero_elided.load(Relaxed),
-            swap_cache_hits: self.swap_cache_hits.load(Relaxed),
-            readahead: self.readahead.load(Relaxed),
-            shootdowns: self.shootdowns.load(Relaxed),
-            leaked_frames: self.leaked_frames.load(Relaxed),
-            ..VmStats::default()
-        }
-    }
-}
-
 /// Adds `n` to the counter `c`.
 #[inline]
 pub(crate) fn count(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Relaxed);
 }
 
-impl VmStats {
-    /// Both counts added, field by field.
-    fn plus(self, o: Self) -> Self {
-        Self {
-            faults: self.faults + o.faults,
-            zero_fills: self.zero_fills + o.zero_fills,
-            zero_page_maps: self.zero_page_maps + o.zero_page_maps,
-            cow_copies: self.cow_copies + o.cow_copies,
-            cow_reuses: self.cow_reuses + o.cow_reuses,
-            spurious: self.spurious + o.spurious,
-            protection_faults: self.protection_faults + o.protection_faults,
-            shared_frames: self.shared_frames + o.shared_frames,
-            major_faults: self.major_faults + o.major_faults,
-            swap_ins: self.swap_ins + o.swap_ins,
-            swap_outs: self.swap_outs + o.swap_outs,
-            scanned: self.scanned + o.scanned,
-            reclaimed: self.reclaimed + o.reclaimed,
-            refaults: self.refaults + o.refaults,
-            zero_elided: self.zero_elided + o.zero_elided,
-            swap_cache_hits: self.swap_cache_hits + o.swap_cache_hits,
-            readahead: self.readahead + o.readahead,
-            resident_frames: self.resident_frames + o.resident_frames,
-            swap_slots_used: self.swap_slots_used + o.swap_slots_used,
-            swap_slots: self.swap_slots + o.swap_slots,
-            swap_cached: self.swap_cached + o.swap_cached,
-            shootdowns: self.shootdowns + o.shootdowns,
-            leaked_frames: self.leaked_frames + o.leaked_frames,
+/// The event counters, named once: each is a field of [`VmStats`], an
+/// atomic of every [`CounterSet`], and a term of the snapshot's sum.
+macro_rules! event_counters {
+    ($($name:ident),* $(,)?) => {
+        /// One shard of [`Counters`].
+        #[derive(Debug, Default)]
+        pub(crate) struct CounterSet {
+            $(pub(crate) $name: AtomicU64,)*
         }
-    }
+
+        impl CounterSet {
+            /// The counts of this shard.
+            fn snapshot(&self) -> VmStats {
+                VmStats {
+                    $($name: self.$name.load(Relaxed),)*
+                    ..VmStats::default()
+                }
+            }
+        }
+
+        impl VmStats {
+            /// The event counts of both added (the state fields of `self`).
+            fn plus(self, o: Self) -> Self {
+                Self {
+                    $($name: self.$name + o.$name,)*
+                    ..self
+                }
+            }
+        }
+    };
 }
+
+event_counters!(
+    faults,
+    zero_fills,
+    zero_page_maps,
+    cow_copies,
+    cow_reuses,
+    spurious,
+    protection_faults,
+    major_faults,
+    swap_ins,
+    swap_outs,
+    scanned,
+    tables_skipped,
+    reclaimed,
+    refaults,
+    zero_elided,
+    swap_cache_hits,
+    readahead,
+    shootdowns,
+    leaked_frames,
+);
