@@ -148,7 +148,7 @@ impl<P: PhysMem> VmSpace<P> {
     /// If a page cannot be faulted in, the range is left unlocked as it
     /// was (pages faulted in so far stay resident, as plain pages) and the
     /// fault's reason is returned as [`VmError::OutOfMemory`] or
-    /// [`VmError::PageOut`].
+    /// [`VmError::Populate`].
     pub fn lock<A: FrameSource + ?Sized>(
         &mut self,
         addr: u64,
@@ -209,24 +209,20 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<(), VmError> {
-        let ranges: alloc::vec::Vec<(u64, u64, bool)> = self
+        let ranges: alloc::vec::Vec<(u64, u64, super::Prot)> = self
             .areas
             .overlapping(a, b)
             .filter(|x| x.kind == AreaKind::Anonymous)
-            .map(|x| {
-                (
-                    x.start.max(a),
-                    x.end.min(b),
-                    x.prot.contains(super::Prot::WRITE),
-                )
-            })
+            .map(|x| (x.start.max(a), x.end.min(b), x.prot))
             .collect();
-        for (s, e, write) in ranges {
+        for (s, e, prot) in ranges {
+            // The access the area's owner makes: from ring 3 to user memory.
+            let user = prot.contains(super::Prot::USER);
             for va in (s..e).step_by(PAGE as usize) {
-                let access = if write {
-                    FaultAccess::write(true)
+                let access = if prot.contains(super::Prot::WRITE) {
+                    FaultAccess::write(user)
                 } else {
-                    FaultAccess::read(true)
+                    FaultAccess::read(user)
                 };
                 loop {
                     match self.handle_fault(vm, VirtAddr::new(va), access, frames, tlb) {
@@ -235,7 +231,7 @@ impl<P: PhysMem> VmSpace<P> {
                         Err(e) => {
                             return Err(match e.reason {
                                 FaultReason::OutOfMemory => VmError::OutOfMemory,
-                                r => VmError::PageOut(r),
+                                r => VmError::Populate(r),
                             })
                         }
                     }

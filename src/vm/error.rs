@@ -86,6 +86,9 @@ pub enum VmError {
     /// Writing pages out failed (no swap device, no slot left, a device
     /// error); the pages not written stay resident as they were.
     PageOut(FaultReason),
+    /// Faulting a page of the range in failed (`VmSpace::lock`): a device
+    /// error reading a swapped page, ...
+    Populate(FaultReason),
 }
 
 impl fmt::Display for VmError {
@@ -125,6 +128,7 @@ impl fmt::Display for VmError {
             Self::Locked { addr } => write!(f, "the area at {addr:#x} is locked"),
             Self::NotAnonymous { addr } => write!(f, "the area at {addr:#x} is not anonymous"),
             Self::PageOut(reason) => write!(f, "writing pages out: {reason:?}"),
+            Self::Populate(reason) => write!(f, "faulting the range in: {reason:?}"),
         }
     }
 }
