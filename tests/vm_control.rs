@@ -447,3 +447,85 @@ fn locked_pages_under_pressure(policy: bool) {
         .unwrap();
     assert_eq!(m.vm.locked_pages(), 0);
 }
+
+/// MADV_FREE: swapped pages give their slots back at once; resident ones
+/// are dropped by reclaim without a write unless written again (a write
+/// after the advice keeps the page and its new contents).
+#[test]
+fn free_lets_reclaim_drop_pages_not_written_since() {
+    let mem = EmulatedMemory::new(256);
+    let mut m = Machine::new(&mem, None);
+    let mut s = m.space(16);
+    for p in 0..8 {
+        m.fault(&s, p, true);
+    }
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    let mut advise = |s: &mut VmSpace<_>, m: &mut Machine, first: u64, pages: u64, advice| {
+        s.advise(
+            BASE + first * PAGE,
+            pages * PAGE,
+            advice,
+            &m.vm,
+            &mut m.frames,
+            &mut tlb,
+        )
+    };
+    assert_eq!(advise(&mut s, &mut m, 4, 4, Advice::PageOut), Ok(4));
+    for p in 0..4 {
+        // Written through the TLB before the advice: Dirty is set.
+        s.simulate_access(VirtAddr::new(BASE + p * PAGE), true);
+    }
+    assert_eq!(advise(&mut s, &mut m, 0, 8, Advice::Free), Ok(8));
+    assert_eq!(
+        m.vm.stats().swap_slots_used,
+        0,
+        "the swapped four gave their slots"
+    );
+    // Page 1 is written again after the advice: it must survive.
+    let at = VirtAddr::new(BASE + PAGE);
+    s.simulate_access(at, true);
+    mem.write_u64(s.mapper().translate(at).unwrap().phys, 55);
+    let out = advise(&mut s, &mut m, 0, 8, Advice::PageOut).unwrap();
+    assert_eq!(out, 4, "three dropped unwritten, one written out");
+    let st = m.vm.stats();
+    assert_eq!((st.lazy_freed, st.swap_slots_used), (3, 1));
+    for p in 0..8 {
+        m.fault(&s, p, false);
+        let want = if p == 1 { 55 } else { 0 };
+        assert_eq!(read(&mem, &s, p), Some(want), "page {p}");
+    }
+}
+
+/// MADV_WILLNEED reads the swapped pages of the range back now.
+#[test]
+fn will_need_reads_swapped_pages_back() {
+    let mem = EmulatedMemory::new(256);
+    let mut m = Machine::new(&mem, None);
+    let mut s = m.space(16);
+    for p in 0..8 {
+        m.fault(&s, p, true);
+    }
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    let len = 8 * PAGE;
+    s.advise(BASE, len, Advice::PageOut, &m.vm, &mut m.frames, &mut tlb)
+        .unwrap();
+    assert_eq!(s.usage(&m.vm).swapped, 8);
+    let read_back = s
+        .advise(
+            BASE,
+            16 * PAGE,
+            Advice::WillNeed,
+            &m.vm,
+            &mut m.frames,
+            &mut tlb,
+        )
+        .unwrap();
+    assert_eq!(read_back, 8);
+    let u = s.usage(&m.vm);
+    assert_eq!((u.resident, u.swapped), (8, 0));
+    for p in 0..8 {
+        assert_eq!(read(&mem, &s, p), Some(p + 1), "page {p} without a fault");
+    }
+}

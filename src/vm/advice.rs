@@ -22,6 +22,14 @@ pub enum Advice {
     /// swap now (pages of zeros are dropped, shared ones stay), before
     /// reclaim would find them cold. Locked areas are skipped.
     PageOut,
+    /// `MADV_FREE`: the contents may go: swapped pages give their slots
+    /// back now (they read zeros), resident ones stay but reclaim drops
+    /// them without writing unless they are written again first (a write
+    /// keeps the page and its new contents). Locked areas are skipped.
+    Free,
+    /// `MADV_WILLNEED`: the pages will be used soon: the swapped ones are
+    /// read back now.
+    WillNeed,
 }
 
 impl<P: PhysMem> VmSpace<P> {
@@ -54,6 +62,8 @@ impl<P: PhysMem> VmSpace<P> {
         match advice {
             Advice::DontNeed => self.drop_pages(a, b, vm, frames, tlb),
             Advice::PageOut => self.page_out(a, b, vm, frames, tlb),
+            Advice::Free => self.lazy_free(a, b, vm, frames, tlb),
+            Advice::WillNeed => self.will_need(a, b, vm, frames, tlb),
         }
     }
 
@@ -137,6 +147,104 @@ impl<P: PhysMem> VmSpace<P> {
             at = end;
         }
         Ok(freed)
+    }
+
+    /// `MADV_FREE` over `[a, b)`: slots of swapped pages go now; each
+    /// resident private page is taken out (a busy mark, invalidated on the
+    /// space's CPUs, so no CPU writes it through a stale dirty
+    /// translation) and put back clean and marked. Returns the pages
+    /// affected.
+    fn lazy_free<A: FrameSource + ?Sized>(
+        &mut self,
+        a: u64,
+        b: u64,
+        vm: &Vm,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<u64, VmError> {
+        let _ = frames;
+        let mut affected = 0;
+        let pageable: alloc::vec::Vec<(u64, u64)> = self
+            .areas
+            .overlapping(a, b)
+            .filter(|x| x.kind == AreaKind::Anonymous && !x.locked)
+            .map(|x| (x.start.max(a), x.end.min(b)))
+            .collect();
+        for &(s, e) in &pageable {
+            // With `&mut self` nothing is in transit here: every soft entry
+            // is a swap entry.
+            self.mapper
+                .get_mut()
+                .take_soft_entries(VirtAddr::new(s), e - s, |_, entry| {
+                    vm.drop_swap(entry);
+                    affected += 1;
+                });
+        }
+        let zero = vm.zero_frame();
+        for (s, e) in pageable {
+            let mut at = s;
+            while at < e {
+                let end = e.min(at + CLUSTER as u64 * PAGE);
+                let mut pages = Batch::new();
+                let mut flush = Flush::none();
+                {
+                    let m = self.mapper.get_mut();
+                    m.for_each_leaf_in(VirtAddr::new(at), end - at, |leaf| {
+                        let frame = PhysFrame::containing_address(leaf.frame);
+                        if frame != zero && vm.share_count(frame) == 1 {
+                            pages.push(leaf.page, frame, 0);
+                        }
+                    });
+                    for p in pages.as_mut_slice() {
+                        p.2 = m.exchange_pte(p.0, BUSY).expect("a mapped page");
+                        flush.add(p.0.as_u64());
+                    }
+                }
+                self.invalidate(flush, vm, tlb);
+                for &(va, _, old) in pages.as_slice() {
+                    self.put_entry(va, (old & !crate::paging::DIRTY) | super::swap::LAZY_FREE);
+                    affected += 1;
+                }
+                at = end;
+            }
+        }
+        Ok(affected)
+    }
+
+    /// `MADV_WILLNEED` over `[a, b)`: reads back every swapped page (as
+    /// the area's owner would fault on it). Returns the pages read.
+    fn will_need<A: FrameSource + ?Sized>(
+        &mut self,
+        a: u64,
+        b: u64,
+        vm: &Vm,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<u64, VmError> {
+        let mut swapped = alloc::vec::Vec::new();
+        for x in self.areas.overlapping(a, b) {
+            let (s, e) = (x.start.max(a), x.end.min(b));
+            let user = x.prot.contains(super::Prot::USER);
+            self.mapper
+                .get_mut()
+                .for_each_soft_entry(VirtAddr::new(s), e - s, |va, entry| {
+                    if super::swap::slot_of(entry).is_some() {
+                        swapped.push((va, user));
+                    }
+                });
+        }
+        let mut read = 0;
+        for (va, user) in swapped {
+            loop {
+                match self.handle_fault(vm, va, FaultAccess::read(user), frames, tlb) {
+                    Ok(FaultOutcome::InTransit) => core::hint::spin_loop(),
+                    Ok(_) => break,
+                    Err(e) => return Err(VmError::Populate(e.reason)),
+                }
+            }
+            read += 1;
+        }
+        Ok(read)
     }
 
     /// Locks `[addr, addr + len)` in memory (`mlock`): areas must cover it

@@ -13,7 +13,7 @@
 use super::replace::ReplacementPolicy;
 use super::space::for_each_pageable_leaf;
 use super::stats::count;
-use super::swap::{slot_of, swap_entry, Swap, BUSY, CLUSTER, PAGE_BYTES};
+use super::swap::{slot_of, swap_entry, Swap, BUSY, CLUSTER, LAZY_FREE, PAGE_BYTES};
 use super::{FaultOutcome, FaultReason, Prot, Vm, VmSpace};
 use crate::paging::{Flush, FrameSource, PageTables, PhysMem, DIRTY};
 use crate::smp::Tlb;
@@ -173,6 +173,18 @@ impl<P: PhysMem> VmSpace<P> {
         let mut freed = 0;
         let mut to_write = Batch::new();
         for &(va, frame, old) in victims.as_slice() {
+            if old & LAZY_FREE != 0 && old & DIRTY == 0 {
+                // Given up with MADV_FREE and not written since: dropped;
+                // the next touch reads zeros.
+                if let Some(slot) = swap.uncache(frame.start_address().as_u64() / PAGE_SIZE) {
+                    swap.state().drop_ref(slot);
+                }
+                self.put_entry(va, 0);
+                vm.release_frame(tlb.cpu(), frame, frames);
+                count(&vm.stats.at(tlb.cpu()).lazy_freed, 1);
+                freed += 1;
+                continue;
+            }
             if is_zero(phys, frame) {
                 // The entry becomes empty: the next touch is a demand-zero fault.
                 self.put_entry(va, 0);

@@ -41,6 +41,8 @@ pub struct VmStats {
     pub refaults: u64,
     /// Evicted pages that were all zero: dropped, not written.
     pub zero_elided: u64,
+    /// Pages given up with `MADV_FREE` that reclaim dropped unwritten.
+    pub lazy_freed: u64,
     /// Evicted pages still clean on swap: dropped, not written.
     pub swap_cache_hits: u64,
     /// Pages read ahead of their fault.
@@ -154,6 +156,7 @@ event_counters!(
     reclaimed,
     refaults,
     zero_elided,
+    lazy_freed,
     swap_cache_hits,
     readahead,
     shootdowns,

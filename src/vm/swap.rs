@@ -32,6 +32,11 @@ const SWAP_TAG: u64 = 0b10;
 /// the transfer, with no lock held, instead of resolving it a second time.
 pub(crate) const BUSY: u64 = 0b100;
 
+/// Set (an available bit the CPU ignores) in the present entry of a page
+/// the process gave up with `MADV_FREE`: reclaim drops it without writing
+/// while its Dirty bit stays clear; a write sets Dirty and keeps it.
+pub(crate) const LAZY_FREE: u64 = 1 << 9;
+
 /// The page-table entry of a page swapped out to `slot`.
 pub(crate) const fn swap_entry(slot: u64) -> u64 {
     (slot << 12) | SWAP_TAG
