@@ -86,6 +86,15 @@ impl RefClock {
         let at = self.queue.iter().position(|e| e.0 == page);
         at.map(|i| self.queue.remove(i)).is_some()
     }
+    /// Unreferenced, under the hand: the next victim.
+    fn demote(&mut self, page: u64) -> bool {
+        let Some(i) = self.queue.iter().position(|e| e.0 == page) else {
+            return false;
+        };
+        self.queue.remove(i);
+        self.queue.push_front((page, false, false));
+        true
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +103,7 @@ enum Op {
     Referenced(u64),
     Evict,
     Remove(u64),
+    Demote(u64),
 }
 
 fn ops(pages: u64) -> impl Strategy<Value = Vec<Op>> {
@@ -103,6 +113,7 @@ fn ops(pages: u64) -> impl Strategy<Value = Vec<Op>> {
             4 => (0..pages).prop_map(Op::Referenced),
             3 => Just(Op::Evict),
             1 => (0..pages).prop_map(Op::Remove),
+            1 => (0..pages).prop_map(Op::Demote),
         ],
         0..300,
     )
@@ -144,6 +155,12 @@ fn check_policy(policy: &mut dyn ReplacementPolicy, ops: &[Op]) -> Result<(), Te
                 }
                 None => prop_assert!(resident.is_empty()),
             },
+            Op::Demote(p) => {
+                // A hint: the resident set stays; only resident pages take it.
+                if policy.demote(p) {
+                    prop_assert!(resident.contains(&p), "demoted {p}, not resident");
+                }
+            }
             Op::Remove(p) => {
                 let r = policy.remove(p);
                 if resident.remove(&p) {
@@ -219,6 +236,7 @@ proptest! {
                     clock.remove(p) == Removed::Resident,
                     reference.remove(p)
                 ),
+                Op::Demote(p) => prop_assert_eq!(clock.demote(p), reference.demote(p)),
             }
         }
     }

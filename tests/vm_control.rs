@@ -529,3 +529,56 @@ fn will_need_reads_swapped_pages_back() {
         assert_eq!(read(&mem, &s, p), Some(p + 1), "page {p} without a fault");
     }
 }
+
+/// MADV_COLD: the page's references are forgotten and the policy lets it
+/// go before pages referenced as recently.
+#[test]
+fn cold_pages_go_first() {
+    for policy in ["clock", "clock-pro", "none"] {
+        let mem = EmulatedMemory::new(256);
+        let mut m = Machine::new(&mem, None);
+        let mut s = m.space(16);
+        match policy {
+            "clock" => s.set_policy(Box::new(kmem::vm::replace::Clock::new(64))),
+            "clock-pro" => s.set_policy(Box::new(kmem::vm::replace::ClockPro::new(64))),
+            _ => {}
+        }
+        for p in 0..8 {
+            m.fault(&s, p, true);
+        }
+        let mut mmu = RecordingMmu::new(m.kernel.pml4());
+        let mut tlb = Tlb::uniprocessor(&mut mmu);
+        // A first pass consumes the faulting accesses; then every page is
+        // referenced again, page 5 included.
+        for p in 0..8 {
+            s.simulate_access(VirtAddr::new(BASE + p * PAGE), false);
+        }
+        let cold = s.advise(
+            BASE + 5 * PAGE,
+            PAGE,
+            Advice::Cold,
+            &m.vm,
+            &mut m.frames,
+            &mut tlb,
+        );
+        assert_eq!(cold, Ok(1), "{policy}");
+        for p in 0..8 {
+            if p != 5 {
+                s.simulate_access(VirtAddr::new(BASE + p * PAGE), false);
+            }
+        }
+        assert_eq!(
+            s.reclaim(&m.vm, &mut m.frames, 1, &mut tlb),
+            Ok(1),
+            "{policy}"
+        );
+        let gone: Vec<u64> = (0..8)
+            .filter(|&p| {
+                s.mapper()
+                    .translate(VirtAddr::new(BASE + p * PAGE))
+                    .is_err()
+            })
+            .collect();
+        assert_eq!(gone, [5], "{policy}");
+    }
+}

@@ -30,6 +30,11 @@ pub enum Advice {
     /// `MADV_WILLNEED`: the pages will be used soon: the swapped ones are
     /// read back now.
     WillNeed,
+    /// `MADV_COLD`: the pages will not be used soon, but keep them: their
+    /// references are forgotten (Accessed bits cleared) and the
+    /// replacement policy lets them go first ([`demote`](super::replace::ReplacementPolicy::demote)).
+    /// Locked areas are skipped.
+    Cold,
 }
 
 impl<P: PhysMem> VmSpace<P> {
@@ -64,6 +69,7 @@ impl<P: PhysMem> VmSpace<P> {
             Advice::PageOut => self.page_out(a, b, vm, frames, tlb),
             Advice::Free => self.lazy_free(a, b, vm, frames, tlb),
             Advice::WillNeed => self.will_need(a, b, vm, frames, tlb),
+            Advice::Cold => Ok(self.cold(a, b, vm, tlb)),
         }
     }
 
@@ -209,6 +215,39 @@ impl<P: PhysMem> VmSpace<P> {
             }
         }
         Ok(affected)
+    }
+
+    /// `MADV_COLD` over `[a, b)`: returns the pages made cold.
+    fn cold(&mut self, a: u64, b: u64, vm: &Vm, tlb: &mut Tlb<'_>) -> u64 {
+        let zero = vm.zero_frame();
+        let mut flush = Flush::none();
+        let mut pages = alloc::vec::Vec::new();
+        {
+            let m = self.mapper.get_mut();
+            super::space::for_each_pageable_leaf(&self.areas, m, a, b, |leaf| {
+                let frame = PhysFrame::containing_address(leaf.frame);
+                if frame != zero && vm.share_count(frame) == 1 {
+                    if m.clear_accessed(leaf.page) {
+                        flush.add(leaf.page.as_u64());
+                    }
+                    pages.push(leaf.page.as_u64() >> 12);
+                }
+            });
+        }
+        self.invalidate(flush, vm, tlb);
+        // Without a policy the CLOCK hand reads the cleared bits.
+        if let Some(id) = self.global_id() {
+            if let Some(p) = vm.global.lock().as_mut() {
+                for &v in &pages {
+                    p.demote(super::replace::multi::global_id(id, v));
+                }
+            }
+        } else if let Some(p) = self.policy.get_mut().as_mut() {
+            for &v in &pages {
+                p.demote(v);
+            }
+        }
+        pages.len() as u64
     }
 
     /// `MADV_WILLNEED` over `[a, b)`: reads back every swapped page (as

@@ -425,6 +425,15 @@ impl<A: ReplacementPolicy, B: ReplacementPolicy> ReplacementPolicy for Adaptive<
         Some(page)
     }
 
+    fn demote(&mut self, page: PageId) -> bool {
+        if self.resident.find(page).is_none() {
+            return false;
+        }
+        let a = self.a.demote(page);
+        let b = self.b.demote(page);
+        a || b
+    }
+
     fn remove(&mut self, page: PageId) -> Removed {
         let (a, b) = (self.a.remove(page), self.b.remove(page));
         if let Some(n) = self.resident.find(page) {

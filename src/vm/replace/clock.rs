@@ -132,6 +132,20 @@ impl ReplacementPolicy for Clock {
         None
     }
 
+    fn demote(&mut self, page: PageId) -> bool {
+        let Some(n) = self.find(page) else {
+            return false;
+        };
+        // Unreferenced and under the hand: the next victim.
+        self.ring.node_mut(n).flags = 0;
+        if self.hand != n {
+            self.ring.unlink(n);
+            self.ring.link_before(n, self.hand);
+            self.hand = n;
+        }
+        true
+    }
+
     fn remove(&mut self, page: PageId) -> Removed {
         match self.find(page) {
             Some(n) => {

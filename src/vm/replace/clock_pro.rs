@@ -513,6 +513,22 @@ impl ReplacementPolicy for ClockPro {
         }
     }
 
+    fn demote(&mut self, page: PageId) -> bool {
+        let Some(n) = self.find(page) else {
+            return false;
+        };
+        match self.state(n) {
+            GHOST | GONE => return false,
+            // Its test ends unused: no promotion on a later reference.
+            COLD_TEST => self.set_state(n, COLD),
+            HOT => self.set_state(n, COLD),
+            _ => {}
+        }
+        self.ring.node_mut(n).flags = 0;
+        self.seek_all();
+        true
+    }
+
     fn remove(&mut self, page: PageId) -> Removed {
         let Some(n) = self.find(page) else {
             return Removed::NotTracked;

@@ -205,6 +205,14 @@ pub trait ReplacementPolicy {
     /// `page` was unmapped or freed: forget it, resident or in history.
     fn remove(&mut self, page: PageId) -> Removed;
 
+    /// A hint that resident `page` will not be used soon (`MADV_COLD`):
+    /// forget its references and let it go early. Returns whether the
+    /// policy acted on it; a policy may ignore hints (the default).
+    fn demote(&mut self, page: PageId) -> bool {
+        let _ = page;
+        false
+    }
+
     /// Counters since the policy was made.
     fn stats(&self) -> ReplaceStats;
 }

@@ -38,6 +38,9 @@ fn clock_pro_invariants_hold_under_random_operations() {
                 8 => {
                     p.evict();
                 }
+                9 if page % 2 == 0 => {
+                    p.demote(page);
+                }
                 _ => {
                     p.remove(page);
                 }
@@ -77,8 +80,11 @@ fn adaptive_invariants_hold_under_random_operations() {
                 5..=8 => {
                     p.referenced(page);
                 }
-                9 | 10 => {
+                9 => {
                     p.evict();
+                }
+                10 => {
+                    p.demote(page);
                 }
                 _ => {
                     p.remove(page);
