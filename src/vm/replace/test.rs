@@ -38,7 +38,7 @@ fn clock_pro_invariants_hold_under_random_operations() {
                 8 => {
                     p.evict();
                 }
-                9 if page % 2 == 0 => {
+                9 if page.is_multiple_of(2) => {
                     p.demote(page);
                 }
                 _ => {
