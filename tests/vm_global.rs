@@ -387,3 +387,84 @@ fn the_harvest_skips_tables_no_cpu_walked() {
         "walked again: scanned (10 pages left)"
     );
 }
+
+/// The kernel's worker and the simulator decide alike: the same
+/// interleaved references over spaces joined in process order, the worker
+/// run for one page whenever a fault finds every frame in use, fault
+/// exactly as often as `multi::replay_global_harvested` says, for each
+/// policy.
+#[test]
+fn the_worker_faults_as_the_simulator_says() {
+    use kmem::vm::replace::{multi, Adaptive, ReplacementPolicy};
+    let frames = 24usize;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    // Three processes, 30 pages each; a process keeps the CPU for a while
+    // and favours a few pages.
+    let mut refs = Vec::new();
+    let mut p = 0u32;
+    for i in 0..3000u64 {
+        if i % 40 == 0 {
+            p = (next() % 3) as u32;
+        }
+        let page = if next() % 4 == 0 {
+            next() % 30
+        } else {
+            next() % 8
+        };
+        refs.push((p, page));
+    }
+    type Make = fn(usize) -> Box<dyn ReplacementPolicy + Send>;
+    let policies: [(&str, Make); 3] = [
+        ("clock", |n| Box::new(Clock::new(n))),
+        ("clock-pro", |n| Box::new(ClockPro::new(n))),
+        ("adaptive", |n| Box::new(Adaptive::new(n))),
+    ];
+    for (name, make) in policies {
+        let expected = multi::replay_global_harvested(&mut *make(frames), &refs).faults;
+        let mem = EmulatedMemory::new(512);
+        let mut frames_src = mem.frame_allocator();
+        let mut vm = Vm::new(&mem.phys_mem(), &mut frames_src).unwrap();
+        vm.set_frame_limit(Some(frames as u64));
+        vm.set_global_policy(make(frames));
+        assert!(vm.attach_swap(Box::new(MemSwap::new(256))).is_ok());
+        let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames_src).unwrap();
+        let spaces: Vec<Space<'_>> = (0..3)
+            .map(|id| {
+                let mut s = VmSpace::new_user(&kernel, &mut frames_src).unwrap();
+                s.map_anonymous(Some(BASE), 64 * PAGE, Prot::RW | Prot::USER)
+                    .unwrap();
+                s.join_global(id);
+                s
+            })
+            .collect();
+        let table: Vec<&Space<'_>> = spaces.iter().collect();
+        let mut mmu = RecordingMmu::new(kernel.pml4());
+        let mut tlb = Tlb::uniprocessor(&mut mmu);
+        let mut faults = 0;
+        for &(p, page) in &refs {
+            let s = &spaces[p as usize];
+            let at = VirtAddr::new(BASE + page * PAGE);
+            if s.mapper().translate(at).is_err() {
+                faults += 1;
+                if vm.free_frames() == Some(0) {
+                    let freed = vm
+                        .reclaim_global(&table[..], 1, &mut frames_src, &mut tlb)
+                        .unwrap();
+                    assert_eq!(freed, 1);
+                }
+                s.handle_fault(&vm, at, FaultAccess::write(true), &mut frames_src, &mut tlb)
+                    .unwrap();
+                mem.write_u64(s.mapper().translate(at).unwrap().phys, page + 1);
+            }
+            s.simulate_access(at, true);
+        }
+        println!("{name}: kernel {faults} faults, simulator {expected}");
+        assert_eq!(faults, expected, "{name}");
+    }
+}

@@ -126,6 +126,42 @@ pub fn replay_global<P: ReplacementPolicy + ?Sized>(
     out
 }
 
+/// Replays `refs` with one policy over every process the way the kernel's
+/// reclaim worker drives it ([`Vm::reclaim_global`](crate::vm::Vm::reclaim_global)
+/// with one page a pass): a reference sets its page's Accessed bit; a miss
+/// with every frame in use first reports every set bit (process by
+/// process in ascending order, pages in ascending order, as the worker's
+/// page-table walks find them) and clears it, then evicts one page; the
+/// faulting access sets the new page's bit. A kernel that runs the worker
+/// for one page whenever a fault finds every frame in use, over spaces
+/// joined in process order, faults exactly this often.
+pub fn replay_global_harvested<P: ReplacementPolicy + ?Sized>(
+    policy: &mut P,
+    refs: &[ProcessRef],
+) -> MultiOutcome {
+    let mut out = MultiOutcome::default();
+    let mut accessed = alloc::collections::BTreeSet::new();
+    for &(process, page) in refs {
+        out.references += 1;
+        let id = global_id(process, page);
+        if policy.is_resident(id) {
+            accessed.insert(id);
+            continue;
+        }
+        out.count(process);
+        while policy.resident_len() >= policy.capacity() {
+            for q in core::mem::take(&mut accessed) {
+                policy.referenced(q);
+            }
+            let victim = policy.evict().expect("a full policy has a victim");
+            accessed.remove(&victim);
+        }
+        policy.insert(id).expect("a frame is free");
+        accessed.insert(id);
+    }
+    out
+}
+
 /// Replays `refs` over `frames` frames with a policy per process
 /// (`policies[p]` for process `p`, each of capacity `frames`): a fault at
 /// the limit evicts from the faulting process's own policy.
