@@ -106,6 +106,9 @@ pub struct Report {
     pub oom: Option<OomChoice>,
     /// Pages of the runaway when its fault failed.
     pub runaway_pages: u64,
+    /// The vm counters over the phases (reclaim's pages scanned, tables
+    /// skipped and pages freed among them).
+    pub stats: kmem::vm::VmStats,
 }
 
 /// The value page `page` of process `p` holds at version `v`.
@@ -211,6 +214,7 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, slots: u64) -> Report
             spaces.push(s);
         }
     }
+    let before = with_vm(|vm| vm.stats());
     let kernel = X86Mmu.cr3();
     RUNNING.store(usize::MAX, Ordering::Relaxed);
     interrupts::set_fault_hook(Some(hook));
@@ -254,6 +258,15 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, slots: u64) -> Report
             k += n;
         }
     }
+    let after = with_vm(|vm| vm.stats());
+    let stats = kmem::vm::VmStats {
+        scanned: after.scanned - before.scanned,
+        tables_skipped: after.tables_skipped - before.tables_skipped,
+        reclaimed: after.reclaimed - before.reclaimed,
+        swap_outs: after.swap_outs - before.swap_outs,
+        swap_ins: after.swap_ins - before.swap_ins,
+        ..after
+    };
     let mut processes = [ProcessReport::default(); PROCESSES];
     for (p, r) in processes.iter_mut().enumerate() {
         r.faults = FAULTS[p].load(Ordering::Relaxed);
@@ -340,6 +353,7 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, slots: u64) -> Report
         worker_ticks: ticks,
         oom,
         runaway_pages,
+        stats,
     }
 }
 

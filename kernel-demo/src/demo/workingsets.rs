@@ -33,10 +33,17 @@ pub fn demo_working_sets() {
             x.faults, x.usage.resident, x.usage.swapped
         );
     }
+    let s = &r.stats;
     println!(
-        "reclaim worker: {} steps, {} us of CPU time",
+        "reclaim worker: {} steps, {} us of CPU time; {} pages freed, {} scanned ({:.1} a page freed), {} page tables skipped unwalked; pswpout {} pswpin {}",
         r.worker_steps,
-        cpu::tsc_per_ms().map_or(0, |p| r.worker_ticks * 1000 / p.max(1))
+        cpu::tsc_per_ms().map_or(0, |p| r.worker_ticks * 1000 / p.max(1)),
+        s.reclaimed,
+        s.scanned,
+        s.scanned as f64 / s.reclaimed.max(1) as f64,
+        s.tables_skipped,
+        s.swap_outs,
+        s.swap_ins
     );
     if let Some(c) = r.oom {
         println!(
