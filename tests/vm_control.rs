@@ -582,3 +582,47 @@ fn cold_pages_go_first() {
         assert_eq!(gone, [5], "{policy}");
     }
 }
+
+/// MADV_FREE on a page whose older copy is still in the swap cache: the
+/// copy goes, so a later eviction never brings the older contents back
+/// (here mprotect drops the free mark, and the page is written out anew).
+#[test]
+fn free_never_brings_back_an_older_copy() {
+    let mem = EmulatedMemory::new(256);
+    let mut m = Machine::new(&mem, None);
+    let mut s = m.space(4);
+    m.fault(&s, 0, true); // holds 1
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    let at = VirtAddr::new(BASE);
+    s.advise(BASE, PAGE, Advice::PageOut, &m.vm, &mut m.frames, &mut tlb)
+        .unwrap();
+    // Read back: clean, its slot kept as the swap cache.
+    s.handle_fault(&m.vm, at, FaultAccess::read(true), &mut m.frames, &mut tlb)
+        .unwrap();
+    assert_eq!(read(&mem, &s, 0), Some(1));
+    // Written again (the slot's copy is now stale), then freed.
+    s.handle_fault(&m.vm, at, FaultAccess::write(true), &mut m.frames, &mut tlb)
+        .unwrap();
+    s.simulate_access(at, true);
+    mem.write_u64(s.mapper().translate(at).unwrap().phys, 2);
+    s.advise(BASE, PAGE, Advice::Free, &m.vm, &mut m.frames, &mut tlb)
+        .unwrap();
+    s.protect(
+        BASE,
+        PAGE,
+        Prot::READ | Prot::USER,
+        &m.vm,
+        &mut m.frames,
+        &mut tlb,
+    )
+    .unwrap();
+    s.advise(BASE, PAGE, Advice::PageOut, &m.vm, &mut m.frames, &mut tlb)
+        .unwrap();
+    m.fault(&s, 0, false);
+    let now = read(&mem, &s, 0);
+    assert!(
+        now == Some(2) || now == Some(0),
+        "page reads {now:?}, an older copy"
+    );
+}

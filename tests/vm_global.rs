@@ -10,6 +10,7 @@ use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPh
 use kmem::vm::global::Watermarks;
 use kmem::vm::replace::{Clock, ClockPro};
 use kmem::vm::{FaultAccess, FaultOutcome, MemSwap, Prot, Vm, VmSpace};
+use x86_64::structures::paging::FrameAllocator;
 use x86_64::VirtAddr;
 
 const PAGE: u64 = 4096;
@@ -45,7 +46,7 @@ impl<'m> Machine<'m> {
         }
     }
 
-    fn space(&mut self, pages: u64, id: u32, global: bool) -> Space<'m> {
+    fn space(&mut self, pages: u64, id: u16, global: bool) -> Space<'m> {
         let mut s = VmSpace::new_user(&self.kernel, &mut self.frames).unwrap();
         s.map_anonymous(Some(BASE), pages * PAGE, Prot::RW | Prot::USER)
             .unwrap();
@@ -345,6 +346,47 @@ fn shared_frames_are_evicted_from_every_sharer() {
     }
 }
 
+/// A shared page the worker could not evict (a sharer outside its table)
+/// is offered again: once the other sharer is gone, the worker takes it.
+#[test]
+fn shared_pages_kept_are_offered_again() {
+    let mem = EmulatedMemory::new(512);
+    let mut m = Machine::new(&mem, false);
+    m.vm.set_global_policy(Box::new(Clock::new(LIMIT as usize)));
+    m.vm.set_watermarks(Some(Watermarks {
+        min: 0,
+        low: 0,
+        high: 0,
+    }));
+    let mut parent = VmSpace::new_user(&m.kernel, &mut m.frames).unwrap();
+    parent
+        .map_anonymous(Some(BASE), 64 * PAGE, Prot::RW | Prot::USER)
+        .unwrap();
+    parent.join_global(1);
+    for p in 0..10 {
+        m.access(&[&parent], &parent, p, Some(100 + p));
+    }
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    let child = parent.fork(&m.vm, &mut m.frames, &mut tlb).unwrap();
+    let table = [&parent];
+    assert_eq!(
+        m.vm.reclaim_global(&table[..], 10, &mut m.frames, &mut tlb),
+        Ok(0)
+    );
+    child
+        .destroy(&m.vm, &mut m.frames, &mut tlb)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    assert_eq!(
+        m.vm.reclaim_global(&table[..], 10, &mut m.frames, &mut tlb),
+        Ok(10)
+    );
+    for p in 0..10 {
+        assert_eq!(m.value(&table, &parent, p), 100 + p);
+    }
+}
+
 /// A page table no CPU walked through since the worker's last look is
 /// skipped whole; one access through it brings it back into the scan.
 #[test]
@@ -467,4 +509,120 @@ fn the_worker_faults_as_the_simulator_says() {
         println!("{name}: kernel {faults} faults, simulator {expected}");
         assert_eq!(faults, expected, "{name}");
     }
+}
+
+/// Two areas in one page table: the harvest reads the table once for
+/// both, so the second area's references are not lost when the first
+/// area's pass clears the directory bit.
+#[test]
+fn areas_sharing_a_page_table_are_harvested_together() {
+    let mem = EmulatedMemory::new(512);
+    let mut m = Machine::new(&mem, false);
+    m.vm.set_global_policy(Box::new(Clock::new(LIMIT as usize)));
+    m.vm.set_watermarks(Some(Watermarks {
+        min: 0,
+        low: 0,
+        high: 0,
+    }));
+    let mut s = VmSpace::new_user(&m.kernel, &mut m.frames).unwrap();
+    // Different protections keep the areas apart; one page table maps both.
+    s.map_anonymous(Some(BASE), 8 * PAGE, Prot::RW | Prot::USER)
+        .unwrap();
+    s.map_anonymous(Some(BASE + 8 * PAGE), 8 * PAGE, Prot::RW)
+        .unwrap();
+    assert_eq!(s.area_count(), 2);
+    s.join_global(4);
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    // The second area first: its pages are the oldest.
+    for p in (8..16).chain(0..8) {
+        let at = VirtAddr::new(BASE + p * PAGE);
+        s.handle_fault(
+            &m.vm,
+            at,
+            FaultAccess::write(p < 8),
+            &mut m.frames,
+            &mut tlb,
+        )
+        .unwrap();
+        mem.write_u64(s.mapper().translate(at).unwrap().phys, p + 1);
+        s.simulate_access(at, true);
+    }
+    let spaces = [&s];
+    assert_eq!(
+        m.vm.reclaim_global(&spaces[..], 1, &mut m.frames, &mut tlb),
+        Ok(1)
+    );
+    // Only the second area's pages are used again.
+    for p in 9..16 {
+        s.simulate_access(VirtAddr::new(BASE + p * PAGE), false);
+    }
+    assert_eq!(
+        m.vm.reclaim_global(&spaces[..], 4, &mut m.frames, &mut tlb),
+        Ok(4)
+    );
+    for p in 9..16 {
+        let t = s.mapper().translate(VirtAddr::new(BASE + p * PAGE));
+        assert!(
+            t.is_ok(),
+            "page {p} of the second area was taken though used"
+        );
+    }
+}
+
+/// Pages a joined space reclaimed for itself leave the global policy:
+/// after the range is unmapped and physical memory mapped there, the worker
+/// never takes the physical frame (and frees nothing it does not own).
+#[test]
+fn the_worker_never_takes_what_the_space_reclaimed_or_fixed_memory() {
+    let mem = EmulatedMemory::new(512);
+    let mut m = Machine::new(&mem, false);
+    m.vm.set_global_policy(Box::new(ClockPro::new(LIMIT as usize)));
+    m.vm.set_watermarks(Some(Watermarks {
+        min: 0,
+        low: 0,
+        high: 0,
+    }));
+    let mut s = VmSpace::new_user(&m.kernel, &mut m.frames).unwrap();
+    s.map_anonymous(Some(BASE), 64 * PAGE, Prot::RW | Prot::USER)
+        .unwrap();
+    s.join_global(6);
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    // 60 pages over 40 frames and no worker: faults reclaim the space's own.
+    for p in 0..60 {
+        let at = VirtAddr::new(BASE + p * PAGE);
+        s.handle_fault(&m.vm, at, FaultAccess::write(true), &mut m.frames, &mut tlb)
+            .unwrap();
+        mem.write_u64(s.mapper().translate(at).unwrap().phys, p + 1);
+    }
+    s.unmap(BASE, 64 * PAGE, &m.vm, &mut m.frames, &mut tlb)
+        .unwrap();
+    let device = m.frames.allocate_frame().unwrap();
+    // SAFETY: an emulated frame this test owns, mapped as device memory.
+    unsafe {
+        s.map_physical(
+            BASE,
+            PAGE,
+            Prot::RW | Prot::USER,
+            device.start_address(),
+            &mut m.frames,
+        )
+    }
+    .unwrap();
+    let spaces = [&s];
+    let freed =
+        m.vm.reclaim_global(&spaces[..], 16, &mut m.frames, &mut tlb);
+    assert_eq!(
+        freed,
+        Ok(0),
+        "nothing of this space is the policy's any more"
+    );
+    let t = s.mapper().translate(VirtAddr::new(BASE)).unwrap();
+    assert_eq!(
+        t.frame,
+        device.start_address(),
+        "the device page stays mapped"
+    );
+    assert_eq!(m.vm.stats().resident_frames, 0);
 }

@@ -127,26 +127,29 @@ impl<P: PhysMem> PageTables<P> {
         }
     }
 
-    /// Harvests the Accessed bits of the 4 KiB leaves in `[start, start +
-    /// len)`, skipping every page table whose directory entry has Accessed
-    /// clear: the CPU sets it on each walk through it, so no leaf below was
-    /// reached since the last harvest cleared it (the idea of Linux's
-    /// MGLRU walks). A directory entry found set is cleared first and
-    /// reported as `f(va, None)`: an address to invalidate, so that no CPU
-    /// keeps using a cached copy of that entry (`invlpg` drops every
-    /// paging-structure cache entry) and misses setting it again; then
-    /// each present leaf with Accessed set is cleared and reported as
-    /// `f(va, Some(frame))`. Returns the leaves looked at and the tables
+    /// The first step of a harvest of Accessed bits (the idea of Linux's
+    /// MGLRU walks): from `start` up to `end`, each page table of 4 KiB
+    /// leaves whose directory entry has Accessed clear is skipped (the CPU
+    /// sets that bit on every walk through it, so no leaf below was
+    /// reached since the last harvest cleared it); one whose bit is set
+    /// has it cleared and its first address put in `young`, until `young`
+    /// is full. The caller must then invalidate one address of each young
+    /// table on every CPU that may use these tables (`invlpg` drops every
+    /// paging-structure cache entry, so no CPU goes on walking through a
+    /// cached copy of the entry without setting it again) before it scans
+    /// them with [`harvest_leaves`](Self::harvest_leaves). Returns how
+    /// many were put in `young`, where to go on from, and the tables
     /// skipped.
-    pub(crate) fn harvest_accessed(
+    pub(crate) fn young_tables(
         &self,
-        start: VirtAddr,
-        len: u64,
-        mut f: impl FnMut(VirtAddr, Option<PhysFrame>),
-    ) -> (usize, usize) {
-        let (mut lin, hi) = linear_range(start, len);
-        let (mut scanned, mut skipped) = (0, 0);
-        while lin < hi {
+        start: u64,
+        end: u64,
+        young: &mut [u64],
+    ) -> (usize, u64, usize) {
+        let (mut lin, hi) = (start & LINEAR_MASK & !0xfff, end & LINEAR_MASK);
+        let hi = if end != 0 && hi == 0 { 1 << 48 } else { hi };
+        let (mut n, mut skipped) = (0, 0);
+        while lin < hi && n < young.len() {
             let path = match self.path_to(lin, 1) {
                 Ok(path) => path,
                 Err((level, _)) => {
@@ -156,36 +159,49 @@ impl<P: PhysMem> PageTables<P> {
                     continue;
                 }
             };
-            let next = (lin | ((1 << 21) - 1)).saturating_add(1);
             let (pd, slot) = (path[2], index(lin, 2));
-            if self.read(pd, slot) & ACCESSED == 0 {
+            if self.fetch_and(pd, slot, !ACCESSED) & ACCESSED == 0 {
                 skipped += 1;
-                lin = next;
+            } else {
+                young[n] = lin & !((1 << 21) - 1);
+                n += 1;
+            }
+            lin = (lin | ((1 << 21) - 1)).saturating_add(1);
+        }
+        (n, lin.min(hi), skipped)
+    }
+
+    /// The second step: clears the Accessed bit of every present leaf of
+    /// the page table that maps the 2 MiB at linear address `table` (from
+    /// [`young_tables`](Self::young_tables)) and calls `f` with each leaf
+    /// that had it set and its frame; returns the present leaves looked at.
+    /// The caller invalidates the leaves reported.
+    pub(crate) fn harvest_leaves(
+        &self,
+        table: u64,
+        mut f: impl FnMut(VirtAddr, PhysFrame),
+    ) -> usize {
+        let Ok(path) = self.path_to(table, 1) else {
+            return 0;
+        };
+        let pt = path[1];
+        let mut scanned = 0;
+        for i in 0..512usize {
+            let e = self.read(pt, i);
+            if e & PRESENT == 0 {
                 continue;
             }
-            self.fetch_and(pd, slot, !ACCESSED);
-            f(virt_addr(lin), None);
-            let end = next.min(hi);
-            let pt = path[1];
-            while lin < end {
-                let i = index(lin, 1);
-                let e = self.read(pt, i);
-                if e & PRESENT != 0 {
-                    scanned += 1;
-                    if e & ACCESSED != 0 {
-                        let old = self.fetch_and(pt, i, !ACCESSED);
-                        if old & PRESENT != 0 && old & ACCESSED != 0 {
-                            let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(
-                                old & ADDR_MASK,
-                            ));
-                            f(virt_addr(lin), Some(frame));
-                        }
-                    }
-                }
-                lin += 4096;
+            scanned += 1;
+            if e & ACCESSED == 0 {
+                continue;
+            }
+            let old = self.fetch_and(pt, i, !ACCESSED);
+            if old & PRESENT != 0 && old & ACCESSED != 0 {
+                let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(old & ADDR_MASK));
+                f(virt_addr(table + i as u64 * 4096), frame);
             }
         }
-        (scanned, skipped)
+        scanned
     }
 
     /// Calls `f` with every soft entry in `[start, start + len)` (4 KiB

@@ -207,7 +207,14 @@ impl<P: PhysMem> VmSpace<P> {
                     }
                 }
                 self.invalidate(flush, vm, tlb);
-                for &(va, _, old) in pages.as_slice() {
+                for &(va, frame, old) in pages.as_slice() {
+                    // A copy on swap from before the advice would come back
+                    // if reclaim reused it: the contents may go, so it goes.
+                    if let Some(swap) = vm.swap.as_ref() {
+                        if let Some(slot) = swap.uncache(frame.start_address().as_u64() / PAGE) {
+                            swap.state().drop_ref(slot);
+                        }
+                    }
                     self.put_entry(va, (old & !crate::paging::DIRTY) | super::swap::LAZY_FREE);
                     affected += 1;
                 }

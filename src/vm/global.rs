@@ -16,8 +16,10 @@
 //! Watermarks, as Linux's `min`, `low` and `high` (in free frames under
 //! the frame limit): when fewer than `low` are free, [`Vm::needs_reclaim`]
 //! says so and the kernel runs [`Vm::reclaim_step`] on a CPU of its choice
-//! until `high` are free; a fault below `min` reclaims directly, from its
-//! own space.
+//! until `high` are free. A fault that finds no frame at all (the worker
+//! fell behind) reclaims directly, from its own space; `min` is the level
+//! a kernel may use to make such faults wait for the worker instead (kmem
+//! does not read it).
 //!
 //! A frame shared after a fork is mapped at the same address in every
 //! sharer (a fork copies addresses), so its reverse map costs nothing per
@@ -103,7 +105,9 @@ impl<P: PhysMem> SpaceTable<P> for [&VmSpace<P>] {
 /// Free-frame watermarks under the frame limit ([`Vm::set_watermarks`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watermarks {
-    /// Below this, faults reclaim directly.
+    /// A reserve: below it a kernel may make faults wait for the worker
+    /// (kmem does not read it; a fault that finds no frame reclaims its
+    /// own space).
     pub min: u64,
     /// Below this, the reclaim worker should run.
     pub low: u64,
@@ -229,18 +233,34 @@ impl Vm {
         while let Some(&(id, _)) = rest.first() {
             let k = rest.iter().take_while(|c| c.0 == id).count();
             let (group, tail) = rest.split_at(k);
-            spaces.with(id, &mut |s| {
+            let found = spaces.with(id, &mut |s| {
                 let (f, e) = s.evict_listed(self, swap, group, &mut shared, frames, tlb);
                 freed += f;
                 error = error.or(e);
             });
+            if !found {
+                // Not in this table (held by the kernel now): offered again.
+                for &(id, page) in group {
+                    self.track_global(id, page);
+                }
+            }
             rest = tail;
         }
-        for &(va, frame, _) in shared.as_slice() {
-            match self.evict_shared(spaces, swap, va, frame, frames, tlb) {
-                Ok(true) => freed += 1,
-                Ok(false) => {}
-                Err(e) => error = error.or(Some(e)),
+        for &(va, frame, id) in shared.as_slice() {
+            let kept = match self.evict_shared(spaces, swap, va, frame, frames, tlb) {
+                Ok(freed_it) => {
+                    freed += usize::from(freed_it);
+                    !freed_it
+                }
+                Err(e) => {
+                    error = error.or(Some(e));
+                    true
+                }
+            };
+            if kept {
+                // A sharer outside the table, a lock or a failed write: the
+                // page stays, and the policy offers it again later.
+                self.track_global(id as u32, va.as_u64() >> 12);
             }
         }
         match error {
@@ -355,7 +375,8 @@ impl Vm {
         }
     }
 
-    /// Forgets pages of the space `id` (unmapped, dropped, locked).
+    /// Forgets pages of the space `id` (unmapped, dropped, locked, or
+    /// reclaimed by the space itself), resident or in history.
     pub(super) fn forget_global(&self, id: u32, pages: impl IntoIterator<Item = PageId>) {
         if !self.has_global {
             return;
@@ -374,10 +395,10 @@ impl<P: PhysMem> VmSpace<P> {
     /// own; reclaim over every space ([`Vm::reclaim_step`]) may then take
     /// them. As with [`set_policy`](Self::set_policy), pages already
     /// resident are not known to the policy: join on a new space (a fork's
-    /// child holds no private page yet). Ids are below `u32::MAX`, which
-    /// is refused (the space stays out).
-    pub fn join_global(&mut self, id: u32) {
-        self.global = id;
+    /// child holds no private page yet). Ids are 16 bits: the policy's page
+    /// identity keeps the id above a 48-bit page number.
+    pub fn join_global(&mut self, id: u16) {
+        self.global = u32::from(id);
     }
 
     /// The id this space joined global reclaim with.
@@ -386,37 +407,73 @@ impl<P: PhysMem> VmSpace<P> {
     }
 
     /// Reports every Accessed bit set in this space's pageable areas to the
-    /// global policy (clearing them; page tables no CPU walked since the
-    /// last look are skipped whole) and invalidates what it cleared on the
-    /// space's CPUs.
+    /// global policy, clearing them. Page tables no CPU walked since the
+    /// last look are skipped whole; the others have their directory
+    /// entries cleared and invalidated on the space's CPUs before their
+    /// leaves are read (a CPU walking through a cached directory entry
+    /// would not set it again), then the leaves cleared are invalidated.
+    /// One walk covers the space's whole range, so pageable areas sharing a
+    /// table are read together; locks are taken per table, the policy's
+    /// for a few dozen reports at a time.
     fn harvest_global(&self, vm: &Vm, tlb: &mut Tlb<'_>) {
         let Some(id) = self.global_id() else { return };
+        if !vm.has_global {
+            return;
+        }
+        const TABLES: usize = 16;
         let zero = vm.zero_frame();
-        let mut flush = Flush::none();
-        let (mut scanned, mut skipped) = (0, 0);
-        {
-            let m = self.mapper.lock();
-            let mut policy = vm.global.lock();
-            let Some(p) = policy.as_mut() else { return };
-            for area in self
-                .areas
-                .iter()
-                .filter(|a| a.kind == super::AreaKind::Anonymous && !a.locked)
-            {
-                let (n, k) =
-                    m.harvest_accessed(VirtAddr::new(area.start), area.len(), |va, frame| {
-                        flush.add(va.as_u64());
-                        if frame.is_some_and(|f| f != zero) {
-                            p.referenced(global_id(id, va.as_u64() >> 12));
+        let pageable = |va: VirtAddr| {
+            self.areas
+                .find(va.as_u64())
+                .is_some_and(|a| a.kind == super::AreaKind::Anonymous && !a.locked)
+        };
+        let (lo, hi) = self.areas.bounds();
+        let (mut at, mut scanned, mut skipped) = (lo, 0, 0);
+        while at < hi {
+            let mut young = [0u64; TABLES];
+            let (n, next, k) = self.mapper.lock().young_tables(at, hi, &mut young);
+            skipped += k;
+            if n > 0 {
+                let mut flush = Flush::none();
+                for &t in &young[..n] {
+                    flush.add(VirtAddr::new_truncate(t).as_u64());
+                }
+                self.invalidate(flush, vm, tlb);
+                let mut cleared = Flush::none();
+                for &t in &young[..n] {
+                    let mut ids = [0u64; 64];
+                    let mut k = 0;
+                    let feed = |ids: &[u64]| {
+                        if let Some(p) = vm.global.lock().as_mut() {
+                            for &g in ids {
+                                p.referenced(g);
+                            }
+                        }
+                    };
+                    let m = self.mapper.lock();
+                    scanned += m.harvest_leaves(t, |va, frame| {
+                        cleared.add(va.as_u64());
+                        if frame != zero && pageable(va) {
+                            ids[k] = global_id(id, va.as_u64() >> 12);
+                            k += 1;
+                            if k == ids.len() {
+                                feed(&ids);
+                                k = 0;
+                            }
                         }
                     });
-                scanned += n;
-                skipped += k;
+                    drop(m);
+                    feed(&ids[..k]);
+                }
+                self.invalidate(cleared, vm, tlb);
             }
+            if next <= at {
+                break;
+            }
+            at = next;
         }
         count(&vm.stats.at(tlb.cpu()).scanned, scanned as u64);
         count(&vm.stats.at(tlb.cpu()).tables_skipped, skipped as u64);
-        self.invalidate(flush, vm, tlb);
     }
 
     /// Exchanges the mapping of `frame` at `va` (if this space has one, in
@@ -487,11 +544,13 @@ impl<P: PhysMem> VmSpace<P> {
         let zero = vm.zero_frame();
         let mut victims = Batch::new();
         let mut flush = Flush::none();
+        let id = chosen.first().map_or(0, |c| c.0);
         {
             let mut m = self.mapper.lock();
             for &(_, page) in chosen {
                 let va = VirtAddr::new(page << 12);
-                if self.areas.find(va.as_u64()).is_none_or(|a| a.locked) {
+                let pageable = |a: &super::Area| a.kind == super::AreaKind::Anonymous && !a.locked;
+                if !self.areas.find(va.as_u64()).is_some_and(pageable) {
                     continue;
                 }
                 let Ok(t) = m.translate(va) else { continue };
@@ -500,7 +559,7 @@ impl<P: PhysMem> VmSpace<P> {
                     continue;
                 }
                 if vm.share_count(frame) != 1 {
-                    shared.push(va, frame, 0);
+                    shared.push(va, frame, u64::from(id));
                     continue;
                 }
                 let old = m

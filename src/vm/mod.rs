@@ -50,7 +50,8 @@
 //! TLB shootdown:
 //!
 //! 1. the space's page tables (one lock per space);
-//! 2. the space's replacement policy;
+//! 2. the space's replacement policy, then the `Vm`'s global one
+//!    ([`global`]);
 //! 3. the `Vm`'s share counts, then its swap slots and swap cache;
 //! 4. the swap device (held for one request, nothing else held).
 //!

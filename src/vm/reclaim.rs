@@ -134,6 +134,11 @@ impl<P: PhysMem> VmSpace<P> {
                 }
                 None => self.victims_by_clock(cpu, &m, vm, want, &mut flush, &mut victims),
             }
+            // A joined space reclaiming for itself: the global policy must
+            // not offer these pages again.
+            if let Some(id) = self.global_id() {
+                vm.forget_global(id, victims.as_slice().iter().map(|v| v.0.as_u64() >> 12));
+            }
             // 1. Unmap every victim in one atomic exchange each; the mark
             // makes a fault on it wait instead of filling it with zeros.
             for v in victims.as_mut_slice() {

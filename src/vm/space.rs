@@ -628,7 +628,13 @@ impl<P: PhysMem> VmSpace<P> {
         for area in areas.overlapping(a, b) {
             if area.kind == AreaKind::Anonymous {
                 let (s, e) = (area.start.max(a), area.end.min(b));
-                mapper.take_soft_entries(VirtAddr::new(s), e - s, |_, entry| vm.drop_swap(entry));
+                mapper.take_soft_entries(VirtAddr::new(s), e - s, |va, entry| {
+                    vm.drop_swap(entry);
+                    // The global policy may remember the page as history.
+                    if let Some(id) = global {
+                        vm.forget_global(id, [va.as_u64() >> 12]);
+                    }
+                });
             }
         }
         // Pages are 4 KiB (anonymous or fixed, both mapped by the page), so
