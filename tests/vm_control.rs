@@ -626,3 +626,40 @@ fn free_never_brings_back_an_older_copy() {
         "page reads {now:?}, an older copy"
     );
 }
+
+/// An inaccessible (PROT_NONE) range can be locked and advised WillNeed:
+/// nothing is faulted in, nothing fails.
+#[test]
+fn lock_and_will_need_accept_inaccessible_ranges() {
+    let mem = EmulatedMemory::new(256);
+    let mut m = Machine::new(&mem, None);
+    let mut s = m.space(8);
+    m.fault(&s, 0, true);
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    s.advise(BASE, PAGE, Advice::PageOut, &m.vm, &mut m.frames, &mut tlb)
+        .unwrap();
+    s.protect(
+        BASE,
+        8 * PAGE,
+        Prot::empty(),
+        &m.vm,
+        &mut m.frames,
+        &mut tlb,
+    )
+    .unwrap();
+    assert_eq!(
+        s.advise(
+            BASE,
+            8 * PAGE,
+            Advice::WillNeed,
+            &m.vm,
+            &mut m.frames,
+            &mut tlb
+        ),
+        Ok(0)
+    );
+    s.lock(BASE, 8 * PAGE, &m.vm, &mut m.frames, &mut tlb)
+        .unwrap();
+    assert_eq!((s.locked_pages(), s.usage(&m.vm).resident), (8, 0));
+}

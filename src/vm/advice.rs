@@ -268,7 +268,8 @@ impl<P: PhysMem> VmSpace<P> {
         tlb: &mut Tlb<'_>,
     ) -> Result<u64, VmError> {
         let mut swapped = alloc::vec::Vec::new();
-        for x in self.areas.overlapping(a, b) {
+        // Inaccessible areas stay as they are (no access could read them).
+        for x in self.areas.overlapping(a, b).filter(|x| x.prot.accessible()) {
             let (s, e) = (x.start.max(a), x.end.min(b));
             let user = x.prot.contains(super::Prot::USER);
             self.mapper
@@ -363,10 +364,12 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<(), VmError> {
+        // Inaccessible areas (PROT_NONE) are locked without faulting their
+        // pages in, as mlock(2) does: no access could fault them in.
         let ranges: alloc::vec::Vec<(u64, u64, super::Prot)> = self
             .areas
             .overlapping(a, b)
-            .filter(|x| x.kind == AreaKind::Anonymous)
+            .filter(|x| x.kind == AreaKind::Anonymous && x.prot.accessible())
             .map(|x| (x.start.max(a), x.end.min(b), x.prot))
             .collect();
         for (s, e, prot) in ranges {
