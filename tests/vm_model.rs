@@ -11,15 +11,15 @@
 //! Miri: `MIRIFLAGS="-Zmiri-permissive-provenance -Zmiri-disable-isolation" PROPTEST_CASES=2 \
 //!  cargo +nightly miri test --test vm_model`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kmem::paging::PageTables;
 use kmem::smp::Tlb;
 use kmem::testing::mmu::RecordingMmu;
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
 use kmem::vm::{
-    AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, MemSwap, Prot, Vm, VmError,
-    VmSpace,
+    Advice, AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, MemSwap, Prot, Vm,
+    VmError, VmSpace,
 };
 use proptest::prelude::*;
 use x86_64::structures::paging::PhysFrame;
@@ -146,6 +146,23 @@ enum Op {
         p: usize,
         page: u64,
     },
+    /// `madvise` with DontNeed, PageOut, WillNeed or Cold (by `kind % 4`).
+    Advise {
+        p: usize,
+        page: u64,
+        pages: u64,
+        kind: u8,
+    },
+    Lock {
+        p: usize,
+        page: u64,
+        pages: u64,
+    },
+    Unlock {
+        p: usize,
+        page: u64,
+        pages: u64,
+    },
 }
 
 fn prot_of(code: u8) -> Prot {
@@ -169,7 +186,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => p.clone().prop_map(|p| Op::Exit { p }),
         4 => (p.clone(), page.clone(), 0..PAGE).prop_map(|(p, page, off)| Op::Read { p, page, off }),
         5 => (p.clone(), page.clone(), 0..PAGE, any::<u8>()).prop_map(|(p, page, off, v)| Op::Write { p, page, off, v }),
-        1 => (p, page).prop_map(|(p, page)| Op::Exec { p, page }),
+        1 => (p.clone(), page.clone()).prop_map(|(p, page)| Op::Exec { p, page }),
+        1 => (p.clone(), page.clone(), 1u64..6, 0u8..4).prop_map(|(p, page, pages, kind)| Op::Advise { p, page, pages, kind }),
+        1 => (p.clone(), page.clone(), 1u64..4).prop_map(|(p, page, pages)| Op::Lock { p, page, pages }),
+        1 => (p, page, 1u64..6).prop_map(|(p, page, pages)| Op::Unlock { p, page, pages }),
     ]
 }
 
@@ -179,6 +199,9 @@ fn op() -> impl Strategy<Value = Op> {
 struct Model {
     pages: BTreeMap<u64, Prot>,
     bytes: HashMap<u64, u8>,
+    /// Pages locked in memory, and those of them faulted in by the lock.
+    locked: BTreeSet<u64>,
+    resident_locked: BTreeSet<u64>,
 }
 
 impl Model {
@@ -186,8 +209,16 @@ impl Model {
         let gone: Vec<u64> = self.pages.range(a..b).map(|(&k, _)| k).collect();
         for k in gone {
             self.pages.remove(&k);
+            self.locked.remove(&k);
+            self.resident_locked.remove(&k);
         }
         self.bytes.retain(|&addr, _| addr < a || addr >= b);
+    }
+
+    fn covered(&self, a: u64, b: u64) -> bool {
+        (a..b)
+            .step_by(PAGE as usize)
+            .all(|pg| self.pages.contains_key(&pg))
     }
 }
 
@@ -313,7 +344,9 @@ impl<'m> World<'m> {
                     return;
                 };
                 let child = space.fork(&self.vm, &mut self.frames, &mut up()).unwrap();
-                let model = model.clone();
+                let mut model = model.clone();
+                model.locked.clear(); // a child does not inherit locks
+                model.resident_locked.clear();
                 self.procs[slot] = Some((child, model));
             }
             Op::Exit { p } => {
@@ -356,6 +389,90 @@ impl<'m> World<'m> {
                     }
                 }
             }
+            Op::Advise {
+                p,
+                page,
+                pages,
+                kind,
+            } => {
+                let Some((space, model)) = self.procs[p].as_mut() else {
+                    return;
+                };
+                let (a, b) = (addr(page), addr(page + pages));
+                let advice = [
+                    Advice::DontNeed,
+                    Advice::PageOut,
+                    Advice::WillNeed,
+                    Advice::Cold,
+                ][usize::from(kind % 4)];
+                let r = space.advise(a, b - a, advice, &self.vm, &mut self.frames, &mut up());
+                let locked = model.locked.range(a..b).next().copied();
+                match r {
+                    Ok(_) => {
+                        assert!(model.covered(a, b), "{advice:?} over a hole");
+                        if advice == Advice::DontNeed {
+                            assert_eq!(locked, None, "DontNeed over locked memory");
+                            model.bytes.retain(|&x, _| x < a || x >= b);
+                        }
+                    }
+                    Err(VmError::Unmapped { addr }) => {
+                        assert_eq!(addr, a);
+                        assert!(!model.covered(a, b));
+                    }
+                    Err(VmError::Locked { .. }) => {
+                        assert_eq!(advice, Advice::DontNeed);
+                        assert!(locked.is_some());
+                    }
+                    // No swap device in this world, or swap full: nothing lost.
+                    Err(VmError::PageOut(_) | VmError::Populate(_) | VmError::OutOfMemory) => {}
+                    Err(e) => panic!("{advice:?}: {e:?}"),
+                }
+            }
+            Op::Lock { p, page, pages } => {
+                let Some((space, model)) = self.procs[p].as_mut() else {
+                    return;
+                };
+                let (a, b) = (addr(page), addr(page + pages));
+                match space.lock(a, b - a, &self.vm, &mut self.frames, &mut up()) {
+                    Ok(()) => {
+                        assert!(model.covered(a, b));
+                        for pg in (a..b).step_by(PAGE as usize) {
+                            model.locked.insert(pg);
+                            if model.pages[&pg].accessible() {
+                                let t = space.mapper().translate(VirtAddr::new(pg));
+                                assert!(t.is_ok(), "locked page {pg:#x} not resident");
+                                model.resident_locked.insert(pg);
+                            }
+                        }
+                    }
+                    Err(VmError::Unmapped { addr }) => {
+                        assert_eq!(addr, a);
+                        assert!(!model.covered(a, b));
+                    }
+                    // Frames or swap ran out while faulting in: left unlocked.
+                    Err(VmError::OutOfMemory | VmError::Populate(_)) => {}
+                    Err(e) => panic!("lock: {e:?}"),
+                }
+            }
+            Op::Unlock { p, page, pages } => {
+                let Some((space, model)) = self.procs[p].as_mut() else {
+                    return;
+                };
+                let (a, b) = (addr(page), addr(page + pages));
+                match space.unlock(a, b - a, &self.vm) {
+                    Ok(()) => {
+                        assert!(model.covered(a, b));
+                        for pg in (a..b).step_by(PAGE as usize) {
+                            model.locked.remove(&pg);
+                            model.resident_locked.remove(&pg);
+                        }
+                    }
+                    Err(e) => {
+                        assert_eq!(e, VmError::Unmapped { addr: a });
+                        assert!(!model.covered(a, b));
+                    }
+                }
+            }
             Op::Exec { p, page } => {
                 let Some((space, model)) = self.procs[p].as_mut() else {
                     return;
@@ -390,6 +507,16 @@ impl<'m> World<'m> {
                     });
             }
         }
+        let mut locked = 0;
+        for (space, model) in self.procs.iter().flatten() {
+            assert_eq!(
+                space.locked_pages(),
+                model.locked.len() as u64,
+                "locked pages"
+            );
+            locked += model.locked.len() as u64;
+        }
+        assert_eq!(self.vm.locked_pages(), locked, "locked pages of the Vm");
         mapped.remove(&self.vm.zero_frame());
         for (&frame, &n) in &mapped {
             assert_eq!(self.vm.share_count(frame), n, "share count of {frame:?}");
