@@ -8,7 +8,7 @@ use kmem::smp::Tlb;
 use kmem::testing::mmu::RecordingMmu;
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
 use kmem::vm::global::Watermarks;
-use kmem::vm::replace::{Clock, ClockPro};
+use kmem::vm::replace::{Clock, ClockPro, ReplacementPolicy};
 use kmem::vm::{FaultAccess, FaultOutcome, MemSwap, Prot, Vm, VmSpace};
 use x86_64::structures::paging::FrameAllocator;
 use x86_64::VirtAddr;
@@ -44,6 +44,19 @@ impl<'m> Machine<'m> {
             kernel,
             faults: 0,
         }
+    }
+
+    /// A machine whose test runs reclaim itself: `policy` over the joined
+    /// spaces, no watermark asking for the worker.
+    fn manual(mem: &'m EmulatedMemory, policy: Box<dyn ReplacementPolicy + Send>) -> Self {
+        let mut m = Self::new(mem, false);
+        m.vm.set_global_policy(policy);
+        m.vm.set_watermarks(Some(Watermarks {
+            min: 0,
+            low: 0,
+            high: 0,
+        }));
+        m
     }
 
     fn space(&mut self, pages: u64, id: u16, global: bool) -> Space<'m> {
@@ -244,18 +257,8 @@ fn the_worker_takes_only_pageable_pages_of_spaces_that_joined() {
 #[test]
 fn the_worker_harvests_accessed_bits_before_it_chooses() {
     let mem = EmulatedMemory::new(512);
-    let mut m = Machine::new(&mem, false);
-    m.vm.set_global_policy(Box::new(Clock::new(LIMIT as usize)));
-    // No worker during the fill: this test calls reclaim itself.
-    m.vm.set_watermarks(Some(Watermarks {
-        min: 0,
-        low: 0,
-        high: 0,
-    }));
-    let mut s = VmSpace::new_user(&m.kernel, &mut m.frames).unwrap();
-    s.map_anonymous(Some(BASE), 64 * PAGE, Prot::RW | Prot::USER)
-        .unwrap();
-    s.join_global(3);
+    let mut m = Machine::manual(&mem, Box::new(Clock::new(LIMIT as usize)));
+    let s = m.space(64, 3, true);
     let spaces = [&s];
     // Thirty-nine pages in; a first look reports their faulting accesses
     // and takes the oldest.
@@ -287,18 +290,8 @@ fn the_worker_harvests_accessed_bits_before_it_chooses() {
 fn shared_frames_are_evicted_from_every_sharer() {
     for child_joins in [true, false] {
         let mem = EmulatedMemory::new(512);
-        let mut m = Machine::new(&mem, false);
-        m.vm.set_global_policy(Box::new(Clock::new(LIMIT as usize)));
-        m.vm.set_watermarks(Some(Watermarks {
-            min: 0,
-            low: 0,
-            high: 0,
-        }));
-        let mut parent = VmSpace::new_user(&m.kernel, &mut m.frames).unwrap();
-        parent
-            .map_anonymous(Some(BASE), 64 * PAGE, Prot::RW | Prot::USER)
-            .unwrap();
-        parent.join_global(1);
+        let mut m = Machine::manual(&mem, Box::new(Clock::new(LIMIT as usize)));
+        let mut parent = m.space(64, 1, true);
         for p in 0..10 {
             m.access(&[&parent], &parent, p, Some(100 + p));
         }
@@ -351,18 +344,8 @@ fn shared_frames_are_evicted_from_every_sharer() {
 #[test]
 fn shared_pages_kept_are_offered_again() {
     let mem = EmulatedMemory::new(512);
-    let mut m = Machine::new(&mem, false);
-    m.vm.set_global_policy(Box::new(Clock::new(LIMIT as usize)));
-    m.vm.set_watermarks(Some(Watermarks {
-        min: 0,
-        low: 0,
-        high: 0,
-    }));
-    let mut parent = VmSpace::new_user(&m.kernel, &mut m.frames).unwrap();
-    parent
-        .map_anonymous(Some(BASE), 64 * PAGE, Prot::RW | Prot::USER)
-        .unwrap();
-    parent.join_global(1);
+    let mut m = Machine::manual(&mem, Box::new(Clock::new(LIMIT as usize)));
+    let mut parent = m.space(64, 1, true);
     for p in 0..10 {
         m.access(&[&parent], &parent, p, Some(100 + p));
     }
@@ -392,17 +375,8 @@ fn shared_pages_kept_are_offered_again() {
 #[test]
 fn the_harvest_skips_tables_no_cpu_walked() {
     let mem = EmulatedMemory::new(512);
-    let mut m = Machine::new(&mem, false);
-    m.vm.set_global_policy(Box::new(Clock::new(LIMIT as usize)));
-    m.vm.set_watermarks(Some(Watermarks {
-        min: 0,
-        low: 0,
-        high: 0,
-    }));
-    let mut s = VmSpace::new_user(&m.kernel, &mut m.frames).unwrap();
-    s.map_anonymous(Some(BASE), 64 * PAGE, Prot::RW | Prot::USER)
-        .unwrap();
-    s.join_global(5);
+    let mut m = Machine::manual(&mem, Box::new(Clock::new(LIMIT as usize)));
+    let s = m.space(64, 5, true);
     let spaces = [&s];
     for p in 0..12 {
         m.access(&spaces, &s, p, Some(p + 1));
@@ -517,13 +491,7 @@ fn the_worker_faults_as_the_simulator_says() {
 #[test]
 fn areas_sharing_a_page_table_are_harvested_together() {
     let mem = EmulatedMemory::new(512);
-    let mut m = Machine::new(&mem, false);
-    m.vm.set_global_policy(Box::new(Clock::new(LIMIT as usize)));
-    m.vm.set_watermarks(Some(Watermarks {
-        min: 0,
-        low: 0,
-        high: 0,
-    }));
+    let mut m = Machine::manual(&mem, Box::new(Clock::new(LIMIT as usize)));
     let mut s = VmSpace::new_user(&m.kernel, &mut m.frames).unwrap();
     // Different protections keep the areas apart; one page table maps both.
     s.map_anonymous(Some(BASE), 8 * PAGE, Prot::RW | Prot::USER)
@@ -576,17 +544,8 @@ fn areas_sharing_a_page_table_are_harvested_together() {
 #[test]
 fn the_worker_never_takes_what_the_space_reclaimed_or_fixed_memory() {
     let mem = EmulatedMemory::new(512);
-    let mut m = Machine::new(&mem, false);
-    m.vm.set_global_policy(Box::new(ClockPro::new(LIMIT as usize)));
-    m.vm.set_watermarks(Some(Watermarks {
-        min: 0,
-        low: 0,
-        high: 0,
-    }));
-    let mut s = VmSpace::new_user(&m.kernel, &mut m.frames).unwrap();
-    s.map_anonymous(Some(BASE), 64 * PAGE, Prot::RW | Prot::USER)
-        .unwrap();
-    s.join_global(6);
+    let mut m = Machine::manual(&mem, Box::new(ClockPro::new(LIMIT as usize)));
+    let mut s = m.space(64, 6, true);
     let mut mmu = RecordingMmu::new(m.kernel.pml4());
     let mut tlb = Tlb::uniprocessor(&mut mmu);
     // 60 pages over 40 frames and no worker: faults reclaim the space's own.

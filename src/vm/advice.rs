@@ -53,10 +53,7 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<u64, VmError> {
-        let (a, b) = self.range(addr, len)?;
-        if !self.areas.covered(a, b) {
-            return Err(VmError::Unmapped { addr });
-        }
+        let (a, b) = self.covered_range(addr, len)?;
         if let Some(area) = self
             .areas
             .overlapping(a, b)
@@ -113,7 +110,6 @@ impl<P: PhysMem> VmSpace<P> {
         let Some(swap) = vm.swap.as_ref() else {
             return Err(VmError::PageOut(FaultReason::NoSwap));
         };
-        let zero = vm.zero_frame();
         let mut freed = 0;
         let mut at = a;
         while at < b {
@@ -126,7 +122,7 @@ impl<P: PhysMem> VmSpace<P> {
                 let mut policy = self.policy.lock();
                 super::space::for_each_pageable_leaf(&self.areas, &m, at, end, |leaf| {
                     let frame = PhysFrame::containing_address(leaf.frame);
-                    if frame != zero && vm.share_count(frame) == 1 {
+                    if vm.held_alone(frame) {
                         victims.push(leaf.page, frame, 0);
                     }
                 });
@@ -173,7 +169,7 @@ impl<P: PhysMem> VmSpace<P> {
         let pageable: alloc::vec::Vec<(u64, u64)> = self
             .areas
             .overlapping(a, b)
-            .filter(|x| x.kind == AreaKind::Anonymous && !x.locked)
+            .filter(|x| x.pageable())
             .map(|x| (x.start.max(a), x.end.min(b)))
             .collect();
         for &(s, e) in &pageable {
@@ -186,7 +182,6 @@ impl<P: PhysMem> VmSpace<P> {
                     affected += 1;
                 });
         }
-        let zero = vm.zero_frame();
         for (s, e) in pageable {
             let mut at = s;
             while at < e {
@@ -197,7 +192,7 @@ impl<P: PhysMem> VmSpace<P> {
                     let m = self.mapper.get_mut();
                     m.for_each_leaf_in(VirtAddr::new(at), end - at, |leaf| {
                         let frame = PhysFrame::containing_address(leaf.frame);
-                        if frame != zero && vm.share_count(frame) == 1 {
+                        if vm.held_alone(frame) {
                             pages.push(leaf.page, frame, 0);
                         }
                     });
@@ -211,9 +206,7 @@ impl<P: PhysMem> VmSpace<P> {
                     // A copy on swap from before the advice would come back
                     // if reclaim reused it: the contents may go, so it goes.
                     if let Some(swap) = vm.swap.as_ref() {
-                        if let Some(slot) = swap.uncache(frame.start_address().as_u64() / PAGE) {
-                            swap.state().drop_ref(slot);
-                        }
+                        swap.drop_cached(frame);
                     }
                     self.put_entry(va, (old & !crate::paging::DIRTY) | super::swap::LAZY_FREE);
                     affected += 1;
@@ -226,14 +219,13 @@ impl<P: PhysMem> VmSpace<P> {
 
     /// `MADV_COLD` over `[a, b)`: returns the pages made cold.
     fn cold(&mut self, a: u64, b: u64, vm: &Vm, tlb: &mut Tlb<'_>) -> u64 {
-        let zero = vm.zero_frame();
         let mut flush = Flush::none();
         let mut pages = alloc::vec::Vec::new();
         {
             let m = self.mapper.get_mut();
             super::space::for_each_pageable_leaf(&self.areas, m, a, b, |leaf| {
                 let frame = PhysFrame::containing_address(leaf.frame);
-                if frame != zero && vm.share_count(frame) == 1 {
+                if vm.held_alone(frame) {
                     if m.clear_accessed(leaf.page) {
                         flush.add(leaf.page.as_u64());
                     }
@@ -282,13 +274,8 @@ impl<P: PhysMem> VmSpace<P> {
         }
         let mut read = 0;
         for (va, user) in swapped {
-            loop {
-                match self.handle_fault(vm, va, FaultAccess::read(user), frames, tlb) {
-                    Ok(FaultOutcome::InTransit) => core::hint::spin_loop(),
-                    Ok(_) => break,
-                    Err(e) => return Err(VmError::Populate(e.reason)),
-                }
-            }
+            self.fault_in(vm, va, FaultAccess::read(user), frames, tlb)
+                .map_err(VmError::Populate)?;
             read += 1;
         }
         Ok(read)
@@ -312,16 +299,8 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<(), VmError> {
-        let (a, b) = self.range(addr, len)?;
-        if !self.areas.covered(a, b) {
-            return Err(VmError::Unmapped { addr });
-        }
-        let newly: u64 = self
-            .areas
-            .overlapping(a, b)
-            .filter(|x| !x.locked)
-            .map(|x| (x.end.min(b) - x.start.max(a)) / PAGE)
-            .sum();
+        let (a, b) = self.covered_range(addr, len)?;
+        let newly = self.pages_locked(a, b, false);
         vm.charge_locked(newly)?;
         let before: alloc::vec::Vec<Area> = self.areas.overlapping(a, b).copied().collect();
         self.areas.update(a, b, |x| Area { locked: true, ..x });
@@ -381,44 +360,66 @@ impl<P: PhysMem> VmSpace<P> {
                 } else {
                     FaultAccess::read(user)
                 };
-                loop {
-                    match self.handle_fault(vm, VirtAddr::new(va), access, frames, tlb) {
-                        Ok(FaultOutcome::InTransit) => core::hint::spin_loop(),
-                        Ok(_) => break,
-                        Err(e) => {
-                            return Err(match e.reason {
-                                FaultReason::OutOfMemory => VmError::OutOfMemory,
-                                r => VmError::Populate(r),
-                            })
-                        }
-                    }
-                }
+                self.fault_in(vm, VirtAddr::new(va), access, frames, tlb)
+                    .map_err(|r| match r {
+                        FaultReason::OutOfMemory => VmError::OutOfMemory,
+                        r => VmError::Populate(r),
+                    })?;
             }
         }
         Ok(())
     }
 
-    /// Unlocks `[addr, addr + len)` (`munlock`): areas must cover it
-    /// without holes; its resident pages become reclaimable again.
-    pub fn unlock(&mut self, addr: u64, len: u64, vm: &Vm) -> Result<(), VmError> {
+    /// Resolves a fault on `va` as an access would, retrying while the
+    /// page is in transit on another CPU.
+    fn fault_in<A: FrameSource + ?Sized>(
+        &self,
+        vm: &Vm,
+        va: VirtAddr,
+        access: FaultAccess,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<(), FaultReason> {
+        loop {
+            match self.handle_fault(vm, va, access, frames, tlb) {
+                Ok(FaultOutcome::InTransit) => core::hint::spin_loop(),
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(e.reason),
+            }
+        }
+    }
+
+    /// The page-aligned `[addr, addr + len)`, which areas must cover
+    /// without holes.
+    fn covered_range(&self, addr: u64, len: u64) -> Result<(u64, u64), VmError> {
         let (a, b) = self.range(addr, len)?;
         if !self.areas.covered(a, b) {
             return Err(VmError::Unmapped { addr });
         }
-        let unlocked: u64 = self
-            .areas
+        Ok((a, b))
+    }
+
+    /// Pages of `[a, b)` in areas whose lock is `locked`.
+    fn pages_locked(&self, a: u64, b: u64, locked: bool) -> u64 {
+        self.areas
             .overlapping(a, b)
-            .filter(|x| x.locked)
+            .filter(|x| x.locked == locked)
             .map(|x| (x.end.min(b) - x.start.max(a)) / PAGE)
-            .sum();
+            .sum()
+    }
+
+    /// Unlocks `[addr, addr + len)` (`munlock`): areas must cover it
+    /// without holes; its resident pages become reclaimable again.
+    pub fn unlock(&mut self, addr: u64, len: u64, vm: &Vm) -> Result<(), VmError> {
+        let (a, b) = self.covered_range(addr, len)?;
+        let unlocked = self.pages_locked(a, b, true);
         self.areas.update(a, b, |x| Area { locked: false, ..x });
         vm.uncharge_locked(unlocked);
         if self.has_policy || self.global_id().is_some() {
-            let zero = vm.zero_frame();
             let mut pages = alloc::vec::Vec::new();
             self.for_each_anonymous_leaf(a, b, |leaf| {
                 let frame = PhysFrame::containing_address(leaf.frame);
-                if frame != zero && vm.share_count(frame) == 1 {
+                if vm.held_alone(frame) {
                     pages.push(x86_64::structures::paging::Page::containing_address(
                         leaf.page,
                     ));

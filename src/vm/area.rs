@@ -55,6 +55,11 @@ impl Area {
         self.end == self.start
     }
 
+    /// Whether reclaim may take its pages: anonymous and not locked.
+    pub const fn pageable(&self) -> bool {
+        matches!(self.kind, AreaKind::Anonymous) && !self.locked
+    }
+
     /// Whether `addr` lies inside.
     pub const fn contains(&self, addr: u64) -> bool {
         self.start <= addr && addr < self.end

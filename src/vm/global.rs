@@ -301,7 +301,7 @@ impl Vm {
         // Every mapping is marked, or the frame stays.
         let complete = self.share_count(frame) == found;
         let slot = if complete {
-            self.write_frame(swap, frame, page)
+            self.write_frame(swap, page)
         } else {
             Ok(None)
         };
@@ -335,17 +335,13 @@ impl Vm {
         Ok(true)
     }
 
-    /// Writes `frame` (its contents at `page`) to a new slot, after
-    /// dropping a stale swap-cache copy.
+    /// Writes the frame at `page` to a new slot. (A copy the swap cache
+    /// holds goes when the frame is released.)
     fn write_frame(
         &self,
         swap: &super::swap::Swap,
-        frame: PhysFrame,
         page: *mut [u8; super::swap::PAGE_BYTES],
     ) -> Result<Option<u64>, FaultReason> {
-        if let Some(old) = swap.uncache(frame.start_address().as_u64() / crate::PAGE_SIZE) {
-            swap.state().drop_ref(old);
-        }
         let Some((slot, _)) = swap.state().take(1) else {
             return Err(FaultReason::OutOfSwap);
         };
@@ -425,7 +421,7 @@ impl<P: PhysMem> VmSpace<P> {
         let pageable = |va: VirtAddr| {
             self.areas
                 .find(va.as_u64())
-                .is_some_and(|a| a.kind == super::AreaKind::Anonymous && !a.locked)
+                .is_some_and(super::Area::pageable)
         };
         let (lo, hi) = self.areas.bounds();
         let (mut at, mut scanned, mut skipped) = (lo, 0, 0);
@@ -488,8 +484,11 @@ impl<P: PhysMem> VmSpace<P> {
         mark: u64,
         tlb: &mut Tlb<'_>,
     ) -> bool {
-        let pageable = |a: &super::Area| a.kind == super::AreaKind::Anonymous && !a.locked;
-        if !self.areas.find(va.as_u64()).is_some_and(pageable) {
+        if !self
+            .areas
+            .find(va.as_u64())
+            .is_some_and(super::Area::pageable)
+        {
             return false;
         }
         {
@@ -549,8 +548,11 @@ impl<P: PhysMem> VmSpace<P> {
             let mut m = self.mapper.lock();
             for &(_, page) in chosen {
                 let va = VirtAddr::new(page << 12);
-                let pageable = |a: &super::Area| a.kind == super::AreaKind::Anonymous && !a.locked;
-                if !self.areas.find(va.as_u64()).is_some_and(pageable) {
+                if !self
+                    .areas
+                    .find(va.as_u64())
+                    .is_some_and(super::Area::pageable)
+                {
                     continue;
                 }
                 let Ok(t) = m.translate(va) else { continue };

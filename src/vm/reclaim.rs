@@ -180,10 +180,8 @@ impl<P: PhysMem> VmSpace<P> {
         for &(va, frame, old) in victims.as_slice() {
             if old & LAZY_FREE != 0 && old & DIRTY == 0 {
                 // Given up with MADV_FREE and not written since: dropped;
-                // the next touch reads zeros.
-                if let Some(slot) = swap.uncache(frame.start_address().as_u64() / PAGE_SIZE) {
-                    swap.state().drop_ref(slot);
-                }
+                // the next touch reads zeros (its copy on swap goes with
+                // the frame).
                 self.put_entry(va, 0);
                 vm.release_frame(tlb.cpu(), frame, frames);
                 count(&vm.stats.at(tlb.cpu()).lazy_freed, 1);
@@ -291,11 +289,10 @@ impl<P: PhysMem> VmSpace<P> {
         let mut scanned = 0;
         let (lo, hi) = self.areas.bounds();
         let hand = self.clock_hand.load(Ordering::Relaxed).clamp(lo, hi);
-        let zero = vm.zero_frame();
         for (a, b) in [(hand, hi), (lo, hand)] {
             for_each_pageable_leaf(&self.areas, m, a, b, |leaf| {
                 let frame = PhysFrame::containing_address(leaf.frame);
-                if victims.len == want || frame == zero || vm.share_count(frame) != 1 {
+                if victims.len == want || !vm.held_alone(frame) {
                     return;
                 }
                 scanned += 1;
@@ -343,7 +340,7 @@ impl<P: PhysMem> VmSpace<P> {
         let (lo, hi) = self.areas.bounds();
         for_each_pageable_leaf(&self.areas, m, lo, hi, |leaf| {
             let frame = PhysFrame::containing_address(leaf.frame);
-            if frame == zero || vm.share_count(frame) != 1 {
+            if !vm.held_alone(frame) {
                 return;
             }
             scanned += 1;
@@ -366,7 +363,7 @@ impl<P: PhysMem> VmSpace<P> {
                 continue; // gone: nothing to track
             };
             let f = PhysFrame::containing_address(t.frame);
-            if f != zero && vm.share_count(f) == 1 {
+            if vm.held_alone(f) {
                 victims.push(va, f, 0);
             } else {
                 kept.push(va, zero, 0);

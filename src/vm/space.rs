@@ -688,8 +688,7 @@ impl<P: PhysMem> VmSpace<P> {
         }
         let mut gather = Gather::new();
         for (page, frame, kind) in pages {
-            let private = kind != AreaKind::Anonymous
-                || (frame != vm.zero_frame() && vm.share_count(frame) == 1);
+            let private = kind != AreaKind::Anonymous || vm.held_alone(frame);
             let flags = if prot.accessible() {
                 prot.map_flags(private)
             } else {
@@ -801,8 +800,7 @@ pub(super) fn for_each_pageable_leaf<P: PhysMem>(
     b: u64,
     f: impl FnMut(&Leaf),
 ) {
-    let pageable = |area: &Area| area.kind == AreaKind::Anonymous && !area.locked;
-    for_each_leaf_where(areas, mapper, a, b, pageable, f)
+    for_each_leaf_where(areas, mapper, a, b, Area::pageable, f)
 }
 
 fn for_each_leaf_where<P: PhysMem>(

@@ -299,6 +299,14 @@ impl Swap {
         self.shard(frame).lock().remove(frame)
     }
 
+    /// Forgets `frame`'s copy on swap, if it has one (its slot loses the
+    /// cache's reference).
+    pub(crate) fn drop_cached(&self, frame: x86_64::structures::paging::PhysFrame) {
+        if let Some(slot) = self.uncache(frame.start_address().as_u64() / crate::PAGE_SIZE) {
+            self.state().drop_ref(slot);
+        }
+    }
+
     /// Entries in the swap cache.
     pub(crate) fn cached(&self) -> usize {
         self.cache.iter().map(|c| c.lock().len).sum()

@@ -267,9 +267,7 @@ impl Vm {
         frames: &mut A,
     ) {
         if let Some(swap) = self.swap.as_ref() {
-            if let Some(slot) = swap.uncache(frame_key(frame)) {
-                swap.state().drop_ref(slot);
-            }
+            swap.drop_cached(frame);
         }
         match self.limit {
             Some(_) => self.resident.fetch_sub(1, Ordering::AcqRel),
@@ -319,6 +317,12 @@ impl Vm {
     /// How many mappings share `frame` (1 for a frame not shared).
     pub fn share_count(&self, frame: PhysFrame) -> u32 {
         self.shares.lock().count(frame_key(frame))
+    }
+
+    /// Whether `frame` is a private frame: not the zero frame, mapped by
+    /// one page (reclaim, advice and the worker take only these).
+    pub(crate) fn held_alone(&self, frame: PhysFrame) -> bool {
+        frame != self.zero && self.share_count(frame) == 1
     }
 
     /// Frames shared right now.
