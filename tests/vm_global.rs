@@ -9,7 +9,8 @@ use kmem::testing::mmu::RecordingMmu;
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
 use kmem::vm::global::Watermarks;
 use kmem::vm::replace::{Clock, ClockPro, ReplacementPolicy};
-use kmem::vm::{FaultAccess, FaultOutcome, MemSwap, Prot, Vm, VmSpace};
+use kmem::vm::swap::PAGE_BYTES;
+use kmem::vm::{FaultAccess, FaultOutcome, MemSwap, Prot, SwapDevice, SwapIoError, Vm, VmSpace};
 use x86_64::structures::paging::FrameAllocator;
 use x86_64::VirtAddr;
 
@@ -584,4 +585,130 @@ fn the_worker_never_takes_what_the_space_reclaimed_or_fixed_memory() {
         "the device page stays mapped"
     );
     assert_eq!(m.vm.stats().resident_frames, 0);
+}
+
+/// A swap device that counts the pages it reads.
+struct CountingSwap {
+    inner: MemSwap,
+    reads: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SwapDevice for CountingSwap {
+    fn slots(&self) -> u64 {
+        self.inner.slots()
+    }
+    fn write(&self, first: u64, pages: &[&[u8; PAGE_BYTES]]) -> Result<(), SwapIoError> {
+        self.inner.write(first, pages)
+    }
+    fn read(&self, first: u64, pages: &mut [&mut [u8; PAGE_BYTES]]) -> Result<(), SwapIoError> {
+        let n = pages.len() as u64;
+        self.reads
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.inner.read(first, pages)
+    }
+}
+
+/// Pages a parent and its child share on swap (one slot each) are read
+/// from the device once: the second sharer's fault copies the frame the
+/// first one read. That frame is mapped read-only while the slot has other
+/// sharers, so a write (here the parent's, before the child's read) leaves
+/// the cache first and the child reads the slot's own data.
+#[test]
+fn a_slot_shared_after_fork_is_read_once() {
+    let mem = EmulatedMemory::new(512);
+    let mut m = Machine::manual(&mem, Box::new(Clock::new(LIMIT as usize)));
+    m.vm.set_reclaim(None, 1);
+    let reads = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let device = m.vm.detach_swap().unwrap();
+    drop(device);
+    assert!(m
+        .vm
+        .attach_swap(Box::new(CountingSwap {
+            inner: MemSwap::new(512),
+            reads: reads.clone(),
+        }))
+        .is_ok());
+    let mut parent = m.space(64, 1, true);
+    for p in 0..10 {
+        m.access(&[&parent], &parent, p, Some(100 + p));
+    }
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    let mut child = parent.fork(&m.vm, &mut m.frames, &mut tlb).unwrap();
+    child.join_global(2);
+    let table: &[&Space] = &[&parent, &child];
+    assert_eq!(
+        m.vm.reclaim_global(table, 10, &mut m.frames, &mut tlb)
+            .unwrap(),
+        10
+    );
+    assert_eq!(m.vm.stats().swap_slots_used, 10);
+    let read = || reads.load(std::sync::atomic::Ordering::Relaxed);
+    // Page 0: the parent reads it in and writes it; the child must get
+    // the slot's data, not the parent's write.
+    assert_eq!(m.value(table, &parent, 0), 100);
+    assert_eq!(read(), 1);
+    m.access(table, &parent, 0, Some(7));
+    assert_eq!(
+        m.value(table, &child, 0),
+        100,
+        "the child saw the parent's write"
+    );
+    assert_eq!(read(), 2, "the written frame left the cache: read again");
+    // Page 1: the parent reads it in, then mprotect makes it writable
+    // without a fault: that, too, takes the frame out of the cache.
+    assert_eq!(m.value(table, &parent, 1), 101);
+    parent
+        .protect(
+            BASE + PAGE,
+            PAGE,
+            Prot::RW | Prot::USER,
+            &m.vm,
+            &mut m.frames,
+            &mut tlb,
+        )
+        .unwrap();
+    let table: &[&Space] = &[&parent, &child];
+    let faults = m.faults;
+    m.access(table, &parent, 1, Some(11));
+    assert_eq!(m.faults, faults, "writable after mprotect: no fault");
+    assert_eq!(
+        m.value(table, &child, 1),
+        101,
+        "the child saw the parent's write"
+    );
+    assert_eq!(read(), 4);
+    // Readahead stops at a slot another sharer holds: the child reads page
+    // 4; the parent reads page 2, then page 3 and ahead up to page 4.
+    m.vm.set_reclaim(None, 8);
+    assert_eq!(m.value(table, &child, 4), 104);
+    assert_eq!(m.value(table, &parent, 2), 102);
+    assert_eq!(m.value(table, &parent, 3), 103);
+    assert_eq!(read(), 7, "readahead re-read a slot the child holds");
+    for p in 5..10 {
+        assert_eq!(m.value(table, &parent, p), 100 + p);
+    }
+    assert_eq!(read(), 12, "page 5 alone, then 6..10 read ahead");
+    // Pages 2..10: the other sharer copies what one read.
+    for p in 2..10 {
+        assert_eq!(m.value(table, &child, p), 100 + p);
+        assert_eq!(m.value(table, &parent, p), 100 + p);
+    }
+    assert_eq!(read(), 12, "each shared slot read once");
+    assert_eq!(m.vm.stats().swap_in_copies, 8);
+    // The copies are private: each sharer's write stays its own.
+    m.access(table, &child, 5, Some(55));
+    m.access(table, &parent, 6, Some(66));
+    assert_eq!(m.value(table, &parent, 5), 105);
+    assert_eq!(m.value(table, &child, 6), 106);
+    assert_eq!(m.value(table, &parent, 0), 7);
+    assert_eq!(m.value(table, &parent, 1), 11);
+    for s in [parent, child] {
+        s.destroy(&m.vm, &mut m.frames, &mut tlb)
+            .map_err(|(_, e)| e)
+            .unwrap();
+    }
+    assert_eq!(m.vm.stats().swap_slots_used, 0, "every slot back");
+    assert_eq!(m.vm.stats().resident_frames, 0, "every frame back");
+    assert_eq!(m.vm.stats().swap_cached, 0);
 }

@@ -9,7 +9,11 @@
 //!
 //! Checked in every schedule: a CPU reads back the last value it wrote and
 //! never an older value of another CPU's; no frame is freed while any TLB
-//! still caches it; every frame and swap slot is back at the end.
+//! still caches it; every frame and swap slot is back at the end. A second
+//! scenario forks a space whose pages are on swap: parent and child fault
+//! the shared slots in on their CPUs (the second one copying the frame the
+//! first read) while a third CPU reclaims both; the child never sees the
+//! parent's writes nor the parent the child's.
 //!
 //! Run: `cargo test --test vm_shuttle` (seconds); `KMEM_MODEL_ITERATIONS=<n>`
 //! for more schedules (default 200 random and 200 PCT).
@@ -20,7 +24,8 @@ use kmem::paging::{Flush, Mmu, PageTables, PhysMem};
 use kmem::smp::{CpuSet, Tlb, TlbShootdown};
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
 use kmem::testing::tlb::{AccessKind, TlbCpu};
-use kmem::vm::{FaultAccess, MemSwap, Prot, Vm, VmSpace};
+use kmem::vm::swap::PAGE_BYTES;
+use kmem::vm::{FaultAccess, MemSwap, Prot, SwapDevice, SwapIoError, Vm, VmSpace};
 use shuttle::scheduler::{PctScheduler, RandomScheduler};
 use shuttle::sync::{Arc, Mutex};
 use shuttle::thread;
@@ -34,6 +39,8 @@ const PAGES: u64 = 3;
 const LIMIT: u64 = 2;
 /// Values each writer writes.
 const ROUNDS: u64 = 3;
+/// What page `p` holds before the fork scenario's fork: `ORIGINAL + p`.
+const ORIGINAL: u64 = 1000;
 
 fn iterations() -> usize {
     std::env::var("KMEM_MODEL_ITERATIONS")
@@ -50,7 +57,9 @@ struct Machine {
     frames: std::sync::Mutex<EmulatedFrameAllocator>,
     vm: Vm,
     kernel: PageTables<EmulatedPhysMem<'static>>,
-    space: VmSpace<EmulatedPhysMem<'static>>,
+    /// The spaces; CPU `c` runs `spaces[on[c]]`.
+    spaces: Vec<VmSpace<EmulatedPhysMem<'static>>>,
+    on: [usize; CPUS],
     tlbs: Vec<Mutex<TlbCpu>>,
     /// Per writer, the last value it wrote.
     last: [AtomicU64; CPUS],
@@ -85,6 +94,29 @@ impl FrameDeallocator<Size4KiB> for Frames<'_> {
         }
         // SAFETY: the caller's promise, forwarded.
         unsafe { self.0.frames.lock().unwrap().deallocate_frame(frame) };
+    }
+}
+
+/// The swap device: with `.1`, other CPUs may run while a request is in
+/// flight (only under the random scheduler: PCT would run a CPU that waits
+/// for the page in flight, retrying, ahead of the CPU moving it, forever).
+struct Device(MemSwap, bool);
+
+impl SwapDevice for Device {
+    fn slots(&self) -> u64 {
+        self.0.slots()
+    }
+    fn write(&self, first: u64, pages: &[&[u8; PAGE_BYTES]]) -> Result<(), SwapIoError> {
+        if self.1 {
+            thread::yield_now();
+        }
+        self.0.write(first, pages)
+    }
+    fn read(&self, first: u64, pages: &mut [&mut [u8; PAGE_BYTES]]) -> Result<(), SwapIoError> {
+        if self.1 {
+            thread::yield_now();
+        }
+        self.0.read(first, pages)
     }
 }
 
@@ -124,20 +156,54 @@ unsafe impl TlbShootdown for Ipis<'_> {
 }
 
 impl Machine {
-    fn new() -> Self {
+    /// With `fork`: every page holds `ORIGINAL + page` in its first words
+    /// and is on swap, then the space forks; CPU 1 runs the child. With
+    /// `slow_device`, CPUs switch during device requests.
+    fn new(fork: bool, slow_device: bool) -> Self {
         let mem: &'static EmulatedMemory = Box::leak(Box::new(EmulatedMemory::new(48)));
         let mut frames = mem.frame_allocator();
         let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
-        vm.set_frame_limit(Some(LIMIT));
+        // Each space reclaims only its own pages: after a fork, room for
+        // one whole space and a page of the other.
+        vm.set_frame_limit(Some(if fork { PAGES + 1 } else { LIMIT }));
         vm.set_reclaim(Some(1), 1);
-        assert!(vm.attach_swap(Box::new(MemSwap::new(16))).is_ok());
+        assert!(vm
+            .attach_swap(Box::new(Device(MemSwap::new(16), slow_device)))
+            .is_ok());
         let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
         let mut space = VmSpace::new_user(&kernel, &mut frames).unwrap();
         space
             .map_anonymous(Some(BASE), PAGES * 4096, Prot::RW | Prot::USER)
             .unwrap();
+        let mut spaces = Vec::new();
+        let mut on = [0; CPUS];
+        if fork {
+            let mut mmu = kmem::testing::mmu::RecordingMmu::new(kernel.pml4());
+            let mut tlb = Tlb::uniprocessor(&mut mmu);
+            for p in 0..PAGES {
+                let va = VirtAddr::new(BASE + p * 4096);
+                space
+                    .handle_fault(&vm, va, FaultAccess::write(true), &mut frames, &mut tlb)
+                    .unwrap();
+                let pa = space.mapper().translate(va).unwrap().phys;
+                for w in 0..4 {
+                    mem.write_u64(pa + w * 8, ORIGINAL + p);
+                }
+            }
+            space
+                .reclaim(&vm, &mut frames, PAGES as usize, &mut tlb)
+                .unwrap();
+            let child = space.fork(&vm, &mut frames, &mut tlb).unwrap();
+            assert_eq!(vm.stats().resident_frames, 0, "every page on swap");
+            spaces.push(space);
+            spaces.push(child);
+            on[1] = 1;
+        } else {
+            spaces.push(space);
+        }
         let tlbs = (0..CPUS)
             .map(|c| {
+                let space = &spaces[on[c]];
                 space.cpus().enter(c);
                 Mutex::new(TlbCpu::new(space.pml4()))
             })
@@ -148,7 +214,8 @@ impl Machine {
             frames: std::sync::Mutex::new(frames),
             vm,
             kernel,
-            space,
+            spaces,
+            on,
             tlbs,
             last: [const { AtomicU64::new(0) }; CPUS],
         }
@@ -192,11 +259,9 @@ impl Machine {
             let (mut mmu, mut ipis) = (CpuMmu(self, cpu), Ipis(self));
             let mut tlb = Tlb::new(&mut mmu, cpu, &mut ipis);
             let access = FaultAccess::from_error_code(code);
-            if let Err(e) =
-                self.space
-                    .handle_fault(&self.vm, va, access, &mut Frames(self), &mut tlb)
-            {
-                let m = self.space.mapper();
+            let space = &self.spaces[self.on[cpu]];
+            if let Err(e) = space.handle_fault(&self.vm, va, access, &mut Frames(self), &mut tlb) {
+                let m = space.mapper();
                 let pages: Vec<_> = (0..PAGES)
                     .map(|p| {
                         m.translate(VirtAddr::new(BASE + p * 4096))
@@ -210,13 +275,15 @@ impl Machine {
         panic!("CPU {cpu}: no progress at {va:?}");
     }
 
-    /// CPU `cpu` reclaims what it can.
+    /// CPU `cpu` reclaims what it can in every space.
     fn reclaim(&self, cpu: usize) {
         let (mut mmu, mut ipis) = (CpuMmu(self, cpu), Ipis(self));
         let mut tlb = Tlb::new(&mut mmu, cpu, &mut ipis);
-        self.space
-            .reclaim(&self.vm, &mut Frames(self), 2, &mut tlb)
-            .expect("swap has room");
+        for space in &self.spaces {
+            space
+                .reclaim(&self.vm, &mut Frames(self), 2, &mut tlb)
+                .expect("swap has room");
+        }
     }
 
     /// Every CPU leaves, the space goes; everything must be back.
@@ -226,7 +293,8 @@ impl Machine {
             frames,
             vm,
             kernel,
-            space,
+            spaces,
+            on,
             tlbs,
             phys,
             ..
@@ -234,15 +302,17 @@ impl Machine {
         for (c, tlb) in tlbs.iter().enumerate() {
             // SAFETY: an emulated CPU.
             unsafe { tlb.lock().unwrap().set_cr3(kernel.pml4()) };
-            space.cpus().leave(c);
+            spaces[on[c]].cpus().leave(c);
         }
         let mut frames = frames.into_inner().unwrap();
         let mut mmu = kmem::testing::mmu::RecordingMmu::new(kernel.pml4());
         let mut tlb = Tlb::uniprocessor(&mut mmu);
-        space
-            .destroy(&vm, &mut frames, &mut tlb)
-            .map_err(|e| e.1)
-            .unwrap();
+        for space in spaces {
+            space
+                .destroy(&vm, &mut frames, &mut tlb)
+                .map_err(|e| e.1)
+                .unwrap();
+        }
         assert_eq!(vm.stats().swap_slots_used, 0, "swap slots left");
         assert_eq!(
             frames.in_use(),
@@ -257,8 +327,8 @@ impl Machine {
 
 /// CPUs 0 and 1 write increasing values into their own word of page 0 and
 /// read both words back; CPU 2 reclaims and touches the other pages.
-fn scenario() {
-    let m = Arc::new(Machine::new());
+fn scenario(slow_device: bool) {
+    let m = Arc::new(Machine::new(false, slow_device));
     let writers: Vec<_> = (0..2)
         .map(|cpu| {
             let m = m.clone();
@@ -309,14 +379,65 @@ fn scenario() {
     m.end();
 }
 
+/// Parent (CPU 0) and child (CPU 1) of a fork fault in the pages they
+/// share on swap, each writing its own word, while CPU 2 reclaims both
+/// spaces: each sees its own writes and the other's never.
+fn forked_scenario(slow_device: bool) {
+    let m = Arc::new(Machine::new(true, slow_device));
+    let sharers: Vec<_> = (0..2)
+        .map(|cpu| {
+            let m = m.clone();
+            thread::spawn(move || {
+                let mine = cpu as u64;
+                for k in 1..=ROUNDS {
+                    let page = k % PAGES;
+                    m.access(cpu, page, mine, Some(k));
+                    assert_eq!(m.access(cpu, page, mine, None), k, "CPU {cpu} lost {k}");
+                    for p in 0..PAGES {
+                        assert_eq!(
+                            m.access(cpu, p, 1 - mine, None),
+                            ORIGINAL + p,
+                            "CPU {cpu} saw the other sharer's write in page {p}"
+                        );
+                        assert_eq!(m.access(cpu, p, 2, None), ORIGINAL + p);
+                    }
+                }
+            })
+        })
+        .collect();
+    let reclaimer = {
+        let m = m.clone();
+        thread::spawn(move || {
+            for _ in 0..3 {
+                m.reclaim(2);
+                thread::yield_now();
+            }
+        })
+    };
+    for t in sharers {
+        t.join().unwrap();
+    }
+    reclaimer.join().unwrap();
+    let m = Arc::try_unwrap(m).ok().expect("every CPU is done");
+    m.end();
+}
+
+fn config() -> shuttle::Config {
+    let mut config = shuttle::Config::new();
+    config.stack_size = 1 << 20;
+    config
+}
+
 #[test]
 fn two_cpus_fault_one_page_while_a_third_reclaims() {
     let n = iterations();
-    let config = || {
-        let mut config = shuttle::Config::new();
-        config.stack_size = 1 << 20;
-        config
-    };
-    shuttle::Runner::new(RandomScheduler::new(n), config()).run(scenario);
-    shuttle::Runner::new(PctScheduler::new(3, n), config()).run(scenario);
+    shuttle::Runner::new(RandomScheduler::new(n), config()).run(|| scenario(true));
+    shuttle::Runner::new(PctScheduler::new(3, n), config()).run(|| scenario(false));
+}
+
+#[test]
+fn parent_and_child_fault_shared_slots_while_a_third_cpu_reclaims() {
+    let n = iterations();
+    shuttle::Runner::new(RandomScheduler::new(n), config()).run(|| forked_scenario(true));
+    shuttle::Runner::new(PctScheduler::new(3, n), config()).run(|| forked_scenario(false));
 }

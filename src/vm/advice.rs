@@ -205,9 +205,7 @@ impl<P: PhysMem> VmSpace<P> {
                 for &(va, frame, old) in pages.as_slice() {
                     // A copy on swap from before the advice would come back
                     // if reclaim reused it: the contents may go, so it goes.
-                    if let Some(swap) = vm.swap.as_ref() {
-                        swap.drop_cached(frame);
-                    }
+                    vm.drop_cached(frame);
                     self.put_entry(va, (old & !crate::paging::DIRTY) | super::swap::LAZY_FREE);
                     affected += 1;
                 }

@@ -13,7 +13,8 @@
 use super::replace::ReplacementPolicy;
 use super::space::for_each_pageable_leaf;
 use super::stats::count;
-use super::swap::{slot_of, swap_entry, Swap, BUSY, CLUSTER, LAZY_FREE, PAGE_BYTES};
+use super::swap::{slot_of, swap_entry, Claim, Swap, BUSY, CLUSTER, LAZY_FREE, PAGE_BYTES};
+use super::vm::copy_frame;
 use super::{FaultOutcome, FaultReason, Prot, Vm, VmSpace};
 use crate::paging::{Flush, FrameSource, PageTables, PhysMem, DIRTY};
 use crate::smp::Tlb;
@@ -406,11 +407,26 @@ impl<P: PhysMem> VmSpace<P> {
                 };
             }
         };
+        let cpu = tlb.cpu();
+        let phys = &self.phys;
+        // A sharer of the slot may hold its page already: copy it, no read.
+        let reading = match swap.claim(slot, |f| copy_frame(phys, frame_at(f), first)) {
+            Claim::Wait => {
+                vm.release_frame(cpu, first, frames);
+                unmark(self);
+                return Ok(FaultOutcome::InTransit);
+            }
+            Claim::Copied => None,
+            Claim::Read(r) => Some(r),
+        };
         let mut run = Batch::new();
         run.push(va, first, entry);
         let v = va.as_u64();
         let area_end = self.areas.find(v).map_or(v + PAGE_SIZE, |a| a.end);
-        if vm.readahead() > 1 && self.last_swap_in.load(Ordering::Relaxed) + PAGE_SIZE == v {
+        if reading.is_some()
+            && vm.readahead() > 1
+            && self.last_swap_in.load(Ordering::Relaxed) + PAGE_SIZE == v
+        {
             for k in 1..vm.readahead().min(CLUSTER as u64) {
                 let next = v + k * PAGE_SIZE;
                 if next >= area_end {
@@ -418,6 +434,9 @@ impl<P: PhysMem> VmSpace<P> {
                 }
                 let ahead = VirtAddr::new(next);
                 let want = swap_entry(slot + k);
+                if swap.held(slot + k) {
+                    break;
+                }
                 let mut m = self.mapper.lock();
                 if m.soft_entry(ahead) != Some(want) {
                     break;
@@ -429,7 +448,6 @@ impl<P: PhysMem> VmSpace<P> {
                 run.push(ahead, f, want);
             }
         }
-        let cpu = tlb.cpu();
         let _transit = vm.transit(tlb.cpu(), run.len as u64);
         let give_back = |this: &Self, frames: &mut A, run: &[(VirtAddr, PhysFrame, u64)]| {
             for &(va, f, e) in run {
@@ -437,8 +455,9 @@ impl<P: PhysMem> VmSpace<P> {
                 vm.release_frame(cpu, f, frames);
             }
         };
-        let phys = &self.phys;
-        let read = if let [(_, f, _)] = run.as_slice() {
+        let read = if reading.is_none() {
+            Ok(())
+        } else if let [(_, f, _)] = run.as_slice() {
             // One page (no readahead): no list to build.
             // SAFETY: a frame just allocated, used by nothing else yet.
             let page = unsafe { &mut *page_ptr(phys, *f) };
@@ -461,12 +480,22 @@ impl<P: PhysMem> VmSpace<P> {
             give_back(self, frames, run.as_slice());
             return Err(FaultReason::SwapIo(e));
         }
+        // A page whose slot other entries still name is mapped read-only,
+        // so that they can copy the frame while it stays cached (a write
+        // takes a fault that reuses it and leaves the cache first). Our own
+        // entry is one reference; no new one can appear while it is busy.
+        let exclusive: u32 = {
+            let st = swap.state();
+            (0..run.len).fold(0, |bits, i| {
+                bits | (u32::from(st.refs(slot + i as u64) == 1) << i)
+            })
+        };
         let mut mapped = 0;
         for (i, &(p, f, e)) in run.as_slice().iter().enumerate() {
             let p = Page::<Size4KiB>::containing_address(p);
             // Over the busy mark: a non-present entry, which no CPU caches;
             // it is ours, so the exchange cannot miss (the table exists).
-            let flags = prot.map_flags(true);
+            let flags = prot.map_flags(exclusive & (1 << i) != 0);
             let r = {
                 let mut m = self.mapper.lock();
                 match m.replace_pte(p.start_address(), e | BUSY, f, flags) {
@@ -502,7 +531,13 @@ impl<P: PhysMem> VmSpace<P> {
             let last = run.as_slice()[mapped - 1].0.as_u64();
             self.last_swap_in.store(last, Ordering::Relaxed);
         }
-        count(&vm.stats.at(tlb.cpu()).major_faults, 1);
+        let copied = reading.is_none();
+        drop(reading); // the page is cached: sharers copy it from now on
+        if copied {
+            count(&vm.stats.at(tlb.cpu()).swap_in_copies, 1);
+        } else {
+            count(&vm.stats.at(tlb.cpu()).major_faults, 1);
+        }
         count(&vm.stats.at(tlb.cpu()).refaults, 1);
         count(&vm.stats.at(tlb.cpu()).swap_ins, mapped as u64);
         count(&vm.stats.at(tlb.cpu()).readahead, mapped as u64 - 1);
@@ -514,6 +549,11 @@ impl<P: PhysMem> VmSpace<P> {
 /// to come from the frame source behind `phys` and nothing else to access it.
 pub(super) fn page_ptr<P: PhysMem>(phys: &P, frame: PhysFrame) -> *mut [u8; PAGE_BYTES] {
     phys.table_ptr(frame).as_ptr().cast()
+}
+
+/// The frame of frame number `n`.
+fn frame_at(n: u64) -> PhysFrame {
+    PhysFrame::containing_address(x86_64::PhysAddr::new(n * PAGE_SIZE))
 }
 
 /// Whether `frame` holds only zeros.

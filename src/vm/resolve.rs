@@ -218,6 +218,9 @@ impl<P: PhysMem> VmSpace<P> {
             if old != vm.zero_frame() && vm.share_count(old) == 1 {
                 // Same frame, more rights: Dirty and Accessed stay; other CPUs
                 // at worst take a spurious fault on their read-only entry.
+                // It leaves the swap cache first: sharers of its slot copy
+                // cached frames, which must not change under them.
+                vm.drop_cached(old);
                 // SAFETY: the frame is this page's alone (one sharer): writable is its area's right.
                 let flush =
                     unsafe { m.protect(page, prot.map_flags(true)) }.map_err(FaultReason::from)?;
@@ -234,6 +237,9 @@ impl<P: PhysMem> VmSpace<P> {
         // protect, a user bit missing): bring it in line.
         let private =
             kind != AreaKind::Anonymous || (old != vm.zero_frame() && vm.share_count(old) == 1);
+        if private && prot.contains(Prot::WRITE) {
+            vm.drop_cached(old); // made writable: out of the swap cache first
+        }
         // SAFETY: the page's own frame, with its area's rights (never more).
         let flush =
             unsafe { m.protect(page, prot.map_flags(private)) }.map_err(FaultReason::from)?;

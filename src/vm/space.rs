@@ -689,6 +689,9 @@ impl<P: PhysMem> VmSpace<P> {
         let mut gather = Gather::new();
         for (page, frame, kind) in pages {
             let private = kind != AreaKind::Anonymous || vm.held_alone(frame);
+            if private && prot.contains(Prot::WRITE) {
+                vm.drop_cached(frame); // made writable: out of the swap cache first
+            }
             let flags = if prot.accessible() {
                 prot.map_flags(private)
             } else {

@@ -45,6 +45,10 @@ pub struct VmStats {
     pub lazy_freed: u64,
     /// Evicted pages still clean on swap: dropped, not written.
     pub swap_cache_hits: u64,
+    /// Swap-ins served by copying a resident frame read from the same slot
+    /// (a slot several spaces share after a fork is read once): no device
+    /// read, so not major faults.
+    pub swap_in_copies: u64,
     /// Pages read ahead of their fault.
     pub readahead: u64,
     /// Frames anonymous memory holds now.
@@ -158,6 +162,7 @@ event_counters!(
     zero_elided,
     lazy_freed,
     swap_cache_hits,
+    swap_in_copies,
     readahead,
     shootdowns,
     leaked_frames,

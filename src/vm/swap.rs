@@ -8,17 +8,27 @@
 //! a fault on it returns `FaultOutcome::InTransit` and is retried.
 //!
 //! A slot has one reference per page-table entry naming it (a fork shares
-//! the entry) plus one while the swap cache holds it: the cache maps a
-//! resident frame read back from a slot to that slot, so a page evicted
-//! again without having been written (its Dirty bit clear) is dropped
-//! without writing. A slot is free when its last reference goes.
+//! the entry) plus one for each resident frame the swap cache holds for it:
+//! the cache maps a frame read back from a slot to that slot, so a page
+//! evicted again without having been written (its Dirty bit clear) is
+//! dropped without writing, and, the other way, each slot to the frame last
+//! read from it, so a slot several spaces name after a fork is read from
+//! the device once: the next sharer's fault copies the resident frame.
+//! A slot is free when its last reference goes.
+//!
+//! What makes that copy safe: a cached frame whose slot some other entry
+//! still names is mapped read-only (swap-in maps a page writable only when
+//! its entry was the slot's last reference), and a frame leaves the cache
+//! before it is made writable or freed; the copy runs under the cache
+//! shard's lock with the frame still cached, so no write and no free can
+//! overlap it.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
 
 use crate::smp::CachePadded;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Bytes in a page and in a slot.
 pub const PAGE_BYTES: usize = crate::PAGE_SIZE as usize;
@@ -225,6 +235,39 @@ pub(crate) struct Swap {
     /// Resident frame → the slot holding the same data, in shards by frame,
     /// each with its own lock: swap-ins on several CPUs rarely meet.
     cache: [CachePadded<spin::Mutex<FrameCache>>; CACHE_SHARDS],
+    /// Slot → the frame last read from it plus one, [`READING`] while a
+    /// swap-in reads it, 0 for none: a hint, checked against `cache`
+    /// under the frame's shard lock before it is used.
+    frame_of: Vec<AtomicU64>,
+}
+
+/// In `frame_of`: a swap-in is reading the slot; other sharers wait for it.
+const READING: u64 = u64::MAX;
+
+/// What a swap-in finds for its slot ([`Swap::claim`]).
+pub(crate) enum Claim<'s> {
+    /// No frame holds the slot: read it from the device; the claim makes
+    /// other sharers wait until the page is cached or the claim drops.
+    Read(Reading<'s>),
+    /// Another swap-in is reading the slot: wait for it.
+    Wait,
+    /// A resident frame holding the slot's data was copied.
+    Copied,
+}
+
+/// A slot being read by one swap-in (see [`Claim::Read`]); dropping it
+/// lets other sharers in again if the page was not cached.
+pub(crate) struct Reading<'s> {
+    cell: &'s AtomicU64,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        // Cached meanwhile (the cell names the frame): nothing to undo.
+        let _ = self
+            .cell
+            .compare_exchange(READING, 0, Ordering::AcqRel, Ordering::Acquire);
+    }
 }
 
 /// Shards of the swap cache.
@@ -250,7 +293,7 @@ impl fmt::Debug for Swap {
 
 impl Swap {
     /// The swap state of `device`; the device back when its bookkeeping
-    /// (about 70 bytes a slot) does not fit on the heap.
+    /// (about 80 bytes a slot) does not fit on the heap.
     pub(crate) fn new(
         device: Box<dyn SwapDevice + Send>,
     ) -> Result<Self, Box<dyn SwapDevice + Send>> {
@@ -274,10 +317,19 @@ impl Swap {
         let Ok(cache) = cache.try_into() else {
             unreachable!("CACHE_SHARDS shards made");
         };
+        let mut frame_of = Vec::new();
+        let Ok(n) = usize::try_from(count) else {
+            return Err(device);
+        };
+        if frame_of.try_reserve_exact(n).is_err() {
+            return Err(device);
+        }
+        frame_of.resize_with(n, || AtomicU64::new(0));
         Ok(Self {
             device,
             state: spin::Mutex::new(state),
             cache,
+            frame_of,
         })
     }
 
@@ -288,15 +340,77 @@ impl Swap {
     /// Records that `frame` holds the data of `slot`, taking over one
     /// reference to the slot (dropped at once when the cache has no room).
     pub(crate) fn cache(&self, frame: u64, slot: u64) {
-        let dropped = self.shard(frame).lock().insert(frame, slot);
+        let dropped = {
+            let mut shard = self.shard(frame).lock();
+            let dropped = shard.insert(frame, slot);
+            if dropped != Some(slot) {
+                self.frame_of[slot as usize].store(frame + 1, Ordering::Release);
+            }
+            if let Some(old) = dropped.filter(|&old| old != slot) {
+                self.forget_frame(old, frame);
+            }
+            dropped
+        };
         if let Some(old) = dropped {
             self.state().drop_ref(old);
         }
     }
 
+    /// Clears `slot`'s frame hint if it names `frame`.
+    fn forget_frame(&self, slot: u64, frame: u64) {
+        let _ = self.frame_of[slot as usize].compare_exchange(
+            frame + 1,
+            0,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
     /// The slot cached for `frame`, removed from the cache with its reference.
     pub(crate) fn uncache(&self, frame: u64) -> Option<u64> {
-        self.shard(frame).lock().remove(frame)
+        let mut shard = self.shard(frame).lock();
+        let slot = shard.remove(frame)?;
+        self.forget_frame(slot, frame);
+        Some(slot)
+    }
+
+    /// Whether a frame holds `slot`, or a swap-in is reading it: readahead
+    /// stops there (that page is copied when its own fault comes).
+    pub(crate) fn held(&self, slot: u64) -> bool {
+        self.frame_of[slot as usize].load(Ordering::Acquire) != 0
+    }
+
+    /// What a swap-in of `slot` into the frame behind `fill` should do:
+    /// when a resident frame holds the slot's data, `fill` copies it (run
+    /// under that frame's shard lock, the frame still cached, so nothing
+    /// writes or frees it meanwhile); when another swap-in reads the slot,
+    /// wait; else read it, holding the claim until the page is cached.
+    pub(crate) fn claim(&self, slot: u64, fill: impl FnOnce(u64)) -> Claim<'_> {
+        let cell = &self.frame_of[slot as usize];
+        loop {
+            match cell.load(Ordering::Acquire) {
+                READING => return Claim::Wait,
+                0 => {
+                    if cell
+                        .compare_exchange(0, READING, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return Claim::Read(Reading { cell });
+                    }
+                }
+                held => {
+                    let frame = held - 1;
+                    let shard = self.shard(frame).lock();
+                    if shard.get(frame) == Some(slot) {
+                        fill(frame);
+                        return Claim::Copied;
+                    }
+                    drop(shard);
+                    // The frame left the cache meanwhile: clear the stale hint.
+                    self.forget_frame(slot, frame);
+                }
+            }
+        }
     }
 
     /// Forgets `frame`'s copy on swap, if it has one (its slot loses the
@@ -350,6 +464,11 @@ impl SwapState {
     /// Slots in all.
     pub(crate) fn capacity(&self) -> u64 {
         self.slots.count
+    }
+
+    /// References to `slot`: entries naming it and cached frames holding it.
+    pub(crate) fn refs(&self, slot: u64) -> u32 {
+        self.refs[slot as usize]
     }
 
     /// Takes a run of up to `n` free slots, each with one reference.
@@ -430,6 +549,10 @@ impl FrameCache {
                 None
             }
         }
+    }
+
+    fn get(&self, frame: u64) -> Option<u64> {
+        self.find(frame).ok().map(|i| self.buckets[i].1)
     }
 
     fn remove(&mut self, frame: u64) -> Option<u64> {

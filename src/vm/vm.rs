@@ -257,6 +257,14 @@ impl Vm {
         f
     }
 
+    /// Takes `frame` out of the swap cache, if it is there (before it is
+    /// made writable: sharers of its slot copy cached frames).
+    pub(crate) fn drop_cached(&self, frame: PhysFrame) {
+        if let Some(swap) = self.swap.as_ref() {
+            swap.drop_cached(frame);
+        }
+    }
+
     /// Gives back an anonymous frame whose last mapping went, and whose
     /// translations every CPU has dropped (and its swap-cache slot, if it
     /// had one); CPU `cpu` counts it.
@@ -266,9 +274,7 @@ impl Vm {
         frame: PhysFrame,
         frames: &mut A,
     ) {
-        if let Some(swap) = self.swap.as_ref() {
-            swap.drop_cached(frame);
-        }
+        self.drop_cached(frame);
         match self.limit {
             Some(_) => self.resident.fetch_sub(1, Ordering::AcqRel),
             None => self.resident_shards[cpu % SHARDS].fetch_sub(1, Ordering::Relaxed),
