@@ -434,11 +434,10 @@ impl<P: PhysMem> VmSpace<P> {
                 }
                 let ahead = VirtAddr::new(next);
                 let want = swap_entry(slot + k);
-                if swap.held(slot + k) {
-                    break;
-                }
                 let mut m = self.mapper.lock();
-                if m.soft_entry(ahead) != Some(want) {
+                // Past the slot in use (or the device's end), or a slot
+                // another sharer holds.
+                if m.soft_entry(ahead) != Some(want) || swap.held(slot + k) {
                     break;
                 }
                 let Some(f) = vm.alloc_frame(tlb.cpu(), frames) else {

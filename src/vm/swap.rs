@@ -377,7 +377,8 @@ impl Swap {
     /// Whether a frame holds `slot`, or a swap-in is reading it: readahead
     /// stops there (that page is copied when its own fault comes).
     pub(crate) fn held(&self, slot: u64) -> bool {
-        self.frame_of[slot as usize].load(Ordering::Acquire) != 0
+        let cell = usize::try_from(slot).ok().and_then(|s| self.frame_of.get(s));
+        cell.is_some_and(|c| c.load(Ordering::Acquire) != 0)
     }
 
     /// What a swap-in of `slot` into the frame behind `fill` should do:
