@@ -712,3 +712,72 @@ fn a_slot_shared_after_fork_is_read_once() {
     assert_eq!(m.vm.stats().resident_frames, 0, "every frame back");
     assert_eq!(m.vm.stats().swap_cached, 0);
 }
+
+/// Faults given the kernel's table of spaces reclaim directly over every
+/// space, and only below `min`: above it they take a frame and leave the
+/// rest to the worker; below it (or with no frame free) the idle space's
+/// cold pages go, not the faulting space's own.
+#[test]
+fn faults_below_min_reclaim_over_every_space() {
+    let mem = EmulatedMemory::new(512);
+    let mut m = Machine::manual(&mem, Box::new(Clock::new(LIMIT as usize)));
+    m.vm.set_watermarks(Some(Watermarks {
+        min: 4,
+        low: 6,
+        high: 8,
+    }));
+    let idle = m.space(64, 1, true);
+    let active = m.space(64, 2, true);
+    let table: &[&Space] = &[&idle, &active];
+    fn touch<'m>(m: &mut Machine<'m>, table: &[&Space<'m>], s: &Space<'m>, p: u64) {
+        let mut mmu = RecordingMmu::new(m.kernel.pml4());
+        let mut tlb = Tlb::uniprocessor(&mut mmu);
+        let at = VirtAddr::new(BASE + p * PAGE);
+        loop {
+            let access = FaultAccess::write(true);
+            match s.handle_fault_global(&m.vm, table, at, access, &mut m.frames, &mut tlb) {
+                Ok(FaultOutcome::InTransit) => continue,
+                Ok(_) => break,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        s.simulate_access(at, true);
+        let phys = s.mapper().translate(at).unwrap().phys;
+        m.mem.write_u64(phys, p + 1);
+    }
+    for p in 0..36 {
+        touch(&mut m, table, &idle, p);
+    }
+    assert_eq!(m.vm.free_frames(), Some(4), "no reclaim at min");
+    assert_eq!(m.vm.stats().reclaimed, 0);
+    touch(&mut m, table, &active, 0);
+    assert_eq!(m.vm.free_frames(), Some(3), "the reserve is used");
+    touch(&mut m, table, &active, 1);
+    // Below min: reclaimed up to high (8 free) before the frame was taken.
+    assert_eq!(m.vm.free_frames(), Some(7));
+    assert_eq!(idle.usage(&m.vm).swapped, 5, "the idle space's pages");
+    assert_eq!(active.usage(&m.vm).resident, 2);
+    // No reserve at all: the fault still reclaims over every space.
+    m.vm.set_watermarks(Some(Watermarks {
+        min: 0,
+        low: 0,
+        high: 0,
+    }));
+    for p in 2..20 {
+        touch(&mut m, table, &active, p);
+    }
+    assert_eq!(
+        active.usage(&m.vm).resident,
+        20,
+        "the active space kept its pages"
+    );
+    assert_eq!(idle.usage(&m.vm).swapped, 36 - idle.usage(&m.vm).resident);
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    for s in [idle, active] {
+        s.destroy(&m.vm, &mut m.frames, &mut tlb)
+            .map_err(|(_, e)| e)
+            .unwrap();
+    }
+    assert_eq!(m.vm.stats().swap_slots_used, 0);
+}

@@ -16,10 +16,11 @@
 //! Watermarks, as Linux's `min`, `low` and `high` (in free frames under
 //! the frame limit): when fewer than `low` are free, [`Vm::needs_reclaim`]
 //! says so and the kernel runs [`Vm::reclaim_step`] on a CPU of its choice
-//! until `high` are free. A fault that finds no frame at all (the worker
-//! fell behind) reclaims directly, from its own space; `min` is the level
-//! a kernel may use to make such faults wait for the worker instead (kmem
-//! does not read it).
+//! until `high` are free. Faults that the kernel hands its table too
+//! ([`VmSpace::handle_fault_global`]) reclaim directly over every space
+//! only when fewer than `min` are free (the worker fell behind) or none is;
+//! a plain [`VmSpace::handle_fault`] finding no frame reclaims its own
+//! space.
 //!
 //! A frame shared after a fork is mapped at the same address in every
 //! sharer (a fork copies addresses), so its reverse map costs nothing per
@@ -105,9 +106,9 @@ impl<P: PhysMem> SpaceTable<P> for [&VmSpace<P>] {
 /// Free-frame watermarks under the frame limit ([`Vm::set_watermarks`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watermarks {
-    /// A reserve: below it a kernel may make faults wait for the worker
-    /// (kmem does not read it; a fault that finds no frame reclaims its
-    /// own space).
+    /// A reserve: below it, faults given the table of spaces
+    /// ([`VmSpace::handle_fault_global`]) reclaim directly before they
+    /// take a frame.
     pub min: u64,
     /// Below this, the reclaim worker should run.
     pub low: u64,
@@ -162,6 +163,20 @@ impl Vm {
     /// Frames free under the limit (`None` without one).
     pub fn free_frames(&self) -> Option<u64> {
         Some(self.frame_limit()?.saturating_sub(self.resident()))
+    }
+
+    /// Whether fewer than `min` frames are free: faults given the table of
+    /// spaces reclaim directly ([`VmSpace::handle_fault_global`]).
+    pub fn below_min(&self) -> bool {
+        match (self.free_frames(), self.watermarks()) {
+            (Some(free), Some(m)) => free < m.min,
+            _ => false,
+        }
+    }
+
+    /// Whether a global policy is set ([`set_global_policy`](Self::set_global_policy)).
+    pub fn has_global_policy(&self) -> bool {
+        self.has_global
     }
 
     /// Whether fewer than `low` frames are free: the worker should run.

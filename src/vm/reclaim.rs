@@ -10,6 +10,7 @@
 //! Victim lists are bounded by a cluster and live on the stack: reclaim
 //! runs when memory is short, so it must not need the heap.
 
+use super::global::SpaceTable;
 use super::replace::ReplacementPolicy;
 use super::space::for_each_pageable_leaf;
 use super::stats::count;
@@ -74,22 +75,32 @@ pub(super) enum Shortage {
 
 impl<P: PhysMem> VmSpace<P> {
     /// A frame for an anonymous page: under the limit at once, else after
-    /// reclaiming some of this space's pages.
+    /// reclaiming some of this space's pages, or, with the kernel's table
+    /// of `spaces` (a space under the global policy), the coldest pages of
+    /// every space; with the table, below the `min` watermark first.
     pub(super) fn new_frame<A: FrameSource + ?Sized>(
         &self,
         vm: &Vm,
+        spaces: Option<&dyn SpaceTable<P>>,
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<PhysFrame, Shortage> {
+        if let Some(spaces) = spaces.filter(|_| vm.below_min() && vm.swap.is_some()) {
+            // Direct reclaim: the worker fell behind. Failure here is not
+            // final: the allocation below may still find a frame.
+            let _ = vm.reclaim_step(spaces, frames, tlb);
+        }
         if let Some(f) = vm.alloc_frame(tlb.cpu(), frames) {
             return Ok(f);
         }
         if vm.swap.is_none() {
             return Err(Shortage::Fault(FaultReason::OutOfMemory));
         }
-        let freed = self
-            .reclaim(vm, frames, vm.reclaim_batch(), tlb)
-            .map_err(Shortage::Fault)?;
+        let freed = match spaces {
+            Some(spaces) => vm.reclaim_global(spaces, vm.reclaim_batch(), frames, tlb),
+            None => self.reclaim(vm, frames, vm.reclaim_batch(), tlb),
+        }
+        .map_err(Shortage::Fault)?;
         if let Some(f) = vm.alloc_frame(tlb.cpu(), frames) {
             return Ok(f);
         }
@@ -382,7 +393,7 @@ impl<P: PhysMem> VmSpace<P> {
     /// entry is as before.
     pub(crate) fn swap_in<A: FrameSource + ?Sized>(
         &self,
-        vm: &Vm,
+        (vm, spaces): (&Vm, Option<&dyn SpaceTable<P>>),
         page: Page<Size4KiB>,
         entry: u64,
         prot: Prot,
@@ -397,7 +408,7 @@ impl<P: PhysMem> VmSpace<P> {
                 addr: va,
             }));
         };
-        let first = match self.new_frame(vm, frames, tlb) {
+        let first = match self.new_frame(vm, spaces, frames, tlb) {
             Ok(f) => f,
             Err(e) => {
                 unmark(self);

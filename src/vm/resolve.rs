@@ -13,6 +13,7 @@ use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::gather::Gather;
+use super::global::SpaceTable;
 use super::reclaim::Shortage;
 use super::space::KERNEL_HALF_START;
 use super::stats::count;
@@ -62,8 +63,43 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<FaultOutcome, FaultError> {
+        self.handle_fault_in(vm, None, addr, access, frames, tlb)
+    }
+
+    /// [`handle_fault`](Self::handle_fault) for a space that joined global
+    /// reclaim, with the kernel's table of spaces (held as for
+    /// [`Vm::reclaim_global`], this one among them): when fewer than the
+    /// `min` watermark's frames are free, the fault first reclaims directly
+    /// over every space of `spaces` (the global policy's coldest pages
+    /// anywhere, up to `high`, a cluster at most), and so does a fault
+    /// that finds no frame at all. Above `min` it takes a frame and leaves
+    /// reclaim to the worker ([`Vm::reclaim_step`]). Without a global
+    /// policy, or for a space that did not join, it is `handle_fault`.
+    pub fn handle_fault_global<T: SpaceTable<P> + ?Sized, A: FrameSource + ?Sized>(
+        &self,
+        vm: &Vm,
+        spaces: &T,
+        addr: VirtAddr,
+        access: FaultAccess,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<FaultOutcome, FaultError> {
+        let table = Table(spaces);
+        self.handle_fault_in(vm, Some(&table), addr, access, frames, tlb)
+    }
+
+    fn handle_fault_in<A: FrameSource + ?Sized>(
+        &self,
+        vm: &Vm,
+        spaces: Option<&dyn SpaceTable<P>>,
+        addr: VirtAddr,
+        access: FaultAccess,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<FaultOutcome, FaultError> {
         count(&vm.stats.at(tlb.cpu()).faults, 1);
-        let result = self.resolve(vm, (addr, access), frames, tlb);
+        let spaces = spaces.filter(|_| self.global_id().is_some() && vm.has_global_policy());
+        let result = self.resolve(vm, spaces, (addr, access), frames, tlb);
         let s = vm.stats.at(tlb.cpu());
         match &result {
             Ok(outcome) => match outcome {
@@ -84,6 +120,7 @@ impl<P: PhysMem> VmSpace<P> {
     fn resolve<A: FrameSource + ?Sized>(
         &self,
         vm: &Vm,
+        spaces: Option<&dyn SpaceTable<P>>,
         (addr, access): (VirtAddr, FaultAccess),
         frames: &mut A,
         tlb: &mut Tlb<'_>,
@@ -126,12 +163,12 @@ impl<P: PhysMem> VmSpace<P> {
                 Step::Wait => return Ok(FaultOutcome::InTransit),
                 Step::SwapIn { entry } => {
                     return self
-                        .swap_in(vm, page, entry, prot, frames, tlb)
+                        .swap_in((vm, spaces), page, entry, prot, frames, tlb)
                         .or_else(|e| waited(vm, e))
                         .map_err(fail);
                 }
                 Step::Fill { from, expect } => {
-                    match self.fill(vm, page, prot, from, expect, frames, tlb) {
+                    match self.fill((vm, spaces), page, prot, from, expect, frames, tlb) {
                         Ok(Some(outcome)) => return Ok(outcome),
                         Ok(None) => {}
                         Err(e) => return waited(vm, e).map_err(fail),
@@ -255,7 +292,7 @@ impl<P: PhysMem> VmSpace<P> {
     #[allow(clippy::too_many_arguments)]
     fn fill<A: FrameSource + ?Sized>(
         &self,
-        vm: &Vm,
+        (vm, spaces): (&Vm, Option<&dyn SpaceTable<P>>),
         page: Page<Size4KiB>,
         prot: Prot,
         from: Option<PhysFrame>,
@@ -263,7 +300,7 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<Option<FaultOutcome>, FaultReason> {
-        let new = match self.new_frame(vm, frames, tlb) {
+        let new = match self.new_frame(vm, spaces, frames, tlb) {
             Ok(f) => f,
             Err(Shortage::Raced) => return Ok(None),
             Err(Shortage::Fault(e)) => return Err(e),
@@ -353,6 +390,20 @@ impl<P: PhysMem> VmSpace<P> {
         } else {
             FaultOutcome::CopiedOnWrite
         }
+    }
+}
+
+/// A table of any kind behind a reference: sized, so the fault path passes
+/// it on as `&dyn SpaceTable`.
+struct Table<'t, T: ?Sized>(&'t T);
+
+impl<P: PhysMem, T: SpaceTable<P> + ?Sized> SpaceTable<P> for Table<'_, T> {
+    fn for_each(&self, f: &mut dyn FnMut(&VmSpace<P>)) {
+        self.0.for_each(f);
+    }
+
+    fn with(&self, id: u32, f: &mut dyn FnMut(&VmSpace<P>)) -> bool {
+        self.0.with(id, f)
     }
 }
 

@@ -377,7 +377,9 @@ impl Swap {
     /// Whether a frame holds `slot`, or a swap-in is reading it: readahead
     /// stops there (that page is copied when its own fault comes).
     pub(crate) fn held(&self, slot: u64) -> bool {
-        let cell = usize::try_from(slot).ok().and_then(|s| self.frame_of.get(s));
+        let cell = usize::try_from(slot)
+            .ok()
+            .and_then(|s| self.frame_of.get(s));
         cell.is_some_and(|c| c.load(Ordering::Acquire) != 0)
     }
 
