@@ -752,9 +752,11 @@ fn faults_below_min_reclaim_over_every_space() {
     assert_eq!(m.vm.stats().reclaimed, 0);
     touch(&mut m, table, &active, 0);
     assert_eq!(m.vm.free_frames(), Some(3), "the reserve is used");
+    assert_eq!(m.vm.stats().direct_reclaims, 0);
     touch(&mut m, table, &active, 1);
     // Below min: reclaimed up to high (8 free) before the frame was taken.
     assert_eq!(m.vm.free_frames(), Some(7));
+    assert_eq!(m.vm.stats().direct_reclaims, 1);
     assert_eq!(idle.usage(&m.vm).swapped, 5, "the idle space's pages");
     assert_eq!(active.usage(&m.vm).resident, 2);
     // No reserve at all: the fault still reclaims over every space.

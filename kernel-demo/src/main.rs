@@ -159,11 +159,11 @@ extern "C" fn after_switch() -> ! {
     step("10. swap: four times the RAM given to pageable memory (kmem::vm on a virtio disk)");
     demo::swap::demo_swap();
 
-    step("11. working sets that shift between processes (kmem::vm::global, oom)");
-    demo::workingsets::demo_working_sets();
-
-    step("12. several CPUs (kmem::smp: per-CPU caches, TLB shootdown by IPI)");
+    step("11. several CPUs (kmem::smp: per-CPU caches, TLB shootdown by IPI)");
     demo::smp::run();
+
+    step("12. working sets that shift between processes (kmem::vm::global, oom)");
+    demo::workingsets::demo_working_sets();
 
     step("13. summary");
     summary();

@@ -1,8 +1,10 @@
 //! Six processes whose working sets shift, over a frame limit below their
 //! sum, on a swap device: every process an address space of its own, two
 //! hot at a time while the others idle, then the roles change, under one
-//! policy over every space (`kmem::vm::global`, the reclaim worker running
-//! between accesses whenever the watermarks ask). Then a runaway process
+//! policy over every space (`kmem::vm::global`). The reclaim worker runs on
+//! a CPU of its own whenever the watermarks ask (between accesses on this
+//! CPU when it is the only one); faults reclaim directly only below the
+//! `min` watermark. Then a runaway process
 //! fills memory and swap until a fault fails; `kmem::vm::oom` picks it, it
 //! is ended, and the others' pages still hold what they last wrote.
 //! (Reclaiming each space alone is compared with this in the host tests
@@ -19,7 +21,7 @@ use crate::mm::memory::{with_memory, FRAMES};
 use crate::user::process::{configure_vm, with_tlb, with_vm};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use kmem::paging::{AddressSpace, Mmu, OffsetPhysMem, X86Mmu};
 use kmem::vm::oom::{choose_victim, OomCandidate, OomChoice, SpaceUsage};
 use kmem::vm::replace::ClockPro;
@@ -41,16 +43,24 @@ const QUANTUM: u64 = 8;
 
 type Space = VmSpace<OffsetPhysMem>;
 
-/// The spaces, the running one's index, and faults per process.
-static SPACES: spin::Mutex<Vec<Space>> = spin::Mutex::new(Vec::new());
+/// The spaces (the process table: faults and the worker read it, ending a
+/// process writes it), the running one's index, and faults per process.
+static SPACES: spin::RwLock<Vec<Space>> = spin::RwLock::new(Vec::new());
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
 static FAULTS: [AtomicU64; PROCESSES + 1] = [const { AtomicU64::new(0) }; PROCESSES + 1];
+/// The reclaim worker's steps and TSC ticks, and the signal that ends it.
+static WORKER_STEPS: AtomicU64 = AtomicU64::new(0);
+static WORKER_TICKS: AtomicU64 = AtomicU64::new(0);
+static STOP: AtomicBool = AtomicBool::new(false);
+/// The worker's CPU, and whether it sleeps (`hlt`) waiting to be woken.
+static WORKER_CPU: AtomicUsize = AtomicUsize::new(usize::MAX);
+static ASLEEP: AtomicBool = AtomicBool::new(false);
 
 fn hook(f: &Fault) -> bool {
     if f.vector != vector::PAGE_FAULT {
         return false;
     }
-    let Some(spaces) = SPACES.try_lock() else {
+    let Some(spaces) = SPACES.try_read() else {
         return false;
     };
     let running = RUNNING.load(Ordering::Relaxed);
@@ -59,11 +69,25 @@ fn hook(f: &Fault) -> bool {
     };
     let access = FaultAccess::from_error_code(f.error_code);
     let addr = VirtAddr::new_truncate(f.addr);
-    let r = with_vm(|vm| with_tlb(|tlb| space.handle_fault(vm, addr, access, &mut &FRAMES, tlb)));
+    // With the process table: below `min` the fault reclaims over every process.
+    let r = with_vm(|vm| {
+        with_tlb(|tlb| space.handle_fault_global(vm, &spaces[..], addr, access, &mut &FRAMES, tlb))
+    });
     if matches!(r, Ok(FaultOutcome::ZeroFilled | FaultOutcome::SwappedIn)) {
         FAULTS[running].fetch_add(1, Ordering::Relaxed);
     }
+    if with_vm(|vm| vm.needs_reclaim()) {
+        wake_worker();
+    }
     r.is_ok()
+}
+
+/// Wakes the worker if it sleeps (kswapd's wake-up: memory fell under
+/// `low`, or the run is over).
+fn wake_worker() {
+    if ASLEEP.swap(false, Ordering::SeqCst) {
+        crate::arch::cpus::send_ipi(WORKER_CPU.load(Ordering::Relaxed), crate::smp::WAKE_VECTOR);
+    }
 }
 
 /// A swap partition: the first `slots` slots of a device.
@@ -98,6 +122,9 @@ pub struct ProcessReport {
 pub struct Report {
     /// Per process.
     pub processes: [ProcessReport; PROCESSES],
+    /// The CPU the reclaim worker ran on (`None`: between accesses, on
+    /// this one).
+    pub worker_cpu: Option<usize>,
     /// Steps of the reclaim worker.
     pub worker_steps: u64,
     /// TSC ticks the reclaim worker ran.
@@ -160,22 +187,87 @@ fn access(p: usize, page: u64, versions: &mut [u64]) {
     }
 }
 
-/// Runs the reclaim worker while the watermarks ask for it.
-fn worker(steps: &mut u64, ticks: &mut u64) {
-    if !with_vm(|vm| vm.needs_reclaim()) {
-        return;
+/// Runs the reclaim worker while the watermarks ask for it (on the CPU
+/// that accesses memory, when it is the only one).
+fn worker() {
+    if with_vm(|vm| vm.needs_reclaim()) {
+        worker_locked(&SPACES.read());
     }
-    let t0 = crate::arch::cpu::rdtsc();
-    let spaces = SPACES.lock();
-    let refs: Vec<&Space> = spaces.iter().collect();
-    while with_vm(|vm| vm.needs_reclaim()) {
-        *steps += 1;
-        let freed = with_vm(|vm| with_tlb(|tlb| vm.reclaim_step(&refs[..], &mut &FRAMES, tlb)));
-        if !matches!(freed, Ok(n) if n > 0) {
+}
+
+/// The reclaim worker on a CPU of its own: it reclaims while the
+/// watermarks ask, sleeps (`hlt`) until a fault wakes it, and ends when
+/// [`STOP`] is set.
+fn reclaim_worker(cpu: usize, _arg: u64) {
+    use x86_64::instructions::interrupts;
+    WORKER_CPU.store(cpu, Ordering::Relaxed);
+    let wanted = || STOP.load(Ordering::SeqCst) || with_vm(|vm| vm.needs_reclaim());
+    loop {
+        if STOP.load(Ordering::SeqCst) {
             break;
         }
+        if with_vm(|vm| vm.needs_reclaim()) {
+            worker_locked(&SPACES.read());
+            continue;
+        }
+        // Announce the sleep, then look again: a waker that changed memory
+        // before our look sees the flag and sends the IPI, which `sti; hlt`
+        // takes even when it comes between the look and the `hlt`.
+        interrupts::disable();
+        ASLEEP.store(true, Ordering::SeqCst);
+        if wanted() {
+            ASLEEP.store(false, Ordering::SeqCst);
+            interrupts::enable();
+            continue;
+        }
+        interrupts::enable_and_hlt();
+        ASLEEP.store(false, Ordering::SeqCst);
     }
-    *ticks += crate::arch::cpu::rdtsc() - t0;
+}
+
+/// Every process fills its set, then the phases: two hot processes make
+/// 97 % of the accesses, in turns of a quantum; the rest go to the idle
+/// ones at random. With `inline_worker`, the worker runs before each access.
+fn shift(versions: &mut [u64], inline_worker: bool) {
+    let mut rng = 0x5eed_cafe_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let touch = |p: usize, page: u64, versions: &mut [u64]| {
+        if inline_worker {
+            worker();
+        }
+        access(p, page, versions);
+    };
+    for p in 0..PROCESSES {
+        switch_to(&SPACES.read(), p);
+        for page in 0..SET {
+            touch(p, page, versions);
+        }
+    }
+    for phase in 0..(PROCESSES / HOT) as u64 {
+        let first = (phase as usize * HOT) % PROCESSES;
+        let mut k = 0;
+        while k < PHASE {
+            let (p, n) = if next() % 100 < 3 {
+                let idle = (first + HOT + (next() as usize % (PROCESSES - HOT))) % PROCESSES;
+                (idle, 1)
+            } else {
+                (first + (k / QUANTUM) as usize % HOT, QUANTUM)
+            };
+            switch_to(&SPACES.read(), p);
+            for _ in 0..n {
+                // Zipf-like: most accesses to the first pages of the set.
+                let r = next() % (SET * SET);
+                let page = SET - 1 - r.isqrt().min(SET - 1);
+                touch(p, page, versions);
+            }
+            k += n;
+        }
+    }
 }
 
 /// Runs the six processes over `limit` frames and `slots` slots of
@@ -200,7 +292,7 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, slots: u64) -> Report
         f.store(0, Ordering::Relaxed);
     }
     {
-        let mut spaces = SPACES.lock();
+        let mut spaces = SPACES.write();
         for p in 0..=PROCESSES {
             let tables =
                 with_memory(|m| AddressSpace::new(m.mapper, &mut m.frames)).expect("a PML4");
@@ -219,44 +311,24 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, slots: u64) -> Report
     RUNNING.store(usize::MAX, Ordering::Relaxed);
     interrupts::set_fault_hook(Some(hook));
     let mut versions = alloc::vec![0u64; PROCESSES * SET as usize];
-    let (mut steps, mut ticks) = (0, 0);
-    let mut rng = 0x5eed_cafe_u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    // Every process fills its set: all of them hold memory.
-    for p in 0..PROCESSES {
-        switch_to(&SPACES.lock(), p);
-        for page in 0..SET {
-            worker(&mut steps, &mut ticks);
-            access(p, page, &mut versions);
-        }
-    }
-    // Phases: two hot processes make 97 % of the accesses, in turns of a
-    // quantum; the rest go to the idle ones at random.
-    for phase in 0..(PROCESSES / HOT) as u64 {
-        let first = (phase as usize * HOT) % PROCESSES;
-        let mut k = 0;
-        while k < PHASE {
-            let (p, n) = if next() % 100 < 3 {
-                let idle = (first + HOT + (next() as usize % (PROCESSES - HOT))) % PROCESSES;
-                (idle, 1)
-            } else {
-                (first + (k / QUANTUM) as usize % HOT, QUANTUM)
+    WORKER_STEPS.store(0, Ordering::Relaxed);
+    WORKER_TICKS.store(0, Ordering::Relaxed);
+    // The worker gets a CPU of its own when there is one.
+    let me = crate::arch::cpus::cpu_index();
+    let worker_cpu = crate::arch::cpus::online().without(me).iter().next();
+    match worker_cpu {
+        Some(cpu) => {
+            STOP.store(false, Ordering::Release);
+            let phases = || {
+                shift(&mut versions, false);
+                STOP.store(true, Ordering::SeqCst);
+                wake_worker();
             };
-            switch_to(&SPACES.lock(), p);
-            for _ in 0..n {
-                // Zipf-like: most accesses to the first pages of the set.
-                let r = next() % (SET * SET);
-                let page = SET - 1 - r.isqrt().min(SET - 1);
-                worker(&mut steps, &mut ticks);
-                access(p, page, &mut versions);
+            if let Err(e) = crate::smp::run_beside(cpu, reclaim_worker, 0, phases) {
+                panic!("the reclaim worker: {e}");
             }
-            k += n;
         }
+        None => shift(&mut versions, true),
     }
     let after = with_vm(|vm| vm.stats());
     let stats = kmem::vm::VmStats {
@@ -264,23 +336,24 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, slots: u64) -> Report
         tables_skipped: after.tables_skipped - before.tables_skipped,
         reclaimed: after.reclaimed - before.reclaimed,
         swap_outs: after.swap_outs - before.swap_outs,
+        direct_reclaims: after.direct_reclaims - before.direct_reclaims,
         swap_ins: after.swap_ins - before.swap_ins,
         ..after
     };
     let mut processes = [ProcessReport::default(); PROCESSES];
     for (p, r) in processes.iter_mut().enumerate() {
         r.faults = FAULTS[p].load(Ordering::Relaxed);
-        r.usage = with_vm(|vm| SPACES.lock()[p].usage(vm));
+        r.usage = with_vm(|vm| SPACES.read()[p].usage(vm));
     }
     // The runaway: it writes pages until a fault fails.
     let mut runaway_pages = 0u64;
     let oom = {
         interrupts::set_fault_hook(None);
-        let spaces = SPACES.lock();
+        let spaces = SPACES.read();
         switch_to(&spaces, PROCESSES);
         let runaway = &spaces[PROCESSES];
         loop {
-            worker_locked(&spaces, &mut steps, &mut ticks);
+            worker_locked(&spaces);
             let at = VirtAddr::new(BASE + runaway_pages * 4096);
             let r = with_vm(|vm| {
                 with_tlb(|tlb| {
@@ -317,21 +390,21 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, slots: u64) -> Report
             choice.id, PROCESSES as u64,
             "the runaway is chosen: {choice:?}"
         );
-        let victim = SPACES.lock().remove(choice.id as usize);
+        let victim = SPACES.write().remove(choice.id as usize);
         with_vm(|vm| with_tlb(|tlb| victim.destroy(vm, &mut &FRAMES, tlb)))
             .map_err(|e| e.1)
             .expect("ending the chosen process");
     }
     for p in 0..PROCESSES {
-        switch_to(&SPACES.lock(), p);
+        switch_to(&SPACES.read(), p);
         for page in 0..SET {
-            worker(&mut steps, &mut ticks);
+            worker();
             access(p, page, &mut versions);
         }
     }
     interrupts::set_fault_hook(None);
-    switch_to_kernel(&SPACES.lock(), kernel);
-    for s in SPACES.lock().drain(..) {
+    switch_to_kernel(&SPACES.read(), kernel);
+    for s in core::mem::take(&mut *SPACES.write()) {
         with_vm(|vm| with_tlb(|tlb| s.destroy(vm, &mut &FRAMES, tlb)))
             .map_err(|e| e.1)
             .expect("teardown");
@@ -349,24 +422,25 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, slots: u64) -> Report
     });
     Report {
         processes,
-        worker_steps: steps,
-        worker_ticks: ticks,
+        worker_cpu,
+        worker_steps: WORKER_STEPS.load(Ordering::Relaxed),
+        worker_ticks: WORKER_TICKS.load(Ordering::Relaxed),
         oom,
         runaway_pages,
         stats,
     }
 }
 
-/// [`worker`] with the spaces already locked.
-fn worker_locked(spaces: &[Space], steps: &mut u64, ticks: &mut u64) {
+/// One run of the worker over `spaces` (the process table, read): steps
+/// until `high` frames are free or nothing more can be freed.
+fn worker_locked(spaces: &[Space]) {
     let t0 = crate::arch::cpu::rdtsc();
-    let refs: Vec<&Space> = spaces.iter().collect();
     while with_vm(|vm| vm.needs_reclaim()) {
-        *steps += 1;
-        let freed = with_vm(|vm| with_tlb(|tlb| vm.reclaim_step(&refs[..], &mut &FRAMES, tlb)));
+        WORKER_STEPS.fetch_add(1, Ordering::Relaxed);
+        let freed = with_vm(|vm| with_tlb(|tlb| vm.reclaim_step(spaces, &mut &FRAMES, tlb)));
         if !matches!(freed, Ok(n) if n > 0) {
             break;
         }
     }
-    *ticks += crate::arch::cpu::rdtsc() - t0;
+    WORKER_TICKS.fetch_add(crate::arch::cpu::rdtsc() - t0, Ordering::Relaxed);
 }

@@ -103,6 +103,25 @@ impl<P: PhysMem> SpaceTable<P> for [&VmSpace<P>] {
     }
 }
 
+/// A kernel's list of spaces is a table too.
+impl<P: PhysMem> SpaceTable<P> for [VmSpace<P>] {
+    fn for_each(&self, f: &mut dyn FnMut(&VmSpace<P>)) {
+        for s in self.iter().filter(|s| s.global_id().is_some()) {
+            f(s);
+        }
+    }
+
+    fn with(&self, id: u32, f: &mut dyn FnMut(&VmSpace<P>)) -> bool {
+        match self.iter().find(|s| s.global_id() == Some(id)) {
+            Some(s) => {
+                f(s);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// Free-frame watermarks under the frame limit ([`Vm::set_watermarks`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watermarks {

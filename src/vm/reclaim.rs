@@ -88,6 +88,7 @@ impl<P: PhysMem> VmSpace<P> {
         if let Some(spaces) = spaces.filter(|_| vm.below_min() && vm.swap.is_some()) {
             // Direct reclaim: the worker fell behind. Failure here is not
             // final: the allocation below may still find a frame.
+            count(&vm.stats.at(tlb.cpu()).direct_reclaims, 1);
             let _ = vm.reclaim_step(spaces, frames, tlb);
         }
         if let Some(f) = vm.alloc_frame(tlb.cpu(), frames) {
@@ -96,6 +97,7 @@ impl<P: PhysMem> VmSpace<P> {
         if vm.swap.is_none() {
             return Err(Shortage::Fault(FaultReason::OutOfMemory));
         }
+        count(&vm.stats.at(tlb.cpu()).direct_reclaims, 1);
         let freed = match spaces {
             Some(spaces) => vm.reclaim_global(spaces, vm.reclaim_batch(), frames, tlb),
             None => self.reclaim(vm, frames, vm.reclaim_batch(), tlb),

@@ -30,6 +30,10 @@ pub struct VmStats {
     pub swap_ins: u64,
     /// Pages written to swap (`pswpout`).
     pub swap_outs: u64,
+    /// Faults that reclaimed before they found a frame (`allocstall`): no
+    /// frame free under the limit, or, given the table of spaces, fewer
+    /// than the `min` watermark.
+    pub direct_reclaims: u64,
     /// Pages the reclaim scan looked at (`pgscan`).
     pub scanned: u64,
     /// Page tables the reclaim worker's harvest skipped whole: no CPU
@@ -155,6 +159,7 @@ event_counters!(
     major_faults,
     swap_ins,
     swap_outs,
+    direct_reclaims,
     scanned,
     tables_skipped,
     reclaimed,

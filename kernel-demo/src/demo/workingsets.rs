@@ -1,6 +1,6 @@
-//! Step 11: six processes whose working sets shift, under one replacement
-//! policy over every process; then a runaway ended by the out-of-memory
-//! choice.
+//! Step 12: six processes whose working sets shift, under one replacement
+//! policy over every process, its reclaim worker on a CPU of its own; then
+//! a runaway ended by the out-of-memory choice.
 
 use alloc::boxed::Box;
 use kernel_demo::mm::swap_disk::VirtioSwap;
@@ -20,7 +20,7 @@ fn device() -> Box<dyn kmem::vm::SwapDevice + Send> {
 
 pub fn demo_working_sets() {
     println!(
-        "{PROCESSES} processes of {SET} pages over {LIMIT} frames, two hot at a time (97 % of the accesses), the roles changing every {PHASE} accesses, every page stamped and checked on each access; one replacement policy over every process, its worker run whenever free frames fall under the low watermark"
+        "{PROCESSES} processes of {SET} pages over {LIMIT} frames, two hot at a time (97 % of the accesses), the roles changing every {PHASE} accesses, every page stamped and checked on each access; one replacement policy over every process, its worker run on a CPU of its own whenever free frames fall under the low watermark, faults reclaiming only under min"
     );
     let t0 = cpu::rdtsc();
     let r = workingsets::run(device(), LIMIT, SLOTS);
@@ -34,10 +34,15 @@ pub fn demo_working_sets() {
         );
     }
     let s = &r.stats;
+    let on = match r.worker_cpu {
+        Some(cpu) => alloc::format!("on CPU {cpu}"),
+        None => alloc::string::String::from("between accesses (one CPU)"),
+    };
     println!(
-        "reclaim worker: {} steps, {} us of CPU time; {} pages freed, {} scanned ({:.1} a page freed), {} page tables skipped unwalked; pswpout {} pswpin {}",
+        "reclaim worker {on}: {} steps, {} us of CPU time; faults that reclaimed directly: {}; {} pages freed, {} scanned ({:.1} a page freed), {} page tables skipped unwalked; pswpout {} pswpin {}",
         r.worker_steps,
         cpu::tsc_per_ms().map_or(0, |p| r.worker_ticks * 1000 / p.max(1)),
+        s.direct_reclaims,
         s.reclaimed,
         s.scanned,
         s.scanned as f64 / s.reclaimed.max(1) as f64,

@@ -62,7 +62,9 @@ static KERNEL_CR3: AtomicU64 = AtomicU64::new(0);
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 type Work = fn(usize, u64);
-static WORK: spin::Mutex<Option<(Work, u64)>> = spin::Mutex::new(None);
+/// The work of the current generation, and the CPUs that run it (the
+/// others only mark the generation finished).
+static WORK: spin::Mutex<Option<(Work, u64, CpuSet)>> = spin::Mutex::new(None);
 
 /// The stacks of CPU `cpu` (`None` for the boot CPU and CPUs not started).
 pub fn stack_of(cpu: usize) -> Option<CpuStack> {
@@ -255,8 +257,8 @@ fn idle(cpu: usize) -> ! {
         x86_64::instructions::interrupts::enable();
         let work = *WORK.lock();
         let outcome = match work {
-            Some((f, arg)) => recover::protect(|| f(cpu, arg)),
-            None => Outcome::Returned,
+            Some((f, arg, cpus)) if cpus.contains(cpu) => recover::protect(|| f(cpu, arg)),
+            _ => Outcome::Returned,
         };
         *me.outcome.lock() = Some((outcome, recover::panic_message()));
         me.finished.store(generation, Ordering::SeqCst);
@@ -296,16 +298,41 @@ impl fmt::Display for CpuFailure {
 /// as any code does.
 pub fn run_on_all(f: Work, arg: u64) -> Result<(), alloc::boxed::Box<CpuFailure>> {
     let me = cpu_index();
-    let others: CpuSet = online().without(me);
+    run(online().without(me), f, arg, || f(me, arg))
+}
+
+/// Runs `f(cpu, arg)` on CPU `cpu` (another online CPU) while this one runs
+/// `main`, then waits for `f` to return (`main` tells it when to, through
+/// whatever they share). `Err` as for [`run_on_all`].
+pub fn run_beside(
+    cpu: usize,
+    f: Work,
+    arg: u64,
+    main: impl FnOnce(),
+) -> Result<(), alloc::boxed::Box<CpuFailure>> {
+    let mut target = CpuSet::empty();
+    target.insert(cpu);
+    run(target, f, arg, main)
+}
+
+/// Hands `f` to `targets` (online CPUs other than this one), runs `main`
+/// here, and waits for every other CPU to finish the generation.
+fn run(
+    targets: CpuSet,
+    f: Work,
+    arg: u64,
+    main: impl FnOnce(),
+) -> Result<(), alloc::boxed::Box<CpuFailure>> {
+    let others: CpuSet = online().without(cpu_index());
     wait_for(others, GENERATION.load(Ordering::SeqCst));
-    *WORK.lock() = Some((f, arg));
+    *WORK.lock() = Some((f, arg, targets));
     let generation = GENERATION.fetch_add(1, Ordering::SeqCst) + 1;
     for cpu in others.iter() {
         send_ipi(cpu, WAKE_VECTOR);
     }
-    f(me, arg);
+    main();
     wait_for(others, generation);
-    for cpu in others.iter() {
+    for cpu in targets.iter() {
         if let Some((outcome, message)) = CPUS[cpu].outcome.lock().take() {
             if !matches!(outcome, Outcome::Returned) {
                 return Err(alloc::boxed::Box::new(CpuFailure {
