@@ -24,6 +24,8 @@ use kmem::paging::{Flush, Mmu, PageTables, PhysMem};
 use kmem::smp::{CpuSet, Tlb, TlbShootdown};
 use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
 use kmem::testing::tlb::{AccessKind, TlbCpu};
+use kmem::vm::global::Watermarks;
+use kmem::vm::replace::ClockPro;
 use kmem::vm::swap::PAGE_BYTES;
 use kmem::vm::{FaultAccess, MemSwap, Prot, SwapDevice, SwapIoError, Vm, VmSpace};
 use shuttle::scheduler::{PctScheduler, RandomScheduler};
@@ -63,6 +65,17 @@ struct Machine {
     tlbs: Vec<Mutex<TlbCpu>>,
     /// Per writer, the last value it wrote.
     last: [AtomicU64; CPUS],
+}
+
+/// What runs on the CPUs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// One space on every CPU.
+    One,
+    /// A forked parent (CPUs 0 and 2) and child (CPU 1).
+    Forked,
+    /// Two spaces under one global policy (CPU 1 on the second).
+    Global,
 }
 
 /// The emulated memory, owned by the machine (shared, it is touched only
@@ -156,16 +169,26 @@ unsafe impl TlbShootdown for Ipis<'_> {
 }
 
 impl Machine {
-    /// With `fork`: every page holds `ORIGINAL + page` in its first words
-    /// and is on swap, then the space forks; CPU 1 runs the child. With
+    /// `Forked`: every page holds `ORIGINAL + page` in its first words and
+    /// is on swap, then the space forks; CPU 1 runs the child. `Global`:
+    /// two spaces under one global policy, CPU 1 on the second. With
     /// `slow_device`, CPUs switch during device requests.
-    fn new(fork: bool, slow_device: bool) -> Self {
+    fn new(kind: Kind, slow_device: bool) -> Self {
+        let fork = kind == Kind::Forked;
         let mem: &'static EmulatedMemory = Box::leak(Box::new(EmulatedMemory::new(48)));
         let mut frames = mem.frame_allocator();
         let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
         // Each space reclaims only its own pages: after a fork, room for
         // one whole space and a page of the other.
-        vm.set_frame_limit(Some(if fork { PAGES + 1 } else { LIMIT }));
+        vm.set_frame_limit(Some(if kind == Kind::One { LIMIT } else { PAGES + 1 }));
+        if kind == Kind::Global {
+            vm.set_global_policy(Box::new(ClockPro::new(PAGES as usize + 1)));
+            vm.set_watermarks(Some(Watermarks {
+                min: 1,
+                low: 2,
+                high: 3,
+            }));
+        }
         vm.set_reclaim(Some(1), 1);
         assert!(vm
             .attach_swap(Box::new(Device(MemSwap::new(16), slow_device)))
@@ -197,6 +220,16 @@ impl Machine {
             assert_eq!(vm.stats().resident_frames, 0, "every page on swap");
             spaces.push(space);
             spaces.push(child);
+            on[1] = 1;
+        } else if kind == Kind::Global {
+            let mut other = VmSpace::new_user(&kernel, &mut frames).unwrap();
+            other
+                .map_anonymous(Some(BASE), PAGES * 4096, Prot::RW | Prot::USER)
+                .unwrap();
+            space.join_global(1);
+            other.join_global(2);
+            spaces.push(space);
+            spaces.push(other);
             on[1] = 1;
         } else {
             spaces.push(space);
@@ -260,7 +293,14 @@ impl Machine {
             let mut tlb = Tlb::new(&mut mmu, cpu, &mut ipis);
             let access = FaultAccess::from_error_code(code);
             let space = &self.spaces[self.on[cpu]];
-            if let Err(e) = space.handle_fault(&self.vm, va, access, &mut Frames(self), &mut tlb) {
+            let frames = &mut Frames(self);
+            let r = if self.vm.has_global_policy() {
+                // With the table: below `min` this fault reclaims over both spaces.
+                space.handle_fault_global(&self.vm, &self.spaces[..], va, access, frames, &mut tlb)
+            } else {
+                space.handle_fault(&self.vm, va, access, frames, &mut tlb)
+            };
+            if let Err(e) = r {
                 let m = space.mapper();
                 let pages: Vec<_> = (0..PAGES)
                     .map(|p| {
@@ -275,10 +315,23 @@ impl Machine {
         panic!("CPU {cpu}: no progress at {va:?}");
     }
 
-    /// CPU `cpu` reclaims what it can in every space.
+    /// CPU `cpu` reclaims what it can in every space (as the worker does
+    /// under a global policy, while the watermarks ask).
     fn reclaim(&self, cpu: usize) {
         let (mut mmu, mut ipis) = (CpuMmu(self, cpu), Ipis(self));
         let mut tlb = Tlb::new(&mut mmu, cpu, &mut ipis);
+        if self.vm.has_global_policy() {
+            while self.vm.needs_reclaim() {
+                let freed = self
+                    .vm
+                    .reclaim_step(&self.spaces[..], &mut Frames(self), &mut tlb)
+                    .expect("swap has room");
+                if freed == 0 {
+                    break;
+                }
+            }
+            return;
+        }
         for space in &self.spaces {
             space
                 .reclaim(&self.vm, &mut Frames(self), 2, &mut tlb)
@@ -328,7 +381,7 @@ impl Machine {
 /// CPUs 0 and 1 write increasing values into their own word of page 0 and
 /// read both words back; CPU 2 reclaims and touches the other pages.
 fn scenario(slow_device: bool) {
-    let m = Arc::new(Machine::new(false, slow_device));
+    let m = Arc::new(Machine::new(Kind::One, slow_device));
     let writers: Vec<_> = (0..2)
         .map(|cpu| {
             let m = m.clone();
@@ -383,7 +436,7 @@ fn scenario(slow_device: bool) {
 /// share on swap, each writing its own word, while CPU 2 reclaims both
 /// spaces: each sees its own writes and the other's never.
 fn forked_scenario(slow_device: bool) {
-    let m = Arc::new(Machine::new(true, slow_device));
+    let m = Arc::new(Machine::new(Kind::Forked, slow_device));
     let sharers: Vec<_> = (0..2)
         .map(|cpu| {
             let m = m.clone();
@@ -422,6 +475,60 @@ fn forked_scenario(slow_device: bool) {
     m.end();
 }
 
+/// Two processes under one global policy (CPUs 0 and 1, each in its own
+/// space, faulting with the table of spaces: below `min` a fault reclaims
+/// over both) while CPU 2 runs the reclaim worker: each reads back what it
+/// last wrote in every page.
+fn global_scenario(slow_device: bool) {
+    let m = Arc::new(Machine::new(Kind::Global, slow_device));
+    let cpus: Vec<_> = (0..2)
+        .map(|cpu| {
+            let m = m.clone();
+            thread::spawn(move || {
+                // Six pages written over four frames each round: by the
+                // second, pages come back from swap.
+                for k in 1..=ROUNDS {
+                    let value = |p: u64| (cpu as u64 + 1) * 1000 + k * 10 + p;
+                    for p in 0..PAGES {
+                        m.access(cpu, p, 0, Some(value(p)));
+                    }
+                    for p in 0..PAGES {
+                        assert_eq!(m.access(cpu, p, 0, None), value(p), "CPU {cpu} page {p}");
+                    }
+                }
+            })
+        })
+        .collect();
+    let worker = {
+        let m = m.clone();
+        thread::spawn(move || {
+            for _ in 0..4 {
+                m.reclaim(2);
+                thread::yield_now();
+            }
+        })
+    };
+    for t in cpus {
+        t.join().unwrap();
+    }
+    worker.join().unwrap();
+    // Six pages hold data, four frames: at least two come back from swap.
+    for cpu in 0..2 {
+        for p in 0..PAGES {
+            let want = (cpu as u64 + 1) * 1000 + ROUNDS * 10 + p;
+            assert_eq!(
+                m.access(cpu, p, 0, None),
+                want,
+                "CPU {cpu} page {p} at the end"
+            );
+        }
+    }
+    let st = m.vm.stats();
+    assert!(st.reclaimed >= 2 && st.swap_ins >= 2, "{st:?}");
+    let m = Arc::try_unwrap(m).ok().expect("every CPU is done");
+    m.end();
+}
+
 fn config() -> shuttle::Config {
     let mut config = shuttle::Config::new();
     config.stack_size = 1 << 20;
@@ -433,6 +540,13 @@ fn two_cpus_fault_one_page_while_a_third_reclaims() {
     let n = iterations();
     shuttle::Runner::new(RandomScheduler::new(n), config()).run(|| scenario(true));
     shuttle::Runner::new(PctScheduler::new(3, n), config()).run(|| scenario(false));
+}
+
+#[test]
+fn two_spaces_fault_under_one_policy_while_a_third_cpu_runs_the_worker() {
+    let n = iterations();
+    shuttle::Runner::new(RandomScheduler::new(n), config()).run(|| global_scenario(true));
+    shuttle::Runner::new(PctScheduler::new(3, n), config()).run(|| global_scenario(false));
 }
 
 #[test]
