@@ -594,6 +594,9 @@ impl<P: PhysMem> VmSpace<P> {
                 if frame == zero {
                     continue;
                 }
+                if super::reclaim::under_write_out(&m, va) {
+                    continue; // another reclaim's: it tracks the page again
+                }
                 if vm.share_count(frame) != 1 {
                     shared.push(va, frame, u64::from(id));
                     continue;

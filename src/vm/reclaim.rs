@@ -9,15 +9,25 @@
 //! lands before the exchange (and is in Dirty and the contents) or faults.
 //! Victim lists are bounded by a cluster and live on the stack: reclaim
 //! runs when memory is short, so it must not need the heap.
+//!
+//! While a page's write to swap is in flight it is mapped again, read-only
+//! and marked (`WRITE_OUT`): other CPUs keep reading it; a write faults,
+//! marks the eviction cancelled and waits; when the write ends the page
+//! goes (unmapped and invalidated again, then freed) unless cancelled, in
+//! which case it stays writable and clean with its copy on swap cached.
 
 use super::global::SpaceTable;
 use super::replace::ReplacementPolicy;
 use super::space::for_each_pageable_leaf;
 use super::stats::count;
-use super::swap::{slot_of, swap_entry, Claim, Swap, BUSY, CLUSTER, LAZY_FREE, PAGE_BYTES};
+use super::swap::{
+    slot_of, swap_entry, Claim, Swap, BUSY, CANCEL, CLUSTER, LAZY_FREE, PAGE_BYTES, WRITE_OUT,
+};
 use super::vm::copy_frame;
 use super::{FaultOutcome, FaultReason, Prot, Vm, VmSpace};
-use crate::paging::{Flush, FrameSource, PageTables, PhysMem, DIRTY};
+use crate::paging::{
+    Flush, FrameSource, PageTables, PhysMem, ACCESSED, ADDR_MASK, DIRTY, WRITABLE,
+};
 use crate::smp::Tlb;
 use crate::PAGE_SIZE;
 use alloc::vec::Vec;
@@ -98,6 +108,7 @@ impl<P: PhysMem> VmSpace<P> {
             return Err(Shortage::Fault(FaultReason::OutOfMemory));
         }
         count(&vm.stats.at(tlb.cpu()).direct_reclaims, 1);
+        let cancels = vm.cancels.load(Ordering::Acquire);
         let freed = match spaces {
             Some(spaces) => vm.reclaim_global(spaces, vm.reclaim_batch(), frames, tlb),
             None => self.reclaim(vm, frames, vm.reclaim_batch(), tlb),
@@ -109,8 +120,10 @@ impl<P: PhysMem> VmSpace<P> {
         // Reclaim freed frames that another CPU took first, or found every
         // page in transit (another CPU's reclaim or swap-in): their frames
         // come back without waiting for this one. In this order: a CPU whose
-        // frames are in transit counts them until after it freed them.
-        if freed > 0 || vm.any_in_transit() {
+        // frames are in transit counts them until after it freed them. Or
+        // a write cancelled the eviction of the victims: they are in use
+        // again, and the next reclaim takes others.
+        if freed > 0 || vm.any_in_transit() || vm.cancels.load(Ordering::Acquire) != cancels {
             return Err(Shortage::Raced);
         }
         Err(Shortage::Fault(FaultReason::OutOfMemory))
@@ -121,8 +134,9 @@ impl<P: PhysMem> VmSpace<P> {
     /// them; they are unmapped and invalidated on the space's CPUs first.
     /// A page of zeros is dropped (it reads back as zeros); a clean page
     /// whose copy on swap is still valid is dropped; the rest are written in
-    /// clustered requests, with no lock held: a fault on one of them waits
-    /// for the write. A failed write, or no slot left, puts the pages back
+    /// clustered requests, with no lock held, mapped read-only meanwhile:
+    /// reads go on, a write cancels that page's eviction and waits for the
+    /// write to end. A failed write, or no slot left, puts the pages back
     /// as they were. Returns the pages freed; without a swap device,
     /// [`FaultReason::NoSwap`].
     pub fn reclaim<A: FrameSource + ?Sized>(
@@ -235,12 +249,15 @@ impl<P: PhysMem> VmSpace<P> {
                 break;
             };
             let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            self.map_for_write_out(chunk);
             let mut pages: Vec<&[u8; PAGE_BYTES]> = Vec::new();
             let written = if pages.try_reserve_exact(n).is_err() {
                 Err(FaultReason::OutOfMemory)
             } else {
                 // SAFETY: frames this space mapped alone, unmapped and invalidated
-                // on every CPU above: nothing writes them now.
+                // on every CPU above; mapped again read-only at most: nothing
+                // writes them now.
                 pages.extend(
                     chunk
                         .iter()
@@ -250,21 +267,12 @@ impl<P: PhysMem> VmSpace<P> {
                 w.map_err(FaultReason::SwapIo)
             };
             drop(pages);
+            let ok = written.is_ok();
+            freed += self.finish_write_out((vm, swap), (chunk, first), ok, frames, tlb);
             if let Err(e) = written {
-                let mut s = swap.state();
-                for slot in first..first + n as u64 {
-                    s.drop_ref(slot);
-                }
                 error = Some(e);
                 break;
             }
-            for (i, &(va, frame, _)) in chunk.iter().enumerate() {
-                self.put_entry(va, swap_entry(first + i as u64));
-                vm.release_frame(tlb.cpu(), frame, frames);
-                count(&vm.stats.at(tlb.cpu()).swap_outs, 1);
-                freed += 1;
-            }
-            rest = tail;
         }
         // Pages not written go back as they were (Dirty included); the
         // policy knows them again.
@@ -274,6 +282,87 @@ impl<P: PhysMem> VmSpace<P> {
         }
         count(&vm.stats.at(tlb.cpu()).reclaimed, freed as u64);
         (freed, error)
+    }
+
+    /// Maps the pages of `chunk` (busy, about to be written) again,
+    /// read-only and clean with Accessed clear, marked [`WRITE_OUT`], while
+    /// their write is in flight: reads go on; a write faults, asks for the
+    /// eviction to be cancelled ([`CANCEL`]) and waits for the write to end.
+    fn map_for_write_out(&self, chunk: &[(VirtAddr, PhysFrame, u64)]) {
+        for &(va, _, old) in chunk {
+            // Non-present to present: no CPU caches the entry, nothing to invalidate.
+            let readable = old & !(WRITABLE | ACCESSED | DIRTY | LAZY_FREE) | WRITE_OUT;
+            self.put_entry(va, readable);
+        }
+    }
+
+    /// After the write of `chunk` to the slots from `first` on (`ok`: it
+    /// succeeded): a page whose eviction no write cancelled goes (its
+    /// entry names its slot, the frame is freed once no CPU caches it); a
+    /// cancelled one stays, writable and clean, its copy on swap cached (the
+    /// write to come makes it dirty). After a failed write every page is as
+    /// before, Dirty included. Returns the pages freed.
+    fn finish_write_out<A: FrameSource + ?Sized>(
+        &self,
+        (vm, swap): (&Vm, &Swap),
+        (chunk, first): (&[(VirtAddr, PhysFrame, u64)], u64),
+        ok: bool,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> usize {
+        let cpu = tlb.cpu();
+        let mut flush = Flush::none();
+        let mut goes = 0u32;
+        let mut cancelled = 0;
+        {
+            let mut m = self.mapper.lock();
+            for (i, &(va, frame, old)) in chunk.iter().enumerate() {
+                let e = m.leaf_entry(va).unwrap_or(0);
+                debug_assert_eq!(
+                    e & ADDR_MASK,
+                    frame.start_address().as_u64(),
+                    "a page under write-out changed frame"
+                );
+                let kept = e & WRITE_OUT == 0 || e & CANCEL != 0;
+                let now = if !ok {
+                    old | (e & ACCESSED)
+                } else if kept {
+                    // Clean, its copy on swap cached (before the lock lets
+                    // another reclaim take it), no longer given up: the
+                    // write to come is kept.
+                    cancelled += 1;
+                    swap.cache(frame.start_address().as_u64() / PAGE_SIZE, first + i as u64);
+                    (old & !(DIRTY | LAZY_FREE)) | (e & ACCESSED)
+                } else {
+                    goes |= 1 << i;
+                    BUSY
+                };
+                let _ = m.exchange_pte(va, now);
+                flush.add(va.as_u64());
+            }
+        }
+        // CPUs that read a page meanwhile may cache it: not after this.
+        self.invalidate(flush, vm, tlb);
+        let mut freed = 0;
+        for (i, &(va, frame, _)) in chunk.iter().enumerate() {
+            let slot = first + i as u64;
+            if goes & (1 << i) != 0 {
+                self.put_entry(va, swap_entry(slot));
+                vm.release_frame(cpu, frame, frames);
+                count(&vm.stats.at(cpu).swap_outs, 1);
+                freed += 1;
+                continue;
+            }
+            if !ok {
+                swap.state().drop_ref(slot);
+            }
+            self.track(vm, Page::containing_address(va));
+        }
+        if cancelled > 0 {
+            count(&vm.stats.at(cpu).writeback_cancelled, cancelled);
+            vm.cancels.fetch_add(cancelled, Ordering::AcqRel);
+        }
+        freed
     }
 
     /// Replaces the busy mark reclaim or a swap-in left in the 4 KiB entry
@@ -306,7 +395,7 @@ impl<P: PhysMem> VmSpace<P> {
         for (a, b) in [(hand, hi), (lo, hand)] {
             for_each_pageable_leaf(&self.areas, m, a, b, |leaf| {
                 let frame = PhysFrame::containing_address(leaf.frame);
-                if victims.len == want || !vm.held_alone(frame) {
+                if victims.len == want || !vm.held_alone(frame) || under_write_out(m, leaf.page) {
                     return;
                 }
                 scanned += 1;
@@ -377,7 +466,7 @@ impl<P: PhysMem> VmSpace<P> {
                 continue; // gone: nothing to track
             };
             let f = PhysFrame::containing_address(t.frame);
-            if vm.held_alone(f) {
+            if vm.held_alone(f) && !under_write_out(m, va) {
                 victims.push(va, f, 0);
             } else {
                 kept.push(va, zero, 0);
@@ -510,7 +599,7 @@ impl<P: PhysMem> VmSpace<P> {
             let flags = prot.map_flags(exclusive & (1 << i) != 0);
             let r = {
                 let mut m = self.mapper.lock();
-                match m.replace_pte(p.start_address(), e | BUSY, f, flags) {
+                let r = match m.replace_pte(p.start_address(), e | BUSY, f, flags) {
                     Ok(old) => {
                         debug_assert!(old.is_some(), "a busy entry changed");
                         Ok(())
@@ -519,12 +608,17 @@ impl<P: PhysMem> VmSpace<P> {
                     // SAFETY: a frame just filled from swap for this page of a user area: user memory,
                     // no Rust object's; its entry is this swap-in's busy mark.
                     Err(_) => unsafe { m.map(p, f, flags, frames) }.map(Flush::ignore),
+                };
+                if r.is_ok() {
+                    // The entry's reference to the slot moves to the cache,
+                    // before the lock lets another reclaim take the page
+                    // (which would free the frame first).
+                    swap.cache(f.start_address().as_u64() / PAGE_SIZE, slot + i as u64);
                 }
+                r
             };
             match r {
                 Ok(()) => {
-                    // The entry's reference to the slot moves to the cache.
-                    swap.cache(f.start_address().as_u64() / PAGE_SIZE, slot + i as u64);
                     self.track(vm, p);
                     mapped += 1;
                 }
@@ -561,6 +655,12 @@ impl<P: PhysMem> VmSpace<P> {
 /// to come from the frame source behind `phys` and nothing else to access it.
 pub(super) fn page_ptr<P: PhysMem>(phys: &P, frame: PhysFrame) -> *mut [u8; PAGE_BYTES] {
     phys.table_ptr(frame).as_ptr().cast()
+}
+
+/// Whether the page at `va` is being written out by a reclaim (mapped
+/// read-only meanwhile): no other reclaim takes it.
+pub(super) fn under_write_out<P: PhysMem>(m: &PageTables<P>, va: VirtAddr) -> bool {
+    m.leaf_entry(va).is_some_and(|e| e & WRITE_OUT != 0)
 }
 
 /// The frame of frame number `n`.

@@ -17,7 +17,7 @@ use super::global::SpaceTable;
 use super::reclaim::Shortage;
 use super::space::KERNEL_HALF_START;
 use super::stats::count;
-use super::swap::BUSY;
+use super::swap::{BUSY, CANCEL, WRITE_OUT};
 use super::vm::{copy_frame, fill_zero};
 use super::{AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, Prot, Vm, VmSpace};
 use crate::paging::{same_entry, FrameSource, LeafSize, PagingError, PhysMem, ADDR_MASK};
@@ -251,6 +251,14 @@ impl<P: PhysMem> VmSpace<P> {
             }));
         }
         let old = PhysFrame::containing_address(t.frame);
+        if access.write && kind == AreaKind::Anonymous {
+            if let Some(e) = m.leaf_entry(va).filter(|e| e & WRITE_OUT != 0) {
+                // Being written to swap: the eviction is cancelled, the write
+                // waits for the write-out to end (the page stays, writable).
+                let _ = m.exchange_pte(va, e | CANCEL);
+                return Ok(Step::Wait);
+            }
+        }
         if access.write && !t.access.writable && kind == AreaKind::Anonymous {
             if old != vm.zero_frame() && vm.share_count(old) == 1 {
                 // Same frame, more rights: Dirty and Accessed stay; other CPUs

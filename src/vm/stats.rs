@@ -47,6 +47,9 @@ pub struct VmStats {
     pub zero_elided: u64,
     /// Pages given up with `MADV_FREE` that reclaim dropped unwritten.
     pub lazy_freed: u64,
+    /// Evictions a write to the page cancelled while its write-out was in
+    /// flight: the page stayed, its copy on swap cached.
+    pub writeback_cancelled: u64,
     /// Evicted pages still clean on swap: dropped, not written.
     pub swap_cache_hits: u64,
     /// Swap-ins served by copying a resident frame read from the same slot
@@ -166,6 +169,7 @@ event_counters!(
     refaults,
     zero_elided,
     lazy_freed,
+    writeback_cancelled,
     swap_cache_hits,
     swap_in_copies,
     readahead,

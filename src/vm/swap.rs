@@ -47,6 +47,14 @@ pub(crate) const BUSY: u64 = 0b100;
 /// while its Dirty bit stays clear; a write sets Dirty and keeps it.
 pub(crate) const LAZY_FREE: u64 = 1 << 9;
 
+/// Set (an available bit) in the present, read-only entry of a page whose
+/// write to swap is in flight: reads go on, no reclaim takes it again.
+pub(crate) const WRITE_OUT: u64 = 1 << 10;
+
+/// Set beside [`WRITE_OUT`] by a write fault on the page: when the write
+/// ends the page stays (writable, its copy on swap cached) instead of going.
+pub(crate) const CANCEL: u64 = 1 << 11;
+
 /// The page-table entry of a page swapped out to `slot`.
 pub(crate) const fn swap_entry(slot: u64) -> u64 {
     (slot << 12) | SWAP_TAG

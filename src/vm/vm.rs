@@ -61,6 +61,9 @@ pub struct Vm {
     pub(super) has_global: bool,
     /// Free-frame watermarks (`None`: derived from the limit).
     pub(super) marks: Option<super::global::Watermarks>,
+    /// Evictions cancelled by a write so far: a reclaim that freed nothing
+    /// while this moved made progress (the page is in use again).
+    pub(super) cancels: AtomicU64,
 }
 
 impl Vm {
@@ -86,6 +89,7 @@ impl Vm {
             global: super::global::GlobalPolicy::default(),
             has_global: false,
             marks: None,
+            cancels: AtomicU64::new(0),
         })
     }
 

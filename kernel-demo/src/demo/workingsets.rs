@@ -39,10 +39,11 @@ pub fn demo_working_sets() {
         None => alloc::string::String::from("between accesses (one CPU)"),
     };
     println!(
-        "reclaim worker {on}: {} steps, {} us of CPU time; faults that reclaimed directly: {}; {} pages freed, {} scanned ({:.1} a page freed), {} page tables skipped unwalked; pswpout {} pswpin {}",
+        "reclaim worker {on}: {} steps, {} us of CPU time; faults that reclaimed directly: {}; write-outs a write cancelled: {}; {} pages freed, {} scanned ({:.1} a page freed), {} page tables skipped unwalked; pswpout {} pswpin {}",
         r.worker_steps,
         cpu::tsc_per_ms().map_or(0, |p| r.worker_ticks * 1000 / p.max(1)),
         s.direct_reclaims,
+        s.writeback_cancelled,
         s.reclaimed,
         s.scanned,
         s.scanned as f64 / s.reclaimed.max(1) as f64,
