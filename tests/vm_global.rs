@@ -150,6 +150,15 @@ fn shifting(global: bool) -> u64 {
         assert_eq!(m.value(&spaces, &busy, p), 1900 + p, "busy page {p}");
     }
     assert!(m.vm.stats().resident_frames <= LIMIT);
+    // The idle pages came back within the global policy's history: each a
+    // working-set refault. Without a global policy, nothing counts them.
+    let st = m.vm.stats();
+    if global {
+        assert!(st.workingset_refaults >= 10, "{st:?}");
+        assert!(st.workingset_refaults <= st.swap_ins, "{st:?}");
+    } else {
+        assert_eq!(st.workingset_refaults, 0);
+    }
     let mut mmu = RecordingMmu::new(m.kernel.pml4());
     let mut tlb = Tlb::uniprocessor(&mut mmu);
     for s in [idle, busy] {

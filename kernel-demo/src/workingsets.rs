@@ -338,6 +338,7 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, slots: u64) -> Report
         swap_outs: after.swap_outs - before.swap_outs,
         direct_reclaims: after.direct_reclaims - before.direct_reclaims,
         writeback_cancelled: after.writeback_cancelled - before.writeback_cancelled,
+        workingset_refaults: after.workingset_refaults - before.workingset_refaults,
         swap_ins: after.swap_ins - before.swap_ins,
         ..after
     };

@@ -43,6 +43,13 @@ pub struct VmStats {
     pub reclaimed: u64,
     /// Pages read back after being evicted (`refaults`).
     pub refaults: u64,
+    /// Pages the global policy found in its non-resident history when they
+    /// came back (`workingset_refault`): evicted recently enough, counted in
+    /// every space's evictions, to be part of the working set. The history
+    /// is system-wide, as the policy is; CLOCK-Pro keeps a page there while
+    /// the resident pages turn over once (its test period), which is
+    /// Linux's refault-distance test.
+    pub workingset_refaults: u64,
     /// Evicted pages that were all zero: dropped, not written.
     pub zero_elided: u64,
     /// Pages given up with `MADV_FREE` that reclaim dropped unwritten.

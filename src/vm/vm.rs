@@ -112,6 +112,11 @@ impl Vm {
             swap_slots_used: used,
             swap_slots: slots,
             swap_cached: cached,
+            workingset_refaults: self
+                .global
+                .lock()
+                .as_ref()
+                .map_or(0, |p| p.stats().refaults),
             ..self.stats.snapshot()
         }
     }
@@ -119,7 +124,7 @@ impl Vm {
     /// Gives anonymous memory a swap device: under pressure, pages are
     /// written out to it and read back on their next touch. Refused (the
     /// device is handed back) while another device has slots in use, or
-    /// when the slot bookkeeping (about 36 bytes a slot) does not fit on the
+    /// when the slot bookkeeping (about 80 bytes a slot) does not fit on the
     /// heap.
     pub fn attach_swap(
         &mut self,

@@ -39,7 +39,7 @@ pub fn demo_working_sets() {
         None => alloc::string::String::from("between accesses (one CPU)"),
     };
     println!(
-        "reclaim worker {on}: {} steps, {} us of CPU time; faults that reclaimed directly: {}; write-outs a write cancelled: {}; {} pages freed, {} scanned ({:.1} a page freed), {} page tables skipped unwalked; pswpout {} pswpin {}",
+        "reclaim worker {on}: {} steps, {} us of CPU time; faults that reclaimed directly: {}; write-outs a write cancelled: {}; {} pages freed, {} scanned ({:.1} a page freed), {} page tables skipped unwalked; pswpout {} pswpin {}; working-set refaults {} (pages back while in the global policy's history)",
         r.worker_steps,
         cpu::tsc_per_ms().map_or(0, |p| r.worker_ticks * 1000 / p.max(1)),
         s.direct_reclaims,
@@ -49,7 +49,8 @@ pub fn demo_working_sets() {
         s.scanned as f64 / s.reclaimed.max(1) as f64,
         s.tables_skipped,
         s.swap_outs,
-        s.swap_ins
+        s.swap_ins,
+        s.workingset_refaults
     );
     if let Some(c) = r.oom {
         println!(
