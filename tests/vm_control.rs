@@ -663,3 +663,49 @@ fn lock_and_will_need_accept_inaccessible_ranges() {
         .unwrap();
     assert_eq!((s.locked_pages(), s.usage(&m.vm).resident), (8, 0));
 }
+
+/// DontNeed in a fork's child drops its own mappings but reports only what
+/// went back: frames and slots the parent still holds are not counted, and
+/// the parent's pages keep their contents.
+#[test]
+fn dont_need_after_fork_counts_only_what_goes_back() {
+    let mem = EmulatedMemory::new(256);
+    let mut m = Machine::new(&mem, None);
+    let mut parent = m.space(8);
+    for p in 0..8 {
+        m.fault(&parent, p, true);
+    }
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    // Pages 0..4 on swap before the fork: their slots are shared too.
+    let out = parent.advise(
+        BASE,
+        4 * PAGE,
+        Advice::PageOut,
+        &m.vm,
+        &mut m.frames,
+        &mut tlb,
+    );
+    assert_eq!(out, Ok(4));
+    let mut child = parent.fork(&m.vm, &mut m.frames, &mut tlb).unwrap();
+    let resident = m.vm.stats().resident_frames;
+    let all = 8 * PAGE;
+    let dropped = child.advise(BASE, all, Advice::DontNeed, &m.vm, &mut m.frames, &mut tlb);
+    assert_eq!(dropped, Ok(0), "everything is still the parent's");
+    assert_eq!(m.vm.stats().resident_frames, resident);
+    assert_eq!(m.vm.stats().swap_slots_used, 4);
+    for p in 0..8 {
+        m.fault(&parent, p, false);
+        assert_eq!(read(&mem, &parent, p), Some(p + 1), "parent page {p}");
+    }
+    // Now the parent's are its own: they go back.
+    let dropped = parent.advise(BASE, all, Advice::DontNeed, &m.vm, &mut m.frames, &mut tlb);
+    assert_eq!(dropped, Ok(8));
+    assert_eq!(m.vm.stats().resident_frames, 0);
+    assert_eq!(m.vm.stats().swap_slots_used, 0);
+    for s in [parent, child] {
+        s.destroy(&m.vm, &mut m.frames, &mut tlb)
+            .map_err(|(_, e)| e)
+            .unwrap();
+    }
+}

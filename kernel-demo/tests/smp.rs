@@ -260,6 +260,23 @@ fn table_role(cpu: usize, _: u64) {
 kernel_demo::test_kernel! {
     setup = enter;
 
+    /// The working-set workload (six processes, one policy over all of
+    /// them) with its reclaim worker on a CPU of its own, asleep until a
+    /// fault wakes it, while faults on this CPU reclaim directly only
+    /// under `min`: every page reads back as last written (checked
+    /// inside), the runaway is the one ended, every frame comes back.
+    fn reclaim_worker_on_its_own_cpu() {
+        let n = cpus();
+        let before = kernel_demo::overcommit::accounted_frames();
+        let r = kernel_demo::workingsets::run(alloc::boxed::Box::new(kmem::vm::MemSwap::new(160)), 40, 160);
+        kernel_demo::println!("\n    worker on {:?}: {} steps", r.worker_cpu, r.worker_steps);
+        assert_eq!(r.worker_cpu.is_some(), n > 1, "a CPU of its own when there is one");
+        assert_ne!(r.worker_cpu, Some(kernel_demo::arch::cpus::cpu_index()));
+        assert!(r.worker_steps > 0);
+        assert_eq!(r.oom.map(|c| c.id), Some(kernel_demo::workingsets::PROCESSES as u64));
+        assert_eq!(kernel_demo::overcommit::accounted_frames(), before);
+    }
+
     /// Every CPU QEMU has comes online; each runs on its own kmem-mapped
     /// stack, whose guard page below is unmapped (a read of it faults on
     /// that CPU), knows its own index and has its own APIC id.

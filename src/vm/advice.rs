@@ -81,15 +81,16 @@ impl<P: PhysMem> VmSpace<P> {
         if let Some(area) = self.areas.overlapping(a, b).find(|x| x.locked) {
             return Err(VmError::Locked { addr: area.start });
         }
-        let zero = vm.zero_frame();
+        // What goes back: frames and slots no other space (after a fork)
+        // or swap-cache entry still holds.
         let mut given = 0;
         self.for_each_anonymous_leaf(a, b, |leaf| {
-            given += u64::from(PhysFrame::containing_address(leaf.frame) != zero);
+            given += u64::from(vm.held_alone(PhysFrame::containing_address(leaf.frame)));
         });
         self.mapper
             .get_mut()
             .for_each_soft_entry(VirtAddr::new(a), b - a, |_, e| {
-                given += u64::from(super::swap::slot_of(e).is_some());
+                given += u64::from(vm.swap_refs(e) == 1);
             });
         let mut gather = super::gather::Gather::new();
         self.release(a, b, vm, frames, &mut gather)?;

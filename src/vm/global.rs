@@ -376,7 +376,7 @@ impl Vm {
         swap: &super::swap::Swap,
         page: *mut [u8; super::swap::PAGE_BYTES],
     ) -> Result<Option<u64>, FaultReason> {
-        let Some((slot, _)) = swap.state().take(1) else {
+        let Some((slot, _)) = swap.take(1) else {
             return Err(FaultReason::OutOfSwap);
         };
         // SAFETY: `page` is the frame through a space's `PhysMem`; every
@@ -384,7 +384,7 @@ impl Vm {
         // could reach it: nothing writes the frame now.
         let page = unsafe { &*page };
         if let Err(e) = swap.device.write(slot, &[page]) {
-            swap.state().drop_ref(slot);
+            swap.drop_ref(slot);
             return Err(FaultReason::SwapIo(e));
         }
         Ok(Some(slot))

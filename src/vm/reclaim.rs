@@ -234,7 +234,7 @@ impl<P: PhysMem> VmSpace<P> {
                     freed += 1;
                 }
                 Some(slot) => {
-                    swap.state().drop_ref(slot); // a stale copy
+                    swap.drop_ref(slot); // a stale copy
                     to_write.push(va, frame, old);
                 }
                 None => to_write.push(va, frame, old),
@@ -244,7 +244,7 @@ impl<P: PhysMem> VmSpace<P> {
         let mut rest = to_write.as_slice();
         let mut error = None;
         while !rest.is_empty() {
-            let Some((first, n)) = swap.state().take(rest.len()) else {
+            let Some((first, n)) = swap.take(rest.len()) else {
                 error = Some(FaultReason::OutOfSwap);
                 break;
             };
@@ -354,7 +354,7 @@ impl<P: PhysMem> VmSpace<P> {
                 continue;
             }
             if !ok {
-                swap.state().drop_ref(slot);
+                swap.drop_ref(slot);
             }
             self.track(vm, Page::containing_address(va));
         }
@@ -585,12 +585,9 @@ impl<P: PhysMem> VmSpace<P> {
         // so that they can copy the frame while it stays cached (a write
         // takes a fault that reuses it and leaves the cache first). Our own
         // entry is one reference; no new one can appear while it is busy.
-        let exclusive: u32 = {
-            let st = swap.state();
-            (0..run.len).fold(0, |bits, i| {
-                bits | (u32::from(st.refs(slot + i as u64) == 1) << i)
-            })
-        };
+        let exclusive: u32 = (0..run.len).fold(0, |bits, i| {
+            bits | (u32::from(swap.refs(slot + i as u64) == 1) << i)
+        });
         let mut mapped = 0;
         for (i, &(p, f, e)) in run.as_slice().iter().enumerate() {
             let p = Page::<Size4KiB>::containing_address(p);

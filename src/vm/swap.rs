@@ -28,7 +28,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::smp::CachePadded;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// Bytes in a page and in a slot.
 pub const PAGE_BYTES: usize = crate::PAGE_SIZE as usize;
@@ -243,6 +243,10 @@ pub(crate) struct Swap {
     /// Resident frame → the slot holding the same data, in shards by frame,
     /// each with its own lock: swap-ins on several CPUs rarely meet.
     cache: [CachePadded<spin::Mutex<FrameCache>>; CACHE_SHARDS],
+    /// References to each slot (page-table entries naming it, plus one for
+    /// each cached frame holding it): counted without the state lock, which
+    /// only a slot's first and last reference take.
+    refs: Vec<AtomicU32>,
     /// Slot → the frame last read from it plus one, [`READING`] while a
     /// swap-in reads it, 0 for none: a hint, checked against `cache`
     /// under the frame's shard lock before it is used.
@@ -283,9 +287,6 @@ const CACHE_SHARDS: usize = 16;
 
 pub(crate) struct SwapState {
     slots: Slots,
-    /// References to each slot (page-table entries naming it, plus one
-    /// while the swap cache holds it).
-    refs: Vec<u32>,
 }
 
 impl fmt::Debug for Swap {
@@ -325,18 +326,20 @@ impl Swap {
         let Ok(cache) = cache.try_into() else {
             unreachable!("CACHE_SHARDS shards made");
         };
-        let mut frame_of = Vec::new();
+        let (mut frame_of, mut refs) = (Vec::new(), Vec::new());
         let Ok(n) = usize::try_from(count) else {
             return Err(device);
         };
-        if frame_of.try_reserve_exact(n).is_err() {
+        if frame_of.try_reserve_exact(n).is_err() || refs.try_reserve_exact(n).is_err() {
             return Err(device);
         }
         frame_of.resize_with(n, || AtomicU64::new(0));
+        refs.resize_with(n, || AtomicU32::new(0));
         Ok(Self {
             device,
             state: spin::Mutex::new(state),
             cache,
+            refs,
             frame_of,
         })
     }
@@ -360,7 +363,7 @@ impl Swap {
             dropped
         };
         if let Some(old) = dropped {
-            self.state().drop_ref(old);
+            self.drop_ref(old);
         }
     }
 
@@ -428,13 +431,43 @@ impl Swap {
     /// cache's reference).
     pub(crate) fn drop_cached(&self, frame: x86_64::structures::paging::PhysFrame) {
         if let Some(slot) = self.uncache(frame.start_address().as_u64() / crate::PAGE_SIZE) {
-            self.state().drop_ref(slot);
+            self.drop_ref(slot);
         }
     }
 
     /// Entries in the swap cache.
     pub(crate) fn cached(&self) -> usize {
         self.cache.iter().map(|c| c.lock().len).sum()
+    }
+
+    /// References to `slot`: entries naming it and cached frames holding it.
+    pub(crate) fn refs(&self, slot: u64) -> u32 {
+        self.refs[slot as usize].load(Ordering::Acquire)
+    }
+
+    /// Takes a run of up to `n` free slots, each with one reference.
+    pub(crate) fn take(&self, n: usize) -> Option<(u64, usize)> {
+        let mut state = self.state();
+        let (first, len) = state.slots.take_run(n)?;
+        for s in first..first + len as u64 {
+            self.refs[s as usize].store(1, Ordering::Release);
+        }
+        Some((first, len))
+    }
+
+    /// One more reference to `slot`, which has one already.
+    pub(crate) fn add_ref(&self, slot: u64) {
+        let before = self.refs[slot as usize].fetch_add(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "slot {slot} gained a reference while free");
+    }
+
+    /// One reference to `slot` fewer; the slot is free after its last.
+    pub(crate) fn drop_ref(&self, slot: u64) {
+        let before = self.refs[slot as usize].fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "slot {slot} has no reference to drop");
+        if before == 1 {
+            self.state().slots.give_back(slot);
+        }
     }
 
     /// The slot state, locked (never across a device request).
@@ -451,14 +484,10 @@ impl Swap {
 impl SwapState {
     fn new(count: u64) -> Option<Self> {
         let n = usize::try_from(count).ok()?;
-        let mut refs = Vec::new();
-        refs.try_reserve_exact(n).ok()?;
-        refs.resize(n, 0);
         let mut bits = Vec::new();
         bits.try_reserve_exact(n.div_ceil(64)).ok()?;
         Some(Self {
             slots: Slots::new(count, bits),
-            refs,
         })
     }
 
@@ -475,35 +504,6 @@ impl SwapState {
     /// Slots in all.
     pub(crate) fn capacity(&self) -> u64 {
         self.slots.count
-    }
-
-    /// References to `slot`: entries naming it and cached frames holding it.
-    pub(crate) fn refs(&self, slot: u64) -> u32 {
-        self.refs[slot as usize]
-    }
-
-    /// Takes a run of up to `n` free slots, each with one reference.
-    pub(crate) fn take(&mut self, n: usize) -> Option<(u64, usize)> {
-        let (first, len) = self.slots.take_run(n)?;
-        for s in first..first + len as u64 {
-            self.refs[s as usize] = 1;
-        }
-        Some((first, len))
-    }
-
-    /// One more reference to `slot`.
-    pub(crate) fn add_ref(&mut self, slot: u64) {
-        self.refs[slot as usize] += 1;
-    }
-
-    /// One reference to `slot` fewer; the slot is free after its last.
-    pub(crate) fn drop_ref(&mut self, slot: u64) {
-        let r = &mut self.refs[slot as usize];
-        debug_assert!(*r > 0, "slot {slot} has no reference to drop");
-        *r -= 1;
-        if *r == 0 {
-            self.slots.give_back(slot);
-        }
     }
 }
 

@@ -310,7 +310,7 @@ impl Vm {
     /// Records one more page-table entry naming the swap slot of `entry`.
     pub(crate) fn share_swap(&self, entry: u64) {
         if let (Some(swap), Some(slot)) = (self.swap.as_ref(), slot_of(entry)) {
-            swap.state().add_ref(slot);
+            swap.add_ref(slot);
         }
     }
 
@@ -322,10 +322,18 @@ impl Vm {
         }
     }
 
+    /// References to the swap slot `entry` names (0 for no slot).
+    pub(crate) fn swap_refs(&self, entry: u64) -> u32 {
+        match (self.swap.as_ref(), slot_of(entry)) {
+            (Some(swap), Some(slot)) => swap.refs(slot),
+            _ => 0,
+        }
+    }
+
     /// Records that a page-table entry naming the slot of `entry` is gone.
     pub(crate) fn drop_swap(&self, entry: u64) {
         if let (Some(swap), Some(slot)) = (self.swap.as_ref(), slot_of(entry)) {
-            swap.state().drop_ref(slot);
+            swap.drop_ref(slot);
         }
     }
 
