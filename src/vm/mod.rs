@@ -114,6 +114,7 @@ mod stats;
 pub mod swap;
 #[allow(clippy::module_inception)]
 mod vm;
+pub mod zswap;
 
 pub use advice::Advice;
 pub use area::{Area, AreaKind};
@@ -125,3 +126,4 @@ pub use space::{UserLayout, VmSpace, MMAP_MIN_ADDR, USER_RANGE};
 pub use stats::VmStats;
 pub use swap::{MemSwap, SwapDevice, SwapIoError};
 pub use vm::Vm;
+pub use zswap::{Zswap, ZswapStats};

@@ -104,6 +104,13 @@ pub trait SwapDevice: Send + Sync {
     fn write(&self, first: u64, pages: &[&[u8; PAGE_BYTES]]) -> Result<(), SwapIoError>;
     /// Reads the slots from `first` on into `pages`.
     fn read(&self, first: u64, pages: &mut [&mut [u8; PAGE_BYTES]]) -> Result<(), SwapIoError>;
+    /// `slot` holds nothing kmem will read any more (its last reference
+    /// went; it may be written again later): a device that keeps copies
+    /// elsewhere (a compressed pool, [`super::zswap`]) drops them. Called
+    /// with kmem's page-table locks possibly held: it must not block on I/O.
+    fn discard(&self, slot: u64) {
+        let _ = slot;
+    }
 }
 
 /// A swap device in memory, for tests and simulations, with failure
@@ -466,6 +473,8 @@ impl Swap {
         let before = self.refs[slot as usize].fetch_sub(1, Ordering::AcqRel);
         debug_assert!(before > 0, "slot {slot} has no reference to drop");
         if before == 1 {
+            // Before the slot can be taken again.
+            self.device.discard(slot);
             self.state().slots.give_back(slot);
         }
     }
