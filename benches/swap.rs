@@ -19,9 +19,15 @@
 //! the merged references; `ratio <policy>_vs_opt multi_<trace> <x>`
 //! (global) and `ratio global_vs_local <trace> <policy> <x>`.
 //!
+//! Then the compressed swap cache (`benches/zswap`): device writes with
+//! `kmem::vm::Zswap` ÷ without on traces replayed through a real space
+//! (`ratio zswap_writes_vs_disk <trace> <x>`), and major-fault service time
+//! with a 50 µs device (`ratio zswap_fault_vs_disk <trace> <x>`).
+//!
 //! `KMEM_BENCH_QUICK=1`: the mid size only.
 
 mod common;
+mod zswap;
 
 use kmem::vm::replace::multi;
 use kmem::vm::replace::sim;
@@ -180,6 +186,7 @@ fn main() {
         }
     }
     multi_process(sizes);
+    zswap::compressed_cache();
     println!("({:.1} s)", start.elapsed().as_secs_f64());
 }
 

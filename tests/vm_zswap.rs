@@ -236,4 +236,7 @@ impl SwapDevice for Shared {
     fn discard(&self, slot: u64) {
         self.0.discard(slot);
     }
+    fn copy_in_ram(&self, slot: u64) -> bool {
+        self.0.copy_in_ram(slot)
+    }
 }

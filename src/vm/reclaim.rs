@@ -606,11 +606,16 @@ impl<P: PhysMem> VmSpace<P> {
                     // no Rust object's; its entry is this swap-in's busy mark.
                     Err(_) => unsafe { m.map(p, f, flags, frames) }.map(Flush::ignore),
                 };
-                if r.is_ok() {
+                let slot_i = slot + i as u64;
+                if r.is_ok() && exclusive & (1 << i) != 0 && swap.device.copy_in_ram(slot_i) {
+                    // A second copy of a page now resident would take RAM
+                    // (a compressed pool): the slot goes.
+                    swap.drop_ref(slot_i);
+                } else if r.is_ok() {
                     // The entry's reference to the slot moves to the cache,
                     // before the lock lets another reclaim take the page
                     // (which would free the frame first).
-                    swap.cache(f.start_address().as_u64() / PAGE_SIZE, slot + i as u64);
+                    swap.cache(f.start_address().as_u64() / PAGE_SIZE, slot_i);
                 }
                 r
             };

@@ -111,6 +111,15 @@ pub trait SwapDevice: Send + Sync {
     fn discard(&self, slot: u64) {
         let _ = slot;
     }
+    /// Whether the device's copy of `slot` takes RAM (a compressed pool)
+    /// rather than disk. Asked after a read: kmem then frees a slot no
+    /// other entry names once its page is back (Linux zswap's exclusive
+    /// loads), where a disk's copy is kept so that the page, evicted again
+    /// unwritten, costs no write.
+    fn copy_in_ram(&self, slot: u64) -> bool {
+        let _ = slot;
+        false
+    }
 }
 
 /// A swap device in memory, for tests and simulations, with failure

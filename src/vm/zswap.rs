@@ -26,7 +26,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::swap::{SwapDevice, SwapIoError, PAGE_BYTES};
+use super::swap::{SwapDevice, SwapIoError, CLUSTER, PAGE_BYTES};
 
 /// What the compressed cache did since it was made ([`Zswap::stats`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -235,24 +235,87 @@ impl<D: SwapDevice> Zswap<D> {
     }
 
     /// Writes the pool's entry of `slot` (if it is still the one stored at
-    /// `stamp`) to the device and drops it from the pool.
+    /// `stamp`) to the device, with the entries of the slots after it (a
+    /// run kmem wrote out together, stored together: one request for up
+    /// to [`CLUSTER`] pages), and drops them from the pool.
     fn write_back(&self, slot: u64, stamp: u64) -> Result<(), SwapIoError> {
         let _device = self.device_writes.lock();
-        let mut page = [0u8; PAGE_BYTES];
+        let mut pages: Vec<[u8; PAGE_BYTES]> = Vec::new();
+        let mut stamps = [0u64; CLUSTER];
         {
             let pool = self.pool.lock();
-            match &pool.entries[slot as usize] {
-                Some(e) if e.stamp == stamp => decompress(&e.data, &mut page, slot)?,
-                _ => return Ok(()), // replaced or discarded meanwhile
+            if !matches!(&pool.entries[slot as usize], Some(e) if e.stamp == stamp) {
+                return Ok(()); // replaced or discarded meanwhile
+            }
+            let run = (0..CLUSTER as u64)
+                .take_while(|k| matches!(pool.entries.get((slot + k) as usize), Some(Some(_))))
+                .count();
+            // Without heap for the run, the one page (on the stack below).
+            let n = if pages.try_reserve_exact(run).is_ok() {
+                run
+            } else {
+                0
+            };
+            for k in 0..n {
+                let e = pool.entries[slot as usize + k]
+                    .as_ref()
+                    .expect("counted above");
+                pages.push([0; PAGE_BYTES]);
+                decompress(&e.data, &mut pages[k], slot + k as u64)?;
+                stamps[k] = e.stamp;
             }
         }
-        self.device.write(slot, &[&page])?;
-        self.written.fetch_add(1, Ordering::Relaxed);
+        let mut one = [0u8; PAGE_BYTES];
+        let refs: Vec<&[u8; PAGE_BYTES]>;
+        let written: &[&[u8; PAGE_BYTES]] = if pages.is_empty() {
+            {
+                let pool = self.pool.lock();
+                match &pool.entries[slot as usize] {
+                    Some(e) if e.stamp == stamp => decompress(&e.data, &mut one, slot)?,
+                    _ => return Ok(()),
+                }
+            }
+            stamps[0] = stamp;
+            &[&one]
+        } else {
+            refs = pages.iter().collect();
+            &refs
+        };
+        self.device.write(slot, written)?;
+        self.written
+            .fetch_add(written.len() as u64, Ordering::Relaxed);
         let mut pool = self.pool.lock();
-        if matches!(&pool.entries[slot as usize], Some(e) if e.stamp == stamp) {
-            pool.remove(slot);
-            self.written_back.fetch_add(1, Ordering::Relaxed);
+        for (k, &stamp) in stamps.iter().enumerate().take(written.len()) {
+            let s = slot + k as u64;
+            if matches!(&pool.entries[s as usize], Some(e) if e.stamp == stamp) {
+                pool.remove(s);
+                self.written_back.fetch_add(1, Ordering::Relaxed);
+            }
         }
+        Ok(())
+    }
+}
+
+impl<D: SwapDevice> Zswap<D> {
+    /// Writes `pages`, the request's pages from index `start` on, to the
+    /// device (an older copy of theirs in the pool would shadow them).
+    fn write_through(
+        &self,
+        first: u64,
+        pages: &[&[u8; PAGE_BYTES]],
+        start: usize,
+    ) -> Result<(), SwapIoError> {
+        let at = first + start as u64;
+        let _device = self.device_writes.lock();
+        {
+            let mut pool = self.pool.lock();
+            for slot in at..at + pages.len() as u64 {
+                pool.remove(slot);
+            }
+        }
+        self.device.write(at, pages)?;
+        self.written
+            .fetch_add(pages.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -276,35 +339,51 @@ impl<D: SwapDevice> SwapDevice for Zswap<D> {
                 pages: pages.len(),
             });
         }
+        // Pages the pool refuses go to the device in runs of consecutive
+        // slots, one request each (as kmem clusters them).
+        let mut run: Option<usize> = None;
         for (i, page) in pages.iter().enumerate() {
-            let slot = first + i as u64;
-            if self.store(slot, page)? {
+            let stored = self.store(first + i as u64, page)?;
+            if stored {
                 self.stored.fetch_add(1, Ordering::Relaxed);
-                continue;
+                if let Some(start) = run.take() {
+                    self.write_through(first, &pages[start..i], start)?;
+                }
+            } else {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                run.get_or_insert(i);
             }
-            self.rejected.fetch_add(1, Ordering::Relaxed);
-            let _device = self.device_writes.lock();
-            // An older copy in the pool would shadow this one.
-            self.pool.lock().remove(slot);
-            self.device.write(slot, &[page])?;
-            self.written.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(start) = run {
+            self.write_through(first, &pages[start..], start)?;
         }
         Ok(())
     }
 
     fn read(&self, first: u64, pages: &mut [&mut [u8; PAGE_BYTES]]) -> Result<(), SwapIoError> {
-        for (i, page) in pages.iter_mut().enumerate() {
+        // Pages in the pool are decompressed; the others are read from the
+        // device in runs of consecutive slots, one request each.
+        let mut i = 0;
+        while i < pages.len() {
             let slot = first + i as u64;
             {
                 let pool = self.pool.lock();
                 if let Some(Some(e)) = pool.entries.get(slot as usize) {
-                    decompress(&e.data, page, slot)?;
+                    decompress(&e.data, pages[i], slot)?;
                     self.loads.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
                     continue;
                 }
             }
-            self.device.read(slot, core::slice::from_mut(page))?;
-            self.read.fetch_add(1, Ordering::Relaxed);
+            let end = {
+                let pool = self.pool.lock();
+                (i + 1..pages.len())
+                    .find(|&j| matches!(pool.entries.get(first as usize + j), Some(Some(_))))
+                    .unwrap_or(pages.len())
+            };
+            self.device.read(slot, &mut pages[i..end])?;
+            self.read.fetch_add((end - i) as u64, Ordering::Relaxed);
+            i = end;
         }
         Ok(())
     }
@@ -312,5 +391,11 @@ impl<D: SwapDevice> SwapDevice for Zswap<D> {
     fn discard(&self, slot: u64) {
         self.pool.lock().remove(slot);
         self.device.discard(slot);
+    }
+
+    /// Pages read back from the pool leave it (kmem frees their slots):
+    /// the pool's room goes to pages that are not in memory.
+    fn copy_in_ram(&self, slot: u64) -> bool {
+        matches!(self.pool.lock().entries.get(slot as usize), Some(Some(_)))
     }
 }
