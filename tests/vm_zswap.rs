@@ -240,3 +240,87 @@ impl SwapDevice for Shared {
         self.0.copy_in_ram(slot)
     }
 }
+
+/// A page read back from the pool leaves it and frees its slot (the pool's
+/// room is for pages not in memory); one read back from the device keeps
+/// its slot as kmem's swap cache (evicted again unwritten, it costs no
+/// write). A slot a fork's other side still names stays in the pool.
+#[test]
+fn pages_read_back_from_the_pool_leave_it() {
+    let mem = EmulatedMemory::new(256);
+    let mut frames = mem.frame_allocator();
+    let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
+    let zs: &'static Zswap<MemSwap> = Box::leak(Box::new(
+        Zswap::new(MemSwap::new(64), 64 * PAGE_BYTES).unwrap(),
+    ));
+    assert!(vm.attach_swap(Box::new(Shared(zs))).is_ok());
+    let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
+    let mut s = VmSpace::new_user(&kernel, &mut frames).unwrap();
+    let base = 0x4000_0000u64;
+    s.map_anonymous(Some(base), 4 * 4096, Prot::RW | Prot::USER)
+        .unwrap();
+    let mut mmu = RecordingMmu::new(kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    let mut rng = Rng(9);
+    let pages = [text(1), noise(&mut rng), text(3), text(4)];
+    for (p, page) in pages.iter().enumerate() {
+        let at = VirtAddr::new(base + p as u64 * 4096);
+        s.handle_fault(&vm, at, FaultAccess::write(true), &mut frames, &mut tlb)
+            .unwrap();
+        s.simulate_access(at, true);
+        let phys = s.mapper().translate(at).unwrap().phys;
+        for (i, c) in page.chunks(8).enumerate() {
+            mem.write_u64(
+                phys + i as u64 * 8,
+                u64::from_le_bytes(c.try_into().unwrap()),
+            );
+        }
+    }
+    vm.set_reclaim(None, 1); // one page a swap-in
+    let out = s.advise(
+        base,
+        4 * 4096,
+        kmem::vm::Advice::PageOut,
+        &vm,
+        &mut frames,
+        &mut tlb,
+    );
+    assert_eq!(out, Ok(4));
+    assert_eq!((zs.stats().pool_pages, vm.stats().swap_slots_used), (3, 4));
+    let child = s.fork(&vm, &mut frames, &mut tlb).unwrap();
+    // Page 0 from the pool, shared with the child: the slot stays.
+    s.handle_fault(
+        &vm,
+        VirtAddr::new(base),
+        FaultAccess::read(true),
+        &mut frames,
+        &mut tlb,
+    )
+    .unwrap();
+    assert_eq!((zs.stats().pool_pages, vm.stats().swap_slots_used), (3, 4));
+    child
+        .destroy(&vm, &mut frames, &mut tlb)
+        .map_err(|e| e.1)
+        .unwrap();
+    // Page 2 from the pool, named by this space alone: pool entry and slot go.
+    let at = VirtAddr::new(base + 2 * 4096);
+    s.handle_fault(&vm, at, FaultAccess::read(true), &mut frames, &mut tlb)
+        .unwrap();
+    assert_eq!(zs.stats().pool_pages, 2, "page 0 still cached, page 2 gone");
+    // Page 1 from the device: its slot stays as the swap cache.
+    let at = VirtAddr::new(base + 4096);
+    s.handle_fault(&vm, at, FaultAccess::read(true), &mut frames, &mut tlb)
+        .unwrap();
+    assert_eq!(zs.stats().device_reads, 1);
+    assert_eq!(vm.stats().swap_cached, 2, "pages 0 and 1 keep their slots");
+    let phys = s.mapper().translate(at).unwrap().phys;
+    assert_eq!(
+        mem.read_u64(phys + 8),
+        u64::from_le_bytes(pages[1][8..16].try_into().unwrap())
+    );
+    s.destroy(&vm, &mut frames, &mut tlb)
+        .map_err(|e| e.1)
+        .unwrap();
+    assert_eq!(vm.stats().swap_slots_used, 0);
+    assert_eq!(zs.stats().pool_pages, 0);
+}
