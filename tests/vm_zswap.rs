@@ -154,9 +154,8 @@ fn under_kmem_swap_every_page_comes_back_and_freed_slots_leave_the_pool() {
     let mut frames = mem.frame_allocator();
     let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
     vm.set_frame_limit(Some(LIMIT));
-    let z = Zswap::new(MemSwap::new(256), 8 * PAGE_BYTES).unwrap();
-    let zs: &'static Zswap<MemSwap> = Box::leak(Box::new(z));
-    assert!(vm.attach_swap(Box::new(Shared(zs))).is_ok());
+    let zs = Arc::new(Zswap::new(MemSwap::new(256), 8 * PAGE_BYTES).unwrap());
+    assert!(vm.attach_swap(Box::new(zs.clone())).is_ok());
     let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     let mut s = VmSpace::new_user(&kernel, &mut frames).unwrap();
     let base = 0x4000_0000u64;
@@ -220,27 +219,6 @@ fn under_kmem_swap_every_page_comes_back_and_freed_slots_leave_the_pool() {
     assert_eq!(zs.stats().pool_pages, 0, "freed slots left the pool");
 }
 
-/// A `'static` zswap handed to the vm, still readable by the test.
-struct Shared(&'static Zswap<MemSwap>);
-
-impl SwapDevice for Shared {
-    fn slots(&self) -> u64 {
-        self.0.slots()
-    }
-    fn write(&self, first: u64, pages: &[&Page]) -> Result<(), kmem::vm::SwapIoError> {
-        self.0.write(first, pages)
-    }
-    fn read(&self, first: u64, pages: &mut [&mut Page]) -> Result<(), kmem::vm::SwapIoError> {
-        self.0.read(first, pages)
-    }
-    fn discard(&self, slot: u64) {
-        self.0.discard(slot);
-    }
-    fn copy_in_ram(&self, slot: u64) -> bool {
-        self.0.copy_in_ram(slot)
-    }
-}
-
 /// A page read back from the pool leaves it and frees its slot (the pool's
 /// room is for pages not in memory); one read back from the device keeps
 /// its slot as kmem's swap cache (evicted again unwritten, it costs no
@@ -250,10 +228,8 @@ fn pages_read_back_from_the_pool_leave_it() {
     let mem = EmulatedMemory::new(256);
     let mut frames = mem.frame_allocator();
     let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
-    let zs: &'static Zswap<MemSwap> = Box::leak(Box::new(
-        Zswap::new(MemSwap::new(64), 64 * PAGE_BYTES).unwrap(),
-    ));
-    assert!(vm.attach_swap(Box::new(Shared(zs))).is_ok());
+    let zs = Arc::new(Zswap::new(MemSwap::new(64), 64 * PAGE_BYTES).unwrap());
+    assert!(vm.attach_swap(Box::new(zs.clone())).is_ok());
     let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
     let mut s = VmSpace::new_user(&kernel, &mut frames).unwrap();
     let base = 0x4000_0000u64;

@@ -143,10 +143,10 @@ fn replay(trace: &[u64], pool: Option<usize>, latency: Option<Duration>) -> Run 
         latency,
         written: written.clone(),
     };
-    let zswap: Option<&'static Zswap<Disk>> =
-        pool.map(|bytes| &*Box::leak(Box::new(Zswap::new(disk, bytes).unwrap())));
-    let device: Box<dyn SwapDevice + Send> = match zswap {
-        Some(z) => Box::new(Shared(z)),
+    let zswap: Option<Arc<Zswap<Disk>>> =
+        pool.map(|bytes| Arc::new(Zswap::new(disk, bytes).unwrap()));
+    let device: Box<dyn SwapDevice + Send> = match &zswap {
+        Some(z) => Box::new(z.clone()),
         None => Box::new(Disk {
             inner: MemSwap::new(pages + 64),
             latency,
@@ -163,7 +163,7 @@ fn replay(trace: &[u64], pool: Option<usize>, latency: Option<Duration>) -> Run 
     let mut versions = vec![0u64; pages as usize];
     let (mut major_faults, mut major_time) = (0, Duration::ZERO);
     let (mut pool_faults, mut pool_time) = (0, Duration::ZERO);
-    let loads = || zswap.map_or(0, |z| z.stats().loads);
+    let loads = || zswap.as_ref().map_or(0, |z| z.stats().loads);
     for (i, &p) in trace.iter().enumerate() {
         let at = VirtAddr::new(BASE + p * 4096);
         let write = versions[p as usize] == 0 || mix(i as u64) % 10 < 3;
@@ -213,7 +213,7 @@ fn replay(trace: &[u64], pool: Option<usize>, latency: Option<Duration>) -> Run 
             }
         }
     }
-    let pool = zswap.map(Zswap::stats);
+    let pool = zswap.as_ref().map(|z| z.stats());
     s.destroy(&vm, &mut frames, &mut tlb)
         .map_err(|e| e.1)
         .unwrap();
@@ -224,27 +224,6 @@ fn replay(trace: &[u64], pool: Option<usize>, latency: Option<Duration>) -> Run 
         pool_faults,
         pool_time,
         pool,
-    }
-}
-
-/// A `'static` cache handed to the vm, still readable for its counters.
-struct Shared(&'static Zswap<Disk>);
-
-impl SwapDevice for Shared {
-    fn slots(&self) -> u64 {
-        self.0.slots()
-    }
-    fn write(&self, first: u64, pages: &[&[u8; PAGE_BYTES]]) -> Result<(), SwapIoError> {
-        self.0.write(first, pages)
-    }
-    fn read(&self, first: u64, pages: &mut [&mut [u8; PAGE_BYTES]]) -> Result<(), SwapIoError> {
-        self.0.read(first, pages)
-    }
-    fn discard(&self, slot: u64) {
-        self.0.discard(slot);
-    }
-    fn copy_in_ram(&self, slot: u64) -> bool {
-        self.0.copy_in_ram(slot)
     }
 }
 

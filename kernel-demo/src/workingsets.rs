@@ -106,6 +106,12 @@ impl SwapDevice for Partition {
     fn read(&self, first: u64, pages: &mut [&mut [u8; 4096]]) -> Result<(), SwapIoError> {
         self.inner.read(first, pages)
     }
+    fn discard(&self, slot: u64) {
+        self.inner.discard(slot);
+    }
+    fn copy_in_ram(&self, slot: u64) -> bool {
+        self.inner.copy_in_ram(slot)
+    }
 }
 
 /// What one process held and did.

@@ -122,6 +122,38 @@ pub trait SwapDevice: Send + Sync {
     }
 }
 
+/// A device behind a pointer is a device: boxed (one device chosen at run
+/// time, in front of which a [`super::Zswap`] goes) or shared with the
+/// kernel (an `Arc`, to read a `Zswap`'s counters while the vm uses it).
+macro_rules! forward_swap_device {
+    ($($ptr:ident),*) => {$(
+        impl<D: SwapDevice + ?Sized> SwapDevice for $ptr<D> {
+            fn slots(&self) -> u64 {
+                (**self).slots()
+            }
+            fn write(&self, first: u64, pages: &[&[u8; PAGE_BYTES]]) -> Result<(), SwapIoError> {
+                (**self).write(first, pages)
+            }
+            fn read(
+                &self,
+                first: u64,
+                pages: &mut [&mut [u8; PAGE_BYTES]],
+            ) -> Result<(), SwapIoError> {
+                (**self).read(first, pages)
+            }
+            fn discard(&self, slot: u64) {
+                (**self).discard(slot);
+            }
+            fn copy_in_ram(&self, slot: u64) -> bool {
+                (**self).copy_in_ram(slot)
+            }
+        }
+    )*};
+}
+
+use alloc::sync::Arc;
+forward_swap_device!(Box, Arc);
+
 /// A swap device in memory, for tests and simulations, with failure
 /// injection. Each slot has its own lock, so requests on different slots
 /// run at once.
