@@ -30,6 +30,22 @@ kernel_demo::test_kernel! {
         assert_eq!(r.frames_lost, 0);
     }
 
+    /// The same over a compressed cache (a pool of 16 frames' worth) in
+    /// front of the in-memory device, on real paging: half the pages
+    /// compress and stay in RAM, every page reads back (checked inside),
+    /// the device gets fewer writes than pages went out, and the pool is
+    /// empty once the space is gone.
+    fn overcommit_over_a_compressed_cache() {
+        let z = alloc::sync::Arc::new(kmem::vm::Zswap::new(MemSwap::new(1024), 16 * 4096).unwrap());
+        let r = overcommit::run(Box::new(z.clone()), 64, 256);
+        let st = z.stats();
+        println!("\n    {st:?}");
+        assert!(st.stored > 0 && st.rejected > 0 && st.loads > 0, "{st:?}");
+        assert!(st.device_writes < r.stats.swap_outs, "{st:?} {:?}", r.stats);
+        assert_eq!((st.pool_pages, st.pool_bytes), (0, 0));
+        assert_eq!(r.frames_lost, 0);
+    }
+
     /// The virtio-blk disk is found and holds 64 MiB of slots.
     fn virtio_disk_is_found() {
         let d = VirtioSwap::find().expect("a virtio-blk disk (q35, -device virtio-blk-pci)");

@@ -175,10 +175,13 @@ impl<P: PhysMem> PageTables<P> {
     /// the page table that maps the 2 MiB at linear address `table` (from
     /// [`young_tables`](Self::young_tables)) and calls `f` with each leaf
     /// that had it set and its frame; returns the present leaves looked at.
-    /// The caller invalidates the leaves reported.
+    /// Leaves with any bit of `keep` set keep their Accessed bit (a page
+    /// under write-out: its owner reads the bit to know whether a CPU
+    /// cached it). The caller invalidates the leaves reported.
     pub(crate) fn harvest_leaves(
         &self,
         table: u64,
+        keep: u64,
         mut f: impl FnMut(VirtAddr, PhysFrame),
     ) -> usize {
         let Ok(path) = self.path_to(table, 1) else {
@@ -192,7 +195,7 @@ impl<P: PhysMem> PageTables<P> {
                 continue;
             }
             scanned += 1;
-            if e & ACCESSED == 0 {
+            if e & ACCESSED == 0 || e & keep != 0 {
                 continue;
             }
             let old = self.fetch_and(pt, i, !ACCESSED);

@@ -34,7 +34,7 @@ use super::reclaim::Batch;
 use super::replace::multi::global_id;
 use super::replace::{PageId, ReplacementPolicy};
 use super::stats::count;
-use super::swap::{BUSY, CLUSTER};
+use super::swap::{BUSY, CLUSTER, WRITE_OUT};
 use super::{FaultReason, Vm, VmSpace};
 use crate::paging::{Flush, FrameSource, PhysMem};
 use crate::smp::Tlb;
@@ -481,7 +481,7 @@ impl<P: PhysMem> VmSpace<P> {
                         }
                     };
                     let m = self.mapper.lock();
-                    scanned += m.harvest_leaves(t, |va, frame| {
+                    scanned += m.harvest_leaves(t, WRITE_OUT, |va, frame| {
                         cleared.add(va.as_u64());
                         if frame != zero && pageable(va) {
                             ids[k] = global_id(id, va.as_u64() >> 12);

@@ -337,8 +337,16 @@ impl<P: PhysMem> VmSpace<P> {
                     goes |= 1 << i;
                     BUSY
                 };
-                let _ = m.exchange_pte(va, now);
-                flush.add(va.as_u64());
+                // A CPU that cached the read-only entry set its Accessed
+                // bit, clear when the page was mapped for the write-out and
+                // cleared by nobody since (the harvests and the CLOCK hand
+                // leave pages under write-out alone, and they run under
+                // this lock): only then is there a translation to
+                // invalidate. Most pages under write-out are not touched.
+                let was = m.exchange_pte(va, now).unwrap_or(e);
+                if was & ACCESSED != 0 {
+                    flush.add(va.as_u64());
+                }
             }
         }
         // CPUs that read a page meanwhile may cache it: not after this.
@@ -443,7 +451,7 @@ impl<P: PhysMem> VmSpace<P> {
         let (lo, hi) = self.areas.bounds();
         for_each_pageable_leaf(&self.areas, m, lo, hi, |leaf| {
             let frame = PhysFrame::containing_address(leaf.frame);
-            if !vm.held_alone(frame) {
+            if !vm.held_alone(frame) || under_write_out(m, leaf.page) {
                 return;
             }
             scanned += 1;

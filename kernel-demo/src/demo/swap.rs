@@ -7,7 +7,7 @@ use kernel_demo::{arch::cpu, println};
 pub fn demo_swap() {
     use kernel_demo::mm::swap_disk::VirtioSwap;
     use kernel_demo::overcommit;
-    let (limit, pages) = (256u64, 1024u64);
+    let (limit, pages) = (128u64, 512u64);
     let before = overcommit::accounted_frames();
     let device: Box<dyn kmem::vm::SwapDevice + Send> = match VirtioSwap::find() {
         Some(d) => {
