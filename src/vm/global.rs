@@ -35,6 +35,7 @@ use super::replace::multi::global_id;
 use super::replace::{PageId, ReplacementPolicy};
 use super::stats::count;
 use super::swap::{BUSY, CLUSTER, WRITE_OUT};
+pub use super::table::SpaceTable;
 use super::{FaultReason, Vm, VmSpace};
 use crate::paging::{Flush, FrameSource, PhysMem};
 use crate::smp::Tlb;
@@ -64,61 +65,6 @@ impl core::fmt::Debug for GlobalPolicy {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let name = self.0.try_lock().map(|p| p.as_ref().map(|p| p.name()));
         f.debug_tuple("GlobalPolicy").field(&name).finish()
-    }
-}
-
-/// The kernel's address spaces that joined global reclaim.
-///
-/// Every space it hands out is held for reading (its address-space lock,
-/// as for a fault) from before the reclaim call that uses the table until
-/// that call returns, so no `&mut` operation (unmap, fork, destroy) runs
-/// on it in between; a space the kernel cannot lock may be left out. A
-/// frame shared after a fork is evicted only when every space mapping it
-/// is in the table: a fork's child should join too.
-pub trait SpaceTable<P: PhysMem> {
-    /// Calls `f` with every space that joined.
-    fn for_each(&self, f: &mut dyn FnMut(&VmSpace<P>));
-    /// Calls `f` with the space that joined as `id`, if it exists; returns
-    /// whether it did.
-    fn with(&self, id: u32, f: &mut dyn FnMut(&VmSpace<P>)) -> bool;
-}
-
-/// A slice of spaces is a table (a kernel with its own locking wraps its
-/// process list instead).
-impl<P: PhysMem> SpaceTable<P> for [&VmSpace<P>] {
-    fn for_each(&self, f: &mut dyn FnMut(&VmSpace<P>)) {
-        for s in self.iter().filter(|s| s.global_id().is_some()) {
-            f(s);
-        }
-    }
-
-    fn with(&self, id: u32, f: &mut dyn FnMut(&VmSpace<P>)) -> bool {
-        match self.iter().find(|s| s.global_id() == Some(id)) {
-            Some(s) => {
-                f(s);
-                true
-            }
-            None => false,
-        }
-    }
-}
-
-/// A kernel's list of spaces is a table too.
-impl<P: PhysMem> SpaceTable<P> for [VmSpace<P>] {
-    fn for_each(&self, f: &mut dyn FnMut(&VmSpace<P>)) {
-        for s in self.iter().filter(|s| s.global_id().is_some()) {
-            f(s);
-        }
-    }
-
-    fn with(&self, id: u32, f: &mut dyn FnMut(&VmSpace<P>)) -> bool {
-        match self.iter().find(|s| s.global_id() == Some(id)) {
-            Some(s) => {
-                f(s);
-                true
-            }
-            None => false,
-        }
     }
 }
 
@@ -326,7 +272,7 @@ impl Vm {
         spaces.for_each(&mut |s| {
             if s.mark_shared(self, va, frame, mark, tlb) {
                 found += 1;
-                page = super::reclaim::page_ptr(&s.phys, frame);
+                page = super::contents::page_ptr(&s.phys, frame);
             }
         });
         if found == 0 {

@@ -98,6 +98,7 @@
 mod advice;
 mod area;
 mod areas;
+mod contents;
 mod error;
 mod fault;
 mod gather;
@@ -112,6 +113,7 @@ mod shares;
 mod space;
 mod stats;
 pub mod swap;
+mod table;
 #[allow(clippy::module_inception)]
 mod vm;
 pub mod zswap;

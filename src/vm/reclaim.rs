@@ -16,14 +16,14 @@
 //! goes (unmapped and invalidated again, then freed) unless cancelled, in
 //! which case it stays writable and clean with its copy on swap cached.
 
-use super::global::SpaceTable;
+use super::contents::{copy_frame, is_zero, page_ptr};
 use super::replace::ReplacementPolicy;
 use super::space::for_each_pageable_leaf;
 use super::stats::count;
 use super::swap::{
     slot_of, swap_entry, Claim, Swap, BUSY, CANCEL, CLUSTER, LAZY_FREE, PAGE_BYTES, WRITE_OUT,
 };
-use super::vm::copy_frame;
+use super::table::SpaceTable;
 use super::{FaultOutcome, FaultReason, Prot, Vm, VmSpace};
 use crate::paging::{
     Flush, FrameSource, PageTables, PhysMem, ACCESSED, ADDR_MASK, DIRTY, WRITABLE,
@@ -661,12 +661,6 @@ impl<P: PhysMem> VmSpace<P> {
     }
 }
 
-/// The page in `frame`, through `phys`. Dereferencing it needs the frame
-/// to come from the frame source behind `phys` and nothing else to access it.
-pub(super) fn page_ptr<P: PhysMem>(phys: &P, frame: PhysFrame) -> *mut [u8; PAGE_BYTES] {
-    phys.table_ptr(frame).as_ptr().cast()
-}
-
 /// Whether the page at `va` is being written out by a reclaim (mapped
 /// read-only meanwhile): no other reclaim takes it.
 pub(super) fn under_write_out<P: PhysMem>(m: &PageTables<P>, va: VirtAddr) -> bool {
@@ -676,13 +670,4 @@ pub(super) fn under_write_out<P: PhysMem>(m: &PageTables<P>, va: VirtAddr) -> bo
 /// The frame of frame number `n`.
 fn frame_at(n: u64) -> PhysFrame {
     PhysFrame::containing_address(x86_64::PhysAddr::new(n * PAGE_SIZE))
-}
-
-/// Whether `frame` holds only zeros.
-fn is_zero<P: PhysMem>(phys: &P, frame: PhysFrame) -> bool {
-    let p = phys.table_ptr(frame).as_ptr().cast::<[u64; 512]>();
-    // SAFETY: a frame of the frame source, readable for 4096 bytes through
-    // `PhysMem`; its page was unmapped (busy mark) and invalidated on every
-    // CPU of the space before this reads it, so nothing writes it.
-    unsafe { (*p).iter().all(|&w| w == 0) }
 }

@@ -12,13 +12,13 @@
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::{PhysAddr, VirtAddr};
 
+use super::contents::{copy_frame, fill_zero};
 use super::gather::Gather;
-use super::global::SpaceTable;
 use super::reclaim::Shortage;
 use super::space::KERNEL_HALF_START;
 use super::stats::count;
 use super::swap::{BUSY, CANCEL, WRITE_OUT};
-use super::vm::{copy_frame, fill_zero};
+use super::table::SpaceTable;
 use super::{AreaKind, FaultAccess, FaultError, FaultOutcome, FaultReason, Prot, Vm, VmSpace};
 use crate::paging::{same_entry, FrameSource, LeafSize, PagingError, PhysMem, ADDR_MASK};
 use crate::smp::Tlb;

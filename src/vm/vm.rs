@@ -1,9 +1,10 @@
 //! What all address spaces of a kernel share: the zero frame, the counts
 //! of frames mapped by more than one address space, and the counters.
 
+use super::contents::fill_zero;
 use super::shares::{frame_key, Shares};
 use super::stats::{Counters, SHARDS};
-use super::swap::{slot_of, Swap, SwapDevice, CLUSTER, PAGE_BYTES};
+use super::swap::{slot_of, Swap, SwapDevice, CLUSTER};
 use super::VmStats;
 use crate::paging::{FrameSource, PhysMem};
 use crate::smp::CachePadded;
@@ -397,22 +398,4 @@ impl Drop for Transit<'_> {
     fn drop(&mut self) {
         self.shard.fetch_sub(self.n, Ordering::AcqRel);
     }
-}
-
-/// Zeroes `frame` through `phys`.
-pub(crate) fn fill_zero<P: PhysMem>(phys: &P, frame: PhysFrame) {
-    let dst = phys.table_ptr(frame).as_ptr().cast::<u8>();
-    // SAFETY: `PhysMem` makes every frame of the frame source valid for
-    // 4096 bytes of writes; the frame was just allocated, so nothing else
-    // uses it.
-    unsafe { dst.write_bytes(0, PAGE_BYTES) };
-}
-
-/// Copies frame `src` into frame `dst` through `phys`.
-pub(crate) fn copy_frame<P: PhysMem>(phys: &P, src: PhysFrame, dst: PhysFrame) {
-    let s = phys.table_ptr(src).as_ptr().cast::<u8>();
-    let d = phys.table_ptr(dst).as_ptr().cast::<u8>();
-    // SAFETY: both frames are valid for 4096 bytes through `PhysMem`, and
-    // distinct (`dst` was just allocated), so the ranges do not overlap.
-    unsafe { core::ptr::copy_nonoverlapping(s, d, PAGE_BYTES) };
 }
