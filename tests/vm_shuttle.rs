@@ -76,6 +76,9 @@ enum Kind {
     Forked,
     /// Two spaces under one global policy (CPU 1 on the second).
     Global,
+    /// A forked parent and child under one global policy, their pages
+    /// shared frames at the start.
+    GlobalForked,
 }
 
 /// The emulated memory, owned by the machine (shared, it is touched only
@@ -174,14 +177,15 @@ impl Machine {
     /// two spaces under one global policy, CPU 1 on the second. With
     /// `slow_device`, CPUs switch during device requests.
     fn new(kind: Kind, slow_device: bool) -> Self {
-        let fork = kind == Kind::Forked;
+        let fork = matches!(kind, Kind::Forked | Kind::GlobalForked);
+        let global = matches!(kind, Kind::Global | Kind::GlobalForked);
         let mem: &'static EmulatedMemory = Box::leak(Box::new(EmulatedMemory::new(48)));
         let mut frames = mem.frame_allocator();
         let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
         // Each space reclaims only its own pages: after a fork, room for
         // one whole space and a page of the other.
         vm.set_frame_limit(Some(if kind == Kind::One { LIMIT } else { PAGES + 1 }));
-        if kind == Kind::Global {
+        if global {
             vm.set_global_policy(Box::new(ClockPro::new(PAGES as usize + 1)));
             vm.set_watermarks(Some(Watermarks {
                 min: 1,
@@ -213,11 +217,22 @@ impl Machine {
                     mem.write_u64(pa + w * 8, ORIGINAL + p);
                 }
             }
-            space
-                .reclaim(&vm, &mut frames, PAGES as usize, &mut tlb)
-                .unwrap();
-            let child = space.fork(&vm, &mut frames, &mut tlb).unwrap();
-            assert_eq!(vm.stats().resident_frames, 0, "every page on swap");
+            if global {
+                // Frames shared by the fork: the worker evicts them from
+                // both sharers at once, while the sharers' writes copy them.
+                space.join_global(1);
+            } else {
+                space
+                    .reclaim(&vm, &mut frames, PAGES as usize, &mut tlb)
+                    .unwrap();
+            }
+            let mut child = space.fork(&vm, &mut frames, &mut tlb).unwrap();
+            if global {
+                child.join_global(2);
+                assert_eq!(vm.stats().shared_frames, PAGES, "every page shared");
+            } else {
+                assert_eq!(vm.stats().resident_frames, 0, "every page on swap");
+            }
             spaces.push(space);
             spaces.push(child);
             on[1] = 1;
@@ -433,10 +448,11 @@ fn scenario(slow_device: bool) {
 }
 
 /// Parent (CPU 0) and child (CPU 1) of a fork fault in the pages they
-/// share on swap, each writing its own word, while CPU 2 reclaims both
-/// spaces: each sees its own writes and the other's never.
-fn forked_scenario(slow_device: bool) {
-    let m = Arc::new(Machine::new(Kind::Forked, slow_device));
+/// share (on swap, or as frames under a global policy), each writing its
+/// own word, while CPU 2 reclaims both spaces (their own reclaim, or the
+/// worker): each sees its own writes and the other's never.
+fn forked_scenario(kind: Kind, slow_device: bool) {
+    let m = Arc::new(Machine::new(kind, slow_device));
     let sharers: Vec<_> = (0..2)
         .map(|cpu| {
             let m = m.clone();
@@ -552,6 +568,10 @@ fn two_spaces_fault_under_one_policy_while_a_third_cpu_runs_the_worker() {
 #[test]
 fn parent_and_child_fault_shared_slots_while_a_third_cpu_reclaims() {
     let n = iterations();
-    shuttle::Runner::new(RandomScheduler::new(n), config()).run(|| forked_scenario(true));
-    shuttle::Runner::new(PctScheduler::new(3, n), config()).run(|| forked_scenario(false));
+    for kind in [Kind::Forked, Kind::GlobalForked] {
+        shuttle::Runner::new(RandomScheduler::new(n), config())
+            .run(move || forked_scenario(kind, true));
+        shuttle::Runner::new(PctScheduler::new(3, n), config())
+            .run(move || forked_scenario(kind, false));
+    }
 }

@@ -474,7 +474,11 @@ impl<P: PhysMem> VmSpace<P> {
         {
             let mut m = self.mapper.lock();
             let Ok(t) = m.translate(va) else { return false };
-            if PhysFrame::containing_address(t.frame) != frame {
+            // A page another reclaim is writing out is its to settle (the
+            // frame became private since this one listed it as shared).
+            if PhysFrame::containing_address(t.frame) != frame
+                || super::reclaim::under_write_out(&m, va)
+            {
                 return false;
             }
             // The entry taken out has every Accessed and Dirty bit; once it

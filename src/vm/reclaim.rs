@@ -312,21 +312,24 @@ impl<P: PhysMem> VmSpace<P> {
     ) -> usize {
         let cpu = tlb.cpu();
         let mut flush = Flush::none();
-        let mut goes = 0u32;
+        let (mut goes, mut lost) = (0u32, 0u32);
         let mut cancelled = 0;
         {
             let mut m = self.mapper.lock();
             for (i, &(va, frame, old)) in chunk.iter().enumerate() {
                 let e = m.leaf_entry(va).unwrap_or(0);
-                debug_assert_eq!(
-                    e & ADDR_MASK,
-                    frame.start_address().as_u64(),
-                    "a page under write-out changed frame"
-                );
-                let kept = e & WRITE_OUT == 0 || e & CANCEL != 0;
+                if e & ADDR_MASK != frame.start_address().as_u64() || e & WRITE_OUT == 0 {
+                    // Not the entry this write-out left (no path should
+                    // change it: a reclaim elsewhere skips pages under
+                    // write-out): whoever changed it owns the frame now;
+                    // only the slot is ours to give back.
+                    debug_assert!(false, "the entry of a page under write-out changed: {e:#x}");
+                    lost |= 1 << i;
+                    continue;
+                }
                 let now = if !ok {
                     old | (e & ACCESSED)
-                } else if kept {
+                } else if e & CANCEL != 0 {
                     // Clean, its copy on swap cached (before the lock lets
                     // another reclaim take it), no longer given up: the
                     // write to come is kept.
@@ -361,10 +364,12 @@ impl<P: PhysMem> VmSpace<P> {
                 freed += 1;
                 continue;
             }
-            if !ok {
+            if !ok || lost & (1 << i) != 0 {
                 swap.drop_ref(slot);
             }
-            self.track(vm, Page::containing_address(va));
+            if lost & (1 << i) == 0 {
+                self.track(vm, Page::containing_address(va));
+            }
         }
         if cancelled > 0 {
             count(&vm.stats.at(cpu).writeback_cancelled, cancelled);

@@ -278,6 +278,9 @@ impl<P: PhysMem> VmSpace<P> {
             let from = (old != vm.zero_frame()).then_some(old);
             return Ok(Step::Fill { from, expect });
         }
+        if m.leaf_entry(va).is_some_and(|e| e & WRITE_OUT != 0) {
+            return Ok(Step::Wait); // its write-out settles it first
+        }
         // The page is stricter than its area (fixed memory after a
         // protect, a user bit missing): bring it in line.
         let private =
@@ -313,6 +316,12 @@ impl<P: PhysMem> VmSpace<P> {
             Err(Shortage::Raced) => return Ok(None),
             Err(Shortage::Fault(e)) => return Err(e),
         };
+        if from == Some(new) {
+            // The reclaim that found this frame evicted the page to copy
+            // (and freed its frame): the entry changed, look again.
+            vm.release_frame(tlb.cpu(), new, frames);
+            return Ok(None);
+        }
         let _transit = vm.transit(tlb.cpu(), 1);
         match from {
             Some(old) => copy_frame(&self.phys, old, new),

@@ -95,8 +95,9 @@ impl core::error::Error for SwapIoError {}
 ///
 /// Requests come from several CPUs at once (each fault and each reclaim
 /// issues its own, with no lock of kmem held): a device serves them
-/// concurrently or serializes them itself. kmem never has two requests in
-/// flight that cover the same slot.
+/// concurrently or serializes them itself. kmem never has a write in
+/// flight to a slot while another request covers it (two reads of one slot
+/// may overlap: sharers reading ahead).
 pub trait SwapDevice: Send + Sync {
     /// Capacity in slots.
     fn slots(&self) -> u64;
