@@ -18,6 +18,8 @@
 //! - [`global`]: one policy over the pages of every space, run by the
 //!   kernel's reclaim worker between free-frame watermarks.
 //! - [`oom`]: which process to end when nothing can be reclaimed.
+//! - [`swap`]: the device interface, slots, the swap cache (by frame and
+//!   by slot); [`zswap`]: a compressed cache in front of any device.
 //!
 //! Page states: a page of an anonymous area is not present (never
 //! touched), the zero frame read-only (read before any write), a private
@@ -52,8 +54,16 @@
 //! 1. the space's page tables (one lock per space);
 //! 2. the space's replacement policy, then the `Vm`'s global one
 //!    ([`global`]);
-//! 3. the `Vm`'s share counts, then its swap slots and swap cache;
+//! 3. the `Vm`'s share counts, then a swap-cache shard, then the swap
+//!    slots (slot references are atomics: only a slot's first and last
+//!    reference take the slot lock);
 //! 4. the swap device (held for one request, nothing else held).
+//!
+//! Two exceptions, both bounded: a swap-in that copies a frame another
+//! sharer read from the same slot copies it under that frame's cache-shard
+//! lock (so the frame can be neither written nor freed meanwhile); and
+//! [`SwapDevice::discard`] and [`SwapDevice::copy_in_ram`], which must not
+//! block on I/O, may be called with 1 held.
 //!
 //! Frame allocation (the caller's frame source) may happen under 1. Why
 //! per space and not per page table: a fault holds the lock for a walk and
