@@ -27,7 +27,7 @@ use kmem::testing::tlb::{AccessKind, TlbCpu};
 use kmem::vm::global::Watermarks;
 use kmem::vm::replace::ClockPro;
 use kmem::vm::swap::PAGE_BYTES;
-use kmem::vm::{FaultAccess, MemSwap, Prot, SwapDevice, SwapIoError, Vm, VmSpace};
+use kmem::vm::{FaultAccess, MemSwap, Prot, SwapDevice, SwapIoError, Vm, VmSpace, Zswap};
 use shuttle::scheduler::{PctScheduler, RandomScheduler};
 use shuttle::sync::{Arc, Mutex};
 use shuttle::thread;
@@ -65,6 +65,32 @@ struct Machine {
     tlbs: Vec<Mutex<TlbCpu>>,
     /// Per writer, the last value it wrote.
     last: [AtomicU64; CPUS],
+}
+
+/// The swap device of a machine.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Disk {
+    /// Requests complete at once.
+    Fast,
+    /// Other CPUs run while a request is in flight (random scheduler only).
+    Slow,
+    /// A compressed cache (`Zswap`) of a few entries in front of a fast
+    /// device: stores, write-backs, exclusive loads and discards race with
+    /// faults and reclaim. Not with `Slow`: the cache holds a spin lock
+    /// across its device writes, and a CPU spinning on it would never let
+    /// shuttle run the holder.
+    Compressed,
+}
+
+impl Disk {
+    fn device(self) -> Box<dyn SwapDevice + Send> {
+        match self {
+            Self::Fast => Box::new(Device(MemSwap::new(16), false)),
+            Self::Slow => Box::new(Device(MemSwap::new(16), true)),
+            // The test's pages compress to 29-38 bytes: one entry fits.
+            Self::Compressed => Box::new(Zswap::new(Device(MemSwap::new(16), false), 40).unwrap()),
+        }
+    }
 }
 
 /// What runs on the CPUs.
@@ -175,8 +201,8 @@ impl Machine {
     /// `Forked`: every page holds `ORIGINAL + page` in its first words and
     /// is on swap, then the space forks; CPU 1 runs the child. `Global`:
     /// two spaces under one global policy, CPU 1 on the second. With
-    /// `slow_device`, CPUs switch during device requests.
-    fn new(kind: Kind, slow_device: bool) -> Self {
+    /// `disk` says what the swap device is.
+    fn new(kind: Kind, disk: Disk) -> Self {
         let fork = matches!(kind, Kind::Forked | Kind::GlobalForked);
         let global = matches!(kind, Kind::Global | Kind::GlobalForked);
         let mem: &'static EmulatedMemory = Box::leak(Box::new(EmulatedMemory::new(48)));
@@ -194,9 +220,7 @@ impl Machine {
             }));
         }
         vm.set_reclaim(Some(1), 1);
-        assert!(vm
-            .attach_swap(Box::new(Device(MemSwap::new(16), slow_device)))
-            .is_ok());
+        assert!(vm.attach_swap(disk.device()).is_ok());
         let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
         let mut space = VmSpace::new_user(&kernel, &mut frames).unwrap();
         space
@@ -395,8 +419,8 @@ impl Machine {
 
 /// CPUs 0 and 1 write increasing values into their own word of page 0 and
 /// read both words back; CPU 2 reclaims and touches the other pages.
-fn scenario(slow_device: bool) {
-    let m = Arc::new(Machine::new(Kind::One, slow_device));
+fn scenario(disk: Disk) {
+    let m = Arc::new(Machine::new(Kind::One, disk));
     let writers: Vec<_> = (0..2)
         .map(|cpu| {
             let m = m.clone();
@@ -451,8 +475,8 @@ fn scenario(slow_device: bool) {
 /// share (on swap, or as frames under a global policy), each writing its
 /// own word, while CPU 2 reclaims both spaces (their own reclaim, or the
 /// worker): each sees its own writes and the other's never.
-fn forked_scenario(kind: Kind, slow_device: bool) {
-    let m = Arc::new(Machine::new(kind, slow_device));
+fn forked_scenario(kind: Kind, disk: Disk) {
+    let m = Arc::new(Machine::new(kind, disk));
     let sharers: Vec<_> = (0..2)
         .map(|cpu| {
             let m = m.clone();
@@ -495,8 +519,8 @@ fn forked_scenario(kind: Kind, slow_device: bool) {
 /// space, faulting with the table of spaces: below `min` a fault reclaims
 /// over both) while CPU 2 runs the reclaim worker: each reads back what it
 /// last wrote in every page.
-fn global_scenario(slow_device: bool) {
-    let m = Arc::new(Machine::new(Kind::Global, slow_device));
+fn global_scenario(disk: Disk) {
+    let m = Arc::new(Machine::new(Kind::Global, disk));
     let cpus: Vec<_> = (0..2)
         .map(|cpu| {
             let m = m.clone();
@@ -554,15 +578,18 @@ fn config() -> shuttle::Config {
 #[test]
 fn two_cpus_fault_one_page_while_a_third_reclaims() {
     let n = iterations();
-    shuttle::Runner::new(RandomScheduler::new(n), config()).run(|| scenario(true));
-    shuttle::Runner::new(PctScheduler::new(3, n), config()).run(|| scenario(false));
+    shuttle::Runner::new(RandomScheduler::new(n), config()).run(|| scenario(Disk::Slow));
+    shuttle::Runner::new(PctScheduler::new(3, n), config()).run(|| scenario(Disk::Fast));
+    shuttle::Runner::new(RandomScheduler::new(n), config()).run(|| scenario(Disk::Compressed));
 }
 
 #[test]
 fn two_spaces_fault_under_one_policy_while_a_third_cpu_runs_the_worker() {
     let n = iterations();
-    shuttle::Runner::new(RandomScheduler::new(n), config()).run(|| global_scenario(true));
-    shuttle::Runner::new(PctScheduler::new(3, n), config()).run(|| global_scenario(false));
+    shuttle::Runner::new(RandomScheduler::new(n), config()).run(|| global_scenario(Disk::Slow));
+    shuttle::Runner::new(PctScheduler::new(3, n), config()).run(|| global_scenario(Disk::Fast));
+    shuttle::Runner::new(RandomScheduler::new(n), config())
+        .run(|| global_scenario(Disk::Compressed));
 }
 
 #[test]
@@ -570,8 +597,10 @@ fn parent_and_child_fault_shared_slots_while_a_third_cpu_reclaims() {
     let n = iterations();
     for kind in [Kind::Forked, Kind::GlobalForked] {
         shuttle::Runner::new(RandomScheduler::new(n), config())
-            .run(move || forked_scenario(kind, true));
+            .run(move || forked_scenario(kind, Disk::Slow));
         shuttle::Runner::new(PctScheduler::new(3, n), config())
-            .run(move || forked_scenario(kind, false));
+            .run(move || forked_scenario(kind, Disk::Fast));
+        shuttle::Runner::new(RandomScheduler::new(n), config())
+            .run(move || forked_scenario(kind, Disk::Compressed));
     }
 }
