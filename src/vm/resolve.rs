@@ -251,13 +251,14 @@ impl<P: PhysMem> VmSpace<P> {
             }));
         }
         let old = PhysFrame::containing_address(t.frame);
-        if access.write && kind == AreaKind::Anonymous {
-            if let Some(e) = m.leaf_entry(va).filter(|e| e & WRITE_OUT != 0) {
-                // Being written to swap: the eviction is cancelled, the write
-                // waits for the write-out to end (the page stays, writable).
-                let _ = m.exchange_pte(va, e | CANCEL);
-                return Ok(Step::Wait);
+        let entry = m.leaf_entry(va).unwrap_or(0);
+        if entry & WRITE_OUT != 0 {
+            // Being written to swap: its write-out settles it first. A write
+            // cancels the eviction (the page stays, writable) and waits.
+            if access.write {
+                let _ = m.exchange_pte(va, entry | CANCEL);
             }
+            return Ok(Step::Wait);
         }
         if access.write && !t.access.writable && kind == AreaKind::Anonymous {
             if old != vm.zero_frame() && vm.share_count(old) == 1 {
@@ -274,12 +275,11 @@ impl<P: PhysMem> VmSpace<P> {
                 self.track(vm, page);
                 return Ok(Step::Done(FaultOutcome::ReusedOnWrite));
             }
-            let expect = m.leaf_entry(va).unwrap_or(0);
             let from = (old != vm.zero_frame()).then_some(old);
-            return Ok(Step::Fill { from, expect });
-        }
-        if m.leaf_entry(va).is_some_and(|e| e & WRITE_OUT != 0) {
-            return Ok(Step::Wait); // its write-out settles it first
+            return Ok(Step::Fill {
+                from,
+                expect: entry,
+            });
         }
         // The page is stricter than its area (fixed memory after a
         // protect, a user bit missing): bring it in line.

@@ -3,6 +3,7 @@
 
 use super::VmSpace;
 use crate::paging::PhysMem;
+use core::borrow::Borrow;
 
 /// The kernel's address spaces that joined global reclaim.
 ///
@@ -20,36 +21,23 @@ pub trait SpaceTable<P: PhysMem> {
     fn with(&self, id: u32, f: &mut dyn FnMut(&VmSpace<P>)) -> bool;
 }
 
-/// A slice of spaces is a table (a kernel with its own locking wraps its
-/// process list instead).
-impl<P: PhysMem> SpaceTable<P> for [&VmSpace<P>] {
+/// A slice of spaces, or of references to them, is a table (a kernel with
+/// its own locking wraps its process list instead).
+impl<P: PhysMem, S: Borrow<VmSpace<P>>> SpaceTable<P> for [S] {
     fn for_each(&self, f: &mut dyn FnMut(&VmSpace<P>)) {
-        for s in self.iter().filter(|s| s.global_id().is_some()) {
-            f(s);
-        }
-    }
-
-    fn with(&self, id: u32, f: &mut dyn FnMut(&VmSpace<P>)) -> bool {
-        match self.iter().find(|s| s.global_id() == Some(id)) {
-            Some(s) => {
+        for s in self.iter().map(Borrow::borrow) {
+            if s.global_id().is_some() {
                 f(s);
-                true
             }
-            None => false,
-        }
-    }
-}
-
-/// A kernel's list of spaces is a table too.
-impl<P: PhysMem> SpaceTable<P> for [VmSpace<P>] {
-    fn for_each(&self, f: &mut dyn FnMut(&VmSpace<P>)) {
-        for s in self.iter().filter(|s| s.global_id().is_some()) {
-            f(s);
         }
     }
 
     fn with(&self, id: u32, f: &mut dyn FnMut(&VmSpace<P>)) -> bool {
-        match self.iter().find(|s| s.global_id() == Some(id)) {
+        match self
+            .iter()
+            .map(Borrow::borrow)
+            .find(|s: &&VmSpace<P>| s.global_id() == Some(id))
+        {
             Some(s) => {
                 f(s);
                 true

@@ -241,8 +241,10 @@ impl<D: SwapDevice> Zswap<D> {
     fn write_back(&self, slot: u64, stamp: u64) -> Result<(), SwapIoError> {
         let _device = self.device_writes.lock();
         let mut pages: Vec<[u8; PAGE_BYTES]> = Vec::new();
+        let mut refs: Vec<&[u8; PAGE_BYTES]> = Vec::new();
+        let mut one = [0u8; PAGE_BYTES];
         let mut stamps = [0u64; CLUSTER];
-        {
+        let heap = {
             let pool = self.pool.lock();
             if !matches!(&pool.entries[slot as usize], Some(e) if e.stamp == stamp) {
                 return Ok(()); // replaced or discarded meanwhile
@@ -250,36 +252,29 @@ impl<D: SwapDevice> Zswap<D> {
             let run = (0..CLUSTER as u64)
                 .take_while(|k| matches!(pool.entries.get((slot + k) as usize), Some(Some(_))))
                 .count();
-            // Without heap for the run, the one page (on the stack below).
-            let n = if pages.try_reserve_exact(run).is_ok() {
-                run
-            } else {
-                0
-            };
-            for k in 0..n {
+            // Without heap for the run, the one page, on the stack.
+            let heap = pages.try_reserve_exact(run).is_ok() && refs.try_reserve_exact(run).is_ok();
+            let n = if heap { run } else { 1 };
+            for (k, stamp_k) in stamps.iter_mut().enumerate().take(n) {
                 let e = pool.entries[slot as usize + k]
                     .as_ref()
                     .expect("counted above");
-                pages.push([0; PAGE_BYTES]);
-                decompress(&e.data, &mut pages[k], slot + k as u64)?;
-                stamps[k] = e.stamp;
+                let page = if heap {
+                    pages.push([0; PAGE_BYTES]);
+                    &mut pages[k]
+                } else {
+                    &mut one
+                };
+                decompress(&e.data, page, slot + k as u64)?;
+                *stamp_k = e.stamp;
             }
-        }
-        let mut one = [0u8; PAGE_BYTES];
-        let refs: Vec<&[u8; PAGE_BYTES]>;
-        let written: &[&[u8; PAGE_BYTES]] = if pages.is_empty() {
-            {
-                let pool = self.pool.lock();
-                match &pool.entries[slot as usize] {
-                    Some(e) if e.stamp == stamp => decompress(&e.data, &mut one, slot)?,
-                    _ => return Ok(()),
-                }
-            }
-            stamps[0] = stamp;
-            &[&one]
-        } else {
-            refs = pages.iter().collect();
+            heap
+        };
+        let written: &[&[u8; PAGE_BYTES]] = if heap {
+            refs.extend(pages.iter());
             &refs
+        } else {
+            &[&one]
         };
         self.device.write(slot, written)?;
         self.written
