@@ -343,7 +343,7 @@ fn global_reclaim(q: bool) {
             let mut s = VmSpace::new_user(&kernel, &mut frames).unwrap();
             s.map_anonymous(Some(base), pages * PAGE, Prot::RW | Prot::USER)
                 .unwrap();
-            s.join_global(i as u16);
+            s.join_global(i as u16).unwrap();
             s
         })
         .collect();

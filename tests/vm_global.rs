@@ -65,7 +65,7 @@ impl<'m> Machine<'m> {
         s.map_anonymous(Some(BASE), pages * PAGE, Prot::RW | Prot::USER)
             .unwrap();
         if global {
-            s.join_global(id);
+            s.join_global(id).unwrap();
         } else {
             s.set_policy(Box::new(ClockPro::new(LIMIT as usize)));
         }
@@ -309,7 +309,7 @@ fn shared_frames_are_evicted_from_every_sharer() {
         let mut tlb = Tlb::uniprocessor(&mut mmu);
         let mut child = parent.fork(&m.vm, &mut m.frames, &mut tlb).unwrap();
         if child_joins {
-            child.join_global(2);
+            child.join_global(2).unwrap();
         }
         assert_eq!(m.vm.stats().shared_frames, 10);
         let resident = m.vm.stats().resident_frames;
@@ -465,7 +465,7 @@ fn the_worker_faults_as_the_simulator_says() {
                 let mut s = VmSpace::new_user(&kernel, &mut frames_src).unwrap();
                 s.map_anonymous(Some(BASE), 64 * PAGE, Prot::RW | Prot::USER)
                     .unwrap();
-                s.join_global(id);
+                s.join_global(id).unwrap();
                 s
             })
             .collect();
@@ -509,7 +509,7 @@ fn areas_sharing_a_page_table_are_harvested_together() {
     s.map_anonymous(Some(BASE + 8 * PAGE), 8 * PAGE, Prot::RW)
         .unwrap();
     assert_eq!(s.area_count(), 2);
-    s.join_global(4);
+    s.join_global(4).unwrap();
     let mut mmu = RecordingMmu::new(m.kernel.pml4());
     let mut tlb = Tlb::uniprocessor(&mut mmu);
     // The second area first: its pages are the oldest.
@@ -644,7 +644,7 @@ fn a_slot_shared_after_fork_is_read_once() {
     let mut mmu = RecordingMmu::new(m.kernel.pml4());
     let mut tlb = Tlb::uniprocessor(&mut mmu);
     let mut child = parent.fork(&m.vm, &mut m.frames, &mut tlb).unwrap();
-    child.join_global(2);
+    child.join_global(2).unwrap();
     let table: &[&Space] = &[&parent, &child];
     assert_eq!(
         m.vm.reclaim_global(table, 10, &mut m.frames, &mut tlb)

@@ -244,7 +244,7 @@ impl Machine {
             if global {
                 // Frames shared by the fork: the worker evicts them from
                 // both sharers at once, while the sharers' writes copy them.
-                space.join_global(1);
+                space.join_global(1).unwrap();
             } else {
                 space
                     .reclaim(&vm, &mut frames, PAGES as usize, &mut tlb)
@@ -252,7 +252,7 @@ impl Machine {
             }
             let mut child = space.fork(&vm, &mut frames, &mut tlb).unwrap();
             if global {
-                child.join_global(2);
+                child.join_global(2).unwrap();
                 assert_eq!(vm.stats().shared_frames, PAGES, "every page shared");
             } else {
                 assert_eq!(vm.stats().resident_frames, 0, "every page on swap");
@@ -265,8 +265,8 @@ impl Machine {
             other
                 .map_anonymous(Some(BASE), PAGES * 4096, Prot::RW | Prot::USER)
                 .unwrap();
-            space.join_global(1);
-            other.join_global(2);
+            space.join_global(1).unwrap();
+            other.join_global(2).unwrap();
             spaces.push(space);
             spaces.push(other);
             on[1] = 1;

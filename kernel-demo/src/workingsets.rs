@@ -308,7 +308,8 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, slots: u64) -> Report
             let pages = if p == PROCESSES { 1 << 20 } else { SET };
             s.map_anonymous(Some(BASE), pages * 4096, Prot::RW)
                 .expect("the process's area");
-            s.join_global(p as u16);
+            s.join_global(p as u16)
+                .expect("process ids stay below 0xffff");
             spaces.push(s);
         }
     }

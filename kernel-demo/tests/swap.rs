@@ -280,7 +280,7 @@ mod control {
     pub fn shared_after_fork() {
         let kernel = start(64, 64, true);
         let mut parent = new_space(16);
-        parent.join_global(1);
+        parent.join_global(1).unwrap();
         SPACES.lock().push(parent);
         run(0);
         for p in 0..8 {
@@ -291,7 +291,7 @@ mod control {
             let mut spaces = SPACES.lock();
             with_vm(|vm| with_tlb(|tlb| spaces[0].fork(vm, &mut &FRAMES, tlb))).expect("fork")
         };
-        child.join_global(2);
+        child.join_global(2).unwrap();
         SPACES.lock().push(child);
         let shared = with_vm(|vm| vm.stats().shared_frames);
         assert_eq!(shared, 8);

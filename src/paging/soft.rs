@@ -8,7 +8,8 @@ use core::convert::Infallible;
 use x86_64::VirtAddr;
 
 use super::entry::{
-    index, is_leaf, virt_addr, ACCESSED, ACCESSED_DIRTY, ADDR_MASK, LINEAR_MASK, PRESENT, USER,
+    index, is_leaf, virt_addr, ACCESSED, ACCESSED_DIRTY, ADDR_MASK, DIRTY, LINEAR_MASK, PRESENT,
+    USER,
 };
 use super::visit::{linear_range, walk, Slot, Step, Visitor};
 use super::{MapFlags, PageTables, PagingError, PhysMem};
@@ -107,6 +108,22 @@ impl<P: PhysMem> PageTables<P> {
         // One atomic and: a Dirty bit another CPU sets meanwhile stays.
         let old = self.fetch_and(t, i, !ACCESSED);
         old & PRESENT != 0 && old & ACCESSED != 0
+    }
+
+    /// Clears the Dirty bit of the 4 KiB leaf of `va`; returns whether it
+    /// was set (the page was written since the last clear). The TLB entry
+    /// must be flushed before the page's contents are taken as clean: a
+    /// CPU caching it dirty writes without setting the bit again.
+    pub(crate) fn clear_dirty(&self, va: VirtAddr) -> bool {
+        let Some((t, i)) = self.pte_slot(va) else {
+            return false;
+        };
+        if self.read(t, i) & (PRESENT | DIRTY) != PRESENT | DIRTY {
+            return false;
+        }
+        // One atomic and: an Accessed bit another CPU sets meanwhile stays.
+        let old = self.fetch_and(t, i, !DIRTY);
+        old & PRESENT != 0 && old & DIRTY != 0
     }
 
     /// What the MMU does on an access through the 4 KiB leaf of `va`: sets

@@ -93,7 +93,10 @@ impl<P: PhysMem> VmSpace<P> {
                 given += u64::from(vm.swap_refs(e) == 1);
             });
         let mut gather = super::gather::Gather::new();
-        self.release(a, b, vm, frames, &mut gather)?;
+        // Anonymous areas only (checked by `advise`): no object's page.
+        let mut objects = alloc::vec::Vec::new();
+        self.release(a, b, vm, frames, &mut gather, &mut objects)?;
+        debug_assert!(objects.is_empty());
         self.finish(gather, vm, frames, tlb);
         Ok(given)
     }

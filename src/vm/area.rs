@@ -1,6 +1,7 @@
 //! One area of an address space: a page-aligned range, its protection and
 //! what backs it.
 
+use super::object::ObjectId;
 use super::Prot;
 use x86_64::PhysAddr;
 
@@ -21,6 +22,34 @@ pub enum AreaKind {
     },
     /// Never mapped: any access is a fault reported as a guard hit.
     Guard,
+    /// A shared mapping of a memory object (`MAP_SHARED`,
+    /// [`VmSpace::map_object`](super::VmSpace::map_object)): a page maps the
+    /// object's one cached frame in every space, writes reach the object,
+    /// a fork shares it as it is.
+    Shared {
+        /// The object.
+        object: ObjectId,
+        /// The page of the object the area's first page maps.
+        offset: u64,
+    },
+    /// A private mapping of a memory object (`MAP_PRIVATE`): a page's
+    /// first touch copies the object's page into a frame of the space's
+    /// own, which from then on is anonymous memory (shared copy-on-write
+    /// after a fork, swapped under pressure); writes never reach the object.
+    Private {
+        /// The object.
+        object: ObjectId,
+        /// The page of the object the area's first page maps.
+        offset: u64,
+    },
+}
+
+impl AreaKind {
+    /// Whether its pages are frames of the space's own (anonymous
+    /// memory, or private copies of an object's pages).
+    pub const fn is_private_memory(&self) -> bool {
+        matches!(self, Self::Anonymous | Self::Private { .. })
+    }
 }
 
 /// An area: `[start, end)`, page-aligned and non-empty.
@@ -55,9 +84,21 @@ impl Area {
         self.end == self.start
     }
 
-    /// Whether reclaim may take its pages: anonymous and not locked.
+    /// Whether reclaim may take its pages as anonymous memory (to swap):
+    /// private memory, not locked.
     pub const fn pageable(&self) -> bool {
-        matches!(self.kind, AreaKind::Anonymous) && !self.locked
+        self.kind.is_private_memory() && !self.locked
+    }
+
+    /// The object page the page at `addr` (inside) maps, for an area of an
+    /// object.
+    pub(crate) fn object_page(&self, addr: u64) -> Option<(ObjectId, u64)> {
+        match self.kind {
+            AreaKind::Shared { object, offset } | AreaKind::Private { object, offset } => {
+                Some((object, offset + (addr - self.start) / 4096))
+            }
+            _ => None,
+        }
     }
 
     /// Whether `addr` lies inside.
@@ -72,6 +113,14 @@ impl Area {
         let kind = match self.kind {
             AreaKind::Fixed { phys } => AreaKind::Fixed {
                 phys: phys + (a - self.start),
+            },
+            AreaKind::Shared { object, offset } => AreaKind::Shared {
+                object,
+                offset: offset + (a - self.start) / 4096,
+            },
+            AreaKind::Private { object, offset } => AreaKind::Private {
+                object,
+                offset: offset + (a - self.start) / 4096,
             },
             k => k,
         };
@@ -92,6 +141,26 @@ impl Area {
             && self.locked == next.locked
             && match (self.kind, next.kind) {
                 (AreaKind::Fixed { phys: p }, AreaKind::Fixed { phys: q }) => p + self.len() == q,
+                (
+                    AreaKind::Shared {
+                        object: o,
+                        offset: p,
+                    },
+                    AreaKind::Shared {
+                        object: n,
+                        offset: q,
+                    },
+                )
+                | (
+                    AreaKind::Private {
+                        object: o,
+                        offset: p,
+                    },
+                    AreaKind::Private {
+                        object: n,
+                        offset: q,
+                    },
+                ) => o == n && p + self.pages() == q,
                 (a, b) => a == b,
             }
     }

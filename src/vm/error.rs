@@ -4,6 +4,7 @@ use core::fmt;
 
 use x86_64::{PhysAddr, VirtAddr};
 
+use super::object::{ObjectId, PagerError};
 use crate::paging::PagingError;
 
 /// Why an area operation (map, unmap, protect, fork, destroy) failed.
@@ -89,6 +90,35 @@ pub enum VmError {
     /// Faulting a page of the range in failed (`VmSpace::lock`): a device
     /// error reading a swapped page, ...
     Populate(FaultReason),
+    /// No such memory object (never made, or closed).
+    NoObject {
+        /// The id given.
+        object: ObjectId,
+    },
+    /// The range of the object leaves it, or its offset is not
+    /// page-aligned.
+    BeyondObject {
+        /// The offset in the object, in bytes.
+        offset: u64,
+        /// The length, in bytes.
+        len: u64,
+        /// The object's size, in bytes.
+        size: u64,
+    },
+    /// The object is still mapped (closing it is refused).
+    ObjectMapped {
+        /// The object.
+        object: ObjectId,
+    },
+    /// The id is kept for the pages of memory objects (joining global
+    /// reclaim with it is refused).
+    GlobalId {
+        /// The id given.
+        id: u16,
+    },
+    /// Writing a dirty page back through its pager failed: the page stays
+    /// dirty in the cache (nothing is lost), the operation did the rest.
+    Pager(PagerError),
 }
 
 impl fmt::Display for VmError {
@@ -129,6 +159,14 @@ impl fmt::Display for VmError {
             Self::NotAnonymous { addr } => write!(f, "the area at {addr:#x} is not anonymous"),
             Self::PageOut(reason) => write!(f, "writing pages out: {reason:?}"),
             Self::Populate(reason) => write!(f, "faulting the range in: {reason:?}"),
+            Self::NoObject { object } => write!(f, "no memory object {object:?}"),
+            Self::BeyondObject { offset, len, size } => write!(
+                f,
+                "range {offset:#x}+{len:#x} of the object is unaligned or leaves its {size:#x} bytes"
+            ),
+            Self::ObjectMapped { object } => write!(f, "memory object {object:?} is still mapped"),
+            Self::Pager(e) => write!(f, "writing back: {e}"),
+            Self::GlobalId { id } => write!(f, "global reclaim id {id:#x} is kept for objects"),
         }
     }
 }
@@ -195,6 +233,9 @@ pub enum FaultReason {
     NoSwap,
     /// The mapper refused (a huge page or table where a page was expected).
     Paging(PagingError),
+    /// Reading the page of a memory object through its pager failed (the
+    /// kernel's `SIGBUS`); nothing was mapped, the access may be retried.
+    Pager(PagerError),
 }
 
 impl FaultReason {
@@ -203,7 +244,12 @@ impl FaultReason {
     pub const fn is_refusal(&self) -> bool {
         !matches!(
             self,
-            Self::OutOfMemory | Self::OutOfSwap | Self::SwapIo(_) | Self::NoSwap | Self::Paging(_)
+            Self::OutOfMemory
+                | Self::OutOfSwap
+                | Self::SwapIo(_)
+                | Self::NoSwap
+                | Self::Paging(_)
+                | Self::Pager(_)
         )
     }
 }
@@ -224,6 +270,7 @@ impl fmt::Display for FaultError {
             FaultReason::NoSwap => "reclaim without a swap device",
             FaultReason::SwapIo(e) => return write!(f, "fault at {:#x}: {e}", self.addr.as_u64()),
             FaultReason::Paging(e) => return write!(f, "fault at {:#x}: {e}", self.addr.as_u64()),
+            FaultReason::Pager(e) => return write!(f, "fault at {:#x}: {e}", self.addr.as_u64()),
         };
         write!(f, "fault at {:#x}: {why}", self.addr.as_u64())
     }

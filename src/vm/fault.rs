@@ -72,6 +72,12 @@ pub enum FaultOutcome {
     FixedMapped,
     /// The page was read back from swap (a major fault).
     SwappedIn,
+    /// A shared mapping's page of a memory object was mapped: its cached
+    /// frame, or a frame just read through the object's pager.
+    ObjectMapped,
+    /// A private mapping's page of a memory object was copied from the
+    /// object's page into a frame of the space's own.
+    ObjectCopied,
     /// The page already allowed the access (a stale TLB entry): the
     /// flush drops it.
     Spurious,

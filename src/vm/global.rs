@@ -30,6 +30,7 @@
 //! a reference to the one slot. A sharer outside the table (or holding
 //! the page locked) keeps the frame where it is.
 
+use super::object::OBJECT_PAGES;
 use super::reclaim::Batch;
 use super::replace::multi::global_id;
 use super::replace::{PageId, ReplacementPolicy};
@@ -213,6 +214,11 @@ impl Vm {
         while let Some(&(id, _)) = rest.first() {
             let k = rest.iter().take_while(|c| c.0 == id).count();
             let (group, tail) = rest.split_at(k);
+            if id == OBJECT_PAGES {
+                freed += self.evict_object_pages(spaces, group, frames, tlb);
+                rest = tail;
+                continue;
+            }
             let found = spaces.with(id, &mut |s| {
                 let (f, e) = s.evict_listed(self, swap, group, &mut shared, frames, tlb);
                 freed += f;
@@ -372,9 +378,15 @@ impl<P: PhysMem> VmSpace<P> {
     /// them. As with [`set_policy`](Self::set_policy), pages already
     /// resident are not known to the policy: join on a new space (a fork's
     /// child holds no private page yet). Ids are 16 bits: the policy's page
-    /// identity keeps the id above a 48-bit page number.
-    pub fn join_global(&mut self, id: u16) {
+    /// identity keeps the id above a 48-bit page number; the last one,
+    /// `0xffff`, names the pages of memory objects and is refused
+    /// ([`VmError::GlobalId`](super::VmError::GlobalId)).
+    pub fn join_global(&mut self, id: u16) -> Result<(), super::VmError> {
+        if u32::from(id) == OBJECT_PAGES {
+            return Err(super::VmError::GlobalId { id });
+        }
         self.global = u32::from(id);
+        Ok(())
     }
 
     /// The id this space joined global reclaim with.
@@ -429,8 +441,13 @@ impl<P: PhysMem> VmSpace<P> {
                     let m = self.mapper.lock();
                     scanned += m.harvest_leaves(t, WRITE_OUT, |va, frame| {
                         cleared.add(va.as_u64());
-                        if frame != zero && pageable(va) {
-                            ids[k] = global_id(id, va.as_u64() >> 12);
+                        let g = if frame != zero && pageable(va) {
+                            Some(global_id(id, va.as_u64() >> 12))
+                        } else {
+                            self.object_page_global_id(va.as_u64())
+                        };
+                        if let Some(g) = g {
+                            ids[k] = g;
                             k += 1;
                             if k == ids.len() {
                                 feed(&ids);

@@ -41,6 +41,14 @@ pub enum VmInvariantError {
         /// The page.
         page: VirtAddr,
     },
+    /// A page of a shared object area maps a frame other than the one
+    /// its object caches for it.
+    NotTheCachedFrame {
+        /// The page.
+        page: VirtAddr,
+        /// The frame it maps.
+        frame: PhysFrame,
+    },
     /// A huge page is mapped in an area.
     HugePage {
         /// The page.
@@ -113,6 +121,12 @@ impl fmt::Display for VmInvariantError {
             Self::PageInGuard { page } => {
                 write!(f, "page {:#x} is mapped in a guard area", page.as_u64())
             }
+            Self::NotTheCachedFrame { page, frame } => write!(
+                f,
+                "page {:#x} of a shared object area maps {:#x}, not its cached frame",
+                page.as_u64(),
+                frame.start_address().as_u64()
+            ),
             Self::HugePage { page, size } => {
                 write!(f, "a {size} page is mapped at {:#x}", page.as_u64())
             }
@@ -169,8 +183,9 @@ impl core::error::Error for VmInvariantError {}
 impl<P: PhysMem> VmSpace<P> {
     /// The layer's invariant for this space: the areas are consistent, and
     /// every mapped page lies in a non-guard area, is 4 KiB if anonymous,
-    /// never writable when shared or the zero page, and never more
-    /// permissive than its area. Reports the first broken one.
+    /// never writable when shared or the zero page, never more permissive
+    /// than its area, and maps its object's cached frame in a shared
+    /// object area. Reports the first broken one.
     pub fn check_invariants(&self, vm: &Vm) -> Result<(), VmInvariantError> {
         self.areas.check()?;
         let (lo, hi) = self.areas.bounds();
@@ -206,11 +221,16 @@ impl<P: PhysMem> VmSpace<P> {
             if access.user && !area.prot.contains(Prot::USER) {
                 fail(VmInvariantError::UserInKernelArea { page });
             }
-            if area.kind == AreaKind::Anonymous
+            if area.kind.is_private_memory()
                 && access.writable
                 && (frame == vm.zero_frame() || vm.share_count(frame) > 1)
             {
                 fail(VmInvariantError::SharedWritable { page, frame });
+            }
+            if let (AreaKind::Shared { .. }, Some((id, index))) = (area.kind, area.object_page(a)) {
+                if vm.object(id).and_then(|o| o.frame_of(index)) != Some(frame) {
+                    fail(VmInvariantError::NotTheCachedFrame { page, frame });
+                }
             }
             if let AreaKind::Fixed { phys } = area.kind {
                 let expected = phys + (a - area.start);
@@ -227,7 +247,7 @@ impl<P: PhysMem> VmSpace<P> {
             let anonymous = self
                 .areas
                 .find(page.as_u64())
-                .is_some_and(|a| a.kind == AreaKind::Anonymous);
+                .is_some_and(|a| a.kind.is_private_memory());
             if !anonymous {
                 fail(VmInvariantError::SwappedOutsideAnonymous { page });
             }

@@ -12,7 +12,7 @@
 //! retries the fault.
 
 use super::swap::slot_of;
-use super::{AreaKind, Vm, VmSpace};
+use super::{Vm, VmSpace};
 use crate::paging::PhysMem;
 use x86_64::structures::paging::PhysFrame;
 use x86_64::VirtAddr;
@@ -53,7 +53,7 @@ impl<P: PhysMem> VmSpace<P> {
         u.tables = m
             .for_each_leaf_in(VirtAddr::new(lo), hi - lo, |_| {})
             .tables as u64;
-        for area in self.areas.iter().filter(|a| a.kind == AreaKind::Anonymous) {
+        for area in self.areas.iter().filter(|a| a.kind.is_private_memory()) {
             let (start, len) = (VirtAddr::new(area.start), area.len());
             m.for_each_leaf_in(start, len, |leaf| {
                 let frame = PhysFrame::containing_address(leaf.frame);

@@ -104,16 +104,23 @@ impl<P: PhysMem> VmSpace<P> {
         if let Some(f) = vm.alloc_frame(tlb.cpu(), frames) {
             return Ok(f);
         }
-        if vm.swap.is_none() {
-            return Err(Shortage::Fault(FaultReason::OutOfMemory));
-        }
         count(&vm.stats.at(tlb.cpu()).direct_reclaims, 1);
         let cancels = vm.cancels.load(Ordering::Acquire);
         let freed = match spaces {
+            _ if vm.swap.is_none() => Ok(0),
             Some(spaces) => vm.reclaim_global(spaces, vm.reclaim_batch(), frames, tlb),
             None => self.reclaim(vm, frames, vm.reclaim_batch(), tlb),
-        }
-        .map_err(Shortage::Fault)?;
+        };
+        // The global policy ranks object pages with anonymous ones; without
+        // it (or a swap device), or when it freed nothing, this space's own
+        // shared object pages go (clean ones dropped, dirty ones written back).
+        let freed = match freed {
+            Ok(n) if n > 0 => n,
+            other => match self.reclaim_objects(vm, vm.reclaim_batch(), frames, tlb) {
+                0 => other.map_err(Shortage::Fault)?,
+                n => n,
+            },
+        };
         if let Some(f) = vm.alloc_frame(tlb.cpu(), frames) {
             return Ok(f);
         }
@@ -216,7 +223,14 @@ impl<P: PhysMem> VmSpace<P> {
                 freed += 1;
                 continue;
             }
-            if is_zero(phys, frame) {
+            // A private copy of an object's page must stay: its next
+            // touch would read the object again, not zeros.
+            let anonymous = || {
+                self.areas
+                    .find(va.as_u64())
+                    .is_some_and(|a| a.kind == super::AreaKind::Anonymous)
+            };
+            if anonymous() && is_zero(phys, frame) {
                 // The entry becomes empty: the next touch is a demand-zero fault.
                 self.put_entry(va, 0);
                 vm.release_frame(tlb.cpu(), frame, frames);

@@ -38,6 +38,8 @@ enum Step {
     },
     /// Another fault or reclaim is moving the page.
     Wait,
+    /// A page of an object's area with no entry: map or copy the object's page.
+    Object,
 }
 
 impl<P: PhysMem> VmSpace<P> {
@@ -108,7 +110,11 @@ impl<P: PhysMem> VmSpace<P> {
                 FaultOutcome::CopiedOnWrite => count(&s.cow_copies, 1),
                 FaultOutcome::ReusedOnWrite => count(&s.cow_reuses, 1),
                 FaultOutcome::Spurious => count(&s.spurious, 1),
-                FaultOutcome::FixedMapped | FaultOutcome::SwappedIn | FaultOutcome::InTransit => {}
+                FaultOutcome::FixedMapped
+                | FaultOutcome::SwappedIn
+                | FaultOutcome::InTransit
+                | FaultOutcome::ObjectMapped
+                | FaultOutcome::ObjectCopied => {}
             },
             Err(e) if e.reason.is_refusal() => count(&s.protection_faults, 1),
             Err(_) => {}
@@ -161,6 +167,12 @@ impl<P: PhysMem> VmSpace<P> {
             match step {
                 Step::Done(outcome) => return Ok(outcome),
                 Step::Wait => return Ok(FaultOutcome::InTransit),
+                Step::Object => {
+                    return self
+                        .fault_object((vm, spaces), page, &area, frames, tlb)
+                        .or_else(|e| waited(vm, e))
+                        .map_err(fail);
+                }
                 Step::SwapIn { entry } => {
                     return self
                         .swap_in((vm, spaces), page, entry, prot, frames, tlb)
@@ -213,6 +225,9 @@ impl<P: PhysMem> VmSpace<P> {
                     Some(_) => Ok(Step::SwapIn {
                         entry: m.mark_soft(va, BUSY).expect("soft, unmarked, lock held"),
                     }),
+                    None if matches!(kind, AreaKind::Shared { .. } | AreaKind::Private { .. }) => {
+                        Ok(Step::Object)
+                    }
                     None if access.write => Ok(Step::Fill {
                         from: None,
                         expect: 0,
@@ -260,7 +275,7 @@ impl<P: PhysMem> VmSpace<P> {
             }
             return Ok(Step::Wait);
         }
-        if access.write && !t.access.writable && kind == AreaKind::Anonymous {
+        if access.write && !t.access.writable && kind.is_private_memory() {
             if old != vm.zero_frame() && vm.share_count(old) == 1 {
                 // Same frame, more rights: Dirty and Accessed stay; other CPUs
                 // at worst take a spurious fault on their read-only entry.
@@ -284,7 +299,7 @@ impl<P: PhysMem> VmSpace<P> {
         // The page is stricter than its area (fixed memory after a
         // protect, a user bit missing): bring it in line.
         let private =
-            kind != AreaKind::Anonymous || (old != vm.zero_frame() && vm.share_count(old) == 1);
+            !kind.is_private_memory() || (old != vm.zero_frame() && vm.share_count(old) == 1);
         if private && prot.contains(Prot::WRITE) {
             vm.drop_cached(old); // made writable: out of the swap cache first
         }
@@ -301,7 +316,7 @@ impl<P: PhysMem> VmSpace<P> {
     /// then mapped if the entry is still `expect`. `None`: another fault
     /// changed the entry first (the frame went back): look again.
     #[allow(clippy::too_many_arguments)]
-    fn fill<A: FrameSource + ?Sized>(
+    pub(super) fn fill<A: FrameSource + ?Sized>(
         &self,
         (vm, spaces): (&Vm, Option<&dyn SpaceTable<P>>),
         page: Page<Size4KiB>,

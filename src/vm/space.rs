@@ -236,6 +236,7 @@ impl<P: PhysMem + Clone> VmSpace<P> {
         // Leaves come in address order: walk the areas alongside.
         let mut areas = self.areas.iter().peekable();
         let zero = vm.zero_frame().start_address();
+        let mut object: Option<(super::ObjectId, alloc::sync::Arc<super::object::VmObject>)> = None;
         let copied = self.mapper.get_mut().copy_leaves_into(
             child.mapper.get_mut(),
             VirtAddr::new(lo),
@@ -244,11 +245,23 @@ impl<P: PhysMem + Clone> VmSpace<P> {
             |va, leaf| {
                 while areas.next_if(|a| a.end <= va).is_some() {}
                 match (areas.peek().map(|a| a.kind), leaf) {
-                    (Some(AreaKind::Anonymous), CopyLeaf::Mapped { frame, .. })
-                        if frame != zero =>
+                    (Some(k), CopyLeaf::Mapped { frame, .. })
+                        if k.is_private_memory() && frame != zero =>
                     {
                         vm.share(PhysFrame::containing_address(frame));
                         CopyAs::ReadOnly
+                    }
+                    (Some(AreaKind::Shared { .. }), CopyLeaf::Mapped { .. }) => {
+                        // The child maps the object's cached frame too.
+                        if let Some((id, index)) = areas.peek().and_then(|a| a.object_page(va)) {
+                            if object.as_ref().is_none_or(|o| o.0 != id) {
+                                object = vm.object(id).map(|o| (id, o));
+                            }
+                            if let Some((_, o)) = &object {
+                                o.add_maps(index, 1);
+                            }
+                        }
+                        CopyAs::Same
                     }
                     (_, CopyLeaf::Soft(entry)) => {
                         vm.share_swap(entry);
@@ -262,6 +275,7 @@ impl<P: PhysMem + Clone> VmSpace<P> {
             Ok(flush) => {
                 // Other threads of this space must stop writing the frames now shared.
                 self.invalidate(flush, vm, tlb);
+                Self::count_object_areas(vm, child.areas.iter(), true);
                 Ok(child)
             }
             Err(e) => {
@@ -357,6 +371,18 @@ impl<P: PhysMem> VmSpace<P> {
         len: u64,
         prot: Prot,
     ) -> Result<u64, VmError> {
+        self.place_area(hint, len, prot, AreaKind::Anonymous)
+    }
+
+    /// Creates an area of `kind` at `hint` or where the layout places it
+    /// (see [`map_anonymous`](Self::map_anonymous)); its address.
+    pub(super) fn place_area(
+        &mut self,
+        hint: Option<u64>,
+        len: u64,
+        prot: Prot,
+        kind: AreaKind,
+    ) -> Result<u64, VmError> {
         let at = hint.unwrap_or(0);
         if len == 0 || !len.is_multiple_of(PAGE) {
             return Err(VmError::Unaligned { addr: at, len });
@@ -380,7 +406,7 @@ impl<P: PhysMem> VmSpace<P> {
             start,
             end: start + len,
             prot,
-            kind: AreaKind::Anonymous,
+            kind,
             locked: false,
         });
         Ok(start)
@@ -424,7 +450,9 @@ impl<P: PhysMem> VmSpace<P> {
     /// (`MAP_FIXED_NOREPLACE`): anonymous memory or a guard. Physical
     /// memory ([`AreaKind::Fixed`]) is refused here ([`VmError::Physical`]):
     /// it maps frames kmem does not own, so it goes through the `unsafe`
-    /// [`map_physical`](Self::map_physical). On error nothing changed.
+    /// [`map_physical`](Self::map_physical); objects go through
+    /// [`map_object`](Self::map_object) ([`VmError::NoObject`] here). On
+    /// error nothing changed.
     ///
     /// ```compile_fail,E0133
     /// # fn f(s: &mut kmem::vm::VmSpace<kmem::paging::OffsetPhysMem>, a: &mut &kmem::frame::LockedFrameAllocator) {
@@ -440,8 +468,13 @@ impl<P: PhysMem> VmSpace<P> {
         kind: AreaKind,
         frames: &mut A,
     ) -> Result<(), VmError> {
-        if let AreaKind::Fixed { phys } = kind {
-            return Err(VmError::Physical { phys });
+        match kind {
+            AreaKind::Fixed { phys } => return Err(VmError::Physical { phys }),
+            // Counted in their objects' areas: through `map_object`.
+            AreaKind::Shared { object, .. } | AreaKind::Private { object, .. } => {
+                return Err(VmError::NoObject { object })
+            }
+            AreaKind::Anonymous | AreaKind::Guard => {}
         }
         self.map_at(addr, len, prot, kind, frames)
     }
@@ -520,8 +553,11 @@ impl<P: PhysMem> VmSpace<P> {
     /// Removes every mapping in `[addr, addr + len)`, splitting areas at
     /// the ends (`munmap`): the translations are invalidated on the space's
     /// CPUs, then anonymous frames go back to `frames` (or lose one
-    /// sharer), page tables left empty too. Holes are skipped. On error
-    /// nothing changed.
+    /// sharer), page tables left empty too; an object's page no mapping
+    /// holds any more leaves its cache, written back first when dirty.
+    /// Holes are skipped. On error nothing changed, but for a pager that
+    /// refused a write-back ([`VmError::Pager`]): the range is unmapped,
+    /// the refused pages stay dirty in their object's cache.
     pub fn unmap<A: FrameSource + ?Sized>(
         &mut self,
         addr: u64,
@@ -532,11 +568,14 @@ impl<P: PhysMem> VmSpace<P> {
     ) -> Result<(), VmError> {
         let (a, b) = self.range(addr, len)?;
         let mut gather = Gather::new();
-        self.release(a, b, vm, frames, &mut gather)?;
+        let mut objects = Vec::new();
+        self.release(a, b, vm, frames, &mut gather, &mut objects)?;
         let removed = self.areas.remove(a, b);
         vm.uncharge_locked(removed.iter().filter(|r| r.locked).map(Area::pages).sum());
+        Self::count_object_areas(vm, removed.iter(), false);
+        let cpu = tlb.cpu();
         self.finish(gather, vm, frames, tlb);
-        Ok(())
+        self.settle_unmapped(vm, &objects, cpu, frames)
     }
 
     /// Has reclaim choose its victims with `policy` (its capacity should be
@@ -586,7 +625,9 @@ impl<P: PhysMem> VmSpace<P> {
 
     /// Unmaps the pages of `[a, b)` into `gather`: the anonymous frames
     /// among them (one reference each) and the tables left empty, freed by
-    /// the gather's `finish`. On error nothing changed.
+    /// the gather's `finish`; the pages of shared object areas into
+    /// `objects`, for [`settle_unmapped`](Self::settle_unmapped) after it.
+    /// On error nothing changed.
     pub(super) fn release<A: FrameSource + ?Sized>(
         &mut self,
         a: u64,
@@ -594,6 +635,7 @@ impl<P: PhysMem> VmSpace<P> {
         vm: &Vm,
         frames: &mut A,
         gather: &mut Gather,
+        objects: &mut Vec<super::mapping::Unmapped>,
     ) -> Result<(), VmError> {
         let mut leaves = 0;
         self.for_each_anonymous_leaf(a, b, |_| leaves += 1);
@@ -605,6 +647,10 @@ impl<P: PhysMem> VmSpace<P> {
         gather
             .reserve(leaves, tables)
             .map_err(|()| VmError::OutOfMemory)?;
+        let shared = Self::object_leaves(&self.areas, self.mapper.get_mut(), a, b);
+        objects
+            .try_reserve_exact(shared)
+            .map_err(|_| VmError::OutOfMemory)?;
         let global = self.global_id();
         let Self {
             mapper,
@@ -613,6 +659,9 @@ impl<P: PhysMem> VmSpace<P> {
             ..
         } = self;
         let (mapper, policy) = (mapper.get_mut(), policy.get_mut());
+        let mut flush = Flush::none();
+        Self::take_object_pages(areas, mapper, a, b, &mut flush, objects);
+        gather.flush(flush);
         for_each_anonymous_leaf(areas, mapper, a, b, |leaf| {
             gather.page(PhysFrame::containing_address(leaf.frame));
             let page = leaf.page.as_u64() >> 12;
@@ -626,7 +675,7 @@ impl<P: PhysMem> VmSpace<P> {
         // Swapped-out pages: their entries go, with their slot references
         // (no CPU caches a non-present entry).
         for area in areas.overlapping(a, b) {
-            if area.kind == AreaKind::Anonymous {
+            if area.kind.is_private_memory() {
                 let (s, e) = (area.start.max(a), area.end.min(b));
                 mapper.take_soft_entries(VirtAddr::new(s), e - s, |va, entry| {
                     vm.drop_swap(entry);
@@ -637,8 +686,9 @@ impl<P: PhysMem> VmSpace<P> {
                 });
             }
         }
-        // Pages are 4 KiB (anonymous or fixed, both mapped by the page), so
-        // no split is needed and this cannot fail after a partial change.
+        // Pages are 4 KiB (anonymous, object or fixed, all mapped by the
+        // page), so no split is needed and this cannot fail after a partial
+        // change.
         // SAFETY: the user's munmap of its own memory: no Rust object lives there; the gather
         // frees what it reached only after every CPU of the space invalidated it.
         let flush =
@@ -688,7 +738,7 @@ impl<P: PhysMem> VmSpace<P> {
         }
         let mut gather = Gather::new();
         for (page, frame, kind) in pages {
-            let private = kind != AreaKind::Anonymous || vm.held_alone(frame);
+            let private = !kind.is_private_memory() || vm.held_alone(frame);
             if private && prot.contains(Prot::WRITE) {
                 vm.drop_cached(frame); // made writable: out of the swap cache first
             }
@@ -723,12 +773,18 @@ impl<P: PhysMem> VmSpace<P> {
         let areas: Vec<(u64, u64)> = self.areas.iter().map(|a| (a.start, a.end)).collect();
         for (a, b) in areas {
             let mut gather = Gather::new();
-            if let Err(e) = self.release(a, b, vm, frames, &mut gather) {
+            let mut objects = Vec::new();
+            if let Err(e) = self.release(a, b, vm, frames, &mut gather, &mut objects) {
                 return Err((self, e));
             }
             let removed = self.areas.remove(a, b);
             vm.uncharge_locked(removed.iter().filter(|r| r.locked).map(Area::pages).sum());
+            Self::count_object_areas(vm, removed.iter(), false);
+            let cpu = tlb.cpu();
             self.finish(gather, vm, frames, tlb);
+            // A refused write-back leaves its page dirty in the object's
+            // cache (closing the object reports it again).
+            let _ = self.settle_unmapped(vm, &objects, cpu, frames);
         }
         let Self {
             mapper,
@@ -775,8 +831,8 @@ impl<P: PhysMem> VmSpace<P> {
     }
 }
 
-/// Calls `f` with every mapped page of the anonymous areas of `areas`
-/// within `[a, b)`.
+/// Calls `f` with every mapped page of the private-memory areas of `areas`
+/// (anonymous, or private copies of objects) within `[a, b)`.
 pub(super) fn for_each_anonymous_leaf<P: PhysMem>(
     areas: &AreaSet,
     mapper: &PageTables<P>,
@@ -784,14 +840,7 @@ pub(super) fn for_each_anonymous_leaf<P: PhysMem>(
     b: u64,
     f: impl FnMut(&Leaf),
 ) {
-    for_each_leaf_where(
-        areas,
-        mapper,
-        a,
-        b,
-        |area| area.kind == AreaKind::Anonymous,
-        f,
-    )
+    for_each_leaf_where(areas, mapper, a, b, |area| area.kind.is_private_memory(), f)
 }
 
 /// As [`for_each_anonymous_leaf`], for the pages reclaim may take: those

@@ -65,7 +65,22 @@ pub struct VmStats {
     pub swap_in_copies: u64,
     /// Pages read ahead of their fault.
     pub readahead: u64,
-    /// Frames anonymous memory holds now.
+    /// Faults that mapped a page of a shared mapping of an object (from
+    /// its cache, or read in).
+    pub object_maps: u64,
+    /// Pages of objects read through their pagers (zero-filled, for a
+    /// shared anonymous object).
+    pub object_reads: u64,
+    /// Faults that copied an object's page into a private mapping.
+    pub object_copies: u64,
+    /// Dirty pages of objects written back through their pagers.
+    pub object_writebacks: u64,
+    /// Cached pages of objects that left the cache (clean, or once written).
+    pub object_evictions: u64,
+    /// Pager requests that failed (reads reported to the faulting access,
+    /// writes leaving the page dirty).
+    pub pager_errors: u64,
+    /// Frames memory objects and anonymous memory hold now.
     pub resident_frames: u64,
     /// Swap slots in use now.
     pub swap_slots_used: u64,
@@ -180,6 +195,12 @@ event_counters!(
     swap_cache_hits,
     swap_in_copies,
     readahead,
+    object_maps,
+    object_reads,
+    object_copies,
+    object_writebacks,
+    object_evictions,
+    pager_errors,
     shootdowns,
     leaked_frames,
 );

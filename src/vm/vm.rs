@@ -65,6 +65,8 @@ pub struct Vm {
     /// Evictions cancelled by a write so far: a reclaim that freed nothing
     /// while this moved made progress (the page is in use again).
     pub(super) cancels: AtomicU64,
+    /// Memory objects, by index.
+    pub(super) objects: spin::RwLock<super::object::Objects>,
 }
 
 impl Vm {
@@ -91,6 +93,7 @@ impl Vm {
             has_global: false,
             marks: None,
             cancels: AtomicU64::new(0),
+            objects: spin::RwLock::new(super::object::Objects::default()),
         })
     }
 

@@ -1,0 +1,539 @@
+//! Areas of a space that map memory objects: `mmap` of an object, the
+//! fault that maps (shared) or copies (private) an object's page, `msync`,
+//! the pages an unmap takes from the cache's counts, and their eviction
+//! (this space's CLOCK, or the global policy over every space).
+
+use super::contents::page_ptr;
+use super::object::{object_page_id, ObjectId, Pin, VmObject, OBJECT_PAGES};
+use super::reclaim::{Batch, Shortage};
+use super::replace::multi::global_id;
+use super::stats::count;
+use super::table::SpaceTable;
+use super::{Area, AreaKind, FaultOutcome, FaultReason, Prot, Vm, VmError, VmSpace};
+use crate::paging::{Flush, FrameSource, PageTables, PhysMem, ADDR_MASK, DIRTY};
+use crate::smp::Tlb;
+use crate::PAGE_SIZE as PAGE;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
+use x86_64::VirtAddr;
+
+/// A page an unmap took out of a shared mapping: its object, its page
+/// there, and whether the entry taken out was dirty. Settled once every
+/// CPU dropped the entry ([`VmSpace::settle_unmapped`]).
+pub(super) type Unmapped = (ObjectId, u64, bool);
+
+impl<P: PhysMem> VmSpace<P> {
+    /// Maps `len` bytes of the object `object` from byte `offset` on
+    /// (`mmap` of a file or a shared anonymous object), at `hint` or where
+    /// the layout places it, as [`map_anonymous`](Self::map_anonymous):
+    /// shared (`MAP_SHARED`: writes reach the object and every space
+    /// mapping it; a fork's child shares it) or private (`MAP_PRIVATE`:
+    /// each page copied on its first touch, never written back). The range
+    /// must lie inside the object. Takes no frame until touched. Returns the
+    /// address.
+    #[allow(clippy::too_many_arguments)]
+    pub fn map_object(
+        &mut self,
+        vm: &Vm,
+        hint: Option<u64>,
+        len: u64,
+        prot: Prot,
+        object: ObjectId,
+        offset: u64,
+        shared: bool,
+    ) -> Result<u64, VmError> {
+        let o = vm.object(object).ok_or(VmError::NoObject { object })?;
+        let size = o.pages() * PAGE;
+        if !offset.is_multiple_of(PAGE) || offset.checked_add(len).is_none_or(|e| e > size) {
+            return Err(VmError::BeyondObject { offset, len, size });
+        }
+        let offset = offset / PAGE;
+        let kind = if shared {
+            AreaKind::Shared { object, offset }
+        } else {
+            AreaKind::Private { object, offset }
+        };
+        let at = self.place_area(hint, len, prot, kind)?;
+        o.area_pages.fetch_add(len / PAGE, Ordering::AcqRel);
+        Ok(at)
+    }
+
+    /// Counts the pages of `areas` (removed from this space, or copied
+    /// into a fork's child: `added`) in their objects' area counts.
+    pub(super) fn count_object_areas<'a>(
+        vm: &Vm,
+        areas: impl IntoIterator<Item = &'a Area>,
+        added: bool,
+    ) {
+        for area in areas {
+            if let Some((id, _)) = area.object_page(area.start) {
+                if let Some(o) = vm.object(id) {
+                    if added {
+                        o.area_pages.fetch_add(area.pages(), Ordering::AcqRel);
+                    } else {
+                        o.area_pages.fetch_sub(area.pages(), Ordering::AcqRel);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resolves a fault on a page of `area`, an object's, with no entry:
+    /// maps the object's cached page (reading it in first) for a shared
+    /// mapping; copies it into a new frame of the space's own for a
+    /// private one.
+    pub(super) fn fault_object<A: FrameSource + ?Sized>(
+        &self,
+        (vm, spaces): (&Vm, Option<&dyn SpaceTable<P>>),
+        page: Page<Size4KiB>,
+        area: &Area,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<FaultOutcome, FaultReason> {
+        let va = page.start_address();
+        let Some((id, index)) = area.object_page(va.as_u64()) else {
+            return Err(FaultReason::NoArea);
+        };
+        // An object is not closed while an area maps it.
+        let object = vm.object(id).ok_or(FaultReason::NoArea)?;
+        let cpu = tlb.cpu();
+        let Some(frame) = self.pin_object_page((vm, spaces), (id, &object), index, frames, tlb)?
+        else {
+            return Ok(FaultOutcome::InTransit);
+        };
+        if let AreaKind::Private { .. } = area.kind {
+            let copied = self.fill((vm, spaces), page, area.prot, Some(frame), 0, frames, tlb);
+            let settle = object.unpin(index, 1, false);
+            // A clean page: freed or kept, never written.
+            let _ = vm.settle_object((id, &object), index, settle, &self.phys, cpu, frames);
+            return match copied {
+                Ok(Some(_)) => {
+                    count(&vm.stats.at(cpu).object_copies, 1);
+                    Ok(FaultOutcome::ObjectCopied)
+                }
+                Ok(None) => Ok(FaultOutcome::InTransit),
+                Err(e) => Err(e),
+            };
+        }
+        let mapped = {
+            let mut m = self.mapper.lock();
+            if m.leaf_entry(va).is_some() || m.soft_entry(va).is_some() {
+                Ok(false) // another CPU's fault mapped it first
+            } else {
+                // SAFETY: the object's cached frame, counted for this mapping
+                // (so it stays cached while mapped): user memory, no Rust
+                // object's; over an empty entry, which no CPU caches.
+                unsafe { m.map(page, frame, area.prot.map_flags(true), frames) }.map(|f| {
+                    f.ignore();
+                    true
+                })
+            }
+        };
+        match mapped {
+            Ok(true) => {
+                count(&vm.stats.at(cpu).object_maps, 1);
+                Ok(FaultOutcome::ObjectMapped)
+            }
+            lost => {
+                let settle = object.unpin(index, 1, false);
+                let _ = vm.settle_object((id, &object), index, settle, &self.phys, cpu, frames);
+                match lost {
+                    Err(e) => Err(e.into()),
+                    _ => Ok(FaultOutcome::InTransit),
+                }
+            }
+        }
+    }
+
+    /// Page `index` of `object`, cached, counted for one more mapping:
+    /// read in first if absent. `None` when another CPU is reading or
+    /// writing it (retry the access).
+    fn pin_object_page<A: FrameSource + ?Sized>(
+        &self,
+        (vm, spaces): (&Vm, Option<&dyn SpaceTable<P>>),
+        (id, object): (ObjectId, &VmObject),
+        index: u64,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<Option<PhysFrame>, FaultReason> {
+        match object.pin(index) {
+            Pin::Frame(f) => return Ok(Some(f)),
+            Pin::Wait => return Ok(None),
+            Pin::Absent => {}
+        }
+        let cpu = tlb.cpu();
+        let frame = match self.new_frame(vm, spaces, frames, tlb) {
+            Ok(f) => f,
+            Err(Shortage::Raced) => return Ok(None),
+            Err(Shortage::Fault(e)) => return Err(e),
+        };
+        if !object.begin_read(index, frame) {
+            vm.release_frame(cpu, frame, frames); // cached by another fault first
+            return Ok(None);
+        }
+        let read = {
+            let _transit = vm.transit(cpu, 1);
+            // SAFETY: a frame just allocated and marked as being read in:
+            // nothing else reaches it.
+            object.read(index, unsafe { &mut *page_ptr(&self.phys, frame) })
+        };
+        object.end_read(index, read.is_ok());
+        match read {
+            Ok(()) => {
+                count(&vm.stats.at(cpu).object_reads, 1);
+                if object.evictable() {
+                    vm.track_global(OBJECT_PAGES, object_page_id(id.index, index));
+                }
+                Ok(Some(frame))
+            }
+            Err(e) => {
+                vm.release_frame(cpu, frame, frames);
+                count(&vm.stats.at(cpu).pager_errors, 1);
+                Err(FaultReason::Pager(e))
+            }
+        }
+    }
+
+    /// `msync(MS_SYNC)`: takes the Dirty bits of the shared object pages
+    /// this space maps in `[addr, addr + len)` (cleared, then invalidated
+    /// on the space's CPUs so the next write sets them again), then writes
+    /// back every dirty cached page of the objects' ranges. Private and
+    /// anonymous areas need nothing. Returns the pages written; on a pager
+    /// error the refused pages stay dirty, the others are written, and the
+    /// first error is returned ([`VmError::Pager`]).
+    pub fn sync<A: FrameSource + ?Sized>(
+        &self,
+        vm: &Vm,
+        addr: u64,
+        len: u64,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<u64, VmError> {
+        let (a, b) = self.range(addr, len)?;
+        if !self.areas.covered(a, b) {
+            return Err(VmError::Unmapped { addr });
+        }
+        let shared = || {
+            self.areas
+                .overlapping(a, b)
+                .filter(|x| matches!(x.kind, AreaKind::Shared { .. }))
+                .map(|x| (x.start.max(a), x.end.min(b), *x))
+        };
+        let mut flush = Flush::none();
+        let mut dirty: Vec<(ObjectId, u64)> = Vec::new();
+        {
+            let m = self.mapper.lock();
+            let mut n = 0;
+            for (s, e, _) in shared() {
+                n += m.for_each_leaf_in(VirtAddr::new(s), e - s, |_| {}).leaves[0];
+            }
+            dirty
+                .try_reserve_exact(n)
+                .map_err(|_| VmError::OutOfMemory)?;
+            for (s, e, area) in shared() {
+                m.for_each_leaf_in(VirtAddr::new(s), e - s, |leaf| {
+                    if m.clear_dirty(leaf.page) {
+                        flush.add(leaf.page.as_u64());
+                        if let Some(p) = area.object_page(leaf.page.as_u64()) {
+                            dirty.push(p);
+                        }
+                    }
+                });
+            }
+        }
+        // Writes through entries cached dirty land before this returns.
+        self.invalidate(flush, vm, tlb);
+        for &(id, index) in &dirty {
+            if let Some(o) = vm.object(id) {
+                o.mark_dirty(index);
+            }
+        }
+        let (mut written, mut error) = (0, None);
+        for (s, e, area) in shared() {
+            let (Some((id, from)), Some((_, to))) =
+                (area.object_page(s), area.object_page(e - PAGE))
+            else {
+                continue;
+            };
+            let Some(o) = vm.object(id) else { continue };
+            match vm.write_dirty((id, &o), from, to + 1, &self.phys, tlb.cpu(), frames) {
+                Ok(n) => written += n,
+                Err(e) => error = error.or(Some(e)),
+            }
+        }
+        match error {
+            Some(e) => Err(VmError::Pager(e)),
+            None => Ok(written),
+        }
+    }
+
+    /// Takes the shared object pages of `[a, b)` out of the tables (each
+    /// entry exchanged for an empty one, its Dirty bit kept in `out`), their
+    /// addresses added to `flush`: an unmap's first step. `out` must have
+    /// room for every page (see [`object_leaves`](Self::object_leaves)).
+    pub(super) fn take_object_pages(
+        areas: &super::areas::AreaSet,
+        mapper: &mut PageTables<P>,
+        a: u64,
+        b: u64,
+        flush: &mut Flush,
+        out: &mut Vec<Unmapped>,
+    ) {
+        for area in areas.overlapping(a, b) {
+            if !matches!(area.kind, AreaKind::Shared { .. }) {
+                continue;
+            }
+            let (s, e) = (area.start.max(a), area.end.min(b));
+            let mut pages: [u64; 64] = [0; 64];
+            let mut at = s;
+            while at < e {
+                // Leaves in chunks: exchanging needs the tables unborrowed.
+                let mut n = 0;
+                let mut next = e;
+                mapper.for_each_leaf_in(VirtAddr::new(at), e - at, |leaf| {
+                    if n < pages.len() {
+                        pages[n] = leaf.page.as_u64();
+                        n += 1;
+                    } else if next == e {
+                        next = leaf.page.as_u64();
+                    }
+                });
+                for &va in &pages[..n] {
+                    let old = mapper
+                        .exchange_pte(VirtAddr::new(va), 0)
+                        .expect("a mapped page has its page table");
+                    flush.add(va);
+                    if let Some((id, index)) = area.object_page(va) {
+                        out.push((id, index, old & DIRTY != 0));
+                    }
+                }
+                at = next;
+            }
+        }
+    }
+
+    /// How many pages of shared object areas `[a, b)` maps.
+    pub(super) fn object_leaves(
+        areas: &super::areas::AreaSet,
+        mapper: &PageTables<P>,
+        a: u64,
+        b: u64,
+    ) -> usize {
+        areas
+            .overlapping(a, b)
+            .filter(|x| matches!(x.kind, AreaKind::Shared { .. }))
+            .map(|x| {
+                let (s, e) = (x.start.max(a), x.end.min(b));
+                mapper
+                    .for_each_leaf_in(VirtAddr::new(s), e - s, |_| {})
+                    .leaves[0]
+            })
+            .sum()
+    }
+
+    /// Uncounts the mappings an unmap removed, once every CPU dropped them:
+    /// pages of objects no mapping holds any more leave the cache, written
+    /// back first when dirty. A failed write leaves its page dirty in the
+    /// cache; the first error is returned after the rest are settled.
+    pub(super) fn settle_unmapped<A: FrameSource + ?Sized>(
+        &self,
+        vm: &Vm,
+        pages: &[Unmapped],
+        cpu: usize,
+        frames: &mut A,
+    ) -> Result<(), VmError> {
+        let mut error = None;
+        for &(id, index, dirty) in pages {
+            let Some(o) = vm.object(id) else { continue };
+            let settle = o.unpin(index, 1, dirty);
+            if let Err(e) = vm.settle_object((id, &o), index, settle, &self.phys, cpu, frames) {
+                error = error.or(Some(VmError::Pager(e)));
+            }
+        }
+        error.map_or(Ok(()), Err)
+    }
+
+    /// Reclaim of this space's shared object pages without the global
+    /// policy: CLOCK over their Accessed bits (a first round clears them
+    /// and takes the pages found unreferenced, a second the ones it
+    /// cleared), up to `want`. Each is unmapped here and invalidated; a
+    /// page no other space maps leaves the cache (written back when
+    /// dirty). Returns the frames freed.
+    pub(super) fn reclaim_objects<A: FrameSource + ?Sized>(
+        &self,
+        vm: &Vm,
+        want: usize,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> usize {
+        let want = want.clamp(1, super::swap::CLUSTER);
+        let mut victims = Batch::new();
+        let mut flush = Flush::none();
+        {
+            let mut m = self.mapper.lock();
+            let mut second = Batch::new();
+            for area in self.areas.iter() {
+                let AreaKind::Shared { object, .. } = area.kind else {
+                    continue;
+                };
+                if area.locked || !vm.object(object).is_some_and(|o| o.evictable()) {
+                    continue;
+                }
+                m.for_each_leaf_in(VirtAddr::new(area.start), area.len(), |leaf| {
+                    let frame = PhysFrame::containing_address(leaf.frame);
+                    if victims.len == want {
+                        return;
+                    }
+                    if m.clear_accessed(leaf.page) {
+                        flush.add(leaf.page.as_u64());
+                        second.push(leaf.page, frame, 0);
+                    } else {
+                        victims.push(leaf.page, frame, 0);
+                    }
+                });
+            }
+            for &(va, frame, _) in second.as_slice() {
+                if victims.len == want {
+                    break;
+                }
+                victims.push(va, frame, 0);
+            }
+            for v in victims.as_mut_slice() {
+                v.2 = m
+                    .exchange_pte(v.0, 0)
+                    .expect("a mapped page has its page table");
+                flush.add(v.0.as_u64());
+            }
+        }
+        self.invalidate(flush, vm, tlb);
+        let mut freed = 0;
+        for &(va, frame, old) in victims.as_slice() {
+            debug_assert_eq!(old & ADDR_MASK, frame.start_address().as_u64());
+            let Some((id, index)) = self
+                .areas
+                .find(va.as_u64())
+                .and_then(|a| a.object_page(va.as_u64()))
+            else {
+                continue;
+            };
+            let Some(o) = vm.object(id) else { continue };
+            let settle = o.unpin(index, 1, old & DIRTY != 0);
+            let cpu = tlb.cpu();
+            if let Ok(true) = vm.settle_object((id, &o), index, settle, &self.phys, cpu, frames) {
+                freed += 1;
+            }
+        }
+        count(&vm.stats.at(tlb.cpu()).reclaimed, freed as u64);
+        freed
+    }
+
+    /// Takes every mapping of page `index` of `id` (cached in `frame`) out
+    /// of this space's shared areas that are not locked, and invalidates
+    /// them on its CPUs: how many, and whether one was dirty.
+    pub(super) fn unmap_object_page(
+        &self,
+        vm: &Vm,
+        (id, index): (ObjectId, u64),
+        frame: PhysFrame,
+        tlb: &mut Tlb<'_>,
+    ) -> (u32, bool) {
+        let (mut n, mut dirty) = (0, false);
+        let mut flush = Flush::none();
+        {
+            let mut m = self.mapper.lock();
+            for area in self.areas.iter() {
+                let AreaKind::Shared { object, offset } = area.kind else {
+                    continue;
+                };
+                if object != id || area.locked || index < offset || index - offset >= area.pages() {
+                    continue;
+                }
+                let va = VirtAddr::new(area.start + (index - offset) * PAGE);
+                if m.leaf_entry(va)
+                    .is_none_or(|e| e & ADDR_MASK != frame.start_address().as_u64())
+                {
+                    continue;
+                }
+                let old = m
+                    .exchange_pte(va, 0)
+                    .expect("a mapped page has its page table");
+                dirty |= old & DIRTY != 0;
+                flush.add(va.as_u64());
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.invalidate(flush, vm, tlb);
+        }
+        (n, dirty)
+    }
+
+    /// The global policy's identity of the shared object page `va` maps
+    /// in this space, for its harvest (a page the policy does not track,
+    /// an anonymous object's, is ignored by it).
+    pub(super) fn object_page_global_id(&self, va: u64) -> Option<u64> {
+        let area = self.areas.find(va)?;
+        let AreaKind::Shared { .. } = area.kind else {
+            return None;
+        };
+        let (id, index) = area.object_page(va)?;
+        Some(global_id(OBJECT_PAGES, object_page_id(id.index, index)))
+    }
+}
+
+impl Vm {
+    /// Evicts the object pages `chosen` (the global policy's page
+    /// identities under [`OBJECT_PAGES`]) from every space of `spaces`
+    /// that maps them; a page left with no mapping leaves the cache
+    /// (written back when dirty), one still mapped elsewhere (a space
+    /// outside the table, a locked area) or whose write failed stays and
+    /// is offered again. Returns the frames freed.
+    pub(super) fn evict_object_pages<P: PhysMem, T: SpaceTable<P> + ?Sized, A>(
+        &self,
+        spaces: &T,
+        chosen: &[(u32, u64)],
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> usize
+    where
+        A: FrameSource + ?Sized,
+    {
+        let mut freed = 0;
+        for &(_, pid) in chosen {
+            let (object, index) = ((pid >> 32) as u16, pid & 0xffff_ffff);
+            let Some((id, o)) = self.object_at(object) else {
+                continue; // closed since
+            };
+            if index >= o.pages() {
+                continue;
+            }
+            let Some(frame) = o.frame_of(index) else {
+                continue; // not cached any more
+            };
+            let (mut n, mut dirty) = (0, false);
+            spaces.for_each(&mut |s| {
+                let (k, d) = s.unmap_object_page(self, (id, index), frame, tlb);
+                n += k;
+                dirty |= d;
+            });
+            // Settled through the first space's access to physical memory
+            // (an empty table evicts nothing).
+            let mut settled = None;
+            spaces.for_each(&mut |s| {
+                if settled.is_none() {
+                    let settle = o.unpin(index, n, dirty);
+                    let cpu = tlb.cpu();
+                    settled =
+                        Some(self.settle_object((id, &o), index, settle, &s.phys, cpu, frames));
+                }
+            });
+            match settled {
+                Some(Ok(true)) => freed += 1,
+                _ => self.track_global(OBJECT_PAGES, pid),
+            }
+        }
+        count(&self.stats.at(tlb.cpu()).reclaimed, freed as u64);
+        freed
+    }
+}

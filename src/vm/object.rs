@@ -1,0 +1,505 @@
+//! Memory objects (FreeBSD's `vm_object`, Linux's `address_space`): what
+//! areas of several spaces map page by page, and the page cache that holds
+//! each of their pages once however many spaces map it.
+//!
+//! An object is anonymous (shared anonymous memory: zero-filled, its pages
+//! live as long as the object) or backed by a [`Pager`] the kernel
+//! implements over a file or a device: its pages are read in on their first
+//! fault, written back when dirty (on eviction, [`VmSpace::sync`], unmap
+//! and [`Vm::close_object`]) and dropped when clean, their eviction ranked
+//! by the same system-wide policy as anonymous pages.
+//!
+//! A cached page counts the page-table entries that map it (`maps`, as
+//! Linux's `_mapcount`): an entry is counted before it is written and
+//! uncounted after it was removed and invalidated, so a page with no count
+//! is reachable by no CPU. A page of a pager-backed object leaves the
+//! cache when its count drops to zero (written back first when dirty); a
+//! page being read in or written back is marked, and a fault on it waits
+//! ([`FaultOutcome::InTransit`](super::FaultOutcome::InTransit)).
+//!
+//! [`VmSpace::sync`]: super::VmSpace::sync
+
+use super::swap::PAGE_BYTES;
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+use x86_64::structures::paging::PhysFrame;
+use x86_64::PhysAddr;
+
+/// Why a [`Pager`] request failed: reported to the faulting access as
+/// [`FaultReason::Pager`](super::FaultReason::Pager) (a `SIGBUS`), or to
+/// `msync`, unmap and close as [`VmError::Pager`](super::VmError::Pager).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PagerError {
+    /// The device failed at page `index` of the object.
+    Io {
+        /// The page of the object.
+        index: u64,
+    },
+    /// The object refuses the write of page `index` (read-only medium, no
+    /// space left): the page stays dirty in the cache.
+    Refused {
+        /// The page of the object.
+        index: u64,
+    },
+}
+
+impl fmt::Display for PagerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io { index } => write!(f, "pager I/O error at page {index}"),
+            Self::Refused { index } => write!(f, "pager refused the write of page {index}"),
+        }
+    }
+}
+
+/// What backs the pages of an object: a file of the kernel's file system,
+/// a region of a disk. kmem calls it with none of its locks held, for
+/// different pages from several CPUs at once, never for one page twice at
+/// once (a page being read in or written back is marked in the cache).
+pub trait Pager: Send + Sync {
+    /// The object's size in pages (fixed while the object exists).
+    fn pages(&self) -> u64;
+
+    /// Reads page `index` (below [`pages`](Self::pages)) into `page`.
+    fn read(&self, index: u64, page: &mut [u8; PAGE_BYTES]) -> Result<(), PagerError>;
+
+    /// Writes `page` back as page `index` of the object.
+    fn write(&self, index: u64, page: &[u8; PAGE_BYTES]) -> Result<(), PagerError>;
+}
+
+/// An object of a [`Vm`](super::Vm): a registry index and the generation
+/// of that index, so a closed object's id never names a later one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId {
+    pub(super) index: u16,
+    pub(super) generation: u16,
+}
+
+/// Counters of one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ObjectStats {
+    /// Its size in pages.
+    pub pages: u64,
+    /// Pages cached now.
+    pub cached: u64,
+    /// Cached pages known dirty now (written through a mapping whose
+    /// entry was since harvested, or whose write-back failed).
+    pub dirty: u64,
+    /// Pages read through the pager (or zero-filled, for an anonymous object).
+    pub reads: u64,
+    /// Pages written back through the pager.
+    pub writes: u64,
+    /// Pager requests that failed.
+    pub errors: u64,
+}
+
+/// No frame in a [`Cached`] entry.
+const NO_FRAME: u64 = u64::MAX;
+/// States of a cached page.
+const DIRTY: u8 = 1;
+const READING: u8 = 2;
+const WRITING: u8 = 4;
+
+/// One page of the object in the cache.
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    /// Frame number, [`NO_FRAME`] when not cached.
+    frame: u64,
+    /// Page-table entries mapping it.
+    maps: u32,
+    state: u8,
+}
+
+impl Cached {
+    const EMPTY: Self = Self {
+        frame: NO_FRAME,
+        maps: 0,
+        state: 0,
+    };
+}
+
+/// What [`VmObject::pin`] found.
+pub(super) enum Pin {
+    /// The cached frame, counted for one more mapping.
+    Frame(PhysFrame),
+    /// Being read in or written back: retry later.
+    Wait,
+    /// Not cached: read it in ([`VmObject::begin_read`]).
+    Absent,
+}
+
+/// What is left to do once a page lost mappings.
+pub(super) enum Settle {
+    /// Still mapped, or kept (an anonymous object's page): nothing.
+    Kept,
+    /// Left the cache, clean: free the frame.
+    Free(PhysFrame),
+    /// Unmapped and dirty, now marked as written back: write it, then
+    /// [`VmObject::end_write`].
+    Write(PhysFrame),
+}
+
+/// A memory object: its pager and its cached pages.
+pub struct VmObject {
+    pager: Option<Box<dyn Pager>>,
+    pages: u64,
+    /// One entry per page of the object, made when the object is.
+    cache: spin::Mutex<Vec<Cached>>,
+    /// Pages of areas mapping the object, in every space.
+    pub(super) area_pages: AtomicU64,
+    reads: AtomicU64,
+    writes: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl fmt::Debug for VmObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VmObject")
+            .field("pages", &self.pages)
+            .field("pager", &self.pager.is_some())
+            .finish()
+    }
+}
+
+fn frame_at(n: u64) -> PhysFrame {
+    PhysFrame::containing_address(PhysAddr::new(n * crate::PAGE_SIZE))
+}
+
+fn number(f: PhysFrame) -> u64 {
+    f.start_address().as_u64() / crate::PAGE_SIZE
+}
+
+impl VmObject {
+    /// An object of `pages` pages (`pager`'s size when it has one); `None`
+    /// when its cache table (16 bytes a page) does not fit on the heap.
+    pub(super) fn new(pager: Option<Box<dyn Pager>>, pages: u64) -> Option<Self> {
+        let mut cache = Vec::new();
+        cache.try_reserve_exact(usize::try_from(pages).ok()?).ok()?;
+        cache.resize(pages as usize, Cached::EMPTY);
+        Some(Self {
+            pager,
+            pages,
+            cache: spin::Mutex::new(cache),
+            area_pages: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// Its size in pages.
+    pub(super) fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// Whether its pages can leave the cache (a pager holds them): an
+    /// anonymous object's pages stay while the object does.
+    pub(super) fn evictable(&self) -> bool {
+        self.pager.is_some()
+    }
+
+    /// Counts one more mapping of page `index` when it is cached.
+    pub(super) fn pin(&self, index: u64) -> Pin {
+        let mut cache = self.cache.lock();
+        let c = &mut cache[index as usize];
+        if c.frame == NO_FRAME {
+            Pin::Absent
+        } else if c.state & (READING | WRITING) != 0 {
+            Pin::Wait
+        } else {
+            c.maps += 1;
+            Pin::Frame(frame_at(c.frame))
+        }
+    }
+
+    /// Counts `n` more mappings of page `index`, which is mapped already
+    /// (a fork copying its entries).
+    pub(super) fn add_maps(&self, index: u64, n: u32) {
+        let mut cache = self.cache.lock();
+        let c = &mut cache[index as usize];
+        debug_assert!(c.frame != NO_FRAME && c.maps > 0, "a mapped page is cached");
+        c.maps += n;
+    }
+
+    /// The frame caching page `index`, if any (and not being read in).
+    pub(super) fn frame_of(&self, index: u64) -> Option<PhysFrame> {
+        let cache = self.cache.lock();
+        let c = cache[index as usize];
+        (c.frame != NO_FRAME && c.state & READING == 0).then(|| frame_at(c.frame))
+    }
+
+    /// Makes `frame` the page `index`, marked as being read in; `false`
+    /// when another fault cached it first (the frame stays the caller's).
+    pub(super) fn begin_read(&self, index: u64, frame: PhysFrame) -> bool {
+        let mut cache = self.cache.lock();
+        let c = &mut cache[index as usize];
+        if c.frame != NO_FRAME {
+            return false;
+        }
+        *c = Cached {
+            frame: number(frame),
+            maps: 0,
+            state: READING,
+        };
+        true
+    }
+
+    /// Fills `page`, the frame [`begin_read`](Self::begin_read) marked,
+    /// from the pager (zeroes for an anonymous object). No lock held.
+    pub(super) fn read(&self, index: u64, page: &mut [u8; PAGE_BYTES]) -> Result<(), PagerError> {
+        let r = match &self.pager {
+            Some(p) => p.read(index, page),
+            None => {
+                page.fill(0);
+                Ok(())
+            }
+        };
+        let c = if r.is_ok() { &self.reads } else { &self.errors };
+        c.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    /// Ends the read of page `index`: cached and counted for one mapping
+    /// (`ok`), or out of the cache again (the caller frees the frame).
+    pub(super) fn end_read(&self, index: u64, ok: bool) {
+        let mut cache = self.cache.lock();
+        let c = &mut cache[index as usize];
+        debug_assert!(c.state & READING != 0, "a page being read");
+        *c = if ok {
+            Cached {
+                maps: 1,
+                state: 0,
+                ..*c
+            }
+        } else {
+            Cached::EMPTY
+        };
+    }
+
+    /// Uncounts `n` mappings of page `index`, removed and invalidated
+    /// (`dirty`: one of them had been written). At no mapping a clean page
+    /// of a pager-backed object leaves the cache, a dirty one is marked
+    /// for its write-back.
+    pub(super) fn unpin(&self, index: u64, n: u32, dirty: bool) -> Settle {
+        let mut cache = self.cache.lock();
+        let c = &mut cache[index as usize];
+        debug_assert!(c.maps >= n, "more mappings removed than counted");
+        c.maps -= n.min(c.maps);
+        if dirty {
+            c.state |= DIRTY;
+        }
+        self.settle(c)
+    }
+
+    fn settle(&self, c: &mut Cached) -> Settle {
+        if c.maps > 0 || c.state & (READING | WRITING) != 0 || self.pager.is_none() {
+            return Settle::Kept;
+        }
+        let frame = frame_at(c.frame);
+        if c.state & DIRTY != 0 {
+            c.state = WRITING;
+            Settle::Write(frame)
+        } else {
+            *c = Cached::EMPTY;
+            Settle::Free(frame)
+        }
+    }
+
+    /// Marks every cached dirty page of `[from, to)` not moving already as
+    /// being written back, up to `out.len()`; returns how many
+    /// it put in `out` (page, frame), and where to go on.
+    pub(super) fn take_dirty(
+        &self,
+        from: u64,
+        to: u64,
+        out: &mut [(u64, PhysFrame)],
+    ) -> (usize, u64) {
+        let mut cache = self.cache.lock();
+        let mut n = 0;
+        let to = to.min(self.pages);
+        let mut i = from;
+        while i < to && n < out.len() {
+            let c = &mut cache[i as usize];
+            if c.frame != NO_FRAME && c.state == DIRTY {
+                c.state = WRITING;
+                out[n] = (i, frame_at(c.frame));
+                n += 1;
+            }
+            i += 1;
+        }
+        (n, i)
+    }
+
+    /// Writes `page`, page `index` marked as being written back. No lock held.
+    pub(super) fn write(&self, index: u64, page: &[u8; PAGE_BYTES]) -> Result<(), PagerError> {
+        let r = match &self.pager {
+            Some(p) => p.write(index, page),
+            None => Ok(()),
+        };
+        let c = if r.is_ok() {
+            &self.writes
+        } else {
+            &self.errors
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    /// Ends the write-back of page `index`: written (`ok`), it is clean
+    /// unless dirtied again meanwhile; failed, it is dirty again. Then, as
+    /// [`unpin`](Self::unpin), what is left to do.
+    pub(super) fn end_write(&self, index: u64, ok: bool) -> Settle {
+        let mut cache = self.cache.lock();
+        let c = &mut cache[index as usize];
+        debug_assert!(c.state & WRITING != 0, "a page being written");
+        c.state &= !WRITING;
+        if !ok {
+            c.state |= DIRTY;
+            return Settle::Kept;
+        }
+        // Dirty again only if written meanwhile (the mark was taken off
+        // when the write began).
+        self.settle(c)
+    }
+
+    /// Marks page `index` dirty (a mapping's Dirty bit harvested).
+    pub(super) fn mark_dirty(&self, index: u64) {
+        let mut cache = self.cache.lock();
+        let c = &mut cache[index as usize];
+        if c.frame != NO_FRAME {
+            c.state |= DIRTY;
+        }
+    }
+
+    /// Takes every cached page out, for a closed object no area maps:
+    /// calls `f` with each frame (dirty ones are lost). A page being
+    /// written back is left to its writer, which frees it.
+    pub(super) fn drain(&self, mut f: impl FnMut(u64, PhysFrame)) {
+        let mut cache = self.cache.lock();
+        for (i, c) in cache.iter_mut().enumerate() {
+            if c.frame != NO_FRAME && c.state & (READING | WRITING) == 0 {
+                debug_assert_eq!(c.maps, 0, "a closed object's page is mapped");
+                f(i as u64, frame_at(c.frame));
+                *c = Cached::EMPTY;
+            }
+        }
+    }
+
+    /// Its counters.
+    pub(super) fn stats(&self) -> ObjectStats {
+        let cache = self.cache.lock();
+        let cached = cache.iter().filter(|c| c.frame != NO_FRAME).count() as u64;
+        let dirty = cache
+            .iter()
+            .filter(|c| c.frame != NO_FRAME && c.state & DIRTY != 0)
+            .count() as u64;
+        ObjectStats {
+            pages: self.pages,
+            cached,
+            dirty,
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The objects of a [`Vm`](super::Vm), by index.
+#[derive(Debug, Default)]
+pub(super) struct Objects {
+    slots: Vec<(u16, Option<Arc<VmObject>>)>,
+}
+
+impl Objects {
+    /// The object `id` names, if it still exists.
+    pub(super) fn get(&self, id: ObjectId) -> Option<&Arc<VmObject>> {
+        match self.slots.get(id.index as usize) {
+            Some((g, Some(o))) if *g == id.generation => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The object at registry index `index`, with its id.
+    pub(super) fn at(&self, index: u16) -> Option<(ObjectId, &Arc<VmObject>)> {
+        match self.slots.get(index as usize) {
+            Some((g, Some(o))) => Some((
+                ObjectId {
+                    index,
+                    generation: *g,
+                },
+                o,
+            )),
+            _ => None,
+        }
+    }
+
+    /// Adds `object`; `None` when 65 536 objects exist or the heap is full.
+    pub(super) fn add(&mut self, object: Arc<VmObject>) -> Option<ObjectId> {
+        if let Some(i) = self.slots.iter().position(|s| s.1.is_none()) {
+            let s = &mut self.slots[i];
+            s.0 = s.0.wrapping_add(1);
+            s.1 = Some(object);
+            return Some(ObjectId {
+                index: i as u16,
+                generation: s.0,
+            });
+        }
+        let index = u16::try_from(self.slots.len()).ok()?;
+        self.slots.try_reserve(1).ok()?;
+        self.slots.push((0, Some(object)));
+        Some(ObjectId {
+            index,
+            generation: 0,
+        })
+    }
+
+    /// Removes the object `id`.
+    pub(super) fn remove(&mut self, id: ObjectId) -> Option<Arc<VmObject>> {
+        match self.slots.get_mut(id.index as usize) {
+            Some((g, o)) if *g == id.generation => o.take(),
+            _ => None,
+        }
+    }
+}
+
+/// The policy's page identity of page `index` of the object at registry
+/// index `object` (under the space id [`OBJECT_PAGES`]): 16 + 32 bits.
+pub(super) fn object_page_id(object: u16, index: u64) -> u64 {
+    (u64::from(object) << 32) | index
+}
+
+/// The space id object pages go under in the global policy (no space
+/// joins with it).
+pub(super) const OBJECT_PAGES: u32 = 0xffff;
+
+/// Most pages an object may have: its page number fits 32 bits of the
+/// policy's page identity.
+pub(super) const MAX_OBJECT_PAGES: u64 = 1 << 32;
+
+impl<T: Pager + ?Sized> Pager for Box<T> {
+    fn pages(&self) -> u64 {
+        (**self).pages()
+    }
+    fn read(&self, index: u64, page: &mut [u8; PAGE_BYTES]) -> Result<(), PagerError> {
+        (**self).read(index, page)
+    }
+    fn write(&self, index: u64, page: &[u8; PAGE_BYTES]) -> Result<(), PagerError> {
+        (**self).write(index, page)
+    }
+}
+
+impl<T: Pager + ?Sized> Pager for Arc<T> {
+    fn pages(&self) -> u64 {
+        (**self).pages()
+    }
+    fn read(&self, index: u64, page: &mut [u8; PAGE_BYTES]) -> Result<(), PagerError> {
+        (**self).read(index, page)
+    }
+    fn write(&self, index: u64, page: &[u8; PAGE_BYTES]) -> Result<(), PagerError> {
+        (**self).write(index, page)
+    }
+}
