@@ -10,6 +10,7 @@ extern crate alloc;
 pub mod arch;
 pub mod boot;
 pub mod dev;
+pub mod files;
 pub mod mm;
 pub mod overcommit;
 pub mod smp;

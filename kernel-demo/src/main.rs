@@ -165,7 +165,10 @@ extern "C" fn after_switch() -> ! {
     step("12. working sets that shift between processes (kmem::vm::global, oom)");
     demo::workingsets::demo_working_sets();
 
-    step("13. summary");
+    step("13. memory objects (kmem::vm: shared anonymous memory, a file through the page cache)");
+    demo::objects::demo_objects();
+
+    step("14. summary");
     summary();
     println!();
     println!("demo done");

@@ -1,4 +1,5 @@
-//! A workload larger than the frames anonymous memory may hold, over a
+//! Kernel-mode workloads in a `kmem::vm` space ([`in_space`]), and the
+//! first of them: a workload larger than the frames anonymous memory may hold, over a
 //! swap device: sequential, random and hot-set passes, every page carrying
 //! a checksum verified on every read; then teardown with every frame and
 //! slot back. Kernel-mode accesses fault into `kmem::vm` through the fault
@@ -162,53 +163,11 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, pages: u64) -> Report
             "no other swap device in use"
         );
     });
-    let tables = with_memory(|m| AddressSpace::new(m.mapper, &mut m.frames)).expect("a PML4");
-    let mut space = VmSpace::with_mapper(tables.into_mapper(), USER_RANGE.0, USER_RANGE.1)
-        .map_err(|(_, e)| e)
-        .expect("a new address space maps nothing in its user half");
+    let mut space = empty_space();
     space
         .map_anonymous(Some(BASE), pages * 4096, Prot::RW)
         .expect("the workload's area");
-    let pml4 = space.pml4();
-    *ACTIVE.lock() = Some(space);
-    let kernel = X86Mmu.cr3();
-    // SAFETY: the space shares the kernel half; switched back below.
-    unsafe { X86Mmu.set_cr3(pml4) };
-    interrupts::set_fault_hook(Some(hook));
-    let mut last = alloc::vec![u64::MAX; pages as usize];
-    let mut rng = 0x1234_5678_9abc_def1u64;
-    let mut recorded = None;
-    for pass in 0..6u64 {
-        // Swap-in faults are timed in the random passes.
-        if pass == 2 {
-            *SWAP_IN_TICKS.lock() = Some(Vec::new());
-        }
-        if pass == 4 {
-            recorded = SWAP_IN_TICKS.lock().take();
-        }
-        for k in 0..pages {
-            let page = match pass {
-                0 | 1 => k,
-                2 | 3 => {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    rng % pages
-                }
-                _ => k % (limit / 2),
-            };
-            if last[page as usize] != u64::MAX && k % 2 == 0 {
-                check_page(page, last[page as usize]);
-            } else {
-                write_page(page, pass);
-                last[page as usize] = pass;
-            }
-        }
-    }
-    interrupts::set_fault_hook(None);
-    // SAFETY: back to the kernel's own tables.
-    unsafe { X86Mmu.set_cr3(kernel) };
-    let space = ACTIVE.lock().take().expect("the workload's space");
+    let (space, recorded) = in_space(space, || passes(limit, pages));
     let stats = with_vm(|vm| vm.stats());
     with_vm(|vm| with_tlb(|tlb| space.destroy(vm, &mut &FRAMES, tlb)))
         .map_err(|e| e.1)
@@ -241,6 +200,72 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, pages: u64) -> Report
     }
 }
 
+/// The six passes over `pages` pages (in the active space): sequential,
+/// random (swap-in faults timed), then a hot set of half the limit.
+/// Returns the timed faults' ticks.
+fn passes(limit: u64, pages: u64) -> Option<Vec<u64>> {
+    let mut last = alloc::vec![u64::MAX; pages as usize];
+    let mut rng = 0x1234_5678_9abc_def1u64;
+    let mut recorded = None;
+    for pass in 0..6u64 {
+        // Swap-in faults are timed in the random passes.
+        if pass == 2 {
+            *SWAP_IN_TICKS.lock() = Some(Vec::new());
+        }
+        if pass == 4 {
+            recorded = SWAP_IN_TICKS.lock().take();
+        }
+        for k in 0..pages {
+            let page = match pass {
+                0 | 1 => k,
+                2 | 3 => {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng % pages
+                }
+                _ => k % (limit / 2),
+            };
+            if last[page as usize] != u64::MAX && k % 2 == 0 {
+                check_page(page, last[page as usize]);
+            } else {
+                write_page(page, pass);
+                last[page as usize] = pass;
+            }
+        }
+    }
+    recorded
+}
+
+/// A new address space sharing the kernel half, its user half empty.
+pub fn empty_space() -> VmSpace<OffsetPhysMem> {
+    let tables = with_memory(|m| AddressSpace::new(m.mapper, &mut m.frames)).expect("a PML4");
+    VmSpace::with_mapper(tables.into_mapper(), USER_RANGE.0, USER_RANGE.1)
+        .map_err(|(_, e)| e)
+        .expect("a new address space maps nothing in its user half")
+}
+
+/// Runs `f` with `space` loaded on this CPU, its kernel-mode faults
+/// resolved through `kmem::vm` (the fault hook); hands the space back
+/// with `f`'s result.
+pub fn in_space<R>(
+    space: VmSpace<OffsetPhysMem>,
+    f: impl FnOnce() -> R,
+) -> (VmSpace<OffsetPhysMem>, R) {
+    let pml4 = space.pml4();
+    *ACTIVE.lock() = Some(space);
+    let kernel = X86Mmu.cr3();
+    // SAFETY: the space shares the kernel half; switched back below.
+    unsafe { X86Mmu.set_cr3(pml4) };
+    interrupts::set_fault_hook(Some(hook));
+    let r = f();
+    interrupts::set_fault_hook(None);
+    // SAFETY: back to the kernel's own tables.
+    unsafe { X86Mmu.set_cr3(kernel) };
+    let space = ACTIVE.lock().take().expect("the space set above");
+    (space, r)
+}
+
 /// Replays `trace` (page numbers) as kernel writes over `limit` frames,
 /// one page reclaimed per fault and no readahead, with `policy` choosing
 /// the victims; returns the faults that brought a page in (first touches
@@ -260,29 +285,18 @@ pub fn replay(
             "no other swap device in use"
         );
     });
-    let tables = with_memory(|m| AddressSpace::new(m.mapper, &mut m.frames)).expect("a PML4");
-    let mut space = VmSpace::with_mapper(tables.into_mapper(), USER_RANGE.0, USER_RANGE.1)
-        .map_err(|(_, e)| e)
-        .expect("a new address space maps nothing in its user half");
+    let mut space = empty_space();
     space.set_policy(policy);
     space
         .map_anonymous(Some(BASE), pages * 4096, Prot::RW)
         .expect("the trace's area");
-    let pml4 = space.pml4();
-    *ACTIVE.lock() = Some(space);
     let before = with_vm(|vm| vm.stats());
-    let kernel = X86Mmu.cr3();
-    // SAFETY: the space shares the kernel half; switched back below.
-    unsafe { X86Mmu.set_cr3(pml4) };
-    interrupts::set_fault_hook(Some(hook));
-    for (i, &p) in trace.iter().enumerate() {
-        // SAFETY: the trace's space is active; faults map the page.
-        unsafe { ((BASE + p * 4096) as *mut u64).write_volatile(i as u64) };
-    }
-    interrupts::set_fault_hook(None);
-    // SAFETY: back to the kernel's own tables.
-    unsafe { X86Mmu.set_cr3(kernel) };
-    let space = ACTIVE.lock().take().expect("the trace's space");
+    let (space, ()) = in_space(space, || {
+        for (i, &p) in trace.iter().enumerate() {
+            // SAFETY: the trace's space is active; faults map the page.
+            unsafe { ((BASE + p * 4096) as *mut u64).write_volatile(i as u64) };
+        }
+    });
     let after = with_vm(|vm| vm.stats());
     with_vm(|vm| with_tlb(|tlb| space.destroy(vm, &mut &FRAMES, tlb)))
         .map_err(|e| e.1)

@@ -408,10 +408,14 @@ impl VmObject {
     }
 }
 
-/// The objects of a [`Vm`](super::Vm), by index.
+/// The objects of a [`Vm`](super::Vm), by index: a slot keeps the
+/// generation its object was made in, so an id outlives its object without
+/// naming the next one there.
 #[derive(Debug, Default)]
 pub(super) struct Objects {
     slots: Vec<(u16, Option<Arc<VmObject>>)>,
+    /// The generation of the next object (wrapping).
+    next: u16,
 }
 
 impl Objects {
@@ -439,30 +443,34 @@ impl Objects {
 
     /// Adds `object`; `None` when 65 536 objects exist or the heap is full.
     pub(super) fn add(&mut self, object: Arc<VmObject>) -> Option<ObjectId> {
-        if let Some(i) = self.slots.iter().position(|s| s.1.is_none()) {
-            let s = &mut self.slots[i];
-            s.0 = s.0.wrapping_add(1);
-            s.1 = Some(object);
-            return Some(ObjectId {
-                index: i as u16,
-                generation: s.0,
-            });
-        }
-        let index = u16::try_from(self.slots.len()).ok()?;
-        self.slots.try_reserve(1).ok()?;
-        self.slots.push((0, Some(object)));
+        let generation = self.next;
+        let index = match self.slots.iter().position(|s| s.1.is_none()) {
+            Some(i) => i,
+            None => {
+                u16::try_from(self.slots.len()).ok()?;
+                self.slots.try_reserve(1).ok()?;
+                self.slots.push((0, None));
+                self.slots.len() - 1
+            }
+        };
+        self.slots[index] = (generation, Some(object));
+        self.next = generation.wrapping_add(1);
         Some(ObjectId {
-            index,
-            generation: 0,
+            index: index as u16,
+            generation,
         })
     }
 
-    /// Removes the object `id`.
+    /// Removes the object `id`; the table goes with the last object.
     pub(super) fn remove(&mut self, id: ObjectId) -> Option<Arc<VmObject>> {
-        match self.slots.get_mut(id.index as usize) {
+        let o = match self.slots.get_mut(id.index as usize) {
             Some((g, o)) if *g == id.generation => o.take(),
             _ => None,
+        };
+        if self.slots.iter().all(|s| s.1.is_none()) {
+            self.slots = Vec::new();
         }
+        o
     }
 }
 

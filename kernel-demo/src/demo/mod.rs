@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod faults;
+pub mod objects;
 pub mod processes;
 pub mod smp;
 pub mod swap;

@@ -82,6 +82,41 @@ kmem_user_fork:
     int 0x80
     ud2
 
+    /* Writes 0x7a9 at heap[0] and at shared[0] (`rsi`, a shared
+     * mapping), forks. The child (run first) reports shared[0], writes
+     * 0xc41d at heap[0] and 0x5a4ed at shared[8], exits 1; the parent then
+     * reports shared[8] (the child's message) and heap[0] (its own), exits 0. */
+    .global kmem_user_share
+kmem_user_share:
+    mov r12, rdi
+    mov r13, rsi
+    mov qword ptr [r12], 0x7a9
+    mov qword ptr [r13], 0x7a9
+    mov eax, 2
+    int 0x80
+    test rax, rax
+    jnz .Lshare_parent
+    mov rdi, [r13]
+    mov eax, 1
+    int 0x80
+    mov qword ptr [r12], 0xc41d
+    mov qword ptr [r13 + 8], 0x5a4ed
+    mov edi, 1
+    xor eax, eax
+    int 0x80
+    ud2
+.Lshare_parent:
+    mov rdi, [r13 + 8]
+    mov eax, 1
+    int 0x80
+    mov rdi, [r12]
+    mov eax, 1
+    int 0x80
+    xor edi, edi
+    xor eax, eax
+    int 0x80
+    ud2
+
     /* Reads the 8 bytes at `rsi` and reports them. */
     .global kmem_user_read
 kmem_user_read:
@@ -119,6 +154,7 @@ extern "C" {
     static kmem_user_programs_end: u8;
     static kmem_user_tag: u8;
     static kmem_user_fork: u8;
+    static kmem_user_share: u8;
     static kmem_user_read: u8;
     static kmem_user_write: u8;
     static kmem_user_jump: u8;
@@ -131,6 +167,9 @@ pub enum Program {
     Tag,
     /// Forks; parent and child write different values at the same address.
     Fork,
+    /// Forks and passes a message from child to parent through the shared
+    /// mapping at the address given as its argument.
+    Share,
     /// Reads the address given as its argument.
     Read,
     /// Writes the address given as its argument.
@@ -156,6 +195,7 @@ impl Program {
         let sym = match self {
             Self::Tag => &raw const kmem_user_tag,
             Self::Fork => &raw const kmem_user_fork,
+            Self::Share => &raw const kmem_user_share,
             Self::Read => &raw const kmem_user_read,
             Self::Write => &raw const kmem_user_write,
             Self::Jump => &raw const kmem_user_jump,
