@@ -52,6 +52,23 @@ kernel_demo::test_kernel! {
         assert_eq!(d.slots(), 64 << 20 >> 12);
     }
 
+    /// A file of 64 pages at the end of the disk mapped shared over 16
+    /// frames (no swap): every page read, every other one rewritten,
+    /// synced, read back after eviction, checked on the disk after close
+    /// (inside `files::run`); every frame back.
+    fn a_file_on_the_disk_through_the_page_cache() {
+        let before = overcommit::accounted_frames();
+        let d = VirtioSwap::find().expect("the disk");
+        let first = d.slots() - 64;
+        let r = kernel_demo::files::run(alloc::sync::Arc::new(d.locked()), first, 64, 16);
+        println!("\n    {:?}", r.object);
+        assert!(r.object.reads > 64, "evicted pages read again: {:?}", r.object);
+        assert!(r.object.writes >= 32 && r.synced > 0, "{r:?}");
+        assert!(r.vm.object_evictions >= 48, "{:?}", r.vm);
+        assert_eq!(r.checked_on_disk, 64);
+        assert_eq!(overcommit::accounted_frames(), before);
+    }
+
     /// 1024 pages over 256 frames on the disk; clustered write-out against
     /// raw 64 KiB writes, swap-in faults against raw 4 KiB reads.
     fn overcommit_over_the_disk() {

@@ -9,8 +9,11 @@
 
 extern crate alloc;
 
+use alloc::sync::Arc;
 use alloc::vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 use kernel_demo::mm::heap::HEAP;
+use kernel_demo::mm::memory::direct_map;
 use kernel_demo::mm::memory::{with_memory, FRAMES};
 use kernel_demo::user::process::{
     enable_smep_smap, run_all, vm_stats, with_tlb, with_vm, End, Process, HEAP_BASE, STACK_PAGES,
@@ -19,10 +22,75 @@ use kernel_demo::user::process::{
 use kernel_demo::user::programs::Program;
 use kernel_demo::user::{probe_exec, probe_read, probe_read_user, ProbeFault};
 use kmem::paging::{Mmu, X86Mmu};
-use kmem::vm::{FaultAccess, FaultReason};
+use kmem::vm::{FaultAccess, FaultReason, ObjectId, Pager, PagerError, Prot, VmError};
 use x86_64::VirtAddr;
 
 static KERNEL_SECRET: u64 = 0x5ec2e7;
+
+/// Where the processes map objects.
+const SHARED: u64 = 0x5000_0000;
+
+/// A file in kernel memory whose reads and writes can be made to fail.
+struct MemFile {
+    pages: spin::Mutex<alloc::vec::Vec<[u8; 4096]>>,
+    fail_reads: AtomicBool,
+    fail_writes: AtomicBool,
+}
+
+impl MemFile {
+    fn new(n: usize) -> Self {
+        let mut pages = alloc::vec![[0u8; 4096]; n];
+        for (i, p) in pages.iter_mut().enumerate() {
+            p[..8].copy_from_slice(&(0xf11e_0000 + i as u64).to_le_bytes());
+        }
+        Self {
+            pages: spin::Mutex::new(pages),
+            fail_reads: AtomicBool::new(false),
+            fail_writes: AtomicBool::new(false),
+        }
+    }
+
+    fn word(&self, i: usize) -> u64 {
+        u64::from_le_bytes(self.pages.lock()[i][..8].try_into().unwrap())
+    }
+}
+
+impl Pager for MemFile {
+    fn pages(&self) -> u64 {
+        self.pages.lock().len() as u64
+    }
+    fn read(&self, index: u64, page: &mut [u8; 4096]) -> Result<(), PagerError> {
+        if self.fail_reads.load(Ordering::Relaxed) {
+            return Err(PagerError::Io { index });
+        }
+        *page = self.pages.lock()[index as usize];
+        Ok(())
+    }
+    fn write(&self, index: u64, page: &[u8; 4096]) -> Result<(), PagerError> {
+        if self.fail_writes.load(Ordering::Relaxed) {
+            return Err(PagerError::Refused { index });
+        }
+        self.pages.lock()[index as usize] = *page;
+        Ok(())
+    }
+}
+
+/// A process running `program` with `object` mapped shared at [`SHARED`].
+fn with_object(pid: u64, program: Program, arg: u64, object: ObjectId, pages: u64) -> Process {
+    let mut p = Process::spawn(pid, program, arg).unwrap();
+    let rw = Prot::RW | Prot::USER;
+    with_vm(|vm| {
+        p.space
+            .map_object(vm, Some(SHARED), pages * 4096, rw, object, 0, true)
+    })
+    .unwrap();
+    p
+}
+
+fn close(object: ObjectId) -> Result<(), VmError> {
+    let cpu = kernel_demo::arch::cpus::cpu_index();
+    with_vm(|vm| vm.close_object(object, &direct_map(), cpu, &mut &FRAMES))
+}
 
 fn killed(reason: FaultReason) -> impl Fn(&End) -> bool {
     move |e| matches!(e, End::Killed(f) if f.reason == reason)
@@ -140,6 +208,50 @@ kernel_demo::test_kernel! {
         unsafe { X86Mmu.set_cr3(kernel) };
         assert_eq!(r, Err(ProbeFault));
         with_vm(|vm| with_tlb(|tlb| p.space.destroy(vm, &mut &FRAMES, tlb))).map_err(|e| e.1).unwrap();
+    }
+
+    /// A shared anonymous mapping survives fork shared: the child's
+    /// message reaches the parent through it while their heaps diverge.
+    fn a_shared_anonymous_mapping_carries_a_message_across_fork() {
+        let before = kernel_demo::overcommit::accounted_frames();
+        let object = with_vm(|vm| vm.create_shared_anonymous(4096)).unwrap();
+        let done = run_all(vec![with_object(1, Program::Share, SHARED, object, 1)]);
+        assert_eq!(done.len(), 2);
+        assert_eq!((done[1].2, done[1].1.as_slice()), (End::Exited(1), &[0x7a9][..]), "child");
+        assert_eq!((done[0].2, done[0].1.as_slice()), (End::Exited(0), &[0x5a4ed, 0x7a9][..]), "parent");
+        assert_eq!(with_vm(|vm| vm.object_stats(object)).unwrap().cached, 1, "kept while the object is");
+        close(object).unwrap();
+        assert_eq!(kernel_demo::overcommit::accounted_frames(), before);
+    }
+
+    /// A pager that fails reads ends the process touching the page with
+    /// the pager's error (the kernel's SIGBUS) while a process reading a
+    /// good page goes on; one that refuses writes keeps the page dirty
+    /// until the object can be closed, losing nothing.
+    fn a_failing_pager_ends_the_reader_and_loses_no_write() {
+        let before = kernel_demo::overcommit::accounted_frames();
+        let file = Arc::new(MemFile::new(4));
+        let object = with_vm(|vm| vm.create_object(alloc::boxed::Box::new(file.clone()))).unwrap();
+        file.fail_reads.store(true, Ordering::Relaxed);
+        let done = run_all(vec![with_object(1, Program::Read, SHARED + 4096, object, 4)]);
+        let bus = FaultReason::Pager(PagerError::Io { index: 1 });
+        assert!(killed(bus)(&done[0].2), "{:?}", done[0].2);
+        assert!(done[0].1.is_empty());
+        file.fail_reads.store(false, Ordering::Relaxed);
+        let done = run_all(vec![with_object(1, Program::Read, SHARED + 4096, object, 4)]);
+        assert_eq!((done[0].2, done[0].1.as_slice()), (End::Exited(0), &[0xf11e_0001][..]));
+        // The writer's exit unmaps the page: its write-back is refused.
+        file.fail_writes.store(true, Ordering::Relaxed);
+        let done = run_all(vec![with_object(1, Program::Write, SHARED + 2 * 4096, object, 4)]);
+        assert_eq!(done[0].2, End::Exited(0));
+        let st = with_vm(|vm| vm.object_stats(object)).unwrap();
+        assert_eq!((st.cached, st.dirty), (1, 1), "{st:?}");
+        assert_eq!(close(object), Err(VmError::Pager(PagerError::Refused { index: 2 })));
+        file.fail_writes.store(false, Ordering::Relaxed);
+        close(object).unwrap();
+        assert_eq!(file.word(2), 1, "the process's write reached the file");
+        assert!(vm_stats().pager_errors >= 3);
+        assert_eq!(kernel_demo::overcommit::accounted_frames(), before);
     }
 
     /// Two thousand spawn / fork / touch / exit cycles: every frame, page

@@ -296,7 +296,13 @@ impl VmObject {
     }
 
     fn settle(&self, c: &mut Cached) -> Settle {
-        if c.maps > 0 || c.state & (READING | WRITING) != 0 || self.pager.is_none() {
+        // Not cached (any more: an object discarded under a reclaim that
+        // had listed the page), mapped, moving, or an anonymous object's.
+        if c.frame == NO_FRAME
+            || c.maps > 0
+            || c.state & (READING | WRITING) != 0
+            || self.pager.is_none()
+        {
             return Settle::Kept;
         }
         let frame = frame_at(c.frame);
