@@ -65,6 +65,8 @@ struct Machine {
     tlbs: Vec<Mutex<TlbCpu>>,
     /// Per writer, the last value it wrote.
     last: [AtomicU64; CPUS],
+    /// The file both spaces map (`Kind::Objects`).
+    file: Option<(kmem::vm::ObjectId, std::sync::Arc<File>)>,
 }
 
 /// The swap device of a machine.
@@ -105,6 +107,37 @@ enum Kind {
     /// A forked parent and child under one global policy, their pages
     /// shared frames at the start.
     GlobalForked,
+    /// Two spaces mapping one file shared (CPU 1 on the second), with the
+    /// file's reads and writes yielding; (`true`) under the global policy,
+    /// which evicts its pages from both spaces.
+    Objects(bool),
+}
+
+/// A file in memory whose requests let other CPUs run (the page being
+/// read or written stays marked meanwhile).
+struct File(std::sync::Mutex<Vec<[u64; 4]>>);
+
+impl kmem::vm::Pager for File {
+    fn pages(&self) -> u64 {
+        PAGES
+    }
+    fn read(&self, index: u64, page: &mut [u8; PAGE_BYTES]) -> Result<(), kmem::vm::PagerError> {
+        thread::yield_now();
+        let words = self.0.lock().unwrap()[index as usize];
+        for (w, v) in words.iter().enumerate() {
+            page[w * 8..w * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        Ok(())
+    }
+    fn write(&self, index: u64, page: &[u8; PAGE_BYTES]) -> Result<(), kmem::vm::PagerError> {
+        thread::yield_now();
+        let mut words = [0; 4];
+        for (w, v) in words.iter_mut().enumerate() {
+            *v = u64::from_le_bytes(page[w * 8..w * 8 + 8].try_into().unwrap());
+        }
+        self.0.lock().unwrap()[index as usize] = words;
+        Ok(())
+    }
 }
 
 /// The emulated memory, owned by the machine (shared, it is touched only
@@ -204,7 +237,10 @@ impl Machine {
     /// `disk` says what the swap device is.
     fn new(kind: Kind, disk: Disk) -> Self {
         let fork = matches!(kind, Kind::Forked | Kind::GlobalForked);
-        let global = matches!(kind, Kind::Global | Kind::GlobalForked);
+        let global = matches!(
+            kind,
+            Kind::Global | Kind::GlobalForked | Kind::Objects(true)
+        );
         let mem: &'static EmulatedMemory = Box::leak(Box::new(EmulatedMemory::new(48)));
         let mut frames = mem.frame_allocator();
         let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
@@ -223,12 +259,38 @@ impl Machine {
         assert!(vm.attach_swap(disk.device()).is_ok());
         let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
         let mut space = VmSpace::new_user(&kernel, &mut frames).unwrap();
-        space
-            .map_anonymous(Some(BASE), PAGES * 4096, Prot::RW | Prot::USER)
-            .unwrap();
+        let mut file = None;
+        if let Kind::Objects(global) = kind {
+            // A space reclaiming alone cannot free a page the other maps:
+            // the global policy's reclaim (over both) runs under the limit,
+            // the spaces' own at room for the whole file (syncs race with
+            // writes there).
+            vm.set_frame_limit(Some(if global { LIMIT } else { PAGES }));
+            let words = (0..PAGES).map(|p| [ORIGINAL + p; 4]).collect();
+            let f = std::sync::Arc::new(File(std::sync::Mutex::new(words)));
+            file = Some((vm.create_object(Box::new(f.clone())).unwrap(), f));
+        } else {
+            space
+                .map_anonymous(Some(BASE), PAGES * 4096, Prot::RW | Prot::USER)
+                .unwrap();
+        }
         let mut spaces = Vec::new();
         let mut on = [0; CPUS];
-        if fork {
+        if let Some((id, _)) = &file {
+            let mut other = VmSpace::new_user(&kernel, &mut frames).unwrap();
+            for s in [&mut space, &mut other] {
+                let rw = Prot::RW | Prot::USER;
+                s.map_object(&vm, Some(BASE), PAGES * 4096, rw, *id, 0, true)
+                    .unwrap();
+            }
+            if global {
+                space.join_global(1).unwrap();
+                other.join_global(2).unwrap();
+            }
+            spaces.push(space);
+            spaces.push(other);
+            on[1] = 1;
+        } else if fork {
             let mut mmu = kmem::testing::mmu::RecordingMmu::new(kernel.pml4());
             let mut tlb = Tlb::uniprocessor(&mut mmu);
             for p in 0..PAGES {
@@ -290,6 +352,7 @@ impl Machine {
             on,
             tlbs,
             last: [const { AtomicU64::new(0) }; CPUS],
+            file,
         }
     }
 
@@ -378,6 +441,16 @@ impl Machine {
         }
     }
 
+    /// CPU `cpu` syncs its space's mapping of the file (`msync`).
+    fn sync(&self, cpu: usize) -> u64 {
+        let (mut mmu, mut ipis) = (CpuMmu(self, cpu), Ipis(self));
+        let mut tlb = Tlb::new(&mut mmu, cpu, &mut ipis);
+        let space = &self.spaces[self.on[cpu]];
+        space
+            .sync(&self.vm, BASE, PAGES * 4096, &mut Frames(self), &mut tlb)
+            .expect("the file takes every write")
+    }
+
     /// Every CPU leaves, the space goes; everything must be back.
     fn end(self) {
         let Self {
@@ -389,6 +462,7 @@ impl Machine {
             on,
             tlbs,
             phys,
+            file,
             ..
         } = self;
         for (c, tlb) in tlbs.iter().enumerate() {
@@ -404,6 +478,10 @@ impl Machine {
                 .destroy(&vm, &mut frames, &mut tlb)
                 .map_err(|e| e.1)
                 .unwrap();
+        }
+        if let Some((id, _)) = file {
+            let p = mem_phys(&phys);
+            vm.close_object(id, &p, 0, &mut frames).unwrap();
         }
         assert_eq!(vm.stats().swap_slots_used, 0, "swap slots left");
         assert_eq!(
@@ -569,6 +647,86 @@ fn global_scenario(disk: Disk) {
     m.end();
 }
 
+fn mem_phys<'a>(p: &EmulatedPhysMem<'a>) -> EmulatedPhysMem<'a> {
+    p.clone()
+}
+
+/// CPUs 0 and 1, each in its own space, write their own word of the
+/// pages of one file both map shared, and read the other's: it never goes
+/// back, and each reads its own last write; CPU 2 syncs, and with
+/// `global` runs the worker over a frame limit below the file's pages, so
+/// pages leave the cache (written back) and are read again meanwhile.
+/// At the end, with the spaces gone and the file closed, the file holds
+/// every last write.
+fn objects_scenario(global: bool) {
+    let m = Arc::new(Machine::new(Kind::Objects(global), Disk::Fast));
+    let cpus: Vec<_> = (0..2)
+        .map(|cpu| {
+            let m = m.clone();
+            thread::spawn(move || {
+                let mine = cpu as u64;
+                let mut seen = [0; PAGES as usize];
+                for k in 1..=ROUNDS {
+                    // One page a round, and page 1 in all rounds but the
+                    // last: rewritten through a TLB entry cached dirty,
+                    // its last write not hidden by a later one.
+                    let extra = (k < ROUNDS).then_some(1);
+                    for page in [k % PAGES].into_iter().chain(extra) {
+                        m.access(cpu, page, mine, Some(k));
+                        assert_eq!(m.access(cpu, page, mine, None), k, "CPU {cpu} lost {k}");
+                    }
+                    for p in 0..PAGES {
+                        let other = m.access(cpu, p, 1 - mine, None);
+                        // Before the other's first write: the file's word.
+                        let other = if other == ORIGINAL + p { 0 } else { other };
+                        assert!(
+                            other >= seen[p as usize],
+                            "CPU {cpu} saw the other's word of page {p} go back"
+                        );
+                        seen[p as usize] = other;
+                        assert_eq!(m.access(cpu, p, 3, None), ORIGINAL + p);
+                    }
+                }
+            })
+        })
+        .collect();
+    let worker = {
+        let m = m.clone();
+        thread::spawn(move || {
+            for _ in 0..2 {
+                if global {
+                    m.reclaim(2);
+                }
+                m.sync(2);
+                thread::yield_now();
+            }
+        })
+    };
+    for t in cpus {
+        t.join().unwrap();
+    }
+    worker.join().unwrap();
+    let m = Arc::try_unwrap(m).ok().expect("every CPU is done");
+    let file = m.file.as_ref().unwrap().1.clone();
+    m.end();
+    let words = file.0.lock().unwrap();
+    for p in 0..PAGES {
+        let last = (1..=ROUNDS)
+            .filter(|k| k % PAGES == p || (p == 1 && *k < ROUNDS))
+            .max();
+        let want = last.unwrap_or(ORIGINAL + p);
+        assert_eq!(
+            words[p as usize][0], want,
+            "page {p} of the file, CPU 0's word"
+        );
+        assert_eq!(
+            words[p as usize][1], want,
+            "page {p} of the file, CPU 1's word"
+        );
+        assert_eq!(words[p as usize][3], ORIGINAL + p);
+    }
+}
+
 fn config() -> shuttle::Config {
     let mut config = shuttle::Config::new();
     config.stack_size = 1 << 20;
@@ -590,6 +748,17 @@ fn two_spaces_fault_under_one_policy_while_a_third_cpu_runs_the_worker() {
     shuttle::Runner::new(PctScheduler::new(3, n), config()).run(|| global_scenario(Disk::Fast));
     shuttle::Runner::new(RandomScheduler::new(n), config())
         .run(|| global_scenario(Disk::Compressed));
+}
+
+#[test]
+fn two_spaces_share_a_file_while_a_third_cpu_reclaims_and_syncs() {
+    let n = iterations();
+    for global in [false, true] {
+        shuttle::Runner::new(RandomScheduler::new(n), config())
+            .run(move || objects_scenario(global));
+        shuttle::Runner::new(PctScheduler::new(3, n), config())
+            .run(move || objects_scenario(global));
+    }
 }
 
 #[test]

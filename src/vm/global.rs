@@ -205,6 +205,9 @@ impl Vm {
                 n += 1;
             }
         }
+        // Out of the policy, not yet freed: a fault that finds no frame
+        // meanwhile waits for them.
+        let _transit = self.transit(tlb.cpu(), n as u64);
         let chosen = &mut chosen[..n];
         chosen.sort_unstable();
         let mut freed = 0;

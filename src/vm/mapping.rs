@@ -166,7 +166,15 @@ impl<P: PhysMem> VmSpace<P> {
         let frame = match self.new_frame(vm, spaces, frames, tlb) {
             Ok(f) => f,
             Err(Shortage::Raced) => return Ok(None),
-            Err(Shortage::Fault(e)) => return Err(e),
+            // Another CPU may have read the page in meanwhile (with the
+            // frame this fault looked for).
+            Err(Shortage::Fault(e)) => {
+                return match object.pin(index) {
+                    Pin::Frame(f) => Ok(Some(f)),
+                    Pin::Wait => Ok(None),
+                    Pin::Absent => Err(e),
+                }
+            }
         };
         if !object.begin_read(index, frame) {
             vm.release_frame(cpu, frame, frames); // cached by another fault first
@@ -221,22 +229,21 @@ impl<P: PhysMem> VmSpace<P> {
                 .map(|x| (x.start.max(a), x.end.min(b), *x))
         };
         let mut flush = Flush::none();
-        let mut dirty: Vec<(ObjectId, u64)> = Vec::new();
         {
             let m = self.mapper.lock();
-            let mut n = 0;
-            for (s, e, _) in shared() {
-                n += m.for_each_leaf_in(VirtAddr::new(s), e - s, |_| {}).leaves[0];
-            }
-            dirty
-                .try_reserve_exact(n)
-                .map_err(|_| VmError::OutOfMemory)?;
             for (s, e, area) in shared() {
+                let AreaKind::Shared { object, .. } = area.kind else {
+                    continue;
+                };
+                let Some(o) = vm.object(object) else { continue };
                 m.for_each_leaf_in(VirtAddr::new(s), e - s, |leaf| {
                     if m.clear_dirty(leaf.page) {
                         flush.add(leaf.page.as_u64());
-                        if let Some(p) = area.object_page(leaf.page.as_u64()) {
-                            dirty.push(p);
+                        // Under the page-table lock: a reclaim unmapping
+                        // the page now finds its entry clean, and must find
+                        // the object's page dirty.
+                        if let Some((_, index)) = area.object_page(leaf.page.as_u64()) {
+                            o.mark_dirty(index);
                         }
                     }
                 });
@@ -244,11 +251,6 @@ impl<P: PhysMem> VmSpace<P> {
         }
         // Writes through entries cached dirty land before this returns.
         self.invalidate(flush, vm, tlb);
-        for &(id, index) in &dirty {
-            if let Some(o) = vm.object(id) {
-                o.mark_dirty(index);
-            }
-        }
         let (mut written, mut error) = (0, None);
         for (s, e, area) in shared() {
             let (Some((id, from)), Some((_, to))) =
@@ -406,6 +408,7 @@ impl<P: PhysMem> VmSpace<P> {
                 flush.add(v.0.as_u64());
             }
         }
+        let _transit = vm.transit(tlb.cpu(), victims.len as u64);
         self.invalidate(flush, vm, tlb);
         let mut freed = 0;
         for &(va, frame, old) in victims.as_slice() {
@@ -420,8 +423,15 @@ impl<P: PhysMem> VmSpace<P> {
             let Some(o) = vm.object(id) else { continue };
             let settle = o.unpin(index, 1, old & DIRTY != 0);
             let cpu = tlb.cpu();
-            if let Ok(true) = vm.settle_object((id, &o), index, settle, &self.phys, cpu, frames) {
-                freed += 1;
+            match vm.settle_object((id, &o), index, settle, &self.phys, cpu, frames) {
+                Ok(true) => freed += 1,
+                // Still mapped by another space: this space gave it up,
+                // progress a fault finding no frame may wait on, as on a
+                // cancelled write-out. (A failed write is no progress.)
+                Ok(false) => {
+                    vm.cancels.fetch_add(1, Ordering::AcqRel);
+                }
+                Err(_) => {}
             }
         }
         count(&vm.stats.at(tlb.cpu()).reclaimed, freed as u64);
@@ -530,7 +540,16 @@ impl Vm {
             });
             match settled {
                 Some(Ok(true)) => freed += 1,
-                _ => self.track_global(OBJECT_PAGES, pid),
+                other => {
+                    if n > 0 && matches!(other, Some(Ok(false))) {
+                        // Mapped again meanwhile (or by a space outside the
+                        // table): in use, as a write cancelling a write-out
+                        // makes a page; a fault that found nothing freed
+                        // tries again.
+                        self.cancels.fetch_add(1, Ordering::AcqRel);
+                    }
+                    self.track_global(OBJECT_PAGES, pid);
+                }
             }
         }
         count(&self.stats.at(tlb.cpu()).reclaimed, freed as u64);

@@ -198,6 +198,8 @@ impl Vm {
                     return Ok(true);
                 }
                 Settle::Write(frame) => {
+                    // A fault finding no frame meanwhile waits for this one.
+                    let _transit = self.transit(cpu, 1);
                     // SAFETY: a cached frame of user memory (no Rust object's),
                     // marked as being written back so nothing frees it; a CPU
                     // still mapping it (msync) may change bytes during the
