@@ -480,8 +480,7 @@ impl Machine {
                 .unwrap();
         }
         if let Some((id, _)) = file {
-            let p = mem_phys(&phys);
-            vm.close_object(id, &p, 0, &mut frames).unwrap();
+            vm.close_object(id, &phys, 0, &mut frames).unwrap();
         }
         assert_eq!(vm.stats().swap_slots_used, 0, "swap slots left");
         assert_eq!(
@@ -645,10 +644,6 @@ fn global_scenario(disk: Disk) {
     assert!(st.reclaimed >= 2 && st.swap_ins >= 2, "{st:?}");
     let m = Arc::try_unwrap(m).ok().expect("every CPU is done");
     m.end();
-}
-
-fn mem_phys<'a>(p: &EmulatedPhysMem<'a>) -> EmulatedPhysMem<'a> {
-    p.clone()
 }
 
 /// CPUs 0 and 1, each in its own space, write their own word of the
