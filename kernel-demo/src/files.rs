@@ -86,7 +86,7 @@ pub fn run(disk: Arc<LockedDisk>, first: u64, pages: u64, limit: u64) -> Report 
     let mut space = empty_space();
     with_vm(|vm| space.map_object(vm, Some(BASE), pages * 4096, Prot::RW, object, 0, true))
         .expect("the file's mapping");
-    let version = |p: u64| u64::from(p % 2 == 0);
+    let version = |p: u64| u64::from(p.is_multiple_of(2));
     let (space, ()) = in_space(space, || {
         for p in 0..pages {
             check(p, 0);
