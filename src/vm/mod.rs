@@ -20,13 +20,21 @@
 //! - [`oom`]: which process to end when nothing can be reclaimed.
 //! - [`swap`]: the device interface, slots, the swap cache (by frame and
 //!   by slot); [`zswap`]: a compressed cache in front of any device.
+//! - Memory objects: [`Vm::create_object`] over a [`Pager`] the kernel
+//!   implements (a file, a disk region) or [`Vm::create_shared_anonymous`];
+//!   [`VmSpace::map_object`] maps one shared ([`AreaKind::Shared`]: the
+//!   object's page cache, one frame per page for every space, written
+//!   back when dirty) or private ([`AreaKind::Private`]: copied on first
+//!   touch); [`VmSpace::sync`] is `msync`; [`Vm::close_object`].
 //!
 //! Page states: a page of an anonymous area is not present (never
 //! touched), the zero frame read-only (read before any write), a private
 //! frame, a frame shared read-only with other spaces after a fork, or on
 //! swap (a non-present entry holding the slot, see [`swap`]); a resident
 //! page read back from swap keeps its slot while it stays clean (the swap
-//! cache).
+//! cache). A page of a shared object area maps its object's cached frame
+//! (or nothing); its Dirty bit is the object's until harvested (unmap,
+//! eviction, `msync`); the cache counts the entries mapping each page.
 //!
 //! # Many CPUs
 //! A space records the CPUs it is active on ([`VmSpace::cpus`]). Every
@@ -56,8 +64,11 @@
 //!    ([`global`]);
 //! 3. the `Vm`'s share counts, then a swap-cache shard, then the swap
 //!    slots (slot references are atomics: only a slot's first and last
-//!    reference take the slot lock);
-//! 4. the swap device (held for one request, nothing else held).
+//!    reference take the slot lock); or the object registry (read), then
+//!    an object's page cache;
+//! 4. the swap device (held for one request, nothing else held); a
+//!    [`Pager`] is called with no lock held, the page it reads or writes
+//!    marked in the cache (a fault on it waits).
 //!
 //! Two exceptions, both bounded: a swap-in that copies a frame another
 //! sharer read from the same slot copies it under that frame's cache-shard
