@@ -51,6 +51,7 @@ mod entry;
 mod error;
 mod flags;
 mod flush;
+mod huge;
 mod interop;
 #[cfg(any(test, feature = "testing"))]
 mod invariants;

@@ -283,7 +283,14 @@ impl<P: PhysMem> PageTables<P> {
 
     /// Replaces the huge leaf `entry` by a table of 512 leaves one level down with the same
     /// frames and flags. Returns the new entry.
-    fn split(&mut self, table: u64, i: usize, entry: u64, level: u8, res: &mut Reserve) -> u64 {
+    pub(super) fn split(
+        &mut self,
+        table: u64,
+        i: usize,
+        entry: u64,
+        level: u8,
+        res: &mut Reserve,
+    ) -> u64 {
         let child = res.take(self);
         let flags = entry & !ADDR_MASK & !HUGE;
         let sub = level - 1;

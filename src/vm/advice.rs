@@ -61,6 +61,8 @@ impl<P: PhysMem> VmSpace<P> {
         {
             return Err(VmError::NotAnonymous { addr: area.start });
         }
+        // Advice goes page by page.
+        self.split_huge_in(vm, (a, b), frames, tlb)?;
         match advice {
             Advice::DontNeed => self.drop_pages(a, b, vm, frames, tlb),
             Advice::PageOut => self.page_out(a, b, vm, frames, tlb),
@@ -302,6 +304,8 @@ impl<P: PhysMem> VmSpace<P> {
         tlb: &mut Tlb<'_>,
     ) -> Result<(), VmError> {
         let (a, b) = self.covered_range(addr, len)?;
+        // The areas split at the ends: so do huge pages there.
+        self.split_huge_ends(vm, (a, b), frames, tlb)?;
         let newly = self.pages_locked(a, b, false);
         vm.charge_locked(newly)?;
         let before: alloc::vec::Vec<Area> = self.areas.overlapping(a, b).copied().collect();

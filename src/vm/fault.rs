@@ -64,6 +64,9 @@ pub enum FaultOutcome {
     ZeroFilled,
     /// The shared zero frame was mapped read-only (first read).
     ZeroPageMapped,
+    /// A zeroed 2 MiB run was mapped by one 2 MiB leaf (the first touch
+    /// of an aligned 2 MiB range, transparent huge pages on).
+    HugeFilled,
     /// A shared frame was copied into a private one.
     CopiedOnWrite,
     /// The frame was no longer shared: write access was given back.

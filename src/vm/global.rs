@@ -189,7 +189,10 @@ impl Vm {
             return Ok(0);
         }
         let want = want.clamp(1, CLUSTER);
-        spaces.for_each(&mut |s| s.harvest_global(self, tlb));
+        spaces.for_each(&mut |s| {
+            s.age_huge(self, frames, tlb);
+            s.harvest_global(self, tlb);
+        });
         let mut chosen = [(0u32, 0u64); CLUSTER];
         let mut n = 0;
         {
@@ -497,6 +500,7 @@ impl<P: PhysMem> VmSpace<P> {
             // A page another reclaim is writing out is its to settle (the
             // frame became private since this one listed it as shared).
             if PhysFrame::containing_address(t.frame) != frame
+                || t.size != crate::paging::LeafSize::Size4KiB
                 || super::reclaim::under_write_out(&m, va)
             {
                 return false;
@@ -561,7 +565,7 @@ impl<P: PhysMem> VmSpace<P> {
                 }
                 let Ok(t) = m.translate(va) else { continue };
                 let frame = PhysFrame::containing_address(t.frame);
-                if frame == zero {
+                if frame == zero || t.size != crate::paging::LeafSize::Size4KiB {
                     continue;
                 }
                 if super::reclaim::under_write_out(&m, va) {

@@ -204,7 +204,15 @@ impl<P: PhysMem> VmSpace<P> {
             if area.kind == AreaKind::Guard {
                 fail(VmInvariantError::PageInGuard { page });
             }
-            if leaf.size != LeafSize::Size4KiB {
+            // A huge page lies in anonymous memory, whole (areas may
+            // have split around it since: an unlock).
+            let huge_ok = leaf.size == LeafSize::Size2MiB
+                && (a..a + super::huge::HUGE).step_by(4096).all(|p| {
+                    self.areas
+                        .find(p)
+                        .is_some_and(|x| x.kind == AreaKind::Anonymous)
+                });
+            if leaf.size != LeafSize::Size4KiB && !huge_ok {
                 fail(VmInvariantError::HugePage {
                     page,
                     size: leaf.size,

@@ -62,7 +62,7 @@ impl<P: PhysMem> VmSpace<P> {
                 } else if vm.share_count(frame) > 1 {
                     u.shared += 1;
                 } else {
-                    u.resident += 1;
+                    u.resident += super::huge::pages_of(leaf.size); // 512 for a huge page
                 }
             });
             m.for_each_soft_entry(start, len, |_, e| {

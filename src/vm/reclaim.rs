@@ -26,7 +26,7 @@ use super::swap::{
 use super::table::SpaceTable;
 use super::{FaultOutcome, FaultReason, Prot, Vm, VmSpace};
 use crate::paging::{
-    Flush, FrameSource, PageTables, PhysMem, ACCESSED, ADDR_MASK, DIRTY, WRITABLE,
+    Flush, FrameSource, LeafSize, PageTables, PhysMem, ACCESSED, ADDR_MASK, DIRTY, WRITABLE,
 };
 use crate::smp::Tlb;
 use crate::PAGE_SIZE;
@@ -158,6 +158,7 @@ impl<P: PhysMem> VmSpace<P> {
         };
         let want = want.clamp(1, CLUSTER);
         let cpu = tlb.cpu();
+        self.age_huge(vm, frames, tlb);
         let mut flush = Flush::none();
         let mut victims = Batch::new();
         {
@@ -422,7 +423,11 @@ impl<P: PhysMem> VmSpace<P> {
         for (a, b) in [(hand, hi), (lo, hand)] {
             for_each_pageable_leaf(&self.areas, m, a, b, |leaf| {
                 let frame = PhysFrame::containing_address(leaf.frame);
-                if victims.len == want || !vm.held_alone(frame) || under_write_out(m, leaf.page) {
+                if victims.len == want
+                    || leaf.size != LeafSize::Size4KiB // a huge page: split when cold
+                    || !vm.held_alone(frame)
+                    || under_write_out(m, leaf.page)
+                {
                     return;
                 }
                 scanned += 1;
@@ -470,7 +475,10 @@ impl<P: PhysMem> VmSpace<P> {
         let (lo, hi) = self.areas.bounds();
         for_each_pageable_leaf(&self.areas, m, lo, hi, |leaf| {
             let frame = PhysFrame::containing_address(leaf.frame);
-            if !vm.held_alone(frame) || under_write_out(m, leaf.page) {
+            if leaf.size != LeafSize::Size4KiB
+                || !vm.held_alone(frame)
+                || under_write_out(m, leaf.page)
+            {
                 return;
             }
             scanned += 1;
@@ -493,7 +501,7 @@ impl<P: PhysMem> VmSpace<P> {
                 continue; // gone: nothing to track
             };
             let f = PhysFrame::containing_address(t.frame);
-            if vm.held_alone(f) && !under_write_out(m, va) {
+            if t.size == LeafSize::Size4KiB && vm.held_alone(f) && !under_write_out(m, va) {
                 victims.push(va, f, 0);
             } else {
                 kept.push(va, zero, 0);

@@ -14,6 +14,7 @@ use x86_64::{PhysAddr, VirtAddr};
 
 use super::contents::{copy_frame, fill_zero};
 use super::gather::Gather;
+use super::huge::HugeFill;
 use super::reclaim::Shortage;
 use super::space::KERNEL_HALF_START;
 use super::stats::count;
@@ -40,6 +41,10 @@ enum Step {
     Wait,
     /// A page of an object's area with no entry: map or copy the object's page.
     Object,
+    /// The first touch of an empty 2 MiB slot: try a huge page.
+    Huge,
+    /// A huge page maps the address but not as the access needs: split it.
+    Split,
 }
 
 impl<P: PhysMem> VmSpace<P> {
@@ -114,7 +119,8 @@ impl<P: PhysMem> VmSpace<P> {
                 | FaultOutcome::SwappedIn
                 | FaultOutcome::InTransit
                 | FaultOutcome::ObjectMapped
-                | FaultOutcome::ObjectCopied => {}
+                | FaultOutcome::ObjectCopied
+                | FaultOutcome::HugeFilled => {}
             },
             Err(e) if e.reason.is_refusal() => count(&s.protection_faults, 1),
             Err(_) => {}
@@ -158,15 +164,25 @@ impl<P: PhysMem> VmSpace<P> {
             return Err(fail(FaultReason::ExecuteNoExec));
         }
         let page = Page::<Size4KiB>::containing_address(addr);
+        let mut huge = self.huge_fits(vm, a, area.kind);
         // A fill that lost its race, or whose frame another CPU took, looks
         // again; a few times, then the access is retried from the start.
         for _ in 0..4 {
             let step = self
-                .decide(vm, page, area.kind, prot, access, frames, tlb)
+                .decide(vm, page, (area.kind, huge), prot, access, frames, tlb)
                 .map_err(fail)?;
             match step {
                 Step::Done(outcome) => return Ok(outcome),
                 Step::Wait => return Ok(FaultOutcome::InTransit),
+                Step::Huge => match self.fill_huge(vm, page, prot, frames, tlb).map_err(fail)? {
+                    HugeFill::Mapped => return Ok(FaultOutcome::HugeFilled),
+                    HugeFill::Fallback => huge = false,
+                    HugeFill::Raced => {}
+                },
+                Step::Split => {
+                    self.split_huge_at(vm, page.start_address(), frames, tlb)
+                        .map_err(|e| fail(e.into()))?;
+                }
                 Step::Object => {
                     return self
                         .fault_object((vm, spaces), page, &area, frames, tlb)
@@ -198,7 +214,7 @@ impl<P: PhysMem> VmSpace<P> {
         &self,
         vm: &Vm,
         page: Page<Size4KiB>,
-        kind: AreaKind,
+        (kind, huge): (AreaKind, bool),
         prot: Prot,
         access: FaultAccess,
         frames: &mut A,
@@ -218,6 +234,9 @@ impl<P: PhysMem> VmSpace<P> {
                         .map_err(FaultReason::from)?
                         .ignore();
                     return Ok(Step::Done(FaultOutcome::FixedMapped));
+                }
+                if huge && m.huge_slot_empty(va) {
+                    return Ok(Step::Huge);
                 }
                 // On swap: this fault reads it in, others wait for the mark to go.
                 return match m.soft_entry(va) {
@@ -257,6 +276,9 @@ impl<P: PhysMem> VmSpace<P> {
             flush.add(va.as_u64());
             tlb.invalidate_local(flush, self.pml4(), &self.cpus);
             return Ok(Step::Done(FaultOutcome::Spurious));
+        }
+        if t.size == LeafSize::Size2MiB && kind == AreaKind::Anonymous {
+            return Ok(Step::Split); // a huge page, stricter than its area
         }
         if t.size != LeafSize::Size4KiB {
             return Err(FaultReason::from(PagingError::HugePageInTheWay {

@@ -4,6 +4,7 @@
 
 use super::areas::AreaSet;
 use super::gather::Gather;
+use super::huge::pages_of;
 use super::replace::ReplacementPolicy;
 use super::{Area, AreaKind, Prot, Vm, VmError};
 use crate::paging::Flush;
@@ -201,6 +202,9 @@ impl<P: PhysMem + Clone> VmSpace<P> {
                 len: hi - lo,
             });
         }
+        // Huge pages are shared page by page: split first (they stay
+        // split if the fork fails).
+        self.split_huge_in(vm, (lo, hi), frames, tlb)?;
         // Share counts first: a fork must not need the heap halfway.
         let zero_frame = vm.zero_frame();
         let mut reserved = Ok(());
@@ -567,6 +571,7 @@ impl<P: PhysMem> VmSpace<P> {
         tlb: &mut Tlb<'_>,
     ) -> Result<(), VmError> {
         let (a, b) = self.range(addr, len)?;
+        self.split_huge_ends(vm, (a, b), frames, tlb)?;
         let mut gather = Gather::new();
         let mut objects = Vec::new();
         self.release(a, b, vm, frames, &mut gather, &mut objects)?;
@@ -637,8 +642,10 @@ impl<P: PhysMem> VmSpace<P> {
         gather: &mut Gather,
         objects: &mut Vec<super::mapping::Unmapped>,
     ) -> Result<(), VmError> {
+        // Frames: a huge page inside the range gives back its 512 (the
+        // caller split those it covers only in part).
         let mut leaves = 0;
-        self.for_each_anonymous_leaf(a, b, |_| leaves += 1);
+        self.for_each_anonymous_leaf(a, b, |l| leaves += pages_of(l.size) as usize);
         let tables = self
             .mapper
             .get_mut()
@@ -663,13 +670,16 @@ impl<P: PhysMem> VmSpace<P> {
         Self::take_object_pages(areas, mapper, a, b, &mut flush, objects);
         gather.flush(flush);
         for_each_anonymous_leaf(areas, mapper, a, b, |leaf| {
-            gather.page(PhysFrame::containing_address(leaf.frame));
-            let page = leaf.page.as_u64() >> 12;
-            if let Some(policy) = policy.as_mut() {
-                policy.remove(page);
-            }
-            if let Some(id) = global {
-                vm.forget_global(id, [page]);
+            let first = PhysFrame::containing_address(leaf.frame);
+            for k in 0..pages_of(leaf.size) {
+                gather.page(first + k);
+                let page = (leaf.page.as_u64() >> 12) + k;
+                if let Some(policy) = policy.as_mut() {
+                    policy.remove(page);
+                }
+                if let Some(id) = global {
+                    vm.forget_global(id, [page]);
+                }
             }
         });
         // Swapped-out pages: their entries go, with their slot references
@@ -719,6 +729,8 @@ impl<P: PhysMem> VmSpace<P> {
         if !self.areas.covered(a, b) {
             return Err(VmError::Unmapped { addr });
         }
+        // Protected page by page.
+        self.split_huge_in(vm, (a, b), frames, tlb)?;
         let mut count = 0;
         let mapper = self.mapper.get_mut();
         for area in self.areas.overlapping(a, b) {
@@ -774,6 +786,10 @@ impl<P: PhysMem> VmSpace<P> {
         for (a, b) in areas {
             let mut gather = Gather::new();
             let mut objects = Vec::new();
+            // A huge page across two areas (an unlock of part of it).
+            if let Err(e) = self.split_huge_ends(vm, (a, b), frames, tlb) {
+                return Err((self, e));
+            }
             if let Err(e) = self.release(a, b, vm, frames, &mut gather, &mut objects) {
                 return Err((self, e));
             }

@@ -80,6 +80,10 @@ pub struct VmStats {
     /// Pager requests that failed (reads reported to the faulting access,
     /// writes leaving the page dirty).
     pub pager_errors: u64,
+    /// First faults that mapped a 2 MiB huge page (`thp_fault_alloc`).
+    pub huge_faults: u64,
+    /// Huge pages split into 4 KiB pages (`thp_split_pmd`).
+    pub huge_splits: u64,
     /// Frames memory objects and anonymous memory hold now.
     pub resident_frames: u64,
     /// Swap slots in use now.
@@ -201,6 +205,8 @@ event_counters!(
     object_writebacks,
     object_evictions,
     pager_errors,
+    huge_faults,
+    huge_splits,
     shootdowns,
     leaked_frames,
 );

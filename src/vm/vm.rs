@@ -67,6 +67,8 @@ pub struct Vm {
     pub(super) cancels: AtomicU64,
     /// Memory objects, by index.
     pub(super) objects: spin::RwLock<super::object::Objects>,
+    /// Where transparent huge pages come from (`None`: off).
+    pub(super) huge: Option<Box<dyn super::huge::HugeFrames>>,
 }
 
 impl Vm {
@@ -94,6 +96,7 @@ impl Vm {
             marks: None,
             cancels: AtomicU64::new(0),
             objects: spin::RwLock::new(super::object::Objects::default()),
+            huge: None,
         })
     }
 
@@ -248,26 +251,39 @@ impl Vm {
         cpu: usize,
         frames: &mut A,
     ) -> Option<PhysFrame> {
-        let counter = match self.limit {
-            Some(limit) => {
-                self.resident
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
-                        (r < limit).then_some(r + 1)
-                    })
-                    .ok()?;
-                &self.resident
-            }
-            None => {
-                let shard = &self.resident_shards[cpu % SHARDS];
-                shard.fetch_add(1, Ordering::Relaxed);
-                shard
-            }
-        };
+        if !self.charge_frames(cpu, 1) {
+            return None;
+        }
         let f = frames.allocate_frame();
         if f.is_none() {
-            counter.fetch_sub(1, Ordering::AcqRel);
+            self.uncharge_frames(cpu, 1);
         }
         f
+    }
+
+    /// Counts `n` more frames of pageable memory (by CPU `cpu`), unless
+    /// that passes the limit.
+    pub(crate) fn charge_frames(&self, cpu: usize, n: u64) -> bool {
+        match self.limit {
+            Some(limit) => self
+                .resident
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                    (r + n <= limit).then_some(r + n)
+                })
+                .is_ok(),
+            None => {
+                self.resident_shards[cpu % SHARDS].fetch_add(n, Ordering::Relaxed);
+                true
+            }
+        }
+    }
+
+    /// Counts `n` frames fewer (charged but not used).
+    pub(crate) fn uncharge_frames(&self, cpu: usize, n: u64) {
+        match self.limit {
+            Some(_) => self.resident.fetch_sub(n, Ordering::AcqRel),
+            None => self.resident_shards[cpu % SHARDS].fetch_sub(n, Ordering::Relaxed),
+        };
     }
 
     /// Takes `frame` out of the swap cache, if it is there (before it is

@@ -1,0 +1,82 @@
+//! 2 MiB leaves as the virtual-memory layer's transparent huge pages use
+//! them: whether a 2 MiB slot is empty, the leaf there, its Accessed bit,
+//! and splitting it into 512 4 KiB leaves.
+
+use x86_64::VirtAddr;
+
+use super::entry::{canonical, index, is_leaf, ACCESSED, DIRTY, LINEAR_MASK, PRESENT, WRITABLE};
+use super::reserve::Reserve;
+use super::{Flush, FrameSource, PageTables, PagingError, PhysMem};
+
+/// Bytes a 2 MiB leaf maps.
+const HUGE: u64 = 2 << 20;
+
+impl<P: PhysMem> PageTables<P> {
+    /// Whether nothing maps the 2 MiB slot holding `va`: its directory
+    /// entry (or one above it) is empty, so no page table, leaf or swap
+    /// entry is there.
+    pub(crate) fn huge_slot_empty(&self, va: VirtAddr) -> bool {
+        let lin = va.as_u64() & LINEAR_MASK;
+        match self.path_to(lin, 2) {
+            Ok(path) => self.read(path[2], index(lin, 2)) == 0,
+            Err((_, e)) => e == 0,
+        }
+    }
+
+    /// The 2 MiB leaf entry mapping `va`, if one does.
+    pub(crate) fn huge_entry(&self, va: VirtAddr) -> Option<u64> {
+        let lin = va.as_u64() & LINEAR_MASK;
+        let path = self.path_to(lin, 2).ok()?;
+        let e = self.read(path[2], index(lin, 2));
+        (e & PRESENT != 0 && is_leaf(e, 2)).then_some(e)
+    }
+
+    /// Clears the Accessed bit of the 2 MiB leaf mapping `va`; whether it
+    /// was set. The 2 MiB translation must be invalidated for the next
+    /// reference to set it again.
+    pub(crate) fn clear_accessed_huge(&self, va: VirtAddr) -> bool {
+        let lin = va.as_u64() & LINEAR_MASK;
+        let Ok(path) = self.path_to(lin, 2) else {
+            return false;
+        };
+        let (t, i) = (path[2], index(lin, 2));
+        let e = self.read(t, i);
+        if e & PRESENT == 0 || !is_leaf(e, 2) || e & ACCESSED == 0 {
+            return false;
+        }
+        self.fetch_and(t, i, !ACCESSED) & ACCESSED != 0
+    }
+
+    /// Splits the 2 MiB leaf mapping `va` into a page table of 512 4 KiB
+    /// leaves with the same frames and flags; a writable one's leaves are
+    /// all marked Dirty (a CPU still caching the 2 MiB translation writes
+    /// without setting the bit in the new entries). Returns the flush that
+    /// drops the 2 MiB translation, `None` when no 2 MiB leaf maps `va`.
+    /// Takes one frame for the table; on error nothing changed.
+    pub(crate) fn split_huge<A: FrameSource + ?Sized>(
+        &mut self,
+        va: VirtAddr,
+        alloc: &mut A,
+    ) -> Result<Option<Flush>, PagingError> {
+        let lin = va.as_u64() & LINEAR_MASK;
+        let Ok(path) = self.path_to(lin, 2) else {
+            return Ok(None);
+        };
+        let (t, i) = (path[2], index(lin, 2));
+        let entry = self.read(t, i);
+        if entry & PRESENT == 0 || !is_leaf(entry, 2) {
+            return Ok(None);
+        }
+        let mut reserve = Reserve::fill(self, alloc, 1)?;
+        let entry = if entry & WRITABLE != 0 {
+            entry | DIRTY
+        } else {
+            entry
+        };
+        self.split(t, i, entry, 2, &mut reserve);
+        reserve.free_unused(self, alloc);
+        let mut flush = Flush::none();
+        flush.add(canonical(lin & !(HUGE - 1)));
+        Ok(Some(flush))
+    }
+}

@@ -1,0 +1,267 @@
+//! Transparent huge pages: a 2 MiB-aligned run of an anonymous area gets
+//! one 2 MiB frame run and one 2 MiB leaf on its first fault when the
+//! kernel gave the [`Vm`] a source of runs ([`Vm::set_huge_frames`]) and
+//! one is free (else 4 KiB pages, as ever). Anything that needs the pages
+//! one by one splits the leaf into 512 4 KiB leaves over the same frames
+//! first: a fault the leaf does not allow, fork, a partial munmap,
+//! mprotect, advice, and reclaim (which splits the huge pages a CPU did
+//! not touch since its last look, and clears the Accessed bit of the
+//! others: a CLOCK over huge pages). After a split the frames are
+//! ordinary anonymous frames, given back one at a time.
+
+use super::contents::fill_zero;
+use super::stats::count;
+use super::{AreaKind, FaultReason, Vm, VmError, VmSpace};
+use crate::paging::{Flush, FrameSource, LeafSize, PhysMem, ACCESSED};
+use crate::smp::Tlb;
+use alloc::boxed::Box;
+use x86_64::structures::paging::{Page, PhysFrame, Size2MiB, Size4KiB};
+use x86_64::VirtAddr;
+
+/// Bytes of a huge page.
+pub(super) const HUGE: u64 = 2 << 20;
+/// 4 KiB pages in a huge page.
+pub(super) const HUGE_PAGES: u64 = 512;
+/// Huge pages one reclaim pass splits at most.
+const SPLITS_PER_PASS: usize = 2;
+
+/// Where transparent huge pages come from: runs of 512 frames starting
+/// 2 MiB-aligned (kmem's frame allocator hands them out with
+/// `allocate_contiguous`).
+///
+/// # Safety
+/// Every run handed out is 512 free frames, used by nothing else,
+/// reachable through the spaces' [`PhysMem`], and the frame source passed
+/// to the [`VmSpace`] operations must accept each of its frames back, one
+/// 4 KiB frame at a time.
+pub unsafe trait HugeFrames: Send + Sync {
+    /// A free 2 MiB run, or `None` when there is none.
+    fn allocate_2mib(&self) -> Option<PhysFrame<Size2MiB>>;
+}
+
+impl core::fmt::Debug for dyn HugeFrames {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("HugeFrames")
+    }
+}
+
+/// What a huge fault did.
+pub(super) enum HugeFill {
+    /// The 2 MiB leaf is mapped.
+    Mapped,
+    /// No run (or no room under the limit): fault in a 4 KiB page.
+    Fallback,
+    /// Another fault mapped something in the slot first: look again.
+    Raced,
+}
+
+impl Vm {
+    /// Turns transparent huge pages on with `source` (`None`: off, the
+    /// default). Huge pages already mapped stay until split or unmapped.
+    pub fn set_huge_frames(&mut self, source: Option<Box<dyn HugeFrames>>) {
+        self.huge = source;
+    }
+
+    /// Whether transparent huge pages are on.
+    pub fn huge_pages(&self) -> bool {
+        self.huge.is_some()
+    }
+}
+
+impl<P: PhysMem> VmSpace<P> {
+    /// Whether a fault at `va` of the area `[start, end)` of `kind` may
+    /// take a huge page: huge pages are on, the area is anonymous and
+    /// holds the whole 2 MiB run around `va`.
+    pub(super) fn huge_fits(&self, vm: &Vm, va: u64, kind: AreaKind) -> bool {
+        if !vm.huge_pages() || kind != AreaKind::Anonymous {
+            return false;
+        }
+        let base = va & !(HUGE - 1);
+        self.areas
+            .find(va)
+            .is_some_and(|a| a.start <= base && base + HUGE <= a.end)
+    }
+
+    /// The first fault in an empty 2 MiB slot: a zeroed run mapped by one
+    /// 2 MiB leaf, writable as the area allows.
+    pub(super) fn fill_huge<A: FrameSource + ?Sized>(
+        &self,
+        vm: &Vm,
+        page: Page<Size4KiB>,
+        prot: super::Prot,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<HugeFill, FaultReason> {
+        let cpu = tlb.cpu();
+        let Some(source) = vm.huge.as_ref() else {
+            return Ok(HugeFill::Fallback);
+        };
+        if !vm.charge_frames(cpu, HUGE_PAGES) {
+            return Ok(HugeFill::Fallback); // 4 KiB pages reclaim as they need
+        }
+        let Some(run) = source.allocate_2mib() else {
+            vm.uncharge_frames(cpu, HUGE_PAGES);
+            return Ok(HugeFill::Fallback);
+        };
+        let first = PhysFrame::<Size4KiB>::containing_address(run.start_address());
+        let _transit = vm.transit(cpu, HUGE_PAGES);
+        for k in 0..HUGE_PAGES {
+            fill_zero(&self.phys, first + k);
+        }
+        let base = VirtAddr::new(page.start_address().as_u64() & !(HUGE - 1));
+        let mapped = {
+            let mut m = self.mapper.lock();
+            if m.huge_slot_empty(base) {
+                // SAFETY: a zeroed run of frames this fault owns, for a
+                // user area: user memory, no Rust object's; over an empty
+                // slot, which no CPU caches.
+                unsafe {
+                    m.map_range_with(
+                        base,
+                        run.start_address(),
+                        HUGE,
+                        prot.map_flags(true),
+                        LeafSize::Size2MiB,
+                        frames,
+                    )
+                }
+                .map(|f| {
+                    f.ignore();
+                    true
+                })
+            } else {
+                Ok(false)
+            }
+        };
+        match mapped {
+            Ok(true) => {
+                count(&vm.stats.at(cpu).huge_faults, 1);
+                Ok(HugeFill::Mapped)
+            }
+            other => {
+                for k in 0..HUGE_PAGES {
+                    vm.release_frame(cpu, first + k, frames);
+                }
+                match other {
+                    Err(e) => Err(e.into()),
+                    _ => Ok(HugeFill::Raced),
+                }
+            }
+        }
+    }
+
+    /// Splits the huge page mapping `va`, if one does, into 4 KiB pages
+    /// (invalidated on the space's CPUs), which the replacement policy
+    /// then knows. Whether it split one.
+    pub(super) fn split_huge_at<A: FrameSource + ?Sized>(
+        &self,
+        vm: &Vm,
+        va: VirtAddr,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<bool, crate::paging::PagingError> {
+        let flush = self.mapper.lock().split_huge(va, frames)?;
+        let Some(flush) = flush else {
+            return Ok(false);
+        };
+        self.invalidate(flush, vm, tlb);
+        let base = va.as_u64() & !(HUGE - 1);
+        for k in 0..HUGE_PAGES {
+            self.track(vm, Page::containing_address(VirtAddr::new(base + k * 4096)));
+        }
+        count(&vm.stats.at(tlb.cpu()).huge_splits, 1);
+        Ok(true)
+    }
+
+    /// Splits every huge page of `[a, b)`'s private areas (before an
+    /// operation that needs the pages one by one). Pages split stay split
+    /// if a later split finds no frame for its table.
+    pub(super) fn split_huge_in<A: FrameSource + ?Sized>(
+        &mut self,
+        vm: &Vm,
+        (a, b): (u64, u64),
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<(), VmError> {
+        if !vm.huge_pages() && vm.stats.snapshot().huge_faults == 0 {
+            return Ok(()); // never had one: nothing to look for
+        }
+        let mut at = a & !(HUGE - 1);
+        while at < b {
+            let va = VirtAddr::new(at);
+            if self.mapper.get_mut().huge_entry(va).is_some() {
+                self.split_huge_at(vm, va, frames, tlb)?;
+            }
+            at += HUGE;
+        }
+        Ok(())
+    }
+
+    /// Splits the huge pages that [`release`](Self::release) of `[a, b)`
+    /// would cover only in part (one at each end at most), so that it
+    /// needs no frame once it starts.
+    pub(super) fn split_huge_ends<A: FrameSource + ?Sized>(
+        &mut self,
+        vm: &Vm,
+        (a, b): (u64, u64),
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<(), VmError> {
+        if !a.is_multiple_of(HUGE) {
+            self.split_huge_in(vm, (a, a + 1), frames, tlb)?;
+        }
+        if !b.is_multiple_of(HUGE) {
+            self.split_huge_in(vm, (b - 1, b), frames, tlb)?;
+        }
+        Ok(())
+    }
+
+    /// Reclaim's look at huge pages: one a CPU touched since the last look
+    /// has its Accessed bit cleared (a second chance); one nobody touched
+    /// is split (up to two a pass), its 4 KiB pages then taken as any
+    /// others. Nothing when huge pages never were on.
+    pub(super) fn age_huge<A: FrameSource + ?Sized>(
+        &self,
+        vm: &Vm,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) {
+        if !vm.huge_pages() {
+            return;
+        }
+        let mut cold = [0u64; SPLITS_PER_PASS];
+        let mut n = 0;
+        let mut flush = Flush::none();
+        {
+            let m = self.mapper.lock();
+            for area in self.areas.iter().filter(|a| a.pageable()) {
+                // Slots overlapping the area: a huge page may straddle two
+                // (after an unlock of part of it); seen twice, it ages twice.
+                let mut at = area.start & !(HUGE - 1);
+                while at < area.end {
+                    let va = VirtAddr::new(at);
+                    if let Some(e) = m.huge_entry(va) {
+                        if e & ACCESSED != 0 {
+                            m.clear_accessed_huge(va);
+                            flush.add(at);
+                        } else if n < cold.len() {
+                            cold[n] = at;
+                            n += 1;
+                        }
+                    }
+                    at += HUGE;
+                }
+            }
+        }
+        self.invalidate(flush, vm, tlb);
+        for &at in &cold[..n] {
+            // No frame for the table: the page stays whole this pass.
+            let _ = self.split_huge_at(vm, VirtAddr::new(at), frames, tlb);
+        }
+    }
+}
+
+/// 4 KiB pages a leaf of `size` maps.
+pub(super) const fn pages_of(size: LeafSize) -> u64 {
+    size.bytes() / 4096
+}
