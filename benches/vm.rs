@@ -23,9 +23,13 @@
 //!   the last look are skipped), time per page freed, and the reverse
 //!   map's bytes per mapped page.
 //!
+//! - `thp`: touching a 64 MiB aligned area one store a page with
+//!   transparent huge pages on vs off: faults and time, ratios on/off.
+//!
 //! `KMEM_BENCH_QUICK=1` for a short run.
 
 mod common;
+mod thp;
 
 use kmem::frame::{BitmapFrameAllocator, LockedFrameAllocator, NoInterruptMask};
 use kmem::memory_map::{MemoryMap, Region, RegionKind};
@@ -318,6 +322,7 @@ fn main() {
     println!("ratio areas_growth_100k_vs_1k worst {worst:.2}");
     global_reclaim(q);
     parallel_faults(q, trials);
+    thp::run(q, trials);
 }
 
 /// Eight spaces joined to one policy fill four times the frame limit.

@@ -11,6 +11,7 @@ pub mod arch;
 pub mod boot;
 pub mod dev;
 pub mod files;
+pub mod huge;
 pub mod mm;
 pub mod overcommit;
 pub mod smp;

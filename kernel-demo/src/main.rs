@@ -168,7 +168,10 @@ extern "C" fn after_switch() -> ! {
     step("13. memory objects (kmem::vm: shared anonymous memory, a file through the page cache)");
     demo::objects::demo_objects();
 
-    step("14. summary");
+    step("14. huge pages for user memory (kmem::vm transparent huge pages)");
+    demo::huge::demo_huge();
+
+    step("15. summary");
     summary();
     println!();
     println!("demo done");

@@ -254,6 +254,59 @@ kernel_demo::test_kernel! {
         assert_eq!(kernel_demo::overcommit::accounted_frames(), before);
     }
 
+    /// Transparent huge pages on real paging: 8 MiB touched one store a
+    /// page take 4 faults, each a 2 MiB leaf the MMU walks; with them off,
+    /// 2048 faults; every word checked (inside `touch`), every frame back.
+    fn huge_pages_take_one_fault_per_2_mib() {
+        let before = kernel_demo::overcommit::accounted_frames();
+        let on = kernel_demo::huge::touch(8 << 20, true);
+        let off = kernel_demo::huge::touch(8 << 20, false);
+        assert_eq!((on.faults, on.huge_faults), (4, 4), "{on:?}");
+        assert_eq!((off.faults, off.huge_faults), (2048, 0), "{off:?}");
+        assert!(on.tables < off.tables, "{on:?} {off:?}");
+        assert_eq!(kernel_demo::overcommit::accounted_frames(), before);
+    }
+
+    /// A huge page split under the CPU (a partial munmap, then mprotect):
+    /// the words left read back through the new 4 KiB entries, a store to
+    /// the read-only part is refused, the unmapped pages fault.
+    fn a_huge_page_splits_under_the_cpu() {
+        use kernel_demo::overcommit::{empty_space, in_space};
+        use kmem::paging::LeafSize;
+        const AT: u64 = 0x4000_0000;
+        let before = kernel_demo::overcommit::accounted_frames();
+        kernel_demo::user::process::configure_vm(|vm| {
+            vm.set_huge_frames(Some(alloc::boxed::Box::new(kernel_demo::mm::memory::HugeRuns)))
+        });
+        let mut s = empty_space();
+        s.map_anonymous(Some(AT), 2 << 20, Prot::RW).unwrap();
+        let (mut s, ()) = in_space(s, || {
+            for p in 0..512u64 {
+                // SAFETY: the area of the active space; a fault maps the page.
+                unsafe { ((AT + p * 4096) as *mut u64).write_volatile(p + 1) };
+            }
+        });
+        assert_eq!(s.mapper().translate(VirtAddr::new(AT)).unwrap().size, LeafSize::Size2MiB);
+        with_vm(|vm| with_tlb(|tlb| s.unmap(AT + 100 * 4096, 4096, vm, &mut &FRAMES, tlb))).unwrap();
+        with_vm(|vm| with_tlb(|tlb| s.protect(AT, 50 * 4096, Prot::READ, vm, &mut &FRAMES, tlb))).unwrap();
+        assert_eq!(s.mapper().translate(VirtAddr::new(AT)).unwrap().size, LeafSize::Size4KiB);
+        let refused = with_vm(|vm| with_tlb(|tlb| s.handle_fault(vm, VirtAddr::new(AT), FaultAccess::write(false), &mut &FRAMES, tlb)));
+        assert_eq!(refused.map_err(|e| e.reason), Err(FaultReason::WriteToReadOnly));
+        let (s, sum) = in_space(s, || {
+            (0..512u64)
+                .filter(|&p| p != 100)
+                // SAFETY: as above (the page at 100 is unmapped: skipped).
+                .map(|p| unsafe { ((AT + p * 4096) as *const u64).read_volatile() } - (p + 1))
+                .sum::<u64>()
+        });
+        assert_eq!(sum, 0, "every word as written");
+        with_vm(|vm| s.check_invariants(vm)).unwrap();
+        with_vm(|vm| with_tlb(|tlb| s.destroy(vm, &mut &FRAMES, tlb))).map_err(|e| e.1).unwrap();
+        kernel_demo::user::process::configure_vm(|vm| vm.set_huge_frames(None));
+        assert_eq!(vm_stats().huge_splits, 1);
+        assert_eq!(kernel_demo::overcommit::accounted_frames(), before);
+    }
+
     /// Two thousand spawn / fork / touch / exit cycles: every frame, page
     /// table and share comes back.
     fn fork_touch_exit_cycles_leak_nothing() {

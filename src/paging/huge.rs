@@ -1,17 +1,34 @@
 //! 2 MiB leaves as the virtual-memory layer's transparent huge pages use
-//! them: whether a 2 MiB slot is empty, the leaf there, its Accessed bit,
-//! and splitting it into 512 4 KiB leaves.
+//! them: whether a 2 MiB slot is empty, the 2 MiB leaves of a range, their
+//! Accessed bit, and splitting one into 512 4 KiB leaves.
+
+use core::convert::Infallible;
 
 use x86_64::VirtAddr;
 
-use super::entry::{canonical, index, is_leaf, ACCESSED, DIRTY, LINEAR_MASK, PRESENT, WRITABLE};
+use super::entry::{
+    canonical, index, is_leaf, ACCESSED, ADDR_MASK, DIRTY, LINEAR_MASK, PRESENT, WRITABLE,
+};
 use super::reserve::Reserve;
+use super::visit::{linear_range, walk, Slot, Step, Visitor};
 use super::{Flush, FrameSource, PageTables, PagingError, PhysMem};
 
 /// Bytes a 2 MiB leaf maps.
 const HUGE: u64 = 2 << 20;
 
 impl<P: PhysMem> PageTables<P> {
+    /// Calls `f` with the address and entry of every 2 MiB leaf that
+    /// `[start, start + len)` touches, walking directories only (never a
+    /// page table): the cost follows the directories, not the pages mapped.
+    pub(crate) fn for_each_huge_in(&self, start: VirtAddr, len: u64, f: impl FnMut(VirtAddr, u64)) {
+        let (lo, hi) = linear_range(start, len);
+        if hi <= lo {
+            return;
+        }
+        let mut v = Huge(f);
+        let Ok(()) = walk(&mut &*self, &mut v, self.root(), 4, lo, hi);
+    }
+
     /// Whether nothing maps the 2 MiB slot holding `va`: its directory
     /// entry (or one above it) is empty, so no page table, leaf or swap
     /// entry is there.
@@ -21,14 +38,6 @@ impl<P: PhysMem> PageTables<P> {
             Ok(path) => self.read(path[2], index(lin, 2)) == 0,
             Err((_, e)) => e == 0,
         }
-    }
-
-    /// The 2 MiB leaf entry mapping `va`, if one does.
-    pub(crate) fn huge_entry(&self, va: VirtAddr) -> Option<u64> {
-        let lin = va.as_u64() & LINEAR_MASK;
-        let path = self.path_to(lin, 2).ok()?;
-        let e = self.read(path[2], index(lin, 2));
-        (e & PRESENT != 0 && is_leaf(e, 2)).then_some(e)
     }
 
     /// Clears the Accessed bit of the 2 MiB leaf mapping `va`; whether it
@@ -78,5 +87,29 @@ impl<P: PhysMem> PageTables<P> {
         let mut flush = Flush::none();
         flush.add(canonical(lin & !(HUGE - 1)));
         Ok(Some(flush))
+    }
+}
+
+/// The walker of [`PageTables::for_each_huge_in`].
+struct Huge<F>(F);
+
+impl<'a, P: PhysMem, F: FnMut(VirtAddr, u64)> Visitor<P, &'a PageTables<P>> for Huge<F> {
+    type Stop = Infallible;
+
+    fn enter(&mut self, _: &mut &'a PageTables<P>, slot: &Slot) -> Result<Step, Infallible> {
+        let e = slot.entry;
+        if e & PRESENT == 0 || slot.level == 1 {
+            return Ok(Step::Next);
+        }
+        if is_leaf(e, slot.level) {
+            if slot.level == 2 {
+                (self.0)(VirtAddr::new_truncate(canonical(slot.base())), e);
+            }
+            return Ok(Step::Next);
+        }
+        if slot.level == 2 {
+            return Ok(Step::Next); // a page table: 4 KiB leaves only
+        }
+        Ok(Step::Descend(e & ADDR_MASK))
     }
 }

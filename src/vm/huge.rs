@@ -186,13 +186,31 @@ impl<P: PhysMem> VmSpace<P> {
         if !vm.huge_pages() && vm.stats.snapshot().huge_faults == 0 {
             return Ok(()); // never had one: nothing to look for
         }
-        let mut at = a & !(HUGE - 1);
-        while at < b {
-            let va = VirtAddr::new(at);
-            if self.mapper.get_mut().huge_entry(va).is_some() {
-                self.split_huge_at(vm, va, frames, tlb)?;
+        // Only the huge pages of anonymous areas in the range.
+        let mut slots = alloc::vec::Vec::new();
+        let mut full = false;
+        for area in self.areas.overlapping(a, b) {
+            if area.kind != AreaKind::Anonymous {
+                continue;
             }
-            at += HUGE;
+            let (s, e) = (area.start.max(a), area.end.min(b));
+            self.mapper
+                .get_mut()
+                .for_each_huge_in(VirtAddr::new(s), e - s, |va, _| {
+                    let at = va.as_u64();
+                    if slots.last() != Some(&at) {
+                        full |= slots.try_reserve(1).is_err();
+                        if !full {
+                            slots.push(at);
+                        }
+                    }
+                });
+        }
+        if full {
+            return Err(VmError::OutOfMemory);
+        }
+        for at in slots {
+            self.split_huge_at(vm, VirtAddr::new(at), frames, tlb)?;
         }
         Ok(())
     }
@@ -235,22 +253,17 @@ impl<P: PhysMem> VmSpace<P> {
         {
             let m = self.mapper.lock();
             for area in self.areas.iter().filter(|a| a.pageable()) {
-                // Slots overlapping the area: a huge page may straddle two
-                // (after an unlock of part of it); seen twice, it ages twice.
-                let mut at = area.start & !(HUGE - 1);
-                while at < area.end {
-                    let va = VirtAddr::new(at);
-                    if let Some(e) = m.huge_entry(va) {
-                        if e & ACCESSED != 0 {
-                            m.clear_accessed_huge(va);
-                            flush.add(at);
-                        } else if n < cold.len() {
-                            cold[n] = at;
-                            n += 1;
-                        }
+                // A huge page across two areas (after an unlock of part of
+                // it) is seen twice, and ages twice.
+                m.for_each_huge_in(VirtAddr::new(area.start), area.len(), |va, e| {
+                    if e & ACCESSED != 0 {
+                        m.clear_accessed_huge(va);
+                        flush.add(va.as_u64());
+                    } else if n < cold.len() && !cold[..n].contains(&va.as_u64()) {
+                        cold[n] = va.as_u64();
+                        n += 1;
                     }
-                    at += HUGE;
-                }
+                });
             }
         }
         self.invalidate(flush, vm, tlb);

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod faults;
+pub mod huge;
 pub mod objects;
 pub mod processes;
 pub mod smp;

@@ -171,3 +171,22 @@ pub fn with_memory<R>(f: impl FnOnce(&mut Memory<'_>) -> R) -> R {
 pub fn set_mapper(mapper: PageTables<OffsetPhysMem>) -> Option<PageTables<OffsetPhysMem>> {
     MAPPER.lock().replace(mapper)
 }
+
+/// Transparent huge pages' frames for `kmem::vm`: 2 MiB-aligned runs of
+/// 512 frames from [`FRAMES`], given back one frame at a time.
+pub struct HugeRuns;
+
+// SAFETY: each run is 512 free frames of the frame allocator, reached by
+// the direct map; the bitmap allocator takes each of them back on its own.
+unsafe impl kmem::vm::HugeFrames for HugeRuns {
+    fn allocate_2mib(
+        &self,
+    ) -> Option<x86_64::structures::paging::PhysFrame<x86_64::structures::paging::Size2MiB>> {
+        let run = FRAMES
+            .with(|f| f.allocate_contiguous(512, 2 << 20, None))
+            .ok()?;
+        Some(x86_64::structures::paging::PhysFrame::containing_address(
+            run.start.start_address(),
+        ))
+    }
+}
