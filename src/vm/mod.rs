@@ -26,6 +26,11 @@
 //!   object's page cache, one frame per page for every space, written
 //!   back when dirty) or private ([`AreaKind::Private`]: copied on first
 //!   touch); [`VmSpace::sync`] is `msync`; [`Vm::close_object`].
+//! - Transparent huge pages: with [`Vm::set_huge_frames`] (a
+//!   [`HugeFrames`] source of 2 MiB runs), the first touch of an aligned
+//!   2 MiB run of an anonymous area maps one 2 MiB leaf; it is split into
+//!   4 KiB pages (same frames) before anything that needs them one by one
+//!   (fork, a partial munmap, mprotect, advice, reclaim of a cold one).
 //!
 //! Page states: a page of an anonymous area is not present (never
 //! touched), the zero frame read-only (read before any write), a private
