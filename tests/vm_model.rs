@@ -7,6 +7,9 @@
 //! the mappings that really share a frame, and after every process exits
 //! the frame count is exactly the starting one.
 //!
+//! A third variant turns transparent huge pages on over a window of three
+//! 2 MiB runs: the same checks while huge pages are mapped and split.
+//!
 //! Default: a fast run. Long run: `PROPTEST_CASES=10000 cargo test --release --test vm_model`.
 //! Miri: `MIRIFLAGS="-Zmiri-permissive-provenance -Zmiri-disable-isolation" PROPTEST_CASES=2 \
 //!  cargo +nightly miri test --test vm_model`.
@@ -42,10 +45,10 @@ enum Kind {
 /// One emulated access from ring 3: the CPU's checks, then faults into
 /// `vm` until the page allows the access (at most twice: zero page, then
 /// copy). Returns the byte read or written.
-fn access(
+fn access<A: kmem::paging::FrameSource + ?Sized>(
     space: &mut Space<'_>,
     vm: &mut Vm,
-    frames: &mut EmulatedFrameAllocator,
+    frames: &mut A,
     addr: u64,
     kind: Kind,
 ) -> Result<u8, FaultError> {
@@ -60,7 +63,8 @@ fn access(
                 };
             if ok {
                 space.simulate_access(VirtAddr::new(addr), matches!(kind, Kind::Write(_)));
-                let frame = PhysFrame::containing_address(t.frame);
+                // The byte's own frame (a huge page's frame is its first).
+                let frame = PhysFrame::containing_address(t.phys);
                 let p = space.mapper().phys_mem_ptr(frame);
                 let off = (addr % PAGE) as usize;
                 // SAFETY: the frame is emulated memory, valid for 4096 bytes.
@@ -176,20 +180,28 @@ fn prot_of(code: u8) -> Prot {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let p = 0usize..4;
-    let page = 0..WINDOW;
+    ops_in(4, WINDOW, 1, 1)
+}
+
+/// Ops of the first `procs` processes over `window` pages: maps of up to
+/// `7 * scale` pages, their hints on multiples of `align` pages half of
+/// the time; other ranges up to `5 * scale` pages.
+fn ops_in(procs: usize, window: u64, scale: u64, align: u64) -> impl Strategy<Value = Op> {
+    let p = 0usize..procs;
+    let page = 0..window;
+    let hint = prop_oneof![(0..window / align).prop_map(move |k| k * align), 0..window];
     prop_oneof![
-        3 => (p.clone(), page.clone(), 1u64..8, 0u8..4).prop_map(|(p, hint, pages, prot)| Op::Map { p, hint, pages, prot }),
-        1 => (p.clone(), page.clone(), 1u64..8).prop_map(|(p, page, pages)| Op::Unmap { p, page, pages }),
-        1 => (p.clone(), page.clone(), 1u64..6, 0u8..4).prop_map(|(p, page, pages, prot)| Op::Protect { p, page, pages, prot }),
+        3 => (p.clone(), hint, 1u64..8 * scale, 0u8..4).prop_map(|(p, hint, pages, prot)| Op::Map { p, hint, pages, prot }),
+        1 => (p.clone(), page.clone(), 1u64..8 * scale).prop_map(|(p, page, pages)| Op::Unmap { p, page, pages }),
+        1 => (p.clone(), page.clone(), 1u64..6 * scale, 0u8..4).prop_map(|(p, page, pages, prot)| Op::Protect { p, page, pages, prot }),
         1 => p.clone().prop_map(|p| Op::Fork { p }),
         1 => p.clone().prop_map(|p| Op::Exit { p }),
         4 => (p.clone(), page.clone(), 0..PAGE).prop_map(|(p, page, off)| Op::Read { p, page, off }),
         5 => (p.clone(), page.clone(), 0..PAGE, any::<u8>()).prop_map(|(p, page, off, v)| Op::Write { p, page, off, v }),
         1 => (p.clone(), page.clone()).prop_map(|(p, page)| Op::Exec { p, page }),
-        1 => (p.clone(), page.clone(), 1u64..6, 0u8..4).prop_map(|(p, page, pages, kind)| Op::Advise { p, page, pages, kind }),
-        1 => (p.clone(), page.clone(), 1u64..4).prop_map(|(p, page, pages)| Op::Lock { p, page, pages }),
-        1 => (p, page, 1u64..6).prop_map(|(p, page, pages)| Op::Unlock { p, page, pages }),
+        1 => (p.clone(), page.clone(), 1u64..6 * scale, 0u8..4).prop_map(|(p, page, pages, kind)| Op::Advise { p, page, pages, kind }),
+        1 => (p.clone(), page.clone(), 1u64..4 * scale).prop_map(|(p, page, pages)| Op::Lock { p, page, pages }),
+        1 => (p, page, 1u64..6 * scale).prop_map(|(p, page, pages)| Op::Unlock { p, page, pages }),
     ]
 }
 
@@ -222,12 +234,50 @@ impl Model {
     }
 }
 
+/// The emulated allocator, shared with the `Vm` as its source of 2 MiB
+/// runs (transparent huge pages) in the huge-page variant.
+#[derive(Clone)]
+struct Frames(std::sync::Arc<std::sync::Mutex<EmulatedFrameAllocator>>);
+
+// SAFETY: forwards to the emulated allocator.
+unsafe impl x86_64::structures::paging::FrameAllocator<x86_64::structures::paging::Size4KiB>
+    for Frames
+{
+    fn allocate_frame(&mut self) -> Option<PhysFrame> {
+        self.0.lock().unwrap().allocate_frame()
+    }
+}
+
+impl x86_64::structures::paging::FrameDeallocator<x86_64::structures::paging::Size4KiB> for Frames {
+    unsafe fn deallocate_frame(&mut self, frame: PhysFrame) {
+        // SAFETY: the caller's promise, forwarded.
+        unsafe { self.0.lock().unwrap().deallocate_frame(frame) }
+    }
+}
+
+// SAFETY: runs of 512 frames of the same emulated memory, each marked
+// allocated on its own.
+unsafe impl kmem::vm::HugeFrames for Frames {
+    fn allocate_2mib(&self) -> Option<PhysFrame<x86_64::structures::paging::Size2MiB>> {
+        let pa = self.0.lock().unwrap().allocate_contiguous(512, 2 << 20)?;
+        Some(PhysFrame::containing_address(pa))
+    }
+}
+
+impl Frames {
+    fn in_use(&self) -> usize {
+        self.0.lock().unwrap().in_use()
+    }
+}
+
 struct World<'m> {
     mem: &'m EmulatedMemory,
-    frames: EmulatedFrameAllocator,
+    frames: Frames,
     vm: Vm,
     kernel: PageTables<EmulatedPhysMem<'m>>,
     procs: Vec<Option<(Space<'m>, Model)>>,
+    /// Whether an access may find memory full (big areas over a limit).
+    full_ok: bool,
 }
 
 impl<'m> World<'m> {
@@ -237,8 +287,18 @@ impl<'m> World<'m> {
 
     /// A world whose `Vm` is set up by `setup` (a frame limit, a swap device).
     fn with_vm(mem: &'m EmulatedMemory, setup: impl FnOnce(&mut Vm)) -> Self {
-        let mut frames = mem.frame_allocator();
+        Self::with_vm_huge(mem, false, setup)
+    }
+
+    /// [`with_vm`](Self::with_vm), with transparent huge pages on (`huge`).
+    fn with_vm_huge(mem: &'m EmulatedMemory, huge: bool, setup: impl FnOnce(&mut Vm)) -> Self {
+        let mut frames = Frames(std::sync::Arc::new(std::sync::Mutex::new(
+            mem.frame_allocator(),
+        )));
         let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
+        if huge {
+            vm.set_huge_frames(Some(Box::new(frames.clone())));
+        }
         setup(&mut vm);
         let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
         let mut w = Self {
@@ -247,6 +307,7 @@ impl<'m> World<'m> {
             vm,
             kernel,
             procs: vec![None, None, None, None],
+            full_ok: false,
         };
         for p in 0..2 {
             w.spawn(p);
@@ -367,6 +428,22 @@ impl<'m> World<'m> {
                     _ => Kind::Read,
                 };
                 let r = access(space, &mut self.vm, &mut self.frames, a, kind);
+                if let Err(FaultError {
+                    reason: FaultReason::OutOfMemory,
+                    ..
+                }) = r
+                {
+                    // Only with every frame under the limit taken (locked,
+                    // or shared after a fork: a space's own reclaim cannot
+                    // take those); the access changed nothing.
+                    let (resident, limit) =
+                        (self.vm.stats().resident_frames, self.vm.frame_limit());
+                    assert!(
+                        self.full_ok && limit.is_some_and(|l| resident + 1 >= l),
+                        "out of memory at {resident} of {limit:?} frames"
+                    );
+                    return;
+                }
                 let prot = model.pages.get(&addr(page)).copied();
                 match (prot, kind) {
                     (None, _) => assert_eq!(r.unwrap_err().reason, FaultReason::NoArea),
@@ -497,14 +574,18 @@ impl<'m> World<'m> {
         let mut mapped: HashMap<PhysFrame, u32> = HashMap::new();
         for (space, _) in self.procs.iter().flatten() {
             space.check_invariants(&self.vm).unwrap();
+            // By leaf: a huge page may lie across two areas (an unlock of
+            // part of it) and is one mapping.
+            let mut leaves = BTreeMap::new();
             for area in space.areas().filter(|a| a.kind == AreaKind::Anonymous) {
                 space
                     .mapper()
                     .for_each_leaf_in(VirtAddr::new(area.start), area.len(), |l| {
-                        *mapped
-                            .entry(PhysFrame::containing_address(l.frame))
-                            .or_default() += 1;
+                        leaves.insert(l.page, PhysFrame::containing_address(l.frame));
                     });
+            }
+            for frame in leaves.into_values() {
+                *mapped.entry(frame).or_default() += 1;
             }
         }
         let mut locked = 0;
@@ -564,6 +645,35 @@ proptest! {
             vm.set_frame_limit(Some(12));
             assert!(vm.attach_swap(Box::new(MemSwap::new(4096))).is_ok());
         });
+        for op in &ops {
+            w.step(op);
+            w.check();
+        }
+        w.finish();
+    }
+
+    /// Transparent huge pages on, over a window of three 2 MiB runs with
+    /// areas of up to 1 792 pages (hints on run boundaries half of the
+    /// time): first touches map huge pages, and every other operation,
+    /// fork and reclaim split them; contents and permissions as the model
+    /// says, with and without a frame limit and swap.
+    #[test]
+    fn vm_with_huge_pages_matches_the_model(
+        ops in proptest::collection::vec(ops_in(4, 1536, 256, 512), 20..100),
+        limited in any::<bool>(),
+    ) {
+        let mem = EmulatedMemory::new(16384);
+        let mut w = World::with_vm_huge(&mem, true, |vm| {
+            if limited {
+                vm.set_frame_limit(Some(1100));
+                assert!(vm.attach_swap(Box::new(MemSwap::new(16384))).is_ok());
+            }
+        });
+        w.full_ok = limited;
+        // Each process starts with two whole runs of read-write memory.
+        for p in 0..2 {
+            w.step(&Op::Map { p, hint: 0, pages: 1024, prot: 1 });
+        }
         for op in &ops {
             w.step(op);
             w.check();
