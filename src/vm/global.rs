@@ -1,7 +1,10 @@
 //! Reclaim over every address space: one replacement policy sees the
-//! private anonymous pages of all spaces that joined it and picks the
-//! coldest anywhere, run by the kernel's reclaim worker between free-frame
-//! watermarks.
+//! private anonymous pages of all spaces that joined it, and the cached
+//! pages of memory objects they map (once each, however many spaces map
+//! them: under the id `0xffff`), and picks the coldest anywhere, run by
+//! the kernel's reclaim worker between free-frame watermarks. An object's
+//! page it picks leaves every space of the table at once; a clean one is
+//! dropped, a dirty one written back through its pager.
 //!
 //! Reclaiming only the faulting space (what [`VmSpace::reclaim`] does) is
 //! local replacement: an active process evicts its own hot pages while

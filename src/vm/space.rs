@@ -186,9 +186,12 @@ impl<P: PhysMem + Clone> VmSpace<P> {
     /// Duplicates this address space: the child gets the same areas; every
     /// anonymous page is shared read-only by both, and the first write on
     /// either side copies it (or, once it is no longer shared, just regains
-    /// write access). Fixed areas map the same frames in both. On error
-    /// nothing changed and no frame was taken. This space's pages that lost
-    /// write access are invalidated on its CPUs before it returns.
+    /// write access). Fixed areas map the same frames in both; shared
+    /// object areas the same cached frames. On error nothing changed and no
+    /// frame was taken, but for huge pages split first (each into 4 KiB
+    /// pages over the same frames, a page table taken), which stay split.
+    /// This space's pages that lost write access are invalidated on its
+    /// CPUs before it returns.
     pub fn fork<A: FrameSource + ?Sized>(
         &mut self,
         vm: &Vm,
@@ -561,7 +564,9 @@ impl<P: PhysMem> VmSpace<P> {
     /// holds any more leaves its cache, written back first when dirty.
     /// Holes are skipped. On error nothing changed, but for a pager that
     /// refused a write-back ([`VmError::Pager`]): the range is unmapped,
-    /// the refused pages stay dirty in their object's cache.
+    /// the refused pages stay dirty in their object's cache; and a huge
+    /// page the range covers in part is split first (same frames), and
+    /// stays split.
     pub fn unmap<A: FrameSource + ?Sized>(
         &mut self,
         addr: u64,
@@ -712,7 +717,8 @@ impl<P: PhysMem> VmSpace<P> {
     /// Mapped pages follow at once; a page shared copy-on-write or the
     /// zero page stays read-only until its next write fault. Without
     /// access rights (`PROT_NONE`) pages keep their contents but lose the
-    /// user bit: ring 3 faults on them.
+    /// user bit: ring 3 faults on them. Huge pages in the range are split
+    /// first (same frames; they stay split if a later step fails).
     pub fn protect<A: FrameSource + ?Sized>(
         &mut self,
         addr: u64,
