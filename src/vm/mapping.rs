@@ -4,7 +4,7 @@
 //! (this space's CLOCK, or the global policy over every space).
 
 use super::contents::page_ptr;
-use super::object::{object_page_id, ObjectId, Pin, VmObject, OBJECT_PAGES};
+use super::object::{object_page_id, ObjectId, Pin, Unmapped, VmObject, OBJECT_PAGES};
 use super::reclaim::{Batch, Shortage};
 use super::replace::multi::global_id;
 use super::stats::count;
@@ -17,11 +17,6 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use x86_64::structures::paging::{Page, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
-
-/// A page an unmap took out of a shared mapping: its object, its page
-/// there, and whether the entry taken out was dirty. Settled once every
-/// CPU dropped the entry ([`VmSpace::settle_unmapped`]).
-pub(super) type Unmapped = (ObjectId, u64, bool);
 
 impl<P: PhysMem> VmSpace<P> {
     /// Maps `len` bytes of the object `object` from byte `offset` on

@@ -122,6 +122,11 @@ impl Cached {
     };
 }
 
+/// A page an unmap took out of a shared mapping: its object, its page
+/// there, and whether the entry taken out was dirty. Settled once every
+/// CPU dropped the entry (`VmSpace::settle_unmapped`).
+pub(super) type Unmapped = (ObjectId, u64, bool);
+
 /// What [`VmObject::pin`] found.
 pub(super) enum Pin {
     /// The cached frame, counted for one more mapping.

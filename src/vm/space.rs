@@ -645,7 +645,7 @@ impl<P: PhysMem> VmSpace<P> {
         vm: &Vm,
         frames: &mut A,
         gather: &mut Gather,
-        objects: &mut Vec<super::mapping::Unmapped>,
+        objects: &mut Vec<super::object::Unmapped>,
     ) -> Result<(), VmError> {
         // Frames: a huge page inside the range gives back its 512 (the
         // caller split those it covers only in part).
