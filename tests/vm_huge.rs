@@ -305,3 +305,45 @@ fn reclaim_splits_cold_huge_pages_and_swaps_their_pages() {
     assert_eq!(m.in_use(), base_frames);
     assert_eq!(m.vm.stats().swap_slots_used, 0);
 }
+
+#[test]
+fn a_split_run_whole_again_collapses_back_into_a_huge_page() {
+    let mem = EmulatedMemory::new(4096);
+    let mut m = Machine::new(&mem, true, None);
+    let base_frames = m.in_use();
+    let mut s = m.space(2 * HUGE);
+    stamp(&mut m, &s, 2 * HUGE, 300);
+    // Split both: a round trip through read-only.
+    let (ro, rw) = (Prot::READ | Prot::USER, Prot::RW | Prot::USER);
+    m.tlb_do(|vm, frames, tlb| s.protect(BASE, 2 * HUGE, ro, vm, frames, tlb))
+        .unwrap();
+    m.tlb_do(|vm, frames, tlb| s.protect(BASE, 2 * HUGE, rw, vm, frames, tlb))
+        .unwrap();
+    assert_eq!(m.size_at(&s, BASE), LeafSize::Size4KiB);
+    // The second run is shared with a child: only the first collapses.
+    let child = m.tlb_do(|vm, frames, tlb| s.fork(vm, frames, tlb)).unwrap();
+    m.write(&s, BASE + 8, 300); // a private copy of the first page: whole again
+    for p in 1..512 {
+        m.write(&s, BASE + p * PAGE + 8, 300 + p);
+    }
+    let n = m
+        .tlb_do(|vm, frames, tlb| s.collapse_huge(vm, 8, frames, tlb))
+        .unwrap();
+    assert_eq!(n, 1, "the run still shared with the child stays");
+    assert_eq!(m.size_at(&s, BASE), LeafSize::Size2MiB);
+    assert_eq!(m.size_at(&s, BASE + HUGE), LeafSize::Size4KiB);
+    check(&mut m, &s, 2 * HUGE, 300);
+    check(&mut m, &child, 2 * HUGE, 300);
+    s.check_invariants(&m.vm).unwrap();
+    m.destroy(child);
+    // Alone again, and a hole: not whole, not collapsed.
+    m.tlb_do(|vm, frames, tlb| s.unmap(BASE + HUGE + 7 * PAGE, PAGE, vm, frames, tlb))
+        .unwrap();
+    assert_eq!(
+        m.tlb_do(|vm, frames, tlb| s.collapse_huge(vm, 8, frames, tlb)),
+        Ok(0)
+    );
+    assert_eq!(m.vm.stats().huge_collapses, 1);
+    m.destroy(s);
+    assert_eq!(m.in_use(), base_frames);
+}

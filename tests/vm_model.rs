@@ -167,6 +167,10 @@ enum Op {
         page: u64,
         pages: u64,
     },
+    /// Collapse runs whole again back into huge pages (nothing without them).
+    Collapse {
+        p: usize,
+    },
 }
 
 fn prot_of(code: u8) -> Prot {
@@ -201,7 +205,8 @@ fn ops_in(procs: usize, window: u64, scale: u64, align: u64) -> impl Strategy<Va
         1 => (p.clone(), page.clone()).prop_map(|(p, page)| Op::Exec { p, page }),
         1 => (p.clone(), page.clone(), 1u64..6 * scale, 0u8..4).prop_map(|(p, page, pages, kind)| Op::Advise { p, page, pages, kind }),
         1 => (p.clone(), page.clone(), 1u64..4 * scale).prop_map(|(p, page, pages)| Op::Lock { p, page, pages }),
-        1 => (p, page, 1u64..6 * scale).prop_map(|(p, page, pages)| Op::Unlock { p, page, pages }),
+        1 => (p.clone(), page, 1u64..6 * scale).prop_map(|(p, page, pages)| Op::Unlock { p, page, pages }),
+        1 => p.prop_map(|p| Op::Collapse { p }),
     ]
 }
 
@@ -409,6 +414,14 @@ impl<'m> World<'m> {
                 model.locked.clear(); // a child does not inherit locks
                 model.resident_locked.clear();
                 self.procs[slot] = Some((child, model));
+            }
+            Op::Collapse { p } => {
+                let Some((space, _)) = self.procs[p].as_mut() else {
+                    return;
+                };
+                space
+                    .collapse_huge(&self.vm, 2, &mut self.frames, &mut up())
+                    .unwrap();
             }
             Op::Exit { p } => {
                 let Some((space, _)) = self.procs[p].take() else {

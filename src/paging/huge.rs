@@ -56,6 +56,46 @@ impl<P: PhysMem> PageTables<P> {
         self.fetch_and(t, i, !ACCESSED) & ACCESSED != 0
     }
 
+    /// The 512 entries of the page table that maps the 2 MiB slot holding
+    /// `va`, if one does (a copy).
+    pub(crate) fn slot_entries(&self, va: VirtAddr) -> Option<[u64; 512]> {
+        let lin = va.as_u64() & LINEAR_MASK;
+        let path = self.path_to(lin, 2).ok()?;
+        let e = self.read(path[2], index(lin, 2));
+        if e & PRESENT == 0 || is_leaf(e, 2) {
+            return None;
+        }
+        let pt = e & ADDR_MASK;
+        Some(core::array::from_fn(|i| self.read(pt, i)))
+    }
+
+    /// Takes the page table mapping the 2 MiB slot holding `va` out of the
+    /// hierarchy (its directory entry cleared), adding the slot's 512 pages
+    /// to `flush`; returns the table's frame, to free once `flush` is done
+    /// on every CPU that may cache the slot. `None` when no page table maps
+    /// the slot.
+    pub(crate) fn detach_page_table(
+        &mut self,
+        va: VirtAddr,
+        flush: &mut Flush,
+    ) -> Option<x86_64::structures::paging::PhysFrame> {
+        let lin = va.as_u64() & LINEAR_MASK;
+        let path = self.path_to(lin, 2).ok()?;
+        let (t, i) = (path[2], index(lin, 2));
+        let e = self.read(t, i);
+        if e & PRESENT == 0 || is_leaf(e, 2) {
+            return None;
+        }
+        self.exchange(t, i, 0);
+        let base = lin & !(HUGE - 1);
+        for k in 0..512 {
+            flush.add(canonical(base + k * 4096));
+        }
+        Some(x86_64::structures::paging::PhysFrame::containing_address(
+            x86_64::PhysAddr::new(e & ADDR_MASK),
+        ))
+    }
+
     /// Splits the 2 MiB leaf mapping `va` into a page table of 512 4 KiB
     /// leaves with the same frames and flags; a writable one's leaves are
     /// all marked Dirty (a CPU still caching the 2 MiB translation writes

@@ -64,7 +64,7 @@ mod reserve;
 mod size;
 mod soft;
 mod spare;
-pub(crate) use entry::{ACCESSED, ADDR_MASK, DIRTY, WRITABLE};
+pub(crate) use entry::{ACCESSED, ADDR_MASK, DIRTY, PRESENT, WRITABLE};
 pub(crate) use soft::same_entry;
 mod translate;
 mod visit;

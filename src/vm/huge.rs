@@ -7,12 +7,15 @@
 //! mprotect, advice, and reclaim (which splits the huge pages a CPU did
 //! not touch since its last look, and clears the Accessed bit of the
 //! others: a CLOCK over huge pages). After a split the frames are
-//! ordinary anonymous frames, given back one at a time.
+//! ordinary anonymous frames, given back one at a time. A run whose 512
+//! pages are all resident again can be collapsed back into a huge page
+//! ([`VmSpace::collapse_huge`]).
 
-use super::contents::fill_zero;
+use super::contents::{copy_frame, fill_zero};
 use super::stats::count;
+use super::swap::{LAZY_FREE, WRITE_OUT};
 use super::{AreaKind, FaultReason, Vm, VmError, VmSpace};
-use crate::paging::{Flush, FrameSource, LeafSize, PhysMem, ACCESSED};
+use crate::paging::{Flush, FrameSource, LeafSize, PhysMem, ACCESSED, ADDR_MASK, PRESENT};
 use crate::smp::Tlb;
 use alloc::boxed::Box;
 use x86_64::structures::paging::{Page, PhysFrame, Size2MiB, Size4KiB};
@@ -271,6 +274,113 @@ impl<P: PhysMem> VmSpace<P> {
             // No frame for the table: the page stays whole this pass.
             let _ = self.split_huge_at(vm, VirtAddr::new(at), frames, tlb);
         }
+    }
+}
+
+impl<P: PhysMem> VmSpace<P> {
+    /// Collapses up to `max` aligned 2 MiB runs of anonymous areas whose
+    /// 512 pages are all resident and the space's own (no zero page, no
+    /// frame shared after a fork, none on swap or moving) back into huge
+    /// pages (Linux's khugepaged, `MADV_COLLAPSE`): the run's page table is
+    /// taken out and invalidated on the space's CPUs, the pages copied into
+    /// a new 2 MiB run mapped by one leaf, the old frames and the table
+    /// given back. Takes the space exclusively (the kernel's address-space
+    /// lock held for writing: no fault of the space meanwhile). Returns the
+    /// runs collapsed; a run with no 2 MiB frame run free, or no room under
+    /// the limit for the copy, is left as it is.
+    pub fn collapse_huge<A: FrameSource + ?Sized>(
+        &mut self,
+        vm: &Vm,
+        max: usize,
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<usize, VmError> {
+        let Some(source) = vm.huge.as_ref() else {
+            return Ok(0);
+        };
+        let cpu = tlb.cpu();
+        let mut done = 0;
+        let runs: alloc::vec::Vec<(u64, super::Prot)> = {
+            let mut v = alloc::vec::Vec::new();
+            for area in self.areas.iter().filter(|a| a.kind == AreaKind::Anonymous) {
+                let mut at = area.start.next_multiple_of(HUGE);
+                while at + HUGE <= area.end {
+                    v.try_reserve(1).map_err(|_| VmError::OutOfMemory)?;
+                    v.push((at, area.prot));
+                    at += HUGE;
+                }
+            }
+            v
+        };
+        for (at, prot) in runs {
+            if done == max {
+                break;
+            }
+            let va = VirtAddr::new(at);
+            let Some(entries) = self.mapper.get_mut().slot_entries(va) else {
+                continue; // empty, or a huge page already
+            };
+            let whole = entries.iter().all(|&e| {
+                let f = PhysFrame::containing_address(x86_64::PhysAddr::new(e & ADDR_MASK));
+                e & PRESENT != 0 && e & (WRITE_OUT | LAZY_FREE) == 0 && vm.held_alone(f)
+            });
+            if !whole || !vm.charge_frames(cpu, HUGE_PAGES) {
+                continue;
+            }
+            let Some(run) = source.allocate_2mib() else {
+                vm.uncharge_frames(cpu, HUGE_PAGES);
+                break;
+            };
+            // No CPU reaches the old pages once this is done.
+            let mut flush = Flush::none();
+            let table = self
+                .mapper
+                .get_mut()
+                .detach_page_table(va, &mut flush)
+                .expect("checked above, the space held exclusively");
+            self.invalidate(flush, vm, tlb);
+            let first = PhysFrame::<Size4KiB>::containing_address(run.start_address());
+            for (k, &e) in entries.iter().enumerate() {
+                let old = PhysFrame::containing_address(x86_64::PhysAddr::new(e & ADDR_MASK));
+                copy_frame(&self.phys, old, first + k as u64);
+            }
+            // SAFETY: a run of frames this call owns, holding the slot's
+            // pages, for this user area: user memory, no Rust object's;
+            // over the slot's directory entry, cleared and invalidated.
+            let mapped = unsafe {
+                self.mapper.get_mut().map_range_with(
+                    va,
+                    run.start_address(),
+                    HUGE,
+                    prot.map_flags(true),
+                    LeafSize::Size2MiB,
+                    frames,
+                )
+            };
+            mapped
+                .expect("the directory exists and its entry is empty")
+                .ignore();
+            for &e in &entries {
+                let old = PhysFrame::containing_address(x86_64::PhysAddr::new(e & ADDR_MASK));
+                vm.release_frame(cpu, old, frames);
+            }
+            // SAFETY: the page table was taken out of the hierarchy and
+            // invalidated on every CPU of the space above.
+            unsafe { frames.deallocate_frame(table) };
+            // The policies knew the 4 KiB pages: a huge page is aged apart.
+            let pages = (at >> 12..(at + HUGE) >> 12).collect::<alloc::vec::Vec<_>>();
+            if let Some(p) = self.policy.get_mut().as_mut() {
+                for &page in &pages {
+                    p.remove(page);
+                }
+            }
+            if let Some(id) = self.global_id() {
+                vm.forget_global(id, pages);
+            }
+            count(&vm.stats.at(cpu).huge_collapses, 1);
+            done += 1;
+        }
+        Ok(done)
     }
 }
 

@@ -84,6 +84,9 @@ pub struct VmStats {
     pub huge_faults: u64,
     /// Huge pages split into 4 KiB pages (`thp_split_pmd`).
     pub huge_splits: u64,
+    /// Runs of 512 pages collapsed back into huge pages
+    /// (`thp_collapse_alloc`).
+    pub huge_collapses: u64,
     /// Frames memory objects and anonymous memory hold now.
     pub resident_frames: u64,
     /// Swap slots in use now.
@@ -207,6 +210,7 @@ event_counters!(
     pager_errors,
     huge_faults,
     huge_splits,
+    huge_collapses,
     shootdowns,
     leaked_frames,
 );
