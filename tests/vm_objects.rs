@@ -618,3 +618,90 @@ fn bad_arguments_are_refused_with_nothing_changed() {
     m.close(again).unwrap();
     m.all_back();
 }
+
+#[test]
+fn shared_anonymous_pages_go_to_swap_and_come_back() {
+    // One space over 8 frames: its own reclaim writes the object's pages
+    // to swap, and they read back.
+    let mem = EmulatedMemory::new(512);
+    let mut m = Machine::new(&mem, Some(8));
+    assert!(m.vm.attach_swap(Box::new(MemSwap::new(256))).is_ok());
+    let object = m.vm.create_shared_anonymous(32 * PAGE).unwrap();
+    let mut s = m.space();
+    m.map(&mut s, A, object, 32, true);
+    for p in 0..32 {
+        m.write(&s, A + p * PAGE, 7000 + p);
+        assert!(m.vm.stats().resident_frames <= 8);
+    }
+    assert!(m.vm.object_stats(object).unwrap().swapped >= 24);
+    for p in 0..32 {
+        assert_eq!(m.read(&s, A + p * PAGE), 7000 + p, "page {p}");
+    }
+    m.check(&[&s]);
+    m.destroy(s);
+    let st = m.vm.object_stats(object).unwrap();
+    assert_eq!(
+        st.cached + st.swapped,
+        32,
+        "kept while the object is: {st:?}"
+    );
+    m.close(object).unwrap();
+    assert_eq!(m.vm.stats().swap_slots_used, 0, "every slot back");
+    m.all_back();
+}
+
+#[test]
+fn a_forked_pair_sharing_anonymous_memory_swaps_under_one_policy() {
+    let mem = EmulatedMemory::new(1024);
+    let mut m = Machine::new(&mem, Some(16));
+    assert!(m.vm.attach_swap(Box::new(MemSwap::new(256))).is_ok());
+    m.vm.set_global_policy(Box::new(ClockPro::new(16)));
+    m.vm.set_watermarks(Some(Watermarks {
+        min: 0,
+        low: 0,
+        high: 0,
+    }));
+    let object = m.vm.create_shared_anonymous(48 * PAGE).unwrap();
+    let mut parent = m.space();
+    parent.join_global(1).unwrap();
+    m.map(&mut parent, A, object, 48, true);
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    let mut child = parent.fork(&m.vm, &mut m.frames, &mut tlb).unwrap();
+    child.join_global(2).unwrap();
+    let spaces = [&parent, &child];
+    // The child writes, the parent reads: one page, one frame, both ways.
+    for p in 0..48 {
+        if !child
+            .mapper()
+            .translate(VirtAddr::new(A + p * PAGE))
+            .is_ok_and(|t| t.access.writable)
+        {
+            m.fault_in(Some(&spaces), &child, A + p * PAGE, true)
+                .unwrap();
+        }
+        child.simulate_access(VirtAddr::new(A + p * PAGE), true);
+        let pa = child
+            .mapper()
+            .translate(VirtAddr::new(A + p * PAGE))
+            .unwrap()
+            .phys;
+        m.mem.write_u64(pa, 9000 + p);
+    }
+    for p in 0..48 {
+        assert_eq!(
+            m.read_in(&spaces, &parent, A + p * PAGE),
+            9000 + p,
+            "page {p}"
+        );
+    }
+    let st = m.vm.stats();
+    assert!(st.swap_outs >= 32 && st.object_evictions >= 32, "{st:?}");
+    assert!(st.resident_frames <= 16);
+    m.check(&spaces);
+    m.destroy(child);
+    m.destroy(parent);
+    m.close(object).unwrap();
+    assert_eq!(m.vm.stats().swap_slots_used, 0);
+    m.all_back();
+}

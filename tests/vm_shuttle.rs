@@ -67,6 +67,8 @@ struct Machine {
     last: [AtomicU64; CPUS],
     /// The file both spaces map (`Kind::Objects`).
     file: Option<(kmem::vm::ObjectId, std::sync::Arc<File>)>,
+    /// The shared anonymous object both spaces map (`Kind::SharedAnon`).
+    anon: Option<kmem::vm::ObjectId>,
 }
 
 /// The swap device of a machine.
@@ -111,6 +113,9 @@ enum Kind {
     /// file's reads and writes yielding; (`true`) under the global policy,
     /// which evicts its pages from both spaces.
     Objects(bool),
+    /// The same over shared anonymous memory under the global policy: its
+    /// pages go to swap and come back.
+    SharedAnon,
 }
 
 /// A file in memory whose requests let other CPUs run (the page being
@@ -239,7 +244,7 @@ impl Machine {
         let fork = matches!(kind, Kind::Forked | Kind::GlobalForked);
         let global = matches!(
             kind,
-            Kind::Global | Kind::GlobalForked | Kind::Objects(true)
+            Kind::Global | Kind::GlobalForked | Kind::Objects(true) | Kind::SharedAnon
         );
         let mem: &'static EmulatedMemory = Box::leak(Box::new(EmulatedMemory::new(48)));
         let mut frames = mem.frame_allocator();
@@ -260,7 +265,11 @@ impl Machine {
         let kernel = PageTables::new_empty(mem.phys_mem(), &mut frames).unwrap();
         let mut space = VmSpace::new_user(&kernel, &mut frames).unwrap();
         let mut file = None;
-        if let Kind::Objects(global) = kind {
+        let mut anon = None;
+        if kind == Kind::SharedAnon {
+            vm.set_frame_limit(Some(LIMIT));
+            anon = Some(vm.create_shared_anonymous(PAGES * 4096).unwrap());
+        } else if let Kind::Objects(global) = kind {
             // A space reclaiming alone cannot free a page the other maps:
             // the global policy's reclaim (over both) runs under the limit,
             // the spaces' own at room for the whole file (syncs race with
@@ -276,7 +285,8 @@ impl Machine {
         }
         let mut spaces = Vec::new();
         let mut on = [0; CPUS];
-        if let Some((id, _)) = &file {
+        if let Some(id) = file.as_ref().map(|f| f.0).or(anon) {
+            let id = &id;
             let mut other = VmSpace::new_user(&kernel, &mut frames).unwrap();
             for s in [&mut space, &mut other] {
                 let rw = Prot::RW | Prot::USER;
@@ -353,6 +363,7 @@ impl Machine {
             tlbs,
             last: [const { AtomicU64::new(0) }; CPUS],
             file,
+            anon,
         }
     }
 
@@ -463,6 +474,7 @@ impl Machine {
             tlbs,
             phys,
             file,
+            anon,
             ..
         } = self;
         for (c, tlb) in tlbs.iter().enumerate() {
@@ -479,7 +491,7 @@ impl Machine {
                 .map_err(|e| e.1)
                 .unwrap();
         }
-        if let Some((id, _)) = file {
+        if let Some(id) = file.map(|f| f.0).or(anon) {
             vm.close_object(id, &phys, 0, &mut frames).unwrap();
         }
         assert_eq!(vm.stats().swap_slots_used, 0, "swap slots left");
@@ -653,8 +665,17 @@ fn global_scenario(disk: Disk) {
 /// pages leave the cache (written back) and are read again meanwhile.
 /// At the end, with the spaces gone and the file closed, the file holds
 /// every last write.
-fn objects_scenario(global: bool) {
-    let m = Arc::new(Machine::new(Kind::Objects(global), Disk::Fast));
+fn objects_scenario(kind: Kind) {
+    let global = kind != Kind::Objects(false);
+    // What a page holds before any write: the file's words, or zeros.
+    let initial = move |p: u64| {
+        if kind == Kind::SharedAnon {
+            0
+        } else {
+            ORIGINAL + p
+        }
+    };
+    let m = Arc::new(Machine::new(kind, Disk::Fast));
     let cpus: Vec<_> = (0..2)
         .map(|cpu| {
             let m = m.clone();
@@ -672,14 +693,14 @@ fn objects_scenario(global: bool) {
                     }
                     for p in 0..PAGES {
                         let other = m.access(cpu, p, 1 - mine, None);
-                        // Before the other's first write: the file's word.
-                        let other = if other == ORIGINAL + p { 0 } else { other };
+                        // Before the other's first write: the initial word.
+                        let other = if other == initial(p) { 0 } else { other };
                         assert!(
                             other >= seen[p as usize],
                             "CPU {cpu} saw the other's word of page {p} go back"
                         );
                         seen[p as usize] = other;
-                        assert_eq!(m.access(cpu, p, 3, None), ORIGINAL + p);
+                        assert_eq!(m.access(cpu, p, 3, None), initial(p));
                     }
                 }
             })
@@ -701,15 +722,30 @@ fn objects_scenario(global: bool) {
         t.join().unwrap();
     }
     worker.join().unwrap();
+    let last = |p: u64| {
+        (1..=ROUNDS)
+            .filter(|k| k % PAGES == p || (p == 1 && *k < ROUNDS))
+            .max()
+            .unwrap_or(initial(p))
+    };
+    if kind == Kind::SharedAnon {
+        // Through the first space, after everything went to swap and back.
+        let st = m.vm.stats();
+        assert!(st.swap_outs > 0, "{st:?}");
+        for p in 0..PAGES {
+            for w in 0..2 {
+                assert_eq!(m.access(2, p, w, None), last(p), "page {p} word {w}");
+            }
+        }
+        let m = Arc::try_unwrap(m).ok().expect("every CPU is done");
+        return m.end();
+    }
     let m = Arc::try_unwrap(m).ok().expect("every CPU is done");
     let file = m.file.as_ref().unwrap().1.clone();
     m.end();
     let words = file.0.lock().unwrap();
     for p in 0..PAGES {
-        let last = (1..=ROUNDS)
-            .filter(|k| k % PAGES == p || (p == 1 && *k < ROUNDS))
-            .max();
-        let want = last.unwrap_or(ORIGINAL + p);
+        let want = last(p);
         assert_eq!(
             words[p as usize][0], want,
             "page {p} of the file, CPU 0's word"
@@ -748,11 +784,9 @@ fn two_spaces_fault_under_one_policy_while_a_third_cpu_runs_the_worker() {
 #[test]
 fn two_spaces_share_a_file_while_a_third_cpu_reclaims_and_syncs() {
     let n = iterations();
-    for global in [false, true] {
-        shuttle::Runner::new(RandomScheduler::new(n), config())
-            .run(move || objects_scenario(global));
-        shuttle::Runner::new(PctScheduler::new(3, n), config())
-            .run(move || objects_scenario(global));
+    for kind in [Kind::Objects(false), Kind::Objects(true), Kind::SharedAnon] {
+        shuttle::Runner::new(RandomScheduler::new(n), config()).run(move || objects_scenario(kind));
+        shuttle::Runner::new(PctScheduler::new(3, n), config()).run(move || objects_scenario(kind));
     }
 }
 

@@ -4,7 +4,7 @@
 //! (this space's CLOCK, or the global policy over every space).
 
 use super::contents::page_ptr;
-use super::object::{object_page_id, ObjectId, Pin, Unmapped, VmObject, OBJECT_PAGES};
+use super::object::{object_page_id, ObjectId, Pin, Source, Unmapped, VmObject, OBJECT_PAGES};
 use super::reclaim::{Batch, Shortage};
 use super::replace::multi::global_id;
 use super::stats::count;
@@ -99,7 +99,7 @@ impl<P: PhysMem> VmSpace<P> {
         };
         if let AreaKind::Private { .. } = area.kind {
             let copied = self.fill((vm, spaces), page, area.prot, Some(frame), 0, frames, tlb);
-            let settle = object.unpin(index, 1, false);
+            let settle = object.unpin(index, 1, false, false);
             // A clean page: freed or kept, never written.
             let _ = vm.settle_object((id, &object), index, settle, &self.phys, cpu, frames);
             return match copied {
@@ -131,7 +131,7 @@ impl<P: PhysMem> VmSpace<P> {
                 Ok(FaultOutcome::ObjectMapped)
             }
             lost => {
-                let settle = object.unpin(index, 1, false);
+                let settle = object.unpin(index, 1, false, false);
                 let _ = vm.settle_object((id, &object), index, settle, &self.phys, cpu, frames);
                 match lost {
                     Err(e) => Err(e.into()),
@@ -171,29 +171,47 @@ impl<P: PhysMem> VmSpace<P> {
                 }
             }
         };
-        if !object.begin_read(index, frame) {
+        let Some(source) = object.begin_read(index, frame) else {
             vm.release_frame(cpu, frame, frames); // cached by another fault first
             return Ok(None);
-        }
+        };
         let read = {
             let _transit = vm.transit(cpu, 1);
             // SAFETY: a frame just allocated and marked as being read in:
             // nothing else reaches it.
-            object.read(index, unsafe { &mut *page_ptr(&self.phys, frame) })
+            let page = unsafe { &mut *page_ptr(&self.phys, frame) };
+            match (source, vm.swap.as_ref()) {
+                (Source::Pager, _) => object.read(index, page).map_err(FaultReason::Pager),
+                (Source::Swap(slot), Some(swap)) => swap
+                    .device
+                    .read(slot, &mut [page])
+                    .map_err(FaultReason::SwapIo),
+                // A slot of a device detached since: not possible while a
+                // slot is in use (detach is refused).
+                (Source::Swap(_), None) => Err(FaultReason::NoSwap),
+            }
         };
-        object.end_read(index, read.is_ok());
+        let slot = object.end_read(index, read.is_ok());
         match read {
             Ok(()) => {
-                count(&vm.stats.at(cpu).object_reads, 1);
-                if object.evictable() {
+                if let (Some(slot), Some(swap)) = (slot, vm.swap.as_ref()) {
+                    swap.drop_ref(slot); // the page is resident again, maybe to be written
+                    count(&vm.stats.at(cpu).swap_ins, 1);
+                    count(&vm.stats.at(cpu).major_faults, 1);
+                } else {
+                    count(&vm.stats.at(cpu).object_reads, 1);
+                }
+                if object.evictable(vm.swap.is_some()) {
                     vm.track_global(OBJECT_PAGES, object_page_id(id.index, index));
                 }
                 Ok(Some(frame))
             }
             Err(e) => {
                 vm.release_frame(cpu, frame, frames);
-                count(&vm.stats.at(cpu).pager_errors, 1);
-                Err(FaultReason::Pager(e))
+                if let FaultReason::Pager(_) = e {
+                    count(&vm.stats.at(cpu).pager_errors, 1);
+                }
+                Err(e)
             }
         }
     }
@@ -343,7 +361,7 @@ impl<P: PhysMem> VmSpace<P> {
         let mut error = None;
         for &(id, index, dirty) in pages {
             let Some(o) = vm.object(id) else { continue };
-            let settle = o.unpin(index, 1, dirty);
+            let settle = o.unpin(index, 1, dirty, false);
             if let Err(e) = vm.settle_object((id, &o), index, settle, &self.phys, cpu, frames) {
                 error = error.or(Some(VmError::Pager(e)));
             }
@@ -374,7 +392,11 @@ impl<P: PhysMem> VmSpace<P> {
                 let AreaKind::Shared { object, .. } = area.kind else {
                     continue;
                 };
-                if area.locked || !vm.object(object).is_some_and(|o| o.evictable()) {
+                if area.locked
+                    || !vm
+                        .object(object)
+                        .is_some_and(|o| o.evictable(vm.swap.is_some()))
+                {
                     continue;
                 }
                 m.for_each_leaf_in(VirtAddr::new(area.start), area.len(), |leaf| {
@@ -416,17 +438,17 @@ impl<P: PhysMem> VmSpace<P> {
                 continue;
             };
             let Some(o) = vm.object(id) else { continue };
-            let settle = o.unpin(index, 1, old & DIRTY != 0);
+            let settle = o.unpin(index, 1, old & DIRTY != 0, vm.swap.is_some());
             let cpu = tlb.cpu();
             match vm.settle_object((id, &o), index, settle, &self.phys, cpu, frames) {
                 Ok(true) => freed += 1,
                 // Still mapped by another space: this space gave it up,
                 // progress a fault finding no frame may wait on, as on a
                 // cancelled write-out. (A failed write is no progress.)
-                Ok(false) => {
+                Ok(false) if o.is_mapped(index) => {
                     vm.cancels.fetch_add(1, Ordering::AcqRel);
                 }
-                Err(_) => {}
+                Ok(false) | Err(_) => {}
             }
         }
         count(&vm.stats.at(tlb.cpu()).reclaimed, freed as u64);
@@ -527,7 +549,7 @@ impl Vm {
             let mut settled = None;
             spaces.for_each(&mut |s| {
                 if settled.is_none() {
-                    let settle = o.unpin(index, n, dirty);
+                    let settle = o.unpin(index, n, dirty, self.swap.is_some());
                     let cpu = tlb.cpu();
                     settled =
                         Some(self.settle_object((id, &o), index, settle, &s.phys, cpu, frames));
@@ -536,7 +558,7 @@ impl Vm {
             match settled {
                 Some(Ok(true)) => freed += 1,
                 other => {
-                    if n > 0 && matches!(other, Some(Ok(false))) {
+                    if n > 0 && matches!(other, Some(Ok(false))) && o.is_mapped(index) {
                         // Mapped again meanwhile (or by a space outside the
                         // table): in use, as a write cancelling a write-out
                         // makes a page; a fault that found nothing freed

@@ -3,7 +3,8 @@
 //! each of their pages once however many spaces map it.
 //!
 //! An object is anonymous (shared anonymous memory: zero-filled, its pages
-//! live as long as the object) or backed by a [`Pager`] the kernel
+//! live as long as the object, on swap when reclaim takes them, as Linux's
+//! shmem) or backed by a [`Pager`] the kernel
 //! implements over a file or a device: its pages are read in on their first
 //! fault, written back when dirty (on eviction, [`VmSpace::sync`], unmap
 //! and [`Vm::close_object`]) and dropped when clean, their eviction ranked
@@ -89,6 +90,8 @@ pub struct ObjectStats {
     /// Cached pages known dirty now (written through a mapping whose
     /// entry was since harvested, or whose write-back failed).
     pub dirty: u64,
+    /// Pages of an anonymous object on swap now.
+    pub swapped: u64,
     /// Pages read through the pager (or zero-filled, for an anonymous object).
     pub reads: u64,
     /// Pages written back through the pager.
@@ -99,6 +102,8 @@ pub struct ObjectStats {
 
 /// No frame in a [`Cached`] entry.
 const NO_FRAME: u64 = u64::MAX;
+/// No swap slot in a [`Cached`] entry.
+const NO_SLOT: u64 = u64::MAX;
 /// States of a cached page.
 const DIRTY: u8 = 1;
 const READING: u8 = 2;
@@ -109,6 +114,9 @@ const WRITING: u8 = 4;
 struct Cached {
     /// Frame number, [`NO_FRAME`] when not cached.
     frame: u64,
+    /// The swap slot holding an anonymous object's page while it is not
+    /// cached ([`NO_SLOT`]: none; the page reads as zeros).
+    slot: u64,
     /// Page-table entries mapping it.
     maps: u32,
     state: u8,
@@ -117,9 +125,18 @@ struct Cached {
 impl Cached {
     const EMPTY: Self = Self {
         frame: NO_FRAME,
+        slot: NO_SLOT,
         maps: 0,
         state: 0,
     };
+}
+
+/// Where [`VmObject::begin_read`] says a page comes from.
+pub(super) enum Source {
+    /// The pager, or zeroes for an anonymous object's new page.
+    Pager,
+    /// The swap slot an anonymous object's page was written to.
+    Swap(u64),
 }
 
 /// A page an unmap took out of a shared mapping: its object, its page
@@ -146,6 +163,9 @@ pub(super) enum Settle {
     /// Unmapped and dirty, now marked as written back: write it, then
     /// [`VmObject::end_write`].
     Write(PhysFrame),
+    /// An anonymous object's page reclaim unmapped everywhere, now marked
+    /// as written: write it to a swap slot, then [`VmObject::end_swap`].
+    Swap(PhysFrame),
 }
 
 /// A memory object: its pager and its cached pages.
@@ -180,7 +200,7 @@ fn number(f: PhysFrame) -> u64 {
 
 impl VmObject {
     /// An object of `pages` pages (`pager`'s size when it has one); `None`
-    /// when its cache table (16 bytes a page) does not fit on the heap.
+    /// when its cache table (24 bytes a page) does not fit on the heap.
     pub(super) fn new(pager: Option<Box<dyn Pager>>, pages: u64) -> Option<Self> {
         let mut cache = Vec::new();
         cache.try_reserve_exact(usize::try_from(pages).ok()?).ok()?;
@@ -201,10 +221,10 @@ impl VmObject {
         self.pages
     }
 
-    /// Whether its pages can leave the cache (a pager holds them): an
-    /// anonymous object's pages stay while the object does.
-    pub(super) fn evictable(&self) -> bool {
-        self.pager.is_some()
+    /// Whether its pages can leave the cache: a pager holds them, or, for
+    /// an anonymous object, a swap device is attached (`swap`).
+    pub(super) fn evictable(&self, swap: bool) -> bool {
+        self.pager.is_some() || swap
     }
 
     /// Counts one more mapping of page `index` when it is cached.
@@ -230,6 +250,11 @@ impl VmObject {
         c.maps += n;
     }
 
+    /// Whether some entry maps page `index` (or a fault is about to).
+    pub(super) fn is_mapped(&self, index: u64) -> bool {
+        self.cache.lock()[index as usize].maps > 0
+    }
+
     /// The frame caching page `index`, if any (and not being read in).
     pub(super) fn frame_of(&self, index: u64) -> Option<PhysFrame> {
         let cache = self.cache.lock();
@@ -237,20 +262,25 @@ impl VmObject {
         (c.frame != NO_FRAME && c.state & READING == 0).then(|| frame_at(c.frame))
     }
 
-    /// Makes `frame` the page `index`, marked as being read in; `false`
-    /// when another fault cached it first (the frame stays the caller's).
-    pub(super) fn begin_read(&self, index: u64, frame: PhysFrame) -> bool {
+    /// Makes `frame` the page `index`, marked as being read in, and says
+    /// where from; `None` when another fault cached it first (the frame
+    /// stays the caller's).
+    pub(super) fn begin_read(&self, index: u64, frame: PhysFrame) -> Option<Source> {
         let mut cache = self.cache.lock();
         let c = &mut cache[index as usize];
         if c.frame != NO_FRAME {
-            return false;
+            return None;
         }
         *c = Cached {
             frame: number(frame),
             maps: 0,
             state: READING,
+            slot: c.slot,
         };
-        true
+        Some(match c.slot {
+            NO_SLOT => Source::Pager,
+            slot => Source::Swap(slot),
+        })
     }
 
     /// Fills `page`, the frame [`begin_read`](Self::begin_read) marked,
@@ -269,27 +299,37 @@ impl VmObject {
     }
 
     /// Ends the read of page `index`: cached and counted for one mapping
-    /// (`ok`), or out of the cache again (the caller frees the frame).
-    pub(super) fn end_read(&self, index: u64, ok: bool) {
+    /// (`ok`; a swap slot it was read from is no longer its, and is
+    /// returned for the caller to give back), or out of the cache again,
+    /// on its slot if it had one (the caller frees the frame).
+    pub(super) fn end_read(&self, index: u64, ok: bool) -> Option<u64> {
         let mut cache = self.cache.lock();
         let c = &mut cache[index as usize];
         debug_assert!(c.state & READING != 0, "a page being read");
+        let slot = c.slot;
         *c = if ok {
             Cached {
                 maps: 1,
                 state: 0,
+                slot: NO_SLOT,
                 ..*c
             }
         } else {
-            Cached::EMPTY
+            Cached {
+                slot,
+                ..Cached::EMPTY
+            }
         };
+        (ok && slot != NO_SLOT).then_some(slot)
     }
 
     /// Uncounts `n` mappings of page `index`, removed and invalidated
     /// (`dirty`: one of them had been written). At no mapping a clean page
     /// of a pager-backed object leaves the cache, a dirty one is marked
-    /// for its write-back.
-    pub(super) fn unpin(&self, index: u64, n: u32, dirty: bool) -> Settle {
+    /// for its write-back; an anonymous object's page stays unless reclaim
+    /// unmapped it (`evict`, with a swap device), then it is marked to be
+    /// written to swap.
+    pub(super) fn unpin(&self, index: u64, n: u32, dirty: bool, evict: bool) -> Settle {
         let mut cache = self.cache.lock();
         let c = &mut cache[index as usize];
         debug_assert!(c.maps >= n, "more mappings removed than counted");
@@ -297,12 +337,49 @@ impl VmObject {
         if dirty {
             c.state |= DIRTY;
         }
+        if self.pager.is_none()
+            && evict
+            && c.frame != NO_FRAME
+            && c.maps == 0
+            && c.state & (READING | WRITING) == 0
+        {
+            c.state = WRITING;
+            return Settle::Swap(frame_at(c.frame));
+        }
         self.settle(c)
+    }
+
+    /// Ends the write of an anonymous object's page `index` to swap:
+    /// written to `slot`, it leaves the cache (its frame returned, to free:
+    /// no mapping can have appeared meanwhile, a fault waits on a page
+    /// being written); not written (`None`), it stays.
+    pub(super) fn end_swap(&self, index: u64, slot: Option<u64>) -> Option<PhysFrame> {
+        let mut cache = self.cache.lock();
+        let c = &mut cache[index as usize];
+        debug_assert!(
+            c.state & WRITING != 0 && c.maps == 0,
+            "a page being swapped"
+        );
+        match slot {
+            Some(slot) => {
+                let frame = frame_at(c.frame);
+                *c = Cached {
+                    slot,
+                    ..Cached::EMPTY
+                };
+                Some(frame)
+            }
+            None => {
+                c.state &= !WRITING;
+                None
+            }
+        }
     }
 
     fn settle(&self, c: &mut Cached) -> Settle {
         // Not cached (any more: an object discarded under a reclaim that
-        // had listed the page), mapped, moving, or an anonymous object's.
+        // had listed the page), mapped, moving, or an anonymous object's
+        // (which goes only to swap, when reclaim asks).
         if c.frame == NO_FRAME
             || c.maps > 0
             || c.state & (READING | WRITING) != 0
@@ -387,16 +464,23 @@ impl VmObject {
     }
 
     /// Takes every cached page out, for a closed object no area maps:
-    /// calls `f` with each frame (dirty ones are lost). A page being
+    /// calls `frame` with each frame (dirty ones are lost) and `slot` with
+    /// each swap slot an anonymous object's page is on. A page being
     /// written back is left to its writer, which frees it.
-    pub(super) fn drain(&self, mut f: impl FnMut(u64, PhysFrame)) {
+    pub(super) fn drain(&self, mut frame: impl FnMut(u64, PhysFrame), mut slot: impl FnMut(u64)) {
         let mut cache = self.cache.lock();
         for (i, c) in cache.iter_mut().enumerate() {
-            if c.frame != NO_FRAME && c.state & (READING | WRITING) == 0 {
-                debug_assert_eq!(c.maps, 0, "a closed object's page is mapped");
-                f(i as u64, frame_at(c.frame));
-                *c = Cached::EMPTY;
+            if c.state & (READING | WRITING) != 0 {
+                continue;
             }
+            if c.frame != NO_FRAME {
+                debug_assert_eq!(c.maps, 0, "a closed object's page is mapped");
+                frame(i as u64, frame_at(c.frame));
+            }
+            if c.slot != NO_SLOT {
+                slot(c.slot);
+            }
+            *c = Cached::EMPTY;
         }
     }
 
@@ -408,10 +492,12 @@ impl VmObject {
             .iter()
             .filter(|c| c.frame != NO_FRAME && c.state & DIRTY != 0)
             .count() as u64;
+        let swapped = cache.iter().filter(|c| c.slot != NO_SLOT).count() as u64;
         ObjectStats {
             pages: self.pages,
             cached,
             dirty,
+            swapped,
             reads: self.reads.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),

@@ -34,7 +34,9 @@ impl Vm {
     /// Makes a shared anonymous object of `len` bytes (`MAP_SHARED |
     /// MAP_ANONYMOUS`, or a System V segment): zero-filled on first touch,
     /// shared by every space that maps it (a fork's child too), its pages
-    /// kept while the object exists.
+    /// kept while the object exists: in frames, or on swap when reclaim
+    /// takes them (with a swap device attached), read back on their next
+    /// touch.
     pub fn create_shared_anonymous(&self, len: u64) -> Result<ObjectId, VmError> {
         if len == 0 || !len.is_multiple_of(crate::PAGE_SIZE) {
             return Err(VmError::Unaligned { addr: 0, len });
@@ -128,10 +130,17 @@ impl Vm {
             objects.remove(id).ok_or(VmError::NoObject { object: id })?
         };
         // A reclaim still writing a page back frees it when it ends.
-        object.drain(|index, frame| {
-            self.forget_global(OBJECT_PAGES, [object_page_id(id.index, index)]);
-            self.release_frame(cpu, frame, frames);
-        });
+        object.drain(
+            |index, frame| {
+                self.forget_global(OBJECT_PAGES, [object_page_id(id.index, index)]);
+                self.release_frame(cpu, frame, frames);
+            },
+            |slot| {
+                if let Some(swap) = self.swap.as_ref() {
+                    swap.drop_ref(slot);
+                }
+            },
+        );
         Ok(())
     }
 
@@ -174,6 +183,26 @@ impl Vm {
         }
     }
 
+    /// Writes the frame of an anonymous object's page, unmapped everywhere
+    /// and marked as being written, to a new swap slot.
+    fn swap_out_object_page<P: PhysMem>(
+        &self,
+        phys: &P,
+        frame: PhysFrame,
+    ) -> Result<u64, super::FaultReason> {
+        let swap = self.swap.as_ref().ok_or(super::FaultReason::NoSwap)?;
+        let (slot, _) = swap.take(1).ok_or(super::FaultReason::OutOfSwap)?;
+        // SAFETY: no mapping of the frame is left (every one was removed
+        // and invalidated) and none can appear while the page is marked as
+        // being written: nothing writes it now.
+        let page = unsafe { &*page_ptr(phys, frame) };
+        if let Err(e) = swap.device.write(slot, &[page]) {
+            swap.drop_ref(slot);
+            return Err(super::FaultReason::SwapIo(e));
+        }
+        Ok(slot)
+    }
+
     /// Does what [`VmObject::unpin`] (or a marked write-back) left to do
     /// for page `index` of `object`: frees the frame of a clean page no
     /// mapping holds, writes a dirty one back first (again if it was
@@ -196,6 +225,23 @@ impl Vm {
                     self.release_frame(cpu, frame, frames);
                     count(&self.stats.at(cpu).object_evictions, 1);
                     return Ok(true);
+                }
+                Settle::Swap(frame) => {
+                    let _transit = self.transit(cpu, 1);
+                    let written = self.swap_out_object_page(phys, frame);
+                    let slot = written.as_ref().ok().copied();
+                    return match object.end_swap(index, slot) {
+                        Some(frame) => {
+                            self.forget_global(OBJECT_PAGES, [object_page_id(id.index, index)]);
+                            self.release_frame(cpu, frame, frames);
+                            count(&self.stats.at(cpu).swap_outs, 1);
+                            count(&self.stats.at(cpu).object_evictions, 1);
+                            Ok(true)
+                        }
+                        // No slot or a device error: the page stays, as an
+                        // anonymous page whose write-out failed does.
+                        None => Ok(false),
+                    };
                 }
                 Settle::Write(frame) => {
                     // A fault finding no frame meanwhile waits for this one.
