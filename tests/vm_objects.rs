@@ -705,3 +705,53 @@ fn a_forked_pair_sharing_anonymous_memory_swaps_under_one_policy() {
     assert_eq!(m.vm.stats().swap_slots_used, 0);
     m.all_back();
 }
+
+#[test]
+fn without_swap_the_global_policy_drops_other_spaces_file_pages() {
+    // A reader holds 16 clean file pages; a worker with only anonymous
+    // memory (no swap device) needs their frames: they are dropped.
+    let mem = EmulatedMemory::new(512);
+    let mut m = Machine::new(&mem, Some(20));
+    m.vm.set_global_policy(Box::new(ClockPro::new(20)));
+    m.vm.set_watermarks(Some(Watermarks {
+        min: 0,
+        low: 0,
+        high: 0,
+    }));
+    let file = File::new(16);
+    let object = m.vm.create_object(Box::new(file.clone())).unwrap();
+    let (mut reader, mut worker) = (m.space(), m.space());
+    reader.join_global(1).unwrap();
+    worker.join_global(2).unwrap();
+    m.map(&mut reader, A, object, 16, true);
+    worker
+        .map_anonymous(Some(B), 16 * PAGE, Prot::RW | Prot::USER)
+        .unwrap();
+    for p in 0..16 {
+        assert_eq!(m.read(&reader, A + p * PAGE), 1000 + p);
+    }
+    let spaces = [&reader, &worker];
+    for p in 0..16 {
+        m.fault_in(Some(&spaces), &worker, B + p * PAGE, true)
+            .expect("clean file pages make room");
+    }
+    let st = m.vm.stats();
+    assert!(st.object_evictions >= 12, "{st:?}");
+    assert_eq!(
+        file.writes.load(Ordering::Relaxed),
+        0,
+        "clean: dropped, not written"
+    );
+    for p in 0..16 {
+        assert_eq!(
+            m.read_in(&spaces, &reader, A + p * PAGE),
+            1000 + p,
+            "read again"
+        );
+    }
+    m.check(&spaces);
+    m.destroy(reader);
+    m.destroy(worker);
+    m.close(object).unwrap();
+    m.all_back();
+}

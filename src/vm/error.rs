@@ -110,6 +110,12 @@ pub enum VmError {
         /// The object.
         object: ObjectId,
     },
+    /// A page of the object is being read in or written by another CPU
+    /// (a reclaim, a sync): closing it is refused, retry.
+    ObjectBusy {
+        /// The object.
+        object: ObjectId,
+    },
     /// The id is kept for the pages of memory objects (joining global
     /// reclaim with it is refused).
     GlobalId {
@@ -166,6 +172,9 @@ impl fmt::Display for VmError {
             ),
             Self::ObjectMapped { object } => write!(f, "memory object {object:?} is still mapped"),
             Self::Pager(e) => write!(f, "writing back: {e}"),
+            Self::ObjectBusy { object } => {
+                write!(f, "a page of memory object {object:?} is being moved")
+            }
             Self::GlobalId { id } => write!(f, "global reclaim id {id:#x} is kept for objects"),
         }
     }

@@ -185,11 +185,15 @@ impl Vm {
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<usize, FaultReason> {
-        let Some(swap) = self.swap.as_ref() else {
-            return Err(FaultReason::NoSwap);
-        };
+        // Without a swap device only object pages can go (dropped clean,
+        // written back through their pagers).
+        let swap = self.swap.as_ref();
         if !self.has_global {
-            return Ok(0);
+            return if swap.is_some() {
+                Ok(0)
+            } else {
+                Err(FaultReason::NoSwap)
+            };
         }
         let want = want.clamp(1, CLUSTER);
         spaces.for_each(&mut |s| {
@@ -207,7 +211,14 @@ impl Vm {
             while n < want && tries > 0 {
                 tries -= 1;
                 let Some(id) = p.evict() else { break };
-                chosen[n] = ((id >> 48) as u32, id & ((1 << 48) - 1));
+                let (space, page) = ((id >> 48) as u32, id & ((1 << 48) - 1));
+                if swap.is_none() && space != OBJECT_PAGES {
+                    // Nowhere to put an anonymous page: it stays, and the
+                    // policy looks further for object pages.
+                    let _ = p.insert(id);
+                    continue;
+                }
+                chosen[n] = (space, page);
                 n += 1;
             }
         }
@@ -228,6 +239,11 @@ impl Vm {
                 rest = tail;
                 continue;
             }
+            let Some(swap) = swap else {
+                debug_assert!(false, "without swap only object pages are chosen");
+                rest = tail;
+                continue;
+            };
             let found = spaces.with(id, &mut |s| {
                 let (f, e) = s.evict_listed(self, swap, group, &mut shared, frames, tlb);
                 freed += f;
@@ -242,6 +258,7 @@ impl Vm {
             rest = tail;
         }
         for &(va, frame, id) in shared.as_slice() {
+            let Some(swap) = swap else { break }; // (empty without one)
             let kept = match self.evict_shared(spaces, swap, va, frame, frames, tlb) {
                 Ok(freed_it) => {
                     freed += usize::from(freed_it);
@@ -260,6 +277,7 @@ impl Vm {
         }
         match error {
             Some(e) if freed == 0 => Err(e),
+            _ if freed == 0 && swap.is_none() => Err(FaultReason::NoSwap),
             _ => Ok(freed),
         }
     }

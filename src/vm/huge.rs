@@ -18,6 +18,7 @@ use super::{AreaKind, FaultReason, Vm, VmError, VmSpace};
 use crate::paging::{Flush, FrameSource, LeafSize, PhysMem, ACCESSED, ADDR_MASK, PRESENT};
 use crate::smp::Tlb;
 use alloc::boxed::Box;
+use core::sync::atomic::Ordering;
 use x86_64::structures::paging::{Page, PhysFrame, Size2MiB, Size4KiB};
 use x86_64::VirtAddr;
 
@@ -138,6 +139,7 @@ impl<P: PhysMem> VmSpace<P> {
         };
         match mapped {
             Ok(true) => {
+                vm.huge_seen.store(true, Ordering::Relaxed);
                 count(&vm.stats.at(cpu).huge_faults, 1);
                 Ok(HugeFill::Mapped)
             }
@@ -186,7 +188,7 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<(), VmError> {
-        if !vm.huge_pages() && vm.stats.snapshot().huge_faults == 0 {
+        if !vm.huge_seen.load(Ordering::Relaxed) {
             return Ok(()); // never had one: nothing to look for
         }
         // Only the huge pages of anonymous areas in the range.
@@ -247,7 +249,7 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) {
-        if !vm.huge_pages() {
+        if !vm.huge_seen.load(Ordering::Relaxed) {
             return;
         }
         let mut cold = [0u64; SPLITS_PER_PASS];
@@ -368,15 +370,16 @@ impl<P: PhysMem> VmSpace<P> {
             // invalidated on every CPU of the space above.
             unsafe { frames.deallocate_frame(table) };
             // The policies knew the 4 KiB pages: a huge page is aged apart.
-            let pages = (at >> 12..(at + HUGE) >> 12).collect::<alloc::vec::Vec<_>>();
+            let pages = at >> 12..(at + HUGE) >> 12;
             if let Some(p) = self.policy.get_mut().as_mut() {
-                for &page in &pages {
+                for page in pages.clone() {
                     p.remove(page);
                 }
             }
             if let Some(id) = self.global_id() {
                 vm.forget_global(id, pages);
             }
+            vm.huge_seen.store(true, Ordering::Relaxed);
             count(&vm.stats.at(cpu).huge_collapses, 1);
             done += 1;
         }

@@ -38,20 +38,27 @@ impl<P: PhysMem> VmSpace<P> {
         offset: u64,
         shared: bool,
     ) -> Result<u64, VmError> {
-        let o = vm.object(object).ok_or(VmError::NoObject { object })?;
-        let size = o.pages() * PAGE;
-        if !offset.is_multiple_of(PAGE) || offset.checked_add(len).is_none_or(|e| e > size) {
-            return Err(VmError::BeyondObject { offset, len, size });
-        }
+        // Counted under the registry's lock, where a close looks: from
+        // here the object cannot be closed under the new area.
+        let o = {
+            let objects = vm.objects.read();
+            let o = objects.get(object).ok_or(VmError::NoObject { object })?;
+            let size = o.pages() * PAGE;
+            if !offset.is_multiple_of(PAGE) || offset.checked_add(len).is_none_or(|e| e > size) {
+                return Err(VmError::BeyondObject { offset, len, size });
+            }
+            o.area_pages.fetch_add(len / PAGE, Ordering::AcqRel);
+            o.clone()
+        };
         let offset = offset / PAGE;
         let kind = if shared {
             AreaKind::Shared { object, offset }
         } else {
             AreaKind::Private { object, offset }
         };
-        let at = self.place_area(hint, len, prot, kind)?;
-        o.area_pages.fetch_add(len / PAGE, Ordering::AcqRel);
-        Ok(at)
+        self.place_area(hint, len, prot, kind).inspect_err(|_| {
+            o.area_pages.fetch_sub(len / PAGE, Ordering::AcqRel);
+        })
     }
 
     /// Counts the pages of `areas` (removed from this space, or copied
@@ -100,7 +107,8 @@ impl<P: PhysMem> VmSpace<P> {
         if let AreaKind::Private { .. } = area.kind {
             let copied = self.fill((vm, spaces), page, area.prot, Some(frame), 0, frames, tlb);
             let settle = object.unpin(index, 1, false, false);
-            // A clean page: freed or kept, never written.
+            // Freed or kept; a page left dirty by a refused write-back is
+            // written again here, and a refusal stays with the page.
             let _ = vm.settle_object((id, &object), index, settle, &self.phys, cpu, frames);
             return match copied {
                 Ok(Some(_)) => {
@@ -222,7 +230,13 @@ impl<P: PhysMem> VmSpace<P> {
     /// back every dirty cached page of the objects' ranges. Private and
     /// anonymous areas need nothing. Returns the pages written; on a pager
     /// error the refused pages stay dirty, the others are written, and the
-    /// first error is returned ([`VmError::Pager`]).
+    /// first error is returned ([`VmError::Pager`]). Writes made through
+    /// other spaces' mappings count once their Dirty bits were harvested
+    /// (their own `sync`, unmap or reclaim). A page another CPU is writing
+    /// back at this moment (its eviction, another sync) is left to that
+    /// write: this call does not wait for it, so a write made to the page
+    /// after that write began reaches the object at the next sync or
+    /// eviction (kmem has no way to sleep on another CPU's I/O).
     pub fn sync<A: FrameSource + ?Sized>(
         &self,
         vm: &Vm,
@@ -288,17 +302,18 @@ impl<P: PhysMem> VmSpace<P> {
     /// addresses added to `flush`: an unmap's first step. `out` must have
     /// room for every page (see [`object_leaves`](Self::object_leaves)).
     pub(super) fn take_object_pages(
+        vm: &Vm,
         areas: &super::areas::AreaSet,
         mapper: &mut PageTables<P>,
-        a: u64,
-        b: u64,
+        (a, b): (u64, u64),
         flush: &mut Flush,
         out: &mut Vec<Unmapped>,
     ) {
         for area in areas.overlapping(a, b) {
-            if !matches!(area.kind, AreaKind::Shared { .. }) {
+            let AreaKind::Shared { object, .. } = area.kind else {
                 continue;
-            }
+            };
+            let o = vm.object(object);
             let (s, e) = (area.start.max(a), area.end.min(b));
             let mut pages: [u64; 64] = [0; 64];
             let mut at = s;
@@ -320,6 +335,9 @@ impl<P: PhysMem> VmSpace<P> {
                         .expect("a mapped page has its page table");
                     flush.add(va);
                     if let Some((id, index)) = area.object_page(va) {
+                        if let Some(o) = &o {
+                            o.note_dirty(index, old & DIRTY != 0);
+                        }
                         out.push((id, index, old & DIRTY != 0));
                     }
                 }
@@ -423,6 +441,15 @@ impl<P: PhysMem> VmSpace<P> {
                     .exchange_pte(v.0, 0)
                     .expect("a mapped page has its page table");
                 flush.add(v.0.as_u64());
+                // Dirty in the object at once, under this lock (an msync
+                // of another space must not miss it).
+                let va = v.0.as_u64();
+                let page = self.areas.find(va).and_then(|a| a.object_page(va));
+                if let Some((id, index)) = page {
+                    if let Some(o) = vm.object(id) {
+                        o.note_dirty(index, v.2 & DIRTY != 0);
+                    }
+                }
             }
         }
         let _transit = vm.transit(tlb.cpu(), victims.len as u64);
@@ -461,7 +488,7 @@ impl<P: PhysMem> VmSpace<P> {
     pub(super) fn unmap_object_page(
         &self,
         vm: &Vm,
-        (id, index): (ObjectId, u64),
+        (id, index, cache): (ObjectId, u64, &VmObject),
         frame: PhysFrame,
         tlb: &mut Tlb<'_>,
     ) -> (u32, bool) {
@@ -486,6 +513,7 @@ impl<P: PhysMem> VmSpace<P> {
                     .exchange_pte(va, 0)
                     .expect("a mapped page has its page table");
                 dirty |= old & DIRTY != 0;
+                cache.note_dirty(index, old & DIRTY != 0); // under the lock, as msync's
                 flush.add(va.as_u64());
                 n += 1;
             }
@@ -539,22 +567,24 @@ impl Vm {
                 continue; // not cached any more
             };
             let (mut n, mut dirty) = (0, false);
+            let mut at = None;
             spaces.for_each(&mut |s| {
-                let (k, d) = s.unmap_object_page(self, (id, index), frame, tlb);
+                let (k, d) = s.unmap_object_page(self, (id, index, &o), frame, tlb);
                 n += k;
                 dirty |= d;
+                // The frame through a space's access to physical memory.
+                at.get_or_insert_with(|| page_ptr(&s.phys, frame));
             });
-            // Settled through the first space's access to physical memory
-            // (an empty table evicts nothing).
-            let mut settled = None;
-            spaces.for_each(&mut |s| {
-                if settled.is_none() {
-                    let settle = o.unpin(index, n, dirty, self.swap.is_some());
-                    let cpu = tlb.cpu();
-                    settled =
-                        Some(self.settle_object((id, &o), index, settle, &s.phys, cpu, frames));
-                }
-            });
+            // Settled with no space held (the pager may do I/O); an empty
+            // table evicts nothing.
+            let Some(at) = at else { continue };
+            let settle = o.unpin(index, n, dirty, self.swap.is_some());
+            let page = |f: PhysFrame| {
+                debug_assert_eq!(f, frame, "the page's cached frame");
+                at
+            };
+            let settled =
+                Some(self.settle_object_with((id, &o), index, settle, &page, tlb.cpu(), frames));
             match settled {
                 Some(Ok(true)) => freed += 1,
                 other => {

@@ -77,7 +77,7 @@ pub trait Pager: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectId {
     pub(super) index: u16,
-    pub(super) generation: u16,
+    pub(super) generation: u32,
 }
 
 /// Counters of one object.
@@ -463,24 +463,42 @@ impl VmObject {
         }
     }
 
-    /// Takes every cached page out, for a closed object no area maps:
-    /// calls `frame` with each frame (dirty ones are lost) and `slot` with
-    /// each swap slot an anonymous object's page is on. A page being
-    /// written back is left to its writer, which frees it.
-    pub(super) fn drain(&self, mut frame: impl FnMut(u64, PhysFrame), mut slot: impl FnMut(u64)) {
+    /// Takes every cached page out, for a closed object no area maps, into
+    /// a list of frames and swap slots (the caller frees them, no lock
+    /// held; dirty pages are lost); `Err(true)` while a page is mapped,
+    /// read in or written (a reclaim or sync at work: nothing taken),
+    /// `Err(false)` when the list does not fit on the heap.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn take_all(&self) -> Result<Vec<(u64, Option<PhysFrame>, Option<u64>)>, bool> {
         let mut cache = self.cache.lock();
+        if cache
+            .iter()
+            .any(|c| c.maps > 0 || c.state & (READING | WRITING) != 0)
+        {
+            return Err(true);
+        }
+        let held = cache
+            .iter()
+            .filter(|c| c.frame != NO_FRAME || c.slot != NO_SLOT)
+            .count();
+        let mut out = Vec::new();
+        out.try_reserve_exact(held).map_err(|_| false)?;
         for (i, c) in cache.iter_mut().enumerate() {
-            if c.state & (READING | WRITING) != 0 {
-                continue;
+            if c.frame != NO_FRAME || c.slot != NO_SLOT {
+                let frame = (c.frame != NO_FRAME).then(|| frame_at(c.frame));
+                out.push((i as u64, frame, (c.slot != NO_SLOT).then_some(c.slot)));
+                *c = Cached::EMPTY;
             }
-            if c.frame != NO_FRAME {
-                debug_assert_eq!(c.maps, 0, "a closed object's page is mapped");
-                frame(i as u64, frame_at(c.frame));
-            }
-            if c.slot != NO_SLOT {
-                slot(c.slot);
-            }
-            *c = Cached::EMPTY;
+        }
+        Ok(out)
+    }
+
+    /// Marks page `index` dirty when the entry taken out of a mapping was
+    /// (`dirty`): called under the page-table lock where it was taken, so
+    /// that an `msync` or close never misses it.
+    pub(super) fn note_dirty(&self, index: u64, dirty: bool) {
+        if dirty {
+            self.mark_dirty(index);
         }
     }
 
@@ -510,9 +528,9 @@ impl VmObject {
 /// naming the next one there.
 #[derive(Debug, Default)]
 pub(super) struct Objects {
-    slots: Vec<(u16, Option<Arc<VmObject>>)>,
-    /// The generation of the next object (wrapping).
-    next: u16,
+    slots: Vec<(u32, Option<Arc<VmObject>>)>,
+    /// The generation of the next object (wrapping after 2^32 objects).
+    next: u32,
 }
 
 impl Objects {

@@ -8,6 +8,7 @@ use super::object::{
     OBJECT_PAGES,
 };
 use super::stats::count;
+use super::swap::PAGE_BYTES;
 use super::{Vm, VmError};
 use crate::paging::{FrameSource, PhysMem};
 use alloc::boxed::Box;
@@ -94,9 +95,11 @@ impl Vm {
 
     /// Closes the object `id`, which no area may map any more
     /// ([`VmError::ObjectMapped`]): writes its dirty pages back, then
-    /// frees its cached pages. On a pager error the object stays open with
+    /// frees its cached pages (and gives back the swap slots of an
+    /// anonymous object's). On a pager error the object stays open with
     /// the refused pages dirty (nothing is lost): retry, or
-    /// [`discard_object`](Self::discard_object).
+    /// [`discard_object`](Self::discard_object). Refused while another
+    /// CPU is reading or writing one of its pages ([`VmError::ObjectBusy`]).
     pub fn close_object<P: PhysMem, A: FrameSource + ?Sized>(
         &self,
         id: ObjectId,
@@ -115,32 +118,42 @@ impl Vm {
 
     /// Closes the object `id`, which no area may map, without writing its
     /// dirty pages: they are lost (after a pager keeps refusing them).
+    /// Refused while a reclaim or a sync on another CPU is reading or
+    /// writing one of its pages ([`VmError::ObjectBusy`]: retry).
     pub fn discard_object<A: FrameSource + ?Sized>(
         &self,
         id: ObjectId,
         cpu: usize,
         frames: &mut A,
     ) -> Result<(), VmError> {
-        let object = {
+        let (object, pages) = {
             let mut objects = self.objects.write();
             let o = objects.get(id).ok_or(VmError::NoObject { object: id })?;
             if o.area_pages.load(Ordering::Acquire) != 0 {
                 return Err(VmError::ObjectMapped { object: id });
             }
-            objects.remove(id).ok_or(VmError::NoObject { object: id })?
+            let pages = o.take_all().map_err(|busy| {
+                if busy {
+                    VmError::ObjectBusy { object: id }
+                } else {
+                    VmError::OutOfMemory
+                }
+            })?;
+            (
+                objects.remove(id).ok_or(VmError::NoObject { object: id })?,
+                pages,
+            )
         };
-        // A reclaim still writing a page back frees it when it ends.
-        object.drain(
-            |index, frame| {
+        for (index, frame, slot) in pages {
+            if let Some(frame) = frame {
                 self.forget_global(OBJECT_PAGES, [object_page_id(id.index, index)]);
                 self.release_frame(cpu, frame, frames);
-            },
-            |slot| {
-                if let Some(swap) = self.swap.as_ref() {
-                    swap.drop_ref(slot);
-                }
-            },
-        );
+            }
+            if let (Some(slot), Some(swap)) = (slot, self.swap.as_ref()) {
+                swap.drop_ref(slot);
+            }
+        }
+        drop(object);
         Ok(())
     }
 
@@ -185,17 +198,13 @@ impl Vm {
 
     /// Writes the frame of an anonymous object's page, unmapped everywhere
     /// and marked as being written, to a new swap slot.
-    fn swap_out_object_page<P: PhysMem>(
-        &self,
-        phys: &P,
-        frame: PhysFrame,
-    ) -> Result<u64, super::FaultReason> {
+    fn swap_out_object_page(&self, page: *mut [u8; PAGE_BYTES]) -> Result<u64, super::FaultReason> {
         let swap = self.swap.as_ref().ok_or(super::FaultReason::NoSwap)?;
         let (slot, _) = swap.take(1).ok_or(super::FaultReason::OutOfSwap)?;
         // SAFETY: no mapping of the frame is left (every one was removed
         // and invalidated) and none can appear while the page is marked as
         // being written: nothing writes it now.
-        let page = unsafe { &*page_ptr(phys, frame) };
+        let page = unsafe { &*page };
         if let Err(e) = swap.device.write(slot, &[page]) {
             swap.drop_ref(slot);
             return Err(super::FaultReason::SwapIo(e));
@@ -212,8 +221,29 @@ impl Vm {
         &self,
         (id, object): (ObjectId, &VmObject),
         index: u64,
-        mut settle: Settle,
+        settle: Settle,
         phys: &P,
+        cpu: usize,
+        frames: &mut A,
+    ) -> Result<bool, PagerError> {
+        self.settle_object_with(
+            (id, object),
+            index,
+            settle,
+            &|f| page_ptr(phys, f),
+            cpu,
+            frames,
+        )
+    }
+
+    /// [`settle_object`](Self::settle_object) with the page's frame
+    /// reached through `page`.
+    pub(super) fn settle_object_with<A: FrameSource + ?Sized>(
+        &self,
+        (id, object): (ObjectId, &VmObject),
+        index: u64,
+        mut settle: Settle,
+        page: &dyn Fn(PhysFrame) -> *mut [u8; PAGE_BYTES],
         cpu: usize,
         frames: &mut A,
     ) -> Result<bool, PagerError> {
@@ -228,7 +258,7 @@ impl Vm {
                 }
                 Settle::Swap(frame) => {
                     let _transit = self.transit(cpu, 1);
-                    let written = self.swap_out_object_page(phys, frame);
+                    let written = self.swap_out_object_page(page(frame));
                     let slot = written.as_ref().ok().copied();
                     return match object.end_swap(index, slot) {
                         Some(frame) => {
@@ -250,8 +280,8 @@ impl Vm {
                     // marked as being written back so nothing frees it; a CPU
                     // still mapping it (msync) may change bytes during the
                     // write, and its Dirty bit then records the page again.
-                    let page = unsafe { &*page_ptr(phys, frame) };
-                    let written = object.write(index, page);
+                    let bytes = unsafe { &*page(frame) };
+                    let written = object.write(index, bytes);
                     settle = object.end_write(index, written.is_ok());
                     if let Err(e) = written {
                         count(&self.stats.at(cpu).pager_errors, 1);

@@ -95,7 +95,7 @@ impl<P: PhysMem> VmSpace<P> {
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> Result<PhysFrame, Shortage> {
-        if let Some(spaces) = spaces.filter(|_| vm.below_min() && vm.swap.is_some()) {
+        if let Some(spaces) = spaces.filter(|_| vm.below_min()) {
             // Direct reclaim: the worker fell behind. Failure here is not
             // final: the allocation below may still find a frame.
             count(&vm.stats.at(tlb.cpu()).direct_reclaims, 1);
@@ -107,9 +107,15 @@ impl<P: PhysMem> VmSpace<P> {
         count(&vm.stats.at(tlb.cpu()).direct_reclaims, 1);
         let cancels = vm.cancels.load(Ordering::Acquire);
         let freed = match spaces {
-            _ if vm.swap.is_none() => Ok(0),
+            // Without swap, the object pages of every space.
             Some(spaces) => vm.reclaim_global(spaces, vm.reclaim_batch(), frames, tlb),
-            None => self.reclaim(vm, frames, vm.reclaim_batch(), tlb),
+            None if vm.swap.is_some() => self.reclaim(vm, frames, vm.reclaim_batch(), tlb),
+            None => Ok(0),
+        };
+        // No swap device is out of memory, as ever.
+        let freed = match freed {
+            Err(FaultReason::NoSwap) => Ok(0),
+            other => other,
         };
         // The global policy ranks object pages with anonymous ones; without
         // it (or a swap device), or when it freed nothing, this space's own

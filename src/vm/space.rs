@@ -582,10 +582,12 @@ impl<P: PhysMem> VmSpace<P> {
         self.release(a, b, vm, frames, &mut gather, &mut objects)?;
         let removed = self.areas.remove(a, b);
         vm.uncharge_locked(removed.iter().filter(|r| r.locked).map(Area::pages).sum());
-        Self::count_object_areas(vm, removed.iter(), false);
         let cpu = tlb.cpu();
         self.finish(gather, vm, frames, tlb);
-        self.settle_unmapped(vm, &objects, cpu, frames)
+        let settled = self.settle_unmapped(vm, &objects, cpu, frames);
+        // Only now may an object be closed: its pages are settled.
+        Self::count_object_areas(vm, removed.iter(), false);
+        settled
     }
 
     /// Has reclaim choose its victims with `policy` (its capacity should be
@@ -672,7 +674,7 @@ impl<P: PhysMem> VmSpace<P> {
         } = self;
         let (mapper, policy) = (mapper.get_mut(), policy.get_mut());
         let mut flush = Flush::none();
-        Self::take_object_pages(areas, mapper, a, b, &mut flush, objects);
+        Self::take_object_pages(vm, areas, mapper, (a, b), &mut flush, objects);
         gather.flush(flush);
         for_each_anonymous_leaf(areas, mapper, a, b, |leaf| {
             let first = PhysFrame::containing_address(leaf.frame);
@@ -801,12 +803,12 @@ impl<P: PhysMem> VmSpace<P> {
             }
             let removed = self.areas.remove(a, b);
             vm.uncharge_locked(removed.iter().filter(|r| r.locked).map(Area::pages).sum());
-            Self::count_object_areas(vm, removed.iter(), false);
             let cpu = tlb.cpu();
             self.finish(gather, vm, frames, tlb);
             // A refused write-back leaves its page dirty in the object's
             // cache (closing the object reports it again).
             let _ = self.settle_unmapped(vm, &objects, cpu, frames);
+            Self::count_object_areas(vm, removed.iter(), false);
         }
         let Self {
             mapper,

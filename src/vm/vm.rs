@@ -69,6 +69,9 @@ pub struct Vm {
     pub(super) objects: spin::RwLock<super::object::Objects>,
     /// Where transparent huge pages come from (`None`: off).
     pub(super) huge: Option<Box<dyn super::huge::HugeFrames>>,
+    /// Whether a huge page was ever mapped (by a fault or a collapse):
+    /// until then nothing looks for them.
+    pub(super) huge_seen: core::sync::atomic::AtomicBool,
 }
 
 impl Vm {
@@ -97,6 +100,7 @@ impl Vm {
             cancels: AtomicU64::new(0),
             objects: spin::RwLock::new(super::object::Objects::default()),
             huge: None,
+            huge_seen: core::sync::atomic::AtomicBool::new(false),
         })
     }
 
