@@ -219,6 +219,15 @@ impl<'m> Machine<'m> {
         s.destroy(&self.vm, &mut self.frames, &mut tlb).unwrap();
     }
 
+    fn tlb_do<R>(
+        &mut self,
+        f: impl FnOnce(&Vm, &mut EmulatedFrameAllocator, &mut Tlb<'_>) -> R,
+    ) -> R {
+        let mut mmu = RecordingMmu::new(self.kernel.pml4());
+        let mut tlb = Tlb::uniprocessor(&mut mmu);
+        f(&self.vm, &mut self.frames, &mut tlb)
+    }
+
     fn close(&mut self, id: ObjectId) -> Result<(), VmError> {
         let phys = self.mem.phys_mem();
         self.vm.close_object(id, &phys, 0, &mut self.frames)
@@ -353,7 +362,7 @@ fn msync_writes_what_was_written_since_and_nothing_else() {
 }
 
 #[test]
-fn a_private_mapping_copies_and_never_writes_back() {
+fn a_private_mapping_copies_on_write_over_the_cache_and_never_writes_back() {
     let mem = EmulatedMemory::new(256);
     let mut m = Machine::new(&mem, None);
     let file = File::new(4);
@@ -362,28 +371,109 @@ fn a_private_mapping_copies_and_never_writes_back() {
     m.map(&mut shared, A, object, 4, true);
     m.map(&mut private, A, object, 4, false);
     assert_eq!(m.read(&shared, A), 1000);
-    assert_eq!(m.fault(&private, A, false), Ok(FaultOutcome::ObjectCopied));
-    assert_eq!(m.read(&private, A), 1000);
-    assert_eq!(
-        file.reads.load(Ordering::Relaxed),
-        1,
-        "the cached page was copied"
-    );
-    let (fs, fp) = (
-        shared.mapper().translate(VirtAddr::new(A)).unwrap().frame,
-        private.mapper().translate(VirtAddr::new(A)).unwrap().frame,
-    );
-    assert_ne!(fs, fp, "a frame of its own");
+    // A read maps the cached frame, read-only: one frame for both.
+    assert_eq!(m.fault(&private, A, false), Ok(FaultOutcome::ObjectMapped));
+    let t = private.mapper().translate(VirtAddr::new(A)).unwrap();
+    assert!(!t.access.writable);
+    let fs = shared.mapper().translate(VirtAddr::new(A)).unwrap().frame;
+    assert_eq!(t.frame, fs, "the cached frame");
+    assert_eq!(file.reads.load(Ordering::Relaxed), 1, "read once");
+    assert_eq!(m.vm.stats().object_copies, 0);
+    // The first write copies it.
+    assert_eq!(m.fault(&private, A, true), Ok(FaultOutcome::ObjectCopied));
+    let fp = private.mapper().translate(VirtAddr::new(A)).unwrap();
+    assert!(fp.access.writable);
+    assert_ne!(fp.frame, fs, "a frame of its own");
     m.write(&private, A, 5);
-    m.write(&private, A + PAGE, 6);
+    m.write(&private, A + PAGE, 6); // a write to a page never read: copied at once
     assert_eq!(m.read(&shared, A), 1000, "the object does not see it");
     assert_eq!(m.read(&shared, A + PAGE), 1001);
-    m.check(&[&shared, &private]);
+    // A write through the shared mapping reaches a private page not copied
+    // yet (it maps the cache), not one copied.
+    assert_eq!(m.read(&private, A + 2 * PAGE), 1002);
+    m.write(&shared, A + 2 * PAGE, 77);
+    m.write(&shared, A, 88);
+    assert_eq!(m.read(&private, A + 2 * PAGE), 77);
+    assert_eq!(m.read(&private, A), 5);
+    // mprotect keeps a page still on the cache read-only.
+    assert_eq!(m.read(&private, A + 3 * PAGE), 1003);
+    let rw = Prot::RW | Prot::USER;
+    m.tlb_do(|vm, frames, tlb| {
+        private.protect(A, 4 * PAGE, Prot::READ | Prot::USER, vm, frames, tlb)
+    })
+    .unwrap();
+    m.tlb_do(|vm, frames, tlb| private.protect(A, 4 * PAGE, rw, vm, frames, tlb))
+        .unwrap();
+    assert!(
+        !private
+            .mapper()
+            .translate(VirtAddr::new(A + 3 * PAGE))
+            .unwrap()
+            .access
+            .writable
+    );
+    m.write(&private, A + 3 * PAGE, 44);
+    assert_eq!(m.read(&shared, A + 3 * PAGE), 1003);
+    // A fork's child shares the cached page and its own copies alike.
+    let mut mmu = RecordingMmu::new(m.kernel.pml4());
+    let mut tlb = Tlb::uniprocessor(&mut mmu);
+    let child = private.fork(&m.vm, &mut m.frames, &mut tlb).unwrap();
+    m.check(&[&shared, &private, &child]);
+    assert_eq!(m.read(&child, A + 2 * PAGE), 77);
+    m.write(&child, A + 2 * PAGE, 99);
+    m.write(&child, A, 55);
+    assert_eq!(m.read(&private, A + 2 * PAGE), 77);
+    assert_eq!(m.read(&private, A), 5);
+    assert_eq!(m.read(&shared, A + 2 * PAGE), 77);
+    let st = m.vm.stats();
+    assert_eq!((st.object_copies, st.cow_copies), (4, 1), "{st:?}");
+    m.check(&[&shared, &private, &child]);
+    m.destroy(child);
     m.destroy(private);
     m.destroy(shared);
-    assert_eq!(file.writes.load(Ordering::Relaxed), 0);
-    assert_eq!((file.word(0), file.word(1)), (1000, 1001));
+    assert_eq!(
+        file.writes.load(Ordering::Relaxed),
+        2,
+        "the shared writes only"
+    );
+    assert_eq!((file.word(0), file.word(1), file.word(2)), (88, 1001, 77));
     m.close(object).unwrap();
+    m.all_back();
+}
+
+#[test]
+fn private_pages_on_the_cache_are_evicted_with_it_and_copies_go_to_swap() {
+    let mem = EmulatedMemory::new(512);
+    let mut m = Machine::new(&mem, Some(8));
+    assert!(m.vm.attach_swap(Box::new(MemSwap::new(256))).is_ok());
+    let file = File::new(32);
+    let object = m.vm.create_object(Box::new(file.clone())).unwrap();
+    let mut s = m.space();
+    m.map(&mut s, A, object, 32, false);
+    // Even pages read (the cache's frames), odd ones written (copies).
+    for p in 0..32 {
+        if p % 2 == 0 {
+            assert_eq!(m.read(&s, A + p * PAGE), 1000 + p);
+        } else {
+            m.write(&s, A + p * PAGE, 3000 + p);
+        }
+        assert!(m.vm.stats().resident_frames <= 8);
+        m.check(&[&s]);
+    }
+    for p in 0..32 {
+        let want = if p % 2 == 0 { 1000 + p } else { 3000 + p };
+        assert_eq!(m.read(&s, A + p * PAGE), want, "page {p}");
+    }
+    let st = m.vm.stats();
+    assert!(st.object_evictions > 0 && st.swap_outs > 0, "{st:?}");
+    m.destroy(s);
+    assert_eq!(
+        file.writes.load(Ordering::Relaxed),
+        0,
+        "a private mapping writes nothing"
+    );
+    m.close(object).unwrap();
+    assert_eq!(m.vm.stats().swap_slots_used, 0);
     m.all_back();
 }
 

@@ -126,7 +126,7 @@ impl<P: PhysMem> VmSpace<P> {
             {
                 let mut m = self.mapper.lock();
                 let mut policy = self.policy.lock();
-                super::space::for_each_pageable_leaf(&self.areas, &m, at, end, |leaf| {
+                super::space::for_each_pageable_leaf(vm, &self.areas, &m, at, end, |leaf| {
                     let frame = PhysFrame::containing_address(leaf.frame);
                     if vm.held_alone(frame) {
                         victims.push(leaf.page, frame, 0);
@@ -227,7 +227,7 @@ impl<P: PhysMem> VmSpace<P> {
         let mut pages = alloc::vec::Vec::new();
         {
             let m = self.mapper.get_mut();
-            super::space::for_each_pageable_leaf(&self.areas, m, a, b, |leaf| {
+            super::space::for_each_pageable_leaf(vm, &self.areas, m, a, b, |leaf| {
                 let frame = PhysFrame::containing_address(leaf.frame);
                 if vm.held_alone(frame) {
                     if m.clear_accessed(leaf.page) {

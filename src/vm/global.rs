@@ -33,7 +33,8 @@
 //! a reference to the one slot. A sharer outside the table (or holding
 //! the page locked) keeps the frame where it is.
 
-use super::object::OBJECT_PAGES;
+use super::mapping::cached_page;
+use super::object::{object_page_id, OBJECT_PAGES};
 use super::reclaim::Batch;
 use super::replace::multi::global_id;
 use super::replace::{PageId, ReplacementPolicy};
@@ -437,10 +438,16 @@ impl<P: PhysMem> VmSpace<P> {
         }
         const TABLES: usize = 16;
         let zero = vm.zero_frame();
-        let pageable = |va: VirtAddr| {
-            self.areas
-                .find(va.as_u64())
-                .is_some_and(super::Area::pageable)
+        // The policy's identity of the page at `va`: an object's cached
+        // page (a shared area's, or a private one's not copied yet) goes
+        // under the object, a private page of a pageable area under this
+        // space.
+        let identity = |va: VirtAddr, frame: PhysFrame| {
+            let area = self.areas.find(va.as_u64())?;
+            if let Some((object, index)) = cached_page(vm, area, va.as_u64(), frame) {
+                return Some(global_id(OBJECT_PAGES, object_page_id(object.index, index)));
+            }
+            (frame != zero && area.pageable()).then(|| global_id(id, va.as_u64() >> 12))
         };
         let (lo, hi) = self.areas.bounds();
         let (mut at, mut scanned, mut skipped) = (lo, 0, 0);
@@ -468,12 +475,7 @@ impl<P: PhysMem> VmSpace<P> {
                     let m = self.mapper.lock();
                     scanned += m.harvest_leaves(t, WRITE_OUT, |va, frame| {
                         cleared.add(va.as_u64());
-                        let g = if frame != zero && pageable(va) {
-                            Some(global_id(id, va.as_u64() >> 12))
-                        } else {
-                            self.object_page_global_id(va.as_u64())
-                        };
-                        if let Some(g) = g {
+                        if let Some(g) = identity(va, frame) {
                             ids[k] = g;
                             k += 1;
                             if k == ids.len() {
@@ -588,6 +590,10 @@ impl<P: PhysMem> VmSpace<P> {
                 let frame = PhysFrame::containing_address(t.frame);
                 if frame == zero || t.size != crate::paging::LeafSize::Size4KiB {
                     continue;
+                }
+                let area = self.areas.find(va.as_u64());
+                if area.is_some_and(|a| cached_page(vm, a, va.as_u64(), frame).is_some()) {
+                    continue; // an object's cached page: the object's to evict
                 }
                 if super::reclaim::under_write_out(&m, va) {
                     continue; // another reclaim's: it tracks the page again

@@ -229,9 +229,13 @@ impl<P: PhysMem> VmSpace<P> {
             if access.user && !area.prot.contains(Prot::USER) {
                 fail(VmInvariantError::UserInKernelArea { page });
             }
+            // A private area's page on its object's cached frame is
+            // read-only until its first write copies it.
+            let cached = matches!(area.kind, AreaKind::Private { .. })
+                && super::mapping::cached_page(vm, area, a, frame).is_some();
             if area.kind.is_private_memory()
                 && access.writable
-                && (frame == vm.zero_frame() || vm.share_count(frame) > 1)
+                && (frame == vm.zero_frame() || vm.share_count(frame) > 1 || cached)
             {
                 fail(VmInvariantError::SharedWritable { page, frame });
             }

@@ -6,7 +6,6 @@
 use super::contents::page_ptr;
 use super::object::{object_page_id, ObjectId, Pin, Source, Unmapped, VmObject, OBJECT_PAGES};
 use super::reclaim::{Batch, Shortage};
-use super::replace::multi::global_id;
 use super::stats::count;
 use super::table::SpaceTable;
 use super::{Area, AreaKind, FaultOutcome, FaultReason, Prot, Vm, VmError, VmSpace};
@@ -82,13 +81,13 @@ impl<P: PhysMem> VmSpace<P> {
     }
 
     /// Resolves a fault on a page of `area`, an object's, with no entry:
-    /// maps the object's cached page (reading it in first) for a shared
-    /// mapping; copies it into a new frame of the space's own for a
-    /// private one.
+    /// maps the object's cached page (reading it in first), writable as the
+    /// area allows for a shared mapping, read-only for a private one; a
+    /// write to a private one copies it into a frame of the space's own.
     pub(super) fn fault_object<A: FrameSource + ?Sized>(
         &self,
         (vm, spaces): (&Vm, Option<&dyn SpaceTable<P>>),
-        page: Page<Size4KiB>,
+        (page, write): (Page<Size4KiB>, bool),
         area: &Area,
         frames: &mut A,
         tlb: &mut Tlb<'_>,
@@ -104,7 +103,8 @@ impl<P: PhysMem> VmSpace<P> {
         else {
             return Ok(FaultOutcome::InTransit);
         };
-        if let AreaKind::Private { .. } = area.kind {
+        let private = matches!(area.kind, AreaKind::Private { .. });
+        if private && write {
             let copied = self.fill((vm, spaces), page, area.prot, Some(frame), 0, frames, tlb);
             let settle = object.unpin(index, 1, false, false);
             // Freed or kept; a page left dirty by a refused write-back is
@@ -124,10 +124,12 @@ impl<P: PhysMem> VmSpace<P> {
             if m.leaf_entry(va).is_some() || m.soft_entry(va).is_some() {
                 Ok(false) // another CPU's fault mapped it first
             } else {
+                // Shared: as the area allows; private: read-only, the first
+                // write copies it.
                 // SAFETY: the object's cached frame, counted for this mapping
                 // (so it stays cached while mapped): user memory, no Rust
                 // object's; over an empty entry, which no CPU caches.
-                unsafe { m.map(page, frame, area.prot.map_flags(true), frames) }.map(|f| {
+                unsafe { m.map(page, frame, area.prot.map_flags(!private), frames) }.map(|f| {
                     f.ignore();
                     true
                 })
@@ -310,7 +312,8 @@ impl<P: PhysMem> VmSpace<P> {
         out: &mut Vec<Unmapped>,
     ) {
         for area in areas.overlapping(a, b) {
-            let AreaKind::Shared { object, .. } = area.kind else {
+            let (AreaKind::Shared { object, .. } | AreaKind::Private { object, .. }) = area.kind
+            else {
                 continue;
             };
             let o = vm.object(object);
@@ -322,11 +325,17 @@ impl<P: PhysMem> VmSpace<P> {
                 let mut n = 0;
                 let mut next = e;
                 mapper.for_each_leaf_in(VirtAddr::new(at), e - at, |leaf| {
+                    // A private area's own copies are anonymous memory.
+                    let page = leaf.page.as_u64();
+                    let frame = PhysFrame::containing_address(leaf.frame);
+                    if cached_page(vm, area, page, frame).is_none() {
+                        return;
+                    }
                     if n < pages.len() {
-                        pages[n] = leaf.page.as_u64();
+                        pages[n] = page;
                         n += 1;
                     } else if next == e {
-                        next = leaf.page.as_u64();
+                        next = page;
                     }
                 });
                 for &va in &pages[..n] {
@@ -355,7 +364,7 @@ impl<P: PhysMem> VmSpace<P> {
     ) -> usize {
         areas
             .overlapping(a, b)
-            .filter(|x| matches!(x.kind, AreaKind::Shared { .. }))
+            .filter(|x| matches!(x.kind, AreaKind::Shared { .. } | AreaKind::Private { .. }))
             .map(|x| {
                 let (s, e) = (x.start.max(a), x.end.min(b));
                 mapper
@@ -407,7 +416,9 @@ impl<P: PhysMem> VmSpace<P> {
             let mut m = self.mapper.lock();
             let mut second = Batch::new();
             for area in self.areas.iter() {
-                let AreaKind::Shared { object, .. } = area.kind else {
+                let (AreaKind::Shared { object, .. } | AreaKind::Private { object, .. }) =
+                    area.kind
+                else {
                     continue;
                 };
                 if area.locked
@@ -419,7 +430,9 @@ impl<P: PhysMem> VmSpace<P> {
                 }
                 m.for_each_leaf_in(VirtAddr::new(area.start), area.len(), |leaf| {
                     let frame = PhysFrame::containing_address(leaf.frame);
-                    if victims.len == want {
+                    let va = leaf.page.as_u64();
+                    // (A private area's own copies go to swap.)
+                    if victims.len == want || cached_page(vm, area, va, frame).is_none() {
                         return;
                     }
                     if m.clear_accessed(leaf.page) {
@@ -497,7 +510,11 @@ impl<P: PhysMem> VmSpace<P> {
         {
             let mut m = self.mapper.lock();
             for area in self.areas.iter() {
-                let AreaKind::Shared { object, offset } = area.kind else {
+                // A private area's mapping of the page, too (its copies map
+                // other frames: the frame check below leaves them).
+                let (AreaKind::Shared { object, offset } | AreaKind::Private { object, offset }) =
+                    area.kind
+                else {
                     continue;
                 };
                 if object != id || area.locked || index < offset || index - offset >= area.pages() {
@@ -524,16 +541,81 @@ impl<P: PhysMem> VmSpace<P> {
         (n, dirty)
     }
 
-    /// The global policy's identity of the shared object page `va` maps
-    /// in this space, for its harvest (a page the policy does not track,
-    /// an anonymous object's, is ignored by it).
-    pub(super) fn object_page_global_id(&self, va: u64) -> Option<u64> {
-        let area = self.areas.find(va)?;
-        let AreaKind::Shared { .. } = area.kind else {
-            return None;
+    /// A write to the page at `page` of a private area, which maps its
+    /// object's cached `frame` read-only (`entry`; the caller counted the
+    /// page once more for this copy): copies it into a new frame of the
+    /// space's own, maps that writable, and uncounts the cached page once
+    /// every CPU dropped the old entry. `None`: the entry changed meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn copy_object_page<A: FrameSource + ?Sized>(
+        &self,
+        (vm, spaces): (&Vm, Option<&dyn SpaceTable<P>>),
+        page: Page<Size4KiB>,
+        prot: Prot,
+        (frame, entry, id, index): (PhysFrame, u64, ObjectId, u64),
+        frames: &mut A,
+        tlb: &mut Tlb<'_>,
+    ) -> Result<Option<FaultOutcome>, FaultReason> {
+        let cpu = tlb.cpu();
+        let Some(object) = vm.object(id) else {
+            return Err(FaultReason::NoArea); // not closed while mapped
         };
-        let (id, index) = area.object_page(va)?;
-        Some(global_id(OBJECT_PAGES, object_page_id(id.index, index)))
+        let unpin = |n: u32, frames: &mut A| {
+            let settle = object.unpin(index, n, false, false);
+            let _ = vm.settle_object((id, &object), index, settle, &self.phys, cpu, frames);
+        };
+        let new = match self.new_frame(vm, spaces, frames, tlb) {
+            Ok(f) => f,
+            Err(e) => {
+                unpin(1, frames);
+                return match e {
+                    Shortage::Raced => Ok(None),
+                    Shortage::Fault(e) => Err(e),
+                };
+            }
+        };
+        {
+            let _transit = vm.transit(cpu, 1);
+            // The copy's count keeps the cached frame while this reads it.
+            super::contents::copy_frame(&self.phys, frame, new);
+        }
+        let va = page.start_address();
+        let replaced = self
+            .mapper
+            .lock()
+            .replace_pte(va, entry, new, prot.map_flags(true));
+        if let Ok(Some(_)) = replaced {
+            let mut flush = Flush::none();
+            flush.add(va.as_u64());
+            self.invalidate(flush, vm, tlb);
+            self.track(vm, page);
+            unpin(2, frames); // the old entry's count and the copy's
+            count(&vm.stats.at(cpu).object_copies, 1);
+            return Ok(Some(FaultOutcome::ObjectCopied));
+        }
+        // Changed meanwhile (unmapped, evicted): look again.
+        vm.release_frame(cpu, new, frames);
+        unpin(1, frames);
+        Ok(None)
+    }
+}
+
+/// The object page `frame`, mapped at `va` in `area`, caches: every page
+/// of a shared area; in a private area, a page no write has copied yet (it
+/// maps the cache's frame read-only until its first write copies it).
+pub(super) fn cached_page(
+    vm: &Vm,
+    area: &Area,
+    va: u64,
+    frame: PhysFrame,
+) -> Option<(ObjectId, u64)> {
+    match area.kind {
+        AreaKind::Shared { .. } => area.object_page(va),
+        AreaKind::Private { .. } => {
+            let (id, index) = area.object_page(va)?;
+            (vm.object(id)?.frame_of(index) == Some(frame)).then_some((id, index))
+        }
+        _ => None,
     }
 }
 

@@ -57,9 +57,13 @@ impl<P: PhysMem> VmSpace<P> {
             let (start, len) = (VirtAddr::new(area.start), area.len());
             m.for_each_leaf_in(start, len, |leaf| {
                 let frame = PhysFrame::containing_address(leaf.frame);
+                let va = leaf.page.as_u64();
                 if frame == vm.zero_frame() {
                     u.zero += 1;
-                } else if vm.share_count(frame) > 1 {
+                } else if vm.share_count(frame) > 1
+                    || super::mapping::cached_page(vm, area, va, frame).is_some()
+                {
+                    // Shared after a fork, or an object's cached page.
                     u.shared += 1;
                 } else {
                     u.resident += super::huge::pages_of(leaf.size); // 512 for a huge page

@@ -427,7 +427,7 @@ impl<P: PhysMem> VmSpace<P> {
         let (lo, hi) = self.areas.bounds();
         let hand = self.clock_hand.load(Ordering::Relaxed).clamp(lo, hi);
         for (a, b) in [(hand, hi), (lo, hand)] {
-            for_each_pageable_leaf(&self.areas, m, a, b, |leaf| {
+            for_each_pageable_leaf(vm, &self.areas, m, a, b, |leaf| {
                 let frame = PhysFrame::containing_address(leaf.frame);
                 if victims.len == want
                     || leaf.size != LeafSize::Size4KiB // a huge page: split when cold
@@ -479,7 +479,7 @@ impl<P: PhysMem> VmSpace<P> {
         let zero = vm.zero_frame();
         let mut scanned = 0;
         let (lo, hi) = self.areas.bounds();
-        for_each_pageable_leaf(&self.areas, m, lo, hi, |leaf| {
+        for_each_pageable_leaf(vm, &self.areas, m, lo, hi, |leaf| {
             let frame = PhysFrame::containing_address(leaf.frame);
             if leaf.size != LeafSize::Size4KiB
                 || !vm.held_alone(frame)
@@ -507,6 +507,13 @@ impl<P: PhysMem> VmSpace<P> {
                 continue; // gone: nothing to track
             };
             let f = PhysFrame::containing_address(t.frame);
+            let cached = self
+                .areas
+                .find(va.as_u64())
+                .and_then(|a| super::mapping::cached_page(vm, a, va.as_u64(), f));
+            if cached.is_some() {
+                continue; // its object's to evict: forgotten here
+            }
             if t.size == LeafSize::Size4KiB && vm.held_alone(f) && !under_write_out(m, va) {
                 victims.push(va, f, 0);
             } else {

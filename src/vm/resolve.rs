@@ -45,6 +45,14 @@ enum Step {
     Huge,
     /// A huge page maps the address but not as the access needs: split it.
     Split,
+    /// A write to a private area's page still mapping its object's cached
+    /// `frame` (entry `entry`, counted once more): copy it.
+    CopyObject {
+        frame: PhysFrame,
+        entry: u64,
+        id: super::ObjectId,
+        index: u64,
+    },
 }
 
 impl<P: PhysMem> VmSpace<P> {
@@ -185,9 +193,22 @@ impl<P: PhysMem> VmSpace<P> {
                 }
                 Step::Object => {
                     return self
-                        .fault_object((vm, spaces), page, &area, frames, tlb)
+                        .fault_object((vm, spaces), (page, access.write), &area, frames, tlb)
                         .or_else(|e| waited(vm, e))
                         .map_err(fail);
+                }
+                Step::CopyObject {
+                    frame,
+                    entry,
+                    id,
+                    index,
+                } => {
+                    let step = (frame, entry, id, index);
+                    match self.copy_object_page((vm, spaces), page, prot, step, frames, tlb) {
+                        Ok(Some(outcome)) => return Ok(outcome),
+                        Ok(None) => {}
+                        Err(e) => return waited(vm, e).map_err(fail),
+                    }
                 }
                 Step::SwapIn { entry } => {
                     return self
@@ -297,6 +318,27 @@ impl<P: PhysMem> VmSpace<P> {
             }
             return Ok(Step::Wait);
         }
+        // A private area's page still on its object's cached frame.
+        let cached = match kind {
+            AreaKind::Private { .. } => self
+                .areas
+                .find(va.as_u64())
+                .and_then(|a| super::mapping::cached_page(vm, a, va.as_u64(), old)),
+            _ => None,
+        };
+        if let (Some((id, index)), true) = (cached, access.write) {
+            // Copy on write over the cache: counted once more (under this
+            // lock, so an eviction cannot free it) while it is copied.
+            if let Some(o) = vm.object(id) {
+                o.add_maps(index, 1);
+                return Ok(Step::CopyObject {
+                    frame: old,
+                    entry,
+                    id,
+                    index,
+                });
+            }
+        }
         if access.write && !t.access.writable && kind.is_private_memory() {
             if old != vm.zero_frame() && vm.share_count(old) == 1 {
                 // Same frame, more rights: Dirty and Accessed stay; other CPUs
@@ -320,8 +362,8 @@ impl<P: PhysMem> VmSpace<P> {
         }
         // The page is stricter than its area (fixed memory after a
         // protect, a user bit missing): bring it in line.
-        let private =
-            !kind.is_private_memory() || (old != vm.zero_frame() && vm.share_count(old) == 1);
+        let private = cached.is_none()
+            && (!kind.is_private_memory() || (old != vm.zero_frame() && vm.share_count(old) == 1));
         if private && prot.contains(Prot::WRITE) {
             vm.drop_cached(old); // made writable: out of the swap cache first
         }

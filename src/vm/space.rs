@@ -253,12 +253,22 @@ impl<P: PhysMem + Clone> VmSpace<P> {
                 while areas.next_if(|a| a.end <= va).is_some() {}
                 match (areas.peek().map(|a| a.kind), leaf) {
                     (Some(k), CopyLeaf::Mapped { frame, .. })
-                        if k.is_private_memory() && frame != zero =>
+                        if k.is_private_memory()
+                            && frame != zero
+                            && areas.peek().is_none_or(|a| {
+                                let f = PhysFrame::containing_address(frame);
+                                super::mapping::cached_page(vm, a, va, f).is_none()
+                            }) =>
                     {
                         vm.share(PhysFrame::containing_address(frame));
                         CopyAs::ReadOnly
                     }
-                    (Some(AreaKind::Shared { .. }), CopyLeaf::Mapped { .. }) => {
+                    // An object's cached frame: a shared area's page, or a
+                    // private area's not copied yet (read-only already).
+                    (
+                        Some(AreaKind::Shared { .. } | AreaKind::Private { .. }),
+                        CopyLeaf::Mapped { .. },
+                    ) => {
                         // The child maps the object's cached frame too.
                         if let Some((id, index)) = areas.peek().and_then(|a| a.object_page(va)) {
                             if object.as_ref().is_none_or(|o| o.0 != id) {
@@ -758,7 +768,16 @@ impl<P: PhysMem> VmSpace<P> {
         }
         let mut gather = Gather::new();
         for (page, frame, kind) in pages {
-            let private = !kind.is_private_memory() || vm.held_alone(frame);
+            // A private area's page on its object's cached frame stays
+            // read-only: its first write copies it.
+            let va = page.as_u64();
+            let cached = matches!(kind, AreaKind::Private { .. })
+                && self
+                    .areas
+                    .find(va)
+                    .and_then(|a| super::mapping::cached_page(vm, a, va, frame))
+                    .is_some();
+            let private = !cached && (!kind.is_private_memory() || vm.held_alone(frame));
             if private && prot.contains(Prot::WRITE) {
                 vm.drop_cached(frame); // made writable: out of the swap cache first
             }
@@ -867,16 +886,32 @@ pub(super) fn for_each_anonymous_leaf<P: PhysMem>(
     for_each_leaf_where(areas, mapper, a, b, |area| area.kind.is_private_memory(), f)
 }
 
-/// As [`for_each_anonymous_leaf`], for the pages reclaim may take: those
-/// of anonymous areas that are not locked.
+/// As [`for_each_anonymous_leaf`], for the pages reclaim may take to
+/// swap: those of private-memory areas that are not locked, but for a
+/// private area's pages still on their object's cached frames (the
+/// object's to evict).
 pub(super) fn for_each_pageable_leaf<P: PhysMem>(
+    vm: &Vm,
     areas: &AreaSet,
     mapper: &PageTables<P>,
     a: u64,
     b: u64,
-    f: impl FnMut(&Leaf),
+    mut f: impl FnMut(&Leaf),
 ) {
-    for_each_leaf_where(areas, mapper, a, b, Area::pageable, f)
+    if a >= b {
+        return;
+    }
+    for area in areas.overlapping(a, b).filter(|x| x.pageable()) {
+        let (s, e) = (area.start.max(a), area.end.min(b));
+        let private_object = matches!(area.kind, AreaKind::Private { .. });
+        mapper.for_each_leaf_in(VirtAddr::new(s), e - s, |leaf| {
+            let frame = PhysFrame::containing_address(leaf.frame);
+            let va = leaf.page.as_u64();
+            if !private_object || super::mapping::cached_page(vm, area, va, frame).is_none() {
+                f(leaf);
+            }
+        });
+    }
 }
 
 fn for_each_leaf_where<P: PhysMem>(
