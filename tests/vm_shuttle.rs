@@ -116,6 +116,10 @@ enum Kind {
     /// The same over shared anonymous memory under the global policy: its
     /// pages go to swap and come back.
     SharedAnon,
+    /// A file mapped shared by the first space, private by the second,
+    /// under the global policy: the second's pages map the cache until its
+    /// writes copy them, while the worker evicts.
+    PrivateFile,
 }
 
 /// A file in memory whose requests let other CPUs run (the page being
@@ -244,7 +248,11 @@ impl Machine {
         let fork = matches!(kind, Kind::Forked | Kind::GlobalForked);
         let global = matches!(
             kind,
-            Kind::Global | Kind::GlobalForked | Kind::Objects(true) | Kind::SharedAnon
+            Kind::Global
+                | Kind::GlobalForked
+                | Kind::Objects(true)
+                | Kind::SharedAnon
+                | Kind::PrivateFile
         );
         let mem: &'static EmulatedMemory = Box::leak(Box::new(EmulatedMemory::new(48)));
         let mut frames = mem.frame_allocator();
@@ -269,7 +277,7 @@ impl Machine {
         if kind == Kind::SharedAnon {
             vm.set_frame_limit(Some(LIMIT));
             anon = Some(vm.create_shared_anonymous(PAGES * 4096).unwrap());
-        } else if let Kind::Objects(global) = kind {
+        } else if let Kind::Objects(_) | Kind::PrivateFile = kind {
             // A space reclaiming alone cannot free a page the other maps:
             // the global policy's reclaim (over both) runs under the limit,
             // the spaces' own at room for the whole file (syncs race with
@@ -288,9 +296,9 @@ impl Machine {
         if let Some(id) = file.as_ref().map(|f| f.0).or(anon) {
             let id = &id;
             let mut other = VmSpace::new_user(&kernel, &mut frames).unwrap();
-            for s in [&mut space, &mut other] {
+            for (s, shared) in [(&mut space, true), (&mut other, kind != Kind::PrivateFile)] {
                 let rw = Prot::RW | Prot::USER;
-                s.map_object(&vm, Some(BASE), PAGES * 4096, rw, *id, 0, true)
+                s.map_object(&vm, Some(BASE), PAGES * 4096, rw, *id, 0, shared)
                     .unwrap();
             }
             if global {
@@ -758,6 +766,80 @@ fn objects_scenario(kind: Kind) {
     }
 }
 
+/// CPU 0 writes its word of the file through a shared mapping; CPU 1, in
+/// a space mapping it private, reads the file's pages (the cached frames)
+/// and writes its own word (each first write copies the page) while CPU 2
+/// runs the worker over a frame limit below the pages and syncs CPU 0's
+/// space: CPU 1 always reads back what it wrote and the file's word where
+/// it wrote nothing, CPU 0 its own writes; at the end the file holds CPU
+/// 0's last writes and none of CPU 1's.
+fn private_file_scenario() {
+    let m = Arc::new(Machine::new(Kind::PrivateFile, Disk::Fast));
+    let writer = {
+        let m = m.clone();
+        thread::spawn(move || {
+            for k in 1..=ROUNDS {
+                let page = k % PAGES;
+                m.access(0, page, 0, Some(k));
+                assert_eq!(m.access(0, page, 0, None), k, "CPU 0 lost {k}");
+                for p in 0..PAGES {
+                    assert_eq!(
+                        m.access(0, p, 1, None),
+                        ORIGINAL + p,
+                        "CPU 1's write reached the file"
+                    );
+                }
+            }
+        })
+    };
+    let private = {
+        let m = m.clone();
+        thread::spawn(move || {
+            let mut mine = [None; PAGES as usize];
+            for k in 1..=ROUNDS {
+                for p in 0..PAGES {
+                    let want = mine[p as usize].unwrap_or(ORIGINAL + p);
+                    assert_eq!(m.access(1, p, 1, None), want, "CPU 1 page {p}");
+                }
+                let page = (k + 1) % PAGES;
+                m.access(1, page, 1, Some(100 + k));
+                mine[page as usize] = Some(100 + k);
+                assert_eq!(m.access(1, page, 1, None), 100 + k, "CPU 1 lost {k}");
+            }
+        })
+    };
+    let worker = {
+        let m = m.clone();
+        thread::spawn(move || {
+            for _ in 0..2 {
+                m.reclaim(2);
+                m.sync(2);
+                thread::yield_now();
+            }
+        })
+    };
+    for t in [writer, private, worker] {
+        t.join().unwrap();
+    }
+    let m = Arc::try_unwrap(m).ok().expect("every CPU is done");
+    let file = m.file.as_ref().unwrap().1.clone();
+    m.end();
+    let words = file.0.lock().unwrap();
+    for p in 0..PAGES {
+        let last = (1..=ROUNDS).filter(|k| k % PAGES == p).max();
+        assert_eq!(
+            words[p as usize][0],
+            last.unwrap_or(ORIGINAL + p),
+            "page {p}, CPU 0's word"
+        );
+        assert_eq!(
+            words[p as usize][1],
+            ORIGINAL + p,
+            "page {p}: a private write reached the file"
+        );
+    }
+}
+
 fn config() -> shuttle::Config {
     let mut config = shuttle::Config::new();
     config.stack_size = 1 << 20;
@@ -788,6 +870,13 @@ fn two_spaces_share_a_file_while_a_third_cpu_reclaims_and_syncs() {
         shuttle::Runner::new(RandomScheduler::new(n), config()).run(move || objects_scenario(kind));
         shuttle::Runner::new(PctScheduler::new(3, n), config()).run(move || objects_scenario(kind));
     }
+}
+
+#[test]
+fn a_private_mapping_copies_over_the_cache_while_the_worker_evicts() {
+    let n = iterations();
+    shuttle::Runner::new(RandomScheduler::new(n), config()).run(private_file_scenario);
+    shuttle::Runner::new(PctScheduler::new(3, n), config()).run(private_file_scenario);
 }
 
 #[test]

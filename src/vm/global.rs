@@ -73,6 +73,27 @@ impl core::fmt::Debug for GlobalPolicy {
     }
 }
 
+/// The policy's identities of object pages an eviction found held by a
+/// fault (mapped in no space of the table, yet counted), up to a cluster.
+#[derive(Default)]
+pub(super) struct Held {
+    ids: [u64; CLUSTER],
+    n: usize,
+}
+
+impl Held {
+    pub(super) fn add(&mut self, id: u64) {
+        if self.n < CLUSTER {
+            self.ids[self.n] = id;
+            self.n += 1;
+        }
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.ids[..self.n].contains(&id)
+    }
+}
+
 /// Free-frame watermarks under the frame limit ([`Vm::set_watermarks`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watermarks {
@@ -201,79 +222,86 @@ impl Vm {
             s.age_huge(self, frames, tlb);
             s.harvest_global(self, tlb);
         });
-        let mut chosen = [(0u32, 0u64); CLUSTER];
-        let mut n = 0;
-        {
-            let mut policy = self.global.lock();
-            let Some(p) = policy.as_mut() else {
-                return Ok(0);
-            };
-            let mut tries = p.resident_len();
-            while n < want && tries > 0 {
-                tries -= 1;
-                let Some(id) = p.evict() else { break };
-                let (space, page) = ((id >> 48) as u32, id & ((1 << 48) - 1));
-                if swap.is_none() && space != OBJECT_PAGES {
-                    // Nowhere to put an anonymous page: it stays, and the
-                    // policy looks further for object pages.
-                    let _ = p.insert(id);
+        let (mut freed, mut error) = (0, None);
+        // Object pages a fault holds (while it copies one for a private
+        // mapping): a second look passes them over.
+        let mut held = Held::default();
+        for _ in 0..2 {
+            let mut chosen = [(0u32, 0u64); CLUSTER];
+            let mut n = 0;
+            {
+                let mut policy = self.global.lock();
+                let Some(p) = policy.as_mut() else {
+                    return Ok(0);
+                };
+                let mut tries = p.resident_len();
+                while n < want && tries > 0 {
+                    tries -= 1;
+                    let Some(id) = p.evict() else { break };
+                    let (space, page) = ((id >> 48) as u32, id & ((1 << 48) - 1));
+                    if (swap.is_none() && space != OBJECT_PAGES) || held.contains(id) {
+                        // Nowhere to put an anonymous page, or a page a
+                        // fault holds: it stays, and the policy looks further.
+                        let _ = p.insert(id);
+                        continue;
+                    }
+                    chosen[n] = (space, page);
+                    n += 1;
+                }
+            }
+            // Out of the policy, not yet freed: a fault that finds no frame
+            // meanwhile waits for them.
+            let _transit = self.transit(tlb.cpu(), n as u64);
+            let chosen = &mut chosen[..n];
+            chosen.sort_unstable();
+            let mut shared = Batch::new();
+            let mut rest = &*chosen;
+            while let Some(&(id, _)) = rest.first() {
+                let k = rest.iter().take_while(|c| c.0 == id).count();
+                let (group, tail) = rest.split_at(k);
+                if id == OBJECT_PAGES {
+                    freed += self.evict_object_pages(spaces, group, &mut held, frames, tlb);
+                    rest = tail;
                     continue;
                 }
-                chosen[n] = (space, page);
-                n += 1;
-            }
-        }
-        // Out of the policy, not yet freed: a fault that finds no frame
-        // meanwhile waits for them.
-        let _transit = self.transit(tlb.cpu(), n as u64);
-        let chosen = &mut chosen[..n];
-        chosen.sort_unstable();
-        let mut freed = 0;
-        let mut error = None;
-        let mut shared = Batch::new();
-        let mut rest = &*chosen;
-        while let Some(&(id, _)) = rest.first() {
-            let k = rest.iter().take_while(|c| c.0 == id).count();
-            let (group, tail) = rest.split_at(k);
-            if id == OBJECT_PAGES {
-                freed += self.evict_object_pages(spaces, group, frames, tlb);
+                let Some(swap) = swap else {
+                    debug_assert!(false, "without swap only object pages are chosen");
+                    rest = tail;
+                    continue;
+                };
+                let found = spaces.with(id, &mut |s| {
+                    let (f, e) = s.evict_listed(self, swap, group, &mut shared, frames, tlb);
+                    freed += f;
+                    error = error.or(e);
+                });
+                if !found {
+                    // Not in this table (held by the kernel now): offered again.
+                    for &(id, page) in group {
+                        self.track_global(id, page);
+                    }
+                }
                 rest = tail;
-                continue;
             }
-            let Some(swap) = swap else {
-                debug_assert!(false, "without swap only object pages are chosen");
-                rest = tail;
-                continue;
-            };
-            let found = spaces.with(id, &mut |s| {
-                let (f, e) = s.evict_listed(self, swap, group, &mut shared, frames, tlb);
-                freed += f;
-                error = error.or(e);
-            });
-            if !found {
-                // Not in this table (held by the kernel now): offered again.
-                for &(id, page) in group {
-                    self.track_global(id, page);
+            for &(va, frame, id) in shared.as_slice() {
+                let Some(swap) = swap else { break }; // (empty without one)
+                let kept = match self.evict_shared(spaces, swap, va, frame, frames, tlb) {
+                    Ok(freed_it) => {
+                        freed += usize::from(freed_it);
+                        !freed_it
+                    }
+                    Err(e) => {
+                        error = error.or(Some(e));
+                        true
+                    }
+                };
+                if kept {
+                    // A sharer outside the table, a lock or a failed write: the
+                    // page stays, and the policy offers it again later.
+                    self.track_global(id as u32, va.as_u64() >> 12);
                 }
             }
-            rest = tail;
-        }
-        for &(va, frame, id) in shared.as_slice() {
-            let Some(swap) = swap else { break }; // (empty without one)
-            let kept = match self.evict_shared(spaces, swap, va, frame, frames, tlb) {
-                Ok(freed_it) => {
-                    freed += usize::from(freed_it);
-                    !freed_it
-                }
-                Err(e) => {
-                    error = error.or(Some(e));
-                    true
-                }
-            };
-            if kept {
-                // A sharer outside the table, a lock or a failed write: the
-                // page stays, and the policy offers it again later.
-                self.track_global(id as u32, va.as_u64() >> 12);
+            if freed > 0 || error.is_some() || n == 0 {
+                break;
             }
         }
         match error {

@@ -6,6 +6,7 @@
 use super::contents::page_ptr;
 use super::object::{object_page_id, ObjectId, Pin, Source, Unmapped, VmObject, OBJECT_PAGES};
 use super::reclaim::{Batch, Shortage};
+use super::replace::multi::global_id;
 use super::stats::count;
 use super::table::SpaceTable;
 use super::{Area, AreaKind, FaultOutcome, FaultReason, Prot, Vm, VmError, VmSpace};
@@ -574,27 +575,29 @@ impl<P: PhysMem> VmSpace<P> {
                 };
             }
         };
-        {
-            let _transit = vm.transit(cpu, 1);
-            // The copy's count keeps the cached frame while this reads it.
-            super::contents::copy_frame(&self.phys, frame, new);
-        }
+        // Until the policy knows the copy (a fault finding no frame
+        // meanwhile waits for it).
+        let transit = vm.transit(cpu, 1);
+        // The copy's count keeps the cached frame while this reads it.
+        super::contents::copy_frame(&self.phys, frame, new);
         let va = page.start_address();
         let replaced = self
             .mapper
             .lock()
             .replace_pte(va, entry, new, prot.map_flags(true));
         if let Ok(Some(_)) = replaced {
+            self.track(vm, page);
+            drop(transit);
             let mut flush = Flush::none();
             flush.add(va.as_u64());
             self.invalidate(flush, vm, tlb);
-            self.track(vm, page);
             unpin(2, frames); // the old entry's count and the copy's
             count(&vm.stats.at(cpu).object_copies, 1);
             return Ok(Some(FaultOutcome::ObjectCopied));
         }
         // Changed meanwhile (unmapped, evicted): look again.
         vm.release_frame(cpu, new, frames);
+        drop(transit);
         unpin(1, frames);
         Ok(None)
     }
@@ -630,6 +633,7 @@ impl Vm {
         &self,
         spaces: &T,
         chosen: &[(u32, u64)],
+        held: &mut super::global::Held,
         frames: &mut A,
         tlb: &mut Tlb<'_>,
     ) -> usize
@@ -670,6 +674,9 @@ impl Vm {
             match settled {
                 Some(Ok(true)) => freed += 1,
                 other => {
+                    if n == 0 && o.is_mapped(index) {
+                        held.add(global_id(OBJECT_PAGES, pid));
+                    }
                     if n > 0 && matches!(other, Some(Ok(false))) && o.is_mapped(index) {
                         // Mapped again meanwhile (or by a space outside the
                         // table): in use, as a write cancelling a write-out
