@@ -32,10 +32,12 @@ pub enum AreaKind {
         /// The page of the object the area's first page maps.
         offset: u64,
     },
-    /// A private mapping of a memory object (`MAP_PRIVATE`): a page's
-    /// first touch copies the object's page into a frame of the space's
-    /// own, which from then on is anonymous memory (shared copy-on-write
-    /// after a fork, swapped under pressure); writes never reach the object.
+    /// A private mapping of a memory object (`MAP_PRIVATE`): a read maps
+    /// the object's cached frame read-only (the object's page, its writes
+    /// through shared mappings included); the first write copies it into a
+    /// frame of the space's own, which from then on is anonymous memory
+    /// (shared copy-on-write after a fork, swapped under pressure); writes
+    /// never reach the object.
     Private {
         /// The object.
         object: ObjectId,

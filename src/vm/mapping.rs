@@ -24,7 +24,8 @@ impl<P: PhysMem> VmSpace<P> {
     /// the layout places it, as [`map_anonymous`](Self::map_anonymous):
     /// shared (`MAP_SHARED`: writes reach the object and every space
     /// mapping it; a fork's child shares it) or private (`MAP_PRIVATE`:
-    /// each page copied on its first touch, never written back). The range
+    /// the cached pages read-only, each copied on its first write, never
+    /// written back). The range
     /// must lie inside the object. Takes no frame until touched. Returns the
     /// address.
     #[allow(clippy::too_many_arguments)]

@@ -24,8 +24,8 @@
 //!   implements (a file, a disk region) or [`Vm::create_shared_anonymous`];
 //!   [`VmSpace::map_object`] maps one shared ([`AreaKind::Shared`]: the
 //!   object's page cache, one frame per page for every space, written
-//!   back when dirty) or private ([`AreaKind::Private`]: copied on first
-//!   touch); [`VmSpace::sync`] is `msync`; [`Vm::close_object`].
+//!   back when dirty) or private ([`AreaKind::Private`]: copy-on-write
+//!   over the cache); [`VmSpace::sync`] is `msync`; [`Vm::close_object`].
 //! - Transparent huge pages: with [`Vm::set_huge_frames`] (a
 //!   [`HugeFrames`] source of 2 MiB runs), the first touch of an aligned
 //!   2 MiB run of an anonymous area maps one 2 MiB leaf; it is split into
@@ -39,7 +39,9 @@
 //! page read back from swap keeps its slot while it stays clean (the swap
 //! cache). A page of a shared object area maps its object's cached frame
 //! (or nothing); its Dirty bit is the object's until harvested (unmap,
-//! eviction, `msync`); the cache counts the entries mapping each page.
+//! eviction, `msync`); the cache counts the entries mapping each page. A
+//! page of a private object area maps the cached frame read-only until its
+//! first write, then a frame of its own, as anonymous memory.
 //!
 //! # Many CPUs
 //! A space records the CPUs it is active on ([`VmSpace::cpus`]). Every
