@@ -33,8 +33,8 @@
 //! a reference to the one slot. A sharer outside the table (or holding
 //! the page locked) keeps the frame where it is.
 
-use super::mapping::cached_page;
 use super::object::{object_page_id, OBJECT_PAGES};
+use super::objects::cached_page;
 use super::reclaim::Batch;
 use super::replace::multi::global_id;
 use super::replace::{PageId, ReplacementPolicy};

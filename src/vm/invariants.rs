@@ -232,7 +232,7 @@ impl<P: PhysMem> VmSpace<P> {
             // A private area's page on its object's cached frame is
             // read-only until its first write copies it.
             let cached = matches!(area.kind, AreaKind::Private { .. })
-                && super::mapping::cached_page(vm, area, a, frame).is_some();
+                && super::objects::cached_page(vm, area, a, frame).is_some();
             if area.kind.is_private_memory()
                 && access.writable
                 && (frame == vm.zero_frame() || vm.share_count(frame) > 1 || cached)

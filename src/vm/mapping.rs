@@ -5,6 +5,7 @@
 
 use super::contents::page_ptr;
 use super::object::{object_page_id, ObjectId, Pin, Source, Unmapped, VmObject, OBJECT_PAGES};
+use super::objects::cached_page;
 use super::reclaim::{Batch, Shortage};
 use super::replace::multi::global_id;
 use super::stats::count;
@@ -601,25 +602,6 @@ impl<P: PhysMem> VmSpace<P> {
         drop(transit);
         unpin(1, frames);
         Ok(None)
-    }
-}
-
-/// The object page `frame`, mapped at `va` in `area`, caches: every page
-/// of a shared area; in a private area, a page no write has copied yet (it
-/// maps the cache's frame read-only until its first write copies it).
-pub(super) fn cached_page(
-    vm: &Vm,
-    area: &Area,
-    va: u64,
-    frame: PhysFrame,
-) -> Option<(ObjectId, u64)> {
-    match area.kind {
-        AreaKind::Shared { .. } => area.object_page(va),
-        AreaKind::Private { .. } => {
-            let (id, index) = area.object_page(va)?;
-            (vm.object(id)?.frame_of(index) == Some(frame)).then_some((id, index))
-        }
-        _ => None,
     }
 }
 

@@ -9,7 +9,7 @@ use super::object::{
 };
 use super::stats::count;
 use super::swap::PAGE_BYTES;
-use super::{Vm, VmError};
+use super::{Area, AreaKind, Vm, VmError};
 use crate::paging::{FrameSource, PhysMem};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -291,5 +291,24 @@ impl Vm {
                 }
             }
         }
+    }
+}
+
+/// The object page `frame`, mapped at `va` in `area`, caches: every page
+/// of a shared area; in a private area, a page no write has copied yet (it
+/// maps the cache's frame read-only until its first write copies it).
+pub(super) fn cached_page(
+    vm: &Vm,
+    area: &Area,
+    va: u64,
+    frame: PhysFrame,
+) -> Option<(ObjectId, u64)> {
+    match area.kind {
+        AreaKind::Shared { .. } => area.object_page(va),
+        AreaKind::Private { .. } => {
+            let (id, index) = area.object_page(va)?;
+            (vm.object(id)?.frame_of(index) == Some(frame)).then_some((id, index))
+        }
+        _ => None,
     }
 }

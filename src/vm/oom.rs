@@ -61,7 +61,7 @@ impl<P: PhysMem> VmSpace<P> {
                 if frame == vm.zero_frame() {
                     u.zero += 1;
                 } else if vm.share_count(frame) > 1
-                    || super::mapping::cached_page(vm, area, va, frame).is_some()
+                    || super::objects::cached_page(vm, area, va, frame).is_some()
                 {
                     // Shared after a fork, or an object's cached page.
                     u.shared += 1;

@@ -510,7 +510,7 @@ impl<P: PhysMem> VmSpace<P> {
             let cached = self
                 .areas
                 .find(va.as_u64())
-                .and_then(|a| super::mapping::cached_page(vm, a, va.as_u64(), f));
+                .and_then(|a| super::objects::cached_page(vm, a, va.as_u64(), f));
             if cached.is_some() {
                 continue; // its object's to evict: forgotten here
             }

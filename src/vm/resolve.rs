@@ -323,7 +323,7 @@ impl<P: PhysMem> VmSpace<P> {
             AreaKind::Private { .. } => self
                 .areas
                 .find(va.as_u64())
-                .and_then(|a| super::mapping::cached_page(vm, a, va.as_u64(), old)),
+                .and_then(|a| super::objects::cached_page(vm, a, va.as_u64(), old)),
             _ => None,
         };
         if let (Some((id, index)), true) = (cached, access.write) {

@@ -257,7 +257,7 @@ impl<P: PhysMem + Clone> VmSpace<P> {
                             && frame != zero
                             && areas.peek().is_none_or(|a| {
                                 let f = PhysFrame::containing_address(frame);
-                                super::mapping::cached_page(vm, a, va, f).is_none()
+                                super::objects::cached_page(vm, a, va, f).is_none()
                             }) =>
                     {
                         vm.share(PhysFrame::containing_address(frame));
@@ -775,7 +775,7 @@ impl<P: PhysMem> VmSpace<P> {
                 && self
                     .areas
                     .find(va)
-                    .and_then(|a| super::mapping::cached_page(vm, a, va, frame))
+                    .and_then(|a| super::objects::cached_page(vm, a, va, frame))
                     .is_some();
             let private = !cached && (!kind.is_private_memory() || vm.held_alone(frame));
             if private && prot.contains(Prot::WRITE) {
@@ -907,7 +907,7 @@ pub(super) fn for_each_pageable_leaf<P: PhysMem>(
         mapper.for_each_leaf_in(VirtAddr::new(s), e - s, |leaf| {
             let frame = PhysFrame::containing_address(leaf.frame);
             let va = leaf.page.as_u64();
-            if !private_object || super::mapping::cached_page(vm, area, va, frame).is_none() {
+            if !private_object || super::objects::cached_page(vm, area, va, frame).is_none() {
                 f(leaf);
             }
         });
