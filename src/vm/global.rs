@@ -219,7 +219,10 @@ impl Vm {
         }
         let want = want.clamp(1, CLUSTER);
         spaces.for_each(&mut |s| {
-            s.age_huge(self, frames, tlb);
+            if swap.is_some() {
+                // Split pages go to swap; without it splitting frees nothing.
+                s.age_huge(self, frames, tlb);
+            }
             s.harvest_global(self, tlb);
         });
         let (mut freed, mut error) = (0, None);
@@ -235,6 +238,9 @@ impl Vm {
                     return Ok(0);
                 };
                 let mut tries = p.resident_len();
+                // Pages passed over, at most a few clusters (the policy
+                // lock is held).
+                let mut passed = 0;
                 while n < want && tries > 0 {
                     tries -= 1;
                     let Some(id) = p.evict() else { break };
@@ -243,6 +249,10 @@ impl Vm {
                         // Nowhere to put an anonymous page, or a page a
                         // fault holds: it stays, and the policy looks further.
                         let _ = p.insert(id);
+                        passed += 1;
+                        if passed == 4 * CLUSTER {
+                            break;
+                        }
                         continue;
                     }
                     chosen[n] = (space, page);

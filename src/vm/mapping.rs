@@ -624,6 +624,15 @@ impl Vm {
         A: FrameSource + ?Sized,
     {
         let mut freed = 0;
+        let mut any = false;
+        spaces.for_each(&mut |_| any = true);
+        if !any {
+            // No space to reach the pages through: offered again.
+            for &(_, pid) in chosen {
+                self.track_global(OBJECT_PAGES, pid);
+            }
+            return 0;
+        }
         for &(_, pid) in chosen {
             let (object, index) = ((pid >> 32) as u16, pid & 0xffff_ffff);
             let Some((id, o)) = self.object_at(object) else {
@@ -635,6 +644,13 @@ impl Vm {
             let Some(frame) = o.frame_of(index) else {
                 continue; // not cached any more
             };
+            // Counted while this eviction works on it: the frame stays the
+            // page's (no copy-on-write, munmap or other reclaim frees it
+            // meanwhile), so the frame checks below hold.
+            if !o.pin_frame(index, frame) {
+                self.track_global(OBJECT_PAGES, pid); // moving: offered again
+                continue;
+            }
             let (mut n, mut dirty) = (0, false);
             let mut at = None;
             spaces.for_each(&mut |s| {
@@ -644,10 +660,12 @@ impl Vm {
                 // The frame through a space's access to physical memory.
                 at.get_or_insert_with(|| page_ptr(&s.phys, frame));
             });
-            // Settled with no space held (the pager may do I/O); an empty
-            // table evicts nothing.
-            let Some(at) = at else { continue };
-            let settle = o.unpin(index, n, dirty, self.swap.is_some());
+            // Settled with no space held (the pager may do I/O).
+            let Some(at) = at else {
+                debug_assert!(false, "the table has a space");
+                continue;
+            };
+            let settle = o.unpin(index, n + 1, dirty, self.swap.is_some());
             let page = |f: PhysFrame| {
                 debug_assert_eq!(f, frame, "the page's cached frame");
                 at

@@ -241,6 +241,18 @@ impl VmObject {
         }
     }
 
+    /// Counts page `index` once more if `frame` still caches it and it is
+    /// not being read or written (an eviction working on it); whether it did.
+    pub(super) fn pin_frame(&self, index: u64, frame: PhysFrame) -> bool {
+        let mut cache = self.cache.lock();
+        let c = &mut cache[index as usize];
+        let ok = c.frame == number(frame) && c.state & (READING | WRITING) == 0;
+        if ok {
+            c.maps += 1;
+        }
+        ok
+    }
+
     /// Counts `n` more mappings of page `index`, which is mapped already
     /// (a fork copying its entries).
     pub(super) fn add_maps(&self, index: u64, n: u32) {
