@@ -211,12 +211,21 @@ impl<P: PhysMem + Clone> VmSpace<P> {
         // Share counts first: a fork must not need the heap halfway.
         let zero_frame = vm.zero_frame();
         let mut reserved = Ok(());
-        self.for_each_anonymous_leaf(lo, hi, |leaf| {
-            let frame = PhysFrame::containing_address(leaf.frame);
-            if reserved.is_ok() && frame != zero_frame {
-                reserved = vm.reserve_share(frame);
-            }
-        });
+        let m = self.mapper.get_mut();
+        for area in self.areas.iter().filter(|a| a.kind.is_private_memory()) {
+            m.for_each_leaf_in(VirtAddr::new(area.start), area.len(), |leaf| {
+                let frame = PhysFrame::containing_address(leaf.frame);
+                let va = leaf.page.as_u64();
+                // An object's cached frame is not shared: it is counted by
+                // its object.
+                if reserved.is_ok()
+                    && frame != zero_frame
+                    && super::objects::cached_page(vm, area, va, frame).is_none()
+                {
+                    reserved = vm.reserve_share(frame);
+                }
+            });
+        }
         let space = match reserved.map(|()| AddressSpace::new(self.mapper.get_mut(), frames)) {
             Ok(Ok(space)) => space,
             failed => {
