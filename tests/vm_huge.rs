@@ -5,14 +5,12 @@
 //! under reclaim (then its pages go to swap); contents survive every
 //! split, every frame comes back.
 
-use std::sync::{Arc, Mutex};
-
 use kmem::paging::{LeafSize, PageTables};
 use kmem::smp::Tlb;
+use kmem::testing::huge_frames::SharedFrames;
 use kmem::testing::mmu::RecordingMmu;
-use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
-use kmem::vm::{FaultAccess, FaultOutcome, FaultReason, HugeFrames, MemSwap, Prot, Vm, VmSpace};
-use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, PhysFrame, Size2MiB, Size4KiB};
+use kmem::testing::phys_mem::{EmulatedMemory, EmulatedPhysMem};
+use kmem::vm::{FaultAccess, FaultOutcome, FaultReason, MemSwap, Prot, Vm, VmSpace};
 use x86_64::VirtAddr;
 
 const PAGE: u64 = 4096;
@@ -21,31 +19,7 @@ const BASE: u64 = 0x4000_0000;
 type Space<'m> = VmSpace<EmulatedPhysMem<'m>>;
 
 /// One emulated allocator, for 4 KiB frames and 2 MiB runs alike.
-#[derive(Clone)]
-struct Frames(Arc<Mutex<EmulatedFrameAllocator>>);
-
-// SAFETY: forwards to the emulated allocator.
-unsafe impl FrameAllocator<Size4KiB> for Frames {
-    fn allocate_frame(&mut self) -> Option<PhysFrame> {
-        self.0.lock().unwrap().allocate_frame()
-    }
-}
-
-impl FrameDeallocator<Size4KiB> for Frames {
-    unsafe fn deallocate_frame(&mut self, frame: PhysFrame) {
-        // SAFETY: the caller's promise, forwarded.
-        unsafe { self.0.lock().unwrap().deallocate_frame(frame) }
-    }
-}
-
-// SAFETY: runs of 512 frames of the same emulated memory, marked allocated
-// frame by frame (so each goes back on its own).
-unsafe impl HugeFrames for Frames {
-    fn allocate_2mib(&self) -> Option<PhysFrame<Size2MiB>> {
-        let pa = self.0.lock().unwrap().allocate_contiguous(512, HUGE)?;
-        Some(PhysFrame::containing_address(pa))
-    }
-}
+type Frames = SharedFrames;
 
 struct Machine<'m> {
     mem: &'m EmulatedMemory,
@@ -56,7 +30,7 @@ struct Machine<'m> {
 
 impl<'m> Machine<'m> {
     fn new(mem: &'m EmulatedMemory, huge: bool, limit: Option<u64>) -> Self {
-        let mut frames = Frames(Arc::new(Mutex::new(mem.frame_allocator())));
+        let mut frames = SharedFrames::new(mem.frame_allocator());
         let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
         vm.set_frame_limit(limit);
         if huge {
@@ -125,7 +99,7 @@ impl<'m> Machine<'m> {
     }
 
     fn in_use(&self) -> usize {
-        self.frames.0.lock().unwrap().in_use()
+        self.frames.in_use()
     }
 
     fn destroy(&mut self, s: Space<'m>) {

@@ -241,39 +241,7 @@ impl Model {
 
 /// The emulated allocator, shared with the `Vm` as its source of 2 MiB
 /// runs (transparent huge pages) in the huge-page variant.
-#[derive(Clone)]
-struct Frames(std::sync::Arc<std::sync::Mutex<EmulatedFrameAllocator>>);
-
-// SAFETY: forwards to the emulated allocator.
-unsafe impl x86_64::structures::paging::FrameAllocator<x86_64::structures::paging::Size4KiB>
-    for Frames
-{
-    fn allocate_frame(&mut self) -> Option<PhysFrame> {
-        self.0.lock().unwrap().allocate_frame()
-    }
-}
-
-impl x86_64::structures::paging::FrameDeallocator<x86_64::structures::paging::Size4KiB> for Frames {
-    unsafe fn deallocate_frame(&mut self, frame: PhysFrame) {
-        // SAFETY: the caller's promise, forwarded.
-        unsafe { self.0.lock().unwrap().deallocate_frame(frame) }
-    }
-}
-
-// SAFETY: runs of 512 frames of the same emulated memory, each marked
-// allocated on its own.
-unsafe impl kmem::vm::HugeFrames for Frames {
-    fn allocate_2mib(&self) -> Option<PhysFrame<x86_64::structures::paging::Size2MiB>> {
-        let pa = self.0.lock().unwrap().allocate_contiguous(512, 2 << 20)?;
-        Some(PhysFrame::containing_address(pa))
-    }
-}
-
-impl Frames {
-    fn in_use(&self) -> usize {
-        self.0.lock().unwrap().in_use()
-    }
-}
+type Frames = kmem::testing::huge_frames::SharedFrames;
 
 struct World<'m> {
     mem: &'m EmulatedMemory,
@@ -297,9 +265,7 @@ impl<'m> World<'m> {
 
     /// [`with_vm`](Self::with_vm), with transparent huge pages on (`huge`).
     fn with_vm_huge(mem: &'m EmulatedMemory, huge: bool, setup: impl FnOnce(&mut Vm)) -> Self {
-        let mut frames = Frames(std::sync::Arc::new(std::sync::Mutex::new(
-            mem.frame_allocator(),
-        )));
+        let mut frames = Frames::new(mem.frame_allocator());
         let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
         if huge {
             vm.set_huge_frames(Some(Box::new(frames.clone())));

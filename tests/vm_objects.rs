@@ -108,6 +108,17 @@ impl<'m> Machine<'m> {
         }
     }
 
+    /// One policy over every space that joins, run by the faults given
+    /// the table (no watermark asks for a worker).
+    fn global_policy(&mut self, capacity: usize) {
+        self.vm.set_global_policy(Box::new(ClockPro::new(capacity)));
+        self.vm.set_watermarks(Some(Watermarks {
+            min: 0,
+            low: 0,
+            high: 0,
+        }));
+    }
+
     fn space(&mut self) -> Space<'m> {
         VmSpace::new_user(&self.kernel, &mut self.frames).unwrap()
     }
@@ -589,12 +600,7 @@ fn the_global_policy_ranks_object_pages_with_anonymous_ones() {
     let mem = EmulatedMemory::new(1024);
     let mut m = Machine::new(&mem, Some(32));
     assert!(m.vm.attach_swap(Box::new(MemSwap::new(256))).is_ok());
-    m.vm.set_global_policy(Box::new(ClockPro::new(32)));
-    m.vm.set_watermarks(Some(Watermarks {
-        min: 0,
-        low: 0,
-        high: 0,
-    }));
+    m.global_policy(32);
     let file = File::new(32);
     let object = m.vm.create_object(Box::new(file.clone())).unwrap();
     let (mut reader, mut worker) = (m.space(), m.space());
@@ -745,12 +751,7 @@ fn a_forked_pair_sharing_anonymous_memory_swaps_under_one_policy() {
     let mem = EmulatedMemory::new(1024);
     let mut m = Machine::new(&mem, Some(16));
     assert!(m.vm.attach_swap(Box::new(MemSwap::new(256))).is_ok());
-    m.vm.set_global_policy(Box::new(ClockPro::new(16)));
-    m.vm.set_watermarks(Some(Watermarks {
-        min: 0,
-        low: 0,
-        high: 0,
-    }));
+    m.global_policy(16);
     let object = m.vm.create_shared_anonymous(48 * PAGE).unwrap();
     let mut parent = m.space();
     parent.join_global(1).unwrap();
@@ -802,12 +803,7 @@ fn without_swap_the_global_policy_drops_other_spaces_file_pages() {
     // memory (no swap device) needs their frames: they are dropped.
     let mem = EmulatedMemory::new(512);
     let mut m = Machine::new(&mem, Some(20));
-    m.vm.set_global_policy(Box::new(ClockPro::new(20)));
-    m.vm.set_watermarks(Some(Watermarks {
-        min: 0,
-        low: 0,
-        high: 0,
-    }));
+    m.global_policy(20);
     let file = File::new(16);
     let object = m.vm.create_object(Box::new(file.clone())).unwrap();
     let (mut reader, mut worker) = (m.space(), m.space());

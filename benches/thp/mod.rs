@@ -5,53 +5,25 @@
 //! same emulated memory, interleaved trials. Ratios: faults and time with
 //! huge pages / without (targets 1/100 and 0.5).
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kmem::paging::PageTables;
 use kmem::smp::Tlb;
+use kmem::testing::huge_frames::SharedFrames;
 use kmem::testing::mmu::RecordingMmu;
-use kmem::testing::phys_mem::{EmulatedFrameAllocator, EmulatedMemory, EmulatedPhysMem};
-use kmem::vm::{FaultAccess, HugeFrames, Prot, Vm, VmSpace};
-use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, PhysFrame, Size2MiB, Size4KiB};
+use kmem::testing::phys_mem::{EmulatedMemory, EmulatedPhysMem};
+use kmem::vm::{FaultAccess, Prot, Vm, VmSpace};
+use x86_64::structures::paging::PhysFrame;
 use x86_64::{PhysAddr, VirtAddr};
 
 const PAGE: u64 = 4096;
-const HUGE: u64 = 2 << 20;
 const BASE: u64 = 0x4000_0000;
-
-/// One emulated allocator for 4 KiB frames and 2 MiB runs.
-#[derive(Clone)]
-struct Frames(Arc<Mutex<EmulatedFrameAllocator>>);
-
-// SAFETY: forwards to the emulated allocator.
-unsafe impl FrameAllocator<Size4KiB> for Frames {
-    fn allocate_frame(&mut self) -> Option<PhysFrame> {
-        self.0.lock().unwrap().allocate_frame()
-    }
-}
-
-impl FrameDeallocator<Size4KiB> for Frames {
-    unsafe fn deallocate_frame(&mut self, frame: PhysFrame) {
-        // SAFETY: the caller's promise, forwarded.
-        unsafe { self.0.lock().unwrap().deallocate_frame(frame) }
-    }
-}
-
-// SAFETY: runs of 512 frames of the same emulated memory, each marked
-// allocated on its own (so each goes back on its own).
-unsafe impl HugeFrames for Frames {
-    fn allocate_2mib(&self) -> Option<PhysFrame<Size2MiB>> {
-        let pa = self.0.lock().unwrap().allocate_contiguous(512, HUGE)?;
-        Some(PhysFrame::containing_address(pa))
-    }
-}
 
 /// Touches `bytes` with huge pages on or off; the faults taken, the time
 /// of the touch, the page-table frames the space used.
 fn touch(mem: &EmulatedMemory, bytes: u64, huge: bool) -> (u64, Duration, usize) {
     // Fresh frames each trial: runs come from the untouched part.
-    let mut frames = Frames(Arc::new(Mutex::new(mem.frame_allocator())));
+    let mut frames = SharedFrames::new(mem.frame_allocator());
     let mut vm = Vm::new(&mem.phys_mem(), &mut frames).unwrap();
     if huge {
         vm.set_huge_frames(Some(Box::new(frames.clone())));

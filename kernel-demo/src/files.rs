@@ -62,7 +62,7 @@ pub struct Report {
     pub object: ObjectStats,
     /// Pages `msync` wrote.
     pub synced: u64,
-    /// The vm's counters over the run.
+    /// The vm's events over the run.
     pub vm: VmStats,
     /// Pages checked on the disk after the close.
     pub checked_on_disk: u64,
@@ -127,7 +127,7 @@ pub fn run(disk: Arc<LockedDisk>, first: u64, pages: u64, limit: u64) -> Report 
     Report {
         object: object_stats,
         synced,
-        vm: minus(vm_stats, before),
+        vm: vm_stats.since(before),
         checked_on_disk: pages,
     }
 }
@@ -156,18 +156,5 @@ fn check(p: u64, version: u64) {
             word(p, version, i as u64),
             "page {p} word {i} of the file"
         );
-    }
-}
-
-/// The object counters of `after` less those of `before`.
-fn minus(after: VmStats, before: VmStats) -> VmStats {
-    VmStats {
-        faults: after.faults - before.faults,
-        object_maps: after.object_maps - before.object_maps,
-        object_reads: after.object_reads - before.object_reads,
-        object_writebacks: after.object_writebacks - before.object_writebacks,
-        object_evictions: after.object_evictions - before.object_evictions,
-        pager_errors: after.pager_errors - before.pager_errors,
-        ..after
     }
 }

@@ -339,15 +339,9 @@ pub fn run(device: Box<dyn SwapDevice + Send>, limit: u64, slots: u64) -> Report
     }
     let after = with_vm(|vm| vm.stats());
     let stats = kmem::vm::VmStats {
-        scanned: after.scanned - before.scanned,
-        tables_skipped: after.tables_skipped - before.tables_skipped,
-        reclaimed: after.reclaimed - before.reclaimed,
-        swap_outs: after.swap_outs - before.swap_outs,
-        direct_reclaims: after.direct_reclaims - before.direct_reclaims,
-        writeback_cancelled: after.writeback_cancelled - before.writeback_cancelled,
+        // The policy's count, not an event counter of the vm.
         workingset_refaults: after.workingset_refaults - before.workingset_refaults,
-        swap_ins: after.swap_ins - before.swap_ins,
-        ..after
+        ..after.since(before)
     };
     let mut processes = [ProcessReport::default(); PROCESSES];
     for (p, r) in processes.iter_mut().enumerate() {

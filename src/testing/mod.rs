@@ -3,6 +3,8 @@
 //! Written once here, never copied into each test.
 
 pub mod arena;
+#[cfg(feature = "vm")]
+pub mod huge_frames;
 pub mod mmu;
 pub mod phys_mem;
 pub mod rng;

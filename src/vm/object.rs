@@ -615,26 +615,22 @@ pub(super) const OBJECT_PAGES: u32 = 0xffff;
 /// policy's page identity.
 pub(super) const MAX_OBJECT_PAGES: u64 = 1 << 32;
 
-impl<T: Pager + ?Sized> Pager for Box<T> {
-    fn pages(&self) -> u64 {
-        (**self).pages()
-    }
-    fn read(&self, index: u64, page: &mut [u8; PAGE_BYTES]) -> Result<(), PagerError> {
-        (**self).read(index, page)
-    }
-    fn write(&self, index: u64, page: &[u8; PAGE_BYTES]) -> Result<(), PagerError> {
-        (**self).write(index, page)
-    }
+/// A pager behind a pointer is a pager: boxed, or shared with the kernel
+/// (an `Arc`, to reach the file's own state while the vm uses it).
+macro_rules! forward_pager {
+    ($($ptr:ident),*) => {$(
+        impl<T: Pager + ?Sized> Pager for $ptr<T> {
+            fn pages(&self) -> u64 {
+                (**self).pages()
+            }
+            fn read(&self, index: u64, page: &mut [u8; PAGE_BYTES]) -> Result<(), PagerError> {
+                (**self).read(index, page)
+            }
+            fn write(&self, index: u64, page: &[u8; PAGE_BYTES]) -> Result<(), PagerError> {
+                (**self).write(index, page)
+            }
+        }
+    )*};
 }
 
-impl<T: Pager + ?Sized> Pager for Arc<T> {
-    fn pages(&self) -> u64 {
-        (**self).pages()
-    }
-    fn read(&self, index: u64, page: &mut [u8; PAGE_BYTES]) -> Result<(), PagerError> {
-        (**self).read(index, page)
-    }
-    fn write(&self, index: u64, page: &[u8; PAGE_BYTES]) -> Result<(), PagerError> {
-        (**self).write(index, page)
-    }
-}
+forward_pager!(Box, Arc);

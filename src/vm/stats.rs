@@ -176,6 +176,15 @@ macro_rules! event_counters {
                     ..self
                 }
             }
+
+            /// The events counted since `before` (a snapshot of the same
+            /// `Vm` taken earlier); the state fields as in `self`.
+            pub fn since(self, before: Self) -> Self {
+                Self {
+                    $($name: self.$name.wrapping_sub(before.$name),)*
+                    ..self
+                }
+            }
         }
     };
 }
